@@ -1,0 +1,84 @@
+/**
+ * Enum values of rdma-core's `<infiniband/verbs.h>`, numerically identical,
+ * shared by the library, the daemon and the tools.
+ */
+
+/** enum ibv_qp_state */
+export const QpState = { RESET: 0, INIT: 1, RTR: 2, RTS: 3, SQD: 4, SQE: 5, ERR: 6, UNKNOWN: 7 } as const;
+/** enum ibv_qp_type */
+export const QpType = { RC: 2, UC: 3, UD: 4, RAW_PACKET: 8, XRC_SEND: 9, XRC_RECV: 10, DRIVER: 0xff } as const;
+/** enum ibv_wr_opcode */
+export const WrOpcode = {
+  RDMA_WRITE: 0, RDMA_WRITE_WITH_IMM: 1, SEND: 2, SEND_WITH_IMM: 3, RDMA_READ: 4, ATOMIC_CMP_AND_SWP: 5, ATOMIC_FETCH_AND_ADD: 6,
+  LOCAL_INV: 7, BIND_MW: 8, SEND_WITH_INV: 9, TSO: 10, DRIVER1: 11,
+} as const;
+/** enum ibv_wc_opcode */
+export const WcOpcode = {
+  SEND: 0, RDMA_WRITE: 1, RDMA_READ: 2, COMP_SWAP: 3, FETCH_ADD: 4, BIND_MW: 5, LOCAL_INV: 6, TSO: 7, RECV: 128, RECV_RDMA_WITH_IMM: 129,
+} as const;
+/** enum ibv_wc_status */
+export const WcStatus = {
+  SUCCESS: 0, LOC_LEN_ERR: 1, LOC_QP_OP_ERR: 2, LOC_EEC_OP_ERR: 3, LOC_PROT_ERR: 4, WR_FLUSH_ERR: 5, MW_BIND_ERR: 6, BAD_RESP_ERR: 7,
+  LOC_ACCESS_ERR: 8, REM_INV_REQ_ERR: 9, REM_ACCESS_ERR: 10, REM_OP_ERR: 11, RETRY_EXC_ERR: 12, RNR_RETRY_EXC_ERR: 13,
+  LOC_RDD_VIOL_ERR: 14, REM_INV_RD_REQ_ERR: 15, REM_ABORT_ERR: 16, INV_EECN_ERR: 17, INV_EEC_STATE_ERR: 18, FATAL_ERR: 19,
+  RESP_TIMEOUT_ERR: 20, GENERAL_ERR: 21, TM_ERR: 22, TM_RNDV_INCOMPLETE: 23,
+} as const;
+/** enum ibv_wc_flags */
+export const WcFlags = { GRH: 1, WITH_IMM: 2, IP_CSUM_OK: 4, WITH_INV: 8, TM_SYNC_REQ: 16, TM_MATCH: 32, TM_DATA_VALID: 64 } as const;
+/** enum ibv_send_flags */
+export const SendFlags = { FENCE: 1, SIGNALED: 2, SOLICITED: 4, INLINE: 8, IP_CSUM: 16 } as const;
+/** enum ibv_access_flags */
+export const Access = {
+  LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, REMOTE_ATOMIC: 8, MW_BIND: 16, ZERO_BASED: 32, ON_DEMAND: 64, HUGETLB: 128,
+  RELAXED_ORDERING: 1 << 20,
+} as const;
+/** enum ibv_qp_attr_mask */
+export const QpAttrMask = {
+  STATE: 1 << 0, CUR_STATE: 1 << 1, EN_SQD_ASYNC_NOTIFY: 1 << 2, ACCESS_FLAGS: 1 << 3, PKEY_INDEX: 1 << 4, PORT: 1 << 5, QKEY: 1 << 6,
+  AV: 1 << 7, PATH_MTU: 1 << 8, TIMEOUT: 1 << 9, RETRY_CNT: 1 << 10, RNR_RETRY: 1 << 11, RQ_PSN: 1 << 12, MAX_QP_RD_ATOMIC: 1 << 13,
+  ALT_PATH: 1 << 14, MIN_RNR_TIMER: 1 << 15, SQ_PSN: 1 << 16, MAX_DEST_RD_ATOMIC: 1 << 17, PATH_MIG_STATE: 1 << 18, CAP: 1 << 19,
+  DEST_QPN: 1 << 20, RATE_LIMIT: 1 << 25,
+} as const;
+/** enum ibv_mtu */
+export const Mtu = { MTU_256: 1, MTU_512: 2, MTU_1024: 3, MTU_2048: 4, MTU_4096: 5 } as const;
+/** enum ibv_event_type */
+export const EventType = {
+  CQ_ERR: 0, QP_FATAL: 1, QP_REQ_ERR: 2, QP_ACCESS_ERR: 3, COMM_EST: 4, SQ_DRAINED: 5, PATH_MIG: 6, PATH_MIG_ERR: 7, DEVICE_FATAL: 8,
+  PORT_ACTIVE: 9, PORT_ERR: 10, LID_CHANGE: 11, PKEY_CHANGE: 12, SM_CHANGE: 13, SRQ_ERR: 14, SRQ_LIMIT_REACHED: 15,
+  QP_LAST_WQE_REACHED: 16, CLIENT_REREGISTER: 17, GID_CHANGE: 18, WQ_FATAL: 19,
+} as const;
+/** enum ibv_srq_attr_mask */
+export const SrqAttrMask = { MAX_WR: 1, LIMIT: 2 } as const;
+/** enum ibv_port_state */
+export const PortState = { NOP: 0, DOWN: 1, INIT: 2, ARMED: 3, ACTIVE: 4, ACTIVE_DEFER: 5 } as const;
+/** enum ibv_atomic_cap */
+export const AtomicCap = { NONE: 0, HCA: 1, GLOB: 2 } as const;
+/** IBV_LINK_LAYER_* */
+export const LinkLayer = { UNSPECIFIED: 0, INFINIBAND: 1, ETHERNET: 2 } as const;
+/** enum ibv_node_type */
+export const NodeType = { UNKNOWN: -1, CA: 1, SWITCH: 2, ROUTER: 3, RNIC: 4, USNIC: 5, USNIC_UDP: 6, UNSPECIFIED: 7 } as const;
+/** enum ibv_rereg_mr_flags */
+export const ReregMrFlags = { CHANGE_TRANSLATION: 1, CHANGE_PD: 2, CHANGE_ACCESS: 4 } as const;
+/** enum ibv_mig_state */
+export const MigState = { MIGRATED: 0, REARM: 1, ARMED: 2 } as const;
+
+/** Bytes of an ibv_mtu value (0 for an invalid one). */
+export function mtuBytes(mtu: number): number {
+  return mtu >= 1 && mtu <= 5 ? 128 << mtu : 0;
+}
+
+/** Reverse lookup for printing: value → NAME. */
+export function enumName(table: Record<string, number>, v: number): string {
+  for (const k in table) if (table[k] === v) return k;
+  return `UNKNOWN(${v})`;
+}
+
+/** ibv_wc_status_str() strings, as rdma-core prints them. */
+export const WC_STATUS_STR: readonly string[] = [
+  'success', 'local length error', 'local QP operation error', 'local EE context operation error', 'local protection error',
+  'Work Request Flushed Error', 'memory management operation error', 'bad response error', 'local access error',
+  'remote invalid request error', 'remote access error', 'remote operation error', 'transport retry counter exceeded',
+  'RNR retry counter exceeded', 'local RDD violation error', 'remote invalid RD request', 'aborted error',
+  'invalid EE context number', 'invalid EE context state', 'fatal error', 'response timeout error', 'general error',
+  'TM error', 'TM software rendezvous',
+];

@@ -1,0 +1,204 @@
+/**
+ * The software RoCE device (what rxe's `struct rxe_dev` is): GID table,
+ * port, QPN and key allocation, counters, and the packet path between the
+ * requester, responder and completer. Packets between QPs of devices in
+ * this daemon travel as descriptors through one FIFO; the wire (RoCEv2 over
+ * UDP) plugs in at `xmit` / `receive`.
+ */
+import { isIPv4 } from 'node:net';
+import { Mtu, PortState, QpState, QpType, WcStatus } from '../abi/enums.js';
+import * as completer from './completer.js';
+import type { Mr, Srq } from './objects.js';
+import { M, OPCODES } from './opcodes.js';
+import { Pkt, PktPool } from './packet.js';
+import type { Qp } from './qp.js';
+import * as requester from './requester.js';
+import * as responder from './responder.js';
+
+/** rxe's counter names (`rdma statistic show`). */
+export const COUNTER_NAMES = [
+  'sent_pkts', 'rcvd_pkts', 'duplicate_request', 'out_of_seq_request', 'rcvd_rnr_err', 'send_rnr_err', 'rcvd_seq_err',
+  'ack_deferred', 'retry_exceeded_err', 'retry_rnr_exceeded_err', 'completer_retry_err', 'send_err', 'link_downed',
+  'rdma_sends', 'rdma_recvs',
+] as const;
+export type CounterName = (typeof COUNTER_NAMES)[number];
+
+/** The IPv4-mapped or IPv6 GID of an address. */
+export function gidOf(addr: string): Uint8Array {
+  const g = new Uint8Array(16);
+  if (isIPv4(addr)) {
+    g[10] = g[11] = 0xff;
+    addr.split('.').forEach((p, i) => (g[12 + i] = Number(p)));
+    return g;
+  }
+  // expand :: and write 8 groups
+  const [head, tail] = addr.includes('::') ? addr.split('::') : [addr, ''];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = [...h, ...new Array(8 - h.length - t.length).fill('0'), ...t];
+  groups.forEach((x, i) => {
+    const v = parseInt(x || '0', 16);
+    g[2 * i] = v >> 8;
+    g[2 * i + 1] = v & 0xff;
+  });
+  return g;
+}
+
+export function gidString(g: Uint8Array): string {
+  const parts: string[] = [];
+  for (let i = 0; i < 16; i += 2) parts.push(((g[i]! << 8) | g[i + 1]!).toString(16).padStart(4, '0'));
+  return parts.join(':');
+}
+
+const sameGid = (a: Uint8Array, b: Uint8Array) => a.length === 16 && b.length === 16 && a.every((x, i) => x === b[i]);
+
+/** Devices of this daemon, found by GID: the local fabric. */
+export class Fabric {
+  readonly devices: SoftDevice[] = [];
+  readonly fifo: Pkt[] = [];
+  private head = 0;
+  private draining = false;
+  readonly pool = new PktPool();
+
+  byGid(gid: Uint8Array): SoftDevice | null {
+    for (const d of this.devices) if (d.gids.some((g) => sameGid(g, gid))) return d;
+    return null;
+  }
+
+  /** Queues a packet; it is handled when the current top-level work (doorbell, timer) has finished. */
+  push(p: Pkt): void {
+    this.fifo.push(p);
+  }
+
+  /** Runs every queued packet, including the ones handling them produces. Re-entrant calls return at once. */
+  drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      while (this.head < this.fifo.length) {
+        const p = this.fifo[this.head++]!;
+        const dev = this.byGid(p.dstGid);
+        if (dev) dev.receive(p);
+        this.pool.put(p);
+        if (this.head > 1024 && this.head * 2 > this.fifo.length) {
+          this.fifo.splice(0, this.head);
+          this.head = 0;
+        }
+      }
+      this.fifo.length = 0;
+      this.head = 0;
+    } finally {
+      this.draining = false;
+    }
+  }
+}
+
+export class SoftDevice {
+  readonly gids: Uint8Array[];
+  readonly nodeGuid: bigint;
+  readonly counters: Record<CounterName, number> = Object.fromEntries(COUNTER_NAMES.map((n) => [n, 0])) as Record<CounterName, number>;
+  readonly qps = new Map<number, Qp>();
+  readonly mrs = new Map<number, Mr>();
+  readonly srqs = new Map<number, Srq>();
+  portState: number = PortState.ACTIVE;
+  /** Active MTU (ibv_mtu): 4096 on loopback, settable per device. */
+  activeMtu: number;
+  private nextQpn = 17;
+  private nextMrIndex = 1;
+  private nextSrqn = 1;
+  /** Largest QPN handed out; QPNs are allocated cyclically in [17, maxQpn], as rxe's pool does. */
+  readonly maxQpn: number;
+
+  constructor(
+    readonly fabric: Fabric,
+    readonly name: string,
+    readonly index: number,
+    readonly addr: string,
+    opts: { mtu?: number; maxQpn?: number } = {},
+  ) {
+    this.gids = [gidOf(addr)];
+    const g = this.gids[0]!;
+    // rxe derives the node GUID from the netdev's MAC; with no MAC, we take it from the address (EUI-64 style, stable across restarts)
+    this.nodeGuid = (0x02n << 56n) | (BigInt(index & 0xff) << 40n) | BigInt(((g[12]! << 24) | (g[13]! << 16) | (g[14]! << 8) | g[15]!) >>> 0);
+    this.activeMtu = opts.mtu ?? Mtu.MTU_4096;
+    this.maxQpn = opts.maxQpn ?? 0xffffff;
+    fabric.devices.push(this);
+  }
+
+  get mtuBytes(): number {
+    return 128 << this.activeMtu;
+  }
+
+  allocQpn(): number {
+    const span = this.maxQpn - 17 + 1;
+    for (let i = 0; i < span; i++) {
+      const q = this.nextQpn;
+      this.nextQpn = q >= this.maxQpn ? 17 : q + 1;
+      if (!this.qps.has(q)) return q;
+    }
+    return -1;
+  }
+
+  /** A fresh key: index << 8 | a key byte that changes on every registration, so stale keys miss. */
+  allocMrKey(): number {
+    for (let i = 0; i < 0xffffff; i++) {
+      const idx = this.nextMrIndex;
+      this.nextMrIndex = idx >= 0xffffff ? 1 : idx + 1;
+      if (!this.mrs.has(idx)) return ((idx << 8) | ((Math.random() * 256) & 0xff)) >>> 0;
+    }
+    return -1;
+  }
+
+  lookupMr = (key: number): Mr | null => {
+    const mr = this.mrs.get(key >>> 8);
+    return mr && mr.key === key && mr.valid ? mr : null;
+  };
+
+  allocSrqn(): number {
+    return this.nextSrqn++;
+  }
+
+  /** A packet from the requester, responder or completer of one of our QPs. */
+  xmit(p: Pkt): void {
+    this.counters.sent_pkts++;
+    this.fabric.push(p);
+  }
+
+  /** A packet for one of our QPs. */
+  receive(p: Pkt): void {
+    this.counters.rcvd_pkts++;
+    const info = OPCODES[p.opcode];
+    if (!info) return;
+    p.mask = info.mask;
+    const qp = this.qps.get(p.destQpn);
+    if (!qp) return;
+    const transport = p.opcode & 0xe0;
+    const want = qp.type === QpType.RC ? 0x00 : qp.type === QpType.UC ? 0x20 : 0x60;
+    if (transport !== want) return;
+    if (p.mask & M.REQ) responder.receive(this, qp, p);
+    else completer.receive(this, qp, p);
+  }
+
+  /** Rings the doorbell of a QP: run its requester, then everything that follows. */
+  doorbell(qp: Qp): void {
+    requester.run(this, qp);
+    this.fabric.drain();
+  }
+
+  /** Moves a QP to ERR and flushes it (the IBA's error state). */
+  toError(qp: Qp): void {
+    completer.toError(this, qp);
+  }
+
+  /** A QP's receive side: was it flushed? (postRecv in ERR reaches here through a doorbell) */
+  flushRecv(qp: Qp): void {
+    if (qp.state === QpState.ERR) completer.flushRecv(this, qp);
+  }
+
+  /** A port event changes every QP of the device. */
+  get anyBusy(): boolean {
+    return this.fabric.fifo.length > 0;
+  }
+}
+
+export { WcStatus };

@@ -1,0 +1,71 @@
+/**
+ * A packet in flight inside the HCA, as header fields rather than bytes:
+ * the requester, responder and completer read and write these; the RoCEv2
+ * codec turns them into wire bytes (and back) when the peer is on another
+ * device. Between two QPs of one device the descriptor itself travels, and
+ * its payload is a window on the sender's memory, so the bytes are copied
+ * once, into the destination.
+ *
+ * Descriptors come from a per-device pool: nothing is allocated per packet.
+ */
+
+const EMPTY = new Uint8Array(0);
+
+export class Pkt {
+  opcode = 0;
+  mask = 0;
+  // BTH
+  destQpn = 0;
+  psn = 0;
+  ackReq = false;
+  se = false;
+  padCnt = 0;
+  // who sent it (a local QPN; for the wire, filled from DETH or the connection)
+  srcQpn = 0;
+  // RETH
+  va = 0;
+  rkey = 0;
+  dmaLen = 0;
+  // AETH
+  syndrome = 0;
+  msn = 0;
+  // AtomicETH (va/rkey shared with RETH's fields)
+  swapAdd = 0n;
+  compare = 0n;
+  // AtomicAckETH
+  orig = 0n;
+  // ImmDt, kept as the 32-bit value in network order, as ibv_send_wr / ibv_wc hold it
+  imm = 0;
+  // DETH
+  qkey = 0;
+  // payload: a window [payOff, payOff + payLen) of payload
+  payload: Uint8Array = EMPTY;
+  payOff = 0;
+  payLen = 0;
+  /** Source GID (16 bytes) for the GRH a UD receiver sees. */
+  srcGid: Uint8Array = EMPTY;
+  /** Destination GID of the packet (for the GRH and the wire). */
+  dstGid: Uint8Array = EMPTY;
+
+  reset(): void {
+    this.opcode = this.mask = this.destQpn = this.psn = this.padCnt = this.srcQpn = 0;
+    this.ackReq = this.se = false;
+    this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
+    this.swapAdd = this.compare = this.orig = 0n;
+    this.payload = EMPTY;
+    this.payOff = this.payLen = 0;
+    this.srcGid = this.dstGid = EMPTY;
+  }
+}
+
+/** A free list of descriptors. */
+export class PktPool {
+  private free: Pkt[] = [];
+  get(): Pkt {
+    return this.free.pop() ?? new Pkt();
+  }
+  put(p: Pkt): void {
+    p.reset();
+    if (this.free.length < 4096) this.free.push(p);
+  }
+}

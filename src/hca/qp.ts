@@ -1,0 +1,406 @@
+/**
+ * The queue pair: attributes, the IBA state machine with its
+ * required/optional attribute table, the send ring, and the state the
+ * requester, responder and completer keep (rxe's qp->req, qp->resp,
+ * qp->comp). The three engines live in their own modules.
+ */
+import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
+import { CONS, PROD, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
+import type { Mapping } from '../native/libc.js';
+import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
+import { RecvWqe, u64ToNumber } from './objects.js';
+
+/** Where a send WQE is in its life. */
+export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
+
+/** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
+export class SendWqe {
+  state: number = WqeState.FREE;
+  wrId = 0n;
+  opcode = 0;
+  sendFlags = 0;
+  numSge = 0;
+  imm = 0;
+  remoteAddr = 0;
+  rkey = 0;
+  compareAdd = 0n;
+  swap = 0n;
+  ah: Ah | null = null;
+  remoteQpn = 0;
+  remoteQkey = 0;
+  inline = false;
+  inlineData: Uint8Array;
+  length = 0;
+  addr: number[];
+  len: number[];
+  lkey: number[];
+  mr: Array<Mr | null>;
+  firstPsn = 0;
+  lastPsn = 0;
+  /** Bytes (or, for READ, response packets) handled so far. */
+  offset = 0;
+  status = 0;
+  constructor(maxSge: number, maxInline: number) {
+    this.inlineData = new Uint8Array(maxInline);
+    this.addr = new Array(maxSge).fill(0);
+    this.len = new Array(maxSge).fill(0);
+    this.lkey = new Array(maxSge).fill(0);
+    this.mr = new Array(maxSge).fill(null);
+  }
+  get isReadOrAtomic(): boolean {
+    return this.opcode === WrOpcode.RDMA_READ || this.opcode === WrOpcode.ATOMIC_CMP_AND_SWP || this.opcode === WrOpcode.ATOMIC_FETCH_AND_ADD;
+  }
+  get signaled(): boolean {
+    return (this.sendFlags & SendFlags.SIGNALED) !== 0;
+  }
+}
+
+/** Path (primary address vector) the QP sends to. */
+export interface Path {
+  dgid: Uint8Array;
+  sgidIndex: number;
+  hopLimit: number;
+  trafficClass: number;
+  flowLabel: number;
+  isGlobal: boolean;
+}
+
+export interface QpAttr {
+  qkey: number;
+  rqPsn: number;
+  sqPsn: number;
+  destQpn: number;
+  accessFlags: number;
+  pathMtu: number;
+  pkeyIndex: number;
+  port: number;
+  timeout: number;
+  retryCnt: number;
+  rnrRetry: number;
+  minRnrTimer: number;
+  maxRdAtomic: number;
+  maxDestRdAtomic: number;
+  enSqdAsyncNotify: number;
+  pathMigState: number;
+  path: Path;
+}
+
+/** A responder resource: what a duplicate READ or ATOMIC is answered from. */
+export interface RespRes {
+  valid: boolean;
+  atomic: boolean;
+  firstPsn: number;
+  lastPsn: number;
+  va: number;
+  rkey: number;
+  length: number;
+  orig: bigint;
+}
+
+/**
+ * modify_qp's table (IBA 11.2.5.2 / the kernel's qp_state_table): for each
+ * cur→next pair that is allowed, the mask bits required and allowed, per
+ * QP type. STATE is always allowed; anything else outside req|opt is EINVAL.
+ */
+type Masks = Partial<Record<number, { req: number; opt: number }>>;
+const T = (rc: [number, number], uc: [number, number], ud: [number, number]): Masks => ({
+  [QpType.RC]: { req: rc[0], opt: rc[1] },
+  [QpType.UC]: { req: uc[0], opt: uc[1] },
+  [QpType.UD]: { req: ud[0], opt: ud[1] },
+});
+const ALL0 = T([0, 0], [0, 0], [0, 0]);
+const S = QpState;
+export const QP_STATE_TABLE: Record<number, Partial<Record<number, Masks>>> = {
+  [S.RESET]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.INIT]: T([A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS, 0], [A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS, 0], [A.PKEY_INDEX | A.PORT | A.QKEY, 0]),
+  },
+  [S.INIT]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.INIT]: T([0, A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS], [0, A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS], [0, A.PKEY_INDEX | A.PORT | A.QKEY]),
+    [S.RTR]: T(
+      [A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER, A.ALT_PATH | A.ACCESS_FLAGS | A.PKEY_INDEX],
+      [A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN, A.ALT_PATH | A.ACCESS_FLAGS | A.PKEY_INDEX],
+      [0, A.PKEY_INDEX | A.QKEY],
+    ),
+  },
+  [S.RTR]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.RTS]: T(
+      [A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.SQ_PSN | A.MAX_QP_RD_ATOMIC, A.CUR_STATE | A.ALT_PATH | A.ACCESS_FLAGS | A.MIN_RNR_TIMER | A.PATH_MIG_STATE],
+      [A.SQ_PSN, A.CUR_STATE | A.ALT_PATH | A.ACCESS_FLAGS | A.PATH_MIG_STATE],
+      [A.SQ_PSN, A.CUR_STATE | A.QKEY],
+    ),
+  },
+  [S.RTS]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.RTS]: T(
+      [0, A.CUR_STATE | A.ACCESS_FLAGS | A.ALT_PATH | A.PATH_MIG_STATE | A.MIN_RNR_TIMER],
+      [0, A.CUR_STATE | A.ACCESS_FLAGS | A.ALT_PATH | A.PATH_MIG_STATE],
+      [0, A.CUR_STATE | A.QKEY],
+    ),
+    [S.SQD]: T([0, A.EN_SQD_ASYNC_NOTIFY], [0, A.EN_SQD_ASYNC_NOTIFY], [0, A.EN_SQD_ASYNC_NOTIFY]),
+  },
+  [S.SQD]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.RTS]: T(
+      [0, A.CUR_STATE | A.ALT_PATH | A.ACCESS_FLAGS | A.MIN_RNR_TIMER | A.PATH_MIG_STATE],
+      [0, A.CUR_STATE | A.ALT_PATH | A.ACCESS_FLAGS | A.PATH_MIG_STATE],
+      [0, A.CUR_STATE | A.QKEY],
+    ),
+    [S.SQD]: T(
+      [0, A.PORT | A.AV | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC | A.MAX_DEST_RD_ATOMIC | A.ALT_PATH | A.ACCESS_FLAGS | A.PKEY_INDEX | A.MIN_RNR_TIMER | A.PATH_MIG_STATE],
+      [0, A.AV | A.ALT_PATH | A.ACCESS_FLAGS | A.PKEY_INDEX | A.PATH_MIG_STATE],
+      [0, A.PKEY_INDEX | A.QKEY],
+    ),
+  },
+  [S.SQE]: {
+    [S.RESET]: ALL0,
+    [S.ERR]: ALL0,
+    [S.RTS]: T([0, 0], [0, A.CUR_STATE | A.ACCESS_FLAGS], [0, A.CUR_STATE | A.QKEY]),
+  },
+  [S.ERR]: { [S.RESET]: ALL0, [S.ERR]: ALL0 },
+};
+
+/** Is `mask` valid for cur→next on this QP type? (ib_modify_qp_is_ok) */
+export function modifyIsOk(cur: number, next: number, type: number, mask: number): boolean {
+  if (cur < 0 || cur > S.ERR || next < 0 || next > S.ERR) return false;
+  if (mask & A.CUR_STATE && cur !== S.RTS && cur !== S.SQD && cur !== S.SQE) return false;
+  const m = QP_STATE_TABLE[cur]?.[next]?.[type];
+  if (!m) return false;
+  if ((mask & m.req) !== m.req) return false;
+  if (mask & ~(m.req | m.opt | A.STATE)) return false;
+  return true;
+}
+
+export class Qp {
+  state: number = QpState.RESET;
+  attr: QpAttr = {
+    qkey: 0, rqPsn: 0, sqPsn: 0, destQpn: 0, accessFlags: 0, pathMtu: 5, pkeyIndex: 0, port: 1, timeout: 0, retryCnt: 0, rnrRetry: 0,
+    minRnrTimer: 0, maxRdAtomic: 0, maxDestRdAtomic: 0, enSqdAsyncNotify: 0, pathMigState: 0,
+    path: { dgid: new Uint8Array(16), sgidIndex: 0, hopLimit: 64, trafficClass: 0, flowLabel: 0, isGlobal: true },
+  };
+  mtu = 4096;
+  asyncEvents = 0;
+  readonly userHandle: bigint;
+
+  // send ring
+  readonly sqHdr: Int32Array;
+  readonly sqDv: DataView;
+  readonly sqSlots: number;
+  readonly sqStride: number;
+  readonly wqes: SendWqe[];
+
+  /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight. */
+  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0 };
+  /** Completer (rxe qp->comp): oldest unfinished WQE, next PSN expected to be answered, retry budgets. */
+  comp = { idx: 0, psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as NodeJS.Timeout | null, rnrTimer: null as NodeJS.Timeout | null, timerMs: 0 };
+  /** Responder (rxe qp->resp). */
+  resp = {
+    psn: 0, msn: 0, sentPsnNak: false,
+    /** the opcode class of the message in progress (M.SEND / M.WRITE) or 0 between messages */
+    inMsg: 0,
+    wqe: null as RecvWqe | null,
+    offset: 0,
+    mr: null as Mr | null,
+    va: 0,
+    resid: 0,
+    writeLen: 0,
+    dropMsg: false,
+    res: [] as RespRes[],
+    resHead: 0,
+  };
+  readonly recvWqe: RecvWqe;
+
+  constructor(
+    readonly owner: Owner,
+    readonly qpn: number,
+    readonly type: number,
+    readonly pd: Pd,
+    readonly sendCq: Cq,
+    readonly recvCq: Cq,
+    readonly srq: Srq | null,
+    readonly rq: RecvRing | null,
+    readonly sqSigAll: boolean,
+    readonly caps: QpCaps,
+    public mapping: Mapping,
+    sq: { offset: number; slots: number; stride: number },
+    userHandle: bigint,
+  ) {
+    this.userHandle = userHandle;
+    this.sqHdr = new Int32Array(mapping.buffer, sq.offset, RING_HDR / 4);
+    this.sqDv = new DataView(mapping.buffer, sq.offset);
+    this.sqSlots = sq.slots;
+    this.sqStride = sq.stride;
+    Atomics.store(this.sqHdr, PROD, 0);
+    Atomics.store(this.sqHdr, CONS, 0);
+    this.wqes = Array.from({ length: sq.slots }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
+    this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
+  }
+
+  /** Send WQEs the client has posted (producer index checked against the ring: a bogus one is clamped). */
+  sqProduced(): number {
+    const prod = Atomics.load(this.sqHdr, PROD) >>> 0;
+    const n = (prod - this.comp.idx) >>> 0;
+    return n > this.sqSlots ? (this.comp.idx + this.sqSlots) >>> 0 : prod;
+  }
+
+  wqeAt(idx: number): SendWqe {
+    return this.wqes[idx & (this.sqSlots - 1)]!;
+  }
+
+  /**
+   * Copies the WQE at `idx` out of the shared ring and checks it as hardware
+   * would. Returns 0 or the WC status it fails with.
+   */
+  fetch(idx: number, lookupMr: (key: number) => Mr | null, lookupAh: (h: number) => Ah | null): number {
+    const w = this.wqeAt(idx);
+    const dv = this.sqDv;
+    const o = RING_HDR + (idx & (this.sqSlots - 1)) * this.sqStride;
+    w.state = WqeState.POSTED;
+    w.wrId = dv.getBigUint64(o + SWQE.WR_ID, true);
+    w.opcode = dv.getUint32(o + SWQE.OPCODE, true);
+    w.sendFlags = dv.getUint32(o + SWQE.SEND_FLAGS, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
+    w.imm = dv.getUint32(o + SWQE.IMM, true);
+    w.remoteAddr = u64ToNumber(dv.getBigUint64(o + SWQE.REMOTE_ADDR, true));
+    w.rkey = dv.getUint32(o + SWQE.RKEY, true);
+    w.compareAdd = dv.getBigUint64(o + SWQE.COMPARE_ADD, true);
+    w.swap = dv.getBigUint64(o + SWQE.SWAP, true);
+    w.remoteQpn = dv.getUint32(o + SWQE.REMOTE_QPN, true) & 0xffffff;
+    w.remoteQkey = dv.getUint32(o + SWQE.REMOTE_QKEY, true);
+    w.inline = (w.sendFlags & SendFlags.INLINE) !== 0;
+    w.offset = 0;
+    w.status = 0;
+    w.length = 0;
+    w.ah = null;
+    w.numSge = 0;
+    const op = w.opcode;
+    const t = this.type;
+    const okOp =
+      op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM ||
+      (t !== QpType.UD && (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM)) ||
+      (t === QpType.RC && (op === WrOpcode.RDMA_READ || op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD));
+    if (!okOp) return WcStatus.LOC_QP_OP_ERR;
+    if (t === QpType.UD) {
+      w.ah = lookupAh(dv.getUint32(o + SWQE.AH, true));
+      if (!w.ah || w.ah.pd !== this.pd) return WcStatus.LOC_QP_OP_ERR;
+    }
+    if (w.inline) {
+      if (w.isReadOrAtomic) return WcStatus.LOC_QP_OP_ERR;
+      const n = dv.getUint32(o + SWQE.INLINE_LEN, true);
+      if (n > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
+      w.inlineData.set(new Uint8Array(dv.buffer, dv.byteOffset + o + SWQE.HDR, n));
+      w.length = n;
+      return this.checkLength(w);
+    }
+    const n = dv.getUint32(o + SWQE.NUM_SGE, true);
+    if (n > this.caps.maxSendSge) return WcStatus.LOC_QP_OP_ERR;
+    w.numSge = n;
+    // READ and atomics write into local memory: their SGEs need LOCAL_WRITE
+    const need = w.isReadOrAtomic ? Access.LOCAL_WRITE : 0;
+    for (let i = 0; i < n; i++) {
+      const s = o + SWQE.HDR + i * SGE_SIZE;
+      const addr = u64ToNumber(dv.getBigUint64(s, true));
+      const len = dv.getUint32(s + 8, true);
+      const lkey = dv.getUint32(s + 12, true);
+      w.addr[i] = addr;
+      w.len[i] = len;
+      w.lkey[i] = lkey;
+      w.length += len;
+      if (len === 0) {
+        w.mr[i] = null;
+        continue;
+      }
+      const mr = lookupMr(lkey);
+      if (!mr || mr.key !== lkey || mr.pd !== this.pd || (mr.access & need) !== need || !mr.contains(addr, len)) return WcStatus.LOC_PROT_ERR;
+      w.mr[i] = mr;
+    }
+    if ((op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) && w.length !== 8) return WcStatus.LOC_LEN_ERR;
+    return this.checkLength(w);
+  }
+
+  private checkLength(w: SendWqe): number {
+    if (w.length > 0x80000000) return WcStatus.LOC_LEN_ERR;
+    if (this.type === QpType.UD && w.length > this.mtu) return WcStatus.LOC_LEN_ERR;
+    return 0;
+  }
+
+  /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). Returns false on a dead MR. */
+  gather(w: SendWqe, off: number, dst: Uint8Array, dstOff: number, len: number): boolean {
+    if (w.inline) {
+      dst.set(w.inlineData.subarray(off, off + len), dstOff);
+      return true;
+    }
+    return walkSges(w, off, len, (mr, mOff, n, done) => {
+      dst.set(mr.mem.subarray(mOff, mOff + n), dstOff + done);
+    });
+  }
+
+  /** Copies len bytes from src into the WQE's SGEs at byte `off` (READ responses, atomic results). */
+  scatter(w: SendWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
+    return walkSges(w, off, len, (mr, mOff, n, done) => {
+      mr.mem.set(src.subarray(srcOff + done, srcOff + done + n), mOff);
+    });
+  }
+
+  /** If the whole [off, off+len) lies in one SGE, its MR and offset into MR memory (zero-copy send). */
+  single(w: SendWqe, off: number, len: number): { mr: Mr; off: number } | null {
+    if (w.inline) return null;
+    let base = 0;
+    for (let i = 0; i < w.numSge; i++) {
+      const l = w.len[i]!;
+      if (off >= base && off + len <= base + l) {
+        const mr = w.mr[i];
+        if (!mr || !mr.valid) return null;
+        SINGLE.mr = mr;
+        SINGLE.off = w.addr[i]! - mr.iova + (off - base);
+        return SINGLE;
+      }
+      base += l;
+    }
+    return null;
+  }
+
+  setMtu(pathMtu: number, portMtu: number): void {
+    this.mtu = Math.min(mtuBytes(pathMtu) || portMtu, portMtu);
+  }
+
+  /** The QP is gone or in error: stop its timers. */
+  stopTimers(): void {
+    if (this.comp.timer) clearTimeout(this.comp.timer);
+    if (this.comp.rnrTimer) clearTimeout(this.comp.rnrTimer);
+    this.comp.timer = this.comp.rnrTimer = null;
+  }
+
+  raise(type: number): void {
+    this.owner.asyncEvent(this.userHandle, type, this);
+  }
+}
+
+const SINGLE: { mr: Mr; off: number } = { mr: null as unknown as Mr, off: 0 };
+
+function walkSges(w: SendWqe, off: number, len: number, f: (mr: Mr, mrOff: number, n: number, done: number) => void): boolean {
+  let base = 0;
+  let done = 0;
+  for (let i = 0; i < w.numSge && done < len; i++) {
+    const l = w.len[i]!;
+    const end = base + l;
+    const pos = off + done;
+    if (pos < end) {
+      const n = Math.min(end - pos, len - done);
+      const mr = w.mr[i];
+      if (!mr || !mr.valid) return false;
+      f(mr, w.addr[i]! - mr.iova + (pos - base), n, done);
+      done += n;
+    }
+    base = end;
+  }
+  return done === len;
+}
+
+export { EventType };

@@ -1,0 +1,103 @@
+/**
+ * The few libc calls Node does not offer, through koffi (prebuilt, no
+ * install script): memfd_create, mmap/munmap, file seals and SO_PEERCRED.
+ * Everything else (open, fstat, ftruncate, close) is node:fs on raw fds.
+ */
+import koffi from 'koffi';
+import { createRequire } from 'node:module';
+
+const libc = koffi.load('libc.so.6');
+
+const memfd_create = libc.func('int memfd_create(const char *name, unsigned int flags)');
+const mmap_ = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)');
+const munmap_ = libc.func('int munmap(void *addr, size_t len)');
+const fcntl_ = libc.func('int fcntl(int fd, int cmd, int arg)');
+const getsockopt_ = libc.func('int getsockopt(int fd, int level, int name, void *val, void *len)');
+const strerror_ = libc.func('const char *strerror(int errnum)');
+
+const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const PROT_READ = 1;
+const PROT_WRITE = 2;
+const MAP_SHARED = 1;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1;
+export const F_SEAL_SHRINK = 2;
+export const F_SEAL_GROW = 4;
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+
+/** errno names for the numbers libc gives back. */
+const require = createRequire(import.meta.url);
+const osConstants = (require('node:os') as typeof import('node:os')).constants.errno as Record<string, number>;
+export function errnoName(n: number): string {
+  for (const k in osConstants) if (osConstants[k] === n) return k;
+  return `E${n}`;
+}
+
+/** A failed libc call, with errno. */
+export class SysError extends Error {
+  constructor(readonly call: string, readonly errno: number, readonly code = errnoName(errno)) {
+    super(`${call}: ${code} (${strerror_(errno) as string})`);
+  }
+}
+
+function fail(call: string): never {
+  throw new SysError(call, koffi.errno());
+}
+
+/** Creates a sealable memfd of `size` bytes. */
+export function memfdCreate(name: string, size: number): number {
+  const fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING) as number;
+  if (fd < 0) fail('memfd_create');
+  return fd;
+}
+
+/** A shared read/write mapping of a file, with an ArrayBuffer view of it. */
+export interface Mapping {
+  readonly ptr: unknown;
+  readonly addr: bigint;
+  readonly length: number;
+  readonly buffer: ArrayBuffer;
+  unmapped: boolean;
+}
+
+const MAP_FAILED = BigInt.asUintN(64, -1n);
+
+/** mmap(NULL, length, RW, MAP_SHARED, fd, offset). */
+export function mapShared(fd: number, length: number, offset = 0): Mapping {
+  if (length <= 0) throw new SysError('mmap', osConstants.EINVAL ?? 22);
+  const ptr = mmap_(null, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+  const addr = BigInt(koffi.address(ptr));
+  if (ptr === null || addr === MAP_FAILED) fail('mmap');
+  const buffer = koffi.view(ptr, length) as ArrayBuffer;
+  return { ptr, addr, length, buffer, unmapped: false };
+}
+
+/** munmap; after this every view of the mapping must be dead (touching it faults). */
+export function unmap(m: Mapping): void {
+  if (m.unmapped) return;
+  m.unmapped = true;
+  if ((munmap_(m.ptr, m.length) as number) !== 0) fail('munmap');
+}
+
+/** Adds seals to a memfd (seals live on the inode, so they bind every process that maps it). */
+export function addSeals(fd: number, seals: number): void {
+  if ((fcntl_(fd, F_ADD_SEALS, seals) as number) < 0) fail('fcntl(F_ADD_SEALS)');
+}
+
+export function getSeals(fd: number): number {
+  const r = fcntl_(fd, F_GET_SEALS, 0) as number;
+  if (r < 0) fail('fcntl(F_GET_SEALS)');
+  return r;
+}
+
+/** The peer's credentials of a connected Unix socket (struct ucred), as the kernel vouches for them. */
+export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
+  const val = Buffer.alloc(12);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(12);
+  if ((getsockopt_(fd, SOL_SOCKET, SO_PEERCRED, val, len) as number) !== 0) fail('getsockopt(SO_PEERCRED)');
+  return { pid: val.readInt32LE(0), uid: val.readUInt32LE(4), gid: val.readUInt32LE(8) };
+}
