@@ -18,7 +18,7 @@ export const RING_HDR = 256;
 export const PROD = 0; // producer index
 export const CONS = 16; // consumer index (byte 64)
 export const NOTIFY = 32; // CQ arm: 0 none, 1 next completion, 2 solicited only (byte 128)
-export const SQ_KICK = 48; // SQ: set by the daemon while it will look at the ring again without a doorbell (byte 192)
+export const QP_STATE = 40; // SQ: the QP state, written by the daemon (byte 160)
 
 export const Notify = { NONE: 0, NEXT_COMP: 1, SOLICITED: 2 } as const;
 

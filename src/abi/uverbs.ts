@@ -206,6 +206,8 @@ export const POST_SEND: StructDef = {
   name: 'ib_uverbs_post_send',
   fields: [resp, ['qp_handle', 'u32'], ['wr_count', 'u32'], ['sge_count', 'u32'], ['wqe_size', 'u32']],
 };
+/** ib_uverbs_post_recv: same layout as post_send. softverbs uses it with wr_count 0 as the receive doorbell of a QP in ERR. */
+export const POST_RECV: StructDef = { ...POST_SEND, name: 'ib_uverbs_post_recv' };
 export const POST_SEND_RESP: StructDef = { name: 'ib_uverbs_post_send_resp', fields: [['bad_wr', 'u32']] };
 
 export const CREATE_SRQ: StructDef = {
@@ -257,6 +259,7 @@ export const COMMANDS: ReadonlyMap<number, CmdSpec> = new Map<number, CmdSpec>([
   [Cmd.MODIFY_QP, { name: 'MODIFY_QP', req: MODIFY_QP }],
   [Cmd.DESTROY_QP, { name: 'DESTROY_QP', req: DESTROY_QP, resp: DESTROY_QP_RESP }],
   [Cmd.POST_SEND, { name: 'POST_SEND', req: POST_SEND, resp: POST_SEND_RESP }],
+  [Cmd.POST_RECV, { name: 'POST_RECV', req: POST_RECV, resp: POST_SEND_RESP }],
   [Cmd.CREATE_SRQ, { name: 'CREATE_SRQ', req: CREATE_SRQ, resp: CREATE_SRQ_RESP, udata: SV_QUEUE }],
   [Cmd.MODIFY_SRQ, { name: 'MODIFY_SRQ', req: MODIFY_SRQ }],
   [Cmd.QUERY_SRQ, { name: 'QUERY_SRQ', req: QUERY_SRQ, resp: QUERY_SRQ_RESP }],

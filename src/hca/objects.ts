@@ -6,7 +6,7 @@
  */
 import { Access, EventType } from '../abi/enums.js';
 import { CONS, NOTIFY, Notify, PROD, RING_HDR, RWQE, SGE_SIZE, WC_SIZE } from '../abi/queue.js';
-import type { Mapping } from '../native/libc.js';
+import { type Mapping, unmap as unmapOld } from '../native/libc.js';
 
 /** Where the HCA reports events: the owning context's event streams. */
 export interface Owner {
@@ -71,9 +71,9 @@ export class Cq {
   compEvents = 0;
   asyncEvents = 0;
   errored = false;
-  readonly hdr: Int32Array;
-  readonly dv: DataView;
-  readonly mask: number;
+  hdr: Int32Array;
+  dv: DataView;
+  mask: number;
   private prod = 0;
   constructor(
     readonly owner: Owner,
@@ -126,6 +126,30 @@ export class Cq {
       if (Atomics.compareExchange(this.hdr, NOTIFY, arm, Notify.NONE) === arm && this.channel) this.owner.compEvent(this);
     }
     return true;
+  }
+
+  /** RESIZE_CQ: moves the completions not yet polled to the start of a new ring. */
+  resize(mapping: Mapping, slots: number, cqe: number): void {
+    const cons = Atomics.load(this.hdr, CONS) >>> 0;
+    const used = Math.min((this.prod - cons) >>> 0, this.slots);
+    const dst = new Uint8Array(mapping.buffer);
+    const src = new Uint8Array(this.mapping.buffer);
+    for (let i = 0; i < used; i++) {
+      const from = RING_HDR + ((cons + i) & this.mask) * WC_SIZE;
+      dst.set(src.subarray(from, from + WC_SIZE), RING_HDR + i * WC_SIZE);
+    }
+    const old = this.mapping;
+    this.mapping = mapping;
+    this.slots = slots;
+    this.cqe = cqe;
+    this.mask = slots - 1;
+    this.hdr = new Int32Array(mapping.buffer, 0, RING_HDR / 4);
+    this.dv = new DataView(mapping.buffer);
+    this.prod = used;
+    Atomics.store(this.hdr, CONS, 0);
+    Atomics.store(this.hdr, NOTIFY, Atomics.load(new Int32Array(old.buffer, 0, RING_HDR / 4), NOTIFY));
+    Atomics.store(this.hdr, PROD, used);
+    unmapOld(old);
   }
 
   /** Arms the CQ (REQ_NOTIFY_CQ); the library normally does this in shared memory. */

@@ -5,7 +5,7 @@
  * qp->comp). The three engines live in their own modules.
  */
 import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
-import { CONS, PROD, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
+import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
 import type { Mapping } from '../native/libc.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
 import { RecvWqe, u64ToNumber } from './objects.js';
@@ -179,7 +179,15 @@ export function modifyIsOk(cur: number, next: number, type: number, mask: number
 }
 
 export class Qp {
-  state: number = QpState.RESET;
+  private _state: number = QpState.RESET;
+  /** The QP state; mirrored into the send ring header so the library sees ERR without asking (postRecv must then ring). */
+  get state(): number {
+    return this._state;
+  }
+  set state(s: number) {
+    this._state = s;
+    Atomics.store(this.sqHdr, QP_STATE, s);
+  }
   attr: QpAttr = {
     qkey: 0, rqPsn: 0, sqPsn: 0, destQpn: 0, accessFlags: 0, pathMtu: 5, pkeyIndex: 0, port: 1, timeout: 0, retryCnt: 0, rnrRetry: 0,
     minRnrTimer: 0, maxRdAtomic: 0, maxDestRdAtomic: 0, enSqdAsyncNotify: 0, pathMigState: 0,

@@ -1,0 +1,688 @@
+/**
+ * One client context (a `struct ib_ucontext` behind an open uverbs fd): its
+ * handle table, its objects, the command handlers (named after the uverbs
+ * commands they serve), and the teardown that runs when the connection
+ * closes for any reason.
+ */
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask } from '../abi/enums.js';
+import type { Values } from '../abi/layout.js';
+import { layout, pack, unpack } from '../abi/layout.js';
+import { CONS, cqLayout, Limits, PROD, qpLayout, srqLayout } from '../abi/queue.js';
+import * as U from '../abi/uverbs.js';
+import { CmdError, E, fail } from '../common/errno.js';
+import { unmap, type Mapping } from '../native/libc.js';
+import { devOf, flushRecv, toError } from '../hca/completer.js';
+import type { SoftDevice } from '../hca/device.js';
+import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
+import { modifyIsOk, Qp } from '../hca/qp.js';
+import * as requester from '../hca/requester.js';
+import { mapClientMemfd } from './memfd.js';
+import { pagesSpanned, type PinnedAccounts } from './memlock.js';
+
+export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
+
+export class CompChannel {
+  sock: Socket | null = null;
+  pending: Buffer[] = [];
+  users = 0;
+  constructor(readonly ctx: Context, readonly token: number) {}
+  send(b: Buffer): void {
+    if (this.sock && !this.sock.destroyed) this.sock.write(b);
+    else if (this.pending.length < 4096) this.pending.push(b);
+  }
+}
+
+type Entry =
+  | { type: 'pd'; obj: Pd }
+  | { type: 'mr'; obj: Mr }
+  | { type: 'cq'; obj: Cq }
+  | { type: 'qp'; obj: Qp }
+  | { type: 'srq'; obj: Srq }
+  | { type: 'ah'; obj: Ah }
+  | { type: 'comp_channel'; obj: CompChannel };
+type ObjOf<T extends ObjType> = Extract<Entry, { type: T }>['obj'];
+
+/** What the context needs from the daemon around it. */
+export interface Host {
+  readonly pinned: PinnedAccounts;
+  newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number;
+  dropToken(token: number): void;
+  log(msg: string): void;
+}
+
+export class Context implements Owner {
+  readonly handles = new Map<number, Entry>();
+  readonly comm: string;
+  asyncSock: Socket | null = null;
+  asyncPending: Buffer[] = [];
+  asyncToken = 0;
+  closed = false;
+  private nextHandle = 0;
+
+  constructor(
+    readonly host: Host,
+    readonly dev: SoftDevice,
+    readonly pid: number,
+    readonly uid: number,
+    readonly gid: number,
+  ) {
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      /* gone already */
+    }
+    this.comm = comm;
+  }
+
+  // ---- handle table (the kernel's per-file idr: lowest free number) ----
+
+  private add(e: Entry): number {
+    let h = this.nextHandle;
+    while (this.handles.has(h)) h++;
+    this.handles.set(h, e);
+    this.nextHandle = 0;
+    return h;
+  }
+
+  get<T extends ObjType>(type: T, h: number, what: string = type): ObjOf<T> {
+    const e = this.handles.get(h);
+    if (!e || e.type !== type) fail(E.EINVAL, `${what} handle ${h} is not a ${type} of this context`);
+    return e.obj as ObjOf<T>;
+  }
+
+  handleOf(obj: object): number {
+    for (const [h, e] of this.handles) if (e.obj === obj) return h;
+    return -1;
+  }
+
+  lookupAh(h: number): Ah | null {
+    const e = this.handles.get(h);
+    return e && e.type === 'ah' ? e.obj : null;
+  }
+
+  // ---- events ----
+
+  compEvent(cq: Cq): void {
+    const ch = cq.channel as CompChannel | null;
+    if (!ch) return;
+    cq.compEvents++;
+    ch.send(pack(U.COMP_EVENT_DESC, { cq_handle: cq.userHandle }));
+  }
+
+  asyncEvent(element: bigint, type: number, obj: { asyncEvents: number } | null): void {
+    if (obj) obj.asyncEvents++;
+    const b = pack(U.ASYNC_EVENT_DESC, { element, event_type: type });
+    if (this.asyncSock && !this.asyncSock.destroyed) this.asyncSock.write(b);
+    else if (this.asyncPending.length < 4096) this.asyncPending.push(b);
+  }
+
+  // ---- dispatch ----
+
+  /**
+   * Runs one command frame (header already checked for size) and returns
+   * the response bytes. Throws CmdError for an errno reply.
+   */
+  dispatch(cmd: number, frame: Buffer, outBytes: number): Buffer {
+    const spec = U.COMMANDS.get(cmd);
+    if (!spec) fail(E.EOPNOTSUPP, `unknown command ${cmd}`);
+    const reqSize = layout(spec.req).size;
+    if (frame.length < U.HDR_SIZE + reqSize) fail(E.ENOSPC, `${spec.name}: in_words ${frame.length / 4} is shorter than the command`);
+    if (spec.resp && outBytes < layout(spec.resp).size) fail(E.ENOSPC, `${spec.name}: out_words ${outBytes / 4} is shorter than the response`);
+    const req = unpack(spec.req, frame, U.HDR_SIZE);
+    let udata: Values | null = null;
+    let rest = U.HDR_SIZE + reqSize;
+    if (spec.udata) {
+      const uSize = layout(spec.udata).size;
+      if (frame.length >= rest + uSize) {
+        udata = unpack(spec.udata, frame, rest);
+        rest += uSize;
+      }
+    }
+    for (let i = rest; i < frame.length; i++) if (frame[i] !== 0) fail(E.EINVAL, `${spec.name}: ${frame.length - rest} trailing bytes not understood`);
+    const resp = this.run(cmd, spec.name, req, udata);
+    return resp ?? Buffer.alloc(0);
+  }
+
+  private run(cmd: number, name: string, r: Values, u: Values | null): Buffer | void {
+    const C = U.Cmd;
+    switch (cmd) {
+      case C.GET_CONTEXT: return fail(E.EINVAL, 'GET_CONTEXT: context already created');
+      case C.QUERY_DEVICE: return this.queryDevice();
+      case C.QUERY_PORT: return this.queryPort(r);
+      case C.ALLOC_PD: return this.allocPd();
+      case C.DEALLOC_PD: return this.deallocPd(r);
+      case C.CREATE_AH: return this.createAh(r);
+      case C.DESTROY_AH: return this.destroyAh(r);
+      case C.REG_MR: return this.regMr(r, need(u, name));
+      case C.REREG_MR: return this.reregMr(r, u);
+      case C.DEREG_MR: return this.deregMr(r);
+      case C.CREATE_COMP_CHANNEL: return this.createCompChannel();
+      case C.CREATE_CQ: return this.createCq(r, need(u, name));
+      case C.RESIZE_CQ: return this.resizeCq(r, need(u, name));
+      case C.DESTROY_CQ: return this.destroyCq(r);
+      case C.REQ_NOTIFY_CQ: return this.reqNotifyCq(r);
+      case C.CREATE_QP: return this.createQp(r, need(u, name));
+      case C.QUERY_QP: return this.queryQp(r);
+      case C.MODIFY_QP: return this.modifyQp(r);
+      case C.DESTROY_QP: return this.destroyQp(r);
+      case C.POST_SEND: return this.postSend(r);
+      case C.POST_RECV: return this.postRecvDoorbell(r);
+      case C.CREATE_SRQ: return this.createSrq(r, need(u, name));
+      case C.MODIFY_SRQ: return this.modifySrq(r);
+      case C.QUERY_SRQ: return this.querySrq(r);
+      case C.DESTROY_SRQ: return this.destroySrq(r);
+    }
+    return fail(E.EOPNOTSUPP, `${name} is not supported`);
+  }
+
+  // ---- device ----
+
+  /** The GET_CONTEXT answer (called by the connection before the context exists in the table). */
+  getContextResp(): Buffer {
+    return pack(U.GET_CONTEXT_RESP, { async_fd: this.asyncToken, num_comp_vectors: 1 });
+  }
+
+  queryDevice(): Buffer {
+    const d = this.dev;
+    return pack(U.QUERY_DEVICE_RESP, {
+      fw_ver: 0n, node_guid: bswap64(d.nodeGuid), sys_image_guid: bswap64(d.nodeGuid), max_mr_size: BigInt(Limits.maxMrSize),
+      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: 0xfffff0 - 17, max_qp_wr: Limits.maxQpWr,
+      device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: 65536, max_cqe: Limits.maxCqe,
+      max_mr: 65536, max_pd: 65536, max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
+      max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
+      max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: 32766,
+      max_fmr: 0, max_map_per_fmr: 0, max_srq: 65536, max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
+      local_ca_ack_delay: 15, phys_port_cnt: 1,
+    });
+  }
+
+  queryPort(r: Values): Buffer {
+    if (r.port_num !== 1) fail(E.EINVAL, `QUERY_PORT: port ${r.port_num} does not exist (only port 1)`);
+    const d = this.dev;
+    return pack(U.QUERY_PORT_RESP, {
+      port_cap_flags: 0x00890000, // CM_SUP | IP_BASED_GIDS | ... as rxe reports
+      max_msg_sz: 0x800000, bad_pkey_cntr: 0, qkey_viol_cntr: 0, gid_tbl_len: 1024, pkey_tbl_len: 1, lid: 0, sm_lid: 0,
+      state: d.portState, max_mtu: 5, active_mtu: d.activeMtu, lmc: 0, max_vl_num: 1, sm_sl: 0, subnet_timeout: 0,
+      init_type_reply: 0, active_width: 1, active_speed: 1, phys_state: d.portState === PortState.ACTIVE ? 5 : 3,
+      link_layer: LinkLayer.ETHERNET,
+    });
+  }
+
+  // ---- PD ----
+
+  allocPd(): Buffer {
+    return pack(U.ALLOC_PD_RESP, { pd_handle: this.add({ type: 'pd', obj: new Pd(this) }) });
+  }
+
+  deallocPd(r: Values): void {
+    const pd = this.get('pd', r.pd_handle as number);
+    if (pd.users > 0) fail(E.EBUSY, `DEALLOC_PD: PD ${r.pd_handle} still has ${pd.users} users`);
+    this.handles.delete(r.pd_handle as number);
+  }
+
+  // ---- AH ----
+
+  createAh(r: Values): Buffer {
+    const pd = this.get('pd', r.pd_handle as number);
+    const a = r.attr as Values;
+    const g = a.grh as Values;
+    if (a.port_num !== 1) fail(E.EINVAL, `CREATE_AH: port ${a.port_num} does not exist`);
+    if (!a.is_global) fail(E.EINVAL, 'CREATE_AH: RoCE needs a GRH (is_global)');
+    if ((g.sgid_index as number) >= this.dev.gids.length) fail(E.EINVAL, `CREATE_AH: sgid_index ${g.sgid_index} is not in the GID table`);
+    const ah = new Ah(pd, g.dgid as Uint8Array, g.sgid_index as number, true, g.hop_limit as number, g.traffic_class as number, g.flow_label as number);
+    pd.users++;
+    return pack(U.CREATE_AH_RESP, { ah_handle: this.add({ type: 'ah', obj: ah }) });
+  }
+
+  destroyAh(r: Values): void {
+    const ah = this.get('ah', r.ah_handle as number);
+    ah.pd.users--;
+    this.handles.delete(r.ah_handle as number);
+  }
+
+  // ---- MR ----
+
+  private checkAccess(access: number): void {
+    const known = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC | Access.RELAXED_ORDERING;
+    if (access & Access.ON_DEMAND) fail(E.EOPNOTSUPP, 'ON_DEMAND access is not supported');
+    if (access & ~known) fail(E.EINVAL, `access flags 0x${access.toString(16)} have unsupported bits`);
+    if (access & (Access.REMOTE_WRITE | Access.REMOTE_ATOMIC) && !(access & Access.LOCAL_WRITE))
+      fail(E.EINVAL, 'REMOTE_WRITE / REMOTE_ATOMIC need LOCAL_WRITE');
+  }
+
+  /** Maps and accounts [start, start+length) of a memfd: all or nothing. */
+  private pin(start: bigint, length: bigint, hcaVa: bigint, u: Values): { mapping: Mapping; mem: Uint8Array; pages: number } {
+    if (length === 0n) fail(E.EINVAL, 'zero-length MR');
+    if (start + length > 0xffffffffffffffffn || hcaVa + length > 0xffffffffffffffffn) fail(E.EINVAL, 'addr + length overflows');
+    if (length > BigInt(Limits.maxMrSize)) fail(E.EINVAL, `length ${length} is over max_mr_size`);
+    if ((start & 0xfffn) !== (hcaVa & 0xfffn)) fail(E.EINVAL, 'start and hca_va differ within the page');
+    if (hcaVa + length > 1n << 53n) fail(E.EINVAL, 'hca_va beyond 2^53 is not supported');
+    const pages = pagesSpanned(start, length);
+    if (!this.host.pinned.charge(this.pid, this.uid, pages)) fail(E.ENOMEM, `pinning ${pages} pages passes RLIMIT_MEMLOCK of pid ${this.pid}`);
+    try {
+      const m = mapClientMemfd(this.pid, u.memfd as number, u.memfd_offset as bigint, length);
+      return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
+    } catch (e) {
+      this.host.pinned.release(this.pid, pages);
+      throw e;
+    }
+  }
+
+  regMr(r: Values, u: Values): Buffer {
+    const pd = this.get('pd', r.pd_handle as number);
+    const access = r.access_flags as number;
+    this.checkAccess(access);
+    const key = this.dev.allocMrKey();
+    if (key < 0) fail(E.ENOMEM, 'no MR keys left');
+    const p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+    const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
+    this.dev.mrs.set(key >>> 8, mr);
+    pd.users++;
+    const h = this.add({ type: 'mr', obj: mr });
+    return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: key });
+  }
+
+  reregMr(r: Values, u: Values | null): Buffer {
+    const mr = this.get('mr', r.mr_handle as number);
+    const flags = r.flags as number;
+    if (!flags || flags & ~(ReregMrFlags.CHANGE_TRANSLATION | ReregMrFlags.CHANGE_PD | ReregMrFlags.CHANGE_ACCESS))
+      fail(E.EINVAL, `REREG_MR: flags 0x${flags.toString(16)}`);
+    const newPd = flags & ReregMrFlags.CHANGE_PD ? this.get('pd', r.pd_handle as number) : mr.pd;
+    const access = flags & ReregMrFlags.CHANGE_ACCESS ? (r.access_flags as number) : mr.access;
+    this.checkAccess(access);
+    let p: { mapping: Mapping; mem: Uint8Array; pages: number } | null = null;
+    if (flags & ReregMrFlags.CHANGE_TRANSLATION) {
+      if (!u) fail(E.EINVAL, 'REREG_MR: CHANGE_TRANSLATION needs the memfd udata');
+      p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+    }
+    // everything checked: now change the MR (a new key, so old keys stop working, as the kernel does)
+    const key = this.dev.allocMrKey();
+    this.dev.mrs.delete(mr.key >>> 8);
+    if (p) {
+      unmap(mr.mapping);
+      this.host.pinned.release(this.pid, mr.pages);
+      mr.mapping = p.mapping;
+      mr.mem = p.mem;
+      mr.pages = p.pages;
+      mr.iova = Number(r.hca_va);
+      mr.length = Number(r.length);
+    }
+    if (newPd !== mr.pd) {
+      mr.pd.users--;
+      newPd.users++;
+      mr.pd = newPd;
+    }
+    mr.access = access;
+    mr.key = key;
+    this.dev.mrs.set(key >>> 8, mr);
+    return pack(U.REREG_MR_RESP, { lkey: key, rkey: key });
+  }
+
+  deregMr(r: Values): void {
+    const mr = this.get('mr', r.mr_handle as number);
+    this.releaseMr(mr);
+    this.handles.delete(r.mr_handle as number);
+  }
+
+  private releaseMr(mr: Mr): void {
+    mr.valid = false;
+    this.dev.mrs.delete(mr.key >>> 8);
+    mr.pd.users--;
+    unmap(mr.mapping);
+    this.host.pinned.release(this.pid, mr.pages);
+  }
+
+  // ---- completion channels and CQs ----
+
+  createCompChannel(): Buffer {
+    const ch = new CompChannel(this, 0);
+    const token = this.host.newToken('comp', this, ch);
+    (ch as { token: number }).token = token;
+    this.add({ type: 'comp_channel', obj: ch });
+    return pack(U.CREATE_COMP_CHANNEL_RESP, { fd: token });
+  }
+
+  private channelByToken(token: number): CompChannel {
+    for (const e of this.handles.values()) if (e.type === 'comp_channel' && e.obj.token === token) return e.obj;
+    return fail(E.EINVAL, `comp_channel ${token} is not a channel of this context`);
+  }
+
+  createCq(r: Values, u: Values): Buffer {
+    const cqe = r.cqe as number;
+    if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
+    if ((r.comp_vector as number) !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
+    const ch = (r.comp_channel as number) >= 0 ? this.channelByToken(r.comp_channel as number) : null;
+    const l = cqLayout(cqe);
+    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    const cq = new Cq(this, r.user_handle as bigint, m.mapping, l.slots, l.cqe, ch);
+    if (ch) ch.users++;
+    return pack(U.CREATE_CQ_RESP, { cq_handle: this.add({ type: 'cq', obj: cq }), cqe: l.cqe });
+  }
+
+  resizeCq(r: Values, u: Values): Buffer {
+    const cq = this.get('cq', r.cq_handle as number);
+    const cqe = r.cqe as number;
+    if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `RESIZE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
+    const l = cqLayout(cqe);
+    const used = (Atomics.load(cq.hdr, PROD) - Atomics.load(cq.hdr, CONS)) >>> 0;
+    if (used > l.cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${l.cqe}`);
+    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    cq.resize(m.mapping, l.slots, l.cqe);
+    return pack(U.RESIZE_CQ_RESP, { cqe: l.cqe });
+  }
+
+  destroyCq(r: Values): Buffer {
+    const cq = this.get('cq', r.cq_handle as number);
+    if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
+    this.releaseCq(cq);
+    this.handles.delete(r.cq_handle as number);
+    return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
+  }
+
+  private releaseCq(cq: Cq): void {
+    if (cq.channel) (cq.channel as CompChannel).users--;
+    cq.errored = true;
+    unmap(cq.mapping);
+  }
+
+  reqNotifyCq(r: Values): void {
+    this.get('cq', r.cq_handle as number).arm((r.solicited_only as number) !== 0);
+  }
+
+  // ---- SRQ ----
+
+  createSrq(r: Values, u: Values): Buffer {
+    const pd = this.get('pd', r.pd_handle as number);
+    const maxWr = r.max_wr as number;
+    const maxSge = r.max_sge as number;
+    const l = srqLayout(maxWr, maxSge);
+    if (!l) fail(E.EINVAL, `CREATE_SRQ: max_wr ${maxWr} / max_sge ${maxSge} out of range`);
+    const limit = r.srq_limit as number;
+    if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
+    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    const srq = new Srq(this, r.user_handle as bigint, pd, m.mapping, new RecvRing(m.mapping, 0, l.slots, l.stride, maxSge), this.dev.allocSrqn());
+    srq.limit = limit;
+    pd.users++;
+    this.dev.srqs.set(srq.srqn, srq);
+    return pack(U.CREATE_SRQ_RESP, { srq_handle: this.add({ type: 'srq', obj: srq }), max_wr: l.slots, max_sge: maxSge, srqn: srq.srqn });
+  }
+
+  modifySrq(r: Values): void {
+    const srq = this.get('srq', r.srq_handle as number);
+    const mask = r.attr_mask as number;
+    if (mask & ~(SrqAttrMask.MAX_WR | SrqAttrMask.LIMIT)) fail(E.EINVAL, `MODIFY_SRQ: attr_mask 0x${mask.toString(16)}`);
+    if (mask & SrqAttrMask.MAX_WR) fail(E.EOPNOTSUPP, 'MODIFY_SRQ: resizing an SRQ is not supported');
+    if (mask & SrqAttrMask.LIMIT) {
+      const limit = r.srq_limit as number;
+      if (limit > srq.ring.slots) fail(E.EINVAL, `MODIFY_SRQ: srq_limit ${limit} > max_wr ${srq.ring.slots}`);
+      srq.limit = limit;
+      srq.checkLimit();
+    }
+  }
+
+  querySrq(r: Values): Buffer {
+    const srq = this.get('srq', r.srq_handle as number);
+    return pack(U.QUERY_SRQ_RESP, { max_wr: srq.ring.slots, max_sge: srq.ring.maxSge, srq_limit: srq.limit });
+  }
+
+  destroySrq(r: Values): Buffer {
+    const srq = this.get('srq', r.srq_handle as number);
+    if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
+    this.releaseSrq(srq);
+    this.handles.delete(r.srq_handle as number);
+    return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
+  }
+
+  private releaseSrq(srq: Srq): void {
+    srq.pd.users--;
+    this.dev.srqs.delete(srq.srqn);
+    unmap(srq.mapping);
+  }
+
+  // ---- QP ----
+
+  createQp(r: Values, u: Values): Buffer {
+    const type = r.qp_type as number;
+    if (type !== QpType.RC && type !== QpType.UC && type !== QpType.UD) fail(E.EOPNOTSUPP, `CREATE_QP: QP type ${type} is not supported`);
+    const pd = this.get('pd', r.pd_handle as number);
+    const scq = this.get('cq', r.send_cq_handle as number, 'send_cq');
+    const rcq = this.get('cq', r.recv_cq_handle as number, 'recv_cq');
+    const srq = r.is_srq ? this.get('srq', r.srq_handle as number) : null;
+    if (srq && srq.pd !== pd) fail(E.EINVAL, 'CREATE_QP: SRQ is in another PD');
+    const l = qpLayout({
+      maxSendWr: r.max_send_wr as number, maxRecvWr: r.max_recv_wr as number, maxSendSge: r.max_send_sge as number,
+      maxRecvSge: r.max_recv_sge as number, maxInlineData: r.max_inline_data as number,
+    }, !!srq);
+    if (!l) fail(E.EINVAL, 'CREATE_QP: a capability is over the device limit');
+    const qpn = this.dev.allocQpn();
+    if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
+    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    const rq = l.rq ? new RecvRing(m.mapping, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
+    const qp = new Qp(this, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle as bigint);
+    qp.setMtu(5, this.dev.mtuBytes);
+    devOf.set(qp, this.dev);
+    this.dev.qps.set(qpn, qp);
+    pd.users++;
+    scq.users++;
+    rcq.users++;
+    if (srq) srq.users++;
+    const h = this.add({ type: 'qp', obj: qp });
+    const c = l.caps;
+    return pack(U.CREATE_QP_RESP, {
+      qp_handle: h, qpn, max_send_wr: c.maxSendWr, max_recv_wr: c.maxRecvWr, max_send_sge: c.maxSendSge, max_recv_sge: c.maxRecvSge,
+      max_inline_data: c.maxInlineData,
+    });
+  }
+
+  queryQp(r: Values): Buffer {
+    const qp = this.get('qp', r.qp_handle as number);
+    const a = qp.attr;
+    const dest = {
+      dgid: a.path.dgid, flow_label: a.path.flowLabel, sgid_index: a.path.sgidIndex, hop_limit: a.path.hopLimit,
+      traffic_class: a.path.trafficClass, is_global: 1, port_num: a.port,
+    };
+    return pack(U.QUERY_QP_RESP, {
+      dest, max_send_wr: qp.caps.maxSendWr, max_recv_wr: qp.caps.maxRecvWr, max_send_sge: qp.caps.maxSendSge,
+      max_recv_sge: qp.caps.maxRecvSge, max_inline_data: qp.caps.maxInlineData, qkey: a.qkey, rq_psn: qp.resp.psn, sq_psn: qp.req.psn,
+      dest_qp_num: a.destQpn, qp_access_flags: a.accessFlags, pkey_index: a.pkeyIndex, qp_state: qp.state, cur_qp_state: qp.state,
+      path_mtu: a.pathMtu, path_mig_state: a.pathMigState, sq_draining: qp.state === QpState.SQD && qp.comp.idx !== qp.req.idx ? 1 : 0,
+      max_rd_atomic: a.maxRdAtomic, max_dest_rd_atomic: a.maxDestRdAtomic, min_rnr_timer: a.minRnrTimer, port_num: a.port,
+      timeout: a.timeout, retry_cnt: a.retryCnt, rnr_retry: a.rnrRetry, sq_sig_all: qp.sqSigAll ? 1 : 0,
+    });
+  }
+
+  modifyQp(r: Values): void {
+    const qp = this.get('qp', r.qp_handle as number);
+    const mask = r.attr_mask as number;
+    const cur = qp.state;
+    if (mask & A.CUR_STATE && (r.cur_qp_state as number) !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
+    const next = mask & A.STATE ? (r.qp_state as number) : cur;
+    if (!modifyIsOk(cur, next, qp.type, mask)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)} is not valid for ${stateName(cur)}->${stateName(next)} on this QP type`);
+    // check every value before changing anything
+    const dest = r.dest as Values;
+    if (mask & A.PORT && r.port_num !== 1) fail(E.EINVAL, `MODIFY_QP: port ${r.port_num} does not exist`);
+    if (mask & A.PATH_MTU && !mtuBytes(r.path_mtu as number)) fail(E.EINVAL, `MODIFY_QP: path_mtu ${r.path_mtu}`);
+    if (mask & A.PKEY_INDEX && (r.pkey_index as number) >= 1) fail(E.EINVAL, `MODIFY_QP: pkey_index ${r.pkey_index} (the table has 1 entry)`);
+    if (mask & A.MAX_QP_RD_ATOMIC && (r.max_rd_atomic as number) > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_rd_atomic ${r.max_rd_atomic}`);
+    if (mask & A.MAX_DEST_RD_ATOMIC && (r.max_dest_rd_atomic as number) > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_dest_rd_atomic ${r.max_dest_rd_atomic}`);
+    if (mask & A.TIMEOUT && (r.timeout as number) > 31) fail(E.EINVAL, `MODIFY_QP: timeout ${r.timeout}`);
+    if (mask & A.RETRY_CNT && (r.retry_cnt as number) > 7) fail(E.EINVAL, `MODIFY_QP: retry_cnt ${r.retry_cnt}`);
+    if (mask & A.RNR_RETRY && (r.rnr_retry as number) > 7) fail(E.EINVAL, `MODIFY_QP: rnr_retry ${r.rnr_retry}`);
+    if (mask & A.MIN_RNR_TIMER && (r.min_rnr_timer as number) > 31) fail(E.EINVAL, `MODIFY_QP: min_rnr_timer ${r.min_rnr_timer}`);
+    if (mask & A.ACCESS_FLAGS && (r.qp_access_flags as number) & ~(Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC))
+      fail(E.EINVAL, `MODIFY_QP: qp_access_flags 0x${(r.qp_access_flags as number).toString(16)}`);
+    if (mask & A.AV) {
+      if (!dest.is_global) fail(E.EINVAL, 'MODIFY_QP: RoCE address vectors need a GRH (is_global)');
+      if ((dest.sgid_index as number) >= this.dev.gids.length) fail(E.EINVAL, `MODIFY_QP: sgid_index ${dest.sgid_index} is not in the GID table`);
+      if (dest.port_num !== 1 && dest.port_num !== 0) fail(E.EINVAL, `MODIFY_QP: ah_attr.port_num ${dest.port_num}`);
+    }
+    if (mask & A.DEST_QPN && (r.dest_qp_num as number) > 0xffffff) fail(E.EINVAL, `MODIFY_QP: dest_qp_num ${r.dest_qp_num}`);
+    if (mask & A.ALT_PATH) fail(E.EOPNOTSUPP, 'MODIFY_QP: alternate paths are not supported');
+
+    const a = qp.attr;
+    if (mask & A.QKEY) a.qkey = r.qkey as number;
+    if (mask & A.ACCESS_FLAGS) a.accessFlags = r.qp_access_flags as number;
+    if (mask & A.PKEY_INDEX) a.pkeyIndex = r.pkey_index as number;
+    if (mask & A.PORT) a.port = r.port_num as number;
+    if (mask & A.PATH_MTU) {
+      a.pathMtu = r.path_mtu as number;
+      qp.setMtu(a.pathMtu, this.dev.mtuBytes);
+    }
+    if (mask & A.TIMEOUT) a.timeout = r.timeout as number;
+    if (mask & A.RETRY_CNT) a.retryCnt = qp.comp.retryCnt = r.retry_cnt as number;
+    if (mask & A.RNR_RETRY) a.rnrRetry = qp.comp.rnrRetry = r.rnr_retry as number;
+    if (mask & A.MIN_RNR_TIMER) a.minRnrTimer = r.min_rnr_timer as number;
+    if (mask & A.MAX_QP_RD_ATOMIC) a.maxRdAtomic = r.max_rd_atomic as number;
+    if (mask & A.MAX_DEST_RD_ATOMIC) a.maxDestRdAtomic = r.max_dest_rd_atomic as number;
+    if (mask & A.EN_SQD_ASYNC_NOTIFY) a.enSqdAsyncNotify = r.en_sqd_async_notify as number;
+    if (mask & A.PATH_MIG_STATE) a.pathMigState = r.path_mig_state as number;
+    if (mask & A.DEST_QPN) a.destQpn = r.dest_qp_num as number;
+    if (mask & A.RQ_PSN) qp.resp.psn = (r.rq_psn as number) & 0xffffff;
+    if (mask & A.SQ_PSN) qp.req.psn = qp.comp.psn = (r.sq_psn as number) & 0xffffff;
+    if (mask & A.AV) {
+      a.path = {
+        dgid: (dest.dgid as Uint8Array).slice(), sgidIndex: dest.sgid_index as number, hopLimit: dest.hop_limit as number,
+        trafficClass: dest.traffic_class as number, flowLabel: dest.flow_label as number, isGlobal: true,
+      };
+    }
+    if (!(mask & A.STATE)) return;
+    this.transition(qp, cur, next);
+  }
+
+  private transition(qp: Qp, cur: number, next: number): void {
+    if (next === QpState.RESET) {
+      qp.stopTimers();
+      qp.state = QpState.RESET;
+      // everything posted is forgotten, as a reset QP's queues are empty
+      const sqProd = Atomics.load(qp.sqHdr, PROD) >>> 0;
+      for (const w of qp.wqes) w.state = 0;
+      qp.req.idx = qp.comp.idx = sqProd;
+      qp.req.rdAtomic = qp.req.noAck = 0;
+      Atomics.store(qp.sqHdr, CONS, sqProd | 0);
+      if (qp.rq) {
+        qp.rq.cons = Atomics.load(qp.rq.hdr, PROD) >>> 0;
+        Atomics.store(qp.rq.hdr, CONS, qp.rq.cons | 0);
+      }
+      qp.resp.wqe = null;
+      qp.resp.inMsg = 0;
+      qp.resp.res.length = 0;
+      qp.resp.msn = 0;
+      return;
+    }
+    if (next === QpState.ERR) {
+      toError(this.dev, qp);
+      return;
+    }
+    qp.state = next;
+    if (next === QpState.SQD && cur === QpState.RTS && qp.comp.idx === qp.req.idx && qp.attr.enSqdAsyncNotify) {
+      qp.attr.enSqdAsyncNotify = 0;
+      qp.raise(EventType.SQ_DRAINED);
+    }
+    if (next === QpState.RTS && cur !== QpState.RTS) this.dev.doorbell(qp);
+  }
+
+  destroyQp(r: Values): Buffer {
+    const qp = this.get('qp', r.qp_handle as number);
+    this.releaseQp(qp);
+    this.handles.delete(r.qp_handle as number);
+    return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
+  }
+
+  private releaseQp(qp: Qp): void {
+    qp.stopTimers();
+    qp.state = QpState.RESET;
+    this.dev.qps.delete(qp.qpn);
+    qp.pd.users--;
+    qp.sendCq.users--;
+    qp.recvCq.users--;
+    if (qp.srq) qp.srq.users--;
+    unmap(qp.mapping);
+  }
+
+  postSend(r: Values): Buffer {
+    const qp = this.get('qp', r.qp_handle as number);
+    if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');
+    this.dev.doorbell(qp);
+    return pack(U.POST_SEND_RESP, { bad_wr: 0 });
+  }
+
+  /** POST_RECV as a doorbell: a receive posted to a QP in ERR must be flushed, and only a doorbell tells us. */
+  postRecvDoorbell(r: Values): Buffer {
+    const qp = this.get('qp', r.qp_handle as number);
+    if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_RECV: WRs go in the shared receive queue; the command is only the doorbell (wr_count 0)');
+    flushRecv(this.dev, qp);
+    this.dev.fabric.drain();
+    return pack(U.POST_SEND_RESP, { bad_wr: 0 });
+  }
+
+  // ---- teardown ----
+
+  /** Destroys everything in dependency order: QPs, SRQs, CQs, AHs, MRs, PDs, channels. */
+  destroyAll(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const order: ObjType[] = ['qp', 'srq', 'cq', 'ah', 'mr', 'pd', 'comp_channel'];
+    for (const t of order) {
+      for (const [h, e] of [...this.handles]) {
+        if (e.type !== t) continue;
+        try {
+          if (e.type === 'qp') this.releaseQp(e.obj);
+          else if (e.type === 'srq') this.releaseSrq(e.obj);
+          else if (e.type === 'cq') this.releaseCq(e.obj);
+          else if (e.type === 'ah') e.obj.pd.users--;
+          else if (e.type === 'mr') this.releaseMr(e.obj);
+          else if (e.type === 'comp_channel') {
+            this.host.dropToken(e.obj.token);
+            e.obj.sock?.destroy();
+          }
+        } catch (err) {
+          this.host.log(`teardown of ${e.type} ${h} (pid ${this.pid}): ${(err as Error).message}`);
+        }
+        this.handles.delete(h);
+      }
+    }
+    this.host.dropToken(this.asyncToken);
+    this.asyncSock?.destroy();
+  }
+
+  /** The resource tracker's rows for this context. */
+  track(): Array<Record<string, unknown>> {
+    const rows: Array<Record<string, unknown>> = [];
+    for (const [h, e] of this.handles) {
+      const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, comm: this.comm, type: e.type, handle: h };
+      if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn });
+      if (e.type === 'mr') Object.assign(row, { lkey: e.obj.key, rkey: e.obj.key, mrlen: e.obj.length, pages: e.obj.pages });
+      if (e.type === 'cq') Object.assign(row, { cqe: e.obj.cqe, users: e.obj.users });
+      if (e.type === 'pd') Object.assign(row, { users: e.obj.users });
+      if (e.type === 'srq') Object.assign(row, { srqn: e.obj.srqn });
+      rows.push(row);
+    }
+    return rows;
+  }
+}
+
+/** IBV_DEVICE_* flags rxe reports (0x01223c76 on a 6.1 kernel, from ibv_devinfo -v in the lab VM). */
+const DEVICE_CAP_FLAGS = 0x01223c76;
+
+function need(u: Values | null, name: string): Values {
+  if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);
+  return u;
+}
+
+function bswap64(v: bigint): bigint {
+  let r = 0n;
+  for (let i = 0; i < 8; i++) {
+    r = (r << 8n) | (v & 0xffn);
+    v >>= 8n;
+  }
+  return r;
+}
+
+function stateName(s: number): string {
+  return ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'][s] ?? String(s);
+}
+
+export { requester };

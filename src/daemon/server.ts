@@ -1,0 +1,331 @@
+/**
+ * softverbsd: the device files, the discovery tree, connections and their
+ * framing (DESIGN §2–3), and the daemon's life cycle.
+ */
+import { randomInt } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { PortState } from '../abi/enums.js';
+import { pack } from '../abi/layout.js';
+import * as U from '../abi/uverbs.js';
+import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
+import { CmdError, E, errnoName } from '../common/errno.js';
+import { Fabric, gidString, SoftDevice } from '../hca/device.js';
+import { peerCred } from '../native/libc.js';
+import { CompChannel, Context, type Host } from './context.js';
+import { PinnedAccounts } from './memlock.js';
+import { policyFor, type Rule } from './rules.js';
+
+export interface DeviceSpec {
+  name: string;
+  addr: string;
+  /** ibv_mtu enum value */
+  mtu?: number;
+}
+
+export interface DaemonOptions {
+  root: string;
+  devices: DeviceSpec[];
+  rules: Rule[];
+  log?: (msg: string) => void;
+}
+
+interface DevEntry {
+  dev: SoftDevice;
+  kname: string;
+  path: string;
+  server: Server;
+}
+
+type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
+
+const MAX_FRAME = 0xffff * 4;
+
+export class Daemon implements Host {
+  readonly fabric = new Fabric();
+  readonly pinned = new PinnedAccounts();
+  readonly devs: DevEntry[] = [];
+  readonly contexts = new Set<Context>();
+  private tokens = new Map<number, Token>();
+  private conns = new Set<Socket>();
+  readonly log: (msg: string) => void;
+
+  constructor(readonly opts: DaemonOptions) {
+    this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
+  }
+
+  newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
+    let t: number;
+    do t = randomInt(1, 0x7fffffff);
+    while (this.tokens.has(t));
+    this.tokens.set(t, kind === 'comp' ? { kind, ctx, chan: chan! } : { kind, ctx });
+    return t;
+  }
+
+  dropToken(t: number): void {
+    this.tokens.delete(t);
+  }
+
+  async start(): Promise<void> {
+    const root = this.opts.root;
+    for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) mkdirSync(d, { recursive: true, mode: 0o755 });
+    this.sweepStaleSysfs();
+    for (const [i, spec] of this.opts.devices.entries()) {
+      const kname = `uverbs${i}`;
+      const pol = policyFor(this.opts.rules, kname);
+      const path = join(root, 'dev', pol.name);
+      mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+      await this.recoverStale(path);
+      const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
+      const server = createServer((s) => this.onConnection(s, dev));
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        server.listen(path, () => res());
+      });
+      chmodSync(path, pol.mode);
+      if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+      this.devs.push({ dev, kname, path, server });
+      this.writeSysfs(dev, kname, path);
+      this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, same-device transport only (the RoCEv2 wire is not built yet)`);
+    }
+  }
+
+  /** Discovery entries whose daemon is gone are removed (a crashed daemon leaves them behind). */
+  private sweepStaleSysfs(): void {
+    const root = this.opts.root;
+    for (const k of readdirSync(verbsClassDir(root))) {
+      const dir = join(verbsClassDir(root), k);
+      let pid = 0;
+      let ibdev = '';
+      try {
+        pid = Number(readFileSync(join(dir, 'softverbsd_pid'), 'utf8'));
+        ibdev = readFileSync(join(dir, 'ibdev'), 'utf8').trim();
+      } catch {
+        /* half-written: stale */
+      }
+      if (pid && pidAlive(pid)) continue;
+      rmSync(dir, { recursive: true, force: true });
+      if (ibdev) rmSync(join(ibClassDir(root), ibdev), { recursive: true, force: true });
+      this.log(`removed stale discovery entry ${k}`);
+    }
+  }
+
+  /** A socket file left by a dead daemon is removed; a live one means another daemon owns the device. */
+  private async recoverStale(path: string): Promise<void> {
+    if (!existsSync(path)) return;
+    const alive = await new Promise<boolean>((res) => {
+      const s = connect(path);
+      s.once('connect', () => {
+        s.destroy();
+        res(true);
+      });
+      s.once('error', () => res(false));
+    });
+    if (alive) throw new Error(`${path} is served by another running softverbsd`);
+    unlinkSync(path);
+    this.log(`removed stale ${path}`);
+  }
+
+  private writeSysfs(dev: SoftDevice, kname: string, path: string): void {
+    const root = this.opts.root;
+    const v = join(verbsClassDir(root), kname);
+    rmSync(v, { recursive: true, force: true });
+    mkdirSync(v, { recursive: true });
+    writeFileSync(join(v, 'ibdev'), `${dev.name}\n`);
+    writeFileSync(join(v, 'abi_version'), `${U.ABI_VERSION}\n`);
+    writeFileSync(join(v, 'dev'), `231:${192 + dev.index}\n`);
+    writeFileSync(join(v, 'dev_path'), `${path}\n`);
+    writeFileSync(join(v, 'softverbsd_pid'), `${process.pid}\n`);
+    const d = join(ibClassDir(root), dev.name);
+    rmSync(d, { recursive: true, force: true });
+    const port = join(d, 'ports', '1');
+    mkdirSync(join(port, 'gids'), { recursive: true });
+    mkdirSync(join(port, 'gid_attrs', 'types'), { recursive: true });
+    const guid = guidString(dev.nodeGuid);
+    writeFileSync(join(d, 'node_guid'), `${guid}\n`);
+    writeFileSync(join(d, 'sys_image_guid'), `${guid}\n`);
+    writeFileSync(join(d, 'node_type'), '1: CA\n');
+    writeFileSync(join(d, 'fw_ver'), '0.0.0\n');
+    writeFileSync(join(d, 'netdev_addr'), `${dev.addr}\n`);
+    writeFileSync(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
+    writeFileSync(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
+    writeFileSync(join(port, 'link_layer'), 'Ethernet\n');
+    dev.gids.forEach((g, i) => {
+      writeFileSync(join(port, 'gids', String(i)), `${gidString(g)}\n`);
+      writeFileSync(join(port, 'gid_attrs', 'types', String(i)), 'RoCE v2\n');
+    });
+  }
+
+  private onConnection(s: Socket, dev: SoftDevice): void {
+    let cred: { pid: number; uid: number; gid: number };
+    try {
+      cred = peerCred((s as unknown as { _handle: { fd: number } })._handle.fd);
+    } catch (e) {
+      this.log(`peer credentials unavailable: ${(e as Error).message}`);
+      s.destroy();
+      return;
+    }
+    this.conns.add(s);
+    let kind: 'new' | 'cmd' | 'async' | 'comp' | 'mgmt' = 'new';
+    let ctx: Context | null = null;
+    let chunks: Buffer[] = [];
+    let have = 0;
+
+    const reply = (status: number, body?: Buffer, outBytes = 0) => {
+      const len = status === 0 ? outBytes : 0;
+      const b = Buffer.alloc(8 + len);
+      b.writeInt32LE(status, 0);
+      b.writeUInt32LE(len, 4);
+      if (len && body) body.copy(b, 8, 0, Math.min(len, body.length));
+      s.write(b);
+    };
+
+    const handle = (frame: Buffer) => {
+      const cmd = frame.readUInt32LE(0);
+      const outBytes = frame.readUInt16LE(6) * 4;
+      if (kind === 'new') {
+        if (cmd === U.Cmd.GET_CONTEXT) {
+          if (frame.length < U.HDR_SIZE + 8) return reply(-E.ENOSPC);
+          if (outBytes < 8) return reply(-E.ENOSPC);
+          ctx = new Context(this, dev, cred.pid, cred.uid, cred.gid);
+          ctx.asyncToken = this.newToken('async', ctx);
+          this.contexts.add(ctx);
+          kind = 'cmd';
+          return reply(0, ctx.getContextResp(), outBytes);
+        }
+        if (cmd === U.SvCmd.ATTACH_ASYNC || cmd === U.SvCmd.ATTACH_COMP_CHANNEL) {
+          if (frame.length < U.HDR_SIZE + 8) return reply(-E.ENOSPC);
+          const t = this.tokens.get(frame.readUInt32LE(8));
+          const want = cmd === U.SvCmd.ATTACH_ASYNC ? 'async' : 'comp';
+          if (!t || t.kind !== want || t.ctx.dev !== dev) return reply(-E.EINVAL);
+          if (t.ctx.pid !== cred.pid) return reply(-E.EACCES); // only the context's own process may take its events
+          reply(0);
+          if (t.kind === 'async') {
+            kind = 'async';
+            t.ctx.asyncSock = s;
+            for (const b of t.ctx.asyncPending.splice(0)) s.write(b);
+          } else {
+            kind = 'comp';
+            t.chan.sock = s;
+            for (const b of t.chan.pending.splice(0)) s.write(b);
+          }
+          this.tokens.delete(frame.readUInt32LE(8));
+          return;
+        }
+        if (cmd === U.SvCmd.MGMT) {
+          kind = 'mgmt';
+          return this.mgmt(frame, reply);
+        }
+        return reply(-E.EINVAL); // DESIGN §3: GET_CONTEXT must come first
+      }
+      if (kind === 'mgmt') {
+        if (cmd === U.SvCmd.MGMT) return this.mgmt(frame, reply);
+        return reply(-E.EINVAL);
+      }
+      if (kind !== 'cmd' || !ctx) return; // event streams carry nothing from the client
+      try {
+        const resp = ctx.dispatch(cmd, frame, outBytes);
+        reply(0, resp, outBytes);
+      } catch (e) {
+        if (e instanceof CmdError) {
+          reply(-e.errno);
+          if (process.env.SOFTVERBS_DEBUG) this.log(`pid ${cred.pid}: ${errnoName(e.errno)}: ${e.message}`);
+        } else {
+          // a bug of ours, not the client's: keep serving, say what happened
+          this.log(`pid ${cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
+          reply(-E.EIO);
+        }
+      }
+    };
+
+    s.on('data', (d: Buffer) => {
+      chunks.push(d);
+      have += d.length;
+      while (have >= 8) {
+        let buf = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+        chunks = [buf];
+        const size = buf.readUInt16LE(4) * 4;
+        if (size < 8 || size > MAX_FRAME) {
+          // framing garbage: nothing after it can be trusted (DESIGN §3)
+          s.destroy();
+          return;
+        }
+        if (have < size) return;
+        const frame = buf.subarray(0, size);
+        buf = buf.subarray(size);
+        chunks = buf.length ? [buf] : [];
+        have = buf.length;
+        handle(frame);
+        if (s.destroyed) return;
+      }
+    });
+    const close = () => {
+      this.conns.delete(s);
+      if (kind === 'cmd' && ctx) {
+        ctx.destroyAll();
+        this.contexts.delete(ctx);
+        this.fabric.drain();
+      }
+    };
+    s.on('close', close);
+    s.on('error', () => s.destroy());
+  }
+
+  /** Management requests (what netlink serves to `rdma`): JSON in, JSON out. */
+  private mgmt(frame: Buffer, reply: (status: number, body?: Buffer, out?: number) => void): void {
+    let req: { op?: string };
+    try {
+      req = JSON.parse(frame.subarray(8).toString('utf8').replace(/\0+$/, '').trim() || '{}');
+    } catch {
+      return reply(-E.EINVAL);
+    }
+    let out: unknown;
+    switch (req.op) {
+      case 'restrack':
+        out = [...this.contexts].flatMap((c) => c.track());
+        break;
+      case 'pinned':
+        out = this.pinned.snapshot();
+        break;
+      case 'devices':
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()] }));
+        break;
+      case 'counters':
+        out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
+        break;
+      default:
+        return reply(-E.EOPNOTSUPP);
+    }
+    const body = Buffer.from(JSON.stringify(out));
+    reply(0, body, body.length);
+  }
+
+  async stop(): Promise<void> {
+    for (const d of this.devs) d.server.close();
+    for (const s of this.conns) s.destroy();
+    for (const c of this.contexts) c.destroyAll();
+    this.contexts.clear();
+    for (const d of this.devs) {
+      rmSync(d.path, { force: true });
+      rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
+      rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
+    }
+  }
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function guidString(g: bigint): string {
+  const h = g.toString(16).padStart(16, '0');
+  return `${h.slice(0, 4)}:${h.slice(4, 8)}:${h.slice(8, 12)}:${h.slice(12, 16)}`;
+}
+
+export { pack };

@@ -1,0 +1,84 @@
+/** Test helpers: a real softverbsd process in a temp root, and QP plumbing. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Access, Mtu, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
+
+export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const DAEMON = join(DIST, 'src', 'daemon', 'main.js');
+
+export interface RunningDaemon {
+  root: string;
+  proc: ChildProcess;
+  stderr: () => string;
+  stop(): Promise<void>;
+}
+
+/** Starts softverbsd and waits for "softverbsd: ready". */
+export async function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean } = {}): Promise<RunningDaemon> {
+  const root = opts.root ?? mkdtempSync(join(tmpdir(), 'sv-test-'));
+  const proc = spawn(process.execPath, [DAEMON, '--root', root, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`daemon not ready in 10 s:\n${err}`)), 10000);
+    proc.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (err.includes('softverbsd: ready')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    proc.once('exit', (c) => {
+      clearTimeout(t);
+      reject(new Error(`daemon exited ${c}:\n${err}`));
+    });
+  });
+  return {
+    root,
+    proc,
+    stderr: () => err,
+    async stop() {
+      if (proc.exitCode === null) {
+        const done = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGTERM');
+        await done;
+      }
+      if (!opts.keepRoot) rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Brings a QP to RTS connected to (destQpn on gid). RC gets generous defaults; pass overrides for error tests. */
+export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: number; gid: Uint8Array; psn?: number }, o: Partial<{ mtu: number; timeout: number; retryCnt: number; rnrRetry: number; minRnrTimer: number; access: number; maxRd: number; psn: number }> = {}): Promise<void> {
+  const t = qp.qpType;
+  const access = o.access ?? (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
+  if (t === QpType.UD) {
+    await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qkey: 0x11111111 }, A.STATE | A.PKEY_INDEX | A.PORT | A.QKEY);
+    await qp.modify({ qpState: QpState.RTR }, A.STATE);
+    await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
+    return;
+  }
+  await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: access }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+  const rtr = { qpState: QpState.RTR, pathMtu: o.mtu ?? Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: remote.psn ?? 0, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, isGlobal: true, portNum: 1 }, maxDestRdAtomic: 16, minRnrTimer: o.minRnrTimer ?? 1 };
+  if (t === QpType.RC) await qp.modify(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
+  else await qp.modify(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN);
+  if (t === QpType.RC)
+    await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0, timeout: o.timeout ?? 14, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7, maxRdAtomic: o.maxRd ?? 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+  else await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
+  void ctx;
+}
+
+/** Polls a CQ until n completions arrived or the deadline passed (yielding to the event loop between polls). */
+export async function pollN(cq: { pollCq(max?: number): import('../src/verbs/index.js').WorkCompletion[] }, n: number, ms = 3000): Promise<import('../src/verbs/index.js').WorkCompletion[]> {
+  const out: import('../src/verbs/index.js').WorkCompletion[] = [];
+  const end = Date.now() + ms;
+  while (out.length < n) {
+    out.push(...cq.pollCq(n - out.length));
+    if (out.length >= n) break;
+    if (Date.now() > end) throw new Error(`only ${out.length} of ${n} completions in ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return out;
+}
