@@ -82,3 +82,77 @@ export async function pollN(cq: { pollCq(max?: number): import('../src/verbs/ind
   }
   return out;
 }
+
+export const PEER = join(DIST, 'test', 'fixtures', 'peer.js');
+
+export interface Peer {
+  pid: number;
+  call<T = any>(op: string, args?: Record<string, unknown>): Promise<T>;
+  kill(sig?: NodeJS.Signals): Promise<void>;
+  proc: ChildProcess;
+}
+
+/** Starts the peer fixture as its own process (optionally through a wrapper such as setpriv/prlimit). */
+export function spawnPeer(wrapper: string[] = []): Peer {
+  const cmd = [...wrapper, process.execPath, PEER];
+  const proc = spawn(cmd[0]!, cmd.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+  const waiting: Array<(l: string) => void> = [];
+  let buf = '';
+  proc.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      waiting.shift()?.(line);
+    }
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  proc.once('exit', () => {
+    for (const w of waiting.splice(0)) w(JSON.stringify({ ok: false, error: 'peer exited' }));
+  });
+  return {
+    pid: proc.pid!,
+    proc,
+    call(op, args = {}) {
+      return new Promise((resolve, reject) => {
+        waiting.push((l) => {
+          const r = JSON.parse(l);
+          if (r.ok) resolve(r.out);
+          else reject(Object.assign(new Error(`${op}: ${r.error}`), { errno: r.errno }));
+        });
+        proc.stdin!.write(JSON.stringify({ op, ...args }) + '\n');
+      });
+    },
+    async kill(sig = 'SIGKILL') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+      await exited;
+    },
+  };
+}
+
+/** Management query to a device file (what `rdma` asks). */
+export async function mgmt(devPath: string, op: string): Promise<any> {
+  const { connect } = await import('node:net');
+  const body = Buffer.from(JSON.stringify({ op }));
+  const pad = (4 - ((8 + body.length) % 4)) % 4;
+  const f = Buffer.alloc(8 + body.length + pad, 0x20);
+  f.writeUInt32LE(0xf2, 0);
+  f.writeUInt16LE(f.length / 4, 4);
+  f.writeUInt16LE(0, 6);
+  body.copy(f, 8);
+  return new Promise((resolve, reject) => {
+    const s = connect(devPath);
+    let b = Buffer.alloc(0);
+    s.on('data', (d) => {
+      b = Buffer.concat([b, d]);
+      if (b.length >= 8 && b.length >= 8 + b.readUInt32LE(4)) {
+        s.destroy();
+        if (b.readInt32LE(0) < 0) reject(new Error(`mgmt ${op}: ${b.readInt32LE(0)}`));
+        else resolve(JSON.parse(b.subarray(8, 8 + b.readUInt32LE(4)).toString()));
+      }
+    });
+    s.on('error', reject);
+    s.write(f);
+  });
+}
