@@ -418,8 +418,8 @@ export class Context implements Owner {
     if (mask & SrqAttrMask.LIMIT) {
       const limit = r.srq_limit as number;
       if (limit > srq.ring.slots) fail(E.EINVAL, `MODIFY_SRQ: srq_limit ${limit} > max_wr ${srq.ring.slots}`);
+      // armed; the event fires when taking a WQE leaves fewer than `limit` (IBA 10.2.9.3), not now
       srq.limit = limit;
-      srq.checkLimit();
     }
   }
 

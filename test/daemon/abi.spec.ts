@@ -1,0 +1,296 @@
+/**
+ * The command ABI from the outside: raw frames on the device socket, every
+ * malformed case with the kernel's errno, and a seeded fuzz run after which
+ * the daemon still serves a normal client and tracks nothing of the fuzzer.
+ */
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { constants } from 'node:os';
+import { layout } from '../../src/abi/layout.js';
+import * as U from '../../src/abi/uverbs.js';
+import { allocShared } from '../../src/verbs/memory.js';
+import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SrqAttrMask, WrOpcode, SendFlags } from '../../src/verbs/index.js';
+import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+
+const E = constants.errno;
+let d: RunningDaemon;
+let devPath: string;
+before(async () => {
+  d = await startDaemon();
+  devPath = getDeviceList(d.root)[0]!.devPath;
+});
+after(async () => {
+  await d.stop();
+});
+
+/** A raw uverbs connection: frames in, (status, body) out, in order. */
+class Raw {
+  private buf = Buffer.alloc(0);
+  private waiting: Array<(r: { status: number; body: Buffer } | null) => void> = [];
+  closed = false;
+  private constructor(readonly s: Socket) {
+    s.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      while (this.buf.length >= 8 && this.buf.length >= 8 + this.buf.readUInt32LE(4)) {
+        const n = this.buf.readUInt32LE(4);
+        const r = { status: this.buf.readInt32LE(0), body: this.buf.subarray(8, 8 + n) };
+        this.buf = this.buf.subarray(8 + n);
+        this.waiting.shift()?.(r);
+      }
+    });
+    s.on('close', () => {
+      this.closed = true;
+      for (const w of this.waiting.splice(0)) w(null);
+    });
+    s.on('error', () => {});
+  }
+  static open(): Promise<Raw> {
+    return new Promise((res, rej) => {
+      const s = connect(devPath, () => res(new Raw(s)));
+      s.once('error', rej);
+    });
+  }
+  /** Sends raw bytes and waits for one reply (null if the daemon closed the connection). */
+  send(b: Buffer): Promise<{ status: number; body: Buffer } | null> {
+    return new Promise((r) => {
+      if (this.closed) return r(null);
+      this.waiting.push(r);
+      this.s.write(b);
+    });
+  }
+  cmd(cmd: number, req: Record<string, any> = {}, udata?: Record<string, any>) {
+    return this.send(U.frame(cmd, U.COMMANDS.get(cmd)!, req, udata));
+  }
+  close() {
+    this.s.destroy();
+  }
+}
+
+async function ctxRaw(): Promise<Raw> {
+  const r = await Raw.open();
+  const g = await r.cmd(U.Cmd.GET_CONTEXT);
+  assert.equal(g!.status, 0);
+  return r;
+}
+
+function hdr(cmd: number, inWords: number, outWords: number, total = inWords * 4): Buffer {
+  const b = Buffer.alloc(Math.max(total, 8));
+  b.writeUInt32LE(cmd, 0);
+  b.writeUInt16LE(inWords, 4);
+  b.writeUInt16LE(outWords, 6);
+  return b;
+}
+
+describe('every command round-trips through the library', () => {
+  test('query, PD, AH, MR (reg/rereg/dereg), channel, CQ (create/resize/notify/destroy), QP (create/modify/query/destroy), POST_SEND, SRQ', async () => {
+    const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    try {
+      const dev = await ctx.queryDevice();
+      assert.equal(dev.vendorId, 0xffffff);
+      assert.equal(dev.physPortCnt, 1);
+      assert.equal(dev.atomicCap, 1);
+      const port = await ctx.queryPort(1);
+      assert.deepEqual([port.state, port.activeMtu, port.linkLayer], [4, 5, 2]);
+      const pd = await ctx.allocPd();
+      const ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
+      const mr = await pd.allocMr(8192, Access.LOCAL_WRITE);
+      const oldKey = mr.lkey;
+      await mr.rereg(ReregMrFlags.CHANGE_ACCESS, { access: Access.LOCAL_WRITE | Access.REMOTE_READ });
+      assert.notEqual(mr.lkey, oldKey, 'rereg hands out a new key');
+      await mr.rereg(ReregMrFlags.CHANGE_TRANSLATION, { buf: ctx.allocBuffer(20000) });
+      assert.equal(mr.length, 20000);
+      const ch = await ctx.createCompChannel();
+      const cq = await ctx.createCq(10, ch);
+      assert.equal(cq.cqe, 15);
+      await cq.resize(100);
+      assert.equal(cq.cqe, 127);
+      const srq = await pd.createSrq({ maxWr: 16, maxSge: 2, srqLimit: 0 });
+      await srq.modify({ srqLimit: 4 }, SrqAttrMask.LIMIT); // armed; fires when a dequeue leaves fewer than 4
+      assert.deepEqual(await srq.query(), { maxWr: 16, maxSge: 2, srqLimit: 4 });
+      const qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: { maxSendWr: 5, maxSendSge: 2, maxInlineData: 100 } });
+      assert.deepEqual(qp.cap, { maxSendWr: 8, maxRecvWr: 0, maxSendSge: 2, maxRecvSge: 0, maxInlineData: 112 });
+      const qp2 = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+      await connectQp(qp, ctx, { qpn: qp2.qpNum, gid: ctx.queryGid(1, 0) }, { timeout: 3 });
+      await connectQp(qp2, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) });
+      const q = await qp.query();
+      assert.deepEqual([q.qpState, q.destQpNum, q.timeout, q.retryCnt, q.maxDestRdAtomic, q.pathMtu], [3, qp2.qpNum, 3, 7, 16, 5]);
+      const m2 = await pd.allocMr(64, Access.LOCAL_WRITE);
+      srq.postSrqRecv({ wrId: 5, sgList: [m2.sge()] });
+      qp2.postSend({ wrId: 9, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [m2.sge(0, 4)] });
+      const wcs = await pollN(cq, 2);
+      assert.deepEqual(wcs.map((w) => w.wrId).sort(), [5n, 9n]);
+      // raw REQ_NOTIFY_CQ on this context's command socket goes through the same handler table
+      await ctx.command('ibv_req_notify_cq', U.Cmd.REQ_NOTIFY_CQ, { cq_handle: cq.handle, solicited_only: 0 });
+      await assert.rejects(pd.dealloc(), { errno: 'EBUSY' });
+      await assert.rejects(cq.destroy(), { errno: 'EBUSY' });
+      await qp.destroy();
+      await qp2.destroy();
+      await srq.destroy();
+      const counts = await cq.destroy();
+      assert.equal(counts.compEventsReported, 0);
+      await ah.destroy();
+      await mr.dereg();
+      await m2.dereg();
+      await pd.dealloc();
+      ch.destroy();
+    } finally {
+      ctx.close();
+    }
+  });
+});
+
+describe('malformed frames get the kernel errno and the daemon keeps serving', () => {
+  test('any command before GET_CONTEXT is EINVAL; GET_CONTEXT twice is EINVAL', async () => {
+    const r = await Raw.open();
+    assert.equal((await r.cmd(U.Cmd.ALLOC_PD))!.status, -E.EINVAL);
+    assert.equal((await r.cmd(U.Cmd.GET_CONTEXT))!.status, 0);
+    assert.equal((await r.cmd(U.Cmd.GET_CONTEXT))!.status, -E.EINVAL);
+    r.close();
+  });
+
+  test('in_words below the command struct and out_words below the response are ENOSPC; in_words*4 < 8 closes the connection', async () => {
+    const r = await ctxRaw();
+    assert.equal((await r.send(hdr(U.Cmd.REG_MR, 4, 3)))!.status, -E.ENOSPC);
+    const f = U.frame(U.Cmd.ALLOC_PD, U.COMMANDS.get(U.Cmd.ALLOC_PD)!, {});
+    f.writeUInt16LE(0, 6);
+    assert.equal((await r.send(f))!.status, -E.ENOSPC);
+    assert.equal(await r.send(hdr(U.Cmd.ALLOC_PD, 1, 1, 8)), null, 'framing garbage closes the connection');
+    assert.ok(r.closed);
+  });
+
+  test('trailing bytes the command does not define: zero is accepted, anything else EINVAL', async () => {
+    const r = await ctxRaw();
+    const base = U.frame(U.Cmd.ALLOC_PD, U.COMMANDS.get(U.Cmd.ALLOC_PD)!, {});
+    const longer = Buffer.concat([base, Buffer.alloc(8)]);
+    longer.writeUInt16LE(longer.length / 4, 4);
+    assert.equal((await r.send(longer))!.status, 0);
+    longer[longer.length - 1] = 1;
+    assert.equal((await r.send(longer))!.status, -E.EINVAL);
+    r.close();
+  });
+
+  test('unknown and unsupported commands are EOPNOTSUPP', async () => {
+    const r = await ctxRaw();
+    for (const c of [U.Cmd.ALLOC_MW, U.Cmd.POLL_CQ, U.Cmd.ATTACH_MCAST, 77, 0xff]) assert.equal((await r.send(hdr(c, 4, 2)))!.status, -E.EOPNOTSUPP, `command ${c}`);
+    r.close();
+  });
+
+  test('bogus, stale and wrong-type handles are EINVAL, never another object', async () => {
+    const r = await ctxRaw();
+    assert.equal((await r.cmd(U.Cmd.DEALLOC_PD, { pd_handle: 12345 }))!.status, -E.EINVAL);
+    const pd = (await r.cmd(U.Cmd.ALLOC_PD))!.body.readUInt32LE(0);
+    assert.equal((await r.cmd(U.Cmd.DESTROY_CQ, { cq_handle: pd }))!.status, -E.EINVAL, 'a PD handle is not a CQ');
+    assert.equal((await r.cmd(U.Cmd.DEALLOC_PD, { pd_handle: pd }))!.status, 0);
+    assert.equal((await r.cmd(U.Cmd.DEALLOC_PD, { pd_handle: pd }))!.status, -E.EINVAL, 'stale handle');
+    assert.equal((await r.cmd(U.Cmd.QUERY_PORT, { port_num: 2 }))!.status, -E.EINVAL);
+    r.close();
+  });
+
+  test('REG_MR lengths and addr+length that overflow, bad access and a fd that is not a memfd', async () => {
+    const r = await ctxRaw();
+    const pd = (await r.cmd(U.Cmd.ALLOC_PD))!.body.readUInt32LE(0);
+    const reg = (req: Record<string, any>, u: Record<string, any> = { memfd: 0, memfd_offset: 0n }) => r.cmd(U.Cmd.REG_MR, { pd_handle: pd, access_flags: Access.LOCAL_WRITE, ...req }, u);
+    assert.equal((await reg({ start: 0xfffffffffffff000n, length: 0x2000n, hca_va: 0xfffffffffffff000n }))!.status, -E.EINVAL);
+    assert.equal((await reg({ start: 0x1000n, length: 0n, hca_va: 0x1000n }))!.status, -E.EINVAL);
+    assert.equal((await reg({ start: 0x1000n, length: 0xffffffffffffn, hca_va: 0x1000n }))!.status, -E.EINVAL);
+    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n, access_flags: Access.REMOTE_WRITE }))!.status, -E.EINVAL, 'REMOTE_WRITE without LOCAL_WRITE');
+    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd: 0, memfd_offset: 0n }))!.status, -E.EINVAL, 'stdin is not a memfd');
+    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd: 999, memfd_offset: 0n }))!.status, -E.EBADF);
+    const { region } = allocShared(4096);
+    assert.equal((await reg({ start: region.addr, length: 8192n, hca_va: region.addr }, { memfd: region.fd, memfd_offset: 0n }))!.status, -E.EFAULT, 'past the memfd end');
+    assert.equal((await reg({ start: region.addr, length: 4096n, hca_va: region.addr }, { memfd: region.fd, memfd_offset: 0n }))!.status, 0);
+    const u = U.frame(U.Cmd.REG_MR, U.COMMANDS.get(U.Cmd.REG_MR)!, { pd_handle: pd, start: 0n, length: 1n, hca_va: 0n, access_flags: 1 });
+    assert.equal((await r.send(u))!.status, -E.EINVAL, 'missing provider udata');
+    r.close();
+  });
+});
+
+/** xorshift32: the fuzz run is reproducible from its seed. */
+function rng(seed: number) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x100000000;
+  };
+}
+
+describe('fuzz', () => {
+  test('100,000 random and mutated frames (seed 0x5eed); afterwards a normal client works and the tracker holds nothing of ours', async () => {
+    const rand = rng(0x5eed);
+    const ri = (n: number) => Math.floor(rand() * n);
+    const mem = allocShared(1 << 16).region;
+    // a corpus of valid frames, each then mutated
+    const corpus: Buffer[] = [];
+    for (const [cmd, spec] of U.COMMANDS) {
+      const req: Record<string, any> = {};
+      for (const f of layout(spec.req).fields) if (typeof f.type === 'string') req[f.name] = f.type === 'u64' ? BigInt(ri(4)) : ri(4);
+      req.start = mem.addr;
+      req.hca_va = mem.addr;
+      req.length = 4096n;
+      req.cqe = 16;
+      req.port_num = 1;
+      corpus.push(U.frame(cmd, spec, req, spec.udata ? { memfd: mem.fd, memfd_offset: 0n } : undefined));
+    }
+    let sent = 0;
+    let replies = 0;
+    let closes = 0;
+    const TOTAL = 100_000;
+    while (sent < TOTAL) {
+      const r = await ctxRaw();
+      const batch: Promise<unknown>[] = [];
+      for (let i = 0; i < 500 && sent < TOTAL; i++, sent++) {
+        let f: Buffer;
+        const kind = rand();
+        if (kind < 0.3) {
+          // random bytes with a consistent length field
+          const words = 2 + ri(40);
+          f = Buffer.alloc(words * 4);
+          for (let j = 0; j < f.length; j++) f[j] = ri(256);
+          f.writeUInt16LE(words, 4);
+          if (rand() < 0.5) f.writeUInt32LE(ri(40), 0);
+        } else {
+          f = Buffer.from(corpus[ri(corpus.length)]!);
+          const flips = 1 + ri(6);
+          for (let j = 0; j < flips; j++) {
+            const at = 8 + ri(Math.max(1, f.length - 8));
+            if (at < f.length) f[at] = rand() < 0.5 ? ri(256) : f[at]! ^ (1 << ri(8));
+          }
+          if (rand() < 0.1) f.writeUInt16LE(ri(64), 6); // out_words
+          if (rand() < 0.3 && f.length >= 12) f.writeUInt32LE(ri(8), 8 + 4 * ri((f.length - 8) / 4)); // a small, often live, handle
+        }
+        // framing garbage closes the connection, so it ends its batch
+        const garbage = rand() < 0.002;
+        if (garbage) f.writeUInt16LE(ri(2), 4);
+        batch.push(r.send(f).then((x) => (x ? replies++ : closes++)));
+        if (garbage) {
+          sent++;
+          break;
+        }
+      }
+      await Promise.all(batch);
+      r.close();
+    }
+    assert.ok(replies > 99_000, `${replies} replies, ${closes} closes`);
+    // the daemon is alive, hit no bug of its own, and a normal client works end to end
+    assert.equal(d.proc.exitCode, null);
+    assert.doesNotMatch(d.stderr(), /internal error/);
+    const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    const pd = await ctx.allocPd();
+    const cq = await ctx.createCq(4);
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+    const mr = await pd.allocMr(64, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+    a.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)], rdma: { remoteAddr: mr.addr + 8n, rkey: mr.rkey } });
+    assert.equal((await pollN(cq, 1))[0]!.status, 0);
+    ctx.close();
+    await new Promise((res) => setTimeout(res, 200));
+    const rows = await mgmt(devPath, 'restrack');
+    assert.deepEqual(rows.filter((x: { pid: number }) => x.pid === process.pid), []);
+    assert.equal((await mgmt(devPath, 'pinned'))[process.pid], undefined, 'no pinned pages left');
+  });
+});
