@@ -634,31 +634,33 @@ class RecvProducer {
     this.hdr = new Int32Array(mapping.buffer, l.offset, RING_HDR / 4);
     this.dv = new DataView(mapping.buffer, l.offset);
   }
-  /** Writes WRs; throws (with bad_wr) for one that does not fit or is malformed. Returns how many were posted. */
+  /** Writes WRs; throws (with bad_wr) for one that does not fit or is malformed. A single WR takes no array: nothing is allocated. */
   post(verb: string, wrs: RecvWr | RecvWr[]): void {
-    const list = Array.isArray(wrs) ? wrs : [wrs];
     const cons = Atomics.load(this.hdr, CONS) >>> 0;
-    let i = 0;
     try {
-      for (; i < list.length; i++) {
-        const wr = list[i]!;
-        if (((this.prod - cons) >>> 0) >= this.l.slots) throw new VerbsError(verb, 'ENOMEM', 'receive queue full', i);
-        const sg = wr.sgList ?? [];
-        if (sg.length > this.maxSge) throw new VerbsError(verb, 'EINVAL', `${sg.length} SGEs > max_recv_sge ${this.maxSge}`, i);
-        const o = RING_HDR + (this.prod & (this.l.slots - 1)) * this.l.stride;
-        this.dv.setBigUint64(o + RWQE.WR_ID, BigInt(wr.wrId ?? 0), true);
-        this.dv.setUint32(o + RWQE.NUM_SGE, sg.length, true);
-        for (let j = 0; j < sg.length; j++) writeSge(this.dv, o + RWQE.HDR + j * SGE_SIZE, sg[j]!);
-        this.prod = (this.prod + 1) >>> 0;
-      }
+      if (!Array.isArray(wrs)) this.one(verb, wrs, cons, 0);
+      else for (let i = 0; i < wrs.length; i++) this.one(verb, wrs[i]!, cons, i);
     } finally {
       Atomics.store(this.hdr, PROD, this.prod | 0);
     }
   }
+
+  private one(verb: string, wr: RecvWr, cons: number, i: number): void {
+    if (((this.prod - cons) >>> 0) >= this.l.slots) throw new VerbsError(verb, 'ENOMEM', 'receive queue full', i);
+    const sg = wr.sgList;
+    const n = sg ? sg.length : 0;
+    if (n > this.maxSge) throw new VerbsError(verb, 'EINVAL', `${n} SGEs > max_recv_sge ${this.maxSge}`, i);
+    const o = RING_HDR + (this.prod & (this.l.slots - 1)) * this.l.stride;
+    const id = wr.wrId ?? 0;
+    this.dv.setBigUint64(o + RWQE.WR_ID, typeof id === 'bigint' ? id : BigInt(id), true);
+    this.dv.setUint32(o + RWQE.NUM_SGE, n, true);
+    for (let j = 0; j < n; j++) writeSge(this.dv, o + RWQE.HDR + j * SGE_SIZE, sg![j]!);
+    this.prod = (this.prod + 1) >>> 0;
+  }
 }
 
 function writeSge(dv: DataView, o: number, s: Sge): void {
-  dv.setBigUint64(o, BigInt(s.addr), true);
+  dv.setBigUint64(o, typeof s.addr === 'bigint' ? s.addr : BigInt(s.addr), true);
   dv.setUint32(o + 8, s.length >>> 0, true);
   dv.setUint32(o + 12, s.lkey >>> 0, true);
 }
