@@ -189,7 +189,7 @@ export class Context implements Owner {
     const d = this.dev;
     return pack(U.QUERY_DEVICE_RESP, {
       fw_ver: 0n, node_guid: bswap64(d.nodeGuid), sys_image_guid: bswap64(d.nodeGuid), max_mr_size: BigInt(Limits.maxMrSize),
-      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: 0xfffff0 - 17, max_qp_wr: Limits.maxQpWr,
+      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: this.dev.maxQpn - 16, max_qp_wr: Limits.maxQpWr,
       device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: 65536, max_cqe: Limits.maxCqe,
       max_mr: 65536, max_pd: 65536, max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
       max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
@@ -203,7 +203,7 @@ export class Context implements Owner {
     if (r.port_num !== 1) fail(E.EINVAL, `QUERY_PORT: port ${r.port_num} does not exist (only port 1)`);
     const d = this.dev;
     return pack(U.QUERY_PORT_RESP, {
-      port_cap_flags: 0x00890000, // CM_SUP | IP_BASED_GIDS | ... as rxe reports
+      port_cap_flags: 0x00010000, // IBV_PORT_CM_SUP, as rxe reports
       max_msg_sz: 0x800000, bad_pkey_cntr: 0, qkey_viol_cntr: 0, gid_tbl_len: 1024, pkey_tbl_len: 1, lid: 0, sm_lid: 0,
       state: d.portState, max_mtu: 5, active_mtu: d.activeMtu, lmc: 0, max_vl_num: 1, sm_sl: 0, subnet_timeout: 0,
       init_type_reply: 0, active_width: 1, active_speed: 1, phys_state: d.portState === PortState.ACTIVE ? 5 : 3,
@@ -664,8 +664,11 @@ export class Context implements Owner {
   }
 }
 
-/** IBV_DEVICE_* flags rxe reports (0x01223c76 on a 6.1 kernel, from ibv_devinfo -v in the lab VM). */
-const DEVICE_CAP_FLAGS = 0x01223c76;
+/**
+ * IBV_DEVICE_* flags. rxe on 6.1 reports 0x01223c76 (ibv_devinfo -v in the lab VM); softverbs
+ * has no memory windows, no MEM_MGT_EXTENSIONS and no SRQ resize, so those bits are off.
+ */
+const DEVICE_CAP_FLAGS = 0x00001c76;
 
 function need(u: Values | null, name: string): Values {
   if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);

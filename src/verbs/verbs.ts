@@ -199,7 +199,11 @@ export class Context {
     const r = await this.command('ibv_query_device', U.Cmd.QUERY_DEVICE, {});
     const o = camel(r) as unknown as DeviceAttr;
     const fw = r.fw_ver as bigint;
-    o.fwVer = fw === 0n ? '' : `${fw >> 32n}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`;
+    // libibverbs formats the u64 as major.minor.sub_minor
+    o.fwVer = `${(fw >> 32n) & 0xffffn}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`;
+    // node_guid / sys_image_guid are __be64 on the wire; give them in host order
+    o.nodeGuid = bswap64(r.node_guid as bigint);
+    o.sysImageGuid = bswap64(r.sys_image_guid as bigint);
     return o;
   }
 
@@ -326,6 +330,12 @@ function queueMemory(bytes: number, verb: string): QueueMemory {
     if (fd >= 0) closeSync(fd);
     throw new VerbsError(verb, (e as { code?: string }).code ?? 'ENOMEM', (e as Error).message);
   }
+}
+
+function bswap64(v: bigint): bigint {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v);
+  return b.readBigUInt64BE();
 }
 
 function camel(v: Values): Record<string, unknown> {

@@ -1,0 +1,25 @@
+#!/usr/bin/env node
+/** softverbs <tool> [args]: one entry point for every tool. */
+const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promise<number> }>> = {
+  ibv_devices: () => import('./ibv_devices.js'),
+  ibv_devinfo: () => import('./ibv_devinfo.js'),
+};
+
+const USAGE = `Usage: softverbs <tool> [args]
+
+Tools:
+${Object.keys(TOOLS).map((t) => `  ${t}`).join('\n')}
+
+The daemon itself is softverbsd (softverbsd --help).
+`;
+
+const [tool, ...rest] = process.argv.slice(2);
+if (!tool || tool === '-h' || tool === '--help') {
+  process.stdout.write(USAGE);
+  process.exitCode = tool ? 0 : 255;
+} else if (!TOOLS[tool]) {
+  process.stderr.write(`softverbs: unknown tool '${tool}'\n${USAGE}`);
+  process.exitCode = 255;
+} else {
+  process.exitCode = await (await TOOLS[tool]!()).main(rest);
+}
