@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+/**
+ * `npm start`: starts softverbsd with one device, runs two client processes
+ * that connect an RC QP pair through it, moves data with SEND, RDMA WRITE,
+ * RDMA READ and both atomics, prints what happened, and stops everything.
+ */
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WC_STATUS_STR, WrOpcode,
+  type CompletionQueue, type Context, type QueuePair, type WorkCompletion,
+} from '../verbs/index.js';
+import { formatDevinfo } from './devinfo.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
+const MiB = 1 << 20;
+const COUNTER = 2 * MiB; // B's 64-bit counter, clear of the WRITE and READ windows
+
+interface Info { qpn: number; rkey: number; addr: string; gid: string; pid: number }
+
+async function connect(qp: QueuePair, remote: { qpn: number; gid: Uint8Array }): Promise<void> {
+  await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+  await qp.modify(
+    { qpState: QpState.RTR, pathMtu: Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: 0, maxDestRdAtomic: 16, minRnrTimer: 12, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, portNum: 1 } },
+    A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER,
+  );
+  await qp.modify({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+}
+
+async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
+  for (;;) {
+    const [wc] = cq.pollCq(1);
+    if (wc) {
+      if (wc.status !== WcStatus.SUCCESS) throw new Error(`completion failed: ${WC_STATUS_STR[wc.status]}`);
+      return wc;
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+async function setup(root: string): Promise<{ ctx: Context; qp: QueuePair; cq: CompletionQueue; mr: import('../verbs/index.js').MemoryRegion }> {
+  const ctx = await openDevice(getDeviceList(root)[0]!, root);
+  const pd = await ctx.allocPd();
+  const cq = await ctx.createCq(64);
+  const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
+  const mr = await pd.allocMr(3 * MiB, ALL);
+  return { ctx, qp, cq, mr };
+}
+
+/** Process B: the passive side, driven over the IPC channel. */
+async function responder(root: string): Promise<void> {
+  const b = await setup(root);
+  const send = (m: unknown) => process.send!(m);
+  b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] });
+  b.mr.buf.fill(0xab, MiB, 2 * MiB);
+  b.mr.buf.writeBigUInt64LE(100n, COUNTER);
+  send({ info: { qpn: b.qp.qpNum, rkey: b.mr.rkey, addr: b.mr.addr.toString(), gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex'), pid: process.pid } });
+  process.on('message', async (m: { connect?: Info; wait?: boolean; check?: { off: number; len: number }; counter?: boolean; bye?: boolean }) => {
+    if (m.connect) {
+      await connect(b.qp, { qpn: m.connect.qpn, gid: Buffer.from(m.connect.gid, 'hex') });
+      send({ connected: true });
+    } else if (m.wait) {
+      const wc = await poll(b.cq);
+      send({ recv: { byteLen: wc.byteLen, imm: wc.imm, text: b.mr.buf.subarray(0, wc.byteLen).toString().replace(/\0+$/, ''), srcQp: wc.srcQp } });
+    } else if (m.check) {
+      send({ sha: createHash('sha256').update(b.mr.buf.subarray(m.check.off, m.check.off + m.check.len)).digest('hex') });
+    } else if (m.counter) {
+      send({ counter: b.mr.buf.readBigUInt64LE(COUNTER).toString() });
+    } else if (m.bye) {
+      b.ctx.close();
+      process.exit(0);
+    }
+  });
+}
+
+function ask<T>(child: ChildProcess, msg: unknown, key: string): Promise<T> {
+  return new Promise((resolve) => {
+    const on = (m: Record<string, unknown>) => {
+      if (key in m) {
+        child.off('message', on);
+        resolve(m[key] as T);
+      }
+    };
+    child.on('message', on);
+    if (msg) child.send(msg as object);
+  });
+}
+
+async function main(): Promise<void> {
+  const say = (s: string) => process.stdout.write(`${s}\n`);
+  const root = mkdtempSync(join(tmpdir(), 'softverbs-demo-'));
+  const daemon = spawn(process.execPath, [join(here, '..', 'daemon', 'main.js'), '--root', root, '--device', 'rxe0=127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let child: ChildProcess | null = null;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let err = '';
+      daemon.stderr!.on('data', (d: Buffer) => {
+        err += d;
+        if (err.includes('softverbsd: ready')) resolve();
+      });
+      daemon.once('exit', (c) => reject(new Error(`softverbsd exited (${c}):\n${err}`)));
+    });
+    say(`softverbsd (pid ${daemon.pid}) is up: rxe0 on 127.0.0.1, root ${root}\n`);
+    const a = await setup(root);
+    const attr = await a.ctx.queryDevice();
+    const port = await a.ctx.queryPort(1);
+    say('$ ibv_devinfo');
+    process.stdout.write(formatDevinfo({ name: a.ctx.device.name, attr, ports: [{ num: 1, attr: port, gids: [] }], numCompVectors: 1 }, false));
+
+    child = fork(fileURLToPath(import.meta.url), ['--responder', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const info = await ask<Info>(child, null, 'info');
+    await ask(child, { connect: { qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') } }, 'connected');
+    await connect(a.qp, { qpn: info.qpn, gid: Buffer.from(info.gid, 'hex') });
+    say(`process A (pid ${process.pid}) QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) QP 0x${info.qpn.toString(16)}: RC, MTU 4096, through the daemon\n`);
+    const remote = BigInt(info.addr);
+
+    // SEND with immediate
+    const text = 'hello from process A';
+    a.mr.buf.write(text, 0);
+    const recv = ask<{ byteLen: number; imm: number; text: string; srcQp: number }>(child, { wait: true }, 'recv');
+    a.qp.postSend({ wrId: 1n, opcode: WrOpcode.SEND_WITH_IMM, imm: 0x1234, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, text.length)] });
+    await poll(a.cq);
+    const r = await recv;
+    say(`SEND_WITH_IMM   ${text.length} bytes: B received "${r.text}" (byte_len ${r.byteLen}, imm 0x${r.imm.toString(16)}, from QP 0x${r.srcQp.toString(16)})`);
+
+    // RDMA WRITE 1 MiB
+    for (let i = 0; i < MiB; i++) a.mr.buf[i] = (i * 31) & 0xff;
+    const want = createHash('sha256').update(a.mr.buf.subarray(0, MiB)).digest('hex');
+    let t = process.hrtime.bigint();
+    a.qp.postSend({ wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, MiB)], rdma: { remoteAddr: remote, rkey: info.rkey } });
+    await poll(a.cq);
+    let us = Number(process.hrtime.bigint() - t) / 1000;
+    const got = await ask<string>(child, { check: { off: 0, len: MiB } }, 'sha');
+    say(`RDMA_WRITE      1 MiB into B's memory in ${us.toFixed(0)} us: B's sha256 ${got.slice(0, 16)}… ${got === want ? 'matches' : 'DIFFERS'}`);
+
+    // RDMA READ 1 MiB
+    t = process.hrtime.bigint();
+    a.qp.postSend({ wrId: 3n, opcode: WrOpcode.RDMA_READ, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(MiB, MiB)], rdma: { remoteAddr: remote + BigInt(MiB), rkey: info.rkey } });
+    await poll(a.cq);
+    us = Number(process.hrtime.bigint() - t) / 1000;
+    const allAb = a.mr.buf.subarray(MiB, 2 * MiB).every((x) => x === 0xab);
+    say(`RDMA_READ       1 MiB from B's memory in ${us.toFixed(0)} us: ${allAb ? 'every byte is 0xab, as B wrote it' : 'WRONG BYTES'}`);
+
+    // atomics on B's counter
+    a.qp.postSend({ wrId: 4n, opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, 8)], atomic: { remoteAddr: remote + BigInt(COUNTER), compareAdd: 5n, rkey: info.rkey } });
+    await poll(a.cq);
+    const old = a.mr.buf.readBigUInt64LE(0);
+    say(`FETCH_AND_ADD   +5 on B's counter: returned ${old}, counter is now ${await ask<string>(child, { counter: true }, 'counter')}`);
+    a.qp.postSend({ wrId: 5n, opcode: WrOpcode.ATOMIC_CMP_AND_SWP, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(8, 8)], atomic: { remoteAddr: remote + BigInt(COUNTER), compareAdd: 105n, swap: 7n, rkey: info.rkey } });
+    await poll(a.cq);
+    say(`CMP_AND_SWP     105 -> 7: returned ${a.mr.buf.readBigUInt64LE(8)}, counter is now ${await ask<string>(child, { counter: true }, 'counter')}`);
+
+    child.send({ bye: true });
+    await new Promise((res) => child!.once('exit', res));
+    a.ctx.close();
+    say('\nall done: stopping the client and the daemon');
+  } finally {
+    if (child && child.exitCode === null) child.kill();
+    if (daemon.exitCode === null) {
+      const done = new Promise((res) => daemon.once('exit', res));
+      daemon.kill('SIGTERM');
+      await done;
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === '--responder') await responder(process.argv[3]!);
+else await main();
