@@ -1,0 +1,84 @@
+/** softverbsd as a program: flags, config, the device files and discovery tree over its life, stale state after a crash. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { getDeviceList } from '../../src/verbs/index.js';
+import { DAEMON, DIST, startDaemon } from '../helpers.js';
+
+const run = (...args: string[]) => spawnSync(process.execPath, [DAEMON, ...args], { encoding: 'utf8', timeout: 10000 });
+
+test('--help, and bad flags exit 2 with a message saying what is wrong', () => {
+  const h = run('--help');
+  assert.equal(h.status, 0);
+  assert.match(h.stdout, /Usage: softverbsd/);
+  assert.match(run('--device', 'rxe0').stderr, /expected NAME=ADDR/);
+  assert.match(run('--device', 'rxe0=not-an-ip').stderr, /is not an IP address/);
+  assert.match(run('--device', 'rxe0=127.0.0.1,mtu=1500').stderr, /mtu must be 256, 512, 1024, 2048 or 4096/);
+  assert.match(run('--device', 'a=127.0.0.1', '--device', 'a=127.0.0.2').stderr, /given twice/);
+  assert.match(run('--bogus').stderr, /Unknown option/);
+  assert.match(run('--pcap', '/tmp/x.pcap').stderr, /need the RoCEv2 wire/);
+  const dir = mkdtempSync(join(tmpdir(), 'sv-cfg-'));
+  writeFileSync(join(dir, 'rules'), 'KERNEL=="uverbs*", MODE="rw"\n');
+  assert.match(run('--rules', join(dir, 'rules')).stderr, /MODE "rw" is not an octal mode/);
+  writeFileSync(join(dir, 'rules'), 'KERNEL=="uverbs*", SYMLINK+="x"\n');
+  assert.equal(run('--rules', join(dir, 'rules')).status, 2);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('several devices from a config file; SIGTERM removes device files and the discovery tree', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sv-cfg-'));
+  writeFileSync(join(dir, 'cfg.json'), JSON.stringify({ devices: [{ name: 'rxe0', addr: '127.0.0.1' }, { name: 'rxe1', addr: '127.0.0.2', mtu: 1024 }] }));
+  const d = await startDaemon(['--config', join(dir, 'cfg.json')], { keepRoot: true });
+  try {
+    const devs = getDeviceList(d.root);
+    assert.deepEqual(devs.map((x) => [x.name, x.devName]), [['rxe0', 'uverbs0'], ['rxe1', 'uverbs1']]);
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband_verbs/uverbs1/abi_version'), 'utf8'), '6\n');
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe1/ports/1/gids/0'), 'utf8'), '0000:0000:0000:0000:0000:ffff:7f00:0002\n');
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe1/ports/1/gid_attrs/types/0'), 'utf8'), 'RoCE v2\n');
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe0/node_type'), 'utf8'), '1: CA\n');
+    await d.stop();
+    assert.ok(!existsSync(join(d.root, 'dev/infiniband/uverbs0')));
+    assert.deepEqual(readdirSync(join(d.root, 'sys/class/infiniband_verbs')), []);
+    assert.deepEqual(readdirSync(join(d.root, 'sys/class/infiniband')), []);
+  } finally {
+    rmSync(d.root, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('after a crash the dead devices are not listed, and the next daemon recovers the stale files; a live daemon is not displaced', async () => {
+  const d = await startDaemon(['--device', 'rxe0=127.0.0.1'], { keepRoot: true });
+  try {
+    assert.equal(getDeviceList(d.root).length, 1);
+    d.proc.kill('SIGKILL');
+    await new Promise((r) => d.proc.once('exit', r));
+    assert.ok(existsSync(join(d.root, 'dev/infiniband/uverbs0')), 'the crash left the socket file');
+    assert.deepEqual(getDeviceList(d.root), [], 'a dead daemon’s devices are not listed');
+    const again = await startDaemon(['--device', 'rxe0=127.0.0.1'], { root: d.root, keepRoot: true });
+    assert.match(again.stderr(), /removed stale/);
+    assert.equal(getDeviceList(d.root).length, 1);
+    const second = run('--root', d.root, '--device', 'rxe0=127.0.0.1');
+    assert.equal(second.status, 2);
+    assert.match(second.stderr, /served by another running softverbsd/);
+    assert.equal(getDeviceList(d.root).length, 1, 'the running daemon still serves');
+    await again.stop();
+  } finally {
+    rmSync(d.root, { recursive: true, force: true });
+  }
+});
+
+test('npm start: the demo runs every operation, prints what happened and leaves nothing behind', () => {
+  const r = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'demo.js')], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /hca_id:\trxe0/);
+  assert.match(r.stdout, /SEND_WITH_IMM +20 bytes: B received "hello from process A" \(byte_len 20, imm 0x1234/);
+  assert.match(r.stdout, /RDMA_WRITE +1 MiB into B's memory .* matches/);
+  assert.match(r.stdout, /RDMA_READ +1 MiB from B's memory .* every byte is 0xab/);
+  assert.match(r.stdout, /FETCH_AND_ADD +\+5 on B's counter: returned 100, counter is now 105/);
+  assert.match(r.stdout, /CMP_AND_SWP +105 -> 7: returned 105, counter is now 7/);
+  const root = /root (\S+)/.exec(r.stdout)![1]!;
+  assert.ok(!existsSync(root), 'the demo removed its root');
+});
