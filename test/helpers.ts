@@ -156,3 +156,17 @@ export async function mgmt(devPath: string, op: string): Promise<any> {
     s.write(f);
   });
 }
+
+/** A deterministic byte pattern (so two processes can check bytes without shipping them). */
+export function pattern(seed: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+

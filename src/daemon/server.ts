@@ -239,7 +239,9 @@ export class Daemon implements Host {
       }
     };
 
+    let garbage = false;
     s.on('data', (d: Buffer) => {
+      if (garbage) return;
       chunks.push(d);
       have += d.length;
       while (have >= 8) {
@@ -247,8 +249,12 @@ export class Daemon implements Host {
         chunks = [buf];
         const size = buf.readUInt16LE(4) * 4;
         if (size < 8 || size > MAX_FRAME) {
-          // framing garbage: nothing after it can be trusted (DESIGN §3)
-          s.destroy();
+          // framing garbage: nothing after it can be trusted (DESIGN §3). The replies to the frames
+          // before it are still owed: end() sends them, then closes; everything after is dropped.
+          garbage = true;
+          chunks = [];
+          have = 0;
+          s.end();
           return;
         }
         if (have < size) return;
@@ -257,7 +263,7 @@ export class Daemon implements Host {
         chunks = buf.length ? [buf] : [];
         have = buf.length;
         handle(frame);
-        if (s.destroyed) return;
+        if (s.destroyed || garbage) return;
       }
     });
     const close = () => {

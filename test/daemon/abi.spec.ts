@@ -273,7 +273,7 @@ describe('fuzz', () => {
       await Promise.all(batch);
       r.close();
     }
-    assert.ok(replies > 99_000, `${replies} replies, ${closes} closes`);
+    assert.ok(replies > 99_000, `${replies} replies, ${closes} closes; daemon said:\n${d.stderr().slice(-3000)}`);
     // the daemon is alive, hit no bug of its own, and a normal client works end to end
     assert.equal(d.proc.exitCode, null);
     assert.doesNotMatch(d.stderr(), /internal error/);

@@ -11,8 +11,7 @@ import {
   Access, EventType, getDeviceList, openDevice, QpState, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode, type CompletionQueue,
   type Context, type MemoryRegion, type ProtectionDomain, type QueuePair,
 } from '../../src/verbs/index.js';
-import { pattern } from '../fixtures/peer.js';
-import { connectQp, mgmt, pollN, spawnPeer, startDaemon, type Peer, type RunningDaemon } from '../helpers.js';
+import { connectQp, mgmt, pattern, pollN, spawnPeer, startDaemon, type RunningDaemon } from '../helpers.js';
 
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
