@@ -57,7 +57,8 @@ export const Limits = {
   maxSrqWr: 16384,
   maxSrqSge: 27,
   maxQpRdAtom: 128,
-  maxMrSize: 2 ** 40,
+  /** one MR is one ArrayBuffer view in the daemon: Node caps those at 4 GiB */
+  maxMrSize: 2 ** 32,
 } as const;
 
 export interface RingLayout {

@@ -262,10 +262,12 @@ export class Context implements Owner {
     if (hcaVa + length > 1n << 53n) fail(E.EINVAL, 'hca_va beyond 2^53 is not supported');
     const pages = pagesSpanned(start, length);
     if (!this.host.pinned.charge(this.pid, this.uid, pages)) fail(E.ENOMEM, `pinning ${pages} pages passes RLIMIT_MEMLOCK of pid ${this.pid}`);
+    let m: ReturnType<typeof mapClientMemfd> | null = null;
     try {
-      const m = mapClientMemfd(this.pid, u.memfd as number, u.memfd_offset as bigint, length);
+      m = mapClientMemfd(this.pid, u.memfd as number, u.memfd_offset as bigint, length);
       return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
     } catch (e) {
+      if (m) unmap(m.mapping);
       this.host.pinned.release(this.pid, pages);
       throw e;
     }
@@ -592,6 +594,7 @@ export class Context implements Owner {
   }
 
   private releaseQp(qp: Qp): void {
+    qp.destroyed = true;
     qp.stopTimers();
     qp.state = QpState.RESET;
     this.dev.qps.delete(qp.qpn);

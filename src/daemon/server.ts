@@ -78,6 +78,7 @@ export class Daemon implements Host {
       mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
       await this.recoverStale(path);
       const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
+      dev.onBug = (e) => this.log(`internal error in the HCA of ${spec.name}: ${e.stack}`);
       const server = createServer((s) => this.onConnection(s, dev));
       await new Promise<void>((res, rej) => {
         server.once('error', rej);

@@ -173,8 +173,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       if (qp.comp.rnrTimer) clearTimeout(qp.comp.rnrTimer);
       qp.comp.rnrTimer = setTimeout(() => {
         qp.comp.rnrTimer = null;
-        requester.retry(dev, qp);
-        dev.fabric.drain();
+        dev.guard(qp, () => requester.retry(dev, qp));
       }, Math.max(1, Math.round(us / 1000)));
       return;
     }
@@ -235,7 +234,7 @@ export function armRetransmit(qp: Qp): void {
   if (ms === 0) return;
   const dev = devOf.get(qp);
   if (!dev) return;
-  qp.comp.timer = setTimeout(() => onTimeout(dev, qp), ms);
+  qp.comp.timer = setTimeout(() => dev.guard(qp, () => onTimeout(dev, qp)), ms);
 }
 
 /** The device a QP lives on, for timer callbacks. */
@@ -249,13 +248,11 @@ function onTimeout(dev: SoftDevice, qp: Qp): void {
   if (qp.comp.retryCnt === 0) {
     dev.counters.retry_exceeded_err++;
     fail(dev, qp, w, WcStatus.RETRY_EXC_ERR);
-    dev.fabric.drain();
     return;
   }
   if (qp.attr.retryCnt !== 7) qp.comp.retryCnt--;
   dev.counters.completer_retry_err++;
   requester.retry(dev, qp);
-  dev.fabric.drain();
 }
 
 /** ERR: stop, flush every outstanding send and receive WR with WR_FLUSH_ERR. */

@@ -6,7 +6,7 @@
  * UDP) plugs in at `xmit` / `receive`.
  */
 import { isIPv4 } from 'node:net';
-import { Mtu, PortState, QpState, QpType, WcStatus } from '../abi/enums.js';
+import { EventType, Mtu, PortState, QpState, QpType, WcStatus } from '../abi/enums.js';
 import * as completer from './completer.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
@@ -68,6 +68,14 @@ export class Fabric {
   /** Queues a packet; it is handled when the current top-level work (doorbell, timer) has finished. */
   push(p: Pkt): void {
     this.fifo.push(p);
+  }
+
+  /** Drops whatever is queued (after an internal error, so a bad packet cannot loop). */
+  reset(): void {
+    for (let i = this.head; i < this.fifo.length; i++) this.pool.put(this.fifo[i]!);
+    this.fifo.length = 0;
+    this.head = 0;
+    this.draining = false;
   }
 
   /** Runs every queued packet, including the ones handling them produces. Re-entrant calls return at once. */
@@ -181,9 +189,35 @@ export class SoftDevice {
 
   /** Rings the doorbell of a QP: run its requester, then everything that follows. */
   doorbell(qp: Qp): void {
-    requester.run(this, qp);
-    this.fabric.drain();
+    this.guard(qp, () => requester.run(this, qp));
   }
+
+  /**
+   * Every way into the HCA from outside a packet (doorbell, timer, deferred
+   * work) comes through here: a destroyed QP is left alone, and a bug of
+   * ours costs that QP (QP_FATAL, ERR) instead of the daemon.
+   */
+  guard(qp: Qp, f: () => void): void {
+    if (qp.destroyed) return;
+    try {
+      f();
+      this.fabric.drain();
+    } catch (e) {
+      this.onBug?.(e as Error);
+      if (!qp.destroyed) {
+        try {
+          completer.toError(this, qp);
+          qp.raise(EventType.QP_FATAL);
+        } catch {
+          /* already reported */
+        }
+      }
+      this.fabric.reset();
+    }
+  }
+
+  /** Where internal errors are reported (the daemon's log). */
+  onBug: ((e: Error) => void) | null = null;
 
   /** Moves a QP to ERR and flushes it (the IBA's error state). */
   toError(qp: Qp): void {

@@ -195,6 +195,8 @@ export class Qp {
   };
   mtu = 4096;
   asyncEvents = 0;
+  /** Destroyed: its rings are unmapped, so nothing may touch it (a deferred doorbell or timer checks this). */
+  destroyed = false;
   readonly userHandle: bigint;
 
   // send ring

@@ -124,6 +124,34 @@ describe('cleanup', () => {
     }
   });
 
+  test('a QP destroyed while its send work is deferred (over one doorbell budget) leaves the daemon unharmed', async () => {
+    const d = await startDaemon();
+    try {
+      for (let round = 0; round < 5; round++) {
+        const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+        const pd = await ctx.allocPd();
+        const cq = await ctx.createCq(64);
+        const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 16 } });
+        const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+        const mr = await pd.allocMr(4 << 20, ALL);
+        await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+        await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+        // 16 x 2 MiB = 8192 packets: several budgets of deferred requester work
+        for (let i = 0; i < 16; i++) a.postSend({ wrId: i, opcode: WrOpcode.RDMA_WRITE, sgList: [mr.sge(0, 2 << 20)], rdma: { remoteAddr: mr.addr + BigInt(2 << 20), rkey: mr.rkey } });
+        if (round % 2) ctx.close();
+        else await a.destroy();
+        ctx.close();
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(d.proc.exitCode, null, 'daemon alive');
+      assert.doesNotMatch(d.stderr(), /internal error/);
+      const rows = await mgmt(getDeviceList(d.root)[0]!.devPath, 'restrack');
+      assert.deepEqual(rows, []);
+    } finally {
+      await d.stop();
+    }
+  });
+
   test('QPNs are handed out cyclically from 17 and a freed one is reused once the cycle comes round', () => {
     const dev = new SoftDevice(new Fabric(), 'x', 0, '127.0.0.1', { maxQpn: 20 });
     const got = [17, 18, 19, 20].map(() => {
