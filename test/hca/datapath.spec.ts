@@ -193,6 +193,32 @@ describe('RC across two processes', () => {
   });
 });
 
+describe('UC across two processes', () => {
+  test('UC SEND (multi-packet), RDMA_WRITE and RDMA_WRITE_WITH_IMM: no ACKs, same bytes and completions', async () => {
+    const t = await pair(QpType.UC);
+    try {
+      await t.p.call('postRecv', { wrId: 1, off: 0, len: 65536, count: 2 });
+      pattern(21, 20000).copy(t.a.mr.buf, 0);
+      t.a.qp.postSend({ wrId: 1, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 20000)] });
+      t.a.qp.postSend({ wrId: 2, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 9000)], rdma: { remoteAddr: t.remoteAddr + 100000n, rkey: t.info.rkey } });
+      t.a.qp.postSend({ wrId: 3, opcode: WrOpcode.RDMA_WRITE_WITH_IMM, imm: 9, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 5)], rdma: { remoteAddr: t.remoteAddr + 200000n, rkey: t.info.rkey } });
+      const s = await pollN(t.a.cq, 3);
+      assert.deepEqual(s.map((w) => [w.status, w.opcode]), [[0, WcOpcode.SEND], [0, WcOpcode.RDMA_WRITE], [0, WcOpcode.RDMA_WRITE]]);
+      const r = await t.p.call('poll', { n: 2 });
+      assert.deepEqual(r.map((w: { opcode: number; byteLen: number }) => [w.opcode, w.byteLen]), [[WcOpcode.RECV, 20000], [WcOpcode.RECV_RDMA_WITH_IMM, 5]]);
+      assert.equal(r[1].imm, 9);
+      assert.equal(await t.p.call('hash', { off: 0, len: 20000 }), sha(pattern(21, 20000)));
+      assert.equal(await t.p.call('hash', { off: 100000, len: 9000 }), sha(pattern(21, 9000)));
+      // a bad rkey on UC: the message is dropped silently, the requester still completes, nothing breaks
+      t.a.qp.postSend({ wrId: 4, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 8)], rdma: { remoteAddr: t.remoteAddr, rkey: (t.info.rkey ^ 1) >>> 0 } });
+      assert.equal((await pollN(t.a.cq, 1))[0]!.status, 0);
+      assert.equal(await t.p.call('state'), QpState.RTS);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe('UD across two processes', () => {
   test('UD SEND: AH, Q_Key, the 40-byte GRH before the payload, src_qp and GRH flag', async () => {
     const t = await pair(QpType.UD);
