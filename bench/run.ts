@@ -27,13 +27,14 @@ async function connect(qp: QueuePair, qpn: number, gid: Uint8Array): Promise<voi
   await qp.modify({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
 }
 
-async function setup(root: string) {
+async function setup(root: string, events = false) {
   const ctx = await openDevice(getDeviceList(root)[0]!, root);
   const pd = await ctx.allocPd();
-  const cq = await ctx.createCq(1024);
+  const ch = events ? await ctx.createCompChannel() : null;
+  const cq = await ctx.createCq(1024, ch);
   const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 256, maxRecvWr: 1024 } });
   const mr = await pd.allocMr(SIZE * 2, ALL);
-  return { ctx, pd, cq, qp, mr };
+  return { ctx, pd, cq, qp, mr, ch };
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
@@ -161,6 +162,67 @@ async function pong(root: string): Promise<void> {
   }
 }
 
+/** Waits for a receive completion: busy-polling, or (events) armed CQ + completion channel, as ibv_rc_pingpong -e does. */
+async function waitRecv(e: Awaited<ReturnType<typeof setup>>, wcs: WorkCompletion[], events: boolean): Promise<void> {
+  for (;;) {
+    const n = e.cq.pollCq(wcs);
+    for (let j = 0; j < n; j++) if (wcs[j]!.opcode === 128) return;
+    if (events) {
+      e.cq.reqNotifyCq();
+      // a completion that landed before the arm would not raise an event: poll once more
+      const m = e.cq.pollCq(wcs);
+      let got = false;
+      for (let j = 0; j < m; j++) if (wcs[j]!.opcode === 128) got = true;
+      if (got) return;
+      await e.ch!.getCqEvent();
+      e.cq.ackCqEvents(1);
+    }
+  }
+}
+
+/** 8-byte SEND ping-pong, both sides sleeping on completion events. Mean round trip in µs. */
+async function sendPingPongEvents(root: string): Promise<number> {
+  const a = await setup(root, true);
+  const child = fork(fileURLToPath(import.meta.url), ['--pong-events', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const info = await new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
+  child.send({ qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') });
+  await connect(a.qp, info.qpn, Buffer.from(info.gid, 'hex'));
+  await new Promise((r) => child.once('message', r));
+  const recv = { wrId: 1n, sgList: [a.mr.sge(SIZE, 64)] };
+  for (let i = 0; i < 512; i++) a.qp.postRecv(recv);
+  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [a.mr.sge(0, 8)] };
+  const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
+  const n = Math.min(PINGS, 10000);
+  let t0 = 0n;
+  for (let i = 0; i < n + 200; i++) {
+    if (i === 200) t0 = process.hrtime.bigint();
+    a.qp.postSend(send);
+    await waitRecv(a, wcs, true);
+    a.qp.postRecv(recv);
+  }
+  const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
+  child.kill();
+  a.ctx.close();
+  return us;
+}
+
+async function pongEvents(root: string): Promise<void> {
+  const b = await setup(root, true);
+  process.send!({ qpn: b.qp.qpNum, gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex') });
+  const peer = await new Promise<{ qpn: number; gid: string }>((r) => process.once('message', r as never));
+  await connect(b.qp, peer.qpn, Buffer.from(peer.gid, 'hex'));
+  const recv = { wrId: 1n, sgList: [b.mr.sge(SIZE, 64)] };
+  for (let i = 0; i < 512; i++) b.qp.postRecv(recv);
+  process.send!({ ready: true });
+  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [b.mr.sge(0, 8)] };
+  const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
+  for (;;) {
+    await waitRecv(b, wcs, true);
+    b.qp.postRecv(recv);
+    b.qp.postSend(send);
+  }
+}
+
 /** Node TCP ping-pong of 8 bytes with a child echo server. Mean round trip in µs. */
 async function tcpPingPong(): Promise<number> {
   const echo = fork(fileURLToPath(import.meta.url), ['--tcp-echo'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -210,6 +272,7 @@ async function main(): Promise<void> {
     const copy = memcpyBw();
     const tcp = await tcpBw();
     const ping = await sendPingPong(root);
+    const pingEv = await sendPingPongEvents(root);
     const tping = await tcpPingPong();
     const out = [
       'softverbs bench (same device, one daemon; baselines measured in this run)',
@@ -217,13 +280,15 @@ async function main(): Promise<void> {
       'ratios',
       `  RDMA_WRITE 64 KiB / Buffer.copy 64 KiB          ${(write / copy).toFixed(3)}   (target >= 0.5)`,
       `  RDMA_WRITE 64 KiB / Node TCP stream (loopback)  ${(write / tcp).toFixed(2)}    (target >= 3)`,
-      `  SEND 8 B half round trip / TCP round trip       ${(ping / 2 / tping).toFixed(3)}   (target <= 0.25)`,
+      `  SEND 8 B half round trip / TCP round trip       ${(ping / 2 / tping).toFixed(3)}   (target <= 0.25; both ends busy-poll)`,
+      `  SEND 8 B half round trip / TCP round trip       ${(pingEv / 2 / tping).toFixed(3)}   (both ends sleep on completion events, as TCP does)`,
       '',
       'absolute',
       `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s`,
       `  Buffer.copy 64 KiB       ${(copy / GB).toFixed(3)} GB/s`,
       `  Node TCP stream 64 KiB   ${(tcp / GB).toFixed(3)} GB/s`,
       `  SEND 8 B ping-pong       ${ping.toFixed(2)} us round trip (${(ping / 2).toFixed(2)} us half)`,
+      `  SEND 8 B ping-pong (-e)  ${pingEv.toFixed(2)} us round trip (${(pingEv / 2).toFixed(2)} us half)`,
       `  Node TCP 8 B ping-pong   ${tping.toFixed(2)} us round trip`,
     ];
     process.stdout.write(out.join('\n') + '\n');
@@ -236,6 +301,7 @@ async function main(): Promise<void> {
 
 const role = process.argv[2];
 if (role === '--pong') await pong(process.argv[3]!);
+else if (role === '--pong-events') await pongEvents(process.argv[3]!);
 else if (role === '--tcp-sink') {
   const srv = createServer((s) => {
     let got = 0;

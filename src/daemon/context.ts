@@ -605,6 +605,14 @@ export class Context implements Owner {
     unmap(qp.mapping);
   }
 
+  /** The doorbell without decoding (the server's fast path): 0, or an errno for a handle that is not a QP. */
+  doorbell(handle: number): number {
+    const e = this.handles.get(handle);
+    if (!e || e.type !== 'qp') return E.EINVAL;
+    this.dev.doorbell(e.obj);
+    return 0;
+  }
+
   postSend(r: Values): Buffer {
     const qp = this.get('qp', r.qp_handle as number);
     if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');

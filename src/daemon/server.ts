@@ -41,6 +41,14 @@ interface DevEntry {
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
 const MAX_FRAME = 0xffff * 4;
+/** POST_SEND with wr_count 0: header + ib_uverbs_post_send */
+const DOORBELL_LEN = 8 + 24;
+const DOORBELL_OK = Buffer.from([0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+const DOORBELL_EINVAL = (() => {
+  const b = Buffer.alloc(8);
+  b.writeInt32LE(-E.EINVAL, 0);
+  return b;
+})();
 
 export class Daemon implements Host {
   readonly fabric = new Fabric();
@@ -173,8 +181,9 @@ export class Daemon implements Host {
     let chunks: Buffer[] = [];
     let have = 0;
 
+    // an error reply carries the reason as text (out_bytes of it), so the client's error says what was wrong
     const reply = (status: number, body?: Buffer, outBytes = 0) => {
-      const len = status === 0 ? outBytes : 0;
+      const len = status === 0 ? outBytes : body ? Math.min(body.length, 1024) : 0;
       const b = Buffer.alloc(8 + len);
       b.writeInt32LE(status, 0);
       b.writeUInt32LE(len, 4);
@@ -218,19 +227,25 @@ export class Daemon implements Host {
           kind = 'mgmt';
           return this.mgmt(frame, reply);
         }
-        return reply(-E.EINVAL); // DESIGN §3: GET_CONTEXT must come first
+        return reply(-E.EINVAL, Buffer.from(`command ${cmd} before GET_CONTEXT`)); // DESIGN §3: GET_CONTEXT must come first
       }
       if (kind === 'mgmt') {
         if (cmd === U.SvCmd.MGMT) return this.mgmt(frame, reply);
         return reply(-E.EINVAL);
       }
       if (kind !== 'cmd' || !ctx) return; // event streams carry nothing from the client
+      // the doorbell is the hot command: no struct decoding, a reply written from a constant
+      if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && outBytes === 4 && frame.readUInt32LE(20) === 0) {
+        const st = ctx.doorbell(frame.readUInt32LE(16));
+        s.write(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
+        return;
+      }
       try {
         const resp = ctx.dispatch(cmd, frame, outBytes);
         reply(0, resp, outBytes);
       } catch (e) {
         if (e instanceof CmdError) {
-          reply(-e.errno);
+          reply(-e.errno, Buffer.from(e.message));
           if (process.env.SOFTVERBS_DEBUG) this.log(`pid ${cred.pid}: ${errnoName(e.errno)}: ${e.message}`);
         } else {
           // a bug of ours, not the client's: keep serving, say what happened

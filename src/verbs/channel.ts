@@ -57,7 +57,7 @@ export class CommandChannel {
       const p = this.pending.shift();
       if (this.pending.length === 0) this.sock.unref();
       if (!p) continue;
-      if (status < 0) p.reject(new VerbsError(p.verb, -status));
+      if (status < 0) p.reject(new VerbsError(p.verb, -status, body.length ? body.toString('utf8') : undefined));
       else p.resolve(body);
     }
   }

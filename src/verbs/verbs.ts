@@ -72,6 +72,14 @@ export function getDeviceList(root = defaultRoot()): Device[] {
 export async function openDevice(dev: Device | string, root = defaultRoot()): Promise<Context> {
   const d = typeof dev === 'string' ? getDeviceList(root).find((x) => x.name === dev) : dev;
   if (!d) throw new VerbsError('ibv_open_device', 'ENODEV', `no device ${String(dev)}`);
+  // as libibverbs does: a kernel side speaking another uverbs ABI is refused before any command
+  let abi = '';
+  try {
+    abi = readFileSync(join(verbsClassDir(d.root), d.devName, 'abi_version'), 'utf8').trim();
+  } catch {
+    /* reported below */
+  }
+  if (abi !== String(U.ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.name} speaks uverbs ABI version ${abi || '(none)'}, this library speaks ${U.ABI_VERSION}`);
   const ch = await CommandChannel.open(d.devPath);
   try {
     const f = U.frame(U.Cmd.GET_CONTEXT, U.COMMANDS.get(U.Cmd.GET_CONTEXT)!, {});

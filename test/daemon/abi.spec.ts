@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { constants } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { layout } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
 import { allocShared } from '../../src/verbs/memory.js';
@@ -141,6 +143,23 @@ describe('every command round-trips through the library', () => {
 });
 
 describe('malformed frames get the kernel errno and the daemon keeps serving', () => {
+  test('errors carry the reason: the VerbsError names the verb, the errno and what was wrong', async () => {
+    const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    await assert.rejects(ctx.queryPort(3), (e: Error & { errno: string }) => e.errno === 'EINVAL' && /ibv_query_port: EINVAL: QUERY_PORT: port 3 does not exist/.test(e.message));
+    ctx.close();
+  });
+
+  test('a device speaking another ABI version is refused cleanly', async () => {
+    const dev = getDeviceList(d.root)[0]!;
+    const f = join(d.root, 'sys/class/infiniband_verbs', dev.devName, 'abi_version');
+    writeFileSync(f, '7\n');
+    try {
+      await assert.rejects(openDevice(dev, d.root), (e: Error & { errno: string }) => e.errno === 'ENOSYS' && /ABI version 7/.test(e.message));
+    } finally {
+      writeFileSync(f, '6\n');
+    }
+  });
+
   test('any command before GET_CONTEXT is EINVAL; GET_CONTEXT twice is EINVAL', async () => {
     const r = await Raw.open();
     assert.equal((await r.cmd(U.Cmd.ALLOC_PD))!.status, -E.EINVAL);
