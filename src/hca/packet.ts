@@ -20,6 +20,12 @@ export class Pkt {
   ackReq = false;
   se = false;
   padCnt = 0;
+  pkey = 0xffff;
+  migReq = false;
+  /** BTH transport header version (0) */
+  tver = 0;
+  /** BTH byte 4: FECN, BECN and reserved bits */
+  fecnBecn = 0;
   // who sent it (a local QPN; for the wire, filled from DETH or the connection)
   srcQpn = 0;
   // RETH
@@ -49,7 +55,9 @@ export class Pkt {
 
   reset(): void {
     this.opcode = this.mask = this.destQpn = this.psn = this.padCnt = this.srcQpn = 0;
-    this.ackReq = this.se = false;
+    this.ackReq = this.se = this.migReq = false;
+    this.pkey = 0xffff;
+    this.tver = this.fecnBecn = 0;
     this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;

@@ -1,0 +1,210 @@
+/**
+ * The RoCEv2 packet codec: BTH and its extension headers (RETH, AETH,
+ * AtomicETH, AtomicAckETH, DETH, ImmDt, IETH), payload, pad and the
+ * invariant CRC, between wire bytes and a `Pkt`. Pure functions on
+ * DataView; which headers an opcode carries comes from the opcode table.
+ * Header order on the wire (IBA 9.2): BTH, DETH, RETH, AtomicETH, AETH,
+ * AtomicAckETH, ImmDt, IETH, payload, pad, ICRC.
+ */
+import { crc32 } from 'node:zlib';
+import { HdrSize, M, OPCODES } from './opcodes.js';
+import type { Pkt } from './packet.js';
+
+export const ROCE_PORT = 4791;
+
+/** Bytes of the transport headers (BTH included) for an opcode mask. */
+export function headerBytes(mask: number): number {
+  let n = HdrSize.BTH;
+  if (mask & M.DETH) n += HdrSize.DETH;
+  if (mask & M.RETH) n += HdrSize.RETH;
+  if (mask & M.ATMETH) n += HdrSize.ATMETH;
+  if (mask & M.AETH) n += HdrSize.AETH;
+  if (mask & M.ATMACK) n += HdrSize.ATMACK;
+  if (mask & M.IMM) n += HdrSize.IMM;
+  if (mask & M.IETH) n += HdrSize.IETH;
+  return n;
+}
+
+/** Why a packet could not be decoded (stable strings: counters and logs use them). */
+export const DecodeError = {
+  SHORT: 'shorter than its headers',
+  OPCODE: 'unknown opcode',
+  TVER: 'unsupported transport version',
+  PAD: 'pad count larger than the payload',
+  PAYLOAD: 'payload on an opcode that carries none',
+} as const;
+
+/**
+ * Decodes BTH..payload of one RoCEv2 UDP payload (`len` bytes at `off`,
+ * ICRC included) into `p`; the payload becomes a window on `buf`.
+ * Returns null, or a DecodeError string.
+ */
+export function decode(buf: Uint8Array, off: number, len: number, p: Pkt): string | null {
+  if (len < HdrSize.BTH + HdrSize.ICRC) return DecodeError.SHORT;
+  const dv = new DataView(buf.buffer, buf.byteOffset + off, len);
+  const opcode = dv.getUint8(0);
+  const info = OPCODES[opcode];
+  if (!info) return DecodeError.OPCODE;
+  const b1 = dv.getUint8(1);
+  p.opcode = opcode;
+  p.mask = info.mask;
+  p.se = (b1 & 0x80) !== 0;
+  p.migReq = (b1 & 0x40) !== 0;
+  p.padCnt = (b1 >> 4) & 3;
+  p.tver = b1 & 0xf;
+  if (p.tver !== 0) return DecodeError.TVER;
+  p.pkey = dv.getUint16(2);
+  p.fecnBecn = dv.getUint8(4);
+  p.destQpn = dv.getUint32(4) & 0xffffff;
+  p.ackReq = (dv.getUint8(8) & 0x80) !== 0;
+  p.psn = dv.getUint32(8) & 0xffffff;
+  const m = info.mask;
+  const hdr = headerBytes(m);
+  if (len < hdr + HdrSize.ICRC) return DecodeError.SHORT;
+  let o = HdrSize.BTH;
+  if (m & M.DETH) {
+    p.qkey = dv.getUint32(o);
+    p.srcQpn = dv.getUint32(o + 4) & 0xffffff;
+    o += HdrSize.DETH;
+  }
+  if (m & M.RETH) {
+    p.va = u64(dv, o);
+    p.rkey = dv.getUint32(o + 8);
+    p.dmaLen = dv.getUint32(o + 12);
+    o += HdrSize.RETH;
+  }
+  if (m & M.ATMETH) {
+    p.va = u64(dv, o);
+    p.rkey = dv.getUint32(o + 8);
+    p.swapAdd = dv.getBigUint64(o + 12);
+    p.compare = dv.getBigUint64(o + 20);
+    o += HdrSize.ATMETH;
+  }
+  if (m & M.AETH) {
+    p.syndrome = dv.getUint8(o);
+    p.msn = dv.getUint32(o) & 0xffffff;
+    o += HdrSize.AETH;
+  }
+  if (m & M.ATMACK) {
+    p.orig = dv.getBigUint64(o);
+    o += HdrSize.ATMACK;
+  }
+  if (m & M.IMM) {
+    p.imm = dv.getUint32(o);
+    o += HdrSize.IMM;
+  }
+  if (m & M.IETH) {
+    p.rkey = dv.getUint32(o);
+    o += HdrSize.IETH;
+  }
+  const rest = len - o - HdrSize.ICRC;
+  if (p.padCnt > rest) return DecodeError.PAD;
+  const payLen = rest - p.padCnt;
+  if (payLen > 0 && !(m & M.PAYLOAD)) return DecodeError.PAYLOAD;
+  p.payload = buf;
+  p.payOff = off + o;
+  p.payLen = payLen;
+  return null;
+}
+
+/** An IOVA past 2^53 cannot be inside any MR: it decodes to +Infinity. */
+function u64(dv: DataView, o: number): number {
+  const v = dv.getBigUint64(o);
+  return v > 0x1fffffffffffffn ? Number.POSITIVE_INFINITY : Number(v);
+}
+
+/**
+ * Encodes p (BTH..payload and pad, no ICRC) at `off`; returns the bytes
+ * written. The caller has room for headerBytes + payLen + 3.
+ */
+export function encode(p: Pkt, buf: Uint8Array, off: number): number {
+  const info = OPCODES[p.opcode]!;
+  const m = info.mask;
+  const pad = (4 - (p.payLen & 3)) & 3;
+  const hdr = headerBytes(m);
+  const dv = new DataView(buf.buffer, buf.byteOffset + off, hdr + p.payLen + pad);
+  dv.setUint8(0, p.opcode);
+  dv.setUint8(1, (p.se ? 0x80 : 0) | (p.migReq ? 0x40 : 0) | (pad << 4) | (p.tver & 0xf));
+  dv.setUint16(2, p.pkey);
+  dv.setUint32(4, ((p.fecnBecn & 0xff) << 24 | (p.destQpn & 0xffffff)) >>> 0);
+  dv.setUint32(8, ((p.ackReq ? 0x80000000 : 0) | (p.psn & 0xffffff)) >>> 0);
+  let o = HdrSize.BTH;
+  if (m & M.DETH) {
+    dv.setUint32(o, p.qkey >>> 0);
+    dv.setUint32(o + 4, p.srcQpn & 0xffffff);
+    o += HdrSize.DETH;
+  }
+  if (m & M.RETH) {
+    dv.setBigUint64(o, BigInt(p.va));
+    dv.setUint32(o + 8, p.rkey >>> 0);
+    dv.setUint32(o + 12, p.dmaLen >>> 0);
+    o += HdrSize.RETH;
+  }
+  if (m & M.ATMETH) {
+    dv.setBigUint64(o, BigInt(p.va));
+    dv.setUint32(o + 8, p.rkey >>> 0);
+    dv.setBigUint64(o + 12, BigInt.asUintN(64, p.swapAdd));
+    dv.setBigUint64(o + 20, BigInt.asUintN(64, p.compare));
+    o += HdrSize.ATMETH;
+  }
+  if (m & M.AETH) {
+    dv.setUint32(o, (((p.syndrome & 0xff) << 24) | (p.msn & 0xffffff)) >>> 0);
+    o += HdrSize.AETH;
+  }
+  if (m & M.ATMACK) {
+    dv.setBigUint64(o, BigInt.asUintN(64, p.orig));
+    o += HdrSize.ATMACK;
+  }
+  if (m & M.IMM) {
+    dv.setUint32(o, p.imm >>> 0);
+    o += HdrSize.IMM;
+  }
+  if (m & M.IETH) {
+    dv.setUint32(o, p.rkey >>> 0);
+    o += HdrSize.IETH;
+  }
+  if (p.payLen > 0) buf.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), off + o);
+  for (let i = 0; i < pad; i++) buf[off + o + p.payLen + i] = 0;
+  return o + p.payLen + pad;
+}
+
+const ONES8 = new Uint8Array(8).fill(0xff);
+const scratch = new Uint8Array(40 + 8 + HdrSize.BTH);
+
+/**
+ * The invariant CRC (IBA Annex A17, as rxe's rxe_icrc.c computes it):
+ * CRC-32 over eight 0xFF bytes standing for the LRH, then the IP header
+ * with its variant fields (IPv4 TOS, TTL, checksum; IPv6 traffic class, flow
+ * label, hop limit) set to all ones, the UDP header with its checksum set to
+ * all ones, the BTH with byte 4 (FECN/BECN/reserved) set to 0xFF, then the
+ * rest of the headers, payload and pad. Sent little-endian after the pad.
+ *
+ * `ip` is the IPv4 (20-byte) or IPv6 (40-byte) header, `udp` the 8-byte UDP
+ * header, `bth` the transport bytes from the BTH to the end of the pad.
+ */
+export function icrc(ip: Uint8Array, udp: Uint8Array, bth: Uint8Array): number {
+  const v6 = (ip[0]! >> 4) === 6;
+  const ipLen = v6 ? 40 : 20;
+  scratch.set(ip.subarray(0, ipLen), 0);
+  if (v6) {
+    scratch[0] = ip[0]! | 0x0f; // traffic class (low nibble of byte 0 + high of byte 1) and flow label
+    scratch[1] = 0xff;
+    scratch[2] = 0xff;
+    scratch[3] = 0xff;
+    scratch[7] = 0xff; // hop limit
+  } else {
+    scratch[1] = 0xff; // TOS
+    scratch[8] = 0xff; // TTL
+    scratch[10] = 0xff; // header checksum
+    scratch[11] = 0xff;
+  }
+  scratch.set(udp.subarray(0, 8), ipLen);
+  scratch[ipLen + 6] = 0xff; // UDP checksum
+  scratch[ipLen + 7] = 0xff;
+  scratch.set(bth.subarray(0, HdrSize.BTH), ipLen + 8);
+  scratch[ipLen + 8 + 4] = 0xff; // FECN, BECN, reserved
+  let crc = crc32(ONES8);
+  crc = crc32(scratch.subarray(0, ipLen + 8 + HdrSize.BTH), crc);
+  crc = crc32(bth.subarray(HdrSize.BTH), crc);
+  return crc >>> 0;
+}
