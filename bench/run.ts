@@ -107,61 +107,6 @@ async function tcpBw(): Promise<number> {
   return Math.min(sent, got) / s;
 }
 
-/** 8-byte SEND ping-pong between this process and a child, both busy-polling their CQs. Returns the mean round trip in µs. */
-async function sendPingPong(root: string): Promise<number> {
-  const a = await setup(root);
-  const child = fork(fileURLToPath(import.meta.url), ['--pong', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const info = await new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
-  child.send({ qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') });
-  await connect(a.qp, info.qpn, Buffer.from(info.gid, 'hex'));
-  await new Promise((r) => child.once('message', r));
-  const recv = { wrId: 1n, sgList: [a.mr.sge(SIZE, 64)] };
-  for (let i = 0; i < 512; i++) a.qp.postRecv(recv);
-  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [a.mr.sge(0, 8)] };
-  const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
-  const warm = 1000;
-  let t0 = 0n;
-  for (let i = 0; i < PINGS + warm; i++) {
-    if (i === warm) t0 = process.hrtime.bigint();
-    a.qp.postSend(send);
-    let got = false;
-    while (!got) {
-      const n = a.cq.pollCq(wcs);
-      for (let j = 0; j < n; j++) if (wcs[j]!.opcode === 128) got = true;
-    }
-    a.qp.postRecv(recv);
-    // let the doorbell replies drain now and then, so nothing piles up unread
-    if ((i & 1023) === 1023) await tick();
-  }
-  const us = Number(process.hrtime.bigint() - t0) / 1e3 / PINGS;
-  child.kill();
-  a.ctx.close();
-  return us;
-}
-
-async function pong(root: string): Promise<void> {
-  const b = await setup(root);
-  process.send!({ qpn: b.qp.qpNum, gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex') });
-  const peer = await new Promise<{ qpn: number; gid: string }>((r) => process.once('message', r as never));
-  await connect(b.qp, peer.qpn, Buffer.from(peer.gid, 'hex'));
-  const recv = { wrId: 1n, sgList: [b.mr.sge(SIZE, 64)] };
-  for (let i = 0; i < 512; i++) b.qp.postRecv(recv);
-  process.send!({ ready: true });
-  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [b.mr.sge(0, 8)] };
-  const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
-  let i = 0;
-  for (;;) {
-    const n = b.cq.pollCq(wcs);
-    for (let j = 0; j < n; j++) {
-      if (wcs[j]!.opcode === 128) {
-        b.qp.postRecv(recv);
-        b.qp.postSend(send);
-        if ((++i & 1023) === 1023) await tick();
-      }
-    }
-  }
-}
-
 /** Waits for a receive completion: busy-polling, or (events) armed CQ + completion channel, as ibv_rc_pingpong -e does. */
 async function waitRecv(e: Awaited<ReturnType<typeof setup>>, wcs: WorkCompletion[], events: boolean): Promise<void> {
   for (;;) {
@@ -169,57 +114,63 @@ async function waitRecv(e: Awaited<ReturnType<typeof setup>>, wcs: WorkCompletio
     for (let j = 0; j < n; j++) if (wcs[j]!.opcode === 128) return;
     if (events) {
       e.cq.reqNotifyCq();
-      // a completion that landed before the arm would not raise an event: poll once more
+      // a completion that landed before the arm raises no event: poll once more
       const m = e.cq.pollCq(wcs);
-      let got = false;
-      for (let j = 0; j < m; j++) if (wcs[j]!.opcode === 128) got = true;
-      if (got) return;
+      for (let j = 0; j < m; j++) if (wcs[j]!.opcode === 128) return;
       await e.ch!.getCqEvent();
       e.cq.ackCqEvents(1);
     }
   }
 }
 
-/** 8-byte SEND ping-pong, both sides sleeping on completion events. Mean round trip in µs. */
-async function sendPingPongEvents(root: string): Promise<number> {
-  const a = await setup(root, true);
-  const child = fork(fileURLToPath(import.meta.url), ['--pong-events', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const info = await new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
-  child.send({ qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') });
-  await connect(a.qp, info.qpn, Buffer.from(info.gid, 'hex'));
-  await new Promise((r) => child.once('message', r));
-  const recv = { wrId: 1n, sgList: [a.mr.sge(SIZE, 64)] };
-  for (let i = 0; i < 512; i++) a.qp.postRecv(recv);
-  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [a.mr.sge(0, 8)] };
+/** One end of the ping-pong: a connected QP with receives posted, an inline 8-byte SEND, and a CQ to wait on. */
+async function pingEnd(root: string, events: boolean, peer: () => Promise<{ qpn: number; gid: string }>, announce: (me: { qpn: number; gid: string }) => void) {
+  const e = await setup(root, events);
+  announce({ qpn: e.qp.qpNum, gid: Buffer.from(e.ctx.queryGid(1, 0)).toString('hex') });
+  const other = await peer();
+  await connect(e.qp, other.qpn, Buffer.from(other.gid, 'hex'));
+  const recv = { wrId: 1n, sgList: [e.mr.sge(SIZE, 64)] };
+  for (let i = 0; i < 512; i++) e.qp.postRecv(recv);
+  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [e.mr.sge(0, 8)] };
   const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
-  const n = Math.min(PINGS, 10000);
+  return { e, recv, send, wcs };
+}
+
+/**
+ * 8-byte SEND ping-pong between this process and a child: both busy-poll
+ * their CQs, or (events) both sleep on completion events. Mean round trip in µs.
+ */
+async function sendPingPong(root: string, events: boolean): Promise<number> {
+  const child = fork(fileURLToPath(import.meta.url), ['--pong', root, String(events)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const childInfo = new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
+  const ready = new Promise<void>((r) => child.on('message', (m: { ready?: boolean }) => m.ready && r()));
+  const p = await pingEnd(root, events, () => childInfo, (me) => child.send(me));
+  await ready;
+  const n = events ? Math.min(PINGS, 10000) : PINGS;
+  const warm = 500;
   let t0 = 0n;
-  for (let i = 0; i < n + 200; i++) {
-    if (i === 200) t0 = process.hrtime.bigint();
-    a.qp.postSend(send);
-    await waitRecv(a, wcs, true);
-    a.qp.postRecv(recv);
+  for (let i = 0; i < n + warm; i++) {
+    if (i === warm) t0 = process.hrtime.bigint();
+    p.e.qp.postSend(p.send);
+    await waitRecv(p.e, p.wcs, events);
+    p.e.qp.postRecv(p.recv);
+    // busy-polling: let the doorbell replies drain now and then, so nothing piles up unread
+    if ((i & 1023) === 1023) await tick();
   }
   const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   child.kill();
-  a.ctx.close();
+  p.e.ctx.close();
   return us;
 }
 
-async function pongEvents(root: string): Promise<void> {
-  const b = await setup(root, true);
-  process.send!({ qpn: b.qp.qpNum, gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex') });
-  const peer = await new Promise<{ qpn: number; gid: string }>((r) => process.once('message', r as never));
-  await connect(b.qp, peer.qpn, Buffer.from(peer.gid, 'hex'));
-  const recv = { wrId: 1n, sgList: [b.mr.sge(SIZE, 64)] };
-  for (let i = 0; i < 512; i++) b.qp.postRecv(recv);
+async function pong(root: string, events: boolean): Promise<void> {
+  const p = await pingEnd(root, events, () => new Promise((r) => process.once('message', r as never)), (me) => process.send!(me));
   process.send!({ ready: true });
-  const send = { wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [b.mr.sge(0, 8)] };
-  const wcs = Array.from({ length: 16 }, () => new WorkCompletion());
-  for (;;) {
-    await waitRecv(b, wcs, true);
-    b.qp.postRecv(recv);
-    b.qp.postSend(send);
+  for (let i = 0; ; i++) {
+    await waitRecv(p.e, p.wcs, events);
+    p.e.qp.postRecv(p.recv);
+    p.e.qp.postSend(p.send);
+    if ((i & 1023) === 1023) await tick();
   }
 }
 
@@ -271,8 +222,8 @@ async function main(): Promise<void> {
     const write = await rdmaWriteBw(root);
     const copy = memcpyBw();
     const tcp = await tcpBw();
-    const ping = await sendPingPong(root);
-    const pingEv = await sendPingPongEvents(root);
+    const ping = await sendPingPong(root, false);
+    const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
     const out = [
       'softverbs bench (same device, one daemon; baselines measured in this run)',
@@ -300,8 +251,7 @@ async function main(): Promise<void> {
 }
 
 const role = process.argv[2];
-if (role === '--pong') await pong(process.argv[3]!);
-else if (role === '--pong-events') await pongEvents(process.argv[3]!);
+if (role === '--pong') await pong(process.argv[3]!, process.argv[4] === 'true');
 else if (role === '--tcp-sink') {
   const srv = createServer((s) => {
     let got = 0;

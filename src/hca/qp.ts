@@ -8,7 +8,7 @@ import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlag
 import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
 import type { Mapping } from '../native/libc.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
-import { RecvWqe, u64ToNumber } from './objects.js';
+import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
 
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
@@ -395,22 +395,12 @@ export class Qp {
 const SINGLE: { mr: Mr; off: number } = { mr: null as unknown as Mr, off: 0 };
 
 function walkSges(w: SendWqe, off: number, len: number, f: (mr: Mr, mrOff: number, n: number, done: number) => void): boolean {
-  let base = 0;
-  let done = 0;
-  for (let i = 0; i < w.numSge && done < len; i++) {
-    const l = w.len[i]!;
-    const end = base + l;
-    const pos = off + done;
-    if (pos < end) {
-      const n = Math.min(end - pos, len - done);
-      const mr = w.mr[i];
-      if (!mr || !mr.valid) return false;
-      f(mr, w.addr[i]! - mr.iova + (pos - base), n, done);
-      done += n;
-    }
-    base = end;
-  }
-  return done === len;
+  return walkSgl(w.numSge, w.len, off, len, (i, sgeOff, n, done) => {
+    const mr = w.mr[i];
+    if (!mr || !mr.valid) return false;
+    f(mr, w.addr[i]! - mr.iova + sgeOff, n, done);
+    return true;
+  });
 }
 
 export { EventType };

@@ -9,7 +9,7 @@
 import { Access, QpState, QpType, WcFlags, WcOpcode, WcStatus } from '../abi/enums.js';
 import { postRecvWc, toError } from './completer.js';
 import type { SoftDevice } from './device.js';
-import type { Mr, RecvWqe } from './objects.js';
+import { walkSgl, type Mr, type RecvWqe } from './objects.js';
 import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { Qp, RespRes } from './qp.js';
@@ -180,23 +180,13 @@ function takeRecv(qp: Qp): RecvWqe | null {
 
 /** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds. */
 function scatter(dev: SoftDevice, qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
-  let base = 0;
-  let done = 0;
-  for (let i = 0; i < w.numSge && done < len; i++) {
-    const l = w.len[i]!;
-    const end = base + l;
-    const pos = off + done;
-    if (pos < end) {
-      const n = Math.min(end - pos, len - done);
-      const mr = dev.lookupMr(w.lkey[i]!);
-      const va = w.addr[i]! + (pos - base);
-      if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, n)) return false;
-      mr.mem.set(src.subarray(srcOff + done, srcOff + done + n), va - mr.iova);
-      done += n;
-    }
-    base = end;
-  }
-  return done === len;
+  return walkSgl(w.numSge, w.len, off, len, (i, sgeOff, n, done) => {
+    const mr = dev.lookupMr(w.lkey[i]!);
+    const va = w.addr[i]! + sgeOff;
+    if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, n)) return false;
+    mr.mem.set(src.subarray(srcOff + done, srcOff + done + n), va - mr.iova);
+    return true;
+  });
 }
 
 /** rkey → MR if it is valid, in the QP's PD, allows `need`, and covers [va, va+len). */
