@@ -12,6 +12,7 @@ import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
 import { Fabric, gidString, SoftDevice } from '../hca/device.js';
+import { UdpTransport } from '../hca/transport.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
 import { PinnedAccounts } from './memlock.js';
@@ -96,7 +97,15 @@ export class Daemon implements Host {
       if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
       this.devs.push({ dev, kname, path, server });
       this.writeSysfs(dev, kname, path);
-      this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, same-device transport only (the RoCEv2 wire is not built yet)`);
+      let wire = 'RoCEv2 over plain UDP on port 4791 (no raw socket yet: ICRC computed, not verified on receive)';
+      const t = new UdpTransport(dev);
+      try {
+        await t.start();
+        dev.transport = t;
+      } catch (e) {
+        wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
+      }
+      this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
     }
   }
 
@@ -311,7 +320,7 @@ export class Daemon implements Host {
         out = this.pinned.snapshot();
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()] }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ?? false }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
@@ -324,7 +333,10 @@ export class Daemon implements Host {
   }
 
   async stop(): Promise<void> {
-    for (const d of this.devs) d.server.close();
+    for (const d of this.devs) {
+      d.server.close();
+      d.dev.transport?.stop();
+    }
     for (const s of this.conns) s.destroy();
     for (const c of this.contexts) c.destroyAll();
     this.contexts.clear();

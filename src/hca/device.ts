@@ -11,6 +11,7 @@ import * as completer from './completer.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
 import { Pkt, PktPool } from './packet.js';
+import type { UdpTransport } from './transport.js';
 import type { Qp } from './qp.js';
 import * as requester from './requester.js';
 import * as responder from './responder.js';
@@ -87,6 +88,7 @@ export class Fabric {
         const p = this.fifo[this.head++]!;
         const dev = this.byGid(p.dstGid);
         if (dev) dev.receive(p);
+        else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
         this.pool.put(p);
         if (this.head > 1024 && this.head * 2 > this.fifo.length) {
           this.fifo.splice(0, this.head);
@@ -185,6 +187,22 @@ export class SoftDevice {
     if (transport !== want) return;
     if (p.mask & M.REQ) responder.receive(this, qp, p);
     else completer.receive(this, qp, p);
+  }
+
+  /** The wire, once started (null: this device only reaches devices of its own daemon). */
+  transport: UdpTransport | null = null;
+
+  /** A packet that came off the wire; its payload lives only until this returns. */
+  receiveFromWire(p: Pkt): void {
+    try {
+      this.receive(p);
+      this.fabric.drain();
+    } catch (e) {
+      this.onBug?.(e as Error);
+      this.fabric.reset();
+    } finally {
+      this.fabric.pool.put(p);
+    }
   }
 
   /** Rings the doorbell of a QP: run its requester, then everything that follows. */
