@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { defaultRoot } from '../common/paths.js';
 import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
+import { Fault } from '../hca/device.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -24,8 +25,8 @@ Options:
   --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE"}
   --device NAME=ADDR[,mtu=N]
                            a device bound to an IP address (repeatable); MTU in bytes (256..4096)
-  --pcap FILE              write RoCEv2 packets as pcap (needs the wire: not available yet)
-  --fault SPEC             seeded packet faults (needs the wire: not available yet)
+  --pcap FILE              write RoCEv2 packets as pcap (not built yet)
+  --fault SPEC             seeded faults on every packet sent, for tests: drop=P,dup=P,reorder=P,seed=N
   -h, --help               this text
 
 With no --device and no config, creates rxe0 on 127.0.0.1.
@@ -75,7 +76,15 @@ if (args.help) {
   process.stdout.write(HELP);
   process.exit(0);
 }
-if (args.pcap || args.fault) die('--pcap and --fault need the RoCEv2 wire, which this build does not have yet');
+if (args.pcap) die('--pcap is not built yet (the RoCEv2 wire is a first cut)');
+let fault: Fault | null = null;
+if (args.fault) {
+  try {
+    fault = Fault.parse(args.fault);
+  } catch (e) {
+    die((e as Error).message);
+  }
+}
 
 let devices: DeviceSpec[] = (args.device ?? []).map(parseDevice);
 let rulesFile = args.rules;
@@ -105,7 +114,8 @@ if (rulesFile) {
   }
 }
 
-const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules });
+const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules, fault });
+if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder} of every packet sent (seeded)`);
 try {
   await daemon.start();
 } catch (e) {

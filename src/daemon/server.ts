@@ -11,7 +11,7 @@ import { pack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
-import { Fabric, gidString, SoftDevice } from '../hca/device.js';
+import { Fabric, type Fault, gidString, SoftDevice } from '../hca/device.js';
 import { UdpTransport } from '../hca/transport.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
@@ -29,6 +29,7 @@ export interface DaemonOptions {
   root: string;
   devices: DeviceSpec[];
   rules: Rule[];
+  fault?: Fault | null;
   log?: (msg: string) => void;
 }
 
@@ -62,6 +63,7 @@ export class Daemon implements Host {
 
   constructor(readonly opts: DaemonOptions) {
     this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
+    this.fabric.fault = opts.fault ?? null;
   }
 
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
@@ -324,6 +326,21 @@ export class Daemon implements Host {
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
+        break;
+      case 'qps':
+        // the transport state of every QP (debugging a stuck connection)
+        out = this.devs.flatMap((d) => [...d.dev.qps.values()].map((q) => {
+          const head = q.wqeAt(q.comp.idx);
+          return {
+            qpn: q.qpn, state: q.state, req: q.req, comp: { idx: q.comp.idx, psn: q.comp.psn, retryCnt: q.comp.retryCnt, rnrRetry: q.comp.rnrRetry, timer: !!q.comp.timer, rnrTimer: !!q.comp.rnrTimer },
+            resp: { psn: q.resp.psn, msn: q.resp.msn, sentPsnNak: q.resp.sentPsnNak, inMsg: q.resp.inMsg, res: q.resp.res.map((r) => [r.atomic ? 'A' : 'R', r.firstPsn, r.lastPsn]) },
+            head: { state: head.state, opcode: head.opcode, firstPsn: head.firstPsn, lastPsn: head.lastPsn, offset: head.offset, wrId: String(head.wrId) },
+            sqProduced: q.sqProduced(),
+          };
+        }));
+        break;
+      case 'faults':
+        out = this.fabric.fault ? { dropped: this.fabric.fault.dropped, duplicated: this.fabric.fault.duplicated, reordered: this.fabric.fault.reordered } : null;
         break;
       default:
         return reply(-E.EOPNOTSUPP);

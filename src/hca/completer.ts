@@ -38,6 +38,9 @@ function wcOpcode(op: number): number {
 function retire(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
   if (w.isReadOrAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
   w.state = WqeState.FREE;
+  // comp.psn: the first PSN not yet answered, whatever retired this WQE (ACK, implied ACK, response)
+  const next = (w.lastPsn + 1) & PSN_MASK;
+  if (psnDiff(next, qp.comp.psn) > 0) qp.comp.psn = next;
   if (status !== 0 || w.signaled) {
     wc.clear();
     wc.wrId = w.wrId;
@@ -96,7 +99,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       if (d > 0) {
         // lost response packets: ask again
         dev.counters.completer_retry_err++;
-        requester.retry(dev, qp);
+        scheduleRetry(dev, qp);
         return;
       }
       if (d < 0) break;
@@ -138,19 +141,21 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
         // an ACK past a READ/ATOMIC whose answer we never saw: the answer was lost (implied NAK)
         if (psnDiff(p.psn, w.firstPsn) >= 0 && w.state === WqeState.PENDING) {
           if (psnDiff(p.psn, w.lastPsn) >= 0) {
-            requester.retry(dev, qp);
+            scheduleRetry(dev, qp);
             return;
           }
         }
         break;
       }
       if (psnDiff(p.psn, w.lastPsn) >= 0 && w.state === WqeState.PENDING) {
+        // retire() moves comp.psn past this WQE only: an ACK covering later WQEs must not
+        // skip a READ or atomic among them whose answer has not come
         retire(dev, qp, w, 0);
         progressed = true;
-        qp.comp.psn = (p.psn + 1) & PSN_MASK;
         continue;
       }
-      qp.comp.psn = (p.psn + 1) & PSN_MASK;
+      // part of a multi-packet SEND / WRITE is acknowledged
+      if (psnDiff(p.psn, qp.comp.psn) >= 0) qp.comp.psn = (p.psn + 1) & PSN_MASK;
       progressed = true;
       break;
     }
@@ -168,6 +173,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
         return;
       }
       if (qp.attr.rnrRetry !== 7) qp.comp.rnrRetry--;
+      if (!w.isReadOrAtomic) qp.comp.psn = p.psn;
       const us = RNR_TIMER_US[p.syndrome & 0x1f]!;
       stopRetransmit(qp);
       if (qp.comp.rnrTimer) clearTimeout(qp.comp.rnrTimer);
@@ -179,8 +185,9 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
     }
     if (p.syndrome === Aeth.NAK_PSN_SEQ_ERROR) {
       dev.counters.rcvd_seq_err++;
-      qp.comp.psn = p.psn;
-      requester.retry(dev, qp);
+      // a READ or atomic at the head still waits for its answer: comp.psn stays on it
+      if (!w.isReadOrAtomic) qp.comp.psn = p.psn;
+      scheduleRetry(dev, qp);
       return;
     }
     const st =
@@ -200,6 +207,21 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
     if (qp.state === QpState.SQD) checkDrained(qp);
   }
 }
+
+/**
+ * Go-back-N on the next turn of the event loop, once however many NAKs ask
+ * for it: a retry run inside the packet loop could livelock it (each resend
+ * meets new loss, which NAKs again) and starve every other client.
+ */
+function scheduleRetry(dev: SoftDevice, qp: Qp): void {
+  if (retryPending.has(qp)) return;
+  retryPending.add(qp);
+  setImmediate(() => {
+    retryPending.delete(qp);
+    dev.guard(qp, () => requester.retry(dev, qp));
+  });
+}
+const retryPending = new WeakSet<Qp>();
 
 function fail(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
   retire(dev, qp, w, status);

@@ -53,6 +53,45 @@ export function gidString(g: Uint8Array): string {
 
 const sameGid = (a: Uint8Array, b: Uint8Array) => a.length === 16 && b.length === 16 && a.every((x, i) => x === b[i]);
 
+/** Fault injection: rates in [0, 1], a seeded PRNG, and what it did. */
+export class Fault {
+  dropped = 0;
+  duplicated = 0;
+  reordered = 0;
+  held: Pkt | null = null;
+  private x: number;
+  constructor(
+    readonly drop: number,
+    readonly dup: number,
+    readonly reorder: number,
+    seed: number,
+  ) {
+    this.x = seed >>> 0 || 1;
+  }
+  /** xorshift32 in [0, 1) */
+  rand(): number {
+    let x = this.x;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.x = x >>> 0;
+    return this.x / 0x100000000;
+  }
+
+  /** "drop=0.1,dup=0.05,reorder=0.05,seed=7" → Fault; throws with the reason on a bad spec. */
+  static parse(spec: string): Fault {
+    const v: Record<string, number> = { drop: 0, dup: 0, reorder: 0, seed: 1 };
+    for (const kv of spec.split(',').filter(Boolean)) {
+      const [k, s] = kv.split('=');
+      const n = Number(s);
+      if (!k || !(k in v) || s === undefined || !Number.isFinite(n)) throw new Error(`--fault "${spec}": expected drop=P,dup=P,reorder=P,seed=N`);
+      if (k !== 'seed' && (n < 0 || n > 1)) throw new Error(`--fault "${spec}": ${k} must be between 0 and 1`);
+      v[k] = n;
+    }
+    return new Fault(v.drop!, v.dup!, v.reorder!, v.seed!);
+  }
+}
+
 /** Devices of this daemon, found by GID: the local fabric. */
 export class Fabric {
   readonly devices: SoftDevice[] = [];
@@ -68,8 +107,37 @@ export class Fabric {
 
   /** Queues a packet; it is handled when the current top-level work (doorbell, timer) has finished. */
   push(p: Pkt): void {
+    const f = this.fault;
+    if (f) {
+      if (f.rand() < f.drop) {
+        f.dropped++;
+        this.pool.put(p);
+        return;
+      }
+      if (f.rand() < f.dup) {
+        f.duplicated++;
+        const twin = this.pool.get();
+        Object.assign(twin, p);
+        this.fifo.push(twin);
+      }
+      if (f.held === null && f.rand() < f.reorder) {
+        // held back until the next packet has gone ahead of it (or the queue runs dry)
+        f.reordered++;
+        f.held = p;
+        return;
+      }
+      this.fifo.push(p);
+      if (f.held) {
+        this.fifo.push(f.held);
+        f.held = null;
+      }
+      return;
+    }
     this.fifo.push(p);
   }
+
+  /** Seeded packet faults for tests (softverbsd --fault): applied to every packet any device sends. */
+  fault: Fault | null = null;
 
   /** Drops whatever is queued (after an internal error, so a bad packet cannot loop). */
   reset(): void {
@@ -97,6 +165,13 @@ export class Fabric {
       }
       this.fifo.length = 0;
       this.head = 0;
+      if (this.fault?.held) {
+        const p = this.fault.held;
+        this.fault.held = null;
+        this.fifo.push(p);
+        this.draining = false;
+        this.drain();
+      }
     } finally {
       this.draining = false;
     }

@@ -7,7 +7,7 @@
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import * as completer from './completer.js';
 import type { SoftDevice } from './device.js';
-import { Op, PSN_MASK, Transport } from './opcodes.js';
+import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Qp, SendWqe } from './qp.js';
 import { WqeState } from './qp.js';
 
@@ -86,10 +86,11 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
   p.psn = qp.req.psn;
   const op = w.opcode;
   if (op === WrOpcode.RDMA_READ) {
+    // w.offset: response packets already received (a resumed READ asks for the rest only)
     p.opcode = tr | Op.RDMA_READ_REQUEST;
-    p.va = w.remoteAddr;
+    p.va = w.remoteAddr + w.offset * mtu;
     p.rkey = w.rkey;
-    p.dmaLen = w.length;
+    p.dmaLen = w.length - w.offset * mtu;
     p.ackReq = true;
     qp.req.psn = (w.lastPsn + 1) & PSN_MASK;
     w.state = WqeState.PENDING;
@@ -167,22 +168,35 @@ function scratchOf(p: object): Uint8Array {
   return s;
 }
 
-/** Go back to the oldest unacknowledged WQE and send again from there (go-back-N). */
+/**
+ * Go back to the oldest unacknowledged WQE and send again from there
+ * (go-back-N). The oldest resumes at the first PSN not yet answered
+ * (comp.psn): a SEND or WRITE from its next packet, a READ with a request
+ * for the responses still missing; everything after it goes again whole.
+ */
 export function retry(dev: SoftDevice, qp: Qp): void {
   if (qp.state === QpState.ERR) return;
+  const first = qp.wqeAt(qp.comp.idx);
+  if (first.state !== WqeState.PROCESSING && first.state !== WqeState.PENDING) return;
   let idx = qp.comp.idx;
-  const first = qp.wqeAt(idx);
-  if (idx === qp.req.idx && first.state !== WqeState.PROCESSING && first.state !== WqeState.PENDING) return;
-  qp.req.rdAtomic = 0;
-  if (first.state === WqeState.PROCESSING || first.state === WqeState.PENDING) qp.req.psn = first.firstPsn;
-  const end = qp.req.idx;
-  while (idx !== end) {
+  while (idx !== qp.req.idx) {
     const w = qp.wqeAt(idx);
     if (w.state === WqeState.PROCESSING || w.state === WqeState.PENDING) w.state = WqeState.POSTED;
     idx = (idx + 1) >>> 0;
   }
-  if (first.state === WqeState.PROCESSING) first.state = WqeState.POSTED;
+  const cur = qp.wqeAt(qp.req.idx);
+  if (cur.state === WqeState.PROCESSING) cur.state = WqeState.POSTED;
   qp.req.idx = qp.comp.idx;
+  qp.req.psn = first.firstPsn;
+  qp.req.rdAtomic = 0;
   qp.req.noAck = 0;
+  const done = psnDiff(qp.comp.psn, first.firstPsn);
+  const atomic = first.isReadOrAtomic && first.opcode !== WrOpcode.RDMA_READ;
+  if (!atomic && done > 0 && psnDiff(qp.comp.psn, first.lastPsn) <= 0) {
+    first.state = WqeState.PROCESSING;
+    first.offset = first.opcode === WrOpcode.RDMA_READ ? done : done * qp.mtu;
+    if (first.opcode === WrOpcode.RDMA_READ) qp.req.rdAtomic++;
+    qp.req.psn = qp.comp.psn;
+  }
   run(dev, qp);
 }
