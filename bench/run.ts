@@ -5,17 +5,14 @@
  *  - same-device RDMA_WRITE of 64 KiB vs Buffer.copy of 64 KiB vs a Node TCP stream on loopback
  *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong
  */
-import { fork, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { fork } from 'node:child_process';
+import { spawnDaemon } from '../src/daemon/spawn.js';
 import { createConnection, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WorkCompletion, WrOpcode, type QueuePair,
 } from '../src/verbs/index.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const SIZE = 64 * 1024;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const PINGS = Number(process.env.BENCH_PINGS ?? 20000);
@@ -207,17 +204,9 @@ async function tcpPingPong(): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const root = mkdtempSync(join(tmpdir(), 'softverbs-bench-'));
-  const daemon = spawn(process.execPath, [join(here, '..', 'src', 'daemon', 'main.js'), '--root', root, '--device', 'rxe0=127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
+  const root = daemon.root;
   try {
-    await new Promise<void>((resolve, reject) => {
-      let err = '';
-      daemon.stderr!.on('data', (d: Buffer) => {
-        err += d;
-        if (err.includes('ready')) resolve();
-      });
-      daemon.once('exit', () => reject(new Error(err)));
-    });
     const GB = 1e9;
     const write = await rdmaWriteBw(root);
     const copy = memcpyBw();
@@ -244,9 +233,7 @@ async function main(): Promise<void> {
     ];
     process.stdout.write(out.join('\n') + '\n');
   } finally {
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
-    rmSync(root, { recursive: true, force: true });
+    await daemon.stop();
   }
 }
 

@@ -1,53 +1,18 @@
 /** Test helpers: a real softverbsd process in a temp root, and QP plumbing. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_MAIN, spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
 import { Access, Mtu, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
 
 export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
-export const DAEMON = join(DIST, 'src', 'daemon', 'main.js');
+export const DAEMON = DAEMON_MAIN;
 
-export interface RunningDaemon {
-  root: string;
-  proc: ChildProcess;
-  stderr: () => string;
-  stop(): Promise<void>;
-}
+export type RunningDaemon = SpawnedDaemon;
 
-/** Starts softverbsd and waits for "softverbsd: ready". */
-export async function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean } = {}): Promise<RunningDaemon> {
-  const root = opts.root ?? mkdtempSync(join(tmpdir(), 'sv-test-'));
-  const proc = spawn(process.execPath, [DAEMON, '--root', root, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`daemon not ready in 10 s:\n${err}`)), 10000);
-    proc.stderr!.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (err.includes('softverbsd: ready')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    proc.once('exit', (c) => {
-      clearTimeout(t);
-      reject(new Error(`daemon exited ${c}:\n${err}`));
-    });
-  });
-  return {
-    root,
-    proc,
-    stderr: () => err,
-    async stop() {
-      if (proc.exitCode === null) {
-        const done = new Promise((r) => proc.once('exit', r));
-        proc.kill('SIGTERM');
-        await done;
-      }
-      if (!opts.keepRoot) rmSync(root, { recursive: true, force: true });
-    },
-  };
+/** Starts softverbsd in a temp root and waits for "softverbsd: ready". */
+export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean } = {}): Promise<RunningDaemon> {
+  return spawnDaemon(args, opts);
 }
 
 /** Brings a QP to RTS connected to (destQpn on gid). RC gets generous defaults; pass overrides for error tests. */

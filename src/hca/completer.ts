@@ -61,8 +61,8 @@ export function completeUnreliable(dev: SoftDevice, qp: Qp, w: SendWqe): void {
   if (qp.wqeAt(qp.comp.idx) === w) retire(dev, qp, w, 0);
 }
 
-/** The requester could not execute the oldest unstarted WQE: error completion, then ERR. */
-export function failWqe(dev: SoftDevice, qp: Qp, status: number): void {
+/** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */
+export function failWqe(dev: SoftDevice, qp: Qp): void {
   // WQEs before it that are still waiting for their ACK are flushed by toError, after it
   while (qp.comp.idx !== qp.req.idx) {
     const w = qp.wqeAt(qp.comp.idx);

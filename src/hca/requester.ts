@@ -35,7 +35,7 @@ export function run(dev: SoftDevice, qp: Qp): void {
         w.state = WqeState.PENDING;
         w.status = st;
         qp.req.idx = (qp.req.idx + 1) >>> 0;
-        completer.failWqe(dev, qp, st);
+        completer.failWqe(dev, qp);
         return;
       }
     }
@@ -141,7 +141,7 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
       if (!qp.gather(w, w.offset, scratch, 0, n)) {
         dev.fabric.pool.put(p);
         w.status = WcStatus.LOC_PROT_ERR;
-        completer.failWqe(dev, qp, WcStatus.LOC_PROT_ERR);
+        completer.failWqe(dev, qp);
         return false;
       }
       p.payload = scratch;

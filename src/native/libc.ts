@@ -47,8 +47,8 @@ function fail(call: string): never {
   throw new SysError(call, koffi.errno());
 }
 
-/** Creates a sealable memfd of `size` bytes. */
-export function memfdCreate(name: string, size: number): number {
+/** Creates an empty sealable memfd (size it with ftruncate). */
+export function memfdCreate(name: string): number {
   const fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING) as number;
   if (fd < 0) fail('memfd_create');
   return fd;

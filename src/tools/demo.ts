@@ -4,19 +4,16 @@
  * that connect an RC QP pair through it, moves data with SEND, RDMA WRITE,
  * RDMA READ and both atomics, prints what happened, and stops everything.
  */
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WC_STATUS_STR, WrOpcode,
   type CompletionQueue, type Context, type QueuePair, type WorkCompletion,
 } from '../verbs/index.js';
+import { spawnDaemon } from '../daemon/spawn.js';
 import { formatDevinfo } from './devinfo.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const MiB = 1 << 20;
 const COUNTER = 2 * MiB; // B's 64-bit counter, clear of the WRITE and READ windows
@@ -93,19 +90,11 @@ function ask<T>(child: ChildProcess, msg: unknown, key: string): Promise<T> {
 
 async function main(): Promise<void> {
   const say = (s: string) => process.stdout.write(`${s}\n`);
-  const root = mkdtempSync(join(tmpdir(), 'softverbs-demo-'));
-  const daemon = spawn(process.execPath, [join(here, '..', 'daemon', 'main.js'), '--root', root, '--device', 'rxe0=127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
+  const root = daemon.root;
   let child: ChildProcess | null = null;
   try {
-    await new Promise<void>((resolve, reject) => {
-      let err = '';
-      daemon.stderr!.on('data', (d: Buffer) => {
-        err += d;
-        if (err.includes('softverbsd: ready')) resolve();
-      });
-      daemon.once('exit', (c) => reject(new Error(`softverbsd exited (${c}):\n${err}`)));
-    });
-    say(`softverbsd (pid ${daemon.pid}) is up: rxe0 on 127.0.0.1, root ${root}\n`);
+    say(`softverbsd (pid ${daemon.proc.pid}) is up: rxe0 on 127.0.0.1, root ${root}\n`);
     const a = await setup(root);
     const attr = await a.ctx.queryDevice();
     const port = await a.ctx.queryPort(1);
@@ -161,12 +150,7 @@ async function main(): Promise<void> {
     say('\nall done: stopping the client and the daemon');
   } finally {
     if (child && child.exitCode === null) child.kill();
-    if (daemon.exitCode === null) {
-      const done = new Promise((res) => daemon.once('exit', res));
-      daemon.kill('SIGTERM');
-      await done;
-    }
-    rmSync(root, { recursive: true, force: true });
+    await daemon.stop();
   }
 }
 

@@ -25,7 +25,7 @@ const regions: Region[] = [];
 export function allocShared(length: number, name = 'softverbs'): { buf: Buffer; region: Region } {
   if (!Number.isSafeInteger(length) || length <= 0) throw new VerbsError('allocBuffer', 'EINVAL', `length ${length}`);
   const size = Math.ceil(length / PAGE) * PAGE;
-  const fd = memfdCreate(name, size);
+  const fd = memfdCreate(name);
   try {
     ftruncateSync(fd, size);
     const mapping = mapShared(fd, size, 0);

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, ftruncateSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Access, EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
-import { layout, pack, unpack, type Values } from '../abi/layout.js';
+import { layout, unpack, type Values } from '../abi/layout.js';
 import {
   CONS, cqLayout, NOTIFY, Notify, PROD, QP_STATE, qpLayout, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
 } from '../abi/queue.js';
@@ -320,7 +320,7 @@ interface QueueMemory { fd: number; mapping: Mapping; closeFd(): void; free(): v
 function queueMemory(bytes: number, verb: string): QueueMemory {
   let fd = -1;
   try {
-    fd = memfdCreate(verb, bytes);
+    fd = memfdCreate(verb);
     ftruncateSync(fd, bytes);
     const mapping = mapShared(fd, bytes, 0);
     let open = true;

@@ -1,0 +1,58 @@
+/**
+ * Starting softverbsd as a child process in a fresh root and stopping it
+ * again: what the demo, the bench and the tests all need.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const DAEMON_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
+
+export interface SpawnedDaemon {
+  root: string;
+  proc: ChildProcess;
+  /** everything it wrote to stderr so far */
+  stderr(): string;
+  /** SIGTERM, wait for exit, remove the root (unless kept) */
+  stop(): Promise<void>;
+}
+
+/** Starts softverbsd with `args` (plus --root) and resolves once it prints "softverbsd: ready". */
+export async function spawnDaemon(args: string[], opts: { root?: string; keepRoot?: boolean; timeoutMs?: number } = {}): Promise<SpawnedDaemon> {
+  const root = opts.root ?? mkdtempSync(join(tmpdir(), 'softverbs-'));
+  const proc = spawn(process.execPath, [DAEMON_MAIN, '--root', root, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`softverbsd not ready in ${opts.timeoutMs ?? 10000} ms:\n${err}`)), opts.timeoutMs ?? 10000);
+    const onData = () => {
+      if (err.includes('softverbsd: ready')) {
+        clearTimeout(t);
+        proc.stderr!.off('data', onData);
+        proc.off('exit', onExit);
+        resolve();
+      }
+    };
+    const onExit = (c: number | null) => {
+      clearTimeout(t);
+      reject(new Error(`softverbsd exited (${c}):\n${err}`));
+    };
+    proc.stderr!.on('data', onData);
+    proc.once('exit', onExit);
+  });
+  return {
+    root,
+    proc,
+    stderr: () => err,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const done = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGTERM');
+        await done;
+      }
+      if (!opts.keepRoot) rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
