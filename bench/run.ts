@@ -19,9 +19,9 @@ const PINGS = Number(process.env.BENCH_PINGS ?? 20000);
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 
 async function connect(qp: QueuePair, qpn: number, gid: Uint8Array): Promise<void> {
-  await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
-  await qp.modify({ qpState: QpState.RTR, pathMtu: Mtu.MTU_4096, destQpNum: qpn, rqPsn: 0, maxDestRdAtomic: 16, minRnrTimer: 1, ahAttr: { grh: { dgid: gid } } }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
-  await qp.modify({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+  await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+  await qp.modifyQp({ qpState: QpState.RTR, pathMtu: Mtu.MTU_4096, destQpNum: qpn, rqPsn: 0, maxDestRdAtomic: 16, minRnrTimer: 1, ahAttr: { grh: { dgid: gid } } }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
+  await qp.modifyQp({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
 }
 
 async function setup(root: string, events = false) {
@@ -65,8 +65,8 @@ async function rdmaWriteBw(root: string): Promise<number> {
     await tick();
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  a.ctx.close();
-  b.ctx.close();
+  a.ctx.closeDevice();
+  b.ctx.closeDevice();
   return (done * SIZE) / s;
 }
 
@@ -156,7 +156,7 @@ async function sendPingPong(root: string, events: boolean): Promise<number> {
   }
   const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   child.kill();
-  p.e.ctx.close();
+  p.e.ctx.closeDevice();
   return us;
 }
 

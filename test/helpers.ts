@@ -20,18 +20,18 @@ export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: numb
   const t = qp.qpType;
   const access = o.access ?? (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
   if (t === QpType.UD) {
-    await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qkey: 0x11111111 }, A.STATE | A.PKEY_INDEX | A.PORT | A.QKEY);
-    await qp.modify({ qpState: QpState.RTR }, A.STATE);
-    await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
+    await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qkey: 0x11111111 }, A.STATE | A.PKEY_INDEX | A.PORT | A.QKEY);
+    await qp.modifyQp({ qpState: QpState.RTR }, A.STATE);
+    await qp.modifyQp({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
     return;
   }
-  await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: access }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+  await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: access }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
   const rtr = { qpState: QpState.RTR, pathMtu: o.mtu ?? Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: remote.psn ?? 0, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, isGlobal: true, portNum: 1 }, maxDestRdAtomic: 16, minRnrTimer: o.minRnrTimer ?? 1 };
-  if (t === QpType.RC) await qp.modify(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
-  else await qp.modify(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN);
+  if (t === QpType.RC) await qp.modifyQp(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
+  else await qp.modifyQp(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN);
   if (t === QpType.RC)
-    await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0, timeout: o.timeout ?? 14, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7, maxRdAtomic: o.maxRd ?? 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
-  else await qp.modify({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
+    await qp.modifyQp({ qpState: QpState.RTS, sqPsn: o.psn ?? 0, timeout: o.timeout ?? 14, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7, maxRdAtomic: o.maxRd ?? 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+  else await qp.modifyQp({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
   void ctx;
 }
 

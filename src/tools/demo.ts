@@ -21,12 +21,12 @@ const COUNTER = 2 * MiB; // B's 64-bit counter, clear of the WRITE and READ wind
 interface Info { qpn: number; rkey: number; addr: string; gid: string; pid: number }
 
 async function connect(qp: QueuePair, remote: { qpn: number; gid: Uint8Array }): Promise<void> {
-  await qp.modify({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
-  await qp.modify(
+  await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+  await qp.modifyQp(
     { qpState: QpState.RTR, pathMtu: Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: 0, maxDestRdAtomic: 16, minRnrTimer: 12, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, portNum: 1 } },
     A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER,
   );
-  await qp.modify({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+  await qp.modifyQp({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
 }
 
 async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
@@ -69,7 +69,7 @@ async function responder(root: string): Promise<void> {
     } else if (m.counter) {
       send({ counter: b.mr.buf.readBigUInt64LE(COUNTER).toString() });
     } else if (m.bye) {
-      b.ctx.close();
+      b.ctx.closeDevice();
       process.exit(0);
     }
   });
@@ -146,7 +146,7 @@ async function main(): Promise<void> {
 
     child.send({ bye: true });
     await new Promise((res) => child!.once('exit', res));
-    a.ctx.close();
+    a.ctx.closeDevice();
     say('\nall done: stopping the client and the daemon');
   } finally {
     if (child && child.exitCode === null) child.kill();

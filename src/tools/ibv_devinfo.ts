@@ -38,7 +38,7 @@ async function describe(dev: Device, port: number | null, verbose: boolean): Pro
     }
     return formatDevinfo({ name: dev.name, attr, ports, numCompVectors: 1 }, verbose);
   } finally {
-    ctx.close();
+    ctx.closeDevice();
   }
 }
 

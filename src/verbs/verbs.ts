@@ -307,7 +307,7 @@ export class Context {
   ackAsyncEvent(_e: AsyncEvent): void {}
 
   /** ibv_close_device: the daemon destroys everything this context still holds. */
-  close(): void {
+  closeDevice(): void {
     if (this.closed) return;
     this.closed = true;
     this.cmd.close();
@@ -442,7 +442,7 @@ export class ProtectionDomain {
   }
 
   /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it) */
-  async dealloc(): Promise<void> {
+  async deallocPd(): Promise<void> {
     await this.context.command('ibv_dealloc_pd', U.Cmd.DEALLOC_PD, { pd_handle: this.handle });
   }
 }
@@ -467,7 +467,7 @@ export class MemoryRegion {
     return { addr: this.addr + BigInt(offset), length, lkey: this.lkey };
   }
   /** ibv_rereg_mr (flags: ReregMrFlags). New keys come back, the old ones stop working. */
-  async rereg(flags: number, opts: { pd?: ProtectionDomain; buf?: Uint8Array; access?: number }): Promise<void> {
+  async reregMr(flags: number, opts: { pd?: ProtectionDomain; buf?: Uint8Array; access?: number }): Promise<void> {
     let udata: Partial<Values> | undefined;
     let start = 0n;
     let len = 0n;
@@ -491,7 +491,7 @@ export class MemoryRegion {
     }
   }
   /** ibv_dereg_mr */
-  async dereg(): Promise<void> {
+  async deregMr(): Promise<void> {
     await this.pd.context.command('ibv_dereg_mr', U.Cmd.DEREG_MR, { mr_handle: this.handle });
   }
 }
@@ -500,7 +500,7 @@ export class MemoryRegion {
 export class AddressHandle {
   constructor(readonly pd: ProtectionDomain, /** @internal */ readonly handle: number) {}
   /** ibv_destroy_ah */
-  async destroy(): Promise<void> {
+  async destroyAh(): Promise<void> {
     await this.pd.context.command('ibv_destroy_ah', U.Cmd.DESTROY_AH, { ah_handle: this.handle });
   }
 }
@@ -534,7 +534,7 @@ export class CompletionChannel {
   }
 
   /** ibv_destroy_comp_channel: closes the event stream. */
-  destroy(): void {
+  destroyCompChannel(): void {
     this.stream.close();
   }
 }
@@ -613,7 +613,7 @@ export class CompletionQueue {
   }
 
   /** ibv_resize_cq */
-  async resize(cqe: number): Promise<void> {
+  async resizeCq(cqe: number): Promise<void> {
     const l = cqLayout(cqe);
     const mem = queueMemory(l.bytes, 'ibv_resize_cq');
     try {
@@ -634,7 +634,7 @@ export class CompletionQueue {
   }
 
   /** ibv_destroy_cq (EBUSY while QPs use it) */
-  async destroy(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
+  async destroyCq(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
     const r = await this.context.command('ibv_destroy_cq', U.Cmd.DESTROY_CQ, { cq_handle: this.handle });
     this.mem.free();
     return { compEventsReported: r.comp_events_reported as number, asyncEventsReported: r.async_events_reported as number };
@@ -698,16 +698,16 @@ export class SharedReceiveQueue {
     this.ring.post('ibv_post_srq_recv', wrs);
   }
   /** ibv_modify_srq (SrqAttrMask.LIMIT arms the limit event) */
-  async modify(attr: { maxWr?: number; srqLimit?: number }, mask: number): Promise<void> {
+  async modifySrq(attr: { maxWr?: number; srqLimit?: number }, mask: number): Promise<void> {
     await this.pd.context.command('ibv_modify_srq', U.Cmd.MODIFY_SRQ, { srq_handle: this.handle, attr_mask: mask, max_wr: attr.maxWr ?? 0, srq_limit: attr.srqLimit ?? 0 });
   }
   /** ibv_query_srq */
-  async query(): Promise<{ maxWr: number; maxSge: number; srqLimit: number }> {
+  async querySrq(): Promise<{ maxWr: number; maxSge: number; srqLimit: number }> {
     const r = await this.pd.context.command('ibv_query_srq', U.Cmd.QUERY_SRQ, { srq_handle: this.handle });
     return { maxWr: r.max_wr as number, maxSge: r.max_sge as number, srqLimit: r.srq_limit as number };
   }
   /** ibv_destroy_srq */
-  async destroy(): Promise<void> {
+  async destroySrq(): Promise<void> {
     await this.pd.context.command('ibv_destroy_srq', U.Cmd.DESTROY_SRQ, { srq_handle: this.handle });
     unmap(this.mapping);
   }
@@ -846,7 +846,7 @@ export class QueuePair {
   }
 
   /** ibv_modify_qp: attributes named by `mask` (QpAttrMask) are applied; a mask the IBA does not allow for the transition is EINVAL. */
-  async modify(attr: QpAttr, mask: number): Promise<void> {
+  async modifyQp(attr: QpAttr, mask: number): Promise<void> {
     const ah = attr.ahAttr;
     const g = ah?.grh;
     const dest: Values = ah ? {
@@ -870,7 +870,7 @@ export class QueuePair {
   }
 
   /** ibv_query_qp: the attributes and the init attributes. */
-  async query(mask = 0xffffffff): Promise<QpAttr & { sqSigAll: boolean }> {
+  async queryQp(mask = 0xffffffff): Promise<QpAttr & { sqSigAll: boolean }> {
     const r = await this.pd.context.command('ibv_query_qp', U.Cmd.QUERY_QP, { qp_handle: this.handle, attr_mask: mask });
     const d = r.dest as Values;
     return {
@@ -886,7 +886,7 @@ export class QueuePair {
   }
 
   /** ibv_destroy_qp */
-  async destroy(): Promise<void> {
+  async destroyQp(): Promise<void> {
     await this.pd.context.command('ibv_destroy_qp', U.Cmd.DESTROY_QP, { qp_handle: this.handle });
     unmap(this.mapping);
   }

@@ -98,24 +98,24 @@ describe('every command round-trips through the library', () => {
       const ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
       const mr = await pd.allocMr(8192, Access.LOCAL_WRITE);
       const oldKey = mr.lkey;
-      await mr.rereg(ReregMrFlags.CHANGE_ACCESS, { access: Access.LOCAL_WRITE | Access.REMOTE_READ });
+      await mr.reregMr(ReregMrFlags.CHANGE_ACCESS, { access: Access.LOCAL_WRITE | Access.REMOTE_READ });
       assert.notEqual(mr.lkey, oldKey, 'rereg hands out a new key');
-      await mr.rereg(ReregMrFlags.CHANGE_TRANSLATION, { buf: ctx.allocBuffer(20000) });
+      await mr.reregMr(ReregMrFlags.CHANGE_TRANSLATION, { buf: ctx.allocBuffer(20000) });
       assert.equal(mr.length, 20000);
       const ch = await ctx.createCompChannel();
       const cq = await ctx.createCq(10, ch);
       assert.equal(cq.cqe, 15);
-      await cq.resize(100);
+      await cq.resizeCq(100);
       assert.equal(cq.cqe, 127);
       const srq = await pd.createSrq({ maxWr: 16, maxSge: 2, srqLimit: 0 });
-      await srq.modify({ srqLimit: 4 }, SrqAttrMask.LIMIT); // armed; fires when a dequeue leaves fewer than 4
-      assert.deepEqual(await srq.query(), { maxWr: 16, maxSge: 2, srqLimit: 4 });
+      await srq.modifySrq({ srqLimit: 4 }, SrqAttrMask.LIMIT); // armed; fires when a dequeue leaves fewer than 4
+      assert.deepEqual(await srq.querySrq(), { maxWr: 16, maxSge: 2, srqLimit: 4 });
       const qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: { maxSendWr: 5, maxSendSge: 2, maxInlineData: 100 } });
       assert.deepEqual(qp.cap, { maxSendWr: 8, maxRecvWr: 0, maxSendSge: 2, maxRecvSge: 0, maxInlineData: 112 });
       const qp2 = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
       await connectQp(qp, ctx, { qpn: qp2.qpNum, gid: ctx.queryGid(1, 0) }, { timeout: 3 });
       await connectQp(qp2, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) });
-      const q = await qp.query();
+      const q = await qp.queryQp();
       assert.deepEqual([q.qpState, q.destQpNum, q.timeout, q.retryCnt, q.maxDestRdAtomic, q.pathMtu], [3, qp2.qpNum, 3, 7, 16, 5]);
       const m2 = await pd.allocMr(64, Access.LOCAL_WRITE);
       srq.postSrqRecv({ wrId: 5, sgList: [m2.sge()] });
@@ -124,20 +124,20 @@ describe('every command round-trips through the library', () => {
       assert.deepEqual(wcs.map((w) => w.wrId).sort(), [5n, 9n]);
       // raw REQ_NOTIFY_CQ on this context's command socket goes through the same handler table
       await ctx.command('ibv_req_notify_cq', U.Cmd.REQ_NOTIFY_CQ, { cq_handle: cq.handle, solicited_only: 0 });
-      await assert.rejects(pd.dealloc(), { errno: 'EBUSY' });
-      await assert.rejects(cq.destroy(), { errno: 'EBUSY' });
-      await qp.destroy();
-      await qp2.destroy();
-      await srq.destroy();
-      const counts = await cq.destroy();
+      await assert.rejects(pd.deallocPd(), { errno: 'EBUSY' });
+      await assert.rejects(cq.destroyCq(), { errno: 'EBUSY' });
+      await qp.destroyQp();
+      await qp2.destroyQp();
+      await srq.destroySrq();
+      const counts = await cq.destroyCq();
       assert.equal(counts.compEventsReported, 0);
-      await ah.destroy();
-      await mr.dereg();
-      await m2.dereg();
-      await pd.dealloc();
-      ch.destroy();
+      await ah.destroyAh();
+      await mr.deregMr();
+      await m2.deregMr();
+      await pd.deallocPd();
+      ch.destroyCompChannel();
     } finally {
-      ctx.close();
+      ctx.closeDevice();
     }
   });
 });
@@ -146,7 +146,7 @@ describe('malformed frames get the kernel errno and the daemon keeps serving', (
   test('errors carry the reason: the VerbsError names the verb, the errno and what was wrong', async () => {
     const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
     await assert.rejects(ctx.queryPort(3), (e: Error & { errno: string }) => e.errno === 'EINVAL' && /ibv_query_port: EINVAL: QUERY_PORT: port 3 does not exist/.test(e.message));
-    ctx.close();
+    ctx.closeDevice();
   });
 
   test('a device speaking another ABI version is refused cleanly', async () => {
@@ -306,7 +306,7 @@ describe('fuzz', () => {
     const mr = await pd.allocMr(64, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
     a.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)], rdma: { remoteAddr: mr.addr + 8n, rkey: mr.rkey } });
     assert.equal((await pollN(cq, 1))[0]!.status, 0);
-    ctx.close();
+    ctx.closeDevice();
     await new Promise((res) => setTimeout(res, 200));
     const rows = await mgmt(devPath, 'restrack');
     assert.deepEqual(rows.filter((x: { pid: number }) => x.pid === process.pid), []);

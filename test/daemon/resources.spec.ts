@@ -4,7 +4,8 @@
  * client's own RLIMIT_MEMLOCK, and device-file permissions.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, ftruncateSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { regionOf } from '../../src/verbs/memory.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -29,7 +30,7 @@ describe('isolation', () => {
       await assert.rejects(b.command('ibv_dereg_mr', 13, { mr_handle: 1 }), { errno: 'EINVAL' });
       // B's own handle 0 is B's PD; deallocating it leaves A's PD working
       const pdB = await b.allocPd();
-      await pdB.dealloc();
+      await pdB.deallocPd();
       await pdA.allocMr(4096, Access.LOCAL_WRITE);
       // dereg'd rkey
       const cq = await a.createCq(8);
@@ -39,7 +40,7 @@ describe('isolation', () => {
       await connectQp(q2, a, { qpn: q1.qpNum, gid: a.queryGid(1, 0) });
       const target = await pdA.allocMr(4096, ALL);
       const { rkey, addr } = target;
-      await target.dereg();
+      await target.deregMr();
       q1.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mrA.sge(0, 8)], rdma: { remoteAddr: addr, rkey } });
       assert.equal((await pollN(cq, 1))[0]!.status, WcStatus.REM_ACCESS_ERR);
       // an rkey of another PD is refused the same way
@@ -52,8 +53,8 @@ describe('isolation', () => {
       await connectQp(q4, a, { qpn: q3.qpNum, gid: a.queryGid(1, 0) });
       q3.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mrA.sge(0, 8)], rdma: { remoteAddr: foreign.addr, rkey: foreign.rkey } });
       assert.equal((await pollN(cq2, 1))[0]!.status, WcStatus.REM_ACCESS_ERR);
-      a.close();
-      b.close();
+      a.closeDevice();
+      b.closeDevice();
     } finally {
       await d.stop();
     }
@@ -116,7 +117,7 @@ describe('cleanup', () => {
       assert.ok((stats[WcStatus.SUCCESS] ?? 0) > 0, 'third client completed writes');
       assert.deepEqual(Object.keys(stats), [String(WcStatus.SUCCESS)], `third client statuses ${JSON.stringify(stats)}`);
       assert.deepEqual(await third.call('events'), []);
-      other.close();
+      other.closeDevice();
     } finally {
       await victim.kill();
       await third.kill();
@@ -138,9 +139,9 @@ describe('cleanup', () => {
         await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
         // 16 x 2 MiB = 8192 packets: several budgets of deferred requester work
         for (let i = 0; i < 16; i++) a.postSend({ wrId: i, opcode: WrOpcode.RDMA_WRITE, sgList: [mr.sge(0, 2 << 20)], rdma: { remoteAddr: mr.addr + BigInt(2 << 20), rkey: mr.rkey } });
-        if (round % 2) ctx.close();
-        else await a.destroy();
-        ctx.close();
+        if (round % 2) ctx.closeDevice();
+        else await a.destroyQp();
+        ctx.closeDevice();
       }
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(d.proc.exitCode, null, 'daemon alive');
@@ -200,6 +201,25 @@ describe('pinned memory against RLIMIT_MEMLOCK', () => {
       await root.kill();
     } finally {
       await limited.kill();
+      await d.stop();
+    }
+  });
+});
+
+describe('sealed memory', () => {
+  test('once registered, the client can neither shrink nor grow the memfd, so the daemon can never SIGBUS on it', async () => {
+    const d = await startDaemon();
+    try {
+      const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+      const pd = await ctx.allocPd();
+      const buf = ctx.allocBuffer(8192);
+      const { region } = regionOf(buf)!;
+      ftruncateSync(region.fd, 16384); // before registration: still the client's to resize
+      await pd.regMr(buf, Access.LOCAL_WRITE);
+      assert.throws(() => ftruncateSync(region.fd, 0), { code: 'EPERM' });
+      assert.throws(() => ftruncateSync(region.fd, 1 << 20), { code: 'EPERM' });
+      ctx.closeDevice();
+    } finally {
       await d.stop();
     }
   });

@@ -53,7 +53,7 @@ async function pair(qpType: number = QpType.RC, o: { local?: Record<string, numb
     a, p, info, remoteAddr: BigInt(info.addr),
     async close() {
       await p.kill();
-      a.ctx.close();
+      a.ctx.closeDevice();
     },
   };
 }
@@ -287,7 +287,7 @@ describe('completion channels and solicited events', () => {
       assert.equal(cq.pollCq(1)[0]!.wrId, 2n);
     } finally {
       await p.kill();
-      ctx.close();
+      ctx.closeDevice();
     }
   });
 });
@@ -404,7 +404,7 @@ describe('errors with the WC status rxe gives', () => {
     const a = await localEnd();
     try {
       a.qp.postRecv([{ wrId: 1, sgList: [a.mr.sge(0, 8)] }, { wrId: 2, sgList: [a.mr.sge(0, 8)] }]);
-      await a.qp.modify({ qpState: QpState.ERR }, 1);
+      await a.qp.modifyQp({ qpState: QpState.ERR }, 1);
       const wcs = await pollN(a.cq, 2);
       assert.deepEqual(wcs.map((w) => [w.wrId, w.status]), [[1n, WcStatus.WR_FLUSH_ERR], [2n, WcStatus.WR_FLUSH_ERR]]);
       a.qp.postRecv({ wrId: 3, sgList: [a.mr.sge(0, 8)] });
@@ -412,7 +412,7 @@ describe('errors with the WC status rxe gives', () => {
       const more = await pollN(a.cq, 2);
       assert.deepEqual(more.map((w) => [w.wrId, w.status]).sort(), [[3n, WcStatus.WR_FLUSH_ERR], [4n, WcStatus.WR_FLUSH_ERR]]);
     } finally {
-      a.ctx.close();
+      a.ctx.closeDevice();
     }
   });
 

@@ -107,7 +107,7 @@ test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering
     assert.ok(faults.dropped > 1000 && faults.duplicated > 500 && faults.reordered > 500, JSON.stringify(faults));
     const c = (await mgmt(dev.devPath, 'counters'))[0].counters;
     assert.ok(c.duplicate_request > 0 && c.out_of_seq_request > 0 && c.completer_retry_err + c.rcvd_seq_err > 0, JSON.stringify(c));
-    ctx.close();
+    ctx.closeDevice();
   } finally {
     await d.stop();
   }

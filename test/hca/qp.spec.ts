@@ -51,7 +51,7 @@ describe('through the daemon', () => {
     ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
   });
   after(async () => {
-    ctx.close();
+    ctx.closeDevice();
     await d.stop();
   });
 
@@ -59,18 +59,18 @@ describe('through the daemon', () => {
     const pd = await ctx.allocPd();
     const cq = await ctx.createCq(8);
     const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
-    await assert.rejects(qp.modify({ qpState: S.RTR }, A.STATE), { errno: 'EINVAL' });
-    await assert.rejects(qp.modify({ qpState: S.INIT, pkeyIndex: 0, portNum: 1 }, A.STATE | A.PKEY_INDEX | A.PORT), { errno: 'EINVAL' });
-    await assert.rejects(qp.modify({ qpState: S.INIT, pkeyIndex: 0, portNum: 2, qpAccessFlags: 0 }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS), { errno: 'EINVAL' }, 'port 2');
-    assert.equal((await qp.query()).qpState, S.RESET);
-    await qp.modify({ qpState: S.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: Access.REMOTE_WRITE }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
-    assert.equal((await qp.query()).qpState, S.INIT);
-    await assert.rejects(qp.modify({ qpState: S.RTR, pathMtu: 9 }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER), { errno: 'EINVAL' }, 'bad MTU enum');
-    await assert.rejects(qp.modify({ qpState: S.INIT, curQpState: S.RESET }, A.STATE | A.CUR_STATE), { errno: 'EINVAL' });
-    await qp.modify({ qpState: S.ERR }, A.STATE);
-    await qp.modify({ qpState: S.RESET }, A.STATE);
+    await assert.rejects(qp.modifyQp({ qpState: S.RTR }, A.STATE), { errno: 'EINVAL' });
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 1 }, A.STATE | A.PKEY_INDEX | A.PORT), { errno: 'EINVAL' });
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 2, qpAccessFlags: 0 }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS), { errno: 'EINVAL' }, 'port 2');
+    assert.equal((await qp.queryQp()).qpState, S.RESET);
+    await qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: Access.REMOTE_WRITE }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
+    assert.equal((await qp.queryQp()).qpState, S.INIT);
+    await assert.rejects(qp.modifyQp({ qpState: S.RTR, pathMtu: 9 }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER), { errno: 'EINVAL' }, 'bad MTU enum');
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, curQpState: S.RESET }, A.STATE | A.CUR_STATE), { errno: 'EINVAL' });
+    await qp.modifyQp({ qpState: S.ERR }, A.STATE);
+    await qp.modifyQp({ qpState: S.RESET }, A.STATE);
     assert.equal(qp.state, S.RESET);
-    await qp.destroy();
+    await qp.destroyQp();
   });
 
   test('RTS -> SQD drains the send queue and raises SQ_DRAINED; SQD -> RTS sends again', async () => {
@@ -82,14 +82,14 @@ describe('through the daemon', () => {
     await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
     await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
     const ev = ctx.getAsyncEvent();
-    await a.modify({ qpState: S.SQD, enSqdAsyncNotify: 1 }, A.STATE | A.EN_SQD_ASYNC_NOTIFY);
+    await a.modifyQp({ qpState: S.SQD, enSqdAsyncNotify: 1 }, A.STATE | A.EN_SQD_ASYNC_NOTIFY);
     const e = await ev;
     assert.equal(e!.eventType, EventType.SQ_DRAINED);
     assert.equal(e!.element, a);
     a.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)], rdma: { remoteAddr: mr.addr + 64n, rkey: mr.rkey } });
     await new Promise((r) => setTimeout(r, 30));
     assert.deepEqual(cq.pollCq(4), [], 'nothing starts while in SQD');
-    await a.modify({ qpState: S.RTS }, A.STATE);
+    await a.modifyQp({ qpState: S.RTS }, A.STATE);
     assert.equal((await pollN(cq, 1))[0]!.status, 0);
   });
 
@@ -103,19 +103,19 @@ describe('through the daemon', () => {
     await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
     await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
     for (let i = 0; i < 5; i++) srq.postSrqRecv({ wrId: BigInt(i), sgList: [mr.sge(i * 64, 64)] });
-    await srq.modify({ srqLimit: 4 }, SrqAttrMask.LIMIT);
+    await srq.modifySrq({ srqLimit: 4 }, SrqAttrMask.LIMIT);
     a.postSend({ wrId: 10, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(1000, 8)] });
     await pollN(cq, 2);
-    assert.equal((await srq.query()).srqLimit, 4, 'still armed: 4 left is not fewer than 4');
+    assert.equal((await srq.querySrq()).srqLimit, 4, 'still armed: 4 left is not fewer than 4');
     const ev = ctx.getAsyncEvent();
     a.postSend({ wrId: 11, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(1000, 8)] });
     const e = await ev;
     assert.equal(e!.eventType, EventType.SRQ_LIMIT_REACHED);
     assert.equal(e!.element, srq);
-    assert.equal((await srq.query()).srqLimit, 0, 'the limit disarms once it fired');
+    assert.equal((await srq.querySrq()).srqLimit, 0, 'the limit disarms once it fired');
     await pollN(cq, 2);
     const ev2 = ctx.getAsyncEvent();
-    await b.modify({ qpState: S.ERR }, A.STATE);
+    await b.modifyQp({ qpState: S.ERR }, A.STATE);
     const e2 = await ev2;
     assert.equal(e2!.eventType, EventType.QP_LAST_WQE_REACHED);
     assert.equal(e2!.element, b);

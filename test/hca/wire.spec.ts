@@ -69,7 +69,7 @@ async function exercise(rootA: string, devA: string, rootB: string, devB: string
   } finally {
     await p.kill();
     await q.kill();
-    ctx.close();
+    ctx.closeDevice();
   }
 }
 
