@@ -17,7 +17,6 @@ import { devOf, flushRecv, toError } from '../hca/completer.js';
 import type { SoftDevice } from '../hca/device.js';
 import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
 import { modifyIsOk, Qp } from '../hca/qp.js';
-import * as requester from '../hca/requester.js';
 import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
 
@@ -699,4 +698,3 @@ function stateName(s: number): string {
   return ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'][s] ?? String(s);
 }
 
-export { requester };

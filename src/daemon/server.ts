@@ -7,7 +7,6 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { PortState } from '../abi/enums.js';
-import { pack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
@@ -379,4 +378,3 @@ function guidString(g: bigint): string {
   return `${h.slice(0, 4)}:${h.slice(4, 8)}:${h.slice(8, 12)}:${h.slice(12, 16)}`;
 }
 
-export { pack };

@@ -4,7 +4,7 @@
  * completions, runs the retransmit and RNR timers, and moves a QP to ERR
  * with every outstanding WR flushed.
  */
-import { EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, WrOpcode } from '../abi/enums.js';
+import { EventType, QpState, QpType, WcOpcode, WcStatus, WrOpcode } from '../abi/enums.js';
 import { CONS } from '../abi/queue.js';
 import type { SoftDevice } from './device.js';
 import { Wc } from './objects.js';
@@ -344,4 +344,3 @@ export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number,
   qp.recvCq.post(wc);
 }
 
-export { WcFlags };

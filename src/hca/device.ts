@@ -6,7 +6,7 @@
  * UDP) plugs in at `xmit` / `receive`.
  */
 import { isIPv4 } from 'node:net';
-import { EventType, Mtu, PortState, QpState, QpType, WcStatus } from '../abi/enums.js';
+import { EventType, Mtu, PortState, QpType } from '../abi/enums.js';
 import * as completer from './completer.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
@@ -316,16 +316,5 @@ export class SoftDevice {
   toError(qp: Qp): void {
     completer.toError(this, qp);
   }
-
-  /** A QP's receive side: was it flushed? (postRecv in ERR reaches here through a doorbell) */
-  flushRecv(qp: Qp): void {
-    if (qp.state === QpState.ERR) completer.flushRecv(this, qp);
-  }
-
-  /** A port event changes every QP of the device. */
-  get anyBusy(): boolean {
-    return this.fabric.fifo.length > 0;
-  }
 }
 
-export { WcStatus };

@@ -4,7 +4,7 @@
  * memory is shared with the client that owns them; everything read from it
  * is checked before use.
  */
-import { Access, EventType } from '../abi/enums.js';
+import { EventType } from '../abi/enums.js';
 import { CONS, NOTIFY, Notify, PROD, RING_HDR, RWQE, SGE_SIZE, WC_SIZE } from '../abi/queue.js';
 import { type Mapping, unmap as unmapOld } from '../native/libc.js';
 
@@ -282,6 +282,3 @@ export function walkSgl(numSge: number, lens: readonly number[], off: number, le
 export function u64ToNumber(v: bigint): number {
   return v > 0x1fffffffffffffn ? Number.POSITIVE_INFINITY : Number(v);
 }
-
-/** Access bits a remote request needs. */
-export const REMOTE_NEED = { WRITE: Access.REMOTE_WRITE, READ: Access.REMOTE_READ, ATOMIC: Access.REMOTE_ATOMIC } as const;

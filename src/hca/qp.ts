@@ -4,7 +4,7 @@
  * requester, responder and completer keep (rxe's qp->req, qp->resp,
  * qp->comp). The three engines live in their own modules.
  */
-import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
+import { Access, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
 import type { Mapping } from '../native/libc.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
@@ -403,4 +403,3 @@ function walkSges(w: SendWqe, off: number, len: number, f: (mr: Mr, mrOff: numbe
   });
 }
 
-export { EventType };

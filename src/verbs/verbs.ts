@@ -6,7 +6,7 @@
  */
 import { closeSync, existsSync, ftruncateSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Access, EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
+import { EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
 import { layout, unpack, type Values } from '../abi/layout.js';
 import {
   CONS, cqLayout, NOTIFY, Notify, PROD, QP_STATE, qpLayout, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
@@ -268,19 +268,13 @@ export class Context {
   async createCq(cqe: number, channel: CompletionChannel | null = null, compVector = 0): Promise<CompletionQueue> {
     if (!Number.isInteger(cqe) || cqe < 1) throw new VerbsError('ibv_create_cq', 'EINVAL', `cqe ${cqe}`);
     const l = cqLayout(cqe);
-    const mem = queueMemory(l.bytes, 'ibv_create_cq');
-    const cq = new CompletionQueue(this, mem, l, channel);
-    try {
+    return withQueueMemory(l.bytes, 'ibv_create_cq', async (mem) => {
+      const cq = new CompletionQueue(this, mem, l, channel);
       const r = await this.command('ibv_create_cq', U.Cmd.CREATE_CQ, { user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1 }, { memfd: mem.fd });
       cq.handle = r.cq_handle as number;
       cq.cqe = r.cqe as number;
       return cq;
-    } catch (e) {
-      mem.free();
-      throw e;
-    } finally {
-      mem.closeFd();
-    }
+    });
   }
 
   /** ibv_get_async_event: the next async event (waits). Null once the context is closed. */
@@ -316,27 +310,32 @@ export class Context {
 }
 
 /** Queue memory: a memfd the daemon maps, mapped here too. */
-interface QueueMemory { fd: number; mapping: Mapping; closeFd(): void; free(): void }
-function queueMemory(bytes: number, verb: string): QueueMemory {
+interface QueueMemory { fd: number; mapping: Mapping; free(): void }
+
+/**
+ * Creates queue memory, hands it to `use` (which registers it with the
+ * daemon), and closes the fd afterwards: the mapping stays and the daemon
+ * holds its own reference. If `use` fails, the mapping goes too.
+ */
+async function withQueueMemory<T>(bytes: number, verb: string, use: (mem: QueueMemory) => Promise<T>): Promise<T> {
   let fd = -1;
+  let mem: QueueMemory;
   try {
     fd = memfdCreate(verb);
     ftruncateSync(fd, bytes);
     const mapping = mapShared(fd, bytes, 0);
-    let open = true;
-    return {
-      fd, mapping,
-      closeFd() {
-        if (open) closeSync(fd);
-        open = false;
-      },
-      free() {
-        unmap(mapping);
-      },
-    };
+    mem = { fd, mapping, free: () => unmap(mapping) };
   } catch (e) {
     if (fd >= 0) closeSync(fd);
     throw new VerbsError(verb, (e as { code?: string }).code ?? 'ENOMEM', (e as Error).message);
+  }
+  try {
+    return await use(mem);
+  } catch (e) {
+    mem.free();
+    throw e;
+  } finally {
+    closeSync(fd);
   }
 }
 
@@ -401,9 +400,8 @@ export class ProtectionDomain {
     };
     const l = qpLayout(want, !!init.srq);
     if (!l) throw new VerbsError('ibv_create_qp', 'EINVAL', 'a capability is over the device limit');
-    const mem = queueMemory(l.bytes, 'ibv_create_qp');
-    const qp = new QueuePair(this, init, l.caps, mem.mapping, l.sq, l.rq);
-    try {
+    return withQueueMemory(l.bytes, 'ibv_create_qp', async (mem) => {
+      const qp = new QueuePair(this, init, l.caps, mem.mapping, l.sq, l.rq);
       const r = await this.context.command('ibv_create_qp', U.Cmd.CREATE_QP, {
         user_handle: qp.userHandle, pd_handle: this.handle, send_cq_handle: init.sendCq.handle, recv_cq_handle: init.recvCq.handle,
         srq_handle: init.srq?.handle ?? 0, max_send_wr: want.maxSendWr, max_recv_wr: want.maxRecvWr, max_send_sge: want.maxSendSge,
@@ -414,31 +412,20 @@ export class ProtectionDomain {
       qp.qpNum = r.qpn as number;
       qp.initDoorbells();
       return qp;
-    } catch (e) {
-      mem.free();
-      throw e;
-    } finally {
-      mem.closeFd();
-    }
+    });
   }
 
   /** ibv_create_srq */
   async createSrq(attr: { maxWr: number; maxSge: number; srqLimit?: number }): Promise<SharedReceiveQueue> {
     const l = srqLayout(attr.maxWr, attr.maxSge);
     if (!l) throw new VerbsError('ibv_create_srq', 'EINVAL', `max_wr ${attr.maxWr} / max_sge ${attr.maxSge}`);
-    const mem = queueMemory(l.bytes, 'ibv_create_srq');
-    const srq = new SharedReceiveQueue(this, mem.mapping, l, attr.maxSge);
-    try {
+    return withQueueMemory(l.bytes, 'ibv_create_srq', async (mem) => {
+      const srq = new SharedReceiveQueue(this, mem.mapping, l, attr.maxSge);
       const r = await this.context.command('ibv_create_srq', U.Cmd.CREATE_SRQ, { user_handle: srq.userHandle, pd_handle: this.handle, max_wr: attr.maxWr, max_sge: attr.maxSge, srq_limit: attr.srqLimit ?? 0 }, { memfd: mem.fd });
       srq.handle = r.srq_handle as number;
       srq.srqNum = r.srqn as number;
       return srq;
-    } catch (e) {
-      mem.free();
-      throw e;
-    } finally {
-      mem.closeFd();
-    }
+    });
   }
 
   /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it) */
@@ -615,8 +602,7 @@ export class CompletionQueue {
   /** ibv_resize_cq */
   async resizeCq(cqe: number): Promise<void> {
     const l = cqLayout(cqe);
-    const mem = queueMemory(l.bytes, 'ibv_resize_cq');
-    try {
+    await withQueueMemory(l.bytes, 'ibv_resize_cq', async (mem) => {
       const r = await this.context.command('ibv_resize_cq', U.Cmd.RESIZE_CQ, { cq_handle: this.handle, cqe }, { memfd: mem.fd });
       this.mem.free();
       this.mem = mem;
@@ -625,12 +611,7 @@ export class CompletionQueue {
       this.mask = l.slots - 1;
       this.cons = 0;
       this.cqe = r.cqe as number;
-    } catch (e) {
-      mem.free();
-      throw e;
-    } finally {
-      mem.closeFd();
-    }
+    });
   }
 
   /** ibv_destroy_cq (EBUSY while QPs use it) */
@@ -892,4 +873,3 @@ export class QueuePair {
   }
 }
 
-export { Access };
