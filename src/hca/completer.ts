@@ -291,14 +291,9 @@ export function flushSend(dev: SoftDevice, qp: Qp): void {
   const prod = qp.sqProduced();
   while (qp.comp.idx !== prod) {
     const w = qp.wqeAt(qp.comp.idx);
-    if (w.state === WqeState.FREE) {
-      // posted but never fetched: take what we need for the completion
-      const st = qp.fetch(qp.comp.idx, dev.lookupMr, (h) => qp.owner.lookupAh(h));
-      void st;
-    }
-    w.state = WqeState.PENDING;
-    w.signaled; // flushed WRs always complete
-    retireFlushed(qp, w);
+    // posted but never fetched: read it for its wr_id and opcode (whether it is valid does not matter for a flush)
+    if (w.state === WqeState.FREE) qp.fetch(qp.comp.idx, dev.lookupMr, (h) => qp.owner.lookupAh(h));
+    retireFlushed(qp, w); // flushed WRs always complete, signaled or not
   }
   qp.req.idx = qp.comp.idx;
   qp.req.rdAtomic = 0;

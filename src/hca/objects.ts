@@ -192,7 +192,7 @@ export class RecvRing {
     const dv = this.dv;
     out.wrId = dv.getBigUint64(o + RWQE.WR_ID, true);
     const n = dv.getUint32(o + RWQE.NUM_SGE, true);
-    let ok = n <= this.maxSge;
+    const ok = n <= this.maxSge;
     out.numSge = ok ? n : 0;
     out.length = 0;
     for (let i = 0; i < out.numSge; i++) {
