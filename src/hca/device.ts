@@ -51,7 +51,13 @@ export function gidString(g: Uint8Array): string {
   return parts.join(':');
 }
 
-const sameGid = (a: Uint8Array, b: Uint8Array) => a.length === 16 && b.length === 16 && a.every((x, i) => x === b[i]);
+/** GID equality; runs for every packet, so a plain loop from the end, where GIDs differ. */
+function sameGid(a: Uint8Array, b: Uint8Array): boolean {
+  if (a === b) return true;
+  if (a.length !== 16 || b.length !== 16) return false;
+  for (let i = 15; i >= 0; i--) if (a[i] !== b[i]) return false;
+  return true;
+}
 
 /** Fault injection: rates in [0, 1], a seeded PRNG, and what it did. */
 export class Fault {
@@ -101,7 +107,7 @@ export class Fabric {
   readonly pool = new PktPool();
 
   byGid(gid: Uint8Array): SoftDevice | null {
-    for (const d of this.devices) if (d.gids.some((g) => sameGid(g, gid))) return d;
+    for (const d of this.devices) for (const g of d.gids) if (sameGid(g, gid)) return d;
     return null;
   }
 
