@@ -19,6 +19,13 @@ export const PROD = 0; // producer index
 export const CONS = 16; // consumer index (byte 64)
 export const NOTIFY = 32; // CQ arm: 0 none, 1 next completion, 2 solicited only (byte 128)
 export const QP_STATE = 40; // SQ: the QP state, written by the daemon (byte 160)
+/**
+ * SQ doorbell suppression (byte 192): 1 = the HCA will not look at this SQ
+ * again without a doorbell; 0 = it has been rung and will look. postSend
+ * rings only when it is the one to turn 1 into 0; the HCA sets 1 after a
+ * run and looks again itself if WQEs arrived meanwhile.
+ */
+export const SQ_IDLE = 48;
 
 export const Notify = { NONE: 0, NEXT_COMP: 1, SOLICITED: 2 } as const;
 

@@ -608,6 +608,7 @@ export class Context implements Owner {
   doorbell(handle: number): number {
     const e = this.handles.get(handle);
     if (!e || e.type !== 'qp') return E.EINVAL;
+    this.dev.doorbells++;
     this.dev.doorbell(e.obj);
     return 0;
   }
@@ -615,6 +616,7 @@ export class Context implements Owner {
   postSend(r: Values): Buffer {
     const qp = this.get('qp', r.qp_handle as number);
     if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');
+    this.dev.doorbells++;
     this.dev.doorbell(qp);
     return pack(U.POST_SEND_RESP, { bad_wr: 0 });
   }

@@ -321,7 +321,7 @@ export class Daemon implements Host {
         out = this.pinned.snapshot();
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ?? false }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ?? false, doorbells: d.dev.doorbells }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));

@@ -286,6 +286,9 @@ export class SoftDevice {
     }
   }
 
+  /** Doorbells rung by clients (postSend rings only when the SQ is idle). */
+  doorbells = 0;
+
   /** Rings the doorbell of a QP: run its requester, then everything that follows. */
   doorbell(qp: Qp): void {
     this.guard(qp, () => requester.run(this, qp));

@@ -5,7 +5,7 @@
  * qp->comp). The three engines live in their own modules.
  */
 import { Access, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
-import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SWQE, type QpCaps } from '../abi/queue.js';
+import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SQ_IDLE, SWQE, type QpCaps } from '../abi/queue.js';
 import type { Mapping } from '../native/libc.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
 import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
@@ -249,6 +249,7 @@ export class Qp {
     this.sqStride = sq.stride;
     Atomics.store(this.sqHdr, PROD, 0);
     Atomics.store(this.sqHdr, CONS, 0);
+    Atomics.store(this.sqHdr, SQ_IDLE, 1);
     this.wqes = Array.from({ length: sq.slots }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }

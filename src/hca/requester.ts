@@ -5,6 +5,7 @@
  * WQEs complete as soon as their last packet is out.
  */
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
+import { PROD, SQ_IDLE } from '../abi/queue.js';
 import * as completer from './completer.js';
 import type { SoftDevice } from './device.js';
 import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
@@ -19,6 +20,18 @@ const MAX_PKT_PER_ACK = 64;
 const transportOf = (qp: Qp) => (qp.type === QpType.RC ? Transport.RC : qp.type === QpType.UC ? Transport.UC : Transport.UD);
 
 export function run(dev: SoftDevice, qp: Qp): void {
+  for (;;) {
+    const before = Atomics.load(qp.sqHdr, PROD);
+    runOnce(dev, qp);
+    if (qp.destroyed) return;
+    // going idle: from now on the client rings. WQEs it wrote while we ran, without ringing, are ours to see.
+    Atomics.store(qp.sqHdr, SQ_IDLE, 1);
+    if (Atomics.load(qp.sqHdr, PROD) === before) return;
+    if (Atomics.compareExchange(qp.sqHdr, SQ_IDLE, 1, 0) !== 1) return; // the client took it: its doorbell is coming
+  }
+}
+
+function runOnce(dev: SoftDevice, qp: Qp): void {
   if (qp.state === QpState.ERR) {
     completer.flushSend(dev, qp);
     return;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
 import { layout, unpack, type Values } from '../abi/layout.js';
 import {
-  CONS, cqLayout, NOTIFY, Notify, PROD, QP_STATE, qpLayout, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
+  CONS, cqLayout, NOTIFY, Notify, PROD, QP_STATE, qpLayout, SQ_IDLE, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
 } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
 import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
@@ -763,7 +763,8 @@ export class QueuePair {
     } finally {
       if (i > 0 || list.length === 0) {
         Atomics.store(this.sqHdr, PROD, this.sqProd | 0);
-        if (i > 0) this.pd.context.cmd.post('ibv_post_send', this.sendBell!, (e) => (this.lastDoorbellError = e));
+        // ring only if the HCA said it is idle on this SQ, and we are the ones to wake it
+        if (i > 0 && Atomics.compareExchange(this.sqHdr, SQ_IDLE, 1, 0) === 1) this.pd.context.cmd.post('ibv_post_send', this.sendBell!, (e) => (this.lastDoorbellError = e));
       }
     }
   }

@@ -9,7 +9,7 @@ import { modifyIsOk } from '../../src/hca/qp.js';
 import {
   Access, EventType, getDeviceList, openDevice, QpAttrMask as A, QpState as S, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context,
 } from '../../src/verbs/index.js';
-import { connectQp, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
 describe('the modify_qp attribute table (IBA 11.2.5.2)', () => {
   const RC_INIT = A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS;
@@ -119,6 +119,25 @@ describe('through the daemon', () => {
     const e2 = await ev2;
     assert.equal(e2!.eventType, EventType.QP_LAST_WQE_REACHED);
     assert.equal(e2!.element, b);
+  });
+
+  test('postSend rings the doorbell only when the HCA is idle on the SQ: 64 WRs posted at once need far fewer doorbells, and all complete', async () => {
+    const pd = await ctx.allocPd();
+    const cq = await ctx.createCq(128);
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 64 } });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+    const mr = await pd.allocMr(1 << 16, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+    const devPath = getDeviceList(d.root)[0]!.devPath;
+    const before = (await mgmt(devPath, 'devices'))[0].doorbells;
+    for (let round = 0; round < 4; round++) {
+      for (let i = 0; i < 64; i++) a.postSend({ wrId: i, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 64)], rdma: { remoteAddr: mr.addr + 4096n, rkey: mr.rkey } });
+      const wcs = await pollN(cq, 64);
+      assert.ok(wcs.every((w) => w.status === 0));
+    }
+    const rung = (await mgmt(devPath, 'devices'))[0].doorbells - before;
+    assert.ok(rung >= 4 && rung < 64, `${rung} doorbells for 256 WRs in 4 bursts`);
   });
 
   test('regMr of a plain Buffer is a clear error', async () => {
