@@ -1,0 +1,91 @@
+/**
+ * A client that writes garbage into its own shared rings: random WQE bytes,
+ * made-up producer and consumer indices, doorbells at random. The daemon
+ * must treat all of it like hardware treats a bad descriptor (error
+ * completions, QP to ERR), never fault, and keep serving everyone else.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CONS, PROD, RING_HDR } from '../../src/abi/queue.js';
+import { Access, getDeviceList, openDevice, QpType, SendFlags, WrOpcode, type CompletionQueue, type QueuePair } from '../../src/verbs/index.js';
+import { connectQp, mgmt, pollN, startDaemon } from '../helpers.js';
+
+/** What the library keeps private, as a hostile client would reach it. */
+interface Rings {
+  sqHdr: Int32Array;
+  sqBytes: Uint8Array;
+  sendBell: Buffer;
+}
+
+function rng(seed: number) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x100000000;
+  };
+}
+
+test('random bytes in the send ring, bogus ring indices and stray doorbells: error completions at most, the daemon unharmed', async () => {
+  const d = await startDaemon();
+  try {
+    const dev = getDeviceList(d.root)[0]!;
+    const rand = rng(Number(process.env.RINGS_SEED ?? 0xbad));
+    const ri = (n: number) => Math.floor(rand() * n);
+    const ctx = await openDevice(dev, d.root);
+    const pd = await ctx.allocPd();
+    const mr = await pd.allocMr(1 << 16, Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
+    for (let round = 0; round < 40; round++) {
+      const cq: CompletionQueue = await ctx.createCq(64);
+      const type = [QpType.RC, QpType.UC, QpType.UD][round % 3]!;
+      const a: QueuePair = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: type, cap: { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 4, maxInlineData: 64 } });
+      const b: QueuePair = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: type, cap: { maxSendWr: 16, maxRecvWr: 16 } });
+      await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) }, { timeout: 8, retryCnt: 1, rnrRetry: 1 });
+      await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+      b.postRecv({ wrId: 1, sgList: [mr.sge(0, 64)] });
+      const r = a as unknown as Rings;
+      for (let k = 0; k < 50; k++) {
+        const what = ri(6);
+        if (what <= 2) {
+          // a WQE slot full of noise, sometimes with a plausible opcode / lkey / address
+          const slot = RING_HDR + ri(16) * ((r.sqBytes.length - RING_HDR) / 16 | 0);
+          for (let i = 0; i < 96 + 64; i++) if (slot + i < r.sqBytes.length) r.sqBytes[slot + i] = ri(256);
+          const dv = new DataView(r.sqBytes.buffer, r.sqBytes.byteOffset);
+          if (rand() < 0.5) dv.setUint32(slot + 8, ri(12), true);
+          if (rand() < 0.5) dv.setUint32(slot + 16, ri(6), true);
+          if (rand() < 0.5) {
+            dv.setBigUint64(slot + 96, mr.addr + BigInt(ri(1 << 16)), true);
+            dv.setUint32(slot + 104, ri(1 << 17), true);
+            dv.setUint32(slot + 108, rand() < 0.7 ? mr.lkey : ri(0xffffffff), true);
+          }
+          Atomics.add(r.sqHdr, PROD, 1);
+        } else if (what === 3) {
+          Atomics.store(r.sqHdr, PROD, ri(0x7fffffff)); // a producer index from nowhere
+        } else if (what === 4) {
+          Atomics.store(new Int32Array((cq as unknown as { hdr: Int32Array }).hdr.buffer, 0, RING_HDR / 4), CONS, ri(0x7fffffff));
+        }
+        ctx.cmd.post('doorbell', r.sendBell);
+        if (rand() < 0.2) await new Promise((res) => setImmediate(res));
+      }
+      await new Promise((res) => setTimeout(res, 5));
+      cq.pollCq(64);
+    }
+    // the daemon is alive, logged no fault of its own, and a fresh, well-behaved QP pair works
+    await new Promise((res) => setTimeout(res, 100));
+    assert.equal(d.proc.exitCode, null);
+    assert.doesNotMatch(d.stderr(), /internal error/);
+    const cq = await ctx.createCq(8);
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+    a.postSend({ wrId: 7, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)], rdma: { remoteAddr: mr.addr + 64n, rkey: mr.rkey } });
+    assert.equal((await pollN(cq, 1))[0]!.status, 0);
+    ctx.closeDevice();
+    await new Promise((res) => setTimeout(res, 100));
+    assert.deepEqual(await mgmt(dev.devPath, 'restrack'), []);
+  } finally {
+    await d.stop();
+  }
+});
