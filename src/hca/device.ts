@@ -5,7 +5,9 @@
  * this daemon travel as descriptors through one FIFO; the wire (RoCEv2 over
  * UDP) plugs in at `xmit` / `receive`.
  */
+import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { EventType, Mtu, PortState, QpType } from '../abi/enums.js';
 import * as completer from './completer.js';
 import type { Mr, Srq } from './objects.js';
@@ -96,6 +98,30 @@ export class Fault {
     }
     return new Fault(v.drop!, v.dup!, v.reorder!, v.seed!);
   }
+}
+
+/** Headers a RoCEv2 packet carries beyond its payload, as rxe budgets them (IPv6 + UDP + BTH and extensions + ICRC). */
+const ROCE_MAX_HDR = 80;
+
+/** The IB MTU enum for an Ethernet MTU, as rxe derives it: the largest of 256..4096 that fits after the headers (1500 → 1024). */
+export function ibMtuOf(ethMtu: number): number {
+  const room = ethMtu - ROCE_MAX_HDR;
+  let m: number = Mtu.MTU_256;
+  for (let e = Mtu.MTU_256; e <= Mtu.MTU_4096; e++) if (128 << e <= room) m = e;
+  return m;
+}
+
+/** The MTU of the interface that carries `addr` (loopback: its 65536); 1500 if no interface has it. */
+export function netdevMtu(addr: string): number {
+  for (const [name, list] of Object.entries(networkInterfaces())) {
+    if (!list?.some((a) => a.address === addr || (a.internal && a.family === 'IPv4' && addr.startsWith('127.')))) continue;
+    try {
+      return Number(readFileSync(`/sys/class/net/${name}/mtu`, 'utf8'));
+    } catch {
+      return 1500;
+    }
+  }
+  return 1500;
 }
 
 /** Devices of this daemon, found by GID: the local fabric. */
@@ -211,7 +237,7 @@ export class SoftDevice {
     const g = this.gids[0]!;
     // rxe derives the node GUID from the netdev's MAC; with no MAC, we take it from the address (EUI-64 style, stable across restarts)
     this.nodeGuid = (0x02n << 56n) | (BigInt(index & 0xff) << 40n) | BigInt(((g[12]! << 24) | (g[13]! << 16) | (g[14]! << 8) | g[15]!) >>> 0);
-    this.activeMtu = opts.mtu ?? Mtu.MTU_4096;
+    this.activeMtu = opts.mtu ?? ibMtuOf(netdevMtu(addr));
     this.maxQpn = opts.maxQpn ?? 0xffffff;
     fabric.devices.push(this);
   }

@@ -9,7 +9,7 @@ import { regionOf } from '../../src/verbs/memory.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SoftDevice, Fabric } from '../../src/hca/device.js';
+import { SoftDevice, Fabric, ibMtuOf, netdevMtu } from '../../src/hca/device.js';
 import { Access, getDeviceList, openDevice, QpType, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, spawnPeer, startDaemon } from '../helpers.js';
 
@@ -151,6 +151,13 @@ describe('cleanup', () => {
     } finally {
       await d.stop();
     }
+  });
+
+  test('active MTU from the interface MTU as rxe derives it: 1500 -> 1024, 9000 and loopback -> 4096, tiny -> 256', () => {
+    assert.deepEqual([1500, 9000, 65536, 1280, 600, 300].map(ibMtuOf), [3, 5, 5, 3, 2, 1]);
+    assert.equal(netdevMtu('127.0.0.2'), 65536, 'loopback carries all of 127/8');
+    const dev = new SoftDevice(new Fabric(), 'y', 0, '127.0.0.1');
+    assert.equal(dev.mtuBytes, 4096);
   });
 
   test('QPNs are handed out cyclically from 17 and a freed one is reused once the cycle comes round', () => {
