@@ -6,6 +6,7 @@
  * UDP) plugs in at `xmit` / `receive`.
  */
 import { readFileSync } from 'node:fs';
+import { xorshift32 } from '../common/rng.js';
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { EventType, Mtu, PortState, QpType } from '../abi/enums.js';
@@ -67,23 +68,14 @@ export class Fault {
   duplicated = 0;
   reordered = 0;
   held: Pkt | null = null;
-  private x: number;
+  readonly rand: () => number;
   constructor(
     readonly drop: number,
     readonly dup: number,
     readonly reorder: number,
     seed: number,
   ) {
-    this.x = seed >>> 0 || 1;
-  }
-  /** xorshift32 in [0, 1) */
-  rand(): number {
-    let x = this.x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.x = x >>> 0;
-    return this.x / 0x100000000;
+    this.rand = xorshift32(seed);
   }
 
   /** "drop=0.1,dup=0.05,reorder=0.05,seed=7" → Fault; throws with the reason on a bad spec. */

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { layout } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
 import { allocShared } from '../../src/verbs/memory.js';
+import { xorshift32 } from '../../src/common/rng.js';
 import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SrqAttrMask, WrOpcode, SendFlags } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
@@ -225,20 +226,9 @@ describe('malformed frames get the kernel errno and the daemon keeps serving', (
   });
 });
 
-/** xorshift32: the fuzz run is reproducible from its seed. */
-function rng(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x100000000;
-  };
-}
-
 describe('fuzz', () => {
   test('100,000 random and mutated frames (seed 0x5eed); afterwards a normal client works and the tracker holds nothing of ours', async () => {
-    const rand = rng(Number(process.env.FUZZ_SEED ?? 0x5eed)); // FUZZ_SEED=n reruns it with another seed
+    const rand = xorshift32(Number(process.env.FUZZ_SEED ?? 0x5eed)); // FUZZ_SEED=n reruns it with another seed
     const ri = (n: number) => Math.floor(rand() * n);
     const mem = allocShared(1 << 16).region;
     // a corpus of valid frames, each then mutated

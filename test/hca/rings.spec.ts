@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CONS, PROD, RING_HDR } from '../../src/abi/queue.js';
+import { xorshift32 } from '../../src/common/rng.js';
 import { Access, getDeviceList, openDevice, QpType, SendFlags, WrOpcode, type CompletionQueue, type QueuePair } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, startDaemon } from '../helpers.js';
 
@@ -17,21 +18,11 @@ interface Rings {
   sendBell: Buffer;
 }
 
-function rng(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x100000000;
-  };
-}
-
 test('random bytes in the send ring, bogus ring indices and stray doorbells: error completions at most, the daemon unharmed', async () => {
   const d = await startDaemon();
   try {
     const dev = getDeviceList(d.root)[0]!;
-    const rand = rng(Number(process.env.RINGS_SEED ?? 0xbad));
+    const rand = xorshift32(Number(process.env.RINGS_SEED ?? 0xbad));
     const ri = (n: number) => Math.floor(rand() * n);
     const ctx = await openDevice(dev, d.root);
     const pd = await ctx.allocPd();
