@@ -14,6 +14,7 @@ import * as U from '../abi/uverbs.js';
 import { CmdError, E, fail } from '../common/errno.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { devOf, flushRecv, toError } from '../hca/completer.js';
+import { udpSport } from '../hca/codec.js';
 import type { SoftDevice } from '../hca/device.js';
 import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
 import { modifyIsOk, Qp } from '../hca/qp.js';
@@ -548,6 +549,7 @@ export class Context implements Owner {
         dgid: (dest.dgid as Uint8Array).slice(), sgidIndex: dest.sgid_index as number, hopLimit: dest.hop_limit as number,
         trafficClass: dest.traffic_class as number, flowLabel: dest.flow_label as number, isGlobal: true,
       };
+      if (qp.type !== QpType.UD) qp.srcPort = udpSport(a.path.flowLabel, qp.qpn, a.destQpn);
     }
     if (!(mask & A.STATE)) return;
     this.transition(qp, cur, next);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * softverbsd [--root DIR] [--rules FILE] [--config FILE] [--device NAME=ADDR[,mtu=N]]… [--pcap FILE] [--fault SPEC]
+ * softverbsd [--root DIR] [--rules FILE] [--config FILE] [--device NAME=ADDR[,mtu=N][,wire=W]]… [--pcap FILE] [--fault SPEC]
  * Runs in the foreground; prints "softverbsd: ready" to stderr once every
  * device file accepts connections; removes its files on SIGINT/SIGTERM.
  */
@@ -11,6 +11,7 @@ import { defaultRoot } from '../common/paths.js';
 import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
 import { Fault } from '../hca/device.js';
+import { PcapWriter } from '../hca/pcap.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -23,9 +24,11 @@ Options:
   --rules FILE             udev-style rules for device files, e.g.
                            KERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="rdma"
   --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE"}
-  --device NAME=ADDR[,mtu=N]
-                           a device bound to an IP address (repeatable); MTU in bytes (256..4096)
-  --pcap FILE              write RoCEv2 packets as pcap (not built yet)
+  --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp]
+                           a device bound to an IP address (repeatable); MTU in bytes (256..4096);
+                           wire: IPv4 through a raw socket (needs CAP_NET_RAW; auto falls back to plain
+                           UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID)
+  --pcap FILE              write every RoCEv2 frame sent and received as pcap (for tshark/Wireshark)
   --fault SPEC             seeded faults on every packet sent, for tests: drop=P,dup=P,reorder=P,seed=N
   -h, --help               this text
 
@@ -41,12 +44,17 @@ function die(msg: string): never {
 
 function parseDevice(s: string): DeviceSpec {
   const m = /^([A-Za-z0-9_.-]{1,63})=([^,]+)((?:,[a-z]+=[^,]+)*)$/.exec(s);
-  if (!m) die(`--device "${s}": expected NAME=ADDR[,mtu=N]`);
+  if (!m) die(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp]`);
   const [, name, addr, opts] = m as unknown as [string, string, string, string];
   if (!isIP(addr)) die(`--device "${s}": "${addr}" is not an IP address`);
   const spec: DeviceSpec = { name, addr };
   for (const kv of opts.split(',').filter(Boolean)) {
     const [k, v] = kv.split('=') as [string, string];
+    if (k === 'wire') {
+      if (v !== 'auto' && v !== 'raw' && v !== 'udp') die(`--device "${s}": wire must be auto, raw or udp`);
+      spec.wire = v;
+      continue;
+    }
     if (k !== 'mtu') die(`--device "${s}": unknown option "${k}"`);
     const e = MTU_ENUM[Number(v)];
     if (!e) die(`--device "${s}": mtu must be 256, 512, 1024, 2048 or 4096`);
@@ -76,7 +84,6 @@ if (args.help) {
   process.stdout.write(HELP);
   process.exit(0);
 }
-if (args.pcap) die('--pcap is not built yet (the RoCEv2 wire is a first cut)');
 let fault: Fault | null = null;
 if (args.fault) {
   try {
@@ -114,7 +121,15 @@ if (rulesFile) {
   }
 }
 
-const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules, fault });
+let pcap: PcapWriter | null = null;
+if (args.pcap) {
+  try {
+    pcap = new PcapWriter(args.pcap);
+  } catch (e) {
+    die(`--pcap ${args.pcap}: ${(e as Error).message}`);
+  }
+}
+const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules, fault, pcap });
 if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder} of every packet sent (seeded)`);
 try {
   await daemon.start();

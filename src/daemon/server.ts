@@ -11,7 +11,8 @@ import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
 import { Fabric, type Fault, gidString, SoftDevice } from '../hca/device.js';
-import { UdpTransport } from '../hca/transport.js';
+import { RoceTransport, type WireRequest } from '../hca/transport.js';
+import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
 import { PinnedAccounts } from './memlock.js';
@@ -22,6 +23,7 @@ export interface DeviceSpec {
   addr: string;
   /** ibv_mtu enum value */
   mtu?: number;
+  wire?: WireRequest;
 }
 
 export interface DaemonOptions {
@@ -29,6 +31,7 @@ export interface DaemonOptions {
   devices: DeviceSpec[];
   rules: Rule[];
   fault?: Fault | null;
+  pcap?: PcapWriter | null;
   log?: (msg: string) => void;
 }
 
@@ -63,6 +66,7 @@ export class Daemon implements Host {
   constructor(readonly opts: DaemonOptions) {
     this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
     this.fabric.fault = opts.fault ?? null;
+    this.fabric.pcap = opts.pcap ?? null;
   }
 
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
@@ -98,14 +102,16 @@ export class Daemon implements Host {
       if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
       this.devs.push({ dev, kname, path, server });
       this.writeSysfs(dev, kname, path);
-      let wire = 'RoCEv2 over plain UDP on port 4791 (no raw socket yet: ICRC computed, not verified on receive)';
-      const t = new UdpTransport(dev);
+      let wire: string;
+      const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
       try {
         await t.start();
         dev.transport = t;
+        wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791 through a raw socket (own IP header, ICRC checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
       } catch (e) {
         wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
       }
+      writeFileSync(join(verbsClassDir(this.opts.root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
       this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
     }
   }
@@ -321,7 +327,7 @@ export class Daemon implements Host {
         out = this.pinned.snapshot();
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ?? false, doorbells: d.dev.doorbells }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries(d.dev.transport?.dropped ?? []), doorbells: d.dev.doorbells }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
@@ -361,6 +367,7 @@ export class Daemon implements Host {
       rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
       rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
     }
+    this.opts.pcap?.close();
   }
 }
 

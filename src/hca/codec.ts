@@ -208,3 +208,102 @@ export function icrc(ip: Uint8Array, udp: Uint8Array, bth: Uint8Array): number {
   crc = crc32(bth.subarray(HdrSize.BTH), crc);
   return crc >>> 0;
 }
+
+/** Linux's hash_32(qpn, 14): the UDP source port rxe gives a QP at creation (UD and GSI keep it). */
+export function udpSportOfQpn(qpn: number): number {
+  return 0xc000 + ((Math.imul(qpn, 0x61c88647) >>> 18) & 0x3fff);
+}
+
+/**
+ * The UDP source port of a connected QP once it has an address vector, as
+ * rxe takes it from rdma_get_udp_sport(): the flow label, or one computed
+ * from the two QPNs, folded into 0xC000..0xFFFF. It spreads flows over ECMP
+ * paths and RSS queues while keeping one QP's packets in order.
+ */
+export function udpSport(flowLabel: number, lqpn: number, rqpn: number): number {
+  let fl = flowLabel & 0xfffff;
+  if (fl === 0) {
+    let v = BigInt(lqpn) * BigInt(rqpn);
+    v ^= v >> 20n;
+    v ^= v >> 40n;
+    fl = Number(v & 0xfffffn);
+  }
+  return ((fl & 0x3fff) ^ (fl >> 14)) | 0xc000;
+}
+
+/** Bytes of a whole frame: IP header, UDP header, transport headers, payload, pad, ICRC. */
+export function frameBytes(p: Pkt, v6: boolean): number {
+  return (v6 ? 40 : 20) + 8 + headerBytes(OPCODES[p.opcode]!.mask) + p.payLen + ((4 - (p.payLen & 3)) & 3) + HdrSize.ICRC;
+}
+
+/**
+ * Writes a whole RoCEv2 frame as it goes on the wire: IPv4 (`src`/`dst` 4
+ * bytes) or IPv6 (16 bytes) header, UDP header (source port p.srcPort,
+ * destination 4791, checksum 0), then the packet and its ICRC. IPv4 gets
+ * identification `ipId`, DF, TTL 64 and a real header checksum; IPv6 hop
+ * limit 64. Returns the frame's length.
+ */
+export function encodeFrame(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, buf: Uint8Array): number {
+  const v6 = src.length === 16;
+  const ipLen = v6 ? 40 : 20;
+  const n = encode(p, buf, ipLen + 8);
+  const udpLen = 8 + n + HdrSize.ICRC;
+  const ip = buf.subarray(0, ipLen);
+  if (v6) {
+    ip.fill(0, 0, 8);
+    ip[0] = 0x60;
+    ip[4] = udpLen >> 8;
+    ip[5] = udpLen & 0xff;
+    ip[6] = 17;
+    ip[7] = 64;
+    ip.set(src, 8);
+    ip.set(dst, 24);
+  } else {
+    const total = 20 + udpLen;
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2] = total >> 8;
+    ip[3] = total & 0xff;
+    ip[4] = (ipId >> 8) & 0xff;
+    ip[5] = ipId & 0xff;
+    ip[6] = 0x40; // DF: RoCE is never fragmented
+    ip[7] = 0;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[10] = ip[11] = 0;
+    ip.set(src, 12);
+    ip.set(dst, 16);
+    let sum = 0;
+    for (let i = 0; i < 20; i += 2) sum += (ip[i]! << 8) | ip[i + 1]!;
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    sum = ~sum & 0xffff;
+    ip[10] = sum >> 8;
+    ip[11] = sum & 0xff;
+  }
+  const u = ipLen;
+  buf[u] = p.srcPort >> 8;
+  buf[u + 1] = p.srcPort & 0xff;
+  buf[u + 2] = ROCE_PORT >> 8;
+  buf[u + 3] = ROCE_PORT & 0xff;
+  buf[u + 4] = udpLen >> 8;
+  buf[u + 5] = udpLen & 0xff;
+  buf[u + 6] = buf[u + 7] = 0;
+  const crc = icrc(ip, buf.subarray(u, u + 8), buf.subarray(u + 8, u + 8 + n));
+  const c = u + 8 + n;
+  buf[c] = crc & 0xff;
+  buf[c + 1] = (crc >>> 8) & 0xff;
+  buf[c + 2] = (crc >>> 16) & 0xff;
+  buf[c + 3] = crc >>> 24;
+  return c + 4;
+}
+
+/**
+ * Checks a received frame's ICRC: `ip` the IP header as it arrived, `udp`
+ * the UDP header, `body` the UDP payload (packet and ICRC).
+ */
+export function icrcOk(ip: Uint8Array, udp: Uint8Array, body: Uint8Array): boolean {
+  const n = body.length - HdrSize.ICRC;
+  if (n < HdrSize.BTH) return false;
+  const want = (body[n]! | (body[n + 1]! << 8) | (body[n + 2]! << 16) | (body[n + 3]! << 24)) >>> 0;
+  return icrc(ip, udp, body.subarray(0, n)) === want;
+}

@@ -14,7 +14,9 @@ import * as completer from './completer.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
 import { Pkt, PktPool } from './packet.js';
-import type { UdpTransport } from './transport.js';
+import { encodeFrame } from './codec.js';
+import type { PcapWriter } from './pcap.js';
+import { gidIp, type RoceTransport } from './transport.js';
 import type { Qp } from './qp.js';
 import * as requester from './requester.js';
 import * as responder from './responder.js';
@@ -160,6 +162,18 @@ export class Fabric {
     this.fifo.push(p);
   }
 
+  /** softverbsd --pcap: packets between two devices of this daemon are written as the wire would carry them. */
+  pcap: PcapWriter | null = null;
+  private readonly pcapFrame = new Uint8Array(40 + 8 + 64 + 4096 + 8);
+  private pcapId = 0;
+  private capture(p: Pkt): void {
+    const src = gidIp(p.srcGid);
+    const dst = gidIp(p.dstGid);
+    if (src.length !== dst.length) return;
+    this.pcapId = (this.pcapId + 1) & 0xffff || 1;
+    this.pcap!.write(this.pcapFrame, encodeFrame(p, src, dst, this.pcapId, this.pcapFrame));
+  }
+
   /** Seeded packet faults for tests (softverbsd --fault): applied to every packet any device sends. */
   fault: Fault | null = null;
 
@@ -179,8 +193,10 @@ export class Fabric {
       while (this.head < this.fifo.length) {
         const p = this.fifo[this.head++]!;
         const dev = this.byGid(p.dstGid);
-        if (dev) dev.receive(p);
-        else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
+        if (dev) {
+          if (this.pcap) this.capture(p);
+          dev.receive(p);
+        } else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
         this.pool.put(p);
         if (this.head > 1024 && this.head * 2 > this.fifo.length) {
           this.fifo.splice(0, this.head);
@@ -289,7 +305,7 @@ export class SoftDevice {
   }
 
   /** The wire, once started (null: this device only reaches devices of its own daemon). */
-  transport: UdpTransport | null = null;
+  transport: RoceTransport | null = null;
 
   /** A packet that came off the wire; its payload lives only until this returns. */
   receiveFromWire(p: Pkt): void {

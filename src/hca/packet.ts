@@ -28,6 +28,8 @@ export class Pkt {
   fecnBecn = 0;
   // who sent it (a local QPN; for the wire, filled from DETH or the connection)
   srcQpn = 0;
+  /** UDP source port on the wire: the sending QP's (rxe's qp->src_port). */
+  srcPort = 0xc000;
   // RETH
   va = 0;
   rkey = 0;
@@ -58,6 +60,7 @@ export class Pkt {
     this.ackReq = this.se = this.migReq = false;
     this.pkey = 0xffff;
     this.tver = this.fecnBecn = 0;
+    this.srcPort = 0xc000;
     this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;

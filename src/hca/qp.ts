@@ -9,6 +9,7 @@ import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SQ_IDLE, SWQE, type QpCaps } 
 import type { Mapping } from '../native/libc.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
 import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
+import { udpSportOfQpn } from './codec.js';
 
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
@@ -194,6 +195,8 @@ export class Qp {
     path: { dgid: new Uint8Array(16), sgidIndex: 0, hopLimit: 64, trafficClass: 0, flowLabel: 0, isGlobal: true },
   };
   mtu = 4096;
+  /** UDP source port of its packets: from the QPN at creation, from the flow (rdma_get_udp_sport) once connected. */
+  srcPort: number;
   asyncEvents = 0;
   /** Destroyed: its rings are unmapped, so nothing may touch it (a deferred doorbell or timer checks this). */
   destroyed = false;
@@ -243,6 +246,7 @@ export class Qp {
     userHandle: bigint,
   ) {
     this.userHandle = userHandle;
+    this.srcPort = udpSportOfQpn(qpn);
     this.sqHdr = new Int32Array(mapping.buffer, sq.offset, RING_HDR / 4);
     this.sqDv = new DataView(mapping.buffer, sq.offset);
     this.sqSlots = sq.slots;

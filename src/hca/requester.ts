@@ -86,6 +86,7 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
   const tr = transportOf(qp);
   const mtu = qp.mtu;
   p.srcQpn = qp.qpn;
+  p.srcPort = qp.srcPort;
   p.srcGid = dev.gids[0]!;
   if (qp.type === QpType.UD) {
     p.dstGid = w.ah!.dgid;

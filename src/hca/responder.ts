@@ -37,7 +37,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       dev.counters.out_of_seq_request++;
       if (!qp.resp.sentPsnNak) {
         qp.resp.sentPsnNak = true;
-        sendAck(dev, qp, p, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
+        sendAck(dev, qp, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
       }
       return;
     }
@@ -91,7 +91,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
     if (!wqe) {
       if (rc) {
         dev.counters.send_rnr_err++;
-        sendAck(dev, qp, p, Aeth.RNR_NAK | (qp.attr.minRnrTimer & 0x1f), p.psn);
+        sendAck(dev, qp, Aeth.RNR_NAK | (qp.attr.minRnrTimer & 0x1f), p.psn);
       } else dropUc(qp, p);
       return;
     }
@@ -146,7 +146,7 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       dev.counters.rdma_recvs++;
     }
   }
-  if (rc && p.ackReq) sendAck(dev, qp, p, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+  if (rc && p.ackReq) sendAck(dev, qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
 }
 
 function advance(qp: Qp, p: Pkt, kind: number): void {
@@ -225,7 +225,7 @@ function sendReadResponses(dev: SoftDevice, qp: Qp, req: Pkt, r: RespRes, from: 
   for (let i = psnDiff(from, r.firstPsn); i < n; i++) {
     const p = dev.fabric.pool.get();
     p.opcode = Transport.RC | (n === 1 ? Op.RDMA_READ_RESPONSE_ONLY : i === 0 ? Op.RDMA_READ_RESPONSE_FIRST : i === n - 1 ? Op.RDMA_READ_RESPONSE_LAST : Op.RDMA_READ_RESPONSE_MIDDLE);
-    fillReply(dev, qp, req, p);
+    fillReply(dev, qp, p);
     p.psn = (r.firstPsn + i) & PSN_MASK;
     p.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
     p.msn = qp.resp.msn;
@@ -266,13 +266,13 @@ function atomic(dev: SoftDevice, qp: Qp, p: Pkt): void {
   r.orig = orig;
   qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
   qp.resp.psn = (p.psn + 1) & PSN_MASK;
-  sendAtomicAck(dev, qp, p, r);
+  sendAtomicAck(dev, qp, r);
 }
 
-function sendAtomicAck(dev: SoftDevice, qp: Qp, req: Pkt, r: RespRes): void {
+function sendAtomicAck(dev: SoftDevice, qp: Qp, r: RespRes): void {
   const a = dev.fabric.pool.get();
   a.opcode = Transport.RC | Op.ATOMIC_ACKNOWLEDGE;
-  fillReply(dev, qp, req, a);
+  fillReply(dev, qp, a);
   a.psn = r.firstPsn;
   a.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
   a.msn = qp.resp.msn;
@@ -301,7 +301,7 @@ function duplicate(dev: SoftDevice, qp: Qp, p: Pkt): void {
     for (const r of qp.resp.res) {
       if (!r.valid) continue;
       if (psnDiff(p.psn, r.firstPsn) >= 0 && psnDiff(p.psn, r.lastPsn) <= 0) {
-        if (r.atomic) sendAtomicAck(dev, qp, p, r);
+        if (r.atomic) sendAtomicAck(dev, qp, r);
         else sendReadResponses(dev, qp, p, r, p.psn);
         return;
       }
@@ -309,21 +309,21 @@ function duplicate(dev: SoftDevice, qp: Qp, p: Pkt): void {
     return; // not in the resources any more: drop, the requester will time out
   }
   // SEND / WRITE: already done; tell the requester how far we are
-  if (p.ackReq) sendAck(dev, qp, p, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
+  if (p.ackReq) sendAck(dev, qp, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
 }
 
-function fillReply(dev: SoftDevice, qp: Qp, req: Pkt, p: Pkt): void {
+function fillReply(dev: SoftDevice, qp: Qp, p: Pkt): void {
   p.destQpn = qp.attr.destQpn;
   p.srcQpn = qp.qpn;
+  p.srcPort = qp.srcPort;
   p.dstGid = qp.attr.path.dgid;
   p.srcGid = dev.gids[0]!;
-  void req;
 }
 
-function sendAck(dev: SoftDevice, qp: Qp, req: Pkt, syndrome: number, psn: number): void {
+function sendAck(dev: SoftDevice, qp: Qp, syndrome: number, psn: number): void {
   const a = dev.fabric.pool.get();
   a.opcode = Transport.RC | Op.ACKNOWLEDGE;
-  fillReply(dev, qp, req, a);
+  fillReply(dev, qp, a);
   a.psn = psn & PSN_MASK;
   a.syndrome = syndrome;
   a.msn = qp.resp.msn;
@@ -332,7 +332,7 @@ function sendAck(dev: SoftDevice, qp: Qp, req: Pkt, syndrome: number, psn: numbe
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */
 function error(dev: SoftDevice, qp: Qp, p: Pkt, e: ErrKind): void {
-  sendAck(dev, qp, p, e.syndrome, p.psn);
+  sendAck(dev, qp, e.syndrome, p.psn);
   if (qp.resp.wqe) {
     postRecvWc(qp, qp.resp.wqe.wrId, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     qp.resp.wqe = null;

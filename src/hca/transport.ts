@@ -1,44 +1,103 @@
 /**
- * The wire, first cut: RoCEv2 over a plain UDP socket bound to the device's
- * address, port 4791. Packets for a GID no device of this daemon owns are
- * encoded here and sent; datagrams that arrive are decoded and handed to
- * the device as if they came through the local FIFO, so the requester,
- * responder and completer are the same code either way.
+ * The wire: RoCEv2 frames between this device and other hosts' (or other
+ * daemons') devices, UDP destination port 4791.
  *
- * Limits of this cut (issue 3 lifts them): a plain socket neither sets nor
- * shows the IPv4 header, so the ICRC is computed over an assumed header
- * (Identification 0) and is not verified on receive; the UDP source port is
- * the socket's own, not 0xC000 + hash(QPN).
+ * IPv4 (mode "raw"): the IPv4 ICRC covers the IP Identification, which a
+ * plain UDP socket leaves to the kernel, so with CAP_NET_RAW the daemon
+ * writes whole IP packets itself through a raw socket (choosing the ID its
+ * ICRC covers, and the UDP source port rxe would use), and reads whole IP
+ * packets back, so it checks the ICRC of everything that arrives. A bound
+ * UDP socket that drops everything holds the port.
+ *
+ * Without CAP_NET_RAW (mode "udp"), IPv4 goes through a plain dgram socket:
+ * the ICRC assumes Identification 0 and cannot be checked on arrival (a
+ * Linux rxe peer will drop what we send whenever its kernel picked another
+ * ID), and every packet leaves from source port 4791. The daemon says so at
+ * start-up and `ibv_devinfo -v` shows it.
+ *
+ * IPv6 always uses a dgram socket: its ICRC covers no field the kernel
+ * chooses, so it is exact both ways (only the source port is 4791).
+ *
+ * Decoded packets go to the device as if they came through the daemon's
+ * own FIFO, so the requester, responder and completer are the same code.
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { decode, encode, headerBytes, icrc, ROCE_PORT } from './codec.js';
+import { PortClaim, RawUdp4 } from '../native/net.js';
+import { SysError } from '../native/libc.js';
+import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT } from './codec.js';
 import { gidOf, type SoftDevice } from './device.js';
 import { OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
+import type { PcapWriter } from './pcap.js';
 
 /** The address a GID stands for: a dotted quad for IPv4-mapped GIDs, else IPv6 text. */
 export function gidToAddr(g: Uint8Array): string {
-  if (g.subarray(0, 10).every((b) => b === 0) && g[10] === 0xff && g[11] === 0xff) return `${g[12]}.${g[13]}.${g[14]}.${g[15]}`;
+  if (isV4Gid(g)) return `${g[12]}.${g[13]}.${g[14]}.${g[15]}`;
   const parts: string[] = [];
   for (let i = 0; i < 16; i += 2) parts.push(((g[i]! << 8) | g[i + 1]!).toString(16));
   return parts.join(':');
 }
 
-export class UdpTransport {
+export function isV4Gid(g: Uint8Array): boolean {
+  return g[10] === 0xff && g[11] === 0xff && g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0 && g[6] === 0 && g[7] === 0 && g[8] === 0 && g[9] === 0;
+}
+
+/** The IP address bytes a GID stands for (4 for IPv4-mapped, else the 16). */
+export function gidIp(g: Uint8Array): Uint8Array {
+  return isV4Gid(g) ? g.subarray(12, 16) : g;
+}
+
+/** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
+export type WireRequest = 'auto' | 'raw' | 'udp';
+
+const MAX_FRAME = 40 + 8 + 64 + 4096 + 3 + 4;
+
+export class RoceTransport {
+  private raw: RawUdp4 | null = null;
+  private claim: PortClaim | null = null;
   private sock: Socket | null = null;
-  private readonly ipHdr = new Uint8Array(40);
-  private readonly udpHdr = new Uint8Array(8);
   private readonly v4: boolean;
-  /** Datagrams that did not decode, by reason. */
+  private readonly srcIp: Uint8Array;
+  private readonly frame = new Uint8Array(MAX_FRAME);
+  private ipId: number;
+  /** "raw" or "udp" once started. */
+  mode: 'raw' | 'udp' = 'udp';
+  /** Why IPv4 is on plain UDP (empty when it is not). */
+  fallback = '';
+  /** Frames that arrived and were dropped before reaching a QP, by reason. */
   readonly dropped = new Map<string, number>();
 
-  constructor(readonly dev: SoftDevice) {
+  constructor(readonly dev: SoftDevice, private readonly request: WireRequest = 'auto', private readonly pcap: PcapWriter | null = null) {
     this.v4 = isIPv4(dev.addr);
+    this.srcIp = gidIp(gidOf(dev.addr)).slice();
+    this.ipId = (process.pid * 2654435761) & 0xffff || 1;
   }
 
   async start(): Promise<void> {
+    if (this.v4 && this.request !== 'udp') {
+      try {
+        this.claim = new PortClaim(this.dev.addr, ROCE_PORT);
+        this.raw = new RawUdp4(this.dev.addr);
+        this.mode = 'raw';
+        this.raw.start(
+          (b, len) => this.onFrame(b, len),
+          (e) => this.dev.onBug?.(e),
+        );
+      } catch (e) {
+        this.claim?.close();
+        this.claim = null;
+        const eperm = e instanceof SysError && e.code === 'EPERM';
+        if (!eperm || this.request === 'raw') throw e;
+        this.fallback = 'no CAP_NET_RAW: IPv4 goes through a plain UDP socket, its ICRC assumes IP ID 0 and arriving ICRCs are not checked';
+      }
+    }
+    if (this.mode !== 'raw') await this.startDgram();
+    this.learnSubnets();
+  }
+
+  private async startDgram(): Promise<void> {
     const s = createSocket({ type: this.v4 ? 'udp4' : 'udp6', reuseAddr: false });
     await new Promise<void>((resolve, reject) => {
       s.once('error', reject);
@@ -47,7 +106,7 @@ export class UdpTransport {
         resolve();
       });
     });
-    s.on('message', (msg, rinfo) => this.onMessage(msg, rinfo.address));
+    s.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo.address, rinfo.port));
     s.on('error', (e) => this.dev.onBug?.(e));
     try {
       s.setRecvBufferSize(8 << 20);
@@ -56,6 +115,11 @@ export class UdpTransport {
       /* capped by the kernel's rmem_max / wmem_max: fine */
     }
     this.sock = s;
+  }
+
+  private nets: Array<[number, number]> = [];
+  private nets6: Uint8Array[] = [];
+  private learnSubnets(): void {
     for (const list of Object.values(networkInterfaces())) {
       for (const a of list ?? []) {
         if (a.address !== this.dev.addr) continue;
@@ -72,12 +136,15 @@ export class UdpTransport {
   }
 
   stop(): void {
+    this.raw?.close();
+    this.claim?.close();
     this.sock?.close();
+    this.raw = this.claim = null;
     this.sock = null;
   }
 
   get running(): boolean {
-    return this.sock !== null;
+    return this.raw !== null || this.sock !== null;
   }
 
   /**
@@ -87,7 +154,7 @@ export class UdpTransport {
    * the daemon spray datagrams at arbitrary hosts through a made-up GID.
    */
   private reachable(g: Uint8Array): boolean {
-    const v4 = g.subarray(0, 10).every((b) => b === 0) && g[10] === 0xff && g[11] === 0xff;
+    const v4 = isV4Gid(g);
     if (v4 !== this.v4) return false;
     if (v4) {
       if (g[12] === 127) return true;
@@ -97,72 +164,99 @@ export class UdpTransport {
     const loop = g.subarray(0, 15).every((b) => b === 0) && g[15] === 1;
     return loop || this.nets6.some((pfx) => pfx.every((b, i) => g[i] === b));
   }
-  private nets: Array<[number, number]> = [];
-  private nets6: Uint8Array[] = [];
 
-  /** Encodes and sends one packet to the address its destination GID stands for. */
+  /** Frames and sends one packet to the address its destination GID stands for. */
   send(p: Pkt): void {
-    if (!this.sock) return;
-    const info = OPCODES[p.opcode];
-    if (!info) return;
+    if (!this.running || !OPCODES[p.opcode]) return;
     if (!this.reachable(p.dstGid)) {
       this.dev.counters.send_err++;
       return;
     }
-    const len = headerBytes(info.mask) + p.payLen + 3 + 4;
-    const buf = Buffer.allocUnsafe(len);
-    const n = encode(p, buf, 0);
-    const dst = gidToAddr(p.dstGid);
-    this.fillHeaders(dst, n + 4);
-    const crc = icrc(this.ipHdr, this.udpHdr, buf.subarray(0, n));
-    buf.writeUInt32LE(crc, n);
-    this.sock.send(buf, 0, n + 4, ROCE_PORT, dst);
-  }
-
-  /** The IP and UDP headers the datagram will most likely have (what the ICRC covers). */
-  private fillHeaders(dst: string, udpPayload: number): void {
-    const ip = this.ipHdr;
-    ip.fill(0);
-    if (this.v4) {
-      ip[0] = 0x45;
-      const total = 20 + 8 + udpPayload;
-      ip[2] = total >> 8;
-      ip[3] = total & 0xff;
-      ip[6] = 0x40; // DF
-      ip[9] = 17;
-      const s = this.dev.addr.split('.').map(Number);
-      const d = dst.split('.').map(Number);
-      for (let i = 0; i < 4; i++) {
-        ip[12 + i] = s[i]!;
-        ip[16 + i] = d[i]!;
-      }
-    } else {
-      ip[0] = 0x60;
-      ip[4] = (8 + udpPayload) >> 8;
-      ip[5] = (8 + udpPayload) & 0xff;
-      ip[6] = 17;
+    const dst = gidIp(p.dstGid);
+    if (this.raw) {
+      this.ipId = (this.ipId + 1) & 0xffff || 1;
+      const n = encodeFrame(p, this.srcIp, dst, this.ipId, this.frame);
+      this.pcap?.write(this.frame, n);
+      const d = ((dst[0]! << 24) | (dst[1]! << 16) | (dst[2]! << 8) | dst[3]!) >>> 0;
+      if (!this.raw.send(this.frame, n, d)) this.dev.counters.send_err++;
+      return;
     }
-    const u = this.udpHdr;
-    u[0] = ROCE_PORT >> 8;
-    u[1] = ROCE_PORT & 0xff;
-    u[2] = ROCE_PORT >> 8;
-    u[3] = ROCE_PORT & 0xff;
-    u[4] = (8 + udpPayload) >> 8;
-    u[5] = (8 + udpPayload) & 0xff;
+    // dgram: the kernel writes IP and UDP headers (source port 4791; for IPv4 an ID of its choosing)
+    const saved = p.srcPort;
+    p.srcPort = ROCE_PORT;
+    const len = frameBytes(p, !this.v4);
+    const buf = Buffer.allocUnsafe(len); // dgram sends later: the bytes must outlive this call
+    const n = encodeFrame(p, this.srcIp, dst, 0, buf);
+    p.srcPort = saved;
+    this.pcap?.write(buf, n);
+    const hdr = this.v4 ? 28 : 48;
+    this.sock!.send(buf, hdr, n - hdr, ROCE_PORT, gidToAddr(p.dstGid));
   }
 
-  private onMessage(msg: Buffer, from: string): void {
+  private drop(why: string): void {
+    this.dropped.set(why, (this.dropped.get(why) ?? 0) + 1);
+  }
+
+  /** A whole IPv4 packet from the raw socket (already filtered to UDP port 4791 at our address). */
+  private onFrame(b: Uint8Array, len: number): void {
+    const ihl = (b[0]! & 0x0f) * 4;
+    if (len < ihl + 8) return this.drop('shorter than its headers');
+    const udpLen = (b[ihl + 4]! << 8) | b[ihl + 5]!;
+    if (udpLen < 8 || ihl + udpLen > len) return this.drop('UDP length beyond the datagram');
+    const body = b.subarray(ihl + 8, ihl + udpLen);
+    if (ihl !== 20) return this.drop('IPv4 options');
+    if (!icrcOk(b.subarray(0, 20), b.subarray(20, 28), body)) return this.drop('bad ICRC');
+    this.pcap?.write(b, ihl + udpLen);
+    const src = ((b[12]! << 24) | (b[13]! << 16) | (b[14]! << 8) | b[15]!) >>> 0;
+    this.deliver(b, ihl + 8, udpLen - 8, this.peerGid4(src));
+  }
+
+  private readonly rxIp = new Uint8Array(40);
+  private readonly rxUdp = new Uint8Array(8);
+
+  /** A UDP payload from the dgram socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
+  private onDatagram(msg: Buffer, from: string, port: number): void {
+    const src = this.peerGid(from);
+    if (!this.v4) {
+      const ip = this.rxIp;
+      ip.fill(0);
+      ip[0] = 0x60;
+      ip[4] = (8 + msg.length) >> 8;
+      ip[5] = (8 + msg.length) & 0xff;
+      ip[6] = 17;
+      ip.set(src, 8);
+      ip.set(this.srcIp, 24);
+      const u = this.rxUdp;
+      u[0] = port >> 8;
+      u[1] = port & 0xff;
+      u[2] = ROCE_PORT >> 8;
+      u[3] = ROCE_PORT & 0xff;
+      u[4] = (8 + msg.length) >> 8;
+      u[5] = (8 + msg.length) & 0xff;
+      if (!icrcOk(ip, u, msg)) return this.drop('bad ICRC');
+      if (this.pcap) {
+        const f = Buffer.allocUnsafe(48 + msg.length);
+        f.set(ip, 0);
+        f.set(u, 40);
+        f.set(msg, 48);
+        this.pcap.write(f, f.length);
+      }
+    }
+    this.deliver(msg, 0, msg.length, src);
+  }
+
+  private deliver(buf: Uint8Array, off: number, len: number, src: Uint8Array): void {
     const fabric = this.dev.fabric;
     const p = fabric.pool.get();
-    const err = decode(msg, 0, msg.length, p);
+    const err = decode(buf, off, len, p);
     if (err) {
-      this.dropped.set(err, (this.dropped.get(err) ?? 0) + 1);
+      this.drop(err);
       fabric.pool.put(p);
       return;
     }
-    p.srcGid = this.peerGid(from);
+    p.srcGid = src;
     p.dstGid = this.dev.gids[0]!;
-    // the packet's payload is a window on `msg`, which lives until this handler returns: handle it now
+    // the packet's payload is a window on `buf`, which lives until this handler returns: handle it now
     this.dev.receiveFromWire(p);
   }
 
@@ -172,6 +266,15 @@ export class UdpTransport {
     if (!g) {
       g = gidOf(addr.replace(/%.*$/, ''));
       this.peerGids.set(addr, g);
+    }
+    return g;
+  }
+  private peerGids4 = new Map<number, Uint8Array>();
+  private peerGid4(a: number): Uint8Array {
+    let g = this.peerGids4.get(a);
+    if (!g) {
+      g = gidOf(`${a >>> 24}.${(a >> 16) & 255}.${(a >> 8) & 255}.${a & 255}`);
+      this.peerGids4.set(a, g);
     }
     return g;
   }

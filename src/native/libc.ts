@@ -75,6 +75,17 @@ export function mapShared(fd: number, length: number, offset = 0): Mapping {
   return { ptr, addr, length, buffer, unmapped: false };
 }
 
+const MAP_PRIVATE = 2;
+const MAP_ANONYMOUS = 0x20;
+
+/** A private anonymous read/write mapping (memory whose address native calls can be given). */
+export function mapAnon(length: number): Mapping {
+  const ptr = mmap_(null, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const addr = BigInt(koffi.address(ptr));
+  if (ptr === null || addr === MAP_FAILED) fail('mmap');
+  return { ptr, addr, length, buffer: koffi.view(ptr, length) as ArrayBuffer, unmapped: false };
+}
+
 /** munmap; after this every view of the mapping must be dead (touching it faults). */
 export function unmap(m: Mapping): void {
   if (m.unmapped) return;

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { decode, encode, headerBytes, icrc, ROCE_PORT } from '../../src/hca/codec.js';
+import { decode, encode, encodeFrame, headerBytes, icrc, icrcOk, ROCE_PORT, udpSport, udpSportOfQpn } from '../../src/hca/codec.js';
 import { M, OPCODES } from '../../src/hca/opcodes.js';
 import { Pkt } from '../../src/hca/packet.js';
 import { DIST } from '../helpers.js';
@@ -92,6 +92,42 @@ test('every RoCEv2 packet of the rxe captures decodes, checks its ICRC and re-en
     'UC_SEND_FIRST', 'UC_SEND_MIDDLE', 'UC_SEND_LAST', 'UD_SEND_ONLY']) {
     assert.ok(seen.has(op), `the captures exercise ${op}`);
   }
+});
+
+test('our framing rebuilds every captured frame: IP and UDP headers as rxe wrote them, same ICRC; source ports as rxe picks them', { skip: files.length ? false : `no captures at ${CAPTURES}` }, () => {
+  let framed = 0;
+  let ported = 0;
+  for (const f of files) {
+    for (const fr of roceFrames(join(CAPTURES, f))) {
+      const where = `${f} frame ${fr.n}`;
+      const p = new Pkt();
+      assert.equal(decode(fr.roce, 0, fr.roce.length, p), null, where);
+      const sport = (fr.udp[0]! << 8) | fr.udp[1]!;
+      p.srcPort = sport;
+      const v6 = fr.ip.length === 40;
+      if (v6 || fr.ip.length !== 20) continue;
+      const buf = new Uint8Array(20 + 8 + fr.roce.length);
+      const n = encodeFrame(p, fr.ip.subarray(12, 16), fr.ip.subarray(16, 20), (fr.ip[4]! << 8) | fr.ip[5]!, buf);
+      assert.equal(n, buf.length, where);
+      // identical but for what the ICRC masks (TOS, TTL, checksums), which rxe sets from its route
+      const ipMask = [1, 8, 10, 11];
+      for (let i = 0; i < 20; i++) if (!ipMask.includes(i)) assert.equal(buf[i], fr.ip[i], `${where}: IP byte ${i}`);
+      assert.deepEqual(Buffer.from(buf.subarray(20, 26)), Buffer.from(fr.udp.subarray(0, 6)), `${where}: UDP header`);
+      assert.deepEqual(Buffer.from(buf.subarray(28)), Buffer.from(fr.roce), `${where}: packet and ICRC`);
+      assert.ok(icrcOk(buf.subarray(0, 20), buf.subarray(20, 28), buf.subarray(28)), where);
+      framed++;
+      // rxe: UD and QP1 keep hash_32(qpn) from creation; connected QPs take rdma_get_udp_sport(0, lqpn, rqpn)
+      // (in these captures both ends of every connection have the same QPN; rping's flow label comes from the CM)
+      if (p.mask & M.DETH) {
+        assert.equal(sport, udpSportOfQpn(p.srcQpn), `${where}: UD source port`);
+        ported++;
+      } else if (!f.includes('cm')) {
+        assert.equal(sport, udpSport(0, p.destQpn, p.destQpn), `${where}: RC/UC source port`);
+        ported++;
+      }
+    }
+  }
+  assert.ok(framed > 1500 && ported > 1400, `${framed} frames rebuilt, ${ported} source ports checked`);
 });
 
 test('a flipped bit anywhere changes the ICRC; short and malformed packets are refused with a reason', () => {
