@@ -11,7 +11,7 @@ export const DAEMON = DAEMON_MAIN;
 export type RunningDaemon = SpawnedDaemon;
 
 /** Starts softverbsd in a temp root and waits for "softverbsd: ready". */
-export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean } = {}): Promise<RunningDaemon> {
+export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean; wrapper?: string[] } = {}): Promise<RunningDaemon> {
   return spawnDaemon(args, opts);
 }
 

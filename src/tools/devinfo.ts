@@ -17,6 +17,8 @@ export interface DevInfo {
   name: string;
   attr: DeviceAttr;
   ports: PortInfo[];
+  /** the daemon's wire mode ("raw", "udp: why", "none") */
+  wire?: string;
   numCompVectors: number;
 }
 
@@ -100,6 +102,8 @@ export function formatDevinfo(info: DevInfo, verbose: boolean): string {
   p(`\tvendor_part_id:\t\t\t${a.vendorPartId}`);
   p(`\thw_ver:\t\t\t\t0x${hex(a.hwVer).toUpperCase()}`);
   p(`\tphys_port_cnt:\t\t\t${a.physPortCnt}`);
+  // not in rdma-core's output: only when the wire is not the exact one (plain UDP or none) does -v say so
+  if (verbose && info.wire && !info.wire.startsWith('raw')) p(`\tsoftverbs_wire:\t\t\t${info.wire}`);
   if (verbose) {
     p(`\tmax_mr_size:\t\t\t0x${hex(a.maxMrSize)}`);
     p(`\tpage_size_cap:\t\t\t0x${hex(a.pageSizeCap)}`);

@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 /** ibv_devinfo [-d dev] [-i port] [-l] [-v]: device and port attributes, as rdma-core prints them. */
 import { getDeviceList, openDevice, type Device } from '../verbs/index.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { verbsClassDir } from '../common/paths.js';
 import { parse } from './cli.js';
 import { formatDevinfo, type PortInfo } from './devinfo.js';
 
@@ -12,6 +15,15 @@ Options:
   -l, --list             print only the IB devices names
   -v, --verbose          print all the attributes of the IB device(s)
 `;
+
+/** How the daemon reaches the network for this device (the discovery tree's `wire` file). */
+function wireOf(dev: Device): string | undefined {
+  try {
+    return readFileSync(join(verbsClassDir(dev.root), dev.devName, 'wire'), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
 
 async function describe(dev: Device, port: number | null, verbose: boolean): Promise<string | null> {
   const ctx = await openDevice(dev, dev.root);
@@ -36,7 +48,7 @@ async function describe(dev: Device, port: number | null, verbose: boolean): Pro
       }
       ports.push({ num: n, attr: pa, gids });
     }
-    return formatDevinfo({ name: dev.name, attr, ports, numCompVectors: 1 }, verbose);
+    return formatDevinfo({ name: dev.name, attr, ports, numCompVectors: 1, wire: wireOf(dev) }, verbose);
   } finally {
     ctx.closeDevice();
   }

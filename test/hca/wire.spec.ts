@@ -4,10 +4,15 @@
  * requester/responder/completer serve both; every byte is checked.
  */
 import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { encodeFrame } from '../../src/hca/codec.js';
+import { Pkt } from '../../src/hca/packet.js';
 import { getDeviceList } from '../../src/verbs/index.js';
 import { exercise } from '../fixtures/exercise.js';
-import { mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
+import { DIST, mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
 
 describe('two devices of one daemon', () => {
   let d: RunningDaemon;
@@ -47,3 +52,40 @@ for (const wire of ['raw', 'udp'] as const) {
     });
   });
 }
+
+describe('without CAP_NET_RAW', () => {
+  const setpriv = spawnSync('setpriv', ['--version']).status === 0;
+  test('IPv4 falls back to plain UDP and says so (log, ibv_devinfo -v); a raw peer drops its ICRCs as Linux rxe would', { skip: setpriv ? false : 'setpriv (util-linux) is missing' }, async () => {
+    const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1'], { wrapper: ['setpriv', '--inh-caps', '-net_raw', '--bounding-set', '-net_raw'] });
+    const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+    try {
+      assert.match(d1.stderr(), /no CAP_NET_RAW: IPv4 goes through a plain UDP socket/);
+      assert.match(d2.stderr(), /through a raw socket/);
+      const dev1 = getDeviceList(d1.root)[0]!;
+      assert.equal((await mgmt(dev1.devPath, 'devices'))[0].wire, 'udp');
+      const out = execFileSync(process.execPath, [join(DIST, 'src', 'tools', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d1.root }, encoding: 'utf8' });
+      assert.match(out, /\n\tsoftverbs_wire:\t\t\tudp: no CAP_NET_RAW/);
+      const out2 = execFileSync(process.execPath, [join(DIST, 'src', 'tools', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d2.root }, encoding: 'utf8' });
+      assert.doesNotMatch(out2, /softverbs_wire/);
+      // what the fallback sends: an ICRC over IP ID 0, then the kernel picks another ID, so d2 checks and drops it
+      const p = new Pkt();
+      p.opcode = 0x11; // RC ACKNOWLEDGE
+      p.destQpn = 17;
+      const buf = new Uint8Array(64);
+      const n = encodeFrame(p, new Uint8Array([127, 0, 0, 1]), new Uint8Array([127, 0, 0, 2]), 0, buf);
+      const s = createSocket('udp4');
+      await new Promise<void>((r) => s.send(buf.subarray(28, n), 4791, '127.0.0.2', () => r()));
+      s.close();
+      const deadline = Date.now() + 2000;
+      let dropped: Record<string, number> = {};
+      while (Date.now() < deadline && !dropped['bad ICRC']) {
+        dropped = (await mgmt(getDeviceList(d2.root)[0]!.devPath, 'devices'))[0].wireDropped;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(dropped['bad ICRC'], 1);
+    } finally {
+      await d1.stop();
+      await d2.stop();
+    }
+  });
+});
