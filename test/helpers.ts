@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mgmtQuery } from '../src/verbs/mgmt.js';
 import { DAEMON_MAIN, spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
 import { Access, Mtu, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
 
@@ -16,7 +17,7 @@ export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opt
 }
 
 /** Brings a QP to RTS connected to (destQpn on gid). RC gets generous defaults; pass overrides for error tests. */
-export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: number; gid: Uint8Array; psn?: number }, o: Partial<{ mtu: number; timeout: number; retryCnt: number; rnrRetry: number; minRnrTimer: number; access: number; maxRd: number; psn: number }> = {}): Promise<void> {
+export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: number; gid: Uint8Array; psn?: number }, o: Partial<{ mtu: number; timeout: number; retryCnt: number; rnrRetry: number; minRnrTimer: number; access: number; maxRd: number; psn: number; rtrOnly: boolean }> = {}): Promise<void> {
   const t = qp.qpType;
   const access = o.access ?? (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
   if (t === QpType.UD) {
@@ -29,6 +30,7 @@ export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: numb
   const rtr = { qpState: QpState.RTR, pathMtu: o.mtu ?? Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: remote.psn ?? 0, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, isGlobal: true, portNum: 1 }, maxDestRdAtomic: 16, minRnrTimer: o.minRnrTimer ?? 1 };
   if (t === QpType.RC) await qp.modifyQp(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER);
   else await qp.modifyQp(rtr, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN);
+  if (o.rtrOnly) return;
   if (t === QpType.RC)
     await qp.modifyQp({ qpState: QpState.RTS, sqPsn: o.psn ?? 0, timeout: o.timeout ?? 14, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7, maxRdAtomic: o.maxRd ?? 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
   else await qp.modifyQp({ qpState: QpState.RTS, sqPsn: o.psn ?? 0 }, A.STATE | A.SQ_PSN);
@@ -98,28 +100,7 @@ export function spawnPeer(wrapper: string[] = []): Peer {
 
 /** Management query to a device file (what `rdma` asks). */
 export async function mgmt(devPath: string, op: string): Promise<any> {
-  const { connect } = await import('node:net');
-  const body = Buffer.from(JSON.stringify({ op }));
-  const pad = (4 - ((8 + body.length) % 4)) % 4;
-  const f = Buffer.alloc(8 + body.length + pad, 0x20);
-  f.writeUInt32LE(0xf2, 0);
-  f.writeUInt16LE(f.length / 4, 4);
-  f.writeUInt16LE(0, 6);
-  body.copy(f, 8);
-  return new Promise((resolve, reject) => {
-    const s = connect(devPath);
-    let b = Buffer.alloc(0);
-    s.on('data', (d) => {
-      b = Buffer.concat([b, d]);
-      if (b.length >= 8 && b.length >= 8 + b.readUInt32LE(4)) {
-        s.destroy();
-        if (b.readInt32LE(0) < 0) reject(new Error(`mgmt ${op}: ${b.readInt32LE(0)}`));
-        else resolve(JSON.parse(b.subarray(8, 8 + b.readUInt32LE(4)).toString()));
-      }
-    });
-    s.on('error', reject);
-    s.write(f);
-  });
+  return mgmtQuery(devPath, op);
 }
 
 /** A deterministic byte pattern (so two processes can check bytes without shipping them). */

@@ -573,6 +573,7 @@ export class Context implements Owner {
       qp.resp.inMsg = 0;
       qp.resp.res.length = 0;
       qp.resp.msn = 0;
+      qp.commEst = false;
       return;
     }
     if (next === QpState.ERR) {

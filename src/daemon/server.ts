@@ -5,8 +5,9 @@
 import { randomInt } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
-import { PortState } from '../abi/enums.js';
+import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
@@ -112,7 +113,49 @@ export class Daemon implements Host {
         wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
       }
       writeFileSync(join(verbsClassDir(this.opts.root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
+      this.linkState.set(dev, { iface: null, up: true });
       this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
+    }
+    this.checkLinks();
+    this.linkTimer = setInterval(() => this.checkLinks(), 250).unref();
+  }
+
+  private linkState = new Map<SoftDevice, { iface: string | null; up: boolean }>();
+  private linkTimer: NodeJS.Timeout | null = null;
+
+  /**
+   * The port follows its network interface, as rxe's follows its netdev:
+   * up and carrying the device's address → ACTIVE, else DOWN. Each change
+   * is a PORT_ACTIVE or PORT_ERR event for every context of the device
+   * (and a link_downed count on the way down). Polled: Node has no netlink.
+   */
+  checkLinks(): void {
+    const ifs = networkInterfaces();
+    for (const [dev, st] of this.linkState) {
+      const iface = Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === dev.addr))?.[0] ?? null;
+      let up = iface !== null;
+      if (iface) {
+        try {
+          const flags = Number(readFileSync(`/sys/class/net/${iface}/flags`, 'utf8'));
+          up = (flags & 1) !== 0 && readFileSync(`/sys/class/net/${iface}/carrier`, 'utf8').trim() === '1';
+        } catch {
+          up = false; // carrier cannot be read while the interface is down
+        }
+      }
+      st.iface = iface;
+      if (up === st.up) continue;
+      st.up = up;
+      dev.portState = up ? PortState.ACTIVE : PortState.DOWN;
+      if (!up) dev.counters.link_downed++;
+      const port = join(ibClassDir(this.opts.root), dev.name, 'ports', '1');
+      try {
+        writeFileSync(join(port, 'state'), up ? '4: ACTIVE\n' : '1: DOWN\n');
+        writeFileSync(join(port, 'phys_state'), up ? '5: LinkUp\n' : '3: Disabled\n');
+      } catch {
+        /* tree being removed */
+      }
+      this.log(`${dev.name}: port 1 ${up ? 'ACTIVE' : `DOWN (${iface ?? 'no interface has ' + dev.addr} is not up)`}`);
+      for (const c of this.contexts) if (c.dev === dev) c.asyncEvent(1n, up ? EventType.PORT_ACTIVE : EventType.PORT_ERR, null);
     }
   }
 
@@ -355,6 +398,7 @@ export class Daemon implements Host {
   }
 
   async stop(): Promise<void> {
+    if (this.linkTimer) clearInterval(this.linkTimer);
     for (const d of this.devs) {
       d.server.close();
       d.dev.transport?.stop();

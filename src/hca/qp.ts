@@ -198,6 +198,8 @@ export class Qp {
   /** UDP source port of its packets: from the QPN at creation, from the flow (rdma_get_udp_sport) once connected. */
   srcPort: number;
   asyncEvents = 0;
+  /** COMM_EST raised (once per connection: cleared by RESET). */
+  commEst = false;
   /** Destroyed: its rings are unmapped, so nothing may touch it (a deferred doorbell or timer checks this). */
   destroyed = false;
   readonly userHandle: bigint;

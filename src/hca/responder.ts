@@ -6,7 +6,7 @@
  * receive WQEs. Duplicates are re-ACKed; duplicate READs and ATOMICs are
  * answered from the responder resources, never executed twice.
  */
-import { Access, QpState, QpType, WcFlags, WcOpcode, WcStatus } from '../abi/enums.js';
+import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus } from '../abi/enums.js';
 import { postRecvWc, toError } from './completer.js';
 import type { SoftDevice } from './device.js';
 import { walkSgl, type Mr, type RecvWqe } from './objects.js';
@@ -31,6 +31,12 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
   const rc = qp.type === QpType.RC;
 
   const d = psnDiff(p.psn, qp.resp.psn);
+  // IBA o11-5.1.1: the first request a connected QP takes while still in RTR establishes communication
+  // (a passive side that missed the CM's RTU learns it here); UD QPs never report it
+  if (st === QpState.RTR && !qp.commEst && (d === 0 || !rc)) {
+    qp.commEst = true;
+    qp.raise(EventType.COMM_EST);
+  }
   if (rc) {
     if (d > 0) {
       // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back

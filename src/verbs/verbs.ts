@@ -16,6 +16,7 @@ import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { CommandChannel, EventStream } from './channel.js';
 import { VerbsError } from './errors.js';
+import { mgmtQuery } from './mgmt.js';
 import { allocShared, atAddress, regionOf } from './memory.js';
 
 // ---------------------------------------------------------------- devices
@@ -194,6 +195,22 @@ export class Context {
     /** @internal */ readonly cmd: CommandChannel,
     private readonly events: EventStream,
   ) {}
+
+  /**
+   * The device's hardware counters, by rxe's names (sent_pkts, rcvd_pkts,
+   * duplicate_request, out_of_seq_request, rcvd_rnr_err, send_rnr_err,
+   * rcvd_seq_err, ack_deferred, retry_exceeded_err, retry_rnr_exceeded_err,
+   * completer_retry_err, send_err, link_downed, rdma_sends, rdma_recvs): what
+   * rxe shows in /sys/class/infiniband/DEV/ports/1/hw_counters and
+   * `rdma statistic show`. Asked of the daemon on a management connection.
+   */
+  async queryHwCounters(port = 1): Promise<Record<string, number>> {
+    if (port !== 1) throw new VerbsError('queryHwCounters', 'EINVAL', `port ${port} does not exist (the device has port 1)`);
+    const all = await mgmtQuery<Array<{ name: string; counters: Record<string, number> }>>(this.device.devPath, 'counters');
+    const mine = all.find((d) => d.name === this.device.name);
+    if (!mine) throw new VerbsError('queryHwCounters', 'ENODEV', `${this.device.name} is gone from its daemon`);
+    return mine.counters;
+  }
 
   /** @internal sends one uverbs command and decodes its response. */
   async command(verb: string, cmd: number, req: Partial<Values>, udata?: Partial<Values>): Promise<Values> {
