@@ -119,6 +119,13 @@ export function netdevMtu(addr: string): number {
 }
 
 /** Devices of this daemon, found by GID: the local fabric. */
+/** The last packet of a UC/UD message has left: its WQE completes now. */
+function sent(p: Pkt): void {
+  const d = p.done!;
+  p.done = null;
+  if (!d.qp.destroyed) completer.completeUnreliable(d.dev, d.qp, d.wqe);
+}
+
 export class Fabric {
   readonly devices: SoftDevice[] = [];
   readonly fifo: Pkt[] = [];
@@ -137,6 +144,7 @@ export class Fabric {
     if (f) {
       if (f.rand() < f.drop) {
         f.dropped++;
+        if (p.done) sent(p); // lost on the way: for its sender it has left
         this.pool.put(p);
         return;
       }
@@ -144,6 +152,7 @@ export class Fabric {
         f.duplicated++;
         const twin = this.pool.get();
         Object.assign(twin, p);
+        twin.done = null;
         this.fifo.push(twin);
       }
       if (f.held === null && f.rand() < f.reorder) {
@@ -197,6 +206,7 @@ export class Fabric {
           if (this.pcap) this.capture(p);
           dev.receive(p);
         } else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
+        if (p.done) sent(p);
         this.pool.put(p);
         if (this.head > 1024 && this.head * 2 > this.fifo.length) {
           this.fifo.splice(0, this.head);

@@ -9,6 +9,9 @@
  * Descriptors come from a per-device pool: nothing is allocated per packet.
  */
 
+import type { SoftDevice } from './device.js';
+import type { Qp, SendWqe } from './qp.js';
+
 const EMPTY = new Uint8Array(0);
 
 export class Pkt {
@@ -28,6 +31,12 @@ export class Pkt {
   fecnBecn = 0;
   // who sent it (a local QPN; for the wire, filled from DETH or the connection)
   srcQpn = 0;
+  /**
+   * On the last packet of a UC or UD message: the send WQE it completes,
+   * once the packet has left (delivered here or framed onto the wire), never
+   * before, so the client cannot reuse the buffer under a packet in flight.
+   */
+  done: { dev: SoftDevice; qp: Qp; wqe: SendWqe } | null = null;
   /** UDP source port on the wire: the sending QP's (rxe's qp->src_port). */
   srcPort = 0xc000;
   // RETH
@@ -61,6 +70,7 @@ export class Pkt {
     this.pkey = 0xffff;
     this.tver = this.fecnBecn = 0;
     this.srcPort = 0xc000;
+    this.done = null;
     this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;

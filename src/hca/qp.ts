@@ -7,6 +7,7 @@
 import { Access, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SQ_IDLE, SWQE, type QpCaps } from '../abi/queue.js';
 import type { Mapping } from '../native/libc.js';
+import type { SoftDevice } from './device.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
 import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
 import { udpSportOfQpn } from './codec.js';
@@ -17,6 +18,8 @@ export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4
 /** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
 export class SendWqe {
   state: number = WqeState.FREE;
+  /** what the last packet of a UC/UD message carries to complete this WQE once it has left (made once) */
+  doneRef: { dev: SoftDevice; qp: Qp; wqe: SendWqe } | null = null;
   wrId = 0n;
   opcode = 0;
   sendFlags = 0;

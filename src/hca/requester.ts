@@ -71,10 +71,7 @@ function runOnce(dev: SoftDevice, qp: Qp): void {
     }
     if (!sendOne(dev, qp, w)) return;
     budget--;
-    if (w.state === WqeState.PENDING) {
-      qp.req.idx = (qp.req.idx + 1) >>> 0;
-      if (qp.type !== QpType.RC) completer.completeUnreliable(dev, qp, w);
-    }
+    if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
   }
   if (qp.type === QpType.RC) completer.armRetransmit(qp);
   if (budget === 0 && qp.req.idx !== prod) setImmediate(() => dev.doorbell(qp));
@@ -166,7 +163,10 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
   p.padCnt = (4 - (n & 3)) & 3;
   w.offset += n;
   qp.req.psn = (qp.req.psn + 1) & PSN_MASK;
-  if (last) w.state = WqeState.PENDING;
+  if (last) {
+    w.state = WqeState.PENDING;
+    if (qp.type !== QpType.RC) p.done = w.doneRef ??= { dev, qp, wqe: w };
+  }
   dev.xmit(p);
   return true;
 }
