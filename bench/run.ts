@@ -4,9 +4,13 @@
  *
  *  - same-device RDMA_WRITE of 64 KiB vs Buffer.copy of 64 KiB vs a Node TCP stream on loopback
  *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong
+ *  - across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2): RDMA_WRITE of 64 KiB vs Node dgram
+ *    throughput of datagrams the size of one MTU-4096 RoCEv2 packet; 8-byte SEND ping-pong vs Node
+ *    UDP and TCP ping-pong
  */
 import { fork } from 'node:child_process';
 import { spawnDaemon } from '../src/daemon/spawn.js';
+import { createSocket } from 'node:dgram';
 import { createConnection, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import {
@@ -37,9 +41,9 @@ async function setup(root: string, events = false) {
 const tick = () => new Promise((r) => setImmediate(r));
 
 /** RDMA_WRITE bandwidth (bytes/s) with a window of outstanding WRs. */
-async function rdmaWriteBw(root: string): Promise<number> {
+async function rdmaWriteBw(root: string, rootB = root): Promise<number> {
   const a = await setup(root);
-  const b = await setup(root);
+  const b = await setup(rootB);
   await connect(a.qp, b.qp.qpNum, b.ctx.queryGid(1, 0));
   await connect(b.qp, a.qp.qpNum, a.ctx.queryGid(1, 0));
   const wcs = Array.from({ length: 64 }, () => new WorkCompletion());
@@ -137,8 +141,8 @@ async function pingEnd(root: string, events: boolean, peer: () => Promise<{ qpn:
  * 8-byte SEND ping-pong between this process and a child: both busy-poll
  * their CQs, or (events) both sleep on completion events. Mean round trip in µs.
  */
-async function sendPingPong(root: string, events: boolean): Promise<number> {
-  const child = fork(fileURLToPath(import.meta.url), ['--pong', root, String(events)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+async function sendPingPong(root: string, events: boolean, rootB = root): Promise<number> {
+  const child = fork(fileURLToPath(import.meta.url), ['--pong', rootB, String(events)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const childInfo = new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
   const ready = new Promise<void>((r) => child.on('message', (m: { ready?: boolean }) => m.ready && r()));
   const p = await pingEnd(root, events, () => childInfo, (me) => child.send(me));
@@ -169,6 +173,58 @@ async function pong(root: string, events: boolean): Promise<void> {
     p.e.qp.postSend(p.send);
     if ((i & 1023) === 1023) await tick();
   }
+}
+
+/** Datagrams of `size` bytes from this process to a child on 127.0.0.2 for SECONDS: payload bytes/s that arrived. */
+async function udpBw(size: number): Promise<number> {
+  const sink = fork(fileURLToPath(import.meta.url), ['--udp-sink'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((r) => sink.once('message', (m: { port: number }) => r(m.port)));
+  const sock = createSocket('udp4');
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  sock.setSendBufferSize(8 << 20);
+  const msg = Buffer.alloc(size, 3);
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(SECONDS * 1e9);
+  // a window of sends in flight: dgram queues them and reports each when handed to the kernel
+  let inflight = 0;
+  while (process.hrtime.bigint() < end) {
+    while (inflight < 64) {
+      inflight++;
+      sock.send(msg, port, '127.0.0.2', () => inflight--);
+    }
+    await tick();
+  }
+  while (inflight > 0) await tick();
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  sink.send('done');
+  const got = await new Promise<number>((r) => sink.once('message', (m: { got: number }) => r(m.got)));
+  sink.kill();
+  sock.close();
+  return (got * size) / s;
+}
+
+/** Node UDP ping-pong of 8 bytes with a child echo on 127.0.0.2. Mean round trip in µs. */
+async function udpPingPong(): Promise<number> {
+  const echo = fork(fileURLToPath(import.meta.url), ['--udp-echo'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((r) => echo.once('message', (m: { port: number }) => r(m.port)));
+  const sock = createSocket('udp4');
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  const msg = Buffer.alloc(8, 1);
+  const n = Math.min(PINGS, 10000);
+  let resolve: () => void = () => {};
+  sock.on('message', () => resolve());
+  let t0 = 0n;
+  for (let i = 0; i < n + 200; i++) {
+    if (i === 200) t0 = process.hrtime.bigint();
+    await new Promise<void>((r) => {
+      resolve = r;
+      sock.send(msg, port, '127.0.0.2');
+    });
+  }
+  const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
+  sock.close();
+  echo.kill();
+  return us;
 }
 
 /** Node TCP ping-pong of 8 bytes with a child echo server. Mean round trip in µs. */
@@ -214,22 +270,49 @@ async function main(): Promise<void> {
     const ping = await sendPingPong(root, false);
     const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
+    await daemon.stop();
+    // across the wire: two daemons, one device each, RoCEv2 frames on 127.0.0.1 <-> 127.0.0.2
+    const d1 = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
+    const d2 = await spawnDaemon(['--device', 'rxe0=127.0.0.2']);
+    const wire = /raw socket/.test(d1.stderr()) ? 'raw socket' : 'plain UDP';
+    let xwrite = 0;
+    let xping = 0;
+    try {
+      xwrite = await rdmaWriteBw(d1.root, d2.root);
+      xping = await sendPingPong(d1.root, false, d2.root);
+    } finally {
+      await d1.stop();
+      await d2.stop();
+    }
+    // one RC_RDMA_WRITE_MIDDLE at path MTU 4096: BTH 12 + 4096 payload + ICRC 4
+    const FRAME = 12 + 4096 + 4;
+    const udp = await udpBw(FRAME);
+    const uping = await udpPingPong();
     const out = [
-      'softverbs bench (same device, one daemon; baselines measured in this run)',
+      'softverbs bench (baselines measured in this run)',
       '',
-      'ratios',
+      'ratios, same device (one daemon)',
       `  RDMA_WRITE 64 KiB / Buffer.copy 64 KiB          ${(write / copy).toFixed(3)}   (target >= 0.5)`,
       `  RDMA_WRITE 64 KiB / Node TCP stream (loopback)  ${(write / tcp).toFixed(2)}    (target >= 3)`,
       `  SEND 8 B half round trip / TCP round trip       ${(ping / 2 / tping).toFixed(3)}   (target <= 0.25; both ends busy-poll)`,
       `  SEND 8 B half round trip / TCP round trip       ${(pingEv / 2 / tping).toFixed(3)}   (both ends sleep on completion events, as TCP does)`,
       '',
+      `ratios, across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2, ${wire})`,
+      `  RDMA_WRITE 64 KiB / Node dgram ${FRAME} B         ${(xwrite / udp).toFixed(3)}   (RDMA payload bytes/s vs whole datagram bytes/s)`,
+      `  SEND 8 B round trip / Node UDP round trip       ${(xping / uping).toFixed(3)}`,
+      `  SEND 8 B round trip / Node TCP round trip       ${(xping / tping).toFixed(3)}`,
+      '',
       'absolute',
-      `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s`,
+      `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s (same device)`,
+      `  RDMA_WRITE 64 KiB        ${(xwrite / GB).toFixed(3)} GB/s (across the wire)`,
       `  Buffer.copy 64 KiB       ${(copy / GB).toFixed(3)} GB/s`,
       `  Node TCP stream 64 KiB   ${(tcp / GB).toFixed(3)} GB/s`,
-      `  SEND 8 B ping-pong       ${ping.toFixed(2)} us round trip (${(ping / 2).toFixed(2)} us half)`,
-      `  SEND 8 B ping-pong (-e)  ${pingEv.toFixed(2)} us round trip (${(pingEv / 2).toFixed(2)} us half)`,
+      `  Node dgram ${FRAME} B     ${(udp / GB).toFixed(3)} GB/s`,
+      `  SEND 8 B ping-pong       ${ping.toFixed(2)} us round trip (${(ping / 2).toFixed(2)} us half, same device)`,
+      `  SEND 8 B ping-pong (-e)  ${pingEv.toFixed(2)} us round trip (${(pingEv / 2).toFixed(2)} us half, same device)`,
+      `  SEND 8 B ping-pong       ${xping.toFixed(2)} us round trip (across the wire)`,
       `  Node TCP 8 B ping-pong   ${tping.toFixed(2)} us round trip`,
+      `  Node UDP 8 B ping-pong   ${uping.toFixed(2)} us round trip`,
     ];
     process.stdout.write(out.join('\n') + '\n');
   } finally {
@@ -245,6 +328,23 @@ else if (role === '--tcp-sink') {
     s.on('data', (d) => (got += d.length));
     s.on('end', () => process.send!({ got }));
   }).listen(0, '127.0.0.1', () => process.send!({ port: (srv.address() as { port: number }).port }));
+} else if (role === '--udp-sink') {
+  const s = createSocket('udp4');
+  let got = 0;
+  s.on('message', () => got++);
+  s.bind(0, '127.0.0.2', () => {
+    try {
+      s.setRecvBufferSize(8 << 20);
+    } catch {
+      /* rmem_max caps it */
+    }
+    process.send!({ port: s.address().port });
+  });
+  process.on('message', () => setTimeout(() => process.send!({ got }), 100));
+} else if (role === '--udp-echo') {
+  const s = createSocket('udp4');
+  s.on('message', (m, r) => s.send(m, r.port, r.address));
+  s.bind(0, '127.0.0.2', () => process.send!({ port: s.address().port }));
 } else if (role === '--tcp-echo') {
   const srv = createServer((s) => {
     s.setNoDelay(true);
