@@ -29,7 +29,8 @@ Options:
                            wire: IPv4 through a raw socket (needs CAP_NET_RAW; auto falls back to plain
                            UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID)
   --pcap FILE              write every RoCEv2 frame sent and received as pcap (for tshark/Wireshark)
-  --fault SPEC             seeded faults on every packet sent, for tests: drop=P,dup=P,reorder=P,seed=N
+  --fault SPEC             seeded faults on every packet sent, for tests:
+                           drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N
   -h, --help               this text
 
 With no --device and no config, creates rxe0 on 127.0.0.1.
@@ -130,7 +131,7 @@ if (args.pcap) {
   }
 }
 const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules, fault, pcap });
-if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder} of every packet sent (seeded)`);
+if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
 try {
   await daemon.start();
 } catch (e) {

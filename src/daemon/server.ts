@@ -68,6 +68,7 @@ export class Daemon implements Host {
     this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
+    this.fabric.onBug = (e) => this.log(`internal error on a delayed packet: ${e.stack}`);
   }
 
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
@@ -388,7 +389,7 @@ export class Daemon implements Host {
         }));
         break;
       case 'faults':
-        out = this.fabric.fault ? { dropped: this.fabric.fault.dropped, duplicated: this.fabric.fault.duplicated, reordered: this.fabric.fault.reordered } : null;
+        out = this.fabric.fault ? { dropped: this.fabric.fault.dropped, duplicated: this.fabric.fault.duplicated, reordered: this.fabric.fault.reordered, delayed: this.fabric.fault.delayed } : null;
         break;
       default:
         return reply(-E.EOPNOTSUPP);

@@ -69,6 +69,7 @@ export class Fault {
   dropped = 0;
   duplicated = 0;
   reordered = 0;
+  delayed = 0;
   held: Pkt | null = null;
   readonly rand: () => number;
   constructor(
@@ -76,21 +77,24 @@ export class Fault {
     readonly dup: number,
     readonly reorder: number,
     seed: number,
+    readonly delay = 0,
+    readonly delayMs = 5,
   ) {
     this.rand = xorshift32(seed);
   }
 
-  /** "drop=0.1,dup=0.05,reorder=0.05,seed=7" → Fault; throws with the reason on a bad spec. */
+  /** "drop=0.1,dup=0.05,reorder=0.05,delay=0.02,delayms=5,seed=7" → Fault; throws with the reason on a bad spec. */
   static parse(spec: string): Fault {
-    const v: Record<string, number> = { drop: 0, dup: 0, reorder: 0, seed: 1 };
+    const v: Record<string, number> = { drop: 0, dup: 0, reorder: 0, delay: 0, delayms: 5, seed: 1 };
     for (const kv of spec.split(',').filter(Boolean)) {
       const [k, s] = kv.split('=');
       const n = Number(s);
-      if (!k || !(k in v) || s === undefined || !Number.isFinite(n)) throw new Error(`--fault "${spec}": expected drop=P,dup=P,reorder=P,seed=N`);
-      if (k !== 'seed' && (n < 0 || n > 1)) throw new Error(`--fault "${spec}": ${k} must be between 0 and 1`);
+      if (!k || !(k in v) || s === undefined || !Number.isFinite(n)) throw new Error(`--fault "${spec}": expected drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N`);
+      if (k === 'delayms' && (n < 0 || n > 10_000)) throw new Error(`--fault "${spec}": delayms must be between 0 and 10000`);
+      else if (k !== 'seed' && k !== 'delayms' && (n < 0 || n > 1)) throw new Error(`--fault "${spec}": ${k} must be between 0 and 1`);
       v[k] = n;
     }
-    return new Fault(v.drop!, v.dup!, v.reorder!, v.seed!);
+    return new Fault(v.drop!, v.dup!, v.reorder!, v.seed!, v.delay!, v.delayms!);
   }
 }
 
@@ -155,6 +159,24 @@ export class Fabric {
         twin.done = null;
         this.fifo.push(twin);
       }
+      if (f.delay > 0 && f.rand() < f.delay) {
+        // held for delayms, as a slow path would: the payload is copied now (the sender's memory may be gone by then)
+        f.delayed++;
+        if (p.payLen > 0) {
+          p.payload = p.payload.slice(p.payOff, p.payOff + p.payLen);
+          p.payOff = 0;
+        }
+        setTimeout(() => {
+          this.fifo.push(p);
+          try {
+            this.drain();
+          } catch (e) {
+            this.onBug?.(e as Error);
+            this.reset();
+          }
+        }, f.delayMs);
+        return;
+      }
       if (f.held === null && f.rand() < f.reorder) {
         // held back until the next packet has gone ahead of it (or the queue runs dry)
         f.reordered++;
@@ -170,6 +192,9 @@ export class Fabric {
     }
     this.fifo.push(p);
   }
+
+  /** Where internal errors on a delayed packet's path are reported. */
+  onBug: ((e: Error) => void) | null = null;
 
   /** softverbsd --pcap: packets between two devices of this daemon are written as the wire would carry them. */
   pcap: PcapWriter | null = null;

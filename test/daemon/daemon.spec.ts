@@ -19,9 +19,11 @@ test('--help, and bad flags exit 2 with a message saying what is wrong', () => {
   assert.match(run('--device', 'rxe0=127.0.0.1,mtu=1500').stderr, /mtu must be 256, 512, 1024, 2048 or 4096/);
   assert.match(run('--device', 'a=127.0.0.1', '--device', 'a=127.0.0.2').stderr, /given twice/);
   assert.match(run('--bogus').stderr, /Unknown option/);
-  assert.match(run('--pcap', '/tmp/x.pcap').stderr, /not built yet/);
+  assert.match(run('--device', 'rxe0=127.0.0.1,wire=tcp').stderr, /wire must be auto, raw or udp/);
+  assert.match(run('--pcap', '/nonexistent-dir/x.pcap').stderr, /--pcap \/nonexistent-dir\/x.pcap: ENOENT/);
   assert.match(run('--fault', 'drop=2').stderr, /drop must be between 0 and 1/);
-  assert.match(run('--fault', 'loss=0.1').stderr, /expected drop=P,dup=P,reorder=P,seed=N/);
+  assert.match(run('--fault', 'delayms=-1').stderr, /delayms must be between 0 and 10000/);
+  assert.match(run('--fault', 'loss=0.1').stderr, /expected drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N/);
   const dir = mkdtempSync(join(tmpdir(), 'sv-cfg-'));
   writeFileSync(join(dir, 'rules'), 'KERNEL=="uverbs*", MODE="rw"\n');
   assert.match(run('--rules', join(dir, 'rules')).stderr, /MODE "rw" is not an octal mode/);

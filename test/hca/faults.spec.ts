@@ -13,8 +13,8 @@ const N = 10_000;
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering: exactly once, in order, byte-exact', { timeout: 240_000 }, async () => {
-  const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--fault', `drop=0.1,dup=0.05,reorder=0.05,seed=${process.env.FAULT_SEED ?? 7}`]);
+test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering + 2% delay: exactly once, in order, byte-exact', { timeout: 240_000 }, async () => {
+  const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--fault', `drop=0.1,dup=0.05,reorder=0.05,delay=0.02,delayms=3,seed=${process.env.FAULT_SEED ?? 7}`]);
   try {
     const dev = getDeviceList(d.root)[0]!;
     const ctx = await openDevice(dev, d.root);
@@ -104,7 +104,7 @@ test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering
     assert.equal(nextRecv, N, 'every SEND received');
     assert.equal(mb.buf.readBigUInt64LE(COUNTER), BigInt(N / 4), 'the counter was added to exactly once per FETCH_ADD');
     const faults = await mgmt(dev.devPath, 'faults');
-    assert.ok(faults.dropped > 1000 && faults.duplicated > 500 && faults.reordered > 500, JSON.stringify(faults));
+    assert.ok(faults.dropped > 1000 && faults.duplicated > 500 && faults.reordered > 500 && faults.delayed > 200, JSON.stringify(faults));
     const c = (await mgmt(dev.devPath, 'counters'))[0].counters;
     assert.ok(c.duplicate_request > 0 && c.out_of_seq_request > 0 && c.completer_retry_err + c.rcvd_seq_err > 0, JSON.stringify(c));
     ctx.closeDevice();
