@@ -121,7 +121,8 @@ class Session:
     def post_send(self, a):
         op = getattr(e, "IBV_WR_" + a["opcode"])
         n = a.get("len", 0)
-        sg = [SGE(self.mr.buf + a.get("off", 0), n, self.mr.lkey)] if n else []
+        # pyverbs wants an SGE even for a 0-byte message: one of length 0 is what C callers post too
+        sg = [SGE(self.mr.buf + a.get("off", 0), n, self.mr.lkey)]
         wr = SendWR(wr_id=a["wr_id"], opcode=op, num_sge=len(sg), sg=sg, send_flags=e.IBV_SEND_SIGNALED,
                     imm_data=socket.htonl(a.get("imm", 0)))
         if a["opcode"].startswith("RDMA"):
@@ -131,6 +132,12 @@ class Session:
         if "ud" in a:
             wr.set_wr_ud(self.ah(a["ud"]["gid"]), a["ud"]["qpn"], a["ud"]["qkey"])
         self.qp.post_send(wr)
+        return {}
+
+    def close(self, a):
+        for o in [*self.ahs.values(), self.qp, self.mr, self.cq, self.pd, self.ctx]:
+            if o is not None:
+                o.close()
         return {}
 
     def poll(self, a):

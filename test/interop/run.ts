@@ -47,13 +47,15 @@ try {
     const r = sh(cmd[0]!, cmd.slice(1));
     if (r.status !== 0) throw new Error(`${cmd.join(' ')}: ${r.out}`);
   }
-  const g = sh('./vm-exec.sh', ['1', 'ip link set eth0 mtu 9000 && pkill -f /tmp/svagent.py; true']);
+  const g = sh('./vm-exec.sh', ['1', "ip link set eth0 mtu 9000 && (pkill -f '[s]vagent.py'; true)"]);
   if (g.status !== 0) throw new Error(`guest MTU: ${g.out}`);
   const agent = readFileSync(join(DIST, '..', 'test', 'interop', 'agent.py'));
   const cp = sh('./vm-exec.sh', ['1', 'cat > /tmp/svagent.py'], { input: agent });
   if (cp.status !== 0) throw new Error(`copying the agent: ${cp.out}`);
-  const st = sh('./vm-exec.sh', ['1', 'nohup python3 /tmp/svagent.py 18600 > /tmp/svagent.log 2>&1 < /dev/null & sleep 1; cat /tmp/svagent.log'], { input: '' });
-  if (!st.out.includes('agent listening')) throw new Error(`the agent did not start: ${st.out}`);
+  sh('./vm-exec.sh', ['1', 'rm -f /tmp/svagent.log; nohup python3 /tmp/svagent.py 18600 > /tmp/svagent.log 2>&1 < /dev/null &'], { input: '' });
+  let log = '';
+  for (let i = 0; i < 30 && !log.includes('agent listening'); i++) log = sh('./vm-exec.sh', ['1', 'sleep 0.5; cat /tmp/svagent.log'], { input: '' }).out;
+  if (!log.includes('agent listening')) throw new Error(`the agent did not start: ${log}`);
   const specs = readdirSync(join(DIST, 'test', 'interop')).filter((f) => f.endsWith('.spec.js')).map((f) => join(DIST, 'test', 'interop', f));
   const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, '--test', '--test-concurrency=1', ...specs], {
     stdio: 'inherit', env: { ...process.env, LAB_PEER: PEER, LAB_HOST: '10.77.0.1' },
@@ -62,7 +64,7 @@ try {
 } catch (e) {
   process.stderr.write(`test:interop: ${(e as Error).message}\n`);
 } finally {
-  sh('./vm-exec.sh', ['1', 'pkill -f /tmp/svagent.py; true']);
+  sh('./vm-exec.sh', ['1', "pkill -f '[s]vagent.py'; true"]);
   if (booted && process.env.KEEP_LAB !== '1') sh('./down.sh', [], { stdio: 'inherit' });
 }
 process.exit(status);
