@@ -133,7 +133,9 @@ export class Daemon implements Host {
   checkLinks(): void {
     const ifs = networkInterfaces();
     for (const [dev, st] of this.linkState) {
-      const iface = Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === dev.addr))?.[0] ?? null;
+      // all of 127/8 is on the loopback interface, though only 127.0.0.1 is listed as its address
+      const loop = dev.addr.startsWith('127.') || dev.addr === '::1';
+      const iface = Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === dev.addr || (loop && a.internal)))?.[0] ?? null;
       let up = iface !== null;
       if (iface) {
         try {
@@ -155,7 +157,7 @@ export class Daemon implements Host {
       } catch {
         /* tree being removed */
       }
-      this.log(`${dev.name}: port 1 ${up ? 'ACTIVE' : `DOWN (${iface ?? 'no interface has ' + dev.addr} is not up)`}`);
+      this.log(`${dev.name}: port 1 ${up ? 'ACTIVE' : iface ? `DOWN (${iface} is down)` : `DOWN (no interface has ${dev.addr})`}`);
       for (const c of this.contexts) if (c.dev === dev) c.asyncEvent(1n, up ? EventType.PORT_ACTIVE : EventType.PORT_ERR, null);
     }
   }

@@ -3,6 +3,10 @@
 const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promise<number> }>> = {
   ibv_devices: () => import('./ibv_devices.js'),
   ibv_devinfo: () => import('./ibv_devinfo.js'),
+  ibv_rc_pingpong: () => import('./ibv_rc_pingpong.js'),
+  ibv_uc_pingpong: () => import('./ibv_uc_pingpong.js'),
+  ibv_ud_pingpong: () => import('./ibv_ud_pingpong.js'),
+  ibv_srq_pingpong: () => import('./ibv_srq_pingpong.js'),
 };
 
 const USAGE = `Usage: softverbs <tool> [args]

@@ -58,7 +58,7 @@ try {
   if (!log.includes('agent listening')) throw new Error(`the agent did not start: ${log}`);
   const specs = readdirSync(join(DIST, 'test', 'interop')).filter((f) => f.endsWith('.spec.js')).map((f) => join(DIST, 'test', 'interop', f));
   const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, '--test', '--test-concurrency=1', ...specs], {
-    stdio: 'inherit', env: { ...process.env, LAB_PEER: PEER, LAB_HOST: '10.77.0.1' },
+    stdio: 'inherit', env: { ...process.env, LAB_PEER: PEER, LAB_HOST: '10.77.0.1', LAB_DIR: LAB },
   });
   status = r.status ?? 1;
 } catch (e) {

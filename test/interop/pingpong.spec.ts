@@ -1,0 +1,69 @@
+/**
+ * Our ibv_{rc,uc,ud,srq}_pingpong against rdma-core 44's in the lab VM (run
+ * by `npm run test:interop`), each side as server and as client: the TCP
+ * exchange must be byte-compatible for them to meet at all, and each side's
+ * "remote address" line must be the other's "local address" line.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+
+const PEER = process.env.LAB_PEER ?? '';
+const HOST = process.env.LAB_HOST ?? '10.77.0.1';
+const LAB = process.env.LAB_DIR ?? '';
+const skip = PEER && LAB ? false : 'LAB_PEER/LAB_DIR are not set: run through `npm run test:interop`';
+
+interface Run { code: number | null; out: string }
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), 90_000);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, out });
+    });
+  });
+}
+
+const addr = (out: string, which: 'local' | 'remote') =>
+  [...out.matchAll(new RegExp(`^  ${which} address: +LID (0x[0-9a-f]{4}), QPN (0x[0-9a-f]{6}), PSN (0x[0-9a-f]{6})[,:] GID (\\S+)$`, 'gm'))].map((m) => m.slice(1).join(' '));
+
+describe('pingpongs: softverbs <-> rdma-core 44 on Linux rxe', { skip }, () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${HOST}`]);
+  });
+  after(async () => d?.stop());
+  for (const kind of ['rc', 'uc', 'ud', 'srq']) {
+    for (const oursServes of [true, false]) {
+      test(`ibv_${kind}_pingpong, softverbs ${oursServes ? 'server' : 'client'}, rdma-core ${oursServes ? 'client' : 'server'}`, async () => {
+        const extra = kind === 'srq' ? ['-q', '4'] : kind === 'ud' ? ['-s', '1024'] : [];
+        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `ibv_${kind}_pingpong.js`), '-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 80 ibv_${kind}_pingpong -d rxe0 -g 1 -n 100 ${extra.join(' ')} ${server ? '' : HOST}`]);
+        let a: Run;
+        let b: Run;
+        if (oursServes) {
+          const s = ours(true);
+          await new Promise((r) => setTimeout(r, 800));
+          [b, a] = await Promise.all([theirs(false), s]);
+        } else {
+          const s = theirs(true);
+          await new Promise((r) => setTimeout(r, 3000)); // ssh into a TCG guest takes a moment
+          [a, b] = await Promise.all([ours(false), s]);
+        }
+        assert.equal(a.code, 0, `softverbs:\n${a.out}`);
+        assert.equal(b.code, 0, `rdma-core:\n${b.out}`);
+        for (const r of [a, b]) assert.match(r.out, /^\d+ bytes in [\d.]+ seconds = [\d.]+ Mbit\/sec\n\d+ iters in [\d.]+ seconds = [\d.]+ usec\/iter$/m);
+        assert.deepEqual(addr(a.out, 'remote'), addr(b.out, 'local'), 'we saw what they sent');
+        assert.deepEqual(addr(b.out, 'remote'), addr(a.out, 'local'), 'they saw what we sent');
+        assert.equal(addr(a.out, 'local').length, kind === 'srq' ? 4 : 1);
+      });
+    }
+  }
+});
