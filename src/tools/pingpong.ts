@@ -164,7 +164,7 @@ const PINGPONG_SEND_WRID = 2;
 export async function run(tool: string, kind: Kind, argv: string[]): Promise<number> {
   const v = VARIANTS[kind];
   const use = usage(tool, v);
-  const { values, positionals } = parse(tool, argv, { ...COMMON, ...v.options }, use, true);
+  const { values, positionals } = parse(tool, argv, { ...COMMON, ...v.options }, use, true, { usageTo: 'stdout', exit: 1 });
   if (values.help) {
     process.stdout.write(use);
     return 0;
