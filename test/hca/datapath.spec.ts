@@ -45,7 +45,7 @@ async function localEnd(qpType: number = QpType.RC, cqe = 256): Promise<End> {
 async function pair(qpType: number = QpType.RC, o: { local?: Record<string, number>; remote?: Record<string, number>; peerInit?: Record<string, unknown>; cqe?: number } = {}) {
   const a = await localEnd(qpType, o.cqe);
   const p = spawnPeer();
-  const info = await p.call('init', { root: d.root, qpType, ...o.peerInit });
+  const info = await p.call('init', { root: peerRoot ?? d.root, qpType, ...o.peerInit });
   const gid = a.ctx.queryGid(1, 0);
   await connectQp(a.qp, a.ctx, { qpn: info.qpn, gid: Buffer.from(info.gid, 'hex') }, o.local ?? {});
   await p.call('connect', { qpn: a.qp.qpNum, gid: Buffer.from(gid).toString('hex'), opts: o.remote ?? {} });
@@ -292,7 +292,21 @@ describe('completion channels and solicited events', () => {
   });
 });
 
-describe('errors with the WC status rxe gives', () => {
+/** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on 127.0.0.2. */
+let peerRoot: string | null = null;
+
+for (const topology of ['one daemon', 'two daemons over the wire'] as const) describe(`errors with the WC status rxe gives (${topology})`, () => {
+  let d2: RunningDaemon | null = null;
+  before(async () => {
+    if (topology === 'one daemon') return;
+    d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+    peerRoot = d2.root;
+  });
+  after(async () => {
+    peerRoot = null;
+    await d2?.stop();
+  });
+
   test('bad rkey, out of bounds, and an MR without REMOTE_WRITE: REM_ACCESS_ERR; the responder QP goes to ERR and flushes', async () => {
     for (const variant of ['rkey', 'bounds', 'mraccess'] as const) {
       const t = await pair(QpType.RC, variant === 'mraccess' ? { peerInit: { access: Access.LOCAL_WRITE | Access.REMOTE_READ } } : {});
@@ -380,12 +394,14 @@ describe('errors with the WC status rxe gives', () => {
   test('no receive posted: RNR NAKs, then RNR_RETRY_EXC_ERR after rnr_retry; with a receive posted in time it succeeds', async () => {
     const t = await pair(QpType.RC, { local: { rnrRetry: 2 }, remote: { minRnrTimer: 1 } });
     try {
-      const before = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'counters'))[0].counters;
+      // the requester's device counts the NAKs it got, the responder's (another daemon across the wire) those it sent
+      const counters = async (root: string) => (await mgmt(getDeviceList(root)[0]!.devPath, 'counters'))[0].counters;
+      const before = [await counters(d.root), await counters(peerRoot ?? d.root)];
       t.a.qp.postSend({ wrId: 1, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 8)] });
       assert.equal((await pollN(t.a.cq, 1))[0]!.status, WcStatus.RNR_RETRY_EXC_ERR);
-      const after = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'counters'))[0].counters;
-      assert.equal(after.rcvd_rnr_err - before.rcvd_rnr_err, 3, 'initial try + 2 retries were NAKed');
-      assert.equal(after.send_rnr_err - before.send_rnr_err, 3);
+      const after = [await counters(d.root), await counters(peerRoot ?? d.root)];
+      assert.equal(after[0].rcvd_rnr_err - before[0].rcvd_rnr_err, 3, 'initial try + 2 retries were NAKed');
+      assert.equal(after[1].send_rnr_err - before[1].send_rnr_err, 3);
     } finally {
       await t.close();
     }
