@@ -133,7 +133,10 @@ export class RoceTransport {
         }
       }
     }
+    // another address of this very host (a second device on loopback, say) is reachable too
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv6') this.local6.push(gidOf(a.address.replace(/%.*$/, '')));
   }
+  private local6: Uint8Array[] = [];
 
   stop(): void {
     this.raw?.close();
@@ -162,7 +165,7 @@ export class RoceTransport {
       return this.nets.some(([net, mask]) => ((a & mask) >>> 0) === net);
     }
     const loop = g.subarray(0, 15).every((b) => b === 0) && g[15] === 1;
-    return loop || this.nets6.some((pfx) => pfx.every((b, i) => g[i] === b));
+    return loop || this.nets6.some((pfx) => pfx.every((b, i) => g[i] === b)) || this.local6.some((a) => a.every((b, i) => g[i] === b));
   }
 
   /** Frames and sends one packet to the address its destination GID stands for. */
