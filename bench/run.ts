@@ -277,9 +277,11 @@ async function main(): Promise<void> {
     const wire = /raw socket/.test(d1.stderr()) ? 'raw socket' : 'plain UDP';
     let xwrite = 0;
     let xping = 0;
+    let xpingEv = 0;
     try {
       xwrite = await rdmaWriteBw(d1.root, d2.root);
       xping = await sendPingPong(d1.root, false, d2.root);
+      xpingEv = await sendPingPong(d1.root, true, d2.root);
     } finally {
       await d1.stop();
       await d2.stop();
@@ -299,8 +301,9 @@ async function main(): Promise<void> {
       '',
       `ratios, across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2, ${wire})`,
       `  RDMA_WRITE 64 KiB / Node dgram ${FRAME} B         ${(xwrite / udp).toFixed(3)}   (RDMA payload bytes/s vs whole datagram bytes/s)`,
-      `  SEND 8 B round trip / Node UDP round trip       ${(xping / uping).toFixed(3)}`,
-      `  SEND 8 B round trip / Node TCP round trip       ${(xping / tping).toFixed(3)}`,
+      `  SEND 8 B round trip / Node UDP round trip       ${(xping / uping).toFixed(3)}   (both ends busy-poll: two pollers and two daemons share 2 cores here)`,
+      `  SEND 8 B round trip / Node UDP round trip       ${(xpingEv / uping).toFixed(3)}   (both ends sleep on completion events)`,
+      `  SEND 8 B round trip / Node TCP round trip       ${(xpingEv / tping).toFixed(3)}   (events)`,
       '',
       'absolute',
       `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s (same device)`,
@@ -311,6 +314,7 @@ async function main(): Promise<void> {
       `  SEND 8 B ping-pong       ${ping.toFixed(2)} us round trip (${(ping / 2).toFixed(2)} us half, same device)`,
       `  SEND 8 B ping-pong (-e)  ${pingEv.toFixed(2)} us round trip (${(pingEv / 2).toFixed(2)} us half, same device)`,
       `  SEND 8 B ping-pong       ${xping.toFixed(2)} us round trip (across the wire)`,
+      `  SEND 8 B ping-pong (-e)  ${xpingEv.toFixed(2)} us round trip (across the wire)`,
       `  Node TCP 8 B ping-pong   ${tping.toFixed(2)} us round trip`,
       `  Node UDP 8 B ping-pong   ${uping.toFixed(2)} us round trip`,
     ];

@@ -75,11 +75,16 @@ export class Context implements Owner {
       /* gone already */
     }
     this.comm = comm;
+    this.ctxn = this.dev.assignResId('ctx', this);
   }
+
+  /** This context's restrack id (ctxn). */
+  ctxn = 0;
 
   // ---- handle table (the kernel's per-file idr: lowest free number) ----
 
   private add(e: Entry): number {
+    if (e.type !== 'qp') this.dev.assignResId(e.type, e.obj);
     let h = this.nextHandle;
     while (this.handles.has(h)) h++;
     this.handles.set(h, e);
@@ -667,11 +672,12 @@ export class Context implements Owner {
   track(): Array<Record<string, unknown>> {
     const rows: Array<Record<string, unknown>> = [];
     for (const [h, e] of this.handles) {
-      const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, comm: this.comm, type: e.type, handle: h };
-      if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn });
-      if (e.type === 'mr') Object.assign(row, { lkey: e.obj.key, rkey: e.obj.key, mrlen: e.obj.length, pages: e.obj.pages });
-      if (e.type === 'cq') Object.assign(row, { cqe: e.obj.cqe, users: e.obj.users });
-      if (e.type === 'pd') Object.assign(row, { users: e.obj.users });
+      const id = this.dev.resIds.get(e.obj);
+      const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, comm: this.comm, type: e.type, handle: h, ctxn: this.ctxn };
+      if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn, pathMigState: e.obj.attr.pathMigState, pdn: this.dev.resIds.get(e.obj.pd) });
+      if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: e.obj.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? e.obj.key : 0, iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
+      if (e.type === 'cq') Object.assign(row, { cqn: id, cqe: e.obj.cqe, users: e.obj.users });
+      if (e.type === 'pd') Object.assign(row, { pdn: id, users: e.obj.users });
       if (e.type === 'srq') Object.assign(row, { srqn: e.obj.srqn });
       rows.push(row);
     }

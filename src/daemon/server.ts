@@ -87,46 +87,93 @@ export class Daemon implements Host {
     const root = this.opts.root;
     for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) mkdirSync(d, { recursive: true, mode: 0o755 });
     this.sweepStaleSysfs();
-    for (const [i, spec] of this.opts.devices.entries()) {
-      const kname = `uverbs${i}`;
-      const pol = policyFor(this.opts.rules, kname);
-      const path = join(root, 'dev', pol.name);
-      mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-      await this.recoverStale(path);
-      const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
-      dev.onBug = (e) => this.log(`internal error in the HCA of ${spec.name}: ${e.stack}`);
-      const server = createServer((s) => this.onConnection(s, dev));
-      await new Promise<void>((res, rej) => {
-        server.once('error', rej);
-        server.listen(path, () => res());
-      });
-      chmodSync(path, pol.mode);
-      if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
-      this.devs.push({ dev, kname, path, server });
-      this.writeSysfs(dev, kname, path);
-      let wire: string;
-      const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
-      try {
-        await t.start();
-        dev.transport = t;
-        wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791 through a raw socket (own IP header, ICRC checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
-      } catch (e) {
-        wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
-      }
-      writeFileSync(join(verbsClassDir(this.opts.root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
-      this.linkState.set(dev, { iface: null, up: true });
-      this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
-    }
+    for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
     this.checkLinks();
     this.linkTimer = setInterval(() => this.checkLinks(), 250).unref();
   }
+
+  /** Creates one device: its file, discovery entry and wire (at start, and for `rdma link add`). */
+  private async addDevice(spec: DeviceSpec, i: number): Promise<DevEntry> {
+    const root = this.opts.root;
+    const kname = `uverbs${i}`;
+    const pol = policyFor(this.opts.rules, kname);
+    const path = join(root, 'dev', pol.name);
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    await this.recoverStale(path);
+    const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
+    dev.onBug = (e) => this.log(`internal error in the HCA of ${spec.name}: ${e.stack}`);
+    const server = createServer((s) => this.onConnection(s, dev));
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      server.listen(path, () => res());
+    });
+    chmodSync(path, pol.mode);
+    if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+    const entry = { dev, kname, path, server };
+    this.devs.push(entry);
+    this.writeSysfs(dev, kname, path);
+    let wire: string;
+    const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
+    try {
+      await t.start();
+      dev.transport = t;
+      wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791 through a raw socket (own IP header, ICRC checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
+    } catch (e) {
+      wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
+    }
+    writeFileSync(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
+    this.linkState.set(dev, { iface: null, up: true });
+    this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
+    return entry;
+  }
+
+  /**
+   * `rdma link add NAME type rxe netdev IFACE`: a new device on the
+   * interface's first IPv4 address (else its first global IPv6 one).
+   */
+  async linkAdd(name: string, netdev: string): Promise<void> {
+    if (!/^[A-Za-z0-9_.-]{1,63}$/.test(name)) throw new CmdError(E.EINVAL, `link add: "${name}" is not a device name`);
+    if (this.devs.some((d) => d.dev.name === name)) throw new CmdError(E.EEXIST, `link add: ${name} exists`);
+    const addrs = networkInterfaces()[netdev];
+    if (!addrs) throw new CmdError(E.ENODEV, `link add: no network interface ${netdev}`);
+    const a = addrs.find((x) => x.family === 'IPv4') ?? addrs.find((x) => x.family === 'IPv6' && !x.address.startsWith('fe80'));
+    if (!a) throw new CmdError(E.EADDRNOTAVAIL, `link add: ${netdev} has no IP address for a RoCEv2 GID`);
+    if (this.devs.some((d) => d.dev.addr === a.address)) throw new CmdError(E.EEXIST, `link add: ${a.address} (${netdev}) already has a device`);
+    const i = this.devs.reduce((m, d) => Math.max(m, d.dev.index + 1), 0);
+    await this.addDevice({ name, addr: a.address }, i);
+    this.checkLinks();
+  }
+
+  /** `rdma link delete NAME`: its clients lose their contexts (as on hot unplug), then the device goes. */
+  linkDelete(name: string): void {
+    const k = this.devs.findIndex((d) => d.dev.name === name);
+    if (k < 0) throw new CmdError(E.ENODEV, `link delete: no device ${name}`);
+    const d = this.devs[k]!;
+    for (const c of [...this.contexts]) {
+      if (c.dev !== d.dev) continue;
+      c.destroyAll();
+      this.contexts.delete(c);
+    }
+    for (const s of [...this.conns]) if (this.connDev.get(s) === d.dev) s.destroy();
+    d.server.close();
+    d.dev.transport?.stop();
+    this.devs.splice(k, 1);
+    this.linkState.delete(d.dev);
+    const f = this.fabric.devices.indexOf(d.dev);
+    if (f >= 0) this.fabric.devices.splice(f, 1);
+    rmSync(d.path, { force: true });
+    rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
+    rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
+    this.log(`${name}: deleted (rdma link delete)`);
+  }
+  private connDev = new WeakMap<Socket, SoftDevice>();
 
   private linkState = new Map<SoftDevice, { iface: string | null; up: boolean }>();
   private linkTimer: NodeJS.Timeout | null = null;
 
   /**
    * The port follows its network interface, as rxe's follows its netdev:
-   * up and carrying the device's address → ACTIVE, else DOWN. Each change
+   * up, running and carrying the device's address → ACTIVE, else DOWN. Each change
    * is a PORT_ACTIVE or PORT_ERR event for every context of the device
    * (and a link_downed count on the way down). Polled: Node has no netlink.
    */
@@ -136,15 +183,9 @@ export class Daemon implements Host {
       // all of 127/8 is on the loopback interface, though only 127.0.0.1 is listed as its address
       const loop = dev.addr.startsWith('127.') || dev.addr === '::1';
       const iface = Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === dev.addr || (loop && a.internal)))?.[0] ?? null;
-      let up = iface !== null;
-      if (iface) {
-        try {
-          const flags = Number(readFileSync(`/sys/class/net/${iface}/flags`, 'utf8'));
-          up = (flags & 1) !== 0 && readFileSync(`/sys/class/net/${iface}/carrier`, 'utf8').trim() === '1';
-        } catch {
-          up = false; // carrier cannot be read while the interface is down
-        }
-      }
+      // libuv lists only interfaces that are up and running (carrier): that is the port state. (/sys/class/net
+      // would describe the namespace sysfs was mounted in, not necessarily the daemon's.)
+      const up = iface !== null;
       st.iface = iface;
       if (up === st.up) continue;
       st.up = up;
@@ -238,6 +279,7 @@ export class Daemon implements Host {
       return;
     }
     this.conns.add(s);
+    this.connDev.set(s, dev);
     let kind: 'new' | 'cmd' | 'async' | 'comp' | 'mgmt' = 'new';
     let ctx: Context | null = null;
     let chunks: Buffer[] = [];
@@ -287,12 +329,12 @@ export class Daemon implements Host {
         }
         if (cmd === U.SvCmd.MGMT) {
           kind = 'mgmt';
-          return this.mgmt(frame, reply);
+          return this.mgmt(frame, reply, cred.uid);
         }
         return reply(-E.EINVAL, Buffer.from(`command ${cmd} before GET_CONTEXT`)); // DESIGN §3: GET_CONTEXT must come first
       }
       if (kind === 'mgmt') {
-        if (cmd === U.SvCmd.MGMT) return this.mgmt(frame, reply);
+        if (cmd === U.SvCmd.MGMT) return this.mgmt(frame, reply, cred.uid);
         return reply(-E.EINVAL);
       }
       if (kind !== 'cmd' || !ctx) return; // event streams carry nothing from the client
@@ -357,8 +399,8 @@ export class Daemon implements Host {
   }
 
   /** Management requests (what netlink serves to `rdma`): JSON in, JSON out. */
-  private mgmt(frame: Buffer, reply: (status: number, body?: Buffer, out?: number) => void): void {
-    let req: { op?: string };
+  private mgmt(frame: Buffer, reply: (status: number, body?: Buffer, out?: number) => void, uid: number): void {
+    let req: { op?: string; name?: string; netdev?: string };
     try {
       req = JSON.parse(frame.subarray(8).toString('utf8').replace(/\0+$/, '').trim() || '{}');
     } catch {
@@ -366,6 +408,25 @@ export class Daemon implements Host {
     }
     let out: unknown;
     switch (req.op) {
+      case 'link-add':
+      case 'link-delete': {
+        // changing the device set is the administrator's (CAP_NET_ADMIN in Linux; here uid 0 or the daemon's own)
+        if (uid !== 0 && uid !== process.getuid?.()) return reply(-E.EPERM, Buffer.from(`${req.op}: only root may add or delete links`));
+        const name = String(req.name ?? '');
+        if (req.op === 'link-delete') {
+          if (!this.devs.some((d) => d.dev.name === name)) return reply(-E.ENODEV, Buffer.from(`link delete: no device ${name}`));
+          // answer first: this very connection may be one of the device's, and deleting it closes them all
+          reply(0, Buffer.from('{}'), 2);
+          setImmediate(() => this.linkDelete(name));
+          return;
+        }
+        const done = this.linkAdd(name, String(req.netdev ?? ''));
+        done.then(
+          () => reply(0, Buffer.from('{}'), 2),
+          (e: Error) => (e instanceof CmdError ? reply(-e.errno, Buffer.from(e.message)) : reply(-E.EIO, Buffer.from(e.message))),
+        );
+        return;
+      }
       case 'restrack':
         out = [...this.contexts].flatMap((c) => c.track());
         break;
@@ -373,7 +434,7 @@ export class Daemon implements Host {
         out = this.pinned.snapshot();
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries(d.dev.transport?.dropped ?? []), doorbells: d.dev.doorbells }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries(d.dev.transport?.dropped ?? []), doorbells: d.dev.doorbells }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));

@@ -339,6 +339,16 @@ export class SoftDevice {
     else completer.receive(this, qp, p);
   }
 
+  /** Resource-tracking ids as the kernel's restrack gives them (pdn, cqn, mrn, ctxn: per device, from 0; a QP's is its QPN). */
+  readonly resIds = new WeakMap<object, number>();
+  private readonly resNext = new Map<string, number>();
+  assignResId(type: string, obj: object): number {
+    const n = this.resNext.get(type) ?? 0;
+    this.resNext.set(type, n + 1);
+    this.resIds.set(obj, n);
+    return n;
+  }
+
   /** The wire, once started (null: this device only reaches devices of its own daemon). */
   transport: RoceTransport | null = null;
 

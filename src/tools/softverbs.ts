@@ -7,6 +7,7 @@ const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promi
   ibv_uc_pingpong: () => import('./ibv_uc_pingpong.js'),
   ibv_ud_pingpong: () => import('./ibv_ud_pingpong.js'),
   ibv_srq_pingpong: () => import('./ibv_srq_pingpong.js'),
+  rdma: () => import('./rdma.js'),
 };
 
 const USAGE = `Usage: softverbs <tool> [args]

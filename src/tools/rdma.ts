@@ -1,0 +1,236 @@
+#!/usr/bin/env node
+/**
+ * rdma (iproute2's RDMA tool, the parts an rxe user types): link show / add /
+ * delete, resource show [qp|cq|mr|pd], statistic show, in iproute2 6.1's
+ * output format. It asks the daemon over a device file's management
+ * connection (where the kernel's tool asks netlink); `-j` prints JSON.
+ */
+import { COUNTER_NAMES } from '../hca/device.js';
+import { getDeviceList, type Device } from '../verbs/index.js';
+import { mgmtQuery } from '../verbs/mgmt.js';
+import { VerbsError } from '../verbs/errors.js';
+
+const USAGE = `Usage: rdma [ OPTIONS ] OBJECT { COMMAND | help }
+       rdma [ -f[orce] ] -b[atch] filename
+where  OBJECT := { dev | link | resource | system | statistic | help }
+       OPTIONS := { -V[ersion] | -d[etails] | -j[son] | -p[retty]}
+`;
+const LINK_USAGE = `Usage: rdma link show [DEV/PORT_INDEX]
+Usage: rdma link add NAME type TYPE netdev NETDEV
+Usage: rdma link delete NAME
+`;
+const RES_USAGE = `Usage: rdma resource
+          resource show [DEV]
+          resource show [qp|cm_id|pd|mr|cq|ctx|srq]
+          resource show qp link [DEV/PORT]
+          resource show cq link [DEV/PORT]
+          resource show pd dev [DEV]
+          resource show mr dev [DEV]
+`;
+const STAT_USAGE = `Usage: rdma statistic [ OBJECT ] show
+       rdma statistic [ OBJECT ] show link [ DEV/PORT_INDEX ]
+`;
+
+const QP_TYPE = ['SMI', 'GSI', 'RC', 'UC', 'UD', 'RAW_IPV6', 'RAW_ETHERTYPE', 'UNKNOWN', 'RAW_PACKET', 'XRC_INI', 'XRC_TGT'];
+const QP_STATE = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'];
+const PATH_MIG = ['MIGRATED', 'REARM', 'ARMED'];
+const PORT_STATE = ['NOP', 'DOWN', 'INIT', 'ARMED', 'ACTIVE', 'ACTIVE_DEFER'];
+
+class Exit extends Error {
+  constructor(readonly code: number, msg: string) {
+    super(msg);
+  }
+}
+
+interface DevRow { name: string; kname: string; addr: string; path: string; state: number; netdev: string | null }
+type Row = Record<string, unknown>;
+
+/** The daemons behind the devices under the root: one management query each, merged. */
+async function ask<T>(op: string, args: Record<string, unknown> = {}): Promise<T[]> {
+  const devs = getDeviceList();
+  if (devs.length === 0) throw new Exit(1, 'No RDMA devices found (is softverbsd running? SOFTVERBS_ROOT)');
+  const seen = new Set<string>();
+  const out: T[] = [];
+  for (const d of devs) {
+    // one daemon serves several devices: ask it once
+    const key = await daemonOf(d);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(...(await mgmtQuery<T[]>(d.devPath, op, args)));
+  }
+  return out;
+}
+
+async function daemonOf(d: Device): Promise<string> {
+  const { readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { verbsClassDir } = await import('../common/paths.js');
+  return readFileSync(join(verbsClassDir(d.root), d.devName, 'softverbsd_pid'), 'utf8').trim();
+}
+
+/** "DEV/PORT" or "DEV" → device name and port (1), or what was wrong. */
+function parseLink(s: string | undefined): { dev: string; port: number } | null {
+  if (!s) return null;
+  const m = /^([^/]+)(?:\/(\d+))?$/.exec(s);
+  if (!m) throw new Exit(1, `Wrong device name ${s}`);
+  const port = m[2] ? Number(m[2]) : 1;
+  return { dev: m[1]!, port };
+}
+
+function checkDev(devs: DevRow[], l: { dev: string; port: number } | null): void {
+  if (!l) return;
+  if (!devs.some((d) => d.name === l.dev)) throw new Exit(1, `Wrong device name ${l.dev}`);
+  if (l.port !== 1) throw new Exit(1, `Wrong port number ${l.port}`);
+}
+
+async function link(args: string[], json: boolean): Promise<string> {
+  const [cmd = 'show', ...rest] = args;
+  if (cmd === 'help') return LINK_USAGE;
+  if (cmd === 'show' || cmd === 'list') {
+    const devs = await ask<DevRow>('devices');
+    const l = parseLink(rest[0]);
+    checkDev(devs, l);
+    const rows = devs.filter((d) => !l || d.name === l.dev).map((d, i) => ({
+      ifindex: i, ifname: d.name, port: 1, state: PORT_STATE[d.state] ?? 'UNKNOWN', physical_state: d.state === 4 ? 'LINK_UP' : 'DISABLED', netdev: d.netdev ?? '',
+    }));
+    if (json) return `${JSON.stringify(rows)}\n`;
+    return rows.map((r) => `link ${r.ifname}/${r.port} state ${r.state} physical_state ${r.physical_state} ${r.netdev ? `netdev ${r.netdev} ` : ''}\n`).join('');
+  }
+  if (cmd === 'add') {
+    // rdma link add NAME type rxe netdev IFACE
+    const [name, t, type, n, netdev] = rest;
+    if (!name) throw new Exit(1, 'Please provide a link name to add.');
+    if (t !== 'type' || !type) throw new Exit(1, 'Please provide a link type name.');
+    if (type !== 'rxe') throw new Exit(1, `Unknown link type ${type}: softverbs devices are rxe-like`);
+    if (n !== 'netdev' || !netdev) throw new Exit(1, 'Please provide a net device name.');
+    await mgmtQuery(getDeviceList()[0]?.devPath ?? noDaemon(), 'link-add', { name, netdev });
+    return '';
+  }
+  if (cmd === 'delete' || cmd === 'del') {
+    const name = rest[0];
+    if (!name) throw new Exit(1, 'Please provide a link name to delete.');
+    const d = getDeviceList().find((x) => x.name === name);
+    if (!d) throw new Exit(1, `Wrong device name ${name}`);
+    await mgmtQuery(d.devPath, 'link-delete', { name });
+    return '';
+  }
+  throw new Exit(1, `Unknown parameter '${cmd}'.`);
+}
+
+function noDaemon(): never {
+  throw new Exit(1, 'No RDMA devices found: softverbsd is reached through one of its device files');
+}
+
+const comm = (r: Row) => `comm ${r.comm} `;
+
+async function resource(args: string[], json: boolean): Promise<string> {
+  const [cmd = 'show', obj, how, which] = args;
+  if (cmd === 'help') return RES_USAGE;
+  if (cmd !== 'show' && cmd !== 'list') throw new Exit(1, `Unknown parameter '${cmd}'.`);
+  const devs = await ask<DevRow>('devices');
+  const rows = await ask<Row>('restrack');
+  const idx = (name: unknown) => devs.findIndex((d) => d.name === name);
+  if (obj === undefined || devs.some((d) => d.name === obj)) {
+    // summary: per device, the kernel's restrack types in its order
+    const out = devs.filter((d) => obj === undefined || d.name === obj).map((d, i) => {
+      const n = (t: string) => rows.filter((r) => r.dev === d.name && r.type === t).length;
+      const ctx = new Set(rows.filter((r) => r.dev === d.name).map((r) => `${r.pid}/${r.ctxn}`)).size;
+      return { ifindex: i, ifname: d.name, pd: n('pd'), cq: n('cq'), qp: n('qp'), cm_id: 0, mr: n('mr'), ctx, srq: n('srq') };
+    });
+    if (json) return `${JSON.stringify(out)}\n`;
+    return out.map((o) => `${o.ifindex}: ${o.ifname}: pd ${o.pd} cq ${o.cq} qp ${o.qp} cm_id ${o.cm_id} mr ${o.mr} ctx ${o.ctx} srq ${o.srq} \n`).join('');
+  }
+  if (!['qp', 'cq', 'mr', 'pd'].includes(obj)) throw new Exit(1, `Unknown parameter '${obj}'.`);
+  let only: { dev: string; port: number } | null = null;
+  if (how !== undefined) {
+    if (how !== (obj === 'qp' || obj === 'cq' ? 'link' : 'dev')) throw new Exit(1, `Unknown parameter '${how}'.`);
+    only = parseLink(which);
+    checkDev(devs, only);
+  }
+  const mine = rows.filter((r) => r.type === obj && (!only || r.dev === only.dev)).sort((a, b) => idx(a.dev) - idx(b.dev) || Number(a.lqpn ?? a.pdn ?? a.cqn ?? a.mrn) - Number(b.lqpn ?? b.pdn ?? b.cqn ?? b.mrn));
+  if (json) {
+    return `${JSON.stringify(mine.map((r) => {
+      const base = { ifindex: idx(r.dev), ifname: r.dev };
+      if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[r.qpType as number], state: QP_STATE[r.state as number], ...(r.qpType !== 4 ? { 'rq-psn': r.rqPsn } : {}), 'sq-psn': r.sqPsn, ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[r.pathMigState as number] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
+      if (obj === 'cq') return { ...base, cqn: r.cqn, cqe: r.cqe, users: r.users, 'adaptive-moderation': 'off', ctxn: r.ctxn, pid: r.pid, comm: r.comm };
+      if (obj === 'mr') return { ...base, mrn: r.mrn, rkey: r.rkey, lkey: r.lkey, mrlen: r.mrlen, pdn: r.pdn, pid: r.pid, comm: r.comm };
+      return { ...base, pdn: r.pdn, local_dma_lkey: 0, users: r.users, ctxn: r.ctxn, pid: r.pid, comm: r.comm };
+    }))}\n`;
+  }
+  const hex = (v: unknown) => `0x${BigInt(v as string | number).toString(16)}`;
+  return mine.map((r) => {
+    if (obj === 'qp') {
+      const conn = r.qpType !== 4; // RC/UC report the remote QPN, RQ PSN and path migration state
+      return `link ${r.dev}/1 lqpn ${r.lqpn} ${conn ? `rqpn ${r.rqpn} ` : ''}type ${QP_TYPE[r.qpType as number]} state ${QP_STATE[r.state as number]} ${conn ? `rq-psn ${r.rqPsn} ` : ''}sq-psn ${r.sqPsn} ${conn ? `path-mig-state ${PATH_MIG[r.pathMigState as number] ?? 'UNKNOWN'} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+    }
+    // as rxe on 6.1 prints them (fixtures/rdma/res_show_all.txt): no DIM on rxe, rkey 0 without remote access, no iova
+    if (obj === 'cq') return `dev ${r.dev} cqn ${r.cqn} cqe ${r.cqe} users ${r.users} adaptive-moderation off ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
+    if (obj === 'mr') return `dev ${r.dev} mrn ${r.mrn} rkey ${hex(r.rkey)} lkey ${hex(r.lkey)} mrlen ${r.mrlen} pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+    return `dev ${r.dev} pdn ${r.pdn} local_dma_lkey 0x0 users ${r.users} ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
+  }).join('');
+}
+
+async function statistic(args: string[], json: boolean): Promise<string> {
+  let a = args;
+  if (a[0] === 'link') a = a.slice(1); // "rdma statistic link show" is the same
+  const [cmd = 'show', how, which] = a;
+  if (cmd === 'help') return STAT_USAGE;
+  if (cmd !== 'show' && cmd !== 'list') throw new Exit(1, `Unknown parameter '${cmd}'.`);
+  const devs = await ask<DevRow>('devices');
+  let only: { dev: string; port: number } | null = null;
+  if (how !== undefined) {
+    if (how !== 'link') throw new Exit(1, `Unknown parameter '${how}'.`);
+    only = parseLink(which);
+    checkDev(devs, only);
+  }
+  const counters = await ask<{ name: string; counters: Record<string, number> }>('counters');
+  const out = devs.map((d, i) => ({ ifindex: i, ifname: d.name, c: counters.find((c) => c.name === d.name)!.counters })).filter((d) => !only || d.ifname === only.dev);
+  if (json) return `${JSON.stringify(out.map((d) => ({ ifindex: d.ifindex, ifname: d.ifname, port: 1, ...Object.fromEntries(COUNTER_NAMES.map((n) => [n, d.c[n] ?? 0])) })))}\n`;
+  return out.map((d) => `link ${d.ifname}/1 ${COUNTER_NAMES.map((n) => `${n} ${d.c[n] ?? 0} `).join('')}\n`).join('');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let json = false;
+  const args = [...argv];
+  while (args[0]?.startsWith('-')) {
+    const o = args.shift()!;
+    if (o === '-j' || o === '-json' || o === '--json') json = true;
+    else if (o === '-d' || o === '-details' || o === '-p' || o === '-pretty') continue;
+    else if (o === '-h' || o === '-help' || o === '--help') {
+      process.stdout.write(USAGE);
+      return 0;
+    } else if (o === '-V' || o === '-Version') {
+      process.stdout.write('rdma utility, softverbs (iproute2 6.1 output format)\n');
+      return 0;
+    } else {
+      process.stderr.write(`Option "${o}" is unknown, try "rdma -help".\n`);
+      return 1;
+    }
+  }
+  const [object, ...rest] = args;
+  try {
+    let out: string;
+    if (object === undefined || object === 'help') out = USAGE;
+    else if ('link'.startsWith(object)) out = await link(rest, json);
+    else if ('resource'.startsWith(object) && object.length >= 1) out = await resource(rest, json);
+    else if ('statistic'.startsWith(object) && object.length >= 1) out = await statistic(rest, json);
+    else {
+      process.stderr.write(`Object "${object}" is unknown, try "rdma help".\n`);
+      return 1;
+    }
+    process.stdout.write(out);
+    return 0;
+  } catch (e) {
+    if (e instanceof Exit) {
+      process.stderr.write(`${e.message}\n`);
+      return e.code;
+    }
+    if (e instanceof VerbsError) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) process.exitCode = await main(process.argv.slice(2));
