@@ -74,7 +74,7 @@ describe('rdma', { skip: netns ? false : 'needs unshare --net and ip (root)' }, 
     // every line has the words of rxe's, in rxe's order (values and names aside): fixtures/rdma/res_show_all.txt
     const theirs = readFileSync(join(FIX, 'res_show_all.txt'), 'utf8').split('\n').filter((l) => l.includes('pid ')).map(shape);
     const qpLine = shape(rdma(d.root, 'res', 'show', 'qp').out.trim());
-    for (const [obj, theirLine] of [['qp', theirs.find((l) => l.startsWith('link'))], ['cq', theirs.find((l) => l.includes('cqn'))], ['mr', theirs.find((l) => l.includes('mrn'))], ['pd', theirs.find((l) => l.includes('pdn') && !l.includes('mrn'))]] as const) {
+    for (const [obj, theirLine] of [['qp', theirs.find((l) => l.startsWith('link'))], ['cq', theirs.find((l) => l.includes('cqn'))], ['mr', theirs.find((l) => l.includes('mrn'))], ['pd', theirs.find((l) => l.includes('local_dma_lkey'))]] as const) {
       assert.equal(obj === 'qp' ? qpLine : shape(rdma(d.root, 'res', 'show', obj).out.trim()), theirLine!.trim(), `rdma res show ${obj}`);
     }
     for (const [f, args] of [['link.txt', ['link']], ['stat.txt', ['stat', 'show']]] as const) {
