@@ -6,8 +6,8 @@
  * plain UDP socket leaves to the kernel, so with CAP_NET_RAW the daemon
  * writes whole IP packets itself through a raw socket (choosing the ID its
  * ICRC covers, and the UDP source port rxe would use), and reads whole IP
- * packets back, so it checks the ICRC of everything that arrives. A bound
- * UDP socket that drops everything holds the port.
+ * packets back, so it checks the ICRC of everything that arrives. A plain
+ * UDP socket on the port holds it and rings for the raw socket.
  *
  * Without CAP_NET_RAW (mode "udp"), IPv4 goes through a plain dgram socket:
  * the ICRC assumes Identification 0 and cannot be checked on arrival (a
@@ -24,7 +24,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { PortClaim, RawUdp4 } from '../native/net.js';
+import { RawUdp4 } from '../native/net.js';
 import { SysError } from '../native/libc.js';
 import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT } from './codec.js';
 import { gidOf, type SoftDevice } from './device.js';
@@ -56,8 +56,8 @@ const MAX_FRAME = 40 + 8 + 64 + 4096 + 3 + 4;
 
 export class RoceTransport {
   private raw: RawUdp4 | null = null;
-  private claim: PortClaim | null = null;
   private sock: Socket | null = null;
+  private backstop: NodeJS.Timeout | null = null;
   private readonly v4: boolean;
   private readonly srcIp: Uint8Array;
   private readonly frame = new Uint8Array(MAX_FRAME);
@@ -78,23 +78,37 @@ export class RoceTransport {
   async start(): Promise<void> {
     if (this.v4 && this.request !== 'udp') {
       try {
-        this.claim = new PortClaim(this.dev.addr, ROCE_PORT);
         this.raw = new RawUdp4(this.dev.addr);
         this.mode = 'raw';
-        this.raw.start(
-          (b, len) => this.onFrame(b, len),
-          (e) => this.dev.onBug?.(e),
-        );
       } catch (e) {
-        this.claim?.close();
-        this.claim = null;
         const eperm = e instanceof SysError && e.code === 'EPERM';
         if (!eperm || this.request === 'raw') throw e;
         this.fallback = 'no CAP_NET_RAW: IPv4 goes through a plain UDP socket, its ICRC assumes IP ID 0 and arriving ICRCs are not checked';
       }
     }
-    if (this.mode !== 'raw') await this.startDgram();
+    try {
+      // raw: the UDP socket claims the port (no ICMP unreachable, one daemon per address) and its copy of each
+      // datagram is the doorbell that says the raw socket has something; dgram: it carries the traffic itself
+      await this.startDgram();
+    } catch (e) {
+      this.raw?.close();
+      this.raw = null;
+      throw e;
+    }
+    if (this.raw) {
+      // a frame whose UDP twin was dropped (a full buffer) still gets read
+      this.backstop = setInterval(() => this.drainRaw(), 20).unref();
+    }
     this.learnSubnets();
+  }
+
+  private readonly onRawFrame = (b: Uint8Array, len: number): void => this.onFrame(b, len);
+  private drainRaw(): void {
+    try {
+      this.raw?.drain(this.onRawFrame);
+    } catch (e) {
+      this.dev.onBug?.(e as Error);
+    }
   }
 
   private async startDgram(): Promise<void> {
@@ -106,7 +120,7 @@ export class RoceTransport {
         resolve();
       });
     });
-    s.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo.address, rinfo.port));
+    s.on('message', (msg, rinfo) => (this.raw ? this.drainRaw() : this.onDatagram(msg, rinfo.address, rinfo.port)));
     s.on('error', (e) => this.dev.onBug?.(e));
     try {
       s.setRecvBufferSize(8 << 20);
@@ -139,10 +153,10 @@ export class RoceTransport {
   private local6: Uint8Array[] = [];
 
   stop(): void {
+    if (this.backstop) clearInterval(this.backstop);
     this.raw?.close();
-    this.claim?.close();
     this.sock?.close();
-    this.raw = this.claim = null;
+    this.raw = null;
     this.sock = null;
   }
 

@@ -1,15 +1,14 @@
 /**
- * Sockets Node's dgram cannot make, through koffi: a raw IPv4 socket that
- * writes its own IP header (IP_HDRINCL), so the daemon chooses the IP
- * Identification its ICRC covers and reads the IP header of what arrives;
- * and a bound UDP socket that discards everything, which keeps port 4791
- * open (no ICMP port-unreachable) while the raw socket does the receiving.
+ * The socket Node's dgram cannot make, through koffi: a raw IPv4 socket
+ * that writes its own IP header (IP_HDRINCL), so the daemon chooses the IP
+ * Identification its ICRC covers, and reads whole IP packets, so it can
+ * check the ICRC of what arrives.
  *
- * Receiving uses recvmmsg on a blocking socket, called asynchronously on
- * libuv's thread pool: up to BATCH datagrams per trip, into one anonymous
- * mapping whose addresses we know (the msghdr and iovec arrays point into
- * it). SO_RCVTIMEO makes a blocked call return now and then so close() is
- * prompt.
+ * Node cannot wait on a raw fd, so the caller says when to read (a plain
+ * UDP socket on the same port gets a copy of each datagram through libuv's
+ * poll and serves as the doorbell); drain() then takes everything waiting
+ * with non-blocking recvmmsg, up to BATCH datagrams per call, into one
+ * anonymous mapping whose addresses the msghdr and iovec arrays point at.
  */
 import koffi from 'koffi';
 import { mapAnon, SysError, unmap, type Mapping } from './libc.js';
@@ -23,7 +22,6 @@ const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, 
 const close_ = libc.func('int close(int fd)');
 
 const AF_INET = 2;
-const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
 const SOCK_CLOEXEC = 0x80000;
 const IPPROTO_IP = 0;
@@ -32,13 +30,11 @@ const IP_HDRINCL = 3;
 const SOL_SOCKET = 1;
 const SO_RCVBUF = 8;
 const SO_SNDBUF = 7;
-const SO_RCVTIMEO = 20;
 const SO_ATTACH_FILTER = 26;
 const SO_RCVBUFFORCE = 33;
 const SO_SNDBUFFORCE = 32;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
-const MSG_WAITFORONE = 0x10000;
 
 function check(call: string, r: number | bigint): number {
   const n = Number(r);
@@ -76,7 +72,6 @@ const ROCE_ONLY: Bpf = [
   [0x06, 0, 0, 0x40000], // ret: the whole datagram
   [0x06, 0, 0, 0], // ret 0: not for us
 ];
-const DROP_ALL: Bpf = [[0x06, 0, 0, 0]];
 
 function attachFilter(fd: number, prog: Bpf): void {
   // struct sock_fprog { u16 len; void *filter; } with the program in one mapping, so its address is known
@@ -98,30 +93,6 @@ function attachFilter(fd: number, prog: Bpf): void {
   }
 }
 
-/**
- * A bound UDP socket on addr:port that drops everything it is given: it
- * claims the port (a second daemon on the address is refused, as with a
- * dgram socket) and keeps the kernel from answering with ICMP.
- */
-export class PortClaim {
-  private fd: number;
-  constructor(addr: string, port: number) {
-    this.fd = check('socket(AF_INET, SOCK_DGRAM)', socket_(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number);
-    try {
-      attachFilter(this.fd, DROP_ALL);
-      const sa = sockaddrIn(addr, port);
-      check(`bind(${addr}:${port})`, bind_(this.fd, sa, 16) as number);
-    } catch (e) {
-      close_(this.fd);
-      throw e;
-    }
-  }
-  close(): void {
-    if (this.fd >= 0) close_(this.fd);
-    this.fd = -1;
-  }
-}
-
 const BATCH = 32;
 const SLOT = 9216; // a jumbo frame; a longer datagram is truncated and dropped
 const MMSG = 64; // struct mmsghdr: msghdr (56) + msg_len, padded
@@ -137,9 +108,6 @@ export class RawUdp4 {
   private readonly dv: DataView;
   private readonly bytes: Uint8Array;
   private readonly dests = new Map<number, Buffer>();
-  private closing = false;
-  private fastFailures = 0;
-  private reading = false;
   /** Datagrams the kernel would not take (socket buffer full): the caller counts them. */
   sendErrors = 0;
 
@@ -151,10 +119,6 @@ export class RawUdp4 {
       attachFilter(this.fd, ROCE_ONLY);
       // a raw socket's bind filters arriving packets by destination address
       check(`bind(${addr})`, bind_(this.fd, sockaddrIn(addr, 0), 16) as number);
-      const tv = Buffer.alloc(16);
-      tv.writeBigInt64LE(0n, 0);
-      tv.writeBigInt64LE(100_000n, 8);
-      check('setsockopt(SO_RCVTIMEO)', setsockopt_(this.fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16) as number);
       for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]] as const) {
         try {
           setInt(this.fd, SOL_SOCKET, force, 8 << 20, 'setsockopt(SO_*BUFFORCE)');
@@ -197,51 +161,32 @@ export class RawUdp4 {
   }
 
   /**
-   * Starts the receive loop: `onPacket` sees each datagram as a window on
-   * the receive mapping, valid only until it returns.
+   * Reads every datagram waiting on the socket, without blocking:
+   * `onPacket` sees each as a window on the receive mapping, valid only
+   * until it returns. Returns how many there were.
    */
-  start(onPacket: (buf: Uint8Array, len: number) => void, onError: (e: Error) => void): void {
-    if (this.reading) return;
-    this.reading = true;
+  drain(onPacket: (buf: Uint8Array, len: number) => void): number {
+    let total = 0;
     const dataBase = BATCH * (MMSG + IOV);
-    const loop = (): void => {
-      if (this.closing) return this.finish();
+    for (;;) {
+      if (this.fd < 0) return total;
       for (let i = 0; i < BATCH; i++) this.dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
-      const t0 = Date.now();
-      recvmmsg_.async(this.fd, this.ring.ptr, BATCH, MSG_WAITFORONE, null, (err: Error | null, n: number) => {
-        if (this.closing) return this.finish();
-        if (err) return onError(err);
-        if (n < 0) {
-          // errno lives on the pool thread; a timeout (EAGAIN) takes 100 ms, so fast failures mean a broken socket
-          if (Date.now() - t0 < 5 && ++this.fastFailures > 100) return onError(new Error('recvmmsg keeps failing on the raw socket'));
-        } else this.fastFailures = 0;
-        for (let i = 0; i < n; i++) {
-          const len = this.dv.getUint32(i * MMSG + 56, true);
-          if (this.dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
-          try {
-            onPacket(this.bytes.subarray(dataBase + i * SLOT, dataBase + i * SLOT + len), len);
-          } catch (e) {
-            onError(e as Error);
-          }
-        }
-        loop();
-      });
-    };
-    loop();
-  }
-
-  private finish(): void {
-    if (this.fd >= 0) {
-      close_(this.fd);
-      this.fd = -1;
-      unmap(this.ring);
+      const n = recvmmsg_(this.fd, this.ring.ptr, BATCH, MSG_DONTWAIT, null) as number;
+      if (n <= 0) return total; // EAGAIN: nothing more
+      for (let i = 0; i < n; i++) {
+        if (this.dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
+        const len = this.dv.getUint32(i * MMSG + 56, true);
+        onPacket(this.bytes.subarray(dataBase + i * SLOT, dataBase + i * SLOT + len), len);
+      }
+      total += n;
+      if (n < BATCH) return total;
     }
   }
 
-  /** Closes the socket once the receive call in flight (at most 100 ms) returns. */
   close(): void {
-    if (this.closing) return;
-    this.closing = true;
-    if (!this.reading) this.finish();
+    if (this.fd < 0) return;
+    close_(this.fd);
+    this.fd = -1;
+    unmap(this.ring);
   }
 }
