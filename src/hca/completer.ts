@@ -57,8 +57,10 @@ function retire(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
 
 /** UD/UC: a WQE is done once its last packet left. */
 export function completeUnreliable(dev: SoftDevice, qp: Qp, w: SendWqe): void {
-  // completions retire in order; UD/UC WQEs finish in order, so the oldest is this one
-  if (qp.wqeAt(qp.comp.idx) === w) retire(dev, qp, w, 0);
+  // a message's last packet can leave after a later one's (a delayed or reordered packet): completions still
+  // retire in posting order, so this one waits, DONE, until those before it are done too
+  w.state = WqeState.DONE;
+  while (qp.comp.idx !== qp.req.idx && qp.wqeAt(qp.comp.idx).state === WqeState.DONE) retire(dev, qp, qp.wqeAt(qp.comp.idx), 0);
 }
 
 /** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */

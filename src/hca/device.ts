@@ -148,8 +148,10 @@ export class Fabric {
     if (f) {
       if (f.rand() < f.drop) {
         f.dropped++;
-        if (p.done) sent(p); // lost on the way: for its sender it has left
-        this.pool.put(p);
+        // lost on the way, but for its sender it has left: it goes through the queue as a ghost, so that a
+        // UC/UD message completes in its turn and never inside the requester run that sent it
+        p.lost = true;
+        this.fifo.push(p);
         return;
       }
       if (f.rand() < f.dup) {
@@ -226,6 +228,11 @@ export class Fabric {
     try {
       while (this.head < this.fifo.length) {
         const p = this.fifo[this.head++]!;
+        if (p.lost) {
+          if (p.done) sent(p);
+          this.pool.put(p);
+          continue;
+        }
         const dev = this.byGid(p.dstGid);
         if (dev) {
           if (this.pcap) this.capture(p);

@@ -37,6 +37,8 @@ export class Pkt {
    * before, so the client cannot reuse the buffer under a packet in flight.
    */
   done: { dev: SoftDevice; qp: Qp; wqe: SendWqe } | null = null;
+  /** Dropped by fault injection: passes through the queue without being delivered. */
+  lost = false;
   /** UDP source port on the wire: the sending QP's (rxe's qp->src_port). */
   srcPort = 0xc000;
   // RETH
@@ -71,6 +73,7 @@ export class Pkt {
     this.tver = this.fecnBecn = 0;
     this.srcPort = 0xc000;
     this.done = null;
+    this.lost = false;
     this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;

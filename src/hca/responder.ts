@@ -54,12 +54,10 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
     }
     qp.resp.sentPsnNak = false;
   } else if (d !== 0) {
-    // UC: a lost packet drops the message in progress, never corrupts the next
-    qp.resp.dropMsg = qp.resp.inMsg !== 0;
-    if (qp.resp.inMsg && qp.resp.wqe && !(m & M.FIRST)) {
-      // keep the WQE for the next message (IBA: reused by the next SEND)
-    }
+    // UC: packets were lost. The message in progress is gone (its receive WQE stays, for the next SEND);
+    // a FIRST or ONLY starts the next message afresh, anything else is the rest of a lost one and is dropped below
     qp.resp.inMsg = 0;
+    qp.resp.dropMsg = false;
     qp.resp.psn = p.psn;
   }
 
@@ -102,8 +100,9 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       return;
     }
     if (wqe === BAD) return error(dev, qp, p, Err.MALFORMED_WQE);
-    qp.resp.offset = 0;
   }
+  // a SEND starts at the top of its receive buffer, even one a broken UC message had begun to fill
+  if (m & M.SEND && m & M.FIRST) qp.resp.offset = 0;
 
   if (m & M.RETH) {
     const mr = checkRkey(dev, qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_WRITE);

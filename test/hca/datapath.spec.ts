@@ -251,7 +251,20 @@ describe('UD across two processes', () => {
   });
 });
 
-describe('completion channels and solicited events', () => {
+/** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on 127.0.0.2. */
+let peerRoot: string | null = null;
+
+for (const topology of ['one daemon', 'two daemons over the wire'] as const) describe(`completion channels and solicited events (${topology})`, () => {
+  let d2: RunningDaemon | null = null;
+  before(async () => {
+    if (topology === 'one daemon') return;
+    d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+    peerRoot = d2.root;
+  });
+  after(async () => {
+    peerRoot = null;
+    await d2?.stop();
+  });
   test('reqNotifyCq(solicitedOnly) wakes only for the solicited SEND; the async iterator yields the CQ', async () => {
     const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
     const pd = await ctx.allocPd();
@@ -261,7 +274,7 @@ describe('completion channels and solicited events', () => {
     const mr = await pd.allocMr(4096, ALL);
     const p = spawnPeer();
     try {
-      const info = await p.call('init', { root: d.root });
+      const info = await p.call('init', { root: peerRoot ?? d.root });
       await connectQp(qp, ctx, { qpn: info.qpn, gid: Buffer.from(info.gid, 'hex') });
       await p.call('connect', { qpn: qp.qpNum, gid: Buffer.from(ctx.queryGid(1, 0)).toString('hex') });
       qp.postRecv([{ wrId: 1, sgList: [mr.sge(0, 64)] }, { wrId: 2, sgList: [mr.sge(64, 64)] }]);
@@ -291,9 +304,6 @@ describe('completion channels and solicited events', () => {
     }
   });
 });
-
-/** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on 127.0.0.2. */
-let peerRoot: string | null = null;
 
 for (const topology of ['one daemon', 'two daemons over the wire'] as const) describe(`errors with the WC status rxe gives (${topology})`, () => {
   let d2: RunningDaemon | null = null;

@@ -1,13 +1,14 @@
 /**
- * RC under seeded faults (10% loss, 5% duplication, 5% reordering of every
+ * RC under seeded faults (10% loss, 5% duplication, 5% reordering, 2% delay of every
  * packet): 10,000 messages of mixed operations arrive exactly once, in
- * order, byte-exact, and the counters show the recovery work.
+ * order, byte-exact, and the counters show the recovery work. UC under loss
+ * drops whole messages and never delivers a damaged one.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { Access, getDeviceList, Mtu, openDevice, QpType, SendFlags, WcOpcode, WcStatus, WorkCompletion, WrOpcode } from '../../src/verbs/index.js';
-import { connectQp, mgmt, pattern, startDaemon } from '../helpers.js';
+import { connectQp, mgmt, pattern, pollN, startDaemon } from '../helpers.js';
 
 const N = 10_000;
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
@@ -108,6 +109,55 @@ test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering
     const c = (await mgmt(dev.devPath, 'counters'))[0].counters;
     assert.ok(c.duplicate_request > 0 && c.out_of_seq_request > 0 && c.completer_retry_err + c.rcvd_seq_err > 0, JSON.stringify(c));
     ctx.closeDevice();
+  } finally {
+    await d.stop();
+  }
+});
+
+test('UC under 5% loss: a message that lost a packet is dropped whole, every message delivered is intact and in order', { timeout: 60_000 }, async () => {
+  const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2', '--fault', `drop=0.05,seed=${process.env.FAULT_SEED ?? 7}`]);
+  try {
+    const devs = getDeviceList(d.root);
+    const ca = await openDevice(devs[0]!, d.root);
+    const cb = await openDevice(devs[1]!, d.root);
+    const [pa, pb] = [await ca.allocPd(), await cb.allocPd()];
+    const [qa, qb] = [await ca.createCq(512), await cb.createCq(512)];
+    const a = await pa.createQp({ sendCq: qa, recvCq: qa, qpType: QpType.UC, cap: { maxSendWr: 512 } });
+    const b = await pb.createQp({ sendCq: qb, recvCq: qb, qpType: QpType.UC, cap: { maxRecvWr: 512 } });
+    const N = 400;
+    const LEN = 3000; // three packets at MTU 1024
+    const ma = await pa.allocMr(N * LEN, ALL);
+    const mb = await pb.allocMr(N * 4096, ALL);
+    await connectQp(a, ca, { qpn: b.qpNum, gid: cb.queryGid(1, 0) }, { mtu: Mtu.MTU_1024 });
+    await connectQp(b, cb, { qpn: a.qpNum, gid: ca.queryGid(1, 0) }, { mtu: Mtu.MTU_1024 });
+    for (let i = 0; i < N; i++) {
+      const m = pattern(1000 + i, LEN);
+      m.writeUInt32LE(i, 0);
+      m.copy(ma.buf, i * LEN);
+      b.postRecv({ wrId: i, sgList: [mb.sge(i * 4096, 4096)] });
+    }
+    for (let i = 0; i < N; i++) a.postSend({ wrId: i, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [ma.sge(i * LEN, LEN)] });
+    const sent = await pollN(qa, N, 20_000);
+    assert.ok(sent.every((w) => w.status === 0), 'UC sends complete when sent, lost or not');
+    await new Promise((r) => setTimeout(r, 200));
+    const got = [];
+    for (let w = qb.pollCq(64); w.length; w = qb.pollCq(64)) got.push(...w);
+    let last = -1;
+    for (const w of got) {
+      assert.equal(w.status, 0);
+      assert.equal(w.byteLen, LEN, 'never a partial message');
+      const buf = mb.buf.subarray(Number(w.wrId) * 4096, Number(w.wrId) * 4096 + LEN);
+      const i = buf.readUInt32LE(0);
+      assert.ok(i > last, 'in order');
+      last = i;
+      const want = pattern(1000 + i, LEN);
+      want.writeUInt32LE(i, 0);
+      assert.ok(buf.equals(want), `message ${i} intact`);
+    }
+    // 5% of ~1200 packets lost: some messages gone, most through
+    assert.ok(got.length < N && got.length > N * 0.7, `${got.length} of ${N} delivered`);
+    ca.closeDevice();
+    cb.closeDevice();
   } finally {
     await d.stop();
   }
