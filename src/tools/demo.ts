@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 /**
- * `npm start`: starts softverbsd with one device, runs two client processes
- * that connect an RC QP pair through it, moves data with SEND, RDMA WRITE,
- * RDMA READ and both atomics, prints what happened, and stops everything.
+ * `npm start`: starts softverbsd with two devices (rxe0 on 127.0.0.1, rxe1
+ * on 127.0.0.2), shows them with ibv_devinfo, runs ibv_rc_pingpong across
+ * them, then two client processes connect an RC QP pair (A on rxe0, B on
+ * rxe1) and move data with SEND, RDMA WRITE, RDMA READ and both atomics;
+ * `rdma statistic show` counts the packets; everything it started stops.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import {
@@ -12,7 +15,20 @@ import {
   type CompletionQueue, type Context, type QueuePair, type WorkCompletion,
 } from '../verbs/index.js';
 import { spawnDaemon } from '../daemon/spawn.js';
-import { formatDevinfo } from './devinfo.js';
+
+const TOOLS = fileURLToPath(new URL('.', import.meta.url));
+
+/** Runs one of our tools against the demo's daemon and gives back what it printed. */
+function tool(root: string, name: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [join(TOOLS, `${name}.js`), ...args], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${name} ${args.join(' ')} exited ${code}:\n${out}`))));
+  });
+}
 
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const MiB = 1 << 20;
@@ -40,8 +56,8 @@ async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
   }
 }
 
-async function setup(root: string): Promise<{ ctx: Context; qp: QueuePair; cq: CompletionQueue; mr: import('../verbs/index.js').MemoryRegion }> {
-  const ctx = await openDevice(getDeviceList(root)[0]!, root);
+async function setup(root: string, dev: string): Promise<{ ctx: Context; qp: QueuePair; cq: CompletionQueue; mr: import('../verbs/index.js').MemoryRegion }> {
+  const ctx = await openDevice(getDeviceList(root).find((d) => d.name === dev)!, root);
   const pd = await ctx.allocPd();
   const cq = await ctx.createCq(64);
   const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
@@ -51,7 +67,7 @@ async function setup(root: string): Promise<{ ctx: Context; qp: QueuePair; cq: C
 
 /** Process B: the passive side, driven over the IPC channel. */
 async function responder(root: string): Promise<void> {
-  const b = await setup(root);
+  const b = await setup(root, 'rxe1');
   const send = (m: unknown) => process.send!(m);
   b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] });
   b.mr.buf.fill(0xab, MiB, 2 * MiB);
@@ -90,22 +106,29 @@ function ask<T>(child: ChildProcess, msg: unknown, key: string): Promise<T> {
 
 async function main(): Promise<void> {
   const say = (s: string) => process.stdout.write(`${s}\n`);
-  const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
+  const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2']);
   const root = daemon.root;
   let child: ChildProcess | null = null;
   try {
-    say(`softverbsd (pid ${daemon.proc.pid}) is up: rxe0 on 127.0.0.1, root ${root}\n`);
-    const a = await setup(root);
-    const attr = await a.ctx.queryDevice();
-    const port = await a.ctx.queryPort(1);
+    say(`softverbsd (pid ${daemon.proc.pid}) is up: rxe0 on 127.0.0.1, rxe1 on 127.0.0.2, root ${root}\n`);
     say('$ ibv_devinfo');
-    process.stdout.write(formatDevinfo({ name: a.ctx.device.name, attr, ports: [{ num: 1, attr: port, gids: [] }], numCompVectors: 1 }, false));
+    process.stdout.write(await tool(root, 'ibv_devinfo', []));
+    say('\n$ ibv_rc_pingpong -d rxe0 -g 0 -n 1000 &            # server');
+    say('$ ibv_rc_pingpong -d rxe1 -g 0 -n 1000 127.0.0.1   # client');
+    const port = String(18515 + (process.pid % 1000));
+    const server = tool(root, 'ibv_rc_pingpong', ['-d', 'rxe0', '-g', '0', '-n', '1000', '-p', port]);
+    await new Promise((r) => setTimeout(r, 300));
+    const client = await tool(root, 'ibv_rc_pingpong', ['-d', 'rxe1', '-g', '0', '-n', '1000', '-p', port, '127.0.0.1']);
+    process.stdout.write((await server).replace(/^/gm, 'server: ').replace(/server: $/, ''));
+    process.stdout.write(client.replace(/^/gm, 'client: ').replace(/client: $/, ''));
+    say('');
+    const a = await setup(root, 'rxe0');
 
     child = fork(fileURLToPath(import.meta.url), ['--responder', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const info = await ask<Info>(child, null, 'info');
     await ask(child, { connect: { qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') } }, 'connected');
     await connect(a.qp, { qpn: info.qpn, gid: Buffer.from(info.gid, 'hex') });
-    say(`process A (pid ${process.pid}) QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) QP 0x${info.qpn.toString(16)}: RC, MTU 4096, through the daemon\n`);
+    say(`process A (pid ${process.pid}) rxe0 QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) rxe1 QP 0x${info.qpn.toString(16)}: RC, MTU 4096\n`);
     const remote = BigInt(info.addr);
 
     // SEND with immediate
@@ -147,6 +170,8 @@ async function main(): Promise<void> {
     child.send({ bye: true });
     await new Promise((res) => child!.once('exit', res));
     a.ctx.closeDevice();
+    say('\n$ rdma statistic show');
+    process.stdout.write(await tool(root, 'rdma', ['statistic', 'show']));
     say('\nall done: stopping the client and the daemon');
   } finally {
     if (child && child.exitCode === null) child.kill();

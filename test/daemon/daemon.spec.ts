@@ -77,7 +77,10 @@ test('after a crash the dead devices are not listed, and the next daemon recover
 test('npm start: the demo runs every operation, prints what happened and leaves nothing behind', () => {
   const r = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'demo.js')], { encoding: 'utf8', timeout: 60000 });
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, /hca_id:\trxe0/);
+  assert.match(r.stdout, /hca_id:\trxe0\n[^]*hca_id:\trxe1\n/);
+  assert.match(r.stdout, /^server: 1000 iters in [\d.]+ seconds = [\d.]+ usec\/iter$/m);
+  assert.match(r.stdout, /^client:   remote address: LID 0x0000, QPN 0x[0-9a-f]{6}, PSN 0x[0-9a-f]{6}, GID ::ffff:127\.0\.0\.1$/m);
+  assert.match(r.stdout, /^link rxe0\/1 sent_pkts \d+ /m);
   assert.match(r.stdout, /SEND_WITH_IMM +20 bytes: B received "hello from process A" \(byte_len 20, imm 0x1234/);
   assert.match(r.stdout, /RDMA_WRITE +1 MiB into B's memory .* matches/);
   assert.match(r.stdout, /RDMA_READ +1 MiB from B's memory .* every byte is 0xab/);
