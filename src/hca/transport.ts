@@ -220,9 +220,8 @@ export class RoceTransport {
     if (len < ihl + 8) return this.drop('shorter than its headers');
     const udpLen = (b[ihl + 4]! << 8) | b[ihl + 5]!;
     if (udpLen < 8 || ihl + udpLen > len) return this.drop('UDP length beyond the datagram');
-    const body = b.subarray(ihl + 8, ihl + udpLen);
     if (ihl !== 20) return this.drop('IPv4 options');
-    if (!icrcOk(b.subarray(0, 20), b.subarray(20, 28), body)) return this.drop('bad ICRC');
+    if (!icrcOk(b.subarray(0, 20), b.subarray(20, 28), b.subarray(28, 20 + udpLen))) return this.drop('bad ICRC');
     this.pcap?.write(b, ihl + udpLen);
     const src = ((b[12]! << 24) | (b[13]! << 16) | (b[14]! << 8) | b[15]!) >>> 0;
     this.deliver(b, ihl + 8, udpLen - 8, this.peerGid4(src));
@@ -234,30 +233,43 @@ export class RoceTransport {
   /** A UDP payload from the dgram socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
   private onDatagram(msg: Buffer, from: string, port: number): void {
     const src = this.peerGid(from);
-    if (!this.v4) {
-      const ip = this.rxIp;
-      ip.fill(0);
+    const ipLen = this.v4 ? 20 : 40;
+    const ip = this.rxIp.subarray(0, ipLen);
+    ip.fill(0);
+    if (this.v4) {
+      // the Identification the sender's kernel chose is not visible here: 0, so this ICRC cannot be checked
+      ip[0] = 0x45;
+      ip[2] = (28 + msg.length) >> 8;
+      ip[3] = (28 + msg.length) & 0xff;
+      ip[6] = 0x40;
+      ip[8] = 64;
+      ip[9] = 17;
+      ip.set(src.subarray(12), 12);
+      ip.set(this.srcIp, 16);
+    } else {
       ip[0] = 0x60;
       ip[4] = (8 + msg.length) >> 8;
       ip[5] = (8 + msg.length) & 0xff;
       ip[6] = 17;
+      ip[7] = 64;
       ip.set(src, 8);
       ip.set(this.srcIp, 24);
-      const u = this.rxUdp;
-      u[0] = port >> 8;
-      u[1] = port & 0xff;
-      u[2] = ROCE_PORT >> 8;
-      u[3] = ROCE_PORT & 0xff;
-      u[4] = (8 + msg.length) >> 8;
-      u[5] = (8 + msg.length) & 0xff;
-      if (!icrcOk(ip, u, msg)) return this.drop('bad ICRC');
-      if (this.pcap) {
-        const f = Buffer.allocUnsafe(48 + msg.length);
-        f.set(ip, 0);
-        f.set(u, 40);
-        f.set(msg, 48);
-        this.pcap.write(f, f.length);
-      }
+    }
+    const u = this.rxUdp;
+    u[0] = port >> 8;
+    u[1] = port & 0xff;
+    u[2] = ROCE_PORT >> 8;
+    u[3] = ROCE_PORT & 0xff;
+    u[4] = (8 + msg.length) >> 8;
+    u[5] = (8 + msg.length) & 0xff;
+    // IPv6: every field the ICRC covers is known, so it is checked
+    if (!this.v4 && !icrcOk(ip, u, msg)) return this.drop('bad ICRC');
+    if (this.pcap) {
+      const f = Buffer.allocUnsafe(ipLen + 8 + msg.length);
+      f.set(ip, 0);
+      f.set(u, ipLen);
+      f.set(msg, ipLen + 8);
+      this.pcap.write(f, f.length);
     }
     this.deliver(msg, 0, msg.length, src);
   }

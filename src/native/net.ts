@@ -108,8 +108,6 @@ export class RawUdp4 {
   private readonly dv: DataView;
   private readonly bytes: Uint8Array;
   private readonly dests = new Map<number, Buffer>();
-  /** Datagrams the kernel would not take (socket buffer full): the caller counts them. */
-  sendErrors = 0;
 
   /** Throws SysError EPERM without CAP_NET_RAW. */
   constructor(readonly addr: string) {
@@ -152,12 +150,7 @@ export class RawUdp4 {
       sa = sockaddrIn(`${dst >>> 24}.${(dst >> 16) & 255}.${(dst >> 8) & 255}.${dst & 255}`, 0);
       this.dests.set(dst, sa);
     }
-    const r = Number(sendto_(this.fd, pkt, len, MSG_DONTWAIT, sa, 16));
-    if (r < 0) {
-      this.sendErrors++;
-      return false;
-    }
-    return true;
+    return Number(sendto_(this.fd, pkt, len, MSG_DONTWAIT, sa, 16)) >= 0;
   }
 
   /**
