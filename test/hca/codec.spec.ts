@@ -12,7 +12,7 @@ import { M, OPCODES } from '../../src/hca/opcodes.js';
 import { Pkt } from '../../src/hca/packet.js';
 import { DIST } from '../helpers.js';
 
-const CAPTURES = join(DIST, '..', '..', 'shared', 'captures');
+const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
 
 interface Frame { ip: Uint8Array; udp: Uint8Array; roce: Uint8Array; file: string; n: number }
 

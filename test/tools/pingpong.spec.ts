@@ -13,7 +13,7 @@ import { formatDest, MSG_SIZE, parseDest } from '../../src/tools/pingpong.js';
 import { DIST, startDaemon, type RunningDaemon } from '../helpers.js';
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'pingpong');
-const CAPTURES = join(DIST, '..', '..', 'shared', 'captures');
+const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
 const tool = (k: string) => join(DIST, 'src', 'tools', `ibv_${k}_pingpong.js`);
 
 function runSync(k: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
