@@ -68,6 +68,7 @@ export class Daemon implements Host {
     this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
+    if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
     this.fabric.onBug = (e) => this.log(`internal error on a delayed packet: ${e.stack}`);
   }
 

@@ -19,6 +19,8 @@ export class PcapWriter {
   private used = 0;
   private timer: NodeJS.Timeout | null = null;
   frames = 0;
+  /** Told once if writing fails (a full disk, say): capturing stops, the traffic does not. */
+  onError: ((e: Error) => void) | null = null;
 
   constructor(readonly path: string) {
     this.fd = openSync(path, 'w', 0o644);
@@ -54,8 +56,15 @@ export class PcapWriter {
 
   flush(): void {
     if (this.fd < 0 || this.used === 0) return;
-    writeSync(this.fd, this.buf, 0, this.used);
-    this.used = 0;
+    try {
+      writeSync(this.fd, this.buf, 0, this.used);
+      this.used = 0;
+    } catch (e) {
+      this.used = 0;
+      closeSync(this.fd);
+      this.fd = -1;
+      this.onError?.(e as Error);
+    }
   }
 
   close(): void {

@@ -7,11 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { icrcOk, ROCE_PORT } from '../../src/hca/codec.js';
+import { PcapWriter } from '../../src/hca/pcap.js';
 import { exercise } from '../fixtures/exercise.js';
 import { startDaemon } from '../helpers.js';
 
@@ -68,5 +69,19 @@ test('the pcap of a run decodes in tshark as RoCEv2, nothing malformed, every IC
       assert.equal(expert ?? '', '', `frame ${i + 1}: ${expert}`);
     }
   }
+  rmSync(dir, { recursive: true });
+});
+
+test('a capture that cannot be written stops itself and says why; the traffic goes on', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'softverbs-pcap-'));
+  const w = new PcapWriter(join(dir, 'x.pcap'));
+  // the disk fills up under it: /dev/full refuses every write with ENOSPC
+  (w as unknown as { fd: number }).fd = openSync('/dev/full', 'w');
+  let err = '';
+  w.onError = (e) => (err += e.message);
+  for (let i = 0; i < 2000; i++) w.write(new Uint8Array(1000), 1000);
+  w.close();
+  assert.match(err, /ENOSPC/);
+  assert.equal(err.match(/ENOSPC/g)!.length, 1, 'told once');
   rmSync(dir, { recursive: true });
 });
