@@ -208,7 +208,6 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
       return 1;
     }
   }
-  void sl; // RoCE has no SL in its GRH-routed AH; accepted for compatibility
 
   const devs = getDeviceList();
   const want = values['ib-dev'] as string | undefined;
@@ -222,7 +221,7 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
   try {
     const ctx = await openDevice(dev).catch(() => fail(`Couldn't get context for ${dev.name}`));
     pp = await initCtx(kind, ctx, size, rxDepth, ibPort, useEvent, numQp);
-    let routs = postRecv(pp, kind, size, rxDepth);
+    let routs = postRecv(pp, size, rxDepth);
     if (routs < rxDepth) fail(`Couldn't post receive (${routs})`);
     if (useEvent) pp.cq.reqNotifyCq();
     const portAttr = await ctx.queryPort(ibPort).catch(() => fail("Couldn't get port info"));
@@ -244,7 +243,7 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
       mine.push(d);
       process.stdout.write(`  local address:  LID 0x${hex(d.lid, 4)}, QPN 0x${hex(d.qpn, 6)}, PSN 0x${hex(d.psn, 6)}${kind === 'ud' ? ':' : ','} GID ${inet6(d.gid)}\n`);
     }
-    const connect = (rem: Dest[]) => connectCtx(pp!, kind, ibPort, mine, rem, mtu, gidx);
+    const connect = (rem: Dest[]) => connectCtx(pp!, kind, ibPort, mine, rem, mtu, sl, gidx);
     const rem = servername ? await clientExch(kind, servername, port, mine) : await serverExch(kind, port, mine, connect);
     for (let i = 0; i < pp.qps.length; i++) {
       const d = rem[i]!;
@@ -293,7 +292,7 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
         if (id === PINGPONG_SEND_WRID) scnt++;
         else if (id === PINGPONG_RECV_WRID) {
           if (--routs <= (kind === 'srq' ? numQp : 1)) {
-            routs += postRecv(pp, kind, size, rxDepth - routs);
+            routs += postRecv(pp, size, rxDepth - routs);
             if (routs < rxDepth) fail(`Couldn't post receive (${routs})`);
           }
           rcnt++;
@@ -350,7 +349,7 @@ async function initCtx(kind: Kind, ctx: Context, size: number, rxDepth: number, 
   return { ctx, cq, chan, qps, srq, mr, ah: null, sendFlags, off };
 }
 
-function postRecv(pp: Pp, kind: Kind, size: number, n: number): number {
+function postRecv(pp: Pp, size: number, n: number): number {
   const wr = { wrId: PINGPONG_RECV_WRID, sgList: [pp.mr.sge(0, size + pp.off)] };
   let i = 0;
   try {
@@ -361,7 +360,6 @@ function postRecv(pp: Pp, kind: Kind, size: number, n: number): number {
   } catch {
     /* the queue is full: report how many went in, as rdma-core does */
   }
-  void kind;
   return i;
 }
 
@@ -372,13 +370,13 @@ function postSend(pp: Pp, kind: Kind, i: number, size: number, remoteQpn: number
   });
 }
 
-async function connectCtx(pp: Pp, kind: Kind, ibPort: number, mine: Dest[], rem: Dest[], mtu: number, gidx: number): Promise<void> {
+async function connectCtx(pp: Pp, kind: Kind, ibPort: number, mine: Dest[], rem: Dest[], mtu: number, sl: number, gidx: number): Promise<void> {
   for (let i = 0; i < pp.qps.length; i++) {
     const qp = pp.qps[i]!;
     const d = rem[i]!;
     const global = d.gid.subarray(8).some((b) => b !== 0); // dest->gid.global.interface_id
     // without a GID (no -g) the AV has no GRH, which RoCE cannot route: modify/create_ah fail as on rxe
-    const ahAttr = { isGlobal: global, dlid: d.lid, sl: 0, srcPathBits: 0, portNum: ibPort, grh: { dgid: d.gid, hopLimit: 1, sgidIndex: Math.max(gidx, 0) } };
+    const ahAttr = { isGlobal: global, dlid: d.lid, sl, srcPathBits: 0, portNum: ibPort, grh: { dgid: d.gid, hopLimit: 1, sgidIndex: Math.max(gidx, 0) } };
     if (kind === 'ud') {
       await qp.modifyQp({ qpState: QpState.RTR }, A.STATE).catch(() => fail('Failed to modify QP to RTR'));
       await qp.modifyQp({ qpState: QpState.RTS, sqPsn: mine[i]!.psn }, A.STATE | A.SQ_PSN).catch(() => fail('Failed to modify QP to RTS'));
