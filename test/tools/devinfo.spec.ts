@@ -117,5 +117,13 @@ describe('the tools against a running daemon', () => {
     const u = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), 'nope'], { encoding: 'utf8' });
     assert.equal(u.status, 255);
     assert.match(u.stderr, /unknown tool 'nope'/);
+    // every tool is there, and every one answers --help with its usage and exit 0
+    const list = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), '--help'], { encoding: 'utf8' }).stdout;
+    for (const t of ['ibv_devices', 'ibv_devinfo', 'ibv_rc_pingpong', 'ibv_uc_pingpong', 'ibv_ud_pingpong', 'ibv_srq_pingpong', 'rdma']) {
+      assert.match(list, new RegExp(`^  ${t}$`, 'm'));
+      const h = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), t, '--help'], { encoding: 'utf8' });
+      assert.equal(h.status, 0, t);
+      assert.match(h.stdout, /^Usage/, t);
+    }
   });
 });
