@@ -247,6 +247,8 @@ export class Fabric {
       }
       this.fifo.length = 0;
       this.head = 0;
+      // what went onto the wire during this drain leaves now, batched
+      for (const d of this.devices) d.transport?.flush();
       if (this.fault?.held) {
         const p = this.fault.held;
         this.fault.held = null;

@@ -52,15 +52,12 @@ export function gidIp(g: Uint8Array): Uint8Array {
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
 export type WireRequest = 'auto' | 'raw' | 'udp';
 
-const MAX_FRAME = 40 + 8 + 64 + 4096 + 3 + 4;
-
 export class RoceTransport {
   private raw: RawUdp4 | null = null;
   private sock: Socket | null = null;
   private backstop: NodeJS.Timeout | null = null;
   private readonly v4: boolean;
   private readonly srcIp: Uint8Array;
-  private readonly frame = new Uint8Array(MAX_FRAME);
   private ipId: number;
   /** "raw" or "udp" once started. */
   mode: 'raw' | 'udp' = 'udp';
@@ -191,11 +188,12 @@ export class RoceTransport {
     }
     const dst = gidIp(p.dstGid);
     if (this.raw) {
+      // built where sendmmsg will find it; flush() (at the end of the fabric's drain) sends the batch
       this.ipId = (this.ipId + 1) & 0xffff || 1;
-      const n = encodeFrame(p, this.srcIp, dst, this.ipId, this.frame);
-      this.pcap?.write(this.frame, n);
-      const d = ((dst[0]! << 24) | (dst[1]! << 16) | (dst[2]! << 8) | dst[3]!) >>> 0;
-      if (!this.raw.send(this.frame, n, d)) this.dev.counters.send_err++;
+      const slot = this.raw.nextSlot();
+      const n = encodeFrame(p, this.srcIp, dst, this.ipId, slot);
+      this.pcap?.write(slot, n);
+      this.raw.queue(n, ((dst[0]! << 24) | (dst[1]! << 16) | (dst[2]! << 8) | dst[3]!) >>> 0);
       return;
     }
     // dgram: the kernel writes IP and UDP headers (source port 4791; for IPv4 an ID of its choosing)
@@ -208,6 +206,11 @@ export class RoceTransport {
     this.pcap?.write(buf, n);
     const hdr = this.v4 ? 28 : 48;
     this.sock!.send(buf, hdr, n - hdr, ROCE_PORT, gidToAddr(p.dstGid));
+  }
+
+  /** Sends the frames queued since the last flush (one system call for up to a batch of them). */
+  flush(): void {
+    if (this.raw) this.dev.counters.send_err += this.raw.flush();
   }
 
   private drop(why: string): void {

@@ -17,7 +17,7 @@ const libc = koffi.load('libc.so.6');
 const socket_ = libc.func('int socket(int domain, int type, int protocol)');
 const bind_ = libc.func('int bind(int fd, void *addr, uint32_t len)');
 const setsockopt_ = libc.func('int setsockopt(int fd, int level, int name, void *val, uint32_t len)');
-const sendto_ = libc.func('intptr_t sendto(int fd, void *buf, size_t len, int flags, void *addr, uint32_t alen)');
+const sendmmsg_ = libc.func('int sendmmsg(int fd, void *vec, unsigned int vlen, int flags)');
 const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)');
 const close_ = libc.func('int close(int fd)');
 
@@ -97,17 +97,18 @@ const BATCH = 32;
 const SLOT = 9216; // a jumbo frame; a longer datagram is truncated and dropped
 const MMSG = 64; // struct mmsghdr: msghdr (56) + msg_len, padded
 const IOV = 16;
+const SADDR = 16; // struct sockaddr_in
 
 /**
  * A raw IPv4 socket for UDP, bound to one local address: sends whole IP
- * packets, receives whole IP packets for port 4791 at that address.
+ * packets (built in place, BATCH to a sendmmsg), receives whole IP packets
+ * for port 4791 at that address.
  */
 export class RawUdp4 {
   private fd: number;
   private readonly ring: Mapping;
   private readonly dv: DataView;
   private readonly bytes: Uint8Array;
-  private readonly dests = new Map<number, Buffer>();
 
   /** Throws SysError EPERM without CAP_NET_RAW. */
   constructor(readonly addr: string) {
@@ -141,16 +142,49 @@ export class RawUdp4 {
       this.dv.setBigUint64(h + 16, this.ring.addr + BigInt(iov), true); // msg_iov
       this.dv.setBigUint64(h + 24, 1n, true); // msg_iovlen
     }
+    // the send side: BATCH frames built in place, each with its own destination, sent with one sendmmsg
+    this.tx = mapAnon(BATCH * (MMSG + IOV + SADDR + SLOT));
+    this.txDv = new DataView(this.tx.buffer);
+    const tIov = BATCH * MMSG;
+    const tAddr = tIov + BATCH * IOV;
+    const tData = tAddr + BATCH * SADDR;
+    for (let i = 0; i < BATCH; i++) {
+      const h = i * MMSG;
+      this.txDv.setBigUint64(h, this.tx.addr + BigInt(tAddr + i * SADDR), true); // msg_name
+      this.txDv.setUint32(h + 8, 16, true); // msg_namelen
+      this.txDv.setBigUint64(h + 16, this.tx.addr + BigInt(tIov + i * IOV), true);
+      this.txDv.setBigUint64(h + 24, 1n, true);
+      this.txDv.setBigUint64(tIov + i * IOV, this.tx.addr + BigInt(tData + i * SLOT), true);
+      this.txDv.setUint16(tAddr + i * SADDR, AF_INET, true);
+      this.txSlots.push(new Uint8Array(this.tx.buffer, tData + i * SLOT, SLOT));
+    }
   }
 
-  /** Sends one whole IPv4 packet (header included, destination `dst` as a u32) without blocking; false if the kernel refused it. */
-  send(pkt: Uint8Array, len: number, dst: number): boolean {
-    let sa = this.dests.get(dst);
-    if (!sa) {
-      sa = sockaddrIn(`${dst >>> 24}.${(dst >> 16) & 255}.${(dst >> 8) & 255}.${dst & 255}`, 0);
-      this.dests.set(dst, sa);
-    }
-    return Number(sendto_(this.fd, pkt, len, MSG_DONTWAIT, sa, 16)) >= 0;
+  private readonly tx: Mapping;
+  private readonly txDv: DataView;
+  private readonly txSlots: Uint8Array[] = [];
+  private queued = 0;
+
+  /** Where to build the next frame (IP header first); queue() it once written. */
+  nextSlot(): Uint8Array {
+    if (this.queued === BATCH) this.flush();
+    return this.txSlots[this.queued]!;
+  }
+
+  /** Queues the frame just built in nextSlot() (`len` bytes, to `dst` as a u32). */
+  queue(len: number, dst: number): void {
+    const i = this.queued++;
+    this.txDv.setBigUint64(BATCH * MMSG + i * IOV + 8, BigInt(len), true);
+    this.txDv.setUint32(BATCH * (MMSG + IOV) + i * SADDR + 4, dst, false);
+  }
+
+  /** Sends what is queued with one sendmmsg, without blocking; returns how many the kernel refused (socket buffer full). */
+  flush(): number {
+    const n = this.queued;
+    if (n === 0 || this.fd < 0) return 0;
+    this.queued = 0;
+    const r = sendmmsg_(this.fd, this.tx.ptr, n, MSG_DONTWAIT) as number;
+    return r < 0 ? n : n - r;
   }
 
   /**
@@ -181,5 +215,6 @@ export class RawUdp4 {
     close_(this.fd);
     this.fd = -1;
     unmap(this.ring);
+    unmap(this.tx);
   }
 }
