@@ -289,7 +289,7 @@ export class Context implements Owner {
     this.dev.mrs.set(key >>> 8, mr);
     pd.users++;
     const h = this.add({ type: 'mr', obj: mr });
-    return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: key });
+    return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: rkeyOf(mr) });
   }
 
   reregMr(r: Values, u: Values | null): Buffer {
@@ -325,7 +325,7 @@ export class Context implements Owner {
     mr.access = access;
     mr.key = key;
     this.dev.mrs.set(key >>> 8, mr);
-    return pack(U.REREG_MR_RESP, { lkey: key, rkey: key });
+    return pack(U.REREG_MR_RESP, { lkey: key, rkey: rkeyOf(mr) });
   }
 
   deregMr(r: Values): void {
@@ -675,7 +675,7 @@ export class Context implements Owner {
       const id = this.dev.resIds.get(e.obj);
       const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, comm: this.comm, type: e.type, handle: h, ctxn: this.ctxn };
       if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn, pathMigState: e.obj.attr.pathMigState, pdn: this.dev.resIds.get(e.obj.pd) });
-      if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: e.obj.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? e.obj.key : 0, iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
+      if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: rkeyOf(e.obj), iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
       if (e.type === 'cq') Object.assign(row, { cqn: id, cqe: e.obj.cqe, users: e.obj.users });
       if (e.type === 'pd') Object.assign(row, { pdn: id, users: e.obj.users });
       if (e.type === 'srq') Object.assign(row, { srqn: e.obj.srqn });
@@ -690,6 +690,11 @@ export class Context implements Owner {
  * has no memory windows, no MEM_MGT_EXTENSIONS and no SRQ resize, so those bits are off.
  */
 const DEVICE_CAP_FLAGS = 0x00001c76;
+
+/** An MR's rkey as rxe hands it out: its key when it grants remote access, else 0 (nothing remote can name it). */
+function rkeyOf(mr: Mr): number {
+  return mr.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? mr.key : 0;
+}
 
 function need(u: Values | null, name: string): Values {
   if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);

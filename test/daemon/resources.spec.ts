@@ -10,13 +10,31 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { SoftDevice, Fabric, ibMtuOf, netdevMtu } from '../../src/hca/device.js';
-import { Access, getDeviceList, openDevice, QpType, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
+import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, spawnPeer, startDaemon } from '../helpers.js';
 
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
 
 describe('isolation', () => {
+  test('an MR without remote access has rkey 0, as rxe gives it; rereg with remote access gives it its key', async () => {
+    const d = await startDaemon();
+    try {
+      const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+      const pd = await ctx.allocPd();
+      const local = await pd.allocMr(4096, Access.LOCAL_WRITE);
+      assert.equal(local.rkey, 0);
+      assert.notEqual(local.lkey, 0);
+      const remote = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.REMOTE_READ);
+      assert.equal(remote.rkey, remote.lkey);
+      await local.reregMr(ReregMrFlags.CHANGE_ACCESS, { access: Access.LOCAL_WRITE | Access.REMOTE_WRITE });
+      assert.equal(local.rkey, local.lkey);
+      ctx.closeDevice();
+    } finally {
+      await d.stop();
+    }
+  });
+
   test("context B cannot use context A's handles; an rkey of a deregistered MR is REM_ACCESS_ERR", async () => {
     const d = await startDaemon();
     try {
