@@ -253,8 +253,10 @@ describe('UD across two processes', () => {
 
 /** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on 127.0.0.2. */
 let peerRoot: string | null = null;
+const TOPOLOGIES = ['one daemon', 'two daemons over the wire'] as const;
 
-for (const topology of ['one daemon', 'two daemons over the wire'] as const) describe(`completion channels and solicited events (${topology})`, () => {
+/** Inside a describe: across the wire, a second daemon hosts the peer for the describe's tests. */
+function peerDaemon(topology: (typeof TOPOLOGIES)[number]): void {
   let d2: RunningDaemon | null = null;
   before(async () => {
     if (topology === 'one daemon') return;
@@ -265,6 +267,10 @@ for (const topology of ['one daemon', 'two daemons over the wire'] as const) des
     peerRoot = null;
     await d2?.stop();
   });
+}
+
+for (const topology of TOPOLOGIES) describe(`completion channels and solicited events (${topology})`, () => {
+  peerDaemon(topology);
   test('reqNotifyCq(solicitedOnly) wakes only for the solicited SEND; the async iterator yields the CQ', async () => {
     const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
     const pd = await ctx.allocPd();
@@ -305,17 +311,8 @@ for (const topology of ['one daemon', 'two daemons over the wire'] as const) des
   });
 });
 
-for (const topology of ['one daemon', 'two daemons over the wire'] as const) describe(`errors with the WC status rxe gives (${topology})`, () => {
-  let d2: RunningDaemon | null = null;
-  before(async () => {
-    if (topology === 'one daemon') return;
-    d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
-    peerRoot = d2.root;
-  });
-  after(async () => {
-    peerRoot = null;
-    await d2?.stop();
-  });
+for (const topology of TOPOLOGIES) describe(`errors with the WC status rxe gives (${topology})`, () => {
+  peerDaemon(topology);
 
   test('bad rkey, out of bounds, and an MR without REMOTE_WRITE: REM_ACCESS_ERR; the responder QP goes to ERR and flushes', async () => {
     for (const variant of ['rkey', 'bounds', 'mraccess'] as const) {
