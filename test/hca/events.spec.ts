@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { Access, EventType, getDeviceList, openDevice, PortState, QpAttrMask as A, QpState, QpType, SendFlags, WrOpcode, type Context } from '../../src/verbs/index.js';
+import { Access, EventType, getDeviceList, openDevice, PortState, QpAttrMask as A, QpState, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context } from '../../src/verbs/index.js';
 import { connectQp, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
 /** The next async event, or null after `ms`. */
@@ -103,4 +103,35 @@ describe('port events follow the network interface', { skip: netns ? false : 'ne
       ctx.closeDevice();
     }
   });
+});
+
+test('across the wire: an SRQ on another daemon raises SRQ_LIMIT_REACHED when a dequeue leaves fewer than the limit', async () => {
+  const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
+  const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+  const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
+  const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
+  try {
+    const [pa, pb] = [await a.allocPd(), await b.allocPd()];
+    const [ca, cb] = [await a.createCq(16), await b.createCq(16)];
+    const srq = await pb.createSrq({ maxWr: 16, maxSge: 1 });
+    const qa = await pa.createQp({ sendCq: ca, recvCq: ca, qpType: QpType.RC, cap: { maxSendWr: 8 } });
+    const qb = await pb.createQp({ sendCq: cb, recvCq: cb, srq, qpType: QpType.RC, cap: {} });
+    const ma = await pa.allocMr(4096, Access.LOCAL_WRITE);
+    const mb = await pb.allocMr(4096, Access.LOCAL_WRITE);
+    await connectQp(qa, a, { qpn: qb.qpNum, gid: b.queryGid(1, 0) });
+    await connectQp(qb, b, { qpn: qa.qpNum, gid: a.queryGid(1, 0) });
+    for (let i = 0; i < 4; i++) srq.postSrqRecv({ wrId: i, sgList: [mb.sge(i * 64, 64)] });
+    await srq.modifySrq({ srqLimit: 3 }, SrqAttrMask.LIMIT);
+    const ev = nextEvent(b);
+    qa.postSend({ wrId: 1, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [ma.sge(0, 8)] });
+    qa.postSend({ wrId: 2, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [ma.sge(0, 8)] });
+    const e = await ev;
+    assert.deepEqual([e?.eventType, e?.element], [EventType.SRQ_LIMIT_REACHED, srq]);
+    assert.equal((await pollN(cb, 2)).length, 2);
+  } finally {
+    a.closeDevice();
+    b.closeDevice();
+    await d1.stop();
+    await d2.stop();
+  }
 });
