@@ -3,7 +3,7 @@
  * the same machine. Ratios first, absolute numbers second.
  *
  *  - same-device RDMA_WRITE of 64 KiB vs Buffer.copy of 64 KiB vs a Node TCP stream on loopback
- *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong
+ *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong; 8-byte SENDs per second
  *  - across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2): RDMA_WRITE of 64 KiB vs Node dgram
  *    throughput of datagrams the size of one MTU-4096 RoCEv2 packet; 8-byte SEND ping-pong vs Node
  *    UDP and TCP ping-pong
@@ -72,6 +72,43 @@ async function rdmaWriteBw(root: string, rootB = root): Promise<number> {
   a.ctx.closeDevice();
   b.ctx.closeDevice();
   return (done * SIZE) / s;
+}
+
+/**
+ * 8-byte SENDs per second on one device: inline, one signaled every 32, a
+ * window of 128 in flight; B reposts each receive as it completes. Both QPs
+ * in this process, so the number is the daemon's, not IPC's.
+ */
+async function sendRate(root: string): Promise<number> {
+  const a = await setup(root);
+  const b = await setup(root);
+  await connect(a.qp, b.qp.qpNum, b.ctx.queryGid(1, 0));
+  await connect(b.qp, a.qp.qpNum, a.ctx.queryGid(1, 0));
+  const recv = { wrId: 1n, sgList: [b.mr.sge(0, 64)] };
+  for (let i = 0; i < 1024; i++) b.qp.postRecv(recv);
+  const plain = { wrId: 0n, opcode: WrOpcode.SEND, sendFlags: SendFlags.INLINE, sgList: [a.mr.sge(0, 8)] };
+  const signaled = { ...plain, sendFlags: SendFlags.INLINE | SendFlags.SIGNALED };
+  const wcs = Array.from({ length: 256 }, () => new WorkCompletion());
+  let posted = 0;
+  let acked = 0;
+  let received = 0;
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(SECONDS * 1e9);
+  while (process.hrtime.bigint() < end) {
+    // keep 128 in flight: every 32nd is signaled, and each completion retires 32
+    while (posted - acked < 128) a.qp.postSend(++posted % 32 === 0 ? signaled : plain);
+    const n = a.cq.pollCq(wcs);
+    for (let i = 0; i < n; i++) if (wcs[i]!.status !== WcStatus.SUCCESS) throw new Error(`send failed: ${wcs[i]!.status}`);
+    acked += n * 32;
+    const r = b.cq.pollCq(wcs);
+    for (let i = 0; i < r; i++) b.qp.postRecv(recv);
+    received += r;
+    if (n === 0 && r === 0) await tick();
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  a.ctx.closeDevice();
+  b.ctx.closeDevice();
+  return received / s;
 }
 
 function memcpyBw(): number {
@@ -267,6 +304,7 @@ async function main(): Promise<void> {
     const write = await rdmaWriteBw(root);
     const copy = memcpyBw();
     const tcp = await tcpBw();
+    const rate = await sendRate(root);
     const ping = await sendPingPong(root, false);
     const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
@@ -298,6 +336,7 @@ async function main(): Promise<void> {
       `  RDMA_WRITE 64 KiB / Node TCP stream (loopback)  ${(write / tcp).toFixed(2)}    (target >= 3)`,
       `  SEND 8 B half round trip / TCP round trip       ${(ping / 2 / tping).toFixed(3)}   (target <= 0.25; both ends busy-poll)`,
       `  SEND 8 B half round trip / TCP round trip       ${(pingEv / 2 / tping).toFixed(3)}   (both ends sleep on completion events, as TCP does)`,
+      `  8 B SENDs per second                            ${(rate / 1e6).toFixed(3)} M   (target >= 1 M)`,
       '',
       `ratios, across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2, ${wire})`,
       `  RDMA_WRITE 64 KiB / Node dgram ${FRAME} B         ${(xwrite / udp).toFixed(3)}   (RDMA payload bytes/s vs whole datagram bytes/s)`,
