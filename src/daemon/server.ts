@@ -339,10 +339,12 @@ export class Daemon implements Host {
         return reply(-E.EINVAL);
       }
       if (kind !== 'cmd' || !ctx) return; // event streams carry nothing from the client
-      // the doorbell is the hot command: no struct decoding, a reply written from a constant
-      if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && outBytes === 4 && frame.readUInt32LE(20) === 0) {
+      // the doorbell is the hot command: no struct decoding, a reply written from a constant. With no room
+      // for a reply (out_words 0) it is a pure doorbell, as the library rings it: nothing is written back
+      // (the reply write was a fifth of the daemon's time in an 8-byte SEND stream)
+      if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && (outBytes === 4 || outBytes === 0) && frame.readUInt32LE(20) === 0) {
         const st = ctx.doorbell(frame.readUInt32LE(16));
-        s.write(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
+        if (outBytes) s.write(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
         return;
       }
       try {

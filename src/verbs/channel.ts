@@ -79,6 +79,12 @@ export class CommandChannel {
     this.sock.write(frame);
   }
 
+  /** Writes a frame the daemon does not answer (a pure doorbell: out_words 0). */
+  ring(verb: string, frame: Buffer): void {
+    if (this.dead) throw new VerbsError(verb, 'EIO', this.dead.message);
+    this.sock.write(frame);
+  }
+
   close(): void {
     this.sock.destroy();
   }

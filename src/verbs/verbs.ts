@@ -726,8 +726,6 @@ export class QueuePair {
   private readonly rq: RecvProducer | null;
   private sendBell: Buffer | null = null;
   private recvBell: Buffer | null = null;
-  /** a doorbell the daemon refused (should not happen; kept for debugging) */
-  lastDoorbellError: Error | null = null;
 
   constructor(
     readonly pd: ProtectionDomain,
@@ -749,6 +747,7 @@ export class QueuePair {
   /** @internal */
   initDoorbells(): void {
     this.sendBell = U.frame(U.Cmd.POST_SEND, U.COMMANDS.get(U.Cmd.POST_SEND)!, { qp_handle: this.handle });
+    this.sendBell.writeUInt16LE(0, 6); // out_words 0: a pure doorbell, which the daemon does not answer
     this.recvBell = U.frame(U.Cmd.POST_RECV, U.COMMANDS.get(U.Cmd.POST_RECV)!, { qp_handle: this.handle });
   }
 
@@ -781,7 +780,7 @@ export class QueuePair {
       if (i > 0 || list.length === 0) {
         Atomics.store(this.sqHdr, PROD, this.sqProd | 0);
         // ring only if the HCA said it is idle on this SQ, and we are the ones to wake it
-        if (i > 0 && Atomics.compareExchange(this.sqHdr, SQ_IDLE, 1, 0) === 1) this.pd.context.cmd.post('ibv_post_send', this.sendBell!, (e) => (this.lastDoorbellError = e));
+        if (i > 0 && Atomics.compareExchange(this.sqHdr, SQ_IDLE, 1, 0) === 1) this.pd.context.cmd.ring('ibv_post_send', this.sendBell!);
       }
     }
   }

@@ -121,6 +121,20 @@ describe('through the daemon', () => {
     assert.equal(e2!.element, b);
   });
 
+  test('a pure doorbell (out_words 0) gets no reply, so the next command gets its own; one with room for a reply gets it', async () => {
+    const pd = await ctx.allocPd();
+    const cq = await ctx.createCq(8);
+    const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 4 } });
+    const bell = (qp as unknown as { sendBell: Buffer }).sendBell;
+    assert.equal(bell.readUInt16LE(6), 0, 'the library rings with out_words 0');
+    for (let i = 0; i < 10; i++) ctx.cmd.ring('doorbell', bell);
+    assert.equal((await qp.queryQp(A.STATE)).qpState, S.RESET, 'the reply that comes is the query\'s');
+    const answered = Buffer.from(bell);
+    answered.writeUInt16LE(1, 6); // room for ib_uverbs_post_send_resp
+    assert.equal((await ctx.cmd.call('doorbell', answered)).readUInt32LE(0), 0, 'bad_wr 0');
+    await qp.destroyQp();
+  });
+
   test('postSend rings the doorbell only when the HCA is idle on the SQ: 64 WRs posted at once need far fewer doorbells, and all complete', async () => {
     const pd = await ctx.allocPd();
     const cq = await ctx.createCq(128);

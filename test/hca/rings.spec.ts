@@ -56,7 +56,7 @@ test('random bytes in the send ring, bogus ring indices and stray doorbells: err
         } else if (what === 4) {
           Atomics.store(new Int32Array((cq as unknown as { hdr: Int32Array }).hdr.buffer, 0, RING_HDR / 4), CONS, ri(0x7fffffff));
         }
-        ctx.cmd.post('doorbell', r.sendBell);
+        ctx.cmd.ring('doorbell', r.sendBell);
         if (rand() < 0.2) await new Promise((res) => setImmediate(res));
       }
       await new Promise((res) => setTimeout(res, 5));
