@@ -11,7 +11,7 @@ import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
-import { Fabric, type Fault, gidString, SoftDevice } from '../hca/device.js';
+import { Fabric, type Fault, gidString, ifaceOf, SoftDevice } from '../hca/device.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
@@ -181,9 +181,7 @@ export class Daemon implements Host {
   checkLinks(): void {
     const ifs = networkInterfaces();
     for (const [dev, st] of this.linkState) {
-      // all of 127/8 is on the loopback interface, though only 127.0.0.1 is listed as its address
-      const loop = dev.addr.startsWith('127.') || dev.addr === '::1';
-      const iface = Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === dev.addr || (loop && a.internal)))?.[0] ?? null;
+      const iface = ifaceOf(dev.addr, ifs);
       // libuv lists only interfaces that are up and running (carrier): that is the port state. (/sys/class/net
       // would describe the namespace sysfs was mounted in, not necessarily the daemon's.)
       const up = iface !== null;

@@ -109,17 +109,25 @@ export function ibMtuOf(ethMtu: number): number {
   return m;
 }
 
+/**
+ * The interface that carries `addr` (all of 127/8 and ::1 are on the loopback
+ * interface, though only 127.0.0.1 is listed there), or null. libuv lists
+ * only interfaces that are up and running.
+ */
+export function ifaceOf(addr: string, ifs = networkInterfaces()): string | null {
+  const loop = addr.startsWith('127.') || addr === '::1';
+  return Object.entries(ifs).find(([, list]) => list?.some((a) => a.address === addr || (loop && a.internal)))?.[0] ?? null;
+}
+
 /** The MTU of the interface that carries `addr` (loopback: its 65536); 1500 if no interface has it. */
 export function netdevMtu(addr: string): number {
-  for (const [name, list] of Object.entries(networkInterfaces())) {
-    if (!list?.some((a) => a.address === addr || (a.internal && a.family === 'IPv4' && addr.startsWith('127.')))) continue;
-    try {
-      return Number(readFileSync(`/sys/class/net/${name}/mtu`, 'utf8'));
-    } catch {
-      return 1500;
-    }
+  const name = ifaceOf(addr);
+  if (!name) return 1500;
+  try {
+    return Number(readFileSync(`/sys/class/net/${name}/mtu`, 'utf8'));
+  } catch {
+    return 1500;
   }
-  return 1500;
 }
 
 /** Devices of this daemon, found by GID: the local fabric. */
