@@ -237,17 +237,15 @@ export function frameBytes(p: Pkt, v6: boolean): number {
 }
 
 /**
- * Writes a whole RoCEv2 frame as it goes on the wire: IPv4 (`src`/`dst` 4
- * bytes) or IPv6 (16 bytes) header, UDP header (source port p.srcPort,
- * destination 4791, checksum 0), then the packet and its ICRC. IPv4 gets
- * identification `ipId`, DF, TTL 64 and a real header checksum; IPv6 hop
- * limit 64. Returns the frame's length.
+ * The IP and UDP headers of a RoCEv2 frame into buf[0..ipLen+8): IPv4 (`src`/
+ * `dst` 4 bytes) with identification `ipId`, DF, TTL 64 and its checksum, or
+ * IPv6 (16 bytes) with hop limit 64; UDP from `sport` to 4791, checksum 0,
+ * around `payload` bytes. Returns ipLen + 8.
  */
-export function encodeFrame(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, buf: Uint8Array): number {
+export function writeIpUdp(buf: Uint8Array, src: Uint8Array, dst: Uint8Array, ipId: number, sport: number, payload: number): number {
   const v6 = src.length === 16;
   const ipLen = v6 ? 40 : 20;
-  const n = encode(p, buf, ipLen + 8);
-  const udpLen = 8 + n + HdrSize.ICRC;
+  const udpLen = 8 + payload;
   const ip = buf.subarray(0, ipLen);
   if (v6) {
     ip.fill(0, 0, 8);
@@ -281,13 +279,27 @@ export function encodeFrame(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: numb
     ip[11] = sum & 0xff;
   }
   const u = ipLen;
-  buf[u] = p.srcPort >> 8;
-  buf[u + 1] = p.srcPort & 0xff;
+  buf[u] = sport >> 8;
+  buf[u + 1] = sport & 0xff;
   buf[u + 2] = ROCE_PORT >> 8;
   buf[u + 3] = ROCE_PORT & 0xff;
   buf[u + 4] = udpLen >> 8;
   buf[u + 5] = udpLen & 0xff;
   buf[u + 6] = buf[u + 7] = 0;
+  return ipLen + 8;
+}
+
+/**
+ * Writes a whole RoCEv2 frame as it goes on the wire: the IP and UDP
+ * headers (writeIpUdp, source port p.srcPort), then the packet and its ICRC.
+ * Returns the frame's length.
+ */
+export function encodeFrame(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, buf: Uint8Array): number {
+  const ipLen = src.length === 16 ? 40 : 20;
+  const n = encode(p, buf, ipLen + 8);
+  writeIpUdp(buf, src, dst, ipId, p.srcPort, n + HdrSize.ICRC);
+  const ip = buf.subarray(0, ipLen);
+  const u = ipLen;
   const crc = icrc(ip, buf.subarray(u, u + 8), buf.subarray(u + 8, u + 8 + n));
   const c = u + 8 + n;
   buf[c] = crc & 0xff;

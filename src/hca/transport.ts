@@ -26,7 +26,7 @@ import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { RawUdp4 } from '../native/net.js';
 import { SysError } from '../native/libc.js';
-import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT } from './codec.js';
+import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidOf, type SoftDevice } from './device.js';
 import { OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
@@ -230,48 +230,19 @@ export class RoceTransport {
     this.deliver(b, ihl + 8, udpLen - 8, this.peerGid4(src));
   }
 
-  private readonly rxIp = new Uint8Array(40);
-  private readonly rxUdp = new Uint8Array(8);
+  private readonly rxHdr = new Uint8Array(48);
 
   /** A UDP payload from the dgram socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
   private onDatagram(msg: Buffer, from: string, port: number): void {
     const src = this.peerGid(from);
-    const ipLen = this.v4 ? 20 : 40;
-    const ip = this.rxIp.subarray(0, ipLen);
-    ip.fill(0);
-    if (this.v4) {
-      // the Identification the sender's kernel chose is not visible here: 0, so this ICRC cannot be checked
-      ip[0] = 0x45;
-      ip[2] = (28 + msg.length) >> 8;
-      ip[3] = (28 + msg.length) & 0xff;
-      ip[6] = 0x40;
-      ip[8] = 64;
-      ip[9] = 17;
-      ip.set(src.subarray(12), 12);
-      ip.set(this.srcIp, 16);
-    } else {
-      ip[0] = 0x60;
-      ip[4] = (8 + msg.length) >> 8;
-      ip[5] = (8 + msg.length) & 0xff;
-      ip[6] = 17;
-      ip[7] = 64;
-      ip.set(src, 8);
-      ip.set(this.srcIp, 24);
-    }
-    const u = this.rxUdp;
-    u[0] = port >> 8;
-    u[1] = port & 0xff;
-    u[2] = ROCE_PORT >> 8;
-    u[3] = ROCE_PORT & 0xff;
-    u[4] = (8 + msg.length) >> 8;
-    u[5] = (8 + msg.length) & 0xff;
+    // the Identification the sender's kernel chose is not visible here (0: for IPv4 this ICRC cannot be checked)
+    const hdr = writeIpUdp(this.rxHdr, gidIp(src), this.srcIp, 0, port, msg.length);
     // IPv6: every field the ICRC covers is known, so it is checked
-    if (!this.v4 && !icrcOk(ip, u, msg)) return this.drop('bad ICRC');
+    if (!this.v4 && !icrcOk(this.rxHdr.subarray(0, 40), this.rxHdr.subarray(40, 48), msg)) return this.drop('bad ICRC');
     if (this.pcap) {
-      const f = Buffer.allocUnsafe(ipLen + 8 + msg.length);
-      f.set(ip, 0);
-      f.set(u, ipLen);
-      f.set(msg, ipLen + 8);
+      const f = Buffer.allocUnsafe(hdr + msg.length);
+      f.set(this.rxHdr.subarray(0, hdr), 0);
+      f.set(msg, hdr);
       this.pcap.write(f, f.length);
     }
     this.deliver(msg, 0, msg.length, src);
