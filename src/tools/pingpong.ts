@@ -396,6 +396,23 @@ async function connectCtx(pp: Pp, kind: Kind, ibPort: number, mine: Dest[], rem:
 const msgCount = (kind: Kind, mine: Dest[]) => (kind === 'srq' ? SRQ_MAX_QP : mine.length);
 const ZERO_DEST: Dest = { lid: 0, qpn: 0, psn: 0, gid: new Uint8Array(16) };
 
+/** Sends n address messages: ours, then zeroed ones (srq_pingpong's fixed count). */
+function writeDests(sock: Socket, n: number, mine: Dest[]): void {
+  for (let i = 0; i < n; i++) sock.write(formatDest(mine[i] ?? ZERO_DEST));
+}
+
+/** Reads n address messages; one that is short or does not parse fails with `why`. */
+async function readDests(read: (n: number) => Promise<Buffer | null>, n: number, why: (i: number, m: Buffer | null) => string): Promise<Dest[]> {
+  const rem: Dest[] = [];
+  for (let i = 0; i < n; i++) {
+    const m = await read(MSG_SIZE);
+    const d = m && parseDest(m);
+    if (!d) fail(why(i, m));
+    rem.push(d!);
+  }
+  return rem;
+}
+
 async function clientExch(kind: Kind, servername: string, port: number, mine: Dest[]): Promise<Dest[]> {
   const sock = await new Promise<Socket>((resolve) => {
     const s = createConnection({ host: servername, port });
@@ -408,14 +425,8 @@ async function clientExch(kind: Kind, servername: string, port: number, mine: De
   try {
     const read = reader(sock);
     const n = msgCount(kind, mine);
-    for (let i = 0; i < n; i++) sock.write(formatDest(mine[i] ?? ZERO_DEST));
-    const rem: Dest[] = [];
-    for (let i = 0; i < n; i++) {
-      const m = await read(MSG_SIZE);
-      const d = m && parseDest(m);
-      if (!d) fail(kind === 'srq' ? `Couldn't read remote address [${i}]` : "Couldn't read/write remote address");
-      rem.push(d!);
-    }
+    writeDests(sock, n, mine);
+    const rem = await readDests(read, n, (i) => (kind === 'srq' ? `Couldn't read remote address [${i}]` : "Couldn't read/write remote address"));
     await new Promise<void>((r) => sock.write(Buffer.from('done\0', 'latin1'), () => r()));
     return rem;
   } finally {
@@ -434,20 +445,14 @@ async function serverExch(kind: Kind, port: number, mine: Dest[], connect: (rem:
   try {
     const read = reader(sock);
     const n = msgCount(kind, mine);
-    const rem: Dest[] = [];
-    for (let i = 0; i < n; i++) {
-      const m = await read(MSG_SIZE);
-      const d = m && parseDest(m);
-      if (!d) fail(`${m ? m.length : 0}/${MSG_SIZE}: Couldn't read remote address`);
-      rem.push(d!);
-    }
+    const rem = await readDests(read, n, (_, m) => `${m ? m.length : 0}/${MSG_SIZE}: Couldn't read remote address`);
     try {
       await connect(rem);
     } catch (e) {
       if (e instanceof Fail) process.stderr.write(`${e.message}\n`);
       fail("Couldn't connect to remote QP");
     }
-    for (let i = 0; i < n; i++) sock.write(formatDest(mine[i] ?? ZERO_DEST));
+    writeDests(sock, n, mine);
     const done = await read(5);
     if (!done) fail("Couldn't send/recv local address");
     return rem;

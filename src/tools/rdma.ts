@@ -5,6 +5,9 @@
  * output format. It asks the daemon over a device file's management
  * connection (where the kernel's tool asks netlink); `-j` prints JSON.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { verbsClassDir } from '../common/paths.js';
 import { COUNTER_NAMES } from '../hca/device.js';
 import { getDeviceList, type Device } from '../verbs/index.js';
 import { mgmtQuery } from '../verbs/mgmt.js';
@@ -53,7 +56,7 @@ async function ask<T>(op: string, args: Record<string, unknown> = {}): Promise<T
   const out: T[] = [];
   for (const d of devs) {
     // one daemon serves several devices: ask it once
-    const key = await daemonOf(d);
+    const key = daemonOf(d);
     if (seen.has(key)) continue;
     seen.add(key);
     out.push(...(await mgmtQuery<T[]>(d.devPath, op, args)));
@@ -61,10 +64,7 @@ async function ask<T>(op: string, args: Record<string, unknown> = {}): Promise<T
   return out;
 }
 
-async function daemonOf(d: Device): Promise<string> {
-  const { readFileSync } = await import('node:fs');
-  const { join } = await import('node:path');
-  const { verbsClassDir } = await import('../common/paths.js');
+function daemonOf(d: Device): string {
   return readFileSync(join(verbsClassDir(d.root), d.devName, 'softverbsd_pid'), 'utf8').trim();
 }
 
