@@ -4,7 +4,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mgmtQuery } from '../src/verbs/mgmt.js';
 import { DAEMON_MAIN, spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
-import { Access, Mtu, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
+import { Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
 
 export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const DAEMON = DAEMON_MAIN;
@@ -14,6 +14,39 @@ export type RunningDaemon = SpawnedDaemon;
 /** Starts softverbsd in a temp root and waits for "softverbsd: ready". */
 export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean; wrapper?: string[] } = {}): Promise<RunningDaemon> {
   return spawnDaemon(args, opts);
+}
+
+/** What a process printed (stdout and stderr as one stream) and how it exited; killed after `ms`. */
+export interface Run { code: number | null; out: string }
+export function runProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env, ms = 30_000): Promise<Run> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout!.on('data', (d) => (out += d));
+    p.stderr!.on('data', (d) => (out += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), ms);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, out });
+    });
+  });
+}
+
+/** Two daemons, rxe0 on 127.0.0.1 and rxe0 on 127.0.0.2 (RoCEv2 between them), with a context open on each. */
+export async function twoDaemons(): Promise<{ d1: RunningDaemon; d2: RunningDaemon; a: Context; b: Context; close(): Promise<void> }> {
+  const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
+  const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+  const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
+  const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
+  return {
+    d1, d2, a, b,
+    async close() {
+      a.closeDevice();
+      b.closeDevice();
+      await d1.stop();
+      await d2.stop();
+    },
+  };
 }
 
 /** Brings a QP to RTS connected to (destQpn on gid). RC gets generous defaults; pass overrides for error tests. */

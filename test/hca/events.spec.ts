@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { Access, EventType, getDeviceList, openDevice, PortState, QpAttrMask as A, QpState, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context } from '../../src/verbs/index.js';
-import { connectQp, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectQp, pollN, startDaemon, twoDaemons, type RunningDaemon } from '../helpers.js';
 
 /** The next async event, or null after `ms`. */
 async function nextEvent(ctx: Context, ms = 3000) {
@@ -106,10 +106,8 @@ describe('port events follow the network interface', { skip: netns ? false : 'ne
 });
 
 test('across the wire: an SRQ on another daemon raises SRQ_LIMIT_REACHED when a dequeue leaves fewer than the limit', async () => {
-  const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
-  const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
-  const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
-  const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
+  const t = await twoDaemons();
+  const { a, b } = t;
   try {
     const [pa, pb] = [await a.allocPd(), await b.allocPd()];
     const [ca, cb] = [await a.createCq(16), await b.createCq(16)];
@@ -129,9 +127,6 @@ test('across the wire: an SRQ on another daemon raises SRQ_LIMIT_REACHED when a 
     assert.deepEqual([e?.eventType, e?.element], [EventType.SRQ_LIMIT_REACHED, srq]);
     assert.equal((await pollN(cb, 2)).length, 2);
   } finally {
-    a.closeDevice();
-    b.closeDevice();
-    await d1.stop();
-    await d2.stop();
+    await t.close();
   }
 });

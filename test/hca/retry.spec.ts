@@ -6,15 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Access, getDeviceList, openDevice, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
-import { connectQp, pollN, startDaemon } from '../helpers.js';
+import { Access, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
+import { connectQp, pollN, twoDaemons } from '../helpers.js';
 
 for (const [timeout, retryCnt] of [[16, 2], [14, 6]] as const) {
   test(`peer daemon killed: RETRY_EXC_ERR after (retry_cnt ${retryCnt} + 1) × 4.096 µs × 2^${timeout}, ±50%; the rest is flushed`, async () => {
-    const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
-    const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
-    const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
-    const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
+    const t = await twoDaemons();
+    const { a, b } = t;
     try {
       const [pa, pb] = [await a.allocPd(), await b.allocPd()];
       const [ca, cb] = [await a.createCq(16), await b.createCq(16)];
@@ -28,8 +26,8 @@ for (const [timeout, retryCnt] of [[16, 2], [14, 6]] as const) {
       qa.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 64)], rdma: { remoteAddr: mrb.addr, rkey: mrb.rkey } });
       assert.equal((await pollN(ca, 1))[0]!.status, WcStatus.SUCCESS);
       const before = await a.queryHwCounters();
-      d2.proc.kill('SIGKILL');
-      await new Promise((r) => d2.proc.once('exit', r));
+      t.d2.proc.kill('SIGKILL');
+      await new Promise((r) => t.d2.proc.once('exit', r));
       const t0 = performance.now();
       qa.postSend({ wrId: 2, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 64)], rdma: { remoteAddr: mrb.addr, rkey: mrb.rkey } });
       qa.postSend({ wrId: 3, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 64)], rdma: { remoteAddr: mrb.addr, rkey: mrb.rkey } });
@@ -46,10 +44,7 @@ for (const [timeout, retryCnt] of [[16, 2], [14, 6]] as const) {
       assert.equal(after.completer_retry_err! - before.completer_retry_err!, retryCnt);
       assert.equal((await qa.queryQp(1)).qpState, QpState.ERR);
     } finally {
-      a.closeDevice();
-      b.closeDevice();
-      await d1.stop();
-      await d2.stop();
+      await t.close();
     }
   });
 }

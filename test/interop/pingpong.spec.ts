@@ -5,31 +5,16 @@
  * "remote address" line must be the other's "local address" line.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
 
 const PEER = process.env.LAB_PEER ?? '';
 const HOST = process.env.LAB_HOST ?? '10.77.0.1';
 const LAB = process.env.LAB_DIR ?? '';
 const skip = PEER && LAB ? false : 'LAB_PEER/LAB_DIR are not set: run through `npm run test:interop`';
 
-interface Run { code: number | null; out: string }
-
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
-  return new Promise((resolve) => {
-    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), 90_000);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out });
-    });
-  });
-}
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> => runProcess(cmd, args, env, 90_000);
 
 const addr = (out: string, which: 'local' | 'remote') =>
   [...out.matchAll(new RegExp(`^  ${which} address: +LID (0x[0-9a-f]{4}), QPN (0x[0-9a-f]{6}), PSN (0x[0-9a-f]{6})[,:] GID (\\S+)$`, 'gm'))].map((m) => m.slice(1).join(' '));

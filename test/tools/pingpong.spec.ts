@@ -5,12 +5,12 @@
  * on one device and across two, polling and with -e.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatDest, MSG_SIZE, parseDest } from '../../src/tools/pingpong.js';
-import { DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'pingpong');
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
@@ -67,20 +67,7 @@ test('the out-of-band messages: what rdma-core sent in the captured runs parses,
   }
 });
 
-interface Run { code: number | null; out: string }
-function run(k: string, args: string[], root: string): Promise<Run> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [tool(k), ...args], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), 30000);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out });
-    });
-  });
-}
+const run = (k: string, args: string[], root: string): Promise<Run> => runProcess(process.execPath, [tool(k), ...args], { ...process.env, SOFTVERBS_ROOT: root });
 const addrs = (out: string, which: string) => [...out.matchAll(new RegExp(`^  ${which} address: +(.*)$`, 'gm'))].map((m) => m[1]!.replace(/^(.*PSN 0x[0-9a-f]{6}):/, '$1,'));
 
 let nextPort = 19000 + (process.pid % 2000);
