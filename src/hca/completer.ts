@@ -41,6 +41,9 @@ function retire(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
   // comp.psn: the first PSN not yet answered, whatever retired this WQE (ACK, implied ACK, response)
   const next = (w.lastPsn + 1) & PSN_MASK;
   if (psnDiff(next, qp.comp.psn) > 0) qp.comp.psn = next;
+  // free the SQ slot before the CQE shows: an application that posts on seeing a completion must find room (rxe's order too)
+  qp.comp.idx = (qp.comp.idx + 1) >>> 0;
+  Atomics.store(qp.sqHdr, CONS, qp.comp.idx | 0);
   if (status !== 0 || w.signaled) {
     wc.clear();
     wc.wrId = w.wrId;
@@ -50,8 +53,6 @@ function retire(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
     wc.qpNum = qp.qpn;
     qp.sendCq.post(wc);
   }
-  qp.comp.idx = (qp.comp.idx + 1) >>> 0;
-  Atomics.store(qp.sqHdr, CONS, qp.comp.idx | 0);
   if (status === 0 && (w.opcode === WrOpcode.SEND || w.opcode === WrOpcode.SEND_WITH_IMM)) dev.counters.rdma_sends++;
 }
 
@@ -320,9 +321,9 @@ function retireFlushed(qp: Qp, w: SendWqe): void {
   wc.status = WcStatus.WR_FLUSH_ERR;
   wc.opcode = wcOpcode(w.opcode);
   wc.qpNum = qp.qpn;
-  qp.sendCq.post(wc);
   qp.comp.idx = (qp.comp.idx + 1) >>> 0;
   Atomics.store(qp.sqHdr, CONS, qp.comp.idx | 0);
+  qp.sendCq.post(wc);
 }
 
 export function flushRecv(_dev: SoftDevice, qp: Qp): void {

@@ -14,6 +14,7 @@ import {
 } from '../verbs/index.js';
 import { parse } from './cli.js';
 import { inet6 } from './devinfo.js';
+import { reader } from './sockio.js';
 
 type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
@@ -112,33 +113,6 @@ export function parseDest(b: Buffer): Dest | null {
 }
 
 const hex = (n: number, w: number) => (n >>> 0).toString(16).padStart(w, '0');
-
-/** Reads exactly n bytes from a socket (null at EOF first). */
-function reader(sock: Socket): (n: number) => Promise<Buffer | null> {
-  let buf = Buffer.alloc(0);
-  let ended = false;
-  let wake: (() => void) | null = null;
-  sock.on('data', (d) => {
-    buf = Buffer.concat([buf, d]);
-    wake?.();
-  });
-  sock.on('end', () => {
-    ended = true;
-    wake?.();
-  });
-  sock.on('error', () => {
-    ended = true;
-    wake?.();
-  });
-  return async (n) => {
-    while (buf.length < n && !ended) await new Promise<void>((r) => (wake = r));
-    wake = null;
-    if (buf.length < n) return null;
-    const out = buf.subarray(0, n);
-    buf = buf.subarray(n);
-    return out;
-  };
-}
 
 class Fail extends Error {}
 const fail = (msg: string): never => {

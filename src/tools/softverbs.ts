@@ -8,6 +8,14 @@ const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promi
   ibv_ud_pingpong: () => import('./ibv_ud_pingpong.js'),
   ibv_srq_pingpong: () => import('./ibv_srq_pingpong.js'),
   rdma: () => import('./rdma.js'),
+  ib_send_bw: () => import('./ib_send_bw.js'),
+  ib_write_bw: () => import('./ib_write_bw.js'),
+  ib_read_bw: () => import('./ib_read_bw.js'),
+  ib_atomic_bw: () => import('./ib_atomic_bw.js'),
+  ib_send_lat: () => import('./ib_send_lat.js'),
+  ib_write_lat: () => import('./ib_write_lat.js'),
+  ib_read_lat: () => import('./ib_read_lat.js'),
+  ib_atomic_lat: () => import('./ib_atomic_lat.js'),
 };
 
 const USAGE = `Usage: softverbs <tool> [args]

@@ -1,0 +1,78 @@
+/**
+ * Our perftest tools against perftest 4.5-0.17 on Linux rxe in the lab VM
+ * (run by `npm run test:interop`), each side as server and as client. They
+ * only meet if the out-of-band exchange (version, system data, MTU, key
+ * messages, barriers, reports, "done") is the same byte for byte; then each
+ * side's "remote address" lines must be the other's "local address" lines,
+ * and both must print a result row.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
+
+const PEER = process.env.LAB_PEER ?? '';
+const HOST = process.env.LAB_HOST ?? '10.77.0.1';
+const LAB = process.env.LAB_DIR ?? '';
+const skip = PEER && LAB ? false : 'LAB_PEER/LAB_DIR are not set: run through `npm run test:interop`';
+
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> => runProcess(cmd, args, env, 150_000);
+
+/** "local address: ..." and its GID line, as one string per QP */
+const addrs = (out: string, which: 'local' | 'remote') => [...out.matchAll(new RegExp(`^ ${which} address: (.*)\\n GID: (.*)$`, 'gm'))].map((m) => `${m[1]} ${m[2]}`);
+const BW_ROW = /^ \d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s*$/m;
+const LAT_ROW = /^ \d+\s+\d+\s+([\d.]+\s+){6}[\d.]+\s*$/m;
+
+interface Case { tool: string; args: string; /** who prints a result row */ rows: 'both' | 'client'; lat?: boolean; name?: string }
+const CASES: Case[] = [
+  { tool: 'ib_write_bw', args: '-n 64 -s 3072', rows: 'both' },
+  { tool: 'ib_read_bw', args: '-n 64 -s 3072', rows: 'both' },
+  { tool: 'ib_atomic_bw', args: '-n 64 -A CMP_AND_SWAP', rows: 'both' },
+  { tool: 'ib_send_bw', args: '-n 64 -s 3072', rows: 'both' },
+  { tool: 'ib_send_bw', args: '-n 64 -s 1024 -c UD', rows: 'both', name: 'UD' },
+  { tool: 'ib_send_bw', args: '-n 64 -s 3072 -c UC', rows: 'both', name: 'UC' },
+  { tool: 'ib_write_bw', args: '-n 32 -s 4096 -q 2', rows: 'both', name: '2 QPs' },
+  { tool: 'ib_write_lat', args: '-n 50 -s 64', rows: 'both', lat: true },
+  { tool: 'ib_send_lat', args: '-n 50 -s 64', rows: 'both', lat: true },
+  { tool: 'ib_read_lat', args: '-n 50 -s 64', rows: 'client', lat: true },
+  { tool: 'ib_atomic_lat', args: '-n 50', rows: 'client', lat: true },
+];
+
+describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${HOST}`]);
+  });
+  after(async () => d?.stop());
+  for (const c of CASES) {
+    for (const oursServes of [true, false]) {
+      test(`${c.tool}${c.name ? ` (${c.name})` : ''}: softverbs ${oursServes ? 'server' : 'client'}, perftest ${oursServes ? 'client' : 'server'}`, async () => {
+        const args = c.args.split(' ');
+        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `${c.tool}.js`), '-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ${c.tool} -d rxe0 -x 1 -F ${c.args} ${server ? '' : HOST}`]);
+        let a: Run;
+        let b: Run;
+        if (oursServes) {
+          const s = ours(true);
+          await new Promise((r) => setTimeout(r, 800));
+          [b, a] = await Promise.all([theirs(false), s]);
+        } else {
+          const s = theirs(true);
+          await new Promise((r) => setTimeout(r, 3000)); // ssh into a TCG guest takes a moment
+          [a, b] = await Promise.all([ours(false), s]);
+        }
+        assert.equal(a.code, 0, `softverbs:\n${a.out}\nperftest:\n${b.out}`);
+        assert.equal(b.code, 0, `perftest:\n${b.out}\nsoftverbs:\n${a.out}`);
+        const nq = c.name === '2 QPs' ? 2 : 1;
+        assert.equal(addrs(a.out, 'local').length, nq);
+        assert.deepEqual(addrs(a.out, 'remote'), addrs(b.out, 'local'), 'we saw what they sent');
+        assert.deepEqual(addrs(b.out, 'remote'), addrs(a.out, 'local'), 'they saw what we sent');
+        const row = c.lat ? LAT_ROW : BW_ROW;
+        const client = oursServes ? b : a;
+        const server = oursServes ? a : b;
+        assert.match(client.out, row, `client result row:\n${client.out}`);
+        if (c.rows === 'both') assert.match(server.out, row, `server result row:\n${server.out}`);
+      });
+    }
+  }
+});
