@@ -1,5 +1,6 @@
 /** Test helpers: a real softverbsd process in a temp root, and QP plumbing. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mgmtQuery } from '../src/verbs/mgmt.js';
@@ -149,3 +150,21 @@ export function pattern(seed: number, len: number): Buffer {
   return b;
 }
 
+
+/** The TCP payloads of a pcap (Ethernet, IPv4), in order, with their ports: one per segment, as the tools wrote them. */
+export function tcpPayloads(file: string): { sport: number; dport: number; data: Buffer }[] {
+  const b = readFileSync(file);
+  const out: { sport: number; dport: number; data: Buffer }[] = [];
+  for (let o = 24; o + 16 <= b.length; ) {
+    const incl = b.readUInt32LE(o + 8);
+    const f = b.subarray(o + 16, o + 16 + incl);
+    o += 16 + incl;
+    if (f.readUInt16BE(12) !== 0x0800 || f[23] !== 6) continue;
+    const ihl = (f[14]! & 15) * 4;
+    const tcp = 14 + ihl;
+    const total = f.readUInt16BE(16);
+    const data = f.subarray(tcp + (f[tcp + 12]! >> 4) * 4, 14 + total);
+    if (data.length) out.push({ sport: f.readUInt16BE(tcp), dport: f.readUInt16BE(tcp + 2), data: Buffer.from(data) });
+  }
+  return out;
+}

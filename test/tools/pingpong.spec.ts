@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatDest, MSG_SIZE, parseDest } from '../../src/tools/pingpong.js';
-import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
+import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon } from '../helpers.js';
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'pingpong');
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
@@ -33,27 +33,9 @@ test('bad flags: getopt\'s complaint, the usage and exit 1, as rdma-core 44 prin
   assert.match(runSync('rc', ['-m', '1000']), /^Usage:\n[^]*exit=1\n$/);
 });
 
-/** TCP payloads of a capture (Ethernet, IPv4), in order. */
-function tcpPayloads(file: string): Buffer[] {
-  const b = readFileSync(file);
-  const out: Buffer[] = [];
-  for (let o = 24; o + 16 <= b.length; ) {
-    const incl = b.readUInt32LE(o + 8);
-    const f = b.subarray(o + 16, o + 16 + incl);
-    o += 16 + incl;
-    if (f.readUInt16BE(12) !== 0x0800 || f[23] !== 6) continue;
-    const ihl = (f[14]! & 15) * 4;
-    const tcp = 14 + ihl;
-    const total = f.readUInt16BE(16);
-    const data = f.subarray(tcp + (f[tcp + 12]! >> 4) * 4, 14 + total);
-    if (data.length) out.push(Buffer.from(data));
-  }
-  return out;
-}
-
 test('the out-of-band messages: what rdma-core sent in the captured runs parses, and formats back byte for byte', { skip: existsSync(CAPTURES) ? false : 'no captures' }, () => {
   for (const name of ['rc_pingpong', 'uc_pingpong', 'ud_pingpong']) {
-    const stream = Buffer.concat(tcpPayloads(join(CAPTURES, `${name}.pcap`)));
+    const stream = Buffer.concat(tcpPayloads(join(CAPTURES, `${name}.pcap`)).map((t) => t.data));
     // client address, server address, the client's "done"
     assert.equal(stream.length, MSG_SIZE * 2 + 5, name);
     for (const m of [stream.subarray(0, MSG_SIZE), stream.subarray(MSG_SIZE, 2 * MSG_SIZE)]) {

@@ -127,10 +127,17 @@ export class OobError extends Error {}
 export class Oob {
   readonly log: { dir: 'out' | 'in'; bytes: Buffer }[] = [];
   private read: (n: number) => Promise<Buffer | null>;
+  /** when the peer closed its end (0: it has not): a test loop still waiting on it then stops waiting */
+  peerGoneAt = 0;
 
   private constructor(private sock: Socket, readonly isClient: boolean) {
     this.read = reader(sock);
     sock.setNoDelay(true);
+    const gone = () => {
+      if (!this.peerGoneAt) this.peerGoneAt = Date.now();
+    };
+    sock.on('end', gone);
+    sock.on('close', gone);
   }
 
   /** ethernet_client_connect; perftest's own messages on failure. */

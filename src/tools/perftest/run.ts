@@ -395,8 +395,7 @@ function report(s: Session, mine: BwReport, rem: BwReport | null): void {
   s.out(bwRow(p, mine, rem));
   if (p.outJson) writeJson(p, bwJson(p, s.info, mine, rem));
   if (p.testMethod === 'ALL') {
-    const k = rem ? 1 : 0;
-    s.sweep.push({ size: Number(mine.size), bwPeak: mine.bwPeak + k * rem!.bwPeak, bwAvg: mine.bwAvg + k * rem!.bwAvg, msgRate: mine.msgRate + k * rem!.msgRate });
+    s.sweep.push({ size: Number(mine.size), bwPeak: mine.bwPeak + (rem?.bwPeak ?? 0), bwAvg: mine.bwAvg + (rem?.bwAvg ?? 0), msgRate: mine.msgRate + (rem?.msgRate ?? 0) });
   }
 }
 
@@ -476,10 +475,22 @@ function postRecvs(s: Session, size: number): void {
 
 // ---------------------------------------------------------------- loops
 
-/** Gives the event loop a turn every `every` calls (sockets, the TTY, completion channels). */
-function spinner(every = 1024): () => Promise<void> | null {
+/**
+ * Gives the event loop a turn every `every` calls (sockets, the TTY,
+ * completion channels). A loop that still waits for its peer a second after
+ * the peer closed the out-of-band connection stops with an error: perftest
+ * (and rxe, where retry_cnt 7 retries forever) would wait for ever.
+ */
+function spinner(s: Session, every = 1024): () => Promise<void> | null {
   let n = 0;
-  return () => (++n % every === 0 ? new Promise<void>((r) => setImmediate(r)) : null);
+  return () => {
+    if (++n % every !== 0) return null;
+    const gone = s.oob.peerGoneAt;
+    if (gone && Date.now() - gone > 1000 && s.p.testType === 'ITERATIONS') {
+      fail(' The peer closed the out-of-band connection in the middle of the test (did it exit?)\n');
+    }
+    return new Promise<void>((r) => setImmediate(r));
+  };
 }
 
 /** -D: perftest's alarm states (warm-up margin, sample, cool-down margin), by clock. */
@@ -567,7 +578,7 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<R
   const durationMode = p.testType === 'DURATION';
   const clock = durationMode ? new Clock(p) : null;
   const progress = new Progress(p, size, clock);
-  const spin = spinner();
+  const spin = spinner(s);
   const wcs = Array.from({ length: CTX_POLL_BATCH }, () => new WorkCompletion());
   const recvs = p.verb === Verb.SEND && (receiverOnly || p.duplex);
   const iters = p.iters;
@@ -692,7 +703,7 @@ async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult }
   const progress = new Progress(p, size, clock);
   const iters = clock ? Infinity : p.iters;
   const tposted = new Float64Array(clock ? 1 : iters);
-  const spin = spinner(4096);
+  const spin = spinner(s, 4096);
   let scnt = 0;
   let ccnt = 0;
   let rcnt = 0;
@@ -723,7 +734,8 @@ async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult }
       res.qps[0]!.postSend(wr);
     }
     if (ccnt < iters) {
-      const ne = await pollNext(s, res.sendCq, wcs, spin);
+      const ne = await pollNext(s, res.sendCq, wcs, spin, clock ? clock.end : Infinity);
+      if (!ne) continue; // -D: the time is up
       if (wcs[0]!.status !== WcStatus.SUCCESS) wcError(wcs[0]!, 'client', `scnt=${scnt}, ccnt=${ccnt}`);
       ccnt += ne;
       if (clock && tFrom && !tTo) sampled++;
@@ -745,7 +757,7 @@ async function runLat(s: Session, size: number): Promise<{ lat: LatResult } | { 
   const progress = new Progress(p, size, clock);
   const iters = clock ? Infinity : p.iters;
   const tposted = new Float64Array(clock ? 1 : iters);
-  const spin = spinner(4096);
+  const spin = spinner(s, 4096);
   let scnt = 0;
   let sampled = 0;
   let tFrom = 0;
@@ -761,7 +773,7 @@ async function runLat(s: Session, size: number): Promise<{ lat: LatResult } | { 
     if (!clock) tposted[scnt] = now();
     scnt++;
     res.qps[0]!.postSend(wr);
-    const ne = await pollNext(s, res.sendCq, wcs, spin);
+    const ne = await pollNext(s, res.sendCq, wcs, spin, clock ? clock.end : Infinity);
     if (ne > 0 && wcs[0]!.status !== WcStatus.SUCCESS) wcError(wcs[0]!, 'client', `scnt=${scnt}, ccnt=${scnt}`);
     if (clock && tFrom && !tTo) sampled++;
   }
@@ -783,7 +795,7 @@ async function runLatSend(s: Session, size: number): Promise<{ lat: LatResult } 
   const progress = new Progress(p, size, clock);
   const iters = clock ? Infinity : p.iters;
   const tposted = new Float64Array(clock ? 1 : iters);
-  const spin = spinner(4096);
+  const spin = spinner(s, 4096);
   let scnt = 0;
   let rcnt = 0;
   let sampled = 0;
@@ -813,7 +825,7 @@ async function runLatSend(s: Session, size: number): Promise<{ lat: LatResult } 
       wr.sendFlags = (wr.sendFlags! & ~SendFlags.SIGNALED) | (signal ? SendFlags.SIGNALED : 0);
       res.qps[0]!.postSend(wr);
       if (signal) {
-        await pollNext(s, res.sendCq, swc, spin);
+        if (!(await pollNext(s, res.sendCq, swc, spin, clock ? clock.end : Infinity))) continue;
         if (swc[0]!.status !== WcStatus.SUCCESS) wcError(swc[0]!, 'client', `scnt=${scnt}, ccnt=${scnt}`);
       }
     }
