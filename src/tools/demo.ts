@@ -4,9 +4,13 @@
  * on 127.0.0.2), shows them with ibv_devinfo, runs ibv_rc_pingpong across
  * them, then two client processes connect an RC QP pair (A on rxe0, B on
  * rxe1) and move data with SEND, RDMA WRITE, RDMA READ and both atomics;
+ * ib_write_bw -a and ib_send_lat -a sweep message sizes across the two
+ * devices and draw their curves (SVG, with the numbers as CSV), and
  * `rdma statistic show` counts the packets; everything it started stops.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -170,6 +174,22 @@ async function main(): Promise<void> {
     child.send({ bye: true });
     await new Promise((res) => child!.once('exit', res));
     a.ctx.closeDevice();
+    // perftest, with our -a additions: CSV/JSON/SVG of the sweep
+    const charts = join(tmpdir(), 'softverbs-demo');
+    mkdirSync(charts, { recursive: true });
+    for (const [t, args] of [['ib_write_bw', ['-a', '-n', '100']], ['ib_send_lat', ['-a', '-n', '50']]] as const) {
+      const chart = join(charts, `${t}.svg`);
+      const csv = join(charts, `${t}.csv`);
+      const pport = String(19515 + (process.pid % 1000));
+      say(`\n$ ${t} -d rxe0 ${args.join(' ')} &   # server`);
+      say(`$ ${t} -d rxe1 ${args.join(' ')} --chart ${chart} --results_csv ${csv} 127.0.0.1   # client`);
+      const sv = tool(root, t, ['-d', 'rxe0', '-p', pport, ...args]);
+      await new Promise((res) => setTimeout(res, 300));
+      process.stdout.write(await tool(root, t, ['-d', 'rxe1', '-p', pport, ...args, '--chart', chart, '--results_csv', csv, '127.0.0.1']));
+      await sv;
+      say(`chart: ${chart}`);
+    }
+
     say('\n$ rdma statistic show');
     process.stdout.write(await tool(root, 'rdma', ['statistic', 'show']));
     say('\nall done: stopping the client and the daemon');

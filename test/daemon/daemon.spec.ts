@@ -86,6 +86,14 @@ test('npm start: the demo runs every operation, prints what happened and leaves 
   assert.match(r.stdout, /RDMA_READ +1 MiB from B's memory .* every byte is 0xab/);
   assert.match(r.stdout, /FETCH_AND_ADD +\+5 on B's counter: returned 100, counter is now 105/);
   assert.match(r.stdout, /CMP_AND_SWP +105 -> 7: returned 105, counter is now 7/);
+  // the perftest sweeps: every size from 2 B to 8 MiB, and a chart of each
+  for (const t of ['ib_write_bw', 'ib_send_lat']) {
+    const part = r.stdout.slice(r.stdout.indexOf(`$ ${t} -d rxe1`));
+    assert.equal(part.slice(0, part.indexOf('chart: ')).match(/^ \d+ +\d+ +[\d.]+ /gm)?.length, 23, t);
+    const chart = new RegExp(`^chart: (\\S+${t}\\.svg)$`, 'm').exec(r.stdout)![1]!;
+    assert.match(readFileSync(chart, 'utf8'), /^<svg /);
+  }
   const root = /root (\S+)/.exec(r.stdout)![1]!;
   assert.ok(!existsSync(root), 'the demo removed its root');
+  assert.equal(spawnSync('pgrep', ['-f', root]).status, 1, 'no process of the demo is left');
 });

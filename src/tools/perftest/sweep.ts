@@ -81,7 +81,8 @@ function niceStep(max: number, n = 5): number {
   return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * mag;
 }
 
-export function toSvg(chartTitle: string, yLabel: string, unit: string, ss: Series[]): string {
+/** logY: latency spans decades from 2 B to 8 MB, so its axis is logarithmic; bandwidth's is linear. */
+export function toSvg(chartTitle: string, yLabel: string, unit: string, ss: Series[], logY = false): string {
   const W = 800;
   const H = 480;
   const m = { l: 80, r: 170, t: 50, b: 60 };
@@ -93,15 +94,23 @@ export function toSvg(chartTitle: string, yLabel: string, unit: string, ss: Seri
   const lx1 = Math.max(Math.log2(Math.max(...xs)), lx0 + 1);
   const step = niceStep(Math.max(...ys, 1e-9));
   const yMax = Math.ceil(Math.max(...ys, 1e-9) / step) * step;
+  const pos = ys.filter((v) => v > 0);
+  const d0 = Math.floor(Math.log10(Math.min(...pos, 1)));
+  const d1 = Math.max(Math.ceil(Math.log10(Math.max(...pos, 1))), d0 + 1);
   const X = (v: number) => m.l + ((Math.log2(v) - lx0) / (lx1 - lx0)) * pw;
-  const Y = (v: number) => m.t + ph - (Math.min(v, yMax) / yMax) * ph;
+  const Y = logY
+    ? (v: number) => m.t + ph - ((Math.log10(Math.max(v, 10 ** d0)) - d0) / (d1 - d0)) * ph
+    : (v: number) => m.t + ph - (Math.min(v, yMax) / yMax) * ph;
   const o: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<title>${esc(chartTitle)}</title>`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${W / 2}" y="24" text-anchor="middle" font-size="15">${esc(chartTitle)}</text>`,
   ];
-  for (let v = 0; v <= yMax + step / 2; v += step) {
+  const yTicks: number[] = [];
+  if (logY) for (let e = d0; e <= d1; e++) yTicks.push(10 ** e);
+  else for (let v = 0; v <= yMax + step / 2; v += step) yTicks.push(v);
+  for (const v of yTicks) {
     const y = Y(v).toFixed(1);
     o.push(`<line x1="${m.l}" y1="${y}" x2="${m.l + pw}" y2="${y}" stroke="#ddd"/>`, `<text x="${m.l - 8}" y="${y}" text-anchor="end" dominant-baseline="middle">${+v.toPrecision(6)}</text>`);
   }
@@ -140,6 +149,6 @@ export function writeSweep(p: Params, rows: SweepRow[]): void {
   if (p.chart) {
     const { yLabel, series: ss } = series(rows);
     const unit = p.tst === 'BW' ? (p.reportGbits ? 'Gb/sec' : 'MB/sec') : p.cycles ? 'cycles' : 'usec';
-    put(p.chart, toSvg(title(p), yLabel, unit, ss));
+    put(p.chart, toSvg(title(p), yLabel, unit, ss, p.tst === 'LAT'));
   }
 }
