@@ -206,7 +206,8 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
   }
   const v = r.values as Record<string, string | boolean | undefined>;
   if (v.help) return { kind: 'exit', code: 0, out: use, err: '' };
-  if (v.version) return { kind: 'exit', code: 0, out: `Version: ${PERFTEST_VERSION}\n`, err: '' };
+  // perftest's main() returns FAILURE after -V, as after any parser exit but -h
+  if (v.version) return { kind: 'exit', code: 1, out: `Version: ${PERFTEST_VERSION}\n`, err: '' };
   for (const [k, what] of Object.entries(UNSUPPORTED)) {
     if (v[k] !== undefined) return { kind: 'exit', code: 1, out: '', err: ` ${what} is not supported by softverbs\n Parser function exited with Error\n` };
   }
@@ -260,11 +261,12 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     }
     if (typeof v.connection === 'string') {
       const c = v.connection;
+      // change_conn_type() exit(1)s itself: no "Parser function exited" line after these
       if (c !== 'RC' && c !== 'UC' && c !== 'UD') {
-        fail(['XRC', 'DC', 'SRD', 'RawEth'].includes(c) ? ` ${c} connections are not supported by softverbs\n` : ' Invalid Connection type . please choose from {RC,UC,UD}\n');
+        throw new ParseExit(1, ['XRC', 'DC', 'SRD', 'RawEth'].includes(c) ? ` ${c} connections are not supported by softverbs\n` : ' Invalid Connection type. Please choose from {RC,UC,UD,XRC,DC,SRD}\n', false);
       }
-      if (c === 'UD' && verb !== Verb.SEND) fail(' UD connection only possible in SEND Verb\n');
-      if (c === 'UC' && (verb === Verb.READ || verb === Verb.ATOMIC)) fail(' UC connection not possible in READ/ATOMIC verbs\n');
+      if (c === 'UD' && verb !== Verb.SEND) throw new ParseExit(1, ' UD connection only possible in SEND verb\n', false);
+      if (c === 'UC' && (verb === Verb.READ || verb === Verb.ATOMIC)) throw new ParseExit(1, ' UC connection not possible in READ/ATOMIC verbs\n', false);
       p.conn = c as Conn;
     }
     if (v.qp !== undefined) {
@@ -289,7 +291,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     }
     if (typeof v.atomic_type === 'string') {
       if (verb !== Verb.ATOMIC) fail(' You are not running the atomic_lat/bw test!\n To change the atomic action type, you must run one of the atomic tests\n');
-      if (!ATOMIC_TYPES.includes(v.atomic_type as AtomicType)) fail(' Invalid Atomic type! please choose from {CMP_AND_SWAP,FETCH_AND_ADD}\n');
+      if (!ATOMIC_TYPES.includes(v.atomic_type as AtomicType)) throw new ParseExit(1, ' Invalid Atomic type! please choose from {CMP_AND_SWAP,FETCH_AND_ADD}\n', false);
       p.atomicType = v.atomic_type as AtomicType;
     }
     if ((n = num('post_list', 'Send Post List size', 'int')) !== undefined) p.postList = n;
