@@ -36,6 +36,12 @@ const CASES: Case[] = [
   { tool: 'ib_send_lat', args: '-n 50 -s 64', rows: 'both', lat: true },
   { tool: 'ib_read_lat', args: '-n 50 -s 64', rows: 'client', lat: true },
   { tool: 'ib_atomic_lat', args: '-n 50', rows: 'client', lat: true },
+  { tool: 'ib_write_bw', args: '-n 32 -s 4096 -b', rows: 'both', name: 'bidirectional' },
+  { tool: 'ib_send_bw', args: '-n 5 -b -a', rows: 'both', name: 'bidirectional, all sizes' },
+  { tool: 'ib_send_bw', args: '-n 64 -s 2048 -e', rows: 'both', name: 'events' },
+  { tool: 'ib_read_bw', args: '-a -n 5', rows: 'both', name: 'all sizes' },
+  { tool: 'ib_send_lat', args: '-n 50 -s 512 -c UD', rows: 'both', lat: true, name: 'UD' },
+  { tool: 'ib_write_bw', args: '-D 3 -s 4096', rows: 'both', name: 'duration' },
 ];
 
 describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () => {
@@ -71,6 +77,7 @@ describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () 
         const client = oursServes ? b : a;
         const server = oursServes ? a : b;
         assert.match(client.out, row, `client result row:\n${client.out}`);
+        if (c.name === 'all sizes') assert.equal(client.out.match(new RegExp(row.source, 'gm'))?.length, 23, 'every size from 2 to 2^23');
         if (c.rows === 'both') assert.match(server.out, row, `server result row:\n${server.out}`);
       });
     }

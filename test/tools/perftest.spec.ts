@@ -178,6 +178,8 @@ describe('perftest tools end to end', () => {
     { t: 'ib_send_lat', args: '-n 100 -s 512 -c UD -e', rows: 'both' },
     { t: 'ib_read_lat', args: '-n 100 -s 64 -e', rows: 'client', same: true },
     { t: 'ib_atomic_lat', args: '-n 100', rows: 'client' },
+    { t: 'ib_read_bw', args: '-n 200 -s 2048 -t 64 -Q 8 -u 12 -o 4 -m 1024 -N', rows: 'both' },
+    { t: 'ib_send_bw', args: '-n 200 -s 2048 -r 256 -t 32 -S 3 --disable_pcie_relaxed', rows: 'both' },
   ];
   for (const c of CASES) {
     test(`${c.t} ${c.args}: ${c.same ? 'one device' : 'across devices'}`, async () => {
@@ -188,6 +190,16 @@ describe('perftest tools end to end', () => {
       if (c.args.includes('-q 2')) assert.equal(addrs(cl.out, 'local').length, 2);
       if (c.args.includes('--report_gbits')) assert.match(cl.out, /BW peak\[Gb\/sec\]/);
       if (c.args.includes(' -e')) assert.match(cl.out, / Test with events\. Using rxe[01]_comp0\n/);
+      if (c.args.includes('-o 4')) {
+        for (const o of [cl.out, s.out]) assert.match(o, / Outstand reads  : 4\n/);
+        assert.match(cl.out, / TX depth        : 64\n CQ Moderation   : 8\n Mtu             : 1024\[B\]\n/);
+        assert.match(cl.out, / OUT 0x04 RKey /);
+        assert.match(cl.out, /^ 2048 +200 +0\.00 +[\d.]+/m, '-N: no peak');
+      }
+      if (c.args.includes('-r 256')) {
+        assert.match(s.out, / PCIe relax order: OFF\n ibv_wr\* API     : OFF\n RX depth        : 200\n CQ Moderation   : 32\n/, 'rx depth is cut to the iterations, as perftest does');
+        assert.match(cl.out, / TX depth        : 32\n CQ Moderation   : 32\n/);
+      }
     });
   }
 

@@ -18,7 +18,7 @@ import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersio
 import { DEF, MIN_PEER_VERSION, parse, PERFTEST_VERSION, RESULT_LINE, Verb, type Params, type Tst } from './params.js';
 import {
   addrLines, bannerWaiting, bwHeader, bwJson, bwRow, computeBw, computeLat, latDuration, latHeader, latJson, latRow, testInfo,
-  type InfoCtx, type LatResult,
+  type BwSamples, type InfoCtx, type LatResult,
 } from './report.js';
 import { writeSweep, type SweepRow } from './sweep.js';
 
@@ -67,7 +67,10 @@ interface Session {
   info: InfoCtx;
   out: (s: string) => void;
   sweep: SweepRow[];
-  remVersion: number;
+  /** per QP, the post_list send WRs, built once per size and re-posted (perftest's ctx->wr[]) */
+  sendWrs: SendWr[][];
+  /** per QP, the receive WR (perftest's ctx->rwr[]) */
+  recvWrs: RecvWr[];
 }
 
 /** Entry point of every perftest bin. */
@@ -150,7 +153,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       vaddr: res.mr.addr + BigInt(res.recvBase + i * res.slice), gid, srqn: 0,
     }));
     const info: InfoCtx = { devName: dev.name, mtuBytes: MTU_BYTES(mtu), gidIndex, inlineSize: p.inlineSize, outReads };
-    const s: Session = { p, oob, res, my, rem: [], info, out, sweep: [], remVersion: rv.value };
+    const s: Session = { p, oob, res, my, rem: [], info, out, sweep: [], sendWrs: [], recvWrs: [] };
     out(testInfo(p, info));
     const connect = () => connectQps(s, mtu, gidIndex);
     if (p.tst === 'BW' && p.verb !== Verb.SEND) await bwRdma(s, connect);
@@ -246,7 +249,8 @@ const shake = async (s: Session) => {
 };
 const printMine = (s: Session) => s.out(s.my.map((d) => addrLines('local', d, s.p.verb)).join(''));
 
-async function finishEvents(s: Session): Promise<void> {
+/** perftest's ibv_req_notify_cq before the loops, for -e. */
+function armCqs(s: Session): void {
   if (s.res.chan) {
     s.res.sendCq.reqNotifyCq();
     if (s.res.recvCq !== s.res.sendCq) s.res.recvCq.reqNotifyCq();
@@ -263,7 +267,7 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
   printMine(s);
   await shakeAll(s, true);
   await shake(s); // after RTR
-  await finishEvents(s);
+  armCqs(s);
   out(bwHeader(p));
   if (p.machine === 'SERVER' && !p.duplex) {
     await shake(s); // waits for the client to finish
@@ -278,7 +282,8 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
     setSendWqes(s, size);
     if (p.duplex) await shake(s);
     const samples = await runBw(s, size, false);
-    if (p.duplex) await shake(s);
+    // perftest >= 4.6 syncs again after each size of a bidirectional sweep (not after a single size)
+    if (p.duplex && p.testMethod === 'ALL') await shake(s);
     last = computeBw(p, samples);
     if (!p.duplex) report(s, last, null);
     else report(s, last, await oob.xchgBwReports(last));
@@ -299,7 +304,7 @@ async function bwSend(s: Session, connect: () => Promise<void>): Promise<void> {
   await shake(s);
   printMine(s);
   await shakeAll(s, true);
-  await finishEvents(s);
+  armCqs(s);
   out(bwHeader(p));
   const recvs = p.machine === 'SERVER' || p.duplex;
   const sends = p.machine === 'CLIENT' || p.duplex;
@@ -328,7 +333,7 @@ async function latWrite(s: Session, connect: () => Promise<void>): Promise<void>
   await shake(s);
   setSendWqes(s, p.size);
   out(latHeader(p));
-  for (const size of latSizes(p)) latReport(s, size, await runLatWrite(s, size));
+  for (const size of sizes(p)) latReport(s, size, await runLatWrite(s, size));
   out(RESULT_LINE);
 }
 
@@ -346,10 +351,10 @@ async function latReadAtomic(s: Session, connect: () => Promise<void>): Promise<
     out(RESULT_LINE);
     return;
   }
-  await finishEvents(s);
+  armCqs(s);
   out(latHeader(p));
   setSendWqes(s, p.size);
-  for (const size of latSizes(p)) latReport(s, size, await runLat(s, size));
+  for (const size of sizes(p)) latReport(s, size, await runLat(s, size));
   await closeConn(s);
   out(RESULT_LINE);
 }
@@ -362,10 +367,10 @@ async function latSend(s: Session, connect: () => Promise<void>): Promise<void> 
   await shake(s);
   printMine(s);
   await shakeAll(s, true);
-  await finishEvents(s);
+  armCqs(s);
   out(latHeader(p));
   setSendWqes(s, p.size);
-  for (const size of latSizes(p)) {
+  for (const size of sizes(p)) {
     postRecvs(s, size);
     await shake(s);
     latReport(s, size, await runLatSend(s, size));
@@ -388,7 +393,6 @@ function sizes(p: Params): number[] {
   const maxPow = p.conn === 'UD' ? Math.log2(p.size) + 1 : 24;
   return Array.from({ length: maxPow - 1 }, (_, i) => 2 ** (i + 1));
 }
-const latSizes = sizes;
 
 function report(s: Session, mine: BwReport, rem: BwReport | null): void {
   const { p } = s;
@@ -425,9 +429,7 @@ function writeJson(p: Params, text: string): void {
 
 // ---------------------------------------------------------------- work requests
 
-/** Per QP: the send WR (perftest's ctx->wr[], post_list of them) built once and re-posted. */
-const wrs = new WeakMap<Session, SendWr[][]>();
-
+/** ctx_set_send_wqes: each QP's WRs, from its slice of the send half to the peer's buffer. */
 function setSendWqes(s: Session, size: number): void {
   const { p, res, rem } = s;
   const lists: SendWr[][] = [];
@@ -450,11 +452,10 @@ function setSendWqes(s: Session, size: number): void {
     }
     lists.push(list);
   }
-  wrs.set(s, lists);
+  s.sendWrs = lists;
 }
 
 /** ctx_set_recv_wqes: rx_depth receives per QP into its slice of the receive half (UD: room for the GRH before it). */
-const recvWrs = new WeakMap<Session, RecvWr[]>();
 function postRecvs(s: Session, size: number): void {
   const { p, res } = s;
   const list: RecvWr[] = [];
@@ -470,7 +471,7 @@ function postRecvs(s: Session, size: number): void {
       }
     }
   }
-  recvWrs.set(s, list);
+  s.recvWrs = list;
 }
 
 // ---------------------------------------------------------------- loops
@@ -572,7 +573,7 @@ function wcError(wc: WorkCompletion, side: 'client' | 'server', counts: string):
  * run_iter_bw (senders, including both sides of -b) and run_iter_bw_server
  * (a SEND test's receiver): returns what print_report_bw needs.
  */
-async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<ReturnType<typeof computeBwInput>> {
+async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<BwSamples> {
   const { p, res } = s;
   const nq = res.qps.length;
   const durationMode = p.testType === 'DURATION';
@@ -595,8 +596,8 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<R
   let sampled = 0;
   let firstRx = true;
   let sampling = !durationMode;
-  const lists = receiverOnly ? [] : wrs.get(s)!;
-  const rwrs = recvWrs.get(s);
+  const lists = s.sendWrs;
+  const rwrs = s.recvWrs;
   if (!peak && !receiverOnly) tposted[0] = now();
   const sendDone = () => receiverOnly || (totscnt >= tot && totccnt >= tot);
   const recvDone = () => !recvs || rcnt >= tot;
@@ -665,7 +666,7 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<R
         rcnt++;
         if (receiverOnly && sampling && durationMode) sampled++;
         if (durationMode || posted[q]! + 1 <= iters) {
-          res.qps[q]!.postRecv(rwrs![q]!);
+          res.qps[q]!.postRecv(rwrs[q]!);
           posted[q]!++;
         }
       }
@@ -673,7 +674,7 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<R
     }
     if (idle) {
       // nothing to post and nothing completed: sleep on the channel (-e), or let the event loop in now and then
-      if (res.chan && !sendDone() || res.chan && !recvDone()) await waitEvent(s);
+      if (res.chan && !(sendDone() && recvDone())) await waitEvent(s);
       else {
         const y = spin();
         if (y) await y;
@@ -682,17 +683,13 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<R
   }
   progress.done();
   if (!durationMode && !peak) tcompleted[0] = now();
-  return computeBwInput(p, size, durationMode ? sampled : tot, tposted, tcompleted, !peak);
-}
-
-function computeBwInput(p: Params, size: number, iters: number, tposted: Float64Array, tcompleted: Float64Array, noPeak: boolean) {
-  return { size, iters, tposted, tcompleted, noPeak, cqMod: p.cqMod, postList: p.postList };
+  return { size, iters: durationMode ? sampled : tot, tposted, tcompleted, noPeak: !peak, cqMod: p.cqMod, postList: p.postList };
 }
 
 /** run_iter_lat_write: each side writes its counter into the last byte of the peer's buffer and spins on its own. */
 async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
   const { p, res } = s;
-  const wr = wrs.get(s)![0]![0]!;
+  const wr = s.sendWrs[0]![0]!;
   wr.sgList![0]!.length = size;
   wr.sendFlags = SendFlags.SIGNALED | (size <= p.inlineSize ? SendFlags.INLINE : 0);
   const buf = new Uint8Array(res.mr.buf.buffer, res.mr.buf.byteOffset, res.mr.buf.byteLength);
@@ -749,7 +746,7 @@ async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult }
 /** run_iter_lat: post, wait for the completion, repeat (READ and atomics: the client alone). */
 async function runLat(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
   const { p, res } = s;
-  const wr = wrs.get(s)![0]![0]!;
+  const wr = s.sendWrs[0]![0]!;
   wr.sgList![0]!.length = size;
   wr.sendFlags = SendFlags.SIGNALED;
   const wcs = [new WorkCompletion()];
@@ -785,8 +782,8 @@ async function runLat(s: Session, size: number): Promise<{ lat: LatResult } | { 
 /** run_iter_lat_send: the server answers each SEND with one; the client sends first. */
 async function runLatSend(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
   const { p, res } = s;
-  const wr = wrs.get(s)![0]![0]!;
-  const rwr = recvWrs.get(s)![0]!;
+  const wr = s.sendWrs[0]![0]!;
+  const rwr = s.recvWrs[0]!;
   wr.sgList![0]!.length = size;
   wr.sendFlags = size <= p.inlineSize ? SendFlags.INLINE : 0;
   const wcs = [new WorkCompletion()];
