@@ -21,3 +21,23 @@ export function parse(tool: string, argv: string[], options: NonNullable<ParseAr
     process.exit(onBad.exit);
   }
 }
+
+const C_INT = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)/;
+
+function cvalue(m: RegExpExecArray): number {
+  const t = m[2]!;
+  const n = /^0[xX]/.test(t) ? parseInt(t.slice(2), 16) : t.length > 1 && t[0] === '0' ? parseInt(t.slice(1), 8) : parseInt(t, 10);
+  return m[1] === '-' ? -n : n;
+}
+
+/** strtoul/strtol(s, NULL, 0): 0x hex, leading-0 octal, decimal; what does not parse is 0, as in C. */
+export function cnum(s: string | undefined): number {
+  const m = s === undefined ? null : C_INT.exec(s);
+  return m ? cvalue(m) : 0;
+}
+
+/** strtol(s, &end, 0) where *end must be the NUL: null unless the whole string is the number. */
+export function cnumStrict(s: string): number | null {
+  const m = C_INT.exec(s);
+  return m && m[0].length === s.length ? cvalue(m) : null;
+}

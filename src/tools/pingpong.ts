@@ -12,7 +12,7 @@ import {
   Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WC_STATUS_STR, WorkCompletion, WrOpcode,
   type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type QueuePair, type SharedReceiveQueue,
 } from '../verbs/index.js';
-import { parse } from './cli.js';
+import { cnum, parse } from './cli.js';
 import { inet6 } from './devinfo.js';
 import { reader } from './sockio.js';
 
@@ -71,16 +71,6 @@ export const VARIANTS: Record<Kind, Variant> = {
 
 export function usage(tool: string, v: Variant): string {
   return ['Usage:', `  ${tool}            start a server and wait for connection`, `  ${tool} <host>     connect to server at <host>`, '', 'Options:', ...v.usageLines, ''].join('\n');
-}
-
-/** strtoul/strtol(s, NULL, 0): 0x hex, leading-0 octal, decimal; what does not parse is 0, as in C. */
-export function cnum(s: string | undefined): number {
-  if (s === undefined) return 0;
-  const m = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)/.exec(s);
-  if (!m) return 0;
-  const t = m[2]!;
-  const n = /^0[xX]/.test(t) ? parseInt(t.slice(2), 16) : t.length > 1 && t[0] === '0' ? parseInt(t.slice(1), 8) : parseInt(t, 10);
-  return m[1] === '-' ? -n : n;
 }
 
 const MTU_ENUM: Record<number, number> = { 256: Mtu.MTU_256, 512: Mtu.MTU_512, 1024: Mtu.MTU_1024, 2048: Mtu.MTU_2048, 4096: Mtu.MTU_4096 };

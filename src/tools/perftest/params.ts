@@ -5,6 +5,7 @@
  * the text it returns.
  */
 import { parseArgs } from 'node:util';
+import { cnum, cnumStrict } from '../cli.js';
 
 /** perftest's VerbType, in its order (testsStr indexes it). */
 export enum Verb { SEND = 0, WRITE = 1, READ = 2, ATOMIC = 3 }
@@ -114,24 +115,6 @@ export type ParseResult =
   | { kind: 'run'; params: Params; /** lines perftest prints while parsing (stdout) */ out: string }
   | { kind: 'exit'; code: number; out: string; err: string };
 
-/** strtol(s, &end, 0) that must consume everything, as CHECK_VALUE wants. */
-function strictInt(s: string): number | null {
-  const m = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(s);
-  if (!m) return null;
-  const t = m[2]!;
-  const n = /^0[xX]/.test(t) ? parseInt(t.slice(2), 16) : t.length > 1 && t[0] === '0' ? parseInt(t.slice(1), 8) : parseInt(t, 10);
-  return m[1] === '-' ? -n : n;
-}
-
-/** strtol(s, NULL, 0): the leading number, 0 if none. */
-function leadingInt(s: string): number {
-  const m = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)/.exec(s);
-  if (!m) return 0;
-  const t = m[2]!;
-  const n = /^0[xX]/.test(t) ? parseInt(t.slice(2), 16) : t.length > 1 && t[0] === '0' ? parseInt(t.slice(1), 8) : parseInt(t, 10);
-  return m[1] === '-' ? -n : n;
-}
-
 export const RESULT_LINE = '---------------------------------------------------------------------------------------\n';
 
 class ParseExit {
@@ -227,7 +210,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     const num = (k: string, name: string, type: string): number | undefined => {
       const s = v[k];
       if (typeof s !== 'string') return undefined;
-      const n = strictInt(s);
+      const n = cnumStrict(s);
       if (n === null) throw new ParseExit(1, ` ${name} argument ${s} should be ${type}\n`);
       return n;
     };
@@ -311,7 +294,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       let factor = 1;
       if (s.endsWith('K')) (s = s.slice(0, -1)), (factor = 1024);
       else if (s.endsWith('M')) (s = s.slice(0, -1)), (factor = 1024 * 1024);
-      p.size = leadingInt(s) * factor;
+      p.size = cnum(s) * factor;
       p.reqSize = true;
       if (p.size < 1 || p.size > 0x7fffffff) fail(' Message Size should be between 1 and 2147483647\n');
     }

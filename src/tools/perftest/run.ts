@@ -403,7 +403,7 @@ function report(s: Session, mine: BwReport, rem: BwReport | null): void {
   }
 }
 
-function latReport(s: Session, size: number, r: { lat: LatResult } | { iters: number; spanNs: number }): void {
+function latReport(s: Session, size: number, r: LatOutcome): void {
   const { p } = s;
   if ('lat' in r) {
     s.out(r.lat.listing + latRow(r.lat));
@@ -543,6 +543,56 @@ class Progress {
  * event may belong to the other CQ: whichever CQ it names is re-armed, and
  * polling first means nothing that already arrived waits for an event.
  */
+type LatOutcome = { lat: LatResult } | { iters: number; spanNs: number };
+
+/**
+ * What the latency loops share: per-iteration start times, or with -D the
+ * clock (perftest's alarm states) and the round trips that fell between the
+ * margins, and the live progress line.
+ */
+class LatRun {
+  readonly clock: Clock | null;
+  readonly iters: number;
+  readonly tposted: Float64Array;
+  private readonly progress: Progress;
+  private sampled = 0;
+  private tFrom = 0;
+  private tTo = 0;
+  constructor(private p: Params, private size: number) {
+    this.clock = p.testType === 'DURATION' ? new Clock(p) : null;
+    this.progress = new Progress(p, size, this.clock);
+    this.iters = this.clock ? Infinity : p.iters;
+    this.tposted = new Float64Array(this.clock ? 1 : p.iters);
+  }
+  /** false once a -D run's time is up */
+  running(): boolean {
+    const c = this.clock;
+    if (!c) return true;
+    const t = now();
+    if (!this.tFrom && t >= c.sampleFrom) this.tFrom = t;
+    if (!this.tTo && t >= c.sampleTo) this.tTo = t;
+    if (t >= c.end) return false;
+    this.progress.tick(t, this.sampled);
+    return true;
+  }
+  /** iteration i begins */
+  post(i: number): void {
+    if (!this.clock) this.tposted[i] = now();
+  }
+  /** a round trip completed */
+  count(): void {
+    if (this.tFrom && !this.tTo) this.sampled++;
+  }
+  get until(): number {
+    return this.clock ? this.clock.end : Infinity;
+  }
+  finish(): LatOutcome {
+    this.progress.done();
+    if (this.clock) return { iters: this.sampled, spanNs: (this.tTo || now()) - this.tFrom };
+    return { lat: computeLat(this.p, this.size, this.tposted, this.p.iters) };
+  }
+}
+
 async function pollNext(s: Session, cq: CompletionQueue, wcs: WorkCompletion[], spin: () => Promise<void> | null, until = Infinity): Promise<number> {
   for (;;) {
     const ne = cq.pollCq(wcs) as number;
@@ -687,7 +737,7 @@ async function runBw(s: Session, size: number, receiverOnly: boolean): Promise<B
 }
 
 /** run_iter_lat_write: each side writes its counter into the last byte of the peer's buffer and spins on its own. */
-async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
+async function runLatWrite(s: Session, size: number): Promise<LatOutcome> {
   const { p, res } = s;
   const wr = s.sendWrs[0]![0]!;
   wr.sgList![0]!.length = size;
@@ -696,91 +746,60 @@ async function runLatWrite(s: Session, size: number): Promise<{ lat: LatResult }
   const postOff = size - 1;
   const pollOff = res.recvBase + size - 1;
   const wcs = [new WorkCompletion()];
-  const clock = p.testType === 'DURATION' ? new Clock(p) : null;
-  const progress = new Progress(p, size, clock);
-  const iters = clock ? Infinity : p.iters;
-  const tposted = new Float64Array(clock ? 1 : iters);
+  const r = new LatRun(p, size);
+  const iters = r.iters;
   const spin = spinner(s, 4096);
   let scnt = 0;
   let ccnt = 0;
   let rcnt = 0;
-  let sampled = 0;
-  let tFrom = 0;
-  let tTo = 0;
-  while (scnt < iters || ccnt < iters || rcnt < iters) {
-    let t = 0;
-    if (clock) {
-      t = now();
-      if (!tFrom && t >= clock.sampleFrom) tFrom = t;
-      if (!tTo && t >= clock.sampleTo) tTo = t;
-      if (t >= clock.end) break;
-      progress.tick(t, sampled);
-    }
+  while ((scnt < iters || ccnt < iters || rcnt < iters) && r.running()) {
     if (rcnt < iters && !(scnt < 1 && p.machine === 'SERVER')) {
       rcnt++;
       const want = rcnt & 0xff;
+      // Atomics.load: a plain read in a loop with no other side effect may be hoisted by the JIT
       while (Atomics.load(buf, pollOff) !== want) {
         const y = spin();
         if (y) await y;
-        if (clock && now() >= clock.end) break;
+        if (r.clock && now() >= r.until) break;
       }
     }
     if (scnt < iters) {
-      if (!clock) tposted[scnt] = now();
+      r.post(scnt);
       buf[postOff] = ++scnt & 0xff;
       res.qps[0]!.postSend(wr);
     }
     if (ccnt < iters) {
-      const ne = await pollNext(s, res.sendCq, wcs, spin, clock ? clock.end : Infinity);
+      const ne = await pollNext(s, res.sendCq, wcs, spin, r.until);
       if (!ne) continue; // -D: the time is up
       if (wcs[0]!.status !== WcStatus.SUCCESS) wcError(wcs[0]!, 'client', `scnt=${scnt}, ccnt=${ccnt}`);
       ccnt += ne;
-      if (clock && tFrom && !tTo) sampled++;
+      r.count();
     }
   }
-  progress.done();
-  if (clock) return { iters: sampled, spanNs: (tTo || now()) - tFrom };
-  return { lat: computeLat(p, size, tposted, p.iters) };
+  return r.finish();
 }
 
 /** run_iter_lat: post, wait for the completion, repeat (READ and atomics: the client alone). */
-async function runLat(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
+async function runLat(s: Session, size: number): Promise<LatOutcome> {
   const { p, res } = s;
   const wr = s.sendWrs[0]![0]!;
   wr.sgList![0]!.length = size;
   wr.sendFlags = SendFlags.SIGNALED;
   const wcs = [new WorkCompletion()];
-  const clock = p.testType === 'DURATION' ? new Clock(p) : null;
-  const progress = new Progress(p, size, clock);
-  const iters = clock ? Infinity : p.iters;
-  const tposted = new Float64Array(clock ? 1 : iters);
+  const r = new LatRun(p, size);
   const spin = spinner(s, 4096);
-  let scnt = 0;
-  let sampled = 0;
-  let tFrom = 0;
-  let tTo = 0;
-  while (scnt < iters) {
-    if (clock) {
-      const t = now();
-      if (!tFrom && t >= clock.sampleFrom) tFrom = t;
-      if (!tTo && t >= clock.sampleTo) tTo = t;
-      if (t >= clock.end) break;
-      progress.tick(t, sampled);
-    }
-    if (!clock) tposted[scnt] = now();
-    scnt++;
+  for (let scnt = 0; scnt < r.iters && r.running(); ) {
+    r.post(scnt++);
     res.qps[0]!.postSend(wr);
-    const ne = await pollNext(s, res.sendCq, wcs, spin, clock ? clock.end : Infinity);
+    const ne = await pollNext(s, res.sendCq, wcs, spin, r.until);
     if (ne > 0 && wcs[0]!.status !== WcStatus.SUCCESS) wcError(wcs[0]!, 'client', `scnt=${scnt}, ccnt=${scnt}`);
-    if (clock && tFrom && !tTo) sampled++;
+    if (ne > 0) r.count();
   }
-  progress.done();
-  if (clock) return { iters: sampled, spanNs: (tTo || now()) - tFrom };
-  return { lat: computeLat(p, size, tposted, p.iters) };
+  return r.finish();
 }
 
 /** run_iter_lat_send: the server answers each SEND with one; the client sends first. */
-async function runLatSend(s: Session, size: number): Promise<{ lat: LatResult } | { iters: number; spanNs: number }> {
+async function runLatSend(s: Session, size: number): Promise<LatOutcome> {
   const { p, res } = s;
   const wr = s.sendWrs[0]![0]!;
   const rwr = s.recvWrs[0]!;
@@ -788,46 +807,32 @@ async function runLatSend(s: Session, size: number): Promise<{ lat: LatResult } 
   wr.sendFlags = size <= p.inlineSize ? SendFlags.INLINE : 0;
   const wcs = [new WorkCompletion()];
   const swc = [new WorkCompletion()];
-  const clock = p.testType === 'DURATION' ? new Clock(p) : null;
-  const progress = new Progress(p, size, clock);
-  const iters = clock ? Infinity : p.iters;
-  const tposted = new Float64Array(clock ? 1 : iters);
+  const r = new LatRun(p, size);
+  const iters = r.iters;
   const spin = spinner(s, 4096);
   let scnt = 0;
   let rcnt = 0;
-  let sampled = 0;
-  let tFrom = 0;
-  let tTo = 0;
-  while (scnt < iters || rcnt < iters) {
-    if (clock) {
-      const t = now();
-      if (!tFrom && t >= clock.sampleFrom) tFrom = t;
-      if (!tTo && t >= clock.sampleTo) tTo = t;
-      if (t >= clock.end) break;
-      progress.tick(t, sampled);
-    }
+  while ((scnt < iters || rcnt < iters) && r.running()) {
     if (rcnt < iters && !(scnt < 1 && p.machine === 'CLIENT')) {
-      const ne = await pollNext(s, res.recvCq, wcs, spin, clock ? clock.end : Infinity);
+      const ne = await pollNext(s, res.recvCq, wcs, spin, r.until);
       if (ne > 0) {
         if (wcs[0]!.status !== WcStatus.SUCCESS) wcError(wcs[0]!, 'server', ` rcnt=${rcnt}`);
         rcnt++;
-        if (clock && tFrom && !tTo) sampled++;
-        if (clock || rcnt + p.rxDepth <= iters) res.qps[0]!.postRecv(rwr);
+        r.count();
+        if (rcnt + p.rxDepth <= iters) res.qps[0]!.postRecv(rwr);
       }
     }
     if (scnt < iters) {
-      if (!clock) tposted[scnt] = now();
+      r.post(scnt);
       scnt++;
-      const signal = scnt % p.cqMod === 0 || (!clock && scnt === iters);
+      const signal = scnt % p.cqMod === 0 || scnt === iters;
       wr.sendFlags = (wr.sendFlags! & ~SendFlags.SIGNALED) | (signal ? SendFlags.SIGNALED : 0);
       res.qps[0]!.postSend(wr);
       if (signal) {
-        if (!(await pollNext(s, res.sendCq, swc, spin, clock ? clock.end : Infinity))) continue;
+        if (!(await pollNext(s, res.sendCq, swc, spin, r.until))) continue;
         if (swc[0]!.status !== WcStatus.SUCCESS) wcError(swc[0]!, 'client', `scnt=${scnt}, ccnt=${scnt}`);
       }
     }
   }
-  progress.done();
-  if (clock) return { iters: sampled, spanNs: (tTo || now()) - tFrom };
-  return { lat: computeLat(p, size, tposted, p.iters) };
+  return r.finish();
 }
