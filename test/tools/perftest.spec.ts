@@ -15,7 +15,7 @@ import {
   decodeBwReport, decodeInt, decodeKey, decodeMtu, decodeVersion, DONE, encodeBwReport, encodeInt, encodeKey, encodeMtu, encodeVersion,
 } from '../../src/tools/perftest/exchange.js';
 import { parse, Verb, type Params, type Tst } from '../../src/tools/perftest/params.js';
-import { addrLines, bwHeader, bwRow, latHeader, latRow, testInfo, type LatResult } from '../../src/tools/perftest/report.js';
+import { addrLines, bwHeader, bwJson, bwRow, latHeader, latJson, latRow, testInfo, type LatResult } from '../../src/tools/perftest/report.js';
 import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon } from '../helpers.js';
 
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
@@ -93,6 +93,31 @@ describe('perftest formats against perftest 4.5-0.17 recorded on Linux rxe', { s
       }
     });
   }
+
+  test('--out_json: perftest\'s own file for the numbers it printed (test/tools/fixtures/perftest/out_json_*.txt)', () => {
+    const dir = join(DIST, '..', 'test', 'tools', 'fixtures', 'perftest');
+    for (const t of ['ib_write_bw', 'ib_send_lat', 'ib_read_bw']) {
+      const text = readFileSync(join(dir, `out_json_${t}.txt`), 'utf8');
+      const cmd = /^=== (.*)$/m.exec(text)![1]!.split(' ');
+      const stdout = text.slice(text.indexOf('=== stdout\n') + 11, text.indexOf('=== json\n'));
+      const json = text.slice(text.indexOf('=== json\n') + 9);
+      const p = paramsOf(cmd);
+      const info = { devName: 'rxe0', mtuBytes: 4096, gidIndex: 1, inlineSize: 0, outReads: 128 };
+      assert.ok(stdout.includes(testInfo(p, info)), `${t}: test block`);
+      const header = p.tst === 'BW' ? bwHeader(p) : latHeader(p);
+      const row = stdout.slice(stdout.indexOf(header) + header.length).split('\n')[0]! + '\n';
+      const n = row.trim().split(/\s+/).map(Number);
+      if (p.tst === 'BW') {
+        const rep = { size: BigInt(n[0]!), iters: BigInt(n[1]!), bwPeak: n[2]!, bwAvg: n[3]!, msgRate: n[4]! };
+        assert.equal(bwRow(p, rep), row, `${t}: row`);
+        assert.equal(bwJson(p, info, rep), json, `${t}: json`);
+      } else {
+        const r: LatResult = { size: n[0]!, iters: n[1]!, tMin: n[2]!, tMax: n[3]!, tTypical: n[4]!, tAvg: n[5]!, tStdev: n[6]!, p99: n[7]!, p999: n[8]!, listing: '' };
+        assert.equal(latRow(r), row, `${t}: row`);
+        assert.equal(latJson(p, info, r), json, `${t}: json`);
+      }
+    }
+  });
 
   test('every out-of-band message of the captured runs decodes and encodes back byte for byte', () => {
     for (const name of NAMES) {
@@ -256,6 +281,21 @@ describe('perftest tools end to end', () => {
     // the rows we wrote are the rows we printed
     const csvAvg = readFileSync(join(dir, 'bw.csv'), 'utf8').trim().split('\n').slice(1).map((l) => l.split(',')[2]);
     assert.deepEqual(csvAvg, [...bw.c.out.matchAll(BW_ROW)].map((m) => m[0].trim().split(/\s+/)[3]));
+  });
+
+  test('--out_json: each side writes its file, the write server with the numbers the client sent it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sv-json-'));
+    const port = nextPort++;
+    const sv = run('ib_write_bw', ['-d', 'rxe0', '-p', String(port), '-n', '200', '-s', '8192', '--out_json', '--out_json_file', join(dir, 's.json')], d.root);
+    await new Promise((r) => setTimeout(r, 400));
+    const cl = await run('ib_write_bw', ['-d', 'rxe1', '-p', String(port), '-n', '200', '-s', '8192', '--out_json', '--out_json_file', join(dir, 'c.json'), '127.0.0.1'], d.root);
+    assert.equal(cl.code, 0, cl.out);
+    assert.equal((await sv).code, 0);
+    const [sj, cj] = ['s', 'c'].map((k) => readFileSync(join(dir, `${k}.json`), 'utf8'));
+    for (const j of [sj, cj]) assert.match(j!, /^\{\ntest_info: \{\ntest: RDMA_Write_BW_Test,\n[^]*\},\nresults: \{\nMsgSize: 8192,\nn_iterations: 200,\nBW_peak: [\d.]+,\nBW_average: [\d.]+,\nMsgRate: [\d.]+,\n\},\n\}\n$/);
+    assert.equal(/results: [^]*/.exec(sj!)![0], /results: [^]*/.exec(cj!)![0]);
+    assert.match(cj!, /TX_depth : 128,/);
+    assert.doesNotMatch(sj!, /TX_depth/);
   });
 
   test('-D: runs for the time asked, and shows live progress on a terminal (and only there)', { skip: spawnSync('script', ['--version']).status === 0 ? false : 'no script(1)' }, async () => {

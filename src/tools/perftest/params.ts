@@ -202,7 +202,8 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     qpTimeout: DEF.qpTimeout, sl: 0, conn: 'RC', numQps: 1, gidIndex: -1, useGidUser: false, inlineSize: -1, outReads: 0,
     useEvent: false, duplex: false, noPeak: false, reqCqMod: false, cqMod: DEF.cqMod, postList: 1, testMethod: 'REGULAR',
     testType: 'ITERATIONS', duration: DEF.duration, margin: -1, atomicType: 'FETCH_AND_ADD', reportGbits: false, cpuFreqF: false,
-    disablePcir: tst === 'LAT', outJson: false, outJsonFile: 'perftest_out.json', histogram: false, unsorted: false, cycles: false,
+    // write_lat.c alone turns relaxed ordering off (it polls the buffer's last byte)
+    disablePcir: tst === 'LAT' && verb === Verb.WRITE, outJson: false, outJsonFile: 'perftest_out.json', histogram: false, unsorted: false, cycles: false,
     chart: null, resultsCsv: null, resultsJson: null, servername: null, machine: 'SERVER',
   };
   if (verb === Verb.ATOMIC) p.size = DEF.sizeAtomic;

@@ -272,7 +272,9 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
   if (p.machine === 'SERVER' && !p.duplex) {
     await shake(s); // waits for the client to finish
     const rem = await oob.xchgBwReports(zeroReport());
+    // print_full_bw_report of the client's numbers: the row, and --out_json's file too
     out(bwRow(p, rem));
+    if (p.outJson) writeJson(p, bwJson(p, s.info, rem));
     await closeConn(s);
     out(RESULT_LINE);
     return;
