@@ -14,6 +14,7 @@ const munmap_ = libc.func('int munmap(void *addr, size_t len)');
 const fcntl_ = libc.func('int fcntl(int fd, int cmd, int arg)');
 const getsockopt_ = libc.func('int getsockopt(int fd, int level, int name, void *val, void *len)');
 const strerror_ = libc.func('const char *strerror(int errnum)');
+const sched_yield_ = libc.func('int sched_yield(void)');
 
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
@@ -111,4 +112,13 @@ export function peerCred(fd: number): { pid: number; uid: number; gid: number } 
   len.writeUInt32LE(12);
   if ((getsockopt_(fd, SOL_SOCKET, SO_PEERCRED, val, len) as number) !== 0) fail('getsockopt(SO_PEERCRED)');
   return { pid: val.readInt32LE(0), uid: val.readUInt32LE(4), gid: val.readUInt32LE(8) };
+}
+
+/**
+ * sched_yield(2): a polling loop gives its CPU to whoever else can run. On a
+ * machine with fewer cores than busy processes, the daemon (our HCA) is one of
+ * those, and a client that spins without yielding starves the device it waits on.
+ */
+export function schedYield(): void {
+  sched_yield_();
 }

@@ -15,6 +15,7 @@ import {
 import { cnum, parse } from './cli.js';
 import { inet6 } from './devinfo.js';
 import { reader } from './sockio.js';
+import { schedYield } from '../native/libc.js';
 
 type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
@@ -244,8 +245,10 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
       } else {
         do {
           ne = pp.cq.pollCq(wcs);
-          // completions arrive in shared memory; yield now and then so doorbell replies are read
-          if (ne < 1 && (++spins & 0x3ff) === 0) await new Promise((r) => setImmediate(r));
+          // completions arrive in shared memory: give the CPU away now and then (the daemon may need it)
+          // and the event loop a turn
+          if (ne < 1 && (++spins & 0x3f) === 0) schedYield();
+          if (ne < 1 && (spins & 0x3ff) === 0) await new Promise((r) => setImmediate(r));
         } while (ne < 1);
       }
       for (let k = 0; k < ne; k++) {
