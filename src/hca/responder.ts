@@ -39,9 +39,10 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
   }
   if (rc) {
     if (d > 0) {
-      // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back
-      dev.counters.out_of_seq_request++;
+      // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back;
+      // rxe counts out_of_seq_request once per NAK, not per dropped packet
       if (!qp.resp.sentPsnNak) {
+        dev.counters.out_of_seq_request++;
         qp.resp.sentPsnNak = true;
         sendAck(dev, qp, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
       }
