@@ -8,7 +8,8 @@
  *    throughput of datagrams the size of one MTU-4096 RoCEv2 packet; 8-byte SEND ping-pong vs Node
  *    UDP and TCP ping-pong
  */
-import { fork } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
+import { dirname, join } from 'node:path';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { createSocket } from 'node:dgram';
 import { createConnection, createServer } from 'node:net';
@@ -296,6 +297,25 @@ async function tcpPingPong(): Promise<number> {
   return us;
 }
 
+/** One perftest tool, server on rootS's rxe0 and client on rootC's: the client's result row, as numbers. */
+async function perftest(t: string, args: string[], rootS: string, rootC: string): Promise<number[]> {
+  const tool = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'tools', `${t}.js`);
+  const port = String(20515 + (process.pid % 1000));
+  const run = (root: string, extra: string[]) => new Promise<string>((resolve, reject) => {
+    const p = spawn(process.execPath, [tool, '-d', 'rxe0', '-p', port, ...args, ...extra], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${t} exited ${code}: ${out}`))));
+  });
+  const server = run(rootS, []);
+  await new Promise((r) => setTimeout(r, 400));
+  const out = await run(rootC, ['127.0.0.1']);
+  await server;
+  const row = /^ \d+ +\d+ +[\d.]+.*$/m.exec(out);
+  if (!row) throw new Error(`${t}: no result row in\n${out}`);
+  return row[0].trim().split(/\s+/).map(Number);
+}
+
 async function main(): Promise<void> {
   const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
   const root = daemon.root;
@@ -316,10 +336,17 @@ async function main(): Promise<void> {
     let xwrite = 0;
     let xping = 0;
     let xpingEv = 0;
+    let pWrite: number[] = [];
+    let pSend: number[] = [];
+    let pLat: number[] = [];
     try {
       xwrite = await rdmaWriteBw(d1.root, d2.root);
       xping = await sendPingPong(d1.root, false, d2.root);
       xpingEv = await sendPingPong(d1.root, true, d2.root);
+      // the perftest tools, as a user runs them: their own processes, busy-polling, across the wire
+      pWrite = await perftest('ib_write_bw', ['-s', '65536', '-n', '20000'], d1.root, d2.root);
+      pSend = await perftest('ib_send_bw', ['-s', '4096', '-n', '50000'], d1.root, d2.root);
+      pLat = await perftest('ib_send_lat', ['-s', '8', '-n', '20000'], d1.root, d2.root);
     } finally {
       await d1.stop();
       await d2.stop();
@@ -344,6 +371,11 @@ async function main(): Promise<void> {
       `  SEND 8 B round trip / Node UDP round trip       ${(xpingEv / uping).toFixed(3)}   (both ends sleep on completion events)`,
       `  SEND 8 B round trip / Node TCP round trip       ${(xpingEv / tping).toFixed(3)}   (events)`,
       '',
+      'perftest tools across the wire (two daemons; perftest\'s MB/sec are MiB/s)',
+      `  ib_write_bw 64 KiB average / Node TCP stream    ${((pWrite[3]! * 1048576) / tcp).toFixed(2)}`,
+      `  ib_send_bw 4 KiB average / Node TCP stream      ${((pSend[3]! * 1048576) / tcp).toFixed(3)}`,
+      `  ib_send_lat 8 B t_typical / Node TCP half RTT   ${(pLat[4]! / (tping / 2)).toFixed(3)}`,
+      '',
       'absolute',
       `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s (same device)`,
       `  RDMA_WRITE 64 KiB        ${(xwrite / GB).toFixed(3)} GB/s (across the wire)`,
@@ -356,6 +388,9 @@ async function main(): Promise<void> {
       `  SEND 8 B ping-pong (-e)  ${xpingEv.toFixed(2)} us round trip (across the wire)`,
       `  Node TCP 8 B ping-pong   ${tping.toFixed(2)} us round trip`,
       `  Node UDP 8 B ping-pong   ${uping.toFixed(2)} us round trip`,
+      `  ib_write_bw -s 65536     ${pWrite[3]!.toFixed(2)} MB/sec average, ${pWrite[4]!.toFixed(6)} Mpps`,
+      `  ib_send_bw -s 4096       ${pSend[3]!.toFixed(2)} MB/sec average, ${pSend[4]!.toFixed(6)} Mpps`,
+      `  ib_send_lat -s 8         t_typical ${pLat[4]!.toFixed(2)} us, t_avg ${pLat[5]!.toFixed(2)} us, 99% ${pLat[7]!.toFixed(2)} us`,
     ];
     process.stdout.write(out.join('\n') + '\n');
   } finally {
