@@ -168,3 +168,21 @@ export function tcpPayloads(file: string): { sport: number; dport: number; data:
   }
   return out;
 }
+
+/**
+ * Our tool against the lab's, our side as the server or as the client: the
+ * server starts first (an ssh into a TCG guest takes a while). Both runs,
+ * ours first.
+ */
+export async function meet(oursServes: boolean, ours: (server: boolean) => Promise<Run>, theirs: (server: boolean) => Promise<Run>): Promise<[Run, Run]> {
+  if (oursServes) {
+    const s = ours(true);
+    await new Promise((r) => setTimeout(r, 800));
+    const [b, a] = await Promise.all([theirs(false), s]);
+    return [a, b];
+  }
+  const s = theirs(true);
+  await new Promise((r) => setTimeout(r, 3000));
+  const [a, b] = await Promise.all([ours(false), s]);
+  return [a, b];
+}

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
+import { DIST, meet, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
 
 const PEER = process.env.LAB_PEER ?? '';
 const HOST = process.env.LAB_HOST ?? '10.77.0.1';
@@ -56,17 +56,7 @@ describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () 
         const args = c.args.split(' ');
         const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `${c.tool}.js`), '-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ${c.tool} -d rxe0 -x 1 -F ${c.args} ${server ? '' : HOST}`]);
-        let a: Run;
-        let b: Run;
-        if (oursServes) {
-          const s = ours(true);
-          await new Promise((r) => setTimeout(r, 800));
-          [b, a] = await Promise.all([theirs(false), s]);
-        } else {
-          const s = theirs(true);
-          await new Promise((r) => setTimeout(r, 3000)); // ssh into a TCG guest takes a moment
-          [a, b] = await Promise.all([ours(false), s]);
-        }
+        const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}\nperftest:\n${b.out}`);
         assert.equal(b.code, 0, `perftest:\n${b.out}\nsoftverbs:\n${a.out}`);
         const nq = c.name === '2 QPs' ? 2 : 1;

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { DIST, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
+import { DIST, meet, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
 
 const PEER = process.env.LAB_PEER ?? '';
 const HOST = process.env.LAB_HOST ?? '10.77.0.1';
@@ -31,17 +31,7 @@ describe('pingpongs: softverbs <-> rdma-core 44 on Linux rxe', { skip }, () => {
         const extra = kind === 'srq' ? ['-q', '4'] : kind === 'ud' ? ['-s', '1024'] : [];
         const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `ibv_${kind}_pingpong.js`), '-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 80 ibv_${kind}_pingpong -d rxe0 -g 1 -n 100 ${extra.join(' ')} ${server ? '' : HOST}`]);
-        let a: Run;
-        let b: Run;
-        if (oursServes) {
-          const s = ours(true);
-          await new Promise((r) => setTimeout(r, 800));
-          [b, a] = await Promise.all([theirs(false), s]);
-        } else {
-          const s = theirs(true);
-          await new Promise((r) => setTimeout(r, 3000)); // ssh into a TCG guest takes a moment
-          [a, b] = await Promise.all([ours(false), s]);
-        }
+        const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}`);
         assert.equal(b.code, 0, `rdma-core:\n${b.out}`);
         for (const r of [a, b]) assert.match(r.out, /^\d+ bytes in [\d.]+ seconds = [\d.]+ Mbit\/sec\n\d+ iters in [\d.]+ seconds = [\d.]+ usec\/iter$/m);

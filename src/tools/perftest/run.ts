@@ -23,13 +23,10 @@ import {
 } from './report.js';
 import { writeSweep, type SweepRow } from './sweep.js';
 
-class Fail extends Error {
-  constructor(readonly err: string, readonly out = '') {
-    super(err);
-  }
-}
-const fail = (err: string, out = ''): never => {
-  throw new Fail(err, out);
+/** A failure perftest reports on stderr before it exits 1: the message is its text, newlines included. */
+class Fail extends Error {}
+const fail = (err: string): never => {
+  throw new Fail(err);
 };
 
 const now = () => performance.now() * 1e6;
@@ -165,12 +162,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     if (s.sweep.length) writeSweep(p, s.sweep);
     return 0;
   } catch (e) {
-    if (e instanceof Fail) {
-      out(e.out);
-      process.stderr.write(e.err);
-      return 1;
-    }
-    if (e instanceof OobError) {
+    if (e instanceof Fail || e instanceof OobError) {
       process.stderr.write(e.message);
       return 1;
     }
@@ -260,14 +252,34 @@ function armCqs(s: Session): void {
 
 // ---------------------------------------------------------------- flows (each perftest main())
 
+/**
+ * The part every tool shares: the key-message exchanges around ctx_connect
+ * and the address lines. Where the extra single barriers fall is what
+ * differs between perftest's mains, so it is spelled out per tool.
+ */
+interface Barriers {
+  /** one before the per-QP exchange (the latency tests) */
+  first: boolean;
+  /** one right after ctx_connect (the SEND tests) */
+  afterConnect: boolean;
+  /** one after the remote addresses are printed, "after moving the QP to RTR" (the RDMA tests) */
+  afterRtr: boolean;
+}
+
+async function setUp(s: Session, connect: () => Promise<void>, b: Barriers): Promise<void> {
+  if (b.first) await shake(s);
+  await shakeAll(s);
+  await connect();
+  if (b.afterConnect) await shake(s);
+  printMine(s);
+  await shakeAll(s, true);
+  if (b.afterRtr) await shake(s);
+}
+
 /** write_bw.c / read_bw.c / atomic_bw.c */
 async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
   const { p, oob, out } = s;
-  await shakeAll(s);
-  await connect();
-  printMine(s);
-  await shakeAll(s, true);
-  await shake(s); // after RTR
+  await setUp(s, connect, { first: false, afterConnect: false, afterRtr: true });
   armCqs(s);
   out(bwHeader(p));
   if (p.machine === 'SERVER' && !p.duplex) {
@@ -302,11 +314,7 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
 /** send_bw.c */
 async function bwSend(s: Session, connect: () => Promise<void>): Promise<void> {
   const { p, oob, out } = s;
-  await shakeAll(s);
-  await connect();
-  await shake(s);
-  printMine(s);
-  await shakeAll(s, true);
+  await setUp(s, connect, { first: false, afterConnect: true, afterRtr: false });
   armCqs(s);
   out(bwHeader(p));
   const recvs = p.machine === 'SERVER' || p.duplex;
@@ -328,12 +336,7 @@ async function bwSend(s: Session, connect: () => Promise<void>): Promise<void> {
 /** write_lat.c: no closing exchange, each side just ends. */
 async function latWrite(s: Session, connect: () => Promise<void>): Promise<void> {
   const { p, out } = s;
-  await shake(s);
-  await shakeAll(s);
-  await connect();
-  printMine(s);
-  await shakeAll(s, true);
-  await shake(s);
+  await setUp(s, connect, { first: true, afterConnect: false, afterRtr: true });
   setSendWqes(s, p.size);
   out(latHeader(p));
   for (const size of sizes(p)) latReport(s, size, await runLatWrite(s, size));
@@ -343,12 +346,7 @@ async function latWrite(s: Session, connect: () => Promise<void>): Promise<void>
 /** read_lat.c / atomic_lat.c: only the client posts; the server waits in its closing exchange. */
 async function latReadAtomic(s: Session, connect: () => Promise<void>): Promise<void> {
   const { p, out } = s;
-  await shake(s);
-  await shakeAll(s);
-  await connect();
-  printMine(s);
-  await shakeAll(s, true);
-  await shake(s);
+  await setUp(s, connect, { first: true, afterConnect: false, afterRtr: true });
   if (p.machine === 'SERVER') {
     await closeConn(s);
     out(RESULT_LINE);
@@ -365,11 +363,7 @@ async function latReadAtomic(s: Session, connect: () => Promise<void>): Promise<
 /** send_lat.c */
 async function latSend(s: Session, connect: () => Promise<void>): Promise<void> {
   const { p, out } = s;
-  await shakeAll(s);
-  await connect();
-  await shake(s);
-  printMine(s);
-  await shakeAll(s, true);
+  await setUp(s, connect, { first: false, afterConnect: true, afterRtr: false });
   armCqs(s);
   out(latHeader(p));
   setSendWqes(s, p.size);
