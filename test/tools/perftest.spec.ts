@@ -355,6 +355,9 @@ describe('perftest tools end to end', () => {
     x = await r('ib_write_bw', ['-d', 'nope', '127.0.0.1']);
     assert.equal(x.code, 1);
     assert.match(x.out, /^IB device nope not found\n Unable to find the Infiniband\/RoCE device\n$/);
+    x = await r('ib_write_bw', ['-d', 'rxe0', '-p', '99999', '127.0.0.1']);
+    assert.equal(x.code, 1);
+    assert.match(x.out, /^Problem in resolving basic address and port\nUnable to open file descriptor for socket connection Unable to init the socket connection\n$/m);
     x = await r('ib_write_bw', ['-d', 'rxe0', '-p', '1', '127.0.0.1']);
     assert.equal(x.code, 1);
     assert.match(x.out, /Couldn't connect to 127\.0\.0\.1:1\nUnable to open file descriptor for socket connection Unable to init the socket connection\n$/);

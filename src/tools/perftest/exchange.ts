@@ -123,6 +123,9 @@ export const DONE = Buffer.from('done\0', 'latin1');
 
 export class OobError extends Error {}
 
+/** establish_connection's words when the socket part fails ("...connection" has no newline in perftest) */
+const UNABLE = 'Unable to open file descriptor for socket connection Unable to init the socket connection\n';
+
 /** One side of the TCP connection. Every message is logged in `log` (direction and bytes) for tests. */
 export class Oob {
   readonly log: { dir: 'out' | 'in'; bytes: Buffer }[] = [];
@@ -142,12 +145,14 @@ export class Oob {
 
   /** ethernet_client_connect; perftest's own messages on failure. */
   static async connect(host: string, port: number): Promise<Oob> {
+    // getaddrinfo() refuses such a service in perftest: the same words here
+    if (!(port >= 0 && port <= 65535)) throw new OobError(`Problem in resolving basic address and port\n${UNABLE}`);
     const sock = await new Promise<Socket>((resolve, reject) => {
       const s = createConnection({ host, port, family: 4 });
       s.once('connect', () => resolve(s));
       s.once('error', (e: NodeJS.ErrnoException) => {
         const why = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'Problem in resolving basic address and port\n' : `Couldn't connect to ${host}:${port}\n`;
-        reject(new OobError(`${why}Unable to open file descriptor for socket connection Unable to init the socket connection\n`));
+        reject(new OobError(`${why}${UNABLE}`));
       });
     });
     return new Oob(sock, true);
@@ -155,11 +160,12 @@ export class Oob {
 
   /** ethernet_server_connect: listen on every IPv4 address, take one client, stop listening. */
   static async accept(port: number, onListening?: () => void): Promise<Oob> {
+    if (!(port >= 0 && port <= 65535)) throw new OobError(`Problem in resolving basic address and port\n${UNABLE}`);
     const server = createServer();
     try {
       const sock = await new Promise<Socket>((resolve, reject) => {
         server.once('connection', resolve);
-        server.once('error', () => reject(new OobError(`Couldn't listen to port ${port}\nUnable to open file descriptor for socket connection Unable to init the socket connection\n`)));
+        server.once('error', () => reject(new OobError(`Couldn't listen to port ${port}\n${UNABLE}`)));
         server.listen({ port, host: '0.0.0.0' }, onListening);
       });
       return new Oob(sock, false);
