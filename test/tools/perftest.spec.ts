@@ -396,3 +396,36 @@ describe('perftest tools end to end', () => {
     assert.match(x.out, / The peer closed the out-of-band connection in the middle of the test \(did it exit\?\)\n$/);
   });
 });
+
+describe('perftest tools between two daemons (RoCEv2 on the wire, 127.0.0.1 <-> 127.0.0.2)', () => {
+  let d1: RunningDaemon;
+  let d2: RunningDaemon;
+  before(async () => {
+    d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
+    d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+  });
+  after(async () => {
+    await d1?.stop();
+    await d2?.stop();
+  });
+  const CASES: [string, string][] = [
+    ['ib_write_bw', '-n 200 -s 8192'], ['ib_read_bw', '-n 200 -s 8192'], ['ib_atomic_bw', '-n 200'], ['ib_send_bw', '-n 200 -s 1024 -c UD'],
+    ['ib_write_lat', '-n 100'], ['ib_send_lat', '-n 100 -s 4096'], ['ib_read_lat', '-n 100'], ['ib_atomic_lat', '-n 100 -A CMP_AND_SWAP'],
+  ];
+  for (const [t, args] of CASES) {
+    test(`${t} ${args}`, async () => {
+      const port = nextPort++;
+      const a = args.split(' ');
+      const s = run(t, ['-d', 'rxe0', '-p', String(port), ...a], d1.root);
+      await new Promise((r) => setTimeout(r, 400));
+      const c = await run(t, ['-d', 'rxe0', '-p', String(port), ...a, '127.0.0.1'], d2.root);
+      const sr = await s;
+      assert.equal(c.code, 0, `client:\n${c.out}\nserver:\n${sr.out}`);
+      assert.equal(sr.code, 0, `server:\n${sr.out}`);
+      assert.deepEqual(addrs(c.out, 'remote'), addrs(sr.out, 'local'));
+      assert.deepEqual(addrs(sr.out, 'remote'), addrs(c.out, 'local'));
+      assert.match(addrs(c.out, 'local')[0]!, / 00:00:00:00:00:00:00:00:00:00:255:255:127:00:00:02$/);
+      assert.equal(c.out.match(t.endsWith('_lat') ? LAT_ROW : BW_ROW)?.length, 1, c.out);
+    });
+  }
+});
