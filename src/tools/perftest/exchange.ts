@@ -126,9 +126,8 @@ export class OobError extends Error {}
 /** establish_connection's words when the socket part fails ("...connection" has no newline in perftest) */
 const UNABLE = 'Unable to open file descriptor for socket connection Unable to init the socket connection\n';
 
-/** One side of the TCP connection. Every message is logged in `log` (direction and bytes) for tests. */
+/** One side of the TCP connection. */
 export class Oob {
-  readonly log: { dir: 'out' | 'in'; bytes: Buffer }[] = [];
   private read: (n: number) => Promise<Buffer | null>;
   /** when the peer closed its end (0: it has not): a test loop still waiting on it then stops waiting */
   peerGoneAt = 0;
@@ -176,11 +175,10 @@ export class Oob {
 
   /** ctx_xchg_data: write-then-read on the client, read-then-write on the server. */
   async xchg(mine: Buffer, what: string): Promise<Buffer> {
-    if (this.isClient) this.write(mine);
+    if (this.isClient) this.sock.write(mine);
     const got = await this.read(mine.length);
     if (!got) throw new OobError(` Failed to exchange data between server and clients (${what}: the peer closed the connection)\n`);
-    this.log.push({ dir: 'in', bytes: Buffer.from(got) });
-    if (!this.isClient) this.write(mine);
+    if (!this.isClient) this.sock.write(mine);
     return got;
   }
 
@@ -200,18 +198,10 @@ export class Oob {
 
   /** ctx_close_connection's tail: "done" and close. */
   async close(): Promise<void> {
-    await new Promise<void>((r) => {
-      this.log.push({ dir: 'out', bytes: DONE });
-      this.sock.end(DONE, () => r());
-    });
+    await new Promise<void>((r) => this.sock.end(DONE, () => r()));
   }
 
   destroy(): void {
     this.sock.destroy();
-  }
-
-  private write(b: Buffer): void {
-    this.log.push({ dir: 'out', bytes: Buffer.from(b) });
-    this.sock.write(b);
   }
 }

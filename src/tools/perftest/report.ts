@@ -8,7 +8,6 @@
 import { RESULT_LINE, TESTS_STR, Verb, type Params } from './params.js';
 import type { BwReport, PerfDest } from './exchange.js';
 
-export { RESULT_LINE };
 /** timestamps are in ns: "cycles" per second, and per microsecond */
 export const CYCLES_PER_SEC = 1e9;
 export const CYCLES_PER_USEC = 1e3;
