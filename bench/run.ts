@@ -299,7 +299,7 @@ async function tcpPingPong(): Promise<number> {
 
 /** One perftest tool, server on rootS's rxe0 and client on rootC's: the client's result row, as numbers. */
 async function perftest(t: string, args: string[], rootS: string, rootC: string): Promise<number[]> {
-  const tool = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'tools', `${t}.js`);
+  const tool = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'bin', `${t}.js`);
   const port = String(20515 + (process.pid % 1000));
   const run = (root: string, extra: string[]) => new Promise<string>((resolve, reject) => {
     const p = spawn(process.execPath, [tool, '-d', 'rxe0', '-p', port, ...args, ...extra], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'inherit'] });

@@ -50,10 +50,18 @@ export interface Host {
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number;
   dropToken(token: number): void;
   log(msg: string): void;
+  limitHit(uid: number, limit: string, msg: string): void;
 }
 
 export class Context implements Owner {
   readonly handles = new Map<number, Entry>();
+
+  /** How many objects of each type the context holds (the log at close, the metrics). */
+  countByType(): Map<ObjType, number> {
+    const n = new Map<ObjType, number>();
+    for (const e of this.handles.values()) n.set(e.type, (n.get(e.type) ?? 0) + 1);
+    return n;
+  }
   readonly comm: string;
   asyncSock: Socket | null = null;
   asyncPending: Buffer[] = [];
@@ -266,7 +274,11 @@ export class Context implements Owner {
     if ((start & 0xfffn) !== (hcaVa & 0xfffn)) fail(E.EINVAL, 'start and hca_va differ within the page');
     if (hcaVa + length > 1n << 53n) fail(E.EINVAL, 'hca_va beyond 2^53 is not supported');
     const pages = pagesSpanned(start, length);
-    if (!this.host.pinned.charge(this.pid, this.uid, pages)) fail(E.ENOMEM, `pinning ${pages} pages passes RLIMIT_MEMLOCK of pid ${this.pid}`);
+    if (!this.host.pinned.charge(this.pid, this.uid, pages)) {
+      const msg = `pinning ${pages} pages passes RLIMIT_MEMLOCK of pid ${this.pid}`;
+      this.host.limitHit(this.uid, 'RLIMIT_MEMLOCK', msg);
+      fail(E.ENOMEM, msg);
+    }
     let m: ReturnType<typeof mapClientMemfd> | null = null;
     try {
       m = mapClientMemfd(this.pid, u.memfd as number, u.memfd_offset as bigint, length);
@@ -582,7 +594,7 @@ export class Context implements Owner {
       return;
     }
     if (next === QpState.ERR) {
-      toError(this.dev, qp);
+      toError(this.dev, qp, 'modify_qp to ERR');
       return;
     }
     qp.state = next;

@@ -1,8 +1,8 @@
-#!/usr/bin/env node
 /**
- * softverbsd [--root DIR] [--rules FILE] [--config FILE] [--device NAME=ADDR[,mtu=N][,wire=W]]… [--pcap FILE] [--fault SPEC]
- * Runs in the foreground; prints "softverbsd: ready" to stderr once every
- * device file accepts connections; removes its files on SIGINT/SIGTERM.
+ * softverbsd's command line and life cycle: options, config, rules, then the
+ * Daemon; readiness ("softverbsd: ready" on stderr, READY=1 to systemd);
+ * SIGHUP re-reads the rules; SIGINT/SIGTERM remove the device files and stop.
+ * The bin (src/bin/softverbsd.ts) only calls main().
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -10,8 +10,12 @@ import { parseArgs } from 'node:util';
 import { defaultRoot } from '../common/paths.js';
 import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
+import { Log, LOG_LEVELS, type LogLevel } from './log.js';
+import { Metrics, parseListen } from './metrics.js';
 import { Fault } from '../hca/device.js';
 import { PcapWriter } from '../hca/pcap.js';
+import { sdNotify } from '../native/libc.js';
+import { goneFrom, npmLauncherChain } from './launcher.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -23,129 +27,215 @@ Options:
                            $XDG_RUNTIME_DIR/softverbs, else /tmp/softverbs-<uid>)
   --rules FILE             udev-style rules for device files, e.g.
                            KERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="rdma"
+                           (re-read on SIGHUP: new modes and groups apply to the running device files)
   --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE"}
   --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp]
                            a device bound to an IP address (repeatable); MTU in bytes (256..4096);
                            wire: IPv4 through a raw socket (needs CAP_NET_RAW; auto falls back to plain
                            UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID)
+  --metrics [HOST:]PORT    serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)
+  --log-level LEVEL        error, warn, info (default: clients, QP errors, limits) or debug (every failed command)
   --pcap FILE              write every RoCEv2 frame sent and received as pcap (for tshark/Wireshark)
   --fault SPEC             seeded faults on every packet sent, for tests:
                            drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N
+  -V, --version            print the version and exit
   -h, --help               this text
 
 With no --device and no config, creates rxe0 on 127.0.0.1.
+Under systemd (Type=notify) it reports READY=1 once every device file accepts connections.
 `;
 
 const MTU_ENUM: Record<number, number> = { 256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5 };
 
-function die(msg: string): never {
-  process.stderr.write(`softverbsd: ${msg}\n`);
-  process.exit(2);
-}
+class UsageError extends Error {}
 
 function parseDevice(s: string): DeviceSpec {
   const m = /^([A-Za-z0-9_.-]{1,63})=([^,]+)((?:,[a-z]+=[^,]+)*)$/.exec(s);
-  if (!m) die(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp]`);
+  if (!m) throw new UsageError(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp]`);
   const [, name, addr, opts] = m as unknown as [string, string, string, string];
-  if (!isIP(addr)) die(`--device "${s}": "${addr}" is not an IP address`);
+  if (!isIP(addr)) throw new UsageError(`--device "${s}": "${addr}" is not an IP address`);
   const spec: DeviceSpec = { name, addr };
   for (const kv of opts.split(',').filter(Boolean)) {
     const [k, v] = kv.split('=') as [string, string];
     if (k === 'wire') {
-      if (v !== 'auto' && v !== 'raw' && v !== 'udp') die(`--device "${s}": wire must be auto, raw or udp`);
+      if (v !== 'auto' && v !== 'raw' && v !== 'udp') throw new UsageError(`--device "${s}": wire must be auto, raw or udp`);
       spec.wire = v;
       continue;
     }
-    if (k !== 'mtu') die(`--device "${s}": unknown option "${k}"`);
+    if (k !== 'mtu') throw new UsageError(`--device "${s}": unknown option "${k}"`);
     const e = MTU_ENUM[Number(v)];
-    if (!e) die(`--device "${s}": mtu must be 256, 512, 1024, 2048 or 4096`);
+    if (!e) throw new UsageError(`--device "${s}": mtu must be 256, 512, 1024, 2048 or 4096`);
     spec.mtu = e;
   }
   return spec;
 }
 
-let args;
-try {
-  args = parseArgs({
-    options: {
-      root: { type: 'string' },
-      rules: { type: 'string' },
-      config: { type: 'string' },
-      device: { type: 'string', multiple: true },
-      pcap: { type: 'string' },
-      fault: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    strict: true,
-  }).values;
-} catch (e) {
-  die(`${(e as Error).message}\n${HELP}`);
+function readRules(file: string): Rule[] {
+  return parseRules(readFileSync(file, 'utf8'), file);
 }
-if (args.help) {
-  process.stdout.write(HELP);
-  process.exit(0);
+
+/** The package's version (package.json sits three levels above dist/src/daemon). */
+export function version(): string {
+  return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
-let fault: Fault | null = null;
-if (args.fault) {
+
+interface Settings {
+  root: string;
+  devices: DeviceSpec[];
+  rulesFile?: string;
+  rules: Rule[];
+  fault: Fault | null;
+  pcap: string | undefined;
+  metrics: { host: string; port: number } | null;
+  logLevel: LogLevel;
+}
+
+function settings(argv: string[]): Settings | 'help' | 'version' {
+  let args;
   try {
-    fault = Fault.parse(args.fault);
+    args = parseArgs({
+      args: argv,
+      options: {
+        root: { type: 'string' },
+        rules: { type: 'string' },
+        config: { type: 'string' },
+        device: { type: 'string', multiple: true },
+        pcap: { type: 'string' },
+        fault: { type: 'string' },
+        metrics: { type: 'string' },
+        'log-level': { type: 'string' },
+        version: { type: 'boolean', short: 'V' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }).values;
   } catch (e) {
+    throw new UsageError(`${(e as Error).message}\n${HELP}`);
+  }
+  if (args.help) return 'help';
+  if (args.version) return 'version';
+  const logLevel = (args['log-level'] ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level "${args['log-level']}": expected ${LOG_LEVELS.join(', ')}`);
+  let fault: Fault | null = null;
+  if (args.fault) {
+    try {
+      fault = Fault.parse(args.fault);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
+  let metrics = null;
+  if (args.metrics !== undefined) {
+    metrics = parseListen(args.metrics);
+    if (!metrics) throw new UsageError(`--metrics "${args.metrics}": expected [HOST:]PORT, e.g. 127.0.0.1:9464`);
+  }
+  let devices = (args.device ?? []).map(parseDevice);
+  let rulesFile = args.rules;
+  if (args.config) {
+    let cfg: { devices?: Array<{ name: string; addr: string; mtu?: number }>; rules?: string };
+    try {
+      cfg = JSON.parse(readFileSync(args.config, 'utf8'));
+    } catch (e) {
+      throw new UsageError(`--config ${args.config}: ${(e as Error).message}`);
+    }
+    for (const d of cfg.devices ?? []) devices.push(parseDevice(`${d.name}=${d.addr}${d.mtu ? `,mtu=${d.mtu}` : ''}`));
+    rulesFile ??= cfg.rules;
+  }
+  if (devices.length === 0) devices = [{ name: 'rxe0', addr: '127.0.0.1' }];
+  const names = new Set<string>();
+  for (const d of devices) {
+    if (names.has(d.name)) throw new UsageError(`device ${d.name} given twice`);
+    names.add(d.name);
+  }
+  let rules: Rule[] = [];
+  if (rulesFile) {
+    try {
+      rules = readRules(rulesFile);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
+  return { root: args.root ?? defaultRoot(), devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
+}
+
+/** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
+export async function main(argv: string[]): Promise<void> {
+  const die = (msg: string): never => {
+    process.stderr.write(`softverbsd: ${msg}\n`);
+    process.exit(2);
+  };
+  let s: Settings | 'help' | 'version';
+  try {
+    s = settings(argv);
+  } catch (e) {
+    return die((e as Error).message);
+  }
+  if (s === 'help') {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (s === 'version') {
+    process.stdout.write(`softverbsd ${version()}\n`);
+    return;
+  }
+  const log = new Log(s.logLevel);
+  let pcap: PcapWriter | null = null;
+  if (s.pcap) {
+    try {
+      pcap = new PcapWriter(s.pcap);
+    } catch (e) {
+      die(`--pcap ${s.pcap}: ${(e as Error).message}`);
+    }
+  }
+  const daemon = new Daemon({ root: s.root, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
+  const fault = s.fault;
+  if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
+  let metrics: Metrics | null = null;
+  try {
+    await daemon.start();
+    if (s.metrics) {
+      metrics = new Metrics(daemon);
+      const at = await metrics.listen(s.metrics.host, s.metrics.port);
+      daemon.log(`metrics at http://${at}/metrics`);
+    }
+  } catch (e) {
+    await metrics?.close();
+    await daemon.stop();
     die((e as Error).message);
   }
-}
-
-let devices: DeviceSpec[] = (args.device ?? []).map(parseDevice);
-let rulesFile = args.rules;
-if (args.config) {
-  let cfg: { devices?: Array<{ name: string; addr: string; mtu?: number }>; rules?: string };
-  try {
-    cfg = JSON.parse(readFileSync(args.config, 'utf8'));
-  } catch (e) {
-    die(`--config ${args.config}: ${(e as Error).message}`);
+  let stopping = false;
+  const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    sdNotify('STOPPING=1');
+    daemon.log(`${sig}: stopping`);
+    await metrics?.close();
+    await daemon.stop();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  const rulesFile = s.rulesFile;
+  process.on('SIGHUP', () => {
+    if (!rulesFile) {
+      daemon.log('SIGHUP: no rules file to re-read (device files keep their modes)');
+      return;
+    }
+    sdNotify('RELOADING=1');
+    try {
+      daemon.applyRules(readRules(rulesFile));
+    } catch (e) {
+      log.error(`SIGHUP: ${(e as Error).message}; the device files keep their modes`);
+    }
+    sdNotify('READY=1');
+  });
+  const launcher = npmLauncherChain();
+  if (launcher.length) {
+    setInterval(() => {
+      const gone = goneFrom(launcher);
+      if (gone !== null) void stop(`launcher (pid ${gone}) exited`);
+    }, 250).unref();
   }
-  for (const d of cfg.devices ?? []) devices.push(parseDevice(`${d.name}=${d.addr}${d.mtu ? `,mtu=${d.mtu}` : ''}`));
-  rulesFile ??= cfg.rules;
+  process.stderr.write('softverbsd: ready\n');
+  sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${s.devices.map((d) => d.name).join(', ')}`);
 }
-if (devices.length === 0) devices = [{ name: 'rxe0', addr: '127.0.0.1' }];
-const names = new Set<string>();
-for (const d of devices) {
-  if (names.has(d.name)) die(`device ${d.name} given twice`);
-  names.add(d.name);
-}
-
-let rules: Rule[] = [];
-if (rulesFile) {
-  try {
-    rules = parseRules(readFileSync(rulesFile, 'utf8'), rulesFile);
-  } catch (e) {
-    die((e as Error).message);
-  }
-}
-
-let pcap: PcapWriter | null = null;
-if (args.pcap) {
-  try {
-    pcap = new PcapWriter(args.pcap);
-  } catch (e) {
-    die(`--pcap ${args.pcap}: ${(e as Error).message}`);
-  }
-}
-const daemon = new Daemon({ root: args.root ?? defaultRoot(), devices, rules, fault, pcap });
-if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
-try {
-  await daemon.start();
-} catch (e) {
-  await daemon.stop();
-  die((e as Error).message);
-}
-let stopping = false;
-const stop = async (sig: string) => {
-  if (stopping) return;
-  stopping = true;
-  daemon.log(`${sig}: stopping`);
-  await daemon.stop();
-  process.exit(0);
-};
-process.on('SIGINT', () => void stop('SIGINT'));
-process.on('SIGTERM', () => void stop('SIGTERM'));
-process.stderr.write('softverbsd: ready\n');

@@ -16,6 +16,7 @@ import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
+import { Log } from './log.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
 
@@ -33,7 +34,7 @@ export interface DaemonOptions {
   rules: Rule[];
   fault?: Fault | null;
   pcap?: PcapWriter | null;
-  log?: (msg: string) => void;
+  logger?: Log;
 }
 
 interface DevEntry {
@@ -62,14 +63,18 @@ export class Daemon implements Host {
   readonly contexts = new Set<Context>();
   private tokens = new Map<number, Token>();
   private conns = new Set<Socket>();
+  readonly logger: Log;
   readonly log: (msg: string) => void;
+  /** Told how long each command took (the metrics' histogram), when someone listens. */
+  onCommand: ((cmd: number, seconds: number) => void) | null = null;
 
   constructor(readonly opts: DaemonOptions) {
-    this.log = opts.log ?? ((m) => process.stderr.write(`softverbsd: ${m}\n`));
+    this.logger = opts.logger ?? new Log();
+    this.log = (m) => this.logger.info(m);
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
-    this.fabric.onBug = (e) => this.log(`internal error on a delayed packet: ${e.stack}`);
+    this.fabric.onBug = (e) => this.logger.error(`internal error on a delayed packet: ${e.stack}`);
   }
 
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
@@ -102,7 +107,11 @@ export class Daemon implements Host {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     await this.recoverStale(path);
     const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
-    dev.onBug = (e) => this.log(`internal error in the HCA of ${spec.name}: ${e.stack}`);
+    dev.onBug = (e) => this.logger.error(`internal error in the HCA of ${spec.name}: ${e.stack}`);
+    dev.onQpError = (qp, why) => {
+      const c = qp.owner as Context;
+      this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}`);
+    };
     const server = createServer((s) => this.onConnection(s, dev));
     await new Promise<void>((res, rej) => {
       server.once('error', rej);
@@ -305,6 +314,7 @@ export class Daemon implements Host {
           ctx.asyncToken = this.newToken('async', ctx);
           this.contexts.add(ctx);
           kind = 'cmd';
+          this.log(`${dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device`);
           return reply(0, ctx.getContextResp(), outBytes);
         }
         if (cmd === U.SvCmd.ATTACH_ASYNC || cmd === U.SvCmd.ATTACH_COMP_CHANNEL) {
@@ -345,19 +355,21 @@ export class Daemon implements Host {
         if (outBytes) s.write(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
         return;
       }
+      const t0 = this.onCommand ? process.hrtime.bigint() : 0n;
       try {
         const resp = ctx.dispatch(cmd, frame, outBytes);
         reply(0, resp, outBytes);
       } catch (e) {
         if (e instanceof CmdError) {
           reply(-e.errno, Buffer.from(e.message));
-          if (process.env.SOFTVERBS_DEBUG) this.log(`pid ${cred.pid}: ${errnoName(e.errno)}: ${e.message}`);
+          this.logger.debug(`pid ${cred.pid}: command ${cmd}: ${errnoName(e.errno)}: ${e.message}`);
         } else {
           // a bug of ours, not the client's: keep serving, say what happened
-          this.log(`pid ${cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
+          this.logger.error(`pid ${cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
           reply(-E.EIO);
         }
       }
+      if (this.onCommand) this.onCommand(cmd, Number(process.hrtime.bigint() - t0) / 1e9);
     };
 
     let garbage = false;
@@ -390,13 +402,45 @@ export class Daemon implements Host {
     const close = () => {
       this.conns.delete(s);
       if (kind === 'cmd' && ctx) {
+        const held = [...ctx.countByType()].filter(([, n]) => n > 0).map(([t, n]) => `${n} ${t}`).join(', ');
         ctx.destroyAll();
         this.contexts.delete(ctx);
         this.fabric.drain();
+        this.log(`${dev.name}: pid ${ctx.pid} (${ctx.comm}, uid ${ctx.uid}) closed the device${held ? `; destroyed what it held: ${held}` : ''}`);
       }
     };
     s.on('close', close);
     s.on('error', () => s.destroy());
+  }
+
+  /** Open connections to the device files (command, event and management). */
+  connectionCount(): number {
+    return this.conns.size;
+  }
+
+  /**
+   * SIGHUP: the rules again. Modes and ownership apply to the running device
+   * files (connected clients keep their connections, as open fds survive a
+   * chmod); a changed NAME needs a restart, and says so.
+   */
+  applyRules(rules: Rule[]): void {
+    for (const d of this.devs) {
+      const pol = policyFor(rules, d.kname);
+      const path = join(this.opts.root, 'dev', pol.name);
+      if (path !== d.path) {
+        this.logger.warn(`SIGHUP: ${d.kname} would move to ${path}; device files are named at start (restart to rename)`);
+        continue;
+      }
+      chmodSync(d.path, pol.mode);
+      if (pol.uid !== null || pol.gid !== null) chownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
+      this.log(`SIGHUP: ${d.path} mode ${pol.mode.toString(8).padStart(4, '0')}${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`);
+    }
+    this.opts.rules = rules;
+  }
+
+  /** Logs a limit a client hit, once per user and limit (the client gets its errno every time). */
+  limitHit(uid: number, limit: string, msg: string): void {
+    this.logger.once(`${uid}:${limit}`, 'warn', `uid ${uid} hit ${limit}: ${msg}`);
   }
 
   /** Management requests (what netlink serves to `rdma`): JSON in, JSON out. */

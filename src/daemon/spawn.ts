@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const DAEMON_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
+export const DAEMON_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'softverbsd.js');
 
 export interface SpawnedDaemon {
   root: string;

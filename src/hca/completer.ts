@@ -67,15 +67,17 @@ export function completeUnreliable(dev: SoftDevice, qp: Qp, w: SendWqe): void {
 /** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */
 export function failWqe(dev: SoftDevice, qp: Qp): void {
   // WQEs before it that are still waiting for their ACK are flushed by toError, after it
+  let status: number = WcStatus.GENERAL_ERR;
   while (qp.comp.idx !== qp.req.idx) {
     const w = qp.wqeAt(qp.comp.idx);
     if (w.status !== 0) {
+      status = w.status;
       retire(dev, qp, w, w.status);
       break;
     }
     retire(dev, qp, w, WcStatus.WR_FLUSH_ERR);
   }
-  toError(dev, qp);
+  toError(dev, qp, `a send WR failed locally (${statusName(status)})`);
 }
 
 export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
@@ -229,7 +231,7 @@ const retryPending = new WeakSet<Qp>();
 
 function fail(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
   retire(dev, qp, w, status);
-  toError(dev, qp);
+  toError(dev, qp, `send completion ${statusName(status)}`);
 }
 
 /** SQD: once nothing is outstanding, the SQ is drained (IBV_EVENT_SQ_DRAINED if asked for). */
@@ -293,8 +295,9 @@ function onTimeout(dev: SoftDevice, qp: Qp): void {
 }
 
 /** ERR: stop, flush every outstanding send and receive WR with WR_FLUSH_ERR. */
-export function toError(dev: SoftDevice, qp: Qp): void {
+export function toError(dev: SoftDevice, qp: Qp, why = 'error'): void {
   const was = qp.state;
+  if (was !== QpState.ERR) dev.onQpError?.(qp, why);
   qp.state = QpState.ERR;
   qp.stopTimers();
   flushSend(dev, qp);
@@ -354,3 +357,9 @@ export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number,
   qp.recvCq.post(wc);
 }
 
+
+const STATUS_NAME = new Map<number, string>(Object.entries(WcStatus).map(([k, v]) => [v, k]));
+/** IBV_WC_* name of a status, for the log. */
+export function statusName(s: number): string {
+  return STATUS_NAME.get(s) ?? String(s);
+}

@@ -404,7 +404,7 @@ export class SoftDevice {
       this.onBug?.(e as Error);
       if (!qp.destroyed) {
         try {
-          completer.toError(this, qp);
+          completer.toError(this, qp, 'internal error (QP_FATAL)');
           qp.raise(EventType.QP_FATAL);
         } catch {
           /* already reported */
@@ -416,6 +416,8 @@ export class SoftDevice {
 
   /** Where internal errors are reported (the daemon's log). */
   onBug: ((e: Error) => void) | null = null;
+  /** Told when a QP enters ERR, and why (the daemon's log). */
+  onQpError: ((qp: Qp, why: string) => void) | null = null;
 
   /** Moves a QP to ERR and flushes it (the IBA's error state). */
   toError(qp: Qp): void {

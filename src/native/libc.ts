@@ -1,6 +1,7 @@
 /**
  * The few libc calls Node does not offer, through koffi (prebuilt, no
- * install script): memfd_create, mmap/munmap, file seals and SO_PEERCRED.
+ * install script): memfd_create, mmap/munmap, file seals, SO_PEERCRED and
+ * the AF_UNIX datagram of systemd's readiness protocol.
  * Everything else (open, fstat, ftruncate, close) is node:fs on raw fds.
  */
 import koffi from 'koffi';
@@ -15,6 +16,9 @@ const fcntl_ = libc.func('int fcntl(int fd, int cmd, int arg)');
 const getsockopt_ = libc.func('int getsockopt(int fd, int level, int name, void *val, void *len)');
 const strerror_ = libc.func('const char *strerror(int errnum)');
 const sched_yield_ = libc.func('int sched_yield(void)');
+const socket_ = libc.func('int socket(int domain, int type, int protocol)');
+const sendto_ = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
+const close_ = libc.func('int close(int fd)');
 
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
@@ -121,4 +125,33 @@ export function peerCred(fd: number): { pid: number; uid: number; gid: number } 
  */
 export function schedYield(): void {
   sched_yield_();
+}
+
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0x80000;
+
+/**
+ * sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or
+ * "@name" for the abstract namespace). False when not under a service manager
+ * that asked for it, or when the send failed (readiness is then the service
+ * manager's time-out to notice, not a reason to stop serving).
+ */
+export function sdNotify(state: string, socketPath = process.env.NOTIFY_SOCKET): boolean {
+  if (!socketPath || (socketPath[0] !== '/' && socketPath[0] !== '@')) return false;
+  const path = Buffer.from(socketPath, 'utf8');
+  if (path.length > 107) return false;
+  if (path[0] === 0x40) path[0] = 0; // '@': abstract, no trailing NUL
+  const sa = Buffer.alloc(2 + 108);
+  sa.writeUInt16LE(AF_UNIX, 0);
+  path.copy(sa, 2);
+  const saLen = 2 + path.length + (path[0] === 0 ? 0 : 1);
+  const fd = socket_(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) return false;
+  try {
+    const msg = Buffer.from(state, 'utf8');
+    return Number(sendto_(fd, msg, msg.length, 0, sa, saLen)) === msg.length;
+  } finally {
+    close_(fd);
+  }
 }

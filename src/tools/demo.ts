@@ -20,7 +20,7 @@ import {
 } from '../verbs/index.js';
 import { spawnDaemon } from '../daemon/spawn.js';
 
-const TOOLS = fileURLToPath(new URL('.', import.meta.url));
+const TOOLS = fileURLToPath(new URL('../bin/', import.meta.url));
 
 /** Runs one of our tools against the demo's daemon and gives back what it printed. */
 function tool(root: string, name: string, args: string[]): Promise<string> {

@@ -1,8 +1,6 @@
-#!/usr/bin/env node
 /** ib_read_bw: perftest's tool of that name (see perftest/run.ts). */
 import { Verb } from './perftest/params.js';
 import { run } from './perftest/run.js';
 
 export const main = (argv: string[]): Promise<number> => run('ib_read_bw', Verb.READ, 'BW', argv);
 
-if (import.meta.url === `file://${process.argv[1]}`) process.exitCode = await main(process.argv.slice(2));

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /** ibv_devices: lists RDMA devices with their node GUIDs, as rdma-core's does. */
 import { getDeviceList } from '../verbs/index.js';
 import { parse } from './cli.js';
@@ -17,4 +16,3 @@ export function main(argv: string[]): number {
   return 0;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) process.exitCode = main(process.argv.slice(2));

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /** ibv_devinfo [-d dev] [-i port] [-l] [-v]: device and port attributes, as rdma-core prints them. */
 import { getDeviceList, openDevice, type Device } from '../verbs/index.js';
 import { readFileSync } from 'node:fs';
@@ -104,4 +103,3 @@ export async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) process.exitCode = await main(process.argv.slice(2));

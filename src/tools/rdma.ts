@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * rdma (iproute2's RDMA tool, the parts an rxe user types): link show / add /
  * delete, resource show [qp|cq|mr|pd], statistic show, in iproute2 6.1's
@@ -233,4 +232,3 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) process.exitCode = await main(process.argv.slice(2));

@@ -64,9 +64,9 @@ describe('without CAP_NET_RAW', () => {
       assert.match(d2.stderr(), /through a raw socket/);
       const dev1 = getDeviceList(d1.root)[0]!;
       assert.equal((await mgmt(dev1.devPath, 'devices'))[0].wire, 'udp');
-      const out = execFileSync(process.execPath, [join(DIST, 'src', 'tools', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d1.root }, encoding: 'utf8' });
+      const out = execFileSync(process.execPath, [join(DIST, 'src', 'bin', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d1.root }, encoding: 'utf8' });
       assert.match(out, /\n\tsoftverbs_wire:\t\t\tudp: no CAP_NET_RAW/);
-      const out2 = execFileSync(process.execPath, [join(DIST, 'src', 'tools', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d2.root }, encoding: 'utf8' });
+      const out2 = execFileSync(process.execPath, [join(DIST, 'src', 'bin', 'ibv_devinfo.js'), '-v'], { env: { ...process.env, SOFTVERBS_ROOT: d2.root }, encoding: 'utf8' });
       assert.doesNotMatch(out2, /softverbs_wire/);
       // what the fallback sends: an ICRC over IP ID 0, then the kernel picks another ID, so d2 checks and drops it
       const p = new Pkt();

@@ -54,7 +54,7 @@ describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () 
     for (const oursServes of [true, false]) {
       test(`${c.tool}${c.name ? ` (${c.name})` : ''}: softverbs ${oursServes ? 'server' : 'client'}, perftest ${oursServes ? 'client' : 'server'}`, async () => {
         const args = c.args.split(' ');
-        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `${c.tool}.js`), '-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', `${c.tool}.js`), '-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ${c.tool} -d rxe0 -x 1 -F ${c.args} ${server ? '' : HOST}`]);
         const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}\nperftest:\n${b.out}`);

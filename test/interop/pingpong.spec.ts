@@ -29,7 +29,7 @@ describe('pingpongs: softverbs <-> rdma-core 44 on Linux rxe', { skip }, () => {
     for (const oursServes of [true, false]) {
       test(`ibv_${kind}_pingpong, softverbs ${oursServes ? 'server' : 'client'}, rdma-core ${oursServes ? 'client' : 'server'}`, async () => {
         const extra = kind === 'srq' ? ['-q', '4'] : kind === 'ud' ? ['-s', '1024'] : [];
-        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'tools', `ibv_${kind}_pingpong.js`), '-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', `ibv_${kind}_pingpong.js`), '-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 80 ibv_${kind}_pingpong -d rxe0 -g 1 -n 100 ${extra.join(' ')} ${server ? '' : HOST}`]);
         const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}`);

@@ -61,7 +61,7 @@ describe('the tools against a running daemon', () => {
   after(async () => {
     await d.stop();
   });
-  const run = (tool: string, ...args: string[]) => spawnSync(process.execPath, [join(DIST, 'src', 'tools', `${tool}.js`), ...args], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
+  const run = (tool: string, ...args: string[]) => spawnSync(process.execPath, [join(DIST, 'src', 'bin', `${tool}.js`), ...args], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
   /** label and tabs of each line: what must match rdma-core whatever the values */
   const shape = (s: string) => s.split('\n').filter((l) => !/GID\[/.test(l)).map((l) => l.replace(/(:\t+).*$/, '$1').replace(/^(\t+)[A-Z_0-9]+$/, '$1FLAG'));
 
@@ -106,22 +106,22 @@ describe('the tools against a running daemon', () => {
     assert.equal(list.stdout, '2 HCAs found:\n\trxe0\n\trxe1\n');
     const help = run('ibv_devinfo', '--help');
     assert.equal(help.status, 0);
-    const none = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'ibv_devinfo.js')], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: '/nonexistent' } });
+    const none = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'ibv_devinfo.js')], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: '/nonexistent' } });
     assert.equal(none.stderr, 'No IB devices found\n');
   });
 
   test('softverbs <tool> runs the same tools', () => {
-    const r = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), 'ibv_devices'], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
+    const r = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'ibv_devices'], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
     assert.equal(r.status, 0);
     assert.equal(r.stdout, run('ibv_devices').stdout);
-    const u = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), 'nope'], { encoding: 'utf8' });
+    const u = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'nope'], { encoding: 'utf8' });
     assert.equal(u.status, 255);
     assert.match(u.stderr, /unknown tool 'nope'/);
     // every tool is there, and every one answers --help with its usage and exit 0
-    const list = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), '--help'], { encoding: 'utf8' }).stdout;
+    const list = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), '--help'], { encoding: 'utf8' }).stdout;
     for (const t of ['ibv_devices', 'ibv_devinfo', 'ibv_rc_pingpong', 'ibv_uc_pingpong', 'ibv_ud_pingpong', 'ibv_srq_pingpong', 'rdma']) {
       assert.match(list, new RegExp(`^  ${t}$`, 'm'));
-      const h = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'softverbs.js'), t, '--help'], { encoding: 'utf8' });
+      const h = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), t, '--help'], { encoding: 'utf8' });
       assert.equal(h.status, 0, t);
       assert.match(h.stdout, /^Usage/, t);
     }

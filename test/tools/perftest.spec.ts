@@ -20,7 +20,7 @@ import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemo
 
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
 const haveCaptures = existsSync(join(CAPTURES, 'write_bw.pcap'));
-const tool = (t: string) => join(DIST, 'src', 'tools', `${t}.js`);
+const tool = (t: string) => join(DIST, 'src', 'bin', `${t}.js`);
 const VERBS: Record<string, Verb> = { send: Verb.SEND, write: Verb.WRITE, read: Verb.READ, atomic: Verb.ATOMIC };
 const kindOf = (t: string): [Verb, Tst] => {
   const m = /^ib_(\w+)_(bw|lat)$/.exec(t)!;
@@ -378,7 +378,7 @@ describe('perftest tools end to end', () => {
     const p2 = nextPort++;
     const sv = r('ib_write_bw', ['-d', 'rxe0', '-p', String(p2)]);
     await new Promise((res) => setTimeout(res, 400));
-    const pp = await runProcess(process.execPath, [join(DIST, 'src', 'tools', 'ibv_rc_pingpong.js'), '-d', 'rxe1', '-g', '0', '-p', String(p2), '127.0.0.1'], { ...process.env, SOFTVERBS_ROOT: d.root }, 20_000);
+    const pp = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'ibv_rc_pingpong.js'), '-d', 'rxe1', '-g', '0', '-p', String(p2), '127.0.0.1'], { ...process.env, SOFTVERBS_ROOT: d.root }, 20_000);
     x = await sv;
     assert.equal(x.code, 1);
     assert.match(x.out, /The peer speaks perftest exchange version "0000:[0-9a-f]{6}:[0-9a-f]{4}" \(it looks like an ibv_\*_pingpong address message\)/);

@@ -14,7 +14,7 @@ import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemo
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'pingpong');
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
-const tool = (k: string) => join(DIST, 'src', 'tools', `ibv_${k}_pingpong.js`);
+const tool = (k: string) => join(DIST, 'src', 'bin', `ibv_${k}_pingpong.js`);
 
 function runSync(k: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
   const r = spawnSync(process.execPath, [tool(k), ...args], { encoding: 'utf8', env, timeout: 20000 });

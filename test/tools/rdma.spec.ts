@@ -13,7 +13,7 @@ import { connectQp, DIST, startDaemon, type RunningDaemon } from '../helpers.js'
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'rdma');
 const rdma = (root: string, ...args: string[]) => {
-  const r = spawnSync(process.execPath, [join(DIST, 'src', 'tools', 'rdma.js'), ...args], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: root }, timeout: 20000 });
+  const r = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'rdma.js'), ...args], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: root }, timeout: 20000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 };
 

@@ -1,0 +1,4 @@
+#!/usr/bin/env node
+import { main } from '../tools/ibv_srq_pingpong.js';
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+/** softverbs <tool> [args]: one entry point for every tool. */
+const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promise<number> }>> = {
+  ibv_devices: () => import('../tools/ibv_devices.js'),
+  ibv_devinfo: () => import('../tools/ibv_devinfo.js'),
+  ibv_rc_pingpong: () => import('../tools/ibv_rc_pingpong.js'),
+  ibv_uc_pingpong: () => import('../tools/ibv_uc_pingpong.js'),
+  ibv_ud_pingpong: () => import('../tools/ibv_ud_pingpong.js'),
+  ibv_srq_pingpong: () => import('../tools/ibv_srq_pingpong.js'),
+  rdma: () => import('../tools/rdma.js'),
+  ib_send_bw: () => import('../tools/ib_send_bw.js'),
+  ib_write_bw: () => import('../tools/ib_write_bw.js'),
+  ib_read_bw: () => import('../tools/ib_read_bw.js'),
+  ib_atomic_bw: () => import('../tools/ib_atomic_bw.js'),
+  ib_send_lat: () => import('../tools/ib_send_lat.js'),
+  ib_write_lat: () => import('../tools/ib_write_lat.js'),
+  ib_read_lat: () => import('../tools/ib_read_lat.js'),
+  ib_atomic_lat: () => import('../tools/ib_atomic_lat.js'),
+};
+
+const USAGE = `Usage: softverbs <tool> [args]
+
+Tools:
+${Object.keys(TOOLS).map((t) => `  ${t}`).join('\n')}
+
+The daemon itself is softverbsd (softverbsd --help).
+`;
+
+const [tool, ...rest] = process.argv.slice(2);
+if (!tool || tool === '-h' || tool === '--help') {
+  process.stdout.write(USAGE);
+  process.exitCode = tool ? 0 : 255;
+} else if (!TOOLS[tool]) {
+  process.stderr.write(`softverbs: unknown tool '${tool}'\n${USAGE}`);
+  process.exitCode = 255;
+} else {
+  process.exitCode = await (await TOOLS[tool]!()).main(rest);
+}
