@@ -1,5 +1,6 @@
 /** Test helpers: a real softverbsd process in a temp root, and QP plumbing. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -185,4 +186,44 @@ export async function meet(oursServes: boolean, ours: (server: boolean) => Promi
   await new Promise((r) => setTimeout(r, 3000));
   const [a, b] = await Promise.all([ours(false), s]);
   return [a, b];
+}
+
+/**
+ * n addresses of one loopback /24 no other run is likely to use (127.a.b.1 … 127.a.b.n, a and b
+ * random), so a daemon left behind by another run cannot hold the wire port this test needs.
+ */
+export function loopbackAddrs(n: number): string[] {
+  const a = 10 + Math.floor(Math.random() * 240);
+  const b = 1 + Math.floor(Math.random() * 254);
+  return Array.from({ length: n }, (_, i) => `127.${a}.${b}.${i + 1}`);
+}
+
+/** A TCP port that was free a moment ago (the kernel's pick), for a tool's out-of-band exchange. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+export const IS_ROOT = process.getuid?.() === 0;
+
+/**
+ * An unprivileged user of the tests' own, created on first use (root only): its uid and gid,
+ * and the setpriv prefix that runs a command as that user with no supplementary groups.
+ */
+export function testUser(name: string): { uid: number; gid: number; as: string[] } {
+  let r = spawnSync('id', ['-u', name], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', name], { encoding: 'utf8' });
+    if (add.status !== 0 && !/already exists/.test(add.stderr)) throw new Error(`useradd ${name}: ${add.stderr}`);
+    r = spawnSync('id', ['-u', name], { encoding: 'utf8' });
+  }
+  const uid = Number(r.stdout.trim());
+  const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
+  return { uid, gid, as: ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--'] };
 }

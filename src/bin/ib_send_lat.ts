@@ -1,4 +1,5 @@
 #!/usr/bin/env node
 import { main } from '../tools/ib_send_lat.js';
 
+process.title = 'ib_send_lat'; // the comm ps and rdma's restrack show, as for rdma-core's binary of that name
 process.exitCode = await main(process.argv.slice(2));

@@ -34,5 +34,6 @@ if (!tool || tool === '-h' || tool === '--help') {
   process.stderr.write(`softverbs: unknown tool '${tool}'\n${USAGE}`);
   process.exitCode = 255;
 } else {
+  process.title = tool;
   process.exitCode = await (await TOOLS[tool]!()).main(rest);
 }
