@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 /** softverbs <tool> [args]: one entry point for every tool. */
+import { runTool } from '../tools/cli.js';
+
 const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promise<number> }>> = {
   ibv_devices: () => import('../tools/ibv_devices.js'),
   ibv_devinfo: () => import('../tools/ibv_devinfo.js'),
@@ -26,7 +28,8 @@ ${Object.keys(TOOLS).map((t) => `  ${t}`).join('\n')}
 The daemon itself is softverbsd (softverbsd --help).
 `;
 
-const [tool, ...rest] = process.argv.slice(2);
+const [tool] = process.argv.slice(2);
+process.argv.splice(2, 1); // the tool sees its own arguments, as when started by its own name
 if (!tool || tool === '-h' || tool === '--help') {
   process.stdout.write(USAGE);
   process.exitCode = tool ? 0 : 255;
@@ -34,6 +37,5 @@ if (!tool || tool === '-h' || tool === '--help') {
   process.stderr.write(`softverbs: unknown tool '${tool}'\n${USAGE}`);
   process.exitCode = 255;
 } else {
-  process.title = tool;
-  process.exitCode = await (await TOOLS[tool]!()).main(rest);
+  await runTool(tool, (await TOOLS[tool]!()).main);
 }

@@ -25,6 +25,8 @@ command ABI, resource tracking, memory pinning and the software RoCE HCA.
 Options:
   --root DIR               root of dev/ and sys/ (default: $SOFTVERBS_ROOT, /run/softverbs as root,
                            $XDG_RUNTIME_DIR/softverbs, else /tmp/softverbs-<uid>)
+  --root-mode MODE         mode of the root when softverbsd creates it (default 0755 as root, else 0700);
+                           an existing root must be owned by softverbsd's uid and writable by it alone
   --rules FILE             udev-style rules for device files, e.g.
                            KERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="rdma"
                            (re-read on SIGHUP: new modes and groups apply to the running device files)
@@ -81,6 +83,7 @@ export function version(): string {
 
 interface Settings {
   root: string;
+  rootMode?: number;
   devices: DeviceSpec[];
   rulesFile?: string;
   rules: Rule[];
@@ -97,6 +100,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       args: argv,
       options: {
         root: { type: 'string' },
+        'root-mode': { type: 'string' },
         rules: { type: 'string' },
         config: { type: 'string' },
         device: { type: 'string', multiple: true },
@@ -131,6 +135,12 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
   }
   let devices = (args.device ?? []).map(parseDevice);
   let rulesFile = args.rules;
+  let rootMode: number | undefined;
+  if (args['root-mode'] !== undefined) {
+    if (!/^0?[0-7]{3}$/.test(args['root-mode'])) throw new UsageError(`--root-mode "${args['root-mode']}": expected an octal mode such as 0755`);
+    rootMode = parseInt(args['root-mode'], 8);
+    if (rootMode & 0o022) throw new UsageError(`--root-mode ${args['root-mode']}: a root others can write is not a root anyone can trust`);
+  }
   if (args.config) {
     let cfg: { devices?: Array<{ name: string; addr: string; mtu?: number }>; rules?: string };
     try {
@@ -155,7 +165,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError((e as Error).message);
     }
   }
-  return { root: args.root ?? defaultRoot(), devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? defaultRoot(), rootMode, devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -187,7 +197,7 @@ export async function main(argv: string[]): Promise<void> {
       die(`--pcap ${s.pcap}: ${(e as Error).message}`);
     }
   }
-  const daemon = new Daemon({ root: s.root, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
+  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
   const fault = s.fault;
   if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
   let metrics: Metrics | null = null;

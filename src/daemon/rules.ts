@@ -6,6 +6,7 @@
  * other key is an error, so a typo does not silently leave a device open.
  */
 import { readFileSync } from 'node:fs';
+import { safeName } from '../common/trust.js';
 
 export interface DevicePolicy {
   name: string;
@@ -72,7 +73,11 @@ export function policyFor(rules: Rule[], k: string): DevicePolicy {
   const p: DevicePolicy = { name: `infiniband/${k}`, mode: 0o666, uid: null, gid: null };
   for (const r of rules) {
     if (!globToRegExp(r.kernel).test(k)) continue;
-    if (r.name !== undefined) p.name = r.name.replace(/%k/g, k);
+    if (r.name !== undefined) {
+      p.name = r.name.replace(/%k/g, k);
+      // a device file lives under <root>/dev: NAME is a relative path of plain components, never ../ or absolute
+      if (!p.name.split('/').every(safeName)) throw new Error(`rules: NAME "${r.name}" gives "${p.name}", not a path inside dev/`);
+    }
     if (r.mode !== undefined) p.mode = r.mode;
     if (r.group !== undefined) {
       const gid = lookupId('/etc/group', r.group);

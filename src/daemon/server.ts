@@ -3,7 +3,7 @@
  * framing (DESIGN §2–3), and the daemon's life cycle.
  */
 import { randomInt } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, lstatSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -17,6 +17,8 @@ import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
 import { Log } from './log.js';
+import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
+import { safeName } from '../common/trust.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
 
@@ -30,6 +32,8 @@ export interface DeviceSpec {
 
 export interface DaemonOptions {
   root: string;
+  /** mode of a root the daemon creates (default 0755 as root, which serves every user; 0700 otherwise) */
+  rootMode?: number;
   devices: DeviceSpec[];
   rules: Rule[];
   fault?: Fault | null;
@@ -47,6 +51,8 @@ interface DevEntry {
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
 const MAX_FRAME = 0xffff * 4;
+/** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
+const LISTEN_BACKLOG = 4096;
 /** POST_SEND with wr_count 0: header + ib_uverbs_post_send */
 const DOORBELL_LEN = 8 + 24;
 const DOORBELL_OK = Buffer.from([0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
@@ -91,7 +97,8 @@ export class Daemon implements Host {
 
   async start(): Promise<void> {
     const root = this.opts.root;
-    for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) mkdirSync(d, { recursive: true, mode: 0o755 });
+    prepareRoot(root, this.opts.rootMode ?? (process.getuid?.() === 0 ? 0o755 : 0o700));
+    for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) ensureDirUnder(root, d);
     this.sweepStaleSysfs();
     for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
     this.checkLinks();
@@ -104,7 +111,7 @@ export class Daemon implements Host {
     const kname = `uverbs${i}`;
     const pol = policyFor(this.opts.rules, kname);
     const path = join(root, 'dev', pol.name);
-    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    ensureDirUnder(root, dirname(path));
     await this.recoverStale(path);
     const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
     dev.onBug = (e) => this.logger.error(`internal error in the HCA of ${spec.name}: ${e.stack}`);
@@ -113,12 +120,17 @@ export class Daemon implements Host {
       this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}`);
     };
     const server = createServer((s) => this.onConnection(s, dev));
+    // the socket is born with its mode (umask around the bind), so no path is chmod'ed after the fact
     await new Promise<void>((res, rej) => {
       server.once('error', rej);
-      server.listen(path, () => res());
+      const old = process.umask(~pol.mode & 0o777);
+      try {
+        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
+      } finally {
+        process.umask(old);
+      }
     });
-    chmodSync(path, pol.mode);
-    if (pol.uid !== null || pol.gid !== null) chownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+    if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
     this.writeSysfs(dev, kname, path);
@@ -131,7 +143,7 @@ export class Daemon implements Host {
     } catch (e) {
       wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
     }
-    writeFileSync(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
+    writeNoFollow(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
     this.linkState.set(dev, { iface: null, up: true });
     this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
     return entry;
@@ -201,8 +213,8 @@ export class Daemon implements Host {
       if (!up) dev.counters.link_downed++;
       const port = join(ibClassDir(this.opts.root), dev.name, 'ports', '1');
       try {
-        writeFileSync(join(port, 'state'), up ? '4: ACTIVE\n' : '1: DOWN\n');
-        writeFileSync(join(port, 'phys_state'), up ? '5: LinkUp\n' : '3: Disabled\n');
+        writeNoFollow(join(port, 'state'), up ? '4: ACTIVE\n' : '1: DOWN\n');
+        writeNoFollow(join(port, 'phys_state'), up ? '5: LinkUp\n' : '3: Disabled\n');
       } catch {
         /* tree being removed */
       }
@@ -219,14 +231,16 @@ export class Daemon implements Host {
       let pid = 0;
       let ibdev = '';
       try {
+        if (!lstatSync(dir).isDirectory()) throw new Error('not a directory');
         pid = Number(readFileSync(join(dir, 'softverbsd_pid'), 'utf8'));
         ibdev = readFileSync(join(dir, 'ibdev'), 'utf8').trim();
       } catch {
-        /* half-written: stale */
+        /* half-written or not ours: stale */
       }
       if (pid && pidAlive(pid)) continue;
-      rmSync(dir, { recursive: true, force: true });
-      if (ibdev) rmSync(join(ibClassDir(root), ibdev), { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true }); // rm never follows a symlink: a planted link is removed, not its target
+      // a name read from a file is a name, never a path: anything else in ibdev is ignored
+      if (ibdev && safeName(ibdev)) rmSync(join(ibClassDir(root), ibdev), { recursive: true, force: true });
       this.log(`removed stale discovery entry ${k}`);
     }
   }
@@ -251,29 +265,29 @@ export class Daemon implements Host {
     const root = this.opts.root;
     const v = join(verbsClassDir(root), kname);
     rmSync(v, { recursive: true, force: true });
-    mkdirSync(v, { recursive: true });
-    writeFileSync(join(v, 'ibdev'), `${dev.name}\n`);
-    writeFileSync(join(v, 'abi_version'), `${U.ABI_VERSION}\n`);
-    writeFileSync(join(v, 'dev'), `231:${192 + dev.index}\n`);
-    writeFileSync(join(v, 'dev_path'), `${path}\n`);
-    writeFileSync(join(v, 'softverbsd_pid'), `${process.pid}\n`);
+    ensureDirUnder(root, v);
+    writeNoFollow(join(v, 'ibdev'), `${dev.name}\n`);
+    writeNoFollow(join(v, 'abi_version'), `${U.ABI_VERSION}\n`);
+    writeNoFollow(join(v, 'dev'), `231:${192 + dev.index}\n`);
+    writeNoFollow(join(v, 'dev_path'), `${path}\n`);
+    writeNoFollow(join(v, 'softverbsd_pid'), `${process.pid}\n`);
     const d = join(ibClassDir(root), dev.name);
     rmSync(d, { recursive: true, force: true });
     const port = join(d, 'ports', '1');
-    mkdirSync(join(port, 'gids'), { recursive: true });
-    mkdirSync(join(port, 'gid_attrs', 'types'), { recursive: true });
+    ensureDirUnder(root, join(port, 'gids'));
+    ensureDirUnder(root, join(port, 'gid_attrs', 'types'));
     const guid = guidString(dev.nodeGuid);
-    writeFileSync(join(d, 'node_guid'), `${guid}\n`);
-    writeFileSync(join(d, 'sys_image_guid'), `${guid}\n`);
-    writeFileSync(join(d, 'node_type'), '1: CA\n');
-    writeFileSync(join(d, 'fw_ver'), '0.0.0\n');
-    writeFileSync(join(d, 'netdev_addr'), `${dev.addr}\n`);
-    writeFileSync(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
-    writeFileSync(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
-    writeFileSync(join(port, 'link_layer'), 'Ethernet\n');
+    writeNoFollow(join(d, 'node_guid'), `${guid}\n`);
+    writeNoFollow(join(d, 'sys_image_guid'), `${guid}\n`);
+    writeNoFollow(join(d, 'node_type'), '1: CA\n');
+    writeNoFollow(join(d, 'fw_ver'), '0.0.0\n');
+    writeNoFollow(join(d, 'netdev_addr'), `${dev.addr}\n`);
+    writeNoFollow(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
+    writeNoFollow(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
+    writeNoFollow(join(port, 'link_layer'), 'Ethernet\n');
     dev.gids.forEach((g, i) => {
-      writeFileSync(join(port, 'gids', String(i)), `${gidString(g)}\n`);
-      writeFileSync(join(port, 'gid_attrs', 'types', String(i)), 'RoCE v2\n');
+      writeNoFollow(join(port, 'gids', String(i)), `${gidString(g)}\n`);
+      writeNoFollow(join(port, 'gid_attrs', 'types', String(i)), 'RoCE v2\n');
     });
   }
 
@@ -431,8 +445,10 @@ export class Daemon implements Host {
         this.logger.warn(`SIGHUP: ${d.kname} would move to ${path}; device files are named at start (restart to rename)`);
         continue;
       }
+      // the root is ours and nobody else can write in it, so the path is the socket we made; lchown never follows a link
+      if (!lstatSync(d.path).isSocket()) throw new Error(`${d.path} is no longer our socket`);
       chmodSync(d.path, pol.mode);
-      if (pol.uid !== null || pol.gid !== null) chownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
+      if (pol.uid !== null || pol.gid !== null) lchownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
       this.log(`SIGHUP: ${d.path} mode ${pol.mode.toString(8).padStart(4, '0')}${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`);
     }
     this.opts.rules = rules;
@@ -537,4 +553,5 @@ function guidString(g: bigint): string {
   const h = g.toString(16).padStart(16, '0');
   return `${h.slice(0, 4)}:${h.slice(4, 8)}:${h.slice(8, 12)}:${h.slice(12, 16)}`;
 }
+
 

@@ -1,5 +1,6 @@
 /** What every tool shares: getopt-like parsing with rdma-core's error style, and exit codes. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { VerbsError } from '../verbs/errors.js';
 
 export class UsageError extends Error {}
 
@@ -40,4 +41,21 @@ export function cnum(s: string | undefined): number {
 export function cnumStrict(s: string): number | null {
   const m = C_INT.exec(s);
   return m && m[0].length === s.length ? cvalue(m) : null;
+}
+
+/**
+ * What every bin does: name the process as the tool (the comm ps and rdma's
+ * restrack show, as for rdma-core's binary of that name), run it, exit with its
+ * code. A verbs error nobody caught (an untrusted root, a lost daemon) is one
+ * line saying what went wrong, exit 1, not a stack trace.
+ */
+export async function runTool(name: string, main: (argv: string[]) => number | Promise<number>): Promise<void> {
+  process.title = name;
+  try {
+    process.exitCode = await main(process.argv.slice(2));
+  } catch (e) {
+    if (!(e instanceof VerbsError)) throw e;
+    process.stderr.write(`${name}: ${e.message}\n`);
+    process.exitCode = 1;
+  }
 }

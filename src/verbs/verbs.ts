@@ -4,8 +4,8 @@
  * Promises; fast-path verbs (postSend, postRecv, postSrqRecv, pollCq,
  * reqNotifyCq) touch shared memory only — postSend then rings a doorbell.
  */
-import { closeSync, existsSync, ftruncateSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, existsSync, ftruncateSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join, resolve, sep } from 'node:path';
 import { EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
 import { layout, unpack, type Values } from '../abi/layout.js';
 import {
@@ -13,6 +13,7 @@ import {
 } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
 import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
+import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { CommandChannel, EventStream } from './channel.js';
 import { VerbsError } from './errors.js';
@@ -44,6 +45,39 @@ function alive(pid: number): boolean {
 }
 
 /**
+ * Who may own a root the library connects through: root, ourselves, and a dedicated
+ * service user named in $SOFTVERBS_ROOT_OWNER (a uid), the daemon's possible owners.
+ */
+function trustedOwners(): number[] {
+  const owners = [0, process.getuid?.() ?? 0];
+  const extra = process.env.SOFTVERBS_ROOT_OWNER;
+  if (extra && /^\d+$/.test(extra)) owners.push(Number(extra));
+  return owners;
+}
+
+/** The same rule the daemon applies (DESIGN §1): a root another user could have planted is not connected through. */
+function trustRoot(root: string, verb: string): void {
+  try {
+    checkTrustedRoot(root, trustedOwners());
+  } catch (e) {
+    if (e instanceof UntrustedPath) throw new VerbsError(verb, 'EACCES', `not trusting ${e.message} (set SOFTVERBS_ROOT_OWNER=<uid> if a dedicated user runs softverbsd)`);
+    throw e;
+  }
+}
+
+/** A device path read from the tree: a socket inside <root>/dev, owned by a trusted uid, not a symlink. */
+function socketUnder(root: string, devPath: string): boolean {
+  const dev = resolve(root, 'dev') + sep;
+  if (!resolve(devPath).startsWith(dev) || devPath.split(sep).includes('..')) return false;
+  try {
+    const st = lstatSync(devPath);
+    return st.isSocket() && trustedOwners().includes(st.uid);
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Lists the devices of the running daemon(s) under `root` (ibv_get_device_list).
  * Synchronous: it reads the discovery tree. Entries whose daemon is gone are
  * skipped, so a crashed daemon's tree does not list dead devices.
@@ -51,6 +85,7 @@ function alive(pid: number): boolean {
 export function getDeviceList(root = defaultRoot()): Device[] {
   const dir = verbsClassDir(root);
   if (!existsSync(dir)) return [];
+  trustRoot(root, 'ibv_get_device_list');
   const out: Device[] = [];
   for (const k of readdirSync(dir).sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))) {
     try {
@@ -59,7 +94,7 @@ export function getDeviceList(root = defaultRoot()): Device[] {
       if (!alive(pid)) continue;
       const name = readFileSync(join(d, 'ibdev'), 'utf8').trim();
       const devPath = readFileSync(join(d, 'dev_path'), 'utf8').trim();
-      if (!existsSync(devPath)) continue;
+      if (!socketUnder(root, devPath)) continue;
       const nodeGuid = readFileSync(join(ibClassDir(root), name, 'node_guid'), 'utf8').trim();
       out.push({ name, devName: k, devPath, nodeGuid, root });
     } catch {
@@ -73,6 +108,8 @@ export function getDeviceList(root = defaultRoot()): Device[] {
 export async function openDevice(dev: Device | string, root = defaultRoot()): Promise<Context> {
   const d = typeof dev === 'string' ? getDeviceList(root).find((x) => x.name === dev) : dev;
   if (!d) throw new VerbsError('ibv_open_device', 'ENODEV', `no device ${String(dev)}`);
+  trustRoot(d.root, 'ibv_open_device');
+  if (!socketUnder(d.root, d.devPath)) throw new VerbsError('ibv_open_device', 'EACCES', `${d.devPath} is not a device file of ${d.root}`);
   // as libibverbs does: a kernel side speaking another uverbs ABI is refused before any command
   let abi = '';
   try {

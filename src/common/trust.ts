@@ -1,0 +1,53 @@
+/**
+ * Whether a root directory may be trusted (DESIGN §1: a shared /tmp is hostile
+ * ground). A root is trusted when it is a real directory (not a symlink),
+ * owned by one of the expected uids, and writable by nobody else; and every
+ * directory above it is owned by root or by one of those uids and is either
+ * writable by nobody else or sticky (as /tmp is: others cannot rename or
+ * remove what is ours in it). The daemon checks the root it serves, the
+ * library the root it connects through, with the same rule.
+ */
+import { lstatSync, realpathSync, type Stats } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+
+export class UntrustedPath extends Error {
+  constructor(readonly path: string, readonly why: string) {
+    super(`${path} ${why}`);
+  }
+}
+
+const S_ISVTX = 0o1000;
+
+function ownerOk(st: Stats, owners: readonly number[]): boolean {
+  return st.uid === 0 || owners.includes(st.uid);
+}
+
+/** Throws UntrustedPath saying what is wrong; returns the lstat of the root when it is trusted. */
+export function checkTrustedRoot(root: string, owners: readonly number[]): Stats {
+  const path = resolve(root);
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch (e) {
+    throw new UntrustedPath(path, `cannot be examined (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (st.isSymbolicLink()) throw new UntrustedPath(path, 'is a symbolic link; a root must be a real directory');
+  if (!st.isDirectory()) throw new UntrustedPath(path, 'is not a directory');
+  if (!owners.includes(st.uid)) throw new UntrustedPath(path, `is owned by uid ${st.uid}, not by ${owners.map((u) => `uid ${u}`).join(' or ')}`);
+  if (st.mode & 0o022) throw new UntrustedPath(path, `is writable by ${st.mode & 0o002 ? 'every user' : 'its group'} (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`);
+  // the directories above it, as they really are (a symlinked /var/run is fine: its target is what is checked)
+  let dir = realpathSync(dirname(path));
+  for (;;) {
+    const d = lstatSync(dir);
+    if (!ownerOk(d, owners)) throw new UntrustedPath(path, `lies under ${dir}, owned by uid ${d.uid}`);
+    if (d.mode & 0o022 && !(d.mode & S_ISVTX)) throw new UntrustedPath(path, `lies under ${dir}, which others can write (mode ${(d.mode & 0o7777).toString(8).padStart(4, '0')}, not sticky)`);
+    if (dir === '/') break;
+    dir = dirname(dir);
+  }
+  return st;
+}
+
+/** A name read from a file that will become part of a path: one plain component, nothing else. */
+export function safeName(s: string): boolean {
+  return /^[A-Za-z0-9_.-]{1,63}$/.test(s) && s !== '.' && s !== '..';
+}
