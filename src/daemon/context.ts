@@ -20,6 +20,12 @@ import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
 import { modifyIsOk, Qp } from '../hca/qp.js';
 import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
+import type { Quotas } from './limits.js';
+import { HandleAllocator } from './handles.js';
+import { wqeBytes } from '../hca/qp.js';
+
+/** Unread bytes of events an event stream may hold in the daemon before further events are dropped. */
+const EVENT_BACKLOG = 1 << 20;
 
 export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
 
@@ -29,8 +35,10 @@ export class CompChannel {
   users = 0;
   constructor(readonly ctx: Context, readonly token: number) {}
   send(b: Buffer): void {
-    if (this.sock && !this.sock.destroyed) this.sock.write(b);
-    else if (this.pending.length < 4096) this.pending.push(b);
+    if (this.sock && !this.sock.destroyed) {
+      // a client that never reads its channel loses events past this much, rather than growing the daemon
+      if (this.sock.writableLength < EVENT_BACKLOG) this.sock.write(b);
+    } else if (this.pending.length < 4096) this.pending.push(b);
   }
 }
 
@@ -51,7 +59,11 @@ export interface Host {
   dropToken(token: number): void;
   log(msg: string): void;
   limitHit(uid: number, limit: string, msg: string): void;
+  readonly quotas: Quotas;
 }
+
+/** The device limits QUERY_DEVICE advertises, per object type (rxe's pool sizes; EINVAL past them, as rxe 6.1's pools). */
+export const DEVICE_MAX: Record<Exclude<ObjType, 'comp_channel' | 'qp'>, number> = { pd: 65536, mr: 65536, cq: 65536, srq: 65536, ah: 32766 };
 
 export class Context implements Owner {
   readonly handles = new Map<number, Entry>();
@@ -67,7 +79,8 @@ export class Context implements Owner {
   asyncPending: Buffer[] = [];
   asyncToken = 0;
   closed = false;
-  private nextHandle = 0;
+  /** handle numbers: the lowest free one, as the kernel's idr gives (O(log n), not a scan from 0) */
+  private readonly ids = new HandleAllocator();
 
   constructor(
     readonly host: Host,
@@ -91,13 +104,61 @@ export class Context implements Owner {
 
   // ---- handle table (the kernel's per-file idr: lowest free number) ----
 
+  /** Room for one more object of `type`: the device's limit, then the user's object quota. Call before creating it. */
+  private admit(type: ObjType): void {
+    const max = type === 'qp' ? this.dev.maxQpn - 16 : type === 'comp_channel' ? Infinity : DEVICE_MAX[type];
+    const n = this.dev.objCount[type] ?? 0;
+    if (n >= max) {
+      const msg = `${type.toUpperCase()}: the device's max_${type} ${max} is reached`;
+      this.host.limitHit(this.uid, `max_${type}`, msg);
+      fail(E.EINVAL, msg);
+    }
+    this.host.quotas.charge(this.uid, 'objects');
+  }
+
   private add(e: Entry): number {
     if (e.type !== 'qp') this.dev.assignResId(e.type, e.obj);
-    let h = this.nextHandle;
-    while (this.handles.has(h)) h++;
+    const h = this.ids.take();
     this.handles.set(h, e);
-    this.nextHandle = 0;
+    this.dev.objCount[e.type] = (this.dev.objCount[e.type] ?? 0) + 1;
     return h;
+  }
+
+  /** Forgets handle h (its object is already released): the handle, the device's count and the user's quota come back. */
+  private remove(h: number): void {
+    const e = this.handles.get(h);
+    if (!e) return;
+    this.handles.delete(h);
+    this.ids.give(h);
+    this.dev.objCount[e.type] = Math.max(0, (this.dev.objCount[e.type] ?? 1) - 1);
+    this.host.quotas.release(this.uid, 'objects');
+  }
+
+  /** Maps client memory, charged to the user's mappings (each is one of the daemon's vm.max_map_count entries). */
+  private mapClient(memfd: number, offset: bigint, length: bigint): ReturnType<typeof mapClientMemfd> {
+    this.host.quotas.charge(this.uid, 'mappings');
+    try {
+      return mapClientMemfd(this.pid, memfd, offset, length);
+    } catch (e) {
+      this.host.quotas.release(this.uid, 'mappings');
+      throw e;
+    }
+  }
+
+  /** A ring's mapping for an object just admitted: if it fails, the object quota taken by admit() comes back. */
+  private mapClientOrUncharge(memfd: number, length: bigint): ReturnType<typeof mapClientMemfd> {
+    try {
+      return this.mapClient(memfd, 0n, length);
+    } catch (e) {
+      this.host.quotas.release(this.uid, 'objects');
+      throw e;
+    }
+  }
+
+  private unmapClient(m: Mapping): void {
+    if (m.unmapped) return;
+    unmap(m);
+    this.host.quotas.release(this.uid, 'mappings');
   }
 
   get<T extends ObjType>(type: T, h: number, what: string = type): ObjOf<T> {
@@ -128,8 +189,9 @@ export class Context implements Owner {
   asyncEvent(element: bigint, type: number, obj: { asyncEvents: number } | null): void {
     if (obj) obj.asyncEvents++;
     const b = pack(U.ASYNC_EVENT_DESC, { element, event_type: type });
-    if (this.asyncSock && !this.asyncSock.destroyed) this.asyncSock.write(b);
-    else if (this.asyncPending.length < 4096) this.asyncPending.push(b);
+    if (this.asyncSock && !this.asyncSock.destroyed) {
+      if (this.asyncSock.writableLength < EVENT_BACKLOG) this.asyncSock.write(b);
+    } else if (this.asyncPending.length < 4096) this.asyncPending.push(b);
   }
 
   // ---- dispatch ----
@@ -227,13 +289,14 @@ export class Context implements Owner {
   // ---- PD ----
 
   allocPd(): Buffer {
+    this.admit('pd');
     return pack(U.ALLOC_PD_RESP, { pd_handle: this.add({ type: 'pd', obj: new Pd(this) }) });
   }
 
   deallocPd(r: Values): void {
     const pd = this.get('pd', r.pd_handle as number);
     if (pd.users > 0) fail(E.EBUSY, `DEALLOC_PD: PD ${r.pd_handle} still has ${pd.users} users`);
-    this.handles.delete(r.pd_handle as number);
+    this.remove(r.pd_handle as number);
   }
 
   // ---- AH ----
@@ -245,6 +308,7 @@ export class Context implements Owner {
     if (a.port_num !== 1) fail(E.EINVAL, `CREATE_AH: port ${a.port_num} does not exist`);
     if (!a.is_global) fail(E.EINVAL, 'CREATE_AH: RoCE needs a GRH (is_global)');
     if ((g.sgid_index as number) >= this.dev.gids.length) fail(E.EINVAL, `CREATE_AH: sgid_index ${g.sgid_index} is not in the GID table`);
+    this.admit('ah');
     const ah = new Ah(pd, g.dgid as Uint8Array, g.sgid_index as number, true, g.hop_limit as number, g.traffic_class as number, g.flow_label as number);
     pd.users++;
     return pack(U.CREATE_AH_RESP, { ah_handle: this.add({ type: 'ah', obj: ah }) });
@@ -253,7 +317,7 @@ export class Context implements Owner {
   destroyAh(r: Values): void {
     const ah = this.get('ah', r.ah_handle as number);
     ah.pd.users--;
-    this.handles.delete(r.ah_handle as number);
+    this.remove(r.ah_handle as number);
   }
 
   // ---- MR ----
@@ -281,10 +345,10 @@ export class Context implements Owner {
     }
     let m: ReturnType<typeof mapClientMemfd> | null = null;
     try {
-      m = mapClientMemfd(this.pid, u.memfd as number, u.memfd_offset as bigint, length);
+      m = this.mapClient(u.memfd as number, u.memfd_offset as bigint, length);
       return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
     } catch (e) {
-      if (m) unmap(m.mapping);
+      if (m) this.unmapClient(m.mapping);
       this.host.pinned.release(this.pid, pages);
       throw e;
     }
@@ -294,9 +358,16 @@ export class Context implements Owner {
     const pd = this.get('pd', r.pd_handle as number);
     const access = r.access_flags as number;
     this.checkAccess(access);
+    this.admit('mr');
     const key = this.dev.allocMrKey();
-    if (key < 0) fail(E.ENOMEM, 'no MR keys left');
-    const p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+    let p: ReturnType<Context['pin']>;
+    try {
+      if (key < 0) fail(E.ENOMEM, 'no MR keys left');
+      p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+    } catch (e) {
+      this.host.quotas.release(this.uid, 'objects');
+      throw e;
+    }
     const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
     this.dev.mrs.set(key >>> 8, mr);
     pd.users++;
@@ -321,7 +392,7 @@ export class Context implements Owner {
     const key = this.dev.allocMrKey();
     this.dev.mrs.delete(mr.key >>> 8);
     if (p) {
-      unmap(mr.mapping);
+      this.unmapClient(mr.mapping);
       this.host.pinned.release(this.pid, mr.pages);
       mr.mapping = p.mapping;
       mr.mem = p.mem;
@@ -343,20 +414,21 @@ export class Context implements Owner {
   deregMr(r: Values): void {
     const mr = this.get('mr', r.mr_handle as number);
     this.releaseMr(mr);
-    this.handles.delete(r.mr_handle as number);
+    this.remove(r.mr_handle as number);
   }
 
   private releaseMr(mr: Mr): void {
     mr.valid = false;
     this.dev.mrs.delete(mr.key >>> 8);
     mr.pd.users--;
-    unmap(mr.mapping);
+    this.unmapClient(mr.mapping);
     this.host.pinned.release(this.pid, mr.pages);
   }
 
   // ---- completion channels and CQs ----
 
   createCompChannel(): Buffer {
+    this.admit('comp_channel');
     const ch = new CompChannel(this, 0);
     const token = this.host.newToken('comp', this, ch);
     (ch as { token: number }).token = token;
@@ -374,8 +446,9 @@ export class Context implements Owner {
     if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
     if ((r.comp_vector as number) !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
     const ch = (r.comp_channel as number) >= 0 ? this.channelByToken(r.comp_channel as number) : null;
+    this.admit('cq');
     const l = cqLayout(cqe);
-    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    const m = this.mapClientOrUncharge(u.memfd as number, BigInt(l.bytes));
     const cq = new Cq(this, r.user_handle as bigint, m.mapping, l.slots, l.cqe, ch);
     if (ch) ch.users++;
     return pack(U.CREATE_CQ_RESP, { cq_handle: this.add({ type: 'cq', obj: cq }), cqe: l.cqe });
@@ -388,8 +461,9 @@ export class Context implements Owner {
     const l = cqLayout(cqe);
     const used = (Atomics.load(cq.hdr, PROD) - Atomics.load(cq.hdr, CONS)) >>> 0;
     if (used > l.cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${l.cqe}`);
-    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
     cq.resize(m.mapping, l.slots, l.cqe);
+    this.host.quotas.release(this.uid, 'mappings'); // resize unmapped the old ring
     return pack(U.RESIZE_CQ_RESP, { cqe: l.cqe });
   }
 
@@ -397,14 +471,14 @@ export class Context implements Owner {
     const cq = this.get('cq', r.cq_handle as number);
     if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
     this.releaseCq(cq);
-    this.handles.delete(r.cq_handle as number);
+    this.remove(r.cq_handle as number);
     return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
   }
 
   private releaseCq(cq: Cq): void {
     if (cq.channel) (cq.channel as CompChannel).users--;
     cq.errored = true;
-    unmap(cq.mapping);
+    this.unmapClient(cq.mapping);
   }
 
   reqNotifyCq(r: Values): void {
@@ -421,7 +495,8 @@ export class Context implements Owner {
     if (!l) fail(E.EINVAL, `CREATE_SRQ: max_wr ${maxWr} / max_sge ${maxSge} out of range`);
     const limit = r.srq_limit as number;
     if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
-    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    this.admit('srq');
+    const m = this.mapClientOrUncharge(u.memfd as number, BigInt(l.bytes));
     const srq = new Srq(this, r.user_handle as bigint, pd, m.mapping, new RecvRing(m.mapping, 0, l.slots, l.stride, maxSge), this.dev.allocSrqn());
     srq.limit = limit;
     pd.users++;
@@ -451,14 +526,14 @@ export class Context implements Owner {
     const srq = this.get('srq', r.srq_handle as number);
     if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
     this.releaseSrq(srq);
-    this.handles.delete(r.srq_handle as number);
+    this.remove(r.srq_handle as number);
     return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
   }
 
   private releaseSrq(srq: Srq): void {
     srq.pd.users--;
     this.dev.srqs.delete(srq.srqn);
-    unmap(srq.mapping);
+    this.unmapClient(srq.mapping);
   }
 
   // ---- QP ----
@@ -476,11 +551,28 @@ export class Context implements Owner {
       maxRecvSge: r.max_recv_sge as number, maxInlineData: r.max_inline_data as number,
     }, !!srq);
     if (!l) fail(E.EINVAL, 'CREATE_QP: a capability is over the device limit');
+    // the daemon's memory for its send WQEs, at most one per SQ slot: charged at the caps, allocated as they fill
+    const bytes = QP_BASE_BYTES + l.sq.slots * wqeBytes(l.caps.maxSendSge, l.caps.maxInlineData);
+    this.admit('qp');
+    try {
+      this.host.quotas.charge(this.uid, 'memory', bytes);
+    } catch (e) {
+      this.host.quotas.release(this.uid, 'objects');
+      throw e;
+    }
     const qpn = this.dev.allocQpn();
-    if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
-    const m = mapClientMemfd(this.pid, u.memfd as number, 0n, BigInt(l.bytes));
+    let m: ReturnType<typeof mapClientMemfd>;
+    try {
+      if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
+      m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
+    } catch (e) {
+      this.host.quotas.release(this.uid, 'objects');
+      this.host.quotas.release(this.uid, 'memory', bytes);
+      throw e;
+    }
     const rq = l.rq ? new RecvRing(m.mapping, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
     const qp = new Qp(this, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle as bigint);
+    qp.chargedBytes = bytes;
     qp.setMtu(5, this.dev.mtuBytes);
     devOf.set(qp, this.dev);
     this.dev.qps.set(qpn, qp);
@@ -608,7 +700,7 @@ export class Context implements Owner {
   destroyQp(r: Values): Buffer {
     const qp = this.get('qp', r.qp_handle as number);
     this.releaseQp(qp);
-    this.handles.delete(r.qp_handle as number);
+    this.remove(r.qp_handle as number);
     return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
   }
 
@@ -621,7 +713,8 @@ export class Context implements Owner {
     qp.sendCq.users--;
     qp.recvCq.users--;
     if (qp.srq) qp.srq.users--;
-    unmap(qp.mapping);
+    this.unmapClient(qp.mapping);
+    this.host.quotas.release(this.uid, 'memory', qp.chargedBytes);
   }
 
   /** The doorbell without decoding (the server's fast path): 0, or an errno for a handle that is not a QP. */
@@ -673,7 +766,7 @@ export class Context implements Owner {
         } catch (err) {
           this.host.log(`teardown of ${e.type} ${h} (pid ${this.pid}): ${(err as Error).message}`);
         }
-        this.handles.delete(h);
+        this.remove(h);
       }
     }
     this.host.dropToken(this.asyncToken);
@@ -685,7 +778,7 @@ export class Context implements Owner {
     const rows: Array<Record<string, unknown>> = [];
     for (const [h, e] of this.handles) {
       const id = this.dev.resIds.get(e.obj);
-      const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, comm: this.comm, type: e.type, handle: h, ctxn: this.ctxn };
+      const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, uid: this.uid, comm: this.comm, type: e.type, handle: h, ctxn: this.ctxn };
       if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn, pathMigState: e.obj.attr.pathMigState, pdn: this.dev.resIds.get(e.obj.pd) });
       if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: rkeyOf(e.obj), iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
       if (e.type === 'cq') Object.assign(row, { cqn: id, cqe: e.obj.cqe, users: e.obj.users });
@@ -696,6 +789,9 @@ export class Context implements Owner {
     return rows;
   }
 }
+
+/** What a QP costs the daemon besides its send WQEs (its state, receive WQE, responder resources), for the memory quota. */
+const QP_BASE_BYTES = 16 * 1024;
 
 /**
  * IBV_DEVICE_* flags. rxe on 6.1 reports 0x01223c76 (ibv_devinfo -v in the lab VM); softverbs

@@ -16,7 +16,9 @@ import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
 import { CompChannel, Context, type Host } from './context.js';
+import { FrameAssembler } from '../abi/framing.js';
 import { Log } from './log.js';
+import { DEFAULT_USER_LIMITS, Quotas, type UserLimits } from './limits.js';
 import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
 import { safeName } from '../common/trust.js';
 import { PinnedAccounts } from './memlock.js';
@@ -39,6 +41,8 @@ export interface DaemonOptions {
   fault?: Fault | null;
   pcap?: PcapWriter | null;
   logger?: Log;
+  /** per-uid caps (defaults: DEFAULT_USER_LIMITS) */
+  limits?: UserLimits;
 }
 
 interface DevEntry {
@@ -50,7 +54,11 @@ interface DevEntry {
 
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
-const MAX_FRAME = 0xffff * 4;
+/** Replies a client has not read: past PAUSE it is not read from until it catches up; past HARD_CAP it is dropped. */
+const REPLY_PAUSE = 1 << 20;
+const REPLY_HARD_CAP = 16 << 20;
+/** restrack fields shown to root and the owner only. */
+const SECRET_FIELDS = ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn', 'pages', 'handle'] as const;
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
 const LISTEN_BACKLOG = 4096;
 /** POST_SEND with wr_count 0: header + ib_uverbs_post_send */
@@ -65,6 +73,7 @@ const DOORBELL_EINVAL = (() => {
 export class Daemon implements Host {
   readonly fabric = new Fabric();
   readonly pinned = new PinnedAccounts();
+  readonly quotas: Quotas;
   readonly devs: DevEntry[] = [];
   readonly contexts = new Set<Context>();
   private tokens = new Map<number, Token>();
@@ -77,6 +86,7 @@ export class Daemon implements Host {
   constructor(readonly opts: DaemonOptions) {
     this.logger = opts.logger ?? new Log();
     this.log = (m) => this.logger.info(m);
+    this.quotas = new Quotas(opts.limits ?? { ...DEFAULT_USER_LIMITS }, (uid) => this.privileged(uid), (uid, what, msg) => this.limitHit(uid, what, msg));
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
@@ -102,7 +112,14 @@ export class Daemon implements Host {
     this.sweepStaleSysfs();
     for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
     this.checkLinks();
-    this.linkTimer = setInterval(() => this.checkLinks(), 250).unref();
+    this.linkTimer = setInterval(() => {
+      try {
+        this.checkLinks();
+      } catch (e) {
+        // listing interfaces needs a descriptor; out of them (EMFILE) the ports keep their state until the next look
+        this.logger.once(`links:${(e as NodeJS.ErrnoException).code}`, 'warn', `checking the links failed: ${(e as Error).message}`);
+      }
+    }, 250).unref();
   }
 
   /** Creates one device: its file, discovery entry and wire (at start, and for `rdma link add`). */
@@ -131,6 +148,9 @@ export class Daemon implements Host {
       }
     });
     if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+    // accept() failing (EMFILE, ENFILE when a user holds every descriptor) is an 'error' on the server: without a
+    // listener it would kill the daemon. libuv has already refused that one connection; the others go on.
+    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `${spec.name}: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
     this.writeSysfs(dev, kname, path);
@@ -300,22 +320,43 @@ export class Daemon implements Host {
       s.destroy();
       return;
     }
+    // an error reply carries the reason as text (out_bytes of it), so the client's error says what was wrong
+    const reply = (status: number, body?: Buffer, outBytes = 0) => {
+      // only the response struct goes back, however much room out_words offered (a 16-byte request asking for
+      // 0xffff words got 262,140 bytes of zeros each time)
+      const len = status === 0 ? Math.min(outBytes, body?.length ?? 0) : body ? Math.min(body.length, 1024) : 0;
+      const b = Buffer.allocUnsafe(8 + len);
+      b.writeInt32LE(status, 0);
+      b.writeUInt32LE(len, 4);
+      if (len && body) body.copy(b, 8, 0, len);
+      send(b);
+    };
+    // backpressure: a client that does not read its replies stops being read (so it stops costing us memory);
+    // one that lets them pile up past the hard cap anyway is dropped
+    const send = (b: Buffer) => {
+      s.write(b);
+      if (s.writableLength > REPLY_HARD_CAP) {
+        this.limitHit(cred.uid, 'unread replies', `pid ${cred.pid} left ${s.writableLength} bytes of replies unread; disconnected`);
+        s.destroy();
+      } else if (s.writableLength > REPLY_PAUSE && !s.isPaused()) {
+        s.pause();
+        s.once('drain', () => s.resume());
+      }
+    };
+
+    try {
+      this.quotas.charge(cred.uid, 'connections');
+    } catch (e) {
+      // as open() failing with EMFILE: the first request gets the errno, then the connection ends
+      reply(-(e as CmdError).errno, Buffer.from((e as Error).message));
+      s.end();
+      s.on('error', () => s.destroy());
+      return;
+    }
     this.conns.add(s);
     this.connDev.set(s, dev);
     let kind: 'new' | 'cmd' | 'async' | 'comp' | 'mgmt' = 'new';
     let ctx: Context | null = null;
-    let chunks: Buffer[] = [];
-    let have = 0;
-
-    // an error reply carries the reason as text (out_bytes of it), so the client's error says what was wrong
-    const reply = (status: number, body?: Buffer, outBytes = 0) => {
-      const len = status === 0 ? outBytes : body ? Math.min(body.length, 1024) : 0;
-      const b = Buffer.alloc(8 + len);
-      b.writeInt32LE(status, 0);
-      b.writeUInt32LE(len, 4);
-      if (len && body) body.copy(b, 8, 0, Math.min(len, body.length));
-      s.write(b);
-    };
 
     const handle = (frame: Buffer) => {
       const cmd = frame.readUInt32LE(0);
@@ -324,6 +365,11 @@ export class Daemon implements Host {
         if (cmd === U.Cmd.GET_CONTEXT) {
           if (frame.length < U.HDR_SIZE + 8) return reply(-E.ENOSPC);
           if (outBytes < 8) return reply(-E.ENOSPC);
+          try {
+            this.quotas.charge(cred.uid, 'contexts');
+          } catch (e) {
+            return reply(-(e as CmdError).errno, Buffer.from((e as Error).message));
+          }
           ctx = new Context(this, dev, cred.pid, cred.uid, cred.gid);
           ctx.asyncToken = this.newToken('async', ctx);
           this.contexts.add(ctx);
@@ -366,7 +412,7 @@ export class Daemon implements Host {
       // (the reply write was a fifth of the daemon's time in an 8-byte SEND stream)
       if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && (outBytes === 4 || outBytes === 0) && frame.readUInt32LE(20) === 0) {
         const st = ctx.doorbell(frame.readUInt32LE(16));
-        if (outBytes) s.write(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
+        if (outBytes) send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
         return;
       }
       const t0 = this.onCommand ? process.hrtime.bigint() : 0n;
@@ -386,45 +432,37 @@ export class Daemon implements Host {
       if (this.onCommand) this.onCommand(cmd, Number(process.hrtime.bigint() - t0) / 1e9);
     };
 
-    let garbage = false;
-    s.on('data', (d: Buffer) => {
-      if (garbage) return;
-      chunks.push(d);
-      have += d.length;
-      while (have >= 8) {
-        let buf = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-        chunks = [buf];
-        const size = buf.readUInt16LE(4) * 4;
-        if (size < 8 || size > MAX_FRAME) {
-          // framing garbage: nothing after it can be trusted (DESIGN §3). The replies to the frames
-          // before it are still owed: end() sends them, then closes; everything after is dropped.
-          garbage = true;
-          chunks = [];
-          have = 0;
-          s.end();
-          return;
-        }
-        if (have < size) return;
-        const frame = buf.subarray(0, size);
-        buf = buf.subarray(size);
-        chunks = buf.length ? [buf] : [];
-        have = buf.length;
+    const frames = new FrameAssembler(
+      (h) => h.readUInt16LE(4) * 4,
+      (frame) => {
+        if (s.destroyed) return frames.stop();
         handle(frame);
-        if (s.destroyed || garbage) return;
-      }
-    });
+      },
+      // framing garbage (in_words*4 < 8): nothing after it can be trusted (DESIGN §3). The replies to the frames
+      // before it are still owed: end() sends them, then closes; everything after is dropped.
+      () => s.end(),
+    );
+    s.on('data', (d: Buffer) => frames.push(d));
     const close = () => {
+      frames.stop();
       this.conns.delete(s);
+      this.quotas.release(cred.uid, 'connections');
       if (kind === 'cmd' && ctx) {
         const held = [...ctx.countByType()].filter(([, n]) => n > 0).map(([t, n]) => `${n} ${t}`).join(', ');
         ctx.destroyAll();
         this.contexts.delete(ctx);
+        this.quotas.release(ctx.uid, 'contexts');
         this.fabric.drain();
         this.log(`${dev.name}: pid ${ctx.pid} (${ctx.comm}, uid ${ctx.uid}) closed the device${held ? `; destroyed what it held: ${held}` : ''}`);
       }
     };
     s.on('close', close);
     s.on('error', () => s.destroy());
+  }
+
+  /** root, or the uid the daemon runs as: the administrator (CAP_NET_ADMIN in Linux's nldev). */
+  privileged(uid: number): boolean {
+    return uid === 0 || uid === process.getuid?.();
   }
 
   /** Open connections to the device files (command, event and management). */
@@ -489,10 +527,18 @@ export class Daemon implements Host {
         return;
       }
       case 'restrack':
-        out = [...this.contexts].flatMap((c) => c.track());
+        // as nldev: everyone sees the resources; keys, IOVAs and PSNs (what it takes to reach into another
+        // process's memory or inject into its connection) only root, the daemon's own uid and the owner
+        out = [...this.contexts].flatMap((c) => {
+          const rows = c.track();
+          if (this.privileged(uid) || c.uid === uid) return rows;
+          for (const r of rows) for (const k of SECRET_FIELDS) delete r[k];
+          return rows;
+        });
         break;
       case 'pinned':
-        out = this.pinned.snapshot();
+        // pinned pages per pid: one's own processes, or all of them for root
+        out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));
         break;
       case 'devices':
         out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries(d.dev.transport?.dropped ?? []), doorbells: d.dev.doorbells }));
@@ -501,7 +547,8 @@ export class Daemon implements Host {
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
         break;
       case 'qps':
-        // the transport state of every QP (debugging a stuck connection)
+        // the transport state of every QP (debugging a stuck connection): PSNs and all, so root's only
+        if (!this.privileged(uid)) return reply(-E.EPERM, Buffer.from('qps: only root may read the transport state of every QP'));
         out = this.devs.flatMap((d) => [...d.dev.qps.values()].map((q) => {
           const head = q.wqeAt(q.comp.idx);
           return {

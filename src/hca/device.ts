@@ -5,6 +5,7 @@
  * this daemon travel as descriptors through one FIFO; the wire (RoCEv2 over
  * UDP) plugs in at `xmit` / `receive`.
  */
+import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { xorshift32 } from '../common/rng.js';
 import { isIPv4 } from 'node:net';
@@ -321,7 +322,7 @@ export class SoftDevice {
     for (let i = 0; i < 0xffffff; i++) {
       const idx = this.nextMrIndex;
       this.nextMrIndex = idx >= 0xffffff ? 1 : idx + 1;
-      if (!this.mrs.has(idx)) return ((idx << 8) | ((Math.random() * 256) & 0xff)) >>> 0;
+      if (!this.mrs.has(idx)) return ((idx << 8) | randomInt(256)) >>> 0; // the key byte is not for guessing
     }
     return -1;
   }
@@ -381,6 +382,9 @@ export class SoftDevice {
       this.fabric.pool.put(p);
     }
   }
+
+  /** Objects of each verbs type held on this device by all contexts (the device limits count these). */
+  readonly objCount: Record<string, number> = {};
 
   /** Doorbells rung by clients (postSend rings only when the SQ is idle). */
   doorbells = 0;

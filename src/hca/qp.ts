@@ -16,6 +16,11 @@ import { udpSportOfQpn } from './codec.js';
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
 
 /** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
+/** Bytes of daemon memory one send WQE's state takes at these caps (for the owner's memory quota; measured, rounded up). */
+export function wqeBytes(maxSge: number, maxInline: number): number {
+  return 400 + maxInline + maxSge * 40;
+}
+
 export class SendWqe {
   state: number = WqeState.FREE;
   /** what the last packet of a UC/UD message carries to complete this WQE once it has left (made once) */
@@ -206,6 +211,8 @@ export class Qp {
   /** Destroyed: its rings are unmapped, so nothing may touch it (a deferred doorbell or timer checks this). */
   destroyed = false;
   readonly userHandle: bigint;
+  /** Daemon memory charged to the owner for this QP (given back when it is destroyed). */
+  chargedBytes = 0;
 
   // send ring
   readonly sqHdr: Int32Array;
@@ -259,7 +266,9 @@ export class Qp {
     Atomics.store(this.sqHdr, PROD, 0);
     Atomics.store(this.sqHdr, CONS, 0);
     Atomics.store(this.sqHdr, SQ_IDLE, 1);
-    this.wqes = Array.from({ length: sq.slots }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
+    // WQE state for what is in flight, not for every slot of the ring: it grows (doubling, up to the ring) as the
+    // window from the oldest unfinished WQE widens (all slots at once cost ~40 MB for a QP at the maximum caps)
+    this.wqes = Array.from({ length: Math.min(sq.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }
 
@@ -271,7 +280,24 @@ export class Qp {
   }
 
   wqeAt(idx: number): SendWqe {
-    return this.wqes[idx & (this.sqSlots - 1)]!;
+    const d = (idx - this.comp.idx) >>> 0;
+    if (d >= this.wqes.length && d < this.sqSlots) this.growWqes(d + 1);
+    return this.wqes[idx & (this.wqes.length - 1)]!;
+  }
+
+  /** Widens the WQE window to hold n from comp.idx on; the live WQEs keep their objects at their new places. */
+  private growWqes(n: number): void {
+    const old = this.wqes;
+    let cap = old.length;
+    while (cap < n) cap *= 2;
+    cap = Math.min(cap, this.sqSlots);
+    const next: SendWqe[] = new Array(cap);
+    for (let i = 0; i < old.length; i++) {
+      const idx = (this.comp.idx + i) >>> 0;
+      next[idx & (cap - 1)] = old[idx & (old.length - 1)]!;
+    }
+    for (let i = 0; i < cap; i++) next[i] ??= new SendWqe(this.caps.maxSendSge, this.caps.maxInlineData);
+    (this as { wqes: SendWqe[] }).wqes = next;
   }
 
   /**

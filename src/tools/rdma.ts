@@ -150,9 +150,9 @@ async function resource(args: string[], json: boolean): Promise<string> {
   if (json) {
     return `${JSON.stringify(mine.map((r) => {
       const base = { ifindex: idx(r.dev), ifname: r.dev };
-      if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[r.qpType as number], state: QP_STATE[r.state as number], ...(r.qpType !== 4 ? { 'rq-psn': r.rqPsn } : {}), 'sq-psn': r.sqPsn, ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[r.pathMigState as number] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
+      if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[r.qpType as number], state: QP_STATE[r.state as number], ...(r.qpType !== 4 && r.rqPsn !== undefined ? { 'rq-psn': r.rqPsn } : {}), ...(r.sqPsn !== undefined ? { 'sq-psn': r.sqPsn } : {}), ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[r.pathMigState as number] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
       if (obj === 'cq') return { ...base, cqn: r.cqn, cqe: r.cqe, users: r.users, 'adaptive-moderation': 'off', ctxn: r.ctxn, pid: r.pid, comm: r.comm };
-      if (obj === 'mr') return { ...base, mrn: r.mrn, rkey: r.rkey, lkey: r.lkey, mrlen: r.mrlen, pdn: r.pdn, pid: r.pid, comm: r.comm };
+      if (obj === 'mr') return { ...base, mrn: r.mrn, ...(r.rkey !== undefined ? { rkey: r.rkey, lkey: r.lkey } : {}), mrlen: r.mrlen, pdn: r.pdn, pid: r.pid, comm: r.comm };
       return { ...base, pdn: r.pdn, local_dma_lkey: 0, users: r.users, ctxn: r.ctxn, pid: r.pid, comm: r.comm };
     }))}\n`;
   }
@@ -160,11 +160,13 @@ async function resource(args: string[], json: boolean): Promise<string> {
   return mine.map((r) => {
     if (obj === 'qp') {
       const conn = r.qpType !== 4; // RC/UC report the remote QPN, RQ PSN and path migration state
-      return `link ${r.dev}/1 lqpn ${r.lqpn} ${conn ? `rqpn ${r.rqpn} ` : ''}type ${QP_TYPE[r.qpType as number]} state ${QP_STATE[r.state as number]} ${conn ? `rq-psn ${r.rqPsn} ` : ''}sq-psn ${r.sqPsn} ${conn ? `path-mig-state ${PATH_MIG[r.pathMigState as number] ?? 'UNKNOWN'} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+      // another user's PSNs are not shown (the daemon leaves them out): nldev hides what reaches into others' resources
+      return `link ${r.dev}/1 lqpn ${r.lqpn} ${conn ? `rqpn ${r.rqpn} ` : ''}type ${QP_TYPE[r.qpType as number]} state ${QP_STATE[r.state as number]} ${conn && r.rqPsn !== undefined ? `rq-psn ${r.rqPsn} ` : ''}${r.sqPsn !== undefined ? `sq-psn ${r.sqPsn} ` : ''}${conn ? `path-mig-state ${PATH_MIG[r.pathMigState as number] ?? 'UNKNOWN'} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
     }
     // as rxe on 6.1 prints them (fixtures/rdma/res_show_all.txt): no DIM on rxe, rkey 0 without remote access, no iova
     if (obj === 'cq') return `dev ${r.dev} cqn ${r.cqn} cqe ${r.cqe} users ${r.users} adaptive-moderation off ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
-    if (obj === 'mr') return `dev ${r.dev} mrn ${r.mrn} rkey ${hex(r.rkey)} lkey ${hex(r.lkey)} mrlen ${r.mrlen} pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+    // keys only for root and the owner, as nldev gives them only with CAP_NET_ADMIN
+    if (obj === 'mr') return `dev ${r.dev} mrn ${r.mrn} ${r.rkey !== undefined ? `rkey ${hex(r.rkey)} lkey ${hex(r.lkey)} ` : ''}mrlen ${r.mrlen} pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
     return `dev ${r.dev} pdn ${r.pdn} local_dma_lkey 0x0 users ${r.users} ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
   }).join('');
 }

@@ -1,0 +1,102 @@
+/**
+ * What one user may hold of the daemon, on top of the device limits
+ * QUERY_DEVICE advertises: contexts, connections, verbs objects, mappings
+ * of client memory (each costs the daemon one of its vm.max_map_count
+ * entries) and daemon memory. Root (and the daemon's own uid) are exempt, as
+ * CAP_IPC_LOCK and CAP_SYS_RESOURCE are from the kernel's limits. Going past
+ * a cap is the errno the kernel gives for the same exhaustion: EMFILE for
+ * contexts and connections (fds), EAGAIN for objects (the rdma cgroup's
+ * answer), ENOMEM for mappings and memory.
+ */
+import { readFileSync } from 'node:fs';
+import { CmdError, E } from '../common/errno.js';
+
+export interface UserLimits {
+  contexts: number;
+  connections: number;
+  objects: number;
+  mappings: number;
+  /** bytes of daemon memory charged to the user (QP work-request state, by its capabilities) */
+  memory: number;
+}
+export type Quota = keyof UserLimits;
+
+export const DEFAULT_USER_LIMITS: Readonly<UserLimits> = {
+  contexts: 64,
+  connections: 256,
+  objects: 16_384,
+  mappings: 4_096,
+  memory: 256 * 1024 * 1024,
+};
+
+const ERRNO: Record<Quota, number> = { contexts: E.EMFILE, connections: E.EMFILE, objects: E.EAGAIN, mappings: E.ENOMEM, memory: E.ENOMEM };
+
+/** The daemon's whole budget of mappings: what vm.max_map_count leaves after V8's own needs. */
+export function globalMappingBudget(): number {
+  let max = 65530;
+  try {
+    max = Number(readFileSync('/proc/sys/vm/max_map_count', 'utf8').trim()) || max;
+  } catch {
+    /* not Linux's procfs: the default */
+  }
+  return Math.max(1024, max - 16_384);
+}
+
+export class Quotas {
+  private used = new Map<number, Record<Quota, number>>();
+  private mappingsAll = 0;
+  private readonly mappingBudget = globalMappingBudget();
+
+  constructor(
+    public limits: UserLimits = { ...DEFAULT_USER_LIMITS },
+    private readonly exempt: (uid: number) => boolean,
+    private readonly onHit: (uid: number, what: string, msg: string) => void,
+  ) {}
+
+  private of(uid: number): Record<Quota, number> {
+    let u = this.used.get(uid);
+    if (!u) this.used.set(uid, (u = { contexts: 0, connections: 0, objects: 0, mappings: 0, memory: 0 }));
+    return u;
+  }
+
+  /** Takes n of `what` for uid, or throws the kernel's errno for that exhaustion (nothing taken). */
+  charge(uid: number, what: Quota, n = 1): void {
+    const u = this.of(uid);
+    if (what === 'mappings' && this.mappingsAll + n > this.mappingBudget) {
+      const msg = `the daemon has ${this.mappingsAll} client mappings, its budget under vm.max_map_count`;
+      this.onHit(uid, 'mappings (daemon-wide)', msg);
+      throw new CmdError(E.ENOMEM, msg);
+    }
+    if (!this.exempt(uid) && u[what] + n > this.limits[what]) {
+      const msg = `uid ${uid} holds ${u[what]} ${what === 'memory' ? 'bytes of daemon memory' : what} (limit ${this.limits[what]})`;
+      this.onHit(uid, what, msg);
+      throw new CmdError(ERRNO[what], msg);
+    }
+    u[what] += n;
+    if (what === 'mappings') this.mappingsAll += n;
+  }
+
+  release(uid: number, what: Quota, n = 1): void {
+    const u = this.of(uid);
+    u[what] = Math.max(0, u[what] - n);
+    if (what === 'mappings') this.mappingsAll = Math.max(0, this.mappingsAll - n);
+    if (Object.values(u).every((v) => v === 0)) this.used.delete(uid);
+  }
+
+  usage(uid: number): Readonly<Record<Quota, number>> {
+    return { ...this.of(uid) };
+  }
+}
+
+/** `--config`'s "limits": known keys, positive integers. */
+export function parseLimits(v: unknown): UserLimits {
+  const l = { ...DEFAULT_USER_LIMITS };
+  if (v === undefined) return l;
+  if (typeof v !== 'object' || v === null) throw new Error('"limits" must be an object');
+  for (const [k, n] of Object.entries(v)) {
+    if (!(k in l)) throw new Error(`"limits": unknown limit "${k}" (known: ${Object.keys(l).join(', ')})`);
+    if (!Number.isSafeInteger(n) || (n as number) < 1) throw new Error(`"limits.${k}": ${JSON.stringify(n)} is not a positive integer`);
+    l[k as Quota] = n as number;
+  }
+  return l;
+}
