@@ -13,8 +13,14 @@ export const DAEMON = DAEMON_MAIN;
 
 export type RunningDaemon = SpawnedDaemon;
 
+/**
+ * This test process's device addresses: four of one loopback /24 picked at random (127.a.b.1–4), so no
+ * other run's daemon, not even a stale one holding ADDR:4791, can stand in the way of this one's.
+ */
+export const [A1, A2, A3, A4] = loopbackAddrs(4) as [string, string, string, string];
+
 /** Starts softverbsd in a temp root and waits for "softverbsd: ready". */
-export function startDaemon(args: string[] = ['--device', 'rxe0=127.0.0.1'], opts: { root?: string; keepRoot?: boolean; wrapper?: string[] } = {}): Promise<RunningDaemon> {
+export function startDaemon(args: string[] = ['--device', `rxe0=${A1}`], opts: { root?: string; keepRoot?: boolean; wrapper?: string[] } = {}): Promise<RunningDaemon> {
   return spawnDaemon(args, opts);
 }
 
@@ -34,10 +40,10 @@ export function runProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv =
   });
 }
 
-/** Two daemons, rxe0 on 127.0.0.1 and rxe0 on 127.0.0.2 (RoCEv2 between them), with a context open on each. */
+/** Two daemons, rxe0 on A1 and rxe0 on A2 (RoCEv2 between them), with a context open on each. */
 export async function twoDaemons(): Promise<{ d1: RunningDaemon; d2: RunningDaemon; a: Context; b: Context; close(): Promise<void> }> {
-  const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1']);
-  const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+  const d1 = await startDaemon(['--device', `rxe0=${A1}`]);
+  const d2 = await startDaemon(['--device', `rxe0=${A2}`]);
   const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
   const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
   return {

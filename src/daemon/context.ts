@@ -681,6 +681,7 @@ export class Context implements Owner {
       qp.resp.wqe = null;
       qp.resp.inMsg = 0;
       qp.resp.res.length = 0;
+      qp.resp.outq.length = 0;
       qp.resp.msn = 0;
       qp.commEst = false;
       return;

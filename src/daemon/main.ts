@@ -12,6 +12,7 @@ import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
 import { Log, LOG_LEVELS, type LogLevel } from './log.js';
 import { Metrics, parseListen } from './metrics.js';
+import { DEFAULT_USER_LIMITS, parseLimits, type UserLimits } from './limits.js';
 import { Fault } from '../hca/device.js';
 import { PcapWriter } from '../hca/pcap.js';
 import { sdNotify } from '../native/libc.js';
@@ -30,11 +31,15 @@ Options:
   --rules FILE             udev-style rules for device files, e.g.
                            KERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="rdma"
                            (re-read on SIGHUP: new modes and groups apply to the running device files)
-  --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE"}
-  --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp]
+  --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE",
+                           "rootMode":"0755","limits":{"contexts":64,"connections":256,"objects":16384,
+                           "mappings":4096,"memory":268435456}} (limits per user; root is exempt)
+  --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp|none]
                            a device bound to an IP address (repeatable); MTU in bytes (256..4096);
                            wire: IPv4 through a raw socket (needs CAP_NET_RAW; auto falls back to plain
-                           UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID)
+                           UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID);
+                           none: no RoCEv2 port, the device reaches this daemon's devices only. A device
+                           whose port ADDR:4791 cannot be bound stops the daemon from starting.
   --metrics [HOST:]PORT    serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)
   --log-level LEVEL        error, warn, info (default: clients, QP errors, limits) or debug (every failed command)
   --pcap FILE              write every RoCEv2 frame sent and received as pcap (for tshark/Wireshark)
@@ -53,14 +58,14 @@ class UsageError extends Error {}
 
 function parseDevice(s: string): DeviceSpec {
   const m = /^([A-Za-z0-9_.-]{1,63})=([^,]+)((?:,[a-z]+=[^,]+)*)$/.exec(s);
-  if (!m) throw new UsageError(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp]`);
+  if (!m) throw new UsageError(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp|none]`);
   const [, name, addr, opts] = m as unknown as [string, string, string, string];
   if (!isIP(addr)) throw new UsageError(`--device "${s}": "${addr}" is not an IP address`);
   const spec: DeviceSpec = { name, addr };
   for (const kv of opts.split(',').filter(Boolean)) {
     const [k, v] = kv.split('=') as [string, string];
     if (k === 'wire') {
-      if (v !== 'auto' && v !== 'raw' && v !== 'udp') throw new UsageError(`--device "${s}": wire must be auto, raw or udp`);
+      if (v !== 'auto' && v !== 'raw' && v !== 'udp' && v !== 'none') throw new UsageError(`--device "${s}": wire must be auto, raw, udp or none`);
       spec.wire = v;
       continue;
     }
@@ -70,6 +75,13 @@ function parseDevice(s: string): DeviceSpec {
     spec.mtu = e;
   }
   return spec;
+}
+
+function parseRootMode(v: string): number {
+  if (!/^0?[0-7]{3}$/.test(v)) throw new UsageError(`root mode "${v}": expected an octal mode such as 0755`);
+  const mode = parseInt(v, 8);
+  if (mode & 0o022) throw new UsageError(`root mode ${v}: a root others can write is not a root anyone can trust`);
+  return mode;
 }
 
 function readRules(file: string): Rule[] {
@@ -84,6 +96,7 @@ export function version(): string {
 interface Settings {
   root: string;
   rootMode?: number;
+  limits: UserLimits;
   devices: DeviceSpec[];
   rulesFile?: string;
   rules: Rule[];
@@ -135,21 +148,23 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
   }
   let devices = (args.device ?? []).map(parseDevice);
   let rulesFile = args.rules;
-  let rootMode: number | undefined;
-  if (args['root-mode'] !== undefined) {
-    if (!/^0?[0-7]{3}$/.test(args['root-mode'])) throw new UsageError(`--root-mode "${args['root-mode']}": expected an octal mode such as 0755`);
-    rootMode = parseInt(args['root-mode'], 8);
-    if (rootMode & 0o022) throw new UsageError(`--root-mode ${args['root-mode']}: a root others can write is not a root anyone can trust`);
-  }
+  let rootMode = args['root-mode'] !== undefined ? parseRootMode(args['root-mode']) : undefined;
+  let limits: UserLimits = { ...DEFAULT_USER_LIMITS };
   if (args.config) {
-    let cfg: { devices?: Array<{ name: string; addr: string; mtu?: number }>; rules?: string };
+    let cfg: { devices?: Array<{ name: string; addr: string; mtu?: number; wire?: string }>; rules?: string; limits?: unknown; rootMode?: string };
     try {
       cfg = JSON.parse(readFileSync(args.config, 'utf8'));
     } catch (e) {
       throw new UsageError(`--config ${args.config}: ${(e as Error).message}`);
     }
-    for (const d of cfg.devices ?? []) devices.push(parseDevice(`${d.name}=${d.addr}${d.mtu ? `,mtu=${d.mtu}` : ''}`));
+    for (const d of cfg.devices ?? []) devices.push(parseDevice(`${d.name}=${d.addr}${d.mtu ? `,mtu=${d.mtu}` : ''}${d.wire ? `,wire=${d.wire}` : ''}`));
     rulesFile ??= cfg.rules;
+    try {
+      limits = parseLimits(cfg.limits);
+    } catch (e) {
+      throw new UsageError(`--config ${args.config}: ${(e as Error).message}`);
+    }
+    if (cfg.rootMode !== undefined && rootMode === undefined) rootMode = parseRootMode(String(cfg.rootMode));
   }
   if (devices.length === 0) devices = [{ name: 'rxe0', addr: '127.0.0.1' }];
   const names = new Set<string>();
@@ -165,7 +180,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError((e as Error).message);
     }
   }
-  return { root: args.root ?? defaultRoot(), rootMode, devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -197,7 +212,7 @@ export async function main(argv: string[]): Promise<void> {
       die(`--pcap ${s.pcap}: ${(e as Error).message}`);
     }
   }
-  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
+  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
   const fault = s.fault;
   if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
   let metrics: Metrics | null = null;

@@ -29,7 +29,8 @@ export interface DeviceSpec {
   addr: string;
   /** ibv_mtu enum value */
   mtu?: number;
-  wire?: WireRequest;
+  /** how the wire is reached; 'none' runs the device for this daemon's devices only */
+  wire?: WireRequest | 'none';
 }
 
 export interface DaemonOptions {
@@ -155,13 +156,19 @@ export class Daemon implements Host {
     this.devs.push(entry);
     this.writeSysfs(dev, kname, path);
     let wire: string;
-    const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
-    try {
-      await t.start();
+    if (spec.wire === 'none') wire = 'no wire (wire=none): reaches devices of this daemon only';
+    else {
+      const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
+      try {
+        await t.start();
+      } catch (e) {
+        // a device without its wire would look fine and silently talk to no one (or to a stale daemon holding the port)
+        this.removeDevice(entry);
+        const code = (e as NodeJS.ErrnoException).code;
+        throw new Error(`${spec.name}: cannot bind the RoCEv2 port ${spec.addr.includes(':') ? `[${spec.addr}]` : spec.addr}:4791: ${code === 'EADDRINUSE' ? 'it is in use (another softverbsd, or rdma_rxe, on this address?)' : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : (e as Error).message}; --device ${spec.name}=${spec.addr},wire=none runs the device without a wire`);
+      }
       dev.transport = t;
       wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791 through a raw socket (own IP header, ICRC checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
-    } catch (e) {
-      wire = `no wire (${(e as Error).message}): reaches devices of this daemon only`;
     }
     writeNoFollow(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
     this.linkState.set(dev, { iface: null, up: true });
@@ -197,16 +204,22 @@ export class Daemon implements Host {
       this.contexts.delete(c);
     }
     for (const s of [...this.conns]) if (this.connDev.get(s) === d.dev) s.destroy();
+    this.removeDevice(d);
+    this.log(`${name}: deleted (rdma link delete)`);
+  }
+
+  /** Takes a device out: its file, discovery entry, wire and place on the fabric. */
+  private removeDevice(d: DevEntry): void {
     d.server.close();
     d.dev.transport?.stop();
-    this.devs.splice(k, 1);
+    const k = this.devs.indexOf(d);
+    if (k >= 0) this.devs.splice(k, 1);
     this.linkState.delete(d.dev);
     const f = this.fabric.devices.indexOf(d.dev);
     if (f >= 0) this.fabric.devices.splice(f, 1);
     rmSync(d.path, { force: true });
     rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
     rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
-    this.log(`${name}: deleted (rdma link delete)`);
   }
   private connDev = new WeakMap<Socket, SoftDevice>();
 
@@ -541,7 +554,7 @@ export class Daemon implements Host {
         out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries(d.dev.transport?.dropped ?? []), doorbells: d.dev.doorbells }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));

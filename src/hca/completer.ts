@@ -51,7 +51,9 @@ function retire(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
     wc.opcode = wcOpcode(w.opcode);
     wc.byteLen = w.length;
     wc.qpNum = qp.qpn;
-    qp.sendCq.post(wc);
+    // an overrun loses this completion: the QP goes to ERR (as rxe's completer on a full CQ), once the loop
+    // retiring WQEs around us has finished
+    if (!qp.sendCq.post(wc)) queueMicrotask(() => dev.guard(qp, () => toError(dev, qp, 'send CQ overrun (CQ_ERR)')));
   }
   if (status === 0 && (w.opcode === WrOpcode.SEND || w.opcode === WrOpcode.SEND_WITH_IMM)) dev.counters.rdma_sends++;
 }
@@ -66,7 +68,10 @@ export function completeUnreliable(dev: SoftDevice, qp: Qp, w: SendWqe): void {
 
 /** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */
 export function failWqe(dev: SoftDevice, qp: Qp): void {
-  // WQEs before it that are still waiting for their ACK are flushed by toError, after it
+  // WQEs before it that are still waiting for their ACK are flushed by toError, after it. The QP is in ERR before
+  // its error completion shows: whoever sees that completion and looks at the QP finds it in ERR
+  const was = qp.state;
+  qp.state = QpState.ERR;
   let status: number = WcStatus.GENERAL_ERR;
   while (qp.comp.idx !== qp.req.idx) {
     const w = qp.wqeAt(qp.comp.idx);
@@ -77,7 +82,7 @@ export function failWqe(dev: SoftDevice, qp: Qp): void {
     }
     retire(dev, qp, w, WcStatus.WR_FLUSH_ERR);
   }
-  toError(dev, qp, `a send WR failed locally (${statusName(status)})`);
+  toError(dev, qp, `a send WR failed locally (${statusName(status)})`, was);
 }
 
 export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
@@ -230,8 +235,10 @@ function scheduleRetry(dev: SoftDevice, qp: Qp): void {
 const retryPending = new WeakSet<Qp>();
 
 function fail(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
+  const was = qp.state;
+  qp.state = QpState.ERR;
   retire(dev, qp, w, status);
-  toError(dev, qp, `send completion ${statusName(status)}`);
+  toError(dev, qp, `send completion ${statusName(status)}`, was);
 }
 
 /** SQD: once nothing is outstanding, the SQ is drained (IBV_EVENT_SQ_DRAINED if asked for). */
@@ -295,10 +302,9 @@ function onTimeout(dev: SoftDevice, qp: Qp): void {
 }
 
 /** ERR: stop, flush every outstanding send and receive WR with WR_FLUSH_ERR. */
-export function toError(dev: SoftDevice, qp: Qp, why = 'error'): void {
-  const was = qp.state;
-  if (was !== QpState.ERR) dev.onQpError?.(qp, why);
+export function toError(dev: SoftDevice, qp: Qp, why = 'error', was = qp.state): void {
   qp.state = QpState.ERR;
+  if (was !== QpState.ERR) dev.onQpError?.(qp, why);
   qp.stopTimers();
   flushSend(dev, qp);
   flushRecv(dev, qp);
@@ -343,7 +349,8 @@ export function flushRecv(_dev: SoftDevice, qp: Qp): void {
 }
 
 /** Writes a receive completion to the QP's receive CQ. */
-export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): void {
+/** Posts a receive completion; false when the receive CQ overran (the completion is lost: the caller moves the QP to ERR). */
+export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): boolean {
   wc.clear();
   wc.wrId = wrId;
   wc.status = status;
@@ -354,7 +361,7 @@ export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number,
   wc.srcQp = srcQp;
   wc.wcFlags = flags;
   wc.solicited = solicited;
-  qp.recvCq.post(wc);
+  return qp.recvCq.post(wc);
 }
 
 

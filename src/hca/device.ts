@@ -139,6 +139,9 @@ function sent(p: Pkt): void {
   if (!d.qp.destroyed) completer.completeUnreliable(d.dev, d.qp, d.wqe);
 }
 
+/** Packets one drain handles before the event loop gets a turn (about a millisecond of work). */
+const DRAIN_BUDGET = 4096;
+
 export class Fabric {
   readonly devices: SoftDevice[] = [];
   readonly fifo: Pkt[] = [];
@@ -207,6 +210,22 @@ export class Fabric {
   /** Where internal errors on a delayed packet's path are reported. */
   onBug: ((e: Error) => void) | null = null;
 
+  private continuing = false;
+  /** The rest of the queue, on the next turn (once, however many drains ran out of budget meanwhile). */
+  private continueLater(): void {
+    if (this.continuing) return;
+    this.continuing = true;
+    setImmediate(() => {
+      this.continuing = false;
+      try {
+        this.drain();
+      } catch (e) {
+        this.onBug?.(e as Error);
+        this.reset();
+      }
+    });
+  }
+
   /** softverbsd --pcap: packets between two devices of this daemon are written as the wire would carry them. */
   pcap: PcapWriter | null = null;
   private readonly pcapFrame = new Uint8Array(40 + 8 + 64 + 4096 + 8);
@@ -230,12 +249,23 @@ export class Fabric {
     this.draining = false;
   }
 
-  /** Runs every queued packet, including the ones handling them produces. Re-entrant calls return at once. */
+  /**
+   * Runs the queued packets, including the ones handling them produces, up to DRAIN_BUDGET of them: then
+   * what went onto the wire leaves and the rest waits for the next turn of the event loop, so other clients'
+   * commands are served in between (a QP talking to itself, or a long READ, made one drain endless).
+   * Re-entrant calls return at once.
+   */
   drain(): void {
     if (this.draining) return;
     this.draining = true;
+    let budget = DRAIN_BUDGET;
     try {
       while (this.head < this.fifo.length) {
+        if (budget-- === 0) {
+          for (const d of this.devices) d.transport?.flush();
+          this.continueLater();
+          return;
+        }
         const p = this.fifo[this.head++]!;
         if (p.lost) {
           if (p.done) sent(p);
@@ -381,6 +411,12 @@ export class SoftDevice {
     } finally {
       this.fabric.pool.put(p);
     }
+  }
+
+  /** Packets dropped on their way to a QP, by reason (with the wire's own in `rdma`'s and the mgmt view). */
+  readonly drops = new Map<string, number>();
+  countDrop(why: string): void {
+    this.drops.set(why, (this.drops.get(why) ?? 0) + 1);
   }
 
   /** Objects of each verbs type held on this device by all contexts (the device limits count these). */

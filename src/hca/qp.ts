@@ -11,6 +11,7 @@ import type { SoftDevice } from './device.js';
 import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
 import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
 import { udpSportOfQpn } from './codec.js';
+import type { Pkt } from './packet.js';
 
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
@@ -95,6 +96,20 @@ export interface QpAttr {
 }
 
 /** A responder resource: what a duplicate READ or ATOMIC is answered from. */
+/** A read response still going out (the responder's output queue): what it sends, captured when the READ came. */
+export interface ReadOut {
+  kind: 'read';
+  firstPsn: number;
+  va: number;
+  length: number;
+  /** packets in all, and the index of the next to send */
+  n: number;
+  next: number;
+  msn: number;
+  mr: Mr | null;
+  mtu: number;
+}
+
 export interface RespRes {
   valid: boolean;
   atomic: boolean;
@@ -239,6 +254,9 @@ export class Qp {
     dropMsg: false,
     res: [] as RespRes[],
     resHead: 0,
+    /** responses waiting behind a long read response, in PSN order (empty almost always) */
+    outq: [] as Array<ReadOut | Pkt>,
+    pumping: false,
   };
   readonly recvWqe: RecvWqe;
 
@@ -272,11 +290,19 @@ export class Qp {
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }
 
-  /** Send WQEs the client has posted (producer index checked against the ring: a bogus one is clamped). */
+  /**
+   * Send WQEs the client has posted. A producer index further ahead than the ring holds is the client's
+   * lie: as rxe masks its queue indices, only its low bits count, so it names at most a ring's worth of
+   * WQEs and, once those are done, none (clamping it to a full ring instead gave a fresh ring of work
+   * after every ring completed: 2^30 WQEs from one bogus index).
+   */
   sqProduced(): number {
     const prod = Atomics.load(this.sqHdr, PROD) >>> 0;
     const n = (prod - this.comp.idx) >>> 0;
-    return n > this.sqSlots ? (this.comp.idx + this.sqSlots) >>> 0 : prod;
+    if (n <= this.sqSlots) return prod;
+    // never below what the requester has already taken: the masked count may be smaller than that
+    const taken = (this.req.idx - this.comp.idx) >>> 0;
+    return (this.comp.idx + Math.max(n & (this.sqSlots - 1), taken)) >>> 0;
   }
 
   wqeAt(idx: number): SendWqe {

@@ -12,7 +12,10 @@ import type { SoftDevice } from './device.js';
 import { walkSgl, type Mr, type RecvWqe } from './objects.js';
 import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Pkt } from './packet.js';
-import type { Qp, RespRes } from './qp.js';
+import type { Qp, ReadOut, RespRes } from './qp.js';
+
+/** Read response packets a QP sends per turn of the event loop (all of a 4 MiB READ at MTU 4096). */
+const READ_BURST = 1024;
 
 /** Why a request failed, and what each side sees (rxe's RESPST_ERR_* → NAK code, responder WC status). */
 const Err = {
@@ -26,6 +29,12 @@ type ErrKind = (typeof Err)[keyof typeof Err];
 export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
   const st = qp.state;
   if (st !== QpState.RTR && st !== QpState.RTS && st !== QpState.SQD && st !== QpState.SQE) return;
+  // rxe's check_length: a packet carrying more than the path MTU (the port's, for UD) is no request a requester
+  // sends; it is dropped and counted, before it can touch a receive buffer
+  if (p.payLen > (qp.type === QpType.UD ? dev.mtuBytes : qp.mtu)) {
+    dev.countDrop('payload over the path MTU');
+    return;
+  }
   if (qp.type === QpType.UD) return receiveUd(dev, qp, p);
   const m = p.mask;
   const rc = qp.type === QpType.RC;
@@ -148,7 +157,12 @@ export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
       const isWrite = (m & M.WRITE) !== 0;
       const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
       const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
-      postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags);
+      if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
+        // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
+        // no one was told of), and the QP goes to ERR
+        toError(dev, qp, 'receive CQ overrun (CQ_ERR)');
+        return;
+      }
       dev.counters.rdma_recvs++;
     }
   }
@@ -222,29 +236,83 @@ function read(dev: SoftDevice, qp: Qp, p: Pkt, _d: number): void {
   sendReadResponses(dev, qp, p, r, p.psn);
 }
 
-/** Sends the read response packets of resource r from PSN `from` on (a duplicate may ask for the tail only). */
+/**
+ * Sends the read response packets of resource r from PSN `from` on (a duplicate may ask for the tail only).
+ * A response of more than READ_BURST packets goes out READ_BURST packets per turn of the event loop, through
+ * the QP's output queue (one 4 MiB READ at MTU 256 is 16,384 packets: made all at once, a few READs in flight
+ * held hundreds of MB of packets and the daemon for as long as they took).
+ */
 function sendReadResponses(dev: SoftDevice, qp: Qp, req: Pkt, r: RespRes, from: number): void {
   const mtu = qp.mtu;
   const n = Math.max(1, Math.ceil(r.length / mtu));
   const mr = r.length > 0 ? dev.lookupMr(r.rkey) : null;
   if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(dev, qp, req, Err.RKEY);
-  for (let i = psnDiff(from, r.firstPsn); i < n; i++) {
-    const p = dev.fabric.pool.get();
-    p.opcode = Transport.RC | (n === 1 ? Op.RDMA_READ_RESPONSE_ONLY : i === 0 ? Op.RDMA_READ_RESPONSE_FIRST : i === n - 1 ? Op.RDMA_READ_RESPONSE_LAST : Op.RDMA_READ_RESPONSE_MIDDLE);
-    fillReply(dev, qp, p);
-    p.psn = (r.firstPsn + i) & PSN_MASK;
-    p.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
-    p.msn = qp.resp.msn;
-    const off = i * mtu;
-    const len = Math.min(mtu, r.length - off);
-    if (mr && len > 0) {
-      p.payload = mr.mem;
-      p.payOff = r.va - mr.iova + off;
-      p.payLen = len;
-      p.padCnt = (4 - (len & 3)) & 3;
-    }
-    dev.xmit(p);
+  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, mr, mtu };
+  const q = qp.resp.outq;
+  if (q.length === 0 && out.n - out.next <= READ_BURST) {
+    while (out.next < out.n) dev.xmit(readResponse(dev, qp, out));
+    return;
   }
+  q.push(out);
+  schedulePump(dev, qp);
+}
+
+/** The next packet of a read response. */
+function readResponse(dev: SoftDevice, qp: Qp, o: ReadOut): Pkt {
+  const i = o.next++;
+  const n = o.n;
+  const p = dev.fabric.pool.get();
+  p.opcode = Transport.RC | (n === 1 ? Op.RDMA_READ_RESPONSE_ONLY : i === 0 ? Op.RDMA_READ_RESPONSE_FIRST : i === n - 1 ? Op.RDMA_READ_RESPONSE_LAST : Op.RDMA_READ_RESPONSE_MIDDLE);
+  fillReply(dev, qp, p);
+  p.psn = (o.firstPsn + i) & PSN_MASK;
+  p.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
+  p.msn = o.msn;
+  const off = i * o.mtu;
+  const len = Math.min(o.mtu, o.length - off);
+  if (o.mr && len > 0) {
+    p.payload = o.mr.mem;
+    p.payOff = o.va - o.mr.iova + off;
+    p.payLen = len;
+    p.padCnt = (4 - (len & 3)) & 3;
+  }
+  return p;
+}
+
+/** Responses go in PSN order: while a long read response is going out, later ACKs and atomic responses queue behind it. */
+function respXmit(dev: SoftDevice, qp: Qp, p: Pkt): void {
+  if (qp.resp.outq.length === 0) dev.xmit(p);
+  else qp.resp.outq.push(p);
+}
+
+function schedulePump(dev: SoftDevice, qp: Qp): void {
+  if (qp.resp.pumping) return;
+  qp.resp.pumping = true;
+  setImmediate(() => {
+    qp.resp.pumping = false;
+    dev.guard(qp, () => pump(dev, qp));
+  });
+}
+
+/** One turn's worth (READ_BURST packets) of the QP's queued responses. */
+function pump(dev: SoftDevice, qp: Qp): void {
+  const q = qp.resp.outq;
+  if (qp.state === QpState.ERR || qp.state === QpState.RESET) {
+    q.length = 0; // an errored or reset responder answers nothing more
+    return;
+  }
+  let budget = READ_BURST;
+  while (q.length > 0 && budget > 0) {
+    const head = q[0]!;
+    if ('kind' in head) {
+      while (head.next < head.n && budget-- > 0) dev.xmit(readResponse(dev, qp, head));
+      if (head.next < head.n) break;
+    } else {
+      dev.xmit(head);
+      budget--;
+    }
+    q.shift();
+  }
+  if (q.length > 0) schedulePump(dev, qp);
 }
 
 function atomic(dev: SoftDevice, qp: Qp, p: Pkt): void {
@@ -283,7 +351,7 @@ function sendAtomicAck(dev: SoftDevice, qp: Qp, r: RespRes): void {
   a.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
   a.msn = qp.resp.msn;
   a.orig = r.orig;
-  dev.xmit(a);
+  respXmit(dev, qp, a);
 }
 
 /** A new responder resource; the oldest is replaced when all max_dest_rd_atomic are in use (rxe does the same). */
@@ -333,17 +401,19 @@ function sendAck(dev: SoftDevice, qp: Qp, syndrome: number, psn: number): void {
   a.psn = psn & PSN_MASK;
   a.syndrome = syndrome;
   a.msn = qp.resp.msn;
-  dev.xmit(a);
+  respXmit(dev, qp, a);
 }
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */
 function error(dev: SoftDevice, qp: Qp, p: Pkt, e: ErrKind): void {
   sendAck(dev, qp, e.syndrome, p.psn);
+  const was = qp.state;
+  qp.state = QpState.ERR; // before the error completion shows, as on the send side
   if (qp.resp.wqe) {
     postRecvWc(qp, qp.resp.wqe.wrId, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     qp.resp.wqe = null;
   }
-  toError(dev, qp, `responder error (receive completion ${statusName(e.wc)})`);
+  toError(dev, qp, `responder error (receive completion ${statusName(e.wc)})`, was);
 }
 
 function receiveUd(dev: SoftDevice, qp: Qp, p: Pkt): void {
@@ -363,7 +433,10 @@ function receiveUd(dev: SoftDevice, qp: Qp, p: Pkt): void {
     return;
   }
   const imm = (p.mask & M.IMM) !== 0;
-  postRecvWc(qp, w.wrId, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0));
+  if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0))) {
+    toError(dev, qp, 'receive CQ overrun (CQ_ERR)');
+    return;
+  }
   dev.counters.rdma_recvs++;
 }
 

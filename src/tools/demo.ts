@@ -73,13 +73,13 @@ async function setup(root: string, dev: string): Promise<{ ctx: Context; qp: Que
 async function responder(root: string): Promise<void> {
   const b = await setup(root, 'rxe1');
   const send = (m: unknown) => process.send!(m);
-  b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] });
   b.mr.buf.fill(0xab, MiB, 2 * MiB);
   b.mr.buf.writeBigUInt64LE(100n, COUNTER);
   send({ info: { qpn: b.qp.qpNum, rkey: b.mr.rkey, addr: b.mr.addr.toString(), gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex'), pid: process.pid } });
   process.on('message', async (m: { connect?: Info; wait?: boolean; check?: { off: number; len: number }; counter?: boolean; bye?: boolean }) => {
     if (m.connect) {
       await connect(b.qp, { qpn: m.connect.qpn, gid: Buffer.from(m.connect.gid, 'hex') });
+      b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] }); // receives are posted from INIT on; RTR is here
       send({ connected: true });
     } else if (m.wait) {
       const wc = await poll(b.cq);

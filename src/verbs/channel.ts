@@ -5,6 +5,10 @@
  */
 import { connect, type Socket } from 'node:net';
 import { VerbsError } from './errors.js';
+import { FrameAssembler } from '../abi/framing.js';
+
+/** No reply is larger: the response structs are small, error texts at most 1 KiB, management answers well under this. */
+const MAX_REPLY = 64 << 20;
 
 interface Pending {
   verb: string;
@@ -14,26 +18,74 @@ interface Pending {
 
 export class CommandChannel {
   private pending: Pending[] = [];
-  private chunks: Buffer[] = [];
-  private have = 0;
   private dead: Error | null = null;
+  private readonly frames = new FrameAssembler(
+    // a reply: 8-byte header, then out_bytes (bounded: a frame beyond any reply is a broken stream)
+    (h) => (h.readUInt32LE(4) > MAX_REPLY ? -1 : 8 + h.readUInt32LE(4)),
+    (f) => this.onReply(f),
+    () => {
+      this.fail(new Error('the daemon sent a reply no daemon sends'));
+      this.sock.destroy();
+    },
+  );
+
+  /** Why the connection to the daemon is gone (null while it is up). */
+  get lost(): Error | null {
+    return this.dead;
+  }
+
+  /**
+   * The fast path's check that the daemon is still there: free while the connection is up and was seen
+   * alive within the last second; otherwise one kill(pid, 0). A poll loop that never yields to the event
+   * loop would never see the socket close, so it asks this way (at most once a second).
+   */
+  probe(verb: string): void {
+    if (this.dead) throw new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead.message})`);
+    if (!this.daemonPid) return;
+    const now = performance.now();
+    if (now - this.lastProbe < 1000) return;
+    this.lastProbe = now;
+    try {
+      process.kill(this.daemonPid, 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') return;
+      this.fail(new Error(`softverbsd (pid ${this.daemonPid}) is gone`));
+      throw new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead!.message})`);
+    }
+  }
+  /** The daemon's pid (from the discovery tree), for the liveness probe of the fast path; 0 when unknown. */
+  daemonPid = 0;
+  private lastProbe = performance.now();
+
   private constructor(readonly sock: Socket) {
-    sock.on('data', (d) => this.onData(d));
+    sock.on('data', (d) => this.frames.push(d));
     sock.on('close', () => this.fail(new Error('device connection closed')));
     sock.on('error', (e) => this.fail(e));
     sock.unref();
   }
 
   /** Connects to a device file; EACCES and ENOENT come back as they would from open(). */
-  static open(path: string, verb = 'ibv_open_device'): Promise<CommandChannel> {
-    return new Promise((resolve, reject) => {
-      const s = connect(path);
-      s.once('connect', () => {
-        s.removeAllListeners('error');
-        resolve(new CommandChannel(s));
-      });
-      s.once('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(verb, e.code === 'ECONNREFUSED' ? 'ENODEV' : e.code ?? 'EIO', `${path}: ${e.message}`)));
-    });
+  static async open(path: string, verb = 'ibv_open_device'): Promise<CommandChannel> {
+    // EAGAIN: the device file's accept queue is full (a burst of connects); it drains in moments, so try again
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await new Promise<CommandChannel>((resolve, reject) => {
+          const s = connect(path);
+          s.once('connect', () => {
+            s.removeAllListeners('error');
+            resolve(new CommandChannel(s));
+          });
+          s.once('error', reject);
+        });
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN' && attempt < 100) {
+          await new Promise((r) => setTimeout(r, Math.min(100, 2 + attempt * 5)));
+          continue;
+        }
+        throw new VerbsError(verb, code === 'ECONNREFUSED' ? 'ENODEV' : code ?? 'EIO', `${path}: ${(e as Error).message}`);
+      }
+    }
   }
 
   private fail(e: Error): void {
@@ -41,25 +93,14 @@ export class CommandChannel {
     for (const p of this.pending.splice(0)) p.reject(new VerbsError(p.verb, 'EIO', e.message));
   }
 
-  private onData(d: Buffer): void {
-    this.chunks.push(d);
-    this.have += d.length;
-    while (this.have >= 8) {
-      const buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
-      this.chunks = [buf];
-      const len = buf.readUInt32LE(4);
-      if (this.have < 8 + len) return;
-      const status = buf.readInt32LE(0);
-      const body = buf.subarray(8, 8 + len);
-      const rest = buf.subarray(8 + len);
-      this.chunks = rest.length ? [rest] : [];
-      this.have = rest.length;
-      const p = this.pending.shift();
-      if (this.pending.length === 0) this.sock.unref();
-      if (!p) continue;
-      if (status < 0) p.reject(new VerbsError(p.verb, -status, body.length ? body.toString('utf8') : undefined));
-      else p.resolve(body);
-    }
+  private onReply(f: Buffer): void {
+    const status = f.readInt32LE(0);
+    const body = f.subarray(8);
+    const p = this.pending.shift();
+    if (this.pending.length === 0) this.sock.unref();
+    if (!p) return;
+    if (status < 0) p.reject(new VerbsError(p.verb, -status, body.length ? body.toString('utf8') : undefined));
+    else p.resolve(body);
   }
 
   /** Sends a frame and waits for its reply body. */

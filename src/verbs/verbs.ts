@@ -5,11 +5,12 @@
  * reqNotifyCq) touch shared memory only — postSend then rings a doorbell.
  */
 import { closeSync, existsSync, ftruncateSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { constants as bufferConstants } from 'node:buffer';
 import { join, resolve, sep } from 'node:path';
 import { EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
 import { layout, unpack, type Values } from '../abi/layout.js';
 import {
-  CONS, cqLayout, NOTIFY, Notify, PROD, QP_STATE, qpLayout, SQ_IDLE, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
+  CONS, cqLayout, Limits, NOTIFY, Notify, PROD, QP_STATE, qpLayout, SQ_IDLE, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
 } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
 import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
@@ -33,6 +34,8 @@ export interface Device {
   /** node GUID as the sysfs string "xxxx:xxxx:xxxx:xxxx" */
   readonly nodeGuid: string;
   readonly root: string;
+  /** the pid of the softverbsd serving it */
+  readonly daemonPid: number;
 }
 
 function alive(pid: number): boolean {
@@ -96,7 +99,7 @@ export function getDeviceList(root = defaultRoot()): Device[] {
       const devPath = readFileSync(join(d, 'dev_path'), 'utf8').trim();
       if (!socketUnder(root, devPath)) continue;
       const nodeGuid = readFileSync(join(ibClassDir(root), name, 'node_guid'), 'utf8').trim();
-      out.push({ name, devName: k, devPath, nodeGuid, root });
+      out.push({ name, devName: k, devPath, nodeGuid, root, daemonPid: pid });
     } catch {
       /* an entry being written or removed: not a device yet / any more */
     }
@@ -119,6 +122,7 @@ export async function openDevice(dev: Device | string, root = defaultRoot()): Pr
   }
   if (abi !== String(U.ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.name} speaks uverbs ABI version ${abi || '(none)'}, this library speaks ${U.ABI_VERSION}`);
   const ch = await CommandChannel.open(d.devPath);
+  ch.daemonPid = d.daemonPid ?? 0;
   try {
     const f = U.frame(U.Cmd.GET_CONTEXT, U.COMMANDS.get(U.Cmd.GET_CONTEXT)!, {});
     const resp = unpack(U.GET_CONTEXT_RESP, await ch.call('ibv_open_device', f));
@@ -129,6 +133,10 @@ export async function openDevice(dev: Device | string, root = defaultRoot()): Pr
     throw e;
   }
 }
+
+/** The largest buffer allocBuffer makes: max_mr_size, and what a Buffer can span. */
+const MAX_BUFFER = Math.min(Limits.maxMrSize, bufferConstants.MAX_LENGTH);
+const QP_STATE_NAME = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'];
 
 // ---------------------------------------------------------------- plain data types
 
@@ -307,6 +315,8 @@ export class Context {
 
   /** Shared memory the daemon can map: register it with `pd.regMr(buf, access)`. */
   allocBuffer(length: number): Buffer {
+    // checked before any memfd or mapping is made: an absurd size is the caller's EINVAL, not a failed mmap (or an abort)
+    if (!Number.isSafeInteger(length) || length < 1 || length > MAX_BUFFER) throw new VerbsError('allocBuffer', 'EINVAL', `length ${length} is not in 1..${MAX_BUFFER} (max_mr_size)`);
     return allocShared(length).buf;
   }
 
@@ -320,7 +330,7 @@ export class Context {
 
   /** ibv_create_cq */
   async createCq(cqe: number, channel: CompletionChannel | null = null, compVector = 0): Promise<CompletionQueue> {
-    if (!Number.isInteger(cqe) || cqe < 1) throw new VerbsError('ibv_create_cq', 'EINVAL', `cqe ${cqe}`);
+    if (!Number.isInteger(cqe) || cqe < 1 || cqe > Limits.maxCqe) throw new VerbsError('ibv_create_cq', 'EINVAL', `cqe ${cqe} is not in 1..${Limits.maxCqe} (max_cqe)`);
     const l = cqLayout(cqe);
     return withQueueMemory(l.bytes, 'ibv_create_cq', async (mem) => {
       const cq = new CompletionQueue(this, mem, l, channel);
@@ -588,6 +598,7 @@ export class CompletionQueue {
   /** @internal */ readonly userHandle: bigint;
   /** completion events got and not yet acknowledged (ibv_ack_cq_events) */
   eventsUnacked = 0;
+  private emptyPolls = 0;
   private hdr: Int32Array;
   private dv: DataView;
   private mask: number;
@@ -613,6 +624,8 @@ export class CompletionQueue {
   pollCq(max?: number): WorkCompletion[];
   pollCq(out: WorkCompletion[]): number;
   pollCq(arg: number | WorkCompletion[] = 1): WorkCompletion[] | number {
+    const ch = this.context.cmd;
+    if (ch.lost) ch.probe('ibv_poll_cq');
     const fill = Array.isArray(arg);
     const max = fill ? arg.length : arg;
     const out: WorkCompletion[] = fill ? arg : [];
@@ -640,11 +653,19 @@ export class CompletionQueue {
       this.cons = (this.cons + 1) >>> 0;
     }
     if (n) Atomics.store(this.hdr, CONS, this.cons | 0);
+    // nothing there: every 1024 empty polls, make sure there is still a daemon to fill it (a poll loop that never
+    // yields would otherwise wait for ever on a dead one)
+    else if (++this.emptyPolls >= 1024) {
+      this.emptyPolls = 0;
+      ch.probe('ibv_poll_cq');
+    }
     return fill ? n : out;
   }
 
   /** ibv_req_notify_cq: arms the CQ in shared memory; the next (solicited) completion sends an event to the channel. */
   reqNotifyCq(solicitedOnly = false): void {
+    const ch = this.context.cmd;
+    if (ch.lost) ch.probe('ibv_req_notify_cq');
     Atomics.store(this.hdr, NOTIFY, solicitedOnly ? Notify.SOLICITED : Notify.NEXT_COMP);
   }
 
@@ -730,6 +751,8 @@ export class SharedReceiveQueue {
   }
   /** ibv_post_srq_recv: shared memory only. */
   postSrqRecv(wrs: RecvWr | RecvWr[]): void {
+    const ch = this.pd.context.cmd;
+    if (ch.lost) ch.probe('ibv_post_srq_recv');
     this.ring.post('ibv_post_srq_recv', wrs);
   }
   /** ibv_modify_srq (SrqAttrMask.LIMIT arms the limit event) */
@@ -799,7 +822,12 @@ export class QueuePair {
    * could not be posted (the ones before it are posted).
    */
   postSend(wrs: SendWr | SendWr[]): void {
+    const ch = this.pd.context.cmd;
+    if (ch.lost) ch.probe('ibv_post_send');
     const list = Array.isArray(wrs) ? wrs : [wrs];
+    // as rxe: a send queue takes work requests from RTS on (and in SQD and ERR, where they drain or flush)
+    const st = Atomics.load(this.sqHdr, QP_STATE);
+    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${QP_STATE_NAME[st]}; sends are posted from RTS on`, 0);
     const cons = Atomics.load(this.sqHdr, CONS) >>> 0;
     const slots = this.sq.slots;
     const stride = this.sq.stride;
@@ -876,6 +904,9 @@ export class QueuePair {
   /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */
   postRecv(wrs: RecvWr | RecvWr[]): void {
     if (!this.rq) throw new VerbsError('ibv_post_recv', 'EINVAL', 'this QP receives through an SRQ', 0);
+    const ch = this.pd.context.cmd;
+    if (ch.lost) ch.probe('ibv_post_recv');
+    if (Atomics.load(this.sqHdr, QP_STATE) === QpState.RESET) throw new VerbsError('ibv_post_recv', 'EINVAL', 'the QP is in RESET; receives are posted from INIT on', 0);
     this.rq.post('ibv_post_recv', wrs);
     if (Atomics.load(this.sqHdr, QP_STATE) === QpState.ERR) this.pd.context.cmd.post('ibv_post_recv', this.recvBell!);
   }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { SoftDevice, Fabric, ibMtuOf, netdevMtu } from '../../src/hca/device.js';
 import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
-import { connectQp, mgmt, pollN, spawnPeer, startDaemon } from '../helpers.js';
+import { connectQp, mgmt, pollN, spawnPeer, startDaemon , A1 } from '../helpers.js';
 
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
@@ -255,7 +255,7 @@ describe('device file permissions', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sv-rules-'));
     const rules = join(dir, 'rules');
     writeFileSync(rules, '# test rules\nKERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="4242"\n');
-    const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--rules', rules]);
+    const d = await startDaemon(['--device', `rxe0=${A1}`, '--rules', rules]);
     chmodSync(d.root, 0o755);
     try {
       const dev = getDeviceList(d.root)[0]!;

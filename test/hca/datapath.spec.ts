@@ -8,10 +8,10 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import {
-  Access, EventType, getDeviceList, openDevice, QpState, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode, type CompletionQueue,
+  Access, EventType, getDeviceList, openDevice, QpAttrMask, QpState, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode, type CompletionQueue,
   type Context, type MemoryRegion, type ProtectionDomain, type QueuePair,
 } from '../../src/verbs/index.js';
-import { connectQp, mgmt, pattern, pollN, spawnPeer, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectQp, mgmt, pattern, pollN, spawnPeer, startDaemon, type RunningDaemon , A2 , A1 } from '../helpers.js';
 
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -239,7 +239,7 @@ describe('UD across two processes', () => {
       assert.equal(await t.p.call('hash', { off: 40, len: 1000 }), sha(pattern(8, 1000)));
       const grh = Buffer.from(await t.p.call('read', { off: 0, len: 40 }), 'hex');
       assert.equal(grh[20], 0x45, 'IPv4 header in the last 20 bytes, as rxe places it');
-      assert.equal(grh.subarray(32, 36).join('.'), '127.0.0.1');
+      assert.equal(grh.subarray(32, 36).join('.'), A1);
       assert.deepEqual(await t.p.call('pollNow'), [], 'the wrong-Q_Key datagram was dropped');
       // over the MTU: a local length error
       t.a.qp.postSend({ wrId: 3, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [t.a.mr.sge(0, 4097)], ud: { ah, remoteQpn: t.info.qpn, remoteQkey: 0x11111111 } });
@@ -251,7 +251,7 @@ describe('UD across two processes', () => {
   });
 });
 
-/** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on 127.0.0.2. */
+/** Where the peer process opens its device: this daemon's, or (across the wire) a second daemon's on A2. */
 let peerRoot: string | null = null;
 const TOPOLOGIES = ['one daemon', 'two daemons over the wire'] as const;
 
@@ -260,7 +260,7 @@ function peerDaemon(topology: (typeof TOPOLOGIES)[number]): void {
   let d2: RunningDaemon | null = null;
   before(async () => {
     if (topology === 'one daemon') return;
-    d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+    d2 = await startDaemon(['--device', `rxe0=${A2}`]);
     peerRoot = d2.root;
   });
   after(async () => {
@@ -426,6 +426,11 @@ for (const topology of TOPOLOGIES) describe(`errors with the WC status rxe gives
   test('modify to ERR flushes posted sends and receives with WR_FLUSH_ERR; receives posted in ERR are flushed too', async () => {
     const a = await localEnd();
     try {
+      // as rxe: receives from INIT on, sends from RTS on (SQD and ERR too); before that, EINVAL and nothing posted
+      assert.throws(() => a.qp.postRecv({ wrId: 9, sgList: [a.mr.sge(0, 8)] }), { errno: 'EINVAL', message: /the QP is in RESET; receives are posted from INIT on/ });
+      assert.throws(() => a.qp.postSend({ wrId: 9, opcode: WrOpcode.SEND, sgList: [a.mr.sge(0, 8)] }), { errno: 'EINVAL', message: /the QP is in RESET; sends are posted from RTS on/ });
+      await a.qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: 0 }, QpAttrMask.STATE | QpAttrMask.PKEY_INDEX | QpAttrMask.PORT | QpAttrMask.ACCESS_FLAGS);
+      assert.throws(() => a.qp.postSend({ wrId: 9, opcode: WrOpcode.SEND, sgList: [a.mr.sge(0, 8)] }), { errno: 'EINVAL', message: /the QP is in INIT; sends are posted from RTS on/ });
       a.qp.postRecv([{ wrId: 1, sgList: [a.mr.sge(0, 8)] }, { wrId: 2, sgList: [a.mr.sge(0, 8)] }]);
       await a.qp.modifyQp({ qpState: QpState.ERR }, 1);
       const wcs = await pollN(a.cq, 2);

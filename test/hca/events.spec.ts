@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { Access, EventType, getDeviceList, openDevice, PortState, QpAttrMask as A, QpState, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context } from '../../src/verbs/index.js';
-import { connectQp, pollN, startDaemon, twoDaemons, type RunningDaemon } from '../helpers.js';
+import { connectQp, pollN, startDaemon, twoDaemons, type RunningDaemon , A1, A2 } from '../helpers.js';
 
 /** The next async event, or null after `ms`. */
 async function nextEvent(ctx: Context, ms = 3000) {
@@ -24,7 +24,7 @@ describe('COMM_EST and counters', () => {
   let d: RunningDaemon;
   let ctx: Context;
   before(async () => {
-    d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2']);
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
     ctx = await openDevice(getDeviceList(d.root).find((x) => x.name === 'rxe0')!, d.root);
   });
   after(async () => {
@@ -81,7 +81,7 @@ describe('port events follow the network interface', { skip: netns ? false : 'ne
   const ipIn = (...a: string[]) => execFileSync('nsenter', ['-t', String(d.proc.pid), '-n', 'ip', ...a]);
   before(async () => {
     // a network namespace of its own: its loopback can go down without touching the host
-    d = await startDaemon(['--device', 'rxe0=127.0.0.1'], { wrapper: ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"'] });
+    d = await startDaemon(['--device', `rxe0=${A1}`], { wrapper: ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"'] });
   });
   after(async () => d.stop());
 

@@ -8,14 +8,14 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { Access, getDeviceList, Mtu, openDevice, QpType, SendFlags, WcOpcode, WcStatus, WorkCompletion, WrOpcode } from '../../src/verbs/index.js';
-import { connectQp, mgmt, pattern, pollN, startDaemon } from '../helpers.js';
+import { connectQp, mgmt, pattern, pollN, startDaemon , A1, A2 } from '../helpers.js';
 
 const N = 10_000;
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering + 2% delay: exactly once, in order, byte-exact', { timeout: 240_000 }, async () => {
-  const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--fault', `drop=0.1,dup=0.05,reorder=0.05,delay=0.02,delayms=3,seed=${process.env.FAULT_SEED ?? 7}`]);
+  const d = await startDaemon(['--device', `rxe0=${A1}`, '--fault', `drop=0.1,dup=0.05,reorder=0.05,delay=0.02,delayms=3,seed=${process.env.FAULT_SEED ?? 7}`]);
   try {
     const dev = getDeviceList(d.root)[0]!;
     const ctx = await openDevice(dev, d.root);
@@ -118,7 +118,7 @@ test('10,000 mixed RC operations under 10% loss + 5% duplication + 5% reordering
 });
 
 test('UC under 5% loss: a message that lost a packet is dropped whole, every message delivered is intact and in order', { timeout: 60_000 }, async () => {
-  const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2', '--fault', `drop=0.05,seed=${process.env.FAULT_SEED ?? 7}`]);
+  const d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`, '--fault', `drop=0.05,seed=${process.env.FAULT_SEED ?? 7}`]);
   try {
     const devs = getDeviceList(d.root);
     const ca = await openDevice(devs[0]!, d.root);

@@ -14,7 +14,7 @@ import {
   Access, getDeviceList, openDevice, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode,
   type AddressHandle, type CompletionQueue, type Context, type MemoryRegion, type QueuePair,
 } from '../../src/verbs/index.js';
-import { connectQp, pattern, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectQp, pattern, pollN, startDaemon, type RunningDaemon , A1, A2 } from '../helpers.js';
 
 const MTU_ENUM: Record<number, number> = { 256: 1, 1024: 3, 4096: 5 };
 const MIB = 1 << 20;
@@ -131,11 +131,11 @@ for (const topology of ['two devices of one daemon', 'two daemons'] as const) {
       let b: Context;
       before(async () => {
         if (topology === 'two daemons') {
-          daemons.push(await startDaemon(['--device', `rxe0=127.0.0.1,mtu=${mtu}`]), await startDaemon(['--device', `rxe0=127.0.0.2,mtu=${mtu}`]));
+          daemons.push(await startDaemon(['--device', `rxe0=${A1},mtu=${mtu}`]), await startDaemon(['--device', `rxe0=${A2},mtu=${mtu}`]));
           a = await openDevice(getDeviceList(daemons[0]!.root)[0]!, daemons[0]!.root);
           b = await openDevice(getDeviceList(daemons[1]!.root)[0]!, daemons[1]!.root);
         } else {
-          daemons.push(await startDaemon(['--device', `rxe0=127.0.0.1,mtu=${mtu}`, '--device', `rxe1=127.0.0.2,mtu=${mtu}`]));
+          daemons.push(await startDaemon(['--device', `rxe0=${A1},mtu=${mtu}`, '--device', `rxe1=${A2},mtu=${mtu}`]));
           const devs = getDeviceList(daemons[0]!.root);
           a = await openDevice(devs.find((d) => d.name === 'rxe0')!, daemons[0]!.root);
           b = await openDevice(devs.find((d) => d.name === 'rxe1')!, daemons[0]!.root);

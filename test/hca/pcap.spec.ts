@@ -14,7 +14,7 @@ import { test } from 'node:test';
 import { icrcOk, ROCE_PORT } from '../../src/hca/codec.js';
 import { PcapWriter } from '../../src/hca/pcap.js';
 import { exercise } from '../fixtures/exercise.js';
-import { startDaemon } from '../helpers.js';
+import { startDaemon , A1, A2, A3 } from '../helpers.js';
 
 const haveTshark = spawnSync('tshark', ['--version']).status === 0;
 // CI installs tshark (.ci/run): there a missing tshark is a failure, not a skip
@@ -37,8 +37,8 @@ function records(file: string): Uint8Array[] {
 test('the pcap of a run decodes in tshark as RoCEv2, nothing malformed, every ICRC right', { skip }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'softverbs-pcap-'));
   const files = [join(dir, 'a.pcap'), join(dir, 'b.pcap')];
-  const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.3', '--pcap', files[0]!]);
-  const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2', '--pcap', files[1]!]);
+  const d1 = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A3}`, '--pcap', files[0]!]);
+  const d2 = await startDaemon(['--device', `rxe0=${A2}`, '--pcap', files[1]!]);
   try {
     await exercise(d1.root, 'rxe0', d2.root, 'rxe0');
     await exercise(d1.root, 'rxe0', d1.root, 'rxe1');

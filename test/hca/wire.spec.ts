@@ -12,12 +12,12 @@ import { encodeFrame } from '../../src/hca/codec.js';
 import { Pkt } from '../../src/hca/packet.js';
 import { getDeviceList } from '../../src/verbs/index.js';
 import { exercise } from '../fixtures/exercise.js';
-import { DIST, mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
+import { DIST, mgmt, startDaemon, type RunningDaemon , A1, A2 } from '../helpers.js';
 
 describe('two devices of one daemon', () => {
   let d: RunningDaemon;
   before(async () => {
-    d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2']);
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
   });
   after(async () => d.stop());
   test('RC SEND/WRITE/READ of 1 MiB, both atomics and UD SEND between rxe0 and rxe1', async () => {
@@ -27,12 +27,12 @@ describe('two devices of one daemon', () => {
 
 const root = process.getuid?.() === 0;
 for (const wire of ['raw', 'udp'] as const) {
-  describe(`two daemons over RoCEv2 (127.0.0.1 <-> 127.0.0.2), wire=${wire}`, { skip: wire === 'raw' && !root ? 'a raw socket needs CAP_NET_RAW (run as root)' : false }, () => {
+  describe(`two daemons over RoCEv2 (A1 <-> A2), wire=${wire}`, { skip: wire === 'raw' && !root ? 'a raw socket needs CAP_NET_RAW (run as root)' : false }, () => {
     let d1: RunningDaemon;
     let d2: RunningDaemon;
     before(async () => {
-      d1 = await startDaemon(['--device', `rxe0=127.0.0.1,wire=${wire}`]);
-      d2 = await startDaemon(['--device', `rxe0=127.0.0.2,wire=${wire}`]);
+      d1 = await startDaemon(['--device', `rxe0=${A1},wire=${wire}`]);
+      d2 = await startDaemon(['--device', `rxe0=${A2},wire=${wire}`]);
     });
     after(async () => {
       await d1.stop();
@@ -57,8 +57,8 @@ for (const wire of ['raw', 'udp'] as const) {
 describe('without CAP_NET_RAW', () => {
   const setpriv = spawnSync('setpriv', ['--version']).status === 0 && process.getuid?.() === 0;
   test('IPv4 falls back to plain UDP and says so (log, ibv_devinfo -v); a raw peer drops its ICRCs as Linux rxe would', { skip: setpriv ? false : 'needs root and setpriv (util-linux)' }, async () => {
-    const d1 = await startDaemon(['--device', 'rxe0=127.0.0.1'], { wrapper: ['setpriv', '--inh-caps', '-net_raw', '--bounding-set', '-net_raw'] });
-    const d2 = await startDaemon(['--device', 'rxe0=127.0.0.2']);
+    const d1 = await startDaemon(['--device', `rxe0=${A1}`], { wrapper: ['setpriv', '--inh-caps', '-net_raw', '--bounding-set', '-net_raw'] });
+    const d2 = await startDaemon(['--device', `rxe0=${A2}`]);
     try {
       assert.match(d1.stderr(), /no CAP_NET_RAW: IPv4 goes through a plain UDP socket/);
       assert.match(d2.stderr(), /through a raw socket/);
@@ -75,7 +75,7 @@ describe('without CAP_NET_RAW', () => {
       const buf = new Uint8Array(64);
       const n = encodeFrame(p, new Uint8Array([127, 0, 0, 1]), new Uint8Array([127, 0, 0, 2]), 0, buf);
       const s = createSocket('udp4');
-      await new Promise<void>((r) => s.send(buf.subarray(28, n), 4791, '127.0.0.2', () => r()));
+      await new Promise<void>((r) => s.send(buf.subarray(28, n), 4791, A2, () => r()));
       s.close();
       const deadline = Date.now() + 2000;
       let dropped: Record<string, number> = {};

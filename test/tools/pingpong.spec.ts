@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatDest, MSG_SIZE, parseDest } from '../../src/tools/pingpong.js';
-import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon } from '../helpers.js';
+import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon , A1, A2 } from '../helpers.js';
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'pingpong');
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
@@ -57,7 +57,7 @@ let nextPort = 19000 + (process.pid % 2000);
 describe('pingpongs end to end', () => {
   let d: RunningDaemon;
   before(async () => {
-    d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2']);
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
   });
   after(async () => d.stop());
   const cases: Array<[string, string, string[]]> = [
@@ -78,7 +78,7 @@ describe('pingpongs end to end', () => {
       }
       assert.deepEqual(addrs(c.out, 'remote'), addrs(s.out, 'local'));
       assert.deepEqual(addrs(s.out, 'remote'), addrs(c.out, 'local'));
-      if (k === 'ud') assert.match(s.out, /^  local address:  LID 0x0000, QPN 0x[0-9a-f]{6}, PSN 0x[0-9a-f]{6}: GID ::ffff:127\.0\.0\.1$/m, "rdma-core's ud_pingpong prints ': GID' there");
+      if (k === 'ud') assert.match(s.out, new RegExp(`^  local address:  LID 0x0000, QPN 0x[0-9a-f]{6}, PSN 0x[0-9a-f]{6}: GID ::ffff:${A1.replace(/\./g, '\\.')}$`, 'm'), "rdma-core's ud_pingpong prints ': GID' there");
     });
   }
 

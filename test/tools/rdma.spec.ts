@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Access, getDeviceList, openDevice, QpType, type Context } from '../../src/verbs/index.js';
-import { connectQp, DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectQp, DIST, startDaemon, type RunningDaemon , A1 } from '../helpers.js';
 
 const FIX = join(DIST, '..', 'test', 'tools', 'fixtures', 'rdma');
 const rdma = (root: string, ...args: string[]) => {
@@ -28,7 +28,7 @@ describe('rdma', { skip: netns ? false : 'needs unshare --net and ip (root)' }, 
   before(async () => {
     // its own namespace, with an interface rdma link add can put a device on
     const setup = 'ip link set lo up && ip link add sv0 type veth peer name sv1 && ip addr add 10.99.0.1/24 dev sv0 && ip link set sv0 up && ip link set sv1 up && exec "$0" "$@"';
-    d = await startDaemon(['--device', 'rxe0=127.0.0.1'], { wrapper: ['unshare', '--net', 'sh', '-c', setup] });
+    d = await startDaemon(['--device', `rxe0=${A1}`], { wrapper: ['unshare', '--net', 'sh', '-c', setup] });
     ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
   });
   after(async () => {
