@@ -15,13 +15,13 @@ interface Proc {
   start: string;
 }
 
-/** ppid, start time and comm of a process from /proc/<pid>/stat; null when it is gone. */
-function stat(pid: number): { ppid: number; start: string; comm: string } | null {
+/** ppid, start time and comm of a process from /proc/<pid>/stat; null when it is gone, 'unknown' when we cannot tell (EMFILE). */
+function stat(pid: number): { ppid: number; start: string; comm: string } | null | 'unknown' {
   let s: string;
   try {
     s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ESRCH' ? null : 'unknown';
   }
   // comm is in parentheses and may itself hold spaces and parentheses: the fields after it follow the last ')'
   const close = s.lastIndexOf(')');
@@ -36,7 +36,7 @@ export function npmLauncherChain(env: NodeJS.ProcessEnv = process.env): Proc[] {
   let pid = process.ppid;
   for (let depth = 0; depth < 4 && pid > 1; depth++) {
     const st = stat(pid);
-    if (!st) return [];
+    if (!st || st === 'unknown') return [];
     chain.push({ pid, start: st.start });
     if (st.comm.startsWith('npm')) return chain; // npm sets its process title to "npm <command> …"
     pid = st.ppid;
@@ -48,6 +48,7 @@ export function npmLauncherChain(env: NodeJS.ProcessEnv = process.env): Proc[] {
 export function goneFrom(chain: readonly Proc[]): number | null {
   for (const p of chain) {
     const st = stat(p.pid);
+    if (st === 'unknown') continue; // out of descriptors, say: not a reason to believe it gone
     if (!st || st.start !== p.start) return p.pid;
   }
   return null;

@@ -227,7 +227,8 @@ describe('malformed frames get the kernel errno and the daemon keeps serving', (
 });
 
 describe('fuzz', () => {
-  test('100,000 random and mutated frames (seed 0x5eed); afterwards a normal client works and the tracker holds nothing of ours', async () => {
+  const TOTAL = Number(process.env.FUZZ_COUNT ?? 100_000); // npm run fuzz: 1,000,000
+  test(`${TOTAL.toLocaleString('en-US')} random and mutated frames (seed ${process.env.FUZZ_SEED ?? '0x5eed'}); afterwards a normal client works and the tracker holds nothing of ours`, async (t) => {
     const rand = xorshift32(Number(process.env.FUZZ_SEED ?? 0x5eed)); // FUZZ_SEED=n reruns it with another seed
     const ri = (n: number) => Math.floor(rand() * n);
     const mem = allocShared(1 << 16).region;
@@ -246,7 +247,6 @@ describe('fuzz', () => {
     let sent = 0;
     let replies = 0;
     let closes = 0;
-    const TOTAL = 100_000;
     while (sent < TOTAL) {
       const r = await ctxRaw();
       const batch: Promise<unknown>[] = [];
@@ -282,7 +282,8 @@ describe('fuzz', () => {
       await Promise.all(batch);
       r.close();
     }
-    assert.ok(replies > 99_000, `${replies} replies, ${closes} closes; daemon said:\n${d.stderr().slice(-3000)}`);
+    t.diagnostic(`${sent} frames: ${replies} replies, ${closes} connections closed for framing garbage`);
+    assert.ok(replies > TOTAL * 0.99, `${replies} replies, ${closes} closes; daemon said:\n${d.stderr().slice(-3000)}`);
     // the daemon is alive, hit no bug of its own, and a normal client works end to end
     assert.equal(d.proc.exitCode, null);
     assert.doesNotMatch(d.stderr(), /internal error/);

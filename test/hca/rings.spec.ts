@@ -18,7 +18,11 @@ interface Rings {
   sendBell: Buffer;
 }
 
-test('random bytes in the send ring, bogus ring indices and stray doorbells: error completions at most, the daemon unharmed', async () => {
+/** Ring mutations in all (RINGS_COUNT; npm run fuzz: 1,000,000), 50 per QP pair, 500 per pair when there are many. */
+const TOTAL = Number(process.env.RINGS_COUNT ?? 2000);
+const PER_ROUND = TOTAL > 20_000 ? 500 : 50;
+
+test(`${TOTAL.toLocaleString('en-US')} random WQEs, bogus ring indices and stray doorbells (seed ${process.env.RINGS_SEED ?? '0xbad'}): error completions at most, the daemon unharmed`, async () => {
   const d = await startDaemon();
   try {
     const dev = getDeviceList(d.root)[0]!;
@@ -27,7 +31,7 @@ test('random bytes in the send ring, bogus ring indices and stray doorbells: err
     const ctx = await openDevice(dev, d.root);
     const pd = await ctx.allocPd();
     const mr = await pd.allocMr(1 << 16, Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
-    for (let round = 0; round < 40; round++) {
+    for (let round = 0; round * PER_ROUND < TOTAL; round++) {
       const cq: CompletionQueue = await ctx.createCq(64);
       const type = [QpType.RC, QpType.UC, QpType.UD][round % 3]!;
       const a: QueuePair = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: type, cap: { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 4, maxInlineData: 64 } });
@@ -36,7 +40,7 @@ test('random bytes in the send ring, bogus ring indices and stray doorbells: err
       await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
       b.postRecv({ wrId: 1, sgList: [mr.sge(0, 64)] });
       const r = a as unknown as Rings;
-      for (let k = 0; k < 50; k++) {
+      for (let k = 0; k < PER_ROUND; k++) {
         const what = ri(6);
         if (what <= 2) {
           // a WQE slot full of noise, sometimes with a plausible opcode / lkey / address
@@ -61,6 +65,10 @@ test('random bytes in the send ring, bogus ring indices and stray doorbells: err
       }
       await new Promise((res) => setTimeout(res, 5));
       cq.pollCq(64);
+      // each round's objects go again: a million inputs must not become tens of thousands of mappings
+      await a.destroyQp();
+      await b.destroyQp();
+      await cq.destroyCq();
     }
     // the daemon is alive, logged no fault of its own, and a fresh, well-behaved QP pair works
     await new Promise((res) => setTimeout(res, 100));

@@ -86,6 +86,19 @@ describe('replies, descriptors and the wire port', () => {
     }
   });
 
+  test('3,000 clients opening the device at once: every one gets its context (a 4096-deep backlog, EAGAIN retried by the library)', async () => {
+    const d = await startDaemon(['--device', `rxe0=${A1}`]);
+    try {
+      const dev = getDeviceList(d.root)[0]!;
+      const ctxs = await Promise.all(Array.from({ length: 3000 }, () => openDevice(dev, d.root)));
+      assert.equal(ctxs.length, 3000);
+      await Promise.all(ctxs.slice(0, 10).map((c) => c.queryPort(1)));
+      for (const c of ctxs) c.closeDevice();
+    } finally {
+      await d.stop();
+    }
+  });
+
   test('out of file descriptors, the daemon refuses connections and serves on (was: an uncaught EMFILE killed it)', { skip: IS_ROOT ? false : 'needs root (prlimit on the daemon)' }, async () => {
     const d = await startDaemon(['--device', `rxe0=${A1}`], { wrapper: ['prlimit', '--nofile=128:128', '--'] });
     const held: ReturnType<typeof connect>[] = [];
