@@ -1,4 +1,5 @@
 /** Test helpers: a real softverbsd process in a temp root, and QP plumbing. */
+import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -6,7 +7,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mgmtQuery } from '../src/verbs/mgmt.js';
 import { DAEMON_MAIN, spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
-import { Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, type Context, type QueuePair } from '../src/verbs/index.js';
+import { Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WrOpcode, type Context, type ProtectionDomain, type QueuePair } from '../src/verbs/index.js';
 
 export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const DAEMON = DAEMON_MAIN;
@@ -232,4 +233,27 @@ export function testUser(name: string): { uid: number; gid: number; as: string[]
   const uid = Number(r.stdout.trim());
   const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
   return { uid, gid, as: ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--'] };
+}
+
+/**
+ * After an attack or a fuzzer: the daemon is alive, reported no internal error of its own, and a
+ * fresh RC pair in `pd` does an RDMA WRITE end to end.
+ */
+export async function assertServing(d: RunningDaemon, ctx: Context, pd: ProtectionDomain): Promise<void> {
+  assert.equal(d.proc.exitCode, null, d.stderr());
+  assert.doesNotMatch(d.stderr(), /internal error/);
+  const cq = await ctx.createCq(8);
+  const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+  const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+  await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+  await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+  const mr = await pd.allocMr(128, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+  mr.buf.write('softverbs', 0);
+  a.postSend({ wrId: 7, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 9)], rdma: { remoteAddr: mr.addr + 64n, rkey: mr.rkey } });
+  assert.equal((await pollN(cq, 1))[0]!.status, 0);
+  assert.equal(mr.buf.toString('utf8', 64, 73), 'softverbs');
+  await a.destroyQp();
+  await b.destroyQp();
+  await mr.deregMr();
+  await cq.destroyCq();
 }

@@ -14,7 +14,7 @@ import * as U from '../../src/abi/uverbs.js';
 import { allocShared } from '../../src/verbs/memory.js';
 import { xorshift32 } from '../../src/common/rng.js';
 import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SrqAttrMask, WrOpcode, SendFlags } from '../../src/verbs/index.js';
-import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { assertServing, connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
 const E = constants.errno;
 let d: RunningDaemon;
@@ -285,18 +285,8 @@ describe('fuzz', () => {
     t.diagnostic(`${sent} frames: ${replies} replies, ${closes} connections closed for framing garbage`);
     assert.ok(replies > TOTAL * 0.99, `${replies} replies, ${closes} closes; daemon said:\n${d.stderr().slice(-3000)}`);
     // the daemon is alive, hit no bug of its own, and a normal client works end to end
-    assert.equal(d.proc.exitCode, null);
-    assert.doesNotMatch(d.stderr(), /internal error/);
     const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
-    const pd = await ctx.allocPd();
-    const cq = await ctx.createCq(4);
-    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
-    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
-    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
-    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
-    const mr = await pd.allocMr(64, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
-    a.postSend({ wrId: 1, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)], rdma: { remoteAddr: mr.addr + 8n, rkey: mr.rkey } });
-    assert.equal((await pollN(cq, 1))[0]!.status, 0);
+    await assertServing(d, ctx, await ctx.allocPd());
     ctx.closeDevice();
     await new Promise((res) => setTimeout(res, 200));
     const rows = await mgmt(devPath, 'restrack');
