@@ -141,6 +141,8 @@ function sent(p: Pkt): void {
 
 /** Packets one drain handles before the event loop gets a turn (about a millisecond of work). */
 const DRAIN_BUDGET = 4096;
+/** Packets all requesters together may start in one turn of the event loop. */
+const TURN_BUDGET = 8192;
 
 export class Fabric {
   readonly devices: SoftDevice[] = [];
@@ -209,6 +211,25 @@ export class Fabric {
 
   /** Where internal errors on a delayed packet's path are reported. */
   onBug: ((e: Error) => void) | null = null;
+
+  /** Send packets the requesters may still make this turn of the event loop, all QPs together. */
+  private turnLeft = TURN_BUDGET;
+  private turnReset = false;
+  takeTurnBudget(want: number): number {
+    if (!this.turnReset) {
+      this.turnReset = true;
+      setImmediate(() => {
+        this.turnReset = false;
+        this.turnLeft = TURN_BUDGET;
+      });
+    }
+    const n = Math.min(want, this.turnLeft);
+    this.turnLeft -= n;
+    return n;
+  }
+  giveBackTurnBudget(n: number): void {
+    this.turnLeft += n;
+  }
 
   private continuing = false;
   /** The rest of the queue, on the next turn (once, however many drains ran out of budget meanwhile). */

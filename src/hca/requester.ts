@@ -42,7 +42,13 @@ function runOnce(dev: SoftDevice, qp: Qp): void {
     return;
   }
   if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return;
-  let budget = BUDGET;
+  // this doorbell's share, and what is left of this turn's for every QP together (a chunk of doorbells for
+  // a thousand QPs would otherwise queue a thousand budgets' worth of packets before anyone else ran)
+  let budget = dev.fabric.takeTurnBudget(BUDGET);
+  if (budget === 0) {
+    setImmediate(() => dev.doorbell(qp));
+    return;
+  }
   const prod = qp.sqProduced();
   // (prod - idx) as a signed distance: whatever the client wrote, the requester never runs past the producer
   while (((prod - qp.req.idx) | 0) > 0 && budget > 0 && (qp.state as number) !== QpState.ERR) {
@@ -80,6 +86,7 @@ function runOnce(dev: SoftDevice, qp: Qp): void {
     if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
   }
   if (qp.type === QpType.RC) completer.armRetransmit(qp);
+  dev.fabric.giveBackTurnBudget(budget);
   if (budget === 0 && qp.req.idx !== prod) setImmediate(() => dev.doorbell(qp));
 }
 
