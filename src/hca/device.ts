@@ -180,6 +180,7 @@ export class Fabric {
         f.delayed++;
         if (p.payLen > 0) {
           p.payload = p.payload.slice(p.payOff, p.payOff + p.payLen);
+          p.payMap = null;
           p.payOff = 0;
         }
         setTimeout(() => {
@@ -288,6 +289,8 @@ export class Fabric {
           return;
         }
         const p = this.fifo[this.head++]!;
+        // its payload's memory was unmapped while it waited for its turn: lost, like a packet dropped on the way
+        if (p.payMap?.unmapped) p.lost = true;
         if (p.lost) {
           if (p.done) sent(p);
           this.pool.put(p);

@@ -11,6 +11,7 @@
 
 import type { SoftDevice } from './device.js';
 import type { Qp, SendWqe } from './qp.js';
+import type { Mapping } from '../native/libc.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -61,6 +62,11 @@ export class Pkt {
   payload: Uint8Array = EMPTY;
   payOff = 0;
   payLen = 0;
+  /**
+   * The client mapping the payload is a window on, when it is one (an MR's memory): a packet still queued
+   * when that mapping goes (DEREG_MR, a client's exit) is dropped as lost instead of read from unmapped memory.
+   */
+  payMap: Mapping | null = null;
   /** Source GID (16 bytes) for the GRH a UD receiver sees. */
   srcGid: Uint8Array = EMPTY;
   /** Destination GID of the packet (for the GRH and the wire). */
@@ -77,6 +83,7 @@ export class Pkt {
     this.va = this.rkey = this.dmaLen = this.syndrome = this.msn = this.imm = this.qkey = 0;
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;
+    this.payMap = null;
     this.payOff = this.payLen = 0;
     this.srcGid = this.dstGid = EMPTY;
   }

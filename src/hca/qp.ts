@@ -16,12 +16,12 @@ import type { Pkt } from './packet.js';
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
 
-/** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
 /** Bytes of daemon memory one send WQE's state takes at these caps (for the owner's memory quota; measured, rounded up). */
 export function wqeBytes(maxSge: number, maxInline: number): number {
   return 400 + maxInline + maxSge * 40;
 }
 
+/** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
 export class SendWqe {
   state: number = WqeState.FREE;
   /** what the last packet of a UC/UD message carries to complete this WQE once it has left (made once) */
@@ -95,7 +95,6 @@ export interface QpAttr {
   path: Path;
 }
 
-/** A responder resource: what a duplicate READ or ATOMIC is answered from. */
 /** A read response still going out (the responder's output queue): what it sends, captured when the READ came. */
 export interface ReadOut {
   kind: 'read';
@@ -106,10 +105,14 @@ export interface ReadOut {
   n: number;
   next: number;
   msn: number;
-  mr: Mr | null;
+  /** the MR's IOVA, memory and mapping when the READ came */
+  iova: number;
+  mem: Uint8Array | null;
+  map: Mapping | null;
   mtu: number;
 }
 
+/** A responder resource: what a duplicate READ or ATOMIC is answered from. */
 export interface RespRes {
   valid: boolean;
   atomic: boolean;

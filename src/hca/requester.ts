@@ -159,6 +159,7 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
     const one = qp.single(w, w.offset, n);
     if (one) {
       p.payload = one.mr.mem;
+      p.payMap = one.mr.mapping;
       p.payOff = one.off;
     } else {
       const scratch = scratchOf(p);

@@ -247,7 +247,7 @@ function sendReadResponses(dev: SoftDevice, qp: Qp, req: Pkt, r: RespRes, from: 
   const n = Math.max(1, Math.ceil(r.length / mtu));
   const mr = r.length > 0 ? dev.lookupMr(r.rkey) : null;
   if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(dev, qp, req, Err.RKEY);
-  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, mr, mtu };
+  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
   const q = qp.resp.outq;
   if (q.length === 0 && out.n - out.next <= READ_BURST) {
     while (out.next < out.n) dev.xmit(readResponse(dev, qp, out));
@@ -269,9 +269,10 @@ function readResponse(dev: SoftDevice, qp: Qp, o: ReadOut): Pkt {
   p.msn = o.msn;
   const off = i * o.mtu;
   const len = Math.min(o.mtu, o.length - off);
-  if (o.mr && len > 0) {
-    p.payload = o.mr.mem;
-    p.payOff = o.va - o.mr.iova + off;
+  if (o.mem && len > 0) {
+    p.payload = o.mem;
+    p.payMap = o.map;
+    p.payOff = o.va - o.iova + off;
     p.payLen = len;
     p.padCnt = (4 - (len & 3)) & 3;
   }
@@ -304,6 +305,9 @@ function pump(dev: SoftDevice, qp: Qp): void {
   while (q.length > 0 && budget > 0) {
     const head = q[0]!;
     if ('kind' in head) {
+      // the MR went away (or changed its translation) under a response still going out: the rest is not sent,
+      // the requester retries or times out, as after any lost packets
+      if (head.map?.unmapped) head.next = head.n;
       while (head.next < head.n && budget-- > 0) dev.xmit(readResponse(dev, qp, head));
       if (head.next < head.n) break;
     } else {

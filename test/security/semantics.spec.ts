@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { A1, A2, connectQp, DIST, mgmt, pollN, startDaemon } from '../helpers.js';
+import { A1, A2, assertServing, connectQp, DIST, mgmt, pollN, startDaemon } from '../helpers.js';
 import { Access, EventType, getDeviceList, Mtu, openDevice, QpState, QpType, SendFlags, WcStatus, WrOpcode, type WorkCompletion } from '../../src/verbs/index.js';
 import { encodeFrame } from '../../src/hca/codec.js';
 import { Pkt } from '../../src/hca/packet.js';
@@ -85,6 +85,34 @@ describe('data is not lost silently', () => {
       }
       assert.equal(dropped['payload over the path MTU'], 1, JSON.stringify(dropped));
       assert.ok(mr.buf.every((b) => b === 0), 'nothing was written');
+      ctx.closeDevice();
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe('memory that goes away under packets still queued', () => {
+  test('an MR deregistered while a 4 MiB READ response from it is still going out (MTU 256, 16,384 packets): the rest is dropped, not read from unmapped memory', async () => {
+    const d = await startDaemon(['--device', `rxe0=${A1}`]);
+    try {
+      const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+      const pd = await ctx.allocPd();
+      const cq = await ctx.createCq(16);
+      const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 4 } });
+      await connectQp(qp, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) }, { mtu: Mtu.MTU_256, timeout: 8, retryCnt: 2 });
+      const src = await pd.allocMr(4 << 20, Access.LOCAL_WRITE | Access.REMOTE_READ);
+      const dst = await pd.allocMr(4 << 20, Access.LOCAL_WRITE);
+      for (let round = 0; round < 5; round++) {
+        const s = round === 0 ? src : await pd.allocMr(4 << 20, Access.LOCAL_WRITE | Access.REMOTE_READ);
+        qp.postSend({ wrId: round, opcode: WrOpcode.RDMA_READ, sendFlags: SendFlags.SIGNALED, sgList: [dst.sge(0, 4 << 20)], rdma: { remoteAddr: s.addr, rkey: s.rkey } });
+        await new Promise((r) => setImmediate(r));
+        await s.deregMr();
+        const [wc] = await pollN(cq, 1, 10_000);
+        if (wc!.status !== WcStatus.SUCCESS) break; // the QP is in ERR now: one round showed it
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      await assertServing(d, ctx, await ctx.allocPd());
       ctx.closeDevice();
     } finally {
       await d.stop();
