@@ -18,7 +18,7 @@ import { Pkt, PktPool } from './packet.js';
 import { encodeFrame } from './codec.js';
 import type { PcapWriter } from './pcap.js';
 import { gidIp, type RoceTransport } from './transport.js';
-import type { Qp } from './qp.js';
+import { WqeState, type Qp } from './qp.js';
 import * as requester from './requester.js';
 import * as responder from './responder.js';
 
@@ -136,7 +136,8 @@ export function netdevMtu(addr: string): number {
 function sent(p: Pkt): void {
   const d = p.done!;
   p.done = null;
-  if (!d.qp.destroyed) completer.completeUnreliable(d.dev, d.qp, d.wqe);
+  // a QP reset (or destroyed) while its last packet waited has forgotten that WQE: nothing to complete
+  if (!d.qp.destroyed && d.wqe.state === WqeState.PENDING) completer.completeUnreliable(d.dev, d.qp, d.wqe);
 }
 
 /** Packets one drain handles before the event loop gets a turn (about a millisecond of work). */
