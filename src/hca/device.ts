@@ -142,8 +142,8 @@ function sent(p: Pkt): void {
 
 /** Packets one drain handles before the event loop gets a turn (about a millisecond of work). */
 const DRAIN_BUDGET = 4096;
-/** Packets all requesters together may start in one turn of the event loop. */
-const TURN_BUDGET = 8192;
+/** Packets waiting in the fabric's queue past which requesters wait for the next turn. */
+const FIFO_CAP = 16384;
 
 export class Fabric {
   readonly devices: SoftDevice[] = [];
@@ -214,23 +214,13 @@ export class Fabric {
   /** Where internal errors on a delayed packet's path are reported. */
   onBug: ((e: Error) => void) | null = null;
 
-  /** Send packets the requesters may still make this turn of the event loop, all QPs together. */
-  private turnLeft = TURN_BUDGET;
-  private turnReset = false;
-  takeTurnBudget(want: number): number {
-    if (!this.turnReset) {
-      this.turnReset = true;
-      setImmediate(() => {
-        this.turnReset = false;
-        this.turnLeft = TURN_BUDGET;
-      });
-    }
-    const n = Math.min(want, this.turnLeft);
-    this.turnLeft -= n;
-    return n;
-  }
-  giveBackTurnBudget(n: number): void {
-    this.turnLeft += n;
+  /**
+   * How many packets a requester may add now: what keeps the queue under FIFO_CAP. The queue is drained
+   * after each run, so this binds only when many QPs' doorbells arrive in one chunk (each would add its
+   * whole budget before any is drained); those wait for the next turn.
+   */
+  sendRoom(want: number): number {
+    return Math.max(0, Math.min(want, FIFO_CAP - (this.fifo.length - this.head)));
   }
 
   private continuing = false;

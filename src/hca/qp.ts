@@ -240,7 +240,7 @@ export class Qp {
   readonly wqes: SendWqe[];
 
   /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight. */
-  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0 };
+  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0, deferred: false };
   /** Completer (rxe qp->comp): oldest unfinished WQE, next PSN expected to be answered, retry budgets. */
   comp = { idx: 0, psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as NodeJS.Timeout | null, deadline: 0, rnrTimer: null as NodeJS.Timeout | null };
   /** Responder (rxe qp->resp). */

@@ -19,11 +19,24 @@ const MAX_PKT_PER_ACK = 64;
 
 const transportOf = (qp: Qp) => (qp.type === QpType.RC ? Transport.RC : qp.type === QpType.UC ? Transport.UC : Transport.UD);
 
+/**
+ * The rest of this QP's send queue on the next turn: one deferred doorbell per QP, however many times it
+ * was asked for this turn (every ACK that found the turn's budget spent asked once: thousands of callbacks).
+ */
+function later(dev: SoftDevice, qp: Qp): void {
+  if (qp.req.deferred) return;
+  qp.req.deferred = true;
+  setImmediate(() => {
+    qp.req.deferred = false;
+    dev.doorbell(qp);
+  });
+}
+
 export function run(dev: SoftDevice, qp: Qp): void {
   // a client that keeps moving its producer index while we run gets a few rounds, then the next turn
   for (let round = 0; ; round++) {
     if (round === 8) {
-      setImmediate(() => dev.doorbell(qp));
+      later(dev, qp);
       return;
     }
     const before = Atomics.load(qp.sqHdr, PROD);
@@ -42,11 +55,11 @@ function runOnce(dev: SoftDevice, qp: Qp): void {
     return;
   }
   if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return;
-  // this doorbell's share, and what is left of this turn's for every QP together (a chunk of doorbells for
-  // a thousand QPs would otherwise queue a thousand budgets' worth of packets before anyone else ran)
-  let budget = dev.fabric.takeTurnBudget(BUDGET);
+  // this doorbell's share, bounded by the room left in the fabric's queue (a chunk of doorbells for a
+  // thousand QPs would otherwise queue a thousand budgets' worth of packets before any was drained)
+  let budget = dev.fabric.sendRoom(BUDGET);
   if (budget === 0) {
-    setImmediate(() => dev.doorbell(qp));
+    later(dev, qp);
     return;
   }
   const prod = qp.sqProduced();
@@ -86,8 +99,7 @@ function runOnce(dev: SoftDevice, qp: Qp): void {
     if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
   }
   if (qp.type === QpType.RC) completer.armRetransmit(qp);
-  dev.fabric.giveBackTurnBudget(budget);
-  if (budget === 0 && qp.req.idx !== prod) setImmediate(() => dev.doorbell(qp));
+  if (budget === 0 && qp.req.idx !== prod) later(dev, qp);
 }
 
 /** Builds and sends the next packet of w. False if the WQE failed locally (already completed in error). */
