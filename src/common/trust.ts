@@ -1,7 +1,8 @@
 /**
- * Whether a root directory may be trusted (DESIGN §1: a shared /tmp is hostile
- * ground). A root is trusted when it is a real directory (not a symlink),
- * owned by one of the expected uids, and writable by nobody else; and every
+ * Whether a root directory may be trusted (a shared /tmp is hostile ground:
+ * another user can create /tmp/softverbs-<uid> first, or plant links in it).
+ * A root is trusted when it is a real directory (not a symlink), owned by
+ * one of the expected uids, and writable by nobody else; and every
  * directory above it is owned by root or by one of those uids and is either
  * writable by nobody else or sticky (as /tmp is: others cannot rename or
  * remove what is ours in it). The daemon checks the root it serves, the

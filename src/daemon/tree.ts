@@ -1,6 +1,6 @@
 /**
  * The daemon's files under its root: the root made or checked (trusted only
- * if ours, DESIGN §1), directories created one component at a time and
+ * if ours: see common/trust.ts), directories created one component at a time and
  * never through a symlink, files written with O_NOFOLLOW, and names read
  * back from files checked before they become part of a path.
  */

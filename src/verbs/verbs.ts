@@ -58,7 +58,7 @@ function trustedOwners(): number[] {
   return owners;
 }
 
-/** The same rule the daemon applies (DESIGN §1): a root another user could have planted is not connected through. */
+/** The rule the daemon applies to its root (common/trust.ts): a root another user could have planted is not connected through. */
 function trustRoot(root: string, verb: string): void {
   try {
     checkTrustedRoot(root, trustedOwners());

@@ -1,6 +1,6 @@
 /**
- * A hostile local user against the root directory (DESIGN §1: a shared /tmp
- * is hostile ground): a root planted by another user, a symlinked root,
+ * A hostile local user against the root directory (a shared /tmp is hostile
+ * ground): a root planted by another user, a symlinked root,
  * symlinks and ../ names inside the tree, and a fake daemon for the library.
  * The daemon runs as root; mallory is an unprivileged user of the tests' own.
  */
