@@ -5,6 +5,11 @@
 
 /** enum ibv_qp_state */
 export const QpState = { RESET: 0, INIT: 1, RTR: 2, RTS: 3, SQD: 4, SQE: 5, ERR: 6, UNKNOWN: 7 } as const;
+const QP_STATE_NAMES = new Map<number, string>(Object.entries(QpState).map(([k, v]) => [v, k]));
+/** IBV_QPS_* name of a QP state, for messages. */
+export function qpStateName(s: number): string {
+  return QP_STATE_NAMES.get(s) ?? String(s);
+}
 /** enum ibv_qp_type */
 export const QpType = { RC: 2, UC: 3, UD: 4, RAW_PACKET: 8, XRC_SEND: 9, XRC_RECV: 10, DRIVER: 0xff } as const;
 /** enum ibv_wr_opcode */
@@ -23,6 +28,11 @@ export const WcStatus = {
   LOC_RDD_VIOL_ERR: 14, REM_INV_RD_REQ_ERR: 15, REM_ABORT_ERR: 16, INV_EECN_ERR: 17, INV_EEC_STATE_ERR: 18, FATAL_ERR: 19,
   RESP_TIMEOUT_ERR: 20, GENERAL_ERR: 21, TM_ERR: 22, TM_RNDV_INCOMPLETE: 23,
 } as const;
+const WC_STATUS_NAMES = new Map<number, string>(Object.entries(WcStatus).map(([k, v]) => [v, k]));
+/** IBV_WC_* name of a completion status, for messages (ibv_wc_status_str's text is WC_STATUS_STR's). */
+export function wcStatusName(s: number): string {
+  return WC_STATUS_NAMES.get(s) ?? String(s);
+}
 /** enum ibv_wc_flags */
 export const WcFlags = { GRH: 1, WITH_IMM: 2, IP_CSUM_OK: 4, WITH_INV: 8, TM_SYNC_REQ: 16, TM_MATCH: 32, TM_DATA_VALID: 64 } as const;
 /** enum ibv_send_flags */

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask } from '../abi/enums.js';
+import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask, qpStateName } from '../abi/enums.js';
 import type { Values } from '../abi/layout.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import { CONS, cqLayout, Limits, PROD, qpLayout, srqLayout } from '../abi/queue.js';
@@ -17,15 +17,25 @@ import { devOf, flushRecv, toError } from '../hca/completer.js';
 import { udpSport } from '../hca/codec.js';
 import type { SoftDevice } from '../hca/device.js';
 import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
-import { modifyIsOk, Qp } from '../hca/qp.js';
+import { modifyIsOk, Qp, wqeBytes } from '../hca/qp.js';
 import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
 import { HandleAllocator } from './handles.js';
-import { wqeBytes } from '../hca/qp.js';
 
 /** Unread bytes of events an event stream may hold in the daemon before further events are dropped. */
 const EVENT_BACKLOG = 1 << 20;
+
+/**
+ * An event for a client's event stream (async events, a completion channel): written while the client reads
+ * them, dropped past EVENT_BACKLOG unread bytes rather than growing the daemon, and kept (up to 4096) until
+ * the stream is attached.
+ */
+function deliverEvent(sock: Socket | null, pending: Buffer[], b: Buffer): void {
+  if (sock && !sock.destroyed) {
+    if (sock.writableLength < EVENT_BACKLOG) sock.write(b);
+  } else if (pending.length < 4096) pending.push(b);
+}
 
 export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
 
@@ -35,10 +45,7 @@ export class CompChannel {
   users = 0;
   constructor(readonly ctx: Context, readonly token: number) {}
   send(b: Buffer): void {
-    if (this.sock && !this.sock.destroyed) {
-      // a client that never reads its channel loses events past this much, rather than growing the daemon
-      if (this.sock.writableLength < EVENT_BACKLOG) this.sock.write(b);
-    } else if (this.pending.length < 4096) this.pending.push(b);
+    deliverEvent(this.sock, this.pending, b);
   }
 }
 
@@ -62,18 +69,13 @@ export interface Host {
   readonly quotas: Quotas;
 }
 
-/** The device limits QUERY_DEVICE advertises, per object type (rxe's pool sizes; EINVAL past them, as rxe 6.1's pools). */
+/** The device limits QUERY_DEVICE advertises and admit() enforces, per object type (rxe's pool sizes; EINVAL past them, as rxe 6.1's pools). */
 export const DEVICE_MAX: Record<Exclude<ObjType, 'comp_channel' | 'qp'>, number> = { pd: 65536, mr: 65536, cq: 65536, srq: 65536, ah: 32766 };
+/** max_qp: the QPNs the device hands out (QPNs below 17 are reserved, as rxe's). */
+const maxQp = (dev: SoftDevice): number => dev.maxQpn - 16;
 
 export class Context implements Owner {
   readonly handles = new Map<number, Entry>();
-
-  /** How many objects of each type the context holds (the log at close, the metrics). */
-  countByType(): Map<ObjType, number> {
-    const n = new Map<ObjType, number>();
-    for (const e of this.handles.values()) n.set(e.type, (n.get(e.type) ?? 0) + 1);
-    return n;
-  }
   readonly comm: string;
   asyncSock: Socket | null = null;
   asyncPending: Buffer[] = [];
@@ -104,16 +106,26 @@ export class Context implements Owner {
 
   // ---- handle table (the kernel's per-file idr: lowest free number) ----
 
-  /** Room for one more object of `type`: the device's limit, then the user's object quota. Call before creating it. */
+  /** How many objects of each type the context holds (the log at close, the metrics). */
+  countByType(): Map<ObjType, number> {
+    const n = new Map<ObjType, number>();
+    for (const e of this.handles.values()) n.set(e.type, (n.get(e.type) ?? 0) + 1);
+    return n;
+  }
+
+  /**
+   * Room for one more object of `type`: the device's limit, then the user's object quota. Checked before
+   * anything is created, taken by add() once it is: nothing to give back when a step in between fails.
+   */
   private admit(type: ObjType): void {
-    const max = type === 'qp' ? this.dev.maxQpn - 16 : type === 'comp_channel' ? Infinity : DEVICE_MAX[type];
+    const max = type === 'qp' ? maxQp(this.dev) : type === 'comp_channel' ? Infinity : DEVICE_MAX[type];
     const n = this.dev.objCount[type] ?? 0;
     if (n >= max) {
       const msg = `${type.toUpperCase()}: the device's max_${type} ${max} is reached`;
       this.host.limitHit(this.uid, `max_${type}`, msg);
       fail(E.EINVAL, msg);
     }
-    this.host.quotas.charge(this.uid, 'objects');
+    this.host.quotas.check(this.uid, 'objects');
   }
 
   private add(e: Entry): number {
@@ -121,6 +133,7 @@ export class Context implements Owner {
     const h = this.ids.take();
     this.handles.set(h, e);
     this.dev.objCount[e.type] = (this.dev.objCount[e.type] ?? 0) + 1;
+    this.host.quotas.take(this.uid, 'objects');
     return h;
   }
 
@@ -141,16 +154,6 @@ export class Context implements Owner {
       return mapClientMemfd(this.pid, memfd, offset, length);
     } catch (e) {
       this.host.quotas.release(this.uid, 'mappings');
-      throw e;
-    }
-  }
-
-  /** A ring's mapping for an object just admitted: if it fails, the object quota taken by admit() comes back. */
-  private mapClientOrUncharge(memfd: number, length: bigint): ReturnType<typeof mapClientMemfd> {
-    try {
-      return this.mapClient(memfd, 0n, length);
-    } catch (e) {
-      this.host.quotas.release(this.uid, 'objects');
       throw e;
     }
   }
@@ -189,9 +192,7 @@ export class Context implements Owner {
   asyncEvent(element: bigint, type: number, obj: { asyncEvents: number } | null): void {
     if (obj) obj.asyncEvents++;
     const b = pack(U.ASYNC_EVENT_DESC, { element, event_type: type });
-    if (this.asyncSock && !this.asyncSock.destroyed) {
-      if (this.asyncSock.writableLength < EVENT_BACKLOG) this.asyncSock.write(b);
-    } else if (this.asyncPending.length < 4096) this.asyncPending.push(b);
+    deliverEvent(this.asyncSock, this.asyncPending, b);
   }
 
   // ---- dispatch ----
@@ -264,12 +265,12 @@ export class Context implements Owner {
     const d = this.dev;
     return pack(U.QUERY_DEVICE_RESP, {
       fw_ver: 0n, node_guid: bswap64(d.nodeGuid), sys_image_guid: bswap64(d.nodeGuid), max_mr_size: BigInt(Limits.maxMrSize),
-      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: this.dev.maxQpn - 16, max_qp_wr: Limits.maxQpWr,
-      device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: 65536, max_cqe: Limits.maxCqe,
-      max_mr: 65536, max_pd: 65536, max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
+      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: maxQp(this.dev), max_qp_wr: Limits.maxQpWr,
+      device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: DEVICE_MAX.cq, max_cqe: Limits.maxCqe,
+      max_mr: DEVICE_MAX.mr, max_pd: DEVICE_MAX.pd, max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
       max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
-      max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: 32766,
-      max_fmr: 0, max_map_per_fmr: 0, max_srq: 65536, max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
+      max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: DEVICE_MAX.ah,
+      max_fmr: 0, max_map_per_fmr: 0, max_srq: DEVICE_MAX.srq, max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
       local_ca_ack_delay: 15, phys_port_cnt: 1,
     });
   }
@@ -360,14 +361,8 @@ export class Context implements Owner {
     this.checkAccess(access);
     this.admit('mr');
     const key = this.dev.allocMrKey();
-    let p: ReturnType<Context['pin']>;
-    try {
-      if (key < 0) fail(E.ENOMEM, 'no MR keys left');
-      p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
-    } catch (e) {
-      this.host.quotas.release(this.uid, 'objects');
-      throw e;
-    }
+    if (key < 0) fail(E.ENOMEM, 'no MR keys left');
+    const p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
     const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
     this.dev.mrs.set(key >>> 8, mr);
     pd.users++;
@@ -448,7 +443,7 @@ export class Context implements Owner {
     const ch = (r.comp_channel as number) >= 0 ? this.channelByToken(r.comp_channel as number) : null;
     this.admit('cq');
     const l = cqLayout(cqe);
-    const m = this.mapClientOrUncharge(u.memfd as number, BigInt(l.bytes));
+    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
     const cq = new Cq(this, r.user_handle as bigint, m.mapping, l.slots, l.cqe, ch);
     if (ch) ch.users++;
     return pack(U.CREATE_CQ_RESP, { cq_handle: this.add({ type: 'cq', obj: cq }), cqe: l.cqe });
@@ -496,7 +491,7 @@ export class Context implements Owner {
     const limit = r.srq_limit as number;
     if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
     this.admit('srq');
-    const m = this.mapClientOrUncharge(u.memfd as number, BigInt(l.bytes));
+    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
     const srq = new Srq(this, r.user_handle as bigint, pd, m.mapping, new RecvRing(m.mapping, 0, l.slots, l.stride, maxSge), this.dev.allocSrqn());
     srq.limit = limit;
     pd.users++;
@@ -554,22 +549,11 @@ export class Context implements Owner {
     // the daemon's memory for its send WQEs, at most one per SQ slot: charged at the caps, allocated as they fill
     const bytes = QP_BASE_BYTES + l.sq.slots * wqeBytes(l.caps.maxSendSge, l.caps.maxInlineData);
     this.admit('qp');
-    try {
-      this.host.quotas.charge(this.uid, 'memory', bytes);
-    } catch (e) {
-      this.host.quotas.release(this.uid, 'objects');
-      throw e;
-    }
+    this.host.quotas.check(this.uid, 'memory', bytes);
     const qpn = this.dev.allocQpn();
-    let m: ReturnType<typeof mapClientMemfd>;
-    try {
-      if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
-      m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
-    } catch (e) {
-      this.host.quotas.release(this.uid, 'objects');
-      this.host.quotas.release(this.uid, 'memory', bytes);
-      throw e;
-    }
+    if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
+    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
+    this.host.quotas.take(this.uid, 'memory', bytes);
     const rq = l.rq ? new RecvRing(m.mapping, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
     const qp = new Qp(this, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle as bigint);
     qp.chargedBytes = bytes;
@@ -611,7 +595,7 @@ export class Context implements Owner {
     const cur = qp.state;
     if (mask & A.CUR_STATE && (r.cur_qp_state as number) !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
     const next = mask & A.STATE ? (r.qp_state as number) : cur;
-    if (!modifyIsOk(cur, next, qp.type, mask)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)} is not valid for ${stateName(cur)}->${stateName(next)} on this QP type`);
+    if (!modifyIsOk(cur, next, qp.type, mask)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)} is not valid for ${qpStateName(cur)}->${qpStateName(next)} on this QP type`);
     // check every value before changing anything
     const dest = r.dest as Values;
     if (mask & A.PORT && r.port_num !== 1) fail(E.EINVAL, `MODIFY_QP: port ${r.port_num} does not exist`);
@@ -817,9 +801,5 @@ function bswap64(v: bigint): bigint {
     v >>= 8n;
   }
   return r;
-}
-
-function stateName(s: number): string {
-  return ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'][s] ?? String(s);
 }
 

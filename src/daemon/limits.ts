@@ -61,6 +61,15 @@ export class Quotas {
 
   /** Takes n of `what` for uid, or throws the kernel's errno for that exhaustion (nothing taken). */
   charge(uid: number, what: Quota, n = 1): void {
+    this.check(uid, what, n);
+    this.take(uid, what, n);
+  }
+
+  /**
+   * Throws what charge() would, taking nothing: a command checks everything it will need first, then
+   * takes it once nothing can fail any more (all of it synchronous, so nothing comes in between).
+   */
+  check(uid: number, what: Quota, n = 1): void {
     const u = this.of(uid);
     if (what === 'mappings' && this.mappingsAll + n > this.mappingBudget) {
       const msg = `the daemon has ${this.mappingsAll} client mappings, its budget under vm.max_map_count`;
@@ -72,7 +81,11 @@ export class Quotas {
       this.onHit(uid, what, msg);
       throw new CmdError(ERRNO[what], msg);
     }
-    u[what] += n;
+  }
+
+  /** Takes n of `what` for uid, unchecked (after check()). */
+  take(uid: number, what: Quota, n = 1): void {
+    this.of(uid)[what] += n;
     if (what === 'mappings') this.mappingsAll += n;
   }
 
@@ -81,10 +94,6 @@ export class Quotas {
     u[what] = Math.max(0, u[what] - n);
     if (what === 'mappings') this.mappingsAll = Math.max(0, this.mappingsAll - n);
     if (Object.values(u).every((v) => v === 0)) this.used.delete(uid);
-  }
-
-  usage(uid: number): Readonly<Record<Quota, number>> {
-    return { ...this.of(uid) };
   }
 }
 

@@ -21,6 +21,7 @@ import { Log } from './log.js';
 import { DEFAULT_USER_LIMITS, Quotas, type UserLimits } from './limits.js';
 import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
 import { safeName } from '../common/trust.js';
+import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
 
@@ -597,15 +598,6 @@ export class Daemon implements Host {
       rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
     }
     this.opts.pcap?.close();
-  }
-}
-
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -4,7 +4,7 @@
  * completions, runs the retransmit and RNR timers, and moves a QP to ERR
  * with every outstanding WR flushed.
  */
-import { EventType, QpState, QpType, WcOpcode, WcStatus, WrOpcode } from '../abi/enums.js';
+import { EventType, QpState, QpType, WcOpcode, WcStatus, WrOpcode, wcStatusName } from '../abi/enums.js';
 import { CONS } from '../abi/queue.js';
 import type { SoftDevice } from './device.js';
 import { Wc } from './objects.js';
@@ -82,7 +82,7 @@ export function failWqe(dev: SoftDevice, qp: Qp): void {
     }
     retire(dev, qp, w, WcStatus.WR_FLUSH_ERR);
   }
-  toError(dev, qp, `a send WR failed locally (${statusName(status)})`, was);
+  toError(dev, qp, `a send WR failed locally (${wcStatusName(status)})`, was);
 }
 
 export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
@@ -238,7 +238,7 @@ function fail(dev: SoftDevice, qp: Qp, w: SendWqe, status: number): void {
   const was = qp.state;
   qp.state = QpState.ERR;
   retire(dev, qp, w, status);
-  toError(dev, qp, `send completion ${statusName(status)}`, was);
+  toError(dev, qp, `send completion ${wcStatusName(status)}`, was);
 }
 
 /** SQD: once nothing is outstanding, the SQ is drained (IBV_EVENT_SQ_DRAINED if asked for). */
@@ -362,11 +362,4 @@ export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number,
   wc.wcFlags = flags;
   wc.solicited = solicited;
   return qp.recvCq.post(wc);
-}
-
-
-const STATUS_NAME = new Map<number, string>(Object.entries(WcStatus).map(([k, v]) => [v, k]));
-/** IBV_WC_* name of a status, for the log. */
-export function statusName(s: number): string {
-  return STATUS_NAME.get(s) ?? String(s);
 }

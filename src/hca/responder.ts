@@ -6,8 +6,8 @@
  * receive WQEs. Duplicates are re-ACKed; duplicate READs and ATOMICs are
  * answered from the responder resources, never executed twice.
  */
-import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus } from '../abi/enums.js';
-import { postRecvWc, statusName, toError } from './completer.js';
+import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStatusName } from '../abi/enums.js';
+import { postRecvWc, toError } from './completer.js';
 import type { SoftDevice } from './device.js';
 import { walkSgl, type Mr, type RecvWqe } from './objects.js';
 import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
@@ -417,7 +417,7 @@ function error(dev: SoftDevice, qp: Qp, p: Pkt, e: ErrKind): void {
     postRecvWc(qp, qp.resp.wqe.wrId, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     qp.resp.wqe = null;
   }
-  toError(dev, qp, `responder error (receive completion ${statusName(e.wc)})`, was);
+  toError(dev, qp, `responder error (receive completion ${wcStatusName(e.wc)})`, was);
 }
 
 function receiveUd(dev: SoftDevice, qp: Qp, p: Pkt): void {

@@ -6,6 +6,7 @@
 import { connect, type Socket } from 'node:net';
 import { VerbsError } from './errors.js';
 import { FrameAssembler } from '../abi/framing.js';
+import { pidAlive } from '../common/proc.js';
 
 /** No reply is larger: the response structs are small, error texts at most 1 KiB, management answers well under this. */
 const MAX_REPLY = 64 << 20;
@@ -29,30 +30,6 @@ export class CommandChannel {
     },
   );
 
-  /** Why the connection to the daemon is gone (null while it is up). */
-  get lost(): Error | null {
-    return this.dead;
-  }
-
-  /**
-   * The fast path's check that the daemon is still there: free while the connection is up and was seen
-   * alive within the last second; otherwise one kill(pid, 0). A poll loop that never yields to the event
-   * loop would never see the socket close, so it asks this way (at most once a second).
-   */
-  probe(verb: string): void {
-    if (this.dead) throw new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead.message})`);
-    if (!this.daemonPid) return;
-    const now = performance.now();
-    if (now - this.lastProbe < 1000) return;
-    this.lastProbe = now;
-    try {
-      process.kill(this.daemonPid, 0);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') return;
-      this.fail(new Error(`softverbsd (pid ${this.daemonPid}) is gone`));
-      throw new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead!.message})`);
-    }
-  }
   /** The daemon's pid (from the discovery tree), for the liveness probe of the fast path; 0 when unknown. */
   daemonPid = 0;
   private lastProbe = performance.now();
@@ -62,6 +39,31 @@ export class CommandChannel {
     sock.on('close', () => this.fail(new Error('device connection closed')));
     sock.on('error', (e) => this.fail(e));
     sock.unref();
+  }
+
+  private lostError(verb: string): VerbsError {
+    return new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead!.message})`);
+  }
+
+  /** Throws EIO once the connection to the daemon is lost: every verb, the fast path's too, checks this first. */
+  ensureUp(verb: string): void {
+    if (this.dead) throw this.lostError(verb);
+  }
+
+  /**
+   * The fast path's check that the daemon is still there: free while the connection is up and was seen
+   * alive within the last second; otherwise one kill(pid, 0). A poll loop that never yields to the event
+   * loop would never see the socket close, so it asks this way (at most once a second).
+   */
+  probe(verb: string): void {
+    this.ensureUp(verb);
+    if (!this.daemonPid) return;
+    const now = performance.now();
+    if (now - this.lastProbe < 1000) return;
+    this.lastProbe = now;
+    if (pidAlive(this.daemonPid)) return;
+    this.fail(new Error(`softverbsd (pid ${this.daemonPid}) is gone`));
+    throw this.lostError(verb);
   }
 
   /** Connects to a device file; EACCES and ENOENT come back as they would from open(). */
@@ -105,7 +107,7 @@ export class CommandChannel {
 
   /** Sends a frame and waits for its reply body. */
   call(verb: string, frame: Buffer): Promise<Buffer> {
-    if (this.dead) return Promise.reject(new VerbsError(verb, 'EIO', this.dead.message));
+    if (this.dead) return Promise.reject(this.lostError(verb));
     return new Promise((resolve, reject) => {
       this.pending.push({ verb, resolve, reject });
       this.sock.ref();
@@ -115,14 +117,14 @@ export class CommandChannel {
 
   /** Sends a frame whose reply nobody waits for (a doorbell); a failure there is reported through `onError`. */
   post(verb: string, frame: Buffer, onError?: (e: Error) => void): void {
-    if (this.dead) throw new VerbsError(verb, 'EIO', this.dead.message);
+    this.ensureUp(verb);
     this.pending.push({ verb, resolve: noop, reject: onError ?? noop });
     this.sock.write(frame);
   }
 
   /** Writes a frame the daemon does not answer (a pure doorbell: out_words 0). */
   ring(verb: string, frame: Buffer): void {
-    if (this.dead) throw new VerbsError(verb, 'EIO', this.dead.message);
+    this.ensureUp(verb);
     this.sock.write(frame);
   }
 

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, ftruncateSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { constants as bufferConstants } from 'node:buffer';
 import { join, resolve, sep } from 'node:path';
-import { EventType, QpState, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
+import { EventType, QpState, QpType, SendFlags, WrOpcode, qpStateName } from '../abi/enums.js';
 import { layout, unpack, type Values } from '../abi/layout.js';
 import {
   CONS, cqLayout, Limits, NOTIFY, Notify, PROD, QP_STATE, qpLayout, SQ_IDLE, RING_HDR, RWQE, SGE_SIZE, srqLayout, SWQE, WC_SIZE, type QpCaps, type RingLayout,
@@ -15,6 +15,7 @@ import {
 import * as U from '../abi/uverbs.js';
 import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
+import { pidAlive } from '../common/proc.js';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { CommandChannel, EventStream } from './channel.js';
 import { VerbsError } from './errors.js';
@@ -36,15 +37,6 @@ export interface Device {
   readonly root: string;
   /** the pid of the softverbsd serving it */
   readonly daemonPid: number;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**
@@ -94,7 +86,7 @@ export function getDeviceList(root = defaultRoot()): Device[] {
     try {
       const d = join(dir, k);
       const pid = Number(readFileSync(join(d, 'softverbsd_pid'), 'utf8'));
-      if (!alive(pid)) continue;
+      if (!pidAlive(pid)) continue;
       const name = readFileSync(join(d, 'ibdev'), 'utf8').trim();
       const devPath = readFileSync(join(d, 'dev_path'), 'utf8').trim();
       if (!socketUnder(root, devPath)) continue;
@@ -136,7 +128,6 @@ export async function openDevice(dev: Device | string, root = defaultRoot()): Pr
 
 /** The largest buffer allocBuffer makes: max_mr_size, and what a Buffer can span. */
 const MAX_BUFFER = Math.min(Limits.maxMrSize, bufferConstants.MAX_LENGTH);
-const QP_STATE_NAME = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'];
 
 // ---------------------------------------------------------------- plain data types
 
@@ -625,7 +616,7 @@ export class CompletionQueue {
   pollCq(out: WorkCompletion[]): number;
   pollCq(arg: number | WorkCompletion[] = 1): WorkCompletion[] | number {
     const ch = this.context.cmd;
-    if (ch.lost) ch.probe('ibv_poll_cq');
+    ch.ensureUp('ibv_poll_cq');
     const fill = Array.isArray(arg);
     const max = fill ? arg.length : arg;
     const out: WorkCompletion[] = fill ? arg : [];
@@ -664,8 +655,7 @@ export class CompletionQueue {
 
   /** ibv_req_notify_cq: arms the CQ in shared memory; the next (solicited) completion sends an event to the channel. */
   reqNotifyCq(solicitedOnly = false): void {
-    const ch = this.context.cmd;
-    if (ch.lost) ch.probe('ibv_req_notify_cq');
+    this.context.cmd.ensureUp('ibv_req_notify_cq');
     Atomics.store(this.hdr, NOTIFY, solicitedOnly ? Notify.SOLICITED : Notify.NEXT_COMP);
   }
 
@@ -751,8 +741,7 @@ export class SharedReceiveQueue {
   }
   /** ibv_post_srq_recv: shared memory only. */
   postSrqRecv(wrs: RecvWr | RecvWr[]): void {
-    const ch = this.pd.context.cmd;
-    if (ch.lost) ch.probe('ibv_post_srq_recv');
+    this.pd.context.cmd.ensureUp('ibv_post_srq_recv');
     this.ring.post('ibv_post_srq_recv', wrs);
   }
   /** ibv_modify_srq (SrqAttrMask.LIMIT arms the limit event) */
@@ -822,12 +811,11 @@ export class QueuePair {
    * could not be posted (the ones before it are posted).
    */
   postSend(wrs: SendWr | SendWr[]): void {
-    const ch = this.pd.context.cmd;
-    if (ch.lost) ch.probe('ibv_post_send');
+    this.pd.context.cmd.ensureUp('ibv_post_send');
     const list = Array.isArray(wrs) ? wrs : [wrs];
     // as rxe: a send queue takes work requests from RTS on (and in SQD and ERR, where they drain or flush)
     const st = Atomics.load(this.sqHdr, QP_STATE);
-    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${QP_STATE_NAME[st]}; sends are posted from RTS on`, 0);
+    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`, 0);
     const cons = Atomics.load(this.sqHdr, CONS) >>> 0;
     const slots = this.sq.slots;
     const stride = this.sq.stride;
@@ -904,8 +892,7 @@ export class QueuePair {
   /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */
   postRecv(wrs: RecvWr | RecvWr[]): void {
     if (!this.rq) throw new VerbsError('ibv_post_recv', 'EINVAL', 'this QP receives through an SRQ', 0);
-    const ch = this.pd.context.cmd;
-    if (ch.lost) ch.probe('ibv_post_recv');
+    this.pd.context.cmd.ensureUp('ibv_post_recv');
     if (Atomics.load(this.sqHdr, QP_STATE) === QpState.RESET) throw new VerbsError('ibv_post_recv', 'EINVAL', 'the QP is in RESET; receives are posted from INIT on', 0);
     this.rq.post('ibv_post_recv', wrs);
     if (Atomics.load(this.sqHdr, QP_STATE) === QpState.ERR) this.pd.context.cmd.post('ibv_post_recv', this.recvBell!);

@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, sy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { pidAlive } from '../../src/daemon/server.js';
+import { pidAlive } from '../../src/common/proc.js';
 import { verbsClassDir } from '../../src/common/paths.js';
 import { DIST, freePort, IS_ROOT, loopbackAddrs, runProcess, testUser, type Run } from '../helpers.js';
 
