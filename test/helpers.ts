@@ -257,3 +257,8 @@ export async function assertServing(d: RunningDaemon, ctx: Context, pd: Protecti
   await mr.deregMr();
   await cq.destroyCq();
 }
+
+/** A process's resident memory in KiB (VmRSS), to bound what a daemon grows to. */
+export function rssKiB(pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+}

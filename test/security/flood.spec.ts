@@ -8,11 +8,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { A1, A2, A3, DAEMON, DIST, IS_ROOT, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
+import { A1, A2, A3, DAEMON, DIST, IS_ROOT, rssKiB, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
 import { getDeviceList, openDevice } from '../../src/verbs/index.js';
 import { layout } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
@@ -20,9 +19,7 @@ import * as U from '../../src/abi/uverbs.js';
 const FLOOD = join(DIST, 'test', 'fixtures', 'flood.js');
 const VICTIM = join(DIST, 'test', 'fixtures', 'victim.js');
 
-function rssMiB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
-}
+const rssMiB = (pid: number): number => rssKiB(pid) / 1024;
 
 describe('one user\'s flood does not stall another\'s commands', { skip: IS_ROOT ? false : 'needs root (other users)' }, () => {
   let d: RunningDaemon;

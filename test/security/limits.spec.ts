@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { A1, DIST, IS_ROOT, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
+import { A1, DIST, IS_ROOT, rssKiB, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
 import { getDeviceList, openDevice, QpType } from '../../src/verbs/index.js';
 
 const HOG = join(DIST, 'test', 'fixtures', 'hog.js');
@@ -35,10 +35,6 @@ async function hog(as: string[], root: string, what: string, n: number): Promise
         p.stdin!.end();
       }),
   };
-}
-
-function rssKiB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 }
 
 describe('per-user caps', { skip: IS_ROOT ? false : 'needs root (other users)' }, () => {
