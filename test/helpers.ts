@@ -59,7 +59,7 @@ export async function twoDaemons(): Promise<{ d1: RunningDaemon; d2: RunningDaem
 }
 
 /** Brings a QP to RTS connected to (destQpn on gid). RC gets generous defaults; pass overrides for error tests. */
-export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: number; gid: Uint8Array; psn?: number }, o: Partial<{ mtu: number; timeout: number; retryCnt: number; rnrRetry: number; minRnrTimer: number; access: number; maxRd: number; psn: number; rtrOnly: boolean }> = {}): Promise<void> {
+export async function connectQp(qp: QueuePair, ctx: Context, remote: { qpn: number; gid: Uint8Array; psn?: number }, o: Partial<{ mtu: Mtu; timeout: number; retryCnt: number; rnrRetry: number; minRnrTimer: number; access: number; maxRd: number; psn: number; rtrOnly: boolean }> = {}): Promise<void> {
   const t = qp.qpType;
   const access = o.access ?? (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
   if (t === QpType.UD) {
@@ -128,7 +128,7 @@ export function spawnPeer(wrapper: string[] = []): Peer {
         waiting.push((l) => {
           const r = JSON.parse(l);
           if (r.ok) resolve(r.out);
-          else reject(Object.assign(new Error(`${op}: ${r.error}`), { errno: r.errno }));
+          else reject(Object.assign(new Error(`${op}: ${r.error}`), { code: r.code }));
         });
         proc.stdin!.write(JSON.stringify({ op, ...args }) + '\n');
       });

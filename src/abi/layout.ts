@@ -1,22 +1,44 @@
 /**
  * C struct layouts as data. A struct is a list of fields; offsets, sizes and
  * alignment follow the x86-64 System V rules the kernel headers are compiled
- * with, so the tables in `uverbs.ts` can be written in header order and the
- * offsets fall out. Tests pin the computed offsets to values written down
- * from `ib_user_verbs.h` by hand, so a mistake in either shows.
+ * with, so the tables in `uverbs.ts` and `queue.ts` can be written in header
+ * order and the offsets fall out. The field list also gives the struct its
+ * TypeScript type: `unpack(CREATE_QP, …)` returns `{ qp_type: number,
+ * user_handle: bigint, … }` and `pack` refuses a field the struct does not
+ * have. Tests pin the computed offsets to values written down from
+ * `ib_user_verbs.h` by hand, so a mistake in either shows.
  */
 
 /** A scalar C type: unsigned/signed ints of 8..64 bits. */
 export type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 's32';
 
 /** One field: a scalar, a byte array, or a nested struct. */
-export type FieldType = Scalar | { bytes: number } | StructDef;
+export type FieldType = Scalar | { readonly bytes: number } | StructDef;
 
-/** A struct definition as written in the header. */
-export interface StructDef {
+export type Field = readonly [string, FieldType];
+
+/** A struct definition as written in the header. `F` keeps the field names and types for inference. */
+export interface StructDef<F extends readonly Field[] = readonly Field[]> {
   readonly name: string;
-  readonly fields: ReadonlyArray<readonly [string, FieldType]>;
+  readonly fields: F;
 }
+
+/** Declares a struct; the literal field list is kept so `Infer` can read it. */
+export function struct<const F extends readonly Field[]>(name: string, fields: F): StructDef<F> {
+  return { name, fields };
+}
+
+type ValueOf<T> = T extends 'u64' ? bigint : T extends Scalar ? number : T extends { bytes: number } ? Uint8Array : T extends StructDef<infer G> ? ValuesOf<G> : never;
+type InputOf<T> = T extends 'u64' ? bigint | number : T extends Scalar ? number : T extends { bytes: number } ? Uint8Array : T extends StructDef<infer G> ? InputsOf<G> : never;
+type ValuesOf<F extends readonly Field[]> = { [E in F[number] as E[0]]: ValueOf<E[1]> };
+type InputsOf<F extends readonly Field[]> = { [E in F[number] as E[0]]?: InputOf<E[1]> };
+
+/** What decoding a struct gives: numbers for ≤32-bit fields, bigint for u64, Uint8Array for byte arrays, objects for nested structs. */
+export type Infer<S extends StructDef> = S extends StructDef<infer F> ? ValuesOf<F> : never;
+/** What encoding a struct takes: any subset of its fields (the rest are zero); u64 fields also take a number. */
+export type Input<S extends StructDef> = S extends StructDef<infer F> ? InputsOf<F> : never;
+/** The field names of a struct. */
+export type FieldName<S extends StructDef> = S extends StructDef<infer F> ? F[number][0] : never;
 
 /** A field after layout. */
 export interface LaidField {
@@ -71,11 +93,11 @@ export function layout(def: StructDef): Layout {
   return l;
 }
 
-/** Decoded struct values: numbers for ≤32-bit fields, bigint for u64, Uint8Array for bytes, objects for nested. */
-export type Values = { [k: string]: number | bigint | Uint8Array | Values };
+/** A decoded struct seen without its type (the codec's own view). */
+type Values = { [k: string]: number | bigint | Uint8Array | Values };
 
 /** Reads a struct at `off`. The caller has checked that `off + size` fits. */
-export function decode(def: StructDef, dv: DataView, off = 0): Values {
+export function decode<S extends StructDef>(def: S, dv: DataView, off = 0): Infer<S> {
   const l = layout(def);
   const out: Values = {};
   for (const f of l.fields) {
@@ -86,21 +108,22 @@ export function decode(def: StructDef, dv: DataView, off = 0): Values {
     else if (t === 'u32') out[f.name] = dv.getUint32(o, true);
     else if (t === 's32') out[f.name] = dv.getInt32(o, true);
     else if (t === 'u64') out[f.name] = dv.getBigUint64(o, true);
-    else if (isStruct(t)) out[f.name] = decode(t, dv, o);
+    else if (isStruct(t)) out[f.name] = decode(t, dv, o) as Values;
     else out[f.name] = new Uint8Array(dv.buffer, dv.byteOffset + o, t.bytes).slice();
   }
-  return out;
+  return out as Infer<S>;
 }
 
 /** Writes a struct at `off`; missing fields are zero (reserved stays zero). */
-export function encode(def: StructDef, v: Partial<Values>, dv: DataView, off = 0): void {
+export function encode<S extends StructDef>(def: S, input: Input<S>, dv: DataView, off = 0): void {
   const l = layout(def);
+  const v = input as Partial<Values>;
   for (const f of l.fields) {
     const o = off + f.offset;
     const t = f.type;
     const x = v[f.name];
     if (isStruct(t)) {
-      encode(t, (x as Values | undefined) ?? {}, dv, o);
+      encode(t, (x ?? {}) as Input<typeof t>, dv, o);
       continue;
     }
     if (typeof t === 'object') {
@@ -122,14 +145,14 @@ export function encode(def: StructDef, v: Partial<Values>, dv: DataView, off = 0
 }
 
 /** Encodes a struct into a fresh Buffer of exactly sizeof(struct). */
-export function pack(def: StructDef, v: Partial<Values>): Buffer {
+export function pack<S extends StructDef>(def: S, v: Input<S>): Buffer {
   const b = Buffer.alloc(layout(def).size);
   encode(def, v, new DataView(b.buffer, b.byteOffset, b.byteLength));
   return b;
 }
 
 /** Decodes a struct from a Buffer (zero-extended if the buffer is short, as the kernel does for shorter userspace structs). */
-export function unpack(def: StructDef, b: Uint8Array, off = 0): Values {
+export function unpack<S extends StructDef>(def: S, b: Uint8Array, off = 0): Infer<S> {
   const size = layout(def).size;
   let src = b.subarray(off, off + size);
   if (src.byteLength < size) {
@@ -138,4 +161,12 @@ export function unpack(def: StructDef, b: Uint8Array, off = 0): Values {
     src = z;
   }
   return decode(def, new DataView(src.buffer, src.byteOffset, size));
+}
+
+/** Byte offsets of a struct's fields by name (for fast-path DataView access without decoding the whole struct). */
+export function offsets<S extends StructDef>(def: S): { readonly [K in FieldName<S>]: number } & { readonly SIZE: number } {
+  const l = layout(def);
+  const o: Record<string, number> = { SIZE: l.size };
+  for (const f of l.fields) o[f.name] = f.offset;
+  return o as { readonly [K in FieldName<S>]: number } & { readonly SIZE: number };
 }

@@ -2,10 +2,10 @@
  * The uverbs command ABI: command numbers and struct layouts of Linux
  * `include/uapi/rdma/ib_user_verbs.h` (ABI version 6), in header field order,
  * plus the softverbs provider's udata (what rdma-core's rxe provider keeps in
- * `rxe-abi.h`) and the framing rules of DESIGN §3.
+ * `rxe-abi.h`). How the frames travel on a device socket is `framing.ts`.
  */
-import type { StructDef, Values } from './layout.js';
-import { encode, layout } from './layout.js';
+import type { Infer, Input, StructDef } from './layout.js';
+import { encode, layout, struct } from './layout.js';
 
 export const ABI_VERSION = 6;
 
@@ -63,23 +63,21 @@ export const SvCmd = {
   MGMT: 0xf2,
 } as const;
 
-export const CMD_HDR: StructDef = { name: 'ib_uverbs_cmd_hdr', fields: [['command', 'u32'], ['in_words', 'u16'], ['out_words', 'u16']] };
+export const CMD_HDR = struct('ib_uverbs_cmd_hdr', [['command', 'u32'], ['in_words', 'u16'], ['out_words', 'u16']]);
 
-/** The reply frame header (DESIGN §3): status is 0 or -errno. */
-export const REPLY_HDR: StructDef = { name: 'sv_reply_hdr', fields: [['status', 's32'], ['out_bytes', 'u32']] };
+/** The reply frame header: status is 0 or -errno; out_bytes of body follow (the response, or an error's text). */
+export const REPLY_HDR = struct('sv_reply_hdr', [['status', 's32'], ['out_bytes', 'u32']]);
 
-export const ASYNC_EVENT_DESC: StructDef = { name: 'ib_uverbs_async_event_desc', fields: [['element', 'u64'], ['event_type', 'u32'], ['reserved', 'u32']] };
-export const COMP_EVENT_DESC: StructDef = { name: 'ib_uverbs_comp_event_desc', fields: [['cq_handle', 'u64']] };
+export const ASYNC_EVENT_DESC = struct('ib_uverbs_async_event_desc', [['element', 'u64'], ['event_type', 'u32'], ['reserved', 'u32']]);
+export const COMP_EVENT_DESC = struct('ib_uverbs_comp_event_desc', [['cq_handle', 'u64']]);
 
-const resp: [string, 'u64'] = ['response', 'u64'];
+const resp = ['response', 'u64'] as const;
 
-export const GET_CONTEXT: StructDef = { name: 'ib_uverbs_get_context', fields: [resp] };
-export const GET_CONTEXT_RESP: StructDef = { name: 'ib_uverbs_get_context_resp', fields: [['async_fd', 'u32'], ['num_comp_vectors', 'u32']] };
+export const GET_CONTEXT = struct('ib_uverbs_get_context', [resp]);
+export const GET_CONTEXT_RESP = struct('ib_uverbs_get_context_resp', [['async_fd', 'u32'], ['num_comp_vectors', 'u32']]);
 
-export const QUERY_DEVICE: StructDef = { name: 'ib_uverbs_query_device', fields: [resp] };
-export const QUERY_DEVICE_RESP: StructDef = {
-  name: 'ib_uverbs_query_device_resp',
-  fields: [
+export const QUERY_DEVICE = struct('ib_uverbs_query_device', [resp]);
+export const QUERY_DEVICE_RESP = struct('ib_uverbs_query_device_resp', [
     ['fw_ver', 'u64'], ['node_guid', 'u64'], ['sys_image_guid', 'u64'], ['max_mr_size', 'u64'], ['page_size_cap', 'u64'],
     ['vendor_id', 'u32'], ['vendor_part_id', 'u32'], ['hw_ver', 'u32'], ['max_qp', 'u32'], ['max_qp_wr', 'u32'],
     ['device_cap_flags', 'u32'], ['max_sge', 'u32'], ['max_sge_rd', 'u32'], ['max_cq', 'u32'], ['max_cqe', 'u32'],
@@ -89,196 +87,170 @@ export const QUERY_DEVICE_RESP: StructDef = {
     ['max_total_mcast_qp_attach', 'u32'], ['max_ah', 'u32'], ['max_fmr', 'u32'], ['max_map_per_fmr', 'u32'], ['max_srq', 'u32'],
     ['max_srq_wr', 'u32'], ['max_srq_sge', 'u32'], ['max_pkeys', 'u16'], ['local_ca_ack_delay', 'u8'], ['phys_port_cnt', 'u8'],
     ['reserved', { bytes: 4 }],
-  ],
-};
+  ]);
 
-export const QUERY_PORT: StructDef = { name: 'ib_uverbs_query_port', fields: [resp, ['port_num', 'u8'], ['reserved', { bytes: 7 }]] };
-export const QUERY_PORT_RESP: StructDef = {
-  name: 'ib_uverbs_query_port_resp',
-  fields: [
+export const QUERY_PORT = struct('ib_uverbs_query_port', [resp, ['port_num', 'u8'], ['reserved', { bytes: 7 }]]);
+export const QUERY_PORT_RESP = struct('ib_uverbs_query_port_resp', [
     ['port_cap_flags', 'u32'], ['max_msg_sz', 'u32'], ['bad_pkey_cntr', 'u32'], ['qkey_viol_cntr', 'u32'], ['gid_tbl_len', 'u32'],
     ['pkey_tbl_len', 'u16'], ['lid', 'u16'], ['sm_lid', 'u16'], ['state', 'u8'], ['max_mtu', 'u8'], ['active_mtu', 'u8'], ['lmc', 'u8'],
     ['max_vl_num', 'u8'], ['sm_sl', 'u8'], ['subnet_timeout', 'u8'], ['init_type_reply', 'u8'], ['active_width', 'u8'],
     ['active_speed', 'u8'], ['phys_state', 'u8'], ['link_layer', 'u8'], ['reserved', { bytes: 2 }],
-  ],
-};
+  ]);
 
-export const ALLOC_PD: StructDef = { name: 'ib_uverbs_alloc_pd', fields: [resp] };
-export const ALLOC_PD_RESP: StructDef = { name: 'ib_uverbs_alloc_pd_resp', fields: [['pd_handle', 'u32']] };
-export const DEALLOC_PD: StructDef = { name: 'ib_uverbs_dealloc_pd', fields: [['pd_handle', 'u32']] };
+export const ALLOC_PD = struct('ib_uverbs_alloc_pd', [resp]);
+export const ALLOC_PD_RESP = struct('ib_uverbs_alloc_pd_resp', [['pd_handle', 'u32']]);
+export const DEALLOC_PD = struct('ib_uverbs_dealloc_pd', [['pd_handle', 'u32']]);
 
-export const REG_MR: StructDef = {
-  name: 'ib_uverbs_reg_mr',
-  fields: [resp, ['start', 'u64'], ['length', 'u64'], ['hca_va', 'u64'], ['pd_handle', 'u32'], ['access_flags', 'u32']],
-};
-export const REG_MR_RESP: StructDef = { name: 'ib_uverbs_reg_mr_resp', fields: [['mr_handle', 'u32'], ['lkey', 'u32'], ['rkey', 'u32']] };
-export const REREG_MR: StructDef = {
-  name: 'ib_uverbs_rereg_mr',
-  fields: [resp, ['mr_handle', 'u32'], ['flags', 'u32'], ['start', 'u64'], ['length', 'u64'], ['hca_va', 'u64'], ['pd_handle', 'u32'], ['access_flags', 'u32']],
-};
-export const REREG_MR_RESP: StructDef = { name: 'ib_uverbs_rereg_mr_resp', fields: [['lkey', 'u32'], ['rkey', 'u32']] };
-export const DEREG_MR: StructDef = { name: 'ib_uverbs_dereg_mr', fields: [['mr_handle', 'u32']] };
+export const REG_MR = struct('ib_uverbs_reg_mr', [resp, ['start', 'u64'], ['length', 'u64'], ['hca_va', 'u64'], ['pd_handle', 'u32'], ['access_flags', 'u32']]);
+export const REG_MR_RESP = struct('ib_uverbs_reg_mr_resp', [['mr_handle', 'u32'], ['lkey', 'u32'], ['rkey', 'u32']]);
+export const REREG_MR = struct('ib_uverbs_rereg_mr', [resp, ['mr_handle', 'u32'], ['flags', 'u32'], ['start', 'u64'], ['length', 'u64'], ['hca_va', 'u64'], ['pd_handle', 'u32'], ['access_flags', 'u32']]);
+export const REREG_MR_RESP = struct('ib_uverbs_rereg_mr_resp', [['lkey', 'u32'], ['rkey', 'u32']]);
+export const DEREG_MR = struct('ib_uverbs_dereg_mr', [['mr_handle', 'u32']]);
 
-export const CREATE_COMP_CHANNEL: StructDef = { name: 'ib_uverbs_create_comp_channel', fields: [resp] };
-export const CREATE_COMP_CHANNEL_RESP: StructDef = { name: 'ib_uverbs_create_comp_channel_resp', fields: [['fd', 'u32']] };
+export const CREATE_COMP_CHANNEL = struct('ib_uverbs_create_comp_channel', [resp]);
+export const CREATE_COMP_CHANNEL_RESP = struct('ib_uverbs_create_comp_channel_resp', [['fd', 'u32']]);
 
-export const CREATE_CQ: StructDef = {
-  name: 'ib_uverbs_create_cq',
-  fields: [resp, ['user_handle', 'u64'], ['cqe', 'u32'], ['comp_vector', 'u32'], ['comp_channel', 's32'], ['reserved', 'u32']],
-};
-export const CREATE_CQ_RESP: StructDef = { name: 'ib_uverbs_create_cq_resp', fields: [['cq_handle', 'u32'], ['cqe', 'u32']] };
-export const RESIZE_CQ: StructDef = { name: 'ib_uverbs_resize_cq', fields: [resp, ['cq_handle', 'u32'], ['cqe', 'u32']] };
-export const RESIZE_CQ_RESP: StructDef = { name: 'ib_uverbs_resize_cq_resp', fields: [['cqe', 'u32'], ['reserved', 'u32']] };
-export const REQ_NOTIFY_CQ: StructDef = { name: 'ib_uverbs_req_notify_cq', fields: [['cq_handle', 'u32'], ['solicited_only', 'u32']] };
-export const DESTROY_CQ: StructDef = { name: 'ib_uverbs_destroy_cq', fields: [resp, ['cq_handle', 'u32'], ['reserved', 'u32']] };
-export const DESTROY_CQ_RESP: StructDef = { name: 'ib_uverbs_destroy_cq_resp', fields: [['comp_events_reported', 'u32'], ['async_events_reported', 'u32']] };
+export const CREATE_CQ = struct('ib_uverbs_create_cq', [resp, ['user_handle', 'u64'], ['cqe', 'u32'], ['comp_vector', 'u32'], ['comp_channel', 's32'], ['reserved', 'u32']]);
+export const CREATE_CQ_RESP = struct('ib_uverbs_create_cq_resp', [['cq_handle', 'u32'], ['cqe', 'u32']]);
+export const RESIZE_CQ = struct('ib_uverbs_resize_cq', [resp, ['cq_handle', 'u32'], ['cqe', 'u32']]);
+export const RESIZE_CQ_RESP = struct('ib_uverbs_resize_cq_resp', [['cqe', 'u32'], ['reserved', 'u32']]);
+export const REQ_NOTIFY_CQ = struct('ib_uverbs_req_notify_cq', [['cq_handle', 'u32'], ['solicited_only', 'u32']]);
+export const DESTROY_CQ = struct('ib_uverbs_destroy_cq', [resp, ['cq_handle', 'u32'], ['reserved', 'u32']]);
+export const DESTROY_CQ_RESP = struct('ib_uverbs_destroy_cq_resp', [['comp_events_reported', 'u32'], ['async_events_reported', 'u32']]);
 
 /** struct ib_uverbs_wc: also the softverbs CQ ring entry (rxe does the same). */
-export const WC: StructDef = {
-  name: 'ib_uverbs_wc',
-  fields: [
+export const WC = struct('ib_uverbs_wc', [
     ['wr_id', 'u64'], ['status', 'u32'], ['opcode', 'u32'], ['vendor_err', 'u32'], ['byte_len', 'u32'], ['imm_data', 'u32'],
     ['qp_num', 'u32'], ['src_qp', 'u32'], ['wc_flags', 'u32'], ['pkey_index', 'u16'], ['slid', 'u16'], ['sl', 'u8'],
     ['dlid_path_bits', 'u8'], ['port_num', 'u8'], ['reserved', 'u8'],
-  ],
-};
+  ]);
 
-export const GLOBAL_ROUTE: StructDef = {
-  name: 'ib_uverbs_global_route',
-  fields: [['dgid', { bytes: 16 }], ['flow_label', 'u32'], ['sgid_index', 'u8'], ['hop_limit', 'u8'], ['traffic_class', 'u8'], ['reserved', 'u8']],
-};
-export const AH_ATTR: StructDef = {
-  name: 'ib_uverbs_ah_attr',
-  fields: [['grh', GLOBAL_ROUTE], ['dlid', 'u16'], ['sl', 'u8'], ['src_path_bits', 'u8'], ['static_rate', 'u8'], ['is_global', 'u8'], ['port_num', 'u8'], ['reserved', 'u8']],
-};
-export const CREATE_AH: StructDef = {
-  name: 'ib_uverbs_create_ah',
-  fields: [resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['reserved', 'u32'], ['attr', AH_ATTR]],
-};
-export const CREATE_AH_RESP: StructDef = { name: 'ib_uverbs_create_ah_resp', fields: [['ah_handle', 'u32']] };
-export const DESTROY_AH: StructDef = { name: 'ib_uverbs_destroy_ah', fields: [['ah_handle', 'u32']] };
+export const GLOBAL_ROUTE = struct('ib_uverbs_global_route', [['dgid', { bytes: 16 }], ['flow_label', 'u32'], ['sgid_index', 'u8'], ['hop_limit', 'u8'], ['traffic_class', 'u8'], ['reserved', 'u8']]);
+export const AH_ATTR = struct('ib_uverbs_ah_attr', [['grh', GLOBAL_ROUTE], ['dlid', 'u16'], ['sl', 'u8'], ['src_path_bits', 'u8'], ['static_rate', 'u8'], ['is_global', 'u8'], ['port_num', 'u8'], ['reserved', 'u8']]);
+export const CREATE_AH = struct('ib_uverbs_create_ah', [resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['reserved', 'u32'], ['attr', AH_ATTR]]);
+export const CREATE_AH_RESP = struct('ib_uverbs_create_ah_resp', [['ah_handle', 'u32']]);
+export const DESTROY_AH = struct('ib_uverbs_destroy_ah', [['ah_handle', 'u32']]);
 
-export const QP_DEST: StructDef = {
-  name: 'ib_uverbs_qp_dest',
-  fields: [
+export const QP_DEST = struct('ib_uverbs_qp_dest', [
     ['dgid', { bytes: 16 }], ['flow_label', 'u32'], ['dlid', 'u16'], ['reserved', 'u16'], ['sgid_index', 'u8'], ['hop_limit', 'u8'],
     ['traffic_class', 'u8'], ['sl', 'u8'], ['src_path_bits', 'u8'], ['static_rate', 'u8'], ['is_global', 'u8'], ['port_num', 'u8'],
-  ],
-};
+  ]);
 
-export const CREATE_QP: StructDef = {
-  name: 'ib_uverbs_create_qp',
-  fields: [
+export const CREATE_QP = struct('ib_uverbs_create_qp', [
     resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['send_cq_handle', 'u32'], ['recv_cq_handle', 'u32'], ['srq_handle', 'u32'],
     ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'], ['max_inline_data', 'u32'],
     ['sq_sig_all', 'u8'], ['qp_type', 'u8'], ['is_srq', 'u8'], ['reserved', 'u8'],
-  ],
-};
-export const CREATE_QP_RESP: StructDef = {
-  name: 'ib_uverbs_create_qp_resp',
-  fields: [['qp_handle', 'u32'], ['qpn', 'u32'], ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'], ['max_inline_data', 'u32'], ['reserved', 'u32']],
-};
-export const QUERY_QP: StructDef = { name: 'ib_uverbs_query_qp', fields: [resp, ['qp_handle', 'u32'], ['attr_mask', 'u32']] };
-export const QUERY_QP_RESP: StructDef = {
-  name: 'ib_uverbs_query_qp_resp',
-  fields: [
+  ]);
+export const CREATE_QP_RESP = struct('ib_uverbs_create_qp_resp', [['qp_handle', 'u32'], ['qpn', 'u32'], ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'], ['max_inline_data', 'u32'], ['reserved', 'u32']]);
+export const QUERY_QP = struct('ib_uverbs_query_qp', [resp, ['qp_handle', 'u32'], ['attr_mask', 'u32']]);
+export const QUERY_QP_RESP = struct('ib_uverbs_query_qp_resp', [
     ['dest', QP_DEST], ['alt_dest', QP_DEST], ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'],
     ['max_inline_data', 'u32'], ['qkey', 'u32'], ['rq_psn', 'u32'], ['sq_psn', 'u32'], ['dest_qp_num', 'u32'], ['qp_access_flags', 'u32'],
     ['pkey_index', 'u16'], ['alt_pkey_index', 'u16'], ['qp_state', 'u8'], ['cur_qp_state', 'u8'], ['path_mtu', 'u8'], ['path_mig_state', 'u8'],
     ['sq_draining', 'u8'], ['max_rd_atomic', 'u8'], ['max_dest_rd_atomic', 'u8'], ['min_rnr_timer', 'u8'], ['port_num', 'u8'], ['timeout', 'u8'],
     ['retry_cnt', 'u8'], ['rnr_retry', 'u8'], ['alt_port_num', 'u8'], ['alt_timeout', 'u8'], ['sq_sig_all', 'u8'], ['reserved', { bytes: 5 }],
-  ],
-};
-export const MODIFY_QP: StructDef = {
-  name: 'ib_uverbs_modify_qp',
-  fields: [
+  ]);
+export const MODIFY_QP = struct('ib_uverbs_modify_qp', [
     ['dest', QP_DEST], ['alt_dest', QP_DEST], ['qp_handle', 'u32'], ['attr_mask', 'u32'], ['qkey', 'u32'], ['rq_psn', 'u32'], ['sq_psn', 'u32'],
     ['dest_qp_num', 'u32'], ['qp_access_flags', 'u32'], ['pkey_index', 'u16'], ['alt_pkey_index', 'u16'], ['qp_state', 'u8'], ['cur_qp_state', 'u8'],
     ['path_mtu', 'u8'], ['path_mig_state', 'u8'], ['en_sqd_async_notify', 'u8'], ['max_rd_atomic', 'u8'], ['max_dest_rd_atomic', 'u8'],
     ['min_rnr_timer', 'u8'], ['port_num', 'u8'], ['timeout', 'u8'], ['retry_cnt', 'u8'], ['rnr_retry', 'u8'], ['alt_port_num', 'u8'],
     ['alt_timeout', 'u8'], ['reserved', { bytes: 2 }],
-  ],
-};
-export const DESTROY_QP: StructDef = { name: 'ib_uverbs_destroy_qp', fields: [resp, ['qp_handle', 'u32'], ['reserved', 'u32']] };
-export const DESTROY_QP_RESP: StructDef = { name: 'ib_uverbs_destroy_qp_resp', fields: [['events_reported', 'u32']] };
+  ]);
+export const DESTROY_QP = struct('ib_uverbs_destroy_qp', [resp, ['qp_handle', 'u32'], ['reserved', 'u32']]);
+export const DESTROY_QP_RESP = struct('ib_uverbs_destroy_qp_resp', [['events_reported', 'u32']]);
 
-export const POST_SEND: StructDef = {
-  name: 'ib_uverbs_post_send',
-  fields: [resp, ['qp_handle', 'u32'], ['wr_count', 'u32'], ['sge_count', 'u32'], ['wqe_size', 'u32']],
-};
+export const POST_SEND = struct('ib_uverbs_post_send', [resp, ['qp_handle', 'u32'], ['wr_count', 'u32'], ['sge_count', 'u32'], ['wqe_size', 'u32']]);
 /** ib_uverbs_post_recv: same layout as post_send. softverbs uses it with wr_count 0 as the receive doorbell of a QP in ERR. */
-export const POST_RECV: StructDef = { ...POST_SEND, name: 'ib_uverbs_post_recv' };
-export const POST_SEND_RESP: StructDef = { name: 'ib_uverbs_post_send_resp', fields: [['bad_wr', 'u32']] };
+export const POST_RECV = { ...POST_SEND, name: 'ib_uverbs_post_recv' };
+export const POST_SEND_RESP = struct('ib_uverbs_post_send_resp', [['bad_wr', 'u32']]);
 
-export const CREATE_SRQ: StructDef = {
-  name: 'ib_uverbs_create_srq',
-  fields: [resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32']],
-};
-export const CREATE_SRQ_RESP: StructDef = { name: 'ib_uverbs_create_srq_resp', fields: [['srq_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srqn', 'u32']] };
-export const MODIFY_SRQ: StructDef = { name: 'ib_uverbs_modify_srq', fields: [['srq_handle', 'u32'], ['attr_mask', 'u32'], ['max_wr', 'u32'], ['srq_limit', 'u32']] };
-export const QUERY_SRQ: StructDef = { name: 'ib_uverbs_query_srq', fields: [resp, ['srq_handle', 'u32'], ['reserved', 'u32']] };
-export const QUERY_SRQ_RESP: StructDef = { name: 'ib_uverbs_query_srq_resp', fields: [['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32'], ['reserved', 'u32']] };
-export const DESTROY_SRQ: StructDef = { name: 'ib_uverbs_destroy_srq', fields: [resp, ['srq_handle', 'u32'], ['reserved', 'u32']] };
-export const DESTROY_SRQ_RESP: StructDef = { name: 'ib_uverbs_destroy_srq_resp', fields: [['events_reported', 'u32']] };
+export const CREATE_SRQ = struct('ib_uverbs_create_srq', [resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32']]);
+export const CREATE_SRQ_RESP = struct('ib_uverbs_create_srq_resp', [['srq_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srqn', 'u32']]);
+export const MODIFY_SRQ = struct('ib_uverbs_modify_srq', [['srq_handle', 'u32'], ['attr_mask', 'u32'], ['max_wr', 'u32'], ['srq_limit', 'u32']]);
+export const QUERY_SRQ = struct('ib_uverbs_query_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
+export const QUERY_SRQ_RESP = struct('ib_uverbs_query_srq_resp', [['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32'], ['reserved', 'u32']]);
+export const DESTROY_SRQ = struct('ib_uverbs_destroy_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
+export const DESTROY_SRQ_RESP = struct('ib_uverbs_destroy_srq_resp', [['events_reported', 'u32']]);
 
 // ---- softverbs provider udata (after the core struct, as rdma-core's udata) ----
 
 /** REG_MR / REREG_MR udata: which of the caller's memfds holds the pages, and where. */
-export const SV_REG_MR: StructDef = { name: 'sv_reg_mr', fields: [['memfd', 'u32'], ['reserved', 'u32'], ['memfd_offset', 'u64']] };
+export const SV_REG_MR = struct('sv_reg_mr', [['memfd', 'u32'], ['reserved', 'u32'], ['memfd_offset', 'u64']]);
 /** CREATE_CQ / CREATE_QP / CREATE_SRQ udata: the memfd holding the ring(s), laid out by `queue.ts`. */
-export const SV_QUEUE: StructDef = { name: 'sv_queue', fields: [['memfd', 'u32'], ['reserved', 'u32']] };
+export const SV_QUEUE = struct('sv_queue', [['memfd', 'u32'], ['reserved', 'u32']]);
 /** The first frame of an event-stream connection. */
-export const SV_ATTACH: StructDef = { name: 'sv_attach', fields: [['token', 'u32'], ['reserved', 'u32']] };
+export const SV_ATTACH = struct('sv_attach', [['token', 'u32'], ['reserved', 'u32']]);
 
-/** What each command reads and answers: core request (after the header), response, provider udata. */
-export interface CmdSpec {
+/** What one command reads and answers: its number, core request (after the header), response, provider udata. */
+export interface CmdSpec<Q extends StructDef = StructDef, R extends StructDef | undefined = StructDef | undefined, D extends StructDef | undefined = StructDef | undefined> {
+  readonly cmd: number;
   readonly name: string;
-  readonly req: StructDef;
-  readonly resp?: StructDef;
-  readonly udata?: StructDef;
+  readonly req: Q;
+  readonly resp: R;
+  readonly udata: D;
 }
 
-export const COMMANDS: ReadonlyMap<number, CmdSpec> = new Map<number, CmdSpec>([
-  [Cmd.GET_CONTEXT, { name: 'GET_CONTEXT', req: GET_CONTEXT, resp: GET_CONTEXT_RESP }],
-  [Cmd.QUERY_DEVICE, { name: 'QUERY_DEVICE', req: QUERY_DEVICE, resp: QUERY_DEVICE_RESP }],
-  [Cmd.QUERY_PORT, { name: 'QUERY_PORT', req: QUERY_PORT, resp: QUERY_PORT_RESP }],
-  [Cmd.ALLOC_PD, { name: 'ALLOC_PD', req: ALLOC_PD, resp: ALLOC_PD_RESP }],
-  [Cmd.DEALLOC_PD, { name: 'DEALLOC_PD', req: DEALLOC_PD }],
-  [Cmd.CREATE_AH, { name: 'CREATE_AH', req: CREATE_AH, resp: CREATE_AH_RESP }],
-  [Cmd.DESTROY_AH, { name: 'DESTROY_AH', req: DESTROY_AH }],
-  [Cmd.REG_MR, { name: 'REG_MR', req: REG_MR, resp: REG_MR_RESP, udata: SV_REG_MR }],
-  [Cmd.REREG_MR, { name: 'REREG_MR', req: REREG_MR, resp: REREG_MR_RESP, udata: SV_REG_MR }],
-  [Cmd.DEREG_MR, { name: 'DEREG_MR', req: DEREG_MR }],
-  [Cmd.CREATE_COMP_CHANNEL, { name: 'CREATE_COMP_CHANNEL', req: CREATE_COMP_CHANNEL, resp: CREATE_COMP_CHANNEL_RESP }],
-  [Cmd.CREATE_CQ, { name: 'CREATE_CQ', req: CREATE_CQ, resp: CREATE_CQ_RESP, udata: SV_QUEUE }],
-  [Cmd.RESIZE_CQ, { name: 'RESIZE_CQ', req: RESIZE_CQ, resp: RESIZE_CQ_RESP, udata: SV_QUEUE }],
-  [Cmd.DESTROY_CQ, { name: 'DESTROY_CQ', req: DESTROY_CQ, resp: DESTROY_CQ_RESP }],
-  [Cmd.REQ_NOTIFY_CQ, { name: 'REQ_NOTIFY_CQ', req: REQ_NOTIFY_CQ }],
-  [Cmd.CREATE_QP, { name: 'CREATE_QP', req: CREATE_QP, resp: CREATE_QP_RESP, udata: SV_QUEUE }],
-  [Cmd.QUERY_QP, { name: 'QUERY_QP', req: QUERY_QP, resp: QUERY_QP_RESP }],
-  [Cmd.MODIFY_QP, { name: 'MODIFY_QP', req: MODIFY_QP }],
-  [Cmd.DESTROY_QP, { name: 'DESTROY_QP', req: DESTROY_QP, resp: DESTROY_QP_RESP }],
-  [Cmd.POST_SEND, { name: 'POST_SEND', req: POST_SEND, resp: POST_SEND_RESP }],
-  [Cmd.POST_RECV, { name: 'POST_RECV', req: POST_RECV, resp: POST_SEND_RESP }],
-  [Cmd.CREATE_SRQ, { name: 'CREATE_SRQ', req: CREATE_SRQ, resp: CREATE_SRQ_RESP, udata: SV_QUEUE }],
-  [Cmd.MODIFY_SRQ, { name: 'MODIFY_SRQ', req: MODIFY_SRQ }],
-  [Cmd.QUERY_SRQ, { name: 'QUERY_SRQ', req: QUERY_SRQ, resp: QUERY_SRQ_RESP }],
-  [Cmd.DESTROY_SRQ, { name: 'DESTROY_SRQ', req: DESTROY_SRQ, resp: DESTROY_SRQ_RESP }],
-]);
+function spec<Q extends StructDef, R extends StructDef | undefined = undefined, D extends StructDef | undefined = undefined>(
+  cmd: number, req: Q, resp?: R, udata?: D,
+): CmdSpec<Q, R, D> {
+  const name = Object.keys(Cmd).find((k) => Cmd[k as keyof typeof Cmd] === cmd) ?? String(cmd);
+  return { cmd, name, req, resp: resp as R, udata: udata as D };
+}
+
+/** The commands softverbsd serves, by name. */
+export const Spec = {
+  GET_CONTEXT: spec(Cmd.GET_CONTEXT, GET_CONTEXT, GET_CONTEXT_RESP),
+  QUERY_DEVICE: spec(Cmd.QUERY_DEVICE, QUERY_DEVICE, QUERY_DEVICE_RESP),
+  QUERY_PORT: spec(Cmd.QUERY_PORT, QUERY_PORT, QUERY_PORT_RESP),
+  ALLOC_PD: spec(Cmd.ALLOC_PD, ALLOC_PD, ALLOC_PD_RESP),
+  DEALLOC_PD: spec(Cmd.DEALLOC_PD, DEALLOC_PD),
+  CREATE_AH: spec(Cmd.CREATE_AH, CREATE_AH, CREATE_AH_RESP),
+  DESTROY_AH: spec(Cmd.DESTROY_AH, DESTROY_AH),
+  REG_MR: spec(Cmd.REG_MR, REG_MR, REG_MR_RESP, SV_REG_MR),
+  REREG_MR: spec(Cmd.REREG_MR, REREG_MR, REREG_MR_RESP, SV_REG_MR),
+  DEREG_MR: spec(Cmd.DEREG_MR, DEREG_MR),
+  CREATE_COMP_CHANNEL: spec(Cmd.CREATE_COMP_CHANNEL, CREATE_COMP_CHANNEL, CREATE_COMP_CHANNEL_RESP),
+  CREATE_CQ: spec(Cmd.CREATE_CQ, CREATE_CQ, CREATE_CQ_RESP, SV_QUEUE),
+  RESIZE_CQ: spec(Cmd.RESIZE_CQ, RESIZE_CQ, RESIZE_CQ_RESP, SV_QUEUE),
+  DESTROY_CQ: spec(Cmd.DESTROY_CQ, DESTROY_CQ, DESTROY_CQ_RESP),
+  REQ_NOTIFY_CQ: spec(Cmd.REQ_NOTIFY_CQ, REQ_NOTIFY_CQ),
+  CREATE_QP: spec(Cmd.CREATE_QP, CREATE_QP, CREATE_QP_RESP, SV_QUEUE),
+  QUERY_QP: spec(Cmd.QUERY_QP, QUERY_QP, QUERY_QP_RESP),
+  MODIFY_QP: spec(Cmd.MODIFY_QP, MODIFY_QP),
+  DESTROY_QP: spec(Cmd.DESTROY_QP, DESTROY_QP, DESTROY_QP_RESP),
+  POST_SEND: spec(Cmd.POST_SEND, POST_SEND, POST_SEND_RESP),
+  POST_RECV: spec(Cmd.POST_RECV, POST_RECV, POST_SEND_RESP),
+  CREATE_SRQ: spec(Cmd.CREATE_SRQ, CREATE_SRQ, CREATE_SRQ_RESP, SV_QUEUE),
+  MODIFY_SRQ: spec(Cmd.MODIFY_SRQ, MODIFY_SRQ),
+  QUERY_SRQ: spec(Cmd.QUERY_SRQ, QUERY_SRQ, QUERY_SRQ_RESP),
+  DESTROY_SRQ: spec(Cmd.DESTROY_SRQ, DESTROY_SRQ, DESTROY_SRQ_RESP),
+} as const;
+
+export type CmdName = keyof typeof Spec;
+/** The decoded request of command K. */
+export type Req<K extends CmdName> = Infer<(typeof Spec)[K]['req']>;
+/** The decoded udata of command K. */
+export type Udata<K extends CmdName> = (typeof Spec)[K]['udata'] extends infer D extends StructDef ? Infer<D> : never;
+/** The decoded response of a command spec ({} for a command without one). */
+export type RespOf<S extends CmdSpec> = S['resp'] extends infer R extends StructDef ? Infer<R> : Record<string, never>;
+
+/** The commands by number, as the daemon looks them up. */
+export const COMMANDS: ReadonlyMap<number, CmdSpec> = new Map<number, CmdSpec>(Object.values(Spec).map((s) => [s.cmd, s]));
 
 export const HDR_SIZE = layout(CMD_HDR).size;
 
 /** Builds one request frame: header + core struct + udata, in_words covering all of it, out_words for resp + `outExtra` bytes. */
-export function frame(command: number, spec: CmdSpec, req: Partial<Values>, udata?: Partial<Values>, outExtra = 0): Buffer {
+export function frame<S extends CmdSpec>(
+  spec: S, req: Input<S['req']>, udata?: S['udata'] extends infer D extends StructDef ? Input<D> : never, outExtra = 0,
+): Buffer {
   const reqSize = layout(spec.req).size;
   const uSize = spec.udata && udata ? layout(spec.udata).size : 0;
   const total = HDR_SIZE + reqSize + uSize;
   const b = Buffer.alloc(total);
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const outBytes = (spec.resp ? layout(spec.resp).size : 0) + outExtra;
-  dv.setUint32(0, command, true);
-  dv.setUint16(4, total / 4, true);
-  dv.setUint16(6, Math.ceil(outBytes / 4), true);
+  encode(CMD_HDR, { command: spec.cmd, in_words: total / 4, out_words: Math.ceil(outBytes / 4) }, dv, 0);
   encode(spec.req, req, dv, HDR_SIZE);
   if (spec.udata && udata) encode(spec.udata, udata, dv, HDR_SIZE + reqSize);
   return b;

@@ -1,5 +1,5 @@
 /**
- * Where everything lives (DESIGN §1): $SOFTVERBS_ROOT, else /run/softverbs as
+ * Where everything lives (the root: device files, discovery tree): $SOFTVERBS_ROOT, else /run/softverbs as
  * root, else $XDG_RUNTIME_DIR/softverbs, else /tmp/softverbs-<uid>. The
  * daemon, the library and every tool use this one rule.
  */

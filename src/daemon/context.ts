@@ -7,16 +7,17 @@
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask, qpStateName } from '../abi/enums.js';
-import type { Values } from '../abi/layout.js';
 import { layout, pack, unpack } from '../abi/layout.js';
-import { CONS, cqLayout, Limits, PROD, qpLayout, srqLayout } from '../abi/queue.js';
+import { cqLayout, Limits, qpLayout, srqLayout } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E, fail } from '../common/errno.js';
+import { bswap64 } from '../common/format.js';
 import { unmap, type Mapping } from '../native/libc.js';
-import { devOf, flushRecv, toError } from '../hca/completer.js';
+import { flushRecv, toError } from '../hca/completion.js';
 import { udpSport } from '../hca/codec.js';
 import type { SoftDevice } from '../hca/device.js';
-import { Ah, Cq, Mr, Pd, RecvRing, Srq, type Owner } from '../hca/objects.js';
+import { Ah, Cq, Mr, Pd, Srq, type Owner } from '../hca/objects.js';
+import { RecvRingConsumer } from '../abi/recv-ring.js';
 import { modifyIsOk, Qp, wqeBytes } from '../hca/qp.js';
 import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
@@ -36,6 +37,9 @@ function deliverEvent(sock: Socket | null, pending: Buffer[], b: Buffer): void {
     if (sock.writableLength < EVENT_BACKLOG) sock.write(b);
   } else if (pending.length < 4096) pending.push(b);
 }
+
+/** A command handler: the decoded request, the udata when the frame carried one; the response bytes, if the command has a response. */
+type Handler<K extends U.CmdName> = (r: U.Req<K>, u: U.Udata<K> | null) => Buffer | void;
 
 export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
 
@@ -208,7 +212,7 @@ export class Context implements Owner {
     if (frame.length < U.HDR_SIZE + reqSize) fail(E.ENOSPC, `${spec.name}: in_words ${frame.length / 4} is shorter than the command`);
     if (spec.resp && outBytes < layout(spec.resp).size) fail(E.ENOSPC, `${spec.name}: out_words ${outBytes / 4} is shorter than the response`);
     const req = unpack(spec.req, frame, U.HDR_SIZE);
-    let udata: Values | null = null;
+    let udata: object | null = null;
     let rest = U.HDR_SIZE + reqSize;
     if (spec.udata) {
       const uSize = layout(spec.udata).size;
@@ -218,41 +222,40 @@ export class Context implements Owner {
       }
     }
     for (let i = rest; i < frame.length; i++) if (frame[i] !== 0) fail(E.EINVAL, `${spec.name}: ${frame.length - rest} trailing bytes not understood`);
-    const resp = this.run(cmd, spec.name, req, udata);
-    return resp ?? Buffer.alloc(0);
+    // the table is keyed by the spec's name, so the request decoded with spec.req is the one the handler is typed for
+    const handler = this.handlers[spec.name as U.CmdName] as ((r: object, u: object | null) => Buffer | void) | undefined;
+    if (!handler) return fail(E.EOPNOTSUPP, `${spec.name} is not supported`);
+    return handler(req, udata) ?? Buffer.alloc(0);
   }
 
-  private run(cmd: number, name: string, r: Values, u: Values | null): Buffer | void {
-    const C = U.Cmd;
-    switch (cmd) {
-      case C.GET_CONTEXT: return fail(E.EINVAL, 'GET_CONTEXT: context already created');
-      case C.QUERY_DEVICE: return this.queryDevice();
-      case C.QUERY_PORT: return this.queryPort(r);
-      case C.ALLOC_PD: return this.allocPd();
-      case C.DEALLOC_PD: return this.deallocPd(r);
-      case C.CREATE_AH: return this.createAh(r);
-      case C.DESTROY_AH: return this.destroyAh(r);
-      case C.REG_MR: return this.regMr(r, need(u, name));
-      case C.REREG_MR: return this.reregMr(r, u);
-      case C.DEREG_MR: return this.deregMr(r);
-      case C.CREATE_COMP_CHANNEL: return this.createCompChannel();
-      case C.CREATE_CQ: return this.createCq(r, need(u, name));
-      case C.RESIZE_CQ: return this.resizeCq(r, need(u, name));
-      case C.DESTROY_CQ: return this.destroyCq(r);
-      case C.REQ_NOTIFY_CQ: return this.reqNotifyCq(r);
-      case C.CREATE_QP: return this.createQp(r, need(u, name));
-      case C.QUERY_QP: return this.queryQp(r);
-      case C.MODIFY_QP: return this.modifyQp(r);
-      case C.DESTROY_QP: return this.destroyQp(r);
-      case C.POST_SEND: return this.postSend(r);
-      case C.POST_RECV: return this.postRecvDoorbell(r);
-      case C.CREATE_SRQ: return this.createSrq(r, need(u, name));
-      case C.MODIFY_SRQ: return this.modifySrq(r);
-      case C.QUERY_SRQ: return this.querySrq(r);
-      case C.DESTROY_SRQ: return this.destroySrq(r);
-    }
-    return fail(E.EOPNOTSUPP, `${name} is not supported`);
-  }
+  /** The command handlers, each given its decoded request (and udata) with the types its struct gives. */
+  private readonly handlers: { [K in U.CmdName]?: Handler<K> } = {
+    GET_CONTEXT: () => fail(E.EINVAL, 'GET_CONTEXT: context already created'),
+    QUERY_DEVICE: () => this.queryDevice(),
+    QUERY_PORT: (r) => this.queryPort(r),
+    ALLOC_PD: () => this.allocPd(),
+    DEALLOC_PD: (r) => this.deallocPd(r),
+    CREATE_AH: (r) => this.createAh(r),
+    DESTROY_AH: (r) => this.destroyAh(r),
+    REG_MR: (r, u) => this.regMr(r, need(u, 'REG_MR')),
+    REREG_MR: (r, u) => this.reregMr(r, u),
+    DEREG_MR: (r) => this.deregMr(r),
+    CREATE_COMP_CHANNEL: () => this.createCompChannel(),
+    CREATE_CQ: (r, u) => this.createCq(r, need(u, 'CREATE_CQ')),
+    RESIZE_CQ: (r, u) => this.resizeCq(r, need(u, 'RESIZE_CQ')),
+    DESTROY_CQ: (r) => this.destroyCq(r),
+    REQ_NOTIFY_CQ: (r) => this.reqNotifyCq(r),
+    CREATE_QP: (r, u) => this.createQp(r, need(u, 'CREATE_QP')),
+    QUERY_QP: (r) => this.queryQp(r),
+    MODIFY_QP: (r) => this.modifyQp(r),
+    DESTROY_QP: (r) => this.destroyQp(r),
+    POST_SEND: (r) => this.postSend(r),
+    POST_RECV: (r) => this.postRecvDoorbell(r),
+    CREATE_SRQ: (r, u) => this.createSrq(r, need(u, 'CREATE_SRQ')),
+    MODIFY_SRQ: (r) => this.modifySrq(r),
+    QUERY_SRQ: (r) => this.querySrq(r),
+    DESTROY_SRQ: (r) => this.destroySrq(r),
+  };
 
   // ---- device ----
 
@@ -275,7 +278,7 @@ export class Context implements Owner {
     });
   }
 
-  queryPort(r: Values): Buffer {
+  queryPort(r: U.Req<'QUERY_PORT'>): Buffer {
     if (r.port_num !== 1) fail(E.EINVAL, `QUERY_PORT: port ${r.port_num} does not exist (only port 1)`);
     const d = this.dev;
     return pack(U.QUERY_PORT_RESP, {
@@ -294,31 +297,31 @@ export class Context implements Owner {
     return pack(U.ALLOC_PD_RESP, { pd_handle: this.add({ type: 'pd', obj: new Pd(this) }) });
   }
 
-  deallocPd(r: Values): void {
-    const pd = this.get('pd', r.pd_handle as number);
+  deallocPd(r: U.Req<'DEALLOC_PD'>): void {
+    const pd = this.get('pd', r.pd_handle);
     if (pd.users > 0) fail(E.EBUSY, `DEALLOC_PD: PD ${r.pd_handle} still has ${pd.users} users`);
-    this.remove(r.pd_handle as number);
+    this.remove(r.pd_handle);
   }
 
   // ---- AH ----
 
-  createAh(r: Values): Buffer {
-    const pd = this.get('pd', r.pd_handle as number);
-    const a = r.attr as Values;
-    const g = a.grh as Values;
+  createAh(r: U.Req<'CREATE_AH'>): Buffer {
+    const pd = this.get('pd', r.pd_handle);
+    const a = r.attr;
+    const g = a.grh;
     if (a.port_num !== 1) fail(E.EINVAL, `CREATE_AH: port ${a.port_num} does not exist`);
     if (!a.is_global) fail(E.EINVAL, 'CREATE_AH: RoCE needs a GRH (is_global)');
-    if ((g.sgid_index as number) >= this.dev.gids.length) fail(E.EINVAL, `CREATE_AH: sgid_index ${g.sgid_index} is not in the GID table`);
+    if (g.sgid_index >= this.dev.gids.length) fail(E.EINVAL, `CREATE_AH: sgid_index ${g.sgid_index} is not in the GID table`);
     this.admit('ah');
-    const ah = new Ah(pd, g.dgid as Uint8Array, g.sgid_index as number, true, g.hop_limit as number, g.traffic_class as number, g.flow_label as number);
+    const ah = new Ah(pd, g.dgid, g.sgid_index, true, g.hop_limit, g.traffic_class, g.flow_label);
     pd.users++;
     return pack(U.CREATE_AH_RESP, { ah_handle: this.add({ type: 'ah', obj: ah }) });
   }
 
-  destroyAh(r: Values): void {
-    const ah = this.get('ah', r.ah_handle as number);
+  destroyAh(r: U.Req<'DESTROY_AH'>): void {
+    const ah = this.get('ah', r.ah_handle);
     ah.pd.users--;
-    this.remove(r.ah_handle as number);
+    this.remove(r.ah_handle);
   }
 
   // ---- MR ----
@@ -332,7 +335,7 @@ export class Context implements Owner {
   }
 
   /** Maps and accounts [start, start+length) of a memfd: all or nothing. */
-  private pin(start: bigint, length: bigint, hcaVa: bigint, u: Values): { mapping: Mapping; mem: Uint8Array; pages: number } {
+  private pin(start: bigint, length: bigint, hcaVa: bigint, u: U.Udata<'REG_MR'>): { mapping: Mapping; mem: Uint8Array; pages: number } {
     if (length === 0n) fail(E.EINVAL, 'zero-length MR');
     if (start + length > 0xffffffffffffffffn || hcaVa + length > 0xffffffffffffffffn) fail(E.EINVAL, 'addr + length overflows');
     if (length > BigInt(Limits.maxMrSize)) fail(E.EINVAL, `length ${length} is over max_mr_size`);
@@ -346,7 +349,7 @@ export class Context implements Owner {
     }
     let m: ReturnType<typeof mapClientMemfd> | null = null;
     try {
-      m = this.mapClient(u.memfd as number, u.memfd_offset as bigint, length);
+      m = this.mapClient(u.memfd, u.memfd_offset, length);
       return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
     } catch (e) {
       if (m) this.unmapClient(m.mapping);
@@ -355,14 +358,14 @@ export class Context implements Owner {
     }
   }
 
-  regMr(r: Values, u: Values): Buffer {
-    const pd = this.get('pd', r.pd_handle as number);
-    const access = r.access_flags as number;
+  regMr(r: U.Req<'REG_MR'>, u: U.Udata<'REG_MR'>): Buffer {
+    const pd = this.get('pd', r.pd_handle);
+    const access = r.access_flags;
     this.checkAccess(access);
     this.admit('mr');
     const key = this.dev.allocMrKey();
     if (key < 0) fail(E.ENOMEM, 'no MR keys left');
-    const p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+    const p = this.pin(r.start, r.length, r.hca_va, u);
     const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
     this.dev.mrs.set(key >>> 8, mr);
     pd.users++;
@@ -370,18 +373,18 @@ export class Context implements Owner {
     return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: rkeyOf(mr) });
   }
 
-  reregMr(r: Values, u: Values | null): Buffer {
-    const mr = this.get('mr', r.mr_handle as number);
-    const flags = r.flags as number;
+  reregMr(r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | null): Buffer {
+    const mr = this.get('mr', r.mr_handle);
+    const flags = r.flags;
     if (!flags || flags & ~(ReregMrFlags.CHANGE_TRANSLATION | ReregMrFlags.CHANGE_PD | ReregMrFlags.CHANGE_ACCESS))
       fail(E.EINVAL, `REREG_MR: flags 0x${flags.toString(16)}`);
-    const newPd = flags & ReregMrFlags.CHANGE_PD ? this.get('pd', r.pd_handle as number) : mr.pd;
-    const access = flags & ReregMrFlags.CHANGE_ACCESS ? (r.access_flags as number) : mr.access;
+    const newPd = flags & ReregMrFlags.CHANGE_PD ? this.get('pd', r.pd_handle) : mr.pd;
+    const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
     this.checkAccess(access);
     let p: { mapping: Mapping; mem: Uint8Array; pages: number } | null = null;
     if (flags & ReregMrFlags.CHANGE_TRANSLATION) {
       if (!u) fail(E.EINVAL, 'REREG_MR: CHANGE_TRANSLATION needs the memfd udata');
-      p = this.pin(r.start as bigint, r.length as bigint, r.hca_va as bigint, u);
+      p = this.pin(r.start, r.length, r.hca_va, u);
     }
     // everything checked: now change the MR (a new key, so old keys stop working, as the kernel does)
     const key = this.dev.allocMrKey();
@@ -406,10 +409,10 @@ export class Context implements Owner {
     return pack(U.REREG_MR_RESP, { lkey: key, rkey: rkeyOf(mr) });
   }
 
-  deregMr(r: Values): void {
-    const mr = this.get('mr', r.mr_handle as number);
+  deregMr(r: U.Req<'DEREG_MR'>): void {
+    const mr = this.get('mr', r.mr_handle);
     this.releaseMr(mr);
-    this.remove(r.mr_handle as number);
+    this.remove(r.mr_handle);
   }
 
   private releaseMr(mr: Mr): void {
@@ -436,37 +439,37 @@ export class Context implements Owner {
     return fail(E.EINVAL, `comp_channel ${token} is not a channel of this context`);
   }
 
-  createCq(r: Values, u: Values): Buffer {
-    const cqe = r.cqe as number;
+  createCq(r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'>): Buffer {
+    const cqe = r.cqe;
     if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
-    if ((r.comp_vector as number) !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
-    const ch = (r.comp_channel as number) >= 0 ? this.channelByToken(r.comp_channel as number) : null;
+    if (r.comp_vector !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
+    const ch = r.comp_channel >= 0 ? this.channelByToken(r.comp_channel) : null;
     this.admit('cq');
     const l = cqLayout(cqe);
-    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
-    const cq = new Cq(this, r.user_handle as bigint, m.mapping, l.slots, l.cqe, ch);
+    const m = this.mapClient(u.memfd, 0n, BigInt(l.bytes));
+    const cq = new Cq(this, r.user_handle, m.mapping, l.slots, l.cqe, ch);
     if (ch) ch.users++;
     return pack(U.CREATE_CQ_RESP, { cq_handle: this.add({ type: 'cq', obj: cq }), cqe: l.cqe });
   }
 
-  resizeCq(r: Values, u: Values): Buffer {
-    const cq = this.get('cq', r.cq_handle as number);
-    const cqe = r.cqe as number;
+  resizeCq(r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'>): Buffer {
+    const cq = this.get('cq', r.cq_handle);
+    const cqe = r.cqe;
     if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `RESIZE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
     const l = cqLayout(cqe);
-    const used = (Atomics.load(cq.hdr, PROD) - Atomics.load(cq.hdr, CONS)) >>> 0;
+    const used = cq.ring.used();
     if (used > l.cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${l.cqe}`);
-    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
+    const m = this.mapClient(u.memfd, 0n, BigInt(l.bytes));
     cq.resize(m.mapping, l.slots, l.cqe);
     this.host.quotas.release(this.uid, 'mappings'); // resize unmapped the old ring
     return pack(U.RESIZE_CQ_RESP, { cqe: l.cqe });
   }
 
-  destroyCq(r: Values): Buffer {
-    const cq = this.get('cq', r.cq_handle as number);
+  destroyCq(r: U.Req<'DESTROY_CQ'>): Buffer {
+    const cq = this.get('cq', r.cq_handle);
     if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
     this.releaseCq(cq);
-    this.remove(r.cq_handle as number);
+    this.remove(r.cq_handle);
     return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
   }
 
@@ -476,52 +479,52 @@ export class Context implements Owner {
     this.unmapClient(cq.mapping);
   }
 
-  reqNotifyCq(r: Values): void {
-    this.get('cq', r.cq_handle as number).arm((r.solicited_only as number) !== 0);
+  reqNotifyCq(r: U.Req<'REQ_NOTIFY_CQ'>): void {
+    this.get('cq', r.cq_handle).arm(r.solicited_only !== 0);
   }
 
   // ---- SRQ ----
 
-  createSrq(r: Values, u: Values): Buffer {
-    const pd = this.get('pd', r.pd_handle as number);
-    const maxWr = r.max_wr as number;
-    const maxSge = r.max_sge as number;
+  createSrq(r: U.Req<'CREATE_SRQ'>, u: U.Udata<'CREATE_SRQ'>): Buffer {
+    const pd = this.get('pd', r.pd_handle);
+    const maxWr = r.max_wr;
+    const maxSge = r.max_sge;
     const l = srqLayout(maxWr, maxSge);
     if (!l) fail(E.EINVAL, `CREATE_SRQ: max_wr ${maxWr} / max_sge ${maxSge} out of range`);
-    const limit = r.srq_limit as number;
+    const limit = r.srq_limit;
     if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
     this.admit('srq');
-    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
-    const srq = new Srq(this, r.user_handle as bigint, pd, m.mapping, new RecvRing(m.mapping, 0, l.slots, l.stride, maxSge), this.dev.allocSrqn());
+    const m = this.mapClient(u.memfd, 0n, BigInt(l.bytes));
+    const srq = new Srq(this, r.user_handle, pd, m.mapping, new RecvRingConsumer(m.mapping.buffer, 0, l.slots, l.stride, maxSge), this.dev.allocSrqn());
     srq.limit = limit;
     pd.users++;
     this.dev.srqs.set(srq.srqn, srq);
     return pack(U.CREATE_SRQ_RESP, { srq_handle: this.add({ type: 'srq', obj: srq }), max_wr: l.slots, max_sge: maxSge, srqn: srq.srqn });
   }
 
-  modifySrq(r: Values): void {
-    const srq = this.get('srq', r.srq_handle as number);
-    const mask = r.attr_mask as number;
+  modifySrq(r: U.Req<'MODIFY_SRQ'>): void {
+    const srq = this.get('srq', r.srq_handle);
+    const mask = r.attr_mask;
     if (mask & ~(SrqAttrMask.MAX_WR | SrqAttrMask.LIMIT)) fail(E.EINVAL, `MODIFY_SRQ: attr_mask 0x${mask.toString(16)}`);
     if (mask & SrqAttrMask.MAX_WR) fail(E.EOPNOTSUPP, 'MODIFY_SRQ: resizing an SRQ is not supported');
     if (mask & SrqAttrMask.LIMIT) {
-      const limit = r.srq_limit as number;
+      const limit = r.srq_limit;
       if (limit > srq.ring.slots) fail(E.EINVAL, `MODIFY_SRQ: srq_limit ${limit} > max_wr ${srq.ring.slots}`);
       // armed; the event fires when taking a WQE leaves fewer than `limit` (IBA 10.2.9.3), not now
       srq.limit = limit;
     }
   }
 
-  querySrq(r: Values): Buffer {
-    const srq = this.get('srq', r.srq_handle as number);
+  querySrq(r: U.Req<'QUERY_SRQ'>): Buffer {
+    const srq = this.get('srq', r.srq_handle);
     return pack(U.QUERY_SRQ_RESP, { max_wr: srq.ring.slots, max_sge: srq.ring.maxSge, srq_limit: srq.limit });
   }
 
-  destroySrq(r: Values): Buffer {
-    const srq = this.get('srq', r.srq_handle as number);
+  destroySrq(r: U.Req<'DESTROY_SRQ'>): Buffer {
+    const srq = this.get('srq', r.srq_handle);
     if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
     this.releaseSrq(srq);
-    this.remove(r.srq_handle as number);
+    this.remove(r.srq_handle);
     return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
   }
 
@@ -533,17 +536,17 @@ export class Context implements Owner {
 
   // ---- QP ----
 
-  createQp(r: Values, u: Values): Buffer {
-    const type = r.qp_type as number;
+  createQp(r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'>): Buffer {
+    const type = r.qp_type;
     if (type !== QpType.RC && type !== QpType.UC && type !== QpType.UD) fail(E.EOPNOTSUPP, `CREATE_QP: QP type ${type} is not supported`);
-    const pd = this.get('pd', r.pd_handle as number);
-    const scq = this.get('cq', r.send_cq_handle as number, 'send_cq');
-    const rcq = this.get('cq', r.recv_cq_handle as number, 'recv_cq');
-    const srq = r.is_srq ? this.get('srq', r.srq_handle as number) : null;
+    const pd = this.get('pd', r.pd_handle);
+    const scq = this.get('cq', r.send_cq_handle, 'send_cq');
+    const rcq = this.get('cq', r.recv_cq_handle, 'recv_cq');
+    const srq = r.is_srq ? this.get('srq', r.srq_handle) : null;
     if (srq && srq.pd !== pd) fail(E.EINVAL, 'CREATE_QP: SRQ is in another PD');
     const l = qpLayout({
-      maxSendWr: r.max_send_wr as number, maxRecvWr: r.max_recv_wr as number, maxSendSge: r.max_send_sge as number,
-      maxRecvSge: r.max_recv_sge as number, maxInlineData: r.max_inline_data as number,
+      maxSendWr: r.max_send_wr, maxRecvWr: r.max_recv_wr, maxSendSge: r.max_send_sge,
+      maxRecvSge: r.max_recv_sge, maxInlineData: r.max_inline_data,
     }, !!srq);
     if (!l) fail(E.EINVAL, 'CREATE_QP: a capability is over the device limit');
     // the daemon's memory for its send WQEs, at most one per SQ slot: charged at the caps, allocated as they fill
@@ -552,13 +555,12 @@ export class Context implements Owner {
     this.host.quotas.check(this.uid, 'memory', bytes);
     const qpn = this.dev.allocQpn();
     if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
-    const m = this.mapClient(u.memfd as number, 0n, BigInt(l.bytes));
+    const m = this.mapClient(u.memfd, 0n, BigInt(l.bytes));
     this.host.quotas.take(this.uid, 'memory', bytes);
-    const rq = l.rq ? new RecvRing(m.mapping, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
-    const qp = new Qp(this, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle as bigint);
+    const rq = l.rq ? new RecvRingConsumer(m.mapping.buffer, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
+    const qp = new Qp(this.dev, this, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle);
     qp.chargedBytes = bytes;
     qp.setMtu(5, this.dev.mtuBytes);
-    devOf.set(qp, this.dev);
     this.dev.qps.set(qpn, qp);
     pd.users++;
     scq.users++;
@@ -572,8 +574,8 @@ export class Context implements Owner {
     });
   }
 
-  queryQp(r: Values): Buffer {
-    const qp = this.get('qp', r.qp_handle as number);
+  queryQp(r: U.Req<'QUERY_QP'>): Buffer {
+    const qp = this.get('qp', r.qp_handle);
     const a = qp.attr;
     const dest = {
       dgid: a.path.dgid, flow_label: a.path.flowLabel, sgid_index: a.path.sgidIndex, hop_limit: a.path.hopLimit,
@@ -589,58 +591,58 @@ export class Context implements Owner {
     });
   }
 
-  modifyQp(r: Values): void {
-    const qp = this.get('qp', r.qp_handle as number);
-    const mask = r.attr_mask as number;
+  modifyQp(r: U.Req<'MODIFY_QP'>): void {
+    const qp = this.get('qp', r.qp_handle);
+    const mask = r.attr_mask;
     const cur = qp.state;
-    if (mask & A.CUR_STATE && (r.cur_qp_state as number) !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
-    const next = mask & A.STATE ? (r.qp_state as number) : cur;
+    if (mask & A.CUR_STATE && r.cur_qp_state !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
+    const next = mask & A.STATE ? r.qp_state : cur;
     if (!modifyIsOk(cur, next, qp.type, mask)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)} is not valid for ${qpStateName(cur)}->${qpStateName(next)} on this QP type`);
     // check every value before changing anything
-    const dest = r.dest as Values;
+    const dest = r.dest;
     if (mask & A.PORT && r.port_num !== 1) fail(E.EINVAL, `MODIFY_QP: port ${r.port_num} does not exist`);
-    if (mask & A.PATH_MTU && !mtuBytes(r.path_mtu as number)) fail(E.EINVAL, `MODIFY_QP: path_mtu ${r.path_mtu}`);
-    if (mask & A.PKEY_INDEX && (r.pkey_index as number) >= 1) fail(E.EINVAL, `MODIFY_QP: pkey_index ${r.pkey_index} (the table has 1 entry)`);
-    if (mask & A.MAX_QP_RD_ATOMIC && (r.max_rd_atomic as number) > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_rd_atomic ${r.max_rd_atomic}`);
-    if (mask & A.MAX_DEST_RD_ATOMIC && (r.max_dest_rd_atomic as number) > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_dest_rd_atomic ${r.max_dest_rd_atomic}`);
-    if (mask & A.TIMEOUT && (r.timeout as number) > 31) fail(E.EINVAL, `MODIFY_QP: timeout ${r.timeout}`);
-    if (mask & A.RETRY_CNT && (r.retry_cnt as number) > 7) fail(E.EINVAL, `MODIFY_QP: retry_cnt ${r.retry_cnt}`);
-    if (mask & A.RNR_RETRY && (r.rnr_retry as number) > 7) fail(E.EINVAL, `MODIFY_QP: rnr_retry ${r.rnr_retry}`);
-    if (mask & A.MIN_RNR_TIMER && (r.min_rnr_timer as number) > 31) fail(E.EINVAL, `MODIFY_QP: min_rnr_timer ${r.min_rnr_timer}`);
-    if (mask & A.ACCESS_FLAGS && (r.qp_access_flags as number) & ~(Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC))
-      fail(E.EINVAL, `MODIFY_QP: qp_access_flags 0x${(r.qp_access_flags as number).toString(16)}`);
+    if (mask & A.PATH_MTU && !mtuBytes(r.path_mtu)) fail(E.EINVAL, `MODIFY_QP: path_mtu ${r.path_mtu}`);
+    if (mask & A.PKEY_INDEX && r.pkey_index >= 1) fail(E.EINVAL, `MODIFY_QP: pkey_index ${r.pkey_index} (the table has 1 entry)`);
+    if (mask & A.MAX_QP_RD_ATOMIC && r.max_rd_atomic > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_rd_atomic ${r.max_rd_atomic}`);
+    if (mask & A.MAX_DEST_RD_ATOMIC && r.max_dest_rd_atomic > Limits.maxQpRdAtom) fail(E.EINVAL, `MODIFY_QP: max_dest_rd_atomic ${r.max_dest_rd_atomic}`);
+    if (mask & A.TIMEOUT && r.timeout > 31) fail(E.EINVAL, `MODIFY_QP: timeout ${r.timeout}`);
+    if (mask & A.RETRY_CNT && r.retry_cnt > 7) fail(E.EINVAL, `MODIFY_QP: retry_cnt ${r.retry_cnt}`);
+    if (mask & A.RNR_RETRY && r.rnr_retry > 7) fail(E.EINVAL, `MODIFY_QP: rnr_retry ${r.rnr_retry}`);
+    if (mask & A.MIN_RNR_TIMER && r.min_rnr_timer > 31) fail(E.EINVAL, `MODIFY_QP: min_rnr_timer ${r.min_rnr_timer}`);
+    if (mask & A.ACCESS_FLAGS && r.qp_access_flags & ~(Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC))
+      fail(E.EINVAL, `MODIFY_QP: qp_access_flags 0x${r.qp_access_flags.toString(16)}`);
     if (mask & A.AV) {
       if (!dest.is_global) fail(E.EINVAL, 'MODIFY_QP: RoCE address vectors need a GRH (is_global)');
-      if ((dest.sgid_index as number) >= this.dev.gids.length) fail(E.EINVAL, `MODIFY_QP: sgid_index ${dest.sgid_index} is not in the GID table`);
+      if (dest.sgid_index >= this.dev.gids.length) fail(E.EINVAL, `MODIFY_QP: sgid_index ${dest.sgid_index} is not in the GID table`);
       if (dest.port_num !== 1 && dest.port_num !== 0) fail(E.EINVAL, `MODIFY_QP: ah_attr.port_num ${dest.port_num}`);
     }
-    if (mask & A.DEST_QPN && (r.dest_qp_num as number) > 0xffffff) fail(E.EINVAL, `MODIFY_QP: dest_qp_num ${r.dest_qp_num}`);
+    if (mask & A.DEST_QPN && r.dest_qp_num > 0xffffff) fail(E.EINVAL, `MODIFY_QP: dest_qp_num ${r.dest_qp_num}`);
     if (mask & A.ALT_PATH) fail(E.EOPNOTSUPP, 'MODIFY_QP: alternate paths are not supported');
 
     const a = qp.attr;
-    if (mask & A.QKEY) a.qkey = r.qkey as number;
-    if (mask & A.ACCESS_FLAGS) a.accessFlags = r.qp_access_flags as number;
-    if (mask & A.PKEY_INDEX) a.pkeyIndex = r.pkey_index as number;
-    if (mask & A.PORT) a.port = r.port_num as number;
+    if (mask & A.QKEY) a.qkey = r.qkey;
+    if (mask & A.ACCESS_FLAGS) a.accessFlags = r.qp_access_flags;
+    if (mask & A.PKEY_INDEX) a.pkeyIndex = r.pkey_index;
+    if (mask & A.PORT) a.port = r.port_num;
     if (mask & A.PATH_MTU) {
-      a.pathMtu = r.path_mtu as number;
+      a.pathMtu = r.path_mtu;
       qp.setMtu(a.pathMtu, this.dev.mtuBytes);
     }
-    if (mask & A.TIMEOUT) a.timeout = r.timeout as number;
-    if (mask & A.RETRY_CNT) a.retryCnt = qp.comp.retryCnt = r.retry_cnt as number;
-    if (mask & A.RNR_RETRY) a.rnrRetry = qp.comp.rnrRetry = r.rnr_retry as number;
-    if (mask & A.MIN_RNR_TIMER) a.minRnrTimer = r.min_rnr_timer as number;
-    if (mask & A.MAX_QP_RD_ATOMIC) a.maxRdAtomic = r.max_rd_atomic as number;
-    if (mask & A.MAX_DEST_RD_ATOMIC) a.maxDestRdAtomic = r.max_dest_rd_atomic as number;
-    if (mask & A.EN_SQD_ASYNC_NOTIFY) a.enSqdAsyncNotify = r.en_sqd_async_notify as number;
-    if (mask & A.PATH_MIG_STATE) a.pathMigState = r.path_mig_state as number;
-    if (mask & A.DEST_QPN) a.destQpn = r.dest_qp_num as number;
-    if (mask & A.RQ_PSN) qp.resp.psn = (r.rq_psn as number) & 0xffffff;
-    if (mask & A.SQ_PSN) qp.req.psn = qp.comp.psn = (r.sq_psn as number) & 0xffffff;
+    if (mask & A.TIMEOUT) a.timeout = r.timeout;
+    if (mask & A.RETRY_CNT) a.retryCnt = qp.comp.retryCnt = r.retry_cnt;
+    if (mask & A.RNR_RETRY) a.rnrRetry = qp.comp.rnrRetry = r.rnr_retry;
+    if (mask & A.MIN_RNR_TIMER) a.minRnrTimer = r.min_rnr_timer;
+    if (mask & A.MAX_QP_RD_ATOMIC) a.maxRdAtomic = r.max_rd_atomic;
+    if (mask & A.MAX_DEST_RD_ATOMIC) a.maxDestRdAtomic = r.max_dest_rd_atomic;
+    if (mask & A.EN_SQD_ASYNC_NOTIFY) a.enSqdAsyncNotify = r.en_sqd_async_notify;
+    if (mask & A.PATH_MIG_STATE) a.pathMigState = r.path_mig_state;
+    if (mask & A.DEST_QPN) a.destQpn = r.dest_qp_num;
+    if (mask & A.RQ_PSN) qp.resp.psn = r.rq_psn & 0xffffff;
+    if (mask & A.SQ_PSN) qp.req.psn = qp.comp.psn = r.sq_psn & 0xffffff;
     if (mask & A.AV) {
       a.path = {
-        dgid: (dest.dgid as Uint8Array).slice(), sgidIndex: dest.sgid_index as number, hopLimit: dest.hop_limit as number,
-        trafficClass: dest.traffic_class as number, flowLabel: dest.flow_label as number, isGlobal: true,
+        dgid: dest.dgid.slice(), sgidIndex: dest.sgid_index, hopLimit: dest.hop_limit,
+        trafficClass: dest.traffic_class, flowLabel: dest.flow_label, isGlobal: true,
       };
       if (qp.type !== QpType.UD) qp.srcPort = udpSport(a.path.flowLabel, qp.qpn, a.destQpn);
     }
@@ -653,15 +655,12 @@ export class Context implements Owner {
       qp.stopTimers();
       qp.state = QpState.RESET;
       // everything posted is forgotten, as a reset QP's queues are empty
-      const sqProd = Atomics.load(qp.sqHdr, PROD) >>> 0;
+      const sqProd = qp.sq.produced();
       for (const w of qp.wqes) w.state = 0;
       qp.req.idx = qp.comp.idx = sqProd;
       qp.req.rdAtomic = qp.req.noAck = 0;
-      Atomics.store(qp.sqHdr, CONS, sqProd | 0);
-      if (qp.rq) {
-        qp.rq.cons = Atomics.load(qp.rq.hdr, PROD) >>> 0;
-        Atomics.store(qp.rq.hdr, CONS, qp.rq.cons | 0);
-      }
+      qp.sq.setConsumed(sqProd);
+      qp.rq?.reset();
       qp.resp.wqe = null;
       qp.resp.inMsg = 0;
       qp.resp.res.length = 0;
@@ -671,7 +670,7 @@ export class Context implements Owner {
       return;
     }
     if (next === QpState.ERR) {
-      toError(this.dev, qp, 'modify_qp to ERR');
+      toError(qp, 'modify_qp to ERR');
       return;
     }
     qp.state = next;
@@ -682,10 +681,10 @@ export class Context implements Owner {
     if (next === QpState.RTS && cur !== QpState.RTS) this.dev.doorbell(qp);
   }
 
-  destroyQp(r: Values): Buffer {
-    const qp = this.get('qp', r.qp_handle as number);
+  destroyQp(r: U.Req<'DESTROY_QP'>): Buffer {
+    const qp = this.get('qp', r.qp_handle);
     this.releaseQp(qp);
-    this.remove(r.qp_handle as number);
+    this.remove(r.qp_handle);
     return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
   }
 
@@ -711,19 +710,19 @@ export class Context implements Owner {
     return 0;
   }
 
-  postSend(r: Values): Buffer {
-    const qp = this.get('qp', r.qp_handle as number);
-    if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');
+  postSend(r: U.Req<'POST_SEND'>): Buffer {
+    const qp = this.get('qp', r.qp_handle);
+    if (r.wr_count !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');
     this.dev.doorbells++;
     this.dev.doorbell(qp);
     return pack(U.POST_SEND_RESP, { bad_wr: 0 });
   }
 
   /** POST_RECV as a doorbell: a receive posted to a QP in ERR must be flushed, and only a doorbell tells us. */
-  postRecvDoorbell(r: Values): Buffer {
-    const qp = this.get('qp', r.qp_handle as number);
-    if ((r.wr_count as number) !== 0) fail(E.EINVAL, 'POST_RECV: WRs go in the shared receive queue; the command is only the doorbell (wr_count 0)');
-    flushRecv(this.dev, qp);
+  postRecvDoorbell(r: U.Req<'POST_RECV'>): Buffer {
+    const qp = this.get('qp', r.qp_handle);
+    if (r.wr_count !== 0) fail(E.EINVAL, 'POST_RECV: WRs go in the shared receive queue; the command is only the doorbell (wr_count 0)');
+    flushRecv(qp);
     this.dev.fabric.drain();
     return pack(U.POST_SEND_RESP, { bad_wr: 0 });
   }
@@ -789,17 +788,7 @@ function rkeyOf(mr: Mr): number {
   return mr.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? mr.key : 0;
 }
 
-function need(u: Values | null, name: string): Values {
+function need<T>(u: T | null, name: string): T {
   if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);
   return u;
 }
-
-function bswap64(v: bigint): bigint {
-  let r = 0n;
-  for (let i = 0; i < 8; i++) {
-    r = (r << 8n) | (v & 0xffn);
-    v >>= 8n;
-  }
-  return r;
-}
-

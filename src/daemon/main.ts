@@ -7,13 +7,14 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
+import { mtuOfBytes } from '../abi/enums.js';
 import { defaultRoot } from '../common/paths.js';
 import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
 import { Log, LOG_LEVELS, type LogLevel } from './log.js';
 import { Metrics, parseListen } from './metrics.js';
 import { DEFAULT_USER_LIMITS, parseLimits, type UserLimits } from './limits.js';
-import { Fault } from '../hca/device.js';
+import { Fault } from '../hca/fabric.js';
 import { PcapWriter } from '../hca/pcap.js';
 import { sdNotify } from '../native/libc.js';
 import { goneFrom, npmLauncherChain } from './launcher.js';
@@ -52,7 +53,6 @@ With no --device and no config, creates rxe0 on 127.0.0.1.
 Under systemd (Type=notify) it reports READY=1 once every device file accepts connections.
 `;
 
-const MTU_ENUM: Record<number, number> = { 256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5 };
 
 class UsageError extends Error {}
 
@@ -70,7 +70,7 @@ function parseDevice(s: string): DeviceSpec {
       continue;
     }
     if (k !== 'mtu') throw new UsageError(`--device "${s}": unknown option "${k}"`);
-    const e = MTU_ENUM[Number(v)];
+    const e = mtuOfBytes(Number(v));
     if (!e) throw new UsageError(`--device "${s}": mtu must be 256, 512, 1024, 2048 or 4096`);
     spec.mtu = e;
   }

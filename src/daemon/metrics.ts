@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:http';
 import { isIP } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Cmd } from '../abi/uverbs.js';
-import { COUNTER_NAMES } from '../hca/device.js';
+import { COUNTER_NAMES } from '../hca/counters.js';
 import { PAGE_SIZE } from './memlock.js';
 import type { Daemon } from './server.js';
 

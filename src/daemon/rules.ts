@@ -1,5 +1,5 @@
 /**
- * The udev-style rules file for device files (DESIGN §2), e.g.
+ * The udev-style rules file that names device files and sets their mode and owner, e.g.
  *   KERNEL=="uverbs*", NAME="infiniband/%k", MODE="0660", GROUP="rdma"
  * Rules whose KERNEL matches apply in order; a later assignment wins, as in
  * udev. Only KERNEL (match), NAME, MODE, GROUP and OWNER are understood; any

@@ -1,6 +1,8 @@
 /**
- * softverbsd: the device files, the discovery tree, connections and their
- * framing (DESIGN §2–3), and the daemon's life cycle.
+ * softverbsd: the device files and the discovery tree (what udev and sysfs
+ * give Linux), the links to network interfaces, management requests, and
+ * the daemon's life cycle. What happens on one connection is
+ * `connection.ts`; on one context, `context.ts`.
  */
 import { randomInt } from 'node:crypto';
 import { chmodSync, existsSync, lchownSync, lstatSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
@@ -10,13 +12,17 @@ import { dirname, join } from 'node:path';
 import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
-import { CmdError, E, errnoName } from '../common/errno.js';
-import { Fabric, type Fault, gidString, ifaceOf, SoftDevice } from '../hca/device.js';
+import { CmdError, E } from '../common/errno.js';
+import { SoftDevice } from '../hca/device.js';
+import { Fabric, type Fault } from '../hca/fabric.js';
+import { ifaceOf } from '../hca/netdev.js';
+import { gidString, guidString } from '../common/format.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
 import { peerCred } from '../native/libc.js';
-import { CompChannel, Context, type Host } from './context.js';
-import { FrameAssembler } from '../abi/framing.js';
+import { CompChannel, Context } from './context.js';
+import { replyFrame } from '../abi/framing.js';
+import { Connection, type ConnectionHost, type Reply } from './connection.js';
 import { Log } from './log.js';
 import { DEFAULT_USER_LIMITS, Quotas, type UserLimits } from './limits.js';
 import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
@@ -56,30 +62,19 @@ interface DevEntry {
 
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
-/** Replies a client has not read: past PAUSE it is not read from until it catches up; past HARD_CAP it is dropped. */
-const REPLY_PAUSE = 1 << 20;
-const REPLY_HARD_CAP = 16 << 20;
 /** restrack fields shown to root and the owner only. */
 const SECRET_FIELDS = ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn', 'pages', 'handle'] as const;
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
 const LISTEN_BACKLOG = 4096;
-/** POST_SEND with wr_count 0: header + ib_uverbs_post_send */
-const DOORBELL_LEN = 8 + 24;
-const DOORBELL_OK = Buffer.from([0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
-const DOORBELL_EINVAL = (() => {
-  const b = Buffer.alloc(8);
-  b.writeInt32LE(-E.EINVAL, 0);
-  return b;
-})();
 
-export class Daemon implements Host {
+export class Daemon implements ConnectionHost {
   readonly fabric = new Fabric();
   readonly pinned = new PinnedAccounts();
   readonly quotas: Quotas;
   readonly devs: DevEntry[] = [];
   readonly contexts = new Set<Context>();
   private tokens = new Map<number, Token>();
-  private conns = new Set<Socket>();
+  private conns = new Set<Connection>();
   readonly logger: Log;
   readonly log: (msg: string) => void;
   /** Told how long each command took (the metrics' histogram), when someone listens. */
@@ -204,7 +199,7 @@ export class Daemon implements Host {
       c.destroyAll();
       this.contexts.delete(c);
     }
-    for (const s of [...this.conns]) if (this.connDev.get(s) === d.dev) s.destroy();
+    for (const c of [...this.conns]) if (c.dev === d.dev) c.sock.destroy();
     this.removeDevice(d);
     this.log(`${name}: deleted (rdma link delete)`);
   }
@@ -222,7 +217,6 @@ export class Daemon implements Host {
     rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
     rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
   }
-  private connDev = new WeakMap<Socket, SoftDevice>();
 
   private linkState = new Map<SoftDevice, { iface: string | null; up: boolean }>();
   private linkTimer: NodeJS.Timeout | null = null;
@@ -334,144 +328,24 @@ export class Daemon implements Host {
       s.destroy();
       return;
     }
-    // an error reply carries the reason as text (out_bytes of it), so the client's error says what was wrong
-    const reply = (status: number, body?: Buffer, outBytes = 0) => {
-      // only the response struct goes back, however much room out_words offered (a 16-byte request asking for
-      // 0xffff words got 262,140 bytes of zeros each time)
-      const len = status === 0 ? Math.min(outBytes, body?.length ?? 0) : body ? Math.min(body.length, 1024) : 0;
-      const b = Buffer.allocUnsafe(8 + len);
-      b.writeInt32LE(status, 0);
-      b.writeUInt32LE(len, 4);
-      if (len && body) body.copy(b, 8, 0, len);
-      send(b);
-    };
-    // backpressure: a client that does not read its replies stops being read (so it stops costing us memory);
-    // one that lets them pile up past the hard cap anyway is dropped
-    const send = (b: Buffer) => {
-      s.write(b);
-      if (s.writableLength > REPLY_HARD_CAP) {
-        this.limitHit(cred.uid, 'unread replies', `pid ${cred.pid} left ${s.writableLength} bytes of replies unread; disconnected`);
-        s.destroy();
-      } else if (s.writableLength > REPLY_PAUSE && !s.isPaused()) {
-        s.pause();
-        s.once('drain', () => s.resume());
-      }
-    };
-
     try {
       this.quotas.charge(cred.uid, 'connections');
     } catch (e) {
       // as open() failing with EMFILE: the first request gets the errno, then the connection ends
-      reply(-(e as CmdError).errno, Buffer.from((e as Error).message));
-      s.end();
+      s.end(replyFrame(-(e as CmdError).errno, Buffer.from((e as Error).message)));
       s.on('error', () => s.destroy());
       return;
     }
-    this.conns.add(s);
-    this.connDev.set(s, dev);
-    let kind: 'new' | 'cmd' | 'async' | 'comp' | 'mgmt' = 'new';
-    let ctx: Context | null = null;
+    this.conns.add(new Connection(this, s, dev, cred));
+  }
 
-    const handle = (frame: Buffer) => {
-      const cmd = frame.readUInt32LE(0);
-      const outBytes = frame.readUInt16LE(6) * 4;
-      if (kind === 'new') {
-        if (cmd === U.Cmd.GET_CONTEXT) {
-          if (frame.length < U.HDR_SIZE + 8) return reply(-E.ENOSPC);
-          if (outBytes < 8) return reply(-E.ENOSPC);
-          try {
-            this.quotas.charge(cred.uid, 'contexts');
-          } catch (e) {
-            return reply(-(e as CmdError).errno, Buffer.from((e as Error).message));
-          }
-          ctx = new Context(this, dev, cred.pid, cred.uid, cred.gid);
-          ctx.asyncToken = this.newToken('async', ctx);
-          this.contexts.add(ctx);
-          kind = 'cmd';
-          this.log(`${dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device`);
-          return reply(0, ctx.getContextResp(), outBytes);
-        }
-        if (cmd === U.SvCmd.ATTACH_ASYNC || cmd === U.SvCmd.ATTACH_COMP_CHANNEL) {
-          if (frame.length < U.HDR_SIZE + 8) return reply(-E.ENOSPC);
-          const t = this.tokens.get(frame.readUInt32LE(8));
-          const want = cmd === U.SvCmd.ATTACH_ASYNC ? 'async' : 'comp';
-          if (!t || t.kind !== want || t.ctx.dev !== dev) return reply(-E.EINVAL);
-          if (t.ctx.pid !== cred.pid) return reply(-E.EACCES); // only the context's own process may take its events
-          reply(0);
-          if (t.kind === 'async') {
-            kind = 'async';
-            t.ctx.asyncSock = s;
-            for (const b of t.ctx.asyncPending.splice(0)) s.write(b);
-          } else {
-            kind = 'comp';
-            t.chan.sock = s;
-            for (const b of t.chan.pending.splice(0)) s.write(b);
-          }
-          this.tokens.delete(frame.readUInt32LE(8));
-          return;
-        }
-        if (cmd === U.SvCmd.MGMT) {
-          kind = 'mgmt';
-          return this.mgmt(frame, reply, cred.uid);
-        }
-        return reply(-E.EINVAL, Buffer.from(`command ${cmd} before GET_CONTEXT`)); // DESIGN §3: GET_CONTEXT must come first
-      }
-      if (kind === 'mgmt') {
-        if (cmd === U.SvCmd.MGMT) return this.mgmt(frame, reply, cred.uid);
-        return reply(-E.EINVAL);
-      }
-      if (kind !== 'cmd' || !ctx) return; // event streams carry nothing from the client
-      // the doorbell is the hot command: no struct decoding, a reply written from a constant. With no room
-      // for a reply (out_words 0) it is a pure doorbell, as the library rings it: nothing is written back
-      // (the reply write was a fifth of the daemon's time in an 8-byte SEND stream)
-      if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && (outBytes === 4 || outBytes === 0) && frame.readUInt32LE(20) === 0) {
-        const st = ctx.doorbell(frame.readUInt32LE(16));
-        if (outBytes) send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
-        return;
-      }
-      const t0 = this.onCommand ? process.hrtime.bigint() : 0n;
-      try {
-        const resp = ctx.dispatch(cmd, frame, outBytes);
-        reply(0, resp, outBytes);
-      } catch (e) {
-        if (e instanceof CmdError) {
-          reply(-e.errno, Buffer.from(e.message));
-          this.logger.debug(`pid ${cred.pid}: command ${cmd}: ${errnoName(e.errno)}: ${e.message}`);
-        } else {
-          // a bug of ours, not the client's: keep serving, say what happened
-          this.logger.error(`pid ${cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
-          reply(-E.EIO);
-        }
-      }
-      if (this.onCommand) this.onCommand(cmd, Number(process.hrtime.bigint() - t0) / 1e9);
-    };
+  connectionClosed(c: Connection): void {
+    if (!this.conns.delete(c)) return;
+    this.quotas.release(c.cred.uid, 'connections');
+  }
 
-    const frames = new FrameAssembler(
-      (h) => h.readUInt16LE(4) * 4,
-      (frame) => {
-        if (s.destroyed) return frames.stop();
-        handle(frame);
-      },
-      // framing garbage (in_words*4 < 8): nothing after it can be trusted (DESIGN §3). The replies to the frames
-      // before it are still owed: end() sends them, then closes; everything after is dropped.
-      () => s.end(),
-    );
-    s.on('data', (d: Buffer) => frames.push(d));
-    const close = () => {
-      frames.stop();
-      this.conns.delete(s);
-      this.quotas.release(cred.uid, 'connections');
-      if (kind === 'cmd' && ctx) {
-        const held = [...ctx.countByType()].filter(([, n]) => n > 0).map(([t, n]) => `${n} ${t}`).join(', ');
-        ctx.destroyAll();
-        this.contexts.delete(ctx);
-        this.quotas.release(ctx.uid, 'contexts');
-        this.fabric.drain();
-        this.log(`${dev.name}: pid ${ctx.pid} (${ctx.comm}, uid ${ctx.uid}) closed the device${held ? `; destroyed what it held: ${held}` : ''}`);
-      }
-    };
-    s.on('close', close);
-    s.on('error', () => s.destroy());
+  token(t: number): Token | undefined {
+    return this.tokens.get(t);
   }
 
   /** root, or the uid the daemon runs as: the administrator (CAP_NET_ADMIN in Linux's nldev). */
@@ -512,7 +386,7 @@ export class Daemon implements Host {
   }
 
   /** Management requests (what netlink serves to `rdma`): JSON in, JSON out. */
-  private mgmt(frame: Buffer, reply: (status: number, body?: Buffer, out?: number) => void, uid: number): void {
+  mgmt(frame: Buffer, reply: Reply, uid: number): void {
     let req: { op?: string; name?: string; netdev?: string };
     try {
       req = JSON.parse(frame.subarray(8).toString('utf8').replace(/\0+$/, '').trim() || '{}');
@@ -589,7 +463,7 @@ export class Daemon implements Host {
       d.server.close();
       d.dev.transport?.stop();
     }
-    for (const s of this.conns) s.destroy();
+    for (const c of this.conns) c.sock.destroy();
     for (const c of this.contexts) c.destroyAll();
     this.contexts.clear();
     for (const d of this.devs) {
@@ -601,9 +475,5 @@ export class Daemon implements Host {
   }
 }
 
-function guidString(g: bigint): string {
-  const h = g.toString(16).padStart(16, '0');
-  return `${h.slice(0, 4)}:${h.slice(4, 8)}:${h.slice(8, 12)}:${h.slice(12, 16)}`;
-}
 
 

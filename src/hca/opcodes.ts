@@ -3,7 +3,7 @@
  * `rxe_opcode.c`): for each BTH opcode, its name, which extension headers
  * follow the BTH, whether it carries payload, and where it sits in a
  * message. The requester picks opcodes from it, the responder and completer
- * classify packets by its masks, and the wire codec (next issue) sizes
+ * classify packets by its masks, and the wire codec (`codec.ts`) sizes
  * headers from it.
  */
 

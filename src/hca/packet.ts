@@ -9,8 +9,6 @@
  * Descriptors come from a per-device pool: nothing is allocated per packet.
  */
 
-import type { SoftDevice } from './device.js';
-import type { Qp, SendWqe } from './qp.js';
 import type { Mapping } from '../native/libc.js';
 
 const EMPTY = new Uint8Array(0);
@@ -37,7 +35,7 @@ export class Pkt {
    * once the packet has left (delivered here or framed onto the wire), never
    * before, so the client cannot reuse the buffer under a packet in flight.
    */
-  done: { dev: SoftDevice; qp: Qp; wqe: SendWqe } | null = null;
+  done: (() => void) | null = null;
   /** Dropped by fault injection: passes through the queue without being delivered. */
   lost = false;
   /** UDP source port on the wire: the sending QP's (rxe's qp->src_port). */

@@ -5,13 +5,35 @@
  * qp->comp). The three engines live in their own modules.
  */
 import { Access, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
-import { CONS, PROD, QP_STATE, RING_HDR, SGE_SIZE, SQ_IDLE, SWQE, type QpCaps } from '../abi/queue.js';
+import type { QpCaps } from '../abi/queue.js';
+import { RecvWqe, u64ToNumber, type RecvRingConsumer } from '../abi/recv-ring.js';
+import { SendRingConsumer, SW } from '../abi/send-ring.js';
 import type { Mapping } from '../native/libc.js';
-import type { SoftDevice } from './device.js';
-import type { Ah, Cq, Mr, Owner, Pd, RecvRing, Srq } from './objects.js';
-import { RecvWqe, u64ToNumber, walkSgl } from './objects.js';
 import { udpSportOfQpn } from './codec.js';
+import type { CounterName } from './counters.js';
+import type { Ah, Cq, Mr, Owner, Pd, Srq } from './objects.js';
+import { walkSgl } from './objects.js';
 import type { Pkt } from './packet.js';
+import { Task, type Scheduler } from './scheduler.js';
+
+/** What a QP's engines need of the device it lives on (rxe's `struct rxe_dev` as the QP sees it; SoftDevice is one). */
+export interface Hca {
+  readonly counters: Record<CounterName, number>;
+  readonly gids: readonly Uint8Array[];
+  /** the port's active MTU in bytes (what a UD message may carry) */
+  readonly mtuBytes: number;
+  readonly sched: Scheduler<Qp>;
+  /** a packet descriptor from the pool, and back */
+  newPkt(): Pkt;
+  freePkt(p: Pkt): void;
+  /** a packet one of the engines made: onto the fabric */
+  xmit(p: Pkt): void;
+  lookupMr(key: number): Mr | null;
+  /** a packet dropped on its way to a QP, by reason */
+  countDrop(why: string): void;
+  /** the QP entered ERR, and why */
+  qpError(qp: Qp, why: string): void;
+}
 
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
@@ -24,8 +46,8 @@ export function wqeBytes(maxSge: number, maxInline: number): number {
 /** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
 export class SendWqe {
   state: number = WqeState.FREE;
-  /** what the last packet of a UC/UD message carries to complete this WQE once it has left (made once) */
-  doneRef: { dev: SoftDevice; qp: Qp; wqe: SendWqe } | null = null;
+  /** what the last packet of a UC/UD message runs once it has left, to complete this WQE (made once per WQE object) */
+  onSent: (() => void) | null = null;
   wrId = 0n;
   opcode = 0;
   sendFlags = 0;
@@ -213,7 +235,7 @@ export class Qp {
   }
   set state(s: number) {
     this._state = s;
-    Atomics.store(this.sqHdr, QP_STATE, s);
+    this.sq.setState(s);
   }
   attr: QpAttr = {
     qkey: 0, rqPsn: 0, sqPsn: 0, destQpn: 0, accessFlags: 0, pathMtu: 5, pkeyIndex: 0, port: 1, timeout: 0, retryCnt: 0, rnrRetry: 0,
@@ -229,18 +251,17 @@ export class Qp {
   /** Destroyed: its rings are unmapped, so nothing may touch it (a deferred doorbell or timer checks this). */
   destroyed = false;
   readonly userHandle: bigint;
+  /** Tasks scheduled for the next turn (the scheduler's bits). */
+  scheduled = 0;
   /** Daemon memory charged to the owner for this QP (given back when it is destroyed). */
   chargedBytes = 0;
 
   // send ring
-  readonly sqHdr: Int32Array;
-  readonly sqDv: DataView;
-  readonly sqSlots: number;
-  readonly sqStride: number;
+  readonly sq: SendRingConsumer;
   readonly wqes: SendWqe[];
 
-  /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight. */
-  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0, deferred: false };
+  /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight, packets since an ACK was asked for. */
+  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0 };
   /** Completer (rxe qp->comp): oldest unfinished WQE, next PSN expected to be answered, retry budgets. */
   comp = { idx: 0, psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as NodeJS.Timeout | null, deadline: 0, rnrTimer: null as NodeJS.Timeout | null };
   /** Responder (rxe qp->resp). */
@@ -259,11 +280,11 @@ export class Qp {
     resHead: 0,
     /** responses waiting behind a long read response, in PSN order (empty almost always) */
     outq: [] as Array<ReadOut | Pkt>,
-    pumping: false,
   };
   readonly recvWqe: RecvWqe;
 
   constructor(
+    readonly dev: Hca,
     readonly owner: Owner,
     readonly qpn: number,
     readonly type: number,
@@ -271,25 +292,19 @@ export class Qp {
     readonly sendCq: Cq,
     readonly recvCq: Cq,
     readonly srq: Srq | null,
-    readonly rq: RecvRing | null,
+    readonly rq: RecvRingConsumer | null,
     readonly sqSigAll: boolean,
     readonly caps: QpCaps,
     public mapping: Mapping,
-    sq: { offset: number; slots: number; stride: number },
+    sqLayout: { offset: number; slots: number; stride: number },
     userHandle: bigint,
   ) {
     this.userHandle = userHandle;
     this.srcPort = udpSportOfQpn(qpn);
-    this.sqHdr = new Int32Array(mapping.buffer, sq.offset, RING_HDR / 4);
-    this.sqDv = new DataView(mapping.buffer, sq.offset);
-    this.sqSlots = sq.slots;
-    this.sqStride = sq.stride;
-    Atomics.store(this.sqHdr, PROD, 0);
-    Atomics.store(this.sqHdr, CONS, 0);
-    Atomics.store(this.sqHdr, SQ_IDLE, 1);
+    this.sq = new SendRingConsumer(mapping.buffer, sqLayout);
     // WQE state for what is in flight, not for every slot of the ring: it grows (doubling, up to the ring) as the
     // window from the oldest unfinished WQE widens (all slots at once cost ~40 MB for a QP at the maximum caps)
-    this.wqes = Array.from({ length: Math.min(sq.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
+    this.wqes = Array.from({ length: Math.min(sqLayout.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }
 
@@ -300,17 +315,17 @@ export class Qp {
    * after every ring completed: 2^30 WQEs from one bogus index).
    */
   sqProduced(): number {
-    const prod = Atomics.load(this.sqHdr, PROD) >>> 0;
+    const prod = this.sq.produced();
     const n = (prod - this.comp.idx) >>> 0;
-    if (n <= this.sqSlots) return prod;
+    if (n <= this.sq.slots) return prod;
     // never below what the requester has already taken: the masked count may be smaller than that
     const taken = (this.req.idx - this.comp.idx) >>> 0;
-    return (this.comp.idx + Math.max(n & (this.sqSlots - 1), taken)) >>> 0;
+    return (this.comp.idx + Math.max(n & (this.sq.slots - 1), taken)) >>> 0;
   }
 
   wqeAt(idx: number): SendWqe {
     const d = (idx - this.comp.idx) >>> 0;
-    if (d >= this.wqes.length && d < this.sqSlots) this.growWqes(d + 1);
+    if (d >= this.wqes.length && d < this.sq.slots) this.growWqes(d + 1);
     return this.wqes[idx & (this.wqes.length - 1)]!;
   }
 
@@ -319,7 +334,7 @@ export class Qp {
     const old = this.wqes;
     let cap = old.length;
     while (cap < n) cap *= 2;
-    cap = Math.min(cap, this.sqSlots);
+    cap = Math.min(cap, this.sq.slots);
     const next: SendWqe[] = new Array(cap);
     for (let i = 0; i < old.length; i++) {
       const idx = (this.comp.idx + i) >>> 0;
@@ -335,19 +350,20 @@ export class Qp {
    */
   fetch(idx: number, lookupMr: (key: number) => Mr | null, lookupAh: (h: number) => Ah | null): number {
     const w = this.wqeAt(idx);
-    const dv = this.sqDv;
-    const o = RING_HDR + (idx & (this.sqSlots - 1)) * this.sqStride;
+    const sq = this.sq;
+    const dv = sq.dv;
+    const o = sq.slot(idx);
     w.state = WqeState.POSTED;
-    w.wrId = dv.getBigUint64(o + SWQE.WR_ID, true);
-    w.opcode = dv.getUint32(o + SWQE.OPCODE, true);
-    w.sendFlags = dv.getUint32(o + SWQE.SEND_FLAGS, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
-    w.imm = dv.getUint32(o + SWQE.IMM, true);
-    w.remoteAddr = u64ToNumber(dv.getBigUint64(o + SWQE.REMOTE_ADDR, true));
-    w.rkey = dv.getUint32(o + SWQE.RKEY, true);
-    w.compareAdd = dv.getBigUint64(o + SWQE.COMPARE_ADD, true);
-    w.swap = dv.getBigUint64(o + SWQE.SWAP, true);
-    w.remoteQpn = dv.getUint32(o + SWQE.REMOTE_QPN, true) & 0xffffff;
-    w.remoteQkey = dv.getUint32(o + SWQE.REMOTE_QKEY, true);
+    w.wrId = dv.getBigUint64(o + SW.wr_id, true);
+    w.opcode = dv.getUint32(o + SW.opcode, true);
+    w.sendFlags = dv.getUint32(o + SW.send_flags, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
+    w.imm = dv.getUint32(o + SW.imm_data, true);
+    w.remoteAddr = u64ToNumber(dv.getBigUint64(o + SW.remote_addr, true));
+    w.rkey = dv.getUint32(o + SW.rkey, true);
+    w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
+    w.swap = dv.getBigUint64(o + SW.swap, true);
+    w.remoteQpn = dv.getUint32(o + SW.remote_qpn, true) & 0xffffff;
+    w.remoteQkey = dv.getUint32(o + SW.remote_qkey, true);
     w.inline = (w.sendFlags & SendFlags.INLINE) !== 0;
     w.offset = 0;
     w.status = 0;
@@ -362,27 +378,26 @@ export class Qp {
       (t === QpType.RC && (op === WrOpcode.RDMA_READ || op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD));
     if (!okOp) return WcStatus.LOC_QP_OP_ERR;
     if (t === QpType.UD) {
-      w.ah = lookupAh(dv.getUint32(o + SWQE.AH, true));
+      w.ah = lookupAh(dv.getUint32(o + SW.ah_handle, true));
       if (!w.ah || w.ah.pd !== this.pd) return WcStatus.LOC_QP_OP_ERR;
     }
     if (w.inline) {
       if (w.isReadOrAtomic) return WcStatus.LOC_QP_OP_ERR;
-      const n = dv.getUint32(o + SWQE.INLINE_LEN, true);
+      const n = dv.getUint32(o + SW.inline_len, true);
       if (n > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
-      w.inlineData.set(new Uint8Array(dv.buffer, dv.byteOffset + o + SWQE.HDR, n));
+      w.inlineData.set(sq.inline(o, n));
       w.length = n;
       return this.checkLength(w);
     }
-    const n = dv.getUint32(o + SWQE.NUM_SGE, true);
+    const n = dv.getUint32(o + SW.num_sge, true);
     if (n > this.caps.maxSendSge) return WcStatus.LOC_QP_OP_ERR;
     w.numSge = n;
     // READ and atomics write into local memory: their SGEs need LOCAL_WRITE
     const need = w.isReadOrAtomic ? Access.LOCAL_WRITE : 0;
     for (let i = 0; i < n; i++) {
-      const s = o + SWQE.HDR + i * SGE_SIZE;
-      const addr = u64ToNumber(dv.getBigUint64(s, true));
-      const len = dv.getUint32(s + 8, true);
-      const lkey = dv.getUint32(s + 12, true);
+      const addr = u64ToNumber(sq.sgeAddr(o, i));
+      const len = sq.sgeLength(o, i);
+      const lkey = sq.sgeLkey(o, i);
       w.addr[i] = addr;
       w.len[i] = len;
       w.lkey[i] = lkey;
@@ -447,9 +462,37 @@ export class Qp {
 
   /** The QP is gone or in error: stop its timers. */
   stopTimers(): void {
-    if (this.comp.timer) clearTimeout(this.comp.timer);
+    this.stopRetransmit();
     if (this.comp.rnrTimer) clearTimeout(this.comp.rnrTimer);
-    this.comp.timer = this.comp.rnrTimer = null;
+    this.comp.rnrTimer = null;
+  }
+
+  /** The local ACK timeout: 4.096 µs × 2^timeout, in ms; 0 means wait for ever (no timer). */
+  timeoutMs(): number {
+    if (this.attr.timeout === 0) return 0;
+    return Math.max(1, Math.round((4.096 * 2 ** this.attr.timeout) / 1000));
+  }
+
+  /** Arms the retransmit timer if anything waits for an answer and it is not running (nor an RNR wait). */
+  armRetransmit(): void {
+    if (this.comp.timer || this.comp.rnrTimer || this.state === QpState.ERR) return;
+    const w = this.wqeAt(this.comp.idx);
+    if (w.state !== WqeState.PENDING && w.state !== WqeState.PROCESSING) return;
+    const ms = this.timeoutMs();
+    if (ms === 0) return;
+    this.comp.deadline = performance.now() + ms;
+    this.comp.timer = this.dev.sched.after(this, Task.TIMEOUT, ms);
+  }
+
+  /** Progress: the timeout counts from now. The deadline moves, the timer stays (re-creating it per ACK was 14% of a daemon's CPU). */
+  restartRetransmit(): void {
+    if (this.comp.timer) this.comp.deadline = performance.now() + this.timeoutMs();
+    else this.armRetransmit();
+  }
+
+  stopRetransmit(): void {
+    if (this.comp.timer) clearTimeout(this.comp.timer);
+    this.comp.timer = null;
   }
 
   raise(type: number): void {

@@ -3,113 +3,161 @@
  * request packets (segmented by the path MTU, PSN per packet), honours
  * max_rd_atomic credits and fences, and arms the retransmit timer. UD and UC
  * WQEs complete as soon as their last packet is out.
+ *
+ * One run is a state machine: each state is a small function that does one
+ * check or one step and returns the next state; `runOnce` drives it.
  */
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
-import { PROD, SQ_IDLE } from '../abi/queue.js';
-import * as completer from './completer.js';
-import type { SoftDevice } from './device.js';
+import { completeUnreliable, failWqe, flushSend } from './completion.js';
 import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
-import type { Qp, SendWqe } from './qp.js';
-import { WqeState } from './qp.js';
+import type { Pkt } from './packet.js';
+import { WqeState, type Qp, type SendWqe } from './qp.js';
+import { Task } from './scheduler.js';
+import { tracer } from './trace.js';
 
 /** Packets one doorbell may send before yielding the event loop to other clients. */
 const BUDGET = 1024;
 /** rxe asks for an ACK at least every this many packets of a long message. */
 const MAX_PKT_PER_ACK = 64;
 
-const transportOf = (qp: Qp) => (qp.type === QpType.RC ? Transport.RC : qp.type === QpType.UC ? Transport.UC : Transport.UD);
+export const ReqState = {
+  /** is the QP in a state that sends? */
+  CHECK_QP: 0,
+  /** is there a WQE to work on, and budget for it? */
+  NEXT_WQE: 1,
+  /** copy a newly posted WQE out of the ring and check it */
+  FETCH: 2,
+  /** may it start: not draining, a READ/ATOMIC credit, no fence in the way */
+  CHECK_LIMITS: 3,
+  /** give it its PSNs */
+  START: 4,
+  /** build and send its next packet */
+  SEND: 5,
+  /** the WQE at req.idx is already out (or done): move past it */
+  SKIP: 6,
+  /** the QP is in ERR: flush the send queue */
+  FLUSH: 7,
+  /** no room in this turn: run again on the next */
+  DEFER: 8,
+  /** the run is over: arm the retransmit timer, and come back if the budget ran out first */
+  DONE: 9,
+  EXIT: 10,
+} as const;
+export type ReqState = (typeof ReqState)[keyof typeof ReqState];
+const NAMES = Object.keys(ReqState);
 
-/**
- * The rest of this QP's send queue on the next turn: one deferred doorbell per QP, however many times it
- * was asked for this turn (every ACK that found the turn's budget spent asked once: thousands of callbacks).
- */
-function later(dev: SoftDevice, qp: Qp): void {
-  if (qp.req.deferred) return;
-  qp.req.deferred = true;
-  setImmediate(() => {
-    qp.req.deferred = false;
-    dev.doorbell(qp);
-  });
+/** What one run carries from state to state (one run at a time: the requester never re-enters itself). */
+const run$ = { budget: 0, prod: 0, w: null as SendWqe | null };
+
+const STEP: ReadonlyArray<(qp: Qp) => ReqState> = [
+  function checkQp(qp) {
+    if (qp.state === QpState.ERR) return ReqState.FLUSH;
+    if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return ReqState.EXIT;
+    // this doorbell's share, bounded by the room left in the fabric's queue (a chunk of doorbells for a
+    // thousand QPs would otherwise queue a thousand budgets' worth of packets before any was drained)
+    run$.budget = qp.dev.sched.budget(BUDGET);
+    if (run$.budget === 0) return ReqState.DEFER;
+    run$.prod = qp.sqProduced();
+    return ReqState.NEXT_WQE;
+  },
+  function nextWqe(qp) {
+    // (prod - idx) as a signed distance: whatever the client wrote, the requester never runs past the producer
+    if (((run$.prod - qp.req.idx) | 0) <= 0 || run$.budget <= 0 || qp.state === QpState.ERR) return ReqState.DONE;
+    const w = (run$.w = qp.wqeAt(qp.req.idx));
+    if (w.state === WqeState.FREE) return ReqState.FETCH;
+    if (w.state === WqeState.POSTED) return ReqState.CHECK_LIMITS;
+    if (w.state === WqeState.PROCESSING) return ReqState.SEND;
+    return ReqState.SKIP;
+  },
+  function fetch(qp) {
+    const w = run$.w!;
+    const st = qp.fetch(qp.req.idx, qp.dev.lookupMr, (h) => qp.owner.lookupAh(h));
+    if (st === 0) return ReqState.CHECK_LIMITS;
+    // a WQE hardware refuses: error completion, QP to ERR (rxe: wqe->status + qp error)
+    w.state = WqeState.PENDING;
+    w.status = st;
+    qp.req.idx = (qp.req.idx + 1) >>> 0;
+    failWqe(qp);
+    return ReqState.EXIT;
+  },
+  function checkLimits(qp) {
+    const w = run$.w!;
+    if (qp.state === QpState.SQD) return ReqState.DONE; // draining: nothing new starts
+    if (qp.type === QpType.RC) {
+      if (w.isReadOrAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
+      if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) return ReqState.DONE;
+      if (w.isReadOrAtomic) qp.req.rdAtomic++;
+    }
+    return ReqState.START;
+  },
+  function start(qp) {
+    const w = run$.w!;
+    w.state = WqeState.PROCESSING;
+    w.firstPsn = qp.req.psn;
+    w.offset = 0;
+    const pkts = w.opcode === WrOpcode.RDMA_READ || !w.isReadOrAtomic ? Math.max(1, Math.ceil(w.length / qp.mtu)) : 1;
+    w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
+    return ReqState.SEND;
+  },
+  function send(qp) {
+    const w = run$.w!;
+    if (!sendPacket(qp, w)) return ReqState.EXIT;
+    run$.budget--;
+    if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
+    return ReqState.NEXT_WQE;
+  },
+  function skip(qp) {
+    qp.req.idx = (qp.req.idx + 1) >>> 0;
+    return ReqState.NEXT_WQE;
+  },
+  function flush(qp) {
+    flushSend(qp);
+    return ReqState.EXIT;
+  },
+  function defer(qp) {
+    qp.dev.sched.schedule(qp, Task.REQUESTER);
+    return ReqState.EXIT;
+  },
+  function done(qp) {
+    if (qp.type === QpType.RC) qp.armRetransmit();
+    if (run$.budget === 0 && qp.req.idx !== run$.prod) qp.dev.sched.schedule(qp, Task.REQUESTER);
+    return ReqState.EXIT;
+  },
+];
+
+function runOnce(qp: Qp): void {
+  let s: ReqState = ReqState.CHECK_QP;
+  const hook = tracer.hook;
+  while (s !== ReqState.EXIT) {
+    if (hook) hook('requester', qp.qpn, NAMES[s]!);
+    s = STEP[s]!(qp);
+  }
+  run$.w = null;
 }
 
-export function run(dev: SoftDevice, qp: Qp): void {
+/** Task.REQUESTER: the doorbell. Runs until the send queue stops moving, a few rounds at most, then yields. */
+export function run(qp: Qp): void {
   // a client that keeps moving its producer index while we run gets a few rounds, then the next turn
   for (let round = 0; ; round++) {
     if (round === 8) {
-      later(dev, qp);
+      qp.dev.sched.schedule(qp, Task.REQUESTER);
       return;
     }
-    const before = Atomics.load(qp.sqHdr, PROD);
-    runOnce(dev, qp);
+    const before = qp.sq.produced();
+    runOnce(qp);
     if (qp.destroyed) return;
-    // going idle: from now on the client rings. WQEs it wrote while we ran, without ringing, are ours to see.
-    Atomics.store(qp.sqHdr, SQ_IDLE, 1);
-    if (Atomics.load(qp.sqHdr, PROD) === before) return;
-    if (Atomics.compareExchange(qp.sqHdr, SQ_IDLE, 1, 0) !== 1) return; // the client took it: its doorbell is coming
+    // going idle; WQEs the client wrote while we ran, without ringing, are ours to see (unless its doorbell is coming)
+    if (!qp.sq.idle(before)) return;
   }
 }
 
-function runOnce(dev: SoftDevice, qp: Qp): void {
-  if (qp.state === QpState.ERR) {
-    completer.flushSend(dev, qp);
-    return;
-  }
-  if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return;
-  // this doorbell's share, bounded by the room left in the fabric's queue (a chunk of doorbells for a
-  // thousand QPs would otherwise queue a thousand budgets' worth of packets before any was drained)
-  let budget = dev.fabric.sendRoom(BUDGET);
-  if (budget === 0) {
-    later(dev, qp);
-    return;
-  }
-  const prod = qp.sqProduced();
-  // (prod - idx) as a signed distance: whatever the client wrote, the requester never runs past the producer
-  while (((prod - qp.req.idx) | 0) > 0 && budget > 0 && (qp.state as number) !== QpState.ERR) {
-    const w = qp.wqeAt(qp.req.idx);
-    if (w.state === WqeState.FREE) {
-      const st = qp.fetch(qp.req.idx, dev.lookupMr, (h) => qp.owner.lookupAh(h));
-      if (st !== 0) {
-        // a WQE hardware refuses: error completion, QP to ERR (rxe: wqe->status + qp error)
-        w.state = WqeState.PENDING;
-        w.status = st;
-        qp.req.idx = (qp.req.idx + 1) >>> 0;
-        completer.failWqe(dev, qp);
-        return;
-      }
-    }
-    if (w.state === WqeState.POSTED) {
-      if (qp.state === QpState.SQD) break; // draining: nothing new starts
-      if (qp.type === QpType.RC) {
-        if (w.isReadOrAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) break;
-        if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) break;
-        if (w.isReadOrAtomic) qp.req.rdAtomic++;
-      }
-      w.state = WqeState.PROCESSING;
-      w.firstPsn = qp.req.psn;
-      w.offset = 0;
-      const pkts = w.opcode === WrOpcode.RDMA_READ ? Math.max(1, Math.ceil(w.length / qp.mtu)) : w.isReadOrAtomic ? 1 : Math.max(1, Math.ceil(w.length / qp.mtu));
-      w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
-    }
-    if ((w.state as number) !== WqeState.PROCESSING) {
-      qp.req.idx = (qp.req.idx + 1) >>> 0;
-      continue;
-    }
-    if (!sendOne(dev, qp, w)) return;
-    budget--;
-    if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
-  }
-  if (qp.type === QpType.RC) completer.armRetransmit(qp);
-  if (budget === 0 && qp.req.idx !== prod) later(dev, qp);
-}
+const transportOf = (qp: Qp) => (qp.type === QpType.RC ? Transport.RC : qp.type === QpType.UC ? Transport.UC : Transport.UD);
 
-/** Builds and sends the next packet of w. False if the WQE failed locally (already completed in error). */
-function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
-  const p = dev.fabric.pool.get();
-  const tr = transportOf(qp);
-  const mtu = qp.mtu;
+/** The packet's addressing: the AH of a UD WQE, the QP's path otherwise. */
+function address(qp: Qp, w: SendWqe, p: Pkt): void {
   p.srcQpn = qp.qpn;
   p.srcPort = qp.srcPort;
-  p.srcGid = dev.gids[0]!;
+  p.srcGid = qp.dev.gids[0]!;
   if (qp.type === QpType.UD) {
     p.dstGid = w.ah!.dgid;
     p.destQpn = w.remoteQpn;
@@ -120,13 +168,21 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
     p.destQpn = qp.attr.destQpn;
   }
   p.psn = qp.req.psn;
+}
+
+/** Builds and sends the next packet of w. False if the WQE failed locally (already completed in error). */
+function sendPacket(qp: Qp, w: SendWqe): boolean {
+  const dev = qp.dev;
+  const p = dev.newPkt();
+  address(qp, w, p);
+  const tr = transportOf(qp);
   const op = w.opcode;
   if (op === WrOpcode.RDMA_READ) {
     // w.offset: response packets already received (a resumed READ asks for the rest only)
     p.opcode = tr | Op.RDMA_READ_REQUEST;
-    p.va = w.remoteAddr + w.offset * mtu;
+    p.va = w.remoteAddr + w.offset * qp.mtu;
     p.rkey = w.rkey;
-    p.dmaLen = w.length - w.offset * mtu;
+    p.dmaLen = w.length - w.offset * qp.mtu;
     p.ackReq = true;
     qp.req.psn = (w.lastPsn + 1) & PSN_MASK;
     w.state = WqeState.PENDING;
@@ -146,44 +202,27 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
     return true;
   }
   const remaining = w.length - w.offset;
-  const n = Math.min(mtu, remaining);
+  const n = Math.min(qp.mtu, remaining);
   const first = w.offset === 0;
-  const last = remaining <= mtu;
-  const isSend = op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM;
-  const imm = op === WrOpcode.SEND_WITH_IMM || op === WrOpcode.RDMA_WRITE_WITH_IMM;
-  let o: number;
-  if (isSend) o = first && last ? (imm ? Op.SEND_ONLY_WITH_IMMEDIATE : Op.SEND_ONLY) : first ? Op.SEND_FIRST : last ? (imm ? Op.SEND_LAST_WITH_IMMEDIATE : Op.SEND_LAST) : Op.SEND_MIDDLE;
-  else o = first && last ? (imm ? Op.RDMA_WRITE_ONLY_WITH_IMMEDIATE : Op.RDMA_WRITE_ONLY) : first ? Op.RDMA_WRITE_FIRST : last ? (imm ? Op.RDMA_WRITE_LAST_WITH_IMMEDIATE : Op.RDMA_WRITE_LAST) : Op.RDMA_WRITE_MIDDLE;
-  p.opcode = tr | o;
-  if (!isSend && first) {
+  const last = remaining <= qp.mtu;
+  p.opcode = tr | sendOrWriteOpcode(op, first, last);
+  if ((op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM) && first) {
     p.va = w.remoteAddr;
     p.rkey = w.rkey;
     p.dmaLen = w.length;
   }
-  if (imm && last) p.imm = w.imm;
+  if (last && (op === WrOpcode.SEND_WITH_IMM || op === WrOpcode.RDMA_WRITE_WITH_IMM)) p.imm = w.imm;
   if (last && w.sendFlags & SendFlags.SOLICITED) p.se = true;
   qp.req.noAck++;
   if (qp.type === QpType.RC && (last || qp.req.noAck >= MAX_PKT_PER_ACK)) {
     p.ackReq = true;
     qp.req.noAck = 0;
   }
-  if (n > 0) {
-    const one = qp.single(w, w.offset, n);
-    if (one) {
-      p.payload = one.mr.mem;
-      p.payMap = one.mr.mapping;
-      p.payOff = one.off;
-    } else {
-      const scratch = scratchOf(p);
-      if (!qp.gather(w, w.offset, scratch, 0, n)) {
-        dev.fabric.pool.put(p);
-        w.status = WcStatus.LOC_PROT_ERR;
-        completer.failWqe(dev, qp);
-        return false;
-      }
-      p.payload = scratch;
-      p.payOff = 0;
-    }
+  if (n > 0 && !payload(qp, w, p, n)) {
+    dev.freePkt(p);
+    w.status = WcStatus.LOC_PROT_ERR;
+    failWqe(qp);
+    return false;
   }
   p.payLen = n;
   p.padCnt = (4 - (n & 3)) & 3;
@@ -191,9 +230,38 @@ function sendOne(dev: SoftDevice, qp: Qp, w: SendWqe): boolean {
   qp.req.psn = (qp.req.psn + 1) & PSN_MASK;
   if (last) {
     w.state = WqeState.PENDING;
-    if (qp.type !== QpType.RC) p.done = w.doneRef ??= { dev, qp, wqe: w };
+    if (qp.type !== QpType.RC) p.done = w.onSent ??= () => completeUnreliable(qp, w);
   }
   dev.xmit(p);
+  return true;
+}
+
+/** SEND_* / RDMA_WRITE_* for a packet's place in its message (rxe's next_opcode). */
+function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {
+  const imm = op === WrOpcode.SEND_WITH_IMM || op === WrOpcode.RDMA_WRITE_WITH_IMM;
+  if (op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM) {
+    if (first && last) return imm ? Op.SEND_ONLY_WITH_IMMEDIATE : Op.SEND_ONLY;
+    if (first) return Op.SEND_FIRST;
+    return last ? (imm ? Op.SEND_LAST_WITH_IMMEDIATE : Op.SEND_LAST) : Op.SEND_MIDDLE;
+  }
+  if (first && last) return imm ? Op.RDMA_WRITE_ONLY_WITH_IMMEDIATE : Op.RDMA_WRITE_ONLY;
+  if (first) return Op.RDMA_WRITE_FIRST;
+  return last ? (imm ? Op.RDMA_WRITE_LAST_WITH_IMMEDIATE : Op.RDMA_WRITE_LAST) : Op.RDMA_WRITE_MIDDLE;
+}
+
+/** The packet's n payload bytes: the MR's memory itself when one SGE holds them all, else gathered into the descriptor's buffer. */
+function payload(qp: Qp, w: SendWqe, p: Pkt, n: number): boolean {
+  const one = qp.single(w, w.offset, n);
+  if (one) {
+    p.payload = one.mr.mem;
+    p.payMap = one.mr.mapping;
+    p.payOff = one.off;
+    return true;
+  }
+  const scratch = scratchOf(p);
+  if (!qp.gather(w, w.offset, scratch, 0, n)) return false;
+  p.payload = scratch;
+  p.payOff = 0;
   return true;
 }
 
@@ -209,12 +277,12 @@ function scratchOf(p: object): Uint8Array {
 }
 
 /**
- * Go back to the oldest unacknowledged WQE and send again from there
- * (go-back-N). The oldest resumes at the first PSN not yet answered
+ * Task.RETRY: go back to the oldest unacknowledged WQE and send again from
+ * there (go-back-N). The oldest resumes at the first PSN not yet answered
  * (comp.psn): a SEND or WRITE from its next packet, a READ with a request
  * for the responses still missing; everything after it goes again whole.
  */
-export function retry(dev: SoftDevice, qp: Qp): void {
+export function retry(qp: Qp): void {
   if (qp.state === QpState.ERR) return;
   const first = qp.wqeAt(qp.comp.idx);
   if (first.state !== WqeState.PROCESSING && first.state !== WqeState.PENDING) return;
@@ -238,5 +306,5 @@ export function retry(dev: SoftDevice, qp: Qp): void {
     if (first.opcode === WrOpcode.RDMA_READ) qp.req.rdAtomic++;
     qp.req.psn = qp.comp.psn;
   }
-  run(dev, qp);
+  run(qp);
 }

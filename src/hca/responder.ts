@@ -7,12 +7,14 @@
  * answered from the responder resources, never executed twice.
  */
 import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStatusName } from '../abi/enums.js';
-import { postRecvWc, toError } from './completer.js';
-import type { SoftDevice } from './device.js';
-import { walkSgl, type Mr, type RecvWqe } from './objects.js';
+import { postRecvWc, toError } from './completion.js';
+import { walkSgl, type Mr } from './objects.js';
+import type { RecvWqe } from '../abi/recv-ring.js';
 import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { Qp, ReadOut, RespRes } from './qp.js';
+import { Task } from './scheduler.js';
+import { tracer } from './trace.js';
 
 /** Read response packets a QP sends per turn of the event loop (all of a 4 MiB READ at MTU 4096). */
 const READ_BURST = 1024;
@@ -26,147 +28,234 @@ const Err = {
 } as const;
 type ErrKind = (typeof Err)[keyof typeof Err];
 
-export function receive(dev: SoftDevice, qp: Qp, p: Pkt): void {
-  const st = qp.state;
-  if (st !== QpState.RTR && st !== QpState.RTS && st !== QpState.SQD && st !== QpState.SQE) return;
-  // rxe's check_length: a packet carrying more than the path MTU (the port's, for UD) is no request a requester
-  // sends; it is dropped and counted, before it can touch a receive buffer
-  if (p.payLen > (qp.type === QpType.UD ? dev.mtuBytes : qp.mtu)) {
-    dev.countDrop('payload over the path MTU');
-    return;
-  }
-  if (qp.type === QpType.UD) return receiveUd(dev, qp, p);
-  const m = p.mask;
-  const rc = qp.type === QpType.RC;
+export const RespState = {
+  /** does the QP take requests, and does the packet fit its MTU */
+  CHECK_STATE: 0,
+  /** in sequence, a duplicate, or after a gap */
+  CHECK_PSN: 1,
+  /** inside a message only its MIDDLE/LAST may come */
+  CHECK_OP_SEQ: 2,
+  /** does the QP allow what the request does (its access flags) */
+  CHECK_OP_VALID: 3,
+  /** a receive WQE for a SEND (first packet) or a WRITE with immediate (last packet) */
+  GET_RECV_WQE: 4,
+  /** the RETH's rkey, PD, access and bounds */
+  CHECK_RKEY: 5,
+  /** place the payload: into the receive WQE, or at the WRITE's address */
+  EXECUTE: 6,
+  /** the message's last packet: its receive completion */
+  COMPLETE: 7,
+  /** ACK if asked */
+  ACKNOWLEDGE: 8,
+  /** an RDMA READ request: answer it from the MR */
+  READ: 9,
+  /** an atomic: execute it once, answer from the responder resources after */
+  ATOMIC: 10,
+  /** an old PSN: answer again, never execute again */
+  DUPLICATE: 11,
+  /** RC: no receive WQE posted: RNR NAK */
+  RNR: 12,
+  /** RC: NAK with run$.err's class, receive completion in error, QP to ERR */
+  ERROR: 13,
+  /** UC: the rest of this message is dropped */
+  DROP: 14,
+  /** a UD SEND */
+  UD: 15,
+  EXIT: 16,
+} as const;
+export type RespState = (typeof RespState)[keyof typeof RespState];
+const NAMES = Object.keys(RespState);
 
-  const d = psnDiff(p.psn, qp.resp.psn);
-  // IBA o11-5.1.1: the first request a connected QP takes while still in RTR establishes communication
-  // (a passive side that missed the CM's RTU learns it here); UD QPs never report it
-  if (st === QpState.RTR && !qp.commEst && (d === 0 || !rc)) {
-    qp.commEst = true;
-    qp.raise(EventType.COMM_EST);
-  }
-  if (rc) {
-    if (d > 0) {
-      // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back;
-      // rxe counts out_of_seq_request once per NAK, not per dropped packet
-      if (!qp.resp.sentPsnNak) {
-        dev.counters.out_of_seq_request++;
-        qp.resp.sentPsnNak = true;
-        sendAck(dev, qp, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
+/** What one packet's run carries from state to state. */
+const run$ = { d: 0, kind: 0, err: Err.INVALID as ErrKind };
+
+function fail(e: ErrKind): RespState {
+  run$.err = e;
+  return RespState.ERROR;
+}
+
+const STEP: ReadonlyArray<(qp: Qp, p: Pkt) => RespState> = [
+  function checkState(qp, p) {
+    const st = qp.state;
+    if (st !== QpState.RTR && st !== QpState.RTS && st !== QpState.SQD && st !== QpState.SQE) return RespState.EXIT;
+    // rxe's check_length: a packet carrying more than the path MTU (the port's, for UD) is no request a requester
+    // sends; it is dropped and counted, before it can touch a receive buffer
+    if (p.payLen > (qp.type === QpType.UD ? qp.dev.mtuBytes : qp.mtu)) {
+      qp.dev.countDrop('payload over the path MTU');
+      return RespState.EXIT;
+    }
+    return qp.type === QpType.UD ? RespState.UD : RespState.CHECK_PSN;
+  },
+  function checkPsn(qp, p) {
+    const rc = qp.type === QpType.RC;
+    const d = (run$.d = psnDiff(p.psn, qp.resp.psn));
+    // IBA o11-5.1.1: the first request a connected QP takes while still in RTR establishes communication
+    // (a passive side that missed the CM's RTU learns it here)
+    if (qp.state === QpState.RTR && !qp.commEst && (d === 0 || !rc)) {
+      qp.commEst = true;
+      qp.raise(EventType.COMM_EST);
+    }
+    if (rc) {
+      if (d > 0) {
+        // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back;
+        // rxe counts out_of_seq_request once per NAK, not per dropped packet
+        if (!qp.resp.sentPsnNak) {
+          qp.dev.counters.out_of_seq_request++;
+          qp.resp.sentPsnNak = true;
+          sendAck(qp, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
+        }
+        return RespState.EXIT;
       }
-      return;
-    }
-    if (d < 0) {
-      dev.counters.duplicate_request++;
-      duplicate(dev, qp, p);
-      return;
-    }
-    qp.resp.sentPsnNak = false;
-  } else if (d !== 0) {
-    // UC: packets were lost. The message in progress is gone (its receive WQE stays, for the next SEND);
-    // a FIRST or ONLY starts the next message afresh, anything else is the rest of a lost one and is dropped below
-    qp.resp.inMsg = 0;
-    qp.resp.dropMsg = false;
-    qp.resp.psn = p.psn;
-  }
-
-  // opcode sequence: inside a message only its MIDDLE/LAST may come
-  const kind = m & (M.SEND | M.WRITE);
-  if (qp.resp.inMsg) {
-    if (m & M.FIRST || (m & (M.SEND | M.WRITE)) !== qp.resp.inMsg) {
-      if (rc) return error(dev, qp, p, Err.INVALID);
+      if (d < 0) {
+        qp.dev.counters.duplicate_request++;
+        return RespState.DUPLICATE;
+      }
+      qp.resp.sentPsnNak = false;
+    } else if (d !== 0) {
+      // UC: packets were lost. The message in progress is gone (its receive WQE stays, for the next SEND);
+      // a FIRST or ONLY starts the next message afresh, anything else is the rest of a lost one and is dropped next
       qp.resp.inMsg = 0;
       qp.resp.dropMsg = false;
-      if (!(m & M.FIRST)) {
-        qp.resp.psn = (p.psn + 1) & PSN_MASK;
-        return;
+      qp.resp.psn = p.psn;
+    }
+    return RespState.CHECK_OP_SEQ;
+  },
+  function checkOpSeq(qp, p) {
+    const m = p.mask;
+    const rc = qp.type === QpType.RC;
+    run$.kind = m & (M.SEND | M.WRITE);
+    if (qp.resp.inMsg) {
+      if (m & M.FIRST || run$.kind !== qp.resp.inMsg) {
+        if (rc) return fail(Err.INVALID);
+        qp.resp.inMsg = 0;
+        qp.resp.dropMsg = false;
+        if (!(m & M.FIRST)) {
+          qp.resp.psn = (p.psn + 1) & PSN_MASK;
+          return RespState.EXIT;
+        }
       }
+    } else if (!(m & M.FIRST)) {
+      if (rc) return fail(Err.INVALID);
+      qp.resp.psn = (p.psn + 1) & PSN_MASK; // UC: a message whose start we lost
+      return RespState.EXIT;
     }
-  } else if (!(m & M.FIRST)) {
-    if (rc) return error(dev, qp, p, Err.INVALID);
-    qp.resp.psn = (p.psn + 1) & PSN_MASK; // UC: a message whose start we lost
-    return;
-  }
-
-  // QP access rights
-  const need = m & M.WRITE ? Access.REMOTE_WRITE : m & M.READ ? Access.REMOTE_READ : m & M.ATOMIC ? Access.REMOTE_ATOMIC : 0;
-  if (need && !(qp.attr.accessFlags & need)) {
-    if (rc) return error(dev, qp, p, Err.INVALID);
-    return dropUc(qp, p);
-  }
-
-  if (m & M.READ) return read(dev, qp, p, d);
-  if (m & M.ATOMIC) return atomic(dev, qp, p);
-
-  // a receive WQE for SEND (first packet) or RDMA WRITE with immediate (last packet)
-  if (m & M.RWR && !qp.resp.wqe) {
-    const wqe = takeRecv(qp);
-    if (!wqe) {
-      if (rc) {
-        dev.counters.send_rnr_err++;
-        sendAck(dev, qp, Aeth.RNR_NAK | (qp.attr.minRnrTimer & 0x1f), p.psn);
-      } else dropUc(qp, p);
-      return;
+    return RespState.CHECK_OP_VALID;
+  },
+  function checkOpValid(qp, p) {
+    const m = p.mask;
+    const need = m & M.WRITE ? Access.REMOTE_WRITE : m & M.READ ? Access.REMOTE_READ : m & M.ATOMIC ? Access.REMOTE_ATOMIC : 0;
+    if (need && !(qp.attr.accessFlags & need)) return qp.type === QpType.RC ? fail(Err.INVALID) : RespState.DROP;
+    if (m & M.READ) return RespState.READ;
+    if (m & M.ATOMIC) return RespState.ATOMIC;
+    return RespState.GET_RECV_WQE;
+  },
+  function getRecvWqe(qp, p) {
+    if (p.mask & M.RWR && !qp.resp.wqe) {
+      const wqe = takeRecv(qp);
+      if (!wqe) return qp.type === QpType.RC ? RespState.RNR : RespState.DROP;
+      if (wqe === BAD) return fail(Err.MALFORMED_WQE);
     }
-    if (wqe === BAD) return error(dev, qp, p, Err.MALFORMED_WQE);
-  }
-  // a SEND starts at the top of its receive buffer, even one a broken UC message had begun to fill
-  if (m & M.SEND && m & M.FIRST) qp.resp.offset = 0;
-
-  if (m & M.RETH) {
-    const mr = checkRkey(dev, qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_WRITE);
-    if (!mr) {
-      if (rc) return error(dev, qp, p, Err.RKEY);
-      return dropUc(qp, p);
+    // a SEND starts at the top of its receive buffer, even one a broken UC message had begun to fill
+    if (p.mask & M.SEND && p.mask & M.FIRST) qp.resp.offset = 0;
+    return RespState.CHECK_RKEY;
+  },
+  function checkRkeyState(qp, p) {
+    if (p.mask & M.RETH) {
+      const mr = checkRkey(qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_WRITE);
+      if (!mr) return qp.type === QpType.RC ? fail(Err.RKEY) : RespState.DROP;
+      qp.resp.mr = mr === ZERO_LEN ? null : mr;
+      qp.resp.va = p.va;
+      qp.resp.resid = p.dmaLen;
+      qp.resp.writeLen = p.dmaLen;
     }
-    qp.resp.mr = mr;
-    qp.resp.va = p.va;
-    qp.resp.resid = p.dmaLen;
-    qp.resp.writeLen = p.dmaLen;
-  }
-
-  if (qp.resp.dropMsg) {
-    advance(qp, p, kind);
-    return;
-  }
-
-  if (m & M.SEND) {
-    const w = qp.resp.wqe!;
-    if (qp.resp.offset + p.payLen > w.length) return error(dev, qp, p, Err.LENGTH);
-    if (!scatter(dev, qp, w, qp.resp.offset, p.payload, p.payOff, p.payLen)) return error(dev, qp, p, Err.MALFORMED_WQE);
-    qp.resp.offset += p.payLen;
-  } else if (m & M.WRITE) {
-    if (p.payLen > qp.resp.resid) return error(dev, qp, p, Err.LENGTH);
-    const mr = qp.resp.mr;
-    if (p.payLen > 0) {
-      if (!mr || !mr.valid) return error(dev, qp, p, Err.RKEY);
-      mr.mem.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), qp.resp.va - mr.iova);
+    if (qp.resp.dropMsg) {
+      advance(qp, p, run$.kind);
+      return RespState.EXIT;
     }
-    qp.resp.va += p.payLen;
-    qp.resp.resid -= p.payLen;
-    if (m & M.LAST && qp.resp.resid !== 0) return error(dev, qp, p, Err.LENGTH);
-  }
-
-  advance(qp, p, kind);
-  if (m & M.LAST) {
-    qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
-    if (m & M.COMP) {
+    return RespState.EXECUTE;
+  },
+  function execute(qp, p) {
+    const m = p.mask;
+    if (m & M.SEND) {
       const w = qp.resp.wqe!;
-      qp.resp.wqe = null;
-      const isWrite = (m & M.WRITE) !== 0;
-      const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
-      const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
-      if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
-        // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
-        // no one was told of), and the QP goes to ERR
-        toError(dev, qp, 'receive CQ overrun (CQ_ERR)');
-        return;
+      if (qp.resp.offset + p.payLen > w.length) return fail(Err.LENGTH);
+      if (!scatter(qp, w, qp.resp.offset, p.payload, p.payOff, p.payLen)) return fail(Err.MALFORMED_WQE);
+      qp.resp.offset += p.payLen;
+    } else if (m & M.WRITE) {
+      if (p.payLen > qp.resp.resid) return fail(Err.LENGTH);
+      const mr = qp.resp.mr;
+      if (p.payLen > 0) {
+        if (!mr || !mr.valid) return fail(Err.RKEY);
+        mr.mem.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), qp.resp.va - mr.iova);
       }
-      dev.counters.rdma_recvs++;
+      qp.resp.va += p.payLen;
+      qp.resp.resid -= p.payLen;
+      if (m & M.LAST && qp.resp.resid !== 0) return fail(Err.LENGTH);
     }
+    advance(qp, p, run$.kind);
+    return m & M.LAST ? RespState.COMPLETE : RespState.ACKNOWLEDGE;
+  },
+  function complete(qp, p) {
+    const m = p.mask;
+    qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
+    if (!(m & M.COMP)) return RespState.ACKNOWLEDGE;
+    const w = qp.resp.wqe!;
+    qp.resp.wqe = null;
+    const isWrite = (m & M.WRITE) !== 0;
+    const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
+    const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
+    if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
+      // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
+      // no one was told of), and the QP goes to ERR
+      toError(qp, 'receive CQ overrun (CQ_ERR)');
+      return RespState.EXIT;
+    }
+    qp.dev.counters.rdma_recvs++;
+    return RespState.ACKNOWLEDGE;
+  },
+  function acknowledge(qp, p) {
+    if (qp.type === QpType.RC && p.ackReq) sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+    return RespState.EXIT;
+  },
+  function readState(qp, p) {
+    read(qp, p);
+    return RespState.EXIT;
+  },
+  function atomicState(qp, p) {
+    atomic(qp, p);
+    return RespState.EXIT;
+  },
+  function duplicateState(qp, p) {
+    duplicate(qp, p);
+    return RespState.EXIT;
+  },
+  function rnr(qp, p) {
+    qp.dev.counters.send_rnr_err++;
+    sendAck(qp, Aeth.RNR_NAK | (qp.attr.minRnrTimer & 0x1f), p.psn);
+    return RespState.EXIT;
+  },
+  function errorState(qp, p) {
+    error(qp, p, run$.err);
+    return RespState.EXIT;
+  },
+  function drop(qp, p) {
+    dropUc(qp, p);
+    return RespState.EXIT;
+  },
+  function ud(qp, p) {
+    receiveUd(qp, p);
+    return RespState.EXIT;
+  },
+];
+
+/** A request packet for one of our QPs. */
+export function receive(qp: Qp, p: Pkt): void {
+  let s: RespState = RespState.CHECK_STATE;
+  const hook = tracer.hook;
+  while (s !== RespState.EXIT) {
+    if (hook) hook('responder', qp.qpn, NAMES[s]!);
+    s = STEP[s]!(qp, p);
   }
-  if (rc && p.ackReq) sendAck(dev, qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
 }
 
 function advance(qp: Qp, p: Pkt, kind: number): void {
@@ -199,9 +288,9 @@ function takeRecv(qp: Qp): RecvWqe | null {
 }
 
 /** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds. */
-function scatter(dev: SoftDevice, qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
+function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
   return walkSgl(w.numSge, w.len, off, len, (i, sgeOff, n, done) => {
-    const mr = dev.lookupMr(w.lkey[i]!);
+    const mr = qp.dev.lookupMr(w.lkey[i]!);
     const va = w.addr[i]! + sgeOff;
     if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, n)) return false;
     mr.mem.set(src.subarray(srcOff + done, srcOff + done + n), va - mr.iova);
@@ -209,20 +298,21 @@ function scatter(dev: SoftDevice, qp: Qp, w: RecvWqe, off: number, src: Uint8Arr
   });
 }
 
-/** rkey → MR if it is valid, in the QP's PD, allows `need`, and covers [va, va+len). */
-function checkRkey(dev: SoftDevice, qp: Qp, rkey: number, va: number, len: number, need: number): Mr | null {
-  if (len === 0) return dev.lookupMr(rkey) ?? ZERO_LEN_MR(qp);
-  const mr = dev.lookupMr(rkey);
+/** A zero-length RDMA operation needs no valid rkey (IBA 9.4.x; rxe skips the check too). */
+const ZERO_LEN = 'zero-length';
+
+/** rkey → MR if it is valid, in the QP's PD, allows `need`, and covers [va, va+len); ZERO_LEN for a zero-length operation on a key that is not. */
+function checkRkey(qp: Qp, rkey: number, va: number, len: number, need: number): Mr | typeof ZERO_LEN | null {
+  if (len === 0) return qp.dev.lookupMr(rkey) ?? ZERO_LEN;
+  const mr = qp.dev.lookupMr(rkey);
   if (!mr || mr.pd !== qp.pd || (mr.access & need) !== need || !mr.contains(va, len)) return null;
   return mr;
 }
-// A zero-length RDMA op needs no valid rkey (IBA 9.4.x; rxe skips the check too)
-const ZERO_LEN_MR = (_qp: Qp): Mr | null => ({ valid: true } as unknown as Mr);
 
-function read(dev: SoftDevice, qp: Qp, p: Pkt, _d: number): void {
-  if (qp.attr.maxDestRdAtomic === 0) return error(dev, qp, p, Err.INVALID);
-  const mr = checkRkey(dev, qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_READ);
-  if (!mr) return error(dev, qp, p, Err.RKEY);
+function read(qp: Qp, p: Pkt): void {
+  if (qp.attr.maxDestRdAtomic === 0) return error(qp, p, Err.INVALID);
+  const mr = checkRkey(qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_READ);
+  if (!mr) return error(qp, p, Err.RKEY);
   const n = Math.max(1, Math.ceil(p.dmaLen / qp.mtu));
   const r = newRes(qp);
   r.atomic = false;
@@ -233,7 +323,7 @@ function read(dev: SoftDevice, qp: Qp, p: Pkt, _d: number): void {
   r.length = p.dmaLen;
   qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
   qp.resp.psn = (r.lastPsn + 1) & PSN_MASK;
-  sendReadResponses(dev, qp, p, r, p.psn);
+  sendReadResponses(qp, p, r, p.psn);
 }
 
 /**
@@ -242,28 +332,28 @@ function read(dev: SoftDevice, qp: Qp, p: Pkt, _d: number): void {
  * the QP's output queue (one 4 MiB READ at MTU 256 is 16,384 packets: made all at once, a few READs in flight
  * held hundreds of MB of packets and the daemon for as long as they took).
  */
-function sendReadResponses(dev: SoftDevice, qp: Qp, req: Pkt, r: RespRes, from: number): void {
+function sendReadResponses(qp: Qp, req: Pkt, r: RespRes, from: number): void {
   const mtu = qp.mtu;
   const n = Math.max(1, Math.ceil(r.length / mtu));
-  const mr = r.length > 0 ? dev.lookupMr(r.rkey) : null;
-  if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(dev, qp, req, Err.RKEY);
+  const mr = r.length > 0 ? qp.dev.lookupMr(r.rkey) : null;
+  if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(qp, req, Err.RKEY);
   const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
   const q = qp.resp.outq;
   if (q.length === 0 && out.n - out.next <= READ_BURST) {
-    while (out.next < out.n) dev.xmit(readResponse(dev, qp, out));
+    while (out.next < out.n) qp.dev.xmit(readResponse(qp, out));
     return;
   }
   q.push(out);
-  schedulePump(dev, qp);
+  qp.dev.sched.schedule(qp, Task.RESPOND);
 }
 
 /** The next packet of a read response. */
-function readResponse(dev: SoftDevice, qp: Qp, o: ReadOut): Pkt {
+function readResponse(qp: Qp, o: ReadOut): Pkt {
   const i = o.next++;
   const n = o.n;
-  const p = dev.fabric.pool.get();
+  const p = qp.dev.newPkt();
   p.opcode = Transport.RC | (n === 1 ? Op.RDMA_READ_RESPONSE_ONLY : i === 0 ? Op.RDMA_READ_RESPONSE_FIRST : i === n - 1 ? Op.RDMA_READ_RESPONSE_LAST : Op.RDMA_READ_RESPONSE_MIDDLE);
-  fillReply(dev, qp, p);
+  fillReply(qp, p);
   p.psn = (o.firstPsn + i) & PSN_MASK;
   p.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
   p.msn = o.msn;
@@ -280,22 +370,13 @@ function readResponse(dev: SoftDevice, qp: Qp, o: ReadOut): Pkt {
 }
 
 /** Responses go in PSN order: while a long read response is going out, later ACKs and atomic responses queue behind it. */
-function respXmit(dev: SoftDevice, qp: Qp, p: Pkt): void {
-  if (qp.resp.outq.length === 0) dev.xmit(p);
+function respXmit(qp: Qp, p: Pkt): void {
+  if (qp.resp.outq.length === 0) qp.dev.xmit(p);
   else qp.resp.outq.push(p);
 }
 
-function schedulePump(dev: SoftDevice, qp: Qp): void {
-  if (qp.resp.pumping) return;
-  qp.resp.pumping = true;
-  setImmediate(() => {
-    qp.resp.pumping = false;
-    dev.guard(qp, () => pump(dev, qp));
-  });
-}
-
-/** One turn's worth (READ_BURST packets) of the QP's queued responses. */
-function pump(dev: SoftDevice, qp: Qp): void {
+/** Task.RESPOND: one turn's worth (READ_BURST packets) of the QP's queued responses. */
+export function pump(qp: Qp): void {
   const q = qp.resp.outq;
   if (qp.state === QpState.ERR || qp.state === QpState.RESET) {
     q.length = 0; // an errored or reset responder answers nothing more
@@ -308,22 +389,22 @@ function pump(dev: SoftDevice, qp: Qp): void {
       // the MR went away (or changed its translation) under a response still going out: the rest is not sent,
       // the requester retries or times out, as after any lost packets
       if (head.map?.unmapped) head.next = head.n;
-      while (head.next < head.n && budget-- > 0) dev.xmit(readResponse(dev, qp, head));
+      while (head.next < head.n && budget-- > 0) qp.dev.xmit(readResponse(qp, head));
       if (head.next < head.n) break;
     } else {
-      dev.xmit(head);
+      qp.dev.xmit(head);
       budget--;
     }
     q.shift();
   }
-  if (q.length > 0) schedulePump(dev, qp);
+  if (q.length > 0) qp.dev.sched.schedule(qp, Task.RESPOND);
 }
 
-function atomic(dev: SoftDevice, qp: Qp, p: Pkt): void {
-  if (qp.attr.maxDestRdAtomic === 0) return error(dev, qp, p, Err.INVALID);
-  const mr = checkRkey(dev, qp, p.rkey, p.va, 8, Access.REMOTE_ATOMIC);
-  if (!mr) return error(dev, qp, p, Err.RKEY);
-  if (p.va % 8 !== 0) return error(dev, qp, p, Err.INVALID); // rxe: misaligned atomic → invalid request
+function atomic(qp: Qp, p: Pkt): void {
+  if (qp.attr.maxDestRdAtomic === 0) return error(qp, p, Err.INVALID);
+  const mr = checkRkey(qp, p.rkey, p.va, 8, Access.REMOTE_ATOMIC);
+  if (!mr || mr === ZERO_LEN) return error(qp, p, Err.RKEY);
+  if (p.va % 8 !== 0) return error(qp, p, Err.INVALID); // rxe: misaligned atomic → invalid request
   const off = p.va - mr.iova;
   const mem = mr.mem;
   let orig: bigint;
@@ -344,18 +425,18 @@ function atomic(dev: SoftDevice, qp: Qp, p: Pkt): void {
   r.orig = orig;
   qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
   qp.resp.psn = (p.psn + 1) & PSN_MASK;
-  sendAtomicAck(dev, qp, r);
+  sendAtomicAck(qp, r);
 }
 
-function sendAtomicAck(dev: SoftDevice, qp: Qp, r: RespRes): void {
-  const a = dev.fabric.pool.get();
+function sendAtomicAck(qp: Qp, r: RespRes): void {
+  const a = qp.dev.newPkt();
   a.opcode = Transport.RC | Op.ATOMIC_ACKNOWLEDGE;
-  fillReply(dev, qp, a);
+  fillReply(qp, a);
   a.psn = r.firstPsn;
   a.syndrome = Aeth.ACK | Aeth.CREDITS_INVALID;
   a.msn = qp.resp.msn;
   a.orig = r.orig;
-  respXmit(dev, qp, a);
+  respXmit(qp, a);
 }
 
 /** A new responder resource; the oldest is replaced when all max_dest_rd_atomic are in use (rxe does the same). */
@@ -373,54 +454,54 @@ function newRes(qp: Qp): RespRes {
   return r;
 }
 
-function duplicate(dev: SoftDevice, qp: Qp, p: Pkt): void {
+function duplicate(qp: Qp, p: Pkt): void {
   const m = p.mask;
   if (m & (M.READ | M.ATOMIC)) {
     for (const r of qp.resp.res) {
       if (!r.valid) continue;
       if (psnDiff(p.psn, r.firstPsn) >= 0 && psnDiff(p.psn, r.lastPsn) <= 0) {
-        if (r.atomic) sendAtomicAck(dev, qp, r);
-        else sendReadResponses(dev, qp, p, r, p.psn);
+        if (r.atomic) sendAtomicAck(qp, r);
+        else sendReadResponses(qp, p, r, p.psn);
         return;
       }
     }
     return; // not in the resources any more: drop, the requester will time out
   }
   // SEND / WRITE: already done; tell the requester how far we are
-  if (p.ackReq) sendAck(dev, qp, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
+  if (p.ackReq) sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
 }
 
-function fillReply(dev: SoftDevice, qp: Qp, p: Pkt): void {
+function fillReply(qp: Qp, p: Pkt): void {
   p.destQpn = qp.attr.destQpn;
   p.srcQpn = qp.qpn;
   p.srcPort = qp.srcPort;
   p.dstGid = qp.attr.path.dgid;
-  p.srcGid = dev.gids[0]!;
+  p.srcGid = qp.dev.gids[0]!;
 }
 
-function sendAck(dev: SoftDevice, qp: Qp, syndrome: number, psn: number): void {
-  const a = dev.fabric.pool.get();
+function sendAck(qp: Qp, syndrome: number, psn: number): void {
+  const a = qp.dev.newPkt();
   a.opcode = Transport.RC | Op.ACKNOWLEDGE;
-  fillReply(dev, qp, a);
+  fillReply(qp, a);
   a.psn = psn & PSN_MASK;
   a.syndrome = syndrome;
   a.msn = qp.resp.msn;
-  respXmit(dev, qp, a);
+  respXmit(qp, a);
 }
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */
-function error(dev: SoftDevice, qp: Qp, p: Pkt, e: ErrKind): void {
-  sendAck(dev, qp, e.syndrome, p.psn);
+function error(qp: Qp, p: Pkt, e: ErrKind): void {
+  sendAck(qp, e.syndrome, p.psn);
   const was = qp.state;
   qp.state = QpState.ERR; // before the error completion shows, as on the send side
   if (qp.resp.wqe) {
     postRecvWc(qp, qp.resp.wqe.wrId, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     qp.resp.wqe = null;
   }
-  toError(dev, qp, `responder error (receive completion ${wcStatusName(e.wc)})`, was);
+  toError(qp, `responder error (receive completion ${wcStatusName(e.wc)})`, was);
 }
 
-function receiveUd(dev: SoftDevice, qp: Qp, p: Pkt): void {
+function receiveUd(qp: Qp, p: Pkt): void {
   if (p.qkey !== qp.attr.qkey) return; // Q_Key violation: silently dropped
   if (!(p.mask & M.SEND)) return;
   const w = takeRecv(qp);
@@ -432,16 +513,16 @@ function receiveUd(dev: SoftDevice, qp: Qp, p: Pkt): void {
     return;
   }
   const grh = makeGrh(p);
-  if (!scatter(dev, qp, w, 0, grh, 0, 40) || !scatter(dev, qp, w, 40, p.payload, p.payOff, p.payLen)) {
+  if (!scatter(qp, w, 0, grh, 0, 40) || !scatter(qp, w, 40, p.payload, p.payOff, p.payLen)) {
     postRecvWc(qp, w.wrId, WcStatus.LOC_PROT_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     return;
   }
   const imm = (p.mask & M.IMM) !== 0;
   if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0))) {
-    toError(dev, qp, 'receive CQ overrun (CQ_ERR)');
+    toError(qp, 'receive CQ overrun (CQ_ERR)');
     return;
   }
-  dev.counters.rdma_recvs++;
+  qp.dev.counters.rdma_recvs++;
 }
 
 const grhBuf = new Uint8Array(40);

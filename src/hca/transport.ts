@@ -27,26 +27,21 @@ import { networkInterfaces } from 'node:os';
 import { RawUdp4 } from '../native/net.js';
 import { SysError } from '../native/libc.js';
 import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
-import { gidOf, type SoftDevice } from './device.js';
+import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { PcapWriter } from './pcap.js';
 
-/** The address a GID stands for: a dotted quad for IPv4-mapped GIDs, else IPv6 text. */
-export function gidToAddr(g: Uint8Array): string {
-  if (isV4Gid(g)) return `${g[12]}.${g[13]}.${g[14]}.${g[15]}`;
-  const parts: string[] = [];
-  for (let i = 0; i < 16; i += 2) parts.push(((g[i]! << 8) | g[i + 1]!).toString(16));
-  return parts.join(':');
-}
-
-export function isV4Gid(g: Uint8Array): boolean {
-  return g[10] === 0xff && g[11] === 0xff && g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0 && g[6] === 0 && g[7] === 0 && g[8] === 0 && g[9] === 0;
-}
-
-/** The IP address bytes a GID stands for (4 for IPv4-mapped, else the 16). */
-export function gidIp(g: Uint8Array): Uint8Array {
-  return isV4Gid(g) ? g.subarray(12, 16) : g;
+/** The device a wire belongs to, as the wire sees it (SoftDevice is one). */
+export interface WireDevice {
+  readonly addr: string;
+  readonly gids: readonly Uint8Array[];
+  readonly counters: { send_err: number };
+  newPkt(): Pkt;
+  freePkt(p: Pkt): void;
+  /** a packet off the wire; its payload lives only until this returns */
+  receiveFromWire(p: Pkt): void;
+  onBug: ((e: Error) => void) | null;
 }
 
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
@@ -66,7 +61,7 @@ export class RoceTransport {
   /** Frames that arrived and were dropped before reaching a QP, by reason. */
   readonly dropped = new Map<string, number>();
 
-  constructor(readonly dev: SoftDevice, private readonly request: WireRequest = 'auto', private readonly pcap: PcapWriter | null = null) {
+  constructor(readonly dev: WireDevice, private readonly request: WireRequest = 'auto', private readonly pcap: PcapWriter | null = null) {
     this.v4 = isIPv4(dev.addr);
     this.srcIp = gidIp(gidOf(dev.addr)).slice();
     this.ipId = (process.pid * 2654435761) & 0xffff || 1;
@@ -249,12 +244,11 @@ export class RoceTransport {
   }
 
   private deliver(buf: Uint8Array, off: number, len: number, src: Uint8Array): void {
-    const fabric = this.dev.fabric;
-    const p = fabric.pool.get();
+    const p = this.dev.newPkt();
     const err = decode(buf, off, len, p);
     if (err) {
       this.drop(err);
-      fabric.pool.put(p);
+      this.dev.freePkt(p);
       return;
     }
     p.srcGid = src;

@@ -4,7 +4,8 @@
  * test/tools/fixtures). Formatting is pure, so the tests feed it the rxe
  * VM's attributes and compare with the recorded text byte for byte.
  */
-import type { DeviceAttr, PortAttr } from '../verbs/verbs.js';
+import type { DeviceAttr, PortAttr } from '../verbs/types.js';
+import { guidString } from '../common/format.js';
 
 export interface PortInfo {
   num: number;
@@ -40,11 +41,6 @@ const CAP_FLAGS: Array<[number, string]> = [
 const mtuStr = (m: number) => (m >= 1 && m <= 5 ? String(128 << m) : 'invalid MTU');
 const hex = (n: number | bigint, w = 0) => n.toString(16).padStart(w, '0');
 
-/** "xxxx:xxxx:xxxx:xxxx" from a GUID in host order. */
-export function guidStr(g: bigint): string {
-  const h = hex(g, 16);
-  return `${h.slice(0, 4)}:${h.slice(4, 8)}:${h.slice(8, 12)}:${h.slice(12)}`;
-}
 
 /** glibc inet_ntop(AF_INET6): longest zero run as "::", IPv4-mapped as a dotted quad. */
 export function inet6(g: Uint8Array): string {
@@ -96,8 +92,8 @@ export function formatDevinfo(info: DevInfo, verbose: boolean): string {
   p(`hca_id:\t${info.name}`);
   p(`\ttransport:\t\t\tInfiniBand (0)`);
   if (a.fwVer) p(`\tfw_ver:\t\t\t\t${a.fwVer}`);
-  p(`\tnode_guid:\t\t\t${guidStr(a.nodeGuid)}`);
-  p(`\tsys_image_guid:\t\t\t${guidStr(a.sysImageGuid)}`);
+  p(`\tnode_guid:\t\t\t${guidString(a.nodeGuid)}`);
+  p(`\tsys_image_guid:\t\t\t${guidString(a.sysImageGuid)}`);
   p(`\tvendor_id:\t\t\t0x${hex(a.vendorId, 4)}`);
   p(`\tvendor_part_id:\t\t\t${a.vendorPartId}`);
   p(`\thw_ver:\t\t\t\t0x${hex(a.hwVer).toUpperCase()}`);

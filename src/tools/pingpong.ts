@@ -9,6 +9,7 @@
  */
 import { createConnection, createServer, type Socket } from 'node:net';
 import {
+  mtuOfBytes,
   Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WC_STATUS_STR, WorkCompletion, WrOpcode,
   type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type QueuePair, type SharedReceiveQueue,
 } from '../verbs/index.js';
@@ -74,7 +75,6 @@ export function usage(tool: string, v: Variant): string {
   return ['Usage:', `  ${tool}            start a server and wait for connection`, `  ${tool} <host>     connect to server at <host>`, '', 'Options:', ...v.usageLines, ''].join('\n');
 }
 
-const MTU_ENUM: Record<number, number> = { 256: Mtu.MTU_256, 512: Mtu.MTU_512, 1024: Mtu.MTU_1024, 2048: Mtu.MTU_2048, 4096: Mtu.MTU_4096 };
 
 /** One side's address as the exchange carries it. */
 export interface Dest { lid: number; qpn: number; psn: number; gid: Uint8Array }
@@ -143,10 +143,11 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
   const ibPort = values['ib-port'] !== undefined ? cnum(values['ib-port'] as string) : 1;
   if (ibPort < 1) return bad();
   const size = values.size !== undefined ? cnum(values.size as string) >>> 0 : v.defaultSize;
-  let mtu: number = Mtu.MTU_1024;
+  let mtu: Mtu = Mtu.MTU_1024;
   if (values.mtu !== undefined) {
-    mtu = MTU_ENUM[cnum(values.mtu as string)] ?? 0;
-    if (!mtu) return bad();
+    const m = mtuOfBytes(cnum(values.mtu as string));
+    if (!m) return bad();
+    mtu = m;
   }
   const rxDepth = values['rx-depth'] !== undefined ? cnum(values['rx-depth'] as string) >>> 0 : 500;
   const iters = values.iters !== undefined ? cnum(values.iters as string) >>> 0 : 1000;
@@ -337,7 +338,7 @@ function postSend(pp: Pp, kind: Kind, i: number, size: number, remoteQpn: number
   });
 }
 
-async function connectCtx(pp: Pp, kind: Kind, ibPort: number, mine: Dest[], rem: Dest[], mtu: number, sl: number, gidx: number): Promise<void> {
+async function connectCtx(pp: Pp, kind: Kind, ibPort: number, mine: Dest[], rem: Dest[], mtu: Mtu, sl: number, gidx: number): Promise<void> {
   for (let i = 0; i < pp.qps.length; i++) {
     const qp = pp.qps[i]!;
     const d = rem[i]!;

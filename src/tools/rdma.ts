@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { verbsClassDir } from '../common/paths.js';
-import { COUNTER_NAMES } from '../hca/device.js';
+import { COUNTER_NAMES } from '../hca/counters.js';
 import { getDeviceList, type Device } from '../verbs/index.js';
 import { mgmtQuery } from '../verbs/mgmt.js';
 import { VerbsError } from '../verbs/errors.js';

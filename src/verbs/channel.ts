@@ -1,11 +1,12 @@
 /**
- * The command connection to a device file: uverbs frames out, replies back
- * in order (DESIGN §3). The socket is only ref'd while a reply is awaited,
- * so a program that forgets to close its context still exits.
+ * The connections to a device file: the command connection (uverbs frames
+ * out, replies back in order) and event streams (async events, completion
+ * channels). A socket is only ref'd while something waits on it, so a
+ * program that forgets to close its context still exits.
  */
 import { connect, type Socket } from 'node:net';
 import { VerbsError } from './errors.js';
-import { FrameAssembler } from '../abi/framing.js';
+import { attachFrame, FrameAssembler, parseReply, replySize } from '../abi/framing.js';
 import { pidAlive } from '../common/proc.js';
 
 /** No reply is larger: the response structs are small, error texts at most 1 KiB, management answers well under this. */
@@ -21,8 +22,8 @@ export class CommandChannel {
   private pending: Pending[] = [];
   private dead: Error | null = null;
   private readonly frames = new FrameAssembler(
-    // a reply: 8-byte header, then out_bytes (bounded: a frame beyond any reply is a broken stream)
-    (h) => (h.readUInt32LE(4) > MAX_REPLY ? -1 : 8 + h.readUInt32LE(4)),
+    // bounded: a frame beyond any reply is a broken stream
+    (h) => replySize(h, MAX_REPLY),
     (f) => this.onReply(f),
     () => {
       this.fail(new Error('the daemon sent a reply no daemon sends'));
@@ -96,8 +97,7 @@ export class CommandChannel {
   }
 
   private onReply(f: Buffer): void {
-    const status = f.readInt32LE(0);
-    const body = f.subarray(8);
+    const { status, body } = parseReply(f);
     const p = this.pending.shift();
     if (this.pending.length === 0) this.sock.unref();
     if (!p) return;
@@ -128,34 +128,28 @@ export class CommandChannel {
     this.sock.write(frame);
   }
 
-  close(): void {
-    this.sock.destroy();
+  /** Closes the connection (the daemon then releases the context); resolves once it is closed. */
+  close(): Promise<void> {
+    return closeSocket(this.sock);
   }
+}
+
+function closeSocket(s: Socket): Promise<void> {
+  if (s.closed) return Promise.resolve();
+  return new Promise((resolve) => {
+    s.once('close', () => resolve());
+    s.destroy();
+  });
 }
 
 const noop = () => {};
 
 /** An event stream (async events or a completion channel): fixed-size records pushed by the daemon. */
 export class EventStream {
-  private buf = Buffer.alloc(0);
   private waiters: Array<(b: Buffer | null) => void> = [];
   private queued: Buffer[] = [];
   private closed = false;
-  private constructor(
-    readonly sock: Socket,
-    private readonly recordSize: number,
-  ) {
-    sock.on('data', (d) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      while (this.buf.length >= this.recordSize) {
-        const rec = Buffer.from(this.buf.subarray(0, this.recordSize));
-        this.buf = this.buf.subarray(this.recordSize);
-        const w = this.waiters.shift();
-        if (w) w(rec);
-        else this.queued.push(rec);
-      }
-      if (this.waiters.length === 0) sock.unref();
-    });
+  private constructor(readonly sock: Socket) {
     sock.on('close', () => {
       this.closed = true;
       for (const w of this.waiters.splice(0)) w(null);
@@ -164,37 +158,50 @@ export class EventStream {
     sock.unref();
   }
 
-  /** Connects and attaches to the context's stream named by `token`. */
+  private onRecord(rec: Buffer): void {
+    // copied out of the chunk it came in: the caller may keep it
+    const copy = Buffer.from(rec);
+    const w = this.waiters.shift();
+    if (w) w(copy);
+    else this.queued.push(copy);
+    if (this.waiters.length === 0) this.sock.unref();
+  }
+
+  /** Connects and attaches to the context's stream named by `token`: one reply (its status), then records of `recordSize` bytes. */
   static async attach(path: string, command: number, token: number, recordSize: number, verb: string): Promise<EventStream> {
     const s = await new Promise<Socket>((resolve, reject) => {
       const c = connect(path);
       c.once('connect', () => resolve(c));
       c.once('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(verb, e.code ?? 'EIO', e.message)));
     });
-    const f = Buffer.alloc(16);
-    f.writeUInt32LE(command, 0);
-    f.writeUInt16LE(4, 4);
-    f.writeUInt32LE(token, 8);
-    s.write(f);
-    const hdr = await new Promise<Buffer>((resolve, reject) => {
-      let b = Buffer.alloc(0);
-      const on = (d: Buffer) => {
-        b = Buffer.concat([b, d]);
-        if (b.length >= 8) {
-          s.off('data', on);
-          if (b.length > 8) s.unshift(b.subarray(8));
-          resolve(b.subarray(0, 8));
-        }
-      };
-      s.on('data', on);
+    const stream = new EventStream(s);
+    const status = await new Promise<number>((resolve, reject) => {
+      let attached = false;
+      const frames = new FrameAssembler(
+        (h) => replySize(h, 0),
+        (f) => {
+          if (attached) return stream.onRecord(f);
+          attached = true;
+          // from here on, what comes is records (the assembler asks for each frame's size as it gets there)
+          frames.sizeOf = () => recordSize;
+          resolve(parseReply(f).status);
+        },
+        () => reject(new VerbsError(verb, 'EIO', 'the daemon answered the attach with a body')),
+      );
+      s.on('data', (d) => frames.push(d));
       s.once('close', () => reject(new VerbsError(verb, 'EIO', 'closed while attaching')));
+      s.ref();
+      s.write(attachFrame(command, token));
+    }).catch((e: unknown) => {
+      s.destroy();
+      throw e;
     });
-    const status = hdr.readInt32LE(0);
+    s.unref();
     if (status < 0) {
       s.destroy();
       throw new VerbsError(verb, -status);
     }
-    return new EventStream(s, recordSize);
+    return stream;
   }
 
   /** The next record, or null once the stream is closed. */
@@ -206,12 +213,7 @@ export class EventStream {
     return new Promise((r) => this.waiters.push(r));
   }
 
-  /** A record already received, without waiting. */
-  poll(): Buffer | null {
-    return this.queued.shift() ?? null;
-  }
-
-  close(): void {
-    this.sock.destroy();
+  close(): Promise<void> {
+    return closeSocket(this.sock);
   }
 }

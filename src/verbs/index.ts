@@ -3,17 +3,22 @@
  *
  * ```ts
  * import { getDeviceList, openDevice, Access, QpType } from 'softverbs';
- * const ctx = await openDevice(getDeviceList()[0]!);
- * const pd = await ctx.allocPd();
- * const mr = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+ * await using ctx = await openDevice(getDeviceList()[0]!);
+ * await using pd = await ctx.allocPd();
+ * await using mr = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
  * ```
  */
 export * from '../abi/enums.js';
 export { VerbsError } from './errors.js';
-export {
-  getDeviceList, openDevice, Context, ProtectionDomain, MemoryRegion, AddressHandle, CompletionChannel, CompletionQueue,
-  SharedReceiveQueue, QueuePair, WorkCompletion,
-} from './verbs.js';
-export type { Device, DeviceAttr, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, AhAttr, GlobalRoute, AsyncEvent } from './verbs.js';
-export type { QpCaps } from '../abi/queue.js';
+export { getDeviceList, openDevice } from './device.js';
+export { Context } from './context.js';
+export { ProtectionDomain } from './pd.js';
+export { MemoryRegion } from './mr.js';
+export { AddressHandle } from './ah.js';
+export { CompletionChannel, CompletionQueue } from './cq.js';
+export { SharedReceiveQueue } from './srq.js';
+export { QueuePair } from './qp.js';
+export { WorkCompletion } from './types.js';
+export type { Device, DeviceAttr, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, SrqAttr, AhAttr, GlobalRoute, AsyncEvent, QpCaps } from './types.js';
+export { gidString, parseGidString } from '../common/format.js';
 export { defaultRoot } from '../common/paths.js';

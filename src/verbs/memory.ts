@@ -2,9 +2,13 @@
  * Registrable memory: Buffers backed by a memfd the daemon can map. A plain
  * Buffer lives in Node's heap, which no other process can see, so
  * registering one is an error that says so.
+ *
+ * A region lives as long as its memory is reachable: once the last Buffer
+ * over it is collected, its mapping and memfd are released (an MR the
+ * daemon holds keeps its own mapping of the pages).
  */
 import { closeSync, ftruncateSync } from 'node:fs';
-import { mapShared, memfdCreate, type Mapping } from '../native/libc.js';
+import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 
 const PAGE = 4096;
@@ -12,14 +16,41 @@ const PAGE = 4096;
 /** A memfd-backed region of this process. */
 export interface Region {
   readonly fd: number;
-  readonly mapping: Mapping;
   /** Address of byte 0 of the mapping. */
   readonly addr: bigint;
   readonly length: number;
+  readonly memory: WeakRef<ArrayBuffer>;
 }
 
 const byBuffer = new WeakMap<ArrayBuffer, Region>();
-const regions: Region[] = [];
+/** Every live region, sorted by address: inline sends find theirs by binary search. */
+const sorted: Region[] = [];
+
+interface Release {
+  region: Region;
+  mapping: Omit<Mapping, 'buffer'> & { unmapped: boolean };
+}
+const released = new FinalizationRegistry<Release>(({ region, mapping }) => {
+  const i = sorted.indexOf(region);
+  if (i >= 0) sorted.splice(i, 1);
+  try {
+    unmap(mapping as Mapping);
+    closeSync(region.fd);
+  } catch {
+    /* released at exit anyway */
+  }
+});
+
+function insert(r: Region): void {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid]!.addr < r.addr) lo = mid + 1;
+    else hi = mid;
+  }
+  sorted.splice(lo, 0, r);
+}
 
 /** Allocates `length` bytes of shared memory (page-rounded, zeroed) and returns a Buffer over exactly `length` of them. */
 export function allocShared(length: number, name = 'softverbs'): { buf: Buffer; region: Region } {
@@ -29,9 +60,10 @@ export function allocShared(length: number, name = 'softverbs'): { buf: Buffer; 
   try {
     ftruncateSync(fd, size);
     const mapping = mapShared(fd, size, 0);
-    const region: Region = { fd, mapping, addr: mapping.addr, length: size };
+    const region: Region = { fd, addr: mapping.addr, length: size, memory: new WeakRef(mapping.buffer) };
     byBuffer.set(mapping.buffer, region);
-    regions.push(region);
+    insert(region);
+    released.register(mapping.buffer, { region, mapping: { ptr: mapping.ptr, addr: mapping.addr, length: mapping.length, unmapped: false } });
     return { buf: Buffer.from(mapping.buffer, 0, length), region };
   } catch (e) {
     closeSync(fd);
@@ -45,12 +77,17 @@ export function regionOf(buf: Uint8Array): { region: Region; offset: number } | 
   return region ? { region, offset: buf.byteOffset } : null;
 }
 
-/** Finds the bytes at a process address (for inline sends): [region, offset]. */
+/** The bytes at a process address (for inline sends), or null if no live region holds all of them. O(log regions). */
 export function atAddress(addr: bigint, length: number): Uint8Array | null {
-  for (const r of regions) {
-    if (addr >= r.addr && addr + BigInt(length) <= r.addr + BigInt(r.length)) {
-      return new Uint8Array(r.mapping.buffer, Number(addr - r.addr), length);
-    }
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid]!.addr <= addr) lo = mid + 1;
+    else hi = mid;
   }
-  return null;
+  const r = sorted[lo - 1];
+  if (!r || addr + BigInt(length) > r.addr + BigInt(r.length)) return null;
+  const mem = r.memory.deref();
+  return mem ? new Uint8Array(mem, Number(addr - r.addr), length) : null;
 }

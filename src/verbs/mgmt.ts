@@ -4,30 +4,31 @@
  * private first frame 0xF2, answered with one JSON reply or an errno.
  */
 import { connect } from 'node:net';
-import { SvCmd } from '../abi/uverbs.js';
+import { FrameAssembler, mgmtFrame, parseReply, replySize } from '../abi/framing.js';
 import { VerbsError } from './errors.js';
 
+/** No management answer is larger (the resource tracker of a busy daemon is well under it). */
+const MAX_ANSWER = 256 << 20;
+
 export async function mgmtQuery<T = unknown>(devPath: string, op: string, args: Record<string, unknown> = {}): Promise<T> {
-  const body = Buffer.from(JSON.stringify({ ...args, op }));
-  const pad = (4 - ((8 + body.length) % 4)) % 4;
-  const f = Buffer.alloc(8 + body.length + pad, 0x20);
-  f.writeUInt32LE(SvCmd.MGMT, 0);
-  f.writeUInt16LE(f.length / 4, 4);
-  f.writeUInt16LE(0, 6);
-  body.copy(f, 8);
   return new Promise<T>((resolve, reject) => {
     const s = connect(devPath);
-    let b = Buffer.alloc(0);
-    s.on('data', (d) => {
-      b = Buffer.concat([b, d]);
-      if (b.length < 8 || b.length < 8 + b.readUInt32LE(4)) return;
-      s.destroy();
-      const rc = b.readInt32LE(0);
-      const text = b.subarray(8, 8 + b.readUInt32LE(4)).toString();
-      if (rc < 0) reject(new VerbsError(`mgmt ${op}`, -rc, text || undefined));
-      else resolve(JSON.parse(text) as T);
-    });
-    s.on('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(`mgmt ${op}`, e.errno ? -e.errno : 5, `${devPath}: ${e.message}`)));
-    s.write(f);
+    const frames = new FrameAssembler(
+      (h) => replySize(h, MAX_ANSWER),
+      (f) => {
+        s.destroy();
+        const { status, body } = parseReply(f);
+        const text = body.toString();
+        if (status < 0) reject(new VerbsError(`mgmt ${op}`, -status, text || undefined));
+        else resolve(JSON.parse(text) as T);
+      },
+      () => {
+        s.destroy();
+        reject(new VerbsError(`mgmt ${op}`, 'EIO', 'the daemon sent a reply no daemon sends'));
+      },
+    );
+    s.on('data', (d) => frames.push(d));
+    s.on('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(`mgmt ${op}`, e.code ?? 'EIO', `${devPath}: ${e.message}`)));
+    s.write(mgmtFrame(JSON.stringify({ ...args, op })));
   });
 }

@@ -117,7 +117,7 @@ test('encode/decode round-trips every field, little-endian', () => {
   assert.equal(b.readBigUInt64LE(0), 0x1122334455667788n);
   assert.equal(b.readInt32LE(24), -1);
   assert.deepEqual(unpack(U.CREATE_CQ, b), v);
-  const f = U.frame(U.Cmd.REG_MR, U.COMMANDS.get(U.Cmd.REG_MR)!, { start: 4096n, length: 8192n, hca_va: 4096n, pd_handle: 3, access_flags: 7 }, { memfd: 9, memfd_offset: 0n });
+  const f = U.frame(U.Spec.REG_MR, { start: 4096n, length: 8192n, hca_va: 4096n, pd_handle: 3, access_flags: 7 }, { memfd: 9, memfd_offset: 0n });
   assert.equal(f.readUInt32LE(0), U.Cmd.REG_MR);
   assert.equal(f.readUInt16LE(4) * 4, f.length);
   assert.equal(f.length, 8 + 40 + 16);

@@ -6,10 +6,13 @@
 import assert from 'node:assert/strict';
 import { chmodSync, ftruncateSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { regionOf } from '../../src/verbs/memory.js';
+import * as U from '../../src/abi/uverbs.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SoftDevice, Fabric, ibMtuOf, netdevMtu } from '../../src/hca/device.js';
+import { SoftDevice } from '../../src/hca/device.js';
+import { Fabric } from '../../src/hca/fabric.js';
+import { ibMtuOf, netdevMtu } from '../../src/hca/netdev.js';
 import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, spawnPeer, startDaemon , A1 } from '../helpers.js';
 
@@ -44,8 +47,8 @@ describe('isolation', () => {
       const pdA = await a.allocPd();
       const mrA = await pdA.allocMr(4096, ALL);
       // B has no PD yet: A's handle number means nothing to B
-      await assert.rejects(b.command('ibv_dealloc_pd', 4, { pd_handle: 0 }), { errno: 'EINVAL' });
-      await assert.rejects(b.command('ibv_dereg_mr', 13, { mr_handle: 1 }), { errno: 'EINVAL' });
+      await assert.rejects(b.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: 0 }), { code: 'EINVAL' });
+      await assert.rejects(b.command('ibv_dereg_mr', U.Spec.DEREG_MR, { mr_handle: 1 }), { code: 'EINVAL' });
       // B's own handle 0 is B's PD; deallocating it leaves A's PD working
       const pdB = await b.allocPd();
       await pdB.deallocPd();
@@ -206,7 +209,7 @@ describe('pinned memory against RLIMIT_MEMLOCK', () => {
       const m1 = await limited.call('regMr', { buf });
       assert.equal(await pinned(), 11);
       // the same pages again: 10 more would make 21 > 16
-      await assert.rejects(limited.call('regMr', { buf }), { errno: 'ENOMEM' });
+      await assert.rejects(limited.call('regMr', { buf }), { code: 'ENOMEM' });
       assert.equal(await pinned(), 11, 'nothing half-registered');
       const rows = (await mgmt(dev.devPath, 'restrack')).filter((r: { pid: number; type: string }) => r.pid === info.pid && r.type === 'mr');
       assert.equal(rows.length, 2, 'no MR left behind by the failed registration');
@@ -263,7 +266,7 @@ describe('device file permissions', () => {
       assert.equal(st.mode & 0o777, 0o660);
       assert.equal(st.gid, 4242);
       const outsider = spawnPeer(NOBODY);
-      await assert.rejects(outsider.call('init', { root: d.root }), { errno: 'EACCES' });
+      await assert.rejects(outsider.call('init', { root: d.root }), { code: 'EACCES' });
       await outsider.kill();
       const member = spawnPeer(['setpriv', '--reuid=65534', '--regid=4242', '--clear-groups']);
       const ok = await member.call('init', { root: d.root, mrLen: 4096 });

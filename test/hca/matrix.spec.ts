@@ -13,10 +13,10 @@ import { after, before, describe, test } from 'node:test';
 import {
   Access, getDeviceList, openDevice, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode,
   type AddressHandle, type CompletionQueue, type Context, type MemoryRegion, type QueuePair,
+  mtuOfBytes,
 } from '../../src/verbs/index.js';
 import { connectQp, pattern, pollN, startDaemon, type RunningDaemon , A1, A2 } from '../helpers.js';
 
-const MTU_ENUM: Record<number, number> = { 256: 1, 1024: 3, 4096: 5 };
 const MIB = 1 << 20;
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
 const sizesFor = (mtu: number) => [0, 1, mtu - 1, mtu, mtu + 1, MIB];
@@ -26,7 +26,7 @@ interface Side { ctx: Context; cq: CompletionQueue; qp: QueuePair; mr: MemoryReg
 async function side(ctx: Context, type: number): Promise<Side> {
   const pd = await ctx.allocPd();
   const cq = await ctx.createCq(64);
-  const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: type, cap: { maxSendWr: 16, maxRecvWr: 16 } });
+  const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: type as QpType, cap: { maxSendWr: 16, maxRecvWr: 16 } });
   const mr = await pd.allocMr(2 * MIB + 4096, ALL);
   return { ctx, cq, qp, mr };
 }
@@ -34,8 +34,8 @@ async function side(ctx: Context, type: number): Promise<Side> {
 async function pair(a: Context, b: Context, type: number, mtu: number): Promise<[Side, Side]> {
   const s = await side(a, type);
   const r = await side(b, type);
-  await connectQp(s.qp, a, { qpn: r.qp.qpNum, gid: b.queryGid(1, 0) }, { mtu: MTU_ENUM[mtu] });
-  await connectQp(r.qp, b, { qpn: s.qp.qpNum, gid: a.queryGid(1, 0) }, { mtu: MTU_ENUM[mtu] });
+  await connectQp(s.qp, a, { qpn: r.qp.qpNum, gid: b.queryGid(1, 0) }, { mtu: mtuOfBytes(mtu) });
+  await connectQp(r.qp, b, { qpn: s.qp.qpNum, gid: a.queryGid(1, 0) }, { mtu: mtuOfBytes(mtu) });
   if (type === QpType.UD) s.ah = await s.qp.pd.createAh({ grh: { dgid: b.queryGid(1, 0) } });
   return [s, r];
 }
@@ -76,7 +76,7 @@ async function one(s: Side, r: Side, type: number, op: number, size: number, mtu
   if (needsRecv && !udTooBig) r.qp.postRecv({ wrId: seed, sgList: [r.mr.sge(MIB, size + grh + 1)] });
   const local = isRead ? s.mr.sge(MIB, size) : s.mr.sge(0, size);
   s.qp.postSend({
-    wrId: seed, opcode: op, sendFlags: SendFlags.SIGNALED, sgList: size ? [local] : [], imm,
+    wrId: seed, opcode: op as WrOpcode, sendFlags: SendFlags.SIGNALED, sgList: size ? [local] : [], imm,
     rdma: isRead ? { remoteAddr: r.mr.addr, rkey: r.mr.rkey } : isWrite ? { remoteAddr: r.mr.addr + BigInt(MIB), rkey: r.mr.rkey } : undefined,
     ud: s.ah ? { ah: s.ah, remoteQpn: r.qp.qpNum, remoteQkey: 0x11111111 } : undefined,
   });
@@ -140,7 +140,7 @@ for (const topology of ['two devices of one daemon', 'two daemons'] as const) {
           a = await openDevice(devs.find((d) => d.name === 'rxe0')!, daemons[0]!.root);
           b = await openDevice(devs.find((d) => d.name === 'rxe1')!, daemons[0]!.root);
         }
-        assert.equal((await a.queryPort(1)).activeMtu, MTU_ENUM[mtu]);
+        assert.equal((await a.queryPort(1)).activeMtu, mtuOfBytes(mtu));
       });
       after(async () => {
         a?.closeDevice();

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { modifyIsOk } from '../../src/hca/qp.js';
 import {
   Access, EventType, getDeviceList, openDevice, QpAttrMask as A, QpState as S, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context,
+  type Mtu,
 } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
@@ -59,14 +60,14 @@ describe('through the daemon', () => {
     const pd = await ctx.allocPd();
     const cq = await ctx.createCq(8);
     const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
-    await assert.rejects(qp.modifyQp({ qpState: S.RTR }, A.STATE), { errno: 'EINVAL' });
-    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 1 }, A.STATE | A.PKEY_INDEX | A.PORT), { errno: 'EINVAL' });
-    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 2, qpAccessFlags: 0 }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS), { errno: 'EINVAL' }, 'port 2');
+    await assert.rejects(qp.modifyQp({ qpState: S.RTR }, A.STATE), { code: 'EINVAL' });
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 1 }, A.STATE | A.PKEY_INDEX | A.PORT), { code: 'EINVAL' });
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 2, qpAccessFlags: 0 }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS), { code: 'EINVAL' }, 'port 2');
     assert.equal((await qp.queryQp()).qpState, S.RESET);
     await qp.modifyQp({ qpState: S.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: Access.REMOTE_WRITE }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
     assert.equal((await qp.queryQp()).qpState, S.INIT);
-    await assert.rejects(qp.modifyQp({ qpState: S.RTR, pathMtu: 9 }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER), { errno: 'EINVAL' }, 'bad MTU enum');
-    await assert.rejects(qp.modifyQp({ qpState: S.INIT, curQpState: S.RESET }, A.STATE | A.CUR_STATE), { errno: 'EINVAL' });
+    await assert.rejects(qp.modifyQp({ qpState: S.RTR, pathMtu: 9 as Mtu }, A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER), { code: 'EINVAL' }, 'bad MTU enum');
+    await assert.rejects(qp.modifyQp({ qpState: S.INIT, curQpState: S.RESET }, A.STATE | A.CUR_STATE), { code: 'EINVAL' });
     await qp.modifyQp({ qpState: S.ERR }, A.STATE);
     await qp.modifyQp({ qpState: S.RESET }, A.STATE);
     assert.equal(qp.state, S.RESET);
@@ -156,6 +157,6 @@ describe('through the daemon', () => {
 
   test('regMr of a plain Buffer is a clear error', async () => {
     const pd = await ctx.allocPd();
-    await assert.rejects(pd.regMr(Buffer.alloc(4096), Access.LOCAL_WRITE), (e: Error & { errno: string }) => e.errno === 'EINVAL' && /not shared memory/.test(e.message));
+    await assert.rejects(pd.regMr(Buffer.alloc(4096), Access.LOCAL_WRITE), (e: Error & { code: string }) => e.code === 'EINVAL' && /not shared memory/.test(e.message));
   });
 });

@@ -6,15 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CONS, PROD, RING_HDR } from '../../src/abi/queue.js';
+import { CONS, PROD, RING_HDR } from '../../src/abi/ring.js';
 import { xorshift32 } from '../../src/common/rng.js';
 import { Access, getDeviceList, openDevice, QpType, type CompletionQueue, type QueuePair } from '../../src/verbs/index.js';
 import { assertServing, connectQp, mgmt, startDaemon } from '../helpers.js';
 
 /** What the library keeps private, as a hostile client would reach it. */
 interface Rings {
-  sqHdr: Int32Array;
-  sqBytes: Uint8Array;
+  sq: { hdr: Int32Array; bytes: Uint8Array };
   sendBell: Buffer;
 }
 
@@ -40,13 +39,15 @@ test(`${TOTAL.toLocaleString('en-US')} random WQEs, bogus ring indices and stray
       await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
       b.postRecv({ wrId: 1, sgList: [mr.sge(0, 64)] });
       const r = a as unknown as Rings;
+      const sqHdr = r.sq.hdr;
+      const sqBytes = r.sq.bytes;
       for (let k = 0; k < PER_ROUND; k++) {
         const what = ri(6);
         if (what <= 2) {
           // a WQE slot full of noise, sometimes with a plausible opcode / lkey / address
-          const slot = RING_HDR + ri(16) * ((r.sqBytes.length - RING_HDR) / 16 | 0);
-          for (let i = 0; i < 96 + 64; i++) if (slot + i < r.sqBytes.length) r.sqBytes[slot + i] = ri(256);
-          const dv = new DataView(r.sqBytes.buffer, r.sqBytes.byteOffset);
+          const slot = RING_HDR + ri(16) * ((sqBytes.length - RING_HDR) / 16 | 0);
+          for (let i = 0; i < 96 + 64; i++) if (slot + i < sqBytes.length) sqBytes[slot + i] = ri(256);
+          const dv = new DataView(sqBytes.buffer, sqBytes.byteOffset);
           if (rand() < 0.5) dv.setUint32(slot + 8, ri(12), true);
           if (rand() < 0.5) dv.setUint32(slot + 16, ri(6), true);
           if (rand() < 0.5) {
@@ -54,11 +55,11 @@ test(`${TOTAL.toLocaleString('en-US')} random WQEs, bogus ring indices and stray
             dv.setUint32(slot + 104, ri(1 << 17), true);
             dv.setUint32(slot + 108, rand() < 0.7 ? mr.lkey : ri(0xffffffff), true);
           }
-          Atomics.add(r.sqHdr, PROD, 1);
+          Atomics.add(sqHdr, PROD, 1);
         } else if (what === 3) {
-          Atomics.store(r.sqHdr, PROD, ri(0x7fffffff)); // a producer index from nowhere
+          Atomics.store(sqHdr, PROD, ri(0x7fffffff)); // a producer index from nowhere
         } else if (what === 4) {
-          Atomics.store(new Int32Array((cq as unknown as { hdr: Int32Array }).hdr.buffer, 0, RING_HDR / 4), CONS, ri(0x7fffffff));
+          Atomics.store((cq as unknown as { ring: { hdr: Int32Array } }).ring.hdr, CONS, ri(0x7fffffff));
         }
         ctx.cmd.ring('doorbell', r.sendBell);
         if (rand() < 0.2) await new Promise((res) => setImmediate(res));

@@ -15,13 +15,13 @@ import { after, before, describe, test } from 'node:test';
 import {
   Access, getDeviceList, openDevice, QpType, SendFlags, WcOpcode, WcStatus, WrOpcode,
   type AddressHandle, type CompletionQueue, type Context, type MemoryRegion, type QueuePair,
+  mtuOfBytes,
 } from '../../src/verbs/index.js';
 import { connectQp, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
 const PEER = process.env.LAB_PEER ?? '';
 const HOST = process.env.LAB_HOST ?? '10.77.0.1';
 const skip = PEER ? false : 'LAB_PEER is not set: run through `npm run test:interop`';
-const MTU_ENUM: Record<number, number> = { 1024: 3, 4096: 5 };
 const SIZE = 1 << 20;
 const HALF = SIZE / 2;
 
@@ -57,13 +57,13 @@ class Ours implements End {
   async open(): Promise<this> {
     this.pd = await this.ctx.allocPd();
     this.cq = await this.ctx.createCq(256);
-    this.qp = await this.pd.createQp({ sendCq: this.cq, recvCq: this.cq, qpType: this.type, cap: { maxSendWr: 64, maxRecvWr: 64 } });
+    this.qp = await this.pd.createQp({ sendCq: this.cq, recvCq: this.cq, qpType: this.type as QpType, cap: { maxSendWr: 64, maxRecvWr: 64 } });
     this.mr = await this.pd.allocMr(SIZE, Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC);
     this.info = { qpn: this.qp.qpNum, gid: gidText(this.ctx.queryGid(1, 0)), rkey: this.mr.rkey, addr: this.mr.addr };
     return this;
   }
   async connect(peer: Info, mtu: number): Promise<void> {
-    await connectQp(this.qp, this.ctx, { qpn: peer.qpn, gid: gidBytes(peer.gid) }, { mtu: MTU_ENUM[mtu] });
+    await connectQp(this.qp, this.ctx, { qpn: peer.qpn, gid: gidBytes(peer.gid) }, { mtu: mtuOfBytes(mtu) });
   }
   async write(off: number, b: Buffer): Promise<void> {
     b.copy(this.mr.buf, off);

@@ -15,7 +15,7 @@ import { getDeviceList, openDevice, QpType } from '../../src/verbs/index.js';
 const HOG = join(DIST, 'test', 'fixtures', 'hog.js');
 
 /** Runs the hog fixture (as `as`), returns its report once it has taken what it could; it holds it until released. */
-async function hog(as: string[], root: string, what: string, n: number): Promise<{ got: number; error: { errno: string; message: string } | null; release(): Promise<void> }> {
+async function hog(as: string[], root: string, what: string, n: number): Promise<{ got: number; error: { code: string; message: string } | null; release(): Promise<void> }> {
   const cmd = [...as, process.execPath, HOG, root, what, String(n)];
   const p: ChildProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
@@ -26,7 +26,7 @@ async function hog(as: string[], root: string, what: string, n: number): Promise
     });
     p.once('exit', (c) => reject(new Error(`hog exited ${c}: ${out}`)));
   });
-  const r = JSON.parse(line) as { got: number; error: { errno: string; message: string } | null };
+  const r = JSON.parse(line) as { got: number; error: { code: string; message: string } | null };
   return {
     ...r,
     release: () =>
@@ -59,7 +59,7 @@ describe('per-user caps', { skip: IS_ROOT ? false : 'needs root (other users)' }
     const m = await hog(mallory!.as, d.root, 'pd', 100);
     try {
       assert.equal(m.got, 40);
-      assert.equal(m.error?.errno, 'EAGAIN');
+      assert.equal(m.error?.code, 'EAGAIN');
       assert.match(m.error!.message, new RegExp(`uid ${mallory!.uid} holds 40 objects \\(limit 40\\)`));
       const a = await hog(alice!.as, d.root, 'pd', 30);
       assert.equal(a.got, 30, JSON.stringify(a.error));
@@ -79,25 +79,25 @@ describe('per-user caps', { skip: IS_ROOT ? false : 'needs root (other users)' }
   test('contexts: the 4th open is EMFILE; connections: the 11th is EMFILE', async () => {
     const c = await hog(mallory!.as, d.root, 'ctx', 10);
     assert.equal(c.got, 3);
-    assert.equal(c.error?.errno, 'EMFILE');
+    assert.equal(c.error?.code, 'EMFILE');
     await c.release();
     const n = await hog(mallory!.as, d.root, 'conn', 20);
     assert.equal(n.got, 10);
-    assert.equal(n.error?.errno, 'EMFILE');
+    assert.equal(n.error?.code, 'EMFILE');
     await n.release();
   });
 
   test('mappings (each one of the daemon\'s vm.max_map_count): one-entry CQs stop with ENOMEM, not a daemon killed by SIGSEGV', async () => {
     const m = await hog(mallory!.as, d.root, 'cq', 1000);
     assert.equal(m.got, 12);
-    assert.equal(m.error?.errno, 'ENOMEM');
+    assert.equal(m.error?.code, 'ENOMEM');
     await m.release();
   });
 
   test('daemon memory: QPs at the maximum caps are charged (16384 WQEs of 32 SGEs and 512 inline bytes each); the 2nd is ENOMEM', async () => {
     const m = await hog(mallory!.as, d.root, 'qp-max', 10);
     assert.equal(m.got, 1);
-    assert.equal(m.error?.errno, 'ENOMEM');
+    assert.equal(m.error?.code, 'ENOMEM');
     assert.match(m.error!.message, /bytes of daemon memory/);
     await m.release();
   });
@@ -129,7 +129,7 @@ describe('device limits and daemon memory', () => {
       await Promise.all(Array.from({ length: batch }, () => ctx.allocPd()));
       n += batch;
     }
-    await assert.rejects(ctx.allocPd(), { errno: 'EINVAL', message: /max_pd 65536 is reached/ });
+    await assert.rejects(ctx.allocPd(), { code: 'EINVAL', message: /max_pd 65536 is reached/ });
     ctx.closeDevice();
     // given back on close: a new context gets PDs again
     await new Promise((r) => setTimeout(r, 300));

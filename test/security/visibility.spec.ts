@@ -56,7 +56,7 @@ describe('another user\'s keys, IOVAs and PSNs are not shown', { skip: IS_ROOT ?
     const dev = getDeviceList(d.root)[0]!;
     const script = `import { mgmtQuery } from ${JSON.stringify(join(DIST, 'src', 'verbs', 'mgmt.js'))};
       const rows = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'restrack');
-      let qps; try { qps = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'qps'); } catch (e) { qps = e.errno; }
+      let qps; try { qps = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'qps'); } catch (e) { qps = e.code; }
       console.log(JSON.stringify({ rows, qps }));`;
     const r = await runProcess(users!.mallory.as[0]!, [...users!.mallory.as.slice(1), process.execPath, '--input-type=module', '-e', script], process.env);
     assert.equal(r.code, 0, r.out);

@@ -12,6 +12,7 @@ import { writeFileSync } from 'node:fs';
 import { schedYield } from '../../native/libc.js';
 import { performance } from 'node:perf_hooks';
 import {
+  isMtu, mtuOfBytes, type Mtu,
   Access, getDeviceList, openDevice, PortState, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WorkCompletion, WrOpcode,
   type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type QueuePair, type RecvWr, type SendWr,
 } from '../../verbs/index.js';
@@ -31,7 +32,6 @@ const fail = (err: string): never => {
 
 const now = () => performance.now() * 1e6;
 const MTU_BYTES = (e: number) => 1 << (7 + e);
-const MTU_ENUM: Record<number, number> = { 256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5 };
 const CTX_POLL_BATCH = 16;
 const PORT_STATE = ['PORT_NOP', 'PORT_DOWN', 'PORT_INIT', 'PORT_ARMED', 'PORT_ACTIVE', 'PORT_ACTIVE_DEFER'];
 const BUFF_SIZE = (size: number, cycle: number) => (size < cycle ? cycle : size);
@@ -131,13 +131,13 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     const cacheLine = Math.max(DEF.cacheLine, remLine);
     let mtu = port.activeMtu;
     if (p.mtu) {
-      const e = MTU_ENUM[p.mtu];
+      const e = mtuOfBytes(p.mtu);
       if (!e) process.stderr.write(` Invalid MTU - ${p.mtu} \n Please choose mtu from {256,512,1024,2048,4096}\n Will run with the port active mtu - ${port.activeMtu}\n`);
       else if (e > port.activeMtu) out(`Requested mtu is higher than active mtu \nChanging to active mtu - ${port.activeMtu}\n`);
       else mtu = e;
     }
     const remMtu = decodeMtu(await oob.xchg(encodeMtu(mtu), 'MTU'));
-    if (remMtu >= 1 && remMtu <= 5 && mtu > remMtu) mtu = remMtu;
+    if (isMtu(remMtu) && mtu > remMtu) mtu = remMtu;
     if (p.conn === 'UD' && p.size > MTU_BYTES(mtu)) {
       if (p.testMethod === 'ALL' || !p.reqSize) {
         process.stderr.write(` Max msg size in UD is MTU ${MTU_BYTES(mtu)}\n Changing to this MTU\n`);
@@ -208,7 +208,7 @@ async function initResources(p: Params, ctx: Context, cycleBuffer: number, cache
 }
 
 /** ctx_connect: RTR for everyone, RTS for whoever sends (clients, latency tests, bidirectional runs). */
-async function connectQps(s: Session, mtu: number, gidIndex: number): Promise<void> {
+async function connectQps(s: Session, mtu: Mtu, gidIndex: number): Promise<void> {
   const { p, res, my, rem } = s;
   const sends = p.tst === 'LAT' || p.machine === 'CLIENT' || p.duplex;
   for (let i = 0; i < res.qps.length; i++) {

@@ -1,0 +1,148 @@
+/**
+ * The completion ring: the HCA produces completions (struct ib_uverbs_wc,
+ * as rxe's CQ ring holds them), the library consumes them. One layout for
+ * both sides.
+ */
+import { offsets } from './layout.js';
+import { CONS, NOTIFY, Notify, PROD, RING_HDR } from './ring.js';
+import { WC } from './uverbs.js';
+
+export const CQE = offsets(WC);
+
+/** The fields of a completion the HCA writes. */
+export interface CqeIn {
+  wrId: bigint;
+  status: number;
+  opcode: number;
+  byteLen: number;
+  imm: number;
+  qpNum: number;
+  srcQp: number;
+  wcFlags: number;
+}
+
+/** A completion as the library reads it (struct ibv_wc). */
+export interface CqeOut extends CqeIn {
+  vendorErr: number;
+  pkeyIndex: number;
+  slid: number;
+  sl: number;
+  dlidPathBits: number;
+}
+
+class CqRing {
+  hdr: Int32Array;
+  dv: DataView;
+  mask: number;
+  constructor(
+    public buffer: ArrayBuffer,
+    public slots: number,
+  ) {
+    this.hdr = new Int32Array(buffer, 0, RING_HDR / 4);
+    this.dv = new DataView(buffer);
+    this.mask = slots - 1;
+  }
+  protected slot(idx: number): number {
+    return RING_HDR + (idx & this.mask) * CQE.SIZE;
+  }
+}
+
+/** The HCA's side. */
+export class CqRingProducer extends CqRing {
+  prod = 0;
+  constructor(buffer: ArrayBuffer, slots: number) {
+    super(buffer, slots);
+    Atomics.store(this.hdr, PROD, 0);
+    Atomics.store(this.hdr, CONS, 0);
+    Atomics.store(this.hdr, NOTIFY, Notify.NONE);
+  }
+  /** Completions written and not yet polled; a consumer index the client made up (ahead of us, or a ring behind) reads as more than `slots`. */
+  used(): number {
+    return (this.prod - (Atomics.load(this.hdr, CONS) >>> 0)) >>> 0;
+  }
+  /** Writes one completion and publishes it (the caller has checked there is room). */
+  push(wc: CqeIn): void {
+    const o = this.slot(this.prod);
+    const dv = this.dv;
+    dv.setBigUint64(o + CQE.wr_id, wc.wrId, true);
+    dv.setUint32(o + CQE.status, wc.status, true);
+    dv.setUint32(o + CQE.opcode, wc.opcode, true);
+    dv.setUint32(o + CQE.vendor_err, 0, true);
+    dv.setUint32(o + CQE.byte_len, wc.byteLen >>> 0, true);
+    dv.setUint32(o + CQE.imm_data, wc.imm >>> 0, true);
+    dv.setUint32(o + CQE.qp_num, wc.qpNum, true);
+    dv.setUint32(o + CQE.src_qp, wc.srcQp, true);
+    dv.setUint32(o + CQE.wc_flags, wc.wcFlags, true);
+    dv.setUint16(o + CQE.pkey_index, 0, true);
+    dv.setUint16(o + CQE.slid, 0, true);
+    dv.setUint8(o + CQE.sl, 0);
+    dv.setUint8(o + CQE.dlid_path_bits, 0);
+    dv.setUint8(o + CQE.port_num, 1);
+    dv.setUint8(o + CQE.reserved, 0);
+    this.prod = (this.prod + 1) >>> 0;
+    Atomics.store(this.hdr, PROD, this.prod | 0);
+  }
+  /** Disarms the CQ if this completion is one its arming asked for; true if a completion event is due. */
+  takeArm(solicited: boolean): boolean {
+    const arm = Atomics.load(this.hdr, NOTIFY);
+    if (arm === Notify.NEXT_COMP || (arm === Notify.SOLICITED && solicited)) return Atomics.compareExchange(this.hdr, NOTIFY, arm, Notify.NONE) === arm;
+    return false;
+  }
+  arm(solicitedOnly: boolean): void {
+    Atomics.store(this.hdr, NOTIFY, solicitedOnly ? Notify.SOLICITED : Notify.NEXT_COMP);
+  }
+  /** RESIZE_CQ: moves the completions not yet polled to the start of a new ring, keeps the arming, and switches to it. */
+  moveTo(buffer: ArrayBuffer, slots: number): void {
+    const cons = Atomics.load(this.hdr, CONS) >>> 0;
+    const used = Math.min((this.prod - cons) >>> 0, this.slots);
+    const dst = new Uint8Array(buffer);
+    const src = new Uint8Array(this.buffer);
+    for (let i = 0; i < used; i++) {
+      const from = this.slot(cons + i);
+      dst.set(src.subarray(from, from + CQE.SIZE), RING_HDR + i * CQE.SIZE);
+    }
+    const notify = Atomics.load(this.hdr, NOTIFY);
+    this.buffer = buffer;
+    this.slots = slots;
+    this.mask = slots - 1;
+    this.hdr = new Int32Array(buffer, 0, RING_HDR / 4);
+    this.dv = new DataView(buffer);
+    this.prod = used;
+    Atomics.store(this.hdr, CONS, 0);
+    Atomics.store(this.hdr, NOTIFY, notify);
+    Atomics.store(this.hdr, PROD, used);
+  }
+}
+
+/** The library's side. */
+export class CqRingConsumer extends CqRing {
+  cons = 0;
+  produced(): number {
+    return Atomics.load(this.hdr, PROD) >>> 0;
+  }
+  /** Reads the completion at the consumer index into `out` and moves on (publish() makes the room visible to the HCA). */
+  read(out: CqeOut): void {
+    const o = this.slot(this.cons);
+    const dv = this.dv;
+    out.wrId = dv.getBigUint64(o + CQE.wr_id, true);
+    out.status = dv.getUint32(o + CQE.status, true);
+    out.opcode = dv.getUint32(o + CQE.opcode, true);
+    out.vendorErr = dv.getUint32(o + CQE.vendor_err, true);
+    out.byteLen = dv.getUint32(o + CQE.byte_len, true);
+    out.imm = dv.getUint32(o + CQE.imm_data, true);
+    out.qpNum = dv.getUint32(o + CQE.qp_num, true);
+    out.srcQp = dv.getUint32(o + CQE.src_qp, true);
+    out.wcFlags = dv.getUint32(o + CQE.wc_flags, true);
+    out.pkeyIndex = dv.getUint16(o + CQE.pkey_index, true);
+    out.slid = dv.getUint16(o + CQE.slid, true);
+    out.sl = dv.getUint8(o + CQE.sl);
+    out.dlidPathBits = dv.getUint8(o + CQE.dlid_path_bits);
+    this.cons = (this.cons + 1) >>> 0;
+  }
+  publish(): void {
+    Atomics.store(this.hdr, CONS, this.cons | 0);
+  }
+  arm(solicitedOnly: boolean): void {
+    Atomics.store(this.hdr, NOTIFY, solicitedOnly ? Notify.SOLICITED : Notify.NEXT_COMP);
+  }
+}

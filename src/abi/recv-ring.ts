@@ -1,0 +1,129 @@
+/**
+ * The receive ring (a QP's receive queue or an SRQ): the library produces
+ * receive WQEs, the HCA consumes them. One layout for both sides.
+ */
+import { offsets, struct } from './layout.js';
+import { CONS, PROD, RING_HDR, SG, type RingLayout } from './ring.js';
+
+/** The receive WQE header; its SGE list follows. */
+export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
+export const RW = offsets(RECV_WQE);
+
+/** A receive WQE taken off the ring, as the HCA holds it while filling it (one per QP, reused). */
+export class RecvWqe {
+  wrId = 0n;
+  numSge = 0;
+  /** bytes the SGEs cover */
+  length = 0;
+  readonly addr: number[];
+  readonly len: number[];
+  readonly lkey: number[];
+  constructor(maxSge: number) {
+    this.addr = new Array<number>(maxSge).fill(0);
+    this.len = new Array<number>(maxSge).fill(0);
+    this.lkey = new Array<number>(maxSge).fill(0);
+  }
+}
+
+class RecvRing {
+  readonly hdr: Int32Array;
+  readonly dv: DataView;
+  readonly mask: number;
+  constructor(
+    buffer: ArrayBuffer,
+    readonly offset: number,
+    readonly slots: number,
+    readonly stride: number,
+    readonly maxSge: number,
+  ) {
+    this.hdr = new Int32Array(buffer, offset, RING_HDR / 4);
+    this.dv = new DataView(buffer, offset);
+    this.mask = slots - 1;
+  }
+  protected slot(idx: number): number {
+    return RING_HDR + (idx & this.mask) * this.stride;
+  }
+}
+
+/** The library's side. */
+export class RecvRingProducer extends RecvRing {
+  prod = 0;
+  constructor(buffer: ArrayBuffer, l: RingLayout, maxSge: number) {
+    super(buffer, l.offset, l.slots, l.stride, maxSge);
+  }
+  consumed(): number {
+    return Atomics.load(this.hdr, CONS) >>> 0;
+  }
+  /** Is there room for one more WQE, given the consumer index read at the start of a post? */
+  hasRoom(cons: number): boolean {
+    return ((this.prod - cons) >>> 0) < this.slots;
+  }
+  /** Writes the next WQE's header and returns its offset (its SGEs go in with writeSge, then advance()). */
+  begin(wrId: bigint, numSge: number): number {
+    const o = this.slot(this.prod);
+    this.dv.setBigUint64(o + RW.wr_id, wrId, true);
+    this.dv.setUint32(o + RW.num_sge, numSge, true);
+    return o;
+  }
+  writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
+    const s = o + RW.SIZE + j * SG.SIZE;
+    this.dv.setBigUint64(s + SG.addr, addr, true);
+    this.dv.setUint32(s + SG.length, length >>> 0, true);
+    this.dv.setUint32(s + SG.lkey, lkey >>> 0, true);
+  }
+  advance(): void {
+    this.prod = (this.prod + 1) >>> 0;
+  }
+  publish(): void {
+    Atomics.store(this.hdr, PROD, this.prod | 0);
+  }
+  resync(): void {
+    this.prod = this.consumed();
+  }
+}
+
+/** The HCA's side. */
+export class RecvRingConsumer extends RecvRing {
+  cons = 0;
+  constructor(buffer: ArrayBuffer, offset: number, slots: number, stride: number, maxSge: number) {
+    super(buffer, offset, slots, stride, maxSge);
+    Atomics.store(this.hdr, PROD, 0);
+    Atomics.store(this.hdr, CONS, 0);
+  }
+  /** Posted WQEs not consumed yet; a producer index the client made up is clamped to the ring. */
+  count(): number {
+    const n = (Atomics.load(this.hdr, PROD) - this.cons) >>> 0;
+    return n > this.slots ? this.slots : n;
+  }
+  /** Forgets everything posted (a QP reset). */
+  reset(): void {
+    this.cons = Atomics.load(this.hdr, PROD) >>> 0;
+    Atomics.store(this.hdr, CONS, this.cons | 0);
+  }
+  /** Takes the head WQE into `out`; false if its SGE count is bad (the WQE is consumed anyway). */
+  take(out: RecvWqe): boolean {
+    const o = this.slot(this.cons);
+    const dv = this.dv;
+    out.wrId = dv.getBigUint64(o + RW.wr_id, true);
+    const n = dv.getUint32(o + RW.num_sge, true);
+    const ok = n <= this.maxSge;
+    out.numSge = ok ? n : 0;
+    out.length = 0;
+    for (let i = 0; i < out.numSge; i++) {
+      const s = o + RW.SIZE + i * SG.SIZE;
+      const len = dv.getUint32(s + SG.length, true);
+      out.addr[i] = u64ToNumber(dv.getBigUint64(s + SG.addr, true));
+      out.len[i] = len;
+      out.lkey[i] = dv.getUint32(s + SG.lkey, true);
+      out.length += len;
+    }
+    this.cons = (this.cons + 1) >>> 0;
+    Atomics.store(this.hdr, CONS, this.cons | 0);
+    return ok;
+  }
+}
+
+/** u64 from the client → a JS number; anything past 2^53 becomes +Infinity so it can never pass a bounds check. */
+export function u64ToNumber(v: bigint): number {
+  return v > 0x1fffffffffffffn ? Number.POSITIVE_INFINITY : Number(v);
+}

@@ -1,0 +1,38 @@
+/**
+ * What every shared ring has: a header page of indices (each written by one
+ * side only, read with Atomics so the other process sees them in order) and
+ * the scatter/gather entry WQEs carry. The rings themselves are
+ * `send-ring.ts`, `recv-ring.ts` and `cq-ring.ts`; their sizes `queue.ts`.
+ */
+import { offsets, struct } from './layout.js';
+
+/** Ring header: each index on its own cache line so the two writers do not share one. */
+export const RING_HDR = 256;
+/** Word offsets (Int32Array index) in the header. */
+export const PROD = 0; // producer index
+export const CONS = 16; // consumer index (byte 64)
+export const NOTIFY = 32; // CQ arm: 0 none, 1 next completion, 2 solicited only (byte 128)
+export const QP_STATE = 40; // SQ: the QP state, written by the daemon (byte 160)
+/**
+ * SQ doorbell suppression (byte 192): 1 = the HCA will not look at this SQ
+ * again without a doorbell; 0 = it has been rung and will look. postSend
+ * rings only when it is the one to turn 1 into 0; the HCA sets 1 after a
+ * run and looks again itself if WQEs arrived meanwhile.
+ */
+export const SQ_IDLE = 48;
+
+export const Notify = { NONE: 0, NEXT_COMP: 1, SOLICITED: 2 } as const;
+
+/** struct ibv_sge as it sits in a WQE. */
+export const SGE = struct('ibv_sge', [['addr', 'u64'], ['length', 'u32'], ['lkey', 'u32']]);
+export const SG = offsets(SGE);
+
+/** Where one ring sits in its memfd, and its geometry (the sizes are `queue.ts`'s). */
+export interface RingLayout {
+  /** Byte offset of the ring's header inside the memfd. */
+  readonly offset: number;
+  readonly slots: number;
+  readonly stride: number;
+  /** Bytes this ring occupies (page aligned). */
+  readonly bytes: number;
+}

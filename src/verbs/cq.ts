@@ -1,0 +1,225 @@
+/**
+ * Completion queues (struct ibv_cq) and completion channels (struct
+ * ibv_comp_channel). Polling and arming are shared-memory operations on the
+ * completion ring; only create, resize and destroy are commands.
+ */
+import { CqRingConsumer } from '../abi/cq-ring.js';
+import { cqLayout, type RingLayout } from '../abi/queue.js';
+import * as U from '../abi/uverbs.js';
+import type { EventStream } from './channel.js';
+import type { Context } from './context.js';
+import { VerbsError } from './errors.js';
+import { withQueueMemory, type QueueMemory } from './queue-memory.js';
+import { WorkCompletion } from './types.js';
+
+export class CompletionChannel {
+  /** events for CQs whose completions() iterator is waiting, by CQ */
+  private readonly waiting = new Map<CompletionQueue, () => void>();
+  private readonly unclaimed: CompletionQueue[] = [];
+  private readers: Array<(cq: CompletionQueue | null) => void> = [];
+  private pumping = false;
+  private ended = false;
+
+  /** @internal */
+  constructor(readonly context: Context, /** @internal */ readonly token: number, private readonly stream: EventStream) {}
+
+  /** Reads events off the stream while anyone waits for one, handing each to its CQ's iterator or to getCqEvent. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.waiting.size > 0 || this.readers.length > 0) {
+        const rec = await this.stream.next();
+        if (!rec) break;
+        const cq = this.context.byHandle(rec.readBigUInt64LE(0));
+        if (!(cq instanceof CompletionQueue)) continue;
+        cq.eventsUnacked++;
+        const w = this.waiting.get(cq);
+        if (w) {
+          this.waiting.delete(cq);
+          w();
+        } else {
+          const r = this.readers.shift();
+          if (r) r(cq);
+          else this.unclaimed.push(cq);
+        }
+      }
+      if (this.waiting.size > 0 || this.readers.length > 0) this.end();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private end(): void {
+    this.ended = true;
+    for (const r of this.readers.splice(0)) r(null);
+    for (const w of this.waiting.values()) w();
+    this.waiting.clear();
+  }
+
+  /** ibv_get_cq_event: waits for the next completion event and returns its CQ (null once closed). */
+  getCqEvent(): Promise<CompletionQueue | null> {
+    const cq = this.unclaimed.shift();
+    if (cq) return Promise.resolve(cq);
+    if (this.ended) return Promise.resolve(null);
+    const p = new Promise<CompletionQueue | null>((r) => this.readers.push(r));
+    void this.pump();
+    return p;
+  }
+
+  /** @internal waits for the next event of one CQ (its completions() iterator); false once the channel is closed */
+  async waitFor(cq: CompletionQueue): Promise<boolean> {
+    const i = this.unclaimed.indexOf(cq);
+    if (i >= 0) {
+      this.unclaimed.splice(i, 1);
+      return true;
+    }
+    if (this.ended) return false;
+    const p = new Promise<void>((r) => this.waiting.set(cq, r));
+    void this.pump();
+    await p;
+    return !this.ended;
+  }
+
+  /** Completion events as an async iterator. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<CompletionQueue> {
+    for (;;) {
+      const cq = await this.getCqEvent();
+      if (!cq) return;
+      yield cq;
+    }
+  }
+
+  /** ibv_destroy_comp_channel: closes the event stream. */
+  async destroyCompChannel(): Promise<void> {
+    this.stream.close();
+    this.end();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.destroyCompChannel();
+  }
+}
+
+/** How many completions completions() takes per poll. */
+const BATCH = 32;
+
+export class CompletionQueue {
+  /** @internal */ handle = -1;
+  /** usable entries */
+  cqe: number;
+  /** @internal */ readonly userHandle: bigint;
+  /** completion events got and not yet acknowledged (ibv_ack_cq_events) */
+  eventsUnacked = 0;
+  private emptyPolls = 0;
+  private ring: CqRingConsumer;
+  private destroyed = false;
+
+  /** @internal */
+  constructor(
+    readonly context: Context,
+    private mem: QueueMemory,
+    l: RingLayout & { cqe: number },
+    readonly channel: CompletionChannel | null,
+  ) {
+    this.cqe = l.cqe;
+    this.ring = new CqRingConsumer(mem.mapping.buffer, l.slots);
+    this.userHandle = context.register(this);
+  }
+
+  /**
+   * ibv_poll_cq: up to `max` completions (default 1) as new objects, or, given
+   * an array of WorkCompletion, fills it from index 0 and returns the count
+   * (no allocation). Pure shared-memory reads: no syscall, no message.
+   */
+  pollCq(max?: number): WorkCompletion[];
+  pollCq(out: WorkCompletion[]): number;
+  pollCq(arg: number | WorkCompletion[] = 1): WorkCompletion[] | number {
+    const ch = this.context.cmd;
+    ch.ensureUp('ibv_poll_cq');
+    if (this.destroyed) throw new VerbsError('ibv_poll_cq', 'EINVAL', 'the CQ is destroyed');
+    const fill = Array.isArray(arg);
+    const max = fill ? arg.length : arg;
+    const out: WorkCompletion[] = fill ? arg : [];
+    const ring = this.ring;
+    const prod = ring.produced();
+    let n = 0;
+    while (n < max && ring.cons !== prod) {
+      const wc = fill ? out[n] ?? (out[n] = new WorkCompletion()) : new WorkCompletion();
+      ring.read(wc);
+      if (!fill) out.push(wc);
+      n++;
+    }
+    if (n) ring.publish();
+    // nothing there: every 1024 empty polls, make sure there is still a daemon to fill it (a poll loop that never
+    // yields would otherwise wait for ever on a dead one)
+    else if (++this.emptyPolls >= 1024) {
+      this.emptyPolls = 0;
+      ch.probe('ibv_poll_cq');
+    }
+    return fill ? n : out;
+  }
+
+  /** ibv_req_notify_cq: arms the CQ in shared memory; the next (solicited) completion sends an event to the channel. */
+  reqNotifyCq(solicitedOnly = false): void {
+    this.context.cmd.ensureUp('ibv_req_notify_cq');
+    if (this.destroyed) throw new VerbsError('ibv_req_notify_cq', 'EINVAL', 'the CQ is destroyed');
+    this.ring.arm(solicitedOnly);
+  }
+
+  /** ibv_ack_cq_events */
+  ackCqEvents(n: number): void {
+    this.eventsUnacked = Math.max(0, this.eventsUnacked - n);
+  }
+
+  /**
+   * Completions as they come, the completion-channel way: poll; when the CQ is empty, arm it, poll once more
+   * (a completion that arrived before the arming sends no event), wait for the channel's event, acknowledge it.
+   * Ends when the channel or the CQ goes away. Needs a CQ created with a channel.
+   */
+  async *completions(opts: { solicitedOnly?: boolean } = {}): AsyncGenerator<WorkCompletion> {
+    const ch = this.channel;
+    if (!ch) throw new VerbsError('completions', 'EINVAL', 'this CQ has no completion channel: create it with ctx.createCq(n, channel)');
+    const batch = Array.from({ length: BATCH }, () => new WorkCompletion());
+    for (;;) {
+      if (this.destroyed) return;
+      let n = this.pollCq(batch);
+      if (n === 0) {
+        this.reqNotifyCq(opts.solicitedOnly);
+        n = this.pollCq(batch);
+        if (n === 0) {
+          if (!(await ch.waitFor(this))) return;
+          this.ackCqEvents(1);
+          continue;
+        }
+      }
+      // hand out copies: the batch is reused by the next poll
+      for (let i = 0; i < n; i++) yield Object.assign(new WorkCompletion(), batch[i]);
+    }
+  }
+
+  /** ibv_resize_cq */
+  async resizeCq(cqe: number): Promise<void> {
+    const l = cqLayout(cqe);
+    await withQueueMemory(l.bytes, 'ibv_resize_cq', async (mem) => {
+      const r = await this.context.command('ibv_resize_cq', U.Spec.RESIZE_CQ, { cq_handle: this.handle, cqe }, { memfd: mem.fd });
+      this.mem.free();
+      this.mem = mem;
+      this.ring = new CqRingConsumer(mem.mapping.buffer, l.slots);
+      this.cqe = r.cqe;
+    });
+  }
+
+  /** ibv_destroy_cq (EBUSY while QPs use it) */
+  async destroyCq(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
+    const r = await this.context.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
+    this.destroyed = true;
+    this.context.unregister(this.userHandle);
+    this.mem.free();
+    return { compEventsReported: r.comp_events_reported, asyncEventsReported: r.async_events_reported };
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.destroyed) await this.destroyCq();
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Finding and opening devices (ibv_get_device_list, ibv_open_device): the
+ * discovery tree a daemon writes under its root, checked the way the daemon
+ * checks its own root before anything in it is believed.
+ */
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join, resolve, sep } from 'node:path';
+import { layout, unpack } from '../abi/layout.js';
+import * as U from '../abi/uverbs.js';
+import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
+import { pidAlive } from '../common/proc.js';
+import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
+import { CommandChannel, EventStream } from './channel.js';
+import { Context } from './context.js';
+import { VerbsError } from './errors.js';
+import type { Device } from './types.js';
+
+/**
+ * Who may own a root the library connects through: root, ourselves, and a dedicated
+ * service user named in $SOFTVERBS_ROOT_OWNER (a uid), the daemon's possible owners.
+ */
+function trustedOwners(): number[] {
+  const owners = [0, process.getuid?.() ?? 0];
+  const extra = process.env.SOFTVERBS_ROOT_OWNER;
+  if (extra && /^\d+$/.test(extra)) owners.push(Number(extra));
+  return owners;
+}
+
+/** The rule the daemon applies to its root (common/trust.ts): a root another user could have planted is not connected through. */
+function trustRoot(root: string, verb: string): void {
+  try {
+    checkTrustedRoot(root, trustedOwners());
+  } catch (e) {
+    if (e instanceof UntrustedPath) throw new VerbsError(verb, 'EACCES', `not trusting ${e.message} (set SOFTVERBS_ROOT_OWNER=<uid> if a dedicated user runs softverbsd)`);
+    throw e;
+  }
+}
+
+/** A device path read from the tree: a socket inside <root>/dev, owned by a trusted uid, not a symlink. */
+function socketUnder(root: string, devPath: string): boolean {
+  const dev = resolve(root, 'dev') + sep;
+  if (!resolve(devPath).startsWith(dev) || devPath.split(sep).includes('..')) return false;
+  try {
+    const st = lstatSync(devPath);
+    return st.isSocket() && trustedOwners().includes(st.uid);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Lists the devices of the running daemon(s) under `root` (ibv_get_device_list).
+ * Synchronous: it reads the discovery tree. Entries whose daemon is gone are
+ * skipped, so a crashed daemon's tree does not list dead devices.
+ */
+export function getDeviceList(root = defaultRoot()): Device[] {
+  const dir = verbsClassDir(root);
+  if (!existsSync(dir)) return [];
+  trustRoot(root, 'ibv_get_device_list');
+  const out: Device[] = [];
+  for (const k of readdirSync(dir).sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))) {
+    try {
+      const d = join(dir, k);
+      const pid = Number(readFileSync(join(d, 'softverbsd_pid'), 'utf8'));
+      if (!pidAlive(pid)) continue;
+      const name = readFileSync(join(d, 'ibdev'), 'utf8').trim();
+      const devPath = readFileSync(join(d, 'dev_path'), 'utf8').trim();
+      if (!socketUnder(root, devPath)) continue;
+      const nodeGuid = readFileSync(join(ibClassDir(root), name, 'node_guid'), 'utf8').trim();
+      out.push({ name, devName: k, devPath, nodeGuid, root, daemonPid: pid });
+    } catch {
+      /* an entry being written or removed: not a device yet / any more */
+    }
+  }
+  return out;
+}
+
+/** Why a named device was not found: what the root holds, so the message says where to look. */
+function noDevice(name: string, root: string): VerbsError {
+  const dir = verbsClassDir(root);
+  if (!existsSync(dir)) return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name}: no softverbsd has run under ${root} (start one with \`softverbsd\`, or set SOFTVERBS_ROOT to the root it uses)`);
+  const devs = getDeviceList(root);
+  if (devs.length === 0) return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name}: no running softverbsd serves ${root} (its daemon has stopped)`);
+  return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name} under ${root}; devices there: ${devs.map((d) => d.name).join(', ')}`);
+}
+
+/** Opens a device (ibv_open_device): a context with its own handles and event stream. */
+export async function openDevice(dev: Device | string, root = defaultRoot()): Promise<Context> {
+  const d = typeof dev === 'string' ? getDeviceList(root).find((x) => x.name === dev) : dev;
+  if (!d) throw noDevice(String(dev), root);
+  trustRoot(d.root, 'ibv_open_device');
+  if (!socketUnder(d.root, d.devPath)) throw new VerbsError('ibv_open_device', 'EACCES', `${d.devPath} is not a device file of ${d.root}`);
+  // as libibverbs does: a kernel side speaking another uverbs ABI is refused before any command
+  let abi = '';
+  try {
+    abi = readFileSync(join(verbsClassDir(d.root), d.devName, 'abi_version'), 'utf8').trim();
+  } catch {
+    /* reported below */
+  }
+  if (abi !== String(U.ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.name} speaks uverbs ABI version ${abi || '(none)'}, this library speaks ${U.ABI_VERSION}`);
+  const ch = await CommandChannel.open(d.devPath);
+  ch.daemonPid = d.daemonPid;
+  try {
+    const resp = unpack(U.GET_CONTEXT_RESP, await ch.call('ibv_open_device', U.frame(U.Spec.GET_CONTEXT, {})));
+    const events = await EventStream.attach(d.devPath, U.SvCmd.ATTACH_ASYNC, resp.async_fd, layout(U.ASYNC_EVENT_DESC).size, 'ibv_open_device');
+    return new Context(d, ch, events);
+  } catch (e) {
+    ch.close();
+    throw e;
+  }
+}

@@ -1,0 +1,103 @@
+/** A protection domain (struct ibv_pd) and what is created on one: MRs, AHs, QPs, SRQs. */
+import { qpLayout, srqLayout, type QpCaps } from '../abi/queue.js';
+import type { Access } from '../abi/enums.js';
+import * as U from '../abi/uverbs.js';
+import { AddressHandle } from './ah.js';
+import type { Context } from './context.js';
+import { VerbsError } from './errors.js';
+import { regionOf } from './memory.js';
+import { MemoryRegion } from './mr.js';
+import { QueuePair } from './qp.js';
+import { withQueueMemory } from './queue-memory.js';
+import { SharedReceiveQueue } from './srq.js';
+import type { AhAttr, QpInitAttr, SrqAttr } from './types.js';
+
+export class ProtectionDomain {
+  /** @internal */
+  constructor(readonly context: Context, /** @internal */ readonly handle: number) {}
+
+  /**
+   * ibv_reg_mr. `buf` must be memory from `ctx.allocBuffer` / `pd.allocMr`:
+   * the daemon maps the same pages, so a plain Buffer cannot be registered.
+   */
+  async regMr(buf: Uint8Array, access: Access): Promise<MemoryRegion> {
+    const where = regionOf(buf);
+    if (!where) throw new VerbsError('ibv_reg_mr', 'EINVAL', 'this Buffer is not shared memory: get one from ctx.allocBuffer() or use pd.allocMr()');
+    if (buf.byteLength === 0) throw new VerbsError('ibv_reg_mr', 'EINVAL', 'zero-length buffer');
+    const addr = where.region.addr + BigInt(where.offset);
+    const r = await this.context.command('ibv_reg_mr', U.Spec.REG_MR, { start: addr, length: BigInt(buf.byteLength), hca_va: addr, pd_handle: this.handle, access_flags: access }, { memfd: where.region.fd, memfd_offset: BigInt(where.offset) });
+    return new MemoryRegion(this, r.mr_handle, r.lkey, r.rkey, addr, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), access);
+  }
+
+  /** Allocates shared memory of `length` bytes and registers it. */
+  async allocMr(length: number, access: Access): Promise<MemoryRegion> {
+    return this.regMr(this.context.allocBuffer(length), access);
+  }
+
+  /** ibv_create_ah */
+  async createAh(attr: AhAttr): Promise<AddressHandle> {
+    const g = attr.grh;
+    const r = await this.context.command('ibv_create_ah', U.Spec.CREATE_AH, {
+      pd_handle: this.handle,
+      attr: {
+        grh: { dgid: g.dgid, flow_label: g.flowLabel ?? 0, sgid_index: g.sgidIndex ?? 0, hop_limit: g.hopLimit ?? 64, traffic_class: g.trafficClass ?? 0 },
+        dlid: attr.dlid ?? 0, sl: attr.sl ?? 0, src_path_bits: attr.srcPathBits ?? 0, static_rate: attr.staticRate ?? 0,
+        is_global: attr.isGlobal === false ? 0 : 1, port_num: attr.portNum ?? 1,
+      },
+    });
+    return new AddressHandle(this, r.ah_handle);
+  }
+
+  /** ibv_create_qp */
+  async createQp(init: QpInitAttr): Promise<QueuePair> {
+    const want: QpCaps = {
+      maxSendWr: init.cap.maxSendWr ?? 1, maxRecvWr: init.cap.maxRecvWr ?? 1, maxSendSge: init.cap.maxSendSge ?? 1,
+      maxRecvSge: init.cap.maxRecvSge ?? 1, maxInlineData: init.cap.maxInlineData ?? 0,
+    };
+    const l = qpLayout(want, !!init.srq);
+    if (!l) throw new VerbsError('ibv_create_qp', 'EINVAL', 'a capability is over the device limit');
+    return withQueueMemory(l.bytes, 'ibv_create_qp', async (mem) => {
+      const qp = new QueuePair(this, init, l.caps, mem.mapping, l.sq, l.rq);
+      try {
+        const r = await this.context.command('ibv_create_qp', U.Spec.CREATE_QP, {
+          user_handle: qp.userHandle, pd_handle: this.handle, send_cq_handle: init.sendCq.handle, recv_cq_handle: init.recvCq.handle,
+          srq_handle: init.srq?.handle ?? 0, max_send_wr: want.maxSendWr, max_recv_wr: want.maxRecvWr, max_send_sge: want.maxSendSge,
+          max_recv_sge: want.maxRecvSge, max_inline_data: want.maxInlineData, sq_sig_all: init.sqSigAll ? 1 : 0, qp_type: init.qpType,
+          is_srq: init.srq ? 1 : 0,
+        }, { memfd: mem.fd });
+        qp.created(r.qp_handle, r.qpn);
+        return qp;
+      } catch (e) {
+        this.context.unregister(qp.userHandle);
+        throw e;
+      }
+    });
+  }
+
+  /** ibv_create_srq */
+  async createSrq(attr: SrqAttr): Promise<SharedReceiveQueue> {
+    const l = srqLayout(attr.maxWr, attr.maxSge);
+    if (!l) throw new VerbsError('ibv_create_srq', 'EINVAL', `max_wr ${attr.maxWr} / max_sge ${attr.maxSge}`);
+    return withQueueMemory(l.bytes, 'ibv_create_srq', async (mem) => {
+      const srq = new SharedReceiveQueue(this, mem.mapping, l, attr.maxSge);
+      try {
+        const r = await this.context.command('ibv_create_srq', U.Spec.CREATE_SRQ, { user_handle: srq.userHandle, pd_handle: this.handle, max_wr: attr.maxWr, max_sge: attr.maxSge, srq_limit: attr.srqLimit ?? 0 }, { memfd: mem.fd });
+        srq.handle = r.srq_handle;
+        srq.srqNum = r.srqn;
+        return srq;
+      } catch (e) {
+        this.context.unregister(srq.userHandle);
+        throw e;
+      }
+    });
+  }
+
+  /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it) */
+  async deallocPd(): Promise<void> {
+    await this.context.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: this.handle });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.deallocPd();
+  }
+}

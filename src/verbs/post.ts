@@ -1,0 +1,37 @@
+/** Writing receive work requests into a receive ring (a QP's RQ or an SRQ): the checks libibverbs' providers make. */
+import { RecvRingProducer } from '../abi/recv-ring.js';
+import { VerbsError } from './errors.js';
+import type { RecvWr } from './types.js';
+
+const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
+
+/** Writes WRs; throws (with badWr and wr) for one that does not fit or is malformed. A single WR takes no array: nothing is allocated. */
+export function postRecvWrs(ring: RecvRingProducer, verb: string, wrs: RecvWr | RecvWr[]): void {
+  const cons = ring.consumed();
+  try {
+    if (!Array.isArray(wrs)) postOne(ring, verb, wrs, cons, 0);
+    else for (let i = 0; i < wrs.length; i++) postOne(ring, verb, wrs[i]!, cons, i);
+  } finally {
+    ring.publish();
+  }
+}
+
+function postOne(ring: RecvRingProducer, verb: string, wr: RecvWr, cons: number, i: number): void {
+  if (!ring.hasRoom(cons)) throw badWr(verb, 'ENOMEM', 'receive queue full', i, wr);
+  const sg = wr.sgList;
+  const n = sg ? sg.length : 0;
+  if (n > ring.maxSge) throw badWr(verb, 'EINVAL', `${n} SGEs > max_recv_sge ${ring.maxSge}`, i, wr);
+  const o = ring.begin(big(wr.wrId ?? 0), n);
+  for (let j = 0; j < n; j++) {
+    const s = sg![j]!;
+    ring.writeSge(o, j, big(s.addr), s.length, s.lkey);
+  }
+  ring.advance();
+}
+
+/** The error of a post: which WR (index and object) was not posted, and why. */
+export function badWr(verb: string, code: string, detail: string, i: number, wr: unknown): VerbsError {
+  const e = new VerbsError(verb, code, `work request ${i}: ${detail}`, i);
+  e.wr = wr;
+  return e;
+}

@@ -1,0 +1,218 @@
+/**
+ * A queue pair (struct ibv_qp): posting work requests is writing WQEs into
+ * the shared send and receive rings (and ringing the doorbell when the HCA
+ * went idle); modify, query and destroy are commands.
+ */
+import { QpAttrMask, QpState, QpType, SendFlags, WrOpcode, qpStateName } from '../abi/enums.js';
+import type { Input } from '../abi/layout.js';
+import type { QpCaps, RingLayout } from '../abi/queue.js';
+import { RecvRingProducer } from '../abi/recv-ring.js';
+import { SendRingProducer, SW } from '../abi/send-ring.js';
+import * as U from '../abi/uverbs.js';
+import { unmap, type Mapping } from '../native/libc.js';
+import { VerbsError } from './errors.js';
+import { atAddress } from './memory.js';
+import type { ProtectionDomain } from './pd.js';
+import { badWr, postRecvWrs } from './post.js';
+import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
+
+const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
+
+export class QueuePair {
+  /** @internal */ handle = -1;
+  qpNum = 0;
+  readonly qpType: QpType;
+  /** @internal */ readonly userHandle: bigint;
+  private readonly sq: SendRingProducer;
+  private readonly rq: RecvRingProducer | null;
+  private sendBell: Buffer | null = null;
+  private recvBell: Buffer | null = null;
+  private destroyed = false;
+
+  /** @internal */
+  constructor(
+    readonly pd: ProtectionDomain,
+    readonly init: QpInitAttr,
+    /** the capabilities the QP really has (≥ what was asked for) */
+    readonly cap: QpCaps,
+    private readonly mapping: Mapping,
+    sq: RingLayout,
+    rq: RingLayout | null,
+  ) {
+    this.qpType = init.qpType;
+    this.sq = new SendRingProducer(mapping.buffer, sq);
+    this.rq = rq ? new RecvRingProducer(mapping.buffer, rq, cap.maxRecvSge) : null;
+    this.userHandle = pd.context.register(this);
+  }
+
+  /** @internal the daemon made it: its handle, its number, and the doorbells that name it */
+  created(handle: number, qpn: number): void {
+    this.handle = handle;
+    this.qpNum = qpn;
+    this.sendBell = U.frame(U.Spec.POST_SEND, { qp_handle: handle });
+    this.sendBell.writeUInt16LE(0, 6); // out_words 0: a pure doorbell, which the daemon does not answer
+    this.recvBell = U.frame(U.Spec.POST_RECV, { qp_handle: handle });
+  }
+
+  /** The QP state as the HCA last wrote it. */
+  get state(): QpState {
+    return this.sq.state() as QpState;
+  }
+
+  private live(verb: string): void {
+    this.pd.context.cmd.ensureUp(verb);
+    if (this.destroyed) throw new VerbsError(verb, 'EINVAL', 'the QP is destroyed', 0);
+  }
+
+  /**
+   * ibv_post_send: writes WQEs into the shared send queue and rings the
+   * doorbell once. Throws VerbsError with `badWr` (and `wr`) for the first WR that
+   * could not be posted (the ones before it are posted).
+   */
+  postSend(wrs: SendWr | SendWr[]): void {
+    this.live('ibv_post_send');
+    const sq = this.sq;
+    // as rxe: a send queue takes work requests from RTS on (and in SQD and ERR, where they drain or flush)
+    const st = sq.state();
+    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`, 0);
+    const cons = sq.consumed();
+    let posted = 0;
+    try {
+      if (!Array.isArray(wrs)) {
+        this.postOne(wrs, cons, 0);
+        posted = 1;
+      } else {
+        for (; posted < wrs.length; posted++) this.postOne(wrs[posted]!, cons, posted);
+      }
+    } finally {
+      if (posted > 0 || (Array.isArray(wrs) && wrs.length === 0)) {
+        sq.publish();
+        // ring only if the HCA said it is idle on this SQ, and we are the ones to wake it
+        if (posted > 0 && sq.claimWake()) this.pd.context.cmd.ring('ibv_post_send', this.sendBell!);
+      }
+    }
+  }
+
+  private postOne(wr: SendWr, cons: number, i: number): void {
+    const sq = this.sq;
+    if (((sq.prod - cons) >>> 0) >= sq.slots) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
+    this.writeWqe(wr, sq.slot(sq.prod), i);
+    sq.prod = (sq.prod + 1) >>> 0;
+  }
+
+  private writeWqe(wr: SendWr, o: number, i: number): void {
+    const dv = this.sq.dv;
+    const op = wr.opcode;
+    const t = this.qpType;
+    const flags = wr.sendFlags ?? 0;
+    const sg = wr.sgList ?? [];
+    const isAtomic = op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD;
+    const valid =
+      op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM ||
+      (t !== QpType.UD && (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM)) ||
+      (t === QpType.RC && (op === WrOpcode.RDMA_READ || isAtomic));
+    if (!valid) throw badWr('ibv_post_send', 'EINVAL', `opcode ${op} is not valid on this QP type`, i, wr);
+    if (t === QpType.UD && !wr.ud) throw badWr('ibv_post_send', 'EINVAL', 'a UD send needs wr.ud (ah, remoteQpn, remoteQkey)', i, wr);
+    if ((op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM || op === WrOpcode.RDMA_READ) && !wr.rdma)
+      throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
+    if (isAtomic && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
+    dv.setBigUint64(o + SW.wr_id, big(wr.wrId ?? 0), true);
+    dv.setUint32(o + SW.opcode, op, true);
+    dv.setUint32(o + SW.send_flags, flags, true);
+    dv.setUint32(o + SW.imm_data, (wr.imm ?? 0) >>> 0, true);
+    const remote = wr.rdma ?? wr.atomic;
+    dv.setBigUint64(o + SW.remote_addr, big(remote?.remoteAddr ?? 0), true);
+    dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
+    dv.setBigUint64(o + SW.compare_add, BigInt.asUintN(64, big(wr.atomic?.compareAdd ?? 0)), true);
+    dv.setBigUint64(o + SW.swap, BigInt.asUintN(64, big(wr.atomic?.swap ?? 0)), true);
+    dv.setUint32(o + SW.ah_handle, wr.ud ? wr.ud.ah.handle : 0, true);
+    dv.setUint32(o + SW.remote_qpn, wr.ud ? wr.ud.remoteQpn : 0, true);
+    dv.setUint32(o + SW.remote_qkey, wr.ud ? wr.ud.remoteQkey >>> 0 : 0, true);
+    if (flags & SendFlags.INLINE) {
+      if (op !== WrOpcode.SEND && op !== WrOpcode.SEND_WITH_IMM && op !== WrOpcode.RDMA_WRITE && op !== WrOpcode.RDMA_WRITE_WITH_IMM)
+        throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
+      let len = 0;
+      for (const s of sg) len += s.length;
+      if (len > this.cap.maxInlineData) throw badWr('ibv_post_send', 'EINVAL', `${len} inline bytes > max_inline_data ${this.cap.maxInlineData}`, i, wr);
+      let at = this.sq.inlineAt(o);
+      for (const s of sg) {
+        // inline data is copied now, from wherever it is in this process: no lkey needed (as in libibverbs)
+        const src = atAddress(big(s.addr), s.length);
+        if (!src) throw badWr('ibv_post_send', 'EFAULT', `inline SGE at 0x${big(s.addr).toString(16)} is not memory from allocBuffer`, i, wr);
+        this.sq.bytes.set(src, at);
+        at += s.length;
+      }
+      dv.setUint32(o + SW.inline_len, len, true);
+      dv.setUint32(o + SW.num_sge, 0, true);
+      return;
+    }
+    if (sg.length > this.cap.maxSendSge) throw badWr('ibv_post_send', 'EINVAL', `${sg.length} SGEs > max_send_sge ${this.cap.maxSendSge}`, i, wr);
+    dv.setUint32(o + SW.inline_len, 0, true);
+    dv.setUint32(o + SW.num_sge, sg.length, true);
+    for (let j = 0; j < sg.length; j++) {
+      const s = sg[j]!;
+      this.sq.writeSge(o, j, big(s.addr), s.length, s.lkey);
+    }
+  }
+
+  /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */
+  postRecv(wrs: RecvWr | RecvWr[]): void {
+    if (!this.rq) throw new VerbsError('ibv_post_recv', 'EINVAL', 'this QP receives through an SRQ', 0);
+    this.live('ibv_post_recv');
+    if (this.sq.state() === QpState.RESET) throw new VerbsError('ibv_post_recv', 'EINVAL', 'the QP is in RESET; receives are posted from INIT on', 0);
+    postRecvWrs(this.rq, 'ibv_post_recv', wrs);
+    if (this.sq.state() === QpState.ERR) this.pd.context.cmd.post('ibv_post_recv', this.recvBell!);
+  }
+
+  /** ibv_modify_qp: attributes named by `mask` (QpAttrMask) are applied; a mask the IBA does not allow for the transition is EINVAL. */
+  async modifyQp(attr: QpAttr, mask: QpAttrMask): Promise<void> {
+    const ah = attr.ahAttr;
+    const g = ah?.grh;
+    const dest: Input<typeof U.QP_DEST> = ah ? {
+      dgid: g?.dgid ?? new Uint8Array(16), flow_label: g?.flowLabel ?? 0, dlid: ah.dlid ?? 0, sgid_index: g?.sgidIndex ?? 0, hop_limit: g?.hopLimit ?? 64,
+      traffic_class: g?.trafficClass ?? 0, sl: ah.sl ?? 0, src_path_bits: ah.srcPathBits ?? 0, static_rate: ah.staticRate ?? 0,
+      is_global: ah.isGlobal === false ? 0 : 1, port_num: ah.portNum ?? 1,
+    } : {};
+    await this.pd.context.command('ibv_modify_qp', U.Spec.MODIFY_QP, {
+      dest, qp_handle: this.handle, attr_mask: mask, qkey: attr.qkey ?? 0, rq_psn: attr.rqPsn ?? 0, sq_psn: attr.sqPsn ?? 0,
+      dest_qp_num: attr.destQpNum ?? 0, qp_access_flags: attr.qpAccessFlags ?? 0, pkey_index: attr.pkeyIndex ?? 0, qp_state: attr.qpState ?? 0,
+      cur_qp_state: attr.curQpState ?? 0, path_mtu: attr.pathMtu ?? 0, path_mig_state: attr.pathMigState ?? 0,
+      en_sqd_async_notify: attr.enSqdAsyncNotify ?? 0, max_rd_atomic: attr.maxRdAtomic ?? 0, max_dest_rd_atomic: attr.maxDestRdAtomic ?? 0,
+      min_rnr_timer: attr.minRnrTimer ?? 0, port_num: attr.portNum ?? 0, timeout: attr.timeout ?? 0, retry_cnt: attr.retryCnt ?? 0,
+      rnr_retry: attr.rnrRetry ?? 0,
+    });
+    if (mask & QpAttrMask.STATE && attr.qpState === QpState.RESET) {
+      // a reset QP's queues are empty: start our producer indices where the HCA left its consumers
+      this.sq.resync();
+      this.rq?.resync();
+    }
+  }
+
+  /** ibv_query_qp: the attributes and the init attributes. */
+  async queryQp(mask = 0xffffffff): Promise<QpAttr & { sqSigAll: boolean }> {
+    const r = await this.pd.context.command('ibv_query_qp', U.Spec.QUERY_QP, { qp_handle: this.handle, attr_mask: mask });
+    const d = r.dest;
+    return {
+      qpState: r.qp_state as QpState, curQpState: r.cur_qp_state as QpState, pathMtu: r.path_mtu as QpAttr['pathMtu'],
+      pathMigState: r.path_mig_state as QpAttr['pathMigState'], qkey: r.qkey, rqPsn: r.rq_psn, sqPsn: r.sq_psn, destQpNum: r.dest_qp_num,
+      qpAccessFlags: r.qp_access_flags, pkeyIndex: r.pkey_index, sqDraining: r.sq_draining,
+      maxRdAtomic: r.max_rd_atomic, maxDestRdAtomic: r.max_dest_rd_atomic, minRnrTimer: r.min_rnr_timer,
+      portNum: r.port_num, timeout: r.timeout, retryCnt: r.retry_cnt, rnrRetry: r.rnr_retry,
+      cap: { maxSendWr: r.max_send_wr, maxRecvWr: r.max_recv_wr, maxSendSge: r.max_send_sge, maxRecvSge: r.max_recv_sge, maxInlineData: r.max_inline_data },
+      ahAttr: { grh: { dgid: d.dgid, flowLabel: d.flow_label, sgidIndex: d.sgid_index, hopLimit: d.hop_limit, trafficClass: d.traffic_class }, isGlobal: !!d.is_global, portNum: d.port_num },
+      sqSigAll: !!r.sq_sig_all,
+    };
+  }
+
+  /** ibv_destroy_qp */
+  async destroyQp(): Promise<void> {
+    await this.pd.context.command('ibv_destroy_qp', U.Spec.DESTROY_QP, { qp_handle: this.handle });
+    this.destroyed = true;
+    this.pd.context.unregister(this.userHandle);
+    unmap(this.mapping);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.destroyed) await this.destroyQp();
+  }
+}
