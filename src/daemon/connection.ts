@@ -46,6 +46,8 @@ type Kind = 'new' | 'cmd' | 'async' | 'comp' | 'mgmt';
 export class Connection {
   private kind: Kind = 'new';
   ctx: Context | null = null;
+  /** the completion channel this connection is the event stream of */
+  private chan: CompChannel | null = null;
   private readonly frames: FrameAssembler;
 
   constructor(
@@ -153,6 +155,7 @@ export class Connection {
       for (const b of t.ctx.asyncPending.splice(0)) s.write(b);
     } else {
       this.kind = 'comp';
+      this.chan = t.chan;
       t.chan.sock = s;
       for (const b of t.chan.pending.splice(0)) s.write(b);
     }
@@ -186,6 +189,7 @@ export class Connection {
     this.frames.stop();
     const { host, ctx } = this;
     host.connectionClosed(this);
+    if (this.chan) this.chan.ctx.compChannelClosed(this.chan);
     if (this.kind !== 'cmd' || !ctx) return;
     const held = [...ctx.countByType()].filter(([, n]) => n > 0).map(([t, n]) => `${n} ${t}`).join(', ');
     ctx.destroyAll();

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask, qpStateName } from '../abi/enums.js';
+import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask } from '../abi/enums.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import { cqLayout, Limits, qpLayout, srqLayout } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
@@ -18,7 +18,7 @@ import { udpSport } from '../hca/codec.js';
 import type { SoftDevice } from '../hca/device.js';
 import { Ah, Cq, Mr, Pd, Srq, type Owner } from '../hca/objects.js';
 import { RecvRingConsumer } from '../abi/recv-ring.js';
-import { modifyIsOk, Qp, wqeBytes } from '../hca/qp.js';
+import { modifyMaskError, Qp, wqeBytes } from '../hca/qp.js';
 import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
@@ -46,7 +46,10 @@ export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
 export class CompChannel {
   sock: Socket | null = null;
   pending: Buffer[] = [];
+  /** CQs that report to it */
   users = 0;
+  /** its event stream was closed by the client (ibv_destroy_comp_channel closes the fd): it goes once no CQ uses it */
+  closed = false;
   constructor(readonly ctx: Context, readonly token: number) {}
   send(b: Buffer): void {
     deliverEvent(this.sock, this.pending, b);
@@ -474,9 +477,30 @@ export class Context implements Owner {
   }
 
   private releaseCq(cq: Cq): void {
-    if (cq.channel) (cq.channel as CompChannel).users--;
+    const ch = cq.channel instanceof CompChannel ? cq.channel : null;
+    if (ch && --ch.users === 0 && ch.closed) this.removeChannel(ch);
     cq.errored = true;
     this.unmapClient(cq.mapping);
+  }
+
+  /**
+   * The client closed a completion channel's event stream, as closing the fd is ibv_destroy_comp_channel on
+   * Linux: the channel goes now, or when the last CQ using it does (libibverbs refuses to destroy a channel
+   * CQs still use; a client that closed the socket anyway is not given the events any more).
+   */
+  compChannelClosed(ch: CompChannel): void {
+    if (ch.closed || this.closed) return;
+    ch.closed = true;
+    ch.sock = null;
+    ch.pending.length = 0;
+    if (ch.users === 0) this.removeChannel(ch);
+  }
+
+  private removeChannel(ch: CompChannel): void {
+    const h = this.handleOf(ch);
+    if (h < 0) return;
+    this.host.dropToken(ch.token);
+    this.remove(h);
   }
 
   reqNotifyCq(r: U.Req<'REQ_NOTIFY_CQ'>): void {
@@ -597,7 +621,8 @@ export class Context implements Owner {
     const cur = qp.state;
     if (mask & A.CUR_STATE && r.cur_qp_state !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
     const next = mask & A.STATE ? r.qp_state : cur;
-    if (!modifyIsOk(cur, next, qp.type, mask)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)} is not valid for ${qpStateName(cur)}->${qpStateName(next)} on this QP type`);
+    const maskError = modifyMaskError(cur, next, qp.type, mask);
+    if (maskError) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)}: ${maskError}`);
     // check every value before changing anything
     const dest = r.dest;
     if (mask & A.PORT && r.port_num !== 1) fail(E.EINVAL, `MODIFY_QP: port ${r.port_num} does not exist`);

@@ -104,8 +104,8 @@ export function parseLimits(v: unknown): UserLimits {
   if (typeof v !== 'object' || v === null) throw new Error('"limits" must be an object');
   for (const [k, n] of Object.entries(v)) {
     if (!(k in l)) throw new Error(`"limits": unknown limit "${k}" (known: ${Object.keys(l).join(', ')})`);
-    if (!Number.isSafeInteger(n) || (n as number) < 1) throw new Error(`"limits.${k}": ${JSON.stringify(n)} is not a positive integer`);
-    l[k as Quota] = n as number;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) throw new Error(`"limits.${k}": ${JSON.stringify(n)} is not a positive integer`);
+    l[k as Quota] = n;
   }
   return l;
 }

@@ -59,7 +59,7 @@ class UsageError extends Error {}
 function parseDevice(s: string): DeviceSpec {
   const m = /^([A-Za-z0-9_.-]{1,63})=([^,]+)((?:,[a-z]+=[^,]+)*)$/.exec(s);
   if (!m) throw new UsageError(`--device "${s}": expected NAME=ADDR[,mtu=N][,wire=auto|raw|udp|none]`);
-  const [, name, addr, opts] = m as unknown as [string, string, string, string];
+  const [, name = '', addr = '', opts = ''] = m;
   if (!isIP(addr)) throw new UsageError(`--device "${s}": "${addr}" is not an IP address`);
   const spec: DeviceSpec = { name, addr };
   for (const kv of opts.split(',').filter(Boolean)) {

@@ -40,7 +40,7 @@ export function parseRules(text: string, file = 'rules'): Rule[] {
       const m = re.exec(line);
       if (!m) throw new Error(`${file}:${i + 1}: cannot parse near "${line.slice(pos)}"`);
       pos = re.lastIndex;
-      const [, key, op, val] = m as unknown as [string, string, string, string];
+      const [, key = '', op = '', val = ''] = m;
       if (key === 'KERNEL' && op === '==') rule.kernel = val;
       else if (key === 'NAME' && op === '=') rule.name = val;
       else if (key === 'MODE' && op === '=') {

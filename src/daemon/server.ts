@@ -19,7 +19,7 @@ import { ifaceOf } from '../hca/netdev.js';
 import { gidString, guidString } from '../common/format.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
-import { peerCred } from '../native/libc.js';
+import { peerCred, socketFd } from '../native/libc.js';
 import { CompChannel, Context } from './context.js';
 import { replyFrame } from '../abi/framing.js';
 import { Connection, type ConnectionHost, type Reply } from './connection.js';
@@ -322,7 +322,7 @@ export class Daemon implements ConnectionHost {
   private onConnection(s: Socket, dev: SoftDevice): void {
     let cred: { pid: number; uid: number; gid: number };
     try {
-      cred = peerCred((s as unknown as { _handle: { fd: number } })._handle.fd);
+      cred = peerCred(socketFd(s));
     } catch (e) {
       this.log(`peer credentials unavailable: ${(e as Error).message}`);
       s.destroy();

@@ -4,7 +4,7 @@
  * requester, responder and completer keep (rxe's qp->req, qp->resp,
  * qp->comp). The three engines live in their own modules.
  */
-import { Access, mtuBytes, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
+import { Access, mtuBytes, QpAttrMask as A, qpAttrMaskNames, QpState, qpStateName, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import type { QpCaps } from '../abi/queue.js';
 import { RecvWqe, u64ToNumber, type RecvRingConsumer } from '../abi/recv-ring.js';
 import { SendRingConsumer, SW } from '../abi/send-ring.js';
@@ -216,15 +216,27 @@ export const QP_STATE_TABLE: Record<number, Partial<Record<number, Masks>>> = {
   [S.ERR]: { [S.RESET]: ALL0, [S.ERR]: ALL0 },
 };
 
+/**
+ * Why `mask` is not valid for cur→next on this QP type (ib_modify_qp_is_ok's checks), naming the
+ * attributes missing or not allowed; null when it is valid.
+ */
+export function modifyMaskError(cur: number, next: number, type: number, mask: number): string | null {
+  if (cur < 0 || cur > S.ERR) return `the QP state ${cur} does not exist`;
+  if (next < 0 || next > S.ERR) return `qp_state ${next} does not exist`;
+  const move = `${qpStateName(cur)}->${qpStateName(next)}`;
+  if (mask & A.CUR_STATE && cur !== S.RTS && cur !== S.SQD && cur !== S.SQE) return `${move}: CUR_STATE (curQpState) is only allowed from RTS, SQD or SQE`;
+  const m = QP_STATE_TABLE[cur]?.[next]?.[type];
+  if (!m) return `${move} is not a transition a QP of this type makes`;
+  const missing = m.req & ~mask;
+  if (missing) return `${move} needs ${qpAttrMaskNames(missing)} in attr_mask`;
+  const extra = mask & ~(m.req | m.opt | A.STATE);
+  if (extra) return `${move} does not take ${qpAttrMaskNames(extra)}`;
+  return null;
+}
+
 /** Is `mask` valid for cur→next on this QP type? (ib_modify_qp_is_ok) */
 export function modifyIsOk(cur: number, next: number, type: number, mask: number): boolean {
-  if (cur < 0 || cur > S.ERR || next < 0 || next > S.ERR) return false;
-  if (mask & A.CUR_STATE && cur !== S.RTS && cur !== S.SQD && cur !== S.SQE) return false;
-  const m = QP_STATE_TABLE[cur]?.[next]?.[type];
-  if (!m) return false;
-  if ((mask & m.req) !== m.req) return false;
-  if (mask & ~(m.req | m.opt | A.STATE)) return false;
-  return true;
+  return modifyMaskError(cur, next, type, mask) === null;
 }
 
 export class Qp {
@@ -500,7 +512,12 @@ export class Qp {
   }
 }
 
-const SINGLE: { mr: Mr; off: number } = { mr: null as unknown as Mr, off: 0 };
+/** single()'s answer: the MR holding a packet's payload and the offset in its memory (one object, reused). */
+class SingleSge {
+  mr!: Mr;
+  off = 0;
+}
+const SINGLE = new SingleSge();
 
 function walkSges(w: SendWqe, off: number, len: number, f: (mr: Mr, mrOff: number, n: number, done: number) => void): boolean {
   return walkSgl(w.numSge, w.len, off, len, (i, sgeOff, n, done) => {

@@ -155,3 +155,10 @@ export function sdNotify(state: string, socketPath = process.env.NOTIFY_SOCKET):
     close_(fd);
   }
 }
+
+/** The file descriptor under a connected Node socket (for SO_PEERCRED). Node keeps it in the socket's private handle. */
+export function socketFd(s: import('node:net').Socket): number {
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new SysError('socketFd', osConstants.EBADF ?? 9);
+  return fd;
+}

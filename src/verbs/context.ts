@@ -177,6 +177,7 @@ export class Context {
         const r = await this.command('ibv_create_cq', U.Spec.CREATE_CQ, { user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1 }, { memfd: mem.fd });
         cq.handle = r.cq_handle;
         cq.cqe = r.cqe;
+        if (channel) channel.users++;
         return cq;
       } catch (e) {
         this.unregister(cq.userHandle);

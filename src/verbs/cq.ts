@@ -19,6 +19,8 @@ export class CompletionChannel {
   private readers: Array<(cq: CompletionQueue | null) => void> = [];
   private pumping = false;
   private ended = false;
+  /** @internal CQs created with this channel and not destroyed */
+  users = 0;
 
   /** @internal */
   constructor(readonly context: Context, /** @internal */ readonly token: number, private readonly stream: EventStream) {}
@@ -90,14 +92,15 @@ export class CompletionChannel {
     }
   }
 
-  /** ibv_destroy_comp_channel: closes the event stream. */
+  /** ibv_destroy_comp_channel: closes the event stream, which releases the channel in the daemon. EBUSY while CQs use it. */
   async destroyCompChannel(): Promise<void> {
-    this.stream.close();
+    if (this.users > 0) throw new VerbsError('ibv_destroy_comp_channel', 'EBUSY', `${this.users} CQs still use this channel`);
     this.end();
+    await this.stream.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.destroyCompChannel();
+    if (!this.ended) await this.destroyCompChannel();
   }
 }
 
@@ -214,6 +217,7 @@ export class CompletionQueue {
   async destroyCq(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
     const r = await this.context.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
     this.destroyed = true;
+    if (this.channel) this.channel.users--;
     this.context.unregister(this.userHandle);
     this.mem.free();
     return { compEventsReported: r.comp_events_reported, asyncEventsReported: r.async_events_reported };

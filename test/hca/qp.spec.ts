@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { modifyIsOk } from '../../src/hca/qp.js';
+import { modifyIsOk, modifyMaskError } from '../../src/hca/qp.js';
 import {
   Access, EventType, getDeviceList, openDevice, QpAttrMask as A, QpState as S, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context,
   type Mtu,
@@ -16,6 +16,14 @@ describe('the modify_qp attribute table (IBA 11.2.5.2)', () => {
   const RC_INIT = A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS;
   const RC_RTR = A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER;
   const RC_RTS = A.STATE | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.SQ_PSN | A.MAX_QP_RD_ATOMIC;
+  test('a refused mask is explained: the attributes missing, or the ones the transition does not take', () => {
+    assert.equal(modifyMaskError(S.RESET, S.INIT, QpType.RC, RC_INIT), null);
+    assert.equal(modifyMaskError(S.RESET, S.INIT, QpType.RC, A.STATE | A.PKEY_INDEX | A.PORT), 'RESET->INIT needs ACCESS_FLAGS (qpAccessFlags) in attr_mask');
+    assert.equal(modifyMaskError(S.INIT, S.RTR, QpType.RC, A.STATE | A.AV | A.DEST_QPN | A.RQ_PSN), 'INIT->RTR needs PATH_MTU (pathMtu), MIN_RNR_TIMER (minRnrTimer), MAX_DEST_RD_ATOMIC (maxDestRdAtomic) in attr_mask');
+    assert.equal(modifyMaskError(S.RESET, S.INIT, QpType.RC, RC_INIT | A.QKEY), 'RESET->INIT does not take QKEY (qkey)');
+    assert.equal(modifyMaskError(S.RESET, S.RTS, QpType.RC, A.STATE), 'RESET->RTS is not a transition a QP of this type makes');
+  });
+
   test('required attributes must all be there, and nothing outside required|optional', () => {
     assert.ok(modifyIsOk(S.RESET, S.INIT, QpType.RC, RC_INIT));
     assert.ok(!modifyIsOk(S.RESET, S.INIT, QpType.RC, RC_INIT & ~A.ACCESS_FLAGS));
