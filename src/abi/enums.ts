@@ -130,12 +130,6 @@ export function mtuBytes(mtu: number): number {
   return mtu >= 1 && mtu <= 5 ? 128 << mtu : 0;
 }
 
-/** Reverse lookup for printing: value → NAME. */
-export function enumName(table: Record<string, number>, v: number): string {
-  for (const k in table) if (table[k] === v) return k;
-  return `UNKNOWN(${v})`;
-}
-
 /** ibv_wc_status_str() strings, as rdma-core prints them. */
 export const WC_STATUS_STR: readonly string[] = [
   'success', 'local length error', 'local QP operation error', 'local EE context operation error', 'local protection error',

@@ -10,7 +10,9 @@ import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStat
 import { postRecvWc, toError } from './completion.js';
 import { walkSgl, type Mr } from './objects.js';
 import type { RecvWqe } from '../abi/recv-ring.js';
-import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
+import { writeIpUdp } from './codec.js';
+import { gidIp, isV4Gid } from './gid.js';
+import { Aeth, HdrSize, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { Qp, ReadOut, RespRes } from './qp.js';
 import { Task } from './scheduler.js';
@@ -382,7 +384,8 @@ export function pump(qp: Qp): void {
     q.length = 0; // an errored or reset responder answers nothing more
     return;
   }
-  let budget = READ_BURST;
+  // this turn's share, bounded by the room in the fabric's queue as the requester's is
+  let budget = qp.dev.sched.budget(READ_BURST);
   while (q.length > 0 && budget > 0) {
     const head = q[0]!;
     if ('kind' in head) {
@@ -525,40 +528,19 @@ function receiveUd(qp: Qp, p: Pkt): void {
   qp.dev.counters.rdma_recvs++;
 }
 
-const grhBuf = new Uint8Array(40);
-const grhDv = new DataView(grhBuf.buffer);
+/** The GRH a UD receive gets, written where IP and UDP headers are written for the wire (one buffer, reused). */
+const grhBuf = new Uint8Array(48);
+const grh = grhBuf.subarray(0, 40);
 
 /**
- * The 40 bytes a UD receiver finds before the payload. For an IPv4 GID
- * (::ffff:a.b.c.d) rxe puts the IPv4 header in the last 20 bytes; for IPv6
- * the IPv6 header fills all 40.
+ * The 40 bytes a UD receiver finds before the payload: the packet's IP header as the wire carried it. For an
+ * IPv4 GID (::ffff:a.b.c.d) rxe puts the IPv4 header in the last 20 bytes; for IPv6 the IPv6 header fills all 40.
  */
 function makeGrh(p: Pkt): Uint8Array {
   grhBuf.fill(0);
-  const s = p.srcGid;
-  const d = p.dstGid;
-  const v4 = s.length === 16 && s[10] === 0xff && s[11] === 0xff && s.subarray(0, 10).every((x) => x === 0);
-  const udpLen = 8 + 12 + 8 + (p.mask & M.IMM ? 4 : 0) + p.payLen + p.padCnt + 4;
-  if (v4) {
-    grhDv.setUint8(20, 0x45);
-    grhDv.setUint16(22, 20 + udpLen);
-    grhDv.setUint16(26, 0x4000);
-    grhDv.setUint8(28, 64);
-    grhDv.setUint8(29, 17);
-    grhBuf.set(s.subarray(12, 16), 32);
-    grhBuf.set(d.subarray(12, 16), 36);
-    let sum = 0;
-    for (let i = 20; i < 40; i += 2) sum += grhDv.getUint16(i);
-    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-    grhDv.setUint16(30, ~sum & 0xffff);
-  } else {
-    grhDv.setUint32(0, 0x60000000);
-    grhDv.setUint16(4, udpLen);
-    grhDv.setUint8(6, 17);
-    grhDv.setUint8(7, 64);
-    grhBuf.set(s, 8);
-    grhBuf.set(d, 24);
-  }
-  return grhBuf;
+  // what follows the IP header: UDP's payload is the BTH, DETH, immediate, payload, pad and ICRC
+  const roce = HdrSize.BTH + HdrSize.DETH + (p.mask & M.IMM ? HdrSize.IMM : 0) + p.payLen + p.padCnt + HdrSize.ICRC;
+  if (isV4Gid(p.srcGid)) writeIpUdp(grhBuf.subarray(20), gidIp(p.srcGid), gidIp(p.dstGid), 0, 0, roce);
+  else writeIpUdp(grhBuf, p.srcGid, p.dstGid, 0, 0, roce);
+  return grh;
 }
-

@@ -26,8 +26,6 @@ const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
 const F_ADD_SEALS = 1033;
-const F_GET_SEALS = 1034;
-export const F_SEAL_SEAL = 1;
 export const F_SEAL_SHRINK = 2;
 export const F_SEAL_GROW = 4;
 const SOL_SOCKET = 1;
@@ -101,12 +99,6 @@ export function unmap(m: Mapping): void {
 /** Adds seals to a memfd (seals live on the inode, so they bind every process that maps it). */
 export function addSeals(fd: number, seals: number): void {
   if ((fcntl_(fd, F_ADD_SEALS, seals) as number) < 0) fail('fcntl(F_ADD_SEALS)');
-}
-
-export function getSeals(fd: number): number {
-  const r = fcntl_(fd, F_GET_SEALS, 0) as number;
-  if (r < 0) fail('fcntl(F_GET_SEALS)');
-  return r;
 }
 
 /** The peer's credentials of a connected Unix socket (struct ucred), as the kernel vouches for them. */

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { verbsClassDir } from '../common/paths.js';
 import { COUNTER_NAMES } from '../hca/counters.js';
-import { getDeviceList, type Device } from '../verbs/index.js';
+import { getDeviceList, qpStateName, type Device } from '../verbs/index.js';
 import { mgmtQuery } from '../verbs/mgmt.js';
 import { VerbsError } from '../verbs/errors.js';
 
@@ -33,8 +33,8 @@ const STAT_USAGE = `Usage: rdma statistic [ OBJECT ] show
        rdma statistic [ OBJECT ] show link [ DEV/PORT_INDEX ]
 `;
 
+/** iproute2's names (its qp_types_to_str / path_mig_to_str tables), which the kernel's QP types beyond libibverbs' have too. */
 const QP_TYPE = ['SMI', 'GSI', 'RC', 'UC', 'UD', 'RAW_IPV6', 'RAW_ETHERTYPE', 'UNKNOWN', 'RAW_PACKET', 'XRC_INI', 'XRC_TGT'];
-const QP_STATE = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'];
 const PATH_MIG = ['MIGRATED', 'REARM', 'ARMED'];
 const PORT_STATE = ['NOP', 'DOWN', 'INIT', 'ARMED', 'ACTIVE', 'ACTIVE_DEFER'];
 
@@ -150,7 +150,7 @@ async function resource(args: string[], json: boolean): Promise<string> {
   if (json) {
     return `${JSON.stringify(mine.map((r) => {
       const base = { ifindex: idx(r.dev), ifname: r.dev };
-      if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[r.qpType as number], state: QP_STATE[r.state as number], ...(r.qpType !== 4 && r.rqPsn !== undefined ? { 'rq-psn': r.rqPsn } : {}), ...(r.sqPsn !== undefined ? { 'sq-psn': r.sqPsn } : {}), ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[r.pathMigState as number] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
+      if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[Number(r.qpType)], state: qpStateName(Number(r.state)), ...(r.qpType !== 4 && r.rqPsn !== undefined ? { 'rq-psn': r.rqPsn } : {}), ...(r.sqPsn !== undefined ? { 'sq-psn': r.sqPsn } : {}), ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[Number(r.pathMigState)] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
       if (obj === 'cq') return { ...base, cqn: r.cqn, cqe: r.cqe, users: r.users, 'adaptive-moderation': 'off', ctxn: r.ctxn, pid: r.pid, comm: r.comm };
       if (obj === 'mr') return { ...base, mrn: r.mrn, ...(r.rkey !== undefined ? { rkey: r.rkey, lkey: r.lkey } : {}), mrlen: r.mrlen, pdn: r.pdn, pid: r.pid, comm: r.comm };
       return { ...base, pdn: r.pdn, local_dma_lkey: 0, users: r.users, ctxn: r.ctxn, pid: r.pid, comm: r.comm };
@@ -161,7 +161,7 @@ async function resource(args: string[], json: boolean): Promise<string> {
     if (obj === 'qp') {
       const conn = r.qpType !== 4; // RC/UC report the remote QPN, RQ PSN and path migration state
       // another user's PSNs are not shown (the daemon leaves them out): nldev hides what reaches into others' resources
-      return `link ${r.dev}/1 lqpn ${r.lqpn} ${conn ? `rqpn ${r.rqpn} ` : ''}type ${QP_TYPE[r.qpType as number]} state ${QP_STATE[r.state as number]} ${conn && r.rqPsn !== undefined ? `rq-psn ${r.rqPsn} ` : ''}${r.sqPsn !== undefined ? `sq-psn ${r.sqPsn} ` : ''}${conn ? `path-mig-state ${PATH_MIG[r.pathMigState as number] ?? 'UNKNOWN'} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+      return `link ${r.dev}/1 lqpn ${r.lqpn} ${conn ? `rqpn ${r.rqpn} ` : ''}type ${QP_TYPE[Number(r.qpType)]} state ${qpStateName(Number(r.state))} ${conn && r.rqPsn !== undefined ? `rq-psn ${r.rqPsn} ` : ''}${r.sqPsn !== undefined ? `sq-psn ${r.sqPsn} ` : ''}${conn ? `path-mig-state ${PATH_MIG[Number(r.pathMigState)] ?? 'UNKNOWN'} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
     }
     // as rxe on 6.1 prints them (fixtures/rdma/res_show_all.txt): no DIM on rxe, rkey 0 without remote access, no iova
     if (obj === 'cq') return `dev ${r.dev} cqn ${r.cqn} cqe ${r.cqe} users ${r.users} adaptive-moderation off ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;

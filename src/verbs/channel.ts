@@ -69,26 +69,7 @@ export class CommandChannel {
 
   /** Connects to a device file; EACCES and ENOENT come back as they would from open(). */
   static async open(path: string, verb = 'ibv_open_device'): Promise<CommandChannel> {
-    // EAGAIN: the device file's accept queue is full (a burst of connects); it drains in moments, so try again
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await new Promise<CommandChannel>((resolve, reject) => {
-          const s = connect(path);
-          s.once('connect', () => {
-            s.removeAllListeners('error');
-            resolve(new CommandChannel(s));
-          });
-          s.once('error', reject);
-        });
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN' && attempt < 100) {
-          await new Promise((r) => setTimeout(r, Math.min(100, 2 + attempt * 5)));
-          continue;
-        }
-        throw new VerbsError(verb, code === 'ECONNREFUSED' ? 'ENODEV' : code ?? 'EIO', `${path}: ${(e as Error).message}`);
-      }
-    }
+    return new CommandChannel(await connectDevice(path, verb));
   }
 
   private fail(e: Error): void {
@@ -134,6 +115,33 @@ export class CommandChannel {
   }
 }
 
+/**
+ * Connects to a device file. EAGAIN means its accept queue is full (a burst of connects, another user's
+ * flood): it drains in moments, so the connect is tried again. Other errors come back as open() gives them
+ * (ECONNREFUSED, a file with no daemon behind it, as ENODEV).
+ */
+export async function connectDevice(path: string, verb: string): Promise<Socket> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path);
+        s.once('connect', () => {
+          s.removeAllListeners('error');
+          resolve(s);
+        });
+        s.once('error', reject);
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN' && attempt < 100) {
+        await new Promise((r) => setTimeout(r, Math.min(100, 2 + attempt * 5)));
+        continue;
+      }
+      throw new VerbsError(verb, code === 'ECONNREFUSED' ? 'ENODEV' : code ?? 'EIO', `${path}: ${(e as Error).message}`);
+    }
+  }
+}
+
 function closeSocket(s: Socket): Promise<void> {
   if (s.closed) return Promise.resolve();
   return new Promise((resolve) => {
@@ -169,11 +177,7 @@ export class EventStream {
 
   /** Connects and attaches to the context's stream named by `token`: one reply (its status), then records of `recordSize` bytes. */
   static async attach(path: string, command: number, token: number, recordSize: number, verb: string): Promise<EventStream> {
-    const s = await new Promise<Socket>((resolve, reject) => {
-      const c = connect(path);
-      c.once('connect', () => resolve(c));
-      c.once('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(verb, e.code ?? 'EIO', e.message)));
-    });
+    const s = await connectDevice(path, verb);
     const stream = new EventStream(s);
     const status = await new Promise<number>((resolve, reject) => {
       let attached = false;

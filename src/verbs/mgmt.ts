@@ -3,16 +3,16 @@
  * one JSON request on its own connection to a device file, opened by the
  * private first frame 0xF2, answered with one JSON reply or an errno.
  */
-import { connect } from 'node:net';
 import { FrameAssembler, mgmtFrame, parseReply, replySize } from '../abi/framing.js';
+import { connectDevice } from './channel.js';
 import { VerbsError } from './errors.js';
 
 /** No management answer is larger (the resource tracker of a busy daemon is well under it). */
 const MAX_ANSWER = 256 << 20;
 
 export async function mgmtQuery<T = unknown>(devPath: string, op: string, args: Record<string, unknown> = {}): Promise<T> {
+  const s = await connectDevice(devPath, `mgmt ${op}`);
   return new Promise<T>((resolve, reject) => {
-    const s = connect(devPath);
     const frames = new FrameAssembler(
       (h) => replySize(h, MAX_ANSWER),
       (f) => {

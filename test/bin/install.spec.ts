@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -111,6 +111,32 @@ describe('installed from the tarball, run from PATH', () => {
     // npm 11 lists dependencies whose install scripts it skipped; koffi ships prebuilt binaries and needs none,
     // and a global install has no package.json of ours to approve or deny it in
     for (const w of warnings) assert.match(w, /install-scripts( +koffi@|.*allow-scripts=koffi| *$| \d+ package has install scripts)/, `unexpected: ${w}`);
+  });
+
+  test('the installed package\'s types: a strict TypeScript program importing \'softverbs\' compiles against them, and a wrong enum value does not', () => {
+    const app = join(prefix, 'lib', 'app');
+    mkdirSync(app, { recursive: true });
+    writeFileSync(join(app, 'package.json'), '{"type":"module"}');
+    const program = (mtu: string) => `import { openDevice, getDeviceList, Access, QpType, QpState, QpAttrMask as A, VerbsError, type QpAttr } from 'softverbs';
+await using ctx = await openDevice(getDeviceList()[0]!);
+await using pd = await ctx.allocPd();
+await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
+await using cq = await ctx.createCq(4);
+await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+const attr: QpAttr = { qpState: QpState.RTR, pathMtu: ${mtu} };
+await qp.modifyQp(attr, A.STATE | A.PATH_MTU);
+for await (const wc of cq.completions()) console.log(wc.status, JSON.stringify(mr));
+export const E = VerbsError;
+`;
+    writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { target: 'ES2022', lib: ['ES2022', 'esnext.disposable'], module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: false, types: ['node'], typeRoots: [join(REPO, 'node_modules', '@types')] }, files: ['main.ts'] }));
+    const tsc = join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
+    writeFileSync(join(app, 'main.ts'), program('3'));
+    let r = spawnSync(process.execPath, [tsc, '-p', app], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    writeFileSync(join(app, 'main.ts'), program('4096'));
+    r = spawnSync(process.execPath, [tsc, '-p', app], { encoding: 'utf8', timeout: 120_000 });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stdout, /main\.ts\(7,.*Type '4096' is not assignable to type 'Mtu/);
   });
 
   test('ibv_devices and ibv_devinfo -v from PATH, as an unprivileged user', async () => {

@@ -21,7 +21,6 @@ import { reader } from '../sockio.js';
 
 export const VERSION_SIZE = 16;
 export const KEY_MSG_SIZE_GID = 108;
-export const BW_REPORT_SIZE = 8;
 
 /** struct pingpong_dest, as far as the exchange carries it. */
 export interface PerfDest {
