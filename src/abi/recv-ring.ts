@@ -3,7 +3,7 @@
  * receive WQEs, the HCA consumes them. One layout for both sides.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, PROD, RING_HDR, SG, type RingLayout } from './ring.js';
+import { CONS, PROD, readU64Number, RING_HDR, SG, type RingLayout } from './ring.js';
 
 /** The receive WQE header; its SGE list follows. */
 export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
@@ -112,7 +112,7 @@ export class RecvRingConsumer extends RecvRing {
     for (let i = 0; i < out.numSge; i++) {
       const s = o + RW.SIZE + i * SG.SIZE;
       const len = dv.getUint32(s + SG.length, true);
-      out.addr[i] = u64ToNumber(dv.getBigUint64(s + SG.addr, true));
+      out.addr[i] = readU64Number(dv, s + SG.addr);
       out.len[i] = len;
       out.lkey[i] = dv.getUint32(s + SG.lkey, true);
       out.length += len;

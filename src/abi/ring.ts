@@ -36,3 +36,18 @@ export interface RingLayout {
   /** Bytes this ring occupies (page aligned). */
   readonly bytes: number;
 }
+
+/**
+ * A little-endian u64 the client wrote, as a JS number without making a BigInt: anything past 2^53 becomes
+ * +Infinity, so it can never pass a bounds check.
+ */
+export function readU64Number(dv: DataView, o: number): number {
+  const hi = dv.getUint32(o + 4, true);
+  return hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * 0x100000000 + dv.getUint32(o, true);
+}
+
+/** Copies n bytes from src[from..] to dst[to..]: a plain loop for the few bytes of inline data and small packets (no view to allocate), set() beyond. */
+export function copyBytes(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
+  if (n <= 64) for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
+  else dst.set(src.subarray(from, from + n), to);
+}

@@ -4,7 +4,7 @@
  * consumer reads is the client's and is checked by the HCA before use.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, PROD, QP_STATE, RING_HDR, SQ_IDLE, SG, type RingLayout } from './ring.js';
+import { CONS, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, type RingLayout } from './ring.js';
 
 /** The softverbs send WQE header; the SGE list (or the inline data) follows it. */
 export const SEND_WQE = struct('sv_send_wqe', [
@@ -99,8 +99,9 @@ export class SendRingConsumer extends SendRing {
     Atomics.store(this.hdr, SQ_IDLE, 1);
     return this.produced() !== before && Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
   }
-  sgeAddr(o: number, j: number): bigint {
-    return this.dv.getBigUint64(SendRing.sge(o, j) + SG.addr, true);
+  /** An SGE's address as a number (past 2^53: +Infinity, which no MR contains). */
+  sgeAddr(o: number, j: number): number {
+    return readU64Number(this.dv, SendRing.sge(o, j) + SG.addr);
   }
   sgeLength(o: number, j: number): number {
     return this.dv.getUint32(SendRing.sge(o, j) + SG.length, true);
@@ -108,8 +109,8 @@ export class SendRingConsumer extends SendRing {
   sgeLkey(o: number, j: number): number {
     return this.dv.getUint32(SendRing.sge(o, j) + SG.lkey, true);
   }
-  /** The inline bytes of the WQE at o (a view into the ring: copy before the client can change them). */
-  inline(o: number, n: number): Uint8Array {
-    return this.bytes.subarray(o + SW.SIZE, o + SW.SIZE + n);
+  /** Copies the n inline bytes of the WQE at o into dst (a private copy: the client may change its ring at any time). */
+  copyInline(o: number, n: number, dst: Uint8Array): void {
+    copyBytes(dst, 0, this.bytes, o + SW.SIZE, n);
   }
 }

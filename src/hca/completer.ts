@@ -53,125 +53,135 @@ const run$ = { p: null as Pkt | null, w: null as SendWqe | null, progressed: fal
 /** An answer that is past the whole of a SEND/WRITE WQE acknowledges it implicitly (IBA 9.7.5.1.3). */
 const impliedAck = (p: Pkt, w: SendWqe): boolean => psnDiff(p.psn, w.lastPsn) > 0 && !w.isReadOrAtomic;
 
-const STEP: ReadonlyArray<(qp: Qp, p: Pkt) => CompState> = [
-  function getWqe(qp) {
-    const w = (run$.w = qp.wqeAt(qp.comp.idx));
-    return w.state === WqeState.PENDING || w.state === WqeState.PROCESSING ? CompState.CHECK_PSN : CompState.DONE;
-  },
-  function checkPsn(_qp, p) {
-    if (psnDiff(p.psn, run$.w!.firstPsn) < 0) return CompState.DONE; // older than anything outstanding: a stale duplicate
-    if (p.mask & M.RRESP) return CompState.READ;
-    if (p.mask & M.ATMACK) return CompState.ATOMIC;
-    return (p.syndrome & Aeth.TYPE_MASK) === Aeth.ACK ? CompState.ACK : CompState.NAK;
-  },
-  function read(qp, p) {
-    const w = run$.w!;
-    // a read response must answer the oldest WQE; WQEs before it were implicitly acked
-    if (w.opcode !== WrOpcode.RDMA_READ) return impliedAck(p, w) ? CompState.COMP_WQE : CompState.DONE;
-    const d = psnDiff(p.psn, qp.comp.psn);
-    if (d > 0) {
-      // lost response packets: ask again
-      qp.dev.counters.completer_retry_err++;
-      return CompState.RETRY;
-    }
-    if (d < 0) return CompState.DONE;
-    const off = psnDiff(p.psn, w.firstPsn) * qp.mtu;
-    if (p.payLen > 0 && (off + p.payLen > w.length || !qp.scatter(w, off, p.payload, p.payOff, p.payLen))) {
-      run$.status = WcStatus.LOC_PROT_ERR;
-      return CompState.ERROR;
-    }
-    qp.comp.psn = (p.psn + 1) & PSN_MASK;
-    return p.mask & M.LAST ? CompState.COMP_ANSWERED : CompState.DONE;
-  },
-  function atomic(qp, p) {
-    const w = run$.w!;
-    if (!w.isReadOrAtomic || w.opcode === WrOpcode.RDMA_READ) return impliedAck(p, w) ? CompState.COMP_WQE : CompState.DONE;
-    if (p.psn !== w.firstPsn) return CompState.DONE;
-    u64dv.setBigUint64(0, p.orig, true);
-    if (!qp.scatter(w, 0, u64, 0, 8)) {
-      run$.status = WcStatus.LOC_PROT_ERR;
-      return CompState.ERROR;
-    }
-    qp.comp.psn = (p.psn + 1) & PSN_MASK;
-    return CompState.COMP_ANSWERED;
-  },
-  function ack(qp, p) {
-    const w = run$.w!;
-    if (w.isReadOrAtomic) {
-      // an ACK past a READ/ATOMIC whose answer we never saw: the answer was lost (implied NAK)
-      return w.state === WqeState.PENDING && psnDiff(p.psn, w.lastPsn) >= 0 ? CompState.RETRY : CompState.DONE;
-    }
-    // retire() moves comp.psn past this WQE only: an ACK covering later WQEs must not skip a READ or atomic
-    // among them whose answer has not come
-    if (psnDiff(p.psn, w.lastPsn) >= 0 && w.state === WqeState.PENDING) return CompState.COMP_WQE;
-    // part of a multi-packet SEND / WRITE is acknowledged
-    if (psnDiff(p.psn, qp.comp.psn) >= 0) qp.comp.psn = (p.psn + 1) & PSN_MASK;
-    run$.progressed = true;
-    return CompState.DONE;
-  },
-  function nak(qp, p) {
-    const w = run$.w!;
-    // a NAK names the PSN it refuses; everything before it is acknowledged
-    if (psnDiff(p.psn, w.firstPsn) > 0 && impliedAck(p, w) && w.state === WqeState.PENDING) return CompState.COMP_WQE;
-    if ((p.syndrome & Aeth.TYPE_MASK) === Aeth.RNR_NAK) return CompState.RNR;
-    if (p.syndrome === Aeth.NAK_PSN_SEQ_ERROR) {
-      qp.dev.counters.rcvd_seq_err++;
-      // a READ or atomic at the head still waits for its answer: comp.psn stays on it
-      if (!w.isReadOrAtomic) qp.comp.psn = p.psn;
-      return CompState.RETRY;
-    }
-    run$.status =
-      p.syndrome === Aeth.NAK_REM_ACC_ERR ? WcStatus.REM_ACCESS_ERR :
-      p.syndrome === Aeth.NAK_REM_OP_ERR ? WcStatus.REM_OP_ERR :
-      p.syndrome === Aeth.NAK_INV_RD_REQUEST ? WcStatus.REM_INV_RD_REQ_ERR :
-      WcStatus.REM_INV_REQ_ERR;
+function getWqe(qp: Qp): CompState {
+  const w = (run$.w = qp.wqeAt(qp.comp.idx));
+  return w.state === WqeState.PENDING || w.state === WqeState.PROCESSING ? CompState.CHECK_PSN : CompState.DONE;
+}
+
+function checkPsn(_qp: Qp, p: Pkt): CompState {
+  if (psnDiff(p.psn, run$.w!.firstPsn) < 0) return CompState.DONE; // older than anything outstanding: a stale duplicate
+  if (p.mask & M.RRESP) return CompState.READ;
+  if (p.mask & M.ATMACK) return CompState.ATOMIC;
+  return (p.syndrome & Aeth.TYPE_MASK) === Aeth.ACK ? CompState.ACK : CompState.NAK;
+}
+
+function read(qp: Qp, p: Pkt): CompState {
+  const w = run$.w!;
+  // a read response must answer the oldest WQE; WQEs before it were implicitly acked
+  if (w.opcode !== WrOpcode.RDMA_READ) return impliedAck(p, w) ? CompState.COMP_WQE : CompState.DONE;
+  const d = psnDiff(p.psn, qp.comp.psn);
+  if (d > 0) {
+    // lost response packets: ask again
+    qp.dev.counters.completer_retry_err++;
+    return CompState.RETRY;
+  }
+  if (d < 0) return CompState.DONE;
+  const off = psnDiff(p.psn, w.firstPsn) * qp.mtu;
+  if (p.payLen > 0 && (off + p.payLen > w.length || !qp.scatter(w, off, p.payload, p.payOff, p.payLen))) {
+    run$.status = WcStatus.LOC_PROT_ERR;
     return CompState.ERROR;
-  },
-  function compWqe(qp) {
-    retire(qp, run$.w!, 0);
-    run$.progressed = true;
-    return CompState.GET_WQE;
-  },
-  function compAnswered(qp) {
-    retire(qp, run$.w!, 0);
-    run$.progressed = true;
-    return CompState.DONE;
-  },
-  function rnr(qp, p) {
-    const w = run$.w!;
-    qp.dev.counters.rcvd_rnr_err++;
-    if (qp.comp.rnrRetry === 0) {
-      qp.dev.counters.retry_rnr_exceeded_err++;
-      run$.status = WcStatus.RNR_RETRY_EXC_ERR;
-      return CompState.ERROR;
-    }
-    if (qp.attr.rnrRetry !== 7) qp.comp.rnrRetry--; // 7: retry for ever (IBA 9.7.5.2.8)
+  }
+  qp.comp.psn = (p.psn + 1) & PSN_MASK;
+  return p.mask & M.LAST ? CompState.COMP_ANSWERED : CompState.DONE;
+}
+
+function atomic(qp: Qp, p: Pkt): CompState {
+  const w = run$.w!;
+  if (!w.isReadOrAtomic || w.opcode === WrOpcode.RDMA_READ) return impliedAck(p, w) ? CompState.COMP_WQE : CompState.DONE;
+  if (p.psn !== w.firstPsn) return CompState.DONE;
+  u64dv.setBigUint64(0, p.orig, true);
+  if (!qp.scatter(w, 0, u64, 0, 8)) {
+    run$.status = WcStatus.LOC_PROT_ERR;
+    return CompState.ERROR;
+  }
+  qp.comp.psn = (p.psn + 1) & PSN_MASK;
+  return CompState.COMP_ANSWERED;
+}
+
+function ack(qp: Qp, p: Pkt): CompState {
+  const w = run$.w!;
+  if (w.isReadOrAtomic) {
+    // an ACK past a READ/ATOMIC whose answer we never saw: the answer was lost (implied NAK)
+    return w.state === WqeState.PENDING && psnDiff(p.psn, w.lastPsn) >= 0 ? CompState.RETRY : CompState.DONE;
+  }
+  // retire() moves comp.psn past this WQE only: an ACK covering later WQEs must not skip a READ or atomic
+  // among them whose answer has not come
+  if (psnDiff(p.psn, w.lastPsn) >= 0 && w.state === WqeState.PENDING) return CompState.COMP_WQE;
+  // part of a multi-packet SEND / WRITE is acknowledged
+  if (psnDiff(p.psn, qp.comp.psn) >= 0) qp.comp.psn = (p.psn + 1) & PSN_MASK;
+  run$.progressed = true;
+  return CompState.DONE;
+}
+
+function nak(qp: Qp, p: Pkt): CompState {
+  const w = run$.w!;
+  // a NAK names the PSN it refuses; everything before it is acknowledged
+  if (psnDiff(p.psn, w.firstPsn) > 0 && impliedAck(p, w) && w.state === WqeState.PENDING) return CompState.COMP_WQE;
+  if ((p.syndrome & Aeth.TYPE_MASK) === Aeth.RNR_NAK) return CompState.RNR;
+  if (p.syndrome === Aeth.NAK_PSN_SEQ_ERROR) {
+    qp.dev.counters.rcvd_seq_err++;
+    // a READ or atomic at the head still waits for its answer: comp.psn stays on it
     if (!w.isReadOrAtomic) qp.comp.psn = p.psn;
-    qp.stopRetransmit();
-    if (qp.comp.rnrTimer) clearTimeout(qp.comp.rnrTimer);
-    qp.comp.rnrTimer = qp.dev.sched.after(qp, Task.RNR_RETRY, Math.max(1, Math.round(RNR_TIMER_US[p.syndrome & 0x1f]! / 1000)));
-    return CompState.EXIT;
-  },
-  function retry(qp) {
-    // on the next turn, once however many NAKs ask for it: a retry run inside the packet loop could livelock
-    // it (each resend meets new loss, which NAKs again) and starve every other client
-    qp.dev.sched.schedule(qp, Task.RETRY);
-    return CompState.EXIT;
-  },
-  function error(qp) {
-    failHead(qp, run$.w!, run$.status);
-    return CompState.EXIT;
-  },
-  function done(qp) {
-    if (!run$.progressed) return CompState.EXIT;
-    qp.comp.retryCnt = qp.attr.retryCnt;
-    qp.comp.rnrRetry = qp.attr.rnrRetry;
-    qp.restartRetransmit();
-    qp.dev.sched.run(qp, Task.REQUESTER);
-    if (qp.state === QpState.SQD) checkDrained(qp);
-    return CompState.EXIT;
-  },
-];
+    return CompState.RETRY;
+  }
+  run$.status =
+    p.syndrome === Aeth.NAK_REM_ACC_ERR ? WcStatus.REM_ACCESS_ERR :
+    p.syndrome === Aeth.NAK_REM_OP_ERR ? WcStatus.REM_OP_ERR :
+    p.syndrome === Aeth.NAK_INV_RD_REQUEST ? WcStatus.REM_INV_RD_REQ_ERR :
+    WcStatus.REM_INV_REQ_ERR;
+  return CompState.ERROR;
+}
+
+function compWqe(qp: Qp): CompState {
+  retire(qp, run$.w!, 0);
+  run$.progressed = true;
+  return CompState.GET_WQE;
+}
+
+function compAnswered(qp: Qp): CompState {
+  retire(qp, run$.w!, 0);
+  run$.progressed = true;
+  return CompState.DONE;
+}
+
+function rnr(qp: Qp, p: Pkt): CompState {
+  const w = run$.w!;
+  qp.dev.counters.rcvd_rnr_err++;
+  if (qp.comp.rnrRetry === 0) {
+    qp.dev.counters.retry_rnr_exceeded_err++;
+    run$.status = WcStatus.RNR_RETRY_EXC_ERR;
+    return CompState.ERROR;
+  }
+  if (qp.attr.rnrRetry !== 7) qp.comp.rnrRetry--; // 7: retry for ever (IBA 9.7.5.2.8)
+  if (!w.isReadOrAtomic) qp.comp.psn = p.psn;
+  qp.stopRetransmit();
+  if (qp.comp.rnrTimer) clearTimeout(qp.comp.rnrTimer);
+  qp.comp.rnrTimer = qp.dev.sched.after(qp, Task.RNR_RETRY, Math.max(1, Math.round(RNR_TIMER_US[p.syndrome & 0x1f]! / 1000)));
+  return CompState.EXIT;
+}
+
+function retry(qp: Qp): CompState {
+  // on the next turn, once however many NAKs ask for it: a retry run inside the packet loop could livelock
+  // it (each resend meets new loss, which NAKs again) and starve every other client
+  qp.dev.sched.schedule(qp, Task.RETRY);
+  return CompState.EXIT;
+}
+
+function error(qp: Qp): CompState {
+  failHead(qp, run$.w!, run$.status);
+  return CompState.EXIT;
+}
+
+function done(qp: Qp): CompState {
+  if (!run$.progressed) return CompState.EXIT;
+  qp.comp.retryCnt = qp.attr.retryCnt;
+  qp.comp.rnrRetry = qp.attr.rnrRetry;
+  qp.restartRetransmit();
+  qp.dev.sched.run(qp, Task.REQUESTER);
+  if (qp.state === QpState.SQD) checkDrained(qp);
+  return CompState.EXIT;
+}
+
 
 /** An answer (ACK, NAK, read response, atomic acknowledge) for one of our QPs. */
 export function receive(qp: Qp, p: Pkt): void {
@@ -182,9 +192,28 @@ export function receive(qp: Qp, p: Pkt): void {
   run$.status = 0;
   let s: CompState = CompState.GET_WQE;
   const hook = tracer.hook;
+  // the common answer, an ACK retiring WQEs, as straight-line calls (see the responder's receive); any other state continues in the loop
+  if (!hook) {
+    while ((s = getWqe(qp)) === CompState.CHECK_PSN && (s = checkPsn(qp, p)) === CompState.ACK && (s = ack(qp, p)) === CompState.COMP_WQE) compWqe(qp);
+  }
   while (s !== CompState.EXIT) {
     if (hook) hook('completer', qp.qpn, NAMES[s]!);
-    s = STEP[s]!(qp, p);
+    // each state's function called by name, so every call site stays monomorphic (and inlinable)
+    switch (s) {
+      case CompState.GET_WQE: s = getWqe(qp); break;
+      case CompState.CHECK_PSN: s = checkPsn(qp, p); break;
+      case CompState.READ: s = read(qp, p); break;
+      case CompState.ATOMIC: s = atomic(qp, p); break;
+      case CompState.ACK: s = ack(qp, p); break;
+      case CompState.NAK: s = nak(qp, p); break;
+      case CompState.COMP_WQE: s = compWqe(qp); break;
+      case CompState.COMP_ANSWERED: s = compAnswered(qp); break;
+      case CompState.RNR: s = rnr(qp, p); break;
+      case CompState.RETRY: s = retry(qp); break;
+      case CompState.ERROR: s = error(qp); break;
+      case CompState.DONE: s = done(qp); break;
+      default: s = CompState.EXIT;
+    }
   }
   run$.p = null;
   run$.w = null;

@@ -101,11 +101,10 @@ export function toError(qp: Qp, why = 'error', was = qp.state): void {
 
 export function flushSend(qp: Qp): void {
   const prod = qp.sqProduced();
-  const dev = qp.dev;
   while (qp.comp.idx !== prod) {
     const w = qp.wqeAt(qp.comp.idx);
     // posted but never fetched: read it for its wr_id and opcode (whether it is valid does not matter for a flush)
-    if (w.state === WqeState.FREE) qp.fetch(qp.comp.idx, dev.lookupMr, (h) => qp.owner.lookupAh(h));
+    if (w.state === WqeState.FREE) qp.fetch(qp.comp.idx);
     // flushed WRs always complete, signaled or not
     w.state = WqeState.FREE;
     wc.clear();

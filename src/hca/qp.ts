@@ -6,7 +6,8 @@
  */
 import { Access, mtuBytes, QpAttrMask as A, qpAttrMaskNames, QpState, qpStateName, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import type { QpCaps } from '../abi/queue.js';
-import { RecvWqe, u64ToNumber, type RecvRingConsumer } from '../abi/recv-ring.js';
+import { RecvWqe, type RecvRingConsumer } from '../abi/recv-ring.js';
+import { copyBytes, readU64Number } from '../abi/ring.js';
 import { SendRingConsumer, SW } from '../abi/send-ring.js';
 import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
@@ -360,7 +361,7 @@ export class Qp {
    * Copies the WQE at `idx` out of the shared ring and checks it as hardware
    * would. Returns 0 or the WC status it fails with.
    */
-  fetch(idx: number, lookupMr: (key: number) => Mr | null, lookupAh: (h: number) => Ah | null): number {
+  fetch(idx: number): number {
     const w = this.wqeAt(idx);
     const sq = this.sq;
     const dv = sq.dv;
@@ -370,10 +371,8 @@ export class Qp {
     w.opcode = dv.getUint32(o + SW.opcode, true);
     w.sendFlags = dv.getUint32(o + SW.send_flags, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
     w.imm = dv.getUint32(o + SW.imm_data, true);
-    w.remoteAddr = u64ToNumber(dv.getBigUint64(o + SW.remote_addr, true));
+    w.remoteAddr = readU64Number(dv, o + SW.remote_addr);
     w.rkey = dv.getUint32(o + SW.rkey, true);
-    w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
-    w.swap = dv.getBigUint64(o + SW.swap, true);
     w.remoteQpn = dv.getUint32(o + SW.remote_qpn, true) & 0xffffff;
     w.remoteQkey = dv.getUint32(o + SW.remote_qkey, true);
     w.inline = (w.sendFlags & SendFlags.INLINE) !== 0;
@@ -389,15 +388,20 @@ export class Qp {
       (t !== QpType.UD && (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM)) ||
       (t === QpType.RC && (op === WrOpcode.RDMA_READ || op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD));
     if (!okOp) return WcStatus.LOC_QP_OP_ERR;
+    // only atomics carry these (two BigInts each WQE would otherwise make)
+    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) {
+      w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
+      w.swap = dv.getBigUint64(o + SW.swap, true);
+    }
     if (t === QpType.UD) {
-      w.ah = lookupAh(dv.getUint32(o + SW.ah_handle, true));
+      w.ah = this.owner.lookupAh(dv.getUint32(o + SW.ah_handle, true));
       if (!w.ah || w.ah.pd !== this.pd) return WcStatus.LOC_QP_OP_ERR;
     }
     if (w.inline) {
       if (w.isReadOrAtomic) return WcStatus.LOC_QP_OP_ERR;
       const n = dv.getUint32(o + SW.inline_len, true);
       if (n > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
-      w.inlineData.set(sq.inline(o, n));
+      sq.copyInline(o, n, w.inlineData);
       w.length = n;
       return this.checkLength(w);
     }
@@ -407,7 +411,7 @@ export class Qp {
     // READ and atomics write into local memory: their SGEs need LOCAL_WRITE
     const need = w.isReadOrAtomic ? Access.LOCAL_WRITE : 0;
     for (let i = 0; i < n; i++) {
-      const addr = u64ToNumber(sq.sgeAddr(o, i));
+      const addr = sq.sgeAddr(o, i);
       const len = sq.sgeLength(o, i);
       const lkey = sq.sgeLkey(o, i);
       w.addr[i] = addr;
@@ -418,7 +422,7 @@ export class Qp {
         w.mr[i] = null;
         continue;
       }
-      const mr = lookupMr(lkey);
+      const mr = this.dev.lookupMr(lkey);
       if (!mr || mr.key !== lkey || mr.pd !== this.pd || (mr.access & need) !== need || !mr.contains(addr, len)) return WcStatus.LOC_PROT_ERR;
       w.mr[i] = mr;
     }
@@ -435,7 +439,7 @@ export class Qp {
   /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). Returns false on a dead MR. */
   gather(w: SendWqe, off: number, dst: Uint8Array, dstOff: number, len: number): boolean {
     if (w.inline) {
-      dst.set(w.inlineData.subarray(off, off + len), dstOff);
+      copyBytes(dst, dstOff, w.inlineData, off, len);
       return true;
     }
     return walkSges(w, off, len, (mr, mOff, n, done) => {
@@ -479,11 +483,16 @@ export class Qp {
     this.comp.rnrTimer = null;
   }
 
-  /** The local ACK timeout: 4.096 µs × 2^timeout, in ms; 0 means wait for ever (no timer). */
+  /** The local ACK timeout: 4.096 µs × 2^timeout, in ms; 0 means wait for ever (no timer). Asked on every ACK: computed once per value. */
   timeoutMs(): number {
-    if (this.attr.timeout === 0) return 0;
-    return Math.max(1, Math.round((4.096 * 2 ** this.attr.timeout) / 1000));
+    const t = this.attr.timeout;
+    if (t !== this.rto.of) {
+      this.rto.of = t;
+      this.rto.ms = t === 0 ? 0 : Math.max(1, Math.round((4.096 * 2 ** t) / 1000));
+    }
+    return this.rto.ms;
   }
+  private readonly rto = { of: 0, ms: 0 };
 
   /** Arms the retransmit timer if anything waits for an answer and it is not running (nor an RNR wait). */
   armRetransmit(): void {

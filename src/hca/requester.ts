@@ -49,88 +49,119 @@ const NAMES = Object.keys(ReqState);
 /** What one run carries from state to state (one run at a time: the requester never re-enters itself). */
 const run$ = { budget: 0, prod: 0, w: null as SendWqe | null };
 
-const STEP: ReadonlyArray<(qp: Qp) => ReqState> = [
-  function checkQp(qp) {
-    if (qp.state === QpState.ERR) return ReqState.FLUSH;
-    if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return ReqState.EXIT;
-    // this doorbell's share, bounded by the room left in the fabric's queue (a chunk of doorbells for a
-    // thousand QPs would otherwise queue a thousand budgets' worth of packets before any was drained)
-    run$.budget = qp.dev.sched.budget(BUDGET);
-    if (run$.budget === 0) return ReqState.DEFER;
-    run$.prod = qp.sqProduced();
-    return ReqState.NEXT_WQE;
-  },
-  function nextWqe(qp) {
-    // (prod - idx) as a signed distance: whatever the client wrote, the requester never runs past the producer
-    if (((run$.prod - qp.req.idx) | 0) <= 0 || run$.budget <= 0 || qp.state === QpState.ERR) return ReqState.DONE;
-    const w = (run$.w = qp.wqeAt(qp.req.idx));
-    if (w.state === WqeState.FREE) return ReqState.FETCH;
-    if (w.state === WqeState.POSTED) return ReqState.CHECK_LIMITS;
-    if (w.state === WqeState.PROCESSING) return ReqState.SEND;
-    return ReqState.SKIP;
-  },
-  function fetch(qp) {
-    const w = run$.w!;
-    const st = qp.fetch(qp.req.idx, qp.dev.lookupMr, (h) => qp.owner.lookupAh(h));
-    if (st === 0) return ReqState.CHECK_LIMITS;
-    // a WQE hardware refuses: error completion, QP to ERR (rxe: wqe->status + qp error)
-    w.state = WqeState.PENDING;
-    w.status = st;
-    qp.req.idx = (qp.req.idx + 1) >>> 0;
-    failWqe(qp);
-    return ReqState.EXIT;
-  },
-  function checkLimits(qp) {
-    const w = run$.w!;
-    if (qp.state === QpState.SQD) return ReqState.DONE; // draining: nothing new starts
-    if (qp.type === QpType.RC) {
-      if (w.isReadOrAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
-      if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) return ReqState.DONE;
-      if (w.isReadOrAtomic) qp.req.rdAtomic++;
-    }
-    return ReqState.START;
-  },
-  function start(qp) {
-    const w = run$.w!;
-    w.state = WqeState.PROCESSING;
-    w.firstPsn = qp.req.psn;
-    w.offset = 0;
-    const pkts = w.opcode === WrOpcode.RDMA_READ || !w.isReadOrAtomic ? Math.max(1, Math.ceil(w.length / qp.mtu)) : 1;
-    w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
-    return ReqState.SEND;
-  },
-  function send(qp) {
-    const w = run$.w!;
-    if (!sendPacket(qp, w)) return ReqState.EXIT;
-    run$.budget--;
-    if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
-    return ReqState.NEXT_WQE;
-  },
-  function skip(qp) {
-    qp.req.idx = (qp.req.idx + 1) >>> 0;
-    return ReqState.NEXT_WQE;
-  },
-  function flush(qp) {
-    flushSend(qp);
-    return ReqState.EXIT;
-  },
-  function defer(qp) {
-    qp.dev.sched.schedule(qp, Task.REQUESTER);
-    return ReqState.EXIT;
-  },
-  function done(qp) {
-    if (qp.type === QpType.RC) qp.armRetransmit();
-    if (run$.budget === 0 && qp.req.idx !== run$.prod) qp.dev.sched.schedule(qp, Task.REQUESTER);
-    return ReqState.EXIT;
-  },
-];
+function checkQp(qp: Qp): ReqState {
+  if (qp.state === QpState.ERR) return ReqState.FLUSH;
+  if (qp.state !== QpState.RTS && qp.state !== QpState.SQD) return ReqState.EXIT;
+  // this doorbell's share, bounded by the room left in the fabric's queue (a chunk of doorbells for a
+  // thousand QPs would otherwise queue a thousand budgets' worth of packets before any was drained)
+  run$.budget = qp.dev.sched.budget(BUDGET);
+  if (run$.budget === 0) return ReqState.DEFER;
+  run$.prod = qp.sqProduced();
+  return ReqState.NEXT_WQE;
+}
+
+function nextWqe(qp: Qp): ReqState {
+  // (prod - idx) as a signed distance: whatever the client wrote, the requester never runs past the producer
+  if (((run$.prod - qp.req.idx) | 0) <= 0 || run$.budget <= 0 || qp.state === QpState.ERR) return ReqState.DONE;
+  const w = (run$.w = qp.wqeAt(qp.req.idx));
+  if (w.state === WqeState.FREE) return ReqState.FETCH;
+  if (w.state === WqeState.POSTED) return ReqState.CHECK_LIMITS;
+  if (w.state === WqeState.PROCESSING) return ReqState.SEND;
+  return ReqState.SKIP;
+}
+
+function fetchWqe(qp: Qp): ReqState {
+  const w = run$.w!;
+  const st = qp.fetch(qp.req.idx);
+  if (st === 0) return ReqState.CHECK_LIMITS;
+  // a WQE hardware refuses: error completion, QP to ERR (rxe: wqe->status + qp error)
+  w.state = WqeState.PENDING;
+  w.status = st;
+  qp.req.idx = (qp.req.idx + 1) >>> 0;
+  failWqe(qp);
+  return ReqState.EXIT;
+}
+
+function checkLimits(qp: Qp): ReqState {
+  const w = run$.w!;
+  if (qp.state === QpState.SQD) return ReqState.DONE; // draining: nothing new starts
+  if (qp.type === QpType.RC) {
+    if (w.isReadOrAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
+    if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) return ReqState.DONE;
+    if (w.isReadOrAtomic) qp.req.rdAtomic++;
+  }
+  return ReqState.START;
+}
+
+function start(qp: Qp): ReqState {
+  const w = run$.w!;
+  w.state = WqeState.PROCESSING;
+  w.firstPsn = qp.req.psn;
+  w.offset = 0;
+  const pkts = w.opcode === WrOpcode.RDMA_READ || !w.isReadOrAtomic ? Math.max(1, Math.ceil(w.length / qp.mtu)) : 1;
+  w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
+  return ReqState.SEND;
+}
+
+function send(qp: Qp): ReqState {
+  const w = run$.w!;
+  if (!sendPacket(qp, w)) return ReqState.EXIT;
+  run$.budget--;
+  if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
+  return ReqState.NEXT_WQE;
+}
+
+function skip(qp: Qp): ReqState {
+  qp.req.idx = (qp.req.idx + 1) >>> 0;
+  return ReqState.NEXT_WQE;
+}
+
+function flush(qp: Qp): ReqState {
+  flushSend(qp);
+  return ReqState.EXIT;
+}
+
+function defer(qp: Qp): ReqState {
+  qp.dev.sched.schedule(qp, Task.REQUESTER);
+  return ReqState.EXIT;
+}
+
+function done(qp: Qp): ReqState {
+  if (qp.type === QpType.RC) qp.armRetransmit();
+  if (run$.budget === 0 && qp.req.idx !== run$.prod) qp.dev.sched.schedule(qp, Task.REQUESTER);
+  return ReqState.EXIT;
+}
+
 
 function runOnce(qp: Qp): void {
   let s: ReqState = ReqState.CHECK_QP;
   const hook = tracer.hook;
+  // the common path, WQE after WQE, as straight-line calls (see the responder's receive); any other state continues in the loop
+  if (!hook && (s = checkQp(qp)) === ReqState.NEXT_WQE) {
+    for (;;) {
+      s = nextWqe(qp);
+      if (s === ReqState.FETCH) s = fetchWqe(qp);
+      if (s === ReqState.CHECK_LIMITS) s = checkLimits(qp);
+      if (s === ReqState.START) s = start(qp);
+      if (s !== ReqState.SEND || (s = send(qp)) !== ReqState.NEXT_WQE) break;
+    }
+  }
   while (s !== ReqState.EXIT) {
     if (hook) hook('requester', qp.qpn, NAMES[s]!);
-    s = STEP[s]!(qp);
+    // each state's function called by name, so every call site stays monomorphic (and inlinable)
+    switch (s) {
+      case ReqState.CHECK_QP: s = checkQp(qp); break;
+      case ReqState.NEXT_WQE: s = nextWqe(qp); break;
+      case ReqState.FETCH: s = fetchWqe(qp); break;
+      case ReqState.CHECK_LIMITS: s = checkLimits(qp); break;
+      case ReqState.START: s = start(qp); break;
+      case ReqState.SEND: s = send(qp); break;
+      case ReqState.SKIP: s = skip(qp); break;
+      case ReqState.FLUSH: s = flush(qp); break;
+      case ReqState.DEFER: s = defer(qp); break;
+      case ReqState.DONE: s = done(qp); break;
+      default: s = ReqState.EXIT;
+    }
   }
   run$.w = null;
 }
