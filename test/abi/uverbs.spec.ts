@@ -7,6 +7,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { layout, pack, unpack, type StructDef } from '../../src/abi/layout.js';
+import { CQE } from '../../src/abi/cq-ring.js';
+import { RW } from '../../src/abi/recv-ring.js';
+import { SG } from '../../src/abi/ring.js';
+import { SW } from '../../src/abi/send-ring.js';
 import * as U from '../../src/abi/uverbs.js';
 
 const expected: Array<[StructDef, number, Record<string, number>]> = [
@@ -122,4 +126,28 @@ test('encode/decode round-trips every field, little-endian', () => {
   assert.equal(f.readUInt16LE(4) * 4, f.length);
   assert.equal(f.length, 8 + 40 + 16);
   assert.equal(f.readUInt16LE(6) * 4, 12 + 0 /* resp */ + 0);
+});
+
+test('a struct definition is its type: decoded fields are typed, an unknown field does not compile, the ring layouts come from the same definitions', () => {
+  const b = pack(U.CREATE_QP, { qp_type: 2, user_handle: 7n, max_send_wr: 16 });
+  const r = unpack(U.CREATE_QP, b);
+  const qpType: number = r.qp_type;
+  const handle: bigint = r.user_handle;
+  // @ts-expect-error a u64 decodes as a bigint, not a number
+  const wrong: number = r.user_handle;
+  // @ts-expect-error CREATE_QP has no field qp_typo
+  pack(U.CREATE_QP, { qp_typo: 2 });
+  // @ts-expect-error nor does its decoded value
+  assert.equal(r.qp_typo, undefined);
+  assert.equal(qpType, 2);
+  assert.equal(handle, 7n);
+  assert.equal(wrong, 7n);
+  const nested = unpack(U.MODIFY_QP, pack(U.MODIFY_QP, { dest: { dgid: new Uint8Array(16).fill(1), hop_limit: 9 } }));
+  const dgid: Uint8Array = nested.dest.dgid;
+  assert.equal(dgid[15], 1);
+  assert.equal(nested.dest.hop_limit, 9);
+  // the CQ ring entry is struct ib_uverbs_wc, the WQEs their own structs: offsets() of them is what both sides use
+  assert.deepEqual([CQE.SIZE, CQE.wr_id, CQE.status, CQE.byte_len, CQE.wc_flags, CQE.port_num], [48, 0, 8, 20, 36, 46]);
+  assert.deepEqual([SW.SIZE, SW.opcode, SW.remote_addr, SW.compare_add, SW.remote_qkey], [96, 8, 24, 40, 64]);
+  assert.deepEqual([RW.SIZE, RW.num_sge, SG.SIZE, SG.lkey], [16, 8, 16, 12]);
 });

@@ -43,7 +43,7 @@ describe('one user\'s flood does not stall another\'s commands', { skip: IS_ROOT
       const stats = JSON.parse(v.out) as { n: number; p50: number; p99: number; max: number };
       figures.push(`${kind}: QUERY_PORT p50 ${stats.p50.toFixed(2)} ms, p99 ${stats.p99.toFixed(2)} ms, max ${stats.max.toFixed(1)} ms over ${stats.n} queries; flood ${f.out.trim()}; daemon RSS ${rssMiB(d.proc.pid!).toFixed(0)} MiB`);
       t.diagnostic(figures[figures.length - 1]!);
-      // a stall detector, not a benchmark: the figure itself is in the diagnostic (and the issue notes)
+      // a stall detector, not a benchmark: the figure itself is in the diagnostic
       assert.ok(stats.n > 100, `only ${stats.n} queries in 2.5 s`);
       assert.ok(stats.max < 2000, `a query waited ${stats.max} ms`);
       assert.ok(rssMiB(d.proc.pid!) < 400, `daemon RSS ${rssMiB(d.proc.pid!)} MiB`);
