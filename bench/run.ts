@@ -4,13 +4,15 @@
  *
  *  - same-device RDMA_WRITE of 64 KiB vs Buffer.copy of 64 KiB vs a Node TCP stream on loopback
  *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong; 8-byte SENDs per second
- *  - across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2): RDMA_WRITE of 64 KiB vs Node dgram
+ *  - the engines alone (bench/engines.ts): the same WRITE and SEND rate with no daemon, IPC or library
+ *  - across the wire (two daemons on this run's own 127.a.b.1 and .2): RDMA_WRITE of 64 KiB vs Node dgram
  *    throughput of datagrams the size of one MTU-4096 RoCEv2 packet; 8-byte SEND ping-pong vs Node
  *    UDP and TCP ping-pong
  */
 import { fork, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { spawnDaemon } from '../src/daemon/spawn.js';
+import { engineSendRate, engineWriteBw } from './engines.js';
 import { createSocket } from 'node:dgram';
 import { createConnection, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -316,8 +318,14 @@ async function perftest(t: string, args: string[], rootS: string, rootC: string)
   return row[0].trim().split(/\s+/).map(Number);
 }
 
+/** This run's own loopback addresses (127.a.b.1 and .2): a daemon left on 127.0.0.1 by something else cannot stand in the way. */
+const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const [HOST_A, HOST_B, HOST_E] = [`${NET}.1`, `${NET}.2`, `${NET}.3`];
+
 async function main(): Promise<void> {
-  const daemon = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
+  const engWrite = await engineWriteBw(HOST_E, SECONDS);
+  const engRate = engineSendRate(HOST_E, SECONDS);
+  const daemon = await spawnDaemon(['--device', `rxe0=${HOST_A}`]);
   const root = daemon.root;
   try {
     const GB = 1e9;
@@ -329,9 +337,9 @@ async function main(): Promise<void> {
     const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
     await daemon.stop();
-    // across the wire: two daemons, one device each, RoCEv2 frames on 127.0.0.1 <-> 127.0.0.2
-    const d1 = await spawnDaemon(['--device', 'rxe0=127.0.0.1']);
-    const d2 = await spawnDaemon(['--device', 'rxe0=127.0.0.2']);
+    // across the wire: two daemons, one device each, RoCEv2 frames between HOST_A and HOST_B
+    const d1 = await spawnDaemon(['--device', `rxe0=${HOST_A}`]);
+    const d2 = await spawnDaemon(['--device', `rxe0=${HOST_B}`]);
     const wire = /raw socket/.test(d1.stderr()) ? 'raw socket' : 'plain UDP';
     let xwrite = 0;
     let xping = 0;
@@ -365,7 +373,11 @@ async function main(): Promise<void> {
       `  SEND 8 B half round trip / TCP round trip       ${(pingEv / 2 / tping).toFixed(3)}   (both ends sleep on completion events, as TCP does)`,
       `  8 B SENDs per second                            ${(rate / 1e6).toFixed(3)} M   (target >= 1 M)`,
       '',
-      `ratios, across the wire (two daemons, 127.0.0.1 <-> 127.0.0.2, ${wire})`,
+      'ratios, the engines alone (two RC QPs on one device in this process: no daemon, no IPC, no library)',
+      `  RDMA_WRITE 64 KiB / Buffer.copy 64 KiB          ${(engWrite / copy).toFixed(3)}`,
+      `  8 B SENDs per second                            ${(engRate / 1e6).toFixed(3)} M`,
+      '',
+      `ratios, across the wire (two daemons, ${HOST_A} <-> ${HOST_B}, ${wire})`,
       `  RDMA_WRITE 64 KiB / Node dgram ${FRAME} B         ${(xwrite / udp).toFixed(3)}   (RDMA payload bytes/s vs whole datagram bytes/s)`,
       `  SEND 8 B round trip / Node UDP round trip       ${(xping / uping).toFixed(3)}   (both ends busy-poll: two pollers and two daemons share 2 cores here)`,
       `  SEND 8 B round trip / Node UDP round trip       ${(xpingEv / uping).toFixed(3)}   (both ends sleep on completion events)`,
@@ -379,6 +391,7 @@ async function main(): Promise<void> {
       'absolute',
       `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s (same device)`,
       `  RDMA_WRITE 64 KiB        ${(xwrite / GB).toFixed(3)} GB/s (across the wire)`,
+      `  RDMA_WRITE 64 KiB        ${(engWrite / GB).toFixed(3)} GB/s (the engines alone)`,
       `  Buffer.copy 64 KiB       ${(copy / GB).toFixed(3)} GB/s`,
       `  Node TCP stream 64 KiB   ${(tcp / GB).toFixed(3)} GB/s`,
       `  Node dgram ${FRAME} B     ${(udp / GB).toFixed(3)} GB/s`,

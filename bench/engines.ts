@@ -1,0 +1,145 @@
+/**
+ * The HCA's own cost: the requester, responder and completer of two RC QPs
+ * on one device, driven through their rings in this process (no daemon, no
+ * socket, no client library). What is left of a message's or a WRITE's time
+ * here is the engines' and the fabric's; the gap to the daemon-backed lines
+ * is IPC, wake-ups and the library.
+ */
+import { Mtu, QpState, QpType, SendFlags, WrOpcode } from '../src/abi/enums.js';
+import { CqRingConsumer, type CqeOut } from '../src/abi/cq-ring.js';
+import { cqLayout, qpLayout } from '../src/abi/queue.js';
+import { RecvRingConsumer, RecvRingProducer } from '../src/abi/recv-ring.js';
+import { SendRingProducer, SW } from '../src/abi/send-ring.js';
+import { SoftDevice } from '../src/hca/device.js';
+import { Fabric } from '../src/hca/fabric.js';
+import { Cq, Mr, Pd, type Ah, type Owner } from '../src/hca/objects.js';
+import { Qp } from '../src/hca/qp.js';
+import { mapAnon } from '../src/native/libc.js';
+
+const owner: Owner = { pid: process.pid, compEvent() {}, asyncEvent() {}, lookupAh: (): Ah | null => null };
+
+interface End {
+  qp: Qp;
+  sq: SendRingProducer;
+  rq: RecvRingProducer;
+  cq: CqRingConsumer;
+}
+
+/** Two RC QPs on one device (address `addr`, no wire), connected to each other, and a 256 KiB MR. */
+function rig(addr: string) {
+  const fabric = new Fabric();
+  const dev = new SoftDevice(fabric, 'bench0', 0, addr, { mtu: Mtu.MTU_4096 });
+  const pd = new Pd(owner);
+  const end = (qpn: number): End => {
+    const cl = cqLayout(1024);
+    const cqMem = mapAnon(cl.bytes);
+    const cq = new Cq(owner, 1n, cqMem, cl.slots, cl.cqe, null);
+    const l = qpLayout({ maxSendWr: 256, maxRecvWr: 1024, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 64 }, false)!;
+    const mem = mapAnon(l.bytes);
+    const rq = new RecvRingConsumer(mem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, 1);
+    const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, l.sq, 1n);
+    dev.qps.set(qpn, qp);
+    return { qp, sq: new SendRingProducer(mem.buffer, l.sq), rq: new RecvRingProducer(mem.buffer, l.rq!, 1), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
+  };
+  const a = end(100);
+  const b = end(101);
+  for (const [x, y] of [[a, b], [b, a]] as const) {
+    const q = x.qp;
+    q.attr.destQpn = y.qp.qpn;
+    q.attr.path.dgid = dev.gids[0]!;
+    q.attr.accessFlags = 7;
+    q.attr.timeout = 14;
+    q.attr.retryCnt = q.comp.retryCnt = 7;
+    q.attr.rnrRetry = q.comp.rnrRetry = 7;
+    q.setMtu(Mtu.MTU_4096, dev.mtuBytes);
+    q.state = QpState.RTS;
+  }
+  const mrMem = mapAnon(1 << 18);
+  const key = dev.allocMrKey();
+  const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, new Uint8Array(mrMem.buffer), mrMem, 64);
+  dev.mrs.set(key >>> 8, mr);
+  const done = () => {
+    a.qp.stopTimers();
+    b.qp.stopTimers();
+  };
+  return { dev, a, b, key, done };
+}
+
+const cqe = (): CqeOut => ({ wrId: 0n, status: 0, opcode: 0, vendorErr: 0, byteLen: 0, imm: 0, qpNum: 0, srcQp: 0, wcFlags: 0, pkeyIndex: 0, slid: 0, sl: 0, dlidPathBits: 0 });
+
+/** 8-byte inline SENDs per second, one signaled in 32, 128 in flight, receives reposted as they complete. */
+export function engineSendRate(addr: string, seconds: number): number {
+  const { dev, a, b, key, done } = rig(addr);
+  const wc = cqe();
+  const postRecv = () => {
+    const o = b.rq.begin(1n, 1);
+    b.rq.writeSge(o, 0, 0x10000n, 64, key);
+    b.rq.advance();
+  };
+  for (let i = 0; i < 1024; i++) postRecv();
+  b.rq.publish();
+  let posted = 0;
+  let acked = 0;
+  let received = 0;
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(Math.round(seconds * 1e9));
+  while (process.hrtime.bigint() < end) {
+    for (let k = 0; posted - acked < 128 && k < 32; k++) {
+      const o = a.sq.slot(a.sq.prod);
+      const dv = a.sq.dv;
+      dv.setBigUint64(o + SW.wr_id, 0n, true);
+      dv.setUint32(o + SW.opcode, WrOpcode.SEND, true);
+      dv.setUint32(o + SW.send_flags, SendFlags.INLINE | (++posted % 32 === 0 ? SendFlags.SIGNALED : 0), true);
+      dv.setUint32(o + SW.inline_len, 8, true);
+      dv.setUint32(o + SW.num_sge, 0, true);
+      a.sq.prod = (a.sq.prod + 1) >>> 0;
+    }
+    a.sq.publish();
+    if (a.sq.claimWake()) dev.doorbell(a.qp);
+    for (; a.cq.cons !== a.cq.produced(); acked += 32) a.cq.read(wc);
+    a.cq.publish();
+    let r = 0;
+    for (; b.cq.cons !== b.cq.produced(); r++) b.cq.read(wc);
+    b.cq.publish();
+    for (let i = 0; i < r; i++) postRecv();
+    b.rq.publish();
+    received += r;
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  done();
+  return received / s;
+}
+
+/** 64 KiB RDMA WRITEs (bytes/s), 32 in flight. */
+export async function engineWriteBw(addr: string, seconds: number): Promise<number> {
+  const { dev, a, key, done } = rig(addr);
+  const wc = cqe();
+  let posted = 0;
+  let completed = 0;
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(Math.round(seconds * 1e9));
+  while (process.hrtime.bigint() < end) {
+    for (; posted - completed < 32; posted++) {
+      const o = a.sq.slot(a.sq.prod);
+      const dv = a.sq.dv;
+      dv.setBigUint64(o + SW.wr_id, 0n, true);
+      dv.setUint32(o + SW.opcode, WrOpcode.RDMA_WRITE, true);
+      dv.setUint32(o + SW.send_flags, SendFlags.SIGNALED, true);
+      dv.setBigUint64(o + SW.remote_addr, 0x10000n + 65536n, true);
+      dv.setUint32(o + SW.rkey, key, true);
+      dv.setUint32(o + SW.inline_len, 0, true);
+      dv.setUint32(o + SW.num_sge, 1, true);
+      a.sq.writeSge(o, 0, 0x10000n, 65536, key);
+      a.sq.prod = (a.sq.prod + 1) >>> 0;
+    }
+    a.sq.publish();
+    if (a.sq.claimWake()) dev.doorbell(a.qp);
+    for (; a.cq.cons !== a.cq.produced(); completed++) a.cq.read(wc);
+    a.cq.publish();
+    // the requester defers what its per-turn budget did not cover to the next turn
+    if (posted - completed >= 32) await new Promise((r) => setImmediate(r));
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  done();
+  return (completed * 65536) / s;
+}
