@@ -40,6 +40,9 @@ describe('one user\'s flood does not stall another\'s commands', { skip: IS_ROOT
       const v = await runProcess(alice!.as[0]!, [...alice!.as.slice(1), process.execPath, VICTIM, d.root, '2500'], env, 30_000);
       const f = await flood;
       assert.equal(v.code, 0, v.out);
+      // the flood itself ran: a flooder that died at its first step would prove nothing
+      assert.equal(f.code, 0, f.out);
+      assert.ok((JSON.parse(f.out.trim().split('\n').pop()!) as { ops: number }).ops > 0, f.out);
       const stats = JSON.parse(v.out) as { n: number; p50: number; p99: number; max: number };
       figures.push(`${kind}: QUERY_PORT p50 ${stats.p50.toFixed(2)} ms, p99 ${stats.p99.toFixed(2)} ms, max ${stats.max.toFixed(1)} ms over ${stats.n} queries; flood ${f.out.trim()}; daemon RSS ${rssMiB(d.proc.pid!).toFixed(0)} MiB`);
       t.diagnostic(figures[figures.length - 1]!);
