@@ -3,7 +3,7 @@
  * receive WQEs, the HCA consumes them. One layout for both sides.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, PROD, readU64Number, RING_HDR, SG, type RingLayout } from './ring.js';
+import { CONS, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout } from './ring.js';
 
 /** The receive WQE header; its SGE list follows. */
 export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
@@ -66,10 +66,7 @@ export class RecvRingProducer extends RecvRing {
     return o;
   }
   writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
-    const s = o + RW.SIZE + j * SG.SIZE;
-    this.dv.setBigUint64(s + SG.addr, addr, true);
-    this.dv.setUint32(s + SG.length, length >>> 0, true);
-    this.dv.setUint32(s + SG.lkey, lkey >>> 0, true);
+    writeSge(this.dv, o + RW.SIZE + j * SG.SIZE, addr, length, lkey);
   }
   advance(): void {
     this.prod = (this.prod + 1) >>> 0;
@@ -121,9 +118,4 @@ export class RecvRingConsumer extends RecvRing {
     Atomics.store(this.hdr, CONS, this.cons | 0);
     return ok;
   }
-}
-
-/** u64 from the client → a JS number; anything past 2^53 becomes +Infinity so it can never pass a bounds check. */
-export function u64ToNumber(v: bigint): number {
-  return v > 0x1fffffffffffffn ? Number.POSITIVE_INFINITY : Number(v);
 }

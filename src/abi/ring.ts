@@ -27,6 +27,13 @@ export const Notify = { NONE: 0, NEXT_COMP: 1, SOLICITED: 2 } as const;
 export const SGE = struct('ibv_sge', [['addr', 'u64'], ['length', 'u32'], ['lkey', 'u32']]);
 export const SG = offsets(SGE);
 
+/** Writes one SGE at byte offset s of a ring (both rings' WQEs carry them the same way). */
+export function writeSge(dv: DataView, s: number, addr: bigint, length: number, lkey: number): void {
+  dv.setBigUint64(s + SG.addr, addr, true);
+  dv.setUint32(s + SG.length, length >>> 0, true);
+  dv.setUint32(s + SG.lkey, lkey >>> 0, true);
+}
+
 /** Where one ring sits in its memfd, and its geometry (the sizes are `queue.ts`'s). */
 export interface RingLayout {
   /** Byte offset of the ring's header inside the memfd. */

@@ -4,7 +4,7 @@
  * consumer reads is the client's and is checked by the HCA before use.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, type RingLayout } from './ring.js';
+import { CONS, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, writeSge, type RingLayout } from './ring.js';
 
 /** The softverbs send WQE header; the SGE list (or the inline data) follows it. */
 export const SEND_WQE = struct('sv_send_wqe', [
@@ -63,10 +63,7 @@ export class SendRingProducer extends SendRing {
     this.prod = this.consumed();
   }
   writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
-    const s = SendRing.sge(o, j);
-    this.dv.setBigUint64(s + SG.addr, addr, true);
-    this.dv.setUint32(s + SG.length, length >>> 0, true);
-    this.dv.setUint32(s + SG.lkey, lkey >>> 0, true);
+    writeSge(this.dv, SendRing.sge(o, j), addr, length, lkey);
   }
   /** Where inline data of the WQE at o starts, as a byte offset into `bytes`. */
   inlineAt(o: number): number {

@@ -36,6 +36,10 @@ const REPLY_HARD_CAP = 16 << 20;
 const ERROR_TEXT = 1024;
 
 const POST = offsets(U.POST_SEND);
+/** The first frames' least sizes: GET_CONTEXT's request and response, an attach's request. */
+const GET_CONTEXT_LEN = U.HDR_SIZE + offsets(U.GET_CONTEXT).SIZE;
+const GET_CONTEXT_RESP_LEN = offsets(U.GET_CONTEXT_RESP).SIZE;
+const ATTACH_LEN = U.HDR_SIZE + offsets(U.SV_ATTACH).SIZE;
 /** POST_SEND with wr_count 0: the header and ib_uverbs_post_send, nothing else */
 const DOORBELL_LEN = U.HDR_SIZE + POST.SIZE;
 const DOORBELL_OK = replyFrame(0, Buffer.alloc(4));
@@ -124,7 +128,7 @@ export class Connection {
   }
 
   private onGetContext(frame: Buffer, outBytes: number): void {
-    if (frame.length < U.HDR_SIZE + offsets(U.GET_CONTEXT).SIZE || outBytes < offsets(U.GET_CONTEXT_RESP).SIZE) return this.reply(-E.ENOSPC);
+    if (frame.length < GET_CONTEXT_LEN || outBytes < GET_CONTEXT_RESP_LEN) return this.reply(-E.ENOSPC);
     const { host, cred } = this;
     try {
       host.quotas.charge(cred.uid, 'contexts');
@@ -141,7 +145,7 @@ export class Connection {
   }
 
   private onAttach(cmd: number, frame: Buffer): void {
-    if (frame.length < U.HDR_SIZE + offsets(U.SV_ATTACH).SIZE) return this.reply(-E.ENOSPC);
+    if (frame.length < ATTACH_LEN) return this.reply(-E.ENOSPC);
     const token = attachToken(frame);
     const t = this.host.token(token);
     const want = cmd === U.SvCmd.ATTACH_ASYNC ? 'async' : 'comp';

@@ -3,7 +3,8 @@ import { RecvRingProducer } from '../abi/recv-ring.js';
 import { VerbsError } from './errors.js';
 import type { RecvWr } from './types.js';
 
-const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
+/** A wr_id or address as the rings hold it: a u64. */
+export const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
 
 /** Writes WRs; throws (with badWr and wr) for one that does not fit or is malformed. A single WR takes no array: nothing is allocated. */
 export function postRecvWrs(ring: RecvRingProducer, verb: string, wrs: RecvWr | RecvWr[]): void {

@@ -13,10 +13,9 @@ import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import { atAddress } from './memory.js';
 import type { ProtectionDomain } from './pd.js';
-import { badWr, postRecvWrs } from './post.js';
+import { badWr, big, postRecvWrs } from './post.js';
 import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
 
-const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
 
 export class QueuePair {
   /** @internal */ handle = -1;
