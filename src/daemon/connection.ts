@@ -71,6 +71,11 @@ export class Connection {
       () => sock.end(),
     );
     sock.on('data', (d: Buffer) => this.frames.push(d));
+    // an event stream's end is taken in before our side ends (auto end on the client's FIN answers it): a client
+    // that waits for that answer, as the library's destroyCompChannel does, knows the channel is gone
+    sock.on('end', () => {
+      if (this.chan) this.chan.ctx.compChannelClosed(this.chan);
+    });
     sock.on('close', () => this.onClose());
     sock.on('error', () => sock.destroy());
   }

@@ -110,6 +110,7 @@ export class CommandChannel {
   }
 
   /** Closes the connection (the daemon then releases the context); resolves once it is closed. */
+  /** Closes the connection and resolves once the daemon has closed its side (see closeSocket). */
   close(): Promise<void> {
     return closeSocket(this.sock);
   }
@@ -142,11 +143,22 @@ export async function connectDevice(path: string, verb: string): Promise<Socket>
   }
 }
 
+/**
+ * Ends a device connection and resolves once the daemon has ended its side too. The daemon answers our FIN
+ * only after it has taken the end in (a completion channel's stream: the channel is destroyed), so what this
+ * process does next (close the device) is seen after it; a plain destroy raced the device's close, and the
+ * channel was sometimes torn down with the context instead. A daemon that does not answer within a second is
+ * not waited for.
+ */
 function closeSocket(s: Socket): Promise<void> {
   if (s.closed) return Promise.resolve();
   return new Promise((resolve) => {
     s.once('close', () => resolve());
-    s.destroy();
+    setTimeout(() => s.destroy(), 1000).unref();
+    // ref'd until closed: awaiting the daemon's answer must keep the process alive long enough to get it
+    s.ref();
+    s.resume();
+    s.end();
   });
 }
 
@@ -217,6 +229,7 @@ export class EventStream {
     return new Promise((r) => this.waiters.push(r));
   }
 
+  /** Ends the stream; resolves once the daemon has taken its end in (see closeSocket). */
   close(): Promise<void> {
     return closeSocket(this.sock);
   }
