@@ -101,9 +101,12 @@ function hops(script: string): Array<[string, number[]]> {
   return names.map((n, i) => [n, out[i]!]);
 }
 
-const perf = spawnSync('perf', ['--version'], { encoding: 'utf8' }).status === 0 && process.getuid?.() === 0;
-const dA = await spawnDaemon(['--device', `rxe0=${NET}.1`]);
-const dB = await spawnDaemon(['--device', `rxe0=${NET}.2`]);
+const perf = !process.env.HOPS_NO_PERF && spawnSync("perf", ["--version"], { encoding: "utf8" }).status === 0 && process.getuid?.() === 0;
+// HOPS_CPU_PROF=dir: each daemon writes a V8 CPU profile there when it stops
+const prof = process.env.HOPS_CPU_PROF ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', process.env.HOPS_CPU_PROF] } : {};
+const W = process.env.HOPS_WIRE ? `,wire=${process.env.HOPS_WIRE}` : "";
+const dA = await spawnDaemon(["--device", `rxe0=${NET}.1${W}`], prof);
+const dB = await spawnDaemon(["--device", `rxe0=${NET}.2${W}`], prof);
 const tmp = mkdtempSync(join(tmpdir(), 'softverbs-hops-'));
 try {
   const wire = /raw socket/.test(dA.stderr()) ? 'raw socket' : 'plain UDP';

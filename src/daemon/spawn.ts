@@ -20,10 +20,11 @@ export interface SpawnedDaemon {
 }
 
 /** Starts softverbsd with `args` (plus --root) and resolves once it prints "softverbsd: ready". */
-export async function spawnDaemon(args: string[], opts: { root?: string; keepRoot?: boolean; timeoutMs?: number; wrapper?: string[] } = {}): Promise<SpawnedDaemon> {
+export async function spawnDaemon(args: string[], opts: { root?: string; keepRoot?: boolean; timeoutMs?: number; wrapper?: string[]; nodeArgs?: string[] } = {}): Promise<SpawnedDaemon> {
   const root = opts.root ?? mkdtempSync(join(tmpdir(), 'softverbs-'));
   // wrapper: a command the daemon runs under (a test drops a capability with setpriv)
-  const argv = [...(opts.wrapper ?? []), process.execPath, DAEMON_MAIN, '--root', root, ...args];
+  // nodeArgs: options for node itself (the bench's --cpu-prof)
+  const argv = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), DAEMON_MAIN, '--root', root, ...args];
   const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));

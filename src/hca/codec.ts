@@ -319,3 +319,23 @@ export function icrcOk(ip: Uint8Array, udp: Uint8Array, body: Uint8Array): boole
   const want = (body[n]! | (body[n + 1]! << 8) | (body[n + 2]! << 16) | (body[n + 3]! << 24)) >>> 0;
   return icrc(ip, udp, body.subarray(0, n)) === want;
 }
+
+/**
+ * Writes the UDP payload of a RoCEv2 frame (transport headers, payload,
+ * pad, ICRC) at buf[off], for a kernel that writes the IP and UDP headers
+ * itself: `hdr` receives those headers as they will be (source port
+ * `sport`, IPv4 identification `ipId`), for the ICRC and a capture.
+ * Returns the UDP payload's length.
+ */
+export function encodeBody(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, sport: number, hdr: Uint8Array, buf: Uint8Array, off: number): number {
+  const ipLen = src.length === 16 ? 40 : 20;
+  const n = encode(p, buf, off);
+  writeIpUdp(hdr, src, dst, ipId, sport, n + HdrSize.ICRC);
+  const crc = icrc(hdr.subarray(0, ipLen), hdr.subarray(ipLen, ipLen + 8), buf.subarray(off, off + n));
+  const c = off + n;
+  buf[c] = crc & 0xff;
+  buf[c + 1] = (crc >>> 8) & 0xff;
+  buf[c + 2] = (crc >>> 16) & 0xff;
+  buf[c + 3] = crc >>> 24;
+  return n + HdrSize.ICRC;
+}

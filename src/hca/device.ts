@@ -129,16 +129,29 @@ export class SoftDevice implements Hca {
   /** The wire, once started (null: this device only reaches devices of its own daemon). */
   transport: RoceTransport | null = null;
 
-  /** A packet that came off the wire; its payload lives only until this returns. */
+  /**
+   * A packet that came off the wire; its payload lives only until this
+   * returns. What it causes (ACKs, responses, completions' follow-ups) waits
+   * in the fabric until the batch it came in has been handed over
+   * (wireBatchDone), so a batch's answers leave together.
+   */
   receiveFromWire(p: Pkt): void {
     try {
       this.receive(p);
-      this.fabric.drain();
     } catch (e) {
       this.onBug?.(e as Error);
       this.fabric.reset();
     } finally {
       this.fabric.pool.put(p);
+    }
+  }
+
+  wireBatchDone(): void {
+    try {
+      this.fabric.drain();
+    } catch (e) {
+      this.onBug?.(e as Error);
+      this.fabric.reset();
     }
   }
 

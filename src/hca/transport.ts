@@ -2,21 +2,29 @@
  * The wire: RoCEv2 frames between this device and other hosts' (or other
  * daemons') devices, UDP destination port 4791.
  *
- * IPv4 (mode "raw"): the IPv4 ICRC covers the IP Identification, which a
- * plain UDP socket leaves to the kernel, so with CAP_NET_RAW the daemon
- * writes whole IP packets itself through a raw socket (choosing the ID its
- * ICRC covers, and the UDP source port rxe would use), and reads whole IP
- * packets back, so it checks the ICRC of everything that arrives. A plain
- * UDP socket on the port holds it and rings for the raw socket.
+ * Sending (both modes): every frame leaves through one UDP socket of our
+ * own (`UdpWire`, an ephemeral source port, as rxe gives each QP its own):
+ * unconnected with IP_PMTUDISC_DO, so an IPv4 datagram carries IP
+ * Identification 0, or its index in a UDP GSO message, and the ICRC, which
+ * covers the ID, is exact without root. Frames built during one drain of
+ * the fabric leave together in one sendmmsg; runs of equal-sized frames to
+ * one peer (the MTU-sized middle of a long message, a train of ACKs) go as
+ * one GSO message each.
  *
- * Without CAP_NET_RAW (mode "udp"), IPv4 goes through a plain dgram socket:
- * the ICRC assumes Identification 0 and cannot be checked on arrival (a
- * Linux rxe peer will drop what we send whenever its kernel picked another
- * ID), and every packet leaves from source port 4791. The daemon says so at
- * start-up and `ibv_devinfo -v` shows it.
+ * Receiving (mode "udp"): a dgram socket on port 4791, one JS call per
+ * datagram. The IPv4 identification of an arriving datagram is not visible
+ * there, so an arriving IPv4 ICRC cannot be checked; IPv6 ICRCs are (every
+ * field they cover is known).
  *
- * IPv6 always uses a dgram socket: its ICRC covers no field the kernel
- * chooses, so it is exact both ways (only the source port is 4791).
+ * Receiving (mode "raw", IPv4 with CAP_NET_RAW): a raw socket reads whole
+ * IP packets, batched, so every arriving ICRC is checked against the IP
+ * header as it came; the dgram socket on the port holds it and its copy of
+ * each datagram is the doorbell (Node cannot wait on a raw descriptor). A
+ * local sender's GSO message reaches a raw socket unsegmented: it is cut
+ * where the ICRCs say.
+ *
+ * What a turn of the event loop received is answered at its end: ACKs and
+ * responses leave together (wireBatchDone drains the fabric, which flushes).
  *
  * Decoded packets go to the device as if they came through the daemon's
  * own FIFO, so the requester, responder and completer are the same code.
@@ -24,11 +32,11 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { RawUdp4 } from '../native/net.js';
+import { RawUdp4, UdpWire, type Datagram } from '../native/net.js';
 import { SysError } from '../native/libc.js';
-import { decode, encodeFrame, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
-import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
-import { OPCODES } from './opcodes.js';
+import { decode, encodeBody, frameBytes, icrc, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
+import { gidIp, gidOf, isV4Gid } from './gid.js';
+import { HdrSize, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { PcapWriter } from './pcap.js';
 
@@ -41,86 +49,67 @@ export interface WireDevice {
   freePkt(p: Pkt): void;
   /** a packet off the wire; its payload lives only until this returns */
   receiveFromWire(p: Pkt): void;
+  /** a batch of packets off the wire has been handed over: what they caused goes out now */
+  wireBatchDone(): void;
   onBug: ((e: Error) => void) | null;
 }
 
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
 export type WireRequest = 'auto' | 'raw' | 'udp';
 
+/** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
+const MAX_PACKET = 4096 + 64;
+
 export class RoceTransport {
   private raw: RawUdp4 | null = null;
-  private sock: Socket | null = null;
+  private udp: UdpWire | null = null;
+  private port: Socket | null = null;
   private backstop: NodeJS.Timeout | null = null;
   private readonly v4: boolean;
   private readonly srcIp: Uint8Array;
-  private ipId: number;
   /** "raw" or "udp" once started. */
   mode: 'raw' | 'udp' = 'udp';
   /** Why IPv4 is on plain UDP (empty when it is not). */
   fallback = '';
   /** Frames that arrived and were dropped before reaching a QP, by reason. */
   readonly dropped = new Map<string, number>();
+  /** the IP and UDP headers of the frame being sent or checked (ICRC, capture) */
+  private readonly hdr = new Uint8Array(48);
 
   constructor(readonly dev: WireDevice, private readonly request: WireRequest = 'auto', private readonly pcap: PcapWriter | null = null) {
     this.v4 = isIPv4(dev.addr);
     this.srcIp = gidIp(gidOf(dev.addr)).slice();
-    this.ipId = (process.pid * 2654435761) & 0xffff || 1;
   }
 
   async start(): Promise<void> {
     if (this.v4 && this.request !== 'udp') {
       try {
-        this.raw = new RawUdp4(this.dev.addr);
+        this.raw = new RawUdp4(this.srcIp);
         this.mode = 'raw';
       } catch (e) {
         const eperm = e instanceof SysError && e.code === 'EPERM';
         if (!eperm || this.request === 'raw') throw e;
-        this.fallback = 'no CAP_NET_RAW: IPv4 goes through a plain UDP socket, its ICRC assumes IP ID 0 and arriving ICRCs are not checked';
+        this.fallback = 'no CAP_NET_RAW: arriving IPv4 ICRCs are not checked (a plain UDP socket cannot see the IP ID they cover); sent ones are exact';
       }
     }
     try {
-      // raw: the UDP socket claims the port (no ICMP unreachable, one daemon per address) and its copy of each
-      // datagram is the doorbell that says the raw socket has something; dgram: it carries the traffic itself
-      await this.startDgram();
+      // the dgram socket on port 4791 holds the port (no ICMP unreachable, one daemon per address) and either
+      // carries arriving frames (udp) or rings for the raw socket with its copy of each (raw)
+      await this.startPortSocket();
+      this.udp = new UdpWire(this.srcIp, ROCE_PORT);
     } catch (e) {
       this.raw?.close();
       this.raw = null;
+      this.port?.close();
+      this.port = null;
+      if (e instanceof SysError) throw Object.assign(new Error(e.message), { code: e.code });
       throw e;
     }
     if (this.raw) {
-      // a frame whose UDP twin was dropped (a full buffer) still gets read
+      // a frame whose copy on the port socket was dropped (a full buffer) still gets read
       this.backstop = setInterval(() => this.drainRaw(), 20).unref();
     }
     this.learnSubnets();
-  }
-
-  private readonly onRawFrame = (b: Uint8Array, len: number): void => this.onFrame(b, len);
-  private drainRaw(): void {
-    try {
-      this.raw?.drain(this.onRawFrame);
-    } catch (e) {
-      this.dev.onBug?.(e as Error);
-    }
-  }
-
-  private async startDgram(): Promise<void> {
-    const s = createSocket({ type: this.v4 ? 'udp4' : 'udp6', reuseAddr: false });
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      s.bind(ROCE_PORT, this.dev.addr, () => {
-        s.off('error', reject);
-        resolve();
-      });
-    });
-    s.on('message', (msg, rinfo) => (this.raw ? this.drainRaw() : this.onDatagram(msg, rinfo.address, rinfo.port)));
-    s.on('error', (e) => this.dev.onBug?.(e));
-    try {
-      s.setRecvBufferSize(8 << 20);
-      s.setSendBufferSize(8 << 20);
-    } catch {
-      /* capped by the kernel's rmem_max / wmem_max: fine */
-    }
-    this.sock = s;
   }
 
   private nets: Array<[number, number]> = [];
@@ -144,16 +133,92 @@ export class RoceTransport {
   }
   private local6: Uint8Array[] = [];
 
+  private startPortSocket(): Promise<void> {
+    const s = createSocket({ type: this.v4 ? 'udp4' : 'udp6', reuseAddr: false });
+    return new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.bind(ROCE_PORT, this.dev.addr, () => {
+        s.off('error', reject);
+        s.on('error', (e) => this.dev.onBug?.(e));
+        s.on('message', this.raw ? this.onTwin : this.onMessage);
+        try {
+          s.setRecvBufferSize(8 << 20);
+        } catch {
+          /* capped by the kernel's rmem_max: fine */
+        }
+        this.port = s;
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * The port socket's copies arrive one JS call each, several in one turn of
+   * the loop when busy: the first drains the raw socket, the rest only ask
+   * for one more drain after the turn (for what arrived after the first).
+   */
+  private twinTurn = false;
+  private twinMissed = false;
+  private readonly onTwin = (): void => {
+    if (this.twinTurn) {
+      this.twinMissed = true;
+      return;
+    }
+    this.twinTurn = true;
+    setImmediate(this.afterTwinTurn);
+    this.drainRaw();
+  };
+  private readonly afterTwinTurn = (): void => {
+    this.twinTurn = false;
+    if (this.twinMissed) {
+      this.twinMissed = false;
+      this.drainRaw();
+    }
+  };
+
+  /** A frame on the dgram socket (mode udp), as a Datagram for onDatagram. */
+  private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(16), port: 0 };
+  private readonly onMessage = (msg: Buffer, rinfo: { address: string; port: number }): void => {
+    const d = this.dgIn;
+    d.bytes = msg;
+    d.off = 0;
+    d.len = msg.length;
+    d.from = gidIp(this.peerGid(rinfo.address));
+    d.port = rinfo.port;
+    this.onDatagram(d);
+    // answers leave once the loop turn's datagrams have all been read
+    if (!this.batchQueued) {
+      this.batchQueued = true;
+      setImmediate(this.batchDone);
+    }
+  };
+  private batchQueued = false;
+  private readonly batchDone = (): void => {
+    this.batchQueued = false;
+    this.dev.wireBatchDone();
+  };
+
+  private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
+  private drainRaw(): void {
+    try {
+      if (this.raw && this.raw.drain(this.onRawDatagram) > 0) this.dev.wireBatchDone();
+    } catch (e) {
+      this.dev.onBug?.(e as Error);
+    }
+  }
+
   stop(): void {
     if (this.backstop) clearInterval(this.backstop);
     this.raw?.close();
-    this.sock?.close();
+    this.port?.close();
+    this.udp?.close();
     this.raw = null;
-    this.sock = null;
+    this.port = null;
+    this.udp = null;
   }
 
   get running(): boolean {
-    return this.raw !== null || this.sock !== null;
+    return this.udp !== null;
   }
 
   /**
@@ -174,38 +239,33 @@ export class RoceTransport {
     return loop || this.nets6.some((pfx) => pfx.every((b, i) => g[i] === b)) || this.local6.some((a) => a.every((b, i) => g[i] === b));
   }
 
-  /** Frames and sends one packet to the address its destination GID stands for. */
+  /** Builds one packet's frame in the send batch; it leaves at the next flush(). */
   send(p: Pkt): void {
-    if (!this.running || !OPCODES[p.opcode]) return;
+    const udp = this.udp;
+    if (!udp || !OPCODES[p.opcode]) return;
     if (!this.reachable(p.dstGid)) {
       this.dev.counters.send_err++;
       return;
     }
     const dst = gidIp(p.dstGid);
-    if (this.raw) {
-      // built where sendmmsg will find it; flush() (at the end of the fabric's drain) sends the batch
-      this.ipId = (this.ipId + 1) & 0xffff || 1;
-      const slot = this.raw.nextSlot();
-      const n = encodeFrame(p, this.srcIp, dst, this.ipId, slot);
-      this.pcap?.write(slot, n);
-      this.raw.queue(n, ((dst[0]! << 24) | (dst[1]! << 16) | (dst[2]! << 8) | dst[3]!) >>> 0);
-      return;
-    }
-    // dgram: the kernel writes IP and UDP headers (source port 4791; for IPv4 an ID of its choosing)
-    const saved = p.srcPort;
-    p.srcPort = ROCE_PORT;
-    const len = frameBytes(p, !this.v4);
-    const buf = Buffer.allocUnsafe(len); // dgram sends later: the bytes must outlive this call
-    const n = encodeFrame(p, this.srcIp, dst, 0, buf);
-    p.srcPort = saved;
-    this.pcap?.write(buf, n);
-    const hdr = this.v4 ? 28 : 48;
-    this.sock!.send(buf, hdr, n - hdr, ROCE_PORT, gidToAddr(p.dstGid));
+    const len = frameBytes(p, !this.v4) - (this.v4 ? 28 : 48);
+    const off = udp.frame(len, dst);
+    // the kernel numbers a GSO message's IPv4 segments from 0: the ICRC covers the number this one will get
+    encodeBody(p, this.srcIp, dst, this.v4 ? udp.seg : 0, udp.port, this.hdr, udp.txBytes, off);
+    if (this.pcap) this.capture(this.hdr, udp.txBytes.subarray(off, off + len));
   }
 
-  /** Sends the frames queued since the last flush (one system call for up to a batch of them). */
+  private capture(hdr: Uint8Array, body: Uint8Array): void {
+    const h = this.v4 ? 28 : 48;
+    const f = new Uint8Array(h + body.length);
+    f.set(hdr.subarray(0, h));
+    f.set(body, h);
+    this.pcap!.write(f, f.length);
+  }
+
+  /** Sends the frames built since the last flush (one system call for the batch). */
   flush(): void {
-    if (this.raw) this.dev.counters.send_err += this.raw.flush();
+    if (this.udp) this.dev.counters.send_err += this.udp.flush();
   }
 
   private drop(why: string): void {
@@ -213,34 +273,77 @@ export class RoceTransport {
   }
 
   /** A whole IPv4 packet from the raw socket (already filtered to UDP port 4791 at our address). */
-  private onFrame(b: Uint8Array, len: number): void {
-    const ihl = (b[0]! & 0x0f) * 4;
+  private onRawFrame(d: Datagram): void {
+    const b = d.bytes;
+    const o = d.off;
+    const len = d.len;
+    const ihl = (b[o]! & 0x0f) * 4;
     if (len < ihl + 8) return this.drop('shorter than its headers');
-    const udpLen = (b[ihl + 4]! << 8) | b[ihl + 5]!;
+    const udpLen = (b[o + ihl + 4]! << 8) | b[o + ihl + 5]!;
     if (udpLen < 8 || ihl + udpLen > len) return this.drop('UDP length beyond the datagram');
     if (ihl !== 20) return this.drop('IPv4 options');
-    if (!icrcOk(b.subarray(0, 20), b.subarray(20, 28), b.subarray(28, 20 + udpLen))) return this.drop('bad ICRC');
-    this.pcap?.write(b, ihl + udpLen);
-    const src = ((b[12]! << 24) | (b[13]! << 16) | (b[14]! << 8) | b[15]!) >>> 0;
-    this.deliver(b, ihl + 8, udpLen - 8, this.peerGid4(src));
+    const src = this.peerGid4(b, o + 12);
+    const body = udpLen - 8;
+    // longer than any packet, or (small frames sent together) an ICRC that fails for the whole: a GSO message
+    if (body > MAX_PACKET || !icrcOk(b.subarray(o, o + 20), b.subarray(o + 20, o + 28), b.subarray(o + 28, o + 20 + udpLen))) return this.onSuperFrame(d, src, body);
+    this.pcap?.write(b.subarray(o), ihl + udpLen);
+    this.deliver(b, o + 28, body, src);
   }
 
-  private readonly rxHdr = new Uint8Array(48);
+  /**
+   * A local sender's UDP GSO message as a raw socket sees it: one IP packet
+   * holding n equal frames that the UDP socket would have seen as n
+   * datagrams with IDs id, id+1, ... The frame size is the n whose first
+   * frame's ICRC checks out (none: a frame with a bad ICRC, dropped); then
+   * every frame's ICRC is checked as its own.
+   */
+  private onSuperFrame(d: Datagram, src: Uint8Array, body: number): void {
+    const b = d.bytes;
+    const o = d.off;
+    const h = this.hdr;
+    const id = (b[o + 4]! << 8) | b[o + 5]!;
+    let size = 0;
+    for (let n = 2; n <= 128 && body / n >= HdrSize.BTH + HdrSize.ICRC; n++) {
+      if (body % n !== 0 || body / n > MAX_PACKET) continue;
+      if (this.segmentIcrcOk(b, o, body / n, 0, id)) {
+        size = body / n;
+        break;
+      }
+    }
+    if (size === 0) return this.drop('bad ICRC');
+    for (let at = 0, i = 0; at < body; at += size, i++) {
+      if (i > 0 && !this.segmentIcrcOk(b, o, size, at, (id + i) & 0xffff)) {
+        this.drop('bad ICRC');
+        continue;
+      }
+      if (this.pcap) this.capture(h, b.subarray(o + 28 + at, o + 28 + at + size));
+      this.deliver(b, o + 28 + at, size, src);
+    }
+  }
+
+  /** Whether the frame of `size` bytes at `at` in a GSO message's payload has the ICRC it would as datagram ID `id`. */
+  private segmentIcrcOk(b: Uint8Array, o: number, size: number, at: number, id: number): boolean {
+    const h = this.hdr;
+    h.set(b.subarray(o, o + 28));
+    writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
+    const f = o + 28 + at;
+    const n = size - HdrSize.ICRC;
+    const want = (b[f + n]! | (b[f + n + 1]! << 8) | (b[f + n + 2]! << 16) | (b[f + n + 3]! << 24)) >>> 0;
+    return icrc(h.subarray(0, 20), h.subarray(20, 28), b.subarray(f, f + n)) === want;
+  }
 
   /** A UDP payload from the dgram socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
-  private onDatagram(msg: Buffer, from: string, port: number): void {
-    const src = this.peerGid(from);
-    // the Identification the sender's kernel chose is not visible here (0: for IPv4 this ICRC cannot be checked)
-    const hdr = writeIpUdp(this.rxHdr, gidIp(src), this.srcIp, 0, port, msg.length);
-    // IPv6: every field the ICRC covers is known, so it is checked
-    if (!this.v4 && !icrcOk(this.rxHdr.subarray(0, 40), this.rxHdr.subarray(40, 48), msg)) return this.drop('bad ICRC');
-    if (this.pcap) {
-      const f = Buffer.allocUnsafe(hdr + msg.length);
-      f.set(this.rxHdr.subarray(0, hdr), 0);
-      f.set(msg, hdr);
-      this.pcap.write(f, f.length);
+  private onDatagram(d: Datagram): void {
+    const src = this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from);
+    if (!this.v4 || this.pcap) {
+      // the Identification the sender's kernel chose is not visible here (0: an IPv4 ICRC cannot be checked)
+      const hl = writeIpUdp(this.hdr, gidIp(src), this.srcIp, 0, d.port, d.len);
+      const body = d.bytes.subarray(d.off, d.off + d.len);
+      // IPv6: every field the ICRC covers is known, so it is checked
+      if (!this.v4 && !icrcOk(this.hdr.subarray(0, 40), this.hdr.subarray(40, 48), body)) return this.drop('bad ICRC');
+      if (this.pcap) this.capture(this.hdr.subarray(0, hl), body);
     }
-    this.deliver(msg, 0, msg.length, src);
+    this.deliver(d.bytes, d.off, d.len, src);
   }
 
   private deliver(buf: Uint8Array, off: number, len: number, src: Uint8Array): void {
@@ -262,17 +365,34 @@ export class RoceTransport {
     let g = this.peerGids.get(addr);
     if (!g) {
       g = gidOf(addr.replace(/%.*$/, ''));
+      if (this.peerGids.size > 4096) this.peerGids.clear();
       this.peerGids.set(addr, g);
     }
     return g;
   }
-  private peerGids4 = new Map<number, Uint8Array>();
-  private peerGid4(a: number): Uint8Array {
+
+  /** The GID of an IPv4 source (4 bytes at b[o]); the last one is kept, as a stream of packets comes from one peer. */
+  private last4 = -1;
+  private last4Gid: Uint8Array = new Uint8Array(16);
+  private peerGid4(b: Uint8Array, o: number): Uint8Array {
+    const a = ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+    if (a === this.last4) return this.last4Gid;
     let g = this.peerGids4.get(a);
     if (!g) {
       g = gidOf(`${a >>> 24}.${(a >> 16) & 255}.${(a >> 8) & 255}.${a & 255}`);
+      if (this.peerGids4.size > 4096) this.peerGids4.clear();
       this.peerGids4.set(a, g);
     }
+    this.last4 = a;
+    this.last4Gid = g;
     return g;
+  }
+  private peerGids4 = new Map<number, Uint8Array>();
+
+  private last6: Uint8Array = new Uint8Array(16);
+  private peerGid6(from: Uint8Array): Uint8Array {
+    const l = this.last6;
+    for (let i = 15; i >= 0; i--) if (l[i] !== from[i]) return (this.last6 = from.slice());
+    return l;
   }
 }

@@ -1,14 +1,20 @@
 /**
- * The socket Node's dgram cannot make, through koffi: a raw IPv4 socket
- * that writes its own IP header (IP_HDRINCL), so the daemon chooses the IP
- * Identification its ICRC covers, and reads whole IP packets, so it can
- * check the ICRC of what arrives.
+ * The sockets Node's dgram cannot make, through koffi.
  *
- * Node cannot wait on a raw fd, so the caller says when to read (a plain
- * UDP socket on the same port gets a copy of each datagram through libuv's
- * poll and serves as the doorbell); drain() then takes everything waiting
- * with non-blocking recvmmsg, up to BATCH datagrams per call, into one
- * anonymous mapping whose addresses the msghdr and iovec arrays point at.
+ * `UdpWire`: the UDP socket every RoCEv2 frame leaves through. It is
+ * unconnected with IP_PMTUDISC_DO, so the kernel sends each IPv4 datagram
+ * with DF and IP Identification 0: the ICRC (which covers the ID) is exact
+ * without a raw socket or root. Frames are built in place in a send arena
+ * and leave in batches, one sendmmsg for up to TX_MSGS messages;
+ * consecutive frames of one size to one destination go as one UDP GSO
+ * message (UDP_SEGMENT), whose segments the kernel numbers from ID 0
+ * upward wherever it cuts them (the caller learns the index each gets).
+ *
+ * `RawUdp4`: a raw IPv4 socket that reads whole IP packets for port 4791
+ * at one address, so the ICRC of what arrives can be checked against the
+ * IP header as it came. Node cannot wait on it, so the caller says when to
+ * read (a dgram socket on the port gets a copy of each datagram); drain()
+ * then takes everything waiting with non-blocking recvmmsg.
  */
 import koffi from 'koffi';
 import { mapAnon, SysError, unmap, type Mapping } from './libc.js';
@@ -19,15 +25,23 @@ const bind_ = libc.func('int bind(int fd, void *addr, uint32_t len)');
 const setsockopt_ = libc.func('int setsockopt(int fd, int level, int name, void *val, uint32_t len)');
 const sendmmsg_ = libc.func('int sendmmsg(int fd, void *vec, unsigned int vlen, int flags)');
 const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)');
+const getsockname_ = libc.func('int getsockname(int fd, void *addr, void *len)');
 const close_ = libc.func('int close(int fd)');
 
 const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
 const SOCK_CLOEXEC = 0x80000;
 const IPPROTO_IP = 0;
+const IPPROTO_IPV6 = 41;
 const IPPROTO_UDP = 17;
-const IP_HDRINCL = 3;
+const IP_MTU_DISCOVER = 10;
+const IPV6_MTU_DISCOVER = 23;
+const IP_PMTUDISC_DO = 2;
 const SOL_SOCKET = 1;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
 const SO_RCVBUF = 8;
 const SO_SNDBUF = 7;
 const SO_ATTACH_FILTER = 26;
@@ -35,6 +49,8 @@ const SO_RCVBUFFORCE = 33;
 const SO_SNDBUFFORCE = 32;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
+const EIO = 5;
+const EINVAL = 22;
 
 function check(call: string, r: number | bigint): number {
   const n = Number(r);
@@ -42,11 +58,12 @@ function check(call: string, r: number | bigint): number {
   return n;
 }
 
-function sockaddrIn(addr: string, port: number): Buffer {
-  const sa = Buffer.alloc(16);
-  sa.writeUInt16LE(AF_INET, 0);
+/** struct sockaddr_in / sockaddr_in6 for an address given as 4 or 16 bytes. */
+function sockaddr(ip: Uint8Array, port: number): Buffer {
+  const sa = Buffer.alloc(ip.length === 4 ? 16 : 28);
+  sa.writeUInt16LE(ip.length === 4 ? AF_INET : AF_INET6, 0);
   sa.writeUInt16BE(port, 2);
-  addr.split('.').forEach((o, i) => (sa[4 + i] = Number(o)));
+  sa.set(ip, ip.length === 4 ? 4 : 8);
   return sa;
 }
 
@@ -54,6 +71,20 @@ function setInt(fd: number, level: number, name: number, v: number, call: string
   const b = Buffer.alloc(4);
   b.writeInt32LE(v);
   check(call, setsockopt_(fd, level, name, b, 4) as number);
+}
+
+function bigBuffers(fd: number): void {
+  for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]] as const) {
+    try {
+      setInt(fd, SOL_SOCKET, force, 8 << 20, 'setsockopt(SO_*BUFFORCE)');
+    } catch {
+      try {
+        setInt(fd, SOL_SOCKET, plain, 8 << 20, 'setsockopt(SO_*BUF)');
+      } catch {
+        /* capped by rmem_max / wmem_max: fine */
+      }
+    }
+  }
 }
 
 /** Classic BPF instructions {code, jt, jf, k} (struct sock_filter). */
@@ -72,6 +103,9 @@ const ROCE_ONLY: Bpf = [
   [0x06, 0, 0, 0x40000], // ret: the whole datagram
   [0x06, 0, 0, 0], // ret 0: not for us
 ];
+
+/** Keep nothing: the send socket's receive queue stays empty. */
+const NOTHING: Bpf = [[0x06, 0, 0, 0]];
 
 function attachFilter(fd: number, prog: Bpf): void {
   // struct sock_fprog { u16 len; void *filter; } with the program in one mapping, so its address is known
@@ -93,120 +127,269 @@ function attachFilter(fd: number, prog: Bpf): void {
   }
 }
 
-const BATCH = 32;
-const SLOT = 9216; // a jumbo frame; a longer datagram is truncated and dropped
-const MMSG = 64; // struct mmsghdr: msghdr (56) + msg_len, padded
+// struct mmsghdr on x86-64/aarch64: msghdr (name 0, namelen 8, iov 16, iovlen 24, control 32, controllen 40, flags 48) + msg_len 56
+const MMSG = 64;
 const IOV = 16;
-const SADDR = 16; // struct sockaddr_in
+
+/** One arriving datagram, as the wire's receive paths hand it on. */
+export interface Datagram {
+  /** where it lies: bytes[off, off + len), valid only during the callback */
+  bytes: Uint8Array;
+  off: number;
+  len: number;
+  /** the sender's address (4 or 16 bytes) and port */
+  from: Uint8Array;
+  port: number;
+}
+
+const RX_MSGS = 32;
+
+/** Receive memory: RX_MSGS mmsghdrs with their iovecs and data slots (a raw socket's packets carry their own addresses). */
+class RxRing {
+  readonly m: Mapping;
+  readonly dv: DataView;
+  readonly bytes: Uint8Array;
+  readonly iovs = RX_MSGS * MMSG;
+  readonly data = this.iovs + RX_MSGS * IOV;
+  constructor(readonly slot: number) {
+    this.m = mapAnon(this.data + RX_MSGS * slot);
+    this.dv = new DataView(this.m.buffer);
+    this.bytes = new Uint8Array(this.m.buffer);
+    const a = this.m.addr;
+    for (let i = 0; i < RX_MSGS; i++) {
+      const hdr = i * MMSG;
+      this.dv.setBigUint64(hdr + 16, a + BigInt(this.iovs + i * IOV), true); // msg_iov
+      this.dv.setBigUint64(hdr + 24, 1n, true); // msg_iovlen
+      this.dv.setBigUint64(this.iovs + i * IOV, a + BigInt(this.data + i * slot), true);
+      this.dv.setBigUint64(this.iovs + i * IOV + 8, BigInt(slot), true);
+    }
+  }
+  /** msg_flags back to 0 (the kernel sets MSG_TRUNC there) */
+  reset(): void {
+    for (let i = 0; i < RX_MSGS; i++) this.dv.setUint32(i * MMSG + 48, 0, true);
+  }
+}
+
+const TX_MSGS = 64;
+const TX_ARENA = 1 << 20;
+/** UDP GSO limits: a message's payload fits one IPv4 datagram; UDP_MAX_SEGMENTS is 64 on older kernels */
+const GSO_MAX_BYTES = 65000;
+const GSO_MAX_SEGS = 64;
 
 /**
- * A raw IPv4 socket for UDP, bound to one local address: sends whole IP
- * packets (built in place, BATCH to a sendmmsg), receives whole IP packets
- * for port 4791 at that address.
+ * The RoCEv2 UDP socket (see the top of this file). `frame()` places the
+ * next frame's UDP payload in the send arena and says which IP ID it will
+ * carry (`seg`); `flush()` sends everything placed since the last flush.
  */
-export class RawUdp4 {
+export class UdpWire {
   private fd: number;
-  private readonly ring: Mapping;
-  private readonly dv: DataView;
-  private readonly bytes: Uint8Array;
+  private readonly tx: Mapping;
+  private readonly txDv: DataView;
+  /** the send arena: frame() returns offsets into it */
+  readonly txBytes: Uint8Array;
+  private readonly txViews: Uint8Array[] = [];
+  private readonly msgSegs = new Uint16Array(TX_MSGS);
+  private readonly msgSegLen = new Uint32Array(TX_MSGS);
+  private readonly msgLen = new Uint32Array(TX_MSGS);
+  private msgs = 0;
+  private used = 0;
+  private readonly lastDst = new Uint8Array(16);
+  /** GSO in use (off after the kernel refused it once, with why in gsoOff) */
+  gso = true;
+  gsoOff = '';
+  /** the port bound (the source port of every frame, which the ICRC covers) */
+  readonly port: number = 0;
+  /** the IP Identification the frame placed last will carry: its index in its GSO message */
+  seg = 0;
+  private readonly hdrs = 0;
+  private readonly iovs = TX_MSGS * MMSG;
+  private readonly names = this.iovs + TX_MSGS * IOV;
+  private readonly ctls = this.names + TX_MSGS * 32;
+  private readonly data = this.ctls + TX_MSGS * 32;
 
-  /** Throws SysError EPERM without CAP_NET_RAW. */
-  constructor(readonly addr: string) {
-    this.fd = check('socket(AF_INET, SOCK_RAW, IPPROTO_UDP)', socket_(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_UDP) as number);
+  /**
+   * Binds `ip` (4 or 16 bytes) and an ephemeral port; frames go to port
+   * `dstPort`. It only sends: a filter drops whatever arrives.
+   */
+  constructor(readonly ip: Uint8Array, readonly dstPort: number) {
+    const v6 = ip.length === 16;
+    this.fd = check('socket(SOCK_DGRAM)', socket_(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number);
     try {
-      setInt(this.fd, IPPROTO_IP, IP_HDRINCL, 1, 'setsockopt(IP_HDRINCL)');
-      attachFilter(this.fd, ROCE_ONLY);
-      // a raw socket's bind filters arriving packets by destination address
-      check(`bind(${addr})`, bind_(this.fd, sockaddrIn(addr, 0), 16) as number);
-      for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]] as const) {
-        try {
-          setInt(this.fd, SOL_SOCKET, force, 8 << 20, 'setsockopt(SO_*BUFFORCE)');
-        } catch {
-          setInt(this.fd, SOL_SOCKET, plain, 8 << 20, 'setsockopt(SO_*BUF)');
-        }
-      }
+      // unconnected + DF: the kernel gives every IPv4 datagram ID 0, which the ICRC covers
+      if (v6) setInt(this.fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO, 'setsockopt(IPV6_MTU_DISCOVER)');
+      else setInt(this.fd, IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO, 'setsockopt(IP_MTU_DISCOVER)');
+      attachFilter(this.fd, NOTHING);
+      bigBuffers(this.fd);
+      const sa = sockaddr(ip, 0);
+      check('bind(UDP)', bind_(this.fd, sa, sa.length) as number);
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(sa.length);
+      check('getsockname', getsockname_(this.fd, sa, len) as number);
+      this.port = sa.readUInt16BE(2);
     } catch (e) {
       close_(this.fd);
       throw e;
     }
-    this.ring = mapAnon(BATCH * (MMSG + IOV + SLOT));
-    this.dv = new DataView(this.ring.buffer);
-    this.bytes = new Uint8Array(this.ring.buffer);
-    const iovBase = BATCH * MMSG;
-    const dataBase = iovBase + BATCH * IOV;
-    for (let i = 0; i < BATCH; i++) {
-      const h = i * MMSG;
-      const iov = iovBase + i * IOV;
-      this.dv.setBigUint64(iov, this.ring.addr + BigInt(dataBase + i * SLOT), true);
-      this.dv.setBigUint64(iov + 8, BigInt(SLOT), true);
-      this.dv.setBigUint64(h + 16, this.ring.addr + BigInt(iov), true); // msg_iov
-      this.dv.setBigUint64(h + 24, 1n, true); // msg_iovlen
-    }
-    // the send side: BATCH frames built in place, each with its own destination, sent with one sendmmsg
-    this.tx = mapAnon(BATCH * (MMSG + IOV + SADDR + SLOT));
+    this.tx = mapAnon(this.data + TX_ARENA);
     this.txDv = new DataView(this.tx.buffer);
-    const tIov = BATCH * MMSG;
-    const tAddr = tIov + BATCH * IOV;
-    const tData = tAddr + BATCH * SADDR;
-    for (let i = 0; i < BATCH; i++) {
-      const h = i * MMSG;
-      this.txDv.setBigUint64(h, this.tx.addr + BigInt(tAddr + i * SADDR), true); // msg_name
-      this.txDv.setUint32(h + 8, 16, true); // msg_namelen
-      this.txDv.setBigUint64(h + 16, this.tx.addr + BigInt(tIov + i * IOV), true);
+    this.txBytes = new Uint8Array(this.tx.buffer);
+    const a = this.tx.addr;
+    for (let i = 0; i < TX_MSGS; i++) {
+      const h = this.hdrs + i * MMSG;
+      this.txDv.setBigUint64(h, a + BigInt(this.names + i * 32), true);
+      this.txDv.setUint32(h + 8, v6 ? 28 : 16, true);
+      this.txDv.setBigUint64(h + 16, a + BigInt(this.iovs + i * IOV), true);
       this.txDv.setBigUint64(h + 24, 1n, true);
-      this.txDv.setBigUint64(tIov + i * IOV, this.tx.addr + BigInt(tData + i * SLOT), true);
-      this.txDv.setUint16(tAddr + i * SADDR, AF_INET, true);
-      this.txSlots.push(new Uint8Array(this.tx.buffer, tData + i * SLOT, SLOT));
+      const name = this.names + i * 32;
+      this.txDv.setUint16(name, v6 ? AF_INET6 : AF_INET, true);
+      this.txDv.setUint16(name + 2, dstPort, false);
+      // the control message a GSO message carries: UDP_SEGMENT with its segment size (set at flush)
+      const c = this.ctls + i * 32;
+      this.txDv.setBigUint64(c, 18n, true); // CMSG_LEN(sizeof(u16))
+      this.txDv.setInt32(c + 8, SOL_UDP, true);
+      this.txDv.setInt32(c + 12, UDP_SEGMENT, true);
+      // a window from message i on, for sending what is left after a partial sendmmsg
+      this.txViews.push(new Uint8Array(this.tx.buffer, h));
     }
-  }
-
-  private readonly tx: Mapping;
-  private readonly txDv: DataView;
-  private readonly txSlots: Uint8Array[] = [];
-  private queued = 0;
-
-  /** Where to build the next frame (IP header first); queue() it once written. */
-  nextSlot(): Uint8Array {
-    if (this.queued === BATCH) this.flush();
-    return this.txSlots[this.queued]!;
-  }
-
-  /** Queues the frame just built in nextSlot() (`len` bytes, to `dst` as a u32). */
-  queue(len: number, dst: number): void {
-    const i = this.queued++;
-    this.txDv.setBigUint64(BATCH * MMSG + i * IOV + 8, BigInt(len), true);
-    this.txDv.setUint32(BATCH * (MMSG + IOV) + i * SADDR + 4, dst, false);
-  }
-
-  /** Sends what is queued with one sendmmsg, without blocking; returns how many the kernel refused (socket buffer full). */
-  flush(): number {
-    const n = this.queued;
-    if (n === 0 || this.fd < 0) return 0;
-    this.queued = 0;
-    const r = sendmmsg_(this.fd, this.tx.ptr, n, MSG_DONTWAIT) as number;
-    return r < 0 ? n : n - r;
   }
 
   /**
-   * Reads every datagram waiting on the socket, without blocking:
-   * `onPacket` sees each as a window on the receive mapping, valid only
-   * until it returns. Returns how many there were.
+   * Places a frame of `len` bytes to `dst` (4 or 16 bytes): returns its
+   * offset in txBytes (write it there before the next call) and sets `seg`.
    */
-  drain(onPacket: (buf: Uint8Array, len: number) => void): number {
+  frame(len: number, dst: Uint8Array): number {
+    const m = this.msgs - 1;
+    const v6 = dst.length === 16;
+    if (
+      m >= 0 && this.gso && this.msgSegLen[m] === len && this.msgSegs[m]! < GSO_MAX_SEGS && this.msgLen[m]! + len <= GSO_MAX_BYTES &&
+      this.used + len <= TX_ARENA && this.sameDst(dst)
+    ) {
+      this.seg = this.msgSegs[m]!++;
+      this.msgLen[m]! += len;
+      const off = this.data + this.used;
+      this.used += len;
+      return off;
+    }
+    if (this.msgs === TX_MSGS || this.used + len > TX_ARENA) this.flush();
+    const i = this.msgs++;
+    const off = this.data + this.used;
+    this.used += len;
+    this.msgSegs[i] = 1;
+    this.msgSegLen[i] = len;
+    this.msgLen[i] = len;
+    this.seg = 0;
+    this.txDv.setBigUint64(this.iovs + i * IOV, this.tx.addr + BigInt(off), true);
+    this.txBytes.set(dst, this.names + i * 32 + (v6 ? 8 : 4));
+    this.lastDst.set(dst);
+    return off;
+  }
+
+  private sameDst(dst: Uint8Array): boolean {
+    const l = this.lastDst;
+    for (let i = dst.length - 1; i >= 0; i--) if (l[i] !== dst[i]) return false;
+    return true;
+  }
+
+  /** Sends what frame() placed, without blocking; returns how many frames were not sent. */
+  flush(): number {
+    const n = this.msgs;
+    if (n === 0 || this.fd < 0) return 0;
+    for (let i = 0; i < n; i++) {
+      const h = this.hdrs + i * MMSG;
+      this.txDv.setBigUint64(this.iovs + i * IOV + 8, BigInt(this.msgLen[i]!), true);
+      if (this.msgSegs[i]! > 1) {
+        this.txDv.setBigUint64(h + 32, this.tx.addr + BigInt(this.ctls + i * 32), true);
+        this.txDv.setBigUint64(h + 40, 24n, true);
+        this.txDv.setUint16(this.ctls + i * 32 + 16, this.msgSegLen[i]!, true);
+      } else {
+        this.txDv.setBigUint64(h + 32, 0n, true);
+        this.txDv.setBigUint64(h + 40, 0n, true);
+      }
+    }
+    this.msgs = 0;
+    this.used = 0;
+    let lost = 0;
+    for (let at = 0; at < n;) {
+      const r = sendmmsg_(this.fd, this.txViews[at]!, n - at, MSG_DONTWAIT) as number;
+      if (r > 0) {
+        at += r;
+        continue;
+      }
+      // the message at `at` did not go (a full buffer, or the kernel refused GSO for this route): lose it, as a
+      // wire would, and try the rest; RC retransmits
+      const errno = koffi.errno();
+      if (this.msgSegs[at]! > 1 && (errno === EIO || errno === EINVAL) && this.gso) {
+        this.gso = false;
+        this.gsoOff = `UDP GSO refused (${errno === EIO ? 'EIO' : 'EINVAL'}): frames go one datagram each`;
+      }
+      lost += this.msgSegs[at]!;
+      at++;
+    }
+    return lost;
+  }
+
+  close(): void {
+    if (this.fd < 0) return;
+    close_(this.fd);
+    this.fd = -1;
+    unmap(this.tx);
+  }
+}
+
+/** Room for one jumbo IP packet, or one GSO batch of a local sender (which a raw socket sees unsegmented). */
+const RAW_SLOT = 65536;
+
+/**
+ * A raw IPv4 socket for UDP bound to one local address: receives whole IP
+ * packets for port 4791 there (it sends nothing: UdpWire does).
+ */
+export class RawUdp4 {
+  private fd: number;
+
+  /** Throws SysError EPERM without CAP_NET_RAW. */
+  constructor(readonly ip: Uint8Array) {
+    this.fd = check('socket(AF_INET, SOCK_RAW, IPPROTO_UDP)', socket_(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_UDP) as number);
+    try {
+      attachFilter(this.fd, ROCE_ONLY);
+      // a raw socket's bind filters arriving packets by destination address
+      check('bind(raw)', bind_(this.fd, sockaddr(ip, 0), 16) as number);
+      bigBuffers(this.fd);
+    } catch (e) {
+      close_(this.fd);
+      throw e;
+    }
+  }
+
+  private ring: RxRing | null = null;
+  private readonly dg: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(4), port: 0 };
+  /** batches read so far (for the bench and tests) */
+  batches = 0;
+
+  /**
+   * Reads every datagram waiting, without blocking, RX_MSGS to a recvmmsg:
+   * `onDatagram` sees each as a window on the receive memory, valid only
+   * until it returns. Returns how many there were. The caller knows when
+   * to call: a UDP socket on the port gets a copy of each datagram.
+   */
+  drain(onDatagram: (d: Datagram) => void): number {
+    const half = (this.ring ??= new RxRing(RAW_SLOT));
+    const dg = this.dg;
+    dg.bytes = half.bytes;
     let total = 0;
-    const dataBase = BATCH * (MMSG + IOV);
     for (;;) {
       if (this.fd < 0) return total;
-      for (let i = 0; i < BATCH; i++) this.dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
-      const n = recvmmsg_(this.fd, this.ring.ptr, BATCH, MSG_DONTWAIT, null) as number;
+      half.reset();
+      const n = recvmmsg_(this.fd, half.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
       if (n <= 0) return total; // EAGAIN: nothing more
+      this.batches++;
       for (let i = 0; i < n; i++) {
-        if (this.dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
-        const len = this.dv.getUint32(i * MMSG + 56, true);
-        onPacket(this.bytes.subarray(dataBase + i * SLOT, dataBase + i * SLOT + len), len);
+        if (half.dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
+        dg.off = half.data + i * half.slot;
+        dg.len = half.dv.getUint32(i * MMSG + 56, true);
+        onDatagram(dg);
       }
       total += n;
-      if (n < BATCH) return total;
+      if (n < RX_MSGS) return total;
     }
   }
 
@@ -214,7 +397,6 @@ export class RawUdp4 {
     if (this.fd < 0) return;
     close_(this.fd);
     this.fd = -1;
-    unmap(this.ring);
-    unmap(this.tx);
+    if (this.ring) unmap(this.ring.m);
   }
 }
