@@ -10,6 +10,7 @@
  *    UDP and TCP ping-pong
  */
 import { fork, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { engineSendRate, engineWriteBw } from './engines.js';
@@ -21,6 +22,8 @@ import {
 } from '../src/verbs/index.js';
 
 const SIZE = 64 * 1024;
+const MANY_PROCS = Number(process.env.BENCH_MANY_PROCS ?? 4);
+const MANY_PAIRS = Number(process.env.BENCH_MANY_PAIRS ?? 128);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const PINGS = Number(process.env.BENCH_PINGS ?? 20000);
 const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
@@ -42,6 +45,16 @@ async function setup(root: string, events = false) {
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
+
+/** Round trips in µs: median and 99th percentile. */
+interface Lat {
+  med: number;
+  p99: number;
+}
+function lat(v: number[]): Lat {
+  const s = [...v].sort((a, b) => a - b);
+  return { med: s[s.length >> 1] ?? 0, p99: s[Math.floor(s.length * 0.99)] ?? 0 };
+}
 
 /** RDMA_WRITE bandwidth (bytes/s) with a window of outstanding WRs. */
 async function rdmaWriteBw(root: string, rootB = root): Promise<number> {
@@ -114,6 +127,69 @@ async function sendRate(root: string): Promise<number> {
   return received / s;
 }
 
+/**
+ * RDMA_WRITEs of MANY_SIZE bytes on `pairs` connected RC QP pairs of one
+ * device in this process (A writes to B), every QP kept busy with a window
+ * of 2 signaled WRs; all share one CQ. Bytes/s written.
+ */
+const MANY_SIZE = 16 * 1024;
+async function manyQpsBw(root: string, pairs: number, window: number): Promise<number> {
+  const ctx = await openDevice(getDeviceList(root)[0]!, root);
+  const pd = await ctx.allocPd();
+  const cq = await ctx.createCq(Math.min(65536, pairs * window * 2 + 64));
+  const mr = await pd.allocMr(MANY_SIZE * 2, ALL);
+  const gid = ctx.queryGid(1, 0);
+  const qps: QueuePair[] = [];
+  for (let i = 0; i < pairs; i++) {
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: window, maxRecvWr: 1 } });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await connect(a, b.qpNum, gid);
+    await connect(b, a.qpNum, gid);
+    qps.push(a, b);
+  }
+  const wrs = Array.from({ length: pairs }, (_, i) => ({ wrId: BigInt(i), opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, MANY_SIZE)], rdma: { remoteAddr: mr.addr + BigInt(MANY_SIZE), rkey: mr.rkey } }));
+  const wcs = Array.from({ length: 256 }, () => new WorkCompletion());
+  for (let i = 0; i < pairs; i++) for (let w = 0; w < window; w++) qps[2 * i]!.postSend(wrs[i]!);
+  let done = 0;
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(SECONDS * 1e9);
+  while (process.hrtime.bigint() < end) {
+    const n = cq.pollCq(wcs);
+    for (let j = 0; j < n; j++) {
+      const wc = wcs[j]!;
+      if (wc.status !== WcStatus.SUCCESS) throw new Error(`write failed: ${wc.status}`);
+      qps[2 * Number(wc.wrId)]!.postSend(wrs[Number(wc.wrId)]!);
+    }
+    done += n;
+    if (n === 0) await tick();
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  await ctx.closeDevice();
+  return (done * MANY_SIZE) / s;
+}
+
+/** `procs` processes with `pairs` QP pairs each (2 * procs * pairs busy QPs), started together: total bytes/s. */
+async function manyQps(root: string, procs: number, pairs: number, window: number): Promise<number> {
+  const kids = Array.from({ length: procs }, () => fork(fileURLToPath(import.meta.url), ['--many', root, String(pairs), String(window)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const got = await Promise.all(kids.map((k) => new Promise<number>((r, j) => {
+    k.once('message', (m: { bw: number }) => r(m.bw));
+    k.once('exit', (c) => c !== 0 && j(new Error(`--many child exited ${c}`)));
+  })));
+  return got.reduce((a, b) => a + b, 0);
+}
+
+/** The daemon's CPU while clients hold QPs and do nothing: percent of one core over `ms`. */
+async function idleCpu(pid: number, ms: number): Promise<number> {
+  const c0 = cpuMs(pid);
+  await new Promise((r) => setTimeout(r, ms));
+  return ((cpuMs(pid) - c0) / ms) * 100;
+}
+
+function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 function memcpyBw(): number {
   const src = Buffer.alloc(SIZE, 1);
   const dst = Buffer.alloc(SIZE);
@@ -179,9 +255,9 @@ async function pingEnd(root: string, events: boolean, peer: () => Promise<{ qpn:
 
 /**
  * 8-byte SEND ping-pong between this process and a child: both busy-poll
- * their CQs, or (events) both sleep on completion events. Mean round trip in µs.
+ * their CQs, or (events) both sleep on completion events. Round trip in µs.
  */
-async function sendPingPong(root: string, events: boolean, rootB = root): Promise<number> {
+async function sendPingPong(root: string, events: boolean, rootB = root): Promise<Lat> {
   const child = fork(fileURLToPath(import.meta.url), ['--pong', rootB, String(events)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const childInfo = new Promise<{ qpn: number; gid: string }>((r) => child.once('message', r as never));
   const ready = new Promise<void>((r) => child.on('message', (m: { ready?: boolean }) => m.ready && r()));
@@ -189,19 +265,19 @@ async function sendPingPong(root: string, events: boolean, rootB = root): Promis
   await ready;
   const n = events ? Math.min(PINGS, 10000) : PINGS;
   const warm = 500;
-  let t0 = 0n;
+  const rtt: number[] = [];
   for (let i = 0; i < n + warm; i++) {
-    if (i === warm) t0 = process.hrtime.bigint();
+    const t = process.hrtime.bigint();
     p.e.qp.postSend(p.send);
     await waitRecv(p.e, p.wcs, events);
     p.e.qp.postRecv(p.recv);
+    if (i >= warm) rtt.push(Number(process.hrtime.bigint() - t) / 1e3);
     // busy-polling: let the doorbell replies drain now and then, so nothing piles up unread
     if ((i & 1023) === 1023) await tick();
   }
-  const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   child.kill();
   p.e.ctx.closeDevice();
-  return us;
+  return lat(rtt);
 }
 
 async function pong(root: string, events: boolean): Promise<void> {
@@ -243,8 +319,8 @@ async function udpBw(size: number): Promise<number> {
   return (got * size) / s;
 }
 
-/** Node UDP ping-pong of 8 bytes with a child echo on 127.0.0.2. Mean round trip in µs. */
-async function udpPingPong(): Promise<number> {
+/** Node UDP ping-pong of 8 bytes with a child echo on 127.0.0.2. Round trip in µs. */
+async function udpPingPong(): Promise<Lat> {
   const echo = fork(fileURLToPath(import.meta.url), ['--udp-echo'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const port = await new Promise<number>((r) => echo.once('message', (m: { port: number }) => r(m.port)));
   const sock = createSocket('udp4');
@@ -253,22 +329,22 @@ async function udpPingPong(): Promise<number> {
   const n = Math.min(PINGS, 10000);
   let resolve: () => void = () => {};
   sock.on('message', () => resolve());
-  let t0 = 0n;
+  const rtt: number[] = [];
   for (let i = 0; i < n + 200; i++) {
-    if (i === 200) t0 = process.hrtime.bigint();
+    const t = process.hrtime.bigint();
     await new Promise<void>((r) => {
       resolve = r;
       sock.send(msg, port, '127.0.0.2');
     });
+    if (i >= 200) rtt.push(Number(process.hrtime.bigint() - t) / 1e3);
   }
-  const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   sock.close();
   echo.kill();
-  return us;
+  return lat(rtt);
 }
 
-/** Node TCP ping-pong of 8 bytes with a child echo server. Mean round trip in µs. */
-async function tcpPingPong(): Promise<number> {
+/** Node TCP ping-pong of 8 bytes with a child echo server. Round trip in µs. */
+async function tcpPingPong(): Promise<Lat> {
   const echo = fork(fileURLToPath(import.meta.url), ['--tcp-echo'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const port = await new Promise<number>((r) => echo.once('message', (m: { port: number }) => r(m.port)));
   const sock = createConnection(port, '127.0.0.1');
@@ -285,18 +361,18 @@ async function tcpPingPong(): Promise<number> {
       resolve();
     }
   });
-  let t0 = 0n;
+  const rtt: number[] = [];
   for (let i = 0; i < n + 200; i++) {
-    if (i === 200) t0 = process.hrtime.bigint();
+    const t = process.hrtime.bigint();
     await new Promise<void>((r) => {
       resolve = r;
       sock.write(msg);
     });
+    if (i >= 200) rtt.push(Number(process.hrtime.bigint() - t) / 1e3);
   }
-  const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   sock.destroy();
   echo.kill();
-  return us;
+  return lat(rtt);
 }
 
 /** One perftest tool, server on rootS's rxe0 and client on rootC's: the client's result row, as numbers. */
@@ -322,6 +398,14 @@ async function perftest(t: string, args: string[], rootS: string, rootC: string)
 const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
 const [HOST_A, HOST_B, HOST_E] = [`${NET}.1`, `${NET}.2`, `${NET}.3`];
 
+/** One line of the table: what, the measured ratio, the target, and the absolute numbers behind it. */
+function line(what: string, v: string, target: string, abs: string): string {
+  return `  ${what.padEnd(58)} ${v.padStart(8)}   ${target.padEnd(10)} ${abs}`;
+}
+const f2 = (x: number) => x.toFixed(2);
+const f3 = (x: number) => x.toFixed(3);
+const us = (l: Lat) => `${l.med.toFixed(1)}/${l.p99.toFixed(1)} us`;
+
 async function main(): Promise<void> {
   const engWrite = await engineWriteBw(HOST_E, SECONDS);
   const engRate = engineSendRate(HOST_E, SECONDS);
@@ -336,14 +420,21 @@ async function main(): Promise<void> {
     const ping = await sendPingPong(root, false);
     const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
+    // 1,024 busy RC QPs: four processes with 128 pairs each, against one pair with the same window, one process
+    const one = await manyQps(root, 1, 1, 2);
+    const many = await manyQps(root, MANY_PROCS, MANY_PAIRS, 2);
+    // idle: a client holding a connected QP pair, doing nothing
+    const idleCtx = await setup(root);
+    const idle = await idleCpu(getDeviceList(root)[0]!.daemonPid, Number(process.env.BENCH_IDLE_MS ?? 3000));
+    await idleCtx.ctx.closeDevice();
     await daemon.stop();
     // across the wire: two daemons, one device each, RoCEv2 frames between HOST_A and HOST_B
     const d1 = await spawnDaemon(['--device', `rxe0=${HOST_A}`]);
     const d2 = await spawnDaemon(['--device', `rxe0=${HOST_B}`]);
-    const wire = /raw socket/.test(d1.stderr()) ? 'raw socket' : 'plain UDP';
+    const wire = /raw socket/.test(d1.stderr()) ? 'raw socket receive' : 'plain UDP';
     let xwrite = 0;
-    let xping = 0;
-    let xpingEv = 0;
+    let xping: Lat = { med: 0, p99: 0 };
+    let xpingEv: Lat = { med: 0, p99: 0 };
     let pWrite: number[] = [];
     let pSend: number[] = [];
     let pLat: number[] = [];
@@ -363,47 +454,27 @@ async function main(): Promise<void> {
     const FRAME = 12 + 4096 + 4;
     const udp = await udpBw(FRAME);
     const uping = await udpPingPong();
+    const MiB = 1048576;
     const out = [
-      'softverbs bench (baselines measured in this run)',
+      'softverbs bench (baselines measured in this run; latencies as median/p99)',
       '',
-      'ratios, same device (one daemon)',
-      `  RDMA_WRITE 64 KiB / Buffer.copy 64 KiB          ${(write / copy).toFixed(3)}   (target >= 0.5)`,
-      `  RDMA_WRITE 64 KiB / Node TCP stream (loopback)  ${(write / tcp).toFixed(2)}    (target >= 3)`,
-      `  SEND 8 B half round trip / TCP round trip       ${(ping / 2 / tping).toFixed(3)}   (target <= 0.25; both ends busy-poll)`,
-      `  SEND 8 B half round trip / TCP round trip       ${(pingEv / 2 / tping).toFixed(3)}   (both ends sleep on completion events, as TCP does)`,
-      `  8 B SENDs per second                            ${(rate / 1e6).toFixed(3)} M   (target >= 1 M)`,
-      '',
-      'ratios, the engines alone (two RC QPs on one device in this process: no daemon, no IPC, no library)',
-      `  RDMA_WRITE 64 KiB / Buffer.copy 64 KiB          ${(engWrite / copy).toFixed(3)}`,
-      `  8 B SENDs per second                            ${(engRate / 1e6).toFixed(3)} M`,
-      '',
-      `ratios, across the wire (two daemons, ${HOST_A} <-> ${HOST_B}, ${wire})`,
-      `  RDMA_WRITE 64 KiB / Node dgram ${FRAME} B         ${(xwrite / udp).toFixed(3)}   (RDMA payload bytes/s vs whole datagram bytes/s)`,
-      `  SEND 8 B round trip / Node UDP round trip       ${(xping / uping).toFixed(3)}   (both ends busy-poll: two pollers and two daemons share 2 cores here)`,
-      `  SEND 8 B round trip / Node UDP round trip       ${(xpingEv / uping).toFixed(3)}   (both ends sleep on completion events)`,
-      `  SEND 8 B round trip / Node TCP round trip       ${(xpingEv / tping).toFixed(3)}   (events)`,
-      '',
-      'perftest tools across the wire (two daemons; perftest\'s MB/sec are MiB/s)',
-      `  ib_write_bw 64 KiB average / Node TCP stream    ${((pWrite[3]! * 1048576) / tcp).toFixed(2)}`,
-      `  ib_send_bw 4 KiB average / Node TCP stream      ${((pSend[3]! * 1048576) / tcp).toFixed(3)}`,
-      `  ib_send_lat 8 B t_typical / Node TCP half RTT   ${(pLat[4]! / (tping / 2)).toFixed(3)}`,
-      '',
-      'absolute',
-      `  RDMA_WRITE 64 KiB        ${(write / GB).toFixed(3)} GB/s (same device)`,
-      `  RDMA_WRITE 64 KiB        ${(xwrite / GB).toFixed(3)} GB/s (across the wire)`,
-      `  RDMA_WRITE 64 KiB        ${(engWrite / GB).toFixed(3)} GB/s (the engines alone)`,
-      `  Buffer.copy 64 KiB       ${(copy / GB).toFixed(3)} GB/s`,
-      `  Node TCP stream 64 KiB   ${(tcp / GB).toFixed(3)} GB/s`,
-      `  Node dgram ${FRAME} B     ${(udp / GB).toFixed(3)} GB/s`,
-      `  SEND 8 B ping-pong       ${ping.toFixed(2)} us round trip (${(ping / 2).toFixed(2)} us half, same device)`,
-      `  SEND 8 B ping-pong (-e)  ${pingEv.toFixed(2)} us round trip (${(pingEv / 2).toFixed(2)} us half, same device)`,
-      `  SEND 8 B ping-pong       ${xping.toFixed(2)} us round trip (across the wire)`,
-      `  SEND 8 B ping-pong (-e)  ${xpingEv.toFixed(2)} us round trip (across the wire)`,
-      `  Node TCP 8 B ping-pong   ${tping.toFixed(2)} us round trip`,
-      `  Node UDP 8 B ping-pong   ${uping.toFixed(2)} us round trip`,
-      `  ib_write_bw -s 65536     ${pWrite[3]!.toFixed(2)} MB/sec average, ${pWrite[4]!.toFixed(6)} Mpps`,
-      `  ib_send_bw -s 4096       ${pSend[3]!.toFixed(2)} MB/sec average, ${pSend[4]!.toFixed(6)} Mpps`,
-      `  ib_send_lat -s 8         t_typical ${pLat[4]!.toFixed(2)} us, t_avg ${pLat[5]!.toFixed(2)} us, 99% ${pLat[7]!.toFixed(2)} us`,
+      `  ${'line'.padEnd(58)} ${'now'.padStart(8)}   ${'target'.padEnd(10)} measured`,
+      `across the wire (two daemons, ${HOST_A} <-> ${HOST_B}, ${wire})`,
+      line(`64 KiB RDMA_WRITE / Node dgram (${FRAME} B datagrams)`, f3(xwrite / udp), '>= 1.5', `${f3(xwrite / GB)} vs ${f3(udp / GB)} GB/s`),
+      line('8 B SEND round trip / Node UDP round trip, events', f2(xpingEv.med / uping.med), '<= 1.5', `${us(xpingEv)} vs ${us(uping)}; p99 ratio ${f2(xpingEv.p99 / uping.p99)}`),
+      line('8 B SEND round trip / Node UDP round trip, busy-poll', f2(xping.med / uping.med), '<= 2', `${us(xping)}; p99 ratio ${f2(xping.p99 / uping.p99)}`),
+      'perftest across the wire (their MB/sec are MiB/s)',
+      line('ib_send_bw -s 4096 / Node TCP stream', f3((pSend[3]! * MiB) / tcp), '>= 0.5', `${f2(pSend[3]!)} MB/sec vs ${f3(tcp / GB)} GB/s`),
+      line('ib_write_bw -s 65536 / Node TCP stream', f3((pWrite[3]! * MiB) / tcp), '>= 1', `${f2(pWrite[3]!)} MB/sec`),
+      line('ib_send_lat -s 8 t_typical / Node UDP half round trip', f2(pLat[4]! / (uping.med / 2)), '-', `t_typical ${f2(pLat[4]!)} us, 99% ${f2(pLat[7]!)} us`),
+      'same device (one daemon)',
+      line('8 B SENDs per second (M)', f3(rate / 1e6), '>= 2', `engines alone ${f3(engRate / 1e6)} M`),
+      line('64 KiB RDMA_WRITE / Buffer.copy 64 KiB', f3(write / copy), '>= 0.5', `${f3(write / GB)} vs ${f3(copy / GB)} GB/s; engines alone ${f3(engWrite / copy)}`),
+      line('8 B SEND half round trip / Node TCP round trip, busy-poll', f3(ping.med / 2 / tping.med), '<= 0.25', `${us(ping)} round trip vs TCP ${us(tping)}`),
+      line('8 B SEND half round trip / Node TCP round trip, events', f3(pingEv.med / 2 / tping.med), '<= 0.5', `${us(pingEv)} round trip`),
+      line('64 KiB RDMA_WRITE / Node TCP stream', f2(write / tcp), '-', `${f3(tcp / GB)} GB/s TCP`),
+      line(`${2 * MANY_PROCS * MANY_PAIRS} busy RC QPs (${MANY_PROCS} processes) / one QP, aggregate`, f3(many / one), '>= 0.8', `${f3(many / GB)} vs ${f3(one / GB)} GB/s, ${MANY_SIZE / 1024} KiB WRITEs, 2 in flight per QP`),
+      line('daemon CPU at idle (clients holding QPs), % of a core', f2(idle), '<= 1', ''),
     ];
     process.stdout.write(out.join('\n') + '\n');
   } finally {
@@ -413,6 +484,10 @@ async function main(): Promise<void> {
 
 const role = process.argv[2];
 if (role === '--pong') await pong(process.argv[3]!, process.argv[4] === 'true');
+else if (role === '--many') {
+  process.send!({ bw: await manyQpsBw(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5])) });
+  process.disconnect();
+}
 else if (role === '--tcp-sink') {
   const srv = createServer((s) => {
     let got = 0;

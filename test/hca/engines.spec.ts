@@ -144,6 +144,7 @@ function feed(r: Rig, opcode: number, f: Partial<Pkt> = {}): void {
   const p = r.dev.newPkt();
   Object.assign(p, { opcode, destQpn: r.qp.qpn, srcQpn: 0x99, srcGid: PEER_GID, dstGid: r.dev.gids[0]!, mask: OPCODES[opcode]!.mask }, f);
   r.dev.receiveFromWire(p);
+  r.dev.wireBatchDone(); // as the transport does once a batch off the wire is handed over
 }
 
 const opName = (p: Pkt) => Object.entries(Op).find(([, v]) => v === (p.opcode & 0x1f))?.[0];
