@@ -32,8 +32,8 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { RawUdp4, UdpWire, type Datagram } from '../native/net.js';
-import { SysError } from '../native/libc.js';
+import { Drain, enableGro, RawUdp4, UdpWire, type Datagram } from '../native/net.js';
+import { dgramFd, SysError } from '../native/libc.js';
 import { decode, encodeBody, frameBytes, icrc, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
@@ -57,6 +57,8 @@ export interface WireDevice {
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
 export type WireRequest = 'auto' | 'raw' | 'udp';
 
+const ignore = (): void => {};
+
 /** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
 const MAX_PACKET = 4096 + 64;
 
@@ -64,6 +66,7 @@ export class RoceTransport {
   private raw: RawUdp4 | null = null;
   private udp: UdpWire | null = null;
   private port: Socket | null = null;
+  private portDrain: Drain | null = null;
   private backstop: NodeJS.Timeout | null = null;
   private readonly v4: boolean;
   private readonly srcIp: Uint8Array;
@@ -146,37 +149,32 @@ export class RoceTransport {
         } catch {
           /* capped by the kernel's rmem_max: fine */
         }
+        const fd = dgramFd(s);
+        if (this.raw) {
+          // only a doorbell: a GSO train may stay one datagram here (the raw socket sees it whole anyway)
+          try {
+            enableGro(fd);
+          } catch {
+            /* a kernel without UDP GRO: a copy per frame */
+          }
+        }
+        // what waits behind the datagram Node read is taken in batches, not one JS call each
+        this.portDrain = new Drain(fd, 65536, !this.raw);
         this.port = s;
         resolve();
       });
     });
   }
 
-  /**
-   * The port socket's copies arrive one JS call each, several in one turn of
-   * the loop when busy: the first drains the raw socket, the rest only ask
-   * for one more drain after the turn (for what arrived after the first).
-   */
-  private twinTurn = false;
-  private twinMissed = false;
+  /** Raw mode: a copy on the port socket rang; the copies queued behind it are dropped, the raw socket is read. */
   private readonly onTwin = (): void => {
-    if (this.twinTurn) {
-      this.twinMissed = true;
-      return;
-    }
-    this.twinTurn = true;
-    setImmediate(this.afterTwinTurn);
+    // copies first: a frame reaches the raw socket before its copy reaches the port socket, so every copy
+    // dropped here stands for a frame the raw drain below will find
+    this.portDrain?.drain(ignore);
     this.drainRaw();
   };
-  private readonly afterTwinTurn = (): void => {
-    this.twinTurn = false;
-    if (this.twinMissed) {
-      this.twinMissed = false;
-      this.drainRaw();
-    }
-  };
 
-  /** A frame on the dgram socket (mode udp), as a Datagram for onDatagram. */
+  /** Mode udp: the frame Node read, then every one queued behind it, then their answers leave together. */
   private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(16), port: 0 };
   private readonly onMessage = (msg: Buffer, rinfo: { address: string; port: number }): void => {
     const d = this.dgIn;
@@ -185,18 +183,15 @@ export class RoceTransport {
     d.len = msg.length;
     d.from = gidIp(this.peerGid(rinfo.address));
     d.port = rinfo.port;
-    this.onDatagram(d);
-    // answers leave once the loop turn's datagrams have all been read
-    if (!this.batchQueued) {
-      this.batchQueued = true;
-      setImmediate(this.batchDone);
+    try {
+      this.onDatagram(d);
+      this.portDrain?.drain(this.onQueued);
+    } catch (e) {
+      this.dev.onBug?.(e as Error);
     }
-  };
-  private batchQueued = false;
-  private readonly batchDone = (): void => {
-    this.batchQueued = false;
     this.dev.wireBatchDone();
   };
+  private readonly onQueued = (d: Datagram): void => this.onDatagram(d);
 
   private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
   private drainRaw(): void {
@@ -210,10 +205,12 @@ export class RoceTransport {
   stop(): void {
     if (this.backstop) clearInterval(this.backstop);
     this.raw?.close();
+    this.portDrain?.close();
     this.port?.close();
     this.udp?.close();
     this.raw = null;
     this.port = null;
+    this.portDrain = null;
     this.udp = null;
   }
 

@@ -154,3 +154,11 @@ export function socketFd(s: import('node:net').Socket): number {
   if (typeof fd !== 'number' || fd < 0) throw new SysError('socketFd', osConstants.EBADF ?? 9);
   return fd;
 }
+
+/** The file descriptor under a bound Node dgram socket (for the socket options and batched reads Node does not offer). */
+export function dgramFd(s: import('node:dgram').Socket): number {
+  const state = Object.getOwnPropertySymbols(s).find((k) => k.description === 'state symbol');
+  const fd = state ? (s as unknown as Record<symbol, { handle?: { fd?: number } }>)[state]?.handle?.fd : undefined;
+  if (typeof fd !== 'number' || fd < 0) throw new SysError('dgramFd', osConstants.EBADF ?? 9);
+  return fd;
+}

@@ -41,6 +41,7 @@ const IPV6_MTU_DISCOVER = 23;
 const IP_PMTUDISC_DO = 2;
 const SOL_SOCKET = 1;
 const SOL_UDP = 17;
+const UDP_GRO = 104;
 const UDP_SEGMENT = 103;
 const SO_RCVBUF = 8;
 const SO_SNDBUF = 7;
@@ -144,30 +145,89 @@ export interface Datagram {
 
 const RX_MSGS = 32;
 
-/** Receive memory: RX_MSGS mmsghdrs with their iovecs and data slots (a raw socket's packets carry their own addresses). */
-class RxRing {
-  readonly m: Mapping;
-  readonly dv: DataView;
-  readonly bytes: Uint8Array;
-  readonly iovs = RX_MSGS * MMSG;
-  readonly data = this.iovs + RX_MSGS * IOV;
-  constructor(readonly slot: number) {
+/**
+ * Batched non-blocking reads of one socket: RX_MSGS mmsghdrs with their
+ * iovecs, data slots and (for a UDP socket) sender addresses, in one
+ * mapping; each drain() takes everything waiting, RX_MSGS to a recvmmsg.
+ */
+export class Drain {
+  private readonly m: Mapping;
+  private readonly dv: DataView;
+  private readonly iovs = RX_MSGS * MMSG;
+  private readonly names = this.iovs + RX_MSGS * IOV;
+  private readonly data = this.names + RX_MSGS * 32;
+  private readonly dg: Datagram;
+  private readonly from4 = new Uint8Array(4);
+  private readonly from6 = new Uint8Array(16);
+  /** recvmmsg calls that returned something (for the bench and tests) */
+  batches = 0;
+
+  /** `slot`: the longest datagram kept (a longer one is dropped); `names`: learn each sender's address. */
+  constructor(private fd: number, private readonly slot: number, private readonly names_ = false) {
     this.m = mapAnon(this.data + RX_MSGS * slot);
     this.dv = new DataView(this.m.buffer);
-    this.bytes = new Uint8Array(this.m.buffer);
     const a = this.m.addr;
     for (let i = 0; i < RX_MSGS; i++) {
       const hdr = i * MMSG;
+      if (names_) this.dv.setBigUint64(hdr, a + BigInt(this.names + i * 32), true); // msg_name
       this.dv.setBigUint64(hdr + 16, a + BigInt(this.iovs + i * IOV), true); // msg_iov
       this.dv.setBigUint64(hdr + 24, 1n, true); // msg_iovlen
       this.dv.setBigUint64(this.iovs + i * IOV, a + BigInt(this.data + i * slot), true);
       this.dv.setBigUint64(this.iovs + i * IOV + 8, BigInt(slot), true);
     }
+    this.dg = { bytes: new Uint8Array(this.m.buffer), off: 0, len: 0, from: this.from4, port: 0 };
   }
-  /** msg_flags back to 0 (the kernel sets MSG_TRUNC there) */
-  reset(): void {
-    for (let i = 0; i < RX_MSGS; i++) this.dv.setUint32(i * MMSG + 48, 0, true);
+
+  /**
+   * Reads every datagram waiting, without blocking: `onDatagram` sees each
+   * as a window on the receive memory, valid only until it returns.
+   * Returns how many there were.
+   */
+  drain(onDatagram: (d: Datagram) => void): number {
+    const dv = this.dv;
+    const dg = this.dg;
+    let total = 0;
+    for (;;) {
+      if (this.fd < 0) return total;
+      for (let i = 0; i < RX_MSGS; i++) {
+        dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
+        if (this.names_) dv.setUint32(i * MMSG + 8, 28, true); // msg_namelen
+      }
+      const n = recvmmsg_(this.fd, this.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
+      if (n <= 0) return total; // EAGAIN: nothing more
+      this.batches++;
+      for (let i = 0; i < n; i++) {
+        if (dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
+        dg.off = this.data + i * this.slot;
+        dg.len = dv.getUint32(i * MMSG + 56, true);
+        if (this.names_) {
+          const name = this.names + i * 32;
+          if (dv.getUint16(name, true) === AF_INET6) {
+            for (let k = 0; k < 16; k++) this.from6[k] = dg.bytes[name + 8 + k]!;
+            dg.from = this.from6;
+          } else {
+            for (let k = 0; k < 4; k++) this.from4[k] = dg.bytes[name + 4 + k]!;
+            dg.from = this.from4;
+          }
+          dg.port = dv.getUint16(name + 2, false);
+        }
+        onDatagram(dg);
+      }
+      total += n;
+      if (n < RX_MSGS) return total;
+    }
   }
+
+  /** The socket is someone else's to close; this only forgets it and frees the memory. */
+  close(): void {
+    this.fd = -1;
+    unmap(this.m);
+  }
+}
+
+/** UDP GRO on a socket: a train of equal datagrams from one sender arrives as one (a doorbell socket needs no more). */
+export function enableGro(fd: number): void {
+  setInt(fd, SOL_UDP, UDP_GRO, 1, 'setsockopt(UDP_GRO)');
 }
 
 const TX_MSGS = 64;
@@ -360,43 +420,24 @@ export class RawUdp4 {
     }
   }
 
-  private ring: RxRing | null = null;
-  private readonly dg: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(4), port: 0 };
-  /** batches read so far (for the bench and tests) */
-  batches = 0;
+  private reader: Drain | null = null;
+
+  get batches(): number {
+    return this.reader?.batches ?? 0;
+  }
 
   /**
-   * Reads every datagram waiting, without blocking, RX_MSGS to a recvmmsg:
-   * `onDatagram` sees each as a window on the receive memory, valid only
-   * until it returns. Returns how many there were. The caller knows when
-   * to call: a UDP socket on the port gets a copy of each datagram.
+   * Reads every packet waiting, without blocking (see Drain). The caller
+   * knows when to call: a UDP socket on the port gets a copy of each.
    */
   drain(onDatagram: (d: Datagram) => void): number {
-    const half = (this.ring ??= new RxRing(RAW_SLOT));
-    const dg = this.dg;
-    dg.bytes = half.bytes;
-    let total = 0;
-    for (;;) {
-      if (this.fd < 0) return total;
-      half.reset();
-      const n = recvmmsg_(this.fd, half.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
-      if (n <= 0) return total; // EAGAIN: nothing more
-      this.batches++;
-      for (let i = 0; i < n; i++) {
-        if (half.dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
-        dg.off = half.data + i * half.slot;
-        dg.len = half.dv.getUint32(i * MMSG + 56, true);
-        onDatagram(dg);
-      }
-      total += n;
-      if (n < RX_MSGS) return total;
-    }
+    return (this.reader ??= new Drain(this.fd, RAW_SLOT)).drain(onDatagram);
   }
 
   close(): void {
     if (this.fd < 0) return;
+    this.reader?.close();
     close_(this.fd);
     this.fd = -1;
-    if (this.ring) unmap(this.ring.m);
   }
 }
