@@ -116,7 +116,8 @@ export class Daemon implements ConnectionHost {
         // listing interfaces needs a descriptor; out of them (EMFILE) the ports keep their state until the next look
         this.logger.once(`links:${(e as NodeJS.ErrnoException).code}`, 'warn', `checking the links failed: ${(e as Error).message}`);
       }
-    }, 250).unref();
+      // twice a second: each look lists the interfaces (a netlink dump), the largest part of an idle daemon's CPU
+    }, 500).unref();
   }
 
   /** Creates one device: its file, discovery entry and wire (at start, and for `rdma link add`). */

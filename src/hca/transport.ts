@@ -109,8 +109,9 @@ export class RoceTransport {
       throw e;
     }
     if (this.raw) {
-      // a frame whose copy on the port socket was dropped (a full buffer) still gets read
-      this.backstop = setInterval(() => this.drainRaw(), 20).unref();
+      // a frame whose copy on the port socket was dropped (a full buffer) still gets read; rarely needed (the port
+      // socket is emptied in batches), so rarely run: an idle daemon stays idle
+      this.backstop = setInterval(() => this.drainRaw(), 250).unref();
     }
     this.learnSubnets();
   }
