@@ -95,10 +95,14 @@ export class SoftDevice implements Hca {
     this.fabric.pool.put(p);
   }
 
-  /** A packet from the requester, responder or completer of one of our QPs. */
-  xmit(p: Pkt): void {
+  /** A packet from the requester, responder or completer of one of our QPs; where it waits in the fabric. */
+  xmit(p: Pkt): number {
     this.counters.sent_pkts++;
-    this.fabric.push(p);
+    return this.fabric.push(p);
+  }
+
+  stillQueued(p: Pkt, at: number): boolean {
+    return this.fabric.stillQueued(p, at);
   }
 
   /** A packet for one of our QPs. */

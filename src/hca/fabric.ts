@@ -76,8 +76,11 @@ export class Fabric {
     return null;
   }
 
-  /** Queues a packet; it is handled when the current top-level work (doorbell, timer) has finished. */
-  push(p: Pkt): void {
+  /**
+   * Queues a packet; it is handled when the current top-level work (doorbell, timer) has finished. Returns
+   * where it waits (for stillQueued), or -1 when fault injection took it.
+   */
+  push(p: Pkt): number {
     const f = this.fault;
     if (f) {
       if (f.rand() < f.drop) {
@@ -86,7 +89,7 @@ export class Fabric {
         // UC/UD message completes in its turn and never inside the requester run that sent it
         p.lost = true;
         this.fifo.push(p);
-        return;
+        return -1;
       }
       if (f.rand() < f.dup) {
         f.duplicated++;
@@ -112,22 +115,30 @@ export class Fabric {
             this.reset();
           }
         }, f.delayMs);
-        return;
+        return -1;
       }
       if (f.held === null && f.rand() < f.reorder) {
         // held back until the next packet has gone ahead of it (or the queue runs dry)
         f.reordered++;
         f.held = p;
-        return;
+        return -1;
       }
       this.fifo.push(p);
       if (f.held) {
         this.fifo.push(f.held);
         f.held = null;
       }
-      return;
+      return -1;
     }
-    this.fifo.push(p);
+    return this.fifo.push(p) - 1;
+  }
+
+  /**
+   * Whether `p`, queued at `at`, is still waiting (not yet delivered or sent): a responder folds a later ACK
+   * into it then (never under fault injection, whose queue order is its own).
+   */
+  stillQueued(p: Pkt, at: number): boolean {
+    return at >= this.head && at < this.fifo.length && this.fifo[at] === p && this.fault === null;
   }
 
   /** Where internal errors on a delayed packet's path are reported. */

@@ -14,6 +14,8 @@ import type { Mapping } from '../native/libc.js';
 const EMPTY = new Uint8Array(0);
 
 export class Pkt {
+  /** times this descriptor went back to the pool: a holder of an old reference can tell it now stands for another packet */
+  life = 0;
   opcode = 0;
   mask = 0;
   // BTH
@@ -95,6 +97,7 @@ export class PktPool {
   }
   put(p: Pkt): void {
     p.reset();
+    p.life++;
     if (this.free.length < 4096) this.free.push(p);
   }
 }

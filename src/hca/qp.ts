@@ -27,8 +27,10 @@ export interface Hca {
   /** a packet descriptor from the pool, and back */
   newPkt(): Pkt;
   freePkt(p: Pkt): void;
-  /** a packet one of the engines made: onto the fabric */
-  xmit(p: Pkt): void;
+  /** a packet one of the engines made: onto the fabric; returns where it waits there (-1: not known) */
+  xmit(p: Pkt): number;
+  /** whether a packet xmit() placed at `at` is still waiting to be delivered or sent */
+  stillQueued(p: Pkt, at: number): boolean;
   lookupMr(key: number): Mr | null;
   /** a packet dropped on its way to a QP, by reason */
   countDrop(why: string): void;
@@ -293,6 +295,10 @@ export class Qp {
     resHead: 0,
     /** responses waiting behind a long read response, in PSN order (empty almost always) */
     outq: [] as Array<ReadOut | Pkt>,
+    /** the last response sent, if it is a plain ACK, and where it waits in the fabric: a later ACK folds into it */
+    lastAck: null as Pkt | null,
+    lastAckAt: -1,
+    lastAckLife: 0,
   };
   readonly recvWqe: RecvWqe;
 

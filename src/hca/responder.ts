@@ -222,8 +222,27 @@ function complete(qp: Qp, p: Pkt): RespState {
   return RespState.ACKNOWLEDGE;
 }
 
+/**
+ * ACK coalescing: an ACK names the last PSN it answers and covers every one before it (IBA 9.7.5.1.x), so
+ * while this QP's previous ACK still waits in the fabric (requests that arrived together, in one receive batch
+ * or one drain) and nothing else was answered after it, that ACK is moved on to this PSN instead of a second
+ * one being made. Requests that arrive one at a time are each ACKed as before.
+ */
 function acknowledge(qp: Qp, p: Pkt): RespState {
-  if (qp.type === QpType.RC && p.ackReq) sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+  if (qp.type !== QpType.RC || !p.ackReq) return RespState.EXIT;
+  const r = qp.resp;
+  const last = r.lastAck;
+  if (last !== null && last.life === r.lastAckLife && r.outq.length === 0 && qp.dev.stillQueued(last, r.lastAckAt)) {
+    last.psn = p.psn & PSN_MASK;
+    last.msn = r.msn;
+    return RespState.EXIT;
+  }
+  const a = ackPkt(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+  if (r.outq.length === 0) {
+    r.lastAckLife = a.life;
+    r.lastAckAt = qp.dev.xmit(a);
+    r.lastAck = r.lastAckAt >= 0 ? a : null;
+  } else respXmit(qp, a);
   return RespState.EXIT;
 }
 
@@ -379,6 +398,7 @@ function sendReadResponses(qp: Qp, req: Pkt, r: RespRes, from: number): void {
   if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(qp, req, Err.RKEY);
   const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
   const q = qp.resp.outq;
+  qp.resp.lastAck = null; // an ACK may not be moved past these responses
   if (q.length === 0 && out.n - out.next <= READ_BURST) {
     while (out.next < out.n) qp.dev.xmit(readResponse(qp, out));
     return;
@@ -411,6 +431,7 @@ function readResponse(qp: Qp, o: ReadOut): Pkt {
 
 /** Responses go in PSN order: while a long read response is going out, later ACKs and atomic responses queue behind it. */
 function respXmit(qp: Qp, p: Pkt): void {
+  qp.resp.lastAck = null; // an ACK may not be moved past a later response
   if (qp.resp.outq.length === 0) qp.dev.xmit(p);
   else qp.resp.outq.push(p);
 }
@@ -520,14 +541,18 @@ function fillReply(qp: Qp, p: Pkt): void {
   p.srcGid = qp.dev.gids[0]!;
 }
 
-function sendAck(qp: Qp, syndrome: number, psn: number): void {
+function ackPkt(qp: Qp, syndrome: number, psn: number): Pkt {
   const a = qp.dev.newPkt();
   a.opcode = Transport.RC | Op.ACKNOWLEDGE;
   fillReply(qp, a);
   a.psn = psn & PSN_MASK;
   a.syndrome = syndrome;
   a.msn = qp.resp.msn;
-  respXmit(qp, a);
+  return a;
+}
+
+function sendAck(qp: Qp, syndrome: number, psn: number): void {
+  respXmit(qp, ackPkt(qp, syndrome, psn));
 }
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */

@@ -288,6 +288,24 @@ describe('completer', () => {
 });
 
 describe('responder', () => {
+  test('requests that arrive in one batch are answered by one ACK for the last (coalesced); one at a time, one ACK each', () => {
+    const r = (current = rig());
+    for (let i = 0; i < 4; i++) postRecv(r, BigInt(i), 0x200, 256);
+    const send = (psn: number) => {
+      const p = r.dev.newPkt();
+      Object.assign(p, { opcode: Transport.RC | Op.SEND_ONLY, destQpn: r.qp.qpn, srcQpn: 0x99, srcGid: PEER_GID, dstGid: r.dev.gids[0]!, mask: OPCODES[Transport.RC | Op.SEND_ONLY]!.mask, psn, payload: new Uint8Array(8), payLen: 8, ackReq: true });
+      r.dev.receiveFromWire(p);
+    };
+    send(500);
+    send(501);
+    send(502);
+    r.dev.wireBatchDone();
+    assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.syndrome & Aeth.TYPE_MASK, p.msn]), [['ACKNOWLEDGE', 502, Aeth.ACK, 3]]);
+    assert.equal(poll(r).length, 3, 'every receive completes');
+    feed(r, Transport.RC | Op.SEND_ONLY, { psn: 503, payload: new Uint8Array(8), payLen: 8, ackReq: true });
+    assert.deepEqual(r.wire.map((p) => [p.psn, p.msn]), [[502, 3], [503, 4]]);
+  });
+
   test('a SEND_ONLY lands in the posted receive WQE: a RECV completion and an ACK', () => {
     const r = (current = rig());
     postRecv(r, 77n, 0x200, 256);
