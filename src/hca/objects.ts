@@ -151,24 +151,3 @@ export class Ah {
     readonly flowLabel: number,
   ) {}
 }
-
-/**
- * Walks the part [off, off+len) of a scatter/gather list: `visit(i, sgeOff,
- * n, done)` for each piece (SGE i, offset inside it, bytes, bytes before it).
- * False if a visit refuses or the list is shorter than off+len.
- */
-export function walkSgl(numSge: number, lens: readonly number[], off: number, len: number, visit: (i: number, sgeOff: number, n: number, done: number) => boolean): boolean {
-  let base = 0;
-  let done = 0;
-  for (let i = 0; i < numSge && done < len; i++) {
-    const end = base + lens[i]!;
-    const pos = off + done;
-    if (pos < end) {
-      const n = Math.min(end - pos, len - done);
-      if (!visit(i, pos - base, n, done)) return false;
-      done += n;
-    }
-    base = end;
-  }
-  return done === len;
-}

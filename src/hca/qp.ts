@@ -13,7 +13,6 @@ import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
 import type { Ah, Cq, Mr, Owner, Pd, Srq } from './objects.js';
-import { walkSgl } from './objects.js';
 import type { Pkt } from './packet.js';
 import { Task, type Scheduler } from './scheduler.js';
 
@@ -448,16 +447,12 @@ export class Qp {
       copyBytes(dst, dstOff, w.inlineData, off, len);
       return true;
     }
-    return walkSges(w, off, len, (mr, mOff, n, done) => {
-      dst.set(mr.mem.subarray(mOff, mOff + n), dstOff + done);
-    });
+    return copySges(w, off, len, dst, dstOff, false);
   }
 
   /** Copies len bytes from src into the WQE's SGEs at byte `off` (READ responses, atomic results). */
   scatter(w: SendWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
-    return walkSges(w, off, len, (mr, mOff, n, done) => {
-      mr.mem.set(src.subarray(srcOff + done, srcOff + done + n), mOff);
-    });
+    return copySges(w, off, len, src, srcOff, true);
   }
 
   /** If the whole [off, off+len) lies in one SGE, its MR and offset into MR memory (zero-copy send). */
@@ -534,12 +529,27 @@ class SingleSge {
 }
 const SINGLE = new SingleSge();
 
-function walkSges(w: SendWqe, off: number, len: number, f: (mr: Mr, mrOff: number, n: number, done: number) => void): boolean {
-  return walkSgl(w.numSge, w.len, off, len, (i, sgeOff, n, done) => {
-    const mr = w.mr[i];
-    if (!mr || !mr.valid) return false;
-    f(mr, w.addr[i]! - mr.iova + sgeOff, n, done);
-    return true;
-  });
+/**
+ * Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`).
+ * False on a dead MR or a list shorter than off+len. A plain loop: a closure per packet would be garbage per packet.
+ */
+function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff: number, toWqe: boolean): boolean {
+  let base = 0;
+  let done = 0;
+  for (let i = 0; i < w.numSge && done < len; i++) {
+    const end = base + w.len[i]!;
+    const pos = off + done;
+    if (pos < end) {
+      const n = Math.min(end - pos, len - done);
+      const mr = w.mr[i];
+      if (!mr || !mr.valid) return false;
+      const mOff = w.addr[i]! - mr.iova + pos - base;
+      if (toWqe) copyBytes(mr.mem, mOff, buf, bufOff + done, n);
+      else copyBytes(buf, bufOff + done, mr.mem, mOff, n);
+      done += n;
+    }
+    base = end;
+  }
+  return done === len;
 }
 
