@@ -133,13 +133,20 @@ async function sendRate(root: string): Promise<number> {
  * of 2 signaled WRs; all share one CQ. Bytes/s written.
  */
 const MANY_SIZE = 16 * 1024;
-async function manyQpsBw(root: string, pairs: number, window: number): Promise<number> {
+async function manyQpsBw(root: string, pairs: number, window: number, idlePairs = 0): Promise<number> {
   const ctx = await openDevice(getDeviceList(root)[0]!, root);
   const pd = await ctx.allocPd();
   const cq = await ctx.createCq(Math.min(65536, pairs * window * 2 + 64));
   const mr = await pd.allocMr(MANY_SIZE * 2, ALL);
   const gid = ctx.queryGid(1, 0);
   const qps: QueuePair[] = [];
+  // connected QPs that never post: what they cost the busy ones is what this measures
+  for (let i = 0; i < idlePairs; i++) {
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await connect(a, b.qpNum, gid);
+    await connect(b, a.qpNum, gid);
+  }
   for (let i = 0; i < pairs; i++) {
     const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: window, maxRecvWr: 1 } });
     const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 1, maxRecvWr: 1 } });
@@ -169,8 +176,8 @@ async function manyQpsBw(root: string, pairs: number, window: number): Promise<n
 }
 
 /** `procs` processes with `pairs` QP pairs each (2 * procs * pairs busy QPs), started together: total bytes/s. */
-async function manyQps(root: string, procs: number, pairs: number, window: number): Promise<number> {
-  const kids = Array.from({ length: procs }, () => fork(fileURLToPath(import.meta.url), ['--many', root, String(pairs), String(window)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+async function manyQps(root: string, procs: number, pairs: number, window: number, idlePairs = 0): Promise<number> {
+  const kids = Array.from({ length: procs }, () => fork(fileURLToPath(import.meta.url), ['--many', root, String(pairs), String(window), String(idlePairs)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   const got = await Promise.all(kids.map((k) => new Promise<number>((r, j) => {
     k.once('message', (m: { bw: number }) => r(m.bw));
     k.once('exit', (c) => c !== 0 && j(new Error(`--many child exited ${c}`)));
@@ -423,6 +430,8 @@ async function main(): Promise<void> {
     // 1,024 busy RC QPs: four processes with 128 pairs each, against one pair with the same window, one process
     const one = await manyQps(root, 1, 1, 2);
     const many = await manyQps(root, MANY_PROCS, MANY_PAIRS, 2);
+    // the same one busy QP with 2 * MANY_PROCS * MANY_PAIRS connected idle QPs beside it
+    const amongIdle = await manyQps(root, 1, 1, 2, MANY_PROCS * MANY_PAIRS);
     // idle: a client holding a connected QP pair, doing nothing
     const idleCtx = await setup(root);
     const idle = await idleCpu(getDeviceList(root)[0]!.daemonPid, Number(process.env.BENCH_IDLE_MS ?? 3000));
@@ -450,6 +459,19 @@ async function main(): Promise<void> {
       await d1.stop();
       await d2.stop();
     }
+    // as root the default wire reads through a raw socket (every arriving ICRC checked); without root it is plain
+    // UDP: measured too, so both are on the table
+    let u: { write: number; ping: Lat; pingEv: Lat } | null = null;
+    if (wire !== 'plain UDP') {
+      const u1 = await spawnDaemon(['--device', `rxe0=${HOST_A},wire=udp`]);
+      const u2 = await spawnDaemon(['--device', `rxe0=${HOST_B},wire=udp`]);
+      try {
+        u = { write: await rdmaWriteBw(u1.root, u2.root), ping: await sendPingPong(u1.root, false, u2.root), pingEv: await sendPingPong(u1.root, true, u2.root) };
+      } finally {
+        await u1.stop();
+        await u2.stop();
+      }
+    }
     // one RC_RDMA_WRITE_MIDDLE at path MTU 4096: BTH 12 + 4096 payload + ICRC 4
     const FRAME = 12 + 4096 + 4;
     const udp = await udpBw(FRAME);
@@ -463,6 +485,14 @@ async function main(): Promise<void> {
       line(`64 KiB RDMA_WRITE / Node dgram (${FRAME} B datagrams)`, f3(xwrite / udp), '>= 1.5', `${f3(xwrite / GB)} vs ${f3(udp / GB)} GB/s`),
       line('8 B SEND round trip / Node UDP round trip, events', f2(xpingEv.med / uping.med), '<= 1.5', `${us(xpingEv)} vs ${us(uping)}; p99 ratio ${f2(xpingEv.p99 / uping.p99)}`),
       line('8 B SEND round trip / Node UDP round trip, busy-poll', f2(xping.med / uping.med), '<= 2', `${us(xping)}; p99 ratio ${f2(xping.p99 / uping.p99)}`),
+      ...(u
+        ? [
+          `across the wire, wire=udp (what a daemon without CAP_NET_RAW runs: arriving IPv4 ICRCs unchecked)`,
+          line(`64 KiB RDMA_WRITE / Node dgram (${FRAME} B datagrams)`, f3(u.write / udp), '>= 1.5', `${f3(u.write / GB)} GB/s`),
+          line('8 B SEND round trip / Node UDP round trip, events', f2(u.pingEv.med / uping.med), '<= 1.5', `${us(u.pingEv)}; p99 ratio ${f2(u.pingEv.p99 / uping.p99)}`),
+          line('8 B SEND round trip / Node UDP round trip, busy-poll', f2(u.ping.med / uping.med), '<= 2', `${us(u.ping)}; p99 ratio ${f2(u.ping.p99 / uping.p99)}`),
+        ]
+        : []),
       'perftest across the wire (their MB/sec are MiB/s)',
       line('ib_send_bw -s 4096 / Node TCP stream', f3((pSend[3]! * MiB) / tcp), '>= 0.5', `${f2(pSend[3]!)} MB/sec vs ${f3(tcp / GB)} GB/s`),
       line('ib_write_bw -s 65536 / Node TCP stream', f3((pWrite[3]! * MiB) / tcp), '>= 1', `${f2(pWrite[3]!)} MB/sec`),
@@ -474,6 +504,7 @@ async function main(): Promise<void> {
       line('8 B SEND half round trip / Node TCP round trip, events', f3(pingEv.med / 2 / tping.med), '<= 0.5', `${us(pingEv)} round trip`),
       line('64 KiB RDMA_WRITE / Node TCP stream', f2(write / tcp), '-', `${f3(tcp / GB)} GB/s TCP`),
       line(`${2 * MANY_PROCS * MANY_PAIRS} busy RC QPs (${MANY_PROCS} processes) / one QP, aggregate`, f3(many / one), '>= 0.8', `${f3(many / GB)} vs ${f3(one / GB)} GB/s, ${MANY_SIZE / 1024} KiB WRITEs, 2 in flight per QP`),
+      line(`one busy QP beside ${2 * MANY_PROCS * MANY_PAIRS} idle ones / one QP alone`, f3(amongIdle / one), '>= 0.9 (ours)', `${f3(amongIdle / GB)} GB/s`),
       line('daemon CPU at idle (clients holding QPs), % of a core', f2(idle), '<= 1', ''),
     ];
     process.stdout.write(out.join('\n') + '\n');
@@ -485,7 +516,7 @@ async function main(): Promise<void> {
 const role = process.argv[2];
 if (role === '--pong') await pong(process.argv[3]!, process.argv[4] === 'true');
 else if (role === '--many') {
-  process.send!({ bw: await manyQpsBw(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5])) });
+  process.send!({ bw: await manyQpsBw(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5]), Number(process.argv[6] ?? 0)) });
   process.disconnect();
 }
 else if (role === '--tcp-sink') {
