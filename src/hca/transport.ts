@@ -167,12 +167,14 @@ export class RoceTransport {
     });
   }
 
-  /** Raw mode: a copy on the port socket rang; the copies queued behind it are dropped, the raw socket is read. */
+  /**
+   * Raw mode: a copy on the port socket rang, the raw socket is read. When it held more than the one frame,
+   * their copies are queued behind: they are dropped in one call (not read one JS call each), and the raw
+   * socket is read once more, for frames whose copies that dropped (a frame reaches the raw socket before its
+   * copy reaches the port socket). A lone frame, the latency case, costs no extra call.
+   */
   private readonly onTwin = (): void => {
-    // copies first: a frame reaches the raw socket before its copy reaches the port socket, so every copy
-    // dropped here stands for a frame the raw drain below will find
-    this.portDrain?.drain(ignore);
-    this.drainRaw();
+    if (this.drainRaw() > 1 && this.portDrain && this.portDrain.drain(ignore) > 0) this.drainRaw();
   };
 
   /** Mode udp: the frame Node read, then every one queued behind it, then their answers leave together. */
@@ -195,12 +197,15 @@ export class RoceTransport {
   private readonly onQueued = (d: Datagram): void => this.onDatagram(d);
 
   private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
-  private drainRaw(): void {
+  /** Reads what the raw socket holds and hands it to the device; returns how many frames there were. */
+  private drainRaw(): number {
+    let n = 0;
     try {
-      if (this.raw && this.raw.drain(this.onRawDatagram) > 0) this.dev.wireBatchDone();
+      if (this.raw && (n = this.raw.drain(this.onRawDatagram)) > 0) this.dev.wireBatchDone();
     } catch (e) {
       this.dev.onBug?.(e as Error);
     }
+    return n;
   }
 
   stop(): void {
