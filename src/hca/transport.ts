@@ -150,8 +150,14 @@ export class RoceTransport {
         } catch {
           /* capped by the kernel's rmem_max: fine */
         }
-        const fd = dgramFd(s);
-        if (this.raw) {
+        // Node keeps the descriptor private: a Node that hides it costs the batching below, not the wire
+        let fd = -1;
+        try {
+          fd = dgramFd(s);
+        } catch {
+          /* one JS call per datagram, as Node delivers them */
+        }
+        if (fd >= 0 && this.raw) {
           // only a doorbell: a GSO train may stay one datagram here (the raw socket sees it whole anyway)
           try {
             enableGro(fd);
@@ -160,7 +166,7 @@ export class RoceTransport {
           }
         }
         // what waits behind the datagram Node read is taken in batches, not one JS call each
-        this.portDrain = new Drain(fd, 65536, !this.raw);
+        if (fd >= 0) this.portDrain = new Drain(fd, 65536, !this.raw);
         this.port = s;
         resolve();
       });
@@ -298,7 +304,8 @@ export class RoceTransport {
    * holding n equal frames that the UDP socket would have seen as n
    * datagrams with IDs id, id+1, ... The frame size is the n whose first
    * frame's ICRC checks out (none: a frame with a bad ICRC, dropped); then
-   * every frame's ICRC is checked as its own.
+   * every frame's ICRC is checked as its own. A bad frame costs at most a
+   * CRC over each divisor's share of it, a few times its length.
    */
   private onSuperFrame(d: Datagram, src: Uint8Array, body: number): void {
     const b = d.bytes;
@@ -327,7 +334,6 @@ export class RoceTransport {
   /** Whether the frame of `size` bytes at `at` in a GSO message's payload has the ICRC it would as datagram ID `id`. */
   private segmentIcrcOk(b: Uint8Array, o: number, size: number, at: number, id: number): boolean {
     const h = this.hdr;
-    h.set(b.subarray(o, o + 28));
     writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
     const f = o + 28 + at;
     const n = size - HdrSize.ICRC;

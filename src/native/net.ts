@@ -154,22 +154,20 @@ export class Drain {
   private readonly m: Mapping;
   private readonly dv: DataView;
   private readonly iovs = RX_MSGS * MMSG;
-  private readonly names = this.iovs + RX_MSGS * IOV;
-  private readonly data = this.names + RX_MSGS * 32;
+  private readonly nameOff = this.iovs + RX_MSGS * IOV;
+  private readonly data = this.nameOff + RX_MSGS * 32;
   private readonly dg: Datagram;
   private readonly from4 = new Uint8Array(4);
   private readonly from6 = new Uint8Array(16);
-  /** recvmmsg calls that returned something (for the bench and tests) */
-  batches = 0;
 
-  /** `slot`: the longest datagram kept (a longer one is dropped); `names`: learn each sender's address. */
-  constructor(private fd: number, private readonly slot: number, private readonly names_ = false) {
+  /** `slot`: the longest datagram kept (a longer one is dropped); `withNames`: learn each sender's address. */
+  constructor(private fd: number, private readonly slot: number, private readonly withNames = false) {
     this.m = mapAnon(this.data + RX_MSGS * slot);
     this.dv = new DataView(this.m.buffer);
     const a = this.m.addr;
     for (let i = 0; i < RX_MSGS; i++) {
       const hdr = i * MMSG;
-      if (names_) this.dv.setBigUint64(hdr, a + BigInt(this.names + i * 32), true); // msg_name
+      if (withNames) this.dv.setBigUint64(hdr, a + BigInt(this.nameOff + i * 32), true); // msg_name
       this.dv.setBigUint64(hdr + 16, a + BigInt(this.iovs + i * IOV), true); // msg_iov
       this.dv.setBigUint64(hdr + 24, 1n, true); // msg_iovlen
       this.dv.setBigUint64(this.iovs + i * IOV, a + BigInt(this.data + i * slot), true);
@@ -191,17 +189,16 @@ export class Drain {
       if (this.fd < 0) return total;
       for (let i = 0; i < RX_MSGS; i++) {
         dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
-        if (this.names_) dv.setUint32(i * MMSG + 8, 28, true); // msg_namelen
+        if (this.withNames) dv.setUint32(i * MMSG + 8, 28, true); // msg_namelen
       }
       const n = recvmmsg_(this.fd, this.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
       if (n <= 0) return total; // EAGAIN: nothing more
-      this.batches++;
       for (let i = 0; i < n; i++) {
         if (dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
         dg.off = this.data + i * this.slot;
         dg.len = dv.getUint32(i * MMSG + 56, true);
-        if (this.names_) {
-          const name = this.names + i * 32;
+        if (this.withNames) {
+          const name = this.nameOff + i * 32;
           if (dv.getUint16(name, true) === AF_INET6) {
             for (let k = 0; k < 16; k++) this.from6[k] = dg.bytes[name + 8 + k]!;
             dg.from = this.from6;
@@ -421,10 +418,6 @@ export class RawUdp4 {
   }
 
   private reader: Drain | null = null;
-
-  get batches(): number {
-    return this.reader?.batches ?? 0;
-  }
 
   /**
    * Reads every packet waiting, without blocking (see Drain). The caller
