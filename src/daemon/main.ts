@@ -37,8 +37,9 @@ Options:
                            "mappings":4096,"memory":268435456}} (limits per user; root is exempt)
   --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp|none]
                            a device bound to an IP address (repeatable); MTU in bytes (256..4096);
-                           wire: IPv4 through a raw socket (needs CAP_NET_RAW; auto falls back to plain
-                           UDP without it) or plain UDP (then the ICRC cannot match the kernel's IP ID);
+                           wire: frames always leave with exact ICRCs; raw: arriving IPv4 frames are read
+                           through a raw socket and their ICRCs checked (needs CAP_NET_RAW; auto falls
+                           back to udp without it); udp: they arrive on the UDP port, IPv4 ICRCs unchecked;
                            none: no RoCEv2 port, the device reaches this daemon's devices only. A device
                            whose port ADDR:4791 cannot be bound stops the daemon from starting.
   --metrics [HOST:]PORT    serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)

@@ -165,7 +165,7 @@ export class Daemon implements ConnectionHost {
         throw new Error(`${spec.name}: cannot bind the RoCEv2 port ${spec.addr.includes(':') ? `[${spec.addr}]` : spec.addr}:4791: ${code === 'EADDRINUSE' ? 'it is in use (another softverbsd, or rdma_rxe, on this address?)' : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : (e as Error).message}; --device ${spec.name}=${spec.addr},wire=none runs the device without a wire`);
       }
       dev.transport = t;
-      wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791 through a raw socket (own IP header, ICRC checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
+      wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791, arriving frames read through a raw socket (every ICRC exact and checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
     }
     writeNoFollow(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
     this.linkState.set(dev, { iface: null, up: true });

@@ -157,8 +157,9 @@ export const E = VerbsError;
     // the server has its PD, CQ, MR and QP before it waits for the client: rdma sees them
     const qpLine = await until(async () => {
       const r = await tool('rdma', ['resource', 'show', 'qp']);
-      return /comm ibv_rc_pingpong/.test(r.out) && r.out;
-    }, 'the server\'s QP in rdma resource show qp');
+      // the QP shows from its creation (RESET); the server moves it to INIT before it waits
+      return /state INIT .*comm ibv_rc_pingpong/.test(r.out) && r.out;
+    }, 'the server\'s QP in rdma resource show qp, in INIT');
     assert.match(qpLine, /^link rxe0\/1 lqpn \d+ rqpn 0 type RC state INIT rq-psn 0 sq-psn 0 path-mig-state MIGRATED pdn \d+ pid \d+ comm ibv_rc_pingpong $/m);
     const res = await tool('rdma', ['resource', 'show']);
     assert.match(res.out, /^0: rxe0: pd 1 cq 1 qp 1 cm_id 0 mr 1 ctx 1 srq 0 $/m);
