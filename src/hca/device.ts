@@ -97,8 +97,13 @@ export class SoftDevice implements Hca {
 
   /** A packet from the requester, responder or completer of one of our QPs; where it waits in the fabric. */
   xmit(p: Pkt): number {
-    this.counters.sent_pkts++;
+    this.counters.sent_pkts += p.span;
     return this.fabric.push(p);
+  }
+
+  readonly spans = true;
+  acceptsSpans(gid: Uint8Array): boolean {
+    return this.fabric.acceptsSpans(gid);
   }
 
   stillQueued(p: Pkt, at: number): boolean {
@@ -107,7 +112,7 @@ export class SoftDevice implements Hca {
 
   /** A packet for one of our QPs. */
   receive(p: Pkt): void {
-    this.counters.rcvd_pkts++;
+    this.counters.rcvd_pkts += p.span;
     const info = OPCODES[p.opcode];
     if (!info) return;
     p.mask = info.mask;

@@ -60,6 +60,8 @@ const FIFO_CAP = 16384;
 /** A device as the fabric sees it: the GIDs it answers to, where its packets go in, its wire. */
 export interface Port {
   readonly gids: readonly Uint8Array[];
+  /** it takes descriptors that stand for several packets (Pkt.span) */
+  readonly spans?: boolean;
   receive(p: Pkt): void;
   readonly transport: { send(p: Pkt): void; flush(): void } | null;
 }
@@ -131,6 +133,14 @@ export class Fabric {
       return -1;
     }
     return this.fifo.push(p) - 1;
+  }
+
+  /**
+   * Whether a run of packets to `gid` may travel as one descriptor: the device is one of ours and takes them,
+   * and nothing looks at packets one by one on the way (fault injection, the capture).
+   */
+  acceptsSpans(gid: Uint8Array): boolean {
+    return this.fault === null && this.pcap === null && this.byGid(gid)?.spans === true;
   }
 
   /**

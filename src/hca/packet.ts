@@ -16,6 +16,11 @@ const EMPTY = new Uint8Array(0);
 export class Pkt {
   /** times this descriptor went back to the pool: a holder of an old reference can tell it now stands for another packet */
   life = 0;
+  /**
+   * PSNs this descriptor stands for: 1 on the wire; between devices of one daemon a run of n MTU-sized
+   * packets of one message travels as one descriptor (psn .. psn+n-1, payLen up to n * MTU)
+   */
+  span = 1;
   opcode = 0;
   mask = 0;
   // BTH
@@ -75,6 +80,7 @@ export class Pkt {
   reset(): void {
     this.opcode = this.mask = this.destQpn = this.psn = this.padCnt = this.srcQpn = 0;
     this.ackReq = this.se = this.migReq = false;
+    this.span = 1;
     this.pkey = 0xffff;
     this.tver = this.fecnBecn = 0;
     this.srcPort = 0xc000;

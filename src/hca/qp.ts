@@ -30,6 +30,8 @@ export interface Hca {
   xmit(p: Pkt): number;
   /** whether a packet xmit() placed at `at` is still waiting to be delivered or sent */
   stillQueued(p: Pkt, at: number): boolean;
+  /** whether packets to `gid` may travel as spans (Pkt.span): a device of this daemon, nothing watching */
+  acceptsSpans(gid: Uint8Array): boolean;
   lookupMr(key: number): Mr | null;
   /** a packet dropped on its way to a QP, by reason */
   countDrop(why: string): void;

@@ -233,9 +233,16 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
     return true;
   }
   const remaining = w.length - w.offset;
-  const n = Math.min(qp.mtu, remaining);
   const first = w.offset === 0;
-  const last = remaining <= qp.mtu;
+  // to a device of this daemon, a run of MTU packets whose bytes lie in one SGE goes as one descriptor: one
+  // copy and one pass through the engines for up to SPAN_BYTES, the PSNs advanced as by the packets it stands for
+  let span = 1;
+  if (remaining > qp.mtu && qp.mtu < SPAN_BYTES && dev.acceptsSpans(p.dstGid)) {
+    span = Math.min(Math.ceil(remaining / qp.mtu), Math.floor(SPAN_BYTES / qp.mtu));
+    if (!qp.single(w, w.offset, Math.min(remaining, span * qp.mtu))) span = 1;
+  }
+  const n = Math.min(span * qp.mtu, remaining);
+  const last = remaining <= span * qp.mtu;
   p.opcode = tr | sendOrWriteOpcode(op, first, last);
   if ((op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM) && first) {
     p.va = w.remoteAddr;
@@ -257,8 +264,9 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   }
   p.payLen = n;
   p.padCnt = (4 - (n & 3)) & 3;
+  p.span = span;
   w.offset += n;
-  qp.req.psn = (qp.req.psn + 1) & PSN_MASK;
+  qp.req.psn = (qp.req.psn + span) & PSN_MASK;
   if (last) {
     w.state = WqeState.PENDING;
     if (qp.type !== QpType.RC) p.done = w.onSent ??= () => completeUnreliable(qp, w);
@@ -266,6 +274,9 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   dev.xmit(p);
   return true;
 }
+
+/** The most bytes one span descriptor carries: a bound on the work of one pass, as a turn's packet budget is. */
+const SPAN_BYTES = 65536;
 
 /** SEND_* / RDMA_WRITE_* for a packet's place in its message (rxe's next_opcode). */
 function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {

@@ -82,7 +82,7 @@ function checkState(qp: Qp, p: Pkt): RespState {
   if (st !== QpState.RTR && st !== QpState.RTS && st !== QpState.SQD && st !== QpState.SQE) return RespState.EXIT;
   // rxe's check_length: a packet carrying more than the path MTU (the port's, for UD) is no request a requester
   // sends; it is dropped and counted, before it can touch a receive buffer
-  if (p.payLen > (qp.type === QpType.UD ? qp.dev.mtuBytes : qp.mtu)) {
+  if (p.payLen > (qp.type === QpType.UD ? qp.dev.mtuBytes : qp.mtu * p.span)) {
     qp.dev.countDrop('payload over the path MTU');
     return RespState.EXIT;
   }
@@ -134,13 +134,13 @@ function checkOpSeq(qp: Qp, p: Pkt): RespState {
       qp.resp.inMsg = 0;
       qp.resp.dropMsg = false;
       if (!(m & M.FIRST)) {
-        qp.resp.psn = (p.psn + 1) & PSN_MASK;
+        qp.resp.psn = (p.psn + p.span) & PSN_MASK;
         return RespState.EXIT;
       }
     }
   } else if (!(m & M.FIRST)) {
     if (rc) return fail(Err.INVALID);
-    qp.resp.psn = (p.psn + 1) & PSN_MASK; // UC: a message whose start we lost
+    qp.resp.psn = (p.psn + p.span) & PSN_MASK; // UC: a message whose start we lost
     return RespState.EXIT;
   }
   return RespState.CHECK_OP_VALID;
@@ -233,12 +233,14 @@ function acknowledge(qp: Qp, p: Pkt): RespState {
   if (qp.type !== QpType.RC || !p.ackReq) return RespState.EXIT;
   const r = qp.resp;
   const last = r.lastAck;
+  // a span answers for its last PSN
+  const psn = (p.psn + p.span - 1) & PSN_MASK;
   if (last !== null && last.life === r.lastAckLife && r.outq.length === 0 && qp.dev.stillQueued(last, r.lastAckAt)) {
-    last.psn = p.psn & PSN_MASK;
+    last.psn = psn;
     last.msn = r.msn;
     return RespState.EXIT;
   }
-  const a = ackPkt(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+  const a = ackPkt(qp, Aeth.ACK | Aeth.CREDITS_INVALID, psn);
   if (r.outq.length === 0) {
     r.lastAckLife = a.life;
     r.lastAckAt = qp.dev.xmit(a);
@@ -319,7 +321,7 @@ export function receive(qp: Qp, p: Pkt): void {
 }
 
 function advance(qp: Qp, p: Pkt, kind: number): void {
-  qp.resp.psn = (p.psn + 1) & PSN_MASK;
+  qp.resp.psn = (p.psn + p.span) & PSN_MASK;
   qp.resp.inMsg = p.mask & M.LAST ? 0 : kind;
   if (p.mask & M.LAST) qp.resp.dropMsg = false;
 }
@@ -327,7 +329,7 @@ function advance(qp: Qp, p: Pkt, kind: number): void {
 function dropUc(qp: Qp, p: Pkt): void {
   qp.resp.dropMsg = !(p.mask & M.LAST);
   qp.resp.inMsg = p.mask & M.LAST ? 0 : p.mask & (M.SEND | M.WRITE);
-  qp.resp.psn = (p.psn + 1) & PSN_MASK;
+  qp.resp.psn = (p.psn + p.span) & PSN_MASK;
 }
 
 const BAD = {} as RecvWqe;

@@ -13,11 +13,12 @@ import { cqLayout, qpLayout } from '../../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
 import { SendRingProducer, SW } from '../../src/abi/send-ring.js';
 import { SoftDevice } from '../../src/hca/device.js';
-import { Fabric } from '../../src/hca/fabric.js';
+import { Fabric, Fault } from '../../src/hca/fabric.js';
 import { gidOf } from '../../src/hca/gid.js';
 import { Ah, Cq, Mr, Pd, type Owner } from '../../src/hca/objects.js';
 import { Aeth, M, OPCODES, Op, Transport } from '../../src/hca/opcodes.js';
 import { Pkt } from '../../src/hca/packet.js';
+import type { PcapWriter } from '../../src/hca/pcap.js';
 import { Qp, WqeState } from '../../src/hca/qp.js';
 import { tracer, type Engine } from '../../src/hca/trace.js';
 import { mapAnon, type Mapping } from '../../src/native/libc.js';
@@ -62,11 +63,12 @@ function copyPkt(p: Pkt): Pkt {
 }
 
 /** One RC (or UC) QP on device 127.77.0.1, connected to a peer QP 0x99 at 127.77.0.2 that the test plays (a port of the fabric that records what reaches it). */
-function rig(type: number = QpType.RC): Rig {
+function rig(type: number = QpType.RC, peer: { spans?: boolean } = {}): Rig {
   const fabric = new Fabric();
   const dev = new SoftDevice(fabric, 'eng0', 0, '127.77.0.1', { mtu: Mtu.MTU_1024 });
   const wire: Pkt[] = [];
-  fabric.devices.push({ gids: [PEER_GID], receive: (p) => wire.push(copyPkt(p)), transport: null });
+  // spans: the peer plays a device of this daemon, which takes descriptors standing for several packets
+  fabric.devices.push({ gids: [PEER_GID], receive: (p) => wire.push(copyPkt(p)), transport: null, spans: peer.spans ?? false });
   const owner = new TestOwner();
   const pd = new Pd(owner);
   const cl = cqLayout(64);
@@ -284,6 +286,42 @@ describe('completer', () => {
     await new Promise((res) => setImmediate(res));
     assert.deepEqual(r.wire.map((p) => [opName(p), p.psn]), [['SEND_MIDDLE', 101], ['SEND_LAST', 102]]);
     assert.equal(r.dev.counters.rcvd_seq_err, 1);
+  });
+});
+
+describe('spans: a run of packets between devices of one daemon as one descriptor', () => {
+  test('a 3000-byte WRITE to a device of this daemon leaves as one WRITE_ONLY standing for PSNs 100..102; the ACK for 102 completes it', () => {
+    const r = (current = rig(QpType.RC, { spans: true }));
+    r.mr.mem.fill(9, 0, 3000);
+    postSend(r, { wrId: 5n, opcode: WrOpcode.RDMA_WRITE, length: 3000, remoteAddr: 0x8000, rkey: 0x77 });
+    assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.span, p.payLen, p.dmaLen, p.ackReq]), [['RDMA_WRITE_ONLY', 100, 3, 3000, 3000, true]]);
+    assert.ok(r.wire[0]!.payload.every((b) => b === 9));
+    assert.equal(r.qp.req.psn, 103);
+    assert.equal(r.dev.counters.sent_pkts, 3, 'counted as the packets it stands for');
+    feed(r, Transport.RC | Op.ACKNOWLEDGE, { psn: 102, syndrome: Aeth.ACK, msn: 1 });
+    assert.deepEqual(poll(r).map((w) => [w.wrId, w.status]), [[5n, WcStatus.SUCCESS]]);
+  });
+
+  test('a SEND_ONLY span fills the receive WQE, moves the expected PSN on by its span and is ACKed for its last PSN', () => {
+    const r = (current = rig());
+    postRecv(r, 8n, 0x1000, 4096);
+    const data = new Uint8Array(2500).map((_, i) => i & 0xff);
+    feed(r, Transport.RC | Op.SEND_ONLY, { psn: 500, span: 3, payload: data, payLen: 2500, ackReq: true });
+    assert.deepEqual(r.mr.mem.subarray(0x1000, 0x1000 + 2500), data);
+    assert.deepEqual(poll(r).map((w) => [w.wrId, w.status, w.byteLen]), [[8n, WcStatus.SUCCESS, 2500]]);
+    assert.equal(r.qp.resp.psn, 503);
+    assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.msn]), [['ACKNOWLEDGE', 502, 1]]);
+  });
+
+  test('no spans where packets are looked at one by one (fault injection, the capture) or the peer does not take them', () => {
+    const capture = { write: () => {} } as unknown as PcapWriter;
+    for (const setup of [(r: Rig) => (r.fabric.fault = Fault.parse('seed=1')), (r: Rig) => (r.fabric.pcap = capture), null]) {
+      const r = (current = rig(QpType.RC, { spans: setup !== null }));
+      setup?.(r);
+      postSend(r, { wrId: 5n, opcode: WrOpcode.RDMA_WRITE, length: 3000, remoteAddr: 0x8000, rkey: 0x77 });
+      assert.deepEqual(r.wire.map((p) => [opName(p), p.span]), [['RDMA_WRITE_FIRST', 1], ['RDMA_WRITE_MIDDLE', 1], ['RDMA_WRITE_LAST', 1]]);
+      r.qp.stopTimers(); // afterEach stops only the last rig's
+    }
   });
 });
 
