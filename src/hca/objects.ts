@@ -151,3 +151,54 @@ export class Ah {
     readonly flowLabel: number,
   ) {}
 }
+
+/**
+ * Walks the part [off, off+len) of a scatter/gather list piece by piece:
+ * after start(), each next() that returns true has set `i` (the SGE),
+ * `sgeOff` (the offset inside it), `n` (bytes) and `done` (bytes before this
+ * piece); `complete` says whether the list was long enough. One cursor per
+ * caller, reused: a callback per piece would be a closure per packet.
+ */
+export class SglCursor {
+  i = 0;
+  sgeOff = 0;
+  n = 0;
+  done = 0;
+  private base = 0;
+  private numSge = 0;
+  private lens: readonly number[] = [];
+  private off = 0;
+  private len = 0;
+
+  start(numSge: number, lens: readonly number[], off: number, len: number): this {
+    this.numSge = numSge;
+    this.lens = lens;
+    this.off = off;
+    this.len = len;
+    this.i = -1;
+    this.base = 0;
+    this.done = 0;
+    this.n = 0;
+    return this;
+  }
+
+  next(): boolean {
+    this.done += this.n;
+    this.n = 0;
+    while (this.done < this.len && ++this.i < this.numSge) {
+      const start = this.base;
+      const end = (this.base += this.lens[this.i]!);
+      const pos = this.off + this.done;
+      if (pos < end) {
+        this.sgeOff = pos - start;
+        this.n = Math.min(end - pos, this.len - this.done);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  get complete(): boolean {
+    return this.done === this.len;
+  }
+}

@@ -12,7 +12,7 @@ import { SendRingConsumer, SW } from '../abi/send-ring.js';
 import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
-import type { Ah, Cq, Mr, Owner, Pd, Srq } from './objects.js';
+import { SglCursor, type Ah, type Cq, type Mr, type Owner, type Pd, type Srq } from './objects.js';
 import type { Pkt } from './packet.js';
 import { Task, type Scheduler } from './scheduler.js';
 
@@ -531,27 +531,17 @@ class SingleSge {
 }
 const SINGLE = new SingleSge();
 
-/**
- * Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`).
- * False on a dead MR or a list shorter than off+len. A plain loop: a closure per packet would be garbage per packet.
- */
+/** Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`). False on a dead MR or a list shorter than off+len. */
+const sgl = new SglCursor();
 function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff: number, toWqe: boolean): boolean {
-  let base = 0;
-  let done = 0;
-  for (let i = 0; i < w.numSge && done < len; i++) {
-    const end = base + w.len[i]!;
-    const pos = off + done;
-    if (pos < end) {
-      const n = Math.min(end - pos, len - done);
-      const mr = w.mr[i];
-      if (!mr || !mr.valid) return false;
-      const mOff = w.addr[i]! - mr.iova + pos - base;
-      if (toWqe) copyBytes(mr.mem, mOff, buf, bufOff + done, n);
-      else copyBytes(buf, bufOff + done, mr.mem, mOff, n);
-      done += n;
-    }
-    base = end;
+  const c = sgl.start(w.numSge, w.len, off, len);
+  while (c.next()) {
+    const mr = w.mr[c.i];
+    if (!mr || !mr.valid) return false;
+    const mOff = w.addr[c.i]! - mr.iova + c.sgeOff;
+    if (toWqe) copyBytes(mr.mem, mOff, buf, bufOff + c.done, c.n);
+    else copyBytes(buf, bufOff + c.done, mr.mem, mOff, c.n);
   }
-  return done === len;
+  return c.complete;
 }
 

@@ -8,7 +8,7 @@
  */
 import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStatusName } from '../abi/enums.js';
 import { postRecvWc, toError } from './completion.js';
-import type { Mr } from './objects.js';
+import { SglCursor, type Mr } from './objects.js';
 import type { RecvWqe } from '../abi/recv-ring.js';
 import { copyBytes } from '../abi/ring.js';
 import { writeIpUdp } from './codec.js';
@@ -350,24 +350,16 @@ function takeRecv(qp: Qp): RecvWqe | null {
 }
 
 /** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds. */
+const sgl = new SglCursor();
 function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
-  // a plain loop, like the send side's copySges: a closure per packet was the responder's one allocation
-  let base = 0;
-  let done = 0;
-  for (let i = 0; i < w.numSge && done < len; i++) {
-    const end = base + w.len[i]!;
-    const pos = off + done;
-    if (pos < end) {
-      const n = Math.min(end - pos, len - done);
-      const mr = qp.dev.lookupMr(w.lkey[i]!);
-      const va = w.addr[i]! + pos - base;
-      if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, n)) return false;
-      copyBytes(mr.mem, va - mr.iova, src, srcOff + done, n);
-      done += n;
-    }
-    base = end;
+  const c = sgl.start(w.numSge, w.len, off, len);
+  while (c.next()) {
+    const mr = qp.dev.lookupMr(w.lkey[c.i]!);
+    const va = w.addr[c.i]! + c.sgeOff;
+    if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, c.n)) return false;
+    copyBytes(mr.mem, va - mr.iova, src, srcOff + c.done, c.n);
   }
-  return done === len;
+  return c.complete;
 }
 
 /** A zero-length RDMA operation needs no valid rkey (IBA 9.4.x; rxe skips the check too). */
