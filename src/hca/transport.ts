@@ -34,7 +34,7 @@ import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { Drain, enableGro, RawUdp4, UdpWire, type Datagram } from '../native/net.js';
 import { dgramFd, SysError } from '../native/libc.js';
-import { decode, encodeBody, frameBytes, icrc, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
+import { decode, encodeBody, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
@@ -184,23 +184,22 @@ export class RoceTransport {
   };
 
   /** Mode udp: the frame Node read, then every one queued behind it, then their answers leave together. */
-  private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(16), port: 0 };
+  private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(0), port: 0 };
   private readonly onMessage = (msg: Buffer, rinfo: { address: string; port: number }): void => {
     const d = this.dgIn;
     d.bytes = msg;
     d.off = 0;
     d.len = msg.length;
-    d.from = gidIp(this.peerGid(rinfo.address));
     d.port = rinfo.port;
     try {
-      this.onDatagram(d);
+      this.onDatagram(d, this.peerGid(rinfo.address));
       this.portDrain?.drain(this.onQueued);
     } catch (e) {
       this.dev.onBug?.(e as Error);
     }
     this.dev.wireBatchDone();
   };
-  private readonly onQueued = (d: Datagram): void => this.onDatagram(d);
+  private readonly onQueued = (d: Datagram): void => this.onDatagram(d, this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from));
 
   private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
   /** Reads what the raw socket holds and hands it to the device; returns how many frames there were. */
@@ -336,14 +335,11 @@ export class RoceTransport {
     const h = this.hdr;
     writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
     const f = o + 28 + at;
-    const n = size - HdrSize.ICRC;
-    const want = (b[f + n]! | (b[f + n + 1]! << 8) | (b[f + n + 2]! << 16) | (b[f + n + 3]! << 24)) >>> 0;
-    return icrc(h.subarray(0, 20), h.subarray(20, 28), b.subarray(f, f + n)) === want;
+    return icrcOk(h.subarray(0, 20), h.subarray(20, 28), b.subarray(f, f + size));
   }
 
-  /** A UDP payload from the dgram socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
-  private onDatagram(d: Datagram): void {
-    const src = this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from);
+  /** A UDP payload from `src` on the port socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
+  private onDatagram(d: Datagram, src: Uint8Array): void {
     if (!this.v4 || this.pcap) {
       // the Identification the sender's kernel chose is not visible here (0: an IPv4 ICRC cannot be checked)
       const hl = writeIpUdp(this.hdr, gidIp(src), this.srcIp, 0, d.port, d.len);
