@@ -11,7 +11,8 @@
  * it is for.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpuMs, median, pct } from './measure.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
@@ -56,13 +57,6 @@ async function waitRecv(s: Side): Promise<void> {
   }
 }
 
-function cpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-}
-
-const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1] ?? 0;
-const pct = (v: number[], p: number) => [...v].sort((a, b) => a - b)[Math.floor(v.length * p)] ?? 0;
 
 /** Walks `perf script` output: each one-way trip as its hops, in µs. */
 function hops(script: string): Array<[string, number[]]> {

@@ -10,11 +10,11 @@
  *    UDP and TCP ping-pong
  */
 import { fork, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { schedYield } from '../src/native/libc.js';
 import { engineSendRate, engineWriteBw } from './engines.js';
+import { cpuMs, median, pct } from './measure.js';
 import { createSocket } from 'node:dgram';
 import { createConnection, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -53,8 +53,7 @@ interface Lat {
   p99: number;
 }
 function lat(v: number[]): Lat {
-  const s = [...v].sort((a, b) => a - b);
-  return { med: s[s.length >> 1] ?? 0, p99: s[Math.floor(s.length * 0.99)] ?? 0 };
+  return { med: median(v), p99: pct(v, 0.99) };
 }
 
 /** RDMA_WRITE bandwidth (bytes/s) with a window of outstanding WRs. */
@@ -191,11 +190,6 @@ async function idleCpu(pid: number, ms: number): Promise<number> {
   const c0 = cpuMs(pid);
   await new Promise((r) => setTimeout(r, ms));
   return ((cpuMs(pid) - c0) / ms) * 100;
-}
-
-function cpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
 }
 
 function memcpyBw(): number {

@@ -1,0 +1,15 @@
+/** What the bench scripts measure with: a process's CPU time, percentiles. */
+import { readFileSync } from 'node:fs';
+
+/** CPU time (user + system) a process has used so far, in ms, from /proc (10 ms ticks). */
+export function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** The p-quantile (0..1) of the values, by rank. */
+export function pct(v: readonly number[], p: number): number {
+  return [...v].sort((a, b) => a - b)[Math.floor(v.length * p)] ?? 0;
+}
+
+export const median = (v: readonly number[]): number => pct(v, 0.5);
