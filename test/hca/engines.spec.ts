@@ -143,10 +143,15 @@ function poll(r: Rig): CqeOut[] {
 
 /** A packet from the peer QP to ours, delivered through the device as one off the wire would be. */
 function feed(r: Rig, opcode: number, f: Partial<Pkt> = {}): void {
+  arrive(r, opcode, f);
+  r.dev.wireBatchDone(); // as the transport does once a batch off the wire is handed over
+}
+
+/** The same packet as one of a batch still arriving: what it causes waits for the batch's end (wireBatchDone). */
+function arrive(r: Rig, opcode: number, f: Partial<Pkt> = {}): void {
   const p = r.dev.newPkt();
   Object.assign(p, { opcode, destQpn: r.qp.qpn, srcQpn: 0x99, srcGid: PEER_GID, dstGid: r.dev.gids[0]!, mask: OPCODES[opcode]!.mask }, f);
   r.dev.receiveFromWire(p);
-  r.dev.wireBatchDone(); // as the transport does once a batch off the wire is handed over
 }
 
 const opName = (p: Pkt) => Object.entries(Op).find(([, v]) => v === (p.opcode & 0x1f))?.[0];
@@ -329,11 +334,7 @@ describe('responder', () => {
   test('requests that arrive in one batch are answered by one ACK for the last (coalesced); one at a time, one ACK each', () => {
     const r = (current = rig());
     for (let i = 0; i < 4; i++) postRecv(r, BigInt(i), 0x200, 256);
-    const send = (psn: number) => {
-      const p = r.dev.newPkt();
-      Object.assign(p, { opcode: Transport.RC | Op.SEND_ONLY, destQpn: r.qp.qpn, srcQpn: 0x99, srcGid: PEER_GID, dstGid: r.dev.gids[0]!, mask: OPCODES[Transport.RC | Op.SEND_ONLY]!.mask, psn, payload: new Uint8Array(8), payLen: 8, ackReq: true });
-      r.dev.receiveFromWire(p);
-    };
+    const send = (psn: number) => arrive(r, Transport.RC | Op.SEND_ONLY, { psn, payload: new Uint8Array(8), payLen: 8, ackReq: true });
     send(500);
     send(501);
     send(502);
