@@ -30,6 +30,8 @@ import { safeName } from '../common/trust.js';
 import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
+import { ConnectionManager } from '../cm/cm.js';
+import { UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
 
 export interface DeviceSpec {
   name: string;
@@ -67,7 +69,7 @@ const SECRET_FIELDS = ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn', 'pages', 'handl
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
 const LISTEN_BACKLOG = 4096;
 
-export class Daemon implements ConnectionHost {
+export class Daemon implements ConnectionHost, UcmaHost {
   readonly fabric = new Fabric();
   readonly pinned = new PinnedAccounts();
   readonly quotas: Quotas;
@@ -77,6 +79,12 @@ export class Daemon implements ConnectionHost {
   private conns = new Set<Connection>();
   readonly logger: Log;
   readonly log: (msg: string) => void;
+  /** The connection manager (rdma_cm, ib_cm and rdma_ucm) and its device file. */
+  readonly cm: ConnectionManager;
+  private cmServer: Server | null = null;
+  private cmPath = '';
+  private ucmaTokens = new Map<number, UcmaFile>();
+  private ucmaConns = new Set<UcmaConnection>();
   /** Told how long each command took (the metrics' histogram), when someone listens. */
   onCommand: ((cmd: number, seconds: number) => void) | null = null;
 
@@ -88,6 +96,79 @@ export class Daemon implements ConnectionHost {
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
     this.fabric.onBug = (e) => this.logger.error(`internal error on a delayed packet: ${e.stack}`);
+    this.cm = new ConnectionManager({
+      devices: () => this.devs.map((d) => d.dev),
+      log: (m) => this.log(m),
+      debug: (m) => this.logger.debug(m),
+      privileged: (uid) => this.privileged(uid),
+    });
+  }
+
+  newUcmaToken(f: UcmaFile): number {
+    let t: number;
+    do t = randomInt(1, 0x7fffffff);
+    while (this.ucmaTokens.has(t) || this.tokens.has(t));
+    this.ucmaTokens.set(t, f);
+    return t;
+  }
+
+  ucmaToken(t: number): UcmaFile | undefined {
+    return this.ucmaTokens.get(t);
+  }
+
+  dropUcmaToken(t: number): void {
+    this.ucmaTokens.delete(t);
+  }
+
+  charge(uid: number, what: 'objects'): void {
+    this.quotas.charge(uid, what);
+  }
+
+  release(uid: number, what: 'objects'): void {
+    this.quotas.release(uid, what);
+  }
+
+  ucmaClosed(c: UcmaConnection): void {
+    if (this.ucmaConns.delete(c)) this.quotas.release(c.cred.uid, 'connections');
+  }
+
+  /** The rdma_cm file (what /dev/infiniband/rdma_cm is to librdmacm), its mode and name from the rules as for uverbsN. */
+  private async startCm(): Promise<void> {
+    const root = this.opts.root;
+    const pol = policyFor(this.opts.rules, 'rdma_cm');
+    const path = join(root, 'dev', pol.name);
+    ensureDirUnder(root, dirname(path));
+    await this.recoverStale(path);
+    const server = createServer((s) => {
+      let cred: { pid: number; uid: number; gid: number };
+      try {
+        cred = peerCred(socketFd(s));
+        this.quotas.charge(cred.uid, 'connections');
+      } catch (e) {
+        s.end(replyFrame(-((e as CmdError).errno ?? E.EIO), Buffer.from((e as Error).message)));
+        s.on('error', () => s.destroy());
+        return;
+      }
+      this.ucmaConns.add(new UcmaConnection(this, s, cred));
+    });
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      const old = process.umask(~pol.mode & 0o777);
+      try {
+        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
+      } finally {
+        process.umask(old);
+      }
+    });
+    if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `rdma_cm: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
+    this.cmServer = server;
+    this.cmPath = path;
+    const misc = join(root, 'sys', 'class', 'misc', 'rdma_cm');
+    ensureDirUnder(root, misc);
+    writeNoFollow(join(misc, 'dev_path'), `${path}\n`);
+    writeNoFollow(join(misc, 'abi_version'), '4\n');
+    writeNoFollow(join(misc, 'softverbsd_pid'), `${process.pid}\n`);
   }
 
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
@@ -108,6 +189,7 @@ export class Daemon implements ConnectionHost {
     for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) ensureDirUnder(root, d);
     this.sweepStaleSysfs();
     for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
+    await this.startCm();
     this.checkLinks();
     this.linkTimer = setInterval(() => {
       try {
@@ -151,6 +233,7 @@ export class Daemon implements ConnectionHost {
     server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `${spec.name}: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
+    this.cm.attach(dev);
     this.writeSysfs(dev, kname, path);
     let wire: string;
     if (spec.wire === 'none') wire = 'no wire (wire=none): reaches devices of this daemon only';
@@ -207,6 +290,7 @@ export class Daemon implements ConnectionHost {
 
   /** Takes a device out: its file, discovery entry, wire and place on the fabric. */
   private removeDevice(d: DevEntry): void {
+    this.cm.detach(d.dev);
     d.server.close();
     d.dev.transport?.stop();
     const k = this.devs.indexOf(d);
@@ -424,6 +508,7 @@ export class Daemon implements ConnectionHost {
           for (const r of rows) for (const k of SECRET_FIELDS) delete r[k];
           return rows;
         });
+        (out as unknown[]).push(...this.cm.track());
         break;
       case 'pinned':
         // pinned pages per pid: one's own processes, or all of them for root
@@ -465,6 +550,10 @@ export class Daemon implements ConnectionHost {
       d.dev.transport?.stop();
     }
     for (const c of this.conns) c.sock.destroy();
+    this.cmServer?.close();
+    for (const c of this.ucmaConns) c.sock.destroy();
+    if (this.cmPath) rmSync(this.cmPath, { force: true });
+    rmSync(join(this.opts.root, 'sys', 'class', 'misc', 'rdma_cm'), { recursive: true, force: true });
     for (const c of this.contexts) c.destroyAll();
     this.contexts.clear();
     for (const d of this.devs) {

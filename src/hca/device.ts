@@ -116,6 +116,8 @@ export class SoftDevice implements Hca {
     const info = OPCODES[p.opcode];
     if (!info) return;
     p.mask = info.mask;
+    // QP1, the GSI: management datagrams (the CM's MADs) for the daemon, never a consumer's QP
+    if (p.destQpn === 1) return this.gsi?.(p);
     const qp = this.qps.get(p.destQpn);
     if (!qp) return;
     const transport = p.opcode & 0xe0;
@@ -124,6 +126,9 @@ export class SoftDevice implements Hca {
     if (p.mask & M.REQ) responder.receive(qp, p);
     else completer.receive(qp, p);
   }
+
+  /** Who takes what arrives on QP1 (the connection manager), set by the daemon. */
+  gsi: ((p: Pkt) => void) | null = null;
 
   /** Resource-tracking ids as the kernel's restrack gives them (pdn, cqn, mrn, ctxn: per device, from 0; a QP's is its QPN). */
   readonly resIds = new WeakMap<object, number>();

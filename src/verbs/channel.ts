@@ -188,7 +188,7 @@ export class EventStream {
   }
 
   /** Connects and attaches to the context's stream named by `token`: one reply (its status), then records of `recordSize` bytes. */
-  static async attach(path: string, command: number, token: number, recordSize: number, verb: string): Promise<EventStream> {
+  static async attach(path: string, command: number, token: number, recordSize: number, verb: string, build: (command: number, token: number) => Buffer = attachFrame): Promise<EventStream> {
     const s = await connectDevice(path, verb);
     const stream = new EventStream(s);
     const status = await new Promise<number>((resolve, reject) => {
@@ -207,7 +207,7 @@ export class EventStream {
       s.on('data', (d) => frames.push(d));
       s.once('close', () => reject(new VerbsError(verb, 'EIO', 'closed while attaching')));
       s.ref();
-      s.write(attachFrame(command, token));
+      s.write(build(command, token));
     }).catch((e: unknown) => {
       s.destroy();
       throw e;

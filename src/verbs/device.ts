@@ -27,7 +27,7 @@ function trustedOwners(): number[] {
 }
 
 /** The rule the daemon applies to its root (common/trust.ts): a root another user could have planted is not connected through. */
-function trustRoot(root: string, verb: string): void {
+export function trustRoot(root: string, verb: string): void {
   try {
     checkTrustedRoot(root, trustedOwners());
   } catch (e) {
@@ -37,7 +37,7 @@ function trustRoot(root: string, verb: string): void {
 }
 
 /** A device path read from the tree: a socket inside <root>/dev, owned by a trusted uid, not a symlink. */
-function socketUnder(root: string, devPath: string): boolean {
+export function socketUnder(root: string, devPath: string): boolean {
   const dev = resolve(root, 'dev') + sep;
   if (!resolve(devPath).startsWith(dev) || devPath.split(sep).includes('..')) return false;
   try {

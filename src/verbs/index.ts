@@ -18,6 +18,8 @@ export { AddressHandle } from './ah.js';
 export { CompletionChannel, CompletionQueue } from './cq.js';
 export { SharedReceiveQueue } from './srq.js';
 export { QueuePair } from './qp.js';
+export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace } from './cm.js';
+export type { CmEvent, ConnParam, EventParam } from './cm.js';
 export { WorkCompletion } from './types.js';
 export type { Device, DeviceAttr, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, SrqAttr, AhAttr, GlobalRoute, AsyncEvent, QpCaps } from './types.js';
 export { gidString, parseGidString } from '../common/format.js';

@@ -1,0 +1,326 @@
+/**
+ * One connection to the rdma_cm file (a ucma file of the kernel): its
+ * commands, each with its handler named after it, and the event stream a
+ * second connection attaches to by token. What the commands do is the
+ * connection manager's (`cm/cm.ts`); this side checks the frames, owns the
+ * file's ids and turns events into `rdma_ucm_event_resp` records.
+ */
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { FrameAssembler, replyFrame } from '../abi/framing.js';
+import { encode, layout, pack, unpack, type Infer } from '../abi/layout.js';
+import * as C from '../abi/ucma.js';
+import { CmdError, E, errnoName } from '../common/errno.js';
+import type { CmEvent, CmFile, CmId, ConnectionManager, ConnParam } from '../cm/cm.js';
+import type { Log } from './log.js';
+
+/** Events queued for a file whose stream is not attached (or not reading) before the file is closed. */
+const PENDING_CAP = 4096;
+/** Bytes of unread events on the stream past which the client is dropped, as for unread replies. */
+const STREAM_HARD_CAP = 4 << 20;
+const ERROR_TEXT = 1024;
+
+export interface UcmaHost {
+  readonly cm: ConnectionManager;
+  readonly logger: Log;
+  newUcmaToken(f: UcmaFile): number;
+  ucmaToken(t: number): UcmaFile | undefined;
+  dropUcmaToken(t: number): void;
+  /** cm_ids count among a user's verbs objects (the rdma cgroup's view): EAGAIN past the cap */
+  charge(uid: number, what: 'objects'): void;
+  release(uid: number, what: 'objects'): void;
+  ucmaClosed(c: UcmaConnection): void;
+}
+
+/** The file: ids, and the event stream. */
+export class UcmaFile implements CmFile {
+  readonly ids = new Map<number, CmId>();
+  nextId = 0;
+  readonly comm: string;
+  stream: Socket | null = null;
+  private pending: Buffer[] = [];
+  closed = false;
+
+  constructor(
+    private readonly host: UcmaHost,
+    readonly pid: number,
+    readonly uid: number,
+  ) {
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      /* gone already */
+    }
+    this.comm = comm;
+  }
+
+  queued(): number {
+    return this.pending.length + (this.stream ? Math.floor(this.stream.writableLength / C.EVENT_RESP_SIZE) : 0);
+  }
+
+  deliver(ev: CmEvent): boolean {
+    if (this.closed) return false;
+    if (this.queued() >= PENDING_CAP) return false;
+    const rec = eventRecord(ev);
+    const s = this.stream;
+    if (!s) {
+      this.pending.push(rec);
+      return true;
+    }
+    s.write(rec);
+    if (s.writableLength > STREAM_HARD_CAP) {
+      this.host.logger.warn(`rdma_cm: pid ${this.pid} left ${s.writableLength} bytes of events unread; its event stream is closed`);
+      s.destroy();
+    }
+    return true;
+  }
+
+  charge(): void {
+    this.host.charge(this.uid, 'objects');
+  }
+
+  uncharge(): void {
+    this.host.release(this.uid, 'objects');
+  }
+
+  attach(s: Socket): void {
+    this.stream = s;
+    for (const b of this.pending.splice(0)) s.write(b);
+  }
+}
+
+function eventRecord(ev: CmEvent): Buffer {
+  const b = Buffer.alloc(C.EVENT_RESP_SIZE);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  encode(C.EVENT_RESP, { uid: ev.uid, id: ev.id, event: ev.event, status: ev.status }, dv);
+  const at = layout(C.EVENT_RESP).byName.get('param')!.offset;
+  if (ev.conn) {
+    const c = ev.conn;
+    const pd = c.privateData ?? new Uint8Array(0);
+    encode(C.CONN_PARAM, {
+      qp_num: c.qpNum ?? 0, qkey: c.qkey ?? 0, private_data: pd, private_data_len: Math.min(pd.length, C.RDMA_MAX_PRIVATE_DATA), srq: c.srq ?? 0,
+      responder_resources: c.responderResources ?? 0, initiator_depth: c.initiatorDepth ?? 0, flow_control: c.flowControl ?? 0,
+      retry_count: c.retryCount ?? 0, rnr_retry_count: c.rnrRetryCount ?? 0,
+    }, dv, at);
+  }
+  return b;
+}
+
+const HDR = C.UCMA_HDR_SIZE;
+
+export class UcmaConnection {
+  private kind: 'new' | 'cmd' | 'events' = 'new';
+  readonly file: UcmaFile;
+  private readonly frames: FrameAssembler;
+  private token = 0;
+
+  constructor(
+    private readonly host: UcmaHost,
+    readonly sock: Socket,
+    readonly cred: { pid: number; uid: number; gid: number },
+  ) {
+    this.file = new UcmaFile(host, cred.pid, cred.uid);
+    this.frames = new FrameAssembler(
+      (h) => (h.readUInt16LE(4) > 4096 ? -1 : C.ucmaRequestSize(h)),
+      (f) => {
+        if (sock.destroyed) return this.frames.stop();
+        this.onFrame(f);
+      },
+      () => sock.end(),
+    );
+    sock.on('data', (d: Buffer) => this.frames.push(d));
+    sock.on('close', () => this.onClose());
+    sock.on('error', () => sock.destroy());
+  }
+
+  private reply(status: number, body?: Uint8Array): void {
+    const len = status === 0 ? (body?.length ?? 0) : Math.min(body?.length ?? 0, ERROR_TEXT);
+    this.sock.write(replyFrame(status, body, len));
+  }
+
+  private onFrame(f: Buffer): void {
+    const cmd = f.readUInt32LE(0);
+    const out = f.readUInt16LE(6);
+    if (this.kind === 'events') return;
+    if (cmd === C.SvUcmaCmd.ATTACH_EVENTS) {
+      if (this.kind !== 'new') return this.reply(-E.EINVAL, Buffer.from('ATTACH_EVENTS only as the first frame of a connection'));
+      return this.onAttachEvents(f);
+    }
+    this.kind = 'cmd';
+    try {
+      const body = this.dispatch(cmd, f.subarray(HDR), out);
+      this.reply(0, body);
+    } catch (e) {
+      if (e instanceof CmdError) {
+        this.reply(-e.errno, Buffer.from(e.message));
+        this.host.logger.debug(`rdma_cm: pid ${this.cred.pid}: command ${cmd}: ${errnoName(e.errno)}: ${e.message}`);
+      } else {
+        this.host.logger.error(`rdma_cm: pid ${this.cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
+        this.reply(-E.EIO);
+      }
+    }
+  }
+
+  private onAttachEvents(f: Buffer): void {
+    const t = f.length >= HDR + 4 ? f.readUInt32LE(HDR) : 0;
+    const file = this.host.ucmaToken(t);
+    if (!file) return this.reply(-E.EINVAL, Buffer.from('no rdma_cm file has this token'));
+    if (file.pid !== this.cred.pid) return this.reply(-E.EACCES, Buffer.from("only the file's own process may take its events"));
+    this.host.dropUcmaToken(t);
+    this.kind = 'events';
+    this.reply(0);
+    file.attach(this.sock);
+    // the event stream's end is the file's end too (the process closed its channel)
+    this.sock.once('close', () => {
+      if (file.stream === this.sock) file.stream = null;
+    });
+  }
+
+  /** The id a command names: one of this file's. */
+  private id(handle: number, verb: string): CmId {
+    const id = this.file.ids.get(handle);
+    if (!id) throw new CmdError(E.EINVAL, `${verb}: no cm_id ${handle} in this file`);
+    return id;
+  }
+
+  private need<S extends C.UcmaSpec>(s: S, body: Buffer, out: number): Infer<S['req']> {
+    const size = layout(s.req).size;
+    if (body.length < size) throw new CmdError(E.EINVAL, `${s.name}: ${body.length} bytes, the struct has ${size}`);
+    if (s.resp && out < layout(s.resp).size) throw new CmdError(E.ENOSPC, `${s.name}: no room for the ${layout(s.resp).size}-byte answer (out ${out})`);
+    return unpack(s.req, body) as Infer<S['req']>;
+  }
+
+  private dispatch(cmd: number, body: Buffer, out: number): Buffer | undefined {
+    const S = C.UcmaSpecs;
+    const cm = this.host.cm;
+    switch (cmd) {
+      case C.SvUcmaCmd.EVENT_TOKEN: {
+        if (this.token) throw new CmdError(E.EINVAL, 'EVENT_TOKEN: the file has its token');
+        this.token = this.host.newUcmaToken(this.file);
+        return pack(C.SV_UCMA_TOKEN, { token: this.token });
+      }
+      case C.UcmaCmd.CREATE_ID: {
+        const r = this.need(S.CREATE_ID, body, out);
+        const id = cm.createId(this.file, r.uid, r.ps, r.qp_type);
+        return pack(C.CREATE_ID_RESP, { id: id.handle });
+      }
+      case C.UcmaCmd.DESTROY_ID: {
+        const r = this.need(S.DESTROY_ID, body, out);
+        const n = cm.destroy(this.id(r.id, 'rdma_destroy_id'));
+        return pack(C.DESTROY_ID_RESP, { events_reported: n });
+      }
+      case C.UcmaCmd.BIND: {
+        const r = this.need(S.BIND, body, out);
+        cm.bind(this.id(r.id, 'rdma_bind_addr'), sockaddr(r.addr.bytes, 'rdma_bind_addr'));
+        return;
+      }
+      case C.UcmaCmd.RESOLVE_ADDR: {
+        const r = this.need(S.RESOLVE_ADDR, body, out);
+        const src = r.src_size ? sockaddr(r.src_addr.bytes, 'rdma_resolve_addr') : null;
+        cm.resolveAddr(this.id(r.id, 'rdma_resolve_addr'), src && isAny(src) && src.port === 0 ? null : src, sockaddr(r.dst_addr.bytes, 'rdma_resolve_addr'), r.timeout_ms);
+        return;
+      }
+      case C.UcmaCmd.RESOLVE_ROUTE: {
+        const r = this.need(S.RESOLVE_ROUTE, body, out);
+        cm.resolveRoute(this.id(r.id, 'rdma_resolve_route'));
+        return;
+      }
+      case C.UcmaCmd.QUERY: {
+        const r = this.need(S.QUERY, body, out);
+        if (r.option !== C.QueryOption.ADDR) throw new CmdError(E.EOPNOTSUPP, `rdma_cm QUERY option ${r.option}: only RDMA_USER_CM_QUERY_ADDR is served`);
+        const q = cm.query(this.id(r.id, 'rdma_query'));
+        const b = pack(C.QUERY_ADDR_RESP, { node_guid: q.dev?.nodeGuid ?? 0n, port_num: q.dev ? 1 : 0, pkey: 0xffff, ibdev_index: q.dev ? q.dev.index : 0xffffffff });
+        const L = layout(C.QUERY_ADDR_RESP).byName;
+        if (q.local) b.writeUInt16LE(C.writeSockaddr(q.local, b.subarray(L.get('src_addr')!.offset, L.get('src_addr')!.offset + 128)), L.get('src_size')!.offset);
+        if (q.remote) b.writeUInt16LE(C.writeSockaddr(q.remote, b.subarray(L.get('dst_addr')!.offset, L.get('dst_addr')!.offset + 128)), L.get('dst_size')!.offset);
+        return b;
+      }
+      case C.UcmaCmd.CONNECT: {
+        const r = this.need(S.CONNECT, body, out);
+        cm.connect(this.id(r.id, 'rdma_connect'), connParam(r.conn_param, 'rdma_connect'));
+        return;
+      }
+      case C.UcmaCmd.LISTEN: {
+        const r = this.need(S.LISTEN, body, out);
+        cm.listen(this.id(r.id, 'rdma_listen'), r.backlog);
+        return;
+      }
+      case C.UcmaCmd.ACCEPT: {
+        const r = this.need(S.ACCEPT, body, out);
+        cm.accept(this.id(r.id, 'rdma_accept'), connParam(r.conn_param, 'rdma_accept'));
+        return;
+      }
+      case C.UcmaCmd.REJECT: {
+        const r = this.need(S.REJECT, body, out);
+        if (r.private_data_len > C.RDMA_MAX_PRIVATE_DATA) throw new CmdError(E.EINVAL, 'rdma_reject: private_data_len too large');
+        cm.reject(this.id(r.id, 'rdma_reject'), r.private_data.subarray(0, r.private_data_len), r.reason);
+        return;
+      }
+      case C.UcmaCmd.DISCONNECT: {
+        const r = this.need(S.DISCONNECT, body, out);
+        cm.disconnect(this.id(r.id, 'rdma_disconnect'));
+        return;
+      }
+      case C.UcmaCmd.INIT_QP_ATTR: {
+        const r = this.need(S.INIT_QP_ATTR, body, out);
+        const attr = cm.initQpAttr(this.id(r.id, 'rdma_init_qp_attr'), r.qp_state);
+        return pack(C.QP_ATTR, attr as Parameters<typeof pack<typeof C.QP_ATTR>>[1]);
+      }
+      case C.UcmaCmd.NOTIFY: {
+        const r = this.need(S.NOTIFY, body, out);
+        this.id(r.id, 'rdma_notify');
+        return;
+      }
+      case C.UcmaCmd.SET_OPTION: {
+        const r = this.need(S.SET_OPTION, body, out);
+        this.id(r.id, 'rdma_set_option');
+        // the option's value lives in the caller's memory, which a daemon cannot read: accepted and ignored,
+        // as options that tune what a software device does not have (TOS, ACK timeout, reuse)
+        return;
+      }
+      case C.UcmaCmd.GET_EVENT:
+        throw new CmdError(E.EOPNOTSUPP, 'rdma_cm GET_EVENT: events arrive on the file\'s event stream (ATTACH_EVENTS)');
+      default:
+        throw new CmdError(E.EOPNOTSUPP, `rdma_cm command ${cmd} is not served`);
+    }
+  }
+
+  private onClose(): void {
+    this.frames.stop();
+    if (this.kind === 'events') return;
+    this.host.ucmaClosed(this);
+    if (this.token) this.host.dropUcmaToken(this.token);
+    const f = this.file;
+    f.closed = true;
+    const n = f.ids.size;
+    for (const id of [...f.ids.values()]) this.host.cm.destroy(id);
+    f.stream?.end();
+    if (n) this.host.logger.info(`rdma_cm: pid ${f.pid} (${f.comm}, uid ${f.uid}) closed its rdma_cm file; destroyed ${n} cm_id${n === 1 ? '' : 's'}`);
+  }
+}
+
+function isAny(a: C.SockAddr): boolean {
+  return a.address === '0.0.0.0' || a.address === '::';
+}
+
+function sockaddr(b: Uint8Array, verb: string): C.SockAddr {
+  const a = C.readSockaddr(b);
+  if (!a) throw new CmdError(E.EAFNOSUPPORT, `${verb}: the address is neither AF_INET nor AF_INET6`);
+  return a;
+}
+
+function connParam(p: ReturnType<typeof unpack<typeof C.CONN_PARAM>>, verb: string): ConnParam {
+  if (p.private_data_len > C.RDMA_MAX_PRIVATE_DATA) throw new CmdError(E.EINVAL, `${verb}: private_data_len too large`);
+  return {
+    qpNum: p.qp_num & 0xffffff,
+    qkey: p.qkey,
+    privateData: p.private_data.subarray(0, p.private_data_len),
+    srq: p.srq,
+    responderResources: p.responder_resources,
+    initiatorDepth: p.initiator_depth,
+    flowControl: p.flow_control,
+    retryCount: p.retry_count,
+    rnrRetryCount: p.rnr_retry_count,
+  };
+}

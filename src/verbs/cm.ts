@@ -1,0 +1,395 @@
+/**
+ * RDMA CM, the librdmacm way: event channels, cm_ids bound to IP addresses
+ * and ports, resolve/listen/connect/accept/reject/disconnect with private
+ * data, events with librdmacm's RDMA_CM_EVENT_* values. The daemon runs the
+ * CM protocol; this side, as librdmacm, opens the devices the ids land on and
+ * moves the ids' QPs through INIT, RTR and RTS with the attributes the daemon
+ * answers to INIT_QP_ATTR (the active side on CONNECT_RESPONSE, then ACCEPT,
+ * which sends the RTU; the passive side before its ACCEPT sends the REP).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { join } from 'node:path';
+import { layout, unpack, type Input } from '../abi/layout.js';
+import * as C from '../abi/ucma.js';
+import { CmEventType, cmEventStr, PortSpace } from '../abi/ucma.js';
+import { QpAttrMask, QpState, QpType, type Mtu } from '../abi/enums.js';
+import { defaultRoot } from '../common/paths.js';
+import { CommandChannel, EventStream } from './channel.js';
+import type { Context } from './context.js';
+import { getDeviceList, openDevice, socketUnder, trustRoot } from './device.js';
+import { VerbsError } from './errors.js';
+import type { ProtectionDomain } from './pd.js';
+import type { CompletionQueue } from './cq.js';
+import type { QueuePair } from './qp.js';
+import type { QpAttr, QpInitAttr } from './types.js';
+
+export { CmEventType, cmEventStr, PortSpace };
+
+/** rdma_conn_param */
+export interface ConnParam {
+  privateData?: Uint8Array;
+  responderResources?: number;
+  initiatorDepth?: number;
+  flowControl?: number;
+  retryCount?: number;
+  rnrRetryCount?: number;
+  srq?: boolean;
+  /** the QP number, for an id whose QP is not the id's own (rdma_create_qp not used) */
+  qpNum?: number;
+}
+
+/** What an event's conn parameters say (rdma_conn_param as the event carries it). */
+export interface EventParam {
+  privateData: Uint8Array;
+  responderResources: number;
+  initiatorDepth: number;
+  flowControl: number;
+  retryCount: number;
+  rnrRetryCount: number;
+  srq: number;
+  qpNum: number;
+}
+
+/** struct rdma_cm_event */
+export interface CmEvent {
+  event: CmEventType;
+  /** the id it is about (for CONNECT_REQUEST: the new connection's id) */
+  id: CmId;
+  /** the listening id, for CONNECT_REQUEST */
+  listenId: CmId | null;
+  /** 0, a negative errno, or (REJECTED) the IBA reject reason */
+  status: number;
+  param: EventParam;
+}
+
+/** Where the daemon's rdma_cm file is: its discovery entry, else the default name. */
+function cmPath(root: string): string {
+  trustRoot(root, 'rdma_create_event_channel');
+  const entry = join(root, 'sys', 'class', 'misc', 'rdma_cm', 'dev_path');
+  let path = join(root, 'dev', 'infiniband', 'rdma_cm');
+  if (existsSync(entry)) path = readFileSync(entry, 'utf8').trim();
+  if (!socketUnder(root, path)) throw new VerbsError('rdma_create_event_channel', 'ENODEV', `no rdma_cm file under ${root} (is softverbsd running?)`);
+  return path;
+}
+
+/** Devices are opened once per process and root, as librdmacm opens each device once. */
+const contexts = new Map<string, Promise<Context>>();
+function deviceContext(root: string, index: number): Promise<Context> {
+  const key = `${root}\0${index}`;
+  let c = contexts.get(key);
+  if (!c) {
+    const d = getDeviceList(root).find((x) => x.devName === `uverbs${index}`);
+    if (!d) return Promise.reject(new VerbsError('rdma_cm', 'ENODEV', `the id's device (uverbs${index}) is not listed under ${root}`));
+    c = openDevice(d, root);
+    c.catch(() => contexts.delete(key));
+    contexts.set(key, c);
+  }
+  return c;
+}
+
+function sockaddrOf(addr: string, port: number, verb: string): C.SockAddr {
+  if (isIPv4(addr)) return { family: 4, address: addr, port };
+  if (isIPv6(addr)) return { family: 6, address: addr, port };
+  throw new VerbsError(verb, 'EINVAL', `"${addr}" is not an IPv4 or IPv6 address`);
+}
+
+function storage(a: C.SockAddr | null): { bytes: Uint8Array; size: number } {
+  const bytes = new Uint8Array(128);
+  if (!a) return { bytes, size: 0 };
+  return { bytes, size: C.writeSockaddr(a, bytes) };
+}
+
+export class EventChannel {
+  /** ids of this channel by the daemon's handle */
+  readonly ids = new Map<number, CmId>();
+  private closed = false;
+
+  private constructor(
+    readonly root: string,
+    /** @internal */ readonly cmd: CommandChannel,
+    private readonly stream: EventStream,
+  ) {}
+
+  /** rdma_create_event_channel */
+  static async create(root = defaultRoot()): Promise<EventChannel> {
+    const path = cmPath(root);
+    const cmd = await CommandChannel.open(path, 'rdma_create_event_channel');
+    try {
+      const tok = unpack(C.SV_UCMA_TOKEN, await cmd.call('rdma_create_event_channel', C.ucmaSvFrame(C.SvUcmaCmd.EVENT_TOKEN)));
+      const stream = await EventStream.attach(path, C.SvUcmaCmd.ATTACH_EVENTS, tok.token, C.EVENT_RESP_SIZE, 'rdma_create_event_channel', C.ucmaSvFrame);
+      return new EventChannel(root, cmd, stream);
+    } catch (e) {
+      await cmd.close();
+      throw e;
+    }
+  }
+
+  /** @internal */
+  call<S extends C.UcmaSpec>(verb: string, s: S, req: Input<S['req']>): Promise<Buffer> {
+    return this.cmd.call(verb, C.ucmaFrame(s, req));
+  }
+
+  /** rdma_create_id: RDMA_PS_TCP (RC), RDMA_PS_UDP (UD), RDMA_PS_IB (qpType given). */
+  async createId(ps: PortSpace = PortSpace.TCP, context: unknown = null, qpType: number = 0): Promise<CmId> {
+    const uid = BigInt(this.nextUid++);
+    const r = unpack(C.CREATE_ID_RESP, await this.call('rdma_create_id', C.UcmaSpecs.CREATE_ID, { uid, ps, qp_type: qpType }));
+    const id = new CmId(this, r.id, uid, ps, ps === PortSpace.TCP ? QpType.RC : ps === PortSpace.IB ? qpType || QpType.RC : QpType.UD);
+    id.context = context;
+    this.ids.set(r.id, id);
+    this.byUid.set(uid, id);
+    return id;
+  }
+  private nextUid = 1;
+  /** @internal */ readonly byUid = new Map<bigint, CmId>();
+
+  /** rdma_get_cm_event: the next event (waits); null once the channel is closed. */
+  async getCmEvent(): Promise<CmEvent | null> {
+    for (;;) {
+      const rec = await this.stream.next();
+      if (!rec) return null;
+      const ev = await this.process(rec);
+      if (ev) return ev;
+    }
+  }
+
+  /** Events as an async iterator (ends when the channel is destroyed). */
+  async *[Symbol.asyncIterator](): AsyncGenerator<CmEvent> {
+    for (;;) {
+      const e = await this.getCmEvent();
+      if (!e) return;
+      yield e;
+    }
+  }
+
+  private async process(rec: Buffer): Promise<CmEvent | null> {
+    const r = unpack(C.EVENT_RESP, rec);
+    const at = layout(C.EVENT_RESP).byName.get('param')!.offset;
+    const p = unpack(C.CONN_PARAM, rec, at);
+    const param: EventParam = {
+      privateData: p.private_data.slice(0, p.private_data_len), responderResources: p.responder_resources, initiatorDepth: p.initiator_depth,
+      flowControl: p.flow_control, retryCount: p.retry_count, rnrRetryCount: p.rnr_retry_count, srq: p.srq, qpNum: p.qp_num,
+    };
+    let event = r.event as CmEventType;
+    let status = r.status;
+    if (event === CmEventType.CONNECT_REQUEST) {
+      const listen = this.byUid.get(r.uid) ?? null;
+      const id = new CmId(this, r.id, 0n, listen?.ps ?? PortSpace.TCP, listen?.qpType ?? QpType.RC);
+      id.context = listen?.context ?? null;
+      this.ids.set(r.id, id);
+      try {
+        await id.learn();
+      } catch {
+        /* the daemon has it; the consumer's accept says what went wrong */
+      }
+      return { event, id, listenId: listen, status, param };
+    }
+    const id = this.ids.get(r.id);
+    if (!id) return null; // an id destroyed while its event was on the way
+    if (event === CmEventType.ADDR_RESOLVED || event === CmEventType.ROUTE_RESOLVED) await id.learn().catch(() => {});
+    if (event === CmEventType.CONNECT_RESPONSE && id.qp) {
+      // librdmacm's ucma_process_conn_resp: the QP to RTR and RTS, then ACCEPT (our RTU); the consumer sees ESTABLISHED
+      try {
+        await id.modifyQpRtr(param.initiatorDepth);
+        await id.modifyQpRts();
+        await this.call('rdma_accept', C.UcmaSpecs.ACCEPT, { id: id.handle, conn_param: {} });
+        event = CmEventType.ESTABLISHED;
+      } catch (e) {
+        await this.call('rdma_reject', C.UcmaSpecs.REJECT, { id: id.handle }).catch(() => {});
+        event = CmEventType.CONNECT_ERROR;
+        status = (e as VerbsError).errno ?? -5;
+      }
+    }
+    id.lastEvent = event;
+    return { event, id, listenId: null, status, param };
+  }
+
+  /** rdma_destroy_event_channel: the daemon destroys the ids still on it (their peers see a refusal or a disconnect). */
+  async destroy(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.stream.close();
+    await this.cmd.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.destroy();
+  }
+}
+
+export class CmId {
+  /** the user's own value (rdma_cm_id.context) */
+  context: unknown = null;
+  /** the device the id is on, once resolved or connected (rdma_cm_id.verbs) */
+  verbs: Context | null = null;
+  pd: ProtectionDomain | null = null;
+  qp: QueuePair | null = null;
+  sendCq: CompletionQueue | null = null;
+  recvCq: CompletionQueue | null = null;
+  portNum = 0;
+  localAddr: C.SockAddr | null = null;
+  peerAddr: C.SockAddr | null = null;
+  /** @internal */ lastEvent: CmEventType | null = null;
+  private destroyed = false;
+
+  constructor(
+    readonly channel: EventChannel,
+    /** @internal the daemon's handle */ readonly handle: number,
+    /** @internal */ readonly uid: bigint,
+    readonly ps: PortSpace,
+    readonly qpType: number,
+  ) {}
+
+  /** The id's device and addresses, as the daemon has them (librdmacm's ucma_query_addr). */
+  /** @internal */
+  async learn(): Promise<void> {
+    const q = unpack(C.QUERY_ADDR_RESP, await this.channel.call('rdma_query', C.UcmaSpecs.QUERY, { id: this.handle, option: C.QueryOption.ADDR }));
+    this.localAddr = q.src_size ? C.readSockaddr(q.src_addr.bytes) : null;
+    this.peerAddr = q.dst_size ? C.readSockaddr(q.dst_addr.bytes) : null;
+    if (q.ibdev_index !== 0xffffffff && !this.verbs) {
+      this.verbs = await deviceContext(this.channel.root, q.ibdev_index);
+      this.portNum = q.port_num;
+    }
+  }
+
+  /** rdma_bind_addr ('0.0.0.0' or '::' for every device) */
+  async bindAddr(addr: string, port = 0): Promise<void> {
+    const a = storage(sockaddrOf(addr, port, 'rdma_bind_addr'));
+    await this.channel.call('rdma_bind_addr', C.UcmaSpecs.BIND, { id: this.handle, addr_size: a.size, addr: { bytes: a.bytes } });
+    await this.learn();
+  }
+
+  /** rdma_resolve_addr: ADDR_RESOLVED (or ADDR_ERROR) follows on the channel. */
+  async resolveAddr(dst: string, port: number, opts: { src?: string; timeoutMs?: number } = {}): Promise<void> {
+    const d = storage(sockaddrOf(dst, port, 'rdma_resolve_addr'));
+    const s = storage(opts.src ? sockaddrOf(opts.src, 0, 'rdma_resolve_addr') : null);
+    await this.channel.call('rdma_resolve_addr', C.UcmaSpecs.RESOLVE_ADDR, {
+      id: this.handle, timeout_ms: opts.timeoutMs ?? 2000, src_size: s.size, dst_size: d.size, src_addr: { bytes: s.bytes }, dst_addr: { bytes: d.bytes },
+    });
+  }
+
+  /** rdma_resolve_route: ROUTE_RESOLVED follows. */
+  async resolveRoute(timeoutMs = 2000): Promise<void> {
+    await this.channel.call('rdma_resolve_route', C.UcmaSpecs.RESOLVE_ROUTE, { id: this.handle, timeout_ms: timeoutMs });
+  }
+
+  /** rdma_listen (backlog 0: the daemon's maximum) */
+  async listen(backlog = 0): Promise<void> {
+    await this.channel.call('rdma_listen', C.UcmaSpecs.LISTEN, { id: this.handle, backlog });
+    await this.learn();
+  }
+
+  /** rdma_create_qp: a QP on the id's device, in INIT, with CQs of its own when none are given (pd null: one per device). */
+  async createQp(pd: ProtectionDomain | null, init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }): Promise<QueuePair> {
+    if (!this.verbs) throw new VerbsError('rdma_create_qp', 'EINVAL', 'the id has no device yet (resolve the address or take a connection request first)');
+    this.pd = pd ?? (await defaultPd(this.verbs));
+    const sendCq = init.sendCq ?? (this.sendCq = await this.verbs.createCq(Math.max(1, init.cap?.maxSendWr ?? 1)));
+    const recvCq = init.recvCq ?? (this.recvCq = await this.verbs.createCq(Math.max(1, init.cap?.maxRecvWr ?? 1)));
+    const qp = await this.pd.createQp({ ...init, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType });
+    try {
+      await this.modifyQp(qp, QpState.INIT);
+    } catch (e) {
+      await qp.destroyQp().catch(() => {});
+      throw e;
+    }
+    this.qp = qp;
+    return qp;
+  }
+
+  /** rdma_destroy_qp */
+  async destroyQp(): Promise<void> {
+    const qp = this.qp;
+    this.qp = null;
+    await qp?.destroyQp();
+    for (const cq of [this.sendCq, this.recvCq]) await cq?.destroyCq().catch(() => {});
+    this.sendCq = this.recvCq = null;
+  }
+
+  /** rdma_init_qp_attr: what moves the id's QP to `state`. */
+  async initQpAttr(state: QpState): Promise<{ attr: QpAttr; mask: number }> {
+    const r = unpack(C.QP_ATTR, await this.channel.call('rdma_init_qp_attr', C.UcmaSpecs.INIT_QP_ATTR, { id: this.handle, qp_state: state }));
+    const g = r.ah_attr.grh;
+    const attr: QpAttr = {
+      qpState: r.qp_state as QpState, pathMtu: r.path_mtu as Mtu, qkey: r.qkey, rqPsn: r.rq_psn, sqPsn: r.sq_psn, destQpNum: r.dest_qp_num,
+      qpAccessFlags: r.qp_access_flags, pkeyIndex: r.pkey_index, maxRdAtomic: r.max_rd_atomic, maxDestRdAtomic: r.max_dest_rd_atomic,
+      minRnrTimer: r.min_rnr_timer, portNum: r.port_num, timeout: r.timeout, retryCnt: r.retry_cnt, rnrRetry: r.rnr_retry,
+      ahAttr: { grh: { dgid: g.dgid, flowLabel: g.flow_label, sgidIndex: g.sgid_index, hopLimit: g.hop_limit, trafficClass: g.traffic_class }, isGlobal: r.ah_attr.is_global === 1, portNum: r.ah_attr.port_num, sl: r.ah_attr.sl },
+    };
+    return { attr, mask: r.qp_attr_mask };
+  }
+
+  private async modifyQp(qp: QueuePair, state: QpState, override?: Partial<QpAttr>): Promise<void> {
+    const { attr, mask } = await this.initQpAttr(state);
+    await qp.modifyQp({ ...attr, ...override }, mask);
+  }
+
+  /** @internal librdmacm's ucma_modify_qp_rtr: INIT again with the connection's access rights, then RTR */
+  async modifyQpRtr(_respRes?: number): Promise<void> {
+    if (!this.qp) return;
+    await this.modifyQp(this.qp, QpState.INIT);
+    await this.modifyQp(this.qp, QpState.RTR);
+  }
+
+  /** @internal */
+  async modifyQpRts(): Promise<void> {
+    if (this.qp) await this.modifyQp(this.qp, QpState.RTS);
+  }
+
+  private connParam(p: ConnParam, verb: string): Input<typeof C.CONN_PARAM> {
+    const pd = p.privateData ?? new Uint8Array(0);
+    if (pd.length > C.RDMA_MAX_PRIVATE_DATA) throw new VerbsError(verb, 'EINVAL', `${pd.length} bytes of private data`);
+    const qpNum = p.qpNum ?? this.qp?.qpNum ?? 0;
+    return {
+      qp_num: qpNum, private_data: pd, private_data_len: pd.length, srq: p.srq ? 1 : 0,
+      responder_resources: p.responderResources ?? 1, initiator_depth: p.initiatorDepth ?? 1, flow_control: p.flowControl ?? 0,
+      retry_count: p.retryCount ?? 7, rnr_retry_count: p.rnrRetryCount ?? 7, valid: 1,
+    };
+  }
+
+  /** rdma_connect: the REQ; ESTABLISHED, REJECTED, UNREACHABLE or CONNECT_ERROR follows. */
+  async connect(p: ConnParam = {}): Promise<void> {
+    await this.channel.call('rdma_connect', C.UcmaSpecs.CONNECT, { id: this.handle, conn_param: this.connParam(p, 'rdma_connect') });
+  }
+
+  /** rdma_accept: the id's QP to RTR and RTS, then the REP; ESTABLISHED follows when the RTU arrives. */
+  async accept(p: ConnParam = {}): Promise<void> {
+    if (this.qp) {
+      await this.modifyQpRtr();
+      await this.modifyQpRts();
+    }
+    await this.channel.call('rdma_accept', C.UcmaSpecs.ACCEPT, { id: this.handle, conn_param: this.connParam(p, 'rdma_accept') });
+  }
+
+  /** rdma_reject: a REJ (consumer defined) with private data. */
+  async reject(privateData: Uint8Array = new Uint8Array(0)): Promise<void> {
+    if (privateData.length > C.RDMA_MAX_PRIVATE_DATA) throw new VerbsError('rdma_reject', 'EINVAL', `${privateData.length} bytes of private data`);
+    await this.channel.call('rdma_reject', C.UcmaSpecs.REJECT, { id: this.handle, private_data_len: privateData.length, private_data: privateData });
+  }
+
+  /** rdma_disconnect: the QP to ERR (its WRs flush), then a DREQ (or the DREP for the peer's). */
+  async disconnect(): Promise<void> {
+    if (this.qp) await this.qp.modifyQp({ qpState: QpState.ERR }, QpAttrMask.STATE).catch(() => {});
+    await this.channel.call('rdma_disconnect', C.UcmaSpecs.DISCONNECT, { id: this.handle });
+  }
+
+  /** rdma_destroy_id (its QP is the caller's to destroy first, as in librdmacm) */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.channel.ids.delete(this.handle);
+    this.channel.byUid.delete(this.uid);
+    await this.channel.call('rdma_destroy_id', C.UcmaSpecs.DESTROY_ID, { id: this.handle });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.qp) await this.destroyQp().catch(() => {});
+    await this.destroy();
+  }
+}
+
+const pds = new WeakMap<Context, Promise<ProtectionDomain>>();
+function defaultPd(ctx: Context): Promise<ProtectionDomain> {
+  let p = pds.get(ctx);
+  if (!p) pds.set(ctx, (p = ctx.allocPd()));
+  return p;
+}
