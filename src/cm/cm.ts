@@ -489,7 +489,8 @@ export class ConnectionManager {
     switch (id.ib) {
       case IbState.REQ_SENT:
       case IbState.MRA_REQ_RCVD:
-        this.sendRej(id, RejReason.TIMEOUT, MsgRef.REQ, new Uint8Array(0), bigEndian64(id.dev?.nodeGuid ?? 0n));
+        // as ib_cm: a REJ from the requester answers no message of the peer's (message_rejected "other")
+        this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev?.nodeGuid ?? 0n));
         break;
       case IbState.REQ_RCVD:
       case IbState.MRA_REQ_SENT:
@@ -622,13 +623,13 @@ export class ConnectionManager {
     switch (id.ib) {
       case IbState.REQ_SENT:
       case IbState.MRA_REQ_RCVD:
-        this.sendRej(id, RejReason.TIMEOUT, MsgRef.REQ, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
+        this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
         this.toIdle(id);
         this.emit(id, CmEventType.UNREACHABLE, -E.ETIMEDOUT);
         return;
       case IbState.REP_SENT:
       case IbState.MRA_REP_RCVD:
-        this.sendRej(id, RejReason.TIMEOUT, MsgRef.REP, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
+        this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
         this.toIdle(id);
         this.emit(id, CmEventType.UNREACHABLE, -E.ETIMEDOUT);
         return;
