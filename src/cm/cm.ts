@@ -123,7 +123,7 @@ export class CmId {
   tid = 0n;
   localQpn = 0;
   remoteQpn = 0;
-  /** our starting PSN (the QP's sq_psn) and the peer's (its rq_psn) */
+  /** the PSN our QP sends from (the peer's message named it) and the one it receives from (ours named it) */
   sqPsn = 0;
   rqPsn = 0;
   /** max_dest_rd_atomic and max_rd_atomic of our QP */
@@ -142,7 +142,8 @@ export class CmId {
   eventsReported = 0;
   destroyed = false;
   tos = 0;
-  readonly created = Date.now();
+  /** what `rdma resource show cm_id` calls cm-idn */
+  restrackId = 0;
 
   constructor(
     readonly file: CmFile,
@@ -185,6 +186,7 @@ export class ConnectionManager {
   /** MADs that were not taken, by reason */
   readonly drops = new Map<string, number>();
   private readonly gsiPsn = new WeakMap<SoftDevice, number>();
+  private nextRestrackId = 0;
 
   constructor(private readonly host: CmHost) {}
 
@@ -215,6 +217,7 @@ export class ConnectionManager {
     file.charge();
     file.nextId = (h + 1) >>> 0;
     const id = new CmId(file, h, uid, ps, t);
+    id.restrackId = this.nextRestrackId++;
     file.ids.set(h, id);
     this.ids.add(id);
     return id;
@@ -332,7 +335,8 @@ export class ConnectionManager {
     id.retryCount = p.retryCount & 7;
     id.rnrRetry = p.rnrRetryCount & 7;
     id.srq = p.srq ? 1 : 0;
-    id.sqPsn = randomInt(0x1000000);
+    // a CM message's starting PSN is the one its sender will receive first (its QP's rq_psn): the peer sends from it
+    id.rqPsn = randomInt(0x1000000);
     id.localCommId = this.newCommId(id);
     id.tid = (1n << 32n) | BigInt(id.localCommId);
     id.retries = 0;
@@ -349,7 +353,7 @@ export class ConnectionManager {
       remote_cm_response_timeout: CM_RESPONSE_TIMEOUT,
       transport_service_type: id.qpType === QpType.UC ? 1 : 0,
       end_to_end_flow_control: p.flowControl ? 1 : 0,
-      starting_psn: id.sqPsn,
+      starting_psn: id.rqPsn,
       local_cm_response_timeout: CM_RESPONSE_TIMEOUT,
       retry_count: id.retryCount,
       pkey: 0xffff,
@@ -387,7 +391,7 @@ export class ConnectionManager {
       local_comm_id: id.localCommId,
       remote_comm_id: id.remoteCommId,
       local_qpn: p.qpNum,
-      starting_psn: id.sqPsn,
+      starting_psn: id.rqPsn,
       responder_resources: id.respRes,
       initiator_depth: id.initDepth,
       target_ack_delay: 15,
@@ -718,7 +722,7 @@ export class ConnectionManager {
     child.remoteCommId = m.local_comm_id;
     child.remoteGuid = m.local_ca_guid;
     child.remoteQpn = m.local_qpn;
-    child.rqPsn = m.starting_psn;
+    child.sqPsn = m.starting_psn;
     child.tid = tid;
     // from our side: we serve the reads it issues, and issue as many as it serves
     child.respRes = m.initiator_depth;
@@ -728,7 +732,7 @@ export class ConnectionManager {
     child.pathMtu = Math.min(m.path_mtu, dev.activeMtu);
     child.peerTimeoutMs = timeoutMs(m.remote_cm_response_timeout);
     child.maxRetries = Math.min(m.max_cm_retries, MAX_CM_RETRIES);
-    child.sqPsn = randomInt(0x1000000);
+    child.rqPsn = randomInt(0x1000000);
     child.localCommId = this.newCommId(child);
     child.state = CmState.CONNECT;
     child.ib = IbState.REQ_RCVD;
@@ -801,7 +805,7 @@ export class ConnectionManager {
     id.remoteCommId = m.local_comm_id;
     id.remoteGuid = m.local_ca_guid;
     id.remoteQpn = m.local_qpn;
-    id.rqPsn = m.starting_psn;
+    id.sqPsn = m.starting_psn;
     // the REP's resources are the peer's: it serves as many reads as we may issue, and issues as many as we serve
     id.initDepth = Math.min(id.initDepth, m.responder_resources);
     id.respRes = Math.min(id.respRes, m.initiator_depth);
@@ -957,7 +961,7 @@ export class ConnectionManager {
       type: 'cm_id',
       dev: id.dev?.name ?? null,
       port: id.dev ? 1 : null,
-      cmIdn: id.handle,
+      cmIdn: id.restrackId,
       state: id.state,
       ibState: id.ib,
       ps: id.ps === PortSpace.TCP ? 'TCP' : id.ps === PortSpace.UDP ? 'UDP' : id.ps === PortSpace.IB ? 'IB' : 'IPOIB',

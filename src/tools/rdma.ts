@@ -134,11 +134,12 @@ async function resource(args: string[], json: boolean): Promise<string> {
     const out = devs.filter((d) => obj === undefined || d.name === obj).map((d, i) => {
       const n = (t: string) => rows.filter((r) => r.dev === d.name && r.type === t).length;
       const ctx = new Set(rows.filter((r) => r.dev === d.name).map((r) => `${r.pid}/${r.ctxn}`)).size;
-      return { ifindex: i, ifname: d.name, pd: n('pd'), cq: n('cq'), qp: n('qp'), cm_id: 0, mr: n('mr'), ctx, srq: n('srq') };
+      return { ifindex: i, ifname: d.name, pd: n('pd'), cq: n('cq'), qp: n('qp'), cm_id: n('cm_id'), mr: n('mr'), ctx, srq: n('srq') };
     });
     if (json) return `${JSON.stringify(out)}\n`;
     return out.map((o) => `${o.ifindex}: ${o.ifname}: pd ${o.pd} cq ${o.cq} qp ${o.qp} cm_id ${o.cm_id} mr ${o.mr} ctx ${o.ctx} srq ${o.srq} \n`).join('');
   }
+  if (obj === 'cm_id') return cmIds(rows, devs, how, which, json);
   if (!['qp', 'cq', 'mr', 'pd'].includes(obj)) throw new Exit(1, `Unknown parameter '${obj}'.`);
   let only: { dev: string; port: number } | null = null;
   if (how !== undefined) {
@@ -169,6 +170,28 @@ async function resource(args: string[], json: boolean): Promise<string> {
     if (obj === 'mr') return `dev ${r.dev} mrn ${r.mrn} ${r.rkey !== undefined ? `rkey ${hex(r.rkey)} lkey ${hex(r.lkey)} ` : ''}mrlen ${r.mrlen} pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
     return `dev ${r.dev} pdn ${r.pdn} local_dma_lkey 0x0 users ${r.users} ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
   }).join('');
+}
+
+/**
+ * `rdma resource show cm_id [link DEV/PORT]`, as iproute2's res-cmid.c prints it: link (once the id has a
+ * device), lqpn and qp-type (once it has a QP), state, ps, pid, comm, src-addr, dst-addr, cm-idn.
+ */
+function cmIds(rows: Row[], devs: DevRow[], how: string | undefined, which: string | undefined, json: boolean): string {
+  let only: { dev: string; port: number } | null = null;
+  if (how !== undefined) {
+    if (how !== 'link') throw new Exit(1, `Unknown parameter '${how}'.`);
+    only = parseLink(which);
+    checkDev(devs, only);
+  }
+  const mine = rows.filter((r) => r.type === 'cm_id' && (!only || r.dev === only.dev));
+  if (json) {
+    return `${JSON.stringify(mine.map((r) => ({
+      ...(r.dev ? { ifindex: devs.findIndex((d) => d.name === r.dev), ifname: r.dev, port: 1 } : {}),
+      ...(r.qpn ? { lqpn: r.qpn, 'qp-type': r.qpType } : {}),
+      state: r.state, ps: r.ps, pid: r.pid, comm: r.comm, ...(r.srcAddr ? { 'src-addr': r.srcAddr } : {}), ...(r.dstAddr ? { 'dst-addr': r.dstAddr } : {}), 'cm-idn': r.cmIdn,
+    })))}\n`;
+  }
+  return mine.map((r) => `${r.dev ? `link ${r.dev}/1 ` : ''}${r.qpn ? `lqpn ${r.qpn} qp-type ${r.qpType} ` : ''}state ${r.state} ps ${r.ps} pid ${r.pid} ${comm(r)}${r.srcAddr ? `src-addr ${r.srcAddr} ` : ''}${r.dstAddr ? `dst-addr ${r.dstAddr} ` : ''}cm-idn ${r.cmIdn} \n`).join('');
 }
 
 async function statistic(args: string[], json: boolean): Promise<string> {

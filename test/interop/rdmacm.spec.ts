@@ -1,0 +1,54 @@
+/**
+ * RDMA CM against Linux (rdma_cm, ib_cm and rdma-core 44's rping in the lab
+ * VM), run by `npm run test:interop`: rping both ways with verification, and
+ * a connection to a port nothing listens on refused both ways (REJ "invalid
+ * service ID" reaching the client as REJECTED, status 8).
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { DIST, meet, runProcess, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
+
+const PEER = process.env.LAB_PEER ?? '';
+const HOST = process.env.LAB_HOST ?? '10.77.0.1';
+const LAB = process.env.LAB_DIR ?? '';
+const skip = PEER && LAB ? false : 'LAB_PEER/LAB_DIR are not set: run through `npm run test:interop`';
+
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> => runProcess(cmd, args, env, 150_000);
+
+const pings = (out: string, server: boolean) => [...out.matchAll(new RegExp(`^${server ? 'server ' : ''}ping data: (rdma-ping-\\d+: .*)$`, 'gm'))].map((m) => m[1]);
+
+describe('rping: softverbs <-> rdma-core 44 over Linux rdma_cm', { skip }, () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${HOST}`]);
+  });
+  after(async () => d?.stop());
+  const rping = (args: string[]) => run(process.execPath, [join(DIST, 'src', 'bin', 'rping.js'), ...args], { ...process.env, SOFTVERBS_ROOT: d.root });
+
+  for (const oursServes of [true, false]) {
+    test(`rping -C 100 -V, softverbs ${oursServes ? 'server' : 'client'}, Linux ${oursServes ? 'client' : 'server'}`, async () => {
+      const port = String(7000 + Math.floor(Math.random() * 1000));
+      const ours = (server: boolean) => rping(server ? ['-s', '-a', HOST, '-p', port, '-v', '-C', '100'] : ['-c', '-a', PEER, '-p', port, '-v', '-V', '-C', '100']);
+      const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 rping ${server ? `-s -a ${PEER}` : `-c -a ${HOST} -V`} -p ${port} -v -C 100`]);
+      const [a, b] = await meet(oursServes, ours, theirs);
+      assert.equal(a.code, 0, `softverbs:\n${a.out}`);
+      assert.equal(b.code, 0, `Linux:\n${b.out}`);
+      const [srv, cli] = oursServes ? [a, b] : [b, a];
+      const sent = pings(cli.out, false);
+      assert.equal(sent.length, 100, cli.out);
+      assert.deepEqual(pings(srv.out, true), sent, 'the server read what the client wrote, ping by ping');
+      assert.match(srv.out, /server DISCONNECT EVENT/);
+    });
+  }
+
+  test('a connection to a port nothing listens on: REJECTED, error 8, both ways', async () => {
+    const port = String(9000 + Math.floor(Math.random() * 1000));
+    const ours = await rping(['-c', '-a', PEER, '-p', port, '-C', '1']);
+    assert.equal(ours.code, 255, ours.out);
+    assert.match(ours.out, /cma event RDMA_CM_EVENT_REJECTED, error 8/);
+    const theirs = await run(join(LAB, 'vm-exec.sh'), ['1', `timeout 60 rping -c -a ${HOST} -p ${port} -C 1`]);
+    assert.equal(theirs.code, 255, theirs.out);
+    assert.match(theirs.out, /cma event RDMA_CM_EVENT_REJECTED, error 8/);
+  });
+});
