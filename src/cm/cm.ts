@@ -9,13 +9,13 @@
  */
 import { randomInt } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv4, isIPv6, SocketAddress } from 'node:net';
 import { Access, QpAttrMask, QpState, QpType } from '../abi/enums.js';
 import { Limits } from '../abi/queue.js';
 import { CmEventType, PortSpace, type SockAddr } from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
 import type { SoftDevice } from '../hca/device.js';
-import { gidOf, gidToAddr, sameGid } from '../hca/gid.js';
+import { gidOf, gidToAddr, isV4Gid, sameGid } from '../hca/gid.js';
 import { OPCODES, Op, Transport } from '../hca/opcodes.js';
 import type { Pkt } from '../hca/packet.js';
 import {
@@ -165,7 +165,12 @@ function ipCmAddr(a: SockAddr): Uint8Array {
 }
 
 function addrOfIpCm(b: Uint8Array, v: 4 | 6): string {
-  return v === 4 ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : gidToAddr(b);
+  return v === 4 ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : canonical(gidToAddr(b), 6);
+}
+
+/** One spelling per address (fd00::2, never fd00:0:0:0:0:0:0:2), so addresses compare as strings. */
+function canonical(addr: string, family: 4 | 6): string {
+  return family === 6 ? new SocketAddress({ address: addr, family: 'ipv6' }).address : addr;
 }
 
 export interface CmHost {
@@ -254,7 +259,7 @@ export class ConnectionManager {
         return;
       }
       id.dev = dev;
-      id.local = { family: dst.family, address: dev.addr, port: id.local?.port ?? 0 };
+      id.local = { family: dst.family, address: canonical(dev.addr, dst.family), port: id.local?.port ?? 0 };
       try {
         if (!id.bound) this.takePort(id, id.local.port);
       } catch (e) {
@@ -290,7 +295,7 @@ export class ConnectionManager {
       }
       s.close();
       // a destination that is one of our own devices is reached from it (loopback), as rxe on the same netdev
-      const dev = this.deviceOf(src) ?? this.deviceOf(dst.address);
+      const dev = this.deviceOf(src) ?? this.deviceOf(dst.address) ?? (isLocalRoute(src, dst.address) ? this.nearest(dst) : null);
       done(dev, E.ENODEV, dev ? '' : `the route to ${dst.address} leaves from ${src}, which no RDMA device has`);
     });
   }
@@ -887,8 +892,30 @@ export class ConnectionManager {
     return this.host.devices().find((d) => d.gids.some((x) => sameGid(x, g))) ?? null;
   }
 
+  /**
+   * For a destination on this host (a loopback route), any of our devices reaches it, as rdma_cm binds a
+   * loopback destination to the first active port: the one whose address shares the longest prefix with it.
+   */
+  private nearest(dst: SockAddr): SoftDevice | null {
+    const g = gidOf(dst.address);
+    let best: SoftDevice | null = null;
+    let bestLen = -1;
+    for (const d of this.host.devices()) {
+      const a = d.gids[0]!;
+      if (isV4Gid(a) !== (dst.family === 4)) continue;
+      let n = 0;
+      while (n < 16 && a[n] === g[n]) n++;
+      if (n > bestLen) {
+        best = d;
+        bestLen = n;
+      }
+    }
+    return best;
+  }
+
   private checkAddr(a: SockAddr, verb: string): void {
     if ((a.family === 4 && !isIPv4(a.address)) || (a.family === 6 && !isIPv6(a.address))) throw new CmdError(E.EAFNOSUPPORT, `${verb}: not an IPv4 or IPv6 socket address`);
+    a.address = canonical(a.address, a.family);
   }
 
   /** The QP a consumer names must be its own, on the connection's device (or another user's QP would be handed to a peer). */
@@ -974,6 +1001,11 @@ export class ConnectionManager {
       dstAddr: id.remote ? `${id.remote.family === 6 ? `[${id.remote.address}]` : id.remote.address}:${id.remote.port}` : null,
     }));
   }
+}
+
+/** The kernel chose a source for `dst` on the loopback interface: the destination is this host. */
+function isLocalRoute(src: string, dst: string): boolean {
+  return src === dst || src.startsWith('127.') || src === '::1';
 }
 
 function rejMad(tid: bigint, local: number, remote: number, reason: number, msg: number, privateData: Uint8Array, ari?: Uint8Array): Uint8Array {

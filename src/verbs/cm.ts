@@ -337,7 +337,9 @@ export class CmId {
 
   private connParam(p: ConnParam, verb: string): Input<typeof C.CONN_PARAM> {
     const pd = p.privateData ?? new Uint8Array(0);
-    if (pd.length > C.RDMA_MAX_PRIVATE_DATA) throw new VerbsError(verb, 'EINVAL', `${pd.length} bytes of private data`);
+    // what fits the message after rdma_cm's own header (librdmacm checks this before it touches the QP)
+    const max = verb === 'rdma_connect' ? (this.ps === PortSpace.IB ? 92 : 56) : 196;
+    if (pd.length > max) throw new VerbsError(verb, 'EINVAL', `${pd.length} bytes of private data (at most ${max} fit)`);
     const qpNum = p.qpNum ?? this.qp?.qpNum ?? 0;
     return {
       qp_num: qpNum, private_data: pd, private_data_len: pd.length, srq: p.srq ? 1 : 0,
@@ -353,11 +355,12 @@ export class CmId {
 
   /** rdma_accept: the id's QP to RTR and RTS, then the REP; ESTABLISHED follows when the RTU arrives. */
   async accept(p: ConnParam = {}): Promise<void> {
+    const param = this.connParam(p, 'rdma_accept');
     if (this.qp) {
       await this.modifyQpRtr();
       await this.modifyQpRts();
     }
-    await this.channel.call('rdma_accept', C.UcmaSpecs.ACCEPT, { id: this.handle, conn_param: this.connParam(p, 'rdma_accept') });
+    await this.channel.call('rdma_accept', C.UcmaSpecs.ACCEPT, { id: this.handle, conn_param: param });
   }
 
   /** rdma_reject: a REJ (consumer defined) with private data. */

@@ -8,7 +8,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmEvent, type CmId } from '../../src/verbs/index.js';
-import { A1, A2, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { A1, A2, A3, A4, DIST, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { getDeviceList } from '../../src/verbs/index.js';
 
 /** The next event on a channel, which must be `want` (its name in the failure otherwise). */
 async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
@@ -107,5 +110,194 @@ describe('RDMA CM', () => {
     await cid.destroyQp();
     await cid.destroy();
     await cch.destroy();
+  });
+
+  /** What the daemon tracks: cm_ids and QPs (nothing may be left once every connection is closed). */
+  async function tracked(): Promise<{ cmIds: number; qps: number }> {
+    const rows: Array<{ type: string }> = await mgmt(getDeviceList(d.root)[0]!.devPath, 'restrack');
+    return { cmIds: rows.filter((r) => r.type === 'cm_id').length, qps: rows.filter((r) => r.type === 'qp').length };
+  }
+
+  test("the first SEND runs from the REP's starting PSN and the peer's READ from the REQ's (as Linux numbers them)", async () => {
+    const c = await establish(d.root, d.root, A2, A1);
+    const qps: Array<{ qpn: number; req: { psn: number }; resp: { psn: number } }> = await mgmt(getDeviceList(d.root)[0]!.devPath, 'qps');
+    const cli = qps.find((q) => q.qpn === c.cid.qp!.qpNum && q.req)!;
+    const srv = qps.find((q) => q.qpn === c.child.qp!.qpNum && q !== cli)!;
+    // each side's send PSN is the other's receive PSN: what the CM exchanged, one way each
+    assert.equal(cli.req.psn, srv.resp.psn);
+    assert.equal(srv.req.psn, cli.resp.psn);
+    for (const id of [c.cid, c.child]) {
+      await id.disconnect().catch(() => {});
+      await id.destroyQp();
+      await id.destroy();
+    }
+    await c.listen.destroy();
+    await c.sch.destroy();
+    await c.cch.destroy();
+  });
+
+  test('private data of every allowed length arrives whole; one byte more is EINVAL', async () => {
+    const sch = await EventChannel.create(d.root);
+    const cch = await EventChannel.create(d.root);
+    const listen = await sch.createId(PortSpace.TCP);
+    const p = nextPort();
+    await listen.bindAddr(A2, p);
+    await listen.listen(8);
+    const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff || 1);
+    for (let n = 0; n <= 56; n++) {
+      const repLen = n === 56 ? 196 : (n * 7) % 197;
+      const cid = await cch.createId(PortSpace.TCP);
+      await cid.resolveAddr(A2, p, { src: A1 });
+      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+      await cid.resolveRoute();
+      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      if (n === 0) await assert.rejects(cid.connect({ privateData: bytes(57, 1) }), { code: 'EINVAL' });
+      await cid.connect({ privateData: bytes(n, n) });
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
+      // the REQ's private data field after the IP CM header: 56 bytes, the consumer's first, zeros after
+      assert.equal(req.param.privateData.length, 56);
+      assert.deepEqual(req.param.privateData.subarray(0, n), bytes(n, n), `REQ private data of ${n} bytes`);
+      assert.ok(req.param.privateData.subarray(n).every((b) => b === 0));
+      if (n % 2) {
+        // a refusal carries its own private data (up to 148 bytes)
+        const rejLen = n === 55 ? 148 : n * 2;
+        if (n === 1) await assert.rejects(req.id.reject(bytes(257, 0)), { code: 'EINVAL' });
+        await req.id.reject(bytes(rejLen, 3));
+        const rej = await expectEvent(cch, CmEventType.REJECTED);
+        assert.equal(rej.status, 28, 'consumer defined');
+        assert.deepEqual(rej.param.privateData.subarray(0, rejLen), bytes(rejLen, 3));
+      } else {
+        await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+        if (n === 0) await assert.rejects(req.id.accept({ privateData: bytes(197, 1) }), { code: 'EINVAL' });
+        await req.id.accept({ privateData: bytes(repLen, 5) });
+        const est = await expectEvent(cch, CmEventType.ESTABLISHED);
+        assert.equal(est.param.privateData.length, 196);
+        assert.deepEqual(est.param.privateData.subarray(0, repLen), bytes(repLen, 5), `REP private data of ${repLen} bytes`);
+        await expectEvent(sch, CmEventType.ESTABLISHED);
+        await cid.disconnect();
+        await expectEvent(sch, CmEventType.DISCONNECTED);
+        await req.id.disconnect();
+        await expectEvent(cch, CmEventType.DISCONNECTED);
+        await req.id.destroyQp();
+      }
+      await req.id.destroy();
+      await cid.destroyQp();
+      await cid.destroy();
+    }
+    await listen.destroy();
+    await sch.destroy();
+    await cch.destroy();
+  });
+
+  test('200 connections opened and closed in a loop leave no cm_id and no QP behind', async () => {
+    const before = await tracked();
+    const sch = await EventChannel.create(d.root);
+    const cch = await EventChannel.create(d.root);
+    const listen = await sch.createId(PortSpace.TCP);
+    const p = nextPort();
+    await listen.bindAddr(A2, p);
+    await listen.listen(4);
+    for (let i = 0; i < 200; i++) {
+      const cid = await cch.createId(PortSpace.TCP);
+      await cid.resolveAddr(A2, p, { src: A1 });
+      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+      await cid.resolveRoute();
+      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await cid.connect();
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
+      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await req.id.accept();
+      await expectEvent(cch, CmEventType.ESTABLISHED);
+      await expectEvent(sch, CmEventType.ESTABLISHED);
+      // alternate which side closes first
+      const [first, second, firstCh, secondCh] = i % 2 ? [cid, req.id, cch, sch] : [req.id, cid, sch, cch];
+      await first.disconnect();
+      await expectEvent(secondCh, CmEventType.DISCONNECTED);
+      await second.disconnect();
+      await expectEvent(firstCh, CmEventType.DISCONNECTED);
+      for (const id of [cid, req.id]) {
+        await id.destroyQp();
+        await id.destroy();
+      }
+    }
+    assert.deepEqual(await tracked(), { cmIds: before.cmIds + 1, qps: before.qps }, 'only the listener is left');
+    await listen.destroy();
+    await sch.destroy();
+    await cch.destroy();
+    assert.deepEqual(await tracked(), before);
+  });
+
+  test('a listener killed mid-handshake: the client is refused (REJECTED, consumer defined), not left hanging', async () => {
+    const p = nextPort();
+    const before = await tracked();
+    const child = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'cmlisten.js'), d.root, A2, String(p)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let said = '';
+    const saw = (what: string) => new Promise<void>((res) => {
+      const check = () => said.includes(what) && res();
+      child.stdout!.on('data', (b) => ((said += b), check()));
+      check();
+    });
+    await saw('listening');
+    const cch = await EventChannel.create(d.root);
+    const cid = await cch.createId(PortSpace.TCP);
+    await cid.resolveAddr(A2, p, { src: A1 });
+    await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+    await cid.resolveRoute();
+    await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+    await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await cid.connect();
+    await saw('request');
+    child.kill('SIGKILL');
+    const e = await expectEvent(cch, CmEventType.REJECTED, 5000);
+    assert.equal(e.status, 28);
+    await cid.destroyQp();
+    await cid.destroy();
+    await cch.destroy();
+    assert.deepEqual(await tracked(), before, "the dead listener's ids are gone");
+  });
+
+  test('hostile and mistaken requests: errno and a reason, nothing disturbed', async () => {
+    const ch = await EventChannel.create(d.root);
+    const a = await ch.createId(PortSpace.TCP);
+    const p = nextPort();
+    await a.bindAddr(A2, p);
+    const b = await ch.createId(PortSpace.TCP);
+    await assert.rejects(b.bindAddr(A2, p), { code: 'EADDRINUSE' });
+    await assert.rejects(b.bindAddr('0.0.0.0', p), { code: 'EADDRINUSE' });
+    await assert.rejects(b.bindAddr('192.0.2.1', nextPort()), { code: 'EADDRNOTAVAIL' });
+    await assert.rejects(b.connect(), { code: 'EINVAL' }, 'connect before the route');
+    await assert.rejects(b.accept(), { code: 'EINVAL' }, 'accept without a request');
+    await assert.rejects(b.resolveRoute(), { code: 'EINVAL' });
+    await assert.rejects(ch.createId(0x9999 as PortSpace), { code: 'EINVAL' });
+    // a QP that is not the caller's own cannot be handed to a peer
+    await b.resolveAddr(A2, p, { src: A1 });
+    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+    await b.resolveRoute();
+    await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
+    await assert.rejects(b.connect({ qpNum: 0xabcdef }), { code: 'EINVAL' });
+    await a.destroy();
+    await b.destroy();
+    await ch.destroy();
+  });
+
+  test('rping between two daemons over IPv4, verified', () => {
+    const r = spawnSync(process.execPath, [join(DIST, 'test', 'fixtures', 'cmpair.js'), A3, A4], { encoding: 'utf8', timeout: 60_000 });
+    const x = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.equal(x.client.code, 0, x.client.out);
+    assert.equal(x.server.code, 0, x.server.out);
+    assert.equal(x.client.out.match(/^ping data: rdma-ping-\d+/gm).length, 20);
+    assert.equal(x.server.out.match(/^server ping data: rdma-ping-\d+/gm).length, 20);
+  });
+
+  const netns = spawnSync('unshare', ['--net', 'true']).status === 0;
+  test('rping between two daemons over IPv6, verified', { skip: netns ? false : 'needs unshare --net and ip (root)' }, () => {
+    const script = 'ip link set lo up && ip -6 addr add fd00::1/128 dev lo && ip -6 addr add fd00::2/128 dev lo && exec "$0" "$@"';
+    const r = spawnSync('unshare', ['--net', 'sh', '-c', script, process.execPath, join(DIST, 'test', 'fixtures', 'cmpair.js'), 'fd00::1', 'fd00::2'], { encoding: 'utf8', timeout: 60_000 });
+    const x = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.equal(x.client.code, 0, x.client.out);
+    assert.equal(x.server.code, 0, x.server.out);
+    assert.equal(x.client.out.match(/^ping data: rdma-ping-\d+/gm).length, 20);
   });
 });
