@@ -301,3 +301,49 @@ describe('RDMA CM', () => {
     assert.equal(x.client.out.match(/^ping data: rdma-ping-\d+/gm).length, 20);
   });
 });
+
+describe('RDMA CM under packet loss', () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`, '--fault', 'drop=0.25,seed=11']);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  test('lost REQs, REPs, RTUs, DREQs and DREPs are sent again: every connection opens and closes', async () => {
+    const sch = await EventChannel.create(d.root);
+    const cch = await EventChannel.create(d.root);
+    const listen = await sch.createId(PortSpace.TCP);
+    const p = nextPort();
+    await listen.bindAddr(A2, p);
+    await listen.listen(4);
+    for (let i = 0; i < 6; i++) {
+      const cid = await cch.createId(PortSpace.TCP);
+      await cid.resolveAddr(A2, p, { src: A1 });
+      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+      await cid.resolveRoute();
+      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await cid.connect();
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST, 20_000);
+      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await req.id.accept();
+      await expectEvent(cch, CmEventType.ESTABLISHED, 20_000);
+      await expectEvent(sch, CmEventType.ESTABLISHED, 20_000);
+      await cid.disconnect();
+      await expectEvent(sch, CmEventType.DISCONNECTED, 20_000);
+      await req.id.disconnect();
+      await expectEvent(cch, CmEventType.DISCONNECTED, 20_000);
+      for (const id of [cid, req.id]) {
+        await id.destroyQp();
+        await id.destroy();
+      }
+    }
+    const f = await mgmt(getDeviceList(d.root)[0]!.devPath, 'faults');
+    assert.ok(f.dropped >= 3, `the seed drops some of the MADs (dropped ${f.dropped})`);
+    await listen.destroy();
+    await sch.destroy();
+    await cch.destroy();
+  });
+});
