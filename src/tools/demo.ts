@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 /**
  * `npm start`: starts softverbsd with two devices (rxe0 on 127.0.0.1, rxe1
- * on 127.0.0.2), shows them with ibv_devinfo, runs ibv_rc_pingpong across
- * them, then two client processes connect an RC QP pair (A on rxe0, B on
- * rxe1) and move data with SEND, RDMA WRITE, RDMA READ and both atomics;
+ * on 127.0.0.2), shows them with ibv_devinfo, runs ibv_rc_pingpong and rping
+ * across them, then two client processes connect through the RDMA CM (B
+ * listens on 127.0.0.2, A connects to it; B's buffer address and rkey ride in
+ * the REP's private data) and move data with SEND, RDMA WRITE, RDMA READ and
+ * both atomics;
  * ib_write_bw -a and ib_send_lat -a sweep message sizes across the two
  * devices and draw their curves (SVG, with the numbers as CSV), and
  * `rdma statistic show` counts the packets; everything it started stops.
@@ -15,8 +17,8 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import {
-  Access, getDeviceList, Mtu, openDevice, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, WC_STATUS_STR, WrOpcode,
-  type CompletionQueue, type Context, type QueuePair, type WorkCompletion,
+  Access, CmEventType, cmEventStr, EventChannel, PortSpace, QpType, SendFlags, WcStatus, WC_STATUS_STR, WrOpcode,
+  type CmId, type CompletionQueue, type MemoryRegion, type QueuePair, type WorkCompletion,
 } from '../verbs/index.js';
 import { spawnDaemon } from '../daemon/spawn.js';
 
@@ -38,15 +40,14 @@ const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Acce
 const MiB = 1 << 20;
 const COUNTER = 2 * MiB; // B's 64-bit counter, clear of the WRITE and READ windows
 
-interface Info { qpn: number; rkey: number; addr: string; gid: string; pid: number }
+/** The port B listens on (RDMA_PS_TCP's port space is the daemon's own, not TCP's). */
+const CM_PORT = 7471;
 
-async function connect(qp: QueuePair, remote: { qpn: number; gid: Uint8Array }): Promise<void> {
-  await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: ALL }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
-  await qp.modifyQp(
-    { qpState: QpState.RTR, pathMtu: Mtu.MTU_4096, destQpNum: remote.qpn, rqPsn: 0, maxDestRdAtomic: 16, minRnrTimer: 12, ahAttr: { grh: { dgid: remote.gid, sgidIndex: 0, hopLimit: 64 }, portNum: 1 } },
-    A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | A.MAX_DEST_RD_ATOMIC | A.MIN_RNR_TIMER,
-  );
-  await qp.modifyQp({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 16 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+/** The next event on a CM channel, which must be `want`. */
+async function expect(ch: EventChannel, want: CmEventType): Promise<import('../verbs/index.js').CmEvent> {
+  const e = await ch.getCmEvent();
+  if (!e || e.event !== want) throw new Error(`expected ${cmEventStr(want)}, got ${e ? `${cmEventStr(e.event)} (status ${e.status})` : 'the end of the channel'}`);
+  return e;
 }
 
 async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
@@ -60,28 +61,37 @@ async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
   }
 }
 
-async function setup(root: string, dev: string): Promise<{ ctx: Context; qp: QueuePair; cq: CompletionQueue; mr: import('../verbs/index.js').MemoryRegion }> {
-  const ctx = await openDevice(getDeviceList(root).find((d) => d.name === dev)!, root);
+/** A QP on a CM id's device, with one CQ and a 3 MiB buffer everyone may reach. */
+async function setup(id: CmId): Promise<{ qp: QueuePair; cq: CompletionQueue; mr: MemoryRegion }> {
+  const ctx = id.verbs!;
   const pd = await ctx.allocPd();
   const cq = await ctx.createCq(64);
-  const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
+  const qp = await id.createQp(pd, { sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
   const mr = await pd.allocMr(3 * MiB, ALL);
-  return { ctx, qp, cq, mr };
+  return { qp, cq, mr };
 }
 
-/** Process B: the passive side, driven over the IPC channel. */
+/** Process B: listens on 127.0.0.2, accepts A's connection with its buffer's address and rkey as the REP's private data. */
 async function responder(root: string): Promise<void> {
-  const b = await setup(root, 'rxe1');
   const send = (m: unknown) => process.send!(m);
+  const ch = await EventChannel.create(root);
+  const listen = await ch.createId(PortSpace.TCP);
+  await listen.bindAddr('127.0.0.2', CM_PORT);
+  await listen.listen(1);
+  send({ listening: { pid: process.pid } });
+  const req = await expect(ch, CmEventType.CONNECT_REQUEST);
+  const b = await setup(req.id);
   b.mr.buf.fill(0xab, MiB, 2 * MiB);
   b.mr.buf.writeBigUInt64LE(100n, COUNTER);
-  send({ info: { qpn: b.qp.qpNum, rkey: b.mr.rkey, addr: b.mr.addr.toString(), gid: Buffer.from(b.ctx.queryGid(1, 0)).toString('hex'), pid: process.pid } });
-  process.on('message', async (m: { connect?: Info; wait?: boolean; check?: { off: number; len: number }; counter?: boolean; bye?: boolean }) => {
-    if (m.connect) {
-      await connect(b.qp, { qpn: m.connect.qpn, gid: Buffer.from(m.connect.gid, 'hex') });
-      b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] }); // receives are posted from INIT on; RTR is here
-      send({ connected: true });
-    } else if (m.wait) {
+  b.qp.postRecv({ wrId: 1n, sgList: [b.mr.sge(0, 4096)] }); // receives may be posted from INIT on
+  const pd = Buffer.alloc(12);
+  pd.writeBigUInt64BE(b.mr.addr, 0);
+  pd.writeUInt32BE(b.mr.rkey, 8);
+  await req.id.accept({ privateData: pd, responderResources: 16, initiatorDepth: 16 });
+  await expect(ch, CmEventType.ESTABLISHED);
+  send({ accepted: { qpn: b.qp.qpNum, from: `${req.id.peerAddr!.address}:${req.id.peerAddr!.port}` } });
+  process.on('message', async (m: { wait?: boolean; check?: { off: number; len: number }; counter?: boolean; bye?: boolean }) => {
+    if (m.wait) {
       const wc = await poll(b.cq);
       send({ recv: { byteLen: wc.byteLen, imm: wc.imm, text: b.mr.buf.subarray(0, wc.byteLen).toString().replace(/\0+$/, ''), srcQp: wc.srcQp } });
     } else if (m.check) {
@@ -89,7 +99,10 @@ async function responder(root: string): Promise<void> {
     } else if (m.counter) {
       send({ counter: b.mr.buf.readBigUInt64LE(COUNTER).toString() });
     } else if (m.bye) {
-      b.ctx.closeDevice();
+      // A disconnected: the DREQ arrived as DISCONNECTED; our DREP answers it
+      await expect(ch, CmEventType.DISCONNECTED);
+      await req.id.disconnect();
+      send({ disconnected: true });
       process.exit(0);
     }
   });
@@ -126,14 +139,33 @@ async function main(): Promise<void> {
     process.stdout.write((await server).replace(/^/gm, 'server: ').replace(/server: $/, ''));
     process.stdout.write(client.replace(/^/gm, 'client: ').replace(/client: $/, ''));
     say('');
-    const a = await setup(root, 'rxe0');
+    say('$ rping -s -a 127.0.0.2 -C 3 -v &                # server, RDMA CM on 127.0.0.2:7174');
+    say('$ rping -c -a 127.0.0.2 -I 127.0.0.1 -C 3 -v -V   # client');
+    const rsrv = tool(root, 'rping', ['-s', '-a', '127.0.0.2', '-C', '3', '-v']);
+    await new Promise((r) => setTimeout(r, 300));
+    const rcli = await tool(root, 'rping', ['-c', '-a', '127.0.0.2', '-I', '127.0.0.1', '-C', '3', '-v', '-V']);
+    process.stdout.write((await rsrv).replace(/^/gm, 'server: ').replace(/server: $/, ''));
+    process.stdout.write(rcli.replace(/^/gm, 'client: ').replace(/client: $/, ''));
+    say('');
 
     child = fork(fileURLToPath(import.meta.url), ['--responder', root], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    const info = await ask<Info>(child, null, 'info');
-    await ask(child, { connect: { qpn: a.qp.qpNum, gid: Buffer.from(a.ctx.queryGid(1, 0)).toString('hex') } }, 'connected');
-    await connect(a.qp, { qpn: info.qpn, gid: Buffer.from(info.gid, 'hex') });
-    say(`process A (pid ${process.pid}) rxe0 QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) rxe1 QP 0x${info.qpn.toString(16)}: RC, MTU 4096\n`);
-    const remote = BigInt(info.addr);
+    const accepted = ask<{ qpn: number; from: string }>(child, null, 'accepted');
+    const listening = await ask<{ pid: number }>(child, null, 'listening');
+    // A: resolve B's address and route, a QP on the device the route leaves from, connect
+    const ch = await EventChannel.create(root);
+    const id = await ch.createId(PortSpace.TCP);
+    await id.resolveAddr('127.0.0.2', CM_PORT, { src: '127.0.0.1' });
+    await expect(ch, CmEventType.ADDR_RESOLVED);
+    await id.resolveRoute();
+    await expect(ch, CmEventType.ROUTE_RESOLVED);
+    const a = await setup(id);
+    await id.connect({ responderResources: 16, initiatorDepth: 16 });
+    const est = await expect(ch, CmEventType.ESTABLISHED);
+    const remote = est.param.privateData.subarray(0, 12);
+    const info = { qpn: (await accepted).qpn, pid: listening.pid, addr: Buffer.from(remote).readBigUInt64BE(0), rkey: Buffer.from(remote).readUInt32BE(8) };
+    say(`process A (pid ${process.pid}) rxe0 QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) rxe1 QP 0x${info.qpn.toString(16)}: RC, connected through the RDMA CM`);
+    say(`  A resolved 127.0.0.2:${CM_PORT} and connected from ${id.localAddr!.address}:${id.localAddr!.port}; B's buffer (addr 0x${info.addr.toString(16)}, rkey 0x${info.rkey.toString(16)}) came in the REP's private data\n`);
+    const remoteAddr = info.addr;
 
     // SEND with immediate
     const text = 'hello from process A';
@@ -148,7 +180,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < MiB; i++) a.mr.buf[i] = (i * 31) & 0xff;
     const want = createHash('sha256').update(a.mr.buf.subarray(0, MiB)).digest('hex');
     let t = process.hrtime.bigint();
-    a.qp.postSend({ wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, MiB)], rdma: { remoteAddr: remote, rkey: info.rkey } });
+    a.qp.postSend({ wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, MiB)], rdma: { remoteAddr, rkey: info.rkey } });
     await poll(a.cq);
     let us = Number(process.hrtime.bigint() - t) / 1000;
     const got = await ask<string>(child, { check: { off: 0, len: MiB } }, 'sha');
@@ -156,24 +188,31 @@ async function main(): Promise<void> {
 
     // RDMA READ 1 MiB
     t = process.hrtime.bigint();
-    a.qp.postSend({ wrId: 3n, opcode: WrOpcode.RDMA_READ, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(MiB, MiB)], rdma: { remoteAddr: remote + BigInt(MiB), rkey: info.rkey } });
+    a.qp.postSend({ wrId: 3n, opcode: WrOpcode.RDMA_READ, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(MiB, MiB)], rdma: { remoteAddr: remoteAddr + BigInt(MiB), rkey: info.rkey } });
     await poll(a.cq);
     us = Number(process.hrtime.bigint() - t) / 1000;
     const allAb = a.mr.buf.subarray(MiB, 2 * MiB).every((x) => x === 0xab);
     say(`RDMA_READ       1 MiB from B's memory in ${us.toFixed(0)} us: ${allAb ? 'every byte is 0xab, as B wrote it' : 'WRONG BYTES'}`);
 
     // atomics on B's counter
-    a.qp.postSend({ wrId: 4n, opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, 8)], atomic: { remoteAddr: remote + BigInt(COUNTER), compareAdd: 5n, rkey: info.rkey } });
+    a.qp.postSend({ wrId: 4n, opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(0, 8)], atomic: { remoteAddr: remoteAddr + BigInt(COUNTER), compareAdd: 5n, rkey: info.rkey } });
     await poll(a.cq);
     const old = a.mr.buf.readBigUInt64LE(0);
     say(`FETCH_AND_ADD   +5 on B's counter: returned ${old}, counter is now ${await ask<string>(child, { counter: true }, 'counter')}`);
-    a.qp.postSend({ wrId: 5n, opcode: WrOpcode.ATOMIC_CMP_AND_SWP, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(8, 8)], atomic: { remoteAddr: remote + BigInt(COUNTER), compareAdd: 105n, swap: 7n, rkey: info.rkey } });
+    a.qp.postSend({ wrId: 5n, opcode: WrOpcode.ATOMIC_CMP_AND_SWP, sendFlags: SendFlags.SIGNALED, sgList: [a.mr.sge(8, 8)], atomic: { remoteAddr: remoteAddr + BigInt(COUNTER), compareAdd: 105n, swap: 7n, rkey: info.rkey } });
     await poll(a.cq);
     say(`CMP_AND_SWP     105 -> 7: returned ${a.mr.buf.readBigUInt64LE(8)}, counter is now ${await ask<string>(child, { counter: true }, 'counter')}`);
 
-    child.send({ bye: true });
+    await id.disconnect();
+    const bye = ask(child, { bye: true }, 'disconnected');
+    await expect(ch, CmEventType.DISCONNECTED);
+    await bye;
+    say('rdma_disconnect: A sent the DREQ, B answered with the DREP; both saw RDMA_CM_EVENT_DISCONNECTED');
     await new Promise((res) => child!.once('exit', res));
-    a.ctx.closeDevice();
+    await id.destroyQp();
+    await id.destroy();
+    await ch.destroy();
+    await id.verbs!.closeDevice();
     // perftest, with our -a additions: CSV/JSON/SVG of the sweep
     const charts = join(tmpdir(), 'softverbs-demo');
     mkdirSync(charts, { recursive: true });

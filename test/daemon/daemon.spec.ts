@@ -81,6 +81,11 @@ test('npm start: the demo runs every operation, prints what happened and leaves 
   assert.match(r.stdout, /^server: 1000 iters in [\d.]+ seconds = [\d.]+ usec\/iter$/m);
   assert.match(r.stdout, /^client:   remote address: LID 0x0000, QPN 0x[0-9a-f]{6}, PSN 0x[0-9a-f]{6}, GID ::ffff:127\.0\.0\.1$/m);
   assert.match(r.stdout, /^link rxe0\/1 sent_pkts \d+ /m);
+  // rping and the two processes meet through the RDMA CM
+  assert.equal(r.stdout.match(/^client: ping data: rdma-ping-\d+: /gm)?.length, 3);
+  assert.match(r.stdout, /^server: server DISCONNECT EVENT\.\.\.$/m);
+  assert.match(r.stdout, /RC, connected through the RDMA CM\n  A resolved 127\.0\.0\.2:\d+ and connected from 127\.0\.0\.1:\d+; B's buffer \(addr 0x[0-9a-f]+, rkey 0x[0-9a-f]+\) came in the REP's private data/);
+  assert.match(r.stdout, /both saw RDMA_CM_EVENT_DISCONNECTED/);
   assert.match(r.stdout, /SEND_WITH_IMM +20 bytes: B received "hello from process A" \(byte_len 20, imm 0x1234/);
   assert.match(r.stdout, /RDMA_WRITE +1 MiB into B's memory .* matches/);
   assert.match(r.stdout, /RDMA_READ +1 MiB from B's memory .* every byte is 0xab/);
