@@ -176,6 +176,23 @@ export const E = VerbsError;
     assert.ok(sent && Number(sent[1]) >= 200 && Number(sent[2]) >= 200, st.out);
   });
 
+  test('rping pair from PATH through the RDMA CM; rdma resource show cm_id while the server listens', async () => {
+    const port = String(20000 + Math.floor(Math.random() * 20000));
+    const srvCmd = [...asUser, 'rping', '-s', '-a', a2, '-p', port, '-C', '5', '-v'];
+    const server = runProcess(srvCmd[0]!, srvCmd.slice(1), env);
+    const line = await until(async () => {
+      const r = await tool('rdma', ['resource', 'show', 'cm_id']);
+      return /state LISTEN .*comm rping/.test(r.out) && r.out;
+    }, 'the server\'s listening cm_id in rdma resource show cm_id');
+    assert.match(line, new RegExp(`^link rxe1/1 state LISTEN ps TCP pid \\d+ comm rping src-addr ${a2.replace(/\./g, '\\.')}:${port} cm-idn \\d+ $`, 'm'));
+    const client = await tool('rping', ['-c', '-a', a2, '-I', a1, '-p', port, '-C', '5', '-v', '-V']);
+    const s = await server;
+    assert.equal(client.code, 0, client.out);
+    assert.equal(s.code, 0, s.out);
+    assert.equal(client.out.match(/^ping data: rdma-ping-\d+: /gm)?.length, 5, client.out);
+    assert.equal(s.out.match(/^server ping data: rdma-ping-\d+: /gm)?.length, 5, s.out);
+  });
+
   test('ib_write_bw pair from PATH (perftest\'s test block and result row)', async () => {
     const port = await freePort();
     const srvCmd = [...asUser, 'ib_write_bw', '-d', 'rxe0', '-p', String(port), '-s', '4096', '-n', '500', '-F'];
