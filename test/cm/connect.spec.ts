@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmEvent, type CmId } from '../../src/verbs/index.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { A1, A2, A3, A4, DIST, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
 import { getDeviceList } from '../../src/verbs/index.js';
 
 /** The next event on a channel, which must be `want` (its name in the failure otherwise). */
@@ -280,6 +280,20 @@ describe('RDMA CM', () => {
     await a.destroy();
     await b.destroy();
     await ch.destroy();
+  });
+
+  test('ucmatose -c 4 -C 10 across the two devices: every connection carries its messages both ways and closes', async () => {
+    const p = String(nextPort());
+    const env = { ...process.env, SOFTVERBS_ROOT: d.root };
+    const bin = join(DIST, 'src', 'bin', 'ucmatose.js');
+    const srv = runProcess(process.execPath, [bin, '-b', A2, '-p', p, '-c', '4', '-C', '10'], env);
+    await new Promise((r) => setTimeout(r, 500));
+    const cli = await runProcess(process.execPath, [bin, '-s', A2, '-b', A1, '-p', p, '-c', '4', '-C', '10'], env);
+    const s = await srv;
+    assert.equal(cli.out, 'cmatose: starting client\ncmatose: connecting\nreceiving data transfers\nsending replies\ndata transfers complete\ntest complete\nreturn status 0\n');
+    assert.equal(s.out, 'cmatose: starting server\ninitiating data transfers\ncompleting sends\nreceiving data transfers\ndata transfers complete\ncmatose: disconnecting\ndisconnected\ntest complete\nreturn status 0\n');
+    assert.equal(cli.code, 0);
+    assert.equal(s.code, 0);
   });
 
   test('rping between two daemons over IPv4, verified', () => {

@@ -1,6 +1,6 @@
 /**
  * RDMA CM against Linux (rdma_cm, ib_cm and rdma-core 44's rping in the lab
- * VM), run by `npm run test:interop`: rping both ways with verification, and
+ * VM), run by `npm run test:interop`: rping and ucmatose both ways, and
  * a connection to a port nothing listens on refused both ways (REJ "invalid
  * service ID" reaching the client as REJECTED, status 8).
  */
@@ -40,6 +40,21 @@ describe('rping: softverbs <-> rdma-core 44 over Linux rdma_cm', { skip }, () =>
       assert.equal(sent.length, 100, cli.out);
       assert.deepEqual(pings(srv.out, true), sent, 'the server read what the client wrote, ping by ping');
       assert.match(srv.out, /server DISCONNECT EVENT/);
+    });
+  }
+
+  for (const oursServes of [true, false]) {
+    test(`ucmatose -c 4 -C 10, softverbs ${oursServes ? 'server' : 'client'}, Linux ${oursServes ? 'client' : 'server'}`, async () => {
+      const port = String(7000 + Math.floor(Math.random() * 1000));
+      const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', 'ucmatose.js'), ...(server ? ['-b', HOST] : ['-s', PEER]), '-p', port, '-c', '4', '-C', '10'], { ...process.env, SOFTVERBS_ROOT: d.root });
+      const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ucmatose ${server ? `-b ${PEER}` : `-s ${HOST}`} -p ${port} -c 4 -C 10`]);
+      const [a, b] = await meet(oursServes, ours, theirs);
+      for (const [r, who] of [[a, 'softverbs'], [b, 'Linux']] as const) {
+        assert.equal(r.code, 0, `${who}:\n${r.out}`);
+        assert.match(r.out, /data transfers complete\n/, who);
+        assert.match(r.out, /test complete\nreturn status 0\n/, who);
+      }
+      assert.match((oursServes ? a : b).out, /cmatose: disconnecting\ndisconnected\n/);
     });
   }
 
