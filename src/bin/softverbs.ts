@@ -12,6 +12,7 @@ const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promi
   rdma: () => import('../tools/rdma.js'),
   rping: () => import('../tools/rping.js'),
   ucmatose: () => import('../tools/ucmatose.js'),
+  udaddy: () => import('../tools/udaddy.js'),
   ib_send_bw: () => import('../tools/ib_send_bw.js'),
   ib_write_bw: () => import('../tools/ib_write_bw.js'),
   ib_read_bw: () => import('../tools/ib_read_bw.js'),

@@ -19,7 +19,7 @@ import { gidOf, gidToAddr, isV4Gid, sameGid } from '../hca/gid.js';
 import { OPCODES, Op, Transport } from '../hca/opcodes.js';
 import type { Pkt } from '../hca/packet.js';
 import {
-  CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, GSI_QKEY, GSI_QPN, IP_CM_HDR_SIZE, ipCmPrivateData, MAD_SIZE, MRA, MsgRef,
+  CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, SIDR_REP, SIDR_REQ, GSI_QKEY, GSI_QPN, IP_CM_HDR_SIZE, ipCmPrivateData, MAD_SIZE, MRA, MsgRef,
   parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, timeoutMs, type FieldsIn,
 } from './mad.js';
 
@@ -34,8 +34,11 @@ export type CmState = (typeof CmState)[keyof typeof CmState];
 export const IbState = {
   IDLE: 'IDLE', LISTEN: 'LISTEN', REQ_SENT: 'REQ_SENT', REQ_RCVD: 'REQ_RCVD', MRA_REQ_SENT: 'MRA_REQ_SENT', MRA_REQ_RCVD: 'MRA_REQ_RCVD',
   REP_SENT: 'REP_SENT', REP_RCVD: 'REP_RCVD', MRA_REP_RCVD: 'MRA_REP_RCVD', ESTABLISHED: 'ESTABLISHED', DREQ_SENT: 'DREQ_SENT',
-  DREQ_RCVD: 'DREQ_RCVD', TIMEWAIT: 'TIMEWAIT',
+  DREQ_RCVD: 'DREQ_RCVD', TIMEWAIT: 'TIMEWAIT', SIDR_REQ_SENT: 'SIDR_REQ_SENT', SIDR_REQ_RCVD: 'SIDR_REQ_RCVD', SIDR_REP_SENT: 'SIDR_REP_SENT',
 } as const;
+
+/** SIDR_REP status (IBA table 119, the kernel's ib_cm_sidr_status). */
+export const SidrStatus = { SUCCESS: 0, UNSUPPORTED: 1, REJECT: 2, NO_QP: 3, REDIRECT: 4, UNSUPPORTED_VERSION: 5 } as const;
 export type IbState = (typeof IbState)[keyof typeof IbState];
 
 /** What the REQ says about how fast we answer (2^20 × 4.096 µs, as Linux's rdma_cm) and how often it is sent. */
@@ -83,7 +86,7 @@ export interface CmEvent {
   event: CmEventType;
   status: number;
   conn?: Partial<ConnParam>;
-  ud?: { qpNum: number; qkey: number; privateData: Uint8Array };
+  ud?: { qpNum: number; qkey: number; privateData: Uint8Array; dgid?: Uint8Array; hopLimit?: number; trafficClass?: number };
 }
 
 /** One open of the rdma_cm file (a ucma_file): its ids, and where its events go. */
@@ -142,6 +145,8 @@ export class CmId {
   eventsReported = 0;
   destroyed = false;
   tos = 0;
+  /** a SIDR request's key in the duplicate index */
+  remoteKey = '';
   /** what `rdma resource show cm_id` calls cm-idn */
   restrackId = 0;
 
@@ -320,7 +325,6 @@ export class ConnectionManager {
       return;
     }
     if (id.state !== CmState.ADDR_BOUND) throw new CmdError(E.EINVAL, `rdma_listen: the id is ${id.state}, not bound`);
-    if (id.qpType === QpType.UD) throw new CmdError(E.EOPNOTSUPP, 'rdma_listen: UD ids (SIDR) are not served yet');
     if (!id.bound) this.takePort(id, 0);
     id.backlog = backlog > 0 && backlog < MAX_BACKLOG ? backlog : MAX_BACKLOG;
     id.state = CmState.LISTEN;
@@ -329,7 +333,7 @@ export class ConnectionManager {
 
   connect(id: CmId, p: ConnParam): void {
     if (id.state !== CmState.ROUTE_RESOLVED) throw new CmdError(E.EINVAL, `rdma_connect: the id is ${id.state}, not ROUTE_RESOLVED`);
-    if (id.qpType === QpType.UD) throw new CmdError(E.EOPNOTSUPP, 'rdma_connect: UD ids (SIDR) are not served yet');
+    if (id.qpType === QpType.UD) return this.sidrReq(id, p);
     const room = PRIVATE_DATA.REQ - IP_CM_HDR_SIZE;
     if (p.privateData.length > room) throw new CmdError(E.EINVAL, `rdma_connect: ${p.privateData.length} bytes of private data (at most ${room} fit a REQ after the IP CM header)`);
     const dev = id.dev!;
@@ -383,6 +387,7 @@ export class ConnectionManager {
   /** rdma_accept: the passive side's REP, or the active side's RTU (librdmacm sends ACCEPT after CONNECT_RESPONSE). */
   accept(id: CmId, p: ConnParam): void {
     if (id.ib === IbState.REP_RCVD) return this.sendRtu(id);
+    if (id.ib === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, SidrStatus.SUCCESS, p);
     if (id.ib !== IbState.REQ_RCVD && id.ib !== IbState.MRA_REQ_SENT) throw new CmdError(E.EINVAL, `rdma_accept: the connection is ${id.ib}, not a request waiting for an answer`);
     if (p.privateData.length > PRIVATE_DATA.REP) throw new CmdError(E.EINVAL, `rdma_accept: ${p.privateData.length} bytes of private data (a REP holds ${PRIVATE_DATA.REP})`);
     const dev = id.dev!;
@@ -413,6 +418,7 @@ export class ConnectionManager {
   }
 
   reject(id: CmId, privateData: Uint8Array, reason: number): void {
+    if (id.ib === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, SidrStatus.REJECT, { qpNum: 0, qkey: 0, privateData, srq: 0, responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetryCount: 0 });
     if (privateData.length > PRIVATE_DATA.REJ) throw new CmdError(E.EINVAL, `rdma_reject: ${privateData.length} bytes of private data (a REJ holds ${PRIVATE_DATA.REJ})`);
     const rejectable: IbState[] = [IbState.REQ_RCVD, IbState.MRA_REQ_SENT, IbState.REP_RCVD];
     if (!rejectable.includes(id.ib)) throw new CmdError(E.EINVAL, `rdma_reject: the connection is ${id.ib}, not a request or reply waiting for an answer`);
@@ -516,6 +522,9 @@ export class ConnectionManager {
       case IbState.DREQ_RCVD:
         this.sendDrep(id);
         break;
+      case IbState.SIDR_REQ_RCVD:
+        this.sidrRep(id, SidrStatus.REJECT, { qpNum: 0, qkey: 0, privateData: new Uint8Array(0), srq: 0, responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetry: 0 } as unknown as ConnParam);
+        break;
     }
     this.releasePending(id);
     this.stopTimer(id);
@@ -529,6 +538,7 @@ export class ConnectionManager {
     if (this.ids.delete(id)) id.file.uncharge();
     id.file.ids.delete(id.handle);
     if (id.localCommId && this.byCommId.get(id.localCommId) === id) this.byCommId.delete(id.localCommId);
+    if (id.remoteKey && this.byRemote.get(id.remoteKey) === id) this.byRemote.delete(id.remoteKey);
     const key = `${id.remoteCommId}:${id.remoteGuid}`;
     if (this.byRemote.get(key) === id) this.byRemote.delete(key);
     this.releasePort(id);
@@ -559,7 +569,9 @@ export class ConnectionManager {
         case CmAttr.RTU: return this.onRtu(m.data);
         case CmAttr.DREQ: return this.onDreq(dev, src, m.hdr.tid, m.data);
         case CmAttr.DREP: return this.onDrep(m.data);
-        default: return this.drop(`CM attribute 0x${m.attr.toString(16)} is not served`);
+        case CmAttr.SIDR_REQ: return this.onSidrReq(dev, src, m.hdr.tid, m.data);
+        case CmAttr.SIDR_REP: return this.onSidrRep(src, m.data);
+        default: return this.drop(`CM attribute 0x${(m.attr as number).toString(16)} is not served`);
       }
     } catch (e) {
       this.host.log(`rdma_cm: internal error on a CM MAD: ${(e as Error).stack}`);
@@ -621,7 +633,7 @@ export class ConnectionManager {
       this.emit(id, CmEventType.TIMEWAIT_EXIT, 0);
       return;
     }
-    const waiting: IbState[] = [IbState.REQ_SENT, IbState.MRA_REQ_RCVD, IbState.REP_SENT, IbState.MRA_REP_RCVD, IbState.DREQ_SENT];
+    const waiting: IbState[] = [IbState.REQ_SENT, IbState.MRA_REQ_RCVD, IbState.REP_SENT, IbState.MRA_REP_RCVD, IbState.DREQ_SENT, IbState.SIDR_REQ_SENT];
     if (!waiting.includes(id.ib) || !id.last) return;
     if (id.retries++ < id.maxRetries) {
       this.sendMad(id, id.last);
@@ -630,6 +642,10 @@ export class ConnectionManager {
     }
     // no answer after every retry
     switch (id.ib) {
+      case IbState.SIDR_REQ_SENT:
+        this.toIdle(id);
+        this.emit(id, CmEventType.UNREACHABLE, -E.ETIMEDOUT);
+        return;
       case IbState.REQ_SENT:
       case IbState.MRA_REQ_RCVD:
         this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
@@ -681,7 +697,7 @@ export class ConnectionManager {
   }
 
   private releasePending(id: CmId): void {
-    if (id.listener && (id.ib === IbState.REQ_RCVD || id.ib === IbState.MRA_REQ_SENT)) id.listener.pending = Math.max(0, id.listener.pending - 1);
+    if (id.listener && (id.ib === IbState.REQ_RCVD || id.ib === IbState.MRA_REQ_SENT || id.ib === IbState.SIDR_REQ_RCVD)) id.listener.pending = Math.max(0, id.listener.pending - 1);
   }
 
   // ---- message handlers ----
@@ -869,6 +885,107 @@ export class ConnectionManager {
     if (id.ib !== IbState.DREQ_SENT) return;
     this.timewait(id);
     this.emit(id, CmEventType.DISCONNECTED, 0, { privateData: m.private_data });
+  }
+
+  // ---- SIDR: service ID resolution for UD (IBA 12.11) ----
+
+  /** rdma_connect on a UD id: a SIDR_REQ; ESTABLISHED (with the server's QPN, Q_Key and path) or UNREACHABLE follows. */
+  private sidrReq(id: CmId, p: ConnParam): void {
+    const room = PRIVATE_DATA.SIDR_REQ - IP_CM_HDR_SIZE;
+    if (p.privateData.length > room) throw new CmdError(E.EINVAL, `rdma_connect: ${p.privateData.length} bytes of private data (at most ${room} fit a SIDR_REQ after the IP CM header)`);
+    const local = id.local!;
+    const remote = id.remote!;
+    id.localCommId = this.newCommId(id);
+    id.tid = (1n << 32n) | BigInt(id.localCommId);
+    id.retries = 0;
+    const hdr = { version: 0, ipVersion: remote.family, srcPort: local.port, src: ipCmAddr(local), dst: ipCmAddr(remote) };
+    const mad = encodeMad(CmAttr.SIDR_REQ, id.tid, SIDR_REQ, {
+      request_id: id.localCommId, pkey: 0xffff, service_id: serviceId(id.ps, remote.port),
+      private_data: ipCmPrivateData(hdr as Parameters<typeof ipCmPrivateData>[0], p.privateData, PRIVATE_DATA.SIDR_REQ),
+    });
+    id.state = CmState.CONNECT;
+    id.ib = IbState.SIDR_REQ_SENT;
+    this.sendAwaiting(id, mad);
+  }
+
+  /** The passive side's answer: its QP and Q_Key (or a refusal); a retransmitted SIDR_REQ gets it again. */
+  private sidrRep(id: CmId, status: number, p: ConnParam): void {
+    if (p.privateData.length > PRIVATE_DATA.SIDR_REP) throw new CmdError(E.EINVAL, `${status ? 'rdma_reject' : 'rdma_accept'}: ${p.privateData.length} bytes of private data (a SIDR_REP holds ${PRIVATE_DATA.SIDR_REP})`);
+    if (status === SidrStatus.SUCCESS) this.checkQp(id, id.dev!, p.qpNum, 'rdma_accept');
+    id.localQpn = p.qpNum;
+    id.last = encodeMad(CmAttr.SIDR_REP, id.tid, SIDR_REP, {
+      request_id: id.remoteCommId, status, qpn: status ? 0 : p.qpNum, service_id: serviceId(id.ps, id.local!.port),
+      qkey: status ? 0 : p.qkey || RDMA_UDP_QKEY, private_data: p.privateData,
+    });
+    this.releasePending(id);
+    this.sendMad(id, id.last);
+    id.ib = IbState.SIDR_REP_SENT;
+  }
+
+  private onSidrReq(dev: SoftDevice, src: Uint8Array, tid: bigint, data: Uint8Array): void {
+    const m = decodeFields(SIDR_REQ, data);
+    const key = `sidr:${m.request_id}:${gidToAddr(src)}`;
+    const dupe = this.byRemote.get(key);
+    if (dupe) {
+      if (dupe.ib === IbState.SIDR_REP_SENT && dupe.last) this.sendMad(dupe, dupe.last);
+      return;
+    }
+    const refuse = (status: number, why: string) => {
+      this.host.debug(`rdma_cm: ${dev.name}: refused a SIDR_REQ from ${gidToAddr(src)}: ${why}`);
+      this.sendTo(dev, src, encodeMad(CmAttr.SIDR_REP, tid, SIDR_REP, { request_id: m.request_id, status, service_id: m.service_id }));
+    };
+    const svc = parseServiceId(m.service_id);
+    const hdr = decodeIpCmHdr(m.private_data);
+    if (!svc || !hdr || hdr.version !== 0) return refuse(SidrStatus.UNSUPPORTED, `service ID 0x${m.service_id.toString(16)} is not an RDMA IP CM service with its header`);
+    const dstAddr = addrOfIpCm(hdr.dst, hdr.ipVersion);
+    const listener = this.findListener(svc.ps, svc.port, dev, hdr.ipVersion, dstAddr);
+    if (!listener || listener.qpType !== QpType.UD) return refuse(SidrStatus.UNSUPPORTED, `no UD listener on port ${svc.port} (port space 0x${svc.ps.toString(16)})`);
+    if (listener.pending >= listener.backlog || listener.file.queued() >= MAX_QUEUED_EVENTS) return refuse(SidrStatus.REJECT, 'the listener\'s backlog is full');
+    let child: CmId;
+    try {
+      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
+    } catch {
+      return refuse(SidrStatus.REJECT, 'no id for the request');
+    }
+    child.listener = listener;
+    child.dev = dev;
+    child.local = { family: hdr.ipVersion, address: dstAddr, port: svc.port };
+    child.remote = { family: hdr.ipVersion, address: addrOfIpCm(hdr.src, hdr.ipVersion), port: hdr.srcPort };
+    child.remoteGid = src;
+    child.remoteCommId = m.request_id;
+    child.tid = tid;
+    child.state = CmState.CONNECT;
+    child.ib = IbState.SIDR_REQ_RCVD;
+    this.byRemote.set(key, child);
+    child.remoteKey = key;
+    listener.pending++;
+    const ok = listener.file.deliver({ uid: listener.uid, id: child.handle, event: CmEventType.CONNECT_REQUEST, status: 0, ud: { qpNum: 0, qkey: 0, privateData: m.private_data.subarray(IP_CM_HDR_SIZE), dgid: src, hopLimit: HOP_LIMIT } });
+    if (!ok) {
+      refuse(SidrStatus.REJECT, 'the listener\'s event queue is full');
+      this.releasePending(child);
+      child.ib = IbState.IDLE;
+      this.destroy(child);
+      return;
+    }
+    listener.eventsReported++;
+  }
+
+  private onSidrRep(src: Uint8Array, data: Uint8Array): void {
+    const m = decodeFields(SIDR_REP, data);
+    const id = this.byCommId.get(m.request_id);
+    if (!id || id.ib !== IbState.SIDR_REQ_SENT || !id.remoteGid || !sameGid(src, id.remoteGid)) return this.drop('SIDR_REP for no request');
+    this.toIdle(id);
+    if (m.status !== SidrStatus.SUCCESS) {
+      this.emit(id, CmEventType.UNREACHABLE, m.status);
+      return;
+    }
+    id.remoteQpn = m.qpn;
+    this.emitUd(id, CmEventType.ESTABLISHED, { qpNum: m.qpn, qkey: m.qkey, privateData: m.private_data, dgid: id.remoteGid, hopLimit: HOP_LIMIT, trafficClass: id.tos });
+  }
+
+  private emitUd(id: CmId, event: CmEventType, ud: NonNullable<CmEvent['ud']>): void {
+    if (id.destroyed) return;
+    if (id.file.deliver({ uid: id.uid, id: id.handle, event, status: 0, ud })) id.eventsReported++;
   }
 
   // ---- helpers ----

@@ -95,7 +95,13 @@ function eventRecord(ev: CmEvent): Buffer {
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   encode(C.EVENT_RESP, { uid: ev.uid, id: ev.id, event: ev.event, status: ev.status }, dv);
   const at = layout(C.EVENT_RESP).byName.get('param')!.offset;
-  if (ev.conn) {
+  if (ev.ud) {
+    const u = ev.ud;
+    encode(C.UD_PARAM, {
+      qp_num: u.qpNum, qkey: u.qkey, private_data: u.privateData, private_data_len: Math.min(u.privateData.length, C.RDMA_MAX_PRIVATE_DATA),
+      ah_attr: u.dgid ? { grh: { dgid: u.dgid, hop_limit: u.hopLimit ?? 64, traffic_class: u.trafficClass ?? 0 }, is_global: 1, port_num: 1 } : {},
+    }, dv, at);
+  } else if (ev.conn) {
     const c = ev.conn;
     const pd = c.privateData ?? new Uint8Array(0);
     encode(C.CONN_PARAM, {

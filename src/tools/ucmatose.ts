@@ -44,7 +44,7 @@ function atoi(s: string): number {
 }
 
 /** getopt("s:b:f:P:c:C:S:t:p:m"), with opterr on: "invalid option" / "option requires an argument" as glibc prints them. */
-function getopt(argv: string[], spec: string): { opts: Array<[string, string]>; bad: string | null } {
+export function getopt(argv: string[], spec: string): { opts: Array<[string, string]>; bad: string | null } {
   const opts: Array<[string, string]> = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;

@@ -22,7 +22,7 @@ import { VerbsError } from './errors.js';
 import type { ProtectionDomain } from './pd.js';
 import type { CompletionQueue } from './cq.js';
 import type { QueuePair } from './qp.js';
-import type { QpAttr, QpInitAttr } from './types.js';
+import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
 
 export { CmEventType, cmEventStr, PortSpace };
 
@@ -49,6 +49,9 @@ export interface EventParam {
   rnrRetryCount: number;
   srq: number;
   qpNum: number;
+  /** UD (SIDR): the peer QP's Q_Key, and the path to it (for createAh) */
+  qkey?: number;
+  ahAttr?: AhAttr;
 }
 
 /** struct rdma_cm_event */
@@ -165,11 +168,23 @@ export class EventChannel {
   private async process(rec: Buffer): Promise<CmEvent | null> {
     const r = unpack(C.EVENT_RESP, rec);
     const at = layout(C.EVENT_RESP).byName.get('param')!.offset;
-    const p = unpack(C.CONN_PARAM, rec, at);
-    const param: EventParam = {
-      privateData: p.private_data.slice(0, p.private_data_len), responderResources: p.responder_resources, initiatorDepth: p.initiator_depth,
-      flowControl: p.flow_control, retryCount: p.retry_count, rnrRetryCount: p.rnr_retry_count, srq: p.srq, qpNum: p.qp_num,
-    };
+    const of = r.event === CmEventType.CONNECT_REQUEST ? this.byUid.get(r.uid) : this.ids.get(r.id);
+    let param: EventParam;
+    if (of?.qpType === QpType.UD) {
+      const u = unpack(C.UD_PARAM, rec, at);
+      const g = u.ah_attr.grh;
+      param = {
+        privateData: u.private_data.slice(0, u.private_data_len), responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetryCount: 0, srq: 0,
+        qpNum: u.qp_num, qkey: u.qkey,
+        ahAttr: { grh: { dgid: g.dgid, flowLabel: g.flow_label, sgidIndex: g.sgid_index, hopLimit: g.hop_limit, trafficClass: g.traffic_class }, isGlobal: u.ah_attr.is_global === 1, portNum: u.ah_attr.port_num || 1 },
+      };
+    } else {
+      const p = unpack(C.CONN_PARAM, rec, at);
+      param = {
+        privateData: p.private_data.slice(0, p.private_data_len), responderResources: p.responder_resources, initiatorDepth: p.initiator_depth,
+        flowControl: p.flow_control, retryCount: p.retry_count, rnrRetryCount: p.rnr_retry_count, srq: p.srq, qpNum: p.qp_num,
+      };
+    }
     let event = r.event as CmEventType;
     let status = r.status;
     if (event === CmEventType.CONNECT_REQUEST) {
@@ -288,6 +303,11 @@ export class CmId {
     const qp = await this.pd.createQp({ ...init, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType });
     try {
       await this.modifyQp(qp, QpState.INIT);
+      // a UD QP needs no peer: librdmacm takes it to RTS at once
+      if (qp.qpType === QpType.UD) {
+        await this.modifyQp(qp, QpState.RTR);
+        await this.modifyQp(qp, QpState.RTS);
+      }
     } catch (e) {
       await qp.destroyQp().catch(() => {});
       throw e;
@@ -338,7 +358,8 @@ export class CmId {
   private connParam(p: ConnParam, verb: string): Input<typeof C.CONN_PARAM> {
     const pd = p.privateData ?? new Uint8Array(0);
     // what fits the message after rdma_cm's own header (librdmacm checks this before it touches the QP)
-    const max = verb === 'rdma_connect' ? (this.ps === PortSpace.IB ? 92 : 56) : 196;
+    const ud = this.qpType === QpType.UD;
+    const max = verb === 'rdma_connect' ? (ud ? 180 : this.ps === PortSpace.IB ? 92 : 56) : ud ? 136 : 196;
     if (pd.length > max) throw new VerbsError(verb, 'EINVAL', `${pd.length} bytes of private data (at most ${max} fit)`);
     const qpNum = p.qpNum ?? this.qp?.qpNum ?? 0;
     return {
@@ -356,7 +377,7 @@ export class CmId {
   /** rdma_accept: the id's QP to RTR and RTS, then the REP; ESTABLISHED follows when the RTU arrives. */
   async accept(p: ConnParam = {}): Promise<void> {
     const param = this.connParam(p, 'rdma_accept');
-    if (this.qp) {
+    if (this.qp && this.qpType !== QpType.UD) {
       await this.modifyQpRtr();
       await this.modifyQpRts();
     }

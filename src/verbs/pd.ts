@@ -48,6 +48,25 @@ export class ProtectionDomain {
     return new AddressHandle(this, r.ah_handle);
   }
 
+  /**
+   * ibv_create_ah_from_wc: an AH back to whoever sent a UD message, from the 40-byte GRH its receive buffer
+   * starts with (RoCEv2: an IPv4 header in the last 20 bytes, or an IPv6 header filling all 40).
+   */
+  async createAhFromWc(grh: Uint8Array, portNum = 1): Promise<AddressHandle> {
+    if (grh.length < 40) throw new VerbsError('ibv_create_ah_from_wc', 'EINVAL', 'the GRH is 40 bytes');
+    const dgid = new Uint8Array(16);
+    let trafficClass = 0;
+    if (grh[20]! >> 4 === 4) {
+      dgid[10] = dgid[11] = 0xff;
+      dgid.set(grh.subarray(32, 36), 12);
+      trafficClass = grh[21]!;
+    } else if (grh[0]! >> 4 === 6) {
+      dgid.set(grh.subarray(8, 24));
+      trafficClass = ((grh[0]! & 0xf) << 4) | (grh[1]! >> 4);
+    } else throw new VerbsError('ibv_create_ah_from_wc', 'EINVAL', 'the GRH holds neither an IPv4 nor an IPv6 header');
+    return this.createAh({ grh: { dgid, hopLimit: 0xff, trafficClass }, portNum });
+  }
+
   /** ibv_create_qp */
   async createQp(init: QpInitAttr): Promise<QueuePair> {
     const want: QpCaps = {

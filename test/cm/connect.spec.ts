@@ -296,6 +296,33 @@ describe('RDMA CM', () => {
     assert.equal(s.code, 0);
   });
 
+  test('udaddy -c 2 -C 10 across the two devices: SIDR gives the client the server\'s QPN, Q_Key and path; replies go back by the GRH', async () => {
+    const env = { ...process.env, SOFTVERBS_ROOT: d.root };
+    const bin = join(DIST, 'src', 'bin', 'udaddy.js');
+    const srv = runProcess(process.execPath, [bin, '-b', A2, '-c', '2', '-C', '10'], env);
+    await new Promise((r) => setTimeout(r, 500));
+    const cli = await runProcess(process.execPath, [bin, '-s', A2, '-b', A1, '-c', '2', '-C', '10'], env);
+    const s = await srv;
+    assert.equal(cli.out, 'udaddy: starting client\nudaddy: connecting\ninitiating data transfers\nreceiving data transfers\ndata transfers complete\ntest complete\nreturn status 0\n');
+    assert.equal(s.out, 'udaddy: starting server\nreceiving data transfers\nsending replies\ndata transfers complete\ntest complete\nreturn status 0\n');
+  });
+
+  test('a SIDR request nobody listens for: UNREACHABLE with the SIDR status (1, unsupported)', async () => {
+    const ch = await EventChannel.create(d.root);
+    const id = await ch.createId(PortSpace.UDP);
+    await id.resolveAddr(A2, nextPort(), { src: A1 });
+    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+    await id.resolveRoute();
+    await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
+    await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await id.connect();
+    const e = await expectEvent(ch, CmEventType.UNREACHABLE);
+    assert.equal(e.status, 1);
+    await id.destroyQp();
+    await id.destroy();
+    await ch.destroy();
+  });
+
   test('rping between two daemons over IPv4, verified', () => {
     const r = spawnSync(process.execPath, [join(DIST, 'test', 'fixtures', 'cmpair.js'), A3, A4], { encoding: 'utf8', timeout: 60_000 });
     const x = JSON.parse(r.stdout.trim().split('\n').pop()!);

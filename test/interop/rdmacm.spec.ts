@@ -1,6 +1,6 @@
 /**
  * RDMA CM against Linux (rdma_cm, ib_cm and rdma-core 44's rping in the lab
- * VM), run by `npm run test:interop`: rping and ucmatose both ways, and
+ * VM), run by `npm run test:interop`: rping, ucmatose and udaddy both ways, and
  * a connection to a port nothing listens on refused both ways (REJ "invalid
  * service ID" reaching the client as REJECTED, status 8).
  */
@@ -55,6 +55,18 @@ describe('rping: softverbs <-> rdma-core 44 over Linux rdma_cm', { skip }, () =>
         assert.match(r.out, /test complete\nreturn status 0\n/, who);
       }
       assert.match((oursServes ? a : b).out, /cmatose: disconnecting\ndisconnected\n/);
+    });
+  }
+
+  for (const oursServes of [true, false]) {
+    test(`udaddy -c 2 -C 10 (UD through SIDR), softverbs ${oursServes ? 'server' : 'client'}, Linux ${oursServes ? 'client' : 'server'}`, async () => {
+      const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', 'udaddy.js'), ...(server ? ['-b', HOST] : ['-s', PEER]), '-c', '2', '-C', '10'], { ...process.env, SOFTVERBS_ROOT: d.root });
+      const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 udaddy ${server ? `-b ${PEER}` : `-s ${HOST}`} -c 2 -C 10`]);
+      const [a, b] = await meet(oursServes, ours, theirs);
+      for (const [r, who] of [[a, 'softverbs'], [b, 'Linux']] as const) {
+        assert.equal(r.code, 0, `${who}:\n${r.out}`);
+        assert.match(r.out, /data transfers complete\ntest complete\nreturn status 0\n/, who);
+      }
     });
   }
 

@@ -1,0 +1,312 @@
+/**
+ * udaddy (rdma-core's librdmacm/examples/udaddy.c): UD "connections" through
+ * the RDMA CM's service ID resolution (SIDR): the client learns the server's
+ * QPN, Q_Key and path from the SIDR_REP, sends -C SEND_WITH_IMMs of -S bytes
+ * (the immediate is its own QPN), the server answers each over an AH built
+ * from the GRH of what it received. Same flags, lines and return status.
+ */
+import { lookup } from 'node:dns/promises';
+import { Access, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
+import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
+import type { AddressHandle } from '../verbs/ah.js';
+import type { CompletionQueue } from '../verbs/cq.js';
+import type { MemoryRegion } from '../verbs/mr.js';
+import type { ProtectionDomain } from '../verbs/pd.js';
+import type { VerbsError } from '../verbs/errors.js';
+import { getopt } from './ucmatose.js';
+
+const GRH = 40;
+const USAGE = (argv0: string) => `usage: ${argv0}
+\t[-s server_address]
+\t[-b bind_address]
+\t[-f address_format]
+\t    name, ip, ipv6, or gid
+\t[-P port_space]
+\t    udp or ipoib
+\t[-c connections]
+\t[-C message_count]
+\t[-S message_size]
+\t[-t type_of_service]
+\t[-p port_space - 0x111 for UDP (default), 0x2 for IPOIB]
+`;
+
+interface Node {
+  id: number;
+  cmId: CmId | null;
+  connected: boolean;
+  pd?: ProtectionDomain;
+  cq?: CompletionQueue;
+  mr?: MemoryRegion;
+  ah?: AddressHandle;
+  remoteQpn: number;
+  remoteQkey: number;
+}
+
+const out = (s: string) => process.stdout.write(s);
+const atoi = (s: string) => {
+  const m = /^\s*([+-]?\d+)/.exec(s);
+  return m ? Number.parseInt(m[1]!, 10) | 0 : 0;
+};
+
+export async function main(argv: string[]): Promise<number> {
+  let connections = 1;
+  let messageSize = 100;
+  let messageCount = 10;
+  let dst: string | undefined;
+  let src: string | undefined;
+  let ps: PortSpace = PortSpace.UDP;
+  const g = getopt(argv, 's:b:c:C:S:t:p:P:f:');
+  if (g.bad) {
+    process.stderr.write(`udaddy: ${g.bad}\n`);
+    out(USAGE('udaddy'));
+    return 1;
+  }
+  for (const [o, v] of g.opts) {
+    if (o === 's') dst = v;
+    else if (o === 'b') src = v;
+    else if (o === 'c') connections = atoi(v);
+    else if (o === 'C') messageCount = atoi(v);
+    else if (o === 'S') messageSize = atoi(v);
+    else if (o === 'p') ps = Number(v) as PortSpace;
+    else if (o === 'P') {
+      if (/^ipoib/i.test(v)) ps = PortSpace.IPOIB;
+      else if (!/^udp/i.test(v)) process.stderr.write('Warning: unknown port space format\n');
+    } else if (o === 'f' && !/^(ip|gid|name)/i.test(v)) process.stderr.write('Warning: unknown address format\n');
+  }
+  if (!messageSize) messageCount = 0;
+  let ch: EventChannel;
+  try {
+    ch = await EventChannel.create();
+  } catch (e) {
+    process.stderr.write(`failed to create event channel: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const t = { connectsLeft: connections, connIndex: 0 };
+  const nodes: Node[] = Array.from({ length: Math.max(0, connections) }, (_, i) => ({ id: i, cmId: null, connected: false, remoteQpn: 0, remoteQkey: 0 }));
+  if (dst) for (const n of nodes) n.cmId = await ch.createId(ps, n);
+
+  const verify = async (n: Node): Promise<number> => {
+    const port = await n.cmId!.verbs!.queryPort(n.cmId!.portNum || 1);
+    const mtu = 1 << (port.activeMtu + 7);
+    if (messageCount && messageSize > mtu) {
+      out(`udaddy: message_size ${messageSize} is larger than active mtu ${mtu}\n`);
+      return -22;
+    }
+    return 0;
+  };
+  const initNode = async (n: Node): Promise<number> => {
+    const ctx = n.cmId!.verbs!;
+    n.pd = await ctx.allocPd();
+    const cqe = messageCount ? messageCount * 2 : 2;
+    n.cq = await ctx.createCq(cqe);
+    try {
+      await n.cmId!.createQp(n.pd, { sendCq: n.cq, recvCq: n.cq, qpType: QpType.UD, cap: { maxSendWr: messageCount || 1, maxRecvWr: messageCount || 1, maxSendSge: 1, maxRecvSge: 1 } });
+    } catch (e) {
+      process.stderr.write(`udaddy: unable to create QP: ${(e as Error).message}\n`);
+      return -1;
+    }
+    if (messageCount) n.mr = await n.pd.allocMr(messageSize + GRH, Access.LOCAL_WRITE);
+    return 0;
+  };
+  const postRecvs = (n: Node): number => {
+    if (!messageCount) return 0;
+    try {
+      for (let i = 0; i < messageCount; i++) n.cmId!.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, messageSize + GRH)] });
+    } catch (e) {
+      out(`failed to post receives: ${(e as VerbsError).errno ?? -1}\n`);
+      return -1;
+    }
+    return 0;
+  };
+  const postSends = (n: Node, signaled: boolean): number => {
+    if (!n.connected || !messageCount) return 0;
+    try {
+      for (let i = 0; i < messageCount; i++) {
+        n.cmId!.qp!.postSend({
+          wrId: BigInt(n.id), opcode: WrOpcode.SEND_WITH_IMM, sendFlags: signaled ? SendFlags.SIGNALED : 0, imm: n.cmId!.qp!.qpNum,
+          sgList: [n.mr!.sge(0, messageSize)], ud: { ah: n.ah!, remoteQpn: n.remoteQpn, remoteQkey: n.remoteQkey },
+        });
+      }
+    } catch (e) {
+      out(`failed to post sends: ${(e as VerbsError).errno ?? -1}\n`);
+      return -1;
+    }
+    return 0;
+  };
+  /** Polls until each node has seen message_count completions; the first reply's GRH gives the server its AH back. */
+  const pollCqs = async (): Promise<number> => {
+    for (const n of nodes) {
+      if (!n.connected) continue;
+      for (let done = 0; done < messageCount; ) {
+        const wcs = n.cq!.pollCq(8);
+        done += wcs.length;
+        if (wcs.length && !n.ah) {
+          n.ah = await n.pd!.createAhFromWc(n.mr!.buf.subarray(0, GRH), n.cmId!.portNum || 1);
+          n.remoteQpn = wcs[0]!.imm;
+          n.remoteQkey = (await n.cmId!.qp!.queryQp(0x40)).qkey ?? 0;
+        }
+        if (!wcs.length) await new Promise((r) => setImmediate(r));
+      }
+    }
+    return 0;
+  };
+
+  const handler = async (ev: CmEvent): Promise<number> => {
+    const node = ev.id.context as Node | null;
+    switch (ev.event) {
+      case CmEventType.ADDR_RESOLVED:
+        try {
+          await ev.id.resolveRoute(2000);
+        } catch (e) {
+          process.stderr.write(`udaddy: resolve route failed: ${(e as Error).message}\n`);
+          t.connectsLeft--;
+          return -1;
+        }
+        return 0;
+      case CmEventType.ROUTE_RESOLVED: {
+        let r = await verify(node!);
+        if (!r) r = await initNode(node!);
+        if (!r) r = postRecvs(node!);
+        if (!r) {
+          try {
+            await ev.id.connect();
+          } catch (e) {
+            process.stderr.write(`udaddy: failure connecting: ${(e as Error).message}\n`);
+            r = -1;
+          }
+        }
+        if (r) t.connectsLeft--;
+        return r;
+      }
+      case CmEventType.CONNECT_REQUEST: {
+        let r = -12;
+        if (t.connIndex < connections) {
+          const n = nodes[t.connIndex++]!;
+          n.cmId = ev.id;
+          ev.id.context = n;
+          r = await verify(n);
+          if (!r) r = await initNode(n);
+          if (!r) r = postRecvs(n);
+          if (!r) {
+            try {
+              await ev.id.accept({ qpNum: ev.id.qp!.qpNum });
+              n.connected = true;
+              t.connectsLeft--;
+              return 0;
+            } catch (e) {
+              process.stderr.write(`udaddy: failure accepting: ${(e as Error).message}\n`);
+              r = -1;
+            }
+          }
+          n.cmId = null;
+          t.connectsLeft--;
+        }
+        out('udaddy: failing connection request\n');
+        await ev.id.reject().catch(() => {});
+        return r;
+      }
+      case CmEventType.ESTABLISHED: {
+        const n = node!;
+        n.remoteQpn = ev.param.qpNum;
+        n.remoteQkey = ev.param.qkey ?? 0;
+        try {
+          n.ah = await n.pd!.createAh(ev.param.ahAttr!);
+        } catch {
+          out('udaddy: failure creating address handle\n');
+          t.connectsLeft--;
+          return -1;
+        }
+        n.connected = true;
+        t.connectsLeft--;
+        return 0;
+      }
+      case CmEventType.ADDR_ERROR:
+      case CmEventType.ROUTE_ERROR:
+      case CmEventType.CONNECT_ERROR:
+      case CmEventType.UNREACHABLE:
+      case CmEventType.REJECTED:
+        out(`udaddy: event: ${cmEventStr(ev.event)}, error: ${ev.status}\n`);
+        t.connectsLeft--;
+        return ev.status;
+      default:
+        return 0;
+    }
+  };
+  const connectEvents = async (): Promise<number> => {
+    let r = 0;
+    while (t.connectsLeft > 0 && !r) {
+      const ev = await ch.getCmEvent();
+      if (!ev) return -1;
+      r = await handler(ev);
+    }
+    return r;
+  };
+
+  let ret = 0;
+  if (dst) {
+    out('udaddy: starting client\n');
+    let dstAddr: string;
+    let srcAddr: string | undefined;
+    try {
+      dstAddr = (await lookup(dst)).address;
+      srcAddr = src ? (await lookup(src)).address : undefined;
+    } catch (e) {
+      out(`udaddy: getaddrinfo error: ${(e as Error).message}\n`);
+      return 255;
+    }
+    out('udaddy: connecting\n');
+    for (const n of nodes) {
+      try {
+        await n.cmId!.resolveAddr(dstAddr, 7174, { src: srcAddr, timeoutMs: 2000 });
+      } catch (e) {
+        process.stderr.write(`udaddy: failure getting addr: ${(e as Error).message}\n`);
+        return 255;
+      }
+    }
+    ret = await connectEvents();
+    if (!ret && messageCount) {
+      out('initiating data transfers\n');
+      for (const n of nodes) if (!ret) ret = postSends(n, false);
+      if (!ret) {
+        out('receiving data transfers\n');
+        ret = await pollCqs();
+      }
+      if (!ret) out('data transfers complete\n');
+    }
+  } else {
+    out('udaddy: starting server\n');
+    const listen = await ch.createId(ps, t);
+    try {
+      await listen.bindAddr(src ? (await lookup(src)).address : '::', 7174);
+      await listen.listen(0);
+      await connectEvents();
+      if (messageCount) {
+        out('receiving data transfers\n');
+        ret = await pollCqs();
+        if (!ret) {
+          out('sending replies\n');
+          for (const n of nodes) if (!ret) ret = postSends(n, true);
+        }
+        if (!ret) ret = await pollCqs();
+        if (!ret) out('data transfers complete\n');
+      }
+    } catch (e) {
+      process.stderr.write(`udaddy: ${(e as Error).message}\n`);
+      ret = -1;
+    }
+    await listen.destroy().catch(() => {});
+  }
+  out('test complete\n');
+  for (const n of nodes) {
+    if (!n.cmId) continue;
+    await n.ah?.destroyAh().catch(() => {});
+    await n.cmId.destroyQp().catch(() => {});
+    await n.cq?.destroyCq().catch(() => {});
+    await n.mr?.deregMr().catch(() => {});
+    await n.pd?.deallocPd().catch(() => {});
+    await n.cmId.destroy().catch(() => {});
+  }
+  await ch.destroy();
+  out(`return status ${ret}\n`);
+  return ret & 0xff;
+}
