@@ -183,6 +183,8 @@ export interface CmHost {
   log(msg: string): void;
   debug(msg: string): void;
   privileged(uid: number): boolean;
+  /** whether the wire may send to this destination (softverbsd --allow-dst) */
+  allowed(addr: string, family: 4 | 6): boolean;
 }
 
 export class ConnectionManager {
@@ -275,6 +277,10 @@ export class ConnectionManager {
       id.state = CmState.ADDR_RESOLVED;
       this.emit(id, CmEventType.ADDR_RESOLVED, 0);
     };
+    if (!this.host.allowed(dst.address, dst.family) && !this.deviceOf(dst.address)) {
+      setImmediate(() => done(null, E.ENETUNREACH, `${dst.address} is outside the daemon's --allow-dst prefixes`));
+      return;
+    }
     if (fixed) {
       setImmediate(() => done(fixed, 0, ''));
       return;

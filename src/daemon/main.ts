@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { parseArgs } from 'node:util';
 import { mtuOfBytes } from '../abi/enums.js';
 import { defaultRoot } from '../common/paths.js';
@@ -45,6 +46,9 @@ Options:
   --metrics [HOST:]PORT    serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)
   --log-level LEVEL        error, warn, info (default: clients, QP errors, limits) or debug (every failed command)
   --pcap FILE              write every RoCEv2 frame sent and received as pcap (for tshark/Wireshark)
+  --allow-dst PREFIX[,PREFIX...]
+                           send RoCEv2 only to these destinations (e.g. 10.77.0.0/24,fd00::/8; repeatable);
+                           by default the wire reaches whatever the host routes to, routers included
   --fault SPEC             seeded faults on every packet sent, for tests:
                            drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N
   -V, --version            print the version and exit
@@ -102,6 +106,7 @@ interface Settings {
   rulesFile?: string;
   rules: Rule[];
   fault: Fault | null;
+  allowDst: BlockList | null;
   pcap: string | undefined;
   metrics: { host: string; port: number } | null;
   logLevel: LogLevel;
@@ -120,6 +125,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
         device: { type: 'string', multiple: true },
         pcap: { type: 'string' },
         fault: { type: 'string' },
+        'allow-dst': { type: 'string', multiple: true },
         metrics: { type: 'string' },
         'log-level': { type: 'string' },
         version: { type: 'boolean', short: 'V' },
@@ -140,6 +146,17 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       fault = Fault.parse(args.fault);
     } catch (e) {
       throw new UsageError((e as Error).message);
+    }
+  }
+  let allowDst: BlockList | null = null;
+  for (const list of args['allow-dst'] ?? []) {
+    allowDst ??= new BlockList();
+    for (const pfx of list.split(',').filter(Boolean)) {
+      const m = /^([^/]+)(?:\/(\d+))?$/.exec(pfx.trim());
+      const fam = m && isIPv4(m[1]!) ? 'ipv4' : m && isIPv6(m[1]!) ? 'ipv6' : null;
+      const bits = m?.[2] === undefined ? (fam === 'ipv4' ? 32 : 128) : Number(m[2]);
+      if (!m || !fam || bits > (fam === 'ipv4' ? 32 : 128)) throw new UsageError(`--allow-dst "${pfx}": expected ADDRESS[/BITS], e.g. 10.77.0.0/24 or fd00::/8`);
+      allowDst.addSubnet(m[1]!, bits, fam);
     }
   }
   let metrics = null;
@@ -181,7 +198,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError((e as Error).message);
     }
   }
-  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pcap: args.pcap, metrics, logLevel };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -213,7 +230,7 @@ export async function main(argv: string[]): Promise<void> {
       die(`--pcap ${s.pcap}: ${(e as Error).message}`);
     }
   }
-  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, pcap, logger: log });
+  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, allowDst: s.allowDst, pcap, logger: log });
   const fault = s.fault;
   if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
   let metrics: Metrics | null = null;

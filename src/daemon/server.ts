@@ -6,7 +6,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { chmodSync, existsSync, lchownSync, lstatSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type BlockList, type Server, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { EventType, PortState } from '../abi/enums.js';
@@ -53,6 +53,8 @@ export interface DaemonOptions {
   logger?: Log;
   /** per-uid caps (defaults: DEFAULT_USER_LIMITS) */
   limits?: UserLimits;
+  /** --allow-dst: the only destinations the wire sends to and rdma_resolve_addr resolves (null: any the host routes) */
+  allowDst?: BlockList | null;
 }
 
 interface DevEntry {
@@ -101,6 +103,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
       log: (m) => this.log(m),
       debug: (m) => this.logger.debug(m),
       privileged: (uid) => this.privileged(uid),
+      allowed: (addr, family) => !opts.allowDst || opts.allowDst.check(addr, family === 4 ? 'ipv4' : 'ipv6'),
     });
   }
 
@@ -239,6 +242,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     if (spec.wire === 'none') wire = 'no wire (wire=none): reaches devices of this daemon only';
     else {
       const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
+      t.allowDst = this.opts.allowDst ?? null;
       try {
         await t.start();
       } catch (e) {

@@ -30,12 +30,11 @@
  * own FIFO, so the requester, responder and completer are the same code.
  */
 import { createSocket, type Socket } from 'node:dgram';
-import { isIPv4 } from 'node:net';
-import { networkInterfaces } from 'node:os';
+import { isIPv4, type BlockList } from 'node:net';
 import { Drain, enableGro, RawUdp4, UdpWire, type Datagram } from '../native/net.js';
 import { dgramFd, SysError } from '../native/libc.js';
 import { decode, encodeBody, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
-import { gidIp, gidOf, isV4Gid } from './gid.js';
+import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { PcapWriter } from './pcap.js';
@@ -113,29 +112,8 @@ export class RoceTransport {
       // socket is emptied in batches), so rarely run: an idle daemon stays idle
       this.backstop = setInterval(() => this.drainRaw(), 250).unref();
     }
-    this.learnSubnets();
   }
 
-  private nets: Array<[number, number]> = [];
-  private nets6: Uint8Array[] = [];
-  private learnSubnets(): void {
-    for (const list of Object.values(networkInterfaces())) {
-      for (const a of list ?? []) {
-        if (a.address !== this.dev.addr) continue;
-        if (a.family === 'IPv4') {
-          const ip = a.address.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0);
-          const mask = a.netmask.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0);
-          this.nets.push([(ip & mask) >>> 0, mask]);
-        } else {
-          const bits = Number(a.cidr?.split('/')[1] ?? 128);
-          this.nets6.push(gidOf(a.address).subarray(0, Math.floor(bits / 8)));
-        }
-      }
-    }
-    // another address of this very host (a second device on loopback, say) is reachable too
-    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv6') this.local6.push(gidOf(a.address.replace(/%.*$/, '')));
-  }
-  private local6: Uint8Array[] = [];
 
   private startPortSocket(): Promise<void> {
     const s = createSocket({ type: this.v4 ? 'udp4' : 'udp6', reuseAddr: false });
@@ -230,22 +208,30 @@ export class RoceTransport {
   }
 
   /**
-   * Where this device may send: loopback, and the subnet of the interface
-   * that carries its address (what a RoCE NIC reaches without a router).
-   * Anything else is counted as send_err and not sent: a client cannot make
-   * the daemon spray datagrams at arbitrary hosts through a made-up GID.
+   * Where this device may send: wherever the host routes its address family (RoCEv2 crosses routers, as a
+   * RoCE NIC's does), or with `--allow-dst` only the listed prefixes. What is refused counts as send_err.
+   * (A local user reaches any host with UDP anyway; the daemon's packets carry no privilege but the source
+   * address, which is this host's.)
    */
   private reachable(g: Uint8Array): boolean {
     const v4 = isV4Gid(g);
     if (v4 !== this.v4) return false;
+    const allow = this.allowDst;
+    if (!allow) return true;
     if (v4) {
-      if (g[12] === 127) return true;
       const a = ((g[12]! << 24) | (g[13]! << 16) | (g[14]! << 8) | g[15]!) >>> 0;
-      return this.nets.some(([net, mask]) => ((a & mask) >>> 0) === net);
+      let ok = this.allowed4.get(a);
+      if (ok === undefined) {
+        if (this.allowed4.size > 4096) this.allowed4.clear();
+        this.allowed4.set(a, (ok = allow.check(gidToAddr(g), 'ipv4')));
+      }
+      return ok;
     }
-    const loop = g.subarray(0, 15).every((b) => b === 0) && g[15] === 1;
-    return loop || this.nets6.some((pfx) => pfx.every((b, i) => g[i] === b)) || this.local6.some((a) => a.every((b, i) => g[i] === b));
+    return allow.check(gidToAddr(g), 'ipv6');
   }
+  /** softverbsd --allow-dst: the only destinations this device sends to (null: wherever the host routes). */
+  allowDst: BlockList | null = null;
+  private readonly allowed4 = new Map<number, boolean>();
 
   /** Builds one packet's frame in the send batch; it leaves at the next flush(). */
   send(p: Pkt): void {

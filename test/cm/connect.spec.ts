@@ -332,6 +332,31 @@ describe('RDMA CM', () => {
     assert.equal(x.server.out.match(/^server ping data: rdma-ping-\d+/gm).length, 20);
   });
 
+  test('softverbsd --allow-dst: a destination outside the prefixes does not resolve (ADDR_ERROR, ENETUNREACH); one inside connects', async () => {
+    const d2 = await startDaemon(['--device', `rxe0=${A4}`]);
+    const d1 = await startDaemon(['--device', `rxe0=${A3}`, '--allow-dst', '192.0.2.0/24,fd00::/8']);
+    const d1b = await startDaemon(['--device', `rxe0=${A1.replace(/\.1$/, '.9')}`, '--allow-dst', `${A4}/32`]);
+    try {
+      const rping = join(DIST, 'src', 'bin', 'rping.js');
+      const p = String(nextPort());
+      const srv = runProcess(process.execPath, [rping, '-s', '-a', A4, '-p', p, '-C', '2'], { ...process.env, SOFTVERBS_ROOT: d2.root });
+      await new Promise((r) => setTimeout(r, 500));
+      const refused = await runProcess(process.execPath, [rping, '-c', '-a', A4, '-p', p, '-C', '2'], { ...process.env, SOFTVERBS_ROOT: d1.root });
+      assert.equal(refused.code, 255, refused.out);
+      assert.match(refused.out, /cma event RDMA_CM_EVENT_ADDR_ERROR, error -101/);
+      const ok = await runProcess(process.execPath, [rping, '-c', '-a', A4, '-p', p, '-C', '2', '-V'], { ...process.env, SOFTVERBS_ROOT: d1b.root });
+      assert.equal(ok.code, 0, ok.out);
+      assert.equal((await srv).code, 0);
+      const bad = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'softverbsd.js'), '--allow-dst', '10.0.0.0/40']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.out, /--allow-dst "10\.0\.0\.0\/40": expected ADDRESS\[\/BITS\]/);
+    } finally {
+      await d1.stop();
+      await d1b.stop();
+      await d2.stop();
+    }
+  });
+
   const netns = spawnSync('unshare', ['--net', 'true']).status === 0;
   test('rping between two daemons over IPv6, verified', { skip: netns ? false : 'needs unshare --net and ip (root)' }, () => {
     const script = 'ip link set lo up && ip -6 addr add fd00::1/128 dev lo && ip -6 addr add fd00::2/128 dev lo && exec "$0" "$@"';
