@@ -7,13 +7,14 @@
  * answers to INIT_QP_ATTR (the active side on CONNECT_RESPONSE, then ACCEPT,
  * which sends the RTU; the passive side before its ACCEPT sends the REP).
  */
+import { lookup } from 'node:dns/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { join } from 'node:path';
 import { layout, unpack, type Input } from '../abi/layout.js';
 import * as C from '../abi/ucma.js';
 import { CmEventType, cmEventStr, PortSpace } from '../abi/ucma.js';
-import { QpAttrMask, QpState, QpType, type Mtu } from '../abi/enums.js';
+import { Access, QpAttrMask, QpState, QpType, WrOpcode, type Mtu } from '../abi/enums.js';
 import { defaultRoot } from '../common/paths.js';
 import { CommandChannel, EventStream } from './channel.js';
 import type { Context } from './context.js';
@@ -21,6 +22,7 @@ import { getDeviceList, openDevice, socketUnder, trustRoot } from './device.js';
 import { VerbsError } from './errors.js';
 import type { ProtectionDomain } from './pd.js';
 import type { CompletionQueue } from './cq.js';
+import type { WorkCompletion } from './types.js';
 import type { QueuePair } from './qp.js';
 import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
 
@@ -246,6 +248,16 @@ export class CmId {
   peerAddr: C.SockAddr | null = null;
   /** @internal */ lastEvent: CmEventType | null = null;
   private destroyed = false;
+  /**
+   * An endpoint of createEp (librdmacm's synchronous ids): the id has a channel of its own, and connect,
+   * accept and getRequest wait for their outcome; a refusal or a timeout is thrown as the errno librdmacm sets.
+   */
+  sync = false;
+  /** the QP attributes createEp was given: a listening endpoint's requests get a QP with them */
+  /** @internal */ epInit: (Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }) | null = null;
+  /** @internal */ epPd: ProtectionDomain | null = null;
+  /** the private data of the event that established the connection (its REP's, for the active side) */
+  lastParam: EventParam | null = null;
 
   constructor(
     readonly channel: EventChannel,
@@ -298,9 +310,12 @@ export class CmId {
   async createQp(pd: ProtectionDomain | null, init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }): Promise<QueuePair> {
     if (!this.verbs) throw new VerbsError('rdma_create_qp', 'EINVAL', 'the id has no device yet (resolve the address or take a connection request first)');
     this.pd = pd ?? (await defaultPd(this.verbs));
-    const sendCq = init.sendCq ?? (this.sendCq = await this.verbs.createCq(Math.max(1, init.cap?.maxSendWr ?? 1)));
-    const recvCq = init.recvCq ?? (this.recvCq = await this.verbs.createCq(Math.max(1, init.cap?.maxRecvWr ?? 1)));
-    const qp = await this.pd.createQp({ ...init, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType });
+    // rdma_create_ep's ids wait for completions asleep: their CQs get channels
+    const chan = async () => ((init as { withChannels?: boolean }).withChannels ? this.verbs!.createCompChannel() : null);
+    const sendCq = init.sendCq ?? (this.sendCq = await this.verbs.createCq(Math.max(1, init.cap?.maxSendWr ?? 1), await chan()));
+    const recvCq = init.recvCq ?? (this.recvCq = await this.verbs.createCq(Math.max(1, init.cap?.maxRecvWr ?? 1), await chan()));
+    const { withChannels: _w, ...rest } = init as { withChannels?: boolean } & typeof init;
+    const qp = await this.pd.createQp({ ...rest, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType });
     try {
       await this.modifyQp(qp, QpState.INIT);
       // a UD QP needs no peer: librdmacm takes it to RTS at once
@@ -313,6 +328,7 @@ export class CmId {
       throw e;
     }
     this.qp = qp;
+    this.qpCqs = [sendCq, recvCq];
     return qp;
   }
 
@@ -321,7 +337,11 @@ export class CmId {
     const qp = this.qp;
     this.qp = null;
     await qp?.destroyQp();
-    for (const cq of [this.sendCq, this.recvCq]) await cq?.destroyCq().catch(() => {});
+    for (const cq of [this.sendCq, this.recvCq]) {
+      const ch = cq?.channel;
+      await cq?.destroyCq().catch(() => {});
+      await ch?.destroyCompChannel().catch(() => {});
+    }
     this.sendCq = this.recvCq = null;
   }
 
@@ -372,6 +392,7 @@ export class CmId {
   /** rdma_connect: the REQ; ESTABLISHED, REJECTED, UNREACHABLE or CONNECT_ERROR follows. */
   async connect(p: ConnParam = {}): Promise<void> {
     await this.channel.call('rdma_connect', C.UcmaSpecs.CONNECT, { id: this.handle, conn_param: this.connParam(p, 'rdma_connect') });
+    if (this.sync) this.lastParam = (await this.waitEvent('rdma_connect', CmEventType.ESTABLISHED)).param;
   }
 
   /** rdma_accept: the id's QP to RTR and RTS, then the REP; ESTABLISHED follows when the RTU arrives. */
@@ -382,6 +403,7 @@ export class CmId {
       await this.modifyQpRts();
     }
     await this.channel.call('rdma_accept', C.UcmaSpecs.ACCEPT, { id: this.handle, conn_param: param });
+    if (this.sync && this.qpType !== QpType.UD) await this.waitEvent('rdma_accept', CmEventType.ESTABLISHED);
   }
 
   /** rdma_reject: a REJ (consumer defined) with private data. */
@@ -408,6 +430,144 @@ export class CmId {
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.qp) await this.destroyQp().catch(() => {});
     await this.destroy();
+    if (this.sync && !this.listenerOf) await this.channel.destroy();
+  }
+
+  // ---- the convenience layer (rdma_verbs.h and librdmacm's synchronous ids) ----
+
+  /** @internal the CQs of the id's QP (send, receive) */
+  qpCqs: [CompletionQueue, CompletionQueue] | null = null;
+  /** @internal the listening endpoint a request endpoint came from (they share its channel) */
+  listenerOf: CmId | null = null;
+
+  /** The next event of a synchronous id: `want`, or the errno librdmacm sets for what came instead. */
+  /** @internal */
+  async waitEvent(verb: string, want: CmEventType): Promise<CmEvent> {
+    const e = await this.channel.getCmEvent();
+    if (!e) throw new VerbsError(verb, 'EIO', 'the event channel is closed');
+    if (e.event === want) return e;
+    const code = e.event === CmEventType.REJECTED ? 'ECONNREFUSED' : e.event === CmEventType.UNREACHABLE ? (e.status === -110 ? 'ETIMEDOUT' : 'EHOSTUNREACH') : e.event === CmEventType.ADDR_ERROR || e.event === CmEventType.ROUTE_ERROR ? 'EHOSTUNREACH' : 'ECONNABORTED';
+    const err = new VerbsError(verb, code, `${cmEventStr(e.event)} (status ${e.status})`);
+    (err as VerbsError & { event?: CmEvent }).event = e;
+    throw err;
+  }
+
+  /** rdma_get_request: the next connection request to a listening endpoint, as an endpoint with its QP made. */
+  async getRequest(): Promise<CmId> {
+    if (!this.sync) throw new VerbsError('rdma_get_request', 'EINVAL', 'not an endpoint of createEp (use the event channel)');
+    const e = await this.waitEvent('rdma_get_request', CmEventType.CONNECT_REQUEST);
+    const id = e.id;
+    id.sync = true;
+    id.listenerOf = this;
+    id.lastParam = e.param;
+    if (this.epInit) await id.createQp(this.epPd && this.epPd.context === id.verbs ? this.epPd : null, epQpAttr(this.epInit, id));
+    return id;
+  }
+
+  /** rdma_reg_msgs for a buffer the library allocates (registrable memory is shared memory here). */
+  async allocMsgs(length: number): Promise<import('./mr.js').MemoryRegion> {
+    if (!this.pd) throw new VerbsError('rdma_reg_msgs', 'EINVAL', 'the id has no PD (create its QP first)');
+    return this.pd.allocMr(length, Access.LOCAL_WRITE);
+  }
+
+  /** rdma_post_recv */
+  postRecv(mr: import('./mr.js').MemoryRegion, offset = 0, length = mr.length - offset, wrId: bigint | number = 0): void {
+    this.qp!.postRecv({ wrId, sgList: [mr.sge(offset, length)] });
+  }
+
+  /** rdma_post_send (flags: SendFlags, e.g. INLINE | SIGNALED) */
+  postSend(mr: import('./mr.js').MemoryRegion, offset = 0, length = mr.length - offset, flags = 0, wrId: bigint | number = 0): void {
+    this.qp!.postSend({ wrId, opcode: WrOpcode.SEND, sendFlags: flags, sgList: [mr.sge(offset, length)] });
+  }
+
+  /** rdma_get_send_comp: the next send completion (waits, asleep on the CQ's channel). */
+  getSendComp(): Promise<WorkCompletion> {
+    return nextCompletion(this.qpCqs![0]);
+  }
+
+  /** rdma_get_recv_comp */
+  getRecvComp(): Promise<WorkCompletion> {
+    return nextCompletion(this.qpCqs![1]);
+  }
+}
+
+/** The QP an endpoint gets: the caller's attributes, with CQs (and their channels) the id makes for itself. */
+function epQpAttr(init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }, id: CmId): Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] } {
+  return { ...init, qpType: (init.qpType ?? id.qpType) as QpType, withChannels: true } as Partial<QpInitAttr>;
+}
+
+async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletion> {
+  for (;;) {
+    let [wc] = cq.pollCq(1);
+    if (wc) return wc;
+    if (!cq.channel) {
+      await new Promise((r) => setImmediate(r));
+      continue;
+    }
+    cq.reqNotifyCq(false);
+    [wc] = cq.pollCq(1);
+    if (wc) return wc;
+    if (!(await cq.channel.waitFor(cq))) throw new VerbsError('rdma_get_comp', 'EIO', 'the CQ is gone');
+    cq.ackCqEvents(1);
+  }
+}
+
+/** struct rdma_addrinfo, as far as RoCE uses it. */
+export interface RdmaAddrInfo {
+  passive: boolean;
+  portSpace: PortSpace;
+  qpType: number;
+  srcAddr: string | null;
+  srcPort: number;
+  dstAddr: string | null;
+  dstPort: number;
+}
+
+/**
+ * rdma_getaddrinfo: node and service to addresses (a name is looked up; a passive lookup without a node is the
+ * wildcard, which takes IPv4 and IPv6).
+ */
+export async function getAddrInfo(node: string | null, service: string | number | null, hints: { passive?: boolean; portSpace?: PortSpace; qpType?: number; src?: string } = {}): Promise<RdmaAddrInfo> {
+  const port = service === null ? 0 : Number(service);
+  if (!Number.isInteger(port) || port < 0 || port > 0xffff) throw new VerbsError('rdma_getaddrinfo', 'EINVAL', `service "${service}" is not a port number`);
+  const ps = hints.portSpace ?? PortSpace.TCP;
+  const qpType = hints.qpType ?? (ps === PortSpace.UDP ? QpType.UD : QpType.RC);
+  const look = async (n: string) => {
+    try {
+      return (await lookup(n)).address;
+    } catch (e) {
+      throw new VerbsError('rdma_getaddrinfo', 'ENOENT', `${n}: ${(e as Error).message}`);
+    }
+  };
+  if (hints.passive) return { passive: true, portSpace: ps, qpType, srcAddr: node ? await look(node) : '::', srcPort: port, dstAddr: null, dstPort: 0 };
+  if (!node) throw new VerbsError('rdma_getaddrinfo', 'EINVAL', 'an active lookup needs a node');
+  return { passive: false, portSpace: ps, qpType, srcAddr: hints.src ? await look(hints.src) : null, srcPort: 0, dstAddr: await look(node), dstPort: port };
+}
+
+/**
+ * rdma_create_ep: a synchronous id for `res`. Passive: bound to its address (listen, then getRequest). Active:
+ * address and route resolved, and (with `qpInit`) its QP made; connect() then waits for the connection.
+ */
+export async function createEp(res: RdmaAddrInfo, pd: ProtectionDomain | null = null, qpInit: (Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }) | null = null, root = defaultRoot()): Promise<CmId> {
+  const ch = await EventChannel.create(root);
+  try {
+    const id = await ch.createId(res.portSpace, null, res.portSpace === PortSpace.IB ? res.qpType : 0);
+    id.sync = true;
+    id.epInit = qpInit;
+    id.epPd = pd;
+    if (res.passive) {
+      await id.bindAddr(res.srcAddr ?? '::', res.srcPort);
+      return id;
+    }
+    await id.resolveAddr(res.dstAddr!, res.dstPort, { src: res.srcAddr ?? undefined });
+    await id.waitEvent('rdma_create_ep', CmEventType.ADDR_RESOLVED);
+    await id.resolveRoute();
+    await id.waitEvent('rdma_create_ep', CmEventType.ROUTE_RESOLVED);
+    if (qpInit) await id.createQp(pd, epQpAttr(qpInit, id));
+    return id;
+  } catch (e) {
+    await ch.destroy();
+    throw e;
   }
 }
 

@@ -11,7 +11,7 @@ import { CmEventType, cmEventStr, EventChannel, PortSpace, WrOpcode, SendFlags, 
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
-import { getDeviceList } from '../../src/verbs/index.js';
+import { createEp, getAddrInfo, getDeviceList, type VerbsError } from '../../src/verbs/index.js';
 
 /** The next event on a channel, which must be `want` (its name in the failure otherwise). */
 async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
@@ -321,6 +321,21 @@ describe('RDMA CM', () => {
     await id.destroyQp();
     await id.destroy();
     await ch.destroy();
+  });
+
+  test('the convenience layer: rdma_server and rdma_client exchange their 16 bytes; createEp to nobody is ECONNREFUSED', async () => {
+    const env = { ...process.env, SOFTVERBS_ROOT: d.root };
+    const p = String(nextPort());
+    const srv = runProcess(process.execPath, [join(DIST, 'src', 'bin', 'rdma_server.js'), '-p', p], env);
+    await new Promise((r) => setTimeout(r, 500));
+    const cli = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'rdma_client.js'), '-s', A2, '-p', p], env);
+    assert.equal(cli.out, 'rdma_client: start\nrdma_client: end 0\n');
+    assert.equal((await srv).out, 'rdma_server: start\nrdma_server: end 0\n');
+    const res = await getAddrInfo(A2, nextPort(), { src: A1 });
+    const id = await createEp(res, null, { cap: { maxSendWr: 1, maxRecvWr: 1 } }, d.root);
+    await assert.rejects(id.connect(), (e: VerbsError) => e.code === 'ECONNREFUSED' && /REJECTED \(status 8\)/.test(e.message));
+    await id[Symbol.asyncDispose]();
+    await assert.rejects(getAddrInfo(A2, 'http'), { code: 'EINVAL' });
   });
 
   test('rping between two daemons over IPv4, verified', () => {

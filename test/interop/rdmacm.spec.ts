@@ -1,6 +1,6 @@
 /**
  * RDMA CM against Linux (rdma_cm, ib_cm and rdma-core 44's rping in the lab
- * VM), run by `npm run test:interop`: rping, ucmatose and udaddy both ways, and
+ * VM), run by `npm run test:interop`: rping, ucmatose, udaddy and rdma_server/rdma_client both ways, and
  * a connection to a port nothing listens on refused both ways (REJ "invalid
  * service ID" reaching the client as REJECTED, status 8).
  */
@@ -67,6 +67,19 @@ describe('rping: softverbs <-> rdma-core 44 over Linux rdma_cm', { skip }, () =>
         assert.equal(r.code, 0, `${who}:\n${r.out}`);
         assert.match(r.out, /data transfers complete\ntest complete\nreturn status 0\n/, who);
       }
+    });
+  }
+
+  for (const oursServes of [true, false]) {
+    test(`rdma_server / rdma_client (librdmacm's convenience layer), softverbs ${oursServes ? 'server' : 'client'}, Linux ${oursServes ? 'client' : 'server'}`, async () => {
+      const port = String(7000 + Math.floor(Math.random() * 1000));
+      const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', server ? 'rdma_server.js' : 'rdma_client.js'), ...(server ? [] : ['-s', PEER]), '-p', port], { ...process.env, SOFTVERBS_ROOT: d.root });
+      const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 60 ${server ? 'rdma_server' : `rdma_client -s ${HOST}`} -p ${port}`]);
+      const [a, b] = await meet(oursServes, ours, theirs);
+      assert.equal(a.code, 0, a.out);
+      assert.equal(b.code, 0, b.out);
+      assert.match((oursServes ? a : b).out, /^rdma_server: start\nrdma_server: end 0\n$/);
+      assert.match((oursServes ? b : a).out, /^rdma_client: start\nrdma_client: end 0\n$/);
     });
   }
 
