@@ -258,6 +258,36 @@ describe('RDMA CM', () => {
     assert.deepEqual(await tracked(), before, "the dead listener's ids are gone");
   });
 
+  test('a process killed with a connection open: the daemon sends the DREQ, the peer sees DISCONNECTED', async () => {
+    const p = nextPort();
+    const before = await tracked();
+    const child = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'cmlisten.js'), d.root, A2, String(p), 'accept'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let said = '';
+    const saw = (what: string) => new Promise<void>((res) => {
+      const check = () => said.includes(what) && res();
+      child.stdout!.on('data', (b) => ((said += b), check()));
+      check();
+    });
+    await saw('listening');
+    const cch = await EventChannel.create(d.root);
+    const cid = await cch.createId(PortSpace.TCP);
+    await cid.resolveAddr(A2, p, { src: A1 });
+    await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+    await cid.resolveRoute();
+    await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+    await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await cid.connect();
+    await expectEvent(cch, CmEventType.ESTABLISHED);
+    await saw('established');
+    child.kill('SIGKILL');
+    await expectEvent(cch, CmEventType.DISCONNECTED, 5000);
+    await cid.disconnect();
+    await cid.destroyQp();
+    await cid.destroy();
+    await cch.destroy();
+    assert.deepEqual(await tracked(), before, "the dead process's ids and QP are gone");
+  });
+
   test('hostile and mistaken requests: errno and a reason, nothing disturbed', async () => {
     const ch = await EventChannel.create(d.root);
     const a = await ch.createId(PortSpace.TCP);
