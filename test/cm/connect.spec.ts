@@ -288,6 +288,23 @@ describe('RDMA CM', () => {
     assert.deepEqual(await tracked(), before, "the dead process's ids and QP are gone");
   });
 
+  test('TIMEWAIT_EXIT follows a closed connection whose ids are kept', async () => {
+    const c = await establish(d.root, d.root, A2, A1);
+    await c.cid.disconnect();
+    await expectEvent(c.sch, CmEventType.DISCONNECTED);
+    await c.child.disconnect();
+    await expectEvent(c.cch, CmEventType.DISCONNECTED);
+    await expectEvent(c.cch, CmEventType.TIMEWAIT_EXIT, 5000);
+    await expectEvent(c.sch, CmEventType.TIMEWAIT_EXIT, 5000);
+    for (const id of [c.cid, c.child]) {
+      await id.destroyQp();
+      await id.destroy();
+    }
+    await c.listen.destroy();
+    await c.sch.destroy();
+    await c.cch.destroy();
+  });
+
   test('hostile and mistaken requests: errno and a reason, nothing disturbed', async () => {
     const ch = await EventChannel.create(d.root);
     const a = await ch.createId(PortSpace.TCP);
@@ -456,5 +473,29 @@ describe('RDMA CM under packet loss', () => {
     await listen.destroy();
     await sch.destroy();
     await cch.destroy();
+  });
+});
+
+describe('RDMA CM and a device going away', () => {
+  test('rdma link delete: the ids on the device get DEVICE_REMOVAL', async () => {
+    const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`]);
+    try {
+      const ch = await EventChannel.create(d.root);
+      const on1 = await ch.createId(PortSpace.TCP);
+      await on1.bindAddr(A4, 7999);
+      await on1.listen();
+      const on0 = await ch.createId(PortSpace.TCP);
+      await on0.bindAddr(A3, 7999);
+      await on0.listen();
+      const r = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'rdma.js'), 'link', 'delete', 'rxe1'], { ...process.env, SOFTVERBS_ROOT: d.root });
+      assert.equal(r.code, 0, r.out);
+      const e = await expectEvent(ch, CmEventType.DEVICE_REMOVAL);
+      assert.equal(e.id, on1);
+      await on1.destroy();
+      await on0.destroy();
+      await ch.destroy();
+    } finally {
+      await d.stop();
+    }
   });
 });
