@@ -424,7 +424,7 @@ export class ConnectionManager {
   }
 
   reject(id: CmId, privateData: Uint8Array, reason: number): void {
-    if (id.ib === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, SidrStatus.REJECT, { qpNum: 0, qkey: 0, privateData, srq: 0, responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetryCount: 0 });
+    if (id.ib === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, SidrStatus.REJECT, refusal(privateData));
     if (privateData.length > PRIVATE_DATA.REJ) throw new CmdError(E.EINVAL, `rdma_reject: ${privateData.length} bytes of private data (a REJ holds ${PRIVATE_DATA.REJ})`);
     const rejectable: IbState[] = [IbState.REQ_RCVD, IbState.MRA_REQ_SENT, IbState.REP_RCVD];
     if (!rejectable.includes(id.ib)) throw new CmdError(E.EINVAL, `rdma_reject: the connection is ${id.ib}, not a request or reply waiting for an answer`);
@@ -529,7 +529,7 @@ export class ConnectionManager {
         this.sendDrep(id);
         break;
       case IbState.SIDR_REQ_RCVD:
-        this.sidrRep(id, SidrStatus.REJECT, { qpNum: 0, qkey: 0, privateData: new Uint8Array(0), srq: 0, responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetry: 0 } as unknown as ConnParam);
+        this.sidrRep(id, SidrStatus.REJECT, refusal(new Uint8Array(0)));
         break;
     }
     this.releasePending(id);
@@ -1129,6 +1129,11 @@ export class ConnectionManager {
 /** The kernel chose a source for `dst` on the loopback interface: the destination is this host. */
 function isLocalRoute(src: string, dst: string): boolean {
   return src === dst || src.startsWith('127.') || src === '::1';
+}
+
+/** The parameters of a SIDR refusal: no QP, only (maybe) private data. */
+function refusal(privateData: Uint8Array): ConnParam {
+  return { qpNum: 0, qkey: 0, privateData, srq: 0, responderResources: 0, initiatorDepth: 0, flowControl: 0, retryCount: 0, rnrRetryCount: 0 };
 }
 
 function rejMad(tid: bigint, local: number, remote: number, reason: number, msg: number, privateData: Uint8Array, ari?: Uint8Array): Uint8Array {
