@@ -145,6 +145,8 @@ export class CmId {
   eventsReported = 0;
   destroyed = false;
   tos = 0;
+  /** destroyed, but still resending its DREQ until the peer answers */
+  lingering = false;
   /** a SIDR request's key in the duplicate index */
   remoteKey = '';
   /** what `rdma resource show cm_id` calls cm-idn */
@@ -523,7 +525,10 @@ export class ConnectionManager {
         this.sendRej(id, RejReason.CONSUMER_DEFINED, id.ib === IbState.REP_RCVD ? MsgRef.REP : MsgRef.OTHER, new Uint8Array(0));
         break;
       case IbState.ESTABLISHED:
-        this.sendMad(id, encodeMad(CmAttr.DREQ, id.tid, DREQ, { local_comm_id: id.localCommId, remote_comm_id: id.remoteCommId, remote_qpn_eecn: id.remoteQpn }));
+        id.last = encodeMad(CmAttr.DREQ, id.tid, DREQ, { local_comm_id: id.localCommId, remote_comm_id: id.remoteCommId, remote_qpn_eecn: id.remoteQpn });
+        id.retries = 0;
+        id.ib = IbState.DREQ_SENT;
+        this.sendMad(id, id.last);
         break;
       case IbState.DREQ_RCVD:
         this.sendDrep(id);
@@ -536,8 +541,23 @@ export class ConnectionManager {
     this.stopTimer(id);
     id.destroyed = true;
     id.state = CmState.DESTROYING;
+    // a DREQ that is lost would leave the peer connected to nobody: the connection lingers, out of its owner's
+    // sight, resending the DREQ until the DREP comes or the retries are spent (ib_cm keeps it the same way)
+    const linger = id.ib === IbState.DREQ_SENT && id.last !== null;
     this.forget(id);
+    if (linger) {
+      id.lingering = true;
+      this.byCommId.set(id.localCommId, id);
+      this.arm(id, Math.min(RETRY_MS, id.peerTimeoutMs));
+    }
     return id.eventsReported;
+  }
+
+  /** A destroyed id's last exchange is over: nothing of it is left. */
+  private unlinger(id: CmId): void {
+    this.stopTimer(id);
+    id.lingering = false;
+    if (this.byCommId.get(id.localCommId) === id) this.byCommId.delete(id.localCommId);
   }
 
   private forget(id: CmId): void {
@@ -632,7 +652,8 @@ export class ConnectionManager {
 
   private onTimeout(id: CmId): void {
     id.timer = null;
-    if (id.destroyed) return;
+    if (id.destroyed && !id.lingering) return;
+    if (id.lingering && (id.ib !== IbState.DREQ_SENT || id.retries >= id.maxRetries)) return this.unlinger(id);
     if (id.ib === IbState.TIMEWAIT) {
       id.ib = IbState.IDLE;
       if (id.localCommId && this.byCommId.get(id.localCommId) === id) this.byCommId.delete(id.localCommId);
@@ -889,6 +910,7 @@ export class ConnectionManager {
     const id = this.byCommId.get(m.remote_comm_id);
     if (!id || m.local_comm_id !== id.remoteCommId) return this.drop('DREP for no connection');
     if (id.ib !== IbState.DREQ_SENT) return;
+    if (id.lingering) return this.unlinger(id);
     this.timewait(id);
     this.emit(id, CmEventType.DISCONNECTED, 0, { privateData: m.private_data });
   }

@@ -468,6 +468,27 @@ describe('RDMA CM under packet loss', () => {
         await id.destroy();
       }
     }
+    // an id destroyed while connected: its DREQ is resent (out of its owner's sight) until the peer hears it
+    for (let i = 0; i < 4; i++) {
+      const cid = await cch.createId(PortSpace.TCP);
+      await cid.resolveAddr(A2, p, { src: A1 });
+      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+      await cid.resolveRoute();
+      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await cid.connect();
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST, 20_000);
+      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await req.id.accept();
+      await expectEvent(cch, CmEventType.ESTABLISHED, 20_000);
+      await expectEvent(sch, CmEventType.ESTABLISHED, 20_000);
+      await cid.destroyQp();
+      await cid.destroy();
+      await expectEvent(sch, CmEventType.DISCONNECTED, 20_000);
+      await req.id.disconnect();
+      await req.id.destroyQp();
+      await req.id.destroy();
+    }
     const f = await mgmt(getDeviceList(d.root)[0]!.devPath, 'faults');
     assert.ok(f.dropped >= 3, `the seed drops some of the MADs (dropped ${f.dropped})`);
     await listen.destroy();
