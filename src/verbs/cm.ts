@@ -496,7 +496,8 @@ function epQpAttr(init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }, id: C
   return { ...init, qpType: (init.qpType ?? id.qpType) as QpType, withChannels: true } as Partial<QpInitAttr>;
 }
 
-async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletion> {
+/** The next completion of a CQ, waiting asleep on its channel when it has one (the convenience layer's rdma_get_*_comp). */
+export async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletion> {
   for (;;) {
     let [wc] = cq.pollCq(1);
     if (wc) return wc;

@@ -42,6 +42,10 @@ const CASES: Case[] = [
   { tool: 'ib_read_bw', args: '-a -n 5', rows: 'both', name: 'all sizes' },
   { tool: 'ib_send_lat', args: '-n 50 -s 512 -c UD', rows: 'both', lat: true, name: 'UD' },
   { tool: 'ib_write_bw', args: '-D 3 -s 4096', rows: 'both', name: 'duration' },
+  // -R: the exchange and the test QPs through the RDMA CM
+  { tool: 'ib_send_bw', args: '-R -n 64 -s 3072', rows: 'both', name: 'rdma_cm' },
+  { tool: 'ib_write_bw', args: '-R -n 64 -s 3072', rows: 'both', name: 'rdma_cm' },
+  { tool: 'ib_read_lat', args: '-R -n 50 -s 64', rows: 'client', lat: true, name: 'rdma_cm' },
 ];
 
 describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () => {

@@ -229,6 +229,25 @@ describe('perftest tools end to end', () => {
     });
   }
 
+  for (const [t, args] of [['ib_write_bw', '-n 200 -s 4096'], ['ib_send_bw', '-n 200 -s 4096'], ['ib_read_lat', '-n 100 -s 64']] as const) {
+    test(`${t} -R ${args}: the exchange and the QPs through the RDMA CM (rxe0 <-> rxe1)`, async () => {
+      const port = nextPort++;
+      const srv = run(t, ['-R', '-d', 'rxe0', '-p', String(port), ...args.split(' ')], d.root);
+      await new Promise((r) => setTimeout(r, 400));
+      const cl = await run(t, ['-R', '-d', 'rxe1', '-p', String(port), ...args.split(' '), A1], d.root);
+      const sr = await srv;
+      assert.equal(cl.code, 0, `client:\n${cl.out}\nserver:\n${sr.out}`);
+      assert.equal(sr.code, 0, `server:\n${sr.out}`);
+      for (const o of [cl.out, sr.out]) assert.match(o, / rdma_cm QPs\t : ON\n Data ex\. method : rdma_cm\n/);
+      assert.match(sr.out, / Waiting for client rdma_cm QP to connect\n Please run the same command with the IB\/RoCE interface IP\n/);
+      // the address lines are the exchange's (SEND: no RKey or VAddr), and each side saw the other's
+      assert.match(cl.out, /^ local address: LID 0000 QPN 0x[0-9a-f]{4,6} PSN 0x[0-9a-f]+\n/m);
+      assert.deepEqual(addrs(cl.out, 'remote'), addrs(sr.out, 'local'));
+      assert.deepEqual(addrs(sr.out, 'remote'), addrs(cl.out, 'local'));
+      assert.equal(cl.out.match(t.endsWith('_lat') ? LAT_ROW : BW_ROW)?.length, 1, cl.out);
+    });
+  }
+
   test('the exchange, message by message, is the one perftest had in each captured run', { skip: haveCaptures ? false : 'no captures' }, async () => {
     for (const name of NAMES) {
       const c = capture(name);
@@ -347,9 +366,9 @@ describe('perftest tools end to end', () => {
     x = await r('ib_send_bw', ['--bogus']);
     assert.equal(x.code, 1);
     assert.match(x.out, /unrecognized option '--bogus'\n Invalid Command or flag\.\n Please check command line and run again\.\n/);
-    x = await r('ib_write_bw', ['-R']);
+    x = await r('ib_send_bw', ['-R', '-c', 'UD']);
     assert.equal(x.code, 1);
-    assert.match(x.out, /rdma_cm QPs \(-R\) is not supported by softverbs/);
+    assert.match(x.out, / -R with UD QPs is not supported by softverbs \(RC only\)/);
     x = await r('ib_write_lat', ['-n', '3']);
     assert.match(x.out, / Iteration num should be between 5 and 100000000\n/);
     x = await r('ib_send_bw', ['--help']);

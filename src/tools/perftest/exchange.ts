@@ -14,7 +14,10 @@
  *  - bandwidth reports, five 8-byte big-endian fields (size, iters, peak,
  *    average, message rate);
  *  - "done" and its NUL, written by each side as it closes.
- * The codec is pure; `Oob` is the thin socket part.
+ * The codec is pure; `Oob` is the thin socket part. With -R the same
+ * messages travel as RDMA SENDs over an RDMA CM connection instead
+ * (`cm-exchange.ts`), except the key message, which is then struct
+ * pingpong_dest itself (56 bytes, big-endian fields: `encodeDest`).
  */
 import { createConnection, createServer, type Socket } from 'node:net';
 import { reader } from '../sockio.js';
@@ -96,6 +99,32 @@ export function decodeKey(b: Buffer): PerfDest | null {
   };
 }
 
+/** struct pingpong_dest (x86-64) */
+export const DEST_SIZE = 56;
+
+/**
+ * rdma_write_keys: struct pingpong_dest with its fields big-endian (lid, out_reads, qpn, psn, rkey at 0..19,
+ * vaddr at 24, the GID at 32, srqn and gid_index at 48 and 52).
+ */
+export function encodeDest(d: PerfDest, gidIndex = 0): Buffer {
+  const b = Buffer.alloc(DEST_SIZE);
+  b.writeInt32BE(d.lid, 0);
+  b.writeInt32BE(d.outReads, 4);
+  b.writeInt32BE(d.qpn, 8);
+  b.writeInt32BE(d.psn, 12);
+  b.writeUInt32BE(d.rkey >>> 0, 16);
+  b.writeBigUInt64BE(BigInt.asUintN(64, d.vaddr), 24);
+  b.set(d.gid.subarray(0, 16), 32);
+  b.writeUInt32BE(d.srqn >>> 0, 48);
+  b.writeInt32BE(gidIndex, 52);
+  return b;
+}
+
+/** rdma_read_keys (which leaves srqn alone). */
+export function decodeDest(b: Buffer): PerfDest {
+  return { lid: b.readInt32BE(0), outReads: b.readInt32BE(4), qpn: b.readInt32BE(8), psn: b.readInt32BE(12), rkey: b.readUInt32BE(16), vaddr: b.readBigUInt64BE(24), gid: Uint8Array.from(b.subarray(32, 48)), srqn: 0 };
+}
+
 /** The five 8-byte fields of xchg_bw_reports, each its own exchange, in order. */
 export function encodeBwReport(r: BwReport): Buffer[] {
   const u = (x: bigint) => {
@@ -125,13 +154,32 @@ export class OobError extends Error {}
 /** establish_connection's words when the socket part fails ("...connection" has no newline in perftest) */
 const UNABLE = 'Unable to open file descriptor for socket connection Unable to init the socket connection\n';
 
-/** One side of the TCP connection. */
-export class Oob {
-  private read: (n: number) => Promise<Buffer | null>;
-  /** when the peer closed its end (0: it has not): a test loop still waiting on it then stops waiting */
+/** The exchange with the peer, whichever way it travels: symmetric fixed-size messages (ctx_xchg_data). */
+export abstract class Exchange {
+  /** when the peer went away (0: it has not): a test loop still waiting on it then stops waiting */
   peerGoneAt = 0;
+  abstract readonly isClient: boolean;
+  /** ctx_xchg_data: write-then-read on the client, read-then-write on the server. */
+  abstract xchg(mine: Buffer, what: string): Promise<Buffer>;
+  /** ctx_hand_shake for one QP. */
+  abstract handShake(mine: PerfDest): Promise<PerfDest>;
+  /** ctx_close_connection's tail. */
+  abstract close(): Promise<void>;
+  abstract destroy(): void;
+
+  async xchgBwReports(mine: BwReport): Promise<BwReport> {
+    const parts: Buffer[] = [];
+    for (const b of encodeBwReport(mine)) parts.push(await this.xchg(b, 'bandwidth report'));
+    return decodeBwReport(parts);
+  }
+}
+
+/** One side of the TCP connection. */
+export class Oob extends Exchange {
+  private read: (n: number) => Promise<Buffer | null>;
 
   private constructor(private sock: Socket, readonly isClient: boolean) {
+    super();
     this.read = reader(sock);
     sock.setNoDelay(true);
     const gone = () => {
@@ -187,12 +235,6 @@ export class Oob {
     const d = decodeKey(got);
     if (!d) throw new OobError(`Couldn't parse line <${got.toString('latin1').replace(/\0.*$/s, '')}>\n`);
     return d;
-  }
-
-  async xchgBwReports(mine: BwReport): Promise<BwReport> {
-    const parts: Buffer[] = [];
-    for (const b of encodeBwReport(mine)) parts.push(await this.xchg(b, 'bandwidth report'));
-    return decodeBwReport(parts);
   }
 
   /** ctx_close_connection's tail: "done" and close. */

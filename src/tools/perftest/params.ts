@@ -72,11 +72,13 @@ export interface Params {
   resultsJson: string | null;
   servername: string | null;
   machine: 'CLIENT' | 'SERVER';
+  /** -R: the QPs connect through the RDMA CM, and the exchange runs over an RDMA CM connection too (perftest sets use_rdma_cm with it) */
+  rdmaCm: boolean;
 }
 
 /** Options softverbs does not implement: what they are, so the refusal can say it. */
 const UNSUPPORTED: Record<string, string> = {
-  R: 'rdma_cm QPs (-R)', z: 'rdma_cm exchange (-z)', g: 'multicast (-g)', O: 'dual-port (-O)', X: 'completion vectors (-X)',
+  z: 'rdma_cm exchange (-z)', g: 'multicast (-g)', O: 'dual-port (-O)', X: 'completion vectors (-X)',
   T: 'TOS (-T, rdma_cm only)', L: 'hop limit (-L, raw Ethernet only)', M: 'multicast GIDs (-M)', B: 'raw Ethernet (-B)', E: 'raw Ethernet (-E)',
   J: 'raw Ethernet (-J)', j: 'raw Ethernet (-j)', K: 'raw Ethernet (-K)', k: 'raw Ethernet (-k)', w: 'BW limits (-w)', y: 'message-rate limits (-y)',
   W: 'HW counters (-W)', Z: 'raw Ethernet (--server)', P: 'raw Ethernet (--client)', v: 'MAC forwarding (-v)', G: 'RSS (-G)',
@@ -204,7 +206,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     testType: 'ITERATIONS', duration: DEF.duration, margin: -1, atomicType: 'FETCH_AND_ADD', reportGbits: false, cpuFreqF: false,
     // write_lat.c alone turns relaxed ordering off (it polls the buffer's last byte)
     disablePcir: tst === 'LAT' && verb === Verb.WRITE, outJson: false, outJsonFile: 'perftest_out.json', histogram: false, unsorted: false, cycles: false,
-    chart: null, resultsCsv: null, resultsJson: null, servername: null, machine: 'SERVER',
+    chart: null, resultsCsv: null, resultsJson: null, servername: null, machine: 'SERVER', rdmaCm: v.R === true,
   };
   if (verb === Verb.ATOMIC) p.size = DEF.sizeAtomic;
   try {
@@ -252,6 +254,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       if (c === 'UD' && verb !== Verb.SEND) throw new ParseExit(1, ' UD connection only possible in SEND verb\n', false);
       if (c === 'UC' && (verb === Verb.READ || verb === Verb.ATOMIC)) throw new ParseExit(1, ' UC connection not possible in READ/ATOMIC verbs\n', false);
       p.conn = c as Conn;
+      if (p.rdmaCm && c !== 'RC') throw new ParseExit(1, ` -R with ${c} QPs is not supported by softverbs (RC only)\n`);
     }
     if (v.qp !== undefined) {
       if (tst !== 'BW') fail(' Multiple QPs only available on bw tests\n');

@@ -65,8 +65,9 @@ export function testInfo(p: Params, c: InfoCtx): string {
   if (c.gidIndex !== -1) o.push(` GID index       : ${c.gidIndex}\n`);
   if (p.verb !== Verb.READ && p.verb !== Verb.ATOMIC) o.push(` Max inline data : ${c.inlineSize}[B]\n`);
   else o.push(` Outstand reads  : ${c.outReads}\n`);
-  o.push(' rdma_cm QPs\t : OFF\n');
-  o.push(' Data ex. method : Ethernet\n');
+  o.push(` rdma_cm QPs\t : ${p.rdmaCm ? 'ON' : 'OFF'}\n`);
+  o.push(` Data ex. method : ${p.rdmaCm ? 'rdma_cm' : 'Ethernet'}\n`);
+  if (p.rdmaCm && p.machine === 'SERVER') o.push(RESULT_LINE, ' Waiting for client rdma_cm QP to connect\n', ' Please run the same command with the IB/RoCE interface IP\n');
   o.push(RESULT_LINE);
   return o.join('');
 }
@@ -172,7 +173,7 @@ function jsonTestInfo(p: Params, c: InfoCtx): string {
   if (c.gidIndex !== -1) o.push(`GID_index: ${c.gidIndex},\n`);
   if (p.verb !== Verb.READ && p.verb !== Verb.ATOMIC) o.push(`Max_inline_data: ${c.inlineSize},\n`);
   else o.push(`Outstand_reads: ${c.outReads},\n`);
-  o.push('rdma_cm_QPs: OFF,\n', 'Data_ex_method: Ethernet,\n', '},\n');
+  o.push(`rdma_cm_QPs: ${p.rdmaCm ? 'ON' : 'OFF'},\n`, `Data_ex_method: ${p.rdmaCm ? 'rdma_cm' : 'Ethernet'},\n`, '},\n');
   return o.join('');
 }
 

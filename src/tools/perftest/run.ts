@@ -8,12 +8,13 @@
  * peer `exchange.ts`, the printed results `report.ts`.
  */
 import { writeFileSync } from 'node:fs';
-import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type Context } from '../../verbs/index.js';
-import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, OobError, type BwReport, type PerfDest } from './exchange.js';
+import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type CmId, type Context, type ProtectionDomain, type QpInitAttr } from '../../verbs/index.js';
+import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, OobError, type BwReport, type Exchange, type PerfDest } from './exchange.js';
+import { CmOob, CmQps } from './cm-exchange.js';
 import { DEF, MIN_PEER_VERSION, parse, PERFTEST_VERSION, RESULT_LINE, Verb, type Params, type Tst } from './params.js';
 import { addrLines, bannerWaiting, bwHeader, bwJson, bwRow, computeBw, latDuration, latHeader, latJson, latRow, testInfo, type InfoCtx } from './report.js';
 import { writeSweep } from './sweep.js';
-import { armCqs, connectQps, Fail, fail, initResources, MTU_BYTES, PORT_STATE, postRecvs, printable, setSendWqes, type Session } from './session.js';
+import { armCqs, connectQps, Fail, fail, initResources, MTU_BYTES, PORT_STATE, postRecvs, printable, setSendWqes, type Res, type Session } from './session.js';
 import { runBw, runLat, runLatSend, runLatWrite, type LatOutcome } from './loops.js';
 
 /** Entry point of every perftest bin. */
@@ -27,7 +28,8 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
   const p = parsed.params;
   const out = (s: string) => process.stdout.write(s);
   out(parsed.out);
-  let oob: Oob | null = null;
+  let oob: Exchange | null = null;
+  let cmq: CmQps | null = null;
   let ctx: Context | null = null;
   try {
     const devs = getDeviceList();
@@ -62,7 +64,8 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     }
 
     if (p.machine === 'SERVER') out(bannerWaiting());
-    oob = p.servername ? await Oob.connect(p.servername, p.port) : await Oob.accept(p.port);
+    if (p.rdmaCm) oob = p.servername ? await CmOob.connect(p.servername, p.port, p, outReads) : await CmOob.accept(p.port, p, outReads);
+    else oob = p.servername ? await Oob.connect(p.servername, p.port) : await Oob.accept(p.port);
 
     // exchange_versions, check_version_compatibility, check_sys_data, check_mtu
     const rv = decodeVersion(await oob.xchg(encodeVersion(PERFTEST_VERSION), 'version'));
@@ -90,7 +93,26 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       } else fail(' Max message size in UD cannot be greater than MTU \n');
     }
 
-    const res = await initResources(p, ctx, cycleBuffer, cacheLine);
+    let res: Res;
+    if (p.rdmaCm) {
+      // create_rdma_cm_connection: a barrier, the test QPs connected through the CM on the same port, a barrier
+      const zero: PerfDest = { lid: 0, outReads: 0, qpn: 0, psn: 0, rkey: 0, vaddr: 0n, gid: new Uint8Array(16), srqn: 0 };
+      const listening = p.servername ? null : await CmQps.listen(p.port, p).catch((e: Error) => fail(`${e.message}\nFailed to create RDMA CM connection with resources.\n`));
+      await oob.handShake(zero);
+      let made: Res | null = null;
+      let qpInit: { init: QpInitAttr; pd: ProtectionDomain } | null = null;
+      const setup = async (cmCtx: Context, ids: CmId[]) => {
+        made = await initResources(p, cmCtx, cycleBuffer, cacheLine, (i, init, pd) => ((qpInit = { init, pd }), ids[i]!.createQp(pd, init)));
+        return made.qps;
+      };
+      // a connection tried again: a new id, a new QP in the old one's place
+      const remake = async (id: CmId, i: number) => (made!.qps[i] = await id.createQp(qpInit!.pd, qpInit!.init));
+      cmq = await (listening ? listening.accept(outReads, setup) : CmQps.connect(p.servername!, p.port, p, outReads, undefined, setup, remake))
+        .catch((e: Error) => fail(`${e.message.replace(/\n?$/, '\n')}Failed to create RDMA CM connection with resources.\n`));
+      res = made!;
+      await oob.handShake(zero);
+      gid = res.ctx.queryGid(p.ibPort, gidIndex);
+    } else res = await initResources(p, ctx, cycleBuffer, cacheLine);
     const my = res.qps.map((qp, i): PerfDest => ({
       lid: port.lid, outReads, qpn: qp.qpNum, psn: Math.floor(Math.random() * 0x1000000), rkey: res.mr.rkey,
       vaddr: res.mr.addr + BigInt(res.recvBase + i * res.slice), gid, srqn: 0,
@@ -98,13 +120,16 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     const info: InfoCtx = { devName: dev.name, mtuBytes: MTU_BYTES(mtu), gidIndex, inlineSize: p.inlineSize, outReads };
     const s: Session = { p, oob, res, my, rem: [], info, out, sweep: [], sendWrs: [], recvWrs: [] };
     out(testInfo(p, info));
-    const connect = () => connectQps(s, mtu, gidIndex);
+    // with -R the CM has taken the QPs to RTS
+    const connect = () => (p.rdmaCm ? Promise.resolve() : connectQps(s, mtu, gidIndex));
     if (p.tst === 'BW' && p.verb !== Verb.SEND) await bwRdma(s, connect);
     else if (p.tst === 'BW') await bwSend(s, connect);
     else if (p.verb === Verb.WRITE) await latWrite(s, connect);
     else if (p.verb === Verb.SEND) await latSend(s, connect);
     else await latReadAtomic(s, connect);
     if (s.sweep.length) writeSweep(p, s.sweep);
+    // destroy_ctx: rdma_cm_disconnect_nodes
+    await cmq?.disconnect();
     return 0;
   } catch (e) {
     if (e instanceof Fail || e instanceof OobError) {
@@ -123,7 +148,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
 async function shakeAll(s: Session, print = false): Promise<void> {
   for (let i = 0; i < s.my.length; i++) {
     s.rem[i] = await s.oob.handShake(s.my[i]!);
-    if (print) s.out(addrLines('remote', s.rem[i]!, s.p.verb));
+    if (print) s.out(addrLines('remote', s.rem[i]!, addrVerb(s.p)));
   }
 
 }
@@ -131,7 +156,9 @@ const shake = async (s: Session) => {
   await s.oob.handShake(s.my[0]!);
 
 };
-const printMine = (s: Session) => s.out(s.my.map((d) => addrLines('local', d, s.p.verb)).join(''));
+const printMine = (s: Session) => s.out(s.my.map((d) => addrLines('local', d, addrVerb(s.p))).join(''));
+/** The address lines follow the exchange's verb: with -R that is the rdma_cm exchange's own, SEND (no RKey, VAddr or reads). */
+const addrVerb = (p: Params) => (p.rdmaCm ? Verb.SEND : p.verb);
 
 
 /**

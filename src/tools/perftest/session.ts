@@ -1,8 +1,8 @@
 /** A perftest run's resources (perftest's pingpong_context) and connection: the buffer, CQs, QPs and AHs, the
  * work requests built once per size, and the QPs walked to RTS from the exchanged destinations. */
 import { performance } from 'node:perf_hooks';
-import { type Mtu, Access, QpAttrMask as A, QpState, QpType, SendFlags, WrOpcode, type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type QueuePair, type RecvWr, type SendWr } from '../../verbs/index.js';
-import { Oob, type PerfDest } from './exchange.js';
+import { type Mtu, Access, QpAttrMask as A, QpState, QpType, SendFlags, WrOpcode, type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type ProtectionDomain, type QpInitAttr, type QueuePair, type RecvWr, type SendWr } from '../../verbs/index.js';
+import { type Exchange, type PerfDest } from './exchange.js';
 import { DEF, Verb, type Params } from './params.js';
 import { type InfoCtx } from './report.js';
 import { type SweepRow } from './sweep.js';
@@ -46,7 +46,7 @@ export interface Res {
 /** What one side knows once connected. */
 export interface Session {
   p: Params;
-  oob: Oob;
+  oob: Exchange;
   res: Res;
   my: PerfDest[];
   rem: PerfDest[];
@@ -62,7 +62,7 @@ export interface Session {
 export const printable = (s: string) => s.replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`).slice(0, 32);
 
 /** ctx_init: one buffer and MR for all QPs (send half, receive half), CQs, QPs in INIT. */
-export async function initResources(p: Params, ctx: Context, cycleBuffer: number, cacheLine: number): Promise<Res> {
+export async function initResources(p: Params, ctx: Context, cycleBuffer: number, cacheLine: number, makeQp?: (i: number, init: QpInitAttr, pd: ProtectionDomain) => Promise<QueuePair>): Promise<Res> {
   const slice = BUFF_SIZE(p.size, cycleBuffer);
   const inc = INC(slice, cacheLine);
   let bytes = inc * 2 * p.numQps;
@@ -80,10 +80,16 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
   const qpType = p.conn === 'UC' ? QpType.UC : p.conn === 'UD' ? QpType.UD : QpType.RC;
   const qps: QueuePair[] = [];
   for (let i = 0; i < p.numQps; i++) {
-    const qp = await pd.createQp({
+    const init: QpInitAttr = {
       sendCq, recvCq, qpType, sqSigAll: false,
       cap: { maxSendWr: Math.max(p.txDepth, p.postList), maxRecvWr: needRecv ? p.rxDepth : 1, maxSendSge: 1, maxRecvSge: 1, maxInlineData: p.inlineSize },
-    }).catch((e: Error) => fail(` Unable to create QP: ${e.message}\n Couldn't create IB resources\n`));
+    };
+    // -R: the QP is the cm_id's (rdma_create_qp), and the CM moves it through its states
+    if (makeQp) {
+      qps.push(await makeQp(i, init, pd).catch((e: Error) => fail(` Unable to create QP: ${e.message}\n Failed to create QP.\n`)));
+      continue;
+    }
+    const qp = await pd.createQp(init).catch((e: Error) => fail(` Unable to create QP: ${e.message}\n Couldn't create IB resources\n`));
     const qpAccess = p.verb === Verb.ATOMIC ? Access.REMOTE_ATOMIC : p.verb === Verb.READ ? Access.REMOTE_READ : p.verb === Verb.WRITE ? Access.REMOTE_WRITE : Access.REMOTE_WRITE | Access.LOCAL_WRITE;
     const ud = p.conn === 'UD';
     await qp.modifyQp(ud ? { qpState: QpState.INIT, pkeyIndex: 0, portNum: p.ibPort, qkey: DEF.qkey } : { qpState: QpState.INIT, pkeyIndex: 0, portNum: p.ibPort, qpAccessFlags: qpAccess },
