@@ -9,6 +9,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmEvent, type CmId } from '../../src/verbs/index.js';
 import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
 import { createEp, getAddrInfo, getDeviceList, type VerbsError } from '../../src/verbs/index.js';
@@ -136,7 +138,7 @@ describe('RDMA CM', () => {
     await c.cch.destroy();
   });
 
-  test('private data of every allowed length arrives whole; one byte more is EINVAL', async () => {
+  test('private data of every allowed length arrives whole (REQ 0..56, REP 0..196, REJ 0..148); one byte more is EINVAL', async () => {
     const sch = await EventChannel.create(d.root);
     const cch = await EventChannel.create(d.root);
     const listen = await sch.createId(PortSpace.TCP);
@@ -144,46 +146,54 @@ describe('RDMA CM', () => {
     await listen.bindAddr(A2, p);
     await listen.listen(8);
     const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff || 1);
-    for (let n = 0; n <= 56; n++) {
-      const repLen = n === 56 ? 196 : (n * 7) % 197;
+    /** a request with `n` bytes of private data, as the listener sees it */
+    const request = async (n: number, tooLong: boolean) => {
       const cid = await cch.createId(PortSpace.TCP);
       await cid.resolveAddr(A2, p, { src: A1 });
       await expectEvent(cch, CmEventType.ADDR_RESOLVED);
       await cid.resolveRoute();
       await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
       await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      if (n === 0) await assert.rejects(cid.connect({ privateData: bytes(57, 1) }), { code: 'EINVAL' });
+      if (tooLong) await assert.rejects(cid.connect({ privateData: bytes(57, 1) }), { code: 'EINVAL' });
       await cid.connect({ privateData: bytes(n, n) });
       const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
       // the REQ's private data field after the IP CM header: 56 bytes, the consumer's first, zeros after
       assert.equal(req.param.privateData.length, 56);
       assert.deepEqual(req.param.privateData.subarray(0, n), bytes(n, n), `REQ private data of ${n} bytes`);
       assert.ok(req.param.privateData.subarray(n).every((b) => b === 0));
-      if (n % 2) {
-        // a refusal carries its own private data (up to 148 bytes)
-        const rejLen = n === 55 ? 148 : n * 2;
-        if (n === 1) await assert.rejects(req.id.reject(bytes(257, 0)), { code: 'EINVAL' });
-        await req.id.reject(bytes(rejLen, 3));
-        const rej = await expectEvent(cch, CmEventType.REJECTED);
-        assert.equal(rej.status, 28, 'consumer defined');
-        assert.deepEqual(rej.param.privateData.subarray(0, rejLen), bytes(rejLen, 3));
-      } else {
-        await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-        if (n === 0) await assert.rejects(req.id.accept({ privateData: bytes(197, 1) }), { code: 'EINVAL' });
-        await req.id.accept({ privateData: bytes(repLen, 5) });
-        const est = await expectEvent(cch, CmEventType.ESTABLISHED);
-        assert.equal(est.param.privateData.length, 196);
-        assert.deepEqual(est.param.privateData.subarray(0, repLen), bytes(repLen, 5), `REP private data of ${repLen} bytes`);
-        await expectEvent(sch, CmEventType.ESTABLISHED);
-        await cid.disconnect();
-        await expectEvent(sch, CmEventType.DISCONNECTED);
-        await req.id.disconnect();
-        await expectEvent(cch, CmEventType.DISCONNECTED);
-        await req.id.destroyQp();
+      return { cid, req };
+    };
+    const done = async (...ids: CmId[]) => {
+      for (const id of ids) {
+        await id.destroyQp().catch(() => {});
+        await id.destroy();
       }
-      await req.id.destroy();
-      await cid.destroyQp();
-      await cid.destroy();
+    };
+    for (let n = 0; n <= 196; n++) {
+      const { cid, req } = await request(n % 57, n === 0);
+      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      if (n === 0) await assert.rejects(req.id.accept({ privateData: bytes(197, 1) }), { code: 'EINVAL' });
+      await req.id.accept({ privateData: bytes(n, 5) });
+      const est = await expectEvent(cch, CmEventType.ESTABLISHED);
+      assert.equal(est.param.privateData.length, 196);
+      assert.deepEqual(est.param.privateData.subarray(0, n), bytes(n, 5), `REP private data of ${n} bytes`);
+      await expectEvent(sch, CmEventType.ESTABLISHED);
+      await cid.disconnect();
+      await expectEvent(sch, CmEventType.DISCONNECTED);
+      await req.id.disconnect();
+      await expectEvent(cch, CmEventType.DISCONNECTED);
+      await done(cid, req.id);
+    }
+    for (let n = 0; n <= 148; n++) {
+      const { cid, req } = await request(n % 57, false);
+      if (n === 0) await assert.rejects(req.id.reject(bytes(257, 0)), { code: 'EINVAL' });
+      if (n === 0) await assert.rejects(req.id.reject(bytes(149, 0)), { code: 'EINVAL' });
+      await req.id.reject(bytes(n, 3));
+      const rej = await expectEvent(cch, CmEventType.REJECTED);
+      assert.equal(rej.status, 28, 'consumer defined');
+      assert.equal(rej.param.privateData.length, 148);
+      assert.deepEqual(rej.param.privateData.subarray(0, n), bytes(n, 3), `REJ private data of ${n} bytes`);
+      await done(cid, req.id);
     }
     await listen.destroy();
     await sch.destroy();
@@ -515,6 +525,56 @@ describe('RDMA CM and a device going away', () => {
       await on1.destroy();
       await on0.destroy();
       await ch.destroy();
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe('RDMA CM: a slow acceptor', () => {
+  test('a request not answered within the retry interval gets an MRA when it is sent again, and the connection still opens', async () => {
+    const pcap = join(mkdtempSync(join(tmpdir(), 'sv-cm-')), 'cm.pcap');
+    const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`, '--pcap', pcap]);
+    try {
+      const sch = await EventChannel.create(d.root);
+      const cch = await EventChannel.create(d.root);
+      const listen = await sch.createId(PortSpace.TCP);
+      await listen.bindAddr(A4, 7990);
+      await listen.listen();
+      const cid = await cch.createId(PortSpace.TCP);
+      await cid.resolveAddr(A4, 7990, { src: A3 });
+      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
+      await cid.resolveRoute();
+      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await cid.connect();
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
+      // the consumer takes its time: the REQ is sent again after a second, and answered with an MRA
+      await new Promise((r) => setTimeout(r, 2500));
+      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      await req.id.accept();
+      await expectEvent(cch, CmEventType.ESTABLISHED);
+      await expectEvent(sch, CmEventType.ESTABLISHED);
+      for (const id of [cid, req.id]) {
+        await id.destroyQp();
+        await id.destroy();
+      }
+      await listen.destroy();
+      await sch.destroy();
+      await cch.destroy();
+      await d.stop();
+      // the capture: every CM MAD is a UD SEND to QP1 (IPv4: 20 + 8 + BTH 12 + DETH 8, then the MAD; attribute at 16)
+      const b = readFileSync(pcap);
+      const attrs: number[] = [];
+      for (let o = 24; o + 16 <= b.length; ) {
+        const n = b.readUInt32LE(o + 8);
+        const f = b.subarray(o + 16, o + 16 + n);
+        o += 16 + n;
+        if (f[28] === 0x64 && f.readUIntBE(28 + 5, 3) === 1) attrs.push(f.readUInt16BE(48 + 16));
+      }
+      assert.ok(attrs.filter((a) => a === 0x10).length >= 2, `the REQ went out again (${attrs.map((a) => a.toString(16))})`);
+      assert.ok(attrs.includes(0x11), `an MRA answered the repeated REQ (${attrs.map((a) => a.toString(16))})`);
+      assert.deepEqual(attrs.filter((a) => a === 0x13 || a === 0x14), [0x13, 0x14], 'then one REP and one RTU');
     } finally {
       await d.stop();
     }
