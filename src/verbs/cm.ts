@@ -78,11 +78,26 @@ function cmPath(root: string): string {
   return path;
 }
 
-/** Devices are opened once per process and root, as librdmacm opens each device once. */
+/**
+ * Devices are opened once per process and root, as librdmacm opens each device once. A context that was
+ * closed meanwhile (by its user, or because the daemon went away) is opened again.
+ */
 const contexts = new Map<string, Promise<Context>>();
-function deviceContext(root: string, index: number): Promise<Context> {
+async function deviceContext(root: string, index: number): Promise<Context> {
   const key = `${root}\0${index}`;
   let c = contexts.get(key);
+  if (c) {
+    const ctx = await c.catch(() => null);
+    let up = ctx !== null;
+    try {
+      ctx?.cmd.ensureUp('rdma_cm');
+    } catch {
+      up = false;
+    }
+    if (up) return ctx!;
+    contexts.delete(key);
+    c = undefined;
+  }
   if (!c) {
     const d = getDeviceList(root).find((x) => x.devName === `uverbs${index}`);
     if (!d) return Promise.reject(new VerbsError('rdma_cm', 'ENODEV', `the id's device (uverbs${index}) is not listed under ${root}`));

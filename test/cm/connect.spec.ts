@@ -315,6 +315,23 @@ describe('RDMA CM', () => {
     await c.cch.destroy();
   });
 
+  test("a device context its user closed is opened again for the next id", async () => {
+    const ch = await EventChannel.create(d.root);
+    const a = await ch.createId(PortSpace.TCP);
+    await a.resolveAddr(A2, nextPort(), { src: A1 });
+    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+    await a.verbs!.closeDevice();
+    const b = await ch.createId(PortSpace.TCP);
+    await b.resolveAddr(A2, nextPort(), { src: A1 });
+    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+    assert.notEqual(b.verbs, a.verbs);
+    await b.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await b.destroyQp();
+    await a.destroy();
+    await b.destroy();
+    await ch.destroy();
+  });
+
   test('hostile and mistaken requests: errno and a reason, nothing disturbed', async () => {
     const ch = await EventChannel.create(d.root);
     const a = await ch.createId(PortSpace.TCP);
