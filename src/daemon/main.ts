@@ -5,8 +5,7 @@
  * The bin (src/bin/softverbsd.ts) only calls main().
  */
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { BlockList, isIP, isIPv4, isIPv6 } from 'node:net';
 import { parseArgs } from 'node:util';
 import { mtuOfBytes } from '../abi/enums.js';
 import { defaultRoot } from '../common/paths.js';

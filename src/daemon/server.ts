@@ -135,6 +135,26 @@ export class Daemon implements ConnectionHost, UcmaHost {
     if (this.ucmaConns.delete(c)) this.quotas.release(c.cred.uid, 'connections');
   }
 
+  /** A device file: a Unix socket born with the rules' mode (umask around the bind) and owner, accepting connections. */
+  private async serveFile(path: string, pol: { mode: number; uid: number | null; gid: number | null }, what: string, onConn: (s: Socket) => void): Promise<Server> {
+    const server = createServer(onConn);
+    // the socket is born with its mode, so no path is chmod'ed after the fact
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      const old = process.umask(~pol.mode & 0o777);
+      try {
+        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
+      } finally {
+        process.umask(old);
+      }
+    });
+    if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
+    // accept() failing (EMFILE, ENFILE when a user holds every descriptor) is an 'error' on the server: without a
+    // listener it would kill the daemon. libuv has already refused that one connection; the others go on.
+    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `${what}: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
+    return server;
+  }
+
   /** The rdma_cm file (what /dev/infiniband/rdma_cm is to librdmacm), its mode and name from the rules as for uverbsN. */
   private async startCm(): Promise<void> {
     const root = this.opts.root;
@@ -142,7 +162,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     const path = join(root, 'dev', pol.name);
     ensureDirUnder(root, dirname(path));
     await this.recoverStale(path);
-    const server = createServer((s) => {
+    const server = await this.serveFile(path, pol, 'rdma_cm', (s) => {
       let cred: { pid: number; uid: number; gid: number };
       try {
         cred = peerCred(socketFd(s));
@@ -154,17 +174,6 @@ export class Daemon implements ConnectionHost, UcmaHost {
       }
       this.ucmaConns.add(new UcmaConnection(this, s, cred));
     });
-    await new Promise<void>((res, rej) => {
-      server.once('error', rej);
-      const old = process.umask(~pol.mode & 0o777);
-      try {
-        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
-      } finally {
-        process.umask(old);
-      }
-    });
-    if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
-    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `rdma_cm: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
     this.cmServer = server;
     this.cmPath = path;
     const misc = join(root, 'sys', 'class', 'misc', 'rdma_cm');
@@ -219,21 +228,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
       const c = qp.owner as Context;
       this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}`);
     };
-    const server = createServer((s) => this.onConnection(s, dev));
-    // the socket is born with its mode (umask around the bind), so no path is chmod'ed after the fact
-    await new Promise<void>((res, rej) => {
-      server.once('error', rej);
-      const old = process.umask(~pol.mode & 0o777);
-      try {
-        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
-      } finally {
-        process.umask(old);
-      }
-    });
-    if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
-    // accept() failing (EMFILE, ENFILE when a user holds every descriptor) is an 'error' on the server: without a
-    // listener it would kill the daemon. libuv has already refused that one connection; the others go on.
-    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `${spec.name}: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
+    const server = await this.serveFile(path, pol, spec.name, (s) => this.onConnection(s, dev));
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
     this.cm.attach(dev);
@@ -444,7 +439,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
 
   /** Open connections to the device files (command, event and management). */
   connectionCount(): number {
-    return this.conns.size;
+    return this.conns.size + this.ucmaConns.size;
   }
 
   /**
@@ -465,6 +460,15 @@ export class Daemon implements ConnectionHost, UcmaHost {
       chmodSync(d.path, pol.mode);
       if (pol.uid !== null || pol.gid !== null) lchownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
       this.log(`SIGHUP: ${d.path} mode ${pol.mode.toString(8).padStart(4, '0')}${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`);
+    }
+    if (this.cmPath) {
+      const pol = policyFor(rules, 'rdma_cm');
+      if (join(this.opts.root, 'dev', pol.name) !== this.cmPath) this.logger.warn(`SIGHUP: rdma_cm would move; device files are named at start (restart to rename)`);
+      else if (lstatSync(this.cmPath).isSocket()) {
+        chmodSync(this.cmPath, pol.mode);
+        if (pol.uid !== null || pol.gid !== null) lchownSync(this.cmPath, pol.uid ?? -1, pol.gid ?? -1);
+        this.log(`SIGHUP: ${this.cmPath} mode ${pol.mode.toString(8).padStart(4, '0')}`);
+      }
     }
     this.opts.rules = rules;
   }

@@ -116,7 +116,7 @@ describe('readiness, reload and the log', () => {
     const peer = spawnPeer(user.as);
     try {
       await peer.call('init', { root: d.root });
-      writeFileSync(rules, `KERNEL=="uverbs*", MODE="0660", GROUP="${group.gid}"\n`);
+      writeFileSync(rules, `KERNEL=="uverbs*", MODE="0660", GROUP="${group.gid}"\nKERNEL=="rdma_cm", MODE="0640"\n`);
       notify.drain();
       d.proc.kill('SIGHUP');
       const msgs = await notify.waitFor(/^READY=1$/m);
@@ -126,6 +126,7 @@ describe('readiness, reload and the log', () => {
         assert.equal(st.mode & 0o777, 0o660);
         assert.equal(st.gid, group.gid);
       }
+      assert.equal(statSync(join(d.root, 'dev', 'infiniband', 'rdma_cm')).mode & 0o777, 0o640, 'the rdma_cm file follows its rule too');
       // the connected client keeps its context; a new connection from the same user is refused as open() would be
       assert.equal(await peer.call('state'), QpState.RESET);
       const again = await runProcess('setpriv', [...user.as.slice(1), process.execPath, join(DIST, 'src', 'bin', 'ibv_devinfo.js'), '-d', 'rxe0'], { ...process.env, SOFTVERBS_ROOT: d.root });
@@ -134,7 +135,7 @@ describe('readiness, reload and the log', () => {
       assert.match(d.stderr(), /SIGHUP: .*uverbs0 mode 0660 group \d+/);
     } finally {
       await peer.kill();
-      writeFileSync(rules, 'KERNEL=="uverbs*", MODE="0666"\n');
+      writeFileSync(rules, 'KERNEL=="uverbs*", MODE="0666"\nKERNEL=="rdma_cm", MODE="0666"\n');
       d.proc.kill('SIGHUP');
     }
   });
