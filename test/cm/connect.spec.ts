@@ -26,6 +26,53 @@ async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Pr
 let port = 20000 + Math.floor(Math.random() * 20000);
 const nextPort = () => port++;
 
+/** An id on `ch` resolved to addr:port (from `src`), with a small RC QP on its device: ready to connect. */
+async function dial(ch: EventChannel, addr: string, port: number, src: string): Promise<CmId> {
+  const id = await ch.createId(PortSpace.TCP);
+  await id.resolveAddr(addr, port, { src });
+  await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+  await id.resolveRoute();
+  await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
+  await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+  return id;
+}
+
+/** A connection from a new id on `cch` to the listener on `sch` (addr:port), accepted with a small QP: both ends established. */
+async function connectPair(cch: EventChannel, sch: EventChannel, addr: string, port: number, src: string, ms = 10_000): Promise<{ cid: CmId; sid: CmId }> {
+  const cid = await dial(cch, addr, port, src);
+  await cid.connect();
+  const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST, ms);
+  await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+  await req.id.accept();
+  await expectEvent(cch, CmEventType.ESTABLISHED, ms);
+  await expectEvent(sch, CmEventType.ESTABLISHED, ms);
+  return { cid, sid: req.id };
+}
+
+/** `first` disconnects, `second` sees it and answers, `first` sees that; then both ids and their QPs go. */
+async function closePair(first: CmId, firstCh: EventChannel, second: CmId, secondCh: EventChannel, ms = 10_000): Promise<void> {
+  await first.disconnect();
+  await expectEvent(secondCh, CmEventType.DISCONNECTED, ms);
+  await second.disconnect();
+  await expectEvent(firstCh, CmEventType.DISCONNECTED, ms);
+  for (const id of [first, second]) {
+    await id.destroyQp();
+    await id.destroy();
+  }
+}
+
+/** The cmlisten fixture (argv after its path), and a wait for each line it is to say. */
+function listener(...args: string[]) {
+  const child = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'cmlisten.js'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let said = '';
+  const saw = (what: string) => new Promise<void>((res) => {
+    const check = () => said.includes(what) && res();
+    child.stdout!.on('data', (b) => ((said += b), check()));
+    check();
+  });
+  return { child, saw };
+}
+
 /** A listener on `addr`, a client from `src`: both ends established, each with an RC QP. */
 async function establish(srvRoot: string, cliRoot: string, addr: string, src: string | undefined, pd: Uint8Array = new Uint8Array(0)) {
   const sch = await EventChannel.create(srvRoot);
@@ -100,12 +147,7 @@ describe('RDMA CM', () => {
 
   test('no listener: REJECTED with reason 8 (invalid service ID)', async () => {
     const cch = await EventChannel.create(d.root);
-    const cid = await cch.createId(PortSpace.TCP);
-    await cid.resolveAddr(A2, nextPort(), { src: A1 });
-    await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-    await cid.resolveRoute();
-    await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-    await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    const cid = await dial(cch, A2, nextPort(), A1);
     await cid.connect();
     const e = await expectEvent(cch, CmEventType.REJECTED);
     assert.equal(e.status, 8);
@@ -148,12 +190,7 @@ describe('RDMA CM', () => {
     const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff || 1);
     /** a request with `n` bytes of private data, as the listener sees it */
     const request = async (n: number, tooLong: boolean) => {
-      const cid = await cch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A2, p, { src: A1 });
-      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      const cid = await dial(cch, A2, p, A1);
       if (tooLong) await assert.rejects(cid.connect({ privateData: bytes(57, 1) }), { code: 'EINVAL' });
       await cid.connect({ privateData: bytes(n, n) });
       const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
@@ -162,12 +199,6 @@ describe('RDMA CM', () => {
       assert.deepEqual(req.param.privateData.subarray(0, n), bytes(n, n), `REQ private data of ${n} bytes`);
       assert.ok(req.param.privateData.subarray(n).every((b) => b === 0));
       return { cid, req };
-    };
-    const done = async (...ids: CmId[]) => {
-      for (const id of ids) {
-        await id.destroyQp().catch(() => {});
-        await id.destroy();
-      }
     };
     for (let n = 0; n <= 196; n++) {
       const { cid, req } = await request(n % 57, n === 0);
@@ -178,11 +209,7 @@ describe('RDMA CM', () => {
       assert.equal(est.param.privateData.length, 196);
       assert.deepEqual(est.param.privateData.subarray(0, n), bytes(n, 5), `REP private data of ${n} bytes`);
       await expectEvent(sch, CmEventType.ESTABLISHED);
-      await cid.disconnect();
-      await expectEvent(sch, CmEventType.DISCONNECTED);
-      await req.id.disconnect();
-      await expectEvent(cch, CmEventType.DISCONNECTED);
-      await done(cid, req.id);
+      await closePair(cid, cch, req.id, sch);
     }
     for (let n = 0; n <= 148; n++) {
       const { cid, req } = await request(n % 57, false);
@@ -193,7 +220,9 @@ describe('RDMA CM', () => {
       assert.equal(rej.status, 28, 'consumer defined');
       assert.equal(rej.param.privateData.length, 148);
       assert.deepEqual(rej.param.privateData.subarray(0, n), bytes(n, 3), `REJ private data of ${n} bytes`);
-      await done(cid, req.id);
+      await cid.destroyQp();
+      await cid.destroy();
+      await req.id.destroy();
     }
     await listen.destroy();
     await sch.destroy();
@@ -209,28 +238,10 @@ describe('RDMA CM', () => {
     await listen.bindAddr(A2, p);
     await listen.listen(4);
     for (let i = 0; i < 200; i++) {
-      const cid = await cch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A2, p, { src: A1 });
-      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await cid.connect();
-      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
-      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await req.id.accept();
-      await expectEvent(cch, CmEventType.ESTABLISHED);
-      await expectEvent(sch, CmEventType.ESTABLISHED);
+      const { cid, sid } = await connectPair(cch, sch, A2, p, A1);
       // alternate which side closes first
-      const [first, second, firstCh, secondCh] = i % 2 ? [cid, req.id, cch, sch] : [req.id, cid, sch, cch];
-      await first.disconnect();
-      await expectEvent(secondCh, CmEventType.DISCONNECTED);
-      await second.disconnect();
-      await expectEvent(firstCh, CmEventType.DISCONNECTED);
-      for (const id of [cid, req.id]) {
-        await id.destroyQp();
-        await id.destroy();
-      }
+      if (i % 2) await closePair(cid, cch, sid, sch);
+      else await closePair(sid, sch, cid, cch);
     }
     assert.deepEqual(await tracked(), { cmIds: before.cmIds + 1, qps: before.qps }, 'only the listener is left');
     await listen.destroy();
@@ -242,21 +253,10 @@ describe('RDMA CM', () => {
   test('a listener killed mid-handshake: the client is refused (REJECTED, consumer defined), not left hanging', async () => {
     const p = nextPort();
     const before = await tracked();
-    const child = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'cmlisten.js'), d.root, A2, String(p)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let said = '';
-    const saw = (what: string) => new Promise<void>((res) => {
-      const check = () => said.includes(what) && res();
-      child.stdout!.on('data', (b) => ((said += b), check()));
-      check();
-    });
+    const { child, saw } = listener(d.root, A2, String(p));
     await saw('listening');
     const cch = await EventChannel.create(d.root);
-    const cid = await cch.createId(PortSpace.TCP);
-    await cid.resolveAddr(A2, p, { src: A1 });
-    await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-    await cid.resolveRoute();
-    await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-    await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    const cid = await dial(cch, A2, p, A1);
     await cid.connect();
     await saw('request');
     child.kill('SIGKILL');
@@ -271,21 +271,10 @@ describe('RDMA CM', () => {
   test('a process killed with a connection open: the daemon sends the DREQ, the peer sees DISCONNECTED', async () => {
     const p = nextPort();
     const before = await tracked();
-    const child = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'cmlisten.js'), d.root, A2, String(p), 'accept'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let said = '';
-    const saw = (what: string) => new Promise<void>((res) => {
-      const check = () => said.includes(what) && res();
-      child.stdout!.on('data', (b) => ((said += b), check()));
-      check();
-    });
+    const { child, saw } = listener(d.root, A2, String(p), 'accept');
     await saw('listening');
     const cch = await EventChannel.create(d.root);
-    const cid = await cch.createId(PortSpace.TCP);
-    await cid.resolveAddr(A2, p, { src: A1 });
-    await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-    await cid.resolveRoute();
-    await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-    await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    const cid = await dial(cch, A2, p, A1);
     await cid.connect();
     await expectEvent(cch, CmEventType.ESTABLISHED);
     await saw('established');
@@ -474,47 +463,18 @@ describe('RDMA CM under packet loss', () => {
     await listen.bindAddr(A2, p);
     await listen.listen(4);
     for (let i = 0; i < 6; i++) {
-      const cid = await cch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A2, p, { src: A1 });
-      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await cid.connect();
-      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST, 20_000);
-      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await req.id.accept();
-      await expectEvent(cch, CmEventType.ESTABLISHED, 20_000);
-      await expectEvent(sch, CmEventType.ESTABLISHED, 20_000);
-      await cid.disconnect();
-      await expectEvent(sch, CmEventType.DISCONNECTED, 20_000);
-      await req.id.disconnect();
-      await expectEvent(cch, CmEventType.DISCONNECTED, 20_000);
-      for (const id of [cid, req.id]) {
-        await id.destroyQp();
-        await id.destroy();
-      }
+      const { cid, sid } = await connectPair(cch, sch, A2, p, A1, 20_000);
+      await closePair(cid, cch, sid, sch, 20_000);
     }
     // an id destroyed while connected: its DREQ is resent (out of its owner's sight) until the peer hears it
     for (let i = 0; i < 4; i++) {
-      const cid = await cch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A2, p, { src: A1 });
-      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await cid.connect();
-      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST, 20_000);
-      await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-      await req.id.accept();
-      await expectEvent(cch, CmEventType.ESTABLISHED, 20_000);
-      await expectEvent(sch, CmEventType.ESTABLISHED, 20_000);
+      const { cid, sid } = await connectPair(cch, sch, A2, p, A1, 20_000);
       await cid.destroyQp();
       await cid.destroy();
       await expectEvent(sch, CmEventType.DISCONNECTED, 20_000);
-      await req.id.disconnect();
-      await req.id.destroyQp();
-      await req.id.destroy();
+      await sid.disconnect();
+      await sid.destroyQp();
+      await sid.destroy();
     }
     const f = await mgmt(getDeviceList(d.root)[0]!.devPath, 'faults');
     assert.ok(f.dropped >= 3, `the seed drops some of the MADs (dropped ${f.dropped})`);
@@ -558,12 +518,7 @@ describe('RDMA CM: a slow acceptor', () => {
       const listen = await sch.createId(PortSpace.TCP);
       await listen.bindAddr(A4, 7990);
       await listen.listen();
-      const cid = await cch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A4, 7990, { src: A3 });
-      await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      const cid = await dial(cch, A4, 7990, A3);
       await cid.connect();
       const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
       // the consumer takes its time: the REQ is sent again after a second, and answered with an MRA
