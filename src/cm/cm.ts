@@ -354,12 +354,8 @@ export class ConnectionManager {
     id.srq = p.srq ? 1 : 0;
     // a CM message's starting PSN is the one its sender will receive first (its QP's rq_psn): the peer sends from it
     id.rqPsn = randomInt(0x1000000);
-    id.localCommId = this.newCommId(id);
-    id.tid = (1n << 32n) | BigInt(id.localCommId);
-    id.retries = 0;
-    const local = id.local!;
+    const privateData = this.newRequest(id, p.privateData, PRIVATE_DATA.REQ);
     const remote = id.remote!;
-    const hdr = { version: 0, ipVersion: remote.family, srcPort: local.port, src: ipCmAddr(local), dst: ipCmAddr(remote) };
     const mad = encodeMad(CmAttr.REQ, id.tid, REQ, {
       local_comm_id: id.localCommId,
       service_id: serviceId(id.ps, remote.port),
@@ -385,7 +381,7 @@ export class ConnectionManager {
       primary_traffic_class: id.tos,
       primary_hop_limit: HOP_LIMIT,
       primary_local_ack_timeout: LOCAL_ACK_TIMEOUT,
-      private_data: ipCmPrivateData(hdr as Parameters<typeof ipCmPrivateData>[0], p.privateData, PRIVATE_DATA.REQ),
+      private_data: privateData,
     });
     id.state = CmState.CONNECT;
     id.ib = IbState.REQ_SENT;
@@ -921,15 +917,9 @@ export class ConnectionManager {
   private sidrReq(id: CmId, p: ConnParam): void {
     const room = PRIVATE_DATA.SIDR_REQ - IP_CM_HDR_SIZE;
     if (p.privateData.length > room) throw new CmdError(E.EINVAL, `rdma_connect: ${p.privateData.length} bytes of private data (at most ${room} fit a SIDR_REQ after the IP CM header)`);
-    const local = id.local!;
-    const remote = id.remote!;
-    id.localCommId = this.newCommId(id);
-    id.tid = (1n << 32n) | BigInt(id.localCommId);
-    id.retries = 0;
-    const hdr = { version: 0, ipVersion: remote.family, srcPort: local.port, src: ipCmAddr(local), dst: ipCmAddr(remote) };
+    const privateData = this.newRequest(id, p.privateData, PRIVATE_DATA.SIDR_REQ);
     const mad = encodeMad(CmAttr.SIDR_REQ, id.tid, SIDR_REQ, {
-      request_id: id.localCommId, pkey: 0xffff, service_id: serviceId(id.ps, remote.port),
-      private_data: ipCmPrivateData(hdr as Parameters<typeof ipCmPrivateData>[0], p.privateData, PRIVATE_DATA.SIDR_REQ),
+      request_id: id.localCommId, pkey: 0xffff, service_id: serviceId(id.ps, id.remote!.port), private_data: privateData,
     });
     id.state = CmState.CONNECT;
     id.ib = IbState.SIDR_REQ_SENT;
@@ -1008,19 +998,27 @@ export class ConnectionManager {
       return;
     }
     id.remoteQpn = m.qpn;
-    this.emitUd(id, CmEventType.ESTABLISHED, { qpNum: m.qpn, qkey: m.qkey, privateData: m.private_data, dgid: id.remoteGid, hopLimit: HOP_LIMIT, trafficClass: id.tos });
-  }
-
-  private emitUd(id: CmId, event: CmEventType, ud: NonNullable<CmEvent['ud']>): void {
-    if (id.destroyed) return;
-    if (id.file.deliver({ uid: id.uid, id: id.handle, event, status: 0, ud })) id.eventsReported++;
+    this.emit(id, CmEventType.ESTABLISHED, 0, undefined, { qpNum: m.qpn, qkey: m.qkey, privateData: m.private_data, dgid: id.remoteGid, hopLimit: HOP_LIMIT, trafficClass: id.tos });
   }
 
   // ---- helpers ----
 
-  private emit(id: CmId, event: CmEventType, status: number, conn?: Partial<ConnParam>): void {
+  private emit(id: CmId, event: CmEventType, status: number, conn?: Partial<ConnParam>, ud?: CmEvent['ud']): void {
     if (id.destroyed) return;
-    if (id.file.deliver({ uid: id.uid, id: id.handle, event, status, conn })) id.eventsReported++;
+    if (id.file.deliver({ uid: id.uid, id: id.handle, event, status, conn, ud })) id.eventsReported++;
+  }
+
+  /**
+   * A new request's identity (communication ID, transaction ID, retries from 0) and its private data: the IP CM
+   * header (our address and port, the peer's) with the consumer's bytes after it, in `room` bytes.
+   */
+  private newRequest(id: CmId, consumer: Uint8Array, room: number): Uint8Array {
+    const local = id.local!;
+    const remote = id.remote!;
+    id.localCommId = this.newCommId(id);
+    id.tid = (1n << 32n) | BigInt(id.localCommId);
+    id.retries = 0;
+    return ipCmPrivateData({ version: 0, ipVersion: remote.family, srcPort: local.port, src: ipCmAddr(local), dst: ipCmAddr(remote) }, consumer, room);
   }
 
   private newCommId(id: CmId): number {

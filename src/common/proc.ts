@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /** Whether a process exists: kill(pid, 0) succeeds, or is refused with EPERM (it is someone else's). */
 export function pidAlive(pid: number): boolean {
   try {
@@ -5,5 +7,14 @@ export function pidAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A process's name as the kernel keeps it (/proc/PID/comm: what ps and rdma's restrack show); '' once it is gone. */
+export function procComm(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
   }
 }

@@ -4,8 +4,8 @@
  * commands they serve), and the teardown that runs when the connection
  * closes for any reason.
  */
-import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { procComm } from '../common/proc.js';
 import { Access, AtomicCap, EventType, LinkLayer, mtuBytes, PortState, QpAttrMask as A, QpState, QpType, ReregMrFlags, SrqAttrMask } from '../abi/enums.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import { cqLayout, Limits, qpLayout, srqLayout } from '../abi/queue.js';
@@ -98,13 +98,7 @@ export class Context implements Owner {
     readonly uid: number,
     readonly gid: number,
   ) {
-    let comm = '';
-    try {
-      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    } catch {
-      /* gone already */
-    }
-    this.comm = comm;
+    this.comm = procComm(pid);
     this.ctxn = this.dev.assignResId('ctx', this);
   }
 

@@ -5,8 +5,8 @@
  * connection manager's (`cm/cm.ts`); this side checks the frames, owns the
  * file's ids and turns events into `rdma_ucm_event_resp` records.
  */
-import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { procComm } from '../common/proc.js';
 import { FrameAssembler, replyFrame } from '../abi/framing.js';
 import { encode, layout, pack, unpack, type Infer } from '../abi/layout.js';
 import * as C from '../abi/ucma.js';
@@ -46,13 +46,7 @@ export class UcmaFile implements CmFile {
     readonly pid: number,
     readonly uid: number,
   ) {
-    let comm = '';
-    try {
-      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    } catch {
-      /* gone already */
-    }
-    this.comm = comm;
+    this.comm = procComm(pid);
   }
 
   queued(): number {

@@ -37,6 +37,39 @@ export function cnum(s: string | undefined): number {
   return m ? cvalue(m) : 0;
 }
 
+/** atoi(): the leading decimal number, 0 if there is none (librdmacm's examples parse their numbers so). */
+export function atoi(s: string): number {
+  const m = /^\s*([+-]?\d+)/.exec(s);
+  return m ? Number.parseInt(m[1]!, 10) | 0 : 0;
+}
+
+/**
+ * POSIX getopt over `spec` ("s:b:c"), for the tools whose flags are bare letters (librdmacm's examples):
+ * clustered flags, attached or separate arguments, "--" ends the options. The first bad option is returned
+ * in glibc's words ("invalid option -- 'x'", "option requires an argument -- 'x'").
+ */
+export function getopt(argv: string[], spec: string): { opts: Array<[string, string]>; bad: string | null } {
+  const opts: Array<[string, string]> = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') break;
+    if (!a.startsWith('-') || a === '-') continue;
+    for (let j = 1; j < a.length; j++) {
+      const ch = a[j]!;
+      const k = spec.indexOf(ch);
+      if (k < 0 || ch === ':') return { opts, bad: `invalid option -- '${ch}'` };
+      if (spec[k + 1] === ':') {
+        const v = j + 1 < a.length ? a.slice(j + 1) : argv[++i];
+        if (v === undefined) return { opts, bad: `option requires an argument -- '${ch}'` };
+        opts.push([ch, v]);
+        break;
+      }
+      opts.push([ch, '']);
+    }
+  }
+  return { opts, bad: null };
+}
+
 /** strtol(s, &end, 0) where *end must be the NUL: null unless the whole string is the number. */
 export function cnumStrict(s: string): number | null {
   const m = C_INT.exec(s);

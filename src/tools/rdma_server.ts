@@ -7,7 +7,7 @@
 import { SendFlags } from '../abi/enums.js';
 import { createEp, getAddrInfo, PortSpace, type CmId } from '../verbs/cm.js';
 import type { MemoryRegion } from '../verbs/mr.js';
-import { getopt } from './ucmatose.js';
+import { getopt } from './cli.js';
 
 const out = (s: string) => process.stdout.write(s);
 

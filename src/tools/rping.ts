@@ -17,6 +17,7 @@ import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
 import type { QueuePair } from '../verbs/qp.js';
 import { VerbsError } from '../verbs/errors.js';
+import { atoi } from './cli.js';
 
 const State = {
   IDLE: 1, CONNECT_REQUEST: 2, ADDR_RESOLVED: 3, ROUTE_RESOLVED: 4, CONNECTED: 5, RDMA_READ_ADV: 6, RDMA_READ_COMPLETE: 7,
@@ -68,12 +69,6 @@ class Sem {
 
 const out = (s: string) => process.stdout.write(s);
 const err = (s: string) => process.stderr.write(s);
-
-/** atoi(): the leading decimal number, 0 if none. */
-function atoi(s: string): number {
-  const m = /^\s*([+-]?\d+)/.exec(s);
-  return m ? Number.parseInt(m[1]!, 10) | 0 : 0;
-}
 
 interface Cb {
   server: boolean;
@@ -505,26 +500,35 @@ async function bindServer(id: CmId, addr: { address: string }, port: number, dbg
   return 0;
 }
 
-/** One accepted connection, from its QP to its end (the body of rping_run_server and of each persistent-server thread). */
-async function serveConnection(cb: Cb, child: CmId, dbg: (s: string) => void, persistent: boolean): Promise<number> {
+/** rping_init_conn_param: one read each way, retries for ever. */
+const CONN_PARAM = { responderResources: 1, initiatorDepth: 1, retryCount: 7, rnrRetryCount: 7 };
+
+/** rping_setup_qp, rping_setup_buffers and the first receive, with rping's words when one fails. */
+async function prepare(cb: Cb, id: CmId, dbg: (s: string) => void): Promise<boolean> {
   try {
-    await setupQp(cb, child, dbg);
+    await setupQp(cb, id, dbg);
   } catch (e) {
     err(`setup_qp failed: ${(e as VerbsError).errno ?? -1}\n`);
-    return -1;
+    return false;
   }
   try {
     await setupBuffers(cb, dbg);
     postRecv(cb);
   } catch (e) {
     err(`rping_setup_buffers failed: ${(e as VerbsError).errno ?? -1}\n`);
-    await freeAll(cb, child);
-    return -1;
+    await freeAll(cb, id);
+    return false;
   }
+  return true;
+}
+
+/** One accepted connection, from its QP to its end (the body of rping_run_server and of each persistent-server thread). */
+async function serveConnection(cb: Cb, child: CmId, dbg: (s: string) => void, persistent: boolean): Promise<number> {
+  if (!(await prepare(cb, child, dbg))) return -1;
   const cq = cqThread(cb, dbg);
   dbg('accepting client connection request\n');
   try {
-    await child.accept({ responderResources: 1, initiatorDepth: 1, retryCount: 7, rnrRetryCount: 7 });
+    await child.accept(CONN_PARAM);
   } catch (e) {
     perror('rdma_accept', e);
     err(`connect error ${-1}\n`);
@@ -590,23 +594,10 @@ async function runClient(cb: Cb, id: CmId, addr: { address: string }, port: numb
     return -1;
   }
   dbg('rdma_resolve_addr - rdma_resolve_route successful\n');
-  try {
-    await setupQp(cb, id, dbg);
-  } catch (e) {
-    err(`setup_qp failed: ${(e as VerbsError).errno ?? -1}\n`);
-    return -1;
-  }
-  try {
-    await setupBuffers(cb, dbg);
-    postRecv(cb);
-  } catch (e) {
-    err(`rping_setup_buffers failed: ${(e as VerbsError).errno ?? -1}\n`);
-    await freeAll(cb, id);
-    return -1;
-  }
+  if (!(await prepare(cb, id, dbg))) return -1;
   const cq = cqThread(cb, dbg);
   try {
-    await id.connect({ responderResources: 1, initiatorDepth: 1, retryCount: 7, rnrRetryCount: 7 });
+    await id.connect(CONN_PARAM);
   } catch (e) {
     perror('rdma_connect', e);
     err('connect error -1\n');

@@ -11,6 +11,7 @@ import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
 import { VerbsError } from '../verbs/errors.js';
+import { atoi, getopt } from './cli.js';
 
 const USAGE = (argv0: string) => `usage: ${argv0}
 \t[-s server_address]
@@ -37,34 +38,6 @@ interface Node {
 }
 
 const out = (s: string) => process.stdout.write(s);
-
-function atoi(s: string): number {
-  const m = /^\s*([+-]?\d+)/.exec(s);
-  return m ? Number.parseInt(m[1]!, 10) | 0 : 0;
-}
-
-/** getopt("s:b:f:P:c:C:S:t:p:m"), with opterr on: "invalid option" / "option requires an argument" as glibc prints them. */
-export function getopt(argv: string[], spec: string): { opts: Array<[string, string]>; bad: string | null } {
-  const opts: Array<[string, string]> = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--') break;
-    if (!a.startsWith('-') || a === '-') continue;
-    for (let j = 1; j < a.length; j++) {
-      const c = a[j]!;
-      const k = spec.indexOf(c);
-      if (k < 0 || c === ':') return { opts, bad: `invalid option -- '${c}'` };
-      if (spec[k + 1] === ':') {
-        const v = j + 1 < a.length ? a.slice(j + 1) : argv[++i];
-        if (v === undefined) return { opts, bad: `option requires an argument -- '${c}'` };
-        opts.push([c, v]);
-        break;
-      }
-      opts.push([c, '']);
-    }
-  }
-  return { opts, bad: null };
-}
 
 export async function main(argv: string[]): Promise<number> {
   let connections = 1;

@@ -13,7 +13,7 @@ import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
 import type { VerbsError } from '../verbs/errors.js';
-import { getopt } from './ucmatose.js';
+import { atoi, getopt } from './cli.js';
 
 const GRH = 40;
 const USAGE = (argv0: string) => `usage: ${argv0}
@@ -43,10 +43,6 @@ interface Node {
 }
 
 const out = (s: string) => process.stdout.write(s);
-const atoi = (s: string) => {
-  const m = /^\s*([+-]?\d+)/.exec(s);
-  return m ? Number.parseInt(m[1]!, 10) | 0 : 0;
-};
 
 export async function main(argv: string[]): Promise<number> {
   let connections = 1;
