@@ -46,6 +46,9 @@ rping -c [-vVd] [-S size] [-C count] [-I addr] -a addr [-p port]
 \t-q\t\tuse self-created, self-modified QP
 `;
 
+/** The states by number, for rping's "wait for X state N" lines. */
+const STATE_NAME: Record<number, string> = Object.fromEntries(Object.entries(State).map(([k, v]) => [v, k]));
+
 /** The state as the other loops left it (read fresh after every wait). */
 const stateOf = (cb: Cb): number => cb.state;
 
@@ -425,59 +428,49 @@ function cstr(b: Buffer): string {
   return b.subarray(0, z < 0 ? b.length : z).toString('latin1');
 }
 
+/**
+ * One step of rping's ping-pong: post a work request (none for the first wait), wait on the semaphore, and
+ * expect `want`. 0, or what rping's loop breaks with: the post's error, or -1 for another state.
+ */
+async function step(cb: Cb, post: (() => void) | null, want: number): Promise<number> {
+  if (post) {
+    try {
+      post();
+    } catch (e) {
+      const n = Math.abs((e as VerbsError).errno ?? 1) || 1;
+      err(`post send error ${n}\n`);
+      return n;
+    }
+  }
+  await cb.sem.wait();
+  if (stateOf(cb) !== want) {
+    err(`wait for ${STATE_NAME[want]} state ${cb.state}\n`);
+    return -1;
+  }
+  return 0;
+}
+
+/** An RDMA READ or WRITE of `len` bytes of the rdma buffer, to or from the client's advertised one. */
+function postRdma(cb: Cb, opcode: WrOpcode, len: number): void {
+  cb.qp!.postSend({ wrId: 0n, opcode, sendFlags: SendFlags.SIGNALED, sgList: [cb.rdmaMr!.sge(0, len)], rdma: { remoteAddr: cb.remoteAddr, rkey: cb.remoteRkey } });
+}
+
 async function testServer(cb: Cb, dbg: (s: string) => void): Promise<number> {
   let ret = 0;
-  for (;;) {
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_READ_ADV) {
-      err(`wait for RDMA_READ_ADV state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
+  // each round ends with the second "go ahead", posted as the next round's first step
+  for (let goAhead: (() => void) | null = null; ; ) {
+    if ((ret = await step(cb, goAhead, State.RDMA_READ_ADV))) break;
     dbg('server received sink adv\n');
-    try {
-      cb.qp!.postSend({ wrId: 0n, opcode: WrOpcode.RDMA_READ, sendFlags: SendFlags.SIGNALED, sgList: [cb.rdmaMr!.sge(0, cb.remoteLen)], rdma: { remoteAddr: cb.remoteAddr, rkey: cb.remoteRkey } });
-    } catch (e) {
-      err(`post send error ${(e as VerbsError).errno ?? -1}\n`);
-      ret = -1;
-      break;
-    }
-    dbg('server posted rdma read req \n');
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_READ_COMPLETE) {
-      err(`wait for RDMA_READ_COMPLETE state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
+    if ((ret = await step(cb, () => (postRdma(cb, WrOpcode.RDMA_READ, cb.remoteLen), dbg('server posted rdma read req \n')), State.RDMA_READ_COMPLETE))) break;
     dbg('server received read complete\n');
     if (cb.verbose) out(`server ping data: ${cstr(cb.rdmaMr!.buf)}\n`);
-    postSendInfo(cb);
-    dbg('server posted go ahead\n');
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_WRITE_ADV) {
-      err(`wait for RDMA_WRITE_ADV state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
+    if ((ret = await step(cb, () => (postSendInfo(cb), dbg('server posted go ahead\n')), State.RDMA_WRITE_ADV))) break;
     dbg('server received sink adv\n');
     const len = cstr(cb.rdmaMr!.buf).length + 1;
     dbg(`rdma write from lkey ${cb.rdmaMr!.lkey.toString(16)} laddr ${cb.rdmaMr!.addr.toString(16)} len ${len}\n`);
-    try {
-      cb.qp!.postSend({ wrId: 0n, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [cb.rdmaMr!.sge(0, len)], rdma: { remoteAddr: cb.remoteAddr, rkey: cb.remoteRkey } });
-    } catch (e) {
-      err(`post send error ${(e as VerbsError).errno ?? -1}\n`);
-      ret = -1;
-      break;
-    }
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_WRITE_COMPLETE) {
-      err(`wait for RDMA_WRITE_COMPLETE state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
+    if ((ret = await step(cb, () => postRdma(cb, WrOpcode.RDMA_WRITE, len), State.RDMA_WRITE_COMPLETE))) break;
     dbg('server rdma write complete \n');
-    postSendInfo(cb);
-    dbg('server posted go ahead\n');
+    goAhead = () => (postSendInfo(cb), dbg('server posted go ahead\n'));
   }
   return cb.state === State.DISCONNECTED ? 0 : ret;
 }
@@ -646,32 +639,9 @@ async function testClient(cb: Cb, dbg: (s: string) => void): Promise<number> {
     start++;
     if (start > 122) start = 65;
     sbuf[cb.size - 1] = 0;
-    formatSend(cb, cb.startMr!, dbg);
-    try {
-      postSendInfo(cb);
-    } catch (e) {
-      err(`post send error ${(e as VerbsError).errno ?? -1}\n`);
-      break;
-    }
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_WRITE_ADV) {
-      err(`wait for RDMA_WRITE_ADV state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
-    formatSend(cb, cb.rdmaMr!, dbg);
-    try {
-      postSendInfo(cb);
-    } catch (e) {
-      err(`post send error ${(e as VerbsError).errno ?? -1}\n`);
-      break;
-    }
-    await cb.sem.wait();
-    if (stateOf(cb) !== State.RDMA_WRITE_COMPLETE) {
-      err(`wait for RDMA_WRITE_COMPLETE state ${cb.state}\n`);
-      ret = -1;
-      break;
-    }
+    // the source buffer for the server to read, then the sink for it to write into
+    if ((ret = await step(cb, () => (formatSend(cb, cb.startMr!, dbg), postSendInfo(cb)), State.RDMA_WRITE_ADV))) break;
+    if ((ret = await step(cb, () => (formatSend(cb, cb.rdmaMr!, dbg), postSendInfo(cb)), State.RDMA_WRITE_COMPLETE))) break;
     if (cb.validate && !sbuf.subarray(0, cb.size).equals(cb.rdmaMr!.buf.subarray(0, cb.size))) {
       err('data mismatch!\n');
       ret = -1;
