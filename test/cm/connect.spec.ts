@@ -100,6 +100,17 @@ async function establish(srvRoot: string, cliRoot: string, addr: string, src: st
   return { sch, cch, listen, cid, child, req, port: p };
 }
 
+/** The end of what `establish` made: both ids with their QPs, the listener, both channels. */
+async function teardown(c: Awaited<ReturnType<typeof establish>>): Promise<void> {
+  for (const id of [c.cid, c.child]) {
+    await id.destroyQp();
+    await id.destroy();
+  }
+  await c.listen.destroy();
+  await c.sch.destroy();
+  await c.cch.destroy();
+}
+
 async function sendOne(from: CmId, to: CmId, text: string): Promise<string> {
   const sbuf = await from.pd!.allocMr(64, Access.LOCAL_WRITE);
   const rbuf = await to.pd!.allocMr(64, Access.LOCAL_WRITE);
@@ -136,13 +147,7 @@ describe('RDMA CM', () => {
     await expectEvent(c.sch, CmEventType.DISCONNECTED);
     await c.child.disconnect();
     await expectEvent(c.cch, CmEventType.DISCONNECTED);
-    for (const id of [c.cid, c.child]) {
-      await id.destroyQp();
-      await id.destroy();
-    }
-    await c.listen.destroy();
-    await c.sch.destroy();
-    await c.cch.destroy();
+    await teardown(c);
   });
 
   test('no listener: REJECTED with reason 8 (invalid service ID)', async () => {
@@ -170,14 +175,8 @@ describe('RDMA CM', () => {
     // each side's send PSN is the other's receive PSN: what the CM exchanged, one way each
     assert.equal(cli.req.psn, srv.resp.psn);
     assert.equal(srv.req.psn, cli.resp.psn);
-    for (const id of [c.cid, c.child]) {
-      await id.disconnect().catch(() => {});
-      await id.destroyQp();
-      await id.destroy();
-    }
-    await c.listen.destroy();
-    await c.sch.destroy();
-    await c.cch.destroy();
+    for (const id of [c.cid, c.child]) await id.disconnect().catch(() => {});
+    await teardown(c);
   });
 
   test('private data of every allowed length arrives whole (REQ 0..56, REP 0..196, REJ 0..148); one byte more is EINVAL', async () => {
@@ -295,13 +294,7 @@ describe('RDMA CM', () => {
     await expectEvent(c.cch, CmEventType.DISCONNECTED);
     await expectEvent(c.cch, CmEventType.TIMEWAIT_EXIT, 5000);
     await expectEvent(c.sch, CmEventType.TIMEWAIT_EXIT, 5000);
-    for (const id of [c.cid, c.child]) {
-      await id.destroyQp();
-      await id.destroy();
-    }
-    await c.listen.destroy();
-    await c.sch.destroy();
-    await c.cch.destroy();
+    await teardown(c);
   });
 
   test("a device context its user closed is opened again for the next id", async () => {
