@@ -218,7 +218,8 @@ export class EventChannel {
     }
     const id = this.ids.get(r.id);
     if (!id) return null; // an id destroyed while its event was on the way
-    if (event === CmEventType.ADDR_RESOLVED || event === CmEventType.ROUTE_RESOLVED) await id.learn().catch(() => {});
+    // the address fixes the device and both addresses; the route that follows changes neither
+    if (event === CmEventType.ADDR_RESOLVED) await id.learn().catch(() => {});
     if (event === CmEventType.CONNECT_RESPONSE && id.qp) {
       // librdmacm's ucma_process_conn_resp: the QP to RTR and RTS, then ACCEPT (our RTU); the consumer sees ESTABLISHED
       try {
