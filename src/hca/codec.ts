@@ -6,7 +6,7 @@
  * Header order on the wire (IBA 9.2): BTH, DETH, RETH, AtomicETH, AETH,
  * AtomicAckETH, ImmDt, IETH, payload, pad, ICRC.
  */
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
 import { HdrSize, M, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 
@@ -115,20 +115,22 @@ function u64(dv: DataView, o: number): number {
 
 /**
  * Encodes p (BTH..payload and pad, no ICRC) at `off`; returns the bytes
- * written. The caller has room for headerBytes + payLen + 3.
+ * written. The caller has room for headerBytes + payLen + 3. `whole`, if
+ * given, is a DataView over exactly `buf`.
  */
-export function encode(p: Pkt, buf: Uint8Array, off: number): number {
+export function encode(p: Pkt, buf: Uint8Array, off: number, whole?: DataView): number {
   const info = OPCODES[p.opcode]!;
   const m = info.mask;
   const pad = (4 - (p.payLen & 3)) & 3;
-  const hdr = headerBytes(m);
-  const dv = new DataView(buf.buffer, buf.byteOffset + off, hdr + p.payLen + pad);
-  dv.setUint8(0, p.opcode);
-  dv.setUint8(1, (p.se ? 0x80 : 0) | (p.migReq ? 0x40 : 0) | (pad << 4) | (p.tver & 0xf));
-  dv.setUint16(2, p.pkey);
-  dv.setUint32(4, ((p.fecnBecn & 0xff) << 24 | (p.destQpn & 0xffffff)) >>> 0);
-  dv.setUint32(8, ((p.ackReq ? 0x80000000 : 0) | (p.psn & 0xffffff)) >>> 0);
-  let o = HdrSize.BTH;
+  // a DataView is costly to make (about 100 ns): the wire passes one over its whole send arena
+  const dv = whole ?? new DataView(buf.buffer, buf.byteOffset + off, headerBytes(m) + p.payLen + pad);
+  const d = whole ? off : 0;
+  dv.setUint8(d, p.opcode);
+  dv.setUint8(d + 1, (p.se ? 0x80 : 0) | (p.migReq ? 0x40 : 0) | (pad << 4) | (p.tver & 0xf));
+  dv.setUint16(d + 2, p.pkey);
+  dv.setUint32(d + 4, ((p.fecnBecn & 0xff) << 24 | (p.destQpn & 0xffffff)) >>> 0);
+  dv.setUint32(d + 8, ((p.ackReq ? 0x80000000 : 0) | (p.psn & 0xffffff)) >>> 0);
+  let o = d + HdrSize.BTH;
   if (m & M.DETH) {
     dv.setUint32(o, p.qkey >>> 0);
     dv.setUint32(o + 4, p.srcQpn & 0xffffff);
@@ -163,13 +165,17 @@ export function encode(p: Pkt, buf: Uint8Array, off: number): number {
     dv.setUint32(o, p.rkey >>> 0);
     o += HdrSize.IETH;
   }
+  o -= d;
   if (p.payLen > 0) buf.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), off + o);
   for (let i = 0; i < pad; i++) buf[off + o + p.payLen + i] = 0;
   return o + p.payLen + pad;
 }
 
-const ONES8 = new Uint8Array(8).fill(0xff);
-const scratch = new Uint8Array(40 + 8 + HdrSize.BTH);
+/** The CRC of the eight 0xFF bytes that stand for the LRH: where every ICRC starts. */
+const CRC_LRH = crc32(new Uint8Array(8).fill(0xff));
+/** The masked IP, UDP and BTH headers of the frame being summed (IPv4: 40 bytes, IPv6: 60). */
+const pseudo = new Uint8Array(40 + 8 + HdrSize.BTH);
+const pseudo4 = pseudo.subarray(0, 20 + 8 + HdrSize.BTH);
 
 /**
  * The invariant CRC (IBA Annex A17, as rxe's rxe_icrc.c computes it):
@@ -183,29 +189,38 @@ const scratch = new Uint8Array(40 + 8 + HdrSize.BTH);
  * header, `bth` the transport bytes from the BTH to the end of the pad.
  */
 export function icrc(ip: Uint8Array, udp: Uint8Array, bth: Uint8Array): number {
-  const v6 = (ip[0]! >> 4) === 6;
+  const ipLen = (ip[0]! >> 4) === 6 ? 40 : 20;
+  const h = new Uint8Array(ipLen + 8);
+  h.set(ip.subarray(0, ipLen));
+  h.set(udp.subarray(0, 8), ipLen);
+  return icrcAt(h, 0, bth, 0, bth.length);
+}
+
+/**
+ * icrc() without a view per call, for the wire's every frame: the IP and UDP
+ * headers lie together at h[ho], the transport bytes (BTH to pad) at
+ * buf[off, off + n).
+ */
+export function icrcAt(h: Uint8Array, ho: number, buf: Uint8Array, off: number, n: number): number {
+  const v6 = (h[ho]! >> 4) === 6;
   const ipLen = v6 ? 40 : 20;
-  scratch.set(ip.subarray(0, ipLen), 0);
+  const s = pseudo;
+  for (let i = 0; i < ipLen + 8; i++) s[i] = h[ho + i]!;
   if (v6) {
-    scratch[0] = ip[0]! | 0x0f; // traffic class (low nibble of byte 0 + high of byte 1) and flow label
-    scratch[1] = 0xff;
-    scratch[2] = 0xff;
-    scratch[3] = 0xff;
-    scratch[7] = 0xff; // hop limit
+    s[0] = s[0]! | 0x0f; // traffic class (low nibble of byte 0 + high of byte 1) and flow label
+    s[1] = s[2] = s[3] = 0xff;
+    s[7] = 0xff; // hop limit
   } else {
-    scratch[1] = 0xff; // TOS
-    scratch[8] = 0xff; // TTL
-    scratch[10] = 0xff; // header checksum
-    scratch[11] = 0xff;
+    s[1] = 0xff; // TOS
+    s[8] = 0xff; // TTL
+    s[10] = s[11] = 0xff; // header checksum
   }
-  scratch.set(udp.subarray(0, 8), ipLen);
-  scratch[ipLen + 6] = 0xff; // UDP checksum
-  scratch[ipLen + 7] = 0xff;
-  scratch.set(bth.subarray(0, HdrSize.BTH), ipLen + 8);
-  scratch[ipLen + 8 + 4] = 0xff; // FECN, BECN, reserved
-  let crc = crc32(ONES8);
-  crc = crc32(scratch.subarray(0, ipLen + 8 + HdrSize.BTH), crc);
-  crc = crc32(bth.subarray(HdrSize.BTH), crc);
+  s[ipLen + 6] = s[ipLen + 7] = 0xff; // UDP checksum
+  const b = ipLen + 8;
+  for (let i = 0; i < HdrSize.BTH; i++) s[b + i] = buf[off + i]!;
+  s[b + 4] = 0xff; // FECN, BECN, reserved
+  let crc = crc32(v6 ? s : pseudo4, CRC_LRH);
+  if (n > HdrSize.BTH) crc = crc32(buf.subarray(off + HdrSize.BTH, off + n), crc);
   return crc >>> 0;
 }
 
@@ -246,7 +261,7 @@ export function writeIpUdp(buf: Uint8Array, src: Uint8Array, dst: Uint8Array, ip
   const v6 = src.length === 16;
   const ipLen = v6 ? 40 : 20;
   const udpLen = 8 + payload;
-  const ip = buf.subarray(0, ipLen);
+  const ip = buf;
   if (v6) {
     ip.fill(0, 0, 8);
     ip[0] = 0x60;
@@ -254,8 +269,10 @@ export function writeIpUdp(buf: Uint8Array, src: Uint8Array, dst: Uint8Array, ip
     ip[5] = udpLen & 0xff;
     ip[6] = 17;
     ip[7] = 64;
-    ip.set(src, 8);
-    ip.set(dst, 24);
+    for (let i = 0; i < 16; i++) {
+      ip[8 + i] = src[i]!;
+      ip[24 + i] = dst[i]!;
+    }
   } else {
     const total = 20 + udpLen;
     ip[0] = 0x45;
@@ -269,8 +286,10 @@ export function writeIpUdp(buf: Uint8Array, src: Uint8Array, dst: Uint8Array, ip
     ip[8] = 64;
     ip[9] = 17;
     ip[10] = ip[11] = 0;
-    ip.set(src, 12);
-    ip.set(dst, 16);
+    for (let i = 0; i < 4; i++) {
+      ip[12 + i] = src[i]!;
+      ip[16 + i] = dst[i]!;
+    }
     let sum = 0;
     for (let i = 0; i < 20; i += 2) sum += (ip[i]! << 8) | ip[i + 1]!;
     while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
@@ -295,18 +314,18 @@ export function writeIpUdp(buf: Uint8Array, src: Uint8Array, dst: Uint8Array, ip
  * Returns the frame's length.
  */
 export function encodeFrame(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, buf: Uint8Array): number {
-  const ipLen = src.length === 16 ? 40 : 20;
-  const n = encode(p, buf, ipLen + 8);
+  const hl = (src.length === 16 ? 40 : 20) + 8;
+  const n = encode(p, buf, hl);
   writeIpUdp(buf, src, dst, ipId, p.srcPort, n + HdrSize.ICRC);
-  const ip = buf.subarray(0, ipLen);
-  const u = ipLen;
-  const crc = icrc(ip, buf.subarray(u, u + 8), buf.subarray(u + 8, u + 8 + n));
-  const c = u + 8 + n;
+  putIcrc(buf, hl + n, icrcAt(buf, 0, buf, hl, n));
+  return hl + n + HdrSize.ICRC;
+}
+
+function putIcrc(buf: Uint8Array, c: number, crc: number): void {
   buf[c] = crc & 0xff;
   buf[c + 1] = (crc >>> 8) & 0xff;
   buf[c + 2] = (crc >>> 16) & 0xff;
   buf[c + 3] = crc >>> 24;
-  return c + 4;
 }
 
 /**
@@ -320,6 +339,15 @@ export function icrcOk(ip: Uint8Array, udp: Uint8Array, body: Uint8Array): boole
   return icrc(ip, udp, body.subarray(0, n)) === want;
 }
 
+/** icrcOk() on a frame whose IP and UDP headers lie together at h[ho] and UDP payload at buf[off, off + len). */
+export function icrcOkAt(h: Uint8Array, ho: number, buf: Uint8Array, off: number, len: number): boolean {
+  const n = len - HdrSize.ICRC;
+  if (n < HdrSize.BTH) return false;
+  const c = off + n;
+  const want = (buf[c]! | (buf[c + 1]! << 8) | (buf[c + 2]! << 16) | (buf[c + 3]! << 24)) >>> 0;
+  return icrcAt(h, ho, buf, off, n) === want;
+}
+
 /**
  * Writes the UDP payload of a RoCEv2 frame (transport headers, payload,
  * pad, ICRC) at buf[off], for a kernel that writes the IP and UDP headers
@@ -327,15 +355,9 @@ export function icrcOk(ip: Uint8Array, udp: Uint8Array, body: Uint8Array): boole
  * `sport`, IPv4 identification `ipId`), for the ICRC and a capture.
  * Returns the UDP payload's length.
  */
-export function encodeBody(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, sport: number, hdr: Uint8Array, buf: Uint8Array, off: number): number {
-  const ipLen = src.length === 16 ? 40 : 20;
-  const n = encode(p, buf, off);
+export function encodeBody(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: number, sport: number, hdr: Uint8Array, buf: Uint8Array, off: number, dv?: DataView): number {
+  const n = encode(p, buf, off, dv);
   writeIpUdp(hdr, src, dst, ipId, sport, n + HdrSize.ICRC);
-  const crc = icrc(hdr.subarray(0, ipLen), hdr.subarray(ipLen, ipLen + 8), buf.subarray(off, off + n));
-  const c = off + n;
-  buf[c] = crc & 0xff;
-  buf[c + 1] = (crc >>> 8) & 0xff;
-  buf[c + 2] = (crc >>> 16) & 0xff;
-  buf[c + 3] = crc >>> 24;
+  putIcrc(buf, off + n, icrcAt(hdr, 0, buf, off, n));
   return n + HdrSize.ICRC;
 }

@@ -33,7 +33,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
 import { Drain, enableGro, RawUdp4, UdpWire, type Datagram } from '../native/net.js';
 import { dgramFd, SysError } from '../native/libc.js';
-import { decode, encodeBody, frameBytes, icrcOk, ROCE_PORT, writeIpUdp } from './codec.js';
+import { decode, encodeBody, frameBytes, icrcOkAt, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
@@ -233,6 +233,9 @@ export class RoceTransport {
   allowDst: BlockList | null = null;
   private readonly allowed4 = new Map<number, boolean>();
 
+  private lastDstGid: Uint8Array | null = null;
+  private lastDstIp: Uint8Array = new Uint8Array(4);
+
   /** Builds one packet's frame in the send batch; it leaves at the next flush(). */
   send(p: Pkt): void {
     const udp = this.udp;
@@ -241,11 +244,16 @@ export class RoceTransport {
       this.dev.counters.send_err++;
       return;
     }
-    const dst = gidIp(p.dstGid);
+    // a QP's packets share its path's GID object: its address bytes are looked up once per run of them
+    if (p.dstGid !== this.lastDstGid) {
+      this.lastDstGid = p.dstGid;
+      this.lastDstIp = gidIp(p.dstGid);
+    }
+    const dst = this.lastDstIp;
     const len = frameBytes(p, !this.v4) - (this.v4 ? 28 : 48);
     const off = udp.frame(len, dst);
     // the kernel numbers a GSO message's IPv4 segments from 0: the ICRC covers the number this one will get
-    encodeBody(p, this.srcIp, dst, this.v4 ? udp.seg : 0, udp.port, this.hdr, udp.txBytes, off);
+    encodeBody(p, this.srcIp, dst, this.v4 ? udp.seg : 0, udp.port, this.hdr, udp.txBytes, off, udp.txDv);
     if (this.pcap) this.capture(this.hdr, udp.txBytes.subarray(off, off + len));
   }
 
@@ -279,7 +287,7 @@ export class RoceTransport {
     const src = this.peerGid4(b, o + 12);
     const body = udpLen - 8;
     // longer than any packet, or (small frames sent together) an ICRC that fails for the whole: a GSO message
-    if (body > MAX_PACKET || !icrcOk(b.subarray(o, o + 20), b.subarray(o + 20, o + 28), b.subarray(o + 28, o + 20 + udpLen))) return this.onSuperFrame(d, src, body);
+    if (body > MAX_PACKET || !icrcOkAt(b, o, b, o + 28, body)) return this.onSuperFrame(d, src, body);
     this.pcap?.write(b.subarray(o), ihl + udpLen);
     this.deliver(b, o + 28, body, src);
   }
@@ -320,8 +328,7 @@ export class RoceTransport {
   private segmentIcrcOk(b: Uint8Array, o: number, size: number, at: number, id: number): boolean {
     const h = this.hdr;
     writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
-    const f = o + 28 + at;
-    return icrcOk(h.subarray(0, 20), h.subarray(20, 28), b.subarray(f, f + size));
+    return icrcOkAt(h, 0, b, o + 28 + at, size);
   }
 
   /** A UDP payload from `src` on the port socket: the IP and UDP headers are rebuilt for the ICRC and the pcap. */
@@ -329,10 +336,9 @@ export class RoceTransport {
     if (!this.v4 || this.pcap) {
       // the Identification the sender's kernel chose is not visible here (0: an IPv4 ICRC cannot be checked)
       const hl = writeIpUdp(this.hdr, gidIp(src), this.srcIp, 0, d.port, d.len);
-      const body = d.bytes.subarray(d.off, d.off + d.len);
       // IPv6: every field the ICRC covers is known, so it is checked
-      if (!this.v4 && !icrcOk(this.hdr.subarray(0, 40), this.hdr.subarray(40, 48), body)) return this.drop('bad ICRC');
-      if (this.pcap) this.capture(this.hdr.subarray(0, hl), body);
+      if (!this.v4 && !icrcOkAt(this.hdr, 0, d.bytes, d.off, d.len)) return this.drop('bad ICRC');
+      if (this.pcap) this.capture(this.hdr.subarray(0, hl), d.bytes.subarray(d.off, d.off + d.len));
     }
     this.deliver(d.bytes, d.off, d.len, src);
   }

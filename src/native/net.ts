@@ -241,9 +241,9 @@ const GSO_MAX_SEGS = 64;
 export class UdpWire {
   private fd: number;
   private readonly tx: Mapping;
-  private readonly txDv: DataView;
-  /** the send arena: frame() returns offsets into it */
+  /** the send arena: frame() returns offsets into it; txDv is a DataView over all of it */
   readonly txBytes: Uint8Array;
+  readonly txDv: DataView;
   private readonly txViews: Uint8Array[] = [];
   private readonly msgSegs = new Uint16Array(TX_MSGS);
   private readonly msgSegLen = new Uint32Array(TX_MSGS);

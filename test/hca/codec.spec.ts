@@ -80,6 +80,10 @@ test('every RoCEv2 packet of the rxe captures decodes, checks its ICRC and re-en
       const n = encode(p, again, 0);
       assert.equal(n, body.length, where);
       assert.deepEqual(Buffer.from(again.subarray(0, n)), Buffer.from(body), `${where}: re-encoded bytes`);
+      // as the wire encodes: at an offset in an arena, through one DataView over all of it
+      const arena = new Uint8Array(body.length + 64).fill(0xee);
+      assert.equal(encode(p, arena, 29, new DataView(arena.buffer)), n, where);
+      assert.deepEqual(Buffer.from(arena.subarray(29, 29 + n)), Buffer.from(body), `${where}: re-encoded in an arena`);
       if (p.mask & M.DETH) assert.ok(p.qkey !== 0, where);
     }
   }
