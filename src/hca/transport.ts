@@ -143,8 +143,9 @@ export class RoceTransport {
             /* a kernel without UDP GRO: a copy per frame */
           }
         }
-        // what waits behind the datagram Node read is taken in batches, not one JS call each
-        if (fd >= 0) this.portDrain = new Drain(fd, 65536, !this.raw);
+        // what waits behind the datagram Node read is taken in batches, not one JS call each; in raw mode the
+        // copies are only counted and dropped, so a byte of each is all the kernel copies out (the rest truncated)
+        if (fd >= 0) this.portDrain = this.raw ? new Drain(fd, 1) : new Drain(fd, 65536, true);
         this.port = s;
         resolve();
       });
@@ -171,7 +172,7 @@ export class RoceTransport {
     d.port = rinfo.port;
     try {
       this.onDatagram(d, this.peerGid(rinfo.address));
-      this.portDrain?.drain(this.onQueued);
+      this.portDrain?.drain(this.onQueued, this.batchDone);
     } catch (e) {
       this.dev.onBug?.(e as Error);
     }
@@ -180,11 +181,17 @@ export class RoceTransport {
   private readonly onQueued = (d: Datagram): void => this.onDatagram(d, this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from));
 
   private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
+  /**
+   * A full receive batch with more behind it: its ACKs and responses leave now. Waiting for the socket to be
+   * empty held every ACK of a sender's burst until the whole burst was read, and the sender sat idle with a
+   * full window meanwhile.
+   */
+  private readonly batchDone = (): void => this.dev.wireBatchDone();
   /** Reads what the raw socket holds and hands it to the device; returns how many frames there were. */
   private drainRaw(): number {
     let n = 0;
     try {
-      if (this.raw && (n = this.raw.drain(this.onRawDatagram)) > 0) this.dev.wireBatchDone();
+      if (this.raw && (n = this.raw.drain(this.onRawDatagram, this.batchDone)) > 0) this.dev.wireBatchDone();
     } catch (e) {
       this.dev.onBug?.(e as Error);
     }
@@ -327,7 +334,19 @@ export class RoceTransport {
   /** Whether the frame of `size` bytes at `at` in a GSO message's payload has the ICRC it would as datagram ID `id`. */
   private segmentIcrcOk(b: Uint8Array, o: number, size: number, at: number, id: number): boolean {
     const h = this.hdr;
-    writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
+    if (this.pcap) {
+      // the capture shows the datagram as it would have come, checksum included
+      writeIpUdp(h, b.subarray(o + 12, o + 16), b.subarray(o + 16, o + 20), id, (b[o + 20]! << 8) | b[o + 21]!, size);
+    } else {
+      // the arriving header with this frame's length and ID (its checksum is one of the fields the ICRC masks)
+      for (let i = 0; i < 28; i++) h[i] = b[o + i]!;
+      h[2] = (28 + size) >> 8;
+      h[3] = (28 + size) & 0xff;
+      h[4] = id >> 8;
+      h[5] = id & 0xff;
+      h[24] = (8 + size) >> 8;
+      h[25] = (8 + size) & 0xff;
+    }
     return icrcOkAt(h, 0, b, o + 28 + at, size);
   }
 

@@ -178,10 +178,12 @@ export class Drain {
 
   /**
    * Reads every datagram waiting, without blocking: `onDatagram` sees each
-   * as a window on the receive memory, valid only until it returns.
-   * Returns how many there were.
+   * as a window on the receive memory, valid only until it returns;
+   * `onBatch` runs after each full batch that more may follow (what the
+   * batch caused can leave before the next is read). Returns how many
+   * there were.
    */
-  drain(onDatagram: (d: Datagram) => void): number {
+  drain(onDatagram: (d: Datagram) => void, onBatch?: () => void): number {
     const dv = this.dv;
     const dg = this.dg;
     let total = 0;
@@ -212,6 +214,7 @@ export class Drain {
       }
       total += n;
       if (n < RX_MSGS) return total;
+      onBatch?.();
     }
   }
 
@@ -423,8 +426,8 @@ export class RawUdp4 {
    * Reads every packet waiting, without blocking (see Drain). The caller
    * knows when to call: a UDP socket on the port gets a copy of each.
    */
-  drain(onDatagram: (d: Datagram) => void): number {
-    return (this.reader ??= new Drain(this.fd, RAW_SLOT)).drain(onDatagram);
+  drain(onDatagram: (d: Datagram) => void, onBatch?: () => void): number {
+    return (this.reader ??= new Drain(this.fd, RAW_SLOT)).drain(onDatagram, onBatch);
   }
 
   close(): void {
