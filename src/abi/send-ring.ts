@@ -96,6 +96,10 @@ export class SendRingConsumer extends SendRing {
     Atomics.store(this.hdr, SQ_IDLE, 1);
     return this.produced() !== before && Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
   }
+  /** Marks the ring awake (the client rings no doorbell); false if the client had already claimed the wake-up. */
+  wake(): boolean {
+    return Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
+  }
   /** An SGE's address as a number (past 2^53: +Infinity, which no MR contains). */
   sgeAddr(o: number, j: number): number {
     return readU64Number(this.dv, SendRing.sge(o, j) + SG.addr);

@@ -48,6 +48,8 @@ Options:
   --allow-dst PREFIX[,PREFIX...]
                            send RoCEv2 only to these destinations (e.g. 10.77.0.0/24,fd00::/8; repeatable);
                            by default the wire reaches whatever the host routes to, routers included
+  --poll-us N              after a QP was busy, poll its send queue for N microseconds (default 200):
+                           a post meanwhile needs no doorbell; 0 turns polling off (an idle daemon never polls)
   --fault SPEC             seeded faults on every packet sent, for tests:
                            drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N
   -V, --version            print the version and exit
@@ -106,6 +108,7 @@ interface Settings {
   rules: Rule[];
   fault: Fault | null;
   allowDst: BlockList | null;
+  pollUs: number | undefined;
   pcap: string | undefined;
   metrics: { host: string; port: number } | null;
   logLevel: LogLevel;
@@ -125,6 +128,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
         pcap: { type: 'string' },
         fault: { type: 'string' },
         'allow-dst': { type: 'string', multiple: true },
+        'poll-us': { type: 'string' },
         metrics: { type: 'string' },
         'log-level': { type: 'string' },
         version: { type: 'boolean', short: 'V' },
@@ -157,6 +161,11 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       if (!m || !fam || bits > (fam === 'ipv4' ? 32 : 128)) throw new UsageError(`--allow-dst "${pfx}": expected ADDRESS[/BITS], e.g. 10.77.0.0/24 or fd00::/8`);
       allowDst.addSubnet(m[1]!, bits, fam);
     }
+  }
+  let pollUs: number | undefined;
+  if (args['poll-us'] !== undefined) {
+    pollUs = Number(args['poll-us']);
+    if (!/^\d+$/.test(args['poll-us']) || pollUs > 1000000) throw new UsageError(`--poll-us "${args['poll-us']}": expected microseconds, 0 to 1000000`);
   }
   let metrics = null;
   if (args.metrics !== undefined) {
@@ -197,7 +206,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError((e as Error).message);
     }
   }
-  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -229,7 +238,7 @@ export async function main(argv: string[]): Promise<void> {
       die(`--pcap ${s.pcap}: ${(e as Error).message}`);
     }
   }
-  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, allowDst: s.allowDst, pcap, logger: log });
+  const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, allowDst: s.allowDst, pollUs: s.pollUs, pcap, logger: log });
   const fault = s.fault;
   if (fault) daemon.log(`fault injection: drop ${fault.drop}, dup ${fault.dup}, reorder ${fault.reorder}, delay ${fault.delay} (${fault.delayMs} ms) of every packet sent (seeded)`);
   let metrics: Metrics | null = null;

@@ -55,7 +55,15 @@ export interface DaemonOptions {
   limits?: UserLimits;
   /** --allow-dst: the only destinations the wire sends to and rdma_resolve_addr resolves (null: any the host routes) */
   allowDst?: BlockList | null;
+  /** --poll-us: how long a busy send queue is still polled after activity (default DEFAULT_POLL_US; 0: never) */
+  pollUs?: number;
 }
+
+/**
+ * Polling a send queue this long after activity catches a client's reply without a doorbell: measured on 2
+ * cores, an 8-byte cross-wire ping-pong on completion events went from about 390 to 250-280 us (median).
+ */
+export const DEFAULT_POLL_US = 200;
 
 interface DevEntry {
   dev: SoftDevice;
@@ -222,7 +230,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     const path = join(root, 'dev', pol.name);
     ensureDirUnder(root, dirname(path));
     await this.recoverStale(path);
-    const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu });
+    const dev = new SoftDevice(this.fabric, spec.name, i, spec.addr, { mtu: spec.mtu, pollUs: this.opts.pollUs ?? DEFAULT_POLL_US });
     dev.onBug = (e) => this.logger.error(`internal error in the HCA of ${spec.name}: ${e.stack}`);
     dev.onQpError = (qp, why) => {
       const c = qp.owner as Context;
@@ -523,7 +531,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
         out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells, polled: d.dev.polled }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));

@@ -19,6 +19,7 @@ import type { Pkt } from './packet.js';
 import type { Hca, Qp } from './qp.js';
 import * as requester from './requester.js';
 import * as responder from './responder.js';
+import { Linger } from './linger.js';
 import { Scheduler, Task } from './scheduler.js';
 import type { RoceTransport } from './transport.js';
 
@@ -43,8 +44,12 @@ export class SoftDevice implements Hca {
     readonly name: string,
     readonly index: number,
     readonly addr: string,
-    opts: { mtu?: number; maxQpn?: number } = {},
+    opts: { mtu?: number; maxQpn?: number; pollUs?: number } = {},
   ) {
+    this.linger = new Linger<Qp>(opts.pollUs ?? 0, (qp) => {
+      this.polled++;
+      this.sched.run(qp, Task.REQUESTER);
+    });
     this.gids = [gidOf(addr)];
     const g = this.gids[0]!;
     // rxe derives the node GUID from the netdev's MAC; with no MAC, we take it from the address (EUI-64 style, stable across restarts)
@@ -178,8 +183,13 @@ export class SoftDevice implements Hca {
   /** Objects of each verbs type held on this device by all contexts (the device limits count these). */
   readonly objCount: Record<string, number> = {};
 
+  /** Polls busy send queues for a while after activity (softverbsd --poll-us). */
+  readonly linger: Linger<Qp>;
+
   /** Doorbells rung by clients (postSend rings only when the SQ is idle). */
   doorbells = 0;
+  /** Times polling found new WQEs (or caught them as a queue went idle): doorbells that were not needed. */
+  polled = 0;
 
   /** Rings the doorbell of a QP: run its requester, then everything that follows. */
   doorbell(qp: Qp): void {

@@ -14,6 +14,7 @@ import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
 import { SglCursor, type Ah, type Cq, type Mr, type Owner, type Pd, type Srq } from './objects.js';
 import type { Pkt } from './packet.js';
+import type { Linger } from './linger.js';
 import { Task, type Scheduler } from './scheduler.js';
 
 /** What a QP's engines need of the device it lives on (rxe's `struct rxe_dev` as the QP sees it; SoftDevice is one). */
@@ -23,6 +24,8 @@ export interface Hca {
   /** the port's active MTU in bytes (what a UD message may carry) */
   readonly mtuBytes: number;
   readonly sched: Scheduler<Qp>;
+  /** adaptive polling of busy send queues */
+  readonly linger: Linger<Qp>;
   /** a packet descriptor from the pool, and back */
   newPkt(): Pkt;
   freePkt(p: Pkt): void;
@@ -277,7 +280,8 @@ export class Qp {
   readonly wqes: SendWqe[];
 
   /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight, packets since an ACK was asked for. */
-  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0 };
+  /** seen: the producer index as the requester last read it (what a poll compares against) */
+  req = { idx: 0, psn: 0, rdAtomic: 0, noAck: 0, seen: 0 };
   /** Completer (rxe qp->comp): oldest unfinished WQE, next PSN expected to be answered, retry budgets. */
   comp = { idx: 0, psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as NodeJS.Timeout | null, deadline: 0, rnrTimer: null as NodeJS.Timeout | null };
   /** Responder (rxe qp->resp). */

@@ -174,9 +174,11 @@ export function run(qp: Qp): void {
       qp.dev.sched.schedule(qp, Task.REQUESTER);
       return;
     }
-    const before = qp.sq.produced();
+    const before = (qp.req.seen = qp.sq.produced());
     runOnce(qp);
     if (qp.destroyed) return;
+    // a busy queue stays awake for a while, polled: the client's next post needs no doorbell
+    if (qp.dev.linger.enabled) return qp.dev.linger.hold(qp);
     // going idle; WQEs the client wrote while we ran, without ringing, are ours to see (unless its doorbell is coming)
     if (!qp.sq.idle(before)) return;
   }

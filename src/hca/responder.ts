@@ -213,6 +213,8 @@ function complete(qp: Qp, p: Pkt): RespState {
   const isWrite = (m & M.WRITE) !== 0;
   const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
   const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
+  // a received message is when a reply gets posted: the send queue is polled for it meanwhile
+  if (qp.dev.linger.enabled) qp.dev.linger.hold(qp);
   if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
     // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
     // no one was told of), and the QP goes to ERR

@@ -145,6 +145,7 @@ describe('through the daemon', () => {
   });
 
   test('postSend rings the doorbell only when the HCA is idle on the SQ: 64 WRs posted at once need far fewer doorbells, and all complete', async () => {
+    // (this daemon polls a busy queue for a while: a burst posted meanwhile rings nothing; test/hca/poll.spec.ts)
     const pd = await ctx.allocPd();
     const cq = await ctx.createCq(128);
     const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 64 } });
@@ -160,7 +161,7 @@ describe('through the daemon', () => {
       assert.ok(wcs.every((w) => w.status === 0));
     }
     const rung = (await mgmt(devPath, 'devices'))[0].doorbells - before;
-    assert.ok(rung >= 4 && rung < 64, `${rung} doorbells for 256 WRs in 4 bursts`);
+    assert.ok(rung >= 1 && rung < 64, `${rung} doorbells for 256 WRs in 4 bursts`);
   });
 
   test('regMr of a plain Buffer is a clear error', async () => {

@@ -1,0 +1,112 @@
+/**
+ * softverbsd --poll-us: after a QP was busy its send queue is polled for a
+ * while, so a post meanwhile needs no doorbell; once the window passes the
+ * queue is idle again (the next post rings) and the daemon stops polling.
+ * With --poll-us 0 every post after the HCA went idle rings.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { cpuMs } from '../../bench/measure.js';
+import { Access, getDeviceList, openDevice, QpType, SendFlags, WcOpcode, WrOpcode, type Context } from '../../src/verbs/index.js';
+import { A1, connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function pair(ctx: Context) {
+  const pd = await ctx.allocPd();
+  const cq = await ctx.createCq(256);
+  const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 64, maxRecvWr: 64 } });
+  const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 64, maxRecvWr: 64 } });
+  const mr = await pd.allocMr(1 << 16, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+  await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+  await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+  for (let i = 0; i < 16; i++) {
+    a.postRecv({ wrId: 100 + i, sgList: [mr.sge(8192, 64)] });
+    b.postRecv({ wrId: 200 + i, sgList: [mr.sge(12288, 64)] });
+  }
+  const send = (qp: typeof a, id: number) => qp.postSend({ wrId: id, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 8)] });
+  return { cq, a, b, send };
+}
+
+describe('polling busy send queues (--poll-us)', () => {
+  let d: RunningDaemon;
+  let ctx: Context;
+  const counts = async () => {
+    const dev = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices'))[0];
+    return { doorbells: dev.doorbells as number, polled: dev.polled as number };
+  };
+  before(async () => {
+    // a long window, so "posted meanwhile" holds on a slow machine too
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', '300000']);
+    ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+  });
+  after(async () => {
+    await ctx?.closeDevice();
+    await d?.stop();
+  });
+
+  test('a reply posted after a receive rings no doorbell: the daemon finds it by polling; after the window the next post rings', async () => {
+    const { cq, a, b, send } = await pair(ctx);
+    await sleep(400); // whatever setting up made busy has gone idle
+    const c0 = await counts();
+    send(a, 1); // rings: A's queue was idle
+    const got = await pollN(cq, 2); // A's send completion and B's receive
+    assert.ok(got.some((w) => w.opcode === WcOpcode.RECV && w.qpNum === b.qpNum && w.status === 0));
+    send(b, 2); // B just received: its queue is being polled
+    const back = await pollN(cq, 2);
+    assert.ok(back.every((w) => w.status === 0), 'the reply went through');
+    const c1 = await counts();
+    assert.equal(c1.doorbells - c0.doorbells, 1, 'one doorbell: the first post; the reply was found by polling');
+    assert.ok(c1.polled > c0.polled, 'polling found the reply');
+    // after the window both queues are idle: a post rings again
+    await sleep(500);
+    send(a, 3);
+    await pollN(cq, 2);
+    assert.equal((await counts()).doorbells - c1.doorbells, 1, 'a post after the window rings');
+  });
+
+  test('an idle daemon does not poll: no CPU once the window has passed', async () => {
+    const { cq, a, send } = await pair(ctx);
+    send(a, 1);
+    await pollN(cq, 2);
+    await sleep(400);
+    const pid = getDeviceList(d.root)[0]!.daemonPid;
+    const t0 = cpuMs(pid);
+    await sleep(1000);
+    const used = cpuMs(pid) - t0;
+    assert.ok(used < 100, `${used} ms of CPU in an idle second`);
+  });
+});
+
+describe('--poll-us 0', () => {
+  let d: RunningDaemon;
+  let ctx: Context;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', '0']);
+    ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+  });
+  after(async () => {
+    await ctx?.closeDevice();
+    await d?.stop();
+  });
+
+  test('every post after the HCA went idle rings, and nothing is polled', async () => {
+    const { cq, a, send } = await pair(ctx);
+    const devPath = getDeviceList(d.root)[0]!.devPath;
+    const before = (await mgmt(devPath, 'devices'))[0];
+    for (let i = 0; i < 4; i++) {
+      send(a, i);
+      await pollN(cq, 2);
+    }
+    const now = (await mgmt(devPath, 'devices'))[0];
+    assert.equal(now.doorbells - before.doorbells, 4);
+    assert.equal(now.polled, 0);
+  });
+
+  test('a bad --poll-us is refused', async () => {
+    const { runProcess, DAEMON } = await import('../helpers.js');
+    const r = await runProcess(process.execPath, [DAEMON, '--poll-us', 'soon', '--device', `rxe9=${A1}`]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.out, /--poll-us "soon": expected microseconds/);
+  });
+});
