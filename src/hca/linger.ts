@@ -4,13 +4,15 @@
  * usually posted), the daemon keeps its send queue marked awake and looks
  * at the producer index itself on every turn of the event loop, so the
  * client's postSend rings no doorbell (no socket write, no daemon wake-up).
- * When the window passes with nothing new, the queue is marked idle again
- * (and looked at once more, for WQEs written as it went idle): an idle
+ * When a queue's window passes with nothing new it is marked idle again
+ * (and looked at once more, for WQEs written as it went idle); an idle
  * daemon does not poll at all.
  *
- * While it polls, the daemon yields its CPU on every turn (sched_yield):
- * on a machine with as many busy processes as cores, a client that is
- * runnable gets the core instead of waiting for the daemon's time slice.
+ * A turn in which nothing happened but the polling yields the CPU
+ * (sched_yield): with as many busy processes as cores, a client that is
+ * runnable gets the core instead of waiting out the daemon's time slice.
+ * A turn that had work does not, so a busy daemon is not handing its core
+ * to clients that spin on their CQs.
  */
 import { schedYield } from '../native/libc.js';
 
@@ -22,9 +24,12 @@ export interface Pollable {
 }
 
 export class Linger<Qp extends Pollable> {
-  private readonly held = new Set<Qp>();
-  private until = 0;
+  /** the QPs polled, and until when (performance.now() ms) */
+  private readonly held = new Map<Qp, number>();
   private ticking = false;
+  /** hold() calls: a turn that saw none was idle polling */
+  private activity = 0;
+  private seenActivity = 0;
 
   /** `windowUs`: how long a quiet queue is still polled (0: never, every post rings). `kick` runs a QP's requester. */
   constructor(readonly windowUs: number, private readonly kick: (qp: Qp) => void) {}
@@ -33,12 +38,12 @@ export class Linger<Qp extends Pollable> {
     return this.windowUs > 0;
   }
 
-  /** Keeps qp's send queue awake (postSend rings no doorbell) and polled until the window passes. */
+  /** Keeps qp's send queue awake (postSend rings no doorbell) and polled until its window passes. */
   hold(qp: Qp): void {
     // a client that already claimed the wake-up has its doorbell on the way: polled as well, harmless
     qp.sq.wake();
-    this.held.add(qp);
-    this.until = performance.now() + this.windowUs / 1000;
+    this.held.set(qp, performance.now() + this.windowUs / 1000);
+    this.activity++;
     if (!this.ticking) {
       this.ticking = true;
       setImmediate(this.tick);
@@ -46,21 +51,22 @@ export class Linger<Qp extends Pollable> {
   }
 
   private readonly tick = (): void => {
-    for (const qp of this.held) {
+    const now = performance.now();
+    for (const [qp, until] of this.held) {
       if (qp.destroyed) this.held.delete(qp);
       else if (qp.sq.produced() !== qp.req.seen) this.kick(qp);
+      else if (now >= until) {
+        this.held.delete(qp);
+        // the client rings from here on; what it wrote as we let go is ours to see
+        if (qp.sq.idle(qp.req.seen)) this.kick(qp);
+      }
     }
-    if (this.held.size > 0 && performance.now() < this.until) {
-      schedYield();
-      setImmediate(this.tick);
+    if (this.held.size === 0) {
+      this.ticking = false;
       return;
     }
-    this.ticking = false;
-    const held = [...this.held];
-    this.held.clear();
-    for (const qp of held) {
-      // the client rings from here on; what it wrote as we let go is ours to see
-      if (!qp.destroyed && qp.sq.idle(qp.req.seen)) this.kick(qp);
-    }
+    if (this.activity === this.seenActivity) schedYield();
+    this.seenActivity = this.activity;
+    setImmediate(this.tick);
   };
 }

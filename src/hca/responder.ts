@@ -213,8 +213,7 @@ function complete(qp: Qp, p: Pkt): RespState {
   const isWrite = (m & M.WRITE) !== 0;
   const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
   const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
-  // a received message is when a reply gets posted: the send queue is polled for it meanwhile
-  if (qp.dev.linger.enabled) qp.dev.linger.hold(qp);
+  awaitReply(qp);
   if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
     // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
     // no one was told of), and the QP goes to ERR
@@ -574,6 +573,11 @@ function error(qp: Qp, p: Pkt, e: ErrKind): void {
   toError(qp, `responder error (receive completion ${wcStatusName(e.wc)})`, was);
 }
 
+/** A received message is when a reply usually gets posted: the QP's send queue is polled for it meanwhile. */
+function awaitReply(qp: Qp): void {
+  if (qp.dev.linger.enabled) qp.dev.linger.hold(qp);
+}
+
 function receiveUd(qp: Qp, p: Pkt): void {
   if (p.qkey !== qp.attr.qkey) return; // Q_Key violation: silently dropped
   if (!(p.mask & M.SEND)) return;
@@ -591,6 +595,7 @@ function receiveUd(qp: Qp, p: Pkt): void {
     return;
   }
   const imm = (p.mask & M.IMM) !== 0;
+  awaitReply(qp);
   if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0))) {
     toError(qp, 'receive CQ overrun (CQ_ERR)');
     return;
