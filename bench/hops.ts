@@ -8,7 +8,9 @@
  * that mark each hop (the client's doorbell write, the daemon's doorbell
  * read, its sendmmsg, the peer's recvmmsg) and prints the median of each
  * hop of one direction. perf stretches the trip; the hops' shares are what
- * it is for.
+ * it is for. It runs twice: as the daemons run by default (polling a busy
+ * send queue, so a post rings no doorbell), and with --poll-us 0, where
+ * every post rings and the hops start at the client's doorbell.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -99,55 +101,68 @@ const perf = !process.env.HOPS_NO_PERF && spawnSync("perf", ["--version"], { enc
 // HOPS_CPU_PROF=dir: each daemon writes a V8 CPU profile there when it stops
 const prof = process.env.HOPS_CPU_PROF ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', process.env.HOPS_CPU_PROF] } : {};
 const W = process.env.HOPS_WIRE ? `,wire=${process.env.HOPS_WIRE}` : "";
-const dA = await spawnDaemon(["--device", `rxe0=${NET}.1${W}`], prof);
-const dB = await spawnDaemon(["--device", `rxe0=${NET}.2${W}`], prof);
-const tmp = mkdtempSync(join(tmpdir(), 'softverbs-hops-'));
-try {
-  const wire = /raw socket/.test(dA.stderr()) ? 'raw socket' : 'plain UDP';
-  const a = await side(dA);
-  const b = await side(dB);
-  await connect(a, b);
-  await connect(b, a);
-  for (let i = 0; i < 32; i++) for (const s of [a, b]) s.qp.postRecv({ wrId: 1n, sgList: [s.mr.sge(0, 64)] });
-  for (let i = 0; i < 300; i++) {
-    send(a);
-    await waitRecv(b);
-    send(b);
-    await waitRecv(a);
+
+/**
+ * N round trips between two fresh daemons started with `extra`; with `traced`, under perf, and one direction
+ * broken into its hops (which start at the client's doorbell: the daemons must not poll, or there is none).
+ */
+async function measure(extra: string[], label: string, traced: boolean): Promise<string[]> {
+  const dA = await spawnDaemon(["--device", `rxe0=${NET}.1${W}`, ...extra], prof);
+  const dB = await spawnDaemon(["--device", `rxe0=${NET}.2${W}`, ...extra], prof);
+  const tmp = mkdtempSync(join(tmpdir(), 'softverbs-hops-'));
+  try {
+    const wire = /raw socket/.test(dA.stderr()) ? 'raw socket' : 'plain UDP';
+    const a = await side(dA);
+    const b = await side(dB);
+    await connect(a, b);
+    await connect(b, a);
+    for (let i = 0; i < 32; i++) for (const s of [a, b]) s.qp.postRecv({ wrId: 1n, sgList: [s.mr.sge(0, 64)] });
+    for (let i = 0; i < 300; i++) {
+      send(a);
+      await waitRecv(b);
+      send(b);
+      await waitRecv(a);
+    }
+    const data = join(tmp, 'perf.data');
+    const rec = traced
+      ? spawn('perf', ['record', '-q', '-o', data, '-e', 'syscalls:sys_enter_sendmmsg,syscalls:sys_exit_recvmmsg,syscalls:sys_enter_write,syscalls:sys_exit_read', '-p', `${a.pid},${b.pid},${process.pid}`], { stdio: 'ignore' })
+      : null;
+    if (rec) await new Promise((r) => setTimeout(r, 1000)); // perf attaches
+    const cpu0 = [cpuMs(a.pid), cpuMs(b.pid)];
+    const rtt: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const t = process.hrtime.bigint();
+      send(a);
+      await waitRecv(b);
+      send(b);
+      await waitRecv(a);
+      rtt.push(Number(process.hrtime.bigint() - t) / 1000);
+    }
+    const cpu = [cpuMs(a.pid) - cpu0[0]!, cpuMs(b.pid) - cpu0[1]!];
+    const out = [
+      `cross-wire 8 B SEND round trip, ${label} (two daemons, ${NET}.1 <-> ${NET}.2, ${wire}; ${N} round trips, both QPs in one busy-polling process${rec ? ', under perf record' : ''})`,
+      `  round trip            median ${median(rtt).toFixed(1)} us, p99 ${pct(rtt, 0.99).toFixed(1)} us`,
+      `  daemon CPU per trip   A ${((cpu[0]! * 1000) / N).toFixed(1)} us, B ${((cpu[1]! * 1000) / N).toFixed(1)} us`,
+    ];
+    if (rec) {
+      rec.kill('SIGINT');
+      await new Promise((r) => rec.once('exit', r));
+      const script = spawnSync('perf', ['script', '-i', data], { encoding: 'utf8', maxBuffer: 1 << 30 }).stdout;
+      out.push('  one direction, by hop (medians; p90):');
+      for (const [name, v] of hops(script)) out.push(`    ${name.padEnd(66)} ${median(v).toFixed(1).padStart(7)} us  ${pct(v, 0.9).toFixed(1).padStart(7)} us  (${v.length})`);
+    }
+    await a.ctx.closeDevice();
+    await b.ctx.closeDevice();
+    return out;
+  } finally {
+    await dA.stop();
+    await dB.stop();
+    rmSync(tmp, { recursive: true, force: true });
   }
-  const data = join(tmp, 'perf.data');
-  const rec = perf
-    ? spawn('perf', ['record', '-q', '-o', data, '-e', 'syscalls:sys_enter_sendmmsg,syscalls:sys_exit_recvmmsg,syscalls:sys_enter_write,syscalls:sys_exit_read', '-p', `${a.pid},${b.pid},${process.pid}`], { stdio: 'ignore' })
-    : null;
-  if (rec) await new Promise((r) => setTimeout(r, 1000)); // perf attaches
-  const cpu0 = [cpuMs(a.pid), cpuMs(b.pid)];
-  const rtt: number[] = [];
-  for (let i = 0; i < N; i++) {
-    const t = process.hrtime.bigint();
-    send(a);
-    await waitRecv(b);
-    send(b);
-    await waitRecv(a);
-    rtt.push(Number(process.hrtime.bigint() - t) / 1000);
-  }
-  const cpu = [cpuMs(a.pid) - cpu0[0]!, cpuMs(b.pid) - cpu0[1]!];
-  const out = [
-    `cross-wire 8 B SEND round trip (two daemons, ${NET}.1 <-> ${NET}.2, ${wire}; ${N} round trips, both QPs in one busy-polling process${rec ? ', under perf record' : ''})`,
-    `  round trip            median ${median(rtt).toFixed(1)} us, p99 ${pct(rtt, 0.99).toFixed(1)} us`,
-    `  daemon CPU per trip   A ${((cpu[0]! * 1000) / N).toFixed(1)} us, B ${((cpu[1]! * 1000) / N).toFixed(1)} us`,
-  ];
-  if (rec) {
-    rec.kill('SIGINT');
-    await new Promise((r) => rec.once('exit', r));
-    const script = spawnSync('perf', ['script', '-i', data], { encoding: 'utf8', maxBuffer: 1 << 30 }).stdout;
-    out.push('  one direction, by hop (medians; p90):');
-    for (const [name, v] of hops(script)) out.push(`    ${name.padEnd(66)} ${median(v).toFixed(1).padStart(7)} us  ${pct(v, 0.9).toFixed(1).padStart(7)} us  (${v.length})`);
-  } else out.push('  (no perf, or not root: no per-hop breakdown)');
-  process.stdout.write(out.join('\n') + '\n');
-  await a.ctx.closeDevice();
-  await b.ctx.closeDevice();
-} finally {
-  await dA.stop();
-  await dB.stop();
-  rmSync(tmp, { recursive: true, force: true });
 }
+
+// as users run it (the daemons poll a busy queue: a post rings no doorbell), then with polling off, where every
+// post rings and the hops can be told apart
+const out = [...(await measure([], 'daemons polling (default)', false)), ...(await measure(['--poll-us', '0'], 'daemons not polling (--poll-us 0)', perf))];
+if (!perf) out.push('  (no perf, or not root: no per-hop breakdown)');
+process.stdout.write(out.join('\n') + '\n');
