@@ -28,49 +28,55 @@ async function pair(ctx: Context) {
   return { cq, a, b, send };
 }
 
-describe('polling busy send queues (--poll-us)', () => {
-  let d: RunningDaemon;
-  let ctx: Context;
-  const counts = async () => {
-    const dev = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices'))[0];
-    return { doorbells: dev.doorbells as number, polled: dev.polled as number };
-  };
+/** A daemon with `--poll-us us` and a context on it, for the tests of one describe block. */
+function daemonPolling(us: string): { d: RunningDaemon; ctx: Context } {
+  const s = {} as { d: RunningDaemon; ctx: Context };
   before(async () => {
-    // a long window, so "posted meanwhile" holds on a slow machine too
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', '300000']);
-    ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    s.d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', us]);
+    s.ctx = await openDevice(getDeviceList(s.d.root)[0]!, s.d.root);
   });
   after(async () => {
-    await ctx?.closeDevice();
-    await d?.stop();
+    await s.ctx?.closeDevice();
+    await s.d?.stop();
   });
+  return s;
+}
+
+async function counts(d: RunningDaemon): Promise<{ doorbells: number; polled: number }> {
+  const dev = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices'))[0];
+  return { doorbells: dev.doorbells, polled: dev.polled };
+}
+
+describe('polling busy send queues (--poll-us)', () => {
+  // a long window, so "posted meanwhile" holds on a slow machine too
+  const s = daemonPolling('300000');
 
   test('a reply posted after a receive rings no doorbell: the daemon finds it by polling; after the window the next post rings', async () => {
-    const { cq, a, b, send } = await pair(ctx);
+    const { cq, a, b, send } = await pair(s.ctx);
     await sleep(400); // whatever setting up made busy has gone idle
-    const c0 = await counts();
+    const c0 = await counts(s.d);
     send(a, 1); // rings: A's queue was idle
     const got = await pollN(cq, 2); // A's send completion and B's receive
     assert.ok(got.some((w) => w.opcode === WcOpcode.RECV && w.qpNum === b.qpNum && w.status === 0));
     send(b, 2); // B just received: its queue is being polled
     const back = await pollN(cq, 2);
     assert.ok(back.every((w) => w.status === 0), 'the reply went through');
-    const c1 = await counts();
+    const c1 = await counts(s.d);
     assert.equal(c1.doorbells - c0.doorbells, 1, 'one doorbell: the first post; the reply was found by polling');
     assert.ok(c1.polled > c0.polled, 'polling found the reply');
     // after the window both queues are idle: a post rings again
     await sleep(500);
     send(a, 3);
     await pollN(cq, 2);
-    assert.equal((await counts()).doorbells - c1.doorbells, 1, 'a post after the window rings');
+    assert.equal((await counts(s.d)).doorbells - c1.doorbells, 1, 'a post after the window rings');
   });
 
   test('an idle daemon does not poll: no CPU once the window has passed', async () => {
-    const { cq, a, send } = await pair(ctx);
+    const { cq, a, send } = await pair(s.ctx);
     send(a, 1);
     await pollN(cq, 2);
     await sleep(400);
-    const pid = getDeviceList(d.root)[0]!.daemonPid;
+    const pid = getDeviceList(s.d.root)[0]!.daemonPid;
     const t0 = cpuMs(pid);
     await sleep(1000);
     const used = cpuMs(pid) - t0;
@@ -79,26 +85,16 @@ describe('polling busy send queues (--poll-us)', () => {
 });
 
 describe('--poll-us 0', () => {
-  let d: RunningDaemon;
-  let ctx: Context;
-  before(async () => {
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', '0']);
-    ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
-  });
-  after(async () => {
-    await ctx?.closeDevice();
-    await d?.stop();
-  });
+  const s = daemonPolling('0');
 
   test('every post after the HCA went idle rings, and nothing is polled', async () => {
-    const { cq, a, send } = await pair(ctx);
-    const devPath = getDeviceList(d.root)[0]!.devPath;
-    const before = (await mgmt(devPath, 'devices'))[0];
+    const { cq, a, send } = await pair(s.ctx);
+    const before = await counts(s.d);
     for (let i = 0; i < 4; i++) {
       send(a, i);
       await pollN(cq, 2);
     }
-    const now = (await mgmt(devPath, 'devices'))[0];
+    const now = await counts(s.d);
     assert.equal(now.doorbells - before.doorbells, 4);
     assert.equal(now.polled, 0);
   });
