@@ -153,10 +153,13 @@ async function sendRate(root: string): Promise<number> {
  * of 2 signaled WRs; all share one CQ. Bytes/s written.
  */
 const MANY_SIZE = 16 * 1024;
-async function manyQpsBw(root: string, pairs: number, window: number, idlePairs = 0): Promise<number> {
+/** BENCH_MANY_EVENTS=0: the many-QP clients spin on their CQs instead of sleeping on completion events. */
+const MANY_EVENTS = process.env.BENCH_MANY_EVENTS !== '0';
+async function manyQpsBw(root: string, pairs: number, window: number, idlePairs = 0, ready: () => Promise<void> = async () => {}): Promise<number> {
   const ctx = await openDevice(getDeviceList(root)[0]!, root);
   const pd = await ctx.allocPd();
-  const cq = await ctx.createCq(Math.min(65536, pairs * window * 2 + 64));
+  const ch = MANY_EVENTS ? await ctx.createCompChannel() : null;
+  const cq = await ctx.createCq(Math.min(65536, pairs * window * 2 + 64), ch);
   const mr = await pd.allocMr(MANY_SIZE * 2, ALL);
   const gid = ctx.queryGid(1, 0);
   const qps: QueuePair[] = [];
@@ -176,12 +179,23 @@ async function manyQpsBw(root: string, pairs: number, window: number, idlePairs 
   }
   const wrs = Array.from({ length: pairs }, (_, i) => ({ wrId: BigInt(i), opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, MANY_SIZE)], rdma: { remoteAddr: mr.addr + BigInt(MANY_SIZE), rkey: mr.rkey } }));
   const wcs = Array.from({ length: 256 }, () => new WorkCompletion());
+  // every process measures the same seconds: one still setting up its QPs would not count as busy
+  await ready();
   for (let i = 0; i < pairs; i++) for (let w = 0; w < window; w++) qps[2 * i]!.postSend(wrs[i]!);
   let done = 0;
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(SECONDS * 1e9);
   while (process.hrtime.bigint() < end) {
-    const n = cq.pollCq(wcs);
+    let n = cq.pollCq(wcs);
+    if (n === 0 && ch) {
+      // nothing completed: sleep until something does (what completed before the arm is polled first)
+      cq.reqNotifyCq();
+      if ((n = cq.pollCq(wcs)) === 0) {
+        await ch.getCqEvent();
+        cq.ackCqEvents(1);
+        continue;
+      }
+    }
     for (let j = 0; j < n; j++) {
       const wc = wcs[j]!;
       if (wc.status !== WcStatus.SUCCESS) throw new Error(`write failed: ${wc.status}`);
@@ -195,14 +209,26 @@ async function manyQpsBw(root: string, pairs: number, window: number, idlePairs 
   return (done * MANY_SIZE) / s;
 }
 
-/** `procs` processes with `pairs` QP pairs each (2 * procs * pairs busy QPs), started together: total bytes/s. */
+/**
+ * `procs` processes with `pairs` QP pairs each (2 * procs * pairs busy QPs): each sets up its QPs, then all
+ * start together and measure the same SECONDS (total bytes/s).
+ */
 async function manyQps(root: string, procs: number, pairs: number, window: number, idlePairs = 0): Promise<number> {
   const kids = Array.from({ length: procs }, () => fork(fileURLToPath(import.meta.url), ['--many', root, String(pairs), String(window), String(idlePairs)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
-  const got = await Promise.all(kids.map((k) => new Promise<number>((r, j) => {
-    k.once('message', (m: { bw: number }) => r(m.bw));
+  const said = (k: (typeof kids)[number], what: 'ready' | 'bw') => new Promise<number>((r, j) => {
+    const on = (m: { ready?: boolean; bw?: number }) => {
+      if (what === 'ready' ? m.ready : m.bw !== undefined) {
+        k.off('message', on);
+        r(m.bw ?? 0);
+      }
+    };
+    k.on('message', on);
     k.once('exit', (c) => c !== 0 && j(new Error(`--many child exited ${c}`)));
-  })));
-  return got.reduce((a, b) => a + b, 0);
+  });
+  await Promise.all(kids.map((k) => said(k, 'ready')));
+  const results = kids.map((k) => said(k, 'bw'));
+  for (const k of kids) k.send('go');
+  return (await Promise.all(results)).reduce((a, b) => a + b, 0);
 }
 
 /** The daemon's CPU while clients hold QPs and do nothing: percent of one core over `ms`. */
@@ -445,9 +471,11 @@ async function main(): Promise<void> {
     const ping = await sendPingPong(root, false);
     const pingEv = await sendPingPong(root, true);
     const tping = await tcpPingPong();
-    // 1,024 busy RC QPs: four processes with 128 pairs each, against one pair with the same window, one process
+    // 1,024 busy RC QPs: four processes with 128 pairs each, against one pair with the same window, one process;
+    // and against one QP with as many WRs in flight as all of them together (what each QP costs the engines)
     const one = await manyQps(root, 1, 1, 2);
     const many = await manyQps(root, MANY_PROCS, MANY_PAIRS, 2);
+    const oneDeep = await manyQps(root, 1, 1, 2 * MANY_PROCS * MANY_PAIRS);
     // the same one busy QP with 2 * MANY_PROCS * MANY_PAIRS connected idle QPs beside it
     const amongIdle = await manyQps(root, 1, 1, 2, MANY_PROCS * MANY_PAIRS);
     // idle: a client holding a connected QP pair, doing nothing
@@ -525,7 +553,8 @@ async function main(): Promise<void> {
       line('8 B SEND half round trip / Node TCP round trip, busy-poll', f3(ping.med / 2 / tping.med), '<= 0.25', `${us(ping)} round trip vs TCP ${us(tping)}`),
       line('8 B SEND half round trip / Node TCP round trip, events', f3(pingEv.med / 2 / tping.med), '<= 0.5', `${us(pingEv)} round trip`),
       line('64 KiB RDMA_WRITE / Node TCP stream', f2(write / tcp), '-', `${f3(tcp / GB)} GB/s TCP`),
-      line(`${2 * MANY_PROCS * MANY_PAIRS} busy RC QPs (${MANY_PROCS} processes) / one QP, aggregate`, f3(many / one), '>= 0.8', `${f3(many / GB)} vs ${f3(one / GB)} GB/s, ${MANY_SIZE / 1024} KiB WRITEs, 2 in flight per QP`),
+      line(`${2 * MANY_PROCS * MANY_PAIRS} busy RC QPs (${MANY_PROCS} processes) / one QP, aggregate`, f3(many / one), '>= 0.8', `${f3(many / GB)} vs ${f3(one / GB)} GB/s, ${MANY_SIZE / 1024} KiB WRITEs, 2 in flight per QP${MANY_EVENTS ? ', clients on events' : ''}`),
+      line(`the same / one QP with all their ${2 * MANY_PROCS * MANY_PAIRS} WRs in flight`, f3(many / oneDeep), '-', `${f3(oneDeep / GB)} GB/s: the engines' cost per QP`),
       line(`one busy QP beside ${2 * MANY_PROCS * MANY_PAIRS} idle ones / one QP alone`, f3(amongIdle / one), '>= 0.9 (ours)', `${f3(amongIdle / GB)} GB/s`),
       line('daemon CPU at idle (clients holding QPs), % of a core', f2(idle), '<= 1', ''),
     ];
@@ -538,7 +567,11 @@ async function main(): Promise<void> {
 const role = process.argv[2];
 if (role === '--pong') await pong(process.argv[3]!, process.argv[4] === 'true');
 else if (role === '--many') {
-  process.send!({ bw: await manyQpsBw(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5]), Number(process.argv[6] ?? 0)) });
+  const go = () => new Promise<void>((r) => {
+    process.once('message', () => r());
+    process.send!({ ready: true });
+  });
+  process.send!({ bw: await manyQpsBw(process.argv[3]!, Number(process.argv[4]), Number(process.argv[5]), Number(process.argv[6] ?? 0), go) });
   process.disconnect();
 }
 else if (role === '--tcp-sink') {
