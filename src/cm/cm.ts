@@ -20,7 +20,7 @@ import { OPCODES, Op, Transport } from '../hca/opcodes.js';
 import type { Pkt } from '../hca/packet.js';
 import {
   CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, SIDR_REP, SIDR_REQ, GSI_QKEY, GSI_QPN, IP_CM_HDR_SIZE, ipCmPrivateData, MAD_SIZE, MRA, MsgRef,
-  parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, timeoutMs, type FieldsIn,
+  parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, timeoutMs, type FieldsIn, type IpCmHdr,
 } from './mad.js';
 
 /** rdma_cm's states (enum rdma_cm_state), as `rdma resource show cm_id` names them. */
@@ -752,17 +752,8 @@ export class ConnectionManager {
     if ((t === 0 && listener.qpType !== QpType.RC) || (t === 1 && listener.qpType !== QpType.UC) || t > 1) return refuse(RejReason.INVALID_TRANSPORT_TYPE, `transport type ${t}`);
     if (m.path_mtu < 1 || m.path_mtu > 5) return refuse(RejReason.INVALID_MTU, `path MTU ${m.path_mtu}`);
     if (listener.pending >= listener.backlog || listener.file.queued() >= MAX_QUEUED_EVENTS) return refuse(RejReason.NO_RESOURCES, `the listener's backlog (${listener.backlog}) is full`);
-    let child: CmId;
-    try {
-      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
-    } catch {
-      return refuse(RejReason.NO_RESOURCES, 'no id for the connection');
-    }
-    child.listener = listener;
-    child.dev = dev;
-    child.local = { family: hdr.ipVersion, address: dstAddr, port: svc.port };
-    child.remote = { family: hdr.ipVersion, address: addrOfIpCm(hdr.src, hdr.ipVersion), port: hdr.srcPort };
-    child.remoteGid = src;
+    const child = this.childOf(listener, dev, hdr, dstAddr, svc.port, src);
+    if (!child) return refuse(RejReason.NO_RESOURCES, 'no id for the connection');
     child.remoteCommId = m.local_comm_id;
     child.remoteGuid = m.local_ca_guid;
     child.remoteQpn = m.local_qpn;
@@ -959,17 +950,8 @@ export class ConnectionManager {
     const listener = this.findListener(svc.ps, svc.port, dev, hdr.ipVersion, dstAddr);
     if (!listener || listener.qpType !== QpType.UD) return refuse(SidrStatus.UNSUPPORTED, `no UD listener on port ${svc.port} (port space 0x${svc.ps.toString(16)})`);
     if (listener.pending >= listener.backlog || listener.file.queued() >= MAX_QUEUED_EVENTS) return refuse(SidrStatus.REJECT, 'the listener\'s backlog is full');
-    let child: CmId;
-    try {
-      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
-    } catch {
-      return refuse(SidrStatus.REJECT, 'no id for the request');
-    }
-    child.listener = listener;
-    child.dev = dev;
-    child.local = { family: hdr.ipVersion, address: dstAddr, port: svc.port };
-    child.remote = { family: hdr.ipVersion, address: addrOfIpCm(hdr.src, hdr.ipVersion), port: hdr.srcPort };
-    child.remoteGid = src;
+    const child = this.childOf(listener, dev, hdr, dstAddr, svc.port, src);
+    if (!child) return refuse(SidrStatus.REJECT, 'no id for the request');
     child.remoteCommId = m.request_id;
     child.tid = tid;
     child.state = CmState.CONNECT;
@@ -1006,6 +988,25 @@ export class ConnectionManager {
   private emit(id: CmId, event: CmEventType, status: number, conn?: Partial<ConnParam>, ud?: CmEvent['ud']): void {
     if (id.destroyed) return;
     if (id.file.deliver({ uid: id.uid, id: id.handle, event, status, conn, ud })) id.eventsReported++;
+  }
+
+  /**
+   * The id a request to `listener` gets (REQ or SIDR_REQ), owned by the listener's owner and file, with the
+   * addresses the request's IP CM header names; null if none can be had (the caller refuses the request).
+   */
+  private childOf(listener: CmId, dev: SoftDevice, hdr: IpCmHdr, dstAddr: string, port: number, src: Uint8Array): CmId | null {
+    let child: CmId;
+    try {
+      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
+    } catch {
+      return null;
+    }
+    child.listener = listener;
+    child.dev = dev;
+    child.local = { family: hdr.ipVersion, address: dstAddr, port };
+    child.remote = { family: hdr.ipVersion, address: addrOfIpCm(hdr.src, hdr.ipVersion), port: hdr.srcPort };
+    child.remoteGid = src;
+    return child;
   }
 
   /**
