@@ -73,14 +73,19 @@ function listener(...args: string[]) {
   return { child, saw };
 }
 
-/** A listener on `addr`, a client from `src`: both ends established, each with an RC QP. */
-async function establish(srvRoot: string, cliRoot: string, addr: string, src: string | undefined, pd: Uint8Array = new Uint8Array(0)) {
+/** Two event channels (the server's on srvRoot, the client's on cliRoot) and a listener bound to addr:port (a fresh port unless given). */
+async function listening(srvRoot: string, cliRoot: string, addr: string, backlog?: number, port = nextPort()) {
   const sch = await EventChannel.create(srvRoot);
   const cch = await EventChannel.create(cliRoot);
   const listen = await sch.createId(PortSpace.TCP);
-  const p = nextPort();
-  await listen.bindAddr(addr, p);
-  await listen.listen(4);
+  await listen.bindAddr(addr, port);
+  await listen.listen(backlog);
+  return { sch, cch, listen, port };
+}
+
+/** A listener on `addr`, a client from `src`: both ends established, each with an RC QP. */
+async function establish(srvRoot: string, cliRoot: string, addr: string, src: string | undefined, pd: Uint8Array = new Uint8Array(0)) {
+  const { sch, cch, listen, port: p } = await listening(srvRoot, cliRoot, addr, 4);
   const cid = await cch.createId(PortSpace.TCP);
   await cid.resolveAddr(addr, p, { src });
   await expectEvent(cch, CmEventType.ADDR_RESOLVED);
@@ -180,12 +185,7 @@ describe('RDMA CM', () => {
   });
 
   test('private data of every allowed length arrives whole (REQ 0..56, REP 0..196, REJ 0..148); one byte more is EINVAL', async () => {
-    const sch = await EventChannel.create(d.root);
-    const cch = await EventChannel.create(d.root);
-    const listen = await sch.createId(PortSpace.TCP);
-    const p = nextPort();
-    await listen.bindAddr(A2, p);
-    await listen.listen(8);
+    const { sch, cch, listen, port: p } = await listening(d.root, d.root, A2, 8);
     const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff || 1);
     /** a request with `n` bytes of private data, as the listener sees it */
     const request = async (n: number, tooLong: boolean) => {
@@ -230,12 +230,7 @@ describe('RDMA CM', () => {
 
   test('200 connections opened and closed in a loop leave no cm_id and no QP behind', async () => {
     const before = await tracked();
-    const sch = await EventChannel.create(d.root);
-    const cch = await EventChannel.create(d.root);
-    const listen = await sch.createId(PortSpace.TCP);
-    const p = nextPort();
-    await listen.bindAddr(A2, p);
-    await listen.listen(4);
+    const { sch, cch, listen, port: p } = await listening(d.root, d.root, A2, 4);
     for (let i = 0; i < 200; i++) {
       const { cid, sid } = await connectPair(cch, sch, A2, p, A1);
       // alternate which side closes first
@@ -449,12 +444,7 @@ describe('RDMA CM under packet loss', () => {
   });
 
   test('lost REQs, REPs, RTUs, DREQs and DREPs are sent again: every connection opens and closes', async () => {
-    const sch = await EventChannel.create(d.root);
-    const cch = await EventChannel.create(d.root);
-    const listen = await sch.createId(PortSpace.TCP);
-    const p = nextPort();
-    await listen.bindAddr(A2, p);
-    await listen.listen(4);
+    const { sch, cch, listen, port: p } = await listening(d.root, d.root, A2, 4);
     for (let i = 0; i < 6; i++) {
       const { cid, sid } = await connectPair(cch, sch, A2, p, A1, 20_000);
       await closePair(cid, cch, sid, sch, 20_000);
@@ -506,11 +496,7 @@ describe('RDMA CM: a slow acceptor', () => {
     const pcap = join(mkdtempSync(join(tmpdir(), 'sv-cm-')), 'cm.pcap');
     const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`, '--pcap', pcap]);
     try {
-      const sch = await EventChannel.create(d.root);
-      const cch = await EventChannel.create(d.root);
-      const listen = await sch.createId(PortSpace.TCP);
-      await listen.bindAddr(A4, 7990);
-      await listen.listen();
+      const { sch, cch, listen } = await listening(d.root, d.root, A4, undefined, 7990);
       const cid = await dial(cch, A4, 7990, A3);
       await cid.connect();
       const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
