@@ -671,10 +671,6 @@ export class ConnectionManager {
         return;
       case IbState.REQ_SENT:
       case IbState.MRA_REQ_RCVD:
-        this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
-        this.toIdle(id);
-        this.emit(id, CmEventType.UNREACHABLE, -E.ETIMEDOUT);
-        return;
       case IbState.REP_SENT:
       case IbState.MRA_REP_RCVD:
         this.sendRej(id, RejReason.TIMEOUT, MsgRef.OTHER, new Uint8Array(0), bigEndian64(id.dev!.nodeGuid));
