@@ -187,6 +187,7 @@ export class Context implements Owner {
     const ch = cq.channel as CompChannel | null;
     if (!ch) return;
     cq.compEvents++;
+    this.dev.compEvents++;
     ch.send(pack(U.COMP_EVENT_DESC, { cq_handle: cq.userHandle }));
   }
 

@@ -190,6 +190,8 @@ export class SoftDevice implements Hca {
   doorbells = 0;
   /** Times polling found new WQEs (or caught them as a queue went idle): doorbells that were not needed. */
   polled = 0;
+  /** Completion events sent to clients' channels (each one wakes a client that sleeps on its CQ). */
+  compEvents = 0;
 
   /** Rings the doorbell of a QP: run its requester, then everything that follows. */
   doorbell(qp: Qp): void {

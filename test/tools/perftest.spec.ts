@@ -16,7 +16,8 @@ import {
 } from '../../src/tools/perftest/exchange.js';
 import { parse, Verb, type Params, type Tst } from '../../src/tools/perftest/params.js';
 import { addrLines, bwHeader, bwJson, bwRow, latHeader, latJson, latRow, testInfo, type LatResult } from '../../src/tools/perftest/report.js';
-import { DIST, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon , A1, A2 } from '../helpers.js';
+import { DIST, mgmt, runProcess, startDaemon, tcpPayloads, type Run, type RunningDaemon , A1, A2 } from '../helpers.js';
+import { getDeviceList } from '../../src/verbs/index.js';
 
 const CAPTURES = join(DIST, '..', 'test', 'fixtures', 'captures');
 const haveCaptures = existsSync(join(CAPTURES, 'write_bw.pcap'));
@@ -228,6 +229,21 @@ describe('perftest tools end to end', () => {
       }
     });
   }
+
+  test('a bandwidth run without -e polls, and through a long wait sleeps on its CQs until the next completion', async () => {
+    // 1 MiB WRITEs, a completion every 100: each wait is tens of ms, far past the 1 ms a loop polls before it naps
+    const events = async () => Object.fromEntries(((await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices')) as { name: string; compEvents: number }[]).map((x) => [x.name, x.compEvents]));
+    const e0 = await events();
+    const { c } = await pair('ib_write_bw', ['-n', '300', '-s', '1048576']);
+    assert.doesNotMatch(c.out, /Test with events/);
+    assert.equal(c.out.match(BW_ROW)?.length, 1, c.out);
+    const e1 = await events();
+    assert.ok(e1.rxe1! - e0.rxe1! >= 1, `the client (rxe1) slept on a completion event: ${JSON.stringify([e0, e1])}`);
+    // a receiver that naps while its sender's clock runs out still ends with its own (-D)
+    const t0 = Date.now();
+    await pair('ib_send_bw', ['-D', '2', '-s', '1048576']);
+    assert.ok(Date.now() - t0 < 10000, 'the -D run ended');
+  });
 
   for (const [t, args] of [['ib_write_bw', '-n 200 -s 4096'], ['ib_send_bw', '-n 200 -s 4096'], ['ib_read_lat', '-n 100 -s 64']] as const) {
     test(`${t} -R ${args}: the exchange and the QPs through the RDMA CM (rxe0 <-> rxe1)`, async () => {

@@ -1,5 +1,6 @@
 /** Time and progress in perftest's loops: the cycle counter, the duration-mode clock, and the turns the event loop is given. */
 import { schedYield } from '../../native/libc.js';
+import { type CompletionChannel, type CompletionQueue } from '../../verbs/index.js';
 import { Verb, type Params } from './params.js';
 import { fail, now, type Session } from './session.js';
 
@@ -17,12 +18,85 @@ export function spinner(s: Session, every = 1024): () => Promise<void> | null {
     // every empty poll rather than every 64th: ib_send_bw 4 KiB 271-282 -> 308-320 MB/s, ib_send_lat the same
     schedYield();
     if (++n % every !== 0) return null;
-    const gone = s.oob.peerGoneAt;
-    if (gone && Date.now() - gone > 1000 && s.p.testType === 'ITERATIONS') {
-      fail(' The peer closed the out-of-band connection in the middle of the test (did it exit?)\n');
-    }
+    checkPeer(s);
     return new Promise<void>((r) => setImmediate(r));
   };
+}
+
+function checkPeer(s: Session): void {
+  const gone = s.oob.peerGoneAt;
+  if (gone && Date.now() - gone > 1000 && s.p.testType === 'ITERATIONS') {
+    fail(' The peer closed the out-of-band connection in the middle of the test (did it exit?)\n');
+  }
+}
+
+/**
+ * How long a bandwidth loop without -e polls in vain before it sleeps on its CQs' channel, in ns. Spin-then-block,
+ * with the spin about as long as a sleep and its wake-up cost here. Across the wire on this 2-core machine, napping
+ * after 50-200 us cut ib_send_bw 4 KiB from 715 to 450-525 MB/sec (its waits are short, and each wake-up is an
+ * event and a scheduling round); after 1 ms it stays at 690-715, and ib_write_bw 64 KiB, whose client waits
+ * about 3 ms for each signaled completion, still sleeps through most of each wait (1480 -> 1900-1950 MB/sec).
+ */
+export const NAP_AFTER_NS = 1e6;
+/** The longest nap: then the loop looks at its clock (-D) and at its peer, and naps again if nothing came. */
+const NAP_MS = 50;
+
+/**
+ * How a bandwidth loop without -e waits once nothing is left to post: it polls, as perftest does, but after
+ * NAP_AFTER_NS of empty polls it arms its CQs, polls once more, and sleeps on a completion channel of its
+ * own until the next completion. perftest spins through the whole run because a NIC does not need the host's
+ * CPU; here the HCA is two daemons on the same cores, and a tool that spins takes the CPU they need to move
+ * its data (ib_write_bw 64 KiB across the wire on this 2-core machine: the client tool spent 1.0 of every
+ * 1.1 CPU-seconds of the run in sched_yield).
+ */
+export class Napper {
+  /** when the polls began to find nothing (0: the last one found something) */
+  private since = 0;
+  private armed = false;
+  /** the channel read that is still waiting (a nap that timed out leaves it for the next) */
+  private pending: Promise<CompletionQueue | null> | null = null;
+  constructor(private readonly s: Session, private readonly until = Infinity) {}
+
+  /** the loop posted or reaped something */
+  busy(): void {
+    this.since = 0;
+  }
+
+  /**
+   * The loop found nothing to do. Returns null to go on polling, or a promise to await: the CQs were just
+   * armed (the loop polls once more, since a completion that came before the arming raises no event), or
+   * a nap until the next completion event or NAP_MS.
+   */
+  idle(): Promise<void> | null {
+    const ch = this.s.res.nap;
+    if (!ch) return null;
+    const t = now();
+    if (!this.since) this.since = t;
+    if (t - this.since < NAP_AFTER_NS) return null;
+    if (!this.armed) {
+      this.s.res.sendCq.reqNotifyCq();
+      if (this.s.res.recvCq !== this.s.res.sendCq) this.s.res.recvCq.reqNotifyCq();
+      this.armed = true;
+      return Promise.resolve();
+    }
+    return this.nap(ch);
+  }
+
+  private async nap(ch: CompletionChannel): Promise<void> {
+    this.pending ??= ch.getCqEvent();
+    const ms = Math.max(0, Math.min(NAP_MS, (this.until - now()) / 1e6));
+    let timer: NodeJS.Timeout | undefined;
+    const cq = await Promise.race([this.pending, new Promise<'late'>((r) => (timer = setTimeout(r, ms, 'late')))]);
+    clearTimeout(timer);
+    if (cq === 'late') {
+      checkPeer(this.s);
+      return;
+    }
+    this.pending = null;
+    cq?.ackCqEvents(1);
+    this.armed = false;
+    this.since = 0;
+  }
 }
 
 /** -D: perftest's alarm states (warm-up margin, sample, cool-down margin), by clock. */

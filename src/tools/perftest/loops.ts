@@ -3,7 +3,7 @@ import { SendFlags, WcStatus, WorkCompletion, type CompletionQueue } from '../..
 import { Verb, type Params } from './params.js';
 import { computeLat, type BwSamples, type LatResult } from './report.js';
 import { CTX_POLL_BATCH, fail, now, type Session } from './session.js';
-import { spinner, Clock, Progress } from './clock.js';
+import { spinner, Clock, Napper, Progress } from './clock.js';
 
 /** What a latency run measured: every round trip, or with -D how many fell between the margins and over what span. */
 export type LatOutcome = { lat: LatResult } | { iters: number; spanNs: number };
@@ -99,6 +99,7 @@ export async function runBw(s: Session, size: number, receiverOnly: boolean): Pr
   const clock = durationMode ? new Clock(p) : null;
   const progress = new Progress(p, size, clock);
   const spin = spinner(s);
+  const napper = new Napper(s, clock ? clock.end : Infinity);
   const wcs = Array.from({ length: CTX_POLL_BATCH }, () => new WorkCompletion());
   const recvs = p.verb === Verb.SEND && (receiverOnly || p.duplex);
   const iters = p.iters;
@@ -192,13 +193,13 @@ export async function runBw(s: Session, size: number, receiverOnly: boolean): Pr
       if (ne > 0) idle = false;
     }
     if (idle) {
-      // nothing to post and nothing completed: sleep on the channel (-e), or let the event loop in now and then
+      // nothing to post and nothing completed: sleep on the channel (-e), or poll on (napping when that finds nothing)
       if (res.chan && !(sendDone() && recvDone())) await waitEvent(s);
       else {
-        const y = spin();
+        const y = (!(sendDone() && recvDone()) && napper.idle()) || spin();
         if (y) await y;
       }
-    }
+    } else napper.busy();
   }
   progress.done();
   if (!durationMode && !peak) tcompleted[0] = now();

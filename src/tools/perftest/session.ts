@@ -33,6 +33,11 @@ export interface Res {
   sendCq: CompletionQueue;
   recvCq: CompletionQueue;
   chan: CompletionChannel | null;
+  /**
+   * A bandwidth test's CQs without -e get a channel anyway: the loop polls as perftest does, and once it has
+   * polled empty for a while it sleeps on this channel until the next completion (see `Napper` in clock.ts).
+   */
+  nap: CompletionChannel | null;
   qps: QueuePair[];
   ahs: (AddressHandle | null)[];
   /** BUFF_SIZE(size, cycle_buffer): each QP's slice of the send half and of the receive half */
@@ -70,13 +75,14 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
   const access = Access.LOCAL_WRITE |
     (p.verb === Verb.WRITE ? Access.REMOTE_WRITE : p.verb === Verb.READ ? Access.REMOTE_READ : p.verb === Verb.ATOMIC ? Access.REMOTE_ATOMIC : 0);
   const chan = p.useEvent ? await ctx.createCompChannel().catch(() => fail(" Couldn't create a completion channel\n Couldn't create IB resources\n")) : null;
+  const nap = !p.useEvent && p.tst === 'BW' ? await ctx.createCompChannel().catch(() => fail(" Couldn't create a completion channel\n Couldn't create IB resources\n")) : null;
   const pd = await ctx.allocPd().catch(() => fail(" Couldn't allocate PD\n Couldn't create IB resources\n"));
   const mr = await pd.allocMr(bytes, access).catch((e: Error) => fail(` Couldn't allocate MR: ${e.message}\n Couldn't create IB resources\n`));
   // perftest fills its buffer with random bytes; a write latency test counts on the poll byte not matching 1 at start
   mr.buf.fill(0);
   const needRecv = p.verb === Verb.SEND;
-  const sendCq = await ctx.createCq(Math.max(1, p.txDepth * p.numQps), chan).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n"));
-  const recvCq = needRecv ? await ctx.createCq(Math.max(1, p.rxDepth * p.numQps), chan).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n")) : sendCq;
+  const sendCq = await ctx.createCq(Math.max(1, p.txDepth * p.numQps), chan ?? nap).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n"));
+  const recvCq = needRecv ? await ctx.createCq(Math.max(1, p.rxDepth * p.numQps), chan ?? nap).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n")) : sendCq;
   const qpType = p.conn === 'UC' ? QpType.UC : p.conn === 'UD' ? QpType.UD : QpType.RC;
   const qps: QueuePair[] = [];
   for (let i = 0; i < p.numQps; i++) {
@@ -96,7 +102,7 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
       A.STATE | A.PKEY_INDEX | A.PORT | (ud ? A.QKEY : A.ACCESS_FLAGS)).catch((e: Error) => fail(`Failed to modify QP to INIT, ret=${e.message}\n Couldn't create IB resources\n`));
     qps.push(qp);
   }
-  return { ctx, mr, sendCq, recvCq, chan, qps, ahs: qps.map(() => null), slice, recvBase: p.numQps * slice, cacheLine, cycleBuffer };
+  return { ctx, mr, sendCq, recvCq, chan, nap, qps, ahs: qps.map(() => null), slice, recvBase: p.numQps * slice, cacheLine, cycleBuffer };
 }
 
 /** ctx_connect: RTR for everyone, RTS for whoever sends (clients, latency tests, bidirectional runs). */
