@@ -243,6 +243,21 @@ describe('perftest tools end to end', () => {
     const t0 = Date.now();
     await pair('ib_send_bw', ['-D', '2', '-s', '1048576']);
     assert.ok(Date.now() - t0 < 10000, 'the -D run ended');
+    // -D: still napping long after -n's default 5000 iterations went by (64 KiB, waits of 500 completions)
+    const args = ['-D', '3', '-s', '65536', '-t', '512', '-Q', '500'];
+    const port = nextPort++;
+    const srv = run('ib_write_bw', ['-d', 'rxe0', '-p', String(port), ...args], d.root);
+    await new Promise((r) => setTimeout(r, 400));
+    const cl = run('ib_write_bw', ['-d', 'rxe1', '-p', String(port), ...args, '127.0.0.1'], d.root);
+    await new Promise((r) => setTimeout(r, 2000));
+    const mid = await events();
+    const [cr, sr] = [await cl, await srv];
+    assert.equal(cr.code, 0, cr.out);
+    assert.equal(sr.code, 0, sr.out);
+    const iters = Number(/^ 65536 +(\d+)/m.exec(cr.out)?.[1]);
+    assert.ok(iters > 5000, cr.out);
+    const end = await events();
+    assert.ok(end.rxe1! - mid.rxe1! >= 1, `the client slept on events in its last second: ${JSON.stringify([mid, end])}`);
   });
 
   for (const [t, args] of [['ib_write_bw', '-n 200 -s 4096'], ['ib_send_bw', '-n 200 -s 4096'], ['ib_read_lat', '-n 100 -s 64']] as const) {

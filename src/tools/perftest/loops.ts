@@ -194,9 +194,11 @@ export async function runBw(s: Session, size: number, receiverOnly: boolean): Pr
     }
     if (idle) {
       // nothing to post and nothing completed: sleep on the channel (-e), or poll on (napping when that finds nothing)
-      if (res.chan && !(sendDone() && recvDone())) await waitEvent(s);
+      // (a -D run is never done by its counts: they pass -n's default long before its clock runs out)
+      const ending = !durationMode && sendDone() && recvDone();
+      if (res.chan && !ending) await waitEvent(s);
       else {
-        const y = (!(sendDone() && recvDone()) && napper.idle()) || spin();
+        const y = (!ending && napper.idle()) || spin();
         if (y) await y;
       }
     } else napper.busy();
