@@ -155,10 +155,31 @@ export function socketFd(s: import('node:net').Socket): number {
   return fd;
 }
 
+/** The private handle of a bound Node dgram socket: its descriptor, and the switch of Node's own reading. */
+interface UdpHandle {
+  fd?: number;
+  recvStart?: () => number;
+  recvStop?: () => number;
+}
+function dgramHandle(s: import('node:dgram').Socket): UdpHandle | undefined {
+  const state = Object.getOwnPropertySymbols(s).find((k) => k.description === 'state symbol');
+  return state ? (s as unknown as Record<symbol, { handle?: UdpHandle }>)[state]?.handle : undefined;
+}
+
 /** The file descriptor under a bound Node dgram socket (for the socket options and batched reads Node does not offer). */
 export function dgramFd(s: import('node:dgram').Socket): number {
-  const state = Object.getOwnPropertySymbols(s).find((k) => k.description === 'state symbol');
-  const fd = state ? (s as unknown as Record<symbol, { handle?: { fd?: number } }>)[state]?.handle?.fd : undefined;
+  const fd = dgramHandle(s)?.fd;
   if (typeof fd !== 'number' || fd < 0) throw new SysError('dgramFd', osConstants.EBADF ?? 9);
   return fd;
+}
+
+/**
+ * Stops (false) or restarts (true) Node's own reading of a bound dgram socket, so its datagrams are left for
+ * the caller's reads; false when this Node keeps no such switch where we look.
+ */
+export function dgramReading(s: import('node:dgram').Socket, on: boolean): boolean {
+  const h = dgramHandle(s);
+  const f = on ? h?.recvStart : h?.recvStop;
+  if (typeof f !== 'function') return false;
+  return f.call(h) === 0;
 }

@@ -27,6 +27,7 @@ const sendmmsg_ = libc.func('int sendmmsg(int fd, void *vec, unsigned int vlen, 
 const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)');
 const getsockname_ = libc.func('int getsockname(int fd, void *addr, void *len)');
 const close_ = libc.func('int close(int fd)');
+const poll_ = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -141,9 +142,13 @@ export interface Datagram {
   /** the sender's address (4 or 16 bytes) and port */
   from: Uint8Array;
   port: number;
+  /** UDP GRO: the size of each datagram coalesced into this one, the last maybe shorter (0: one datagram) */
+  seg: number;
 }
 
 const RX_MSGS = 32;
+/** CMSG_SPACE(sizeof(int)): room for the one control message a drain asks for (UDP_GRO's segment size) */
+const CTL = 24;
 
 /**
  * Batched non-blocking reads of one socket: RX_MSGS mmsghdrs with their
@@ -155,25 +160,30 @@ export class Drain {
   private readonly dv: DataView;
   private readonly iovs = RX_MSGS * MMSG;
   private readonly nameOff = this.iovs + RX_MSGS * IOV;
-  private readonly data = this.nameOff + RX_MSGS * 32;
+  private readonly ctlOff = this.nameOff + RX_MSGS * 32;
+  private readonly data = this.ctlOff + RX_MSGS * CTL;
   private readonly dg: Datagram;
   private readonly from4 = new Uint8Array(4);
   private readonly from6 = new Uint8Array(16);
 
-  /** `slot`: the longest datagram kept (a longer one is dropped); `withNames`: learn each sender's address. */
-  constructor(private fd: number, private readonly slot: number, private readonly withNames = false) {
+  /**
+   * `slot`: the longest datagram kept (a longer one is dropped); `withNames`: learn each sender's address;
+   * `gro`: learn the segment size of datagrams UDP GRO coalesced (its control message).
+   */
+  constructor(private fd: number, private readonly slot: number, private readonly withNames = false, private readonly gro = false) {
     this.m = mapAnon(this.data + RX_MSGS * slot);
     this.dv = new DataView(this.m.buffer);
     const a = this.m.addr;
     for (let i = 0; i < RX_MSGS; i++) {
       const hdr = i * MMSG;
       if (withNames) this.dv.setBigUint64(hdr, a + BigInt(this.nameOff + i * 32), true); // msg_name
+      if (gro) this.dv.setBigUint64(hdr + 32, a + BigInt(this.ctlOff + i * CTL), true); // msg_control
       this.dv.setBigUint64(hdr + 16, a + BigInt(this.iovs + i * IOV), true); // msg_iov
       this.dv.setBigUint64(hdr + 24, 1n, true); // msg_iovlen
       this.dv.setBigUint64(this.iovs + i * IOV, a + BigInt(this.data + i * slot), true);
       this.dv.setBigUint64(this.iovs + i * IOV + 8, BigInt(slot), true);
     }
-    this.dg = { bytes: new Uint8Array(this.m.buffer), off: 0, len: 0, from: this.from4, port: 0 };
+    this.dg = { bytes: new Uint8Array(this.m.buffer), off: 0, len: 0, from: this.from4, port: 0, seg: 0 };
   }
 
   /**
@@ -192,6 +202,7 @@ export class Drain {
       for (let i = 0; i < RX_MSGS; i++) {
         dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
         if (this.withNames) dv.setUint32(i * MMSG + 8, 28, true); // msg_namelen
+        if (this.gro) dv.setBigUint64(i * MMSG + 40, BigInt(CTL), true); // msg_controllen
       }
       const n = recvmmsg_(this.fd, this.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
       if (n <= 0) return total; // EAGAIN: nothing more
@@ -199,6 +210,12 @@ export class Drain {
         if (dv.getUint32(i * MMSG + 48, true) & MSG_TRUNC) continue;
         dg.off = this.data + i * this.slot;
         dg.len = dv.getUint32(i * MMSG + 56, true);
+        dg.seg = 0;
+        if (this.gro && dv.getUint32(i * MMSG + 40, true) >= 20) {
+          // struct cmsghdr { u64 len; i32 level; i32 type; } then the int: the only one asked for is UDP_GRO's
+          const c = this.ctlOff + i * CTL;
+          if (dv.getInt32(c + 8, true) === SOL_UDP && dv.getInt32(c + 12, true) === UDP_GRO) dg.seg = dv.getInt32(c + 16, true);
+        }
         if (this.withNames) {
           const name = this.nameOff + i * 32;
           if (dv.getUint16(name, true) === AF_INET6) {
@@ -225,9 +242,40 @@ export class Drain {
   }
 }
 
-/** UDP GRO on a socket: a train of equal datagrams from one sender arrives as one (a doorbell socket needs no more). */
-export function enableGro(fd: number): void {
-  setInt(fd, SOL_UDP, UDP_GRO, 1, 'setsockopt(UDP_GRO)');
+const POLLIN = 1;
+
+/**
+ * Waits on a worker thread of koffi's until `fd` is readable or `ms` passed, then calls `done` on the main
+ * thread: how a socket Node does not read is waited on (a thread's hop costs a wake-up more than Node's
+ * own epoll, so it is for sockets that are mostly read while busy anyway).
+ */
+export class ReadableWait {
+  /** struct pollfd { int fd; short events; short revents; }, alive while the call runs */
+  private readonly pfd = Buffer.alloc(8);
+  private busy = false;
+  constructor(fd: number) {
+    this.pfd.writeInt32LE(fd, 0);
+    this.pfd.writeInt16LE(POLLIN, 4);
+  }
+  /** false if a wait is already running (its `done` still comes) */
+  wait(ms: number, done: (readable: boolean) => void): boolean {
+    if (this.busy) return false;
+    this.busy = true;
+    this.pfd.writeInt16LE(0, 6);
+    poll_.async(this.pfd, 1, ms, (err: unknown, n: number) => {
+      this.busy = false;
+      done(!err && n > 0);
+    });
+    return true;
+  }
+}
+
+/**
+ * UDP GRO on a socket (or off again): a train of equal datagrams from one sender (a local sender's GSO
+ * message, or what a NIC's GRO merged) arrives as one, its segment size in a control message.
+ */
+export function enableGro(fd: number, on = true): void {
+  setInt(fd, SOL_UDP, UDP_GRO, on ? 1 : 0, 'setsockopt(UDP_GRO)');
 }
 
 const TX_MSGS = 64;
@@ -428,6 +476,11 @@ export class RawUdp4 {
    */
   drain(onDatagram: (d: Datagram) => void, onBatch?: () => void): number {
     return (this.reader ??= new Drain(this.fd, RAW_SLOT)).drain(onDatagram, onBatch);
+  }
+
+  /** A waiter for this socket's next packet (when the port socket's copies no longer ring). */
+  waiter(): ReadableWait {
+    return new ReadableWait(this.fd);
   }
 
   close(): void {
