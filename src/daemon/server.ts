@@ -531,7 +531,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
         out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));
         break;
       case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells, polled: d.dev.polled, compEvents: d.dev.compEvents }));
+        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireReader: d.dev.transport?.running ? d.dev.transport.portReader : null, wireMerged: d.dev.transport?.merged ?? 0, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells, polled: d.dev.polled, compEvents: d.dev.compEvents }));
         break;
       case 'counters':
         out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));

@@ -31,8 +31,8 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
-import { Drain, enableGro, RawUdp4, UdpWire, type Datagram } from '../native/net.js';
-import { dgramFd, SysError } from '../native/libc.js';
+import { Drain, enableGro, RawUdp4, ReadableWait, UdpWire, type Datagram } from '../native/net.js';
+import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
 import { decode, encodeBody, frameBytes, icrcOkAt, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
@@ -60,6 +60,14 @@ const ignore = (): void => {};
 
 /** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
 const MAX_PACKET = 4096 + 64;
+/** Mode udp: datagrams found waiting behind the one Node read that make the port socket ours (see `ownPort`). */
+const STREAM_BACKLOG = 32;
+/** Mode raw: packets (a GSO message counts one) found on the raw socket at one ring that do the same. */
+const RAW_BACKLOG = 8;
+/** ...then how long (ms) it is read on every turn with nothing there before a thread waits for it instead */
+const STREAM_IDLE_MS = 1;
+/** ...and how long one such wait lasts (ms) before the next (so a stopped wire's last wait ends soon) */
+const WAIT_MS = 50;
 
 export class RoceTransport {
   private raw: RawUdp4 | null = null;
@@ -67,6 +75,20 @@ export class RoceTransport {
   private port: Socket | null = null;
   private portDrain: Drain | null = null;
   private backstop: NodeJS.Timeout | null = null;
+  /**
+   * mode udp: null while Node reads the port socket; once it is ours (see `ownPort`), read on every turn
+   * ('stream') or waited on by a thread ('wait')
+   */
+  private own: 'stream' | 'wait' | null = null;
+  private readable: ReadableWait | null = null;
+  /** when a read of the port socket last found something (performance.now() ms) */
+  private streamSeen = 0;
+  /** Datagrams that arrived holding several frames (a GSO message seen whole, or what UDP GRO merged), split. */
+  merged = 0;
+  /** Who reads arriving frames off the port socket: Node, or (since a stream, mode udp) the daemon itself. */
+  get portReader(): 'node' | 'daemon' {
+    return this.own ? 'daemon' : 'node';
+  }
   private readonly v4: boolean;
   private readonly srcIp: Uint8Array;
   /** "raw" or "udp" once started. */
@@ -145,7 +167,7 @@ export class RoceTransport {
         }
         // what waits behind the datagram Node read is taken in batches, not one JS call each; in raw mode the
         // copies are only counted and dropped, so a byte of each is all the kernel copies out (the rest truncated)
-        if (fd >= 0) this.portDrain = this.raw ? new Drain(fd, 1) : new Drain(fd, 65536, true);
+        if (fd >= 0) this.portDrain = this.raw ? new Drain(fd, 1) : new Drain(fd, 65536, true, true);
         this.port = s;
         resolve();
       });
@@ -159,26 +181,117 @@ export class RoceTransport {
    * copy reaches the port socket). A lone frame, the latency case, costs no extra call.
    */
   private readonly onTwin = (): void => {
-    if (this.drainRaw() > 1 && this.portDrain && this.portDrain.drain(ignore) > 0) this.drainRaw();
+    const n = this.drainRaw();
+    if (n > 1 && this.portDrain && this.portDrain.drain(ignore) > 0) this.drainRaw();
+    if (n >= RAW_BACKLOG && !this.own) this.ownPort();
   };
 
   /** Mode udp: the frame Node read, then every one queued behind it, then their answers leave together. */
-  private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(0), port: 0 };
+  private readonly dgIn: Datagram = { bytes: new Uint8Array(0), off: 0, len: 0, from: new Uint8Array(0), port: 0, seg: 0 };
   private readonly onMessage = (msg: Buffer, rinfo: { address: string; port: number }): void => {
     const d = this.dgIn;
     d.bytes = msg;
     d.off = 0;
     d.len = msg.length;
     d.port = rinfo.port;
+    let queued = 0;
     try {
-      this.onDatagram(d, this.peerGid(rinfo.address));
-      this.portDrain?.drain(this.onQueued, this.batchDone);
+      // longer than any frame: GRO merged it as a stream ended, and Node cannot say where its frames part
+      if (msg.length > MAX_PACKET) this.drop('merged datagram read without its segment size');
+      else this.onDatagram(d, this.peerGid(rinfo.address));
+      queued = this.portDrain?.drain(this.onQueued, this.batchDone) ?? 0;
     } catch (e) {
       this.dev.onBug?.(e as Error);
     }
     this.dev.wireBatchDone();
+    if (queued >= STREAM_BACKLOG && !this.own) this.ownPort();
   };
-  private readonly onQueued = (d: Datagram): void => this.onDatagram(d, this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from));
+  /** A datagram the drain read: one frame, or (UDP GRO) several of one size, the last maybe shorter. */
+  private readonly onQueued = (d: Datagram): void => {
+    const src = this.v4 ? this.peerGid4(d.from, 0) : this.peerGid6(d.from);
+    if (d.seg === 0 || d.len <= d.seg) return this.onDatagram(d, src);
+    this.merged++;
+    const { off, len } = d;
+    for (let at = 0; at < len; at += d.seg) {
+      d.off = off + at;
+      d.len = Math.min(d.seg, len - at);
+      this.onDatagram(d, src);
+    }
+  };
+
+  /**
+   * A stream arriving (mode udp: the port socket held a backlog behind the datagram Node read; raw: the raw
+   * socket held one at a ring): Node stops reading the port socket, and the daemon reads on every turn of
+   * the event loop while frames keep coming, then waits on a thread (ReadableWait) once it has been quiet
+   * for STREAM_IDLE_MS. That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
+   * wants only the ring of the port socket's copy, yet Node read each one whole, a GSO message's 60 KiB
+   * included.
+   *
+   * Mode udp also turns UDP GRO on: a local sender's GSO message then arrives whole instead of being cut
+   * into its frames inside the sender's system call (a third of the sending daemon's CPU for 64 KiB WRITEs),
+   * and one read takes up to 16 frames. Node must not read meanwhile: it reads the first datagram of every
+   * wake-up itself, without the control message that says where GRO's merged frames part. Nor can GRO be
+   * turned off again: on this kernel (6.18) a GSO message still arrives whole after UDP_GRO is set back to 0,
+   * without that message. So the socket stays the daemon's. A daemon that never sees a stream keeps Node's
+   * reads: a lone frame costs no more than it did.
+   */
+  private ownPort(): void {
+    const port = this.port;
+    if (!port || !this.portDrain) return;
+    const fd = dgramFd(port);
+    if (!dgramReading(port, false)) return;
+    if (!this.raw) {
+      try {
+        enableGro(fd, true);
+      } catch {
+        dgramReading(port, true);
+        return;
+      }
+    }
+    this.readable = this.raw ? this.raw.waiter() : new ReadableWait(fd);
+    this.own = 'stream';
+    this.streamSeen = performance.now();
+    setImmediate(this.readPort);
+  }
+
+  private readonly readPort = (): void => {
+    if (!this.portDrain || !this.own) return;
+    let n = 0;
+    if (this.raw) {
+      n = this.drainRaw();
+      // the copies only rang; they go unread (a byte each), or the port socket's buffer fills
+      if (n > 0) this.portDrain.drain(ignore);
+    } else {
+      try {
+        n = this.portDrain.drain(this.onQueued, this.batchDone);
+      } catch (e) {
+        this.dev.onBug?.(e as Error);
+      }
+      if (n > 0) this.dev.wireBatchDone();
+    }
+    const now = performance.now();
+    if (n > 0) {
+      this.streamSeen = now;
+    } else if (now - this.streamSeen >= STREAM_IDLE_MS) {
+      this.own = 'wait';
+      this.readable!.wait(WAIT_MS, this.onReadable);
+      return;
+    }
+    // as the send-queue poller does: a runnable client or peer gets the core between reads
+    schedYield();
+    setImmediate(this.readPort);
+  };
+
+  private readonly onReadable = (readable: boolean): void => {
+    if (!this.portDrain || this.own !== 'wait') return;
+    if (!readable) {
+      this.readable!.wait(WAIT_MS, this.onReadable);
+      return;
+    }
+    this.own = 'stream';
+    this.streamSeen = performance.now();
+    this.readPort();
+  };
 
   private readonly onRawDatagram = (d: Datagram): void => this.onRawFrame(d);
   /**
@@ -200,6 +313,7 @@ export class RoceTransport {
 
   stop(): void {
     if (this.backstop) clearInterval(this.backstop);
+    this.own = null;
     this.raw?.close();
     this.portDrain?.close();
     this.port?.close();
@@ -321,6 +435,7 @@ export class RoceTransport {
       }
     }
     if (size === 0) return this.drop('bad ICRC');
+    this.merged++;
     for (let at = 0, i = 0; at < body; at += size, i++) {
       if (i > 0 && !this.segmentIcrcOk(b, o, size, at, (id + i) & 0xffff)) {
         this.drop('bad ICRC');

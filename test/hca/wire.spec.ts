@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encodeFrame } from '../../src/hca/codec.js';
 import { Pkt } from '../../src/hca/packet.js';
-import { getDeviceList } from '../../src/verbs/index.js';
+import { Access, getDeviceList, openDevice, QpType, SendFlags, WcStatus, WrOpcode } from '../../src/verbs/index.js';
 import { exercise } from '../fixtures/exercise.js';
-import { DIST, mgmt, startDaemon, type RunningDaemon , A1, A2 } from '../helpers.js';
+import { connectQp, DIST, mgmt, pattern, pollN, startDaemon, type RunningDaemon , A1, A2 } from '../helpers.js';
 
 describe('two devices of one daemon', () => {
   let d: RunningDaemon;
@@ -53,6 +53,64 @@ for (const wire of ['raw', 'udp'] as const) {
     });
   });
 }
+
+describe('wire=udp: a stream makes the port socket the daemon\'s to read, with UDP GRO', () => {
+  let d1: RunningDaemon;
+  let d2: RunningDaemon;
+  before(async () => {
+    d1 = await startDaemon(['--device', `rxe0=${A1},wire=udp`]);
+    d2 = await startDaemon(['--device', `rxe0=${A2},wire=udp`]);
+  });
+  after(async () => {
+    await d1?.stop();
+    await d2?.stop();
+  });
+  test('merged GSO trains split into their frames byte-exact; after a quiet spell a lone frame is still read', async () => {
+    const view = async (d: RunningDaemon) => (await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices'))[0];
+    assert.equal((await view(d2)).wireReader, 'node', 'Node reads until a stream comes');
+    const a = await openDevice(getDeviceList(d1.root)[0]!, d1.root);
+    const b = await openDevice(getDeviceList(d2.root)[0]!, d2.root);
+    try {
+      const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE;
+      const [pa, pb] = [await a.allocPd(), await b.allocPd()];
+      const [ca, cb] = [await a.createCq(512), await b.createCq(512)];
+      const qa = await pa.createQp({ sendCq: ca, recvCq: ca, qpType: QpType.RC, cap: { maxSendWr: 256 } });
+      const qb = await pb.createQp({ sendCq: cb, recvCq: cb, qpType: QpType.RC, cap: { maxRecvWr: 16 } });
+      const SZ = 64 << 10;
+      const N = 256;
+      const src = await pa.allocMr(N * SZ, ALL);
+      const dst = await pb.allocMr(N * SZ, ALL);
+      await connectQp(qa, a, { qpn: qb.qpNum, gid: b.queryGid(1, 0) });
+      await connectQp(qb, b, { qpn: qa.qpNum, gid: a.queryGid(1, 0) });
+      // 64 KiB WRITEs, 128 at a time, until the receiving daemon has taken the socket over; then a verified round
+      const round = async (seed: number) => {
+        pattern(seed, N * SZ).copy(src.buf, 0);
+        for (let i = 0; i < N; i += 128) {
+          for (let k = i; k < i + 128; k++) qa.postSend({ wrId: BigInt(k), opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [src.sge(k * SZ, SZ)], rdma: { remoteAddr: dst.addr + BigInt(k * SZ), rkey: dst.rkey } });
+          assert.ok((await pollN(ca, 128, 20000)).every((w) => w.status === WcStatus.SUCCESS));
+        }
+      };
+      for (let seed = 1; (await view(d2)).wireReader === 'node'; seed++) {
+        assert.ok(seed < 20, 'no stream took the socket over');
+        await round(seed);
+      }
+      await round(99);
+      assert.ok(dst.buf.subarray(0, N * SZ).equals(pattern(99, N * SZ)), 'every byte as written');
+      const v = await view(d2);
+      assert.ok(v.wireMerged > 0, `GRO merged datagrams: ${v.wireMerged}`);
+      // quiet for longer than a thread's wait: then single frames both ways, a WRITE and its ACK
+      await new Promise((r) => setTimeout(r, 300));
+      src.buf.write('after the quiet', 0);
+      qa.postSend({ wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [src.sge(0, 15)], rdma: { remoteAddr: dst.addr, rkey: dst.rkey } });
+      assert.equal((await pollN(ca, 1, 5000))[0]!.status, WcStatus.SUCCESS);
+      assert.equal(dst.buf.toString('latin1', 0, 15), 'after the quiet');
+      for (const d of [d1, d2]) assert.deepEqual((await view(d)).wireDropped, {});
+    } finally {
+      a.closeDevice();
+      b.closeDevice();
+    }
+  });
+});
 
 describe('without CAP_NET_RAW', () => {
   const setpriv = spawnSync('setpriv', ['--version']).status === 0 && process.getuid?.() === 0;
