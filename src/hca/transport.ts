@@ -31,7 +31,7 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
-import { Drain, enableGro, RawUdp4, ReadableWait, UdpWire, type Datagram } from '../native/net.js';
+import { Drain, enableGro, RawUdp4, readableSet, UdpWire, type Datagram } from '../native/net.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
 import { decode, encodeBody, frameBytes, icrcOkAt, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
@@ -66,8 +66,6 @@ const STREAM_BACKLOG = 32;
 const RAW_BACKLOG = 8;
 /** ...then how long (ms) it is read on every turn with nothing there before a thread waits for it instead */
 const STREAM_IDLE_MS = 1;
-/** ...and how long one such wait lasts (ms) before the next (so a stopped wire's last wait ends soon) */
-const WAIT_MS = 50;
 
 export class RoceTransport {
   private raw: RawUdp4 | null = null;
@@ -80,7 +78,8 @@ export class RoceTransport {
    * ('stream') or waited on by a thread ('wait')
    */
   private own: 'stream' | 'wait' | null = null;
-  private readable: ReadableWait | null = null;
+  /** what is waited on once the stream is quiet: the port socket (udp) or the raw socket (raw) */
+  private waitFd = -1;
   /** when a read of the port socket last found something (performance.now() ms) */
   private streamSeen = 0;
   /** Datagrams that arrived holding several frames (a GSO message seen whole, or what UDP GRO merged), split. */
@@ -222,7 +221,7 @@ export class RoceTransport {
   /**
    * A stream arriving (mode udp: the port socket held a backlog behind the datagram Node read; raw: the raw
    * socket held one at a ring): Node stops reading the port socket, and the daemon reads on every turn of
-   * the event loop while frames keep coming, then waits on a thread (ReadableWait) once it has been quiet
+   * the event loop while frames keep coming, then waits on a thread (ReadableSet) once it has been quiet
    * for STREAM_IDLE_MS. That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
    * wants only the ring of the port socket's copy, yet Node read each one whole, a GSO message's 60 KiB
    * included.
@@ -248,7 +247,7 @@ export class RoceTransport {
         return;
       }
     }
-    this.readable = this.raw ? this.raw.waiter() : new ReadableWait(fd);
+    this.waitFd = this.raw ? this.raw.descriptor : fd;
     this.own = 'stream';
     this.streamSeen = performance.now();
     setImmediate(this.readPort);
@@ -274,7 +273,7 @@ export class RoceTransport {
       this.streamSeen = now;
     } else if (now - this.streamSeen >= STREAM_IDLE_MS) {
       this.own = 'wait';
-      this.readable!.wait(WAIT_MS, this.onReadable);
+      readableSet().wait(this.waitFd, this.onReadable);
       return;
     }
     // as the send-queue poller does: a runnable client or peer gets the core between reads
@@ -282,12 +281,8 @@ export class RoceTransport {
     setImmediate(this.readPort);
   };
 
-  private readonly onReadable = (readable: boolean): void => {
+  private readonly onReadable = (): void => {
     if (!this.portDrain || this.own !== 'wait') return;
-    if (!readable) {
-      this.readable!.wait(WAIT_MS, this.onReadable);
-      return;
-    }
     this.own = 'stream';
     this.streamSeen = performance.now();
     this.readPort();
@@ -313,6 +308,7 @@ export class RoceTransport {
 
   stop(): void {
     if (this.backstop) clearInterval(this.backstop);
+    if (this.own === 'wait') readableSet().cancel(this.waitFd);
     this.own = null;
     this.raw?.close();
     this.portDrain?.close();
