@@ -24,8 +24,11 @@ export interface Pollable {
   readonly req: { seen: number };
 }
 
+/** A hold whose window the next tick starts. */
+const UNDATED = -1;
+
 export class Linger<Qp extends Pollable> {
-  /** the QPs polled, and until when (performance.now() ms) */
+  /** the QPs polled, and until when (performance.now() ms; UNDATED: held since the last tick) */
   private readonly held = new Map<Qp, number>();
   private ticking = false;
 
@@ -36,11 +39,17 @@ export class Linger<Qp extends Pollable> {
     return this.windowUs > 0;
   }
 
-  /** Keeps qp's send queue awake (postSend rings no doorbell) and polled until its window passes. */
+  /**
+   * Keeps qp's send queue awake (postSend rings no doorbell) and polled until its window passes. Called for
+   * every message a busy QP moves, so it stays cheap: the window is dated by the next tick's clock (it can
+   * only come out a tick longer), and a queue already held is not woken again (that is a compare-and-swap
+   * on the cache line the client reads on every post).
+   */
   hold(qp: Qp): void {
+    const until = this.held.get(qp);
     // a client that already claimed the wake-up has its doorbell on the way: polled as well, harmless
-    qp.sq.wake();
-    this.held.set(qp, performance.now() + this.windowUs / 1000);
+    if (until === undefined) qp.sq.wake();
+    if (until !== UNDATED) this.held.set(qp, UNDATED);
     if (!this.ticking) {
       this.ticking = true;
       setImmediate(this.tick);
@@ -52,6 +61,7 @@ export class Linger<Qp extends Pollable> {
     for (const [qp, until] of this.held) {
       if (qp.destroyed) this.held.delete(qp);
       else if (qp.sq.produced() !== qp.req.seen) this.kick(qp);
+      else if (until === UNDATED) this.held.set(qp, now + this.windowUs / 1000);
       else if (now >= until) {
         this.held.delete(qp);
         // the client rings from here on; what it wrote as we let go is ours to see
