@@ -56,9 +56,22 @@ export class CqRingProducer extends CqRing {
     Atomics.store(this.hdr, CONS, 0);
     Atomics.store(this.hdr, NOTIFY, Notify.NONE);
   }
+  /** The consumer index as last read (the client's cache line is read only when the ring may be full). */
+  private consSeen = 0;
   /** Completions written and not yet polled; a consumer index the client made up (ahead of us, or a ring behind) reads as more than `slots`. */
   used(): number {
-    return (this.prod - (Atomics.load(this.hdr, CONS) >>> 0)) >>> 0;
+    this.consSeen = Atomics.load(this.hdr, CONS) >>> 0;
+    return (this.prod - this.consSeen) >>> 0;
+  }
+  /**
+   * Whether `cqe` completions are waiting unpolled (or the client's index is made up): the consumer index
+   * the client last wrote is read only when the one read before says the ring may be full. Reading it on
+   * every completion costs a cache miss each while the client polls on another core.
+   */
+  full(cqe: number): boolean {
+    if (((this.prod - this.consSeen) >>> 0) < cqe) return false;
+    const used = this.used();
+    return used >= cqe || used > this.slots;
   }
   /** Writes one completion and publishes it (the caller has checked there is room). */
   push(wc: CqeIn): void {
@@ -108,6 +121,7 @@ export class CqRingProducer extends CqRing {
     this.hdr = new Int32Array(buffer, 0, RING_HDR / 4);
     this.dv = new DataView(buffer);
     this.prod = used;
+    this.consSeen = 0;
     Atomics.store(this.hdr, CONS, 0);
     Atomics.store(this.hdr, NOTIFY, notify);
     Atomics.store(this.hdr, PROD, used);

@@ -91,9 +91,8 @@ export class Cq {
    */
   post(wc: Wc): boolean {
     if (this.errored) return false;
-    const used = this.ring.used();
     // a consumer index the client made up (ahead of us, or further back than a ring) counts as full
-    if (used >= this.cqe || used > this.ring.slots) {
+    if (this.ring.full(this.cqe)) {
       this.errored = true;
       this.owner.asyncEvent(this.userHandle, EventType.CQ_ERR, this);
       return false;
