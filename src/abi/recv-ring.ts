@@ -87,14 +87,25 @@ export class RecvRingConsumer extends RecvRing {
     Atomics.store(this.hdr, PROD, 0);
     Atomics.store(this.hdr, CONS, 0);
   }
+  /** The producer index as last read. */
+  private prodSeen = 0;
   /** Posted WQEs not consumed yet; a producer index the client made up is clamped to the ring. */
   count(): number {
-    const n = (Atomics.load(this.hdr, PROD) - this.cons) >>> 0;
+    this.prodSeen = Atomics.load(this.hdr, PROD) >>> 0;
+    const n = (this.prodSeen - this.cons) >>> 0;
     return n > this.slots ? this.slots : n;
+  }
+  /**
+   * Whether a posted WQE is waiting: the client's producer index is read only once the WQEs it showed last
+   * time are used up (reading it for every message costs a cache miss each while the client posts on
+   * another core).
+   */
+  any(): boolean {
+    return this.prodSeen !== this.cons || this.count() > 0;
   }
   /** Forgets everything posted (a QP reset). */
   reset(): void {
-    this.cons = Atomics.load(this.hdr, PROD) >>> 0;
+    this.cons = this.prodSeen = Atomics.load(this.hdr, PROD) >>> 0;
     Atomics.store(this.hdr, CONS, this.cons | 0);
   }
   /** Takes the head WQE into `out`; false if its SGE count is bad (the WQE is consumed anyway). */

@@ -338,7 +338,7 @@ const BAD = {} as RecvWqe;
 /** The next receive WQE from the SRQ or the RQ; null if none is posted, BAD if it cannot be used. */
 function takeRecv(qp: Qp): RecvWqe | null {
   const ring = qp.srq ? qp.srq.ring : qp.rq;
-  if (!ring || ring.count() === 0) return null;
+  if (!ring || !ring.any()) return null;
   const ok = ring.take(qp.recvWqe);
   if (qp.srq) qp.srq.checkLimit();
   qp.resp.wqe = qp.recvWqe;
