@@ -54,9 +54,13 @@ export class RecvRingProducer extends RecvRing {
   consumed(): number {
     return Atomics.load(this.hdr, CONS) >>> 0;
   }
-  /** Is there room for one more WQE, given the consumer index read at the start of a post? */
-  hasRoom(cons: number): boolean {
-    return ((this.prod - cons) >>> 0) < this.slots;
+  /** The HCA's consumer index as last read. */
+  private consSeen = 0;
+  /** Whether the ring is full: the HCA's consumer index is read only when the one read before says it may be. */
+  full(): boolean {
+    if (((this.prod - this.consSeen) >>> 0) < this.slots) return false;
+    this.consSeen = this.consumed();
+    return ((this.prod - this.consSeen) >>> 0) >= this.slots;
   }
   /** Writes the next WQE's header and returns its offset (its SGEs go in with writeSge, then advance()). */
   begin(wrId: bigint, numSge: number): number {
@@ -75,7 +79,7 @@ export class RecvRingProducer extends RecvRing {
     Atomics.store(this.hdr, PROD, this.prod | 0);
   }
   resync(): void {
-    this.prod = this.consumed();
+    this.prod = this.consSeen = this.consumed();
   }
 }
 

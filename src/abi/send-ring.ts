@@ -50,6 +50,18 @@ export class SendRingProducer extends SendRing {
   consumed(): number {
     return Atomics.load(this.hdr, CONS) >>> 0;
   }
+  /** The HCA's consumer index as last read. */
+  private consSeen = 0;
+  /**
+   * Whether the ring is full: the HCA's consumer index is read only when the one read before says it may be
+   * (it moves with every completion, and reading it on every post costs a cache miss each while the HCA
+   * works on another core).
+   */
+  full(): boolean {
+    if (((this.prod - this.consSeen) >>> 0) < this.slots) return false;
+    this.consSeen = this.consumed();
+    return ((this.prod - this.consSeen) >>> 0) >= this.slots;
+  }
   /** Makes the WQEs written so far visible to the HCA. */
   publish(): void {
     Atomics.store(this.hdr, PROD, this.prod | 0);
@@ -60,7 +72,7 @@ export class SendRingProducer extends SendRing {
   }
   /** A reset QP's queues are empty: start again where the HCA left its consumer. */
   resync(): void {
-    this.prod = this.consumed();
+    this.prod = this.consSeen = this.consumed();
   }
   writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
     writeSge(this.dv, SendRing.sge(o, j), addr, length, lkey);

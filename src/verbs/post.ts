@@ -8,17 +8,16 @@ export const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : 
 
 /** Writes WRs; throws (with badWr and wr) for one that does not fit or is malformed. A single WR takes no array: nothing is allocated. */
 export function postRecvWrs(ring: RecvRingProducer, verb: string, wrs: RecvWr | RecvWr[]): void {
-  const cons = ring.consumed();
   try {
-    if (!Array.isArray(wrs)) postOne(ring, verb, wrs, cons, 0);
-    else for (let i = 0; i < wrs.length; i++) postOne(ring, verb, wrs[i]!, cons, i);
+    if (!Array.isArray(wrs)) postOne(ring, verb, wrs, 0);
+    else for (let i = 0; i < wrs.length; i++) postOne(ring, verb, wrs[i]!, i);
   } finally {
     ring.publish();
   }
 }
 
-function postOne(ring: RecvRingProducer, verb: string, wr: RecvWr, cons: number, i: number): void {
-  if (!ring.hasRoom(cons)) throw badWr(verb, 'ENOMEM', 'receive queue full', i, wr);
+function postOne(ring: RecvRingProducer, verb: string, wr: RecvWr, i: number): void {
+  if (ring.full()) throw badWr(verb, 'ENOMEM', 'receive queue full', i, wr);
   const sg = wr.sgList;
   const n = sg ? sg.length : 0;
   if (n > ring.maxSge) throw badWr(verb, 'EINVAL', `${n} SGEs > max_recv_sge ${ring.maxSge}`, i, wr);

@@ -74,14 +74,13 @@ export class QueuePair {
     // as rxe: a send queue takes work requests from RTS on (and in SQD and ERR, where they drain or flush)
     const st = sq.state();
     if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`, 0);
-    const cons = sq.consumed();
     let posted = 0;
     try {
       if (!Array.isArray(wrs)) {
-        this.postOne(wrs, cons, 0);
+        this.postOne(wrs, 0);
         posted = 1;
       } else {
-        for (; posted < wrs.length; posted++) this.postOne(wrs[posted]!, cons, posted);
+        for (; posted < wrs.length; posted++) this.postOne(wrs[posted]!, posted);
       }
     } finally {
       if (posted > 0 || (Array.isArray(wrs) && wrs.length === 0)) {
@@ -92,9 +91,9 @@ export class QueuePair {
     }
   }
 
-  private postOne(wr: SendWr, cons: number, i: number): void {
+  private postOne(wr: SendWr, i: number): void {
     const sq = this.sq;
-    if (((sq.prod - cons) >>> 0) >= sq.slots) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
+    if (sq.full()) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
     this.writeWqe(wr, sq.slot(sq.prod), i);
     sq.prod = (sq.prod + 1) >>> 0;
   }
