@@ -74,8 +74,8 @@ export class RoceTransport {
   private portDrain: Drain | null = null;
   private backstop: NodeJS.Timeout | null = null;
   /**
-   * mode udp: null while Node reads the port socket; once it is ours (see `ownPort`), read on every turn
-   * ('stream') or waited on by a thread ('wait')
+   * null while Node reads the port socket (its frames, or in raw mode the copies that ring); once a stream
+   * made it ours (see `ownPort`), read on every turn ('stream') or waited on by a thread ('wait')
    */
   private own: 'stream' | 'wait' | null = null;
   /** what is waited on once the stream is quiet: the port socket (udp) or the raw socket (raw) */
@@ -84,7 +84,7 @@ export class RoceTransport {
   private streamSeen = 0;
   /** Datagrams that arrived holding several frames (a GSO message seen whole, or what UDP GRO merged), split. */
   merged = 0;
-  /** Who reads arriving frames off the port socket: Node, or (since a stream, mode udp) the daemon itself. */
+  /** Who reads the port socket: Node, or (since a stream) the daemon itself. */
   get portReader(): 'node' | 'daemon' {
     return this.own ? 'daemon' : 'node';
   }
@@ -195,7 +195,8 @@ export class RoceTransport {
     d.port = rinfo.port;
     let queued = 0;
     try {
-      // longer than any frame: GRO merged it as a stream ended, and Node cannot say where its frames part
+      // longer than any frame: merged by GRO, whose segment size Node does not read (GRO is only ever on once
+      // the socket is ours, so this is a guard)
       if (msg.length > MAX_PACKET) this.drop('merged datagram read without its segment size');
       else this.onDatagram(d, this.peerGid(rinfo.address));
       queued = this.portDrain?.drain(this.onQueued, this.batchDone) ?? 0;
@@ -241,7 +242,7 @@ export class RoceTransport {
     if (!dgramReading(port, false)) return;
     if (!this.raw) {
       try {
-        enableGro(fd, true);
+        enableGro(fd);
       } catch {
         dgramReading(port, true);
         return;

@@ -333,11 +333,11 @@ export function readableSet(): ReadableSet {
 }
 
 /**
- * UDP GRO on a socket (or off again): a train of equal datagrams from one sender (a local sender's GSO
- * message, or what a NIC's GRO merged) arrives as one, its segment size in a control message.
+ * UDP GRO on a socket: a train of equal datagrams from one sender (a local sender's GSO message, or what a
+ * NIC's GRO merged) arrives as one, its segment size in a control message. Never undone (RoceTransport.ownPort says why).
  */
-export function enableGro(fd: number, on = true): void {
-  setInt(fd, SOL_UDP, UDP_GRO, on ? 1 : 0, 'setsockopt(UDP_GRO)');
+export function enableGro(fd: number): void {
+  setInt(fd, SOL_UDP, UDP_GRO, 1, 'setsockopt(UDP_GRO)');
 }
 
 const TX_MSGS = 64;
