@@ -4,14 +4,13 @@
  * both sides.
  */
 import { offsets } from './layout.js';
-import { CONS, NOTIFY, Notify, PROD, RING_HDR } from './ring.js';
+import { CONS, NOTIFY, Notify, PROD, RING_HDR, type WrId } from './ring.js';
 import { WC } from './uverbs.js';
 
 export const CQE = offsets(WC);
 
-/** The fields of a completion the HCA writes. */
-export interface CqeIn {
-  wrId: bigint;
+/** The fields of a completion the HCA writes (wr_id as the WQE's two halves). */
+export interface CqeIn extends WrId {
   status: number;
   opcode: number;
   byteLen: number;
@@ -22,7 +21,15 @@ export interface CqeIn {
 }
 
 /** A completion as the library reads it (struct ibv_wc). */
-export interface CqeOut extends CqeIn {
+export interface CqeOut {
+  wrId: bigint;
+  status: number;
+  opcode: number;
+  byteLen: number;
+  imm: number;
+  qpNum: number;
+  srcQp: number;
+  wcFlags: number;
   vendorErr: number;
   pkeyIndex: number;
   slid: number;
@@ -77,7 +84,8 @@ export class CqRingProducer extends CqRing {
   push(wc: CqeIn): void {
     const o = this.slot(this.prod);
     const dv = this.dv;
-    dv.setBigUint64(o + CQE.wr_id, wc.wrId, true);
+    dv.setUint32(o + CQE.wr_id, wc.wrLo, true);
+    dv.setUint32(o + CQE.wr_id + 4, wc.wrHi, true);
     dv.setUint32(o + CQE.status, wc.status, true);
     dv.setUint32(o + CQE.opcode, wc.opcode, true);
     dv.setUint32(o + CQE.vendor_err, 0, true);

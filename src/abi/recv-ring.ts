@@ -3,15 +3,16 @@
  * receive WQEs, the HCA consumes them. One layout for both sides.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout } from './ring.js';
+import { CONS, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout, type WrId } from './ring.js';
 
 /** The receive WQE header; its SGE list follows. */
 export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
 export const RW = offsets(RECV_WQE);
 
 /** A receive WQE taken off the ring, as the HCA holds it while filling it (one per QP, reused). */
-export class RecvWqe {
-  wrId = 0n;
+export class RecvWqe implements WrId {
+  wrLo = 0;
+  wrHi = 0;
   numSge = 0;
   /** bytes the SGEs cover */
   length = 0;
@@ -116,7 +117,8 @@ export class RecvRingConsumer extends RecvRing {
   take(out: RecvWqe): boolean {
     const o = this.slot(this.cons);
     const dv = this.dv;
-    out.wrId = dv.getBigUint64(o + RW.wr_id, true);
+    out.wrLo = dv.getUint32(o + RW.wr_id, true);
+    out.wrHi = dv.getUint32(o + RW.wr_id + 4, true);
     const n = dv.getUint32(o + RW.num_sge, true);
     const ok = n <= this.maxSge;
     out.numSge = ok ? n : 0;

@@ -53,6 +53,17 @@ export function readU64Number(dv: DataView, o: number): number {
   return hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * 0x100000000 + dv.getUint32(o, true);
 }
 
+/**
+ * A work request's wr_id as the HCA carries it: the client's 64 bits as two 32-bit halves, copied from its
+ * WQE to its completion as they are (a BigInt would be an allocation per WQE on the engines' path).
+ */
+export interface WrId {
+  wrLo: number;
+  wrHi: number;
+}
+/** The wr_id as one number, for people (the management views). */
+export const wrIdOf = (w: WrId): bigint => (BigInt(w.wrHi >>> 0) << 32n) | BigInt(w.wrLo >>> 0);
+
 /** Copies n bytes from src[from..] to dst[to..]: a plain loop for the few bytes of inline data and small packets (no view to allocate), set() beyond. */
 export function copyBytes(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
   if (n <= 64) for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;

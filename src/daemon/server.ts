@@ -11,6 +11,7 @@ import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
+import { wrIdOf } from '../abi/ring.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E } from '../common/errno.js';
 import { SoftDevice } from '../hca/device.js';
@@ -544,7 +545,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
           return {
             qpn: q.qpn, state: q.state, req: q.req, comp: { idx: q.comp.idx, psn: q.comp.psn, retryCnt: q.comp.retryCnt, rnrRetry: q.comp.rnrRetry, timer: !!q.comp.timer, rnrTimer: !!q.comp.rnrTimer },
             resp: { psn: q.resp.psn, msn: q.resp.msn, sentPsnNak: q.resp.sentPsnNak, inMsg: q.resp.inMsg, res: q.resp.res.map((r) => [r.atomic ? 'A' : 'R', r.firstPsn, r.lastPsn]) },
-            head: { state: head.state, opcode: head.opcode, firstPsn: head.firstPsn, lastPsn: head.lastPsn, offset: head.offset, wrId: String(head.wrId) },
+            head: { state: head.state, opcode: head.opcode, firstPsn: head.firstPsn, lastPsn: head.lastPsn, offset: head.offset, wrId: String(wrIdOf(head)) },
             sqProduced: q.sqProduced(),
           };
         }));

@@ -5,6 +5,7 @@
  * (rxe_qp_error and the flushes of rxe_comp.c / rxe_resp.c).
  */
 import { EventType, QpState, WcOpcode, WcStatus, WrOpcode, wcStatusName } from '../abi/enums.js';
+import { type WrId } from '../abi/ring.js';
 import { Wc } from './objects.js';
 import { PSN_MASK, psnDiff } from './opcodes.js';
 import { WqeState, type Qp, type SendWqe } from './qp.js';
@@ -41,7 +42,8 @@ export function retire(qp: Qp, w: SendWqe, status: number): void {
   qp.sq.setConsumed(qp.comp.idx);
   if (status !== 0 || w.signaled) {
     wc.clear();
-    wc.wrId = w.wrId;
+    wc.wrLo = w.wrLo;
+    wc.wrHi = w.wrHi;
     wc.status = status;
     wc.opcode = wcOpcode(w.opcode);
     wc.byteLen = w.length;
@@ -108,7 +110,8 @@ export function flushSend(qp: Qp): void {
     // flushed WRs always complete, signaled or not
     w.state = WqeState.FREE;
     wc.clear();
-    wc.wrId = w.wrId;
+    wc.wrLo = w.wrLo;
+    wc.wrHi = w.wrHi;
     wc.status = WcStatus.WR_FLUSH_ERR;
     wc.opcode = wcOpcode(w.opcode);
     wc.qpNum = qp.qpn;
@@ -122,21 +125,22 @@ export function flushSend(qp: Qp): void {
 
 export function flushRecv(qp: Qp): void {
   if (qp.resp.wqe) {
-    postRecvWc(qp, qp.resp.wqe.wrId, WcStatus.WR_FLUSH_ERR, 0, 0, 0, 0, false);
+    postRecvWc(qp, qp.resp.wqe, WcStatus.WR_FLUSH_ERR, 0, 0, 0, 0, false);
     qp.resp.wqe = null;
   }
   const rq = qp.rq;
   if (!rq) return;
   while (rq.count() > 0) {
     rq.take(qp.recvWqe);
-    postRecvWc(qp, qp.recvWqe.wrId, WcStatus.WR_FLUSH_ERR, 0, 0, 0, 0, false);
+    postRecvWc(qp, qp.recvWqe, WcStatus.WR_FLUSH_ERR, 0, 0, 0, 0, false);
   }
 }
 
 /** Posts a receive completion; false when the receive CQ overran (the completion is lost: the caller moves the QP to ERR). */
-export function postRecvWc(qp: Qp, wrId: bigint, status: number, opcode: number, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): boolean {
+export function postRecvWc(qp: Qp, w: WrId, status: number, opcode: number, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): boolean {
   wc.clear();
-  wc.wrId = wrId;
+  wc.wrLo = w.wrLo;
+  wc.wrHi = w.wrHi;
   wc.status = status;
   wc.opcode = opcode;
   wc.byteLen = byteLen;

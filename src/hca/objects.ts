@@ -50,7 +50,8 @@ export class Mr {
 
 /** One completion to write; reused, never allocated per completion. */
 export class Wc {
-  wrId = 0n;
+  wrLo = 0;
+  wrHi = 0;
   status = 0;
   opcode = 0;
   byteLen = 0;
@@ -60,7 +61,7 @@ export class Wc {
   wcFlags = 0;
   solicited = false;
   clear(): this {
-    this.wrId = 0n;
+    this.wrLo = this.wrHi = 0;
     this.status = this.opcode = this.byteLen = this.imm = this.qpNum = this.srcQp = this.wcFlags = 0;
     this.solicited = false;
     return this;

@@ -55,7 +55,8 @@ export class SendWqe {
   state: number = WqeState.FREE;
   /** what the last packet of a UC/UD message runs once it has left, to complete this WQE (made once per WQE object) */
   onSent: (() => void) | null = null;
-  wrId = 0n;
+  wrLo = 0;
+  wrHi = 0;
   opcode = 0;
   sendFlags = 0;
   numSge = 0;
@@ -378,7 +379,8 @@ export class Qp {
     const dv = sq.dv;
     const o = sq.slot(idx);
     w.state = WqeState.POSTED;
-    w.wrId = dv.getBigUint64(o + SW.wr_id, true);
+    w.wrLo = dv.getUint32(o + SW.wr_id, true);
+    w.wrHi = dv.getUint32(o + SW.wr_id + 4, true);
     w.opcode = dv.getUint32(o + SW.opcode, true);
     w.sendFlags = dv.getUint32(o + SW.send_flags, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
     w.imm = dv.getUint32(o + SW.imm_data, true);

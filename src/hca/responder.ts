@@ -214,7 +214,7 @@ function complete(qp: Qp, p: Pkt): RespState {
   const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
   const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
   awaitReply(qp);
-  if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
+  if (!postRecvWc(qp, w, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
     // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
     // no one was told of), and the QP goes to ERR
     toError(qp, 'receive CQ overrun (CQ_ERR)');
@@ -344,7 +344,7 @@ function takeRecv(qp: Qp): RecvWqe | null {
   qp.resp.wqe = qp.recvWqe;
   if (!ok) {
     qp.resp.wqe = null;
-    postRecvWc(qp, qp.recvWqe.wrId, WcStatus.LOC_QP_OP_ERR, WcOpcode.RECV, 0, 0, 0, false);
+    postRecvWc(qp, qp.recvWqe, WcStatus.LOC_QP_OP_ERR, WcOpcode.RECV, 0, 0, 0, false);
     return BAD;
   }
   return qp.recvWqe;
@@ -567,7 +567,7 @@ function error(qp: Qp, p: Pkt, e: ErrKind): void {
   const was = qp.state;
   qp.state = QpState.ERR; // before the error completion shows, as on the send side
   if (qp.resp.wqe) {
-    postRecvWc(qp, qp.resp.wqe.wrId, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
+    postRecvWc(qp, qp.resp.wqe, e.wc, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     qp.resp.wqe = null;
   }
   toError(qp, `responder error (receive completion ${wcStatusName(e.wc)})`, was);
@@ -586,17 +586,17 @@ function receiveUd(qp: Qp, p: Pkt): void {
   qp.resp.wqe = null;
   const total = 40 + p.payLen;
   if (total > w.length) {
-    postRecvWc(qp, w.wrId, WcStatus.LOC_LEN_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
+    postRecvWc(qp, w, WcStatus.LOC_LEN_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     return;
   }
   const grh = makeGrh(p);
   if (!scatter(qp, w, 0, grh, 0, 40) || !scatter(qp, w, 40, p.payload, p.payOff, p.payLen)) {
-    postRecvWc(qp, w.wrId, WcStatus.LOC_PROT_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
+    postRecvWc(qp, w, WcStatus.LOC_PROT_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     return;
   }
   const imm = (p.mask & M.IMM) !== 0;
   awaitReply(qp);
-  if (!postRecvWc(qp, w.wrId, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0))) {
+  if (!postRecvWc(qp, w, WcStatus.SUCCESS, WcOpcode.RECV, total, imm ? p.imm : 0, p.srcQpn, p.se, WcFlags.GRH | (imm ? WcFlags.WITH_IMM : 0))) {
     toError(qp, 'receive CQ overrun (CQ_ERR)');
     return;
   }

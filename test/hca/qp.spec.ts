@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { modifyIsOk, modifyMaskError } from '../../src/hca/qp.js';
 import {
-  Access, EventType, getDeviceList, openDevice, QpAttrMask as A, QpState as S, QpType, SendFlags, SrqAttrMask, WrOpcode, type Context,
+  Access, EventType, getDeviceList, openDevice, QpAttrMask as A, QpState as S, QpType, SendFlags, SrqAttrMask, WcOpcode, WcStatus, WrOpcode, type Context,
   type Mtu,
 } from '../../src/verbs/index.js';
 import { connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
@@ -100,6 +100,30 @@ describe('through the daemon', () => {
     assert.deepEqual(cq.pollCq(4), [], 'nothing starts while in SQD');
     await a.modifyQp({ qpState: S.RTS }, A.STATE);
     assert.equal((await pollN(cq, 1))[0]!.status, 0);
+  });
+
+  test('wr_id: all 64 bits come back in the completion, sent, received and flushed', async () => {
+    const pd = await ctx.allocPd();
+    const cq = await ctx.createCq(16);
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 8 } });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxRecvWr: 8 } });
+    const mr = await pd.allocMr(4096, Access.LOCAL_WRITE);
+    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+    const ids = [0xfedcba9876543210n, 0x8000000000000001n, 0xffffffffffffffffn, 0x00000001ffffffffn];
+    b.postRecv({ wrId: ids[1]!, sgList: [mr.sge(0, 64)] });
+    b.postRecv({ wrId: ids[3]!, sgList: [mr.sge(64, 64)] });
+    a.postSend({ wrId: ids[0]!, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(1000, 8)] });
+    const got = await pollN(cq, 2);
+    assert.deepEqual(got.map((w) => [w.opcode, w.wrId] as const).sort((x, y) => x[0] - y[0]), [[WcOpcode.SEND, ids[0]], [WcOpcode.RECV, ids[1]]]);
+    // the receive still posted is flushed when its QP goes to ERR, with its wr_id
+    await b.modifyQp({ qpState: S.ERR }, A.STATE);
+    const [f] = await pollN(cq, 1);
+    assert.deepEqual([f!.status, f!.wrId], [WcStatus.WR_FLUSH_ERR, ids[3]]);
+    a.postSend({ wrId: ids[2]!, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(1000, 8)] });
+    await a.modifyQp({ qpState: S.ERR }, A.STATE);
+    const [g] = await pollN(cq, 1);
+    assert.equal(g!.wrId, ids[2]);
   });
 
   test('SRQ: SRQ_LIMIT_REACHED when a dequeue leaves fewer than the limit; QP_LAST_WQE_REACHED when its QP goes to ERR', async () => {
