@@ -9,8 +9,8 @@ import { WC } from './uverbs.js';
 
 export const CQE = offsets(WC);
 
-/** The fields of a completion the HCA writes (wr_id as the WQE's two halves). */
-export interface CqeIn extends WrId {
+/** The fields of a completion both sides know, wr_id aside. */
+interface CqeFields {
   status: number;
   opcode: number;
   byteLen: number;
@@ -20,16 +20,12 @@ export interface CqeIn extends WrId {
   wcFlags: number;
 }
 
+/** A completion as the HCA writes it (wr_id as the WQE's two halves). */
+export interface CqeIn extends CqeFields, WrId {}
+
 /** A completion as the library reads it (struct ibv_wc). */
-export interface CqeOut {
+export interface CqeOut extends CqeFields {
   wrId: bigint;
-  status: number;
-  opcode: number;
-  byteLen: number;
-  imm: number;
-  qpNum: number;
-  srcQp: number;
-  wcFlags: number;
   vendorErr: number;
   pkeyIndex: number;
   slid: number;
