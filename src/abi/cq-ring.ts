@@ -9,6 +9,15 @@ import { WC } from './uverbs.js';
 
 export const CQE = offsets(WC);
 
+/**
+ * The HCA writes a completion as 12 words through a Uint32Array (15 DataView stores cost about 6% of the
+ * engines' time per message): that is the ABI's little-endian layout only on a little-endian host, which
+ * every platform the native layer supports (x86-64, aarch64) is.
+ */
+if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) throw new Error('softverbs: the completion ring is written in host byte order, and this host is big-endian');
+/** The last word of a completion: sl 0, dlid_path_bits 0, port_num 1, reserved 0 (bytes 44..47). */
+const CQE_PORT_WORD = 1 << 16;
+
 /** The fields of a completion both sides know, wr_id aside. */
 interface CqeFields {
   status: number;
@@ -53,8 +62,11 @@ class CqRing {
 /** The HCA's side. */
 export class CqRingProducer extends CqRing {
   prod = 0;
+  /** the ring as words, for push */
+  private u32: Uint32Array;
   constructor(buffer: ArrayBuffer, slots: number) {
     super(buffer, slots);
+    this.u32 = new Uint32Array(buffer, 0, buffer.byteLength >>> 2);
     Atomics.store(this.hdr, PROD, 0);
     Atomics.store(this.hdr, CONS, 0);
     Atomics.store(this.hdr, NOTIFY, Notify.NONE);
@@ -78,24 +90,20 @@ export class CqRingProducer extends CqRing {
   }
   /** Writes one completion and publishes it (the caller has checked there is room). */
   push(wc: CqeIn): void {
-    const o = this.slot(this.prod);
-    const dv = this.dv;
-    dv.setUint32(o + CQE.wr_id, wc.wrLo, true);
-    dv.setUint32(o + CQE.wr_id + 4, wc.wrHi, true);
-    dv.setUint32(o + CQE.status, wc.status, true);
-    dv.setUint32(o + CQE.opcode, wc.opcode, true);
-    dv.setUint32(o + CQE.vendor_err, 0, true);
-    dv.setUint32(o + CQE.byte_len, wc.byteLen >>> 0, true);
-    dv.setUint32(o + CQE.imm_data, wc.imm >>> 0, true);
-    dv.setUint32(o + CQE.qp_num, wc.qpNum, true);
-    dv.setUint32(o + CQE.src_qp, wc.srcQp, true);
-    dv.setUint32(o + CQE.wc_flags, wc.wcFlags, true);
-    dv.setUint16(o + CQE.pkey_index, 0, true);
-    dv.setUint16(o + CQE.slid, 0, true);
-    dv.setUint8(o + CQE.sl, 0);
-    dv.setUint8(o + CQE.dlid_path_bits, 0);
-    dv.setUint8(o + CQE.port_num, 1);
-    dv.setUint8(o + CQE.reserved, 0);
+    const w = this.slot(this.prod) >>> 2;
+    const u = this.u32;
+    u[w] = wc.wrLo; // wr_id
+    u[w + 1] = wc.wrHi;
+    u[w + 2] = wc.status;
+    u[w + 3] = wc.opcode;
+    u[w + 4] = 0; // vendor_err
+    u[w + 5] = wc.byteLen;
+    u[w + 6] = wc.imm;
+    u[w + 7] = wc.qpNum;
+    u[w + 8] = wc.srcQp;
+    u[w + 9] = wc.wcFlags;
+    u[w + 10] = 0; // pkey_index, slid
+    u[w + 11] = CQE_PORT_WORD;
     this.prod = (this.prod + 1) >>> 0;
     Atomics.store(this.hdr, PROD, this.prod | 0);
   }
@@ -124,6 +132,7 @@ export class CqRingProducer extends CqRing {
     this.mask = slots - 1;
     this.hdr = new Int32Array(buffer, 0, RING_HDR / 4);
     this.dv = new DataView(buffer);
+    this.u32 = new Uint32Array(buffer, 0, buffer.byteLength >>> 2);
     this.prod = used;
     this.consSeen = 0;
     Atomics.store(this.hdr, CONS, 0);
