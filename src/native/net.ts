@@ -149,6 +149,8 @@ export interface Datagram {
 const RX_MSGS = 32;
 /** CMSG_SPACE(sizeof(int)): room for the one control message a drain asks for (UDP_GRO's segment size) */
 const CTL = 24;
+/** CTL as the u64 msg_controllen takes it, made once (a BigInt per message per read would be an allocation) */
+const CTL_LEN = BigInt(CTL);
 
 /**
  * Batched non-blocking reads of one socket: RX_MSGS mmsghdrs with their
@@ -202,7 +204,7 @@ export class Drain {
       for (let i = 0; i < RX_MSGS; i++) {
         dv.setUint32(i * MMSG + 48, 0, true); // msg_flags
         if (this.withNames) dv.setUint32(i * MMSG + 8, 28, true); // msg_namelen
-        if (this.gro) dv.setBigUint64(i * MMSG + 40, BigInt(CTL), true); // msg_controllen
+        if (this.gro) dv.setBigUint64(i * MMSG + 40, CTL_LEN, true); // msg_controllen
       }
       const n = recvmmsg_(this.fd, this.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
       if (n <= 0) return total; // EAGAIN: nothing more
