@@ -3,7 +3,7 @@
  * receive WQEs, the HCA consumes them. One layout for both sides.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout, type WrId } from './ring.js';
+import { CONS, ConsumerIndex, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout, type WrId } from './ring.js';
 
 /** The receive WQE header; its SGE list follows. */
 export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
@@ -52,16 +52,12 @@ export class RecvRingProducer extends RecvRing {
   constructor(buffer: ArrayBuffer, l: RingLayout, maxSge: number) {
     super(buffer, l.offset, l.slots, l.stride, maxSge);
   }
+  private readonly consumer = new ConsumerIndex(this.hdr);
   consumed(): number {
-    return Atomics.load(this.hdr, CONS) >>> 0;
+    return this.consumer.read();
   }
-  /** The HCA's consumer index as last read. */
-  private consSeen = 0;
-  /** Whether the ring is full: the HCA's consumer index is read only when the one read before says it may be. */
   full(): boolean {
-    if (((this.prod - this.consSeen) >>> 0) < this.slots) return false;
-    this.consSeen = this.consumed();
-    return ((this.prod - this.consSeen) >>> 0) >= this.slots;
+    return this.consumer.full(this.prod, this.slots);
   }
   /** Writes the next WQE's header and returns its offset (its SGEs go in with writeSge, then advance()). */
   begin(wrId: bigint, numSge: number): number {
@@ -80,7 +76,7 @@ export class RecvRingProducer extends RecvRing {
     Atomics.store(this.hdr, PROD, this.prod | 0);
   }
   resync(): void {
-    this.prod = this.consSeen = this.consumed();
+    this.prod = this.consumed();
   }
 }
 

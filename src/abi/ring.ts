@@ -54,6 +54,24 @@ export function readU64Number(dv: DataView, o: number): number {
 }
 
 /**
+ * A producer's view of the other side's consumer index (byte 64 of a ring's header). It moves with every
+ * completion, and reading it on every post costs a cache miss each while the other side works on another
+ * core: full() reads it only when the value read before says the ring may be full.
+ */
+export class ConsumerIndex {
+  private seen = 0;
+  constructor(private readonly hdr: Int32Array) {}
+  read(): number {
+    return (this.seen = Atomics.load(this.hdr, CONS) >>> 0);
+  }
+  /** Whether a ring of `slots` with producer index `prod` is full. */
+  full(prod: number, slots: number): boolean {
+    if (((prod - this.seen) >>> 0) < slots) return false;
+    return ((prod - this.read()) >>> 0) >= slots;
+  }
+}
+
+/**
  * A work request's wr_id as the HCA carries it: the client's 64 bits as two 32-bit halves, copied from its
  * WQE to its completion as they are (a BigInt would be an allocation per WQE on the engines' path).
  */

@@ -4,7 +4,7 @@
  * consumer reads is the client's and is checked by the HCA before use.
  */
 import { offsets, struct } from './layout.js';
-import { CONS, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, writeSge, type RingLayout } from './ring.js';
+import { CONS, ConsumerIndex, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, writeSge, type RingLayout } from './ring.js';
 
 /** The softverbs send WQE header; the SGE list (or the inline data) follows it. */
 export const SEND_WQE = struct('sv_send_wqe', [
@@ -47,20 +47,12 @@ export class SendRingProducer extends SendRing {
   state(): number {
     return Atomics.load(this.hdr, QP_STATE);
   }
+  private readonly consumer = new ConsumerIndex(this.hdr);
   consumed(): number {
-    return Atomics.load(this.hdr, CONS) >>> 0;
+    return this.consumer.read();
   }
-  /** The HCA's consumer index as last read. */
-  private consSeen = 0;
-  /**
-   * Whether the ring is full: the HCA's consumer index is read only when the one read before says it may be
-   * (it moves with every completion, and reading it on every post costs a cache miss each while the HCA
-   * works on another core).
-   */
   full(): boolean {
-    if (((this.prod - this.consSeen) >>> 0) < this.slots) return false;
-    this.consSeen = this.consumed();
-    return ((this.prod - this.consSeen) >>> 0) >= this.slots;
+    return this.consumer.full(this.prod, this.slots);
   }
   /** Makes the WQEs written so far visible to the HCA. */
   publish(): void {
@@ -72,7 +64,7 @@ export class SendRingProducer extends SendRing {
   }
   /** A reset QP's queues are empty: start again where the HCA left its consumer. */
   resync(): void {
-    this.prod = this.consSeen = this.consumed();
+    this.prod = this.consumed();
   }
   writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
     writeSge(this.dv, SendRing.sge(o, j), addr, length, lkey);
