@@ -2,7 +2,7 @@
 import { schedYield } from '../../native/libc.js';
 import { type CompletionChannel, type CompletionQueue } from '../../verbs/index.js';
 import { Verb, type Params } from './params.js';
-import { fail, now, type Session } from './session.js';
+import { fail, notifyCqs, now, type Session } from './session.js';
 
 /**
  * Gives the event loop a turn every `every` calls (sockets, the TTY,
@@ -74,8 +74,7 @@ export class Napper {
     if (!this.since) this.since = t;
     if (t - this.since < NAP_AFTER_NS) return null;
     if (!this.armed) {
-      this.s.res.sendCq.reqNotifyCq();
-      if (this.s.res.recvCq !== this.s.res.sendCq) this.s.res.recvCq.reqNotifyCq();
+      notifyCqs(this.s.res);
       this.armed = true;
       return Promise.resolve();
     }

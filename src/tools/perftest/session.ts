@@ -74,15 +74,17 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
   if (p.conn === 'UD') bytes += cacheLine;
   const access = Access.LOCAL_WRITE |
     (p.verb === Verb.WRITE ? Access.REMOTE_WRITE : p.verb === Verb.READ ? Access.REMOTE_READ : p.verb === Verb.ATOMIC ? Access.REMOTE_ATOMIC : 0);
-  const chan = p.useEvent ? await ctx.createCompChannel().catch(() => fail(" Couldn't create a completion channel\n Couldn't create IB resources\n")) : null;
-  const nap = !p.useEvent && p.tst === 'BW' ? await ctx.createCompChannel().catch(() => fail(" Couldn't create a completion channel\n Couldn't create IB resources\n")) : null;
+  // -e's channel, or (a bandwidth test without -e) the one its loop naps on
+  const channel = p.useEvent || p.tst === 'BW' ? await ctx.createCompChannel().catch(() => fail(" Couldn't create a completion channel\n Couldn't create IB resources\n")) : null;
+  const chan = p.useEvent ? channel : null;
+  const nap = p.useEvent ? null : channel;
   const pd = await ctx.allocPd().catch(() => fail(" Couldn't allocate PD\n Couldn't create IB resources\n"));
   const mr = await pd.allocMr(bytes, access).catch((e: Error) => fail(` Couldn't allocate MR: ${e.message}\n Couldn't create IB resources\n`));
   // perftest fills its buffer with random bytes; a write latency test counts on the poll byte not matching 1 at start
   mr.buf.fill(0);
   const needRecv = p.verb === Verb.SEND;
-  const sendCq = await ctx.createCq(Math.max(1, p.txDepth * p.numQps), chan ?? nap).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n"));
-  const recvCq = needRecv ? await ctx.createCq(Math.max(1, p.rxDepth * p.numQps), chan ?? nap).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n")) : sendCq;
+  const sendCq = await ctx.createCq(Math.max(1, p.txDepth * p.numQps), channel).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n"));
+  const recvCq = needRecv ? await ctx.createCq(Math.max(1, p.rxDepth * p.numQps), channel).catch(() => fail(" Couldn't create CQ\n Couldn't create IB resources\n")) : sendCq;
   const qpType = p.conn === 'UC' ? QpType.UC : p.conn === 'UD' ? QpType.UD : QpType.RC;
   const qps: QueuePair[] = [];
   for (let i = 0; i < p.numQps; i++) {
@@ -128,12 +130,15 @@ export async function connectQps(s: Session, mtu: Mtu, gidIndex: number): Promis
   }
 }
 
+/** ibv_req_notify_cq on the send CQ and (when it is another) the receive CQ. */
+export function notifyCqs(res: Res): void {
+  res.sendCq.reqNotifyCq();
+  if (res.recvCq !== res.sendCq) res.recvCq.reqNotifyCq();
+}
+
 /** perftest's ibv_req_notify_cq before the loops, for -e. */
 export function armCqs(s: Session): void {
-  if (s.res.chan) {
-    s.res.sendCq.reqNotifyCq();
-    if (s.res.recvCq !== s.res.sendCq) s.res.recvCq.reqNotifyCq();
-  }
+  if (s.res.chan) notifyCqs(s.res);
 }
 
 // ---------------------------------------------------------------- flows (each perftest main())
