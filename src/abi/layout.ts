@@ -10,7 +10,7 @@
  */
 
 /** A scalar C type: unsigned/signed ints of 8..64 bits. */
-export type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 's32';
+export type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 's16' | 's32';
 
 /** One field: a scalar, a byte array, or a nested struct. */
 export type FieldType = Scalar | { readonly bytes: number } | StructDef;
@@ -57,7 +57,7 @@ export interface Layout {
   readonly byName: ReadonlyMap<string, LaidField>;
 }
 
-const SCALAR_SIZE: Record<Scalar, number> = { u8: 1, u16: 2, u32: 4, u64: 8, s32: 4 };
+const SCALAR_SIZE: Record<Scalar, number> = { u8: 1, u16: 2, u32: 4, u64: 8, s16: 2, s32: 4 };
 const cache = new WeakMap<StructDef, Layout>();
 
 function isStruct(t: FieldType): t is StructDef {
@@ -106,6 +106,7 @@ export function decode<S extends StructDef>(def: S, dv: DataView, off = 0): Infe
     if (t === 'u8') out[f.name] = dv.getUint8(o);
     else if (t === 'u16') out[f.name] = dv.getUint16(o, true);
     else if (t === 'u32') out[f.name] = dv.getUint32(o, true);
+    else if (t === 's16') out[f.name] = dv.getInt16(o, true);
     else if (t === 's32') out[f.name] = dv.getInt32(o, true);
     else if (t === 'u64') out[f.name] = dv.getBigUint64(o, true);
     else if (isStruct(t)) out[f.name] = decode(t, dv, o) as Values;
@@ -138,7 +139,7 @@ export function encode<S extends StructDef>(def: S, input: Input<S>, dv: DataVie
     }
     const n = Number(x ?? 0);
     if (t === 'u8') dv.setUint8(o, n & 0xff);
-    else if (t === 'u16') dv.setUint16(o, n & 0xffff, true);
+    else if (t === 'u16' || t === 's16') dv.setUint16(o, n & 0xffff, true);
     else if (t === 'u32') dv.setUint32(o, n >>> 0, true);
     else dv.setInt32(o, n | 0, true);
   }
