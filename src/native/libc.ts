@@ -31,9 +31,9 @@ export const F_SEAL_GROW = 4;
 const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 
-/** errno names for the numbers libc gives back. */
 const require = createRequire(import.meta.url);
 const osConstants = (require('node:os') as typeof import('node:os')).constants.errno as Record<string, number>;
+/** The errno name (ENOENT, ...) of a number libc gave back. */
 export function errnoName(n: number): string {
   for (const k in osConstants) if (osConstants[k] === n) return k;
   return `E${n}`;
