@@ -31,7 +31,10 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
-import { Drain, enableGro, RawUdp4, readableSet, UdpWire, type Datagram } from '../native/net.js';
+import { Drain, enableGro, type Datagram } from '../native/drain.js';
+import { RawUdp4 } from '../native/raw-udp4.js';
+import { readableSet } from '../native/readable-set.js';
+import { UdpWire } from '../native/udp-wire.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
 import { decode, encodeBody, frameBytes, icrcOkAt, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';

@@ -7,7 +7,8 @@
 import koffi from 'koffi';
 import { createRequire } from 'node:module';
 
-const libc = koffi.load('libc.so.6');
+/** The C library, for the native modules beside this one to declare their own calls in. */
+export const libc = koffi.load('libc.so.6');
 
 const memfd_create = libc.func('int memfd_create(const char *name, unsigned int flags)');
 const mmap_ = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)');
@@ -48,6 +49,13 @@ export class SysError extends Error {
 
 function fail(call: string): never {
   throw new SysError(call, koffi.errno());
+}
+
+/** A libc call's result, or its errno as a SysError when the call failed (returned < 0). */
+export function check(call: string, r: number | bigint): number {
+  const n = Number(r);
+  if (n < 0) fail(call);
+  return n;
 }
 
 /** Creates an empty sealable memfd (size it with ftruncate). */

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { dgramFd, dgramReading } from '../../src/native/libc.js';
-import { readableSet } from '../../src/native/net.js';
+import { readableSet } from '../../src/native/readable-set.js';
 
 const bound = (): Promise<Socket> => new Promise((r) => {
   const s = createSocket('udp4');
@@ -39,7 +39,7 @@ test('a waiting socket holds the process; cancelling it lets the process end', (
   const script = (cancel: boolean) => `
     import { createSocket } from 'node:dgram';
     import { dgramFd, dgramReading } from ${JSON.stringify(new URL('../../src/native/libc.js', import.meta.url).href)};
-    import { readableSet } from ${JSON.stringify(new URL('../../src/native/net.js', import.meta.url).href)};
+    import { readableSet } from ${JSON.stringify(new URL('../../src/native/readable-set.js', import.meta.url).href)};
     const s = createSocket('udp4');
     s.bind(0, '127.0.0.1', () => {
       dgramReading(s, false);
