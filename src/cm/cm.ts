@@ -20,7 +20,7 @@ import { OPCODES, Op, Transport } from '../hca/opcodes.js';
 import type { Pkt } from '../hca/packet.js';
 import {
   CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, SIDR_REP, SIDR_REQ, GSI_QKEY, GSI_QPN, IP_CM_HDR_SIZE, ipCmPrivateData, MAD_SIZE, MRA, MsgRef,
-  parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, timeoutMs, type FieldsIn, type IpCmHdr,
+  parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, SidrStatus, timeoutMs, type FieldsIn, type IpCmHdr,
 } from './mad.js';
 
 /** rdma_cm's states (enum rdma_cm_state), as `rdma resource show cm_id` names them. */
@@ -37,8 +37,6 @@ export const IbState = {
   DREQ_RCVD: 'DREQ_RCVD', TIMEWAIT: 'TIMEWAIT', SIDR_REQ_SENT: 'SIDR_REQ_SENT', SIDR_REQ_RCVD: 'SIDR_REQ_RCVD', SIDR_REP_SENT: 'SIDR_REP_SENT',
 } as const;
 
-/** SIDR_REP status (IBA table 119, the kernel's ib_cm_sidr_status). */
-export const SidrStatus = { SUCCESS: 0, UNSUPPORTED: 1, REJECT: 2, NO_QP: 3, REDIRECT: 4, UNSUPPORTED_VERSION: 5 } as const;
 export type IbState = (typeof IbState)[keyof typeof IbState];
 
 /** What the REQ says about how fast we answer (2^20 × 4.096 µs, as Linux's rdma_cm) and how often it is sent. */

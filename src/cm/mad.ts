@@ -355,6 +355,41 @@ export const RejReason = {
   VENDOR_OPTION_NOT_SUPPORTED: 35,
 } as const;
 
+/** Each REJ reason in the kernel's words (ibcm_reject_msg, what rdma_reject_msg gives on IB and RoCE). */
+const REJ_REASON_MSG: Record<number, string> = {
+  [RejReason.NO_QP]: 'no QP', [RejReason.NO_EEC]: 'no EEC', [RejReason.NO_RESOURCES]: 'no resources', [RejReason.TIMEOUT]: 'timeout',
+  [RejReason.UNSUPPORTED]: 'unsupported', [RejReason.INVALID_COMM_ID]: 'invalid comm ID', [RejReason.INVALID_COMM_INSTANCE]: 'invalid comm instance',
+  [RejReason.INVALID_SERVICE_ID]: 'invalid service ID', [RejReason.INVALID_TRANSPORT_TYPE]: 'invalid transport type', [RejReason.STALE_CONN]: 'stale conn',
+  [RejReason.RDC_NOT_EXIST]: 'RDC not exist', [RejReason.INVALID_GID]: 'invalid GID', [RejReason.INVALID_LID]: 'invalid LID', [RejReason.INVALID_SL]: 'invalid SL',
+  [RejReason.INVALID_TRAFFIC_CLASS]: 'invalid traffic class', [RejReason.INVALID_HOP_LIMIT]: 'invalid hop limit', [RejReason.INVALID_PACKET_RATE]: 'invalid packet rate',
+  [RejReason.INVALID_ALT_GID]: 'invalid alt GID', [RejReason.INVALID_ALT_LID]: 'invalid alt LID', [RejReason.INVALID_ALT_SL]: 'invalid alt SL',
+  [RejReason.INVALID_ALT_TRAFFIC_CLASS]: 'invalid alt traffic class', [RejReason.INVALID_ALT_HOP_LIMIT]: 'invalid alt hop limit',
+  [RejReason.INVALID_ALT_PACKET_RATE]: 'invalid alt packet rate', [RejReason.PORT_CM_REDIRECT]: 'port CM redirect', [RejReason.PORT_REDIRECT]: 'port redirect',
+  [RejReason.INVALID_MTU]: 'invalid MTU', [RejReason.INSUFFICIENT_RESP_RESOURCES]: 'insufficient resp resources', [RejReason.CONSUMER_DEFINED]: 'consumer defined',
+  [RejReason.INVALID_RNR_RETRY]: 'invalid RNR retry', [RejReason.DUPLICATE_LOCAL_COMM_ID]: 'duplicate local comm ID',
+  [RejReason.INVALID_CLASS_VERSION]: 'invalid class version', [RejReason.INVALID_FLOW_LABEL]: 'invalid flow label',
+  [RejReason.INVALID_ALT_FLOW_LABEL]: 'invalid alt flow label', [RejReason.VENDOR_OPTION_NOT_SUPPORTED]: 'vendor option is not supported',
+};
+
+/** A REJ reason in words, as the kernel's rdma_reject_msg() gives it. */
+export function rejectMsg(reason: number): string {
+  return REJ_REASON_MSG[reason] ?? 'unrecognized reason';
+}
+
+/** SIDR_REP status (IBA table 119, the kernel's ib_cm_sidr_status). */
+export const SidrStatus = { SUCCESS: 0, UNSUPPORTED: 1, REJECT: 2, NO_QP: 3, REDIRECT: 4, UNSUPPORTED_VERSION: 5 } as const;
+export type SidrStatus = (typeof SidrStatus)[keyof typeof SidrStatus];
+
+const SIDR_STATUS_MSG: Record<number, string> = {
+  [SidrStatus.SUCCESS]: 'success', [SidrStatus.UNSUPPORTED]: 'service ID not supported', [SidrStatus.REJECT]: 'rejected by the service',
+  [SidrStatus.NO_QP]: 'no QP', [SidrStatus.REDIRECT]: 'redirect', [SidrStatus.UNSUPPORTED_VERSION]: 'unsupported version',
+};
+
+/** A SIDR_REP status in words (the kernel has no strings for these). */
+export function sidrStatusMsg(status: number): string {
+  return SIDR_STATUS_MSG[status] ?? 'unrecognized status';
+}
+
 /** Which message a REJ or MRA answers (its message_rejected / message_mraed field). */
 export const MsgRef = { REQ: 0, REP: 1, OTHER: 2 } as const;
 

@@ -5,14 +5,18 @@
  * waits for the server's 16; the server answers the one connection it takes.
  */
 import { SendFlags } from '../abi/enums.js';
+import { strerror } from '../common/errno.js';
 import { createEp, getAddrInfo, PortSpace, type CmId } from '../verbs/cm.js';
+import { VerbsError } from '../verbs/errors.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import { getopt } from './cli.js';
 
 const out = (s: string) => process.stdout.write(s);
 
-function perror(what: string, e: unknown): void {
-  process.stderr.write(`${what}: ${(e as Error).message}\n`);
+/** perror() of the verb that failed, the line the C programs print, then (ours) what went wrong in full. */
+function perror(tool: string, e: unknown): void {
+  if (e instanceof VerbsError) process.stderr.write(`${e.verb}: ${strerror(e.code)}\n`);
+  process.stderr.write(`${tool}: ${(e as Error).message}\n`);
 }
 
 /** The 16-byte exchange with inline sends when the QP takes them, as the C programs decide. */

@@ -11,6 +11,7 @@
 import { lookup } from 'node:dns/promises';
 import { parseArgs } from 'node:util';
 import { Access, QpType, SendFlags, WcOpcode, WcStatus, WrOpcode } from '../abi/enums.js';
+import { strerror } from '../common/errno.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
 import type { CompletionChannel, CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
@@ -100,15 +101,6 @@ interface Cb {
 function perror(what: string, e: unknown): void {
   const code = e instanceof VerbsError ? e.code : (e as NodeJS.ErrnoException)?.code ?? 'EIO';
   err(`${what}: ${strerror(code)}\n`);
-}
-
-function strerror(code: string): string {
-  const M: Record<string, string> = {
-    EINVAL: 'Invalid argument', EADDRINUSE: 'Address already in use', EADDRNOTAVAIL: 'Cannot assign requested address', EACCES: 'Permission denied',
-    ENODEV: 'No such device', ETIMEDOUT: 'Connection timed out', ECONNREFUSED: 'Connection refused', ENOMEM: 'Cannot allocate memory',
-    EAGAIN: 'Resource temporarily unavailable', EIO: 'Input/output error', EOPNOTSUPP: 'Operation not supported', EAFNOSUPPORT: 'Address family not supported by protocol',
-  };
-  return M[code] ?? code;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -275,6 +267,8 @@ async function cmaEvent(cb: Cb, ev: CmEvent, parent: CmId, dbg: (s: string) => v
     case CmEventType.UNREACHABLE:
     case CmEventType.REJECTED:
       err(`cma event ${cmEventStr(ev.event)}, error ${ev.status}\n`);
+      // ours, on a line of its own: the line above stays rdma-core's
+      if (ev.reason) err(`rping: error ${ev.status} = ${ev.reason}\n`);
       cb.sem.post();
       return -1;
     case CmEventType.DISCONNECTED:

@@ -222,6 +222,8 @@ export async function main(argv: string[]): Promise<number> {
       case CmEventType.UNREACHABLE:
       case CmEventType.REJECTED:
         out(`udaddy: event: ${cmEventStr(ev.event)}, error: ${ev.status}\n`);
+        // ours, on stderr: stdout stays rdma-core's line for line
+        if (ev.reason) process.stderr.write(`udaddy: error ${ev.status} = ${ev.reason}\n`);
         t.connectsLeft--;
         return ev.status;
       default:

@@ -25,6 +25,7 @@ import type { CompletionQueue } from './cq.js';
 import type { WorkCompletion } from './types.js';
 import type { QueuePair } from './qp.js';
 import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
+import { cmEventReason } from './cm-reason.js';
 
 export { CmEventType, cmEventStr, PortSpace };
 
@@ -63,8 +64,10 @@ export interface CmEvent {
   id: CmId;
   /** the listening id, for CONNECT_REQUEST */
   listenId: CmId | null;
-  /** 0, a negative errno, or (REJECTED) the IBA reject reason */
+  /** 0, a negative errno, or (REJECTED) the IBA reject reason, (UNREACHABLE of UD) the SIDR_REP status */
   status: number;
+  /** the status in words (REJECTED 8: "invalid service ID: nothing listens on that port"); undefined for 0 */
+  reason?: string;
   param: EventParam;
 }
 
@@ -214,7 +217,7 @@ export class EventChannel {
       } catch {
         /* the daemon has it; the consumer's accept says what went wrong */
       }
-      return { event, id, listenId: listen, status, param };
+      return { event, id, listenId: listen, status, reason: cmEventReason(event, status), param };
     }
     const id = this.ids.get(r.id);
     if (!id) return null; // an id destroyed while its event was on the way
@@ -234,7 +237,7 @@ export class EventChannel {
       }
     }
     id.lastEvent = event;
-    return { event, id, listenId: null, status, param };
+    return { event, id, listenId: null, status, reason: cmEventReason(event, status), param };
   }
 
   /** rdma_destroy_event_channel: the daemon destroys the ids still on it (their peers see a refusal or a disconnect). */
@@ -463,7 +466,7 @@ export class CmId {
     if (!e) throw new VerbsError(verb, 'EIO', 'the event channel is closed');
     if (e.event === want) return e;
     const code = e.event === CmEventType.REJECTED ? 'ECONNREFUSED' : e.event === CmEventType.UNREACHABLE ? (e.status === -110 ? 'ETIMEDOUT' : 'EHOSTUNREACH') : e.event === CmEventType.ADDR_ERROR || e.event === CmEventType.ROUTE_ERROR ? 'EHOSTUNREACH' : 'ECONNABORTED';
-    const err = new VerbsError(verb, code, `${cmEventStr(e.event)} (status ${e.status})`);
+    const err = new VerbsError(verb, code, `${cmEventStr(e.event)} (status ${e.status}${e.reason ? ` = ${e.reason}` : ''})`);
     (err as VerbsError & { event?: CmEvent }).event = e;
     throw err;
   }

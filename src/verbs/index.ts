@@ -20,6 +20,7 @@ export { SharedReceiveQueue } from './srq.js';
 export { QueuePair } from './qp.js';
 export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, getAddrInfo, createEp } from './cm.js';
 export type { CmEvent, ConnParam, EventParam, RdmaAddrInfo } from './cm.js';
+export { RejReason, SidrStatus } from '../cm/mad.js';
 export { WorkCompletion } from './types.js';
 export type { Device, DeviceAttr, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, SrqAttr, AhAttr, GlobalRoute, AsyncEvent, QpCaps } from './types.js';
 export { gidString, parseGidString } from '../common/format.js';

@@ -20,10 +20,15 @@ function connParam(p: Params, outReads: number) {
   return { responderResources: rd ? outReads : 0, initiatorDepth: rd ? outReads : 0, retryCount: 7, rnrRetryCount: 7 };
 }
 
+/** An event's status with its meaning ("status 8 = invalid service ID: nothing listens on that port"). */
+function statusStr(e: CmEvent): string {
+  return `status ${e.status}${e.reason ? ` = ${e.reason}` : ''}`;
+}
+
 async function next(ch: EventChannel, want: CmEventType, what: string): Promise<CmEvent> {
   const e = await ch.getCmEvent();
   if (!e) throw new OobError(`${what}: the RDMA CM event channel closed\n`);
-  if (e.event !== want) throw new OobError(`${what}: unexpected CM event ${cmEventStr(e.event)} (status ${e.status})\n`);
+  if (e.event !== want) throw new OobError(`${what}: unexpected CM event ${cmEventStr(e.event)} (${statusStr(e)})\n`);
   return e;
 }
 
@@ -74,7 +79,7 @@ export class CmOob extends Exchange {
       await id.connect(connParam(p, outReads));
       const e = await ch.getCmEvent();
       if (e?.event !== CmEventType.ESTABLISHED) {
-        throw new OobError(`Unexpected CM event bl blka ${e?.event}${e?.event === CmEventType.REJECTED ? ` (${cmEventStr(e.event)}, status ${e.status}: is a perftest server listening with -R?)` : ''}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
+        throw new OobError(`Unexpected CM event bl blka ${e?.event}${e?.event === CmEventType.REJECTED ? ` (${cmEventStr(e.event)}, ${statusStr(e)}; is a perftest server listening with -R?)` : ''}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
       }
       return new CmOob(true, ch, id, r.qp, r.cq, r.mr);
     } catch (e) {
@@ -185,7 +190,7 @@ export class CmQps {
           await id.connect(connParam(p, outReads));
           const e = await ch.getCmEvent();
           if (e?.event === CmEventType.ESTABLISHED) continue;
-          if (e?.event !== CmEventType.REJECTED) throw new OobError(`Failed to connect RDMA CM events.: unexpected CM event ${e ? cmEventStr(e.event) : 'none'} (status ${e?.status})\n`);
+          if (e?.event !== CmEventType.REJECTED) throw new OobError(`Failed to connect RDMA CM events.: unexpected CM event ${e ? `${cmEventStr(e.event)} (${statusStr(e)})` : 'none'}\n`);
           refused = e;
           break;
         }
@@ -194,7 +199,7 @@ export class CmQps {
           await id.destroyQp().catch(() => {});
           await id.destroy().catch(() => {});
         }
-        if (attempt === 10) throw new OobError(`Failed to connect RDMA CM client, tried 10 times (${cmEventStr(refused.event)}, status ${refused.status}).\n`);
+        if (attempt === 10) throw new OobError(`Failed to connect RDMA CM client, tried 10 times (${cmEventStr(refused.event)}, ${statusStr(refused)}).\n`);
         await new Promise((r) => setTimeout(r, 100));
       }
     } catch (e) {

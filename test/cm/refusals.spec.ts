@@ -1,0 +1,124 @@
+/**
+ * A refused connection says why: the library's event carries the REJ reason
+ * (or SIDR status) in words next to its number, and the tools print
+ * rdma-core's line unchanged with the meaning on a line of their own.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { CmEventType, cmEventStr, createEp, EventChannel, getAddrInfo, PortSpace, type CmEvent, type CmId, type VerbsError } from '../../src/verbs/index.js';
+import { A1, A2, DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+
+async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
+  const e = await Promise.race([ch.getCmEvent(), new Promise<null>((_, rej) => setTimeout(() => rej(new Error(`no ${cmEventStr(want)} within ${ms} ms`)), ms).unref())]);
+  assert.ok(e, 'channel closed');
+  assert.equal(cmEventStr(e.event), cmEventStr(want), `status ${e.status}`);
+  return e;
+}
+
+/** An id on `ch` resolved to addr:port from `src`, with a small QP of the port space's type. */
+async function dial(ch: EventChannel, addr: string, port: number, src: string, ps: PortSpace = PortSpace.TCP): Promise<CmId> {
+  const id = await ch.createId(ps);
+  await id.resolveAddr(addr, port, { src });
+  await expectEvent(ch, CmEventType.ADDR_RESOLVED);
+  await id.resolveRoute();
+  await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
+  await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+  return id;
+}
+
+/** A tool run the way a user runs it, its stdout and stderr apart (rdma-core's lines are compared stream by stream). */
+function tool(name: string, args: string[], root: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [join(DIST, 'src', 'bin', `${name}.js`), ...args], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (d) => (stdout += d));
+    p.stderr!.on('data', (d) => (stderr += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), 30_000);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+let port = 20000 + Math.floor(Math.random() * 20000);
+const nextPort = () => port++;
+
+describe('refusals in words', () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  test('REJECTED keeps the IBA reason as its status and says it in words; so does a synchronous connect', async () => {
+    const ch = await EventChannel.create(d.root);
+    const id = await dial(ch, A2, nextPort(), A1);
+    await id.connect();
+    const e = await expectEvent(ch, CmEventType.REJECTED);
+    assert.equal(e.status, 8);
+    assert.equal(e.reason, 'invalid service ID: nothing listens on that port');
+    await id.destroyQp();
+    await id.destroy();
+    // the application's own refusal: consumer defined (28)
+    const p = nextPort();
+    const listen = await ch.createId(PortSpace.TCP);
+    await listen.bindAddr(A2, p);
+    await listen.listen();
+    const c = await dial(ch, A2, p, A1);
+    await c.connect();
+    const req = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
+    await req.id.reject();
+    const r = await expectEvent(ch, CmEventType.REJECTED);
+    assert.equal(r.status, 28);
+    assert.match(r.reason!, /^consumer defined: the peer's application refused the connection \(rdma_reject\)/);
+    for (const x of [c, req.id, listen]) {
+      await x.destroyQp();
+      await x.destroy();
+    }
+    await ch.destroy();
+    const ep = await createEp(await getAddrInfo(A2, nextPort(), { src: A1 }), null, { cap: { maxSendWr: 1, maxRecvWr: 1 } }, d.root);
+    await assert.rejects(ep.connect(), (err: VerbsError) => err.code === 'ECONNREFUSED' && err.message.includes('RDMA_CM_EVENT_REJECTED (status 8 = invalid service ID: nothing listens on that port)'));
+    await ep[Symbol.asyncDispose]();
+  });
+
+  test('UD: UNREACHABLE keeps the SIDR status and says it in words', async () => {
+    const ch = await EventChannel.create(d.root);
+    const id = await dial(ch, A2, nextPort(), A1, PortSpace.UDP);
+    await id.connect();
+    const e = await expectEvent(ch, CmEventType.UNREACHABLE);
+    assert.equal(e.status, 1);
+    assert.equal(e.reason, 'service ID not supported: nothing listens on that port for UD');
+    await id.destroyQp();
+    await id.destroy();
+    await ch.destroy();
+  });
+
+  test("rping, ucmatose, udaddy and rdma_client to a port nothing listens on: rdma-core's line as it is, then what it means", async () => {
+    const p = String(nextPort());
+    const rping = await tool('rping', ['-c', '-a', A2, '-I', A1, '-p', p, '-C', '1'], d.root);
+    assert.match(rping.stderr, /^cma event RDMA_CM_EVENT_REJECTED, error 8\nrping: error 8 = invalid service ID: nothing listens on that port\n/m, rping.stderr);
+    assert.equal(rping.stdout, '');
+
+    const cmatose = await tool('ucmatose', ['-s', A2, '-b', A1, '-p', p, '-c', '1'], d.root);
+    // stdout line for line as rdma-core's; the meaning on stderr
+    assert.match(cmatose.stdout, /^cmatose: event: RDMA_CM_EVENT_REJECTED, error: 8$/m);
+    assert.doesNotMatch(cmatose.stdout, /invalid service ID/);
+    assert.match(cmatose.stderr, /^cmatose: error 8 = invalid service ID: nothing listens on that port$/m);
+
+    const udaddy = await tool('udaddy', ['-s', A2, '-b', A1, '-c', '1'], d.root);
+    assert.match(udaddy.stdout, /^udaddy: event: RDMA_CM_EVENT_UNREACHABLE, error: 1$/m);
+    assert.match(udaddy.stderr, /^udaddy: error 1 = service ID not supported: nothing listens on that port for UD$/m);
+
+    const client = await tool('rdma_client', ['-s', A2, '-p', p], d.root);
+    assert.equal(client.stdout, 'rdma_client: start\nrdma_client: end -1\n');
+    // perror("rdma_connect") as the C program's, then the reason
+    assert.match(client.stderr, /^rdma_connect: Connection refused\nrdma_client: rdma_connect: ECONNREFUSED: RDMA_CM_EVENT_REJECTED \(status 8 = invalid service ID: nothing listens on that port\)\n$/);
+    assert.equal(client.code, 255);
+  });
+});
