@@ -312,6 +312,8 @@ function sockaddr(b: Uint8Array, verb: string): C.SockAddr {
 
 function connParam(p: ReturnType<typeof unpack<typeof C.CONN_PARAM>>, verb: string): ConnParam {
   if (p.private_data_len > C.RDMA_MAX_PRIVATE_DATA) throw new CmdError(E.EINVAL, `${verb}: private_data_len too large`);
+  // 3-bit fields of the REQ and REP: cut to their low bits, 8 would be 0 (no retry at all)
+  if (p.retry_count > 7 || p.rnr_retry_count > 7) throw new CmdError(E.EINVAL, `${verb}: retry_count ${p.retry_count}, rnr_retry_count ${p.rnr_retry_count}: each is 0 to 7`);
   return {
     qpNum: p.qp_num & 0xffffff,
     qkey: p.qkey,

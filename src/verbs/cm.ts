@@ -25,22 +25,11 @@ import type { CompletionQueue } from './cq.js';
 import type { WorkCompletion } from './types.js';
 import type { QueuePair } from './qp.js';
 import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
+import { ucmaConnParam, type ConnParam } from './cm-param.js';
 import { cmEventReason } from './cm-reason.js';
 
 export { CmEventType, cmEventStr, PortSpace };
-
-/** rdma_conn_param */
-export interface ConnParam {
-  privateData?: Uint8Array;
-  responderResources?: number;
-  initiatorDepth?: number;
-  flowControl?: number;
-  retryCount?: number;
-  rnrRetryCount?: number;
-  srq?: boolean;
-  /** the QP number, for an id whose QP is not the id's own (rdma_create_qp not used) */
-  qpNum?: number;
-}
+export type { ConnParam };
 
 /** What an event's conn parameters say (rdma_conn_param as the event carries it). */
 export interface EventParam {
@@ -394,29 +383,15 @@ export class CmId {
     if (this.qp) await this.modifyQp(this.qp, QpState.RTS);
   }
 
-  private connParam(p: ConnParam, verb: string): Input<typeof C.CONN_PARAM> {
-    const pd = p.privateData ?? new Uint8Array(0);
-    // what fits the message after rdma_cm's own header (librdmacm checks this before it touches the QP)
-    const ud = this.qpType === QpType.UD;
-    const max = verb === 'rdma_connect' ? (ud ? 180 : this.ps === PortSpace.IB ? 92 : 56) : ud ? 136 : 196;
-    if (pd.length > max) throw new VerbsError(verb, 'EINVAL', `${pd.length} bytes of private data (at most ${max} fit)`);
-    const qpNum = p.qpNum ?? this.qp?.qpNum ?? 0;
-    return {
-      qp_num: qpNum, private_data: pd, private_data_len: pd.length, srq: p.srq ? 1 : 0,
-      responder_resources: p.responderResources ?? 1, initiator_depth: p.initiatorDepth ?? 1, flow_control: p.flowControl ?? 0,
-      retry_count: p.retryCount ?? 7, rnr_retry_count: p.rnrRetryCount ?? 7, valid: 1,
-    };
-  }
-
   /** rdma_connect: the REQ; ESTABLISHED, REJECTED, UNREACHABLE or CONNECT_ERROR follows. */
   async connect(p: ConnParam = {}): Promise<void> {
-    await this.channel.call('rdma_connect', C.UcmaSpecs.CONNECT, { id: this.handle, conn_param: this.connParam(p, 'rdma_connect') });
+    await this.channel.call('rdma_connect', C.UcmaSpecs.CONNECT, { id: this.handle, conn_param: ucmaConnParam(p, 'rdma_connect', this.qpType, this.ps, p.qpNum ?? this.qp?.qpNum ?? 0) });
     if (this.sync) this.lastParam = (await this.waitEvent('rdma_connect', CmEventType.ESTABLISHED)).param;
   }
 
   /** rdma_accept: the id's QP to RTR and RTS, then the REP; ESTABLISHED follows when the RTU arrives. */
   async accept(p: ConnParam = {}): Promise<void> {
-    const param = this.connParam(p, 'rdma_accept');
+    const param = ucmaConnParam(p, 'rdma_accept', this.qpType, this.ps, p.qpNum ?? this.qp?.qpNum ?? 0);
     if (this.qp && this.qpType !== QpType.UD) {
       await this.modifyQpRtr();
       await this.modifyQpRts();

@@ -1,13 +1,16 @@
 /**
  * A refused connection says why: the library's event carries the REJ reason
  * (or SIDR status) in words next to its number, and the tools print
- * rdma-core's line unchanged with the meaning on a line of their own.
+ * rdma-core's line unchanged with the meaning on a line of their own. The
+ * retry counts a connection takes are 0 to 7, and anything else is refused
+ * with EINVAL rather than cut to 3 bits on the wire.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CmEventType, cmEventStr, createEp, EventChannel, getAddrInfo, PortSpace, type CmEvent, type CmId, type VerbsError } from '../../src/verbs/index.js';
+import * as C from '../../src/abi/ucma.js';
+import { CmEventType, cmEventStr, createEp, EventChannel, getAddrInfo, PortSpace, QpState, type CmEvent, type CmId, type VerbsError } from '../../src/verbs/index.js';
 import { A1, A2, DIST, startDaemon, type RunningDaemon } from '../helpers.js';
 
 async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
@@ -120,5 +123,39 @@ describe('refusals in words', () => {
     // perror("rdma_connect") as the C program's, then the reason
     assert.match(client.stderr, /^rdma_connect: Connection refused\nrdma_client: rdma_connect: ECONNREFUSED: RDMA_CM_EVENT_REJECTED \(status 8 = invalid service ID: nothing listens on that port\)\n$/);
     assert.equal(client.code, 255);
+  });
+
+  test('retry counts: 0 to 7 reach both QPs through the REQ and REP; 8, -1, 2.5 or 300 are EINVAL, from the library and from the daemon', async () => {
+    const ch = await EventChannel.create(d.root);
+    const p = nextPort();
+    const listen = await ch.createId(PortSpace.TCP);
+    await listen.bindAddr(A2, p);
+    await listen.listen();
+    const c = await dial(ch, A2, p, A1);
+    for (const bad of [{ retryCount: 8 }, { retryCount: -1 }, { rnrRetryCount: 2.5 }, { rnrRetryCount: 300 }]) {
+      await assert.rejects(c.connect(bad), (e: VerbsError) => e.code === 'EINVAL' && /(retryCount|rnrRetryCount) .* is not 0 to 7/.test(e.message), JSON.stringify(bad));
+    }
+    // what another client of the rdma_cm file might send: the daemon refuses it too rather than cut it to 3 bits
+    const raw = { qp_num: c.qp!.qpNum, private_data: new Uint8Array(0), private_data_len: 0, responder_resources: 1, initiator_depth: 1, retry_count: 8, rnr_retry_count: 7, valid: 1 };
+    await assert.rejects(c.channel.call('rdma_connect', C.UcmaSpecs.CONNECT, { id: c.handle, conn_param: raw }), (e: VerbsError) => e.code === 'EINVAL' && /retry_count 8/.test(e.message));
+    await c.connect({ retryCount: 3, rnrRetryCount: 5 });
+    const req = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
+    assert.equal(req.param.retryCount, 3);
+    assert.equal(req.param.rnrRetryCount, 5);
+    await req.id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+    await assert.rejects(req.id.accept({ rnrRetryCount: 9 }), { code: 'EINVAL' });
+    await req.id.accept({ rnrRetryCount: 2 });
+    await expectEvent(ch, CmEventType.ESTABLISHED);
+    await expectEvent(ch, CmEventType.ESTABLISHED);
+    const cli = (await c.initQpAttr(QpState.RTS)).attr;
+    const srv = (await req.id.initQpAttr(QpState.RTS)).attr;
+    // retryCount is the connection's (both QPs); each side's RNR retries are what the other side asked for
+    assert.deepEqual([cli.retryCnt, cli.rnrRetry], [3, 2]);
+    assert.deepEqual([srv.retryCnt, srv.rnrRetry], [3, 5]);
+    for (const x of [c, req.id, listen]) {
+      await x.destroyQp();
+      await x.destroy();
+    }
+    await ch.destroy();
   });
 });
