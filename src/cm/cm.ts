@@ -207,14 +207,22 @@ export class ConnectionManager {
     dev.gsi = (p) => this.onGsi(dev, p);
   }
 
-  /** A device is going: its ids lose it (DEVICE_REMOVAL, as rdma_cm reports a hot unplug). */
+  /**
+   * A device is going (rdma link delete, the daemon stopping): each id on it hears DEVICE_REMOVAL, as from rdma_cm's
+   * cma_process_remove, then loses its connection with the device (no MAD can leave it) as ucma's close_work destroys
+   * the kernel's id; rdma_destroy_id is all its owner can do. Ids bound to no device (wildcard listeners) hear nothing.
+   */
   detach(dev: SoftDevice): void {
-    for (const id of this.ids) {
+    for (const id of [...this.ids]) {
       if (id.dev !== dev) continue;
-      this.stopTimer(id);
-      id.state = CmState.DEVICE_REMOVAL;
       this.emit(id, CmEventType.DEVICE_REMOVAL, 0);
+      this.releasePending(id);
+      this.toIdle(id);
+      this.forget(id);
+      id.state = CmState.DEVICE_REMOVAL;
+      id.destroyed = true;
     }
+    for (const id of this.byCommId.values()) if (id.lingering && id.dev === dev) this.unlinger(id);
   }
 
   // ---- the consumer's commands ----
@@ -502,6 +510,7 @@ export class ConnectionManager {
    * peer sees a refusal or a disconnect, not silence.
    */
   destroy(id: CmId): number {
+    id.file.ids.delete(id.handle);
     if (id.destroyed) return id.eventsReported;
     switch (id.ib) {
       case IbState.REQ_SENT:
@@ -556,7 +565,6 @@ export class ConnectionManager {
 
   private forget(id: CmId): void {
     if (this.ids.delete(id)) id.file.uncharge();
-    id.file.ids.delete(id.handle);
     if (id.localCommId && this.byCommId.get(id.localCommId) === id) this.byCommId.delete(id.localCommId);
     if (id.remoteKey && this.byRemote.get(id.remoteKey) === id) this.byRemote.delete(id.remoteKey);
     const key = `${id.remoteCommId}:${id.remoteGuid}`;

@@ -32,7 +32,7 @@ import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
 import { ConnectionManager } from '../cm/cm.js';
-import { UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
+import { endUcma, UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
 
 export interface DeviceSpec {
   name: string;
@@ -75,6 +75,8 @@ interface DevEntry {
 
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
+/** How long a stopping daemon waits for its rdma_cm clients to take their last events. */
+const UCMA_DRAIN_MS = 1000;
 /** restrack fields shown to root and the owner only. */
 const SECRET_FIELDS = ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn', 'pages', 'handle'] as const;
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
@@ -562,13 +564,15 @@ export class Daemon implements ConnectionHost, UcmaHost {
 
   async stop(): Promise<void> {
     if (this.linkTimer) clearInterval(this.linkTimer);
+    this.cmServer?.close();
+    // every device goes, as on removal: each cm_id on one hears DEVICE_REMOVAL before its event stream ends
     for (const d of this.devs) {
+      this.cm.detach(d.dev);
       d.server.close();
       d.dev.transport?.stop();
     }
     for (const c of this.conns) c.sock.destroy();
-    this.cmServer?.close();
-    for (const c of this.ucmaConns) c.sock.destroy();
+    await Promise.all([...this.ucmaConns].map((c) => endUcma(c, UCMA_DRAIN_MS)));
     if (this.cmPath) rmSync(this.cmPath, { force: true });
     rmSync(join(this.opts.root, 'sys', 'class', 'misc', 'rdma_cm'), { recursive: true, force: true });
     for (const c of this.contexts) c.destroyAll();

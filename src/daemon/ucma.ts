@@ -177,10 +177,12 @@ export class UcmaConnection {
     });
   }
 
-  /** The id a command names: one of this file's. */
-  private id(handle: number, verb: string): CmId {
+  /** The id a command names: one of this file's, and (but to destroy it) not one whose device went away. */
+  private id(handle: number, verb: string, removed = false): CmId {
     const id = this.file.ids.get(handle);
     if (!id) throw new CmdError(E.EINVAL, `${verb}: no cm_id ${handle} in this file`);
+    // as ucma's ids after DEVICE_REMOVAL: the kernel's id is gone, only the handle is left
+    if (id.destroyed && !removed) throw new CmdError(E.ENXIO, `${verb}: cm_id ${handle} lost its device (RDMA_CM_EVENT_DEVICE_REMOVAL); only rdma_destroy_id is left`);
     return id;
   }
 
@@ -207,7 +209,7 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.DESTROY_ID: {
         const r = this.need(S.DESTROY_ID, body, out);
-        const n = cm.destroy(this.id(r.id, 'rdma_destroy_id'));
+        const n = cm.destroy(this.id(r.id, 'rdma_destroy_id', true));
         return pack(C.DESTROY_ID_RESP, { events_reported: n });
       }
       case C.UcmaCmd.BIND: {
@@ -298,6 +300,21 @@ export class UcmaConnection {
     f.stream?.end();
     if (n) this.host.logger.info(`rdma_cm: pid ${f.pid} (${f.comm}, uid ${f.uid}) closed its rdma_cm file; destroyed ${n} cm_id${n === 1 ? '' : 's'}`);
   }
+}
+
+/** The daemon is stopping: what is queued for the client (its last events) is written before the connection ends. */
+export function endUcma(c: UcmaConnection, ms: number): Promise<void> {
+  const s = c.sock;
+  if (s.destroyed) return Promise.resolve();
+  return new Promise<void>((res) => {
+    // a client that reads nothing does not hold the daemon up
+    const t = setTimeout(() => s.destroy(), ms);
+    s.once('close', () => {
+      clearTimeout(t);
+      res();
+    });
+    s.end();
+  });
 }
 
 function isAny(a: C.SockAddr): boolean {
