@@ -290,8 +290,9 @@ export class UcmaConnection {
 
   private onClose(): void {
     this.frames.stop();
-    if (this.kind === 'events') return;
+    // either connection of a file counts against its user's connections
     this.host.ucmaClosed(this);
+    if (this.kind === 'events') return;
     if (this.token) this.host.dropUcmaToken(this.token);
     const f = this.file;
     f.closed = true;

@@ -76,6 +76,12 @@ describe('per-user caps', { skip: IS_ROOT ? false : 'needs root (other users)' }
     await again.release();
   });
 
+  test('rdma_cm event channels opened and closed give both their connections back (40 in turn under a cap of 10)', async () => {
+    const m = await hog(mallory!.as, d.root, 'cm-churn', 40);
+    await m.release();
+    assert.equal(m.got, 40, JSON.stringify(m.error));
+  });
+
   test('contexts: the 4th open is EMFILE; connections: the 11th is EMFILE', async () => {
     const c = await hog(mallory!.as, d.root, 'ctx', 10);
     assert.equal(c.got, 3);
