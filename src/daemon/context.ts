@@ -787,7 +787,7 @@ export class Context implements Owner {
       if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: rkeyOf(e.obj), iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
       if (e.type === 'cq') Object.assign(row, { cqn: id, cqe: e.obj.cqe, users: e.obj.users });
       if (e.type === 'pd') Object.assign(row, { pdn: id, users: e.obj.users });
-      if (e.type === 'srq') Object.assign(row, { srqn: e.obj.srqn });
+      if (e.type === 'srq') Object.assign(row, { srqn: id, srqType: 0, pdn: this.dev.resIds.get(e.obj.pd), lqpns: [...this.dev.qps.values()].filter((q) => q.srq === e.obj).map((q) => q.qpn).sort((a, b) => a - b) });
       rows.push(row);
     }
     return rows;

@@ -529,6 +529,10 @@ export class Daemon implements ConnectionHost, UcmaHost {
         });
         (out as unknown[]).push(...this.cm.track());
         break;
+      case 'contexts':
+        // restrack's ctx entries: every open context, objects or not (nothing in them is secret)
+        out = [...this.contexts].map((c) => ({ dev: c.dev.name, pid: c.pid, uid: c.uid, comm: c.comm, type: 'ctx', ctxn: c.ctxn }));
+        break;
       case 'pinned':
         // pinned pages per pid: one's own processes, or all of them for root
         out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));

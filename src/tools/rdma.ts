@@ -1,6 +1,6 @@
 /**
  * rdma (iproute2's RDMA tool, the parts an rxe user types): link show / add /
- * delete, resource show [qp|cq|mr|pd], statistic show, in iproute2 6.1's
+ * delete, resource show [qp|cq|mr|pd|ctx|srq|cm_id], statistic show, in iproute2 6.1's
  * output format. It asks the daemon over a device file's management
  * connection (where the kernel's tool asks netlink); `-j` prints JSON.
  */
@@ -28,6 +28,8 @@ const RES_USAGE = `Usage: rdma resource
           resource show cq link [DEV/PORT]
           resource show pd dev [DEV]
           resource show mr dev [DEV]
+          resource show ctx dev [DEV]
+          resource show srq dev [DEV]
 `;
 const STAT_USAGE = `Usage: rdma statistic [ OBJECT ] show
        rdma statistic [ OBJECT ] show link [ DEV/PORT_INDEX ]
@@ -37,6 +39,10 @@ const STAT_USAGE = `Usage: rdma statistic [ OBJECT ] show
 const QP_TYPE = ['SMI', 'GSI', 'RC', 'UC', 'UD', 'RAW_IPV6', 'RAW_ETHERTYPE', 'UNKNOWN', 'RAW_PACKET', 'XRC_INI', 'XRC_TGT'];
 const PATH_MIG = ['MIGRATED', 'REARM', 'ARMED'];
 const PORT_STATE = ['NOP', 'DOWN', 'INIT', 'ARMED', 'ACTIVE', 'ACTIVE_DEFER'];
+/** ib_srq_type, as res-srq.c names them. */
+const SRQ_TYPE = ['BASIC', 'XRC', 'TM'];
+/** Each object's restrack id: the order nldev dumps them in. */
+const ID_OF: Record<string, string> = { qp: 'lqpn', cq: 'cqn', mr: 'mrn', pd: 'pdn', ctx: 'ctxn', srq: 'srqn' };
 
 class Exit extends Error {
   constructor(readonly code: number, msg: string) {
@@ -127,33 +133,39 @@ async function resource(args: string[], json: boolean): Promise<string> {
   if (cmd === 'help') return RES_USAGE;
   if (cmd !== 'show' && cmd !== 'list') throw new Exit(1, `Unknown parameter '${cmd}'.`);
   const devs = await ask<DevRow>('devices');
-  const rows = await ask<Row>('restrack');
+  // contexts are restrack entries of their own: one that holds no object yet still counts
+  const rows = [...(await ask<Row>('restrack')), ...(await ask<Row>('contexts'))];
   const idx = (name: unknown) => devs.findIndex((d) => d.name === name);
   if (obj === undefined || devs.some((d) => d.name === obj)) {
     // summary: per device, the kernel's restrack types in its order
     const out = devs.filter((d) => obj === undefined || d.name === obj).map((d, i) => {
       const n = (t: string) => rows.filter((r) => r.dev === d.name && r.type === t).length;
-      const ctx = new Set(rows.filter((r) => r.dev === d.name).map((r) => `${r.pid}/${r.ctxn}`)).size;
-      return { ifindex: i, ifname: d.name, pd: n('pd'), cq: n('cq'), qp: n('qp'), cm_id: n('cm_id'), mr: n('mr'), ctx, srq: n('srq') };
+      return { ifindex: i, ifname: d.name, pd: n('pd'), cq: n('cq'), qp: n('qp'), cm_id: n('cm_id'), mr: n('mr'), ctx: n('ctx'), srq: n('srq') };
     });
     if (json) return `${JSON.stringify(out)}\n`;
     return out.map((o) => `${o.ifindex}: ${o.ifname}: pd ${o.pd} cq ${o.cq} qp ${o.qp} cm_id ${o.cm_id} mr ${o.mr} ctx ${o.ctx} srq ${o.srq} \n`).join('');
   }
   if (obj === 'cm_id') return cmIds(rows, devs, how, which, json);
-  if (!['qp', 'cq', 'mr', 'pd'].includes(obj)) throw new Exit(1, `Unknown parameter '${obj}'.`);
+  if (!ID_OF[obj]) throw new Exit(1, `Unknown parameter '${obj}'.`);
   let only: { dev: string; port: number } | null = null;
   if (how !== undefined) {
     if (how !== (obj === 'qp' || obj === 'cq' ? 'link' : 'dev')) throw new Exit(1, `Unknown parameter '${how}'.`);
     only = parseLink(which);
     checkDev(devs, only);
   }
-  const mine = rows.filter((r) => r.type === obj && (!only || r.dev === only.dev)).sort((a, b) => idx(a.dev) - idx(b.dev) || Number(a.lqpn ?? a.pdn ?? a.cqn ?? a.mrn) - Number(b.lqpn ?? b.pdn ?? b.cqn ?? b.mrn));
+  const id = ID_OF[obj]!;
+  const mine = rows.filter((r) => r.type === obj && (!only || r.dev === only.dev)).sort((a, b) => idx(a.dev) - idx(b.dev) || Number(a[id]) - Number(b[id]));
   if (json) {
     return `${JSON.stringify(mine.map((r) => {
       const base = { ifindex: idx(r.dev), ifname: r.dev };
       if (obj === 'qp') return { ...base, port: 1, lqpn: r.lqpn, ...(r.qpType !== 4 ? { rqpn: r.rqpn } : {}), type: QP_TYPE[Number(r.qpType)], state: qpStateName(Number(r.state)), ...(r.qpType !== 4 && r.rqPsn !== undefined ? { 'rq-psn': r.rqPsn } : {}), ...(r.sqPsn !== undefined ? { 'sq-psn': r.sqPsn } : {}), ...(r.qpType !== 4 ? { 'path-mig-state': PATH_MIG[Number(r.pathMigState)] } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
       if (obj === 'cq') return { ...base, cqn: r.cqn, cqe: r.cqe, users: r.users, 'adaptive-moderation': 'off', ctxn: r.ctxn, pid: r.pid, comm: r.comm };
       if (obj === 'mr') return { ...base, mrn: r.mrn, ...(r.rkey !== undefined ? { rkey: r.rkey, lkey: r.lkey } : {}), mrlen: r.mrlen, pdn: r.pdn, pid: r.pid, comm: r.comm };
+      if (obj === 'ctx') return { ...base, ctxn: r.ctxn, pid: r.pid, comm: r.comm };
+      if (obj === 'srq') {
+        const lqpn = qpnRanges(r.lqpns as number[]);
+        return { ...base, srqn: r.srqn, type: SRQ_TYPE[Number(r.srqType)] ?? 'UNKNOWN', ...(lqpn.length ? { lqpn } : {}), pdn: r.pdn, pid: r.pid, comm: r.comm };
+      }
       return { ...base, pdn: r.pdn, local_dma_lkey: 0, users: r.users, ctxn: r.ctxn, pid: r.pid, comm: r.comm };
     }))}\n`;
   }
@@ -168,8 +180,26 @@ async function resource(args: string[], json: boolean): Promise<string> {
     if (obj === 'cq') return `dev ${r.dev} cqn ${r.cqn} cqe ${r.cqe} users ${r.users} adaptive-moderation off ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
     // keys only for root and the owner, as nldev gives them only with CAP_NET_ADMIN
     if (obj === 'mr') return `dev ${r.dev} mrn ${r.mrn} ${r.rkey !== undefined ? `rkey ${hex(r.rkey)} lkey ${hex(r.lkey)} ` : ''}mrlen ${r.mrlen} pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+    if (obj === 'ctx') return `dev ${r.dev} ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
+    if (obj === 'srq') {
+      // res-srq.c: the QPs that take their receives from it, runs of QPNs as FIRST-LAST, and no cqn (a BASIC SRQ has no CQ)
+      const lqpn = qpnRanges(r.lqpns as number[]);
+      return `dev ${r.dev} srqn ${r.srqn} type ${SRQ_TYPE[Number(r.srqType)] ?? 'UNKNOWN'} ${lqpn.length ? `lqpn ${lqpn.join(',')} ` : ''}pdn ${r.pdn} pid ${r.pid} ${comm(r)}\n`;
+    }
     return `dev ${r.dev} pdn ${r.pdn} local_dma_lkey 0x0 users ${r.users} ctxn ${r.ctxn} pid ${r.pid} ${comm(r)}\n`;
   }).join('');
+}
+
+/** An SRQ's QPNs as nldev sends them (ascending, each run of consecutive QPNs one FIRST-LAST entry). */
+function qpnRanges(qpns: number[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < qpns.length; ) {
+    let j = i;
+    while (j + 1 < qpns.length && qpns[j + 1] === qpns[j]! + 1) j++;
+    out.push(j === i ? String(qpns[i]) : `${qpns[i]}-${qpns[j]}`);
+    i = j + 1;
+  }
+  return out;
 }
 
 /**

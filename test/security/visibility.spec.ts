@@ -2,7 +2,7 @@
  * What one user can learn of another's resources through the management
  * socket (`rdma resource show`): as nldev, the resources, but not the keys,
  * IOVAs and PSNs that would let a process write into another's memory or
- * inject into its connection. Alice holds an MR and an RC QP; Mallory looks.
+ * inject into its connection. Alice holds an MR and an RC QP on an SRQ; Mallory looks.
  */
 import assert from 'node:assert/strict';
 import { chmodSync } from 'node:fs';
@@ -23,7 +23,7 @@ describe('another user\'s keys, IOVAs and PSNs are not shown', { skip: IS_ROOT ?
     d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
     chmodSync(d.root, 0o755);
     alice = spawnPeer(users!.alice.as);
-    info = await alice.call('init', { root: d.root });
+    info = await alice.call('init', { root: d.root, srq: {} });
     // connected (to itself: what matters is that the QP holds a connection's PSNs)
     await alice.call('connect', { qpn: info.qpn, gid: (info as unknown as { gid: string }).gid, opts: { psn: 0x123456 } });
   });
@@ -40,6 +40,11 @@ describe('another user\'s keys, IOVAs and PSNs are not shown', { skip: IS_ROOT ?
     const q = await rdma(users!.mallory.as, 'resource', 'show', 'qp');
     assert.match(q.out, /^link rxe0\/1 lqpn \d+ rqpn \d+ type RC state \w+ path-mig-state \w+ pdn \d+ pid \d+ comm \S+ $/m);
     assert.doesNotMatch(q.out, /psn/);
+    // her context and her SRQ (with the QP that uses it), as any user sees them: nothing in them is secret
+    const c = await rdma(users!.mallory.as, 'resource', 'show', 'ctx');
+    assert.match(c.out, new RegExp(`^dev rxe0 ctxn \\d+ pid ${alice.pid} comm \\S+ $`, 'm'), c.out);
+    const s = await rdma(users!.mallory.as, 'resource', 'show', 'srq');
+    assert.match(s.out, new RegExp(`^dev rxe0 srqn \\d+ type BASIC lqpn ${info.qpn} pdn \\d+ pid ${alice.pid} comm \\S+ $`, 'm'), s.out);
     const j = await rdma(users!.mallory.as, '-j', 'resource', 'show', 'mr');
     for (const row of JSON.parse(j.out) as Array<Record<string, unknown>>) assert.equal(row.rkey, undefined);
 

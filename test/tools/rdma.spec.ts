@@ -84,6 +84,53 @@ describe('rdma', { skip: netns ? false : 'needs unshare --net and ip (root)' }, 
     assert.equal(rdma(d.root, 'res', 'show', 'qp').out, '');
   });
 
+  test('resource show ctx and srq, as res-ctx.c and res-srq.c print them, plain and -j', async () => {
+    const comm = readFileSync(`/proc/${process.pid}/comm`, 'utf8').trim();
+    const before = JSON.parse(rdma(d.root, '-j', 'res', 'show', 'ctx').out) as Array<{ ctxn: number }>;
+    // a context that holds nothing yet is an entry of its own, and the summary counts it
+    const c2 = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    try {
+      const ctxs = JSON.parse(rdma(d.root, '-j', 'res', 'show', 'ctx').out) as Array<{ ctxn: number }>;
+      assert.equal(ctxs.length, before.length + 1);
+      const n2 = ctxs.at(-1)!.ctxn;
+      assert.deepEqual(ctxs.at(-1), { ifindex: 0, ifname: 'rxe0', ctxn: n2, pid: process.pid, comm });
+      assert.equal(rdma(d.root, 'res', 'show', 'ctx').out, ctxs.map((c) => `dev rxe0 ctxn ${c.ctxn} pid ${process.pid} comm ${comm} \n`).join(''));
+      assert.equal(rdma(d.root, 'res', 'show', 'ctx', 'dev', 'rxe0').out, rdma(d.root, 'res', 'show', 'ctx').out);
+      assert.match(rdma(d.root, 'resource').out, new RegExp(` ctx ${ctxs.length} srq 0 \n$`));
+
+      const pd = await c2.allocPd();
+      const cq = await c2.createCq(16);
+      const srq = await pd.createSrq({ maxWr: 8, maxSge: 1 });
+      const qp = (withSrq: boolean) => pd.createQp({ sendCq: cq, recvCq: cq, srq: withSrq ? srq : undefined, qpType: QpType.RC, cap: { maxSendWr: 4, maxRecvWr: 4 } });
+      const qps = [await qp(true), await qp(true), await qp(false), await qp(true)];
+      const [q1, q2, q3, q4] = qps.map((q) => q.qpNum) as [number, number, number, number];
+      assert.ok(q2 === q1 + 1 && q3 === q2 + 1 && q4 === q3 + 1, `QPNs in a row: ${[q1, q2, q3, q4]}`);
+      const pdn = (JSON.parse(rdma(d.root, '-j', 'res', 'show', 'pd').out) as Array<{ pdn: number; ctxn: number }>).find((x) => x.ctxn === n2)!.pdn;
+      const srqs = JSON.parse(rdma(d.root, '-j', 'res', 'show', 'srq').out) as Array<{ srqn: number }>;
+      assert.equal(srqs.length, 1);
+      const srqn = srqs[0]!.srqn;
+      // the QPs that take their receives from it, a run of QPNs as FIRST-LAST
+      assert.deepEqual(srqs[0], { ifindex: 0, ifname: 'rxe0', srqn, type: 'BASIC', lqpn: [`${q1}-${q2}`, `${q4}`], pdn, pid: process.pid, comm });
+      assert.equal(rdma(d.root, 'res', 'show', 'srq').out, `dev rxe0 srqn ${srqn} type BASIC lqpn ${q1}-${q2},${q4} pdn ${pdn} pid ${process.pid} comm ${comm} \n`);
+      assert.equal(rdma(d.root, 'res', 'show', 'srq', 'dev', 'rxe0').out, rdma(d.root, 'res', 'show', 'srq').out);
+      assert.match(rdma(d.root, 'resource').out, new RegExp(` ctx ${ctxs.length} srq 1 \n$`));
+      // an SRQ no QP uses: no lqpn at all
+      for (const q of qps) await q.destroyQp();
+      assert.equal(rdma(d.root, 'res', 'show', 'srq').out, `dev rxe0 srqn ${srqn} type BASIC pdn ${pdn} pid ${process.pid} comm ${comm} \n`);
+      assert.deepEqual(JSON.parse(rdma(d.root, '-j', 'res', 'show', 'srq').out), [{ ifindex: 0, ifname: 'rxe0', srqn, type: 'BASIC', pdn, pid: process.pid, comm }]);
+      assert.match(rdma(d.root, 'res', 'show', 'srq', 'link', 'rxe0').err, /Unknown parameter 'link'/);
+    } finally {
+      c2.closeDevice();
+    }
+    // the daemon destroys what a closed context held once it sees the connection go
+    let left = rdma(d.root, 'res', 'show', 'srq').out;
+    for (let i = 0; i < 40 && left !== ''; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      left = rdma(d.root, 'res', 'show', 'srq').out;
+    }
+    assert.equal(left, '');
+  });
+
   test('statistic show: rxe\'s counters in rxe\'s order', () => {
     const out = rdma(d.root, 'statistic', 'show').out;
     assert.match(out, /^link rxe0\/1 sent_pkts \d+ rcvd_pkts \d+ duplicate_request \d+ out_of_seq_request \d+ rcvd_rnr_err \d+ send_rnr_err \d+ rcvd_seq_err \d+ ack_deferred \d+ retry_exceeded_err \d+ retry_rnr_exceeded_err \d+ completer_retry_err \d+ send_err \d+ link_downed \d+ rdma_sends \d+ rdma_recvs \d+ \n$/);
