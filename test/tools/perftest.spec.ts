@@ -279,6 +279,34 @@ describe('perftest tools end to end', () => {
     });
   }
 
+  test('-R -d: the test runs on the named device, not on the one the route to the server picks; the header names the device used', async () => {
+    const counters = async () => Object.fromEntries(((await mgmt(getDeviceList(d.root)[0]!.devPath, 'counters')) as { name: string; counters: Record<string, number> }[]).map((x) => [x.name, x.counters]));
+    const args = ['-n', '1000', '-s', '4096'];
+    // the server listens on rxe1's address; the route from this host to it is rxe1's own, but the client asks for rxe0
+    let port = nextPort++;
+    const c0 = await counters();
+    let srv = run('ib_write_bw', ['-R', '-d', 'rxe1', '-p', String(port), ...args], d.root);
+    await new Promise((r) => setTimeout(r, 400));
+    let cl = await run('ib_write_bw', ['-R', '-d', 'rxe0', '-p', String(port), ...args, A2], d.root);
+    let sr = await srv;
+    assert.equal(cl.code, 0, `client:\n${cl.out}\nserver:\n${sr.out}`);
+    assert.equal(sr.code, 0, sr.out);
+    const c1 = await counters();
+    assert.ok(c1.rxe0!.sent_pkts! - c0.rxe0!.sent_pkts! >= 1000, `rxe0 sent the WRITEs: ${JSON.stringify([c0, c1])}`);
+    assert.ok(c1.rxe1!.rcvd_pkts! - c0.rxe1!.rcvd_pkts! >= 1000, `rxe1 received them: ${JSON.stringify([c0, c1])}`);
+    assert.match(cl.out, /\tDevice         : rxe0\n/);
+    assert.match(sr.out, /\tDevice         : rxe1\n/);
+    assert.match(cl.out, new RegExp(`^ local address: .*\\n GID: 00:00:00:00:00:00:00:00:00:00:255:255:${A1.split('.').map((x) => x.padStart(2, '0')).join(':')}$`, 'm'));
+    // no -d on either side: each runs where its connection went (rxe1), and says so rather than naming the first device
+    port = nextPort++;
+    srv = run('ib_write_bw', ['-R', '-p', String(port), ...args], d.root);
+    await new Promise((r) => setTimeout(r, 400));
+    cl = await run('ib_write_bw', ['-R', '-p', String(port), ...args, A2], d.root);
+    sr = await srv;
+    assert.equal(cl.code, 0, `client:\n${cl.out}\nserver:\n${sr.out}`);
+    for (const o of [cl.out, sr.out]) assert.match(o, /\tDevice         : rxe1\n/);
+  });
+
   test('the exchange, message by message, is the one perftest had in each captured run', { skip: haveCaptures ? false : 'no captures' }, async () => {
     for (const name of NAMES) {
       const c = capture(name);

@@ -8,6 +8,7 @@
  * peer `exchange.ts`, the printed results `report.ts`.
  */
 import { writeFileSync } from 'node:fs';
+import { inet6 } from '../devinfo.js';
 import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type CmId, type Context, type ProtectionDomain, type QpInitAttr } from '../../verbs/index.js';
 import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, OobError, type BwReport, type Exchange, type PerfDest } from './exchange.js';
 import { CmOob, CmQps } from './cm-exchange.js';
@@ -63,8 +64,11 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       return fail(` Failed to query GID index ${gidIndex} of port ${p.ibPort}\n Unable to set up socket connection\n`);
     }
 
+    // -R with -d: the connections leave from (or are taken on) the named device's address. perftest 4.5 binds only
+    // to --source_ip and lets the route pick the device, while its header names -d's: a run that said rxe0 ran on rxe1
+    const src = p.rdmaCm && p.ibDevname !== null ? addressOf(ctx.queryGid(p.ibPort, 0)) : undefined;
     if (p.machine === 'SERVER') out(bannerWaiting());
-    if (p.rdmaCm) oob = p.servername ? await CmOob.connect(p.servername, p.port, p, outReads) : await CmOob.accept(p.port, p, outReads);
+    if (p.rdmaCm) oob = p.servername ? await CmOob.connect(p.servername, p.port, p, outReads, src) : await CmOob.accept(p.port, p, outReads, src);
     else oob = p.servername ? await Oob.connect(p.servername, p.port) : await Oob.accept(p.port);
 
     // exchange_versions, check_version_compatibility, check_sys_data, check_mtu
@@ -97,7 +101,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     if (p.rdmaCm) {
       // create_rdma_cm_connection: a barrier, the test QPs connected through the CM on the same port, a barrier
       const zero: PerfDest = { lid: 0, outReads: 0, qpn: 0, psn: 0, rkey: 0, vaddr: 0n, gid: new Uint8Array(16), srqn: 0 };
-      const listening = p.servername ? null : await CmQps.listen(p.port, p).catch((e: Error) => fail(`${e.message}\nFailed to create RDMA CM connection with resources.\n`));
+      const listening = p.servername ? null : await CmQps.listen(p.port, p, src).catch((e: Error) => fail(`${e.message}\nFailed to create RDMA CM connection with resources.\n`));
       await oob.handShake(zero);
       let made: Res | null = null;
       let qpInit: { init: QpInitAttr; pd: ProtectionDomain } | null = null;
@@ -107,7 +111,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       };
       // a connection tried again: a new id, a new QP in the old one's place
       const remake = async (id: CmId, i: number) => (made!.qps[i] = await id.createQp(qpInit!.pd, qpInit!.init));
-      cmq = await (listening ? listening.accept(outReads, setup) : CmQps.connect(p.servername!, p.port, p, outReads, undefined, setup, remake))
+      cmq = await (listening ? listening.accept(outReads, setup) : CmQps.connect(p.servername!, p.port, p, outReads, src, setup, remake))
         .catch((e: Error) => fail(`${e.message.replace(/\n?$/, '\n')}Failed to create RDMA CM connection with resources.\n`));
       res = made!;
       await oob.handShake(zero);
@@ -117,7 +121,8 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       lid: port.lid, outReads, qpn: qp.qpNum, psn: Math.floor(Math.random() * 0x1000000), rkey: res.mr.rkey,
       vaddr: res.mr.addr + BigInt(res.recvBase + i * res.slice), gid, srqn: 0,
     }));
-    const info: InfoCtx = { devName: dev.name, mtuBytes: MTU_BYTES(mtu), gidIndex, inlineSize: p.inlineSize, outReads };
+    // with -R, the device the CM connected the QPs on (without -d, the route's choice, not the first device)
+    const info: InfoCtx = { devName: res.ctx.device.name, mtuBytes: MTU_BYTES(mtu), gidIndex, inlineSize: p.inlineSize, outReads };
     const s: Session = { p, oob, res, my, rem: [], info, out, sweep: [], sendWrs: [], recvWrs: [] };
     out(testInfo(p, info));
     // with -R the CM has taken the QPs to RTS
@@ -346,3 +351,9 @@ function writeJson(p: Params, text: string): void {
 }
 
 // ---------------------------------------------------------------- work requests
+
+/** The IP address a RoCEv2 GID stands for (an IPv4 one is IPv4-mapped), for rdma_bind_addr / rdma_resolve_addr. */
+function addressOf(gid: Uint8Array): string {
+  const v4 = gid.subarray(0, 10).every((b) => b === 0) && gid[10] === 0xff && gid[11] === 0xff;
+  return v4 ? Array.from(gid.subarray(12)).join('.') : inet6(gid);
+}
