@@ -7,13 +7,14 @@
  *
  *   node dist/examples/rc-write.js [deviceA] [deviceB]     (default: the first device, both sides)
  *
- * In an application, import from 'softverbs' instead of the source path.
+ * from a checkout; the package ships it at the same place inside it
+ * (node "$(npm root -g)/softverbs/dist/examples/rc-write.js" after npm install -g).
  */
 import { randomInt } from 'node:crypto';
 import {
   Access, getDeviceList, gidString, Mtu, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, WcStatus, wcStatusName,
   WrOpcode, type CompletionChannel, type CompletionQueue, type Context, type MemoryRegion, type ProtectionDomain, type QueuePair,
-} from '../src/verbs/index.js';
+} from 'softverbs';
 
 /** What one side tells the other (over TCP, a file, a CM exchange …): plain JSON. */
 interface Card {

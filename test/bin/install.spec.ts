@@ -92,10 +92,10 @@ describe('installed from the tarball, run from PATH', () => {
     rmSync(tmp, { recursive: true, force: true });
   });
 
-  test('the tarball holds only what a user needs: the compiled library and tools, README, LICENSE, the service unit', (t) => {
+  test('the tarball holds only what a user needs: the compiled library and tools, README, LICENSE, the service unit, the README\'s example', (t) => {
     const files = pack.files.map((f) => f.path).sort();
-    for (const f of files) assert.match(f, /^(LICENSE|README\.md|package\.json|contrib\/softverbsd\.service|dist\/src\/[a-z]+(\/[a-z]+)?\/[\w.-]+\.(js|d\.ts))$/, `${f} does not belong in the package`);
-    for (const f of ['LICENSE', 'README.md', 'package.json', 'contrib/softverbsd.service', 'dist/src/verbs/index.js', 'dist/src/verbs/index.d.ts']) assert.ok(files.includes(f), `${f} missing`);
+    for (const f of files) assert.match(f, /^(LICENSE|README\.md|package\.json|contrib\/softverbsd\.service|dist\/src\/[a-z]+(\/[a-z]+)?\/[\w.-]+\.(js|d\.ts)|examples\/[\w-]+\.ts|dist\/examples\/[\w-]+\.js)$/, `${f} does not belong in the package`);
+    for (const f of ['LICENSE', 'README.md', 'package.json', 'contrib/softverbsd.service', 'dist/src/verbs/index.js', 'dist/src/verbs/index.d.ts', 'examples/rc-write.ts', 'dist/examples/rc-write.js']) assert.ok(files.includes(f), `${f} missing`);
     for (const bin of Object.values(PKG.bin)) assert.ok(files.includes(bin), `bin ${bin} missing`);
     assert.ok(!files.some((f) => /(^|\/)(test|bench|\.ci)\/|\.map$|cpuprofile/.test(f)));
     assert.match(readFileSync(join(REPO, 'LICENSE'), 'utf8'), /^MIT License/);
@@ -148,6 +148,19 @@ export const E = VerbsError;
     assert.match(di.out, /^hca_id:\trxe1\n\ttransport:\t\t\tInfiniBand \(0\)\n/);
     assert.match(di.out, /\t\t\tstate:\t\t\tPORT_ACTIVE \(4\)\n/);
     assert.match(di.out, new RegExp(`GID\\[ {2}0\\]:\\t\\t::ffff:${a2.replace(/\./g, '\\.')}, RoCE v2`));
+  });
+
+  test('the README\'s example, run from the installed package with the README\'s command, as an unprivileged user', async () => {
+    const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+    const cmd = /`(node "\$\(npm root -g\)\/softverbs\/dist\/examples\/rc-write\.js")`/.exec(readme)?.[1];
+    assert.ok(cmd, 'the README says how to run the installed example');
+    // npm root -g answers for the prefix the package was installed into, as it would for the user's own
+    const sh = [...asUser, 'sh', '-c', `${cmd} rxe0 rxe1`];
+    const r = await runProcess(sh[0]!, sh.slice(1), { ...env, npm_config_prefix: prefix });
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /^A: QP \d+ at \S+ connected to B: QP \d+/m);
+    assert.match(r.out, /^A: write completed: SUCCESS$/m);
+    assert.match(r.out, /^B: 15 bytes arrived with immediate 0x1234: "hello over RDMA"$/m);
   });
 
   test('ibv_rc_pingpong pair; rdma resource show while the server waits, rdma statistic show after', async () => {
