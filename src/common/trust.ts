@@ -12,9 +12,21 @@ import { lstatSync, realpathSync, type Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 
 export class UntrustedPath extends Error {
-  constructor(readonly path: string, readonly why: string) {
+  /** ENOENT: the root is not there at all (a missing root is no daemon, not a hostile one) */
+  constructor(readonly path: string, readonly why: string, readonly code: 'ENOENT' | 'EACCES' = 'EACCES') {
     super(`${path} ${why}`);
   }
+}
+
+/**
+ * Whom a client trusts to own a root it connects through: root, itself, and a dedicated service user
+ * named in $SOFTVERBS_ROOT_OWNER (a uid), the daemon's possible owners.
+ */
+export function trustedOwners(env: NodeJS.ProcessEnv = process.env): number[] {
+  const owners = [0, process.getuid?.() ?? 0];
+  const extra = env.SOFTVERBS_ROOT_OWNER;
+  if (extra && /^\d+$/.test(extra)) owners.push(Number(extra));
+  return [...new Set(owners)];
 }
 
 const S_ISVTX = 0o1000;
@@ -30,7 +42,8 @@ export function checkTrustedRoot(root: string, owners: readonly number[]): Stats
   try {
     st = lstatSync(path);
   } catch (e) {
-    throw new UntrustedPath(path, `cannot be examined (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UntrustedPath(path, `cannot be examined (${code ?? (e as Error).message})`, code === 'ENOENT' || code === 'ENOTDIR' ? 'ENOENT' : 'EACCES');
   }
   if (st.isSymbolicLink()) throw new UntrustedPath(path, 'is a symbolic link; a root must be a real directory');
   if (!st.isDirectory()) throw new UntrustedPath(path, 'is not a directory');

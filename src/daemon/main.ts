@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP, isIPv4, isIPv6 } from 'node:net';
 import { parseArgs } from 'node:util';
 import { mtuOfBytes } from '../abi/enums.js';
-import { defaultRoot } from '../common/paths.js';
+import { ownRoot } from '../common/paths.js';
 import { Daemon, type DeviceSpec } from './server.js';
 import { parseRules, type Rule } from './rules.js';
 import { Log, LOG_LEVELS, type LogLevel } from './log.js';
@@ -206,7 +206,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError((e as Error).message);
     }
   }
-  return { root: args.root ?? defaultRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */

@@ -1,5 +1,6 @@
 /** What every tool shares: getopt-like parsing with rdma-core's error style, and exit codes. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { whyNoDevices } from '../verbs/device.js';
 import { VerbsError } from '../verbs/errors.js';
 
 export class UsageError extends Error {}
@@ -91,4 +92,13 @@ export async function runTool(name: string, main: (argv: string[]) => number | P
     process.stderr.write(`${name}: ${e.message}\n`);
     process.exitCode = 1;
   }
+}
+
+/**
+ * Beside an empty device list (and rdma-core's own "No IB devices found" where it prints one): why the root
+ * lists none (missing, not trusted, its daemon stopped), one line on stderr, so an empty list is not a riddle.
+ */
+export function sayWhyNoDevices(tool: string): void {
+  const why = whyNoDevices();
+  if (why) process.stderr.write(`${tool}: ${why}\n`);
 }

@@ -1,6 +1,6 @@
 /** ibv_devices: lists RDMA devices with their node GUIDs, as rdma-core's does. */
 import { getDeviceList } from '../verbs/index.js';
-import { parse } from './cli.js';
+import { parse, sayWhyNoDevices } from './cli.js';
 import { formatDevices } from './devinfo.js';
 
 const USAGE = `Usage: ibv_devices\n\nLists the RDMA devices of the running softverbsd (root: $SOFTVERBS_ROOT or the default).\n`;
@@ -12,6 +12,7 @@ export function main(argv: string[]): number {
     return 0;
   }
   const devs = getDeviceList();
+  if (devs.length === 0) sayWhyNoDevices('ibv_devices');
   process.stdout.write(formatDevices(devs.map((d) => ({ name: d.name, guid: BigInt('0x' + d.nodeGuid.replace(/:/g, '')) }))));
   return 0;
 }

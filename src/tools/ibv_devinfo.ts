@@ -3,7 +3,7 @@ import { getDeviceList, openDevice, type Device } from '../verbs/index.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { verbsClassDir } from '../common/paths.js';
-import { parse } from './cli.js';
+import { parse, sayWhyNoDevices } from './cli.js';
 import { formatDevinfo, type PortInfo } from './devinfo.js';
 
 const USAGE = `Usage: ibv_devinfo             print the ca attributes
@@ -65,6 +65,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const devs = getDeviceList();
+  if (devs.length === 0) sayWhyNoDevices('ibv_devinfo');
   if (values.list) {
     process.stdout.write(`${devs.length} HCA${devs.length !== 1 ? 's' : ''} found:\n`);
     for (const d of devs) process.stdout.write(`\t${d.name}\n`);

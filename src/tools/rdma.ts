@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { verbsClassDir } from '../common/paths.js';
 import { COUNTER_NAMES } from '../hca/counters.js';
 import { getDeviceList, qpStateName, type Device } from '../verbs/index.js';
+import { whyNoDevices } from '../verbs/device.js';
 import { mgmtQuery } from '../verbs/mgmt.js';
 import { VerbsError } from '../verbs/errors.js';
 
@@ -56,7 +57,7 @@ type Row = Record<string, unknown>;
 /** The daemons behind the devices under the root: one management query each, merged. */
 async function ask<T>(op: string, args: Record<string, unknown> = {}): Promise<T[]> {
   const devs = getDeviceList();
-  if (devs.length === 0) throw new Exit(1, 'No RDMA devices found (is softverbsd running? SOFTVERBS_ROOT)');
+  if (devs.length === 0) throw new Exit(1, `No RDMA devices found: ${whyNoDevices()}`);
   const seen = new Set<string>();
   const out: T[] = [];
   for (const d of devs) {

@@ -7,33 +7,21 @@ import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve, sep } from 'node:path';
 import { layout, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
-import { defaultRoot, ibClassDir, verbsClassDir } from '../common/paths.js';
+import { defaultRoot, ibClassDir, rootProblem, SYSTEM_ROOT, verbsClassDir } from '../common/paths.js';
 import { pidAlive } from '../common/proc.js';
-import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
+import { trustedOwners } from '../common/trust.js';
 import { CommandChannel, EventStream } from './channel.js';
 import { Context } from './context.js';
 import { VerbsError } from './errors.js';
 import type { Device } from './types.js';
 
 /**
- * Who may own a root the library connects through: root, ourselves, and a dedicated
- * service user named in $SOFTVERBS_ROOT_OWNER (a uid), the daemon's possible owners.
+ * The rule the daemon applies to its root (common/trust.ts): a root another user could have planted is not
+ * connected through (EACCES); a missing one is no daemon (ENOENT).
  */
-function trustedOwners(): number[] {
-  const owners = [0, process.getuid?.() ?? 0];
-  const extra = process.env.SOFTVERBS_ROOT_OWNER;
-  if (extra && /^\d+$/.test(extra)) owners.push(Number(extra));
-  return owners;
-}
-
-/** The rule the daemon applies to its root (common/trust.ts): a root another user could have planted is not connected through. */
 export function trustRoot(root: string, verb: string): void {
-  try {
-    checkTrustedRoot(root, trustedOwners());
-  } catch (e) {
-    if (e instanceof UntrustedPath) throw new VerbsError(verb, 'EACCES', `not trusting ${e.message} (set SOFTVERBS_ROOT_OWNER=<uid> if a dedicated user runs softverbsd)`);
-    throw e;
-  }
+  const bad = rootProblem(root);
+  if (bad) throw new VerbsError(verb, bad.code, bad.message);
 }
 
 /** A device path read from the tree: a socket inside <root>/dev, owned by a trusted uid, not a symlink. */
@@ -75,12 +63,30 @@ export function getDeviceList(root = defaultRoot()): Device[] {
   return out;
 }
 
+/**
+ * Why `root` lists no device, in words for the user (what a tool prints beside rdma-core's "No IB devices
+ * found", what a failed open says); null when it lists some.
+ */
+export function whyNoDevices(root = defaultRoot()): string | null {
+  const bad = rootProblem(root);
+  if (bad) return bad.message;
+  if (getDeviceList(root).length > 0) return null;
+  // a root of this user's own left by a daemon that stopped, while a root daemon serves every user
+  let elsewhere = '';
+  if (root !== SYSTEM_ROOT && rootProblem(SYSTEM_ROOT) === null) {
+    const sys = getDeviceList(SYSTEM_ROOT);
+    if (sys.length) elsewhere = `; the softverbsd running as root serves ${sys.map((d) => d.name).join(', ')} from ${SYSTEM_ROOT}: set SOFTVERBS_ROOT=${SYSTEM_ROOT}`;
+  }
+  if (!existsSync(verbsClassDir(root))) return `no softverbsd has run under ${root} (start one with \`softverbsd\`, or set SOFTVERBS_ROOT to the root it uses)${elsewhere}`;
+  return `no running softverbsd serves ${root} (its daemon has stopped)${elsewhere}`;
+}
+
 /** Why a named device was not found: what the root holds, so the message says where to look. */
 function noDevice(name: string, root: string): VerbsError {
-  const dir = verbsClassDir(root);
-  if (!existsSync(dir)) return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name}: no softverbsd has run under ${root} (start one with \`softverbsd\`, or set SOFTVERBS_ROOT to the root it uses)`);
+  const bad = rootProblem(root);
+  if (bad) return new VerbsError('ibv_open_device', bad.code === 'ENOENT' ? 'ENODEV' : bad.code, `no device ${name}: ${bad.message}`);
   const devs = getDeviceList(root);
-  if (devs.length === 0) return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name}: no running softverbsd serves ${root} (its daemon has stopped)`);
+  if (devs.length === 0) return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name}: ${whyNoDevices(root)}`);
   return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name} under ${root}; devices there: ${devs.map((d) => d.name).join(', ')}`);
 }
 

@@ -5,14 +5,14 @@
  * The daemon runs as root; mallory is an unprivileged user of the tests' own.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { A1, DAEMON, DIST, IS_ROOT, runProcess, startDaemon, testUser } from '../helpers.js';
-import { getDeviceList, openDevice } from '../../src/verbs/index.js';
+import { EventChannel, getDeviceList, openDevice } from '../../src/verbs/index.js';
 
 describe('the root directory is trusted only if it is the daemon\'s', { skip: IS_ROOT ? false : 'needs root (a root daemon, other users)' }, () => {
   const base = mkdtempSync(join(tmpdir(), 'sv-sec-root-'));
@@ -123,15 +123,129 @@ describe('the root directory is trusted only if it is the daemon\'s', { skip: IS
     spawnSync('chown', ['-R', `${mallory.uid}:${mallory.gid}`, root]);
     try {
       // root itself (a victim that trusts only root and itself) refuses it
-      assert.throws(() => getDeviceList(root), { code: 'EACCES', message: new RegExp(`not trusting ${root} is owned by uid ${mallory.uid}`) });
+      assert.throws(() => getDeviceList(root), { code: 'EACCES', message: new RegExp(`not trusting ${root}: it is owned by uid ${mallory.uid}, not by uid 0 \\(if uid ${mallory.uid} runs softverbsd, set SOFTVERBS_ROOT_OWNER=${mallory.uid}\\)$`) });
       await assert.rejects(openDevice({ name: 'rxe0', devName: 'uverbs0', devPath: join(root, 'dev', 'infiniband', 'uverbs0'), nodeGuid: '', root, daemonPid: process.pid }, root), { code: 'EACCES' });
       // and a tool says so in one line
       const r = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'ibv_devinfo.js')], { ...process.env, SOFTVERBS_ROOT: root });
       assert.equal(r.code, 1);
-      assert.match(r.out, /^ibv_devinfo: ibv_get_device_list: EACCES: not trusting .* is owned by uid \d+/);
+      assert.match(r.out, /^ibv_devinfo: ibv_get_device_list: EACCES: not trusting .*: it is owned by uid \d+/);
       assert.equal(got, 0, 'the fake daemon heard nothing');
     } finally {
       fake.close();
     }
+  });
+});
+
+/**
+ * Which root an unprivileged user's tools look in when no SOFTVERBS_ROOT is set, and what they say when it
+ * serves nothing. /run/softverbs is the machine's: each case runs in a mount namespace of its own with a
+ * private tmpfs on /run, so a real softverbsd's root neither helps nor hinders and none is made or touched.
+ */
+const mountNs = IS_ROOT && spawnSync('unshare', ['--mount', '--propagation', 'private', 'true']).status === 0;
+describe('an unprivileged user\'s default root', { skip: mountNs ? false : 'needs root and unshare --mount' }, () => {
+  const base = mkdtempSync(join(tmpdir(), 'sv-sec-defroot-'));
+  let alice: ReturnType<typeof testUser>;
+  let mallory: ReturnType<typeof testUser>;
+  // alice's own root: under a runtime directory she does not have (never created)
+  const runtime = join(base, 'alice-runtime');
+  const own = join(runtime, 'softverbs');
+  const holders: ChildProcess[] = [];
+  before(() => {
+    chmodSync(base, 0o755);
+    alice = testUser('svtest-alice');
+    mallory = testUser('svtest-mallory');
+  });
+  after(() => {
+    for (const h of holders) h.kill('SIGKILL');
+    rmSync(base, { recursive: true, force: true });
+  });
+
+  /** A mount namespace with an empty tmpfs on /run, held open by a process in it; the prefix that enters it. */
+  async function namespace(): Promise<string[]> {
+    const h = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount -t tmpfs -o mode=0755 tmpfs /run && echo ready && exec sleep 600'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    holders.push(h);
+    await new Promise<void>((resolve, reject) => {
+      h.stdout!.once('data', () => resolve());
+      h.once('exit', (c) => reject(new Error(`unshare exited (${c})`)));
+    });
+    return ['nsenter', `--mount=/proc/${h.pid}/ns/mnt`, '--'];
+  }
+
+  /** A tool (or node script) as alice inside `ns`, her environment without SOFTVERBS_ROOT: stdout, stderr and status apart. */
+  const asAlice = (ns: string[], args: string[], extra: NodeJS.ProcessEnv = {}) => {
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, XDG_RUNTIME_DIR: runtime, ...extra };
+    const cmd = [...ns, ...alice.as, process.execPath, ...args];
+    return spawnSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8', env, timeout: 20_000 });
+  };
+  const bin = (t: string) => join(DIST, 'src', 'bin', `${t}.js`);
+  const cmScript = ['--input-type=module', '-e', `import { EventChannel } from ${JSON.stringify(join(DIST, 'src', 'verbs', 'index.js'))};
+    try { await EventChannel.create(); console.log('opened'); } catch (e) { console.log(e.code + ' ' + e.message); }`];
+
+  test('her own root missing, a root daemon\'s /run/softverbs trusted: her tools use the root daemon\'s devices', async () => {
+    const ns = await namespace();
+    const d = await startDaemon(['--device', `rxe0=${A1}`], { root: '/run/softverbs', keepRoot: true, wrapper: ns });
+    try {
+      const dv = asAlice(ns, [bin('ibv_devices')]);
+      assert.equal(dv.status, 0, dv.stderr);
+      assert.match(dv.stdout, /^ {4}device {10}\t {3}node GUID\n {4}------ {10}\t----------------\n {4}rxe0 {12}\t[0-9a-f]{16}\n$/);
+      assert.equal(dv.stderr, '');
+      const di = asAlice(ns, [bin('ibv_devinfo'), '-d', 'rxe0']);
+      assert.equal(di.status, 0, di.stderr);
+      assert.match(di.stdout, /^hca_id:\trxe0\n/);
+      assert.equal(asAlice(ns, cmScript).stdout, 'opened\n', 'the RDMA CM file too');
+      assert.equal(existsSync(own), false, 'nothing of hers was made');
+      // once she has a root of her own (a daemon of hers ran and stopped), it is hers that is looked in: the
+      // tools say where the root daemon's devices are
+      mkdirSync(own, { recursive: true, mode: 0o700 });
+      spawnSync('chown', ['-R', `${alice.uid}:${alice.gid}`, runtime]);
+      try {
+        const stale = asAlice(ns, [bin('ibv_devinfo')]);
+        assert.equal(stale.status, 255);
+        assert.equal(stale.stderr, `ibv_devinfo: no softverbsd has run under ${own} (start one with \`softverbsd\`, or set SOFTVERBS_ROOT to the root it uses); the softverbsd running as root serves rxe0 from /run/softverbs: set SOFTVERBS_ROOT=/run/softverbs\nNo IB devices found\n`);
+        assert.equal(asAlice(ns, [bin('ibv_devinfo'), '-l'], { SOFTVERBS_ROOT: '/run/softverbs' }).stdout, '1 HCA found:\n\trxe0\n');
+      } finally {
+        rmSync(runtime, { recursive: true, force: true });
+      }
+    } finally {
+      await d.stop();
+    }
+  });
+
+  test('neither her root nor /run/softverbs exists: ENOENT, and the tools say so beside rdma-core\'s "No IB devices found"', async () => {
+    const ns = await namespace();
+    const why = `no softverbsd serves this user's root ${own} (it does not exist), nor /run/softverbs, the root of a softverbsd running as root, which does not exist either: start softverbsd (as root it serves every user from /run/softverbs), or set SOFTVERBS_ROOT to the root of the one that runs`;
+    const di = asAlice(ns, [bin('ibv_devinfo')]);
+    assert.equal(di.status, 255);
+    assert.equal(di.stderr, `ibv_devinfo: ${why}\nNo IB devices found\n`);
+    const dv = asAlice(ns, [bin('ibv_devices')]);
+    assert.equal(dv.status, 0);
+    assert.equal(dv.stdout, `    device          \t   node GUID\n    ------          \t----------------\n`);
+    assert.equal(dv.stderr, `ibv_devices: ${why}\n`);
+    assert.equal(asAlice(ns, cmScript).stdout, `ENOENT rdma_create_event_channel: ENOENT: ${why}\n`);
+  });
+
+  test('/run/softverbs not trusted (another user\'s): not used, and the tools say why; named in SOFTVERBS_ROOT, EACCES with the uid to trust', async () => {
+    const ns = await namespace();
+    const mk = spawnSync(ns[0]!, [...ns.slice(1), 'sh', '-c', `mkdir -m 0755 /run/softverbs && chown ${mallory.uid}:${mallory.gid} /run/softverbs`]);
+    assert.equal(mk.status, 0, String(mk.stderr));
+    const di = asAlice(ns, [bin('ibv_devinfo')]);
+    assert.equal(di.status, 255);
+    assert.equal(di.stderr, `ibv_devinfo: no softverbsd serves this user's root ${own} (it does not exist), nor /run/softverbs, the root of a softverbsd running as root, which is not trusted: it is owned by uid ${mallory.uid}, not by uid 0 or uid ${alice.uid}: start softverbsd (as root it serves every user from /run/softverbs), or set SOFTVERBS_ROOT to the root of the one that runs\nNo IB devices found\n`);
+    const named = asAlice(ns, [bin('ibv_devinfo')], { SOFTVERBS_ROOT: '/run/softverbs' });
+    assert.equal(named.stderr, `ibv_devinfo: not trusting /run/softverbs: it is owned by uid ${mallory.uid}, not by uid 0 or uid ${alice.uid} (if uid ${mallory.uid} runs softverbsd, set SOFTVERBS_ROOT_OWNER=${mallory.uid})\nNo IB devices found\n`);
+    assert.match(asAlice(ns, cmScript, { SOFTVERBS_ROOT: '/run/softverbs' }).stdout, /^EACCES rdma_create_event_channel: EACCES: not trusting \/run\/softverbs: it is owned by uid \d+/);
+  });
+
+  test('a root the daemon keeps to its own users (mode 0700) is EACCES, saying so; a missing SOFTVERBS_ROOT is ENOENT', async () => {
+    const ns = await namespace();
+    const d = await startDaemon(['--device', `rxe0=${A1}`, '--root-mode', '0700'], { root: '/run/softverbs', keepRoot: true, wrapper: ns });
+    try {
+      const di = asAlice(ns, [bin('ibv_devinfo')], { SOFTVERBS_ROOT: '/run/softverbs' });
+      assert.equal(di.stderr, `ibv_devinfo: /run/softverbs is not open to uid ${alice.uid} (mode 0700, owner uid 0): the softverbsd serving it serves its own users only (softverbsd --root-mode 0755 serves every user)\nNo IB devices found\n`);
+    } finally {
+      await d.stop();
+    }
+    const gone = join(base, 'no-such-root');
+    await assert.rejects(EventChannel.create(gone), { code: 'ENOENT', message: `rdma_create_event_channel: ENOENT: no softverbsd serves ${gone} (it does not exist)` });
   });
 });

@@ -96,7 +96,7 @@ describe('errors', () => {
 
   test('openDevice says why there is no device: nothing ever ran under the root, the daemon stopped, or which devices there are', async () => {
     const nowhere = join(DIST, 'no-such-root');
-    await assert.rejects(openDevice('rxe0', nowhere), { code: 'ENODEV', message: new RegExp(`no device rxe0: no softverbsd has run under ${nowhere}`) });
+    await assert.rejects(openDevice('rxe0', nowhere), { code: 'ENODEV', message: new RegExp(`no device rxe0: no softverbsd serves ${nowhere} \\(it does not exist\\)`) });
     await assert.rejects(openDevice('mlx5_0', d.root), { code: 'ENODEV', message: new RegExp(`no device mlx5_0 under ${d.root}; devices there: rxe0`) });
     // a daemon killed hard leaves its tree behind: the message says the daemon has stopped
     const killed = await startDaemon(['--device', `rxe0=${A2}`], { keepRoot: true });
