@@ -67,8 +67,8 @@ function rig(addr: string) {
 
 const cqe = (): CqeOut => ({ wrId: 0n, status: 0, opcode: 0, vendorErr: 0, byteLen: 0, imm: 0, qpNum: 0, srcQp: 0, wcFlags: 0, pkeyIndex: 0, slid: 0, sl: 0, dlidPathBits: 0 });
 
-/** 8-byte inline SENDs per second, one signaled in 32, 128 in flight, receives reposted as they complete. */
-export function engineSendRate(addr: string, seconds: number): number {
+/** 8-byte inline SENDs per second, one signaled in 32, 128 in flight, receives reposted as they complete; and how many. */
+export function engineSendRate(addr: string, seconds: number): { value: number; ops: number } {
   const { dev, a, b, key, done } = rig(addr);
   const wc = cqe();
   const postRecv = () => {
@@ -107,11 +107,11 @@ export function engineSendRate(addr: string, seconds: number): number {
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   done();
-  return received / s;
+  return { value: received / s, ops: received };
 }
 
-/** 64 KiB RDMA WRITEs (bytes/s), 32 in flight. */
-export async function engineWriteBw(addr: string, seconds: number): Promise<number> {
+/** 64 KiB RDMA WRITEs (bytes/s), 32 in flight; and how many completed. */
+export async function engineWriteBw(addr: string, seconds: number): Promise<{ value: number; ops: number }> {
   const { dev, a, key, done } = rig(addr);
   const wc = cqe();
   let posted = 0;
@@ -141,5 +141,5 @@ export async function engineWriteBw(addr: string, seconds: number): Promise<numb
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   done();
-  return (completed * 65536) / s;
+  return { value: (completed * 65536) / s, ops: completed };
 }

@@ -13,3 +13,14 @@ export function pct(v: readonly number[], p: number): number {
 }
 
 export const median = (v: readonly number[]): number => pct(v, 0.5);
+
+/** Round trips in µs: median and 99th percentile. */
+export interface Lat {
+  med: number;
+  p99: number;
+}
+export function lat(v: number[]): Lat {
+  return { med: median(v), p99: pct(v, 0.99) };
+}
+
+export const tick = () => new Promise((r) => setImmediate(r));
