@@ -672,21 +672,7 @@ export class Context implements Owner {
 
   private transition(qp: Qp, cur: number, next: number): void {
     if (next === QpState.RESET) {
-      qp.stopTimers();
-      qp.state = QpState.RESET;
-      // everything posted is forgotten, as a reset QP's queues are empty
-      const sqProd = qp.sq.produced();
-      for (const w of qp.wqes) w.state = 0;
-      qp.req.idx = qp.comp.idx = sqProd;
-      qp.req.rdAtomic = qp.req.noAck = 0;
-      qp.sq.setConsumed(sqProd);
-      qp.rq?.reset();
-      qp.resp.wqe = null;
-      qp.resp.inMsg = 0;
-      qp.resp.res.length = 0;
-      qp.resp.outq.length = 0;
-      qp.resp.msn = 0;
-      qp.commEst = false;
+      qp.reset();
       return;
     }
     if (next === QpState.ERR) {

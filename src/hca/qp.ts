@@ -485,6 +485,28 @@ export class Qp {
     this.mtu = Math.min(mtuBytes(pathMtu) || portMtu, portMtu);
   }
 
+  /**
+   * modify_qp to RESET (rxe_qp_reset): timers stop and everything posted is forgotten, as a reset QP's
+   * queues are empty; the consumers catch up with the client's producer indices, so nothing posted before
+   * the reset is run after it.
+   */
+  reset(): void {
+    this.stopTimers();
+    this.state = QpState.RESET;
+    const sqProd = this.sq.produced();
+    for (const w of this.wqes) w.state = WqeState.FREE;
+    this.req.idx = this.comp.idx = sqProd;
+    this.req.rdAtomic = this.req.noAck = 0;
+    this.sq.setConsumed(sqProd);
+    this.rq?.reset();
+    this.resp.wqe = null;
+    this.resp.inMsg = 0;
+    this.resp.res.length = 0;
+    this.resp.outq.length = 0;
+    this.resp.msn = 0;
+    this.commEst = false;
+  }
+
   /** The QP is gone or in error: stop its timers. */
   stopTimers(): void {
     this.stopRetransmit();
