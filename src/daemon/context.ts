@@ -23,48 +23,13 @@ import { mapClientMemfd } from './memfd.js';
 import { pagesSpanned, type PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
 import { HandleAllocator } from './handles.js';
+import { CompChannel, deliverEvent } from './events.js';
+import { deviceMax, OBJECT_TYPES, rowOf, OBJ_TYPES, type Entry, type ObjOf, type ObjType } from './object-table.js';
 
-/** Unread bytes of events an event stream may hold in the daemon before further events are dropped. */
-const EVENT_BACKLOG = 1 << 20;
-
-/**
- * An event for a client's event stream (async events, a completion channel): written while the client reads
- * them, dropped past EVENT_BACKLOG unread bytes rather than growing the daemon, and kept (up to 4096) until
- * the stream is attached.
- */
-function deliverEvent(sock: Socket | null, pending: Buffer[], b: Buffer): void {
-  if (sock && !sock.destroyed) {
-    if (sock.writableLength < EVENT_BACKLOG) sock.write(b);
-  } else if (pending.length < 4096) pending.push(b);
-}
+export { CompChannel } from './events.js';
 
 /** A command handler: the decoded request, the udata when the frame carried one; the response bytes, if the command has a response. */
 type Handler<K extends U.CmdName> = (r: U.Req<K>, u: U.Udata<K> | null) => Buffer | void;
-
-export type ObjType = 'pd' | 'mr' | 'cq' | 'qp' | 'srq' | 'ah' | 'comp_channel';
-
-export class CompChannel {
-  sock: Socket | null = null;
-  pending: Buffer[] = [];
-  /** CQs that report to it */
-  users = 0;
-  /** its event stream was closed by the client (ibv_destroy_comp_channel closes the fd): it goes once no CQ uses it */
-  closed = false;
-  constructor(readonly ctx: Context, readonly token: number) {}
-  send(b: Buffer): void {
-    deliverEvent(this.sock, this.pending, b);
-  }
-}
-
-type Entry =
-  | { type: 'pd'; obj: Pd }
-  | { type: 'mr'; obj: Mr }
-  | { type: 'cq'; obj: Cq }
-  | { type: 'qp'; obj: Qp }
-  | { type: 'srq'; obj: Srq }
-  | { type: 'ah'; obj: Ah }
-  | { type: 'comp_channel'; obj: CompChannel };
-type ObjOf<T extends ObjType> = Extract<Entry, { type: T }>['obj'];
 
 /** What the context needs from the daemon around it. */
 export interface Host {
@@ -75,11 +40,6 @@ export interface Host {
   limitHit(uid: number, limit: string, msg: string): void;
   readonly quotas: Quotas;
 }
-
-/** The device limits QUERY_DEVICE advertises and admit() enforces, per object type (rxe's pool sizes; EINVAL past them, as rxe 6.1's pools). */
-export const DEVICE_MAX: Record<Exclude<ObjType, 'comp_channel' | 'qp'>, number> = { pd: 65536, mr: 65536, cq: 65536, srq: 65536, ah: 32766 };
-/** max_qp: the QPNs the device hands out (QPNs below 17 are reserved, as rxe's). */
-const maxQp = (dev: SoftDevice): number => dev.maxQpn - 16;
 
 export class Context implements Owner {
   readonly handles = new Map<number, Entry>();
@@ -119,22 +79,23 @@ export class Context implements Owner {
    * anything is created, taken by add() once it is: nothing to give back when a step in between fails.
    */
   private admit(type: ObjType): void {
-    const max = type === 'qp' ? maxQp(this.dev) : type === 'comp_channel' ? Infinity : DEVICE_MAX[type];
+    const max = deviceMax(this.dev, type);
     const n = this.dev.objCount[type] ?? 0;
     if (n >= max) {
       const msg = `${type.toUpperCase()}: the device's max_${type} ${max} is reached`;
       this.host.limitHit(this.uid, `max_${type}`, msg);
       fail(E.EINVAL, msg);
     }
-    this.host.quotas.check(this.uid, 'objects');
+    this.host.quotas.check(this.uid, 'objects', OBJECT_TYPES[type].charge);
   }
 
   private add(e: Entry): number {
-    if (e.type !== 'qp') this.dev.assignResId(e.type, e.obj);
+    const row = rowOf(e);
+    if (row.resId) this.dev.assignResId(e.type, e.obj);
     const h = this.ids.take();
     this.handles.set(h, e);
     this.dev.objCount[e.type] = (this.dev.objCount[e.type] ?? 0) + 1;
-    this.host.quotas.take(this.uid, 'objects');
+    this.host.quotas.take(this.uid, 'objects', row.charge);
     return h;
   }
 
@@ -145,11 +106,19 @@ export class Context implements Owner {
     this.handles.delete(h);
     this.ids.give(h);
     this.dev.objCount[e.type] = Math.max(0, (this.dev.objCount[e.type] ?? 1) - 1);
-    this.host.quotas.release(this.uid, 'objects');
+    this.host.quotas.release(this.uid, 'objects', rowOf(e).charge);
+  }
+
+  /** Destroys the object behind handle h (its destroy command has checked nothing holds it): released, then forgotten. */
+  private destroy(h: number): void {
+    const e = this.handles.get(h);
+    if (!e) return;
+    rowOf(e).release(this, e.obj);
+    this.remove(h);
   }
 
   /** Maps client memory, charged to the user's mappings (each is one of the daemon's vm.max_map_count entries). */
-  private mapClient(memfd: number, offset: bigint, length: bigint): ReturnType<typeof mapClientMemfd> {
+  mapClient(memfd: number, offset: bigint, length: bigint): ReturnType<typeof mapClientMemfd> {
     this.host.quotas.charge(this.uid, 'mappings');
     try {
       return mapClientMemfd(this.pid, memfd, offset, length);
@@ -159,7 +128,7 @@ export class Context implements Owner {
     }
   }
 
-  private unmapClient(m: Mapping): void {
+  unmapClient(m: Mapping): void {
     if (m.unmapped) return;
     unmap(m);
     this.host.quotas.release(this.uid, 'mappings');
@@ -266,12 +235,12 @@ export class Context implements Owner {
     const d = this.dev;
     return pack(U.QUERY_DEVICE_RESP, {
       fw_ver: 0n, node_guid: bswap64(d.nodeGuid), sys_image_guid: bswap64(d.nodeGuid), max_mr_size: BigInt(Limits.maxMrSize),
-      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: maxQp(this.dev), max_qp_wr: Limits.maxQpWr,
-      device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: DEVICE_MAX.cq, max_cqe: Limits.maxCqe,
-      max_mr: DEVICE_MAX.mr, max_pd: DEVICE_MAX.pd, max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
+      page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: deviceMax(d, 'qp'), max_qp_wr: Limits.maxQpWr,
+      device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: deviceMax(d, 'cq'), max_cqe: Limits.maxCqe,
+      max_mr: deviceMax(d, 'mr'), max_pd: deviceMax(d, 'pd'), max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
       max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
-      max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: DEVICE_MAX.ah,
-      max_fmr: 0, max_map_per_fmr: 0, max_srq: DEVICE_MAX.srq, max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
+      max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: deviceMax(d, 'ah'),
+      max_fmr: 0, max_map_per_fmr: 0, max_srq: deviceMax(d, 'srq'), max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
       local_ca_ack_delay: 15, phys_port_cnt: 1,
     });
   }
@@ -298,7 +267,7 @@ export class Context implements Owner {
   deallocPd(r: U.Req<'DEALLOC_PD'>): void {
     const pd = this.get('pd', r.pd_handle);
     if (pd.users > 0) fail(E.EBUSY, `DEALLOC_PD: PD ${r.pd_handle} still has ${pd.users} users`);
-    this.remove(r.pd_handle);
+    this.destroy(r.pd_handle);
   }
 
   // ---- AH ----
@@ -317,9 +286,8 @@ export class Context implements Owner {
   }
 
   destroyAh(r: U.Req<'DESTROY_AH'>): void {
-    const ah = this.get('ah', r.ah_handle);
-    ah.pd.users--;
-    this.remove(r.ah_handle);
+    this.get('ah', r.ah_handle);
+    this.destroy(r.ah_handle);
   }
 
   // ---- MR ----
@@ -368,7 +336,7 @@ export class Context implements Owner {
     this.dev.mrs.set(key >>> 8, mr);
     pd.users++;
     const h = this.add({ type: 'mr', obj: mr });
-    return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: rkeyOf(mr) });
+    return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: mr.rkey });
   }
 
   reregMr(r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | null): Buffer {
@@ -404,21 +372,12 @@ export class Context implements Owner {
     mr.access = access;
     mr.key = key;
     this.dev.mrs.set(key >>> 8, mr);
-    return pack(U.REREG_MR_RESP, { lkey: key, rkey: rkeyOf(mr) });
+    return pack(U.REREG_MR_RESP, { lkey: key, rkey: mr.rkey });
   }
 
   deregMr(r: U.Req<'DEREG_MR'>): void {
-    const mr = this.get('mr', r.mr_handle);
-    this.releaseMr(mr);
-    this.remove(r.mr_handle);
-  }
-
-  private releaseMr(mr: Mr): void {
-    mr.valid = false;
-    this.dev.mrs.delete(mr.key >>> 8);
-    mr.pd.users--;
-    this.unmapClient(mr.mapping);
-    this.host.pinned.release(this.pid, mr.pages);
+    this.get('mr', r.mr_handle);
+    this.destroy(r.mr_handle);
   }
 
   // ---- completion channels and CQs ----
@@ -466,16 +425,8 @@ export class Context implements Owner {
   destroyCq(r: U.Req<'DESTROY_CQ'>): Buffer {
     const cq = this.get('cq', r.cq_handle);
     if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
-    this.releaseCq(cq);
-    this.remove(r.cq_handle);
+    this.destroy(r.cq_handle);
     return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
-  }
-
-  private releaseCq(cq: Cq): void {
-    const ch = cq.channel instanceof CompChannel ? cq.channel : null;
-    if (ch && --ch.users === 0 && ch.closed) this.removeChannel(ch);
-    cq.errored = true;
-    this.unmapClient(cq.mapping);
   }
 
   /**
@@ -491,11 +442,10 @@ export class Context implements Owner {
     if (ch.users === 0) this.removeChannel(ch);
   }
 
-  private removeChannel(ch: CompChannel): void {
+  /** A closed channel no CQ uses any more goes (from compChannelClosed, or as its last CQ is released). */
+  removeChannel(ch: CompChannel): void {
     const h = this.handleOf(ch);
-    if (h < 0) return;
-    this.host.dropToken(ch.token);
-    this.remove(h);
+    if (h >= 0) this.destroy(h);
   }
 
   reqNotifyCq(r: U.Req<'REQ_NOTIFY_CQ'>): void {
@@ -542,15 +492,8 @@ export class Context implements Owner {
   destroySrq(r: U.Req<'DESTROY_SRQ'>): Buffer {
     const srq = this.get('srq', r.srq_handle);
     if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
-    this.releaseSrq(srq);
-    this.remove(r.srq_handle);
+    this.destroy(r.srq_handle);
     return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
-  }
-
-  private releaseSrq(srq: Srq): void {
-    srq.pd.users--;
-    this.dev.srqs.delete(srq.srqn);
-    this.unmapClient(srq.mapping);
   }
 
   // ---- QP ----
@@ -689,22 +632,8 @@ export class Context implements Owner {
 
   destroyQp(r: U.Req<'DESTROY_QP'>): Buffer {
     const qp = this.get('qp', r.qp_handle);
-    this.releaseQp(qp);
-    this.remove(r.qp_handle);
+    this.destroy(r.qp_handle);
     return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
-  }
-
-  private releaseQp(qp: Qp): void {
-    qp.destroyed = true;
-    qp.stopTimers();
-    qp.state = QpState.RESET;
-    this.dev.qps.delete(qp.qpn);
-    qp.pd.users--;
-    qp.sendCq.users--;
-    qp.recvCq.users--;
-    if (qp.srq) qp.srq.users--;
-    this.unmapClient(qp.mapping);
-    this.host.quotas.release(this.uid, 'memory', qp.chargedBytes);
   }
 
   /** The doorbell without decoding (the server's fast path): 0, or an errno for a handle that is not a QP. */
@@ -735,24 +664,15 @@ export class Context implements Owner {
 
   // ---- teardown ----
 
-  /** Destroys everything in dependency order: QPs, SRQs, CQs, AHs, MRs, PDs, channels. */
+  /** Destroys everything, type by type in the object table's teardown order (each before what it holds). */
   destroyAll(): void {
     if (this.closed) return;
     this.closed = true;
-    const order: ObjType[] = ['qp', 'srq', 'cq', 'ah', 'mr', 'pd', 'comp_channel'];
-    for (const t of order) {
+    for (const t of OBJ_TYPES) {
       for (const [h, e] of [...this.handles]) {
         if (e.type !== t) continue;
         try {
-          if (e.type === 'qp') this.releaseQp(e.obj);
-          else if (e.type === 'srq') this.releaseSrq(e.obj);
-          else if (e.type === 'cq') this.releaseCq(e.obj);
-          else if (e.type === 'ah') e.obj.pd.users--;
-          else if (e.type === 'mr') this.releaseMr(e.obj);
-          else if (e.type === 'comp_channel') {
-            this.host.dropToken(e.obj.token);
-            e.obj.sock?.destroy();
-          }
+          rowOf(e).release(this, e.obj);
         } catch (err) {
           this.host.log(`teardown of ${e.type} ${h} (pid ${this.pid}): ${(err as Error).message}`);
         }
@@ -769,11 +689,8 @@ export class Context implements Owner {
     for (const [h, e] of this.handles) {
       const id = this.dev.resIds.get(e.obj);
       const row: Record<string, unknown> = { dev: this.dev.name, pid: this.pid, uid: this.uid, comm: this.comm, type: e.type, handle: h, ctxn: this.ctxn };
-      if (e.type === 'qp') Object.assign(row, { lqpn: e.obj.qpn, rqpn: e.obj.attr.destQpn, qpType: e.obj.type, state: e.obj.state, sqPsn: e.obj.req.psn, rqPsn: e.obj.resp.psn, pathMigState: e.obj.attr.pathMigState, pdn: this.dev.resIds.get(e.obj.pd) });
-      if (e.type === 'mr') Object.assign(row, { mrn: id, lkey: e.obj.key, rkey: rkeyOf(e.obj), iova: String(e.obj.iova), mrlen: e.obj.length, pages: e.obj.pages, pdn: this.dev.resIds.get(e.obj.pd) });
-      if (e.type === 'cq') Object.assign(row, { cqn: id, cqe: e.obj.cqe, users: e.obj.users });
-      if (e.type === 'pd') Object.assign(row, { pdn: id, users: e.obj.users });
-      if (e.type === 'srq') Object.assign(row, { srqn: id, srqType: 0, pdn: this.dev.resIds.get(e.obj.pd), lqpns: [...this.dev.qps.values()].filter((q) => q.srq === e.obj).map((q) => q.qpn).sort((a, b) => a - b) });
+      const own = rowOf(e).track?.(this, e.obj, id);
+      if (own) Object.assign(row, own);
       rows.push(row);
     }
     return rows;
@@ -788,11 +705,6 @@ const QP_BASE_BYTES = 16 * 1024;
  * has no memory windows, no MEM_MGT_EXTENSIONS and no SRQ resize, so those bits are off.
  */
 const DEVICE_CAP_FLAGS = 0x00001c76;
-
-/** An MR's rkey as rxe hands it out: its key when it grants remote access, else 0 (nothing remote can name it). */
-function rkeyOf(mr: Mr): number {
-  return mr.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? mr.key : 0;
-}
 
 function need<T>(u: T | null, name: string): T {
   if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);

@@ -12,10 +12,10 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { Cmd } from '../abi/uverbs.js';
 import { COUNTER_NAMES } from '../hca/counters.js';
 import { PAGE_SIZE } from './memlock.js';
+import { OBJ_TYPES } from './object-table.js';
 import type { Daemon } from './server.js';
 
 const CMD_NAME = new Map<number, string>(Object.entries(Cmd).map(([k, v]) => [v, k.toLowerCase()]));
-const RESOURCE_TYPES = ['pd', 'mr', 'cq', 'qp', 'srq', 'ah', 'comp_channel'] as const;
 
 /** "[HOST:]PORT" (IPv6 hosts in brackets); null when it is not one. */
 export function parseListen(s: string): { host: string; port: number } | null {
@@ -54,7 +54,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const d of daemon.devs) for (const t of RESOURCE_TYPES) this.set({ device: d.dev.name, type: t }, 0);
+        for (const d of daemon.devs) for (const t of OBJ_TYPES) this.set({ device: d.dev.name, type: t }, 0);
         for (const c of daemon.contexts) for (const [t, n] of c.countByType()) this.inc({ device: c.dev.name, type: t }, n);
       },
     });

@@ -4,7 +4,7 @@
  * memory is shared with the client that owns them; everything read from it
  * is checked before use.
  */
-import { EventType } from '../abi/enums.js';
+import { Access, EventType } from '../abi/enums.js';
 import { CqRingProducer } from '../abi/cq-ring.js';
 import type { RecvRingConsumer } from '../abi/recv-ring.js';
 import { type Mapping, unmap as unmapOld } from '../native/libc.js';
@@ -41,6 +41,11 @@ export class Mr {
     /** Pages charged to the owner's pinned count. */
     public pages: number,
   ) {}
+
+  /** Its rkey as rxe hands it out: its key when it grants remote access, else 0 (nothing remote can name it). */
+  get rkey(): number {
+    return this.access & (Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC) ? this.key : 0;
+  }
 
   /** Is [va, va+len) inside the MR? Handles non-finite and huge values (addresses past 2^53 are never inside). */
   contains(va: number, len: number): boolean {
