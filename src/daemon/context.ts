@@ -134,10 +134,14 @@ export class Context implements Owner {
     this.host.quotas.release(this.uid, 'mappings');
   }
 
+  /** The object of `type` behind handle h, or EINVAL naming the handle (`what`: the request field that gave it). */
   get<T extends ObjType>(type: T, h: number, what: string = type): ObjOf<T> {
+    return this.find(type, h) ?? fail(E.EINVAL, `${what} handle ${h} is not a ${type} of this context`);
+  }
+
+  find<T extends ObjType>(type: T, h: number): ObjOf<T> | null {
     const e = this.handles.get(h);
-    if (!e || e.type !== type) fail(E.EINVAL, `${what} handle ${h} is not a ${type} of this context`);
-    return e.obj as ObjOf<T>;
+    return e && e.type === type ? (e.obj as ObjOf<T>) : null;
   }
 
   handleOf(obj: object): number {
@@ -146,8 +150,7 @@ export class Context implements Owner {
   }
 
   lookupAh(h: number): Ah | null {
-    const e = this.handles.get(h);
-    return e && e.type === 'ah' ? e.obj : null;
+    return this.find('ah', h);
   }
 
   // ---- events ----
@@ -636,20 +639,22 @@ export class Context implements Owner {
     return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
   }
 
-  /** The doorbell without decoding (the server's fast path): 0, or an errno for a handle that is not a QP. */
+  /**
+   * A client rings a QP's send queue: the connection's undecoded fast path and POST_SEND both come here.
+   * 0, or EINVAL for a handle that is not a QP of this context.
+   */
   doorbell(handle: number): number {
-    const e = this.handles.get(handle);
-    if (!e || e.type !== 'qp') return E.EINVAL;
+    const qp = this.find('qp', handle);
+    if (!qp) return E.EINVAL;
     this.dev.doorbells++;
-    this.dev.doorbell(e.obj);
+    this.dev.doorbell(qp);
     return 0;
   }
 
   postSend(r: U.Req<'POST_SEND'>): Buffer {
-    const qp = this.get('qp', r.qp_handle);
+    this.get('qp', r.qp_handle);
     if (r.wr_count !== 0) fail(E.EINVAL, 'POST_SEND: WRs go in the shared send queue; the command is only the doorbell (wr_count 0)');
-    this.dev.doorbells++;
-    this.dev.doorbell(qp);
+    this.doorbell(r.qp_handle);
     return pack(U.POST_SEND_RESP, { bad_wr: 0 });
   }
 
