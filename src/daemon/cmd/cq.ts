@@ -1,0 +1,68 @@
+/** The completion queue's commands, and the completion channel's it reports to: CREATE_COMP_CHANNEL, CREATE_CQ to REQ_NOTIFY_CQ. */
+import { pack } from '../../abi/layout.js';
+import { cqLayout, Limits } from '../../abi/queue.js';
+import * as U from '../../abi/uverbs.js';
+import { E, fail } from '../../common/errno.js';
+import { Cq } from '../../hca/objects.js';
+import type { Context } from '../context.js';
+import { CompChannel } from '../events.js';
+import { need, type Commands } from './command.js';
+
+function createCompChannel(ctx: Context): Buffer {
+  ctx.admit('comp_channel');
+  const ch = new CompChannel(ctx, 0);
+  const token = ctx.host.newToken('comp', ctx, ch);
+  (ch as { token: number }).token = token;
+  ctx.add({ type: 'comp_channel', obj: ch });
+  return pack(U.CREATE_COMP_CHANNEL_RESP, { fd: token });
+}
+
+function channelByToken(ctx: Context, token: number): CompChannel {
+  for (const e of ctx.handles.values()) if (e.type === 'comp_channel' && e.obj.token === token) return e.obj;
+  return fail(E.EINVAL, `comp_channel ${token} is not a channel of this context`);
+}
+
+function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'>): Buffer {
+  const cqe = r.cqe;
+  if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
+  if (r.comp_vector !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
+  const ch = r.comp_channel >= 0 ? channelByToken(ctx, r.comp_channel) : null;
+  ctx.admit('cq');
+  const l = cqLayout(cqe);
+  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
+  const cq = new Cq(ctx, r.user_handle, m.mapping, l.slots, l.cqe, ch);
+  if (ch) ch.users++;
+  return pack(U.CREATE_CQ_RESP, { cq_handle: ctx.add({ type: 'cq', obj: cq }), cqe: l.cqe });
+}
+
+function resizeCq(ctx: Context, r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'>): Buffer {
+  const cq = ctx.get('cq', r.cq_handle);
+  const cqe = r.cqe;
+  if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `RESIZE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
+  const l = cqLayout(cqe);
+  const used = cq.ring.used();
+  if (used > l.cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${l.cqe}`);
+  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
+  cq.resize(m.mapping, l.slots, l.cqe);
+  ctx.host.quotas.release(ctx.uid, 'mappings'); // resize unmapped the old ring
+  return pack(U.RESIZE_CQ_RESP, { cqe: l.cqe });
+}
+
+function destroyCq(ctx: Context, r: U.Req<'DESTROY_CQ'>): Buffer {
+  const cq = ctx.get('cq', r.cq_handle);
+  if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
+  ctx.destroy(r.cq_handle);
+  return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
+}
+
+function reqNotifyCq(ctx: Context, r: U.Req<'REQ_NOTIFY_CQ'>): void {
+  ctx.get('cq', r.cq_handle).arm(r.solicited_only !== 0);
+}
+
+export const cqCommands: Commands = {
+  CREATE_COMP_CHANNEL: (ctx) => createCompChannel(ctx),
+  CREATE_CQ: (ctx, r, u) => createCq(ctx, r, need(u, 'CREATE_CQ')),
+  RESIZE_CQ: (ctx, r, u) => resizeCq(ctx, r, need(u, 'RESIZE_CQ')),
+  DESTROY_CQ: (ctx, r) => destroyCq(ctx, r),
+  REQ_NOTIFY_CQ: (ctx, r) => reqNotifyCq(ctx, r),
+};

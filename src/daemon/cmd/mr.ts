@@ -1,0 +1,106 @@
+/** The memory region's commands: REG_MR, REREG_MR, DEREG_MR. */
+import { Access, ReregMrFlags } from '../../abi/enums.js';
+import { pack } from '../../abi/layout.js';
+import { Limits } from '../../abi/queue.js';
+import * as U from '../../abi/uverbs.js';
+import { E, fail } from '../../common/errno.js';
+import { Mr } from '../../hca/objects.js';
+import type { Mapping } from '../../native/libc.js';
+import type { Context } from '../context.js';
+import type { mapClientMemfd } from '../memfd.js';
+import { pagesSpanned } from '../memlock.js';
+import { need, type Commands } from './command.js';
+
+function checkAccess(access: number): void {
+  const known = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC | Access.RELAXED_ORDERING;
+  if (access & Access.ON_DEMAND) fail(E.EOPNOTSUPP, 'ON_DEMAND access is not supported');
+  if (access & ~known) fail(E.EINVAL, `access flags 0x${access.toString(16)} have unsupported bits`);
+  if (access & (Access.REMOTE_WRITE | Access.REMOTE_ATOMIC) && !(access & Access.LOCAL_WRITE))
+    fail(E.EINVAL, 'REMOTE_WRITE / REMOTE_ATOMIC need LOCAL_WRITE');
+}
+
+/** Maps and accounts [start, start+length) of a memfd: all or nothing. */
+function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Udata<'REG_MR'>): { mapping: Mapping; mem: Uint8Array; pages: number } {
+  if (length === 0n) fail(E.EINVAL, 'zero-length MR');
+  if (start + length > 0xffffffffffffffffn || hcaVa + length > 0xffffffffffffffffn) fail(E.EINVAL, 'addr + length overflows');
+  if (length > BigInt(Limits.maxMrSize)) fail(E.EINVAL, `length ${length} is over max_mr_size`);
+  if ((start & 0xfffn) !== (hcaVa & 0xfffn)) fail(E.EINVAL, 'start and hca_va differ within the page');
+  if (hcaVa + length > 1n << 53n) fail(E.EINVAL, 'hca_va beyond 2^53 is not supported');
+  const pages = pagesSpanned(start, length);
+  if (!ctx.host.pinned.charge(ctx.pid, ctx.uid, pages)) {
+    const msg = `pinning ${pages} pages passes RLIMIT_MEMLOCK of pid ${ctx.pid}`;
+    ctx.host.limitHit(ctx.uid, 'RLIMIT_MEMLOCK', msg);
+    fail(E.ENOMEM, msg);
+  }
+  let m: ReturnType<typeof mapClientMemfd> | null = null;
+  try {
+    m = ctx.mapClient(u.memfd, u.memfd_offset, length);
+    return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
+  } catch (e) {
+    if (m) ctx.unmapClient(m.mapping);
+    ctx.host.pinned.release(ctx.pid, pages);
+    throw e;
+  }
+}
+
+function regMr(ctx: Context, r: U.Req<'REG_MR'>, u: U.Udata<'REG_MR'>): Buffer {
+  const pd = ctx.get('pd', r.pd_handle);
+  const access = r.access_flags;
+  checkAccess(access);
+  ctx.admit('mr');
+  const key = ctx.dev.allocMrKey();
+  if (key < 0) fail(E.ENOMEM, 'no MR keys left');
+  const p = pin(ctx, r.start, r.length, r.hca_va, u);
+  const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
+  ctx.dev.mrs.set(key >>> 8, mr);
+  pd.users++;
+  const h = ctx.add({ type: 'mr', obj: mr });
+  return pack(U.REG_MR_RESP, { mr_handle: h, lkey: key, rkey: mr.rkey });
+}
+
+function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | null): Buffer {
+  const mr = ctx.get('mr', r.mr_handle);
+  const flags = r.flags;
+  if (!flags || flags & ~(ReregMrFlags.CHANGE_TRANSLATION | ReregMrFlags.CHANGE_PD | ReregMrFlags.CHANGE_ACCESS))
+    fail(E.EINVAL, `REREG_MR: flags 0x${flags.toString(16)}`);
+  const newPd = flags & ReregMrFlags.CHANGE_PD ? ctx.get('pd', r.pd_handle) : mr.pd;
+  const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
+  checkAccess(access);
+  let p: { mapping: Mapping; mem: Uint8Array; pages: number } | null = null;
+  if (flags & ReregMrFlags.CHANGE_TRANSLATION) {
+    if (!u) fail(E.EINVAL, 'REREG_MR: CHANGE_TRANSLATION needs the memfd udata');
+    p = pin(ctx, r.start, r.length, r.hca_va, u);
+  }
+  // everything checked: now change the MR (a new key, so old keys stop working, as the kernel does)
+  const key = ctx.dev.allocMrKey();
+  ctx.dev.mrs.delete(mr.key >>> 8);
+  if (p) {
+    ctx.unmapClient(mr.mapping);
+    ctx.host.pinned.release(ctx.pid, mr.pages);
+    mr.mapping = p.mapping;
+    mr.mem = p.mem;
+    mr.pages = p.pages;
+    mr.iova = Number(r.hca_va);
+    mr.length = Number(r.length);
+  }
+  if (newPd !== mr.pd) {
+    mr.pd.users--;
+    newPd.users++;
+    mr.pd = newPd;
+  }
+  mr.access = access;
+  mr.key = key;
+  ctx.dev.mrs.set(key >>> 8, mr);
+  return pack(U.REREG_MR_RESP, { lkey: key, rkey: mr.rkey });
+}
+
+function deregMr(ctx: Context, r: U.Req<'DEREG_MR'>): void {
+  ctx.get('mr', r.mr_handle);
+  ctx.destroy(r.mr_handle);
+}
+
+export const mrCommands: Commands = {
+  REG_MR: (ctx, r, u) => regMr(ctx, r, need(u, 'REG_MR')),
+  REREG_MR: (ctx, r, u) => reregMr(ctx, r, u),
+  DEREG_MR: (ctx, r) => deregMr(ctx, r),
+};

@@ -1,0 +1,59 @@
+/** The shared receive queue's commands: CREATE_SRQ, MODIFY_SRQ, QUERY_SRQ, DESTROY_SRQ. */
+import { SrqAttrMask } from '../../abi/enums.js';
+import { pack } from '../../abi/layout.js';
+import { srqLayout } from '../../abi/queue.js';
+import { RecvRingConsumer } from '../../abi/recv-ring.js';
+import * as U from '../../abi/uverbs.js';
+import { E, fail } from '../../common/errno.js';
+import { Srq } from '../../hca/objects.js';
+import type { Context } from '../context.js';
+import { need, type Commands } from './command.js';
+
+function createSrq(ctx: Context, r: U.Req<'CREATE_SRQ'>, u: U.Udata<'CREATE_SRQ'>): Buffer {
+  const pd = ctx.get('pd', r.pd_handle);
+  const maxWr = r.max_wr;
+  const maxSge = r.max_sge;
+  const l = srqLayout(maxWr, maxSge);
+  if (!l) fail(E.EINVAL, `CREATE_SRQ: max_wr ${maxWr} / max_sge ${maxSge} out of range`);
+  const limit = r.srq_limit;
+  if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
+  ctx.admit('srq');
+  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
+  const srq = new Srq(ctx, r.user_handle, pd, m.mapping, new RecvRingConsumer(m.mapping.buffer, 0, l.slots, l.stride, maxSge), ctx.dev.allocSrqn());
+  srq.limit = limit;
+  pd.users++;
+  ctx.dev.srqs.set(srq.srqn, srq);
+  return pack(U.CREATE_SRQ_RESP, { srq_handle: ctx.add({ type: 'srq', obj: srq }), max_wr: l.slots, max_sge: maxSge, srqn: srq.srqn });
+}
+
+function modifySrq(ctx: Context, r: U.Req<'MODIFY_SRQ'>): void {
+  const srq = ctx.get('srq', r.srq_handle);
+  const mask = r.attr_mask;
+  if (mask & ~(SrqAttrMask.MAX_WR | SrqAttrMask.LIMIT)) fail(E.EINVAL, `MODIFY_SRQ: attr_mask 0x${mask.toString(16)}`);
+  if (mask & SrqAttrMask.MAX_WR) fail(E.EOPNOTSUPP, 'MODIFY_SRQ: resizing an SRQ is not supported');
+  if (mask & SrqAttrMask.LIMIT) {
+    const limit = r.srq_limit;
+    if (limit > srq.ring.slots) fail(E.EINVAL, `MODIFY_SRQ: srq_limit ${limit} > max_wr ${srq.ring.slots}`);
+    // armed; the event fires when taking a WQE leaves fewer than `limit` (IBA 10.2.9.3), not now
+    srq.limit = limit;
+  }
+}
+
+function querySrq(ctx: Context, r: U.Req<'QUERY_SRQ'>): Buffer {
+  const srq = ctx.get('srq', r.srq_handle);
+  return pack(U.QUERY_SRQ_RESP, { max_wr: srq.ring.slots, max_sge: srq.ring.maxSge, srq_limit: srq.limit });
+}
+
+function destroySrq(ctx: Context, r: U.Req<'DESTROY_SRQ'>): Buffer {
+  const srq = ctx.get('srq', r.srq_handle);
+  if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
+  ctx.destroy(r.srq_handle);
+  return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
+}
+
+export const srqCommands: Commands = {
+  CREATE_SRQ: (ctx, r, u) => createSrq(ctx, r, need(u, 'CREATE_SRQ')),
+  MODIFY_SRQ: (ctx, r) => modifySrq(ctx, r),
+  QUERY_SRQ: (ctx, r) => querySrq(ctx, r),
+  DESTROY_SRQ: (ctx, r) => destroySrq(ctx, r),
+};
