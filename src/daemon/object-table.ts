@@ -17,7 +17,10 @@ export interface ObjectType<O> {
   charge: number;
   /** Whether it gets a restrack id of its own (pdn, cqn, mrn: per device, from 0); a QP has its QPN. */
   resId: boolean;
-  /** The types whose objects it holds (counted in their users): it comes before them in the table, so teardown releases it first. */
+  /**
+   * The types whose objects it holds (counted in their users): it comes before them in the table, so teardown
+   * releases it first. Names, checked as the module loads: the table's type cannot name its own keys here.
+   */
   holds: readonly string[];
   /** Gives back what it holds and what it was charged; its destroy command and the context's teardown both call it. */
   release(ctx: Context, obj: O): void;
