@@ -96,24 +96,32 @@ export async function udpPingPong(): Promise<{ value: Lat; fig: Figures }> {
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   const msg = Buffer.alloc(8, 1);
+  let answered: () => void = () => {};
+  sock.on('message', () => answered());
+  const r = await pingPong(echo.pid!, (done) => {
+    answered = done;
+    sock.send(msg, port, '127.0.0.2');
+  });
+  sock.close();
+  echo.kill();
+  return r;
+}
+
+/**
+ * Round trips of `ping` (which calls `done` when the echo came back): 200 to warm up, then PINGS (at most
+ * 10,000) timed, with the client's and the echo's figures over the timed ones.
+ */
+async function pingPong(echoPid: number, ping: (done: () => void) => void): Promise<{ value: Lat; fig: Figures }> {
   const n = Math.min(PINGS, 10000);
-  let resolve: () => void = () => {};
-  sock.on('message', () => resolve());
   const rtt: number[] = [];
   let w: Window | null = null;
   for (let i = 0; i < n + 200; i++) {
-    if (i === 200) w = await Window.open([me('client'), { name: 'echo', pid: echo.pid! }]);
+    if (i === 200) w = await Window.open([me('client'), { name: 'echo', pid: echoPid }]);
     const t = process.hrtime.bigint();
-    await new Promise<void>((r) => {
-      resolve = r;
-      sock.send(msg, port, '127.0.0.2');
-    });
+    await new Promise<void>(ping);
     if (i >= 200) rtt.push(Number(process.hrtime.bigint() - t) / 1e3);
   }
-  const fig = perOp(await w!.end(), n, 'round trip', true);
-  sock.close();
-  echo.kill();
-  return { value: lat(rtt), fig };
+  return { value: lat(rtt), fig: perOp(await w!.end(), n, 'round trip', true) };
 }
 
 /** Node TCP ping-pong of 8 bytes with a child echo server. Round trip in µs. */
@@ -124,31 +132,22 @@ export async function tcpPingPong(): Promise<{ value: Lat; fig: Figures }> {
   sock.setNoDelay(true);
   await new Promise((r) => sock.once('connect', r));
   const msg = Buffer.alloc(8, 1);
-  const n = Math.min(PINGS, 10000);
   let have = 0;
-  let resolve: () => void = () => {};
+  let answered: () => void = () => {};
   sock.on('data', (d) => {
     have += d.length;
     if (have >= 8) {
       have -= 8;
-      resolve();
+      answered();
     }
   });
-  const rtt: number[] = [];
-  let w: Window | null = null;
-  for (let i = 0; i < n + 200; i++) {
-    if (i === 200) w = await Window.open([me('client'), { name: 'echo', pid: echo.pid! }]);
-    const t = process.hrtime.bigint();
-    await new Promise<void>((r) => {
-      resolve = r;
-      sock.write(msg);
-    });
-    if (i >= 200) rtt.push(Number(process.hrtime.bigint() - t) / 1e3);
-  }
-  const fig = perOp(await w!.end(), n, 'round trip', true);
+  const r = await pingPong(echo.pid!, (done) => {
+    answered = done;
+    sock.write(msg);
+  });
   sock.destroy();
   echo.kill();
-  return { value: lat(rtt), fig };
+  return r;
 }
 
 /** The children the baselines fork (run.js dispatches to here): false if `role` is none of theirs. */

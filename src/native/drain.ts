@@ -5,7 +5,25 @@
  * UDP GRO segment size).
  */
 import { libc, mapAnon, unmap, type Mapping } from './libc.js';
-import { CMSG, cmsgLen, cmsgSpace, IOV, MMSG, MSG, SIN, SIN6 } from './layouts.js';
+import {
+  CMSG,
+  cmsgLen,
+  cmsgSpace,
+  SIN,
+  SIN6,
+  MM_SIZE as HDR,
+  MM_NAME as NAME,
+  MM_NAMELEN as NAMELEN,
+  MM_IOV as IOVP,
+  MM_IOVLEN as IOVLEN,
+  MM_CONTROL as CONTROL,
+  MM_CONTROLLEN as CONTROLLEN,
+  MM_FLAGS as FLAGS,
+  MM_LEN as LEN,
+  IOV_SIZE,
+  IOV_BASE,
+  IOV_LEN,
+} from './layouts.js';
 import { AF_INET6, MSG_DONTWAIT, NAME_SLOT, setInt, SOL_UDP } from './socket.js';
 
 const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)');
@@ -13,19 +31,6 @@ const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, 
 const UDP_GRO = 104;
 const MSG_TRUNC = 0x20;
 
-// The offsets as module constants, so the per-message loop does arithmetic on numbers only.
-const HDR = MMSG.SIZE;
-const NAME = MMSG.msg_hdr + MSG.msg_name;
-const NAMELEN = MMSG.msg_hdr + MSG.msg_namelen;
-const IOVP = MMSG.msg_hdr + MSG.msg_iov;
-const IOVLEN = MMSG.msg_hdr + MSG.msg_iovlen;
-const CONTROL = MMSG.msg_hdr + MSG.msg_control;
-const CONTROLLEN = MMSG.msg_hdr + MSG.msg_controllen;
-const FLAGS = MMSG.msg_hdr + MSG.msg_flags;
-const LEN = MMSG.msg_len;
-const IOV_SIZE = IOV.SIZE;
-const IOV_BASE = IOV.iov_base;
-const IOV_LEN = IOV.iov_len;
 const CMSG_LEVEL = CMSG.cmsg_level;
 const CMSG_TYPE = CMSG.cmsg_type;
 const CMSG_DATA = cmsgLen(0);

@@ -27,6 +27,23 @@ export const MSG = offsets(MSGHDR);
 export const MMSGHDR = struct('mmsghdr', [['msg_hdr', MSGHDR], ['msg_len', 'u32']]);
 export const MMSG = offsets(MMSGHDR);
 
+/**
+ * One sendmmsg/recvmmsg vector entry's fields as plain numbers (from the entry's start), and iovec's:
+ * the per-message loops do arithmetic on numbers only.
+ */
+export const MM_SIZE = MMSG.SIZE;
+export const MM_NAME = MMSG.msg_hdr + MSG.msg_name;
+export const MM_NAMELEN = MMSG.msg_hdr + MSG.msg_namelen;
+export const MM_IOV = MMSG.msg_hdr + MSG.msg_iov;
+export const MM_IOVLEN = MMSG.msg_hdr + MSG.msg_iovlen;
+export const MM_CONTROL = MMSG.msg_hdr + MSG.msg_control;
+export const MM_CONTROLLEN = MMSG.msg_hdr + MSG.msg_controllen;
+export const MM_FLAGS = MMSG.msg_hdr + MSG.msg_flags;
+export const MM_LEN = MMSG.msg_len;
+export const IOV_SIZE = IOV.SIZE;
+export const IOV_BASE = IOV.iov_base;
+export const IOV_LEN = IOV.iov_len;
+
 /** struct cmsghdr (bits/socket.h): a control message's header; its data follows at CMSG.SIZE */
 export const CMSGHDR = struct('cmsghdr', [['cmsg_len', 'u64'], ['cmsg_level', 's32'], ['cmsg_type', 's32']]);
 export const CMSG = offsets(CMSGHDR);

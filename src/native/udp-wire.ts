@@ -11,7 +11,23 @@
  */
 import koffi from 'koffi';
 import { check, libc, mapAnon, unmap, type Mapping } from './libc.js';
-import { CMSG, cmsgLen, cmsgSpace, IOV, MMSG, MSG, SIN, SIN6 } from './layouts.js';
+import {
+  CMSG,
+  cmsgLen,
+  cmsgSpace,
+  SIN,
+  SIN6,
+  MM_SIZE as HDR,
+  MM_NAME as NAME,
+  MM_NAMELEN as NAMELEN,
+  MM_IOV as IOVP,
+  MM_IOVLEN as IOVLEN,
+  MM_CONTROL as CONTROL,
+  MM_CONTROLLEN as CONTROLLEN,
+  IOV_SIZE,
+  IOV_BASE,
+  IOV_LEN,
+} from './layouts.js';
 import {
   AF_INET,
   AF_INET6,
@@ -42,17 +58,6 @@ const UDP_SEGMENT = 103;
 const EIO = 5;
 const EINVAL = 22;
 
-// The offsets as module constants, so the per-frame and per-message paths do arithmetic on numbers only.
-const HDR = MMSG.SIZE;
-const NAME = MMSG.msg_hdr + MSG.msg_name;
-const NAMELEN = MMSG.msg_hdr + MSG.msg_namelen;
-const IOVP = MMSG.msg_hdr + MSG.msg_iov;
-const IOVLEN = MMSG.msg_hdr + MSG.msg_iovlen;
-const CONTROL = MMSG.msg_hdr + MSG.msg_control;
-const CONTROLLEN = MMSG.msg_hdr + MSG.msg_controllen;
-const IOV_SIZE = IOV.SIZE;
-const IOV_BASE = IOV.iov_base;
-const IOV_LEN = IOV.iov_len;
 const ADDR4 = SIN.sin_addr;
 const ADDR6 = SIN6.sin6_addr;
 const CMSG_DATA = cmsgLen(0);
