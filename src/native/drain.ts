@@ -5,25 +5,8 @@
  * UDP GRO segment size).
  */
 import { libc, mapAnon, unmap, type Mapping } from './libc.js';
-import {
-  CMSG,
-  cmsgLen,
-  cmsgSpace,
-  SIN,
-  SIN6,
-  MM_SIZE as HDR,
-  MM_NAME as NAME,
-  MM_NAMELEN as NAMELEN,
-  MM_IOV as IOVP,
-  MM_IOVLEN as IOVLEN,
-  MM_CONTROL as CONTROL,
-  MM_CONTROLLEN as CONTROLLEN,
-  MM_FLAGS as FLAGS,
-  MM_LEN as LEN,
-  IOV_SIZE,
-  IOV_BASE,
-  IOV_LEN,
-} from './layouts.js';
+import { CMSG, cmsgLen, cmsgSpace, SIN, SIN6, MM_SIZE, MM_NAME, MM_NAMELEN, MM_IOV, MM_IOVLEN, MM_CONTROL, MM_CONTROLLEN, MM_FLAGS, MM_LEN,
+  IOV_SIZE, IOV_BASE, IOV_LEN } from './layouts.js';
 import { AF_INET6, MSG_DONTWAIT, NAME_SLOT, setInt, SOL_UDP } from './socket.js';
 
 const recvmmsg_ = libc.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)');
@@ -71,7 +54,7 @@ const GRO_CMSG_LEN = cmsgLen(4);
 export class Drain {
   private readonly m: Mapping;
   private readonly dv: DataView;
-  private readonly iovs = RX_MSGS * HDR;
+  private readonly iovs = RX_MSGS * MM_SIZE;
   private readonly nameOff = this.iovs + RX_MSGS * IOV_SIZE;
   private readonly ctlOff = this.nameOff + RX_MSGS * NAME_SLOT;
   private readonly data = this.ctlOff + RX_MSGS * CTL;
@@ -88,11 +71,11 @@ export class Drain {
     this.dv = new DataView(this.m.buffer);
     const a = this.m.addr;
     for (let i = 0; i < RX_MSGS; i++) {
-      const hdr = i * HDR;
-      if (withNames) this.dv.setBigUint64(hdr + NAME, a + BigInt(this.nameOff + i * NAME_SLOT), true);
-      if (gro) this.dv.setBigUint64(hdr + CONTROL, a + BigInt(this.ctlOff + i * CTL), true);
-      this.dv.setBigUint64(hdr + IOVP, a + BigInt(this.iovs + i * IOV_SIZE), true);
-      this.dv.setBigUint64(hdr + IOVLEN, 1n, true);
+      const hdr = i * MM_SIZE;
+      if (withNames) this.dv.setBigUint64(hdr + MM_NAME, a + BigInt(this.nameOff + i * NAME_SLOT), true);
+      if (gro) this.dv.setBigUint64(hdr + MM_CONTROL, a + BigInt(this.ctlOff + i * CTL), true);
+      this.dv.setBigUint64(hdr + MM_IOV, a + BigInt(this.iovs + i * IOV_SIZE), true);
+      this.dv.setBigUint64(hdr + MM_IOVLEN, 1n, true);
       this.dv.setBigUint64(this.iovs + i * IOV_SIZE + IOV_BASE, a + BigInt(this.data + i * slot), true);
       this.dv.setBigUint64(this.iovs + i * IOV_SIZE + IOV_LEN, BigInt(slot), true);
     }
@@ -113,18 +96,18 @@ export class Drain {
     for (;;) {
       if (this.fd < 0) return total;
       for (let i = 0; i < RX_MSGS; i++) {
-        dv.setUint32(i * HDR + FLAGS, 0, true);
-        if (this.withNames) dv.setUint32(i * HDR + NAMELEN, NAME_ROOM, true);
-        if (this.gro) dv.setBigUint64(i * HDR + CONTROLLEN, CTL_LEN, true);
+        dv.setUint32(i * MM_SIZE + MM_FLAGS, 0, true);
+        if (this.withNames) dv.setUint32(i * MM_SIZE + MM_NAMELEN, NAME_ROOM, true);
+        if (this.gro) dv.setBigUint64(i * MM_SIZE + MM_CONTROLLEN, CTL_LEN, true);
       }
       const n = recvmmsg_(this.fd, this.m.ptr, RX_MSGS, MSG_DONTWAIT, null) as number;
       if (n <= 0) return total; // EAGAIN: nothing more
       for (let i = 0; i < n; i++) {
-        if (dv.getUint32(i * HDR + FLAGS, true) & MSG_TRUNC) continue;
+        if (dv.getUint32(i * MM_SIZE + MM_FLAGS, true) & MSG_TRUNC) continue;
         dg.off = this.data + i * this.slot;
-        dg.len = dv.getUint32(i * HDR + LEN, true);
+        dg.len = dv.getUint32(i * MM_SIZE + MM_LEN, true);
         dg.seg = 0;
-        if (this.gro && dv.getUint32(i * HDR + CONTROLLEN, true) >= GRO_CMSG_LEN) {
+        if (this.gro && dv.getUint32(i * MM_SIZE + MM_CONTROLLEN, true) >= GRO_CMSG_LEN) {
           // the only control message asked for is UDP_GRO's
           const c = this.ctlOff + i * CTL;
           if (dv.getInt32(c + CMSG_LEVEL, true) === SOL_UDP && dv.getInt32(c + CMSG_TYPE, true) === UDP_GRO) dg.seg = dv.getInt32(c + CMSG_DATA, true);

@@ -11,23 +11,8 @@
  */
 import koffi from 'koffi';
 import { check, libc, mapAnon, unmap, type Mapping } from './libc.js';
-import {
-  CMSG,
-  cmsgLen,
-  cmsgSpace,
-  SIN,
-  SIN6,
-  MM_SIZE as HDR,
-  MM_NAME as NAME,
-  MM_NAMELEN as NAMELEN,
-  MM_IOV as IOVP,
-  MM_IOVLEN as IOVLEN,
-  MM_CONTROL as CONTROL,
-  MM_CONTROLLEN as CONTROLLEN,
-  IOV_SIZE,
-  IOV_BASE,
-  IOV_LEN,
-} from './layouts.js';
+import { CMSG, cmsgLen, cmsgSpace, SIN, SIN6, MM_SIZE, MM_NAME, MM_NAMELEN, MM_IOV, MM_IOVLEN, MM_CONTROL, MM_CONTROLLEN, IOV_SIZE,
+  IOV_BASE, IOV_LEN } from './layouts.js';
 import {
   AF_INET,
   AF_INET6,
@@ -101,7 +86,7 @@ export class UdpWire {
   /** the IP Identification the frame placed last will carry: its index in its GSO message */
   seg = 0;
   private readonly hdrs = 0;
-  private readonly iovs = TX_MSGS * HDR;
+  private readonly iovs = TX_MSGS * MM_SIZE;
   private readonly names = this.iovs + TX_MSGS * IOV_SIZE;
   private readonly ctls = this.names + TX_MSGS * NAME_SLOT;
   private readonly data = this.ctls + TX_MSGS * TX_CTL;
@@ -134,12 +119,12 @@ export class UdpWire {
     this.txBytes = new Uint8Array(this.tx.buffer);
     const a = this.tx.addr;
     for (let i = 0; i < TX_MSGS; i++) {
-      const h = this.hdrs + i * HDR;
+      const h = this.hdrs + i * MM_SIZE;
       const name = this.names + i * NAME_SLOT;
-      this.txDv.setBigUint64(h + NAME, a + BigInt(name), true);
-      this.txDv.setUint32(h + NAMELEN, v6 ? SIN6.SIZE : SIN.SIZE, true);
-      this.txDv.setBigUint64(h + IOVP, a + BigInt(this.iovs + i * IOV_SIZE), true);
-      this.txDv.setBigUint64(h + IOVLEN, 1n, true);
+      this.txDv.setBigUint64(h + MM_NAME, a + BigInt(name), true);
+      this.txDv.setUint32(h + MM_NAMELEN, v6 ? SIN6.SIZE : SIN.SIZE, true);
+      this.txDv.setBigUint64(h + MM_IOV, a + BigInt(this.iovs + i * IOV_SIZE), true);
+      this.txDv.setBigUint64(h + MM_IOVLEN, 1n, true);
       this.txDv.setUint16(name + (v6 ? SIN6.sin6_family : SIN.sin_family), v6 ? AF_INET6 : AF_INET, true);
       this.txDv.setUint16(name + (v6 ? SIN6.sin6_port : SIN.sin_port), dstPort, false);
       // the control message a GSO message carries: UDP_SEGMENT with its segment size (set at flush)
@@ -194,15 +179,15 @@ export class UdpWire {
     const n = this.msgs;
     if (n === 0 || this.fd < 0) return 0;
     for (let i = 0; i < n; i++) {
-      const h = this.hdrs + i * HDR;
+      const h = this.hdrs + i * MM_SIZE;
       this.txDv.setBigUint64(this.iovs + i * IOV_SIZE + IOV_LEN, BigInt(this.msgLen[i]!), true);
       if (this.msgSegs[i]! > 1) {
-        this.txDv.setBigUint64(h + CONTROL, this.tx.addr + BigInt(this.ctls + i * TX_CTL), true);
-        this.txDv.setBigUint64(h + CONTROLLEN, TX_CTL_LEN, true);
+        this.txDv.setBigUint64(h + MM_CONTROL, this.tx.addr + BigInt(this.ctls + i * TX_CTL), true);
+        this.txDv.setBigUint64(h + MM_CONTROLLEN, TX_CTL_LEN, true);
         this.txDv.setUint16(this.ctls + i * TX_CTL + CMSG_DATA, this.msgSegLen[i]!, true);
       } else {
-        this.txDv.setBigUint64(h + CONTROL, 0n, true);
-        this.txDv.setBigUint64(h + CONTROLLEN, 0n, true);
+        this.txDv.setBigUint64(h + MM_CONTROL, 0n, true);
+        this.txDv.setBigUint64(h + MM_CONTROLLEN, 0n, true);
       }
     }
     this.msgs = 0;
