@@ -21,14 +21,14 @@ import type { Context } from './context.js';
 import { getDeviceList, openDevice, socketUnder, trustRoot } from './device.js';
 import { VerbsError } from './errors.js';
 import type { ProtectionDomain } from './pd.js';
-import type { CompletionQueue } from './cq.js';
+import { nextCompletion, type CompletionQueue } from './cq.js';
 import type { WorkCompletion } from './types.js';
 import type { QueuePair } from './qp.js';
 import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
 import { ucmaConnParam, type ConnParam } from './cm-param.js';
 import { cmEventReason } from './cm-reason.js';
 
-export { CmEventType, cmEventStr, PortSpace };
+export { CmEventType, cmEventStr, PortSpace, nextCompletion };
 export type { ConnParam };
 
 /** What an event's conn parameters say (rdma_conn_param as the event carries it). */
@@ -488,23 +488,6 @@ export class CmId {
 /** The QP an endpoint gets: the caller's attributes, with CQs (and their channels) the id makes for itself. */
 function epQpAttr(init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }, id: CmId): Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] } {
   return { ...init, qpType: (init.qpType ?? id.qpType) as QpType, withChannels: true } as Partial<QpInitAttr>;
-}
-
-/** The next completion of a CQ, waiting asleep on its channel when it has one (the convenience layer's rdma_get_*_comp). */
-export async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletion> {
-  for (;;) {
-    let [wc] = cq.pollCq(1);
-    if (wc) return wc;
-    if (!cq.channel) {
-      await new Promise((r) => setImmediate(r));
-      continue;
-    }
-    cq.reqNotifyCq(false);
-    [wc] = cq.pollCq(1);
-    if (wc) return wc;
-    if (!(await cq.channel.waitFor(cq))) throw new VerbsError('rdma_get_comp', 'EIO', 'the CQ is gone');
-    cq.ackCqEvents(1);
-  }
 }
 
 /** struct rdma_addrinfo, as far as RoCE uses it. */

@@ -227,3 +227,20 @@ export class CompletionQueue {
     if (!this.destroyed) await this.destroyCq();
   }
 }
+
+/** The next completion of a CQ, waiting asleep on its channel when it has one (the convenience layer's rdma_get_*_comp). */
+export async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletion> {
+  for (;;) {
+    let [wc] = cq.pollCq(1);
+    if (wc) return wc;
+    if (!cq.channel) {
+      await new Promise((r) => setImmediate(r));
+      continue;
+    }
+    cq.reqNotifyCq(false);
+    [wc] = cq.pollCq(1);
+    if (wc) return wc;
+    if (!(await cq.channel.waitFor(cq))) throw new VerbsError('rdma_get_comp', 'EIO', 'the CQ is gone');
+    cq.ackCqEvents(1);
+  }
+}

@@ -15,7 +15,7 @@ export { Context } from './context.js';
 export { ProtectionDomain } from './pd.js';
 export { MemoryRegion } from './mr.js';
 export { AddressHandle } from './ah.js';
-export { CompletionChannel, CompletionQueue } from './cq.js';
+export { CompletionChannel, CompletionQueue, nextCompletion } from './cq.js';
 export { SharedReceiveQueue } from './srq.js';
 export { QueuePair } from './qp.js';
 export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, getAddrInfo, createEp } from './cm.js';

@@ -11,7 +11,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, test } from 'node:test';
 import {
-  Access, getDeviceList, gidString, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
+  Access, getDeviceList, gidString, nextCompletion, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
   WrOpcode, type Context, type Device, type QpAttr,
 } from '../../src/verbs/index.js';
 import { rmSync } from 'node:fs';
@@ -194,6 +194,16 @@ describe('lifetimes', () => {
       await new Promise((r) => setTimeout(r, 10));
     }
     assert.ok(fds() <= before + 10, `${fds() - before} memfds still open`);
+  });
+});
+
+describe('the package entry', () => {
+  test("what the library's declarations name is exported from 'softverbs'", async () => {
+    // by the package's own name, as a user imports it (Node resolves a package's name from inside it through "exports")
+    const entry: string = 'softverbs';
+    const pkg = (await import(entry)) as Record<string, unknown>;
+    assert.equal(pkg.nextCompletion, nextCompletion);
+    assert.equal(typeof pkg.qpStateName, 'function');
   });
 });
 
