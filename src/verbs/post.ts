@@ -21,10 +21,14 @@ function postOne(ring: RecvRingProducer, verb: string, wr: RecvWr, i: number): v
   const sg = wr.sgList;
   const n = sg ? sg.length : 0;
   if (n > ring.maxSge) throw badWr(verb, 'EINVAL', `${n} SGEs > max_recv_sge ${ring.maxSge}`, i, wr);
-  const o = ring.begin(big(wr.wrId ?? 0), n);
-  for (let j = 0; j < n; j++) {
-    const s = sg![j]!;
-    ring.writeSge(o, j, big(s.addr), s.length, s.lkey);
+  try {
+    const o = ring.begin(big(wr.wrId ?? 0), n);
+    for (let j = 0; j < n; j++) {
+      const s = sg![j]!;
+      ring.writeSge(o, j, big(s.addr), s.length, s.lkey);
+    }
+  } catch (e) {
+    throw malformed(verb, e, i, wr);
   }
   ring.advance();
 }
@@ -34,4 +38,19 @@ export function badWr(verb: string, code: string, detail: string, i: number, wr:
   const e = new VerbsError(verb, code, `work request ${i}: ${detail}`, i);
   e.wr = wr;
   return e;
+}
+
+/**
+ * A WR whose fields could not be written (a wr_id or address that is no integer, an SGE that is not an object):
+ * the TypeError or RangeError as the post's EINVAL, with the WR it came from. Nothing of it reached the ring.
+ */
+export function malformed(verb: string, e: unknown, i: number, wr: unknown): VerbsError {
+  if (e instanceof VerbsError) return e;
+  return badWr(verb, 'EINVAL', `malformed: ${(e as Error).message}`, i, wr);
+}
+
+/** The error of a whole post refused before any WR was looked at (the QP's state, a lost daemon): libibverbs' bad_wr is then the first WR. */
+export function refused(e: VerbsError, wrs: unknown): VerbsError {
+  const first = Array.isArray(wrs) ? wrs[0] : wrs;
+  return Object.assign(e, { badWr: first === undefined ? undefined : 0, wr: first });
 }

@@ -13,7 +13,7 @@ import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import { atAddress } from './memory.js';
 import type { ProtectionDomain } from './pd.js';
-import { badWr, big, postRecvWrs } from './post.js';
+import { badWr, big, malformed, postRecvWrs, refused } from './post.js';
 import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
 
 
@@ -58,9 +58,14 @@ export class QueuePair {
     return this.sq.state() as QpState;
   }
 
-  private live(verb: string): void {
-    this.pd.context.cmd.ensureUp(verb);
-    if (this.destroyed) throw new VerbsError(verb, 'EINVAL', 'the QP is destroyed', 0);
+  /** A post's checks before any WR: an error names the first WR as the one not posted (libibverbs' bad_wr). */
+  private live(verb: string, wrs: unknown): void {
+    try {
+      this.pd.context.cmd.ensureUp(verb);
+    } catch (e) {
+      throw refused(e as VerbsError, wrs);
+    }
+    if (this.destroyed) throw refused(new VerbsError(verb, 'EINVAL', 'the QP is destroyed'), wrs);
   }
 
   /**
@@ -69,11 +74,11 @@ export class QueuePair {
    * could not be posted (the ones before it are posted).
    */
   postSend(wrs: SendWr | SendWr[]): void {
-    this.live('ibv_post_send');
+    this.live('ibv_post_send', wrs);
     const sq = this.sq;
     // as rxe: a send queue takes work requests from RTS on (and in SQD and ERR, where they drain or flush)
     const st = sq.state();
-    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`, 0);
+    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw refused(new VerbsError('ibv_post_send', 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`), wrs);
     let posted = 0;
     try {
       if (!Array.isArray(wrs)) {
@@ -94,7 +99,11 @@ export class QueuePair {
   private postOne(wr: SendWr, i: number): void {
     const sq = this.sq;
     if (sq.full()) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
-    this.writeWqe(wr, sq.slot(sq.prod), i);
+    try {
+      this.writeWqe(wr, sq.slot(sq.prod), i);
+    } catch (e) {
+      throw malformed('ibv_post_send', e, i, wr);
+    }
     sq.prod = (sq.prod + 1) >>> 0;
   }
 
@@ -155,9 +164,9 @@ export class QueuePair {
 
   /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */
   postRecv(wrs: RecvWr | RecvWr[]): void {
-    if (!this.rq) throw new VerbsError('ibv_post_recv', 'EINVAL', 'this QP receives through an SRQ', 0);
-    this.live('ibv_post_recv');
-    if (this.sq.state() === QpState.RESET) throw new VerbsError('ibv_post_recv', 'EINVAL', 'the QP is in RESET; receives are posted from INIT on', 0);
+    if (!this.rq) throw refused(new VerbsError('ibv_post_recv', 'EINVAL', 'this QP receives through an SRQ'), wrs);
+    this.live('ibv_post_recv', wrs);
+    if (this.sq.state() === QpState.RESET) throw refused(new VerbsError('ibv_post_recv', 'EINVAL', 'the QP is in RESET; receives are posted from INIT on'), wrs);
     postRecvWrs(this.rq, 'ibv_post_recv', wrs);
     if (this.sq.state() === QpState.ERR) this.pd.context.cmd.post('ibv_post_recv', this.recvBell!);
   }

@@ -6,7 +6,7 @@ import * as U from '../abi/uverbs.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import type { ProtectionDomain } from './pd.js';
-import { postRecvWrs } from './post.js';
+import { postRecvWrs, refused } from './post.js';
 import type { RecvWr } from './types.js';
 
 export class SharedReceiveQueue {
@@ -22,8 +22,12 @@ export class SharedReceiveQueue {
   }
   /** ibv_post_srq_recv: shared memory only. */
   postSrqRecv(wrs: RecvWr | RecvWr[]): void {
-    this.pd.context.cmd.ensureUp('ibv_post_srq_recv');
-    if (this.destroyed) throw new VerbsError('ibv_post_srq_recv', 'EINVAL', 'the SRQ is destroyed', 0);
+    try {
+      this.pd.context.cmd.ensureUp('ibv_post_srq_recv');
+    } catch (e) {
+      throw refused(e as VerbsError, wrs);
+    }
+    if (this.destroyed) throw refused(new VerbsError('ibv_post_srq_recv', 'EINVAL', 'the SRQ is destroyed'), wrs);
     postRecvWrs(this.ring, 'ibv_post_srq_recv', wrs);
   }
   /** ibv_modify_srq (SrqAttrMask.LIMIT arms the limit event) */

@@ -12,7 +12,7 @@ import { runInNewContext } from 'node:vm';
 import { after, before, describe, test } from 'node:test';
 import {
   Access, getDeviceList, gidString, nextCompletion, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
-  WrOpcode, type Context, type Device, type QpAttr,
+  WrOpcode, type Context, type Device, type QpAttr, type RecvWr, type SendWr,
 } from '../../src/verbs/index.js';
 import { rmSync } from 'node:fs';
 import { A2, connectQp, DIST, mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
@@ -92,6 +92,38 @@ describe('errors', () => {
     await qp.modifyQp({ qpState: QpState.INIT, pkeyIndex: 0, portNum: 1, qpAccessFlags: 0 }, A.STATE | A.PKEY_INDEX | A.PORT | A.ACCESS_FLAGS);
     const bad = { wrId: 2n, sgList: [{ addr: 0n, length: 1, lkey: 1 }, { addr: 0n, length: 1, lkey: 1 }] };
     assert.throws(() => qp.postRecv([{ wrId: 1n }, bad]), (e: VerbsError) => e.code === 'EINVAL' && e.badWr === 1 && e.wr === bad && /work request 1: 2 SGEs > max_recv_sge 1/.test(e.message));
+  });
+
+  test('every post error names the WR not posted: a QP not yet in RTS, in RESET, destroyed, or a WR that cannot be written', async () => {
+    await using ctx = await openDevice(dev, d.root);
+    await using pd = await ctx.allocPd();
+    await using cq = await ctx.createCq(8);
+    await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
+    const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 4, maxRecvWr: 4 } });
+    const is = (wr: unknown, i: number, code: string, message: RegExp) => (e: VerbsError) => {
+      assert.ok(e instanceof VerbsError, String(e));
+      assert.equal(e.code, code);
+      assert.equal(e.badWr, i);
+      assert.equal(e.wr, wr, 'wr is the very request');
+      assert.match(e.message, message);
+      return true;
+    };
+    const send: SendWr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 8)] };
+    const recv: RecvWr = { wrId: 2n, sgList: [mr.sge(8, 8)] };
+    assert.throws(() => qp.postRecv(recv), is(recv, 0, 'EINVAL', /the QP is in RESET; receives are posted from INIT on/));
+    assert.throws(() => qp.postRecv([recv, { wrId: 3n }]), is(recv, 0, 'EINVAL', /the QP is in RESET/));
+    await connectQp(qp, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) }, { rtrOnly: true });
+    assert.throws(() => qp.postSend(send), is(send, 0, 'EINVAL', /the QP is in RTR; sends are posted from RTS on/));
+    assert.throws(() => qp.postSend([send]), is(send, 0, 'EINVAL', /the QP is in RTR/));
+    await qp.modifyQp({ qpState: QpState.RTS, sqPsn: 0, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1 }, A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC);
+    // fields that cannot be written at all: EINVAL for that WR, not a TypeError or RangeError from deep inside
+    const badId = { wrId: 1.5, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 8)] } as SendWr;
+    assert.throws(() => qp.postSend([send, badId]), is(badId, 1, 'EINVAL', /work request 1: malformed: .*1\.5/));
+    const badSge = { wrId: 4n, sgList: [{ addr: 'here', length: 8, lkey: mr.lkey }] } as unknown as RecvWr;
+    assert.throws(() => qp.postRecv([recv, badSge]), is(badSge, 1, 'EINVAL', /work request 1: malformed/));
+    await qp.destroyQp();
+    assert.throws(() => qp.postSend(send), is(send, 0, 'EINVAL', /the QP is destroyed/));
+    assert.throws(() => qp.postRecv([recv]), is(recv, 0, 'EINVAL', /the QP is destroyed/));
   });
 
   test('openDevice says why there is no device: nothing ever ran under the root, the daemon stopped, or which devices there are', async () => {
