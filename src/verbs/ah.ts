@@ -3,11 +3,19 @@ import * as U from '../abi/uverbs.js';
 import type { ProtectionDomain } from './pd.js';
 
 export class AddressHandle {
+  private destroyed = false;
   /** @internal */
   constructor(readonly pd: ProtectionDomain, /** @internal */ readonly handle: number) {}
+  /** @internal */
+  get label(): string {
+    return `AH ${this.handle}`;
+  }
   /** ibv_destroy_ah */
   async destroyAh(): Promise<void> {
+    if (this.destroyed) return;
     await this.pd.context.command('ibv_destroy_ah', U.Spec.DESTROY_AH, { ah_handle: this.handle });
+    this.destroyed = true;
+    this.pd.dependents.delete(this);
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.destroyAh();

@@ -317,40 +317,50 @@ export class CmId {
   /** rdma_create_qp: a QP on the id's device, in INIT, with CQs of its own when none are given (pd null: one per device). */
   async createQp(pd: ProtectionDomain | null, init: Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }): Promise<QueuePair> {
     if (!this.verbs) throw new VerbsError('rdma_create_qp', 'EINVAL', 'the id has no device yet (resolve the address or take a connection request first)');
-    this.pd = pd ?? (await defaultPd(this.verbs));
+    const ctx = this.verbs;
+    const qpPd = (this.pd = pd ?? (await defaultPd(ctx)));
+    const { withChannels, ...rest } = init as { withChannels?: boolean } & typeof init;
+    // what this call makes, the newest first: it goes again if the call fails
+    const made: Array<{ [Symbol.asyncDispose](): Promise<void> }> = [];
+    const keep = <T extends (typeof made)[number]>(o: T): T => (made.unshift(o), o);
     // rdma_create_ep's ids wait for completions asleep: their CQs get channels
-    const chan = async () => ((init as { withChannels?: boolean }).withChannels ? this.verbs!.createCompChannel() : null);
-    const sendCq = init.sendCq ?? (this.sendCq = await this.verbs.createCq(Math.max(1, init.cap?.maxSendWr ?? 1), await chan()));
-    const recvCq = init.recvCq ?? (this.recvCq = await this.verbs.createCq(Math.max(1, init.cap?.maxRecvWr ?? 1), await chan()));
-    const { withChannels: _w, ...rest } = init as { withChannels?: boolean } & typeof init;
-    const qp = await this.pd.createQp({ ...rest, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType });
+    const ownCq = async (n: number) => keep(await ctx.createCq(Math.max(1, n), withChannels ? keep(await ctx.createCompChannel()) : null));
     try {
+      const sendCq = init.sendCq ?? (await ownCq(init.cap?.maxSendWr ?? 1));
+      const recvCq = init.recvCq ?? (await ownCq(init.cap?.maxRecvWr ?? 1));
+      const qp = keep(await qpPd.createQp({ ...rest, sendCq, recvCq, cap: init.cap ?? {}, qpType: (init.qpType ?? this.qpType) as QpType }));
       await this.modifyQp(qp, QpState.INIT);
       // a UD QP needs no peer: librdmacm takes it to RTS at once
       if (qp.qpType === QpType.UD) {
         await this.modifyQp(qp, QpState.RTR);
         await this.modifyQp(qp, QpState.RTS);
       }
+      this.qp = qp;
+      if (!init.sendCq) this.sendCq = sendCq;
+      if (!init.recvCq) this.recvCq = recvCq;
+      this.qpCqs = [sendCq, recvCq];
+      return qp;
     } catch (e) {
-      await qp.destroyQp().catch(() => {});
+      // the error that stopped it is the one to see
+      for (const o of made) await o[Symbol.asyncDispose]().catch(() => {});
       throw e;
     }
-    this.qp = qp;
-    this.qpCqs = [sendCq, recvCq];
-    return qp;
   }
 
-  /** rdma_destroy_qp */
+  /** rdma_destroy_qp: the id's QP, and the CQs (and their channels) the id made for it. Every step is tried; the first failure is thrown. */
   async destroyQp(): Promise<void> {
     const qp = this.qp;
-    this.qp = null;
-    await qp?.destroyQp();
-    for (const cq of [this.sendCq, this.recvCq]) {
+    const cqs = [this.sendCq, this.recvCq];
+    this.qp = this.sendCq = this.recvCq = null;
+    let failed: unknown = null;
+    const step = (p: Promise<unknown> | undefined) => p?.catch((e: unknown) => void (failed ??= e));
+    await step(qp?.destroyQp());
+    for (const cq of cqs) {
       const ch = cq?.channel;
-      await cq?.destroyCq().catch(() => {});
-      await ch?.destroyCompChannel().catch(() => {});
+      await step(cq?.destroyCq());
+      await step(ch?.destroyCompChannel());
     }
-    this.sendCq = this.recvCq = null;
+    if (failed) throw failed;
   }
 
   /** rdma_init_qp_attr: what moves the id's QP to `state`. */
@@ -412,7 +422,7 @@ export class CmId {
     await this.channel.call('rdma_disconnect', C.UcmaSpecs.DISCONNECT, { id: this.handle });
   }
 
-  /** rdma_destroy_id (its QP is the caller's to destroy first, as in librdmacm) */
+  /** rdma_destroy_id: its QP stays the caller's, as in librdmacm (disposing the id takes it) */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
@@ -421,10 +431,15 @@ export class CmId {
     await this.channel.call('rdma_destroy_id', C.UcmaSpecs.DESTROY_ID, { id: this.handle });
   }
 
+  /** rdma_destroy_ep: the QP made with createQp (and its CQs), the id, a createEp id's own channel; each step runs, a failure is thrown after. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (this.qp) await this.destroyQp().catch(() => {});
-    await this.destroy();
-    if (this.sync && !this.listenerOf) await this.channel.destroy();
+    const failed: unknown[] = [];
+    const step = (p: Promise<void>) => p.catch((e: unknown) => void failed.push(e));
+    await step(this.destroyQp());
+    await step(this.destroy());
+    if (this.sync && !this.listenerOf) await step(this.channel.destroy());
+    if (failed.length > 1) throw new AggregateError(failed, `rdma_destroy_ep: ${failed.map((e) => (e as Error).message).join('; ')}`);
+    if (failed.length) throw failed[0];
   }
 
   // ---- the convenience layer (rdma_verbs.h and librdmacm's synchronous ids) ----

@@ -177,7 +177,7 @@ export class Context {
         const r = await this.command('ibv_create_cq', U.Spec.CREATE_CQ, { user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1 }, { memfd: mem.fd });
         cq.handle = r.cq_handle;
         cq.cqe = r.cqe;
-        if (channel) channel.users++;
+        channel?.dependents.add(cq);
         return cq;
       } catch (e) {
         this.unregister(cq.userHandle);
@@ -192,7 +192,9 @@ export class Context {
     if (!rec) return null;
     const d = unpack(U.ASYNC_EVENT_DESC, rec);
     const type = d.event_type as AsyncEvent['eventType'];
-    return { eventType: type, element: PORT_EVENTS.has(type) ? Number(d.element) : this.byUserHandle.get(d.element) ?? null };
+    const element = PORT_EVENTS.has(type) ? Number(d.element) : this.byUserHandle.get(d.element) ?? null;
+    if (element instanceof CompletionQueue) element.asyncEvents++;
+    return { eventType: type, element };
   }
 
   /** Async events as an async iterator (ends when the context closes). */

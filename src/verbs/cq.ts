@@ -9,6 +9,7 @@ import * as U from '../abi/uverbs.js';
 import type { EventStream } from './channel.js';
 import type { Context } from './context.js';
 import { VerbsError } from './errors.js';
+import { Dependents } from './lifetime.js';
 import { withQueueMemory, type QueueMemory } from './queue-memory.js';
 import { WorkCompletion } from './types.js';
 
@@ -19,8 +20,8 @@ export class CompletionChannel {
   private readers: Array<(cq: CompletionQueue | null) => void> = [];
   private pumping = false;
   private ended = false;
-  /** @internal CQs created with this channel and not destroyed */
-  users = 0;
+  /** @internal the CQs created with this channel and not destroyed */
+  readonly dependents = new Dependents();
 
   /** @internal */
   constructor(readonly context: Context, /** @internal */ readonly token: number, private readonly stream: EventStream) {}
@@ -36,6 +37,7 @@ export class CompletionChannel {
         const cq = this.context.byHandle(rec.readBigUInt64LE(0));
         if (!(cq instanceof CompletionQueue)) continue;
         cq.eventsUnacked++;
+        cq.compEvents++;
         const w = this.waiting.get(cq);
         if (w) {
           this.waiting.delete(cq);
@@ -94,13 +96,15 @@ export class CompletionChannel {
 
   /** ibv_destroy_comp_channel: closes the event stream, which releases the channel in the daemon. EBUSY while CQs use it. */
   async destroyCompChannel(): Promise<void> {
-    if (this.users > 0) throw new VerbsError('ibv_destroy_comp_channel', 'EBUSY', `${this.users} CQs still use this channel`);
+    if (this.dependents.size > 0) throw this.dependents.busy('ibv_destroy_comp_channel', 'the channel');
     this.end();
     await this.stream.close();
   }
 
+  /** Destroys the CQs still on the channel, then the channel. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.ended) await this.destroyCompChannel();
+    await this.dependents.dispose();
+    await this.destroyCompChannel();
   }
 }
 
@@ -114,6 +118,11 @@ export class CompletionQueue {
   /** @internal */ readonly userHandle: bigint;
   /** completion events got and not yet acknowledged (ibv_ack_cq_events) */
   eventsUnacked = 0;
+  /** @internal the completion and async events this process got for it: what a second destroyCq reports */
+  compEvents = 0;
+  /** @internal */ asyncEvents = 0;
+  /** @internal the QPs that use it */
+  readonly dependents = new Dependents();
   private emptyPolls = 0;
   private ring: CqRingConsumer;
   private destroyed = false;
@@ -213,18 +222,39 @@ export class CompletionQueue {
     });
   }
 
-  /** ibv_destroy_cq (EBUSY while QPs use it) */
+  /** @internal */
+  get label(): string {
+    return `CQ ${this.handle}`;
+  }
+
+  /** ibv_destroy_cq (EBUSY while QPs use it, naming them) */
   async destroyCq(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
-    const r = await this.context.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
-    this.destroyed = true;
-    if (this.channel) this.channel.users--;
-    this.context.unregister(this.userHandle);
-    this.mem.free();
+    const got = () => ({ compEventsReported: this.compEvents, asyncEventsReported: this.asyncEvents });
+    if (this.destroyed) return got();
+    let r;
+    try {
+      r = await this.context.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
+    } catch (e) {
+      throw this.dependents.explain(e, 'ibv_destroy_cq', this.label);
+    }
+    this.releaseLocal();
     return { compEventsReported: r.comp_events_reported, asyncEventsReported: r.async_events_reported };
   }
 
+  /** @internal forgets the CQ here: the daemon has destroyed it */
+  releaseLocal(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.channel?.dependents.delete(this);
+    this.context.unregister(this.userHandle);
+    this.mem.free();
+  }
+
+  /** Destroys the QPs still using the CQ, then the CQ. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.destroyed) await this.destroyCq();
+    if (this.destroyed) return;
+    await this.dependents.dispose();
+    await this.destroyCq();
   }
 }
 

@@ -8,6 +8,7 @@ import type { Sge } from './types.js';
 
 /** `addr` is the MR's IOVA: SGEs and remote addresses are `mr.addr + offset`. */
 export class MemoryRegion {
+  private deregistered = false;
   /** @internal */
   constructor(
     public pd: ProtectionDomain,
@@ -30,6 +31,10 @@ export class MemoryRegion {
   remote(): { addr: string; rkey: number; length: number } {
     return { addr: this.addr.toString(), rkey: this.rkey, length: this.length };
   }
+  /** @internal */
+  get label(): string {
+    return `MR lkey 0x${this.lkey.toString(16)}`;
+  }
   /** The JSON form: JSON.stringify(mr) works (bigints as decimal strings). */
   toJSON(): { addr: string; length: number; lkey: number; rkey: number; access: number } {
     return { addr: this.addr.toString(), length: this.length, lkey: this.lkey, rkey: this.rkey, access: this.access };
@@ -51,16 +56,23 @@ export class MemoryRegion {
     }, udata);
     this.lkey = r.lkey;
     this.rkey = r.rkey;
-    if (opts.pd) this.pd = opts.pd;
+    if (opts.pd && opts.pd !== this.pd) {
+      this.pd.dependents.delete(this);
+      opts.pd.dependents.add(this);
+      this.pd = opts.pd;
+    }
     if (opts.access !== undefined) this.access = opts.access;
     if (opts.buf) {
       this.buf = Buffer.from(opts.buf.buffer, opts.buf.byteOffset, opts.buf.byteLength);
       this.addr = start;
     }
   }
-  /** ibv_dereg_mr */
+  /** ibv_dereg_mr. The memory stays the caller's. */
   async deregMr(): Promise<void> {
+    if (this.deregistered) return;
     await this.pd.context.command('ibv_dereg_mr', U.Spec.DEREG_MR, { mr_handle: this.handle });
+    this.deregistered = true;
+    this.pd.dependents.delete(this);
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.deregMr();

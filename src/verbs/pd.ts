@@ -5,6 +5,7 @@ import * as U from '../abi/uverbs.js';
 import { AddressHandle } from './ah.js';
 import type { Context } from './context.js';
 import { VerbsError } from './errors.js';
+import { Dependents } from './lifetime.js';
 import { regionOf } from './memory.js';
 import { MemoryRegion } from './mr.js';
 import { QueuePair } from './qp.js';
@@ -13,8 +14,17 @@ import { SharedReceiveQueue } from './srq.js';
 import type { AhAttr, QpInitAttr, SrqAttr } from './types.js';
 
 export class ProtectionDomain {
+  /** @internal its MRs, AHs, QPs and SRQs */
+  readonly dependents = new Dependents();
+  private released = false;
+
   /** @internal */
   constructor(readonly context: Context, /** @internal */ readonly handle: number) {}
+
+  /** @internal */
+  get label(): string {
+    return `PD ${this.handle}`;
+  }
 
   /**
    * ibv_reg_mr. `buf` must be memory from `ctx.allocBuffer` / `pd.allocMr`:
@@ -26,7 +36,9 @@ export class ProtectionDomain {
     if (buf.byteLength === 0) throw new VerbsError('ibv_reg_mr', 'EINVAL', 'zero-length buffer');
     const addr = where.region.addr + BigInt(where.offset);
     const r = await this.context.command('ibv_reg_mr', U.Spec.REG_MR, { start: addr, length: BigInt(buf.byteLength), hca_va: addr, pd_handle: this.handle, access_flags: access }, { memfd: where.region.fd, memfd_offset: BigInt(where.offset) });
-    return new MemoryRegion(this, r.mr_handle, r.lkey, r.rkey, addr, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), access);
+    const mr = new MemoryRegion(this, r.mr_handle, r.lkey, r.rkey, addr, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), access);
+    this.dependents.add(mr);
+    return mr;
   }
 
   /** Allocates shared memory of `length` bytes and registers it. */
@@ -45,7 +57,9 @@ export class ProtectionDomain {
         is_global: attr.isGlobal === false ? 0 : 1, port_num: attr.portNum ?? 1,
       },
     });
-    return new AddressHandle(this, r.ah_handle);
+    const ah = new AddressHandle(this, r.ah_handle);
+    this.dependents.add(ah);
+    return ah;
   }
 
   /**
@@ -103,6 +117,7 @@ export class ProtectionDomain {
         const r = await this.context.command('ibv_create_srq', U.Spec.CREATE_SRQ, { user_handle: srq.userHandle, pd_handle: this.handle, max_wr: attr.maxWr, max_sge: attr.maxSge, srq_limit: attr.srqLimit ?? 0 }, { memfd: mem.fd });
         srq.handle = r.srq_handle;
         srq.srqNum = r.srqn;
+        this.dependents.add(srq);
         return srq;
       } catch (e) {
         this.context.unregister(srq.userHandle);
@@ -111,12 +126,21 @@ export class ProtectionDomain {
     });
   }
 
-  /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it) */
+  /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it, naming them) */
   async deallocPd(): Promise<void> {
-    await this.context.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: this.handle });
+    if (this.released) return;
+    try {
+      await this.context.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: this.handle });
+    } catch (e) {
+      throw this.dependents.explain(e, 'ibv_dealloc_pd', this.label);
+    }
+    this.released = true;
   }
 
+  /** Destroys what is still on the PD (QPs, SRQs, MRs, AHs; the newest first), then the PD. */
   async [Symbol.asyncDispose](): Promise<void> {
+    if (this.released) return;
+    await this.dependents.dispose();
     await this.deallocPd();
   }
 }

@@ -12,6 +12,7 @@ import * as U from '../abi/uverbs.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import { atAddress } from './memory.js';
+import type { Dependents } from './lifetime.js';
 import type { ProtectionDomain } from './pd.js';
 import { badWr, big, malformed, postRecvWrs, refused } from './post.js';
 import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
@@ -27,6 +28,8 @@ export class QueuePair {
   private sendBell: Buffer | null = null;
   private recvBell: Buffer | null = null;
   private destroyed = false;
+  /** the state when it was destroyed: its ring is unmapped then */
+  private finalState: QpState | null = null;
 
   /** @internal */
   constructor(
@@ -44,18 +47,29 @@ export class QueuePair {
     this.userHandle = pd.context.register(this);
   }
 
-  /** @internal the daemon made it: its handle, its number, and the doorbells that name it */
+  /** @internal the daemon made it: its handle, its number, the doorbells that name it; its PD, CQs and SRQ now have it as a user */
   created(handle: number, qpn: number): void {
     this.handle = handle;
     this.qpNum = qpn;
+    for (const o of this.uses()) o.dependents.add(this);
     this.sendBell = U.frame(U.Spec.POST_SEND, { qp_handle: handle });
     this.sendBell.writeUInt16LE(0, 6); // out_words 0: a pure doorbell, which the daemon does not answer
     this.recvBell = U.frame(U.Spec.POST_RECV, { qp_handle: handle });
   }
 
-  /** The QP state as the HCA last wrote it. */
+  /** The QP state as the HCA last wrote it (a number: `qpStateName(qp.state)` gives its name). */
   get state(): QpState {
-    return this.sq.state() as QpState;
+    return this.finalState ?? (this.sq.state() as QpState);
+  }
+
+  /** @internal */
+  get label(): string {
+    return `QP ${this.qpNum}`;
+  }
+
+  private uses(): Array<{ dependents: Dependents }> {
+    const { sendCq, recvCq, srq } = this.init;
+    return srq ? [this.pd, sendCq, recvCq, srq] : [this.pd, sendCq, recvCq];
   }
 
   /** A post's checks before any WR: an error names the first WR as the one not posted (libibverbs' bad_wr). */
@@ -213,13 +227,22 @@ export class QueuePair {
 
   /** ibv_destroy_qp */
   async destroyQp(): Promise<void> {
+    if (this.destroyed) return;
     await this.pd.context.command('ibv_destroy_qp', U.Spec.DESTROY_QP, { qp_handle: this.handle });
+    this.releaseLocal();
+  }
+
+  /** @internal forgets the QP here: the daemon has destroyed it */
+  releaseLocal(): void {
+    if (this.destroyed) return;
+    this.finalState = this.sq.state() as QpState;
     this.destroyed = true;
     this.pd.context.unregister(this.userHandle);
+    for (const o of this.uses()) o.dependents.delete(this);
     unmap(this.mapping);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.destroyed) await this.destroyQp();
+    await this.destroyQp();
   }
 }

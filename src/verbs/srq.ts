@@ -5,6 +5,7 @@ import type { RingLayout } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
+import { Dependents } from './lifetime.js';
 import type { ProtectionDomain } from './pd.js';
 import { postRecvWrs, refused } from './post.js';
 import type { RecvWr } from './types.js';
@@ -15,6 +16,8 @@ export class SharedReceiveQueue {
   /** @internal */ readonly userHandle: bigint;
   private readonly ring: RecvRingProducer;
   private destroyed = false;
+  /** @internal the QPs that receive through it */
+  readonly dependents = new Dependents();
   /** @internal */
   constructor(readonly pd: ProtectionDomain, private readonly mapping: Mapping, l: RingLayout, maxSge: number) {
     this.ring = new RecvRingProducer(mapping.buffer, l, maxSge);
@@ -39,14 +42,32 @@ export class SharedReceiveQueue {
     const r = await this.pd.context.command('ibv_query_srq', U.Spec.QUERY_SRQ, { srq_handle: this.handle });
     return { maxWr: r.max_wr, maxSge: r.max_sge, srqLimit: r.srq_limit };
   }
-  /** ibv_destroy_srq */
+  /** @internal */
+  get label(): string {
+    return `SRQ ${this.srqNum}`;
+  }
+  /** ibv_destroy_srq (EBUSY while QPs use it, naming them) */
   async destroySrq(): Promise<void> {
-    await this.pd.context.command('ibv_destroy_srq', U.Spec.DESTROY_SRQ, { srq_handle: this.handle });
+    if (this.destroyed) return;
+    try {
+      await this.pd.context.command('ibv_destroy_srq', U.Spec.DESTROY_SRQ, { srq_handle: this.handle });
+    } catch (e) {
+      throw this.dependents.explain(e, 'ibv_destroy_srq', this.label);
+    }
+    this.releaseLocal();
+  }
+  /** @internal forgets the SRQ here: the daemon has destroyed it */
+  releaseLocal(): void {
+    if (this.destroyed) return;
     this.destroyed = true;
     this.pd.context.unregister(this.userHandle);
+    this.pd.dependents.delete(this);
     unmap(this.mapping);
   }
+  /** Destroys the QPs still receiving through it, then the SRQ. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.destroyed) await this.destroySrq();
+    if (this.destroyed) return;
+    await this.dependents.dispose();
+    await this.destroySrq();
   }
 }

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
-import { createEp, getAddrInfo, getDeviceList, type VerbsError } from '../../src/verbs/index.js';
+import { createEp, getAddrInfo, getDeviceList, nextCompletion, openDevice, type CompletionQueue, type MemoryRegion, type QueuePair, type VerbsError } from '../../src/verbs/index.js';
 
 /** The next event on a channel, which must be `want` (its name in the failure otherwise). */
 async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
@@ -307,6 +307,79 @@ describe('RDMA CM', () => {
     await a.destroy();
     await b.destroy();
     await ch.destroy();
+  });
+
+  test('await using over CM ids in creation order (the id first, or the device objects first), id.createQp between: no throw, nothing left in the daemon', async () => {
+    const { sch, cch, listen, port: p } = await listening(d.root, d.root, A2, 4);
+    await cch.destroy();
+    // what the programs make is on rxe0 (the client's side); the server's on rxe1
+    const client = async () => ((await mgmt(getDeviceList(d.root)[0]!.devPath, 'restrack')) as Array<{ dev: string; pid: number; type: string; handle?: number; cmIdn?: number }>)
+      .filter((r) => r.dev === 'rxe0' && r.pid === process.pid).map((r) => `${r.type} ${r.handle ?? r.cmIdn}`).sort();
+    const before = await client();
+    const servers: CmId[] = [];
+    /** The id resolved to the listener, as a program does it. */
+    const resolve = async (events: EventChannel, id: CmId) => {
+      await id.resolveAddr(A2, p, { src: A1 });
+      await expectEvent(events, CmEventType.ADDR_RESOLVED);
+      await id.resolveRoute();
+      await expectEvent(events, CmEventType.ROUTE_RESOLVED);
+    };
+    /** Connects, the server accepting, and sends one message over the connection. */
+    const exchange = async (events: EventChannel, id: CmId, qp: QueuePair, cq: CompletionQueue, mr: MemoryRegion) => {
+      await id.connect();
+      const req = await expectEvent(sch, CmEventType.CONNECT_REQUEST);
+      const sid = req.id;
+      servers.push(sid);
+      await sid.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+      await sid.accept();
+      await expectEvent(events, CmEventType.ESTABLISHED);
+      await expectEvent(sch, CmEventType.ESTABLISHED);
+      const rbuf = await sid.pd!.allocMr(64, Access.LOCAL_WRITE);
+      sid.qp!.postRecv({ wrId: 1n, sgList: [rbuf.sge()] });
+      mr.buf.write('ping');
+      qp.postSend({ wrId: 2n, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 4)] });
+      assert.equal((await nextCompletion(cq)).status, 0);
+      assert.equal((await pollN(sid.recvCq!, 1))[0]!.status, 0);
+      assert.equal(rbuf.buf.toString('utf8', 0, 4), 'ping');
+      await rbuf.deregMr();
+      assert.ok((await client()).length > before.length);
+    };
+    // the issue's program: the id comes first (it names the device), so it is disposed last, after the CQ, PD
+    // and channel its QP uses
+    const idFirst = async () => {
+      await using events = await EventChannel.create(d.root);
+      await using id = await events.createId(PortSpace.TCP);
+      await resolve(events, id);
+      const ctx = id.verbs!;
+      await using channel = await ctx.createCompChannel();
+      await using pd = await ctx.allocPd();
+      await using cq = await ctx.createCq(8, channel);
+      await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
+      const qp = await id.createQp(pd, { sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4 } });
+      await exchange(events, id, qp, cq, mr);
+    };
+    // its own context, channel, PD and CQ first, then the id
+    const deviceFirst = async () => {
+      await using ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+      await using channel = await ctx.createCompChannel();
+      await using pd = await ctx.allocPd();
+      await using cq = await ctx.createCq(8, channel);
+      await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
+      await using events = await EventChannel.create(d.root);
+      await using id = await events.createId(PortSpace.TCP);
+      await resolve(events, id);
+      const qp = await id.createQp(pd, { sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4 } });
+      await exchange(events, id, qp, cq, mr);
+    };
+    for (const program of [idFirst, deviceFirst]) {
+      await program();
+      assert.deepEqual(await client(), before, `${program.name}: the daemon holds nothing of the program`);
+      // the id went without a disconnect: the daemon sent the DREQ for it
+      await expectEvent(sch, CmEventType.DISCONNECTED);
+    }
+    for (const sid of servers) await sid[Symbol.asyncDispose]();
+    await listen.destroy();
+    await sch.destroy();
   });
 
   test('hostile and mistaken requests: errno and a reason, nothing disturbed', async () => {

@@ -126,6 +126,21 @@ describe('errors', () => {
     assert.throws(() => qp.postRecv([recv]), is(recv, 0, 'EINVAL', /the QP is destroyed/));
   });
 
+  test('a destroy refused because something still uses the object names what does', async () => {
+    await using ctx = await openDevice(dev, d.root);
+    await using channel = await ctx.createCompChannel();
+    await using cq = await ctx.createCq(4, channel);
+    await using pd = await ctx.allocPd();
+    await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
+    await using srq = await pd.createSrq({ maxWr: 4, maxSge: 1 });
+    await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: {} });
+    const lkey = `0x${mr.lkey.toString(16)}`;
+    await assert.rejects(cq.destroyCq(), { code: 'EBUSY', message: new RegExp(`^ibv_destroy_cq: EBUSY: CQ \\d+ is still used by QP ${qp.qpNum}: destroy it first`) });
+    await assert.rejects(srq.destroySrq(), { code: 'EBUSY', message: new RegExp(`^ibv_destroy_srq: EBUSY: SRQ ${srq.srqNum} is still used by QP ${qp.qpNum}: destroy it first`) });
+    await assert.rejects(pd.deallocPd(), { code: 'EBUSY', message: new RegExp(`^ibv_dealloc_pd: EBUSY: PD \\d+ is still used by MR lkey ${lkey}, SRQ ${srq.srqNum} and QP ${qp.qpNum}: destroy them first`) });
+    await assert.rejects(channel.destroyCompChannel(), { code: 'EBUSY', message: /^ibv_destroy_comp_channel: EBUSY: the channel is still used by CQ \d+: destroy it first/ });
+  });
+
   test('openDevice says why there is no device: nothing ever ran under the root, the daemon stopped, or which devices there are', async () => {
     const nowhere = join(DIST, 'no-such-root');
     await assert.rejects(openDevice('rxe0', nowhere), { code: 'ENODEV', message: new RegExp(`no device rxe0: no softverbsd serves ${nowhere} \\(it does not exist\\)`) });
@@ -152,6 +167,22 @@ describe('lifetimes', () => {
       await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: {} });
       assert.ok(channel && mr && ah && qp);
       assert.equal((await myRows()).length, 7, JSON.stringify(await myRows()));
+    }
+    assert.deepEqual(await myRows(), []);
+  });
+
+  test('disposing a CQ, PD or SRQ first destroys what still uses it, so the order of await using does not matter', async () => {
+    await using ctx = await openDevice(dev, d.root);
+    {
+      await using cq = await ctx.createCq(8);
+      await using pd = await ctx.allocPd();
+      // created without await using: the PD's and the CQ's disposal take them
+      const qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+      await pd.allocMr(4096, Access.LOCAL_WRITE);
+      await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
+      await pd.createQp({ sendCq: cq, recvCq: cq, srq: await pd.createSrq({ maxWr: 4, maxSge: 1 }), qpType: QpType.RC, cap: {} });
+      assert.equal((await myRows()).length, 7, JSON.stringify(await myRows()));
+      await qp.destroyQp();
     }
     assert.deepEqual(await myRows(), []);
   });
