@@ -10,10 +10,10 @@ export class AddressHandle {
   get label(): string {
     return `AH ${this.handle}`;
   }
-  /** ibv_destroy_ah */
+  /** ibv_destroy_ah (once the daemon is gone: only here) */
   async destroyAh(): Promise<void> {
     if (this.destroyed) return;
-    await this.pd.context.command('ibv_destroy_ah', U.Spec.DESTROY_AH, { ah_handle: this.handle });
+    await this.pd.context.release('ibv_destroy_ah', U.Spec.DESTROY_AH, { ah_handle: this.handle });
     this.destroyed = true;
     this.pd.dependents.delete(this);
   }

@@ -4,6 +4,7 @@
  * channels). A socket is only ref'd while something waits on it, so a
  * program that forgets to close its context still exits.
  */
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { VerbsError } from './errors.js';
 import { attachFrame, FrameAssembler, parseReply, replySize } from '../abi/framing.js';
@@ -35,20 +36,35 @@ export class CommandChannel {
   daemonPid = 0;
   private lastProbe = performance.now();
 
+  /** closed by this process (closeDevice): a verb after it says so, not that the daemon went away */
+  private closing = false;
+
   private constructor(readonly sock: Socket) {
     sock.on('data', (d) => this.frames.push(d));
-    sock.on('close', () => this.fail(new Error('device connection closed')));
-    sock.on('error', (e) => this.fail(e));
+    sock.on('close', () => this.ended());
+    sock.on('error', (e: NodeJS.ErrnoException) => this.ended(e.code));
     sock.unref();
   }
 
+  private ended(code?: string): void {
+    this.fail(new Error(this.closing ? 'closed' : `softverbsd closed it${code ? ` (${code})` : ''}: it stopped, or the device was deleted`));
+  }
+
   private lostError(verb: string): VerbsError {
-    return new VerbsError(verb, 'EIO', `the daemon connection is lost (${this.dead!.message})`);
+    if (this.closing) return new VerbsError(verb, 'EIO', 'the device is closed (closeDevice)');
+    // asked now, not when the connection ended: a daemon that died is still a process (exiting) when its sockets close
+    const gone = this.daemonPid && !running(this.daemonPid);
+    return new VerbsError(verb, 'EIO', `the daemon connection is lost (${gone ? `softverbsd (pid ${this.daemonPid}) is gone` : this.dead!.message})`);
+  }
+
+  /** The connection is gone (closed here, or the daemon went away): nothing the daemon held for it exists any more. */
+  get lost(): boolean {
+    return this.dead !== null || this.closing;
   }
 
   /** Throws EIO once the connection to the daemon is lost: every verb, the fast path's too, checks this first. */
   ensureUp(verb: string): void {
-    if (this.dead) throw this.lostError(verb);
+    if (this.lost) throw this.lostError(verb);
   }
 
   /**
@@ -62,7 +78,7 @@ export class CommandChannel {
     const now = performance.now();
     if (now - this.lastProbe < 1000) return;
     this.lastProbe = now;
-    if (pidAlive(this.daemonPid)) return;
+    if (running(this.daemonPid)) return;
     this.fail(new Error(`softverbsd (pid ${this.daemonPid}) is gone`));
     throw this.lostError(verb);
   }
@@ -74,7 +90,7 @@ export class CommandChannel {
 
   private fail(e: Error): void {
     this.dead ??= e;
-    for (const p of this.pending.splice(0)) p.reject(new VerbsError(p.verb, 'EIO', e.message));
+    for (const p of this.pending.splice(0)) p.reject(lostOnTheWay(this.lostError(p.verb)));
   }
 
   private onReply(f: Buffer): void {
@@ -88,12 +104,27 @@ export class CommandChannel {
 
   /** Sends a frame and waits for its reply body. */
   call(verb: string, frame: Buffer): Promise<Buffer> {
-    if (this.dead) return Promise.reject(this.lostError(verb));
+    if (this.lost) return Promise.reject(this.lostError(verb));
     return new Promise((resolve, reject) => {
       this.pending.push({ verb, resolve, reject });
       this.sock.ref();
       this.sock.write(frame);
     });
+  }
+
+  /**
+   * A destroy: sends it and waits for its reply, or resolves null when the connection is gone before or while
+   * it goes. The daemon releases everything of a connection that ends, so the object is gone either way (as
+   * libibverbs takes a destroy's EIO from a disassociated device for success).
+   */
+  async release(verb: string, frame: Buffer): Promise<Buffer | null> {
+    if (this.lost) return null;
+    try {
+      return await this.call(verb, frame);
+    } catch (e) {
+      if (lostErrors.has(e as Error)) return null;
+      throw e;
+    }
   }
 
   /** Sends a frame whose reply nobody waits for (a doorbell); a failure there is reported through `onError`. */
@@ -109,11 +140,29 @@ export class CommandChannel {
     this.sock.write(frame);
   }
 
-  /** Closes the connection (the daemon then releases the context); resolves once it is closed. */
-  /** Closes the connection and resolves once the daemon has closed its side (see closeSocket). */
+  /** Closes the connection (the daemon then releases the context) and resolves once the daemon has closed its side (see closeSocket). */
   close(): Promise<void> {
+    this.closing = true;
     return closeSocket(this.sock);
   }
+}
+
+/** Whether a process runs: it exists and is no zombie (a daemon killed by its parent's test is one until reaped). */
+function running(pid: number): boolean {
+  if (!pidAlive(pid)) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return true; // another user's process, or no /proc: kill(pid, 0) said it exists
+  }
+}
+
+/** The errors of requests whose connection went away before their reply came. */
+const lostErrors = new WeakSet<Error>();
+function lostOnTheWay<E extends Error>(e: E): E {
+  lostErrors.add(e);
+  return e;
 }
 
 /**

@@ -422,13 +422,13 @@ export class CmId {
     await this.channel.call('rdma_disconnect', C.UcmaSpecs.DISCONNECT, { id: this.handle });
   }
 
-  /** rdma_destroy_id: its QP stays the caller's, as in librdmacm (disposing the id takes it) */
+  /** rdma_destroy_id: its QP stays the caller's, as in librdmacm (disposing the id takes it). Once the daemon is gone: only here. */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     this.channel.ids.delete(this.handle);
     this.channel.byUid.delete(this.uid);
-    await this.channel.call('rdma_destroy_id', C.UcmaSpecs.DESTROY_ID, { id: this.handle });
+    await this.channel.cmd.release('rdma_destroy_id', C.ucmaFrame(C.UcmaSpecs.DESTROY_ID, { id: this.handle }));
   }
 
   /** rdma_destroy_ep: the QP made with createQp (and its CQs), the id, a createEp id's own channel; each step runs, a failure is thrown after. */

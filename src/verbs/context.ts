@@ -95,6 +95,21 @@ export class Context {
     return (spec.resp ? unpack(spec.resp, body) : {}) as U.RespOf<S>;
   }
 
+  /**
+   * @internal a destroy: its response, or null when the connection is gone (the daemon died, the device was
+   * deleted, or closeDevice): the daemon released the object with the connection, so only this side is left to release.
+   */
+  async release<S extends U.CmdSpec>(verb: string, spec: S, req: Input<S['req']>): Promise<U.RespOf<S> | null> {
+    let body: Buffer | null;
+    try {
+      body = await this.cmd.release(verb, U.frame(spec, req));
+    } catch (e) {
+      throw e instanceof Error ? atCaller(e) : e;
+    }
+    if (!body) return null;
+    return (spec.resp ? unpack(spec.resp, body) : {}) as U.RespOf<S>;
+  }
+
   /** ibv_query_device */
   async queryDevice(): Promise<DeviceAttr> {
     const r = await this.command('ibv_query_device', U.Spec.QUERY_DEVICE, {});
@@ -186,16 +201,24 @@ export class Context {
     });
   }
 
-  /** ibv_get_async_event: the next async event (waits). Null once the context is closed. */
+  /**
+   * ibv_get_async_event: the next async event (waits). When the device goes away (the daemon died, the device was
+   * deleted) that is DEVICE_FATAL, as Linux reports a disassociated device, and then null; null once the context is closed.
+   */
   async getAsyncEvent(): Promise<AsyncEvent | null> {
     const rec = await this.events.next();
-    if (!rec) return null;
+    if (!rec) {
+      if (this.closed || this.fatalReported) return null;
+      this.fatalReported = true;
+      return { eventType: EventType.DEVICE_FATAL, element: 0 };
+    }
     const d = unpack(U.ASYNC_EVENT_DESC, rec);
     const type = d.event_type as AsyncEvent['eventType'];
     const element = PORT_EVENTS.has(type) ? Number(d.element) : this.byUserHandle.get(d.element) ?? null;
     if (element instanceof CompletionQueue) element.asyncEvents++;
     return { eventType: type, element };
   }
+  private fatalReported = false;
 
   /** Async events as an async iterator (ends when the context closes). */
   async *asyncEvents(): AsyncGenerator<AsyncEvent> {
@@ -209,12 +232,16 @@ export class Context {
   /** ibv_ack_async_event: nothing to release in softverbs; kept for symmetry. */
   ackAsyncEvent(_e: AsyncEvent): void {}
 
-  /** ibv_close_device: the daemon destroys everything this context still holds. Resolves once the connection is closed. */
+  /**
+   * ibv_close_device: the daemon destroys everything this context still holds, and the rings of its QPs, CQs and
+   * SRQs are unmapped here. Resolves once the connection is closed.
+   */
   async closeDevice(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const o of [...this.byUserHandle.values()]) o.releaseLocal();
     this.byUserHandle.clear();
-    this.events.close();
+    void this.events.close();
     await this.cmd.close();
   }
 

@@ -118,7 +118,7 @@ export class CompletionQueue {
   /** @internal */ readonly userHandle: bigint;
   /** completion events got and not yet acknowledged (ibv_ack_cq_events) */
   eventsUnacked = 0;
-  /** @internal the completion and async events this process got for it: what a second destroyCq reports */
+  /** @internal the completion and async events this process got for it: what destroyCq reports when the daemon cannot (gone, or the CQ destroyed already) */
   compEvents = 0;
   /** @internal */ asyncEvents = 0;
   /** @internal the QPs that use it */
@@ -227,18 +227,21 @@ export class CompletionQueue {
     return `CQ ${this.handle}`;
   }
 
-  /** ibv_destroy_cq (EBUSY while QPs use it, naming them) */
+  /**
+   * ibv_destroy_cq (EBUSY while QPs use it, naming them). Once the daemon is gone it only releases the CQ here,
+   * and reports the events this process got.
+   */
   async destroyCq(): Promise<{ compEventsReported: number; asyncEventsReported: number }> {
     const got = () => ({ compEventsReported: this.compEvents, asyncEventsReported: this.asyncEvents });
     if (this.destroyed) return got();
     let r;
     try {
-      r = await this.context.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
+      r = await this.context.release('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: this.handle });
     } catch (e) {
       throw this.dependents.explain(e, 'ibv_destroy_cq', this.label);
     }
     this.releaseLocal();
-    return { compEventsReported: r.comp_events_reported, asyncEventsReported: r.async_events_reported };
+    return r ? { compEventsReported: r.comp_events_reported, asyncEventsReported: r.async_events_reported } : got();
   }
 
   /** @internal forgets the CQ here: the daemon has destroyed it */

@@ -67,10 +67,10 @@ export class MemoryRegion {
       this.addr = start;
     }
   }
-  /** ibv_dereg_mr. The memory stays the caller's. */
+  /** ibv_dereg_mr (once the daemon is gone: only here). The memory stays the caller's. */
   async deregMr(): Promise<void> {
     if (this.deregistered) return;
-    await this.pd.context.command('ibv_dereg_mr', U.Spec.DEREG_MR, { mr_handle: this.handle });
+    await this.pd.context.release('ibv_dereg_mr', U.Spec.DEREG_MR, { mr_handle: this.handle });
     this.deregistered = true;
     this.pd.dependents.delete(this);
   }

@@ -126,11 +126,11 @@ export class ProtectionDomain {
     });
   }
 
-  /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it, naming them) */
+  /** ibv_dealloc_pd (EBUSY while MRs, QPs, SRQs or AHs use it, naming them). Once the daemon is gone it only releases the PD here. */
   async deallocPd(): Promise<void> {
     if (this.released) return;
     try {
-      await this.context.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: this.handle });
+      await this.context.release('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: this.handle });
     } catch (e) {
       throw this.dependents.explain(e, 'ibv_dealloc_pd', this.label);
     }

@@ -225,10 +225,10 @@ export class QueuePair {
     };
   }
 
-  /** ibv_destroy_qp */
+  /** ibv_destroy_qp. Once the daemon is gone (or the device closed) it only releases the QP here: the daemon's side went with the connection. */
   async destroyQp(): Promise<void> {
     if (this.destroyed) return;
-    await this.pd.context.command('ibv_destroy_qp', U.Spec.DESTROY_QP, { qp_handle: this.handle });
+    await this.pd.context.release('ibv_destroy_qp', U.Spec.DESTROY_QP, { qp_handle: this.handle });
     this.releaseLocal();
   }
 

@@ -46,11 +46,11 @@ export class SharedReceiveQueue {
   get label(): string {
     return `SRQ ${this.srqNum}`;
   }
-  /** ibv_destroy_srq (EBUSY while QPs use it, naming them) */
+  /** ibv_destroy_srq (EBUSY while QPs use it, naming them). Once the daemon is gone it only releases the SRQ here. */
   async destroySrq(): Promise<void> {
     if (this.destroyed) return;
     try {
-      await this.pd.context.command('ibv_destroy_srq', U.Spec.DESTROY_SRQ, { srq_handle: this.handle });
+      await this.pd.context.release('ibv_destroy_srq', U.Spec.DESTROY_SRQ, { srq_handle: this.handle });
     } catch (e) {
       throw this.dependents.explain(e, 'ibv_destroy_srq', this.label);
     }

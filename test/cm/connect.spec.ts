@@ -541,6 +541,32 @@ describe('RDMA CM under packet loss', () => {
 });
 
 describe('RDMA CM and a device going away', () => {
+  test('the daemon killed mid-program: disposing the id (and its QP and CQs) and the channel throws nothing and unmaps the rings', { timeout: 30_000 }, async () => {
+    const rings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => /memfd:ibv_create_(cq|qp) /.test(l)).length;
+    const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`]);
+    const before = rings();
+    try {
+      const program = async () => {
+        await using events = await EventChannel.create(d.root);
+        await using id = await events.createId(PortSpace.TCP);
+        await id.resolveAddr(A4, nextPort(), { src: A3 });
+        await expectEvent(events, CmEventType.ADDR_RESOLVED);
+        await id.resolveRoute();
+        await expectEvent(events, CmEventType.ROUTE_RESOLVED);
+        await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+        assert.equal(rings(), before + 3);
+        d.proc.kill('SIGKILL');
+        await new Promise((r) => d.proc.once('exit', r));
+        assert.equal(await events.getCmEvent(), null, 'the channel ends');
+        await assert.rejects(id.resolveRoute(), { code: 'EIO' });
+      };
+      await program();
+      assert.equal(rings(), before);
+    } finally {
+      await d.stop();
+    }
+  });
+
   test('rdma link delete: the ids on the device get DEVICE_REMOVAL', async () => {
     const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`]);
     try {

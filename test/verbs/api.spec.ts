@@ -5,13 +5,13 @@
  * values, and no leak of objects or memfds behind the user's back.
  */
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, test } from 'node:test';
 import {
-  Access, getDeviceList, gidString, nextCompletion, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
+  Access, EventType, getDeviceList, gidString, nextCompletion, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
   WrOpcode, type Context, type Device, type QpAttr, type RecvWr, type SendWr,
 } from '../../src/verbs/index.js';
 import { rmSync } from 'node:fs';
@@ -185,6 +185,49 @@ describe('lifetimes', () => {
       await qp.destroyQp();
     }
     assert.deepEqual(await myRows(), []);
+  });
+
+  test('the daemon killed mid-program: await using still releases everything here, without a throw; DEVICE_FATAL and EIO say the device is gone', { timeout: 30_000 }, async () => {
+    const rings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => /memfd:ibv_create_(cq|qp|srq) /.test(l)).length;
+    const sockets = () => readdirSync('/proc/self/fd').filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`).startsWith('socket:');
+      } catch {
+        return false;
+      }
+    }).length;
+    const ringsBefore = rings();
+    const socketsBefore = sockets();
+    const own = await startDaemon(['--device', `rxe0=${A2}`]);
+    const seen: string[] = [];
+    const program = async () => {
+      await using ctx = await openDevice(getDeviceList(own.root)[0]!, own.root);
+      await using channel = await ctx.createCompChannel();
+      await using cq = await ctx.createCq(8, channel);
+      await using pd = await ctx.allocPd();
+      await using srq = await pd.createSrq({ maxWr: 4, maxSge: 1 });
+      await using mr = await pd.allocMr(4096, Access.LOCAL_WRITE);
+      await using ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
+      await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+      await using ud = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.UD, cap: {} });
+      await connectQp(qp, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) });
+      assert.ok(ah && ud && rings() >= ringsBefore + 4);
+      const fatal = ctx.getAsyncEvent();
+      const exited = new Promise((r) => own.proc.once('exit', r));
+      own.proc.kill('SIGKILL');
+      const ev = await fatal;
+      seen.push(`event ${ev?.eventType} ${String(ev?.element)}`);
+      await exited;
+      await assert.rejects(ctx.allocPd(), { code: 'EIO', message: /^ibv_alloc_pd: EIO: the daemon connection is lost \(softverbsd \(pid \d+\) is gone\)/ });
+      const send: SendWr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 8)] };
+      assert.throws(() => qp.postSend(send), (e: VerbsError) => e.code === 'EIO' && e.badWr === 0 && e.wr === send);
+      seen.push('unwinding');
+    };
+    await program();
+    assert.deepEqual(seen, [`event ${EventType.DEVICE_FATAL} 0`, 'unwinding']);
+    assert.equal(rings(), ringsBefore, 'every ring unmapped');
+    await own.stop();
+    assert.equal(sockets(), socketsBefore, 'every connection to the daemon closed');
   });
 
   test('cq.completions(): arm, wait, poll, acknowledge; two CQs on one channel each get their own', async () => {
