@@ -120,6 +120,21 @@ export class Context implements Owner {
     this.remove(h);
   }
 
+  /**
+   * Destroys handle h of `type` for its destroy command: EBUSY while other objects still hold it, naming them
+   * (a CQ that is one QP's send and receive CQ is one user, not two).
+   */
+  destroyUnused(cmd: string, type: ObjType, h: number): void {
+    const obj = this.get(type, h);
+    const users: string[] = [];
+    for (const [uh, e] of this.handles) if (rowOf(e).held?.(e.obj).includes(obj)) users.push(userName(uh, e));
+    if (users.length > 0) {
+      const list = users.length > 1 ? `${users.slice(0, -1).join(', ')} and ${users.at(-1)}` : users[0];
+      fail(E.EBUSY, `${cmd}: ${type.toUpperCase()} handle ${h} is still used by ${list}: destroy ${users.length > 1 ? 'them' : 'it'} first`);
+    }
+    this.destroy(h);
+  }
+
   /** Maps client memory, charged to the user's mappings (each is one of the daemon's vm.max_map_count entries). */
   mapClient(memfd: number, offset: bigint, length: bigint): ReturnType<typeof mapClientMemfd> {
     this.host.quotas.charge(this.uid, 'mappings');
@@ -272,4 +287,12 @@ export class Context implements Owner {
     }
     return rows;
   }
+}
+
+/** An object as its user knows it: a QP by its QPN, an MR by its lkey, an SRQ by its number, the rest by handle. */
+function userName(h: number, e: Entry): string {
+  if (e.type === 'qp') return `QP ${e.obj.qpn}`;
+  if (e.type === 'mr') return `MR lkey ${e.obj.key}`;
+  if (e.type === 'srq') return `SRQ ${e.obj.srqn}`;
+  return `${e.type.toUpperCase()} handle ${h}`;
 }

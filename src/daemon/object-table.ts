@@ -22,6 +22,8 @@ export interface ObjectType<O> {
    * releases it first. Names, checked as the module loads: the table's type cannot name its own keys here.
    */
   holds: readonly string[];
+  /** The objects it holds, so that a refused destroy can name who still uses an object. */
+  held?(obj: O): readonly object[];
   /** Gives back what it holds and what it was charged; its destroy command and the context's teardown both call it. */
   release(ctx: Context, obj: O): void;
   /** Its own fields in its restrack row (`rdma resource show`), after those every row has. */
@@ -38,6 +40,7 @@ export const OBJECT_TYPES = {
     charge: 1,
     resId: false,
     holds: ['pd', 'cq', 'srq'],
+    held: (qp) => (qp.srq ? [qp.pd, qp.sendCq, qp.recvCq, qp.srq] : [qp.pd, qp.sendCq, qp.recvCq]),
     release(ctx, qp) {
       qp.destroyed = true;
       qp.stopTimers();
@@ -60,6 +63,7 @@ export const OBJECT_TYPES = {
     charge: 1,
     resId: true,
     holds: ['pd'],
+    held: (srq) => [srq.pd],
     release(ctx, srq) {
       srq.pd.users--;
       ctx.dev.srqs.delete(srq.srqn);
@@ -75,6 +79,7 @@ export const OBJECT_TYPES = {
     charge: 1,
     resId: true,
     holds: ['comp_channel'],
+    held: (cq) => (cq.channel ? [cq.channel] : []),
     release(ctx, cq) {
       const ch = cq.channel instanceof CompChannel ? cq.channel : null;
       if (ch && --ch.users === 0 && ch.closed) ctx.removeChannel(ch);
@@ -88,6 +93,7 @@ export const OBJECT_TYPES = {
     charge: 1,
     resId: true,
     holds: ['pd'],
+    held: (ah) => [ah.pd],
     release(_ctx, ah) {
       ah.pd.users--;
     },
@@ -97,6 +103,7 @@ export const OBJECT_TYPES = {
     charge: 1,
     resId: true,
     holds: ['pd'],
+    held: (mr) => [mr.pd],
     release(ctx, mr) {
       mr.valid = false;
       ctx.dev.mrs.delete(mr.key >>> 8);

@@ -26,7 +26,7 @@ export function prepareRoot(root: string, mode: number, uid = process.getuid?.()
   try {
     checkTrustedRoot(root, [uid]);
   } catch (e) {
-    if (e instanceof UntrustedPath) throw new Error(`refusing root ${e.message} (softverbsd trusts only a root its own uid owns and nobody else can write; remove it or choose another with --root)`);
+    if (e instanceof UntrustedPath) throw new Error(`refusing root ${e.path}: it ${e.why} (softverbsd trusts only a root its own uid owns and nobody else can write; remove it or choose another with --root)`);
     throw e;
   }
 }

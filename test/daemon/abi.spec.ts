@@ -127,6 +127,15 @@ describe('every command round-trips through the library', () => {
       await ctx.command('ibv_req_notify_cq', U.Spec.REQ_NOTIFY_CQ, { cq_handle: cq.handle, solicited_only: 0 });
       await assert.rejects(pd.deallocPd(), { code: 'EBUSY' });
       await assert.rejects(cq.destroyCq(), { code: 'EBUSY' });
+      // the daemon's own refusal (what a client that does not check first sees) names the users too
+      await assert.rejects(ctx.command('ibv_dealloc_pd', U.Spec.DEALLOC_PD, { pd_handle: pd.handle }), {
+        code: 'EBUSY',
+        message: new RegExp(`DEALLOC_PD: PD handle ${pd.handle} is still used by AH handle \\d+, MR lkey ${mr.lkey}, SRQ ${srq.srqNum}, QP ${qp.qpNum}, QP ${qp2.qpNum} and MR lkey ${m2.lkey}: destroy them first`),
+      });
+      await assert.rejects(ctx.command('ibv_destroy_cq', U.Spec.DESTROY_CQ, { cq_handle: cq.handle }), {
+        code: 'EBUSY',
+        message: new RegExp(`DESTROY_CQ: CQ handle ${cq.handle} is still used by QP ${qp.qpNum} and QP ${qp2.qpNum}: destroy them first`),
+      });
       await qp.destroyQp();
       await qp2.destroyQp();
       await srq.destroySrq();

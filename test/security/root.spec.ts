@@ -40,7 +40,7 @@ describe('the root directory is trusted only if it is the daemon\'s', { skip: IS
     writeFileSync(join(root, 'sys', 'class', 'infiniband_verbs', 'uverbs8', 'ibdev'), '../../../../victim\n');
     const r = daemonRun(root);
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, new RegExp(`refusing root ${root} is owned by uid ${mallory.uid}, not by uid 0`));
+    assert.match(r.stderr, new RegExp(`refusing root ${root}: it is owned by uid ${mallory.uid}, not by uid 0`));
     assert.equal(readFileSync(join(victim, 'precious'), 'utf8'), 'keep me');
     assert.ok(lstatSync(join(root, 'sys', 'class', 'infiniband_verbs', 'uverbs7')).isSymbolicLink(), 'not even the bait was removed');
     assert.equal(existsSync(join(root, 'dev')), false, 'nothing created in it');
@@ -51,11 +51,11 @@ describe('the root directory is trusted only if it is the daemon\'s', { skip: IS
     mkdirSync(real, { mode: 0o755 });
     const link = join(base, 'link');
     symlinkSync(real, link);
-    assert.match(daemonRun(link).stderr, /refusing root .*link is a symbolic link/);
+    assert.match(daemonRun(link).stderr, /refusing root .*link: it is a symbolic link/);
     const open = join(base, 'open');
     mkdirSync(open);
     chmodSync(open, 0o777);
-    assert.match(daemonRun(open).stderr, /refusing root .*open is writable by every user \(mode 0777\)/);
+    assert.match(daemonRun(open).stderr, /refusing root .*open: it is writable by every user \(mode 0777\)/);
     const parent = join(base, 'malloryland');
     mkdirSync(parent);
     chownSync(parent, mallory.uid, mallory.gid);

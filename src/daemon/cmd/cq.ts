@@ -50,8 +50,7 @@ function resizeCq(ctx: Context, r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'>):
 
 function destroyCq(ctx: Context, r: U.Req<'DESTROY_CQ'>): Buffer {
   const cq = ctx.get('cq', r.cq_handle);
-  if (cq.users > 0) fail(E.EBUSY, `DESTROY_CQ: CQ ${r.cq_handle} is used by ${cq.users} QPs`);
-  ctx.destroy(r.cq_handle);
+  ctx.destroyUnused('DESTROY_CQ', 'cq', r.cq_handle);
   return pack(U.DESTROY_CQ_RESP, { comp_events_reported: cq.compEvents, async_events_reported: cq.asyncEvents });
 }
 

@@ -1,7 +1,6 @@
 /** The protection domain's commands: ALLOC_PD, DEALLOC_PD. */
 import { pack } from '../../abi/layout.js';
 import * as U from '../../abi/uverbs.js';
-import { E, fail } from '../../common/errno.js';
 import { Pd } from '../../hca/objects.js';
 import type { Context } from '../context.js';
 import type { Commands } from './command.js';
@@ -12,9 +11,7 @@ function allocPd(ctx: Context): Buffer {
 }
 
 function deallocPd(ctx: Context, r: U.Req<'DEALLOC_PD'>): void {
-  const pd = ctx.get('pd', r.pd_handle);
-  if (pd.users > 0) fail(E.EBUSY, `DEALLOC_PD: PD ${r.pd_handle} still has ${pd.users} users`);
-  ctx.destroy(r.pd_handle);
+  ctx.destroyUnused('DEALLOC_PD', 'pd', r.pd_handle);
 }
 
 export const pdCommands: Commands = {

@@ -46,8 +46,7 @@ function querySrq(ctx: Context, r: U.Req<'QUERY_SRQ'>): Buffer {
 
 function destroySrq(ctx: Context, r: U.Req<'DESTROY_SRQ'>): Buffer {
   const srq = ctx.get('srq', r.srq_handle);
-  if (srq.users > 0) fail(E.EBUSY, `DESTROY_SRQ: SRQ ${r.srq_handle} is used by ${srq.users} QPs`);
-  ctx.destroy(r.srq_handle);
+  ctx.destroyUnused('DESTROY_SRQ', 'srq', r.srq_handle);
   return pack(U.DESTROY_SRQ_RESP, { events_reported: srq.asyncEvents });
 }
 
