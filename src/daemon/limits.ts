@@ -43,7 +43,7 @@ export function globalMappingBudget(): number {
 }
 
 export class Quotas {
-  private used = new Map<number, Record<Quota, number>>();
+  private byUid = new Map<number, Record<Quota, number>>();
   private mappingsAll = 0;
   private readonly mappingBudget = globalMappingBudget();
 
@@ -54,9 +54,14 @@ export class Quotas {
   ) {}
 
   private of(uid: number): Record<Quota, number> {
-    let u = this.used.get(uid);
-    if (!u) this.used.set(uid, (u = { contexts: 0, connections: 0, objects: 0, mappings: 0, memory: 0 }));
+    let u = this.byUid.get(uid);
+    if (!u) this.byUid.set(uid, (u = { contexts: 0, connections: 0, objects: 0, mappings: 0, memory: 0 }));
     return u;
+  }
+
+  /** What uid holds of `what`. */
+  held(uid: number, what: Quota): number {
+    return this.byUid.get(uid)?.[what] ?? 0;
   }
 
   /** Takes n of `what` for uid, or throws the kernel's errno for that exhaustion (nothing taken). */
@@ -70,17 +75,24 @@ export class Quotas {
    * takes it once nothing can fail any more (all of it synchronous, so nothing comes in between).
    */
   check(uid: number, what: Quota, n = 1): void {
-    const u = this.of(uid);
+    const r = this.refusal(uid, what, n);
+    if (r) throw new CmdError(r.errno, r.message);
+  }
+
+  /** What check() would throw, as a plain answer (a refused connection costs no Error and its stack), or null. */
+  refusal(uid: number, what: Quota, n = 1): { errno: number; message: string } | null {
     if (what === 'mappings' && this.mappingsAll + n > this.mappingBudget) {
-      const msg = `the daemon has ${this.mappingsAll} client mappings, its budget under vm.max_map_count`;
-      this.onHit(uid, 'mappings (daemon-wide)', msg);
-      throw new CmdError(E.ENOMEM, msg);
+      const message = `the daemon has ${this.mappingsAll} client mappings, its budget under vm.max_map_count`;
+      this.onHit(uid, 'mappings (daemon-wide)', message);
+      return { errno: E.ENOMEM, message };
     }
-    if (!this.exempt(uid) && u[what] + n > this.limits[what]) {
-      const msg = `uid ${uid} holds ${u[what]} ${what === 'memory' ? 'bytes of daemon memory' : what} (limit ${this.limits[what]})`;
-      this.onHit(uid, what, msg);
-      throw new CmdError(ERRNO[what], msg);
+    const has = this.held(uid, what);
+    if (!this.exempt(uid) && has + n > this.limits[what]) {
+      const message = `uid ${uid} holds ${has} ${what === 'memory' ? 'bytes of daemon memory' : what} (limit ${this.limits[what]})`;
+      this.onHit(uid, what, message);
+      return { errno: ERRNO[what], message };
     }
+    return null;
   }
 
   /** Takes n of `what` for uid, unchecked (after check()). */
@@ -93,7 +105,7 @@ export class Quotas {
     const u = this.of(uid);
     u[what] = Math.max(0, u[what] - n);
     if (what === 'mappings') this.mappingsAll = Math.max(0, this.mappingsAll - n);
-    if (Object.values(u).every((v) => v === 0)) this.used.delete(uid);
+    if (Object.values(u).every((v) => v === 0)) this.byUid.delete(uid);
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { chmodSync, existsSync, lchownSync, lstatSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
-import { connect, createServer, type BlockList, type Server, type Socket } from 'node:net';
+import { connect, type BlockList, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { EventType, PortState } from '../abi/enums.js';
@@ -20,9 +20,7 @@ import { ifaceOf } from '../hca/netdev.js';
 import { gidString, guidString } from '../common/format.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
-import { peerCred, socketFd } from '../native/libc.js';
 import { CompChannel, Context } from './context.js';
-import { replyFrame } from '../abi/framing.js';
 import { Connection, type ConnectionHost, type Reply } from './connection.js';
 import { Log } from './log.js';
 import { DEFAULT_USER_LIMITS, Quotas, type UserLimits } from './limits.js';
@@ -33,6 +31,8 @@ import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
 import { ConnectionManager } from '../cm/cm.js';
 import { endUcma, UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
+import { Admission, type Cred, type Listener } from './admission.js';
+import { listenUnix } from '../native/libc.js';
 
 export interface DeviceSpec {
   name: string;
@@ -70,7 +70,7 @@ interface DevEntry {
   dev: SoftDevice;
   kname: string;
   path: string;
-  server: Server;
+  server: Listener;
 }
 
 type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
@@ -86,6 +86,8 @@ export class Daemon implements ConnectionHost, UcmaHost {
   readonly fabric = new Fabric();
   readonly pinned = new PinnedAccounts();
   readonly quotas: Quotas;
+  /** Which accepted connections the daemon's descriptor table takes in. */
+  private readonly admission: Admission;
   readonly devs: DevEntry[] = [];
   readonly contexts = new Set<Context>();
   private tokens = new Map<number, Token>();
@@ -94,7 +96,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
   readonly log: (msg: string) => void;
   /** The connection manager (rdma_cm, ib_cm and rdma_ucm) and its device file. */
   readonly cm: ConnectionManager;
-  private cmServer: Server | null = null;
+  private cmServer: Listener | null = null;
   private cmPath = '';
   private ucmaTokens = new Map<number, UcmaFile>();
   private ucmaConns = new Set<UcmaConnection>();
@@ -105,6 +107,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     this.logger = opts.logger ?? new Log();
     this.log = (m) => this.logger.info(m);
     this.quotas = new Quotas(opts.limits ?? { ...DEFAULT_USER_LIMITS }, (uid) => this.privileged(uid), (uid, what, msg) => this.limitHit(uid, what, msg));
+    this.admission = new Admission(this.quotas, (uid) => this.privileged(uid), (uid, what, msg) => this.limitHit(uid, what, msg), this.logger);
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
@@ -146,24 +149,18 @@ export class Daemon implements ConnectionHost, UcmaHost {
     if (this.ucmaConns.delete(c)) this.quotas.release(c.cred.uid, 'connections');
   }
 
-  /** A device file: a Unix socket born with the rules' mode (umask around the bind) and owner, accepting connections. */
-  private async serveFile(path: string, pol: { mode: number; uid: number | null; gid: number | null }, what: string, onConn: (s: Socket) => void): Promise<Server> {
-    const server = createServer(onConn);
+  /** A device file: a Unix socket born with the rules' mode (umask around the bind) and owner, its connections admitted to `onConn`. */
+  private serveFile(path: string, pol: { mode: number; uid: number | null; gid: number | null }, what: string, onConn: (s: Socket, cred: Cred) => void): Listener {
     // the socket is born with its mode, so no path is chmod'ed after the fact
-    await new Promise<void>((res, rej) => {
-      server.once('error', rej);
-      const old = process.umask(~pol.mode & 0o777);
-      try {
-        server.listen({ path, backlog: LISTEN_BACKLOG }, () => res());
-      } finally {
-        process.umask(old);
-      }
-    });
+    const old = process.umask(~pol.mode & 0o777);
+    let fd: number;
+    try {
+      fd = listenUnix(path, LISTEN_BACKLOG);
+    } finally {
+      process.umask(old);
+    }
     if (pol.uid !== null || pol.gid !== null) lchownSync(path, pol.uid ?? -1, pol.gid ?? -1);
-    // accept() failing (EMFILE, ENFILE when a user holds every descriptor) is an 'error' on the server: without a
-    // listener it would kill the daemon. libuv has already refused that one connection; the others go on.
-    server.on('error', (e: NodeJS.ErrnoException) => this.logger.once(`accept:${e.code}`, 'warn', `${what}: accepting a connection failed (${e.code ?? e.message}); refused it and serving on`));
-    return server;
+    return this.admission.listen(fd, what, onConn);
   }
 
   /** The rdma_cm file (what /dev/infiniband/rdma_cm is to librdmacm), its mode and name from the rules as for uverbsN. */
@@ -173,18 +170,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     const path = join(root, 'dev', pol.name);
     ensureDirUnder(root, dirname(path));
     await this.recoverStale(path);
-    const server = await this.serveFile(path, pol, 'rdma_cm', (s) => {
-      let cred: { pid: number; uid: number; gid: number };
-      try {
-        cred = peerCred(socketFd(s));
-        this.quotas.charge(cred.uid, 'connections');
-      } catch (e) {
-        s.end(replyFrame(-((e as CmdError).errno ?? E.EIO), Buffer.from((e as Error).message)));
-        s.on('error', () => s.destroy());
-        return;
-      }
-      this.ucmaConns.add(new UcmaConnection(this, s, cred));
-    });
+    const server = this.serveFile(path, pol, 'rdma_cm', (s, cred) => this.ucmaConns.add(new UcmaConnection(this, s, cred)));
     this.cmServer = server;
     this.cmPath = path;
     const misc = join(root, 'sys', 'class', 'misc', 'rdma_cm');
@@ -239,7 +225,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
       const c = qp.owner as Context;
       this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}`);
     };
-    const server = await this.serveFile(path, pol, spec.name, (s) => this.onConnection(s, dev));
+    const server = this.serveFile(path, pol, spec.name, (s, cred) => this.conns.add(new Connection(this, s, dev, cred)));
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
     this.cm.attach(dev);
@@ -414,26 +400,6 @@ export class Daemon implements ConnectionHost, UcmaHost {
     });
   }
 
-  private onConnection(s: Socket, dev: SoftDevice): void {
-    let cred: { pid: number; uid: number; gid: number };
-    try {
-      cred = peerCred(socketFd(s));
-    } catch (e) {
-      this.log(`peer credentials unavailable: ${(e as Error).message}`);
-      s.destroy();
-      return;
-    }
-    try {
-      this.quotas.charge(cred.uid, 'connections');
-    } catch (e) {
-      // as open() failing with EMFILE: the first request gets the errno, then the connection ends
-      s.end(replyFrame(-(e as CmdError).errno, Buffer.from((e as Error).message)));
-      s.on('error', () => s.destroy());
-      return;
-    }
-    this.conns.add(new Connection(this, s, dev, cred));
-  }
-
   connectionClosed(c: Connection): void {
     if (!this.conns.delete(c)) return;
     this.quotas.release(c.cred.uid, 'connections');
@@ -576,6 +542,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
       d.dev.transport?.stop();
     }
     for (const c of this.conns) c.sock.destroy();
+    this.admission.close();
     await Promise.all([...this.ucmaConns].map((c) => endUcma(c, UCMA_DRAIN_MS)));
     if (this.cmPath) rmSync(this.cmPath, { force: true });
     rmSync(join(this.opts.root, 'sys', 'class', 'misc', 'rdma_cm'), { recursive: true, force: true });

@@ -1,7 +1,9 @@
 /**
  * The few libc calls Node does not offer, through koffi (prebuilt, no
- * install script): memfd_create, mmap/munmap, file seals, SO_PEERCRED and
- * the AF_UNIX datagram of systemd's readiness protocol.
+ * install script): memfd_create, mmap/munmap, file seals, SO_PEERCRED, a
+ * listening AF_UNIX socket with accept4 and a send that never waits (the
+ * daemon judges each connection before Node sees it), and the AF_UNIX
+ * datagram of systemd's readiness protocol.
  * Everything else (open, fstat, ftruncate, close) is node:fs on raw fds.
  */
 import koffi from 'koffi';
@@ -20,6 +22,10 @@ const sched_yield_ = libc.func('int sched_yield(void)');
 const socket_ = libc.func('int socket(int domain, int type, int protocol)');
 const sendto_ = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
 const close_ = libc.func('int close(int fd)');
+const send_ = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
+const accept4_ = libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)');
+const bind_ = libc.func('int bind(int fd, const void *addr, uint32_t len)');
+const listen_ = libc.func('int listen(int fd, int backlog)');
 
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
@@ -109,13 +115,26 @@ export function addSeals(fd: number, seals: number): void {
   if ((fcntl_(fd, F_ADD_SEALS, seals) as number) < 0) fail('fcntl(F_ADD_SEALS)');
 }
 
+const credVal = Buffer.alloc(12);
+const credLen = Buffer.alloc(4);
+
 /** The peer's credentials of a connected Unix socket (struct ucred), as the kernel vouches for them. */
 export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
-  const val = Buffer.alloc(12);
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(12);
-  if ((getsockopt_(fd, SOL_SOCKET, SO_PEERCRED, val, len) as number) !== 0) fail('getsockopt(SO_PEERCRED)');
-  return { pid: val.readInt32LE(0), uid: val.readUInt32LE(4), gid: val.readUInt32LE(8) };
+  credLen.writeUInt32LE(12);
+  if ((getsockopt_(fd, SOL_SOCKET, SO_PEERCRED, credVal, credLen) as number) !== 0) fail('getsockopt(SO_PEERCRED)');
+  return { pid: credVal.readInt32LE(0), uid: credVal.readUInt32LE(4), gid: credVal.readUInt32LE(8) };
+}
+
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+
+/**
+ * send(2) of what fits now, never waiting and never raising SIGPIPE: the bytes sent, or -errno (a peer
+ * already gone is EPIPE, an answer, not an exception).
+ */
+export function sendNow(fd: number, b: Buffer): number {
+  const n = Number(send_(fd, b, b.length, MSG_DONTWAIT | MSG_NOSIGNAL));
+  return n < 0 ? -koffi.errno() : n;
 }
 
 /**
@@ -154,6 +173,37 @@ export function sdNotify(state: string, socketPath = process.env.NOTIFY_SOCKET):
   } finally {
     close_(fd);
   }
+}
+
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+
+/** A non-blocking, close-on-exec AF_UNIX stream socket bound to `path` and listening; the caller accepts on it. */
+export function listenUnix(path: string, backlog: number): number {
+  const p = Buffer.from(path, 'utf8');
+  if (p.length > 107) throw new SysError(`bind ${path}`, osConstants.ENAMETOOLONG ?? 36);
+  const sa = Buffer.alloc(2 + 108);
+  sa.writeUInt16LE(AF_UNIX, 0);
+  p.copy(sa, 2);
+  const fd = socket_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) as number;
+  if (fd < 0) fail('socket(AF_UNIX)');
+  if ((bind_(fd, sa, 2 + p.length + 1) as number) !== 0 || (listen_(fd, backlog) as number) !== 0) {
+    const e = new SysError(`listen ${path}`, koffi.errno());
+    close_(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** accept4(2) of one waiting connection, non-blocking and close-on-exec: its descriptor, or -errno (-EAGAIN: none waits). */
+export function acceptNow(fd: number): number {
+  const c = accept4_(fd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK) as number;
+  return c < 0 ? -koffi.errno() : c;
+}
+
+/** close(2) of a descriptor no Node object holds. */
+export function closeFd(fd: number): void {
+  close_(fd);
 }
 
 /** The file descriptor under a connected Node socket (for SO_PEERCRED). Node keeps it in the socket's private handle. */
