@@ -302,7 +302,9 @@ export class ConnectionManager {
     s.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       s.close();
-      done(null, e.code === 'ENETUNREACH' || e.code === 'EHOSTUNREACH' ? E.ENETUNREACH : E.EADDRNOTAVAIL, `no route (${e.code})`);
+      // a daemon out of descriptors has no socket to ask the routing table with: that is no answer about the route
+      const errno = e.code === 'ENETUNREACH' || e.code === 'EHOSTUNREACH' ? E.ENETUNREACH : e.code === 'EMFILE' || e.code === 'ENFILE' ? E[e.code] : E.EADDRNOTAVAIL;
+      done(null, errno, `no route (${e.code})`);
     });
     s.connect(4791, dst.address, () => {
       clearTimeout(timer);

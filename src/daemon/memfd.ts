@@ -33,6 +33,9 @@ export function mapClientMemfd(pid: number, memfd: number, offset: bigint, lengt
   try {
     fd = openSync(path, 'r+');
   } catch (e) {
+    // the daemon out of descriptors is not the client's memfd refusing it
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EMFILE' || code === 'ENFILE') fail(E[code], `cannot open memfd ${memfd} of pid ${pid}: the daemon is out of file descriptors (${code})`);
     fail(E.EACCES, `cannot open memfd ${memfd} of pid ${pid}: ${(e as Error).message}`);
   }
   try {

@@ -4,6 +4,7 @@
  * exempt, as CAP_IPC_LOCK is. Pages registered twice count twice.
  */
 import { readFileSync } from 'node:fs';
+import { E, fail } from '../common/errno.js';
 
 export const PAGE_SIZE = 4096;
 
@@ -31,14 +32,17 @@ export class PinnedAccounts {
     return this.pages.get(pid) ?? 0;
   }
 
-  /** Charges `n` pages to pid; false (and nothing charged) if that would pass its limit. */
+  /** Charges `n` pages to pid; false (and nothing charged) if that would pass its limit; EMFILE when it cannot be read. */
   charge(pid: number, uid: number, n: number): boolean {
     const cur = this.pinned(pid);
     if (uid !== 0) {
       let limit: number;
       try {
         limit = memlockLimit(pid);
-      } catch {
+      } catch (e) {
+        // out of descriptors, the limit cannot be read: that is no answer about the limit
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EMFILE' || code === 'ENFILE') fail(E[code], `cannot read /proc/${pid}/limits: the daemon is out of file descriptors (${code})`);
         return false; // the process is gone: nothing to pin for
       }
       if ((cur + n) * PAGE_SIZE > limit) return false;

@@ -5,18 +5,19 @@
  * (every query answered, p99 reported); the daemon stays small and alive.
  * A connect flood at the daemon's descriptor limit: another user opens and
  * works throughout, and nothing is leaked. Also: replies carry only the
- * response struct, exhausted descriptors do not kill the daemon, and a wire
- * port already taken stops a daemon from starting.
+ * response struct, exhausted descriptors do not kill the daemon (nor turn
+ * into another errno, nor drop a waiting client), and a wire port already
+ * taken stops a daemon from starting.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { A1, A2, A3, assertServing, DAEMON, DIST, IS_ROOT, rssKiB, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
-import { getDeviceList, openDevice } from '../../src/verbs/index.js';
+import { Access, CmEventType, EventChannel, getDeviceList, openDevice, PortSpace } from '../../src/verbs/index.js';
 import { E } from '../../src/common/errno.js';
 import { layout } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
@@ -24,6 +25,7 @@ import * as U from '../../src/abi/uverbs.js';
 const FLOOD = join(DIST, 'test', 'fixtures', 'flood.js');
 const VICTIM = join(DIST, 'test', 'fixtures', 'victim.js');
 const OPENER = join(DIST, 'test', 'fixtures', 'opener.js');
+const REGMR = join(DIST, 'test', 'fixtures', 'regmr.js');
 
 const rssMiB = (pid: number): number => rssKiB(pid) / 1024;
 
@@ -216,6 +218,87 @@ describe('replies, descriptors and the wire port', () => {
       await ctx.closeDevice();
     } finally {
       for (const s of held) s.destroy();
+      await d.stop();
+    }
+  });
+
+  test('its descriptor limit lowered under it (prlimit --pid): a command that needs a descriptor fails with EMFILE, not EACCES or ENOMEM; a new client waits, not dropped; the link check warns; all serve again once it is raised', { skip: IS_ROOT ? false : 'needs root (prlimit, another user)' }, async () => {
+    const d = await startDaemon(['--device', `rxe0=${A1}`]);
+    const alice = testUser('svtest-alice');
+    spawnSync('chmod', ['0755', d.root]);
+    const pid = d.proc.pid!;
+    const p = spawn(alice.as[0]!, [...alice.as.slice(1), process.execPath, REGMR, d.root], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines: string[] = [];
+    let buf = '';
+    p.stdout!.on('data', (b) => {
+      buf += b;
+      const parts = buf.split('\n');
+      buf = parts.pop()!;
+      lines.push(...parts);
+    });
+    const line = async (): Promise<string> => {
+      for (let i = 0; i < 100 && lines.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      return lines.shift() ?? '(nothing)';
+    };
+    const hard = /Max open files\s+(\d+)\s+(\d+)/.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'))!;
+    try {
+      assert.equal(await line(), 'ready');
+      const dev = getDeviceList(d.root)[0]!;
+      const ctx = await openDevice(dev, d.root);
+      const pd = await ctx.allocPd();
+      const mr0 = await pd.allocMr(4096, Access.LOCAL_WRITE); // the library's own buffer first: only the daemon is to run short
+      await mr0.deregMr();
+      const ch = await EventChannel.create(d.root);
+      const id = await ch.createId(PortSpace.TCP);
+      // the lowest free descriptor number as the limit: the daemon can open nothing more
+      const used = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+      let low = 0;
+      while (used.has(low)) low++;
+      assert.equal(spawnSync('prlimit', ['--pid', String(pid), `--nofile=${low}:${hard[2]}`]).status, 0);
+      // alice's REG_MR reads her RLIMIT_MEMLOCK from /proc first (was ENOMEM: "passes RLIMIT_MEMLOCK")
+      p.stdin!.write('\n');
+      const a = JSON.parse(await line()) as { code: string; message: string } | null;
+      assert.equal(a?.code, 'EMFILE', JSON.stringify(a));
+      assert.match(a!.message, /cannot read \/proc\/\d+\/limits: the daemon is out of file descriptors \(EMFILE\)/);
+      // root's opens her memfd straight away (was EACCES: "cannot open memfd")
+      await assert.rejects(pd.allocMr(4096, Access.LOCAL_WRITE), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'EMFILE', e.message);
+        assert.match(e.message, /cannot open memfd \d+ of pid \d+: the daemon is out of file descriptors \(EMFILE\)/);
+        return true;
+      });
+      // rdma_resolve_addr asks the routing table through a socket it cannot have (was ADDR_ERROR -EADDRNOTAVAIL)
+      await id.resolveAddr(A1, 7471);
+      const ev = await ch.getCmEvent();
+      assert.equal(ev?.event, CmEventType.ADDR_ERROR);
+      assert.equal(ev?.status, -E.EMFILE);
+      // a new client waits in the queue, not dropped (was: libuv accepted and closed it, EIO: read ECONNRESET)
+      let opened: string | null = null;
+      const late = openDevice(dev, d.root).then(
+        (c) => ((opened = 'ok'), c),
+        (e: Error) => ((opened = e.message), null),
+      );
+      await new Promise((r) => setTimeout(r, 1200)); // the link check runs every 500 ms
+      assert.equal(opened, null);
+      assert.match(d.stderr(), /warning: checking the links failed: .*(EMFILE|error 24)/);
+      assert.match(d.stderr(), /warning: rxe0: accepting a connection failed \(EMFILE\); connections wait in the queue/);
+      assert.equal(d.proc.exitCode, null, d.stderr());
+      assert.equal(spawnSync('prlimit', ['--pid', String(pid), `--nofile=${hard[1]}:${hard[2]}`]).status, 0);
+      const lateCtx = await late;
+      assert.equal(opened, 'ok');
+      await lateCtx!.queryPort(1);
+      await lateCtx!.closeDevice();
+      p.stdin!.write('\n');
+      assert.equal(await line(), 'null');
+      await assertServing(d, ctx, pd);
+      await id.resolveAddr(A1, 7471);
+      assert.equal((await ch.getCmEvent())?.event, CmEventType.ADDR_RESOLVED);
+      await id.destroy();
+      await ch.destroy();
+      await ctx.closeDevice();
+    } finally {
+      spawnSync('prlimit', ['--pid', String(pid), `--nofile=${hard[1]}:${hard[2]}`]);
+      p.stdin!.end();
+      await new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)));
       await d.stop();
     }
   });
