@@ -16,11 +16,10 @@ import { CmEventType, PortSpace, type SockAddr } from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
 import type { SoftDevice } from '../hca/device.js';
 import { gidOf, gidToAddr, isV4Gid, sameGid } from '../hca/gid.js';
-import { OPCODES, Op, Transport } from '../hca/opcodes.js';
-import type { Pkt } from '../hca/packet.js';
+import type { GsiAgent, GsiPort } from './gsi.js';
 import {
-  CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, SIDR_REP, SIDR_REQ, GSI_QKEY, GSI_QPN, IP_CM_HDR_SIZE, ipCmPrivateData, MAD_SIZE, MRA, MsgRef,
-  parseMad, parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, SidrStatus, timeoutMs, type FieldsIn, type IpCmHdr,
+  CmAttr, decodeFields, decodeIpCmHdr, DREP, DREQ, encodeMad, SIDR_REP, SIDR_REQ, IP_CM_HDR_SIZE, ipCmPrivateData, MRA, MsgRef,
+  parseServiceId, PRIVATE_DATA, REJ, RejReason, REP, REQ, RTU, serviceId, SidrStatus, timeoutMs, type FieldsIn, type IpCmHdr,
 } from './mad.js';
 
 /** rdma_cm's states (enum rdma_cm_state), as `rdma resource show cm_id` names them. */
@@ -195,16 +194,13 @@ export class ConnectionManager {
   private readonly byRemote = new Map<string, CmId>();
   /** every live id (the restrack view) */
   readonly ids = new Set<CmId>();
-  /** MADs that were not taken, by reason */
-  readonly drops = new Map<string, number>();
-  private readonly gsiPsn = new WeakMap<SoftDevice, number>();
   private nextRestrackId = 0;
 
   constructor(private readonly host: CmHost) {}
 
-  /** Makes `dev`'s QP1 ours: the GSI of every device of this daemon is the CM. */
+  /** Registers with `dev`'s QP1 as the agent of the CM class. */
   attach(dev: SoftDevice): void {
-    dev.gsi = (p) => this.onGsi(dev, p);
+    dev.gsi.register(this.agent);
   }
 
   /**
@@ -223,6 +219,7 @@ export class ConnectionManager {
       id.destroyed = true;
     }
     for (const id of this.byCommId.values()) if (id.lingering && id.dev === dev) this.unlinger(id);
+    dev.gsi.unregister(this.agent);
   }
 
   // ---- the consumer's commands ----
@@ -581,55 +578,30 @@ export class ConnectionManager {
 
   // ---- QP1: MADs in and out ----
 
-  private onGsi(dev: SoftDevice, p: Pkt): void {
-    // its payload is a window on a receive buffer that lives until we return: the MAD is copied
-    if (p.opcode !== (Transport.UD | Op.SEND_ONLY)) return this.drop('not a UD SEND_ONLY');
-    if (p.qkey !== GSI_QKEY) return this.drop('wrong Q_Key for QP1');
-    if (p.payLen < MAD_SIZE) return this.drop('short MAD');
-    const mad = p.payload.slice(p.payOff, p.payOff + MAD_SIZE);
-    const src = p.srcGid.slice();
-    const m = parseMad(mad);
-    if ('error' in m) return this.drop(m.error);
-    try {
-      switch (m.attr) {
-        case CmAttr.REQ: return this.onReq(dev, src, m.hdr.tid, m.data);
-        case CmAttr.MRA: return this.onMra(m.data);
-        case CmAttr.REJ: return this.onRej(m.data);
-        case CmAttr.REP: return this.onRep(src, m.data);
-        case CmAttr.RTU: return this.onRtu(m.data);
-        case CmAttr.DREQ: return this.onDreq(dev, src, m.hdr.tid, m.data);
-        case CmAttr.DREP: return this.onDrep(m.data);
-        case CmAttr.SIDR_REQ: return this.onSidrReq(dev, src, m.hdr.tid, m.data);
-        case CmAttr.SIDR_REP: return this.onSidrRep(src, m.data);
-        default: return this.drop(`CM attribute 0x${(m.attr as number).toString(16)} is not served`);
+  /** The CM class's MADs of every device (the GSI has checked them): each to the handler named after its message. */
+  private readonly agent: GsiAgent = {
+    recv: (port, m, src) => {
+      const dev = port.dev;
+      try {
+        switch (m.attr) {
+          case CmAttr.REQ: return this.onReq(dev, src, m.hdr.tid, m.data);
+          case CmAttr.MRA: return this.onMra(port, m.data);
+          case CmAttr.REJ: return this.onRej(port, m.data);
+          case CmAttr.REP: return this.onRep(port, src, m.data);
+          case CmAttr.RTU: return this.onRtu(port, m.data);
+          case CmAttr.DREQ: return this.onDreq(dev, src, m.hdr.tid, m.data);
+          case CmAttr.DREP: return this.onDrep(port, m.data);
+          case CmAttr.SIDR_REQ: return this.onSidrReq(dev, src, m.hdr.tid, m.data);
+          case CmAttr.SIDR_REP: return this.onSidrRep(port, src, m.data);
+        }
+      } catch (e) {
+        this.host.log(`rdma_cm: internal error on a CM MAD: ${(e as Error).stack}`);
       }
-    } catch (e) {
-      this.host.log(`rdma_cm: internal error on a CM MAD: ${(e as Error).stack}`);
-    }
-  }
-
-  private drop(why: string): void {
-    this.drops.set(why, (this.drops.get(why) ?? 0) + 1);
-  }
+    },
+  };
 
   private sendTo(dev: SoftDevice, dst: Uint8Array, mad: Uint8Array): void {
-    const p = dev.newPkt();
-    p.opcode = Transport.UD | Op.SEND_ONLY;
-    p.mask = OPCODES[p.opcode]!.mask;
-    p.destQpn = GSI_QPN;
-    p.srcQpn = GSI_QPN;
-    p.qkey = GSI_QKEY;
-    const psn = this.gsiPsn.get(dev) ?? 0;
-    this.gsiPsn.set(dev, (psn + 1) & 0xffffff);
-    p.psn = psn;
-    p.ackReq = true;
-    p.srcGid = dev.gids[0]!;
-    p.dstGid = dst;
-    p.payload = mad;
-    p.payOff = 0;
-    p.payLen = MAD_SIZE;
-    dev.xmit(p);
-    dev.fabric.drain();
+    dev.gsi.send(dst, mad);
   }
 
   private sendMad(id: CmId, mad: Uint8Array): void {
@@ -793,10 +765,10 @@ export class ConnectionManager {
     listener.eventsReported++;
   }
 
-  private onMra(data: Uint8Array): void {
+  private onMra(port: GsiPort, data: Uint8Array): void {
     const m = decodeFields(MRA, data);
     const id = this.byCommId.get(m.remote_comm_id);
-    if (!id || id.remoteCommId && m.local_comm_id !== id.remoteCommId) return this.drop('MRA for no connection');
+    if (!id || id.remoteCommId && m.local_comm_id !== id.remoteCommId) return port.drop('MRA for no connection');
     const wait = timeoutMs(m.service_timeout) + Math.min(RETRY_MS, id.peerTimeoutMs);
     if (m.message_mraed === MsgRef.REQ && id.ib === IbState.REQ_SENT) {
       id.ib = IbState.MRA_REQ_RCVD;
@@ -808,11 +780,11 @@ export class ConnectionManager {
     } else if (id.ib === IbState.MRA_REQ_RCVD || id.ib === IbState.MRA_REP_RCVD) this.arm(id, wait);
   }
 
-  private onRej(data: Uint8Array): void {
+  private onRej(port: GsiPort, data: Uint8Array): void {
     const m = decodeFields(REJ, data);
     const id = this.byCommId.get(m.remote_comm_id);
-    if (!id) return this.drop('REJ for no connection');
-    if (id.remoteCommId && m.local_comm_id && m.local_comm_id !== id.remoteCommId) return this.drop('REJ from another connection');
+    if (!id) return port.drop('REJ for no connection');
+    if (id.remoteCommId && m.local_comm_id && m.local_comm_id !== id.remoteCommId) return port.drop('REJ from another connection');
     const before = id.ib;
     const waiting: IbState[] = [IbState.REQ_SENT, IbState.MRA_REQ_RCVD, IbState.REP_SENT, IbState.MRA_REP_RCVD, IbState.REP_RCVD];
     if (waiting.includes(before)) {
@@ -829,10 +801,10 @@ export class ConnectionManager {
     }
   }
 
-  private onRep(src: Uint8Array, data: Uint8Array): void {
+  private onRep(port: GsiPort, src: Uint8Array, data: Uint8Array): void {
     const m = decodeFields(REP, data);
     const id = this.byCommId.get(m.remote_comm_id);
-    if (!id || !id.remoteGid || !sameGid(src, id.remoteGid)) return this.drop('REP for no connection');
+    if (!id || !id.remoteGid || !sameGid(src, id.remoteGid)) return port.drop('REP for no connection');
     if (id.ib === IbState.ESTABLISHED && id.remoteCommId === m.local_comm_id) {
       // our RTU was lost: the peer asks again
       if (id.last) this.sendMad(id, id.last);
@@ -856,10 +828,10 @@ export class ConnectionManager {
     });
   }
 
-  private onRtu(data: Uint8Array): void {
+  private onRtu(port: GsiPort, data: Uint8Array): void {
     const m = decodeFields(RTU, data);
     const id = this.byCommId.get(m.remote_comm_id);
-    if (!id || m.local_comm_id !== id.remoteCommId) return this.drop('RTU for no connection');
+    if (!id || m.local_comm_id !== id.remoteCommId) return port.drop('RTU for no connection');
     if (id.ib !== IbState.REP_SENT && id.ib !== IbState.MRA_REP_RCVD) return;
     this.stopTimer(id);
     id.ib = IbState.ESTABLISHED;
@@ -896,10 +868,10 @@ export class ConnectionManager {
     }
   }
 
-  private onDrep(data: Uint8Array): void {
+  private onDrep(port: GsiPort, data: Uint8Array): void {
     const m = decodeFields(DREP, data);
     const id = this.byCommId.get(m.remote_comm_id);
-    if (!id || m.local_comm_id !== id.remoteCommId) return this.drop('DREP for no connection');
+    if (!id || m.local_comm_id !== id.remoteCommId) return port.drop('DREP for no connection');
     if (id.ib !== IbState.DREQ_SENT) return;
     if (id.lingering) return this.unlinger(id);
     this.timewait(id);
@@ -974,10 +946,10 @@ export class ConnectionManager {
     listener.eventsReported++;
   }
 
-  private onSidrRep(src: Uint8Array, data: Uint8Array): void {
+  private onSidrRep(port: GsiPort, src: Uint8Array, data: Uint8Array): void {
     const m = decodeFields(SIDR_REP, data);
     const id = this.byCommId.get(m.request_id);
-    if (!id || id.ib !== IbState.SIDR_REQ_SENT || !id.remoteGid || !sameGid(src, id.remoteGid)) return this.drop('SIDR_REP for no request');
+    if (!id || id.ib !== IbState.SIDR_REQ_SENT || !id.remoteGid || !sameGid(src, id.remoteGid)) return port.drop('SIDR_REP for no request');
     this.toIdle(id);
     if (m.status !== SidrStatus.SUCCESS) {
       this.emit(id, CmEventType.UNREACHABLE, m.status);

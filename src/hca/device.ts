@@ -7,6 +7,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { EventType, PortState, QpType } from '../abi/enums.js';
+import { GsiPort } from '../cm/gsi.js';
 import * as completer from './completer.js';
 import { toError } from './completion.js';
 import { COUNTER_NAMES, type CounterName } from './counters.js';
@@ -122,7 +123,7 @@ export class SoftDevice implements Hca {
     if (!info) return;
     p.mask = info.mask;
     // QP1, the GSI: management datagrams (the CM's MADs) for the daemon, never a consumer's QP
-    if (p.destQpn === 1) return this.gsi?.(p);
+    if (p.destQpn === 1) return this.gsi.receive(p);
     const qp = this.qps.get(p.destQpn);
     if (!qp) return;
     const transport = p.opcode & 0xe0;
@@ -132,8 +133,8 @@ export class SoftDevice implements Hca {
     else completer.receive(qp, p);
   }
 
-  /** Who takes what arrives on QP1 (the connection manager), set by the daemon. */
-  gsi: ((p: Pkt) => void) | null = null;
+  /** QP1: the connection manager registers with it as its agent. */
+  readonly gsi = new GsiPort(this);
 
   /** Resource-tracking ids as the kernel's restrack gives them (pdn, cqn, mrn, ctxn: per device, from 0; a QP's is its QPN). */
   readonly resIds = new WeakMap<object, number>();
