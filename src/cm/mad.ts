@@ -354,6 +354,7 @@ export const RejReason = {
   INVALID_ALT_FLOW_LABEL: 33,
   VENDOR_OPTION_NOT_SUPPORTED: 35,
 } as const;
+export type RejReason = (typeof RejReason)[keyof typeof RejReason];
 
 /** Each REJ reason in the kernel's words (ibcm_reject_msg, what rdma_reject_msg gives on IB and RoCE). */
 const REJ_REASON_MSG: Record<number, string> = {
