@@ -130,6 +130,8 @@ export const QP_ATTR = struct('ib_uverbs_qp_attr', [
   ['max_dest_rd_atomic', 'u8'], ['min_rnr_timer', 'u8'], ['port_num', 'u8'], ['timeout', 'u8'], ['retry_cnt', 'u8'], ['rnr_retry', 'u8'],
   ['alt_port_num', 'u8'], ['alt_timeout', 'u8'], ['reserved', { bytes: 5 }],
 ]);
+/** What INIT_QP_ATTR answers: the attributes (and their mask) that move a QP to the state asked for. */
+export type InitQpAttr = Input<typeof QP_ATTR>;
 export const NOTIFY = struct('rdma_ucm_notify', [['id', 'u32'], ['event', 'u32']]);
 export const SET_OPTION = struct('rdma_ucm_set_option', [['optval', 'u64'], ['id', 'u32'], ['level', 'u32'], ['optname', 'u32'], ['optlen', 'u32']]);
 /** The union of rdma_ucm_event_resp: conn or ud parameters, 4-byte aligned (decoded with CONN_PARAM or UD_PARAM at its offset). */

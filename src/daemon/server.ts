@@ -29,7 +29,7 @@ import { safeName } from '../common/trust.js';
 import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
 import { policyFor, type Rule } from './rules.js';
-import { ConnectionManager } from '../cm/cm.js';
+import { RdmaCm } from '../cm/cma.js';
 import { endUcma, UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
 import { Admission, type Cred, type Listener } from './admission.js';
 import { listenUnix } from '../native/libc.js';
@@ -95,7 +95,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
   readonly logger: Log;
   readonly log: (msg: string) => void;
   /** The connection manager (rdma_cm, ib_cm and rdma_ucm) and its device file. */
-  readonly cm: ConnectionManager;
+  readonly cm: RdmaCm;
   private cmServer: Listener | null = null;
   private cmPath = '';
   private ucmaTokens = new Map<number, UcmaFile>();
@@ -112,7 +112,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
     this.fabric.onBug = (e) => this.logger.error(`internal error on a delayed packet: ${e.stack}`);
-    this.cm = new ConnectionManager({
+    this.cm = new RdmaCm({
       devices: () => this.devs.map((d) => d.dev),
       log: (m) => this.log(m),
       debug: (m) => this.logger.debug(m),
@@ -228,7 +228,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     const server = this.serveFile(path, pol, spec.name, (s, cred) => this.conns.add(new Connection(this, s, dev, cred)));
     const entry = { dev, kname, path, server };
     this.devs.push(entry);
-    this.cm.attach(dev);
+    this.cm.addDevice(dev);
     this.writeSysfs(dev, kname, path);
     let wire: string;
     if (spec.wire === 'none') wire = 'no wire (wire=none): reaches devices of this daemon only';
@@ -286,7 +286,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
 
   /** Takes a device out: its file, discovery entry, wire and place on the fabric. */
   private removeDevice(d: DevEntry): void {
-    this.cm.detach(d.dev);
+    this.cm.removeDevice(d.dev);
     d.server.close();
     d.dev.transport?.stop();
     const k = this.devs.indexOf(d);
@@ -537,7 +537,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
     this.cmServer?.close();
     // every device goes, as on removal: each cm_id on one hears DEVICE_REMOVAL before its event stream ends
     for (const d of this.devs) {
-      this.cm.detach(d.dev);
+      this.cm.removeDevice(d.dev);
       d.server.close();
       d.dev.transport?.stop();
     }

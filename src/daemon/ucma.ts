@@ -2,7 +2,7 @@
  * One connection to the rdma_cm file (a ucma file of the kernel): its
  * commands, each with its handler named after it, and the event stream a
  * second connection attaches to by token. What the commands do is the
- * connection manager's (`cm/cm.ts`); this side checks the frames, owns the
+ * connection manager's (`cm/cma.ts`); this side checks the frames, owns the
  * file's ids and turns events into `rdma_ucm_event_resp` records.
  */
 import type { Socket } from 'node:net';
@@ -11,7 +11,8 @@ import { FrameAssembler, replyFrame } from '../abi/framing.js';
 import { encode, layout, pack, unpack, type Infer } from '../abi/layout.js';
 import * as C from '../abi/ucma.js';
 import { CmdError, E, errnoName } from '../common/errno.js';
-import type { CmEvent, CmFile, CmId, ConnectionManager, ConnParam } from '../cm/cm.js';
+import type { CmEvent, CmFile, CmId, ConnParam } from '../cm/cma-id.js';
+import type { RdmaCm } from '../cm/cma.js';
 import type { Log } from './log.js';
 
 /** Events queued for a file whose stream is not attached (or not reading) before the file is closed. */
@@ -21,7 +22,7 @@ const STREAM_HARD_CAP = 4 << 20;
 const ERROR_TEXT = 1024;
 
 export interface UcmaHost {
-  readonly cm: ConnectionManager;
+  readonly cm: RdmaCm;
   readonly logger: Log;
   newUcmaToken(f: UcmaFile): number;
   ucmaToken(t: number): UcmaFile | undefined;
@@ -267,7 +268,7 @@ export class UcmaConnection {
       case C.UcmaCmd.INIT_QP_ATTR: {
         const r = this.need(S.INIT_QP_ATTR, body, out);
         const attr = cm.initQpAttr(this.id(r.id, 'rdma_init_qp_attr'), r.qp_state);
-        return pack(C.QP_ATTR, attr as Parameters<typeof pack<typeof C.QP_ATTR>>[1]);
+        return pack(C.QP_ATTR, attr);
       }
       case C.UcmaCmd.NOTIFY: {
         const r = this.need(S.NOTIFY, body, out);
