@@ -386,11 +386,15 @@ export class IbCm {
 
   // ---- timers: retransmission, MRA waits, timewait ----
 
-  /** Sends a MAD that waits for an answer: resent every RETRY_MS (or the peer's time, if shorter) up to maxRetries times. */
+  /**
+   * Sends a MAD that waits for an answer: resent every RETRY_MS (or the peer's time, if shorter) up to maxRetries
+   * times. The timer is armed before the MAD leaves: a peer of this daemon answers before send returns, and its
+   * answer (an MRA's longer wait, a DREP's TIMEWAIT) must not be overwritten by ours.
+   */
   private sendAwaiting(id: IbCmId, mad: Uint8Array): void {
     id.msg = mad;
-    this.send(id, mad);
     this.arm(id, Math.min(RETRY_MS, id.peerTimeoutMs));
+    this.send(id, mad);
   }
 
   private arm(id: IbCmId, ms: number): void {
@@ -416,8 +420,8 @@ export class IbCm {
     const waiting: IbState[] = [IbState.REQ_SENT, IbState.MRA_REQ_RCVD, IbState.REP_SENT, IbState.MRA_REP_RCVD, IbState.DREQ_SENT, IbState.SIDR_REQ_SENT];
     if (!waiting.includes(id.state) || !id.msg) return;
     if (id.retries++ < id.maxRetries) {
-      this.send(id, id.msg);
       this.arm(id, Math.min(RETRY_MS, id.peerTimeoutMs));
+      this.send(id, id.msg);
       return;
     }
     // no answer after every retry
