@@ -42,12 +42,14 @@ export const UcmaCmd = {
   RESOLVE_ADDR: 21,
   JOIN_MCAST: 22,
 } as const;
+export type UcmaCmd = (typeof UcmaCmd)[keyof typeof UcmaCmd];
 
 /** softverbs' own: the event stream's token, and the first frame of the event stream connection. */
 export const SvUcmaCmd = {
   EVENT_TOKEN: 0xf3,
   ATTACH_EVENTS: 0xf4,
 } as const;
+export type SvUcmaCmd = (typeof SvUcmaCmd)[keyof typeof SvUcmaCmd];
 
 /** enum rdma_ucm_port_space (the service ID's bytes 4 and 5) */
 export const PortSpace = { IPOIB: 0x0002, IB: 0x013f, TCP: 0x0106, UDP: 0x0111 } as const;
@@ -55,6 +57,7 @@ export type PortSpace = (typeof PortSpace)[keyof typeof PortSpace];
 
 /** RDMA_USER_CM_QUERY_* */
 export const QueryOption = { ADDR: 0, PATH: 1, GID: 2 } as const;
+export type QueryOption = (typeof QueryOption)[keyof typeof QueryOption];
 
 /** enum rdma_cm_event_type (librdmacm's RDMA_CM_EVENT_*) */
 export const CmEventType = {
@@ -144,7 +147,7 @@ export const EVENT_RESP_SIZE = layout(EVENT_RESP).size;
 export const SV_UCMA_TOKEN = struct('sv_ucma_token', [['token', 'u32'], ['reserved', 'u32']]);
 
 export interface UcmaSpec<Q extends StructDef = StructDef, R extends StructDef | undefined = StructDef | undefined> {
-  readonly cmd: number;
+  readonly cmd: UcmaCmd;
   readonly name: string;
   readonly req: Q;
   readonly resp: R;

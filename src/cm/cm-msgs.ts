@@ -46,7 +46,7 @@ export function formatMra(id: IbCmId): Uint8Array {
 }
 
 /** A REJ; its ARI (additional rejection information), when given, is counted in reject_info_length. */
-export function formatRej(tid: bigint, local: number, remote: number, reason: RejReason, msg: number, privateData: Uint8Array, ari?: Uint8Array): Uint8Array {
+export function formatRej(tid: bigint, local: number, remote: number, reason: RejReason, msg: MsgRef, privateData: Uint8Array, ari?: Uint8Array): Uint8Array {
   const f: FieldsIn<typeof REJ> = { local_comm_id: local, remote_comm_id: remote, message_rejected: msg, reason, private_data: privateData };
   if (ari) {
     f.ari = ari;

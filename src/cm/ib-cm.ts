@@ -460,7 +460,7 @@ export class IbCm {
     if (id.dev && id.dgid) id.dev.gsi.send(id.dgid, mad);
   }
 
-  private rej(id: IbCmId, reason: RejReason, msg: number, privateData: Uint8Array): void {
+  private rej(id: IbCmId, reason: RejReason, msg: MsgRef, privateData: Uint8Array): void {
     this.send(id, formatRej(id.tid, id.localCommId, id.remoteCommId, reason, msg, privateData));
   }
 

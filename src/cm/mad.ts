@@ -393,6 +393,7 @@ export function sidrStatusMsg(status: number): string {
 
 /** Which message a REJ or MRA answers (its message_rejected / message_mraed field). */
 export const MsgRef = { REQ: 0, REP: 1, OTHER: 2 } as const;
+export type MsgRef = (typeof MsgRef)[keyof typeof MsgRef];
 
 /** IBA's 4.096 µs × 2^t, in milliseconds: CM response timeouts, service timeouts, ACK delays. */
 export function timeoutMs(t: number): number {
