@@ -11,14 +11,14 @@
  * `rdma statistic show` counts the packets; everything it started stops.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, realpathSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import {
   Access, CmEventType, cmEventStr, EventChannel, PortSpace, QpType, SendFlags, WcStatus, WC_STATUS_STR, WrOpcode,
-  type CmId, type CompletionQueue, type MemoryRegion, type QueuePair, type WorkCompletion,
+  type CmEvent, type CmId, type CompletionQueue, type MemoryRegion, type QueuePair, type WorkCompletion,
 } from '../verbs/index.js';
 import { spawnDaemon } from '../daemon/spawn.js';
 
@@ -43,10 +43,10 @@ const COUNTER = 2 * MiB; // B's 64-bit counter, clear of the WRITE and READ wind
 /** The port B listens on (RDMA_PS_TCP's port space is the daemon's own, not TCP's). */
 const CM_PORT = 7471;
 
-/** The next event on a CM channel, which must be `want`. */
-async function expect(ch: EventChannel, want: CmEventType): Promise<import('../verbs/index.js').CmEvent> {
+/** The next event on a CM channel, which must be `want`; anything else is an error that says what came and why. */
+export async function expectEvent(ch: EventChannel, want: CmEventType): Promise<CmEvent> {
   const e = await ch.getCmEvent();
-  if (!e || e.event !== want) throw new Error(`expected ${cmEventStr(want)}, got ${e ? `${cmEventStr(e.event)} (status ${e.status})` : 'the end of the channel'}`);
+  if (!e || e.event !== want) throw new Error(`expected ${cmEventStr(want)}, got ${e ? `${cmEventStr(e.event)} (status ${e.status}${e.reason ? ` = ${e.reason}` : ''})` : 'the end of the channel'}`);
   return e;
 }
 
@@ -79,7 +79,7 @@ async function responder(root: string): Promise<void> {
   await listen.bindAddr('127.0.0.2', CM_PORT);
   await listen.listen(1);
   send({ listening: { pid: process.pid } });
-  const req = await expect(ch, CmEventType.CONNECT_REQUEST);
+  const req = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
   const b = await setup(req.id);
   b.mr.buf.fill(0xab, MiB, 2 * MiB);
   b.mr.buf.writeBigUInt64LE(100n, COUNTER);
@@ -88,7 +88,7 @@ async function responder(root: string): Promise<void> {
   pd.writeBigUInt64BE(b.mr.addr, 0);
   pd.writeUInt32BE(b.mr.rkey, 8);
   await req.id.accept({ privateData: pd, responderResources: 16, initiatorDepth: 16 });
-  await expect(ch, CmEventType.ESTABLISHED);
+  await expectEvent(ch, CmEventType.ESTABLISHED);
   send({ accepted: { qpn: b.qp.qpNum, from: `${req.id.peerAddr!.address}:${req.id.peerAddr!.port}` } });
   process.on('message', async (m: { wait?: boolean; check?: { off: number; len: number }; counter?: boolean; bye?: boolean }) => {
     if (m.wait) {
@@ -100,7 +100,7 @@ async function responder(root: string): Promise<void> {
       send({ counter: b.mr.buf.readBigUInt64LE(COUNTER).toString() });
     } else if (m.bye) {
       // A disconnected: the DREQ arrived as DISCONNECTED; our DREP answers it
-      await expect(ch, CmEventType.DISCONNECTED);
+      await expectEvent(ch, CmEventType.DISCONNECTED);
       await req.id.disconnect();
       send({ disconnected: true });
       process.exit(0);
@@ -155,12 +155,12 @@ async function main(): Promise<void> {
     const ch = await EventChannel.create(root);
     const id = await ch.createId(PortSpace.TCP);
     await id.resolveAddr('127.0.0.2', CM_PORT, { src: '127.0.0.1' });
-    await expect(ch, CmEventType.ADDR_RESOLVED);
+    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
     await id.resolveRoute();
-    await expect(ch, CmEventType.ROUTE_RESOLVED);
+    await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
     const a = await setup(id);
     await id.connect({ responderResources: 16, initiatorDepth: 16 });
-    const est = await expect(ch, CmEventType.ESTABLISHED);
+    const est = await expectEvent(ch, CmEventType.ESTABLISHED);
     const remote = est.param.privateData.subarray(0, 12);
     const info = { qpn: (await accepted).qpn, pid: listening.pid, addr: Buffer.from(remote).readBigUInt64BE(0), rkey: Buffer.from(remote).readUInt32BE(8) };
     say(`process A (pid ${process.pid}) rxe0 QP 0x${a.qp.qpNum.toString(16)}  <->  process B (pid ${info.pid}) rxe1 QP 0x${info.qpn.toString(16)}: RC, connected through the RDMA CM`);
@@ -205,7 +205,7 @@ async function main(): Promise<void> {
 
     await id.disconnect();
     const bye = ask(child, { bye: true }, 'disconnected');
-    await expect(ch, CmEventType.DISCONNECTED);
+    await expectEvent(ch, CmEventType.DISCONNECTED);
     await bye;
     say('rdma_disconnect: A sent the DREQ, B answered with the DREP; both saw RDMA_CM_EVENT_DISCONNECTED');
     await new Promise((res) => child!.once('exit', res));
@@ -238,5 +238,20 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv[2] === '--responder') await responder(process.argv[3]!);
-else await main();
+/** Run as the program (npm start, and process B forked from it), not imported by a test for expectEvent; `node demo` may name it without .js. */
+function isProgram(): boolean {
+  const me = fileURLToPath(import.meta.url);
+  for (const p of [process.argv[1], `${process.argv[1]}.js`]) {
+    try {
+      if (p && realpathSync(p) === me) return true;
+    } catch {
+      /* not this spelling */
+    }
+  }
+  return false;
+}
+
+if (isProgram()) {
+  if (process.argv[2] === '--responder') await responder(process.argv[3]!);
+  else await main();
+}
