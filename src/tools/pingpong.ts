@@ -246,9 +246,8 @@ export async function run(tool: string, kind: Kind, argv: string[]): Promise<num
       } else {
         do {
           ne = pp.cq.pollCq(wcs);
-          // completions arrive in shared memory: an empty poll gives the CPU away (the daemon may need it: two
-          // pingpongs and two daemons share 2 cores here; yielding every 64th poll, a cross-wire iteration took
-          // 480-580 us on average, every poll 370-420) and the event loop a turn now and then
+          // completions arrive in shared memory: an empty poll gives the CPU away, since the daemon that must run
+          // for this completion may share this core (a NIC would not), and the event loop gets a turn now and then
           if (ne < 1) {
             schedYield();
             if ((++spins & 0x3ff) === 0) await new Promise((r) => setImmediate(r));

@@ -261,8 +261,8 @@ export class CmId {
    * accept and getRequest wait for their outcome; a refusal or a timeout is thrown as the errno librdmacm sets.
    */
   sync = false;
-  /** the QP attributes createEp was given: a listening endpoint's requests get a QP with them */
-  /** @internal */ epInit: (Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }) | null = null;
+  /** @internal the QP attributes createEp was given: a listening endpoint's requests get a QP with them */
+  epInit: (Partial<QpInitAttr> & { cap?: QpInitAttr['cap'] }) | null = null;
   /** @internal */ epPd: ProtectionDomain | null = null;
   /** the private data of the event that established the connection (its REP's, for the active side) */
   lastParam: EventParam | null = null;
@@ -275,8 +275,7 @@ export class CmId {
     readonly qpType: number,
   ) {}
 
-  /** The id's device and addresses, as the daemon has them (librdmacm's ucma_query_addr). */
-  /** @internal */
+  /** @internal The id's device and addresses, as the daemon has them (librdmacm's ucma_query_addr). */
   async learn(): Promise<void> {
     const q = unpack(C.QUERY_ADDR_RESP, await this.channel.call('rdma_query', C.UcmaSpecs.QUERY, { id: this.handle, option: C.QueryOption.ADDR }));
     this.localAddr = q.src_size ? C.readSockaddr(q.src_addr.bytes) : null;
@@ -449,8 +448,7 @@ export class CmId {
   /** @internal the listening endpoint a request endpoint came from (they share its channel) */
   listenerOf: CmId | null = null;
 
-  /** The next event of a synchronous id: `want`, or the errno librdmacm sets for what came instead. */
-  /** @internal */
+  /** @internal The next event of a synchronous id: `want`, or the errno librdmacm sets for what came instead. */
   async waitEvent(verb: string, want: CmEventType): Promise<CmEvent> {
     const e = await this.channel.getCmEvent();
     if (!e) throw new VerbsError(verb, 'EIO', 'the event channel is closed');

@@ -10,7 +10,7 @@ import { deviceMax } from '../object-table.js';
 import type { Commands } from './command.js';
 
 /**
- * IBV_DEVICE_* flags. rxe on 6.1 reports 0x01223c76 (ibv_devinfo -v in the lab VM); softverbs
+ * IBV_DEVICE_* flags. Linux rxe 6.1 reports 0x01223c76; softverbs
  * has no memory windows, no MEM_MGT_EXTENSIONS and no SRQ resize, so those bits are off.
  */
 const DEVICE_CAP_FLAGS = 0x00001c76;
