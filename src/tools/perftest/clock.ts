@@ -13,9 +13,8 @@ import { fail, notifyCqs, now, type Session } from './session.js';
 export function spinner(s: Session, every = 1024): () => Promise<void> | null {
   let n = 0;
   return () => {
-    // on 2 cores, two spinning tools and the daemons: a spin that never yields starves the HCA itself
-    // (ib_send_bw 4 KiB: 0.05 -> 0.15-0.20 Mpps, ib_send_lat p99 630 -> 45 us on this machine); yielding on
-    // every empty poll rather than every 64th: ib_send_bw 4 KiB 271-282 -> 308-320 MB/s, ib_send_lat the same
+    // the HCA is the daemons, on the same cores as the spinning tools: a spin that does not yield on every
+    // empty poll starves the HCA it waits for
     schedYield();
     if (++n % every !== 0) return null;
     checkPeer(s);
@@ -31,11 +30,9 @@ function checkPeer(s: Session): void {
 }
 
 /**
- * How long a bandwidth loop without -e polls in vain before it sleeps on its CQs' channel, in ns. Spin-then-block,
- * with the spin about as long as a sleep and its wake-up cost here. Across the wire on this 2-core machine, napping
- * after 50-200 us cut ib_send_bw 4 KiB from 715 to 450-525 MB/sec (its waits are short, and each wake-up is an
- * event and a scheduling round); after 1 ms it stays at 690-715, and ib_write_bw 64 KiB, whose client waits
- * about 3 ms for each signaled completion, still sleeps through most of each wait (1480 -> 1900-1950 MB/sec).
+ * How long a bandwidth loop without -e polls in vain before it sleeps on its CQs' channel, in ns. Spin-then-block:
+ * a shorter spin sleeps through the short waits of small messages, paying an event and a scheduling round each
+ * time; a wait for a signaled completion of large messages (milliseconds) is still slept through for the most part.
  */
 export const NAP_AFTER_NS = 1e6;
 /** The longest nap: then the loop looks at its clock (-D) and at its peer, and naps again if nothing came. */
