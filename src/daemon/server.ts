@@ -1,8 +1,7 @@
 /**
- * softverbsd: the device files and the discovery tree (what udev and sysfs
- * give Linux), the links to network interfaces, management requests, and
- * the daemon's life cycle. What happens on one connection is
- * `connection.ts`; on one context, `context.ts`.
+ * softverbsd's life cycle: the devices, their files and discovery tree (what udev and sysfs give Linux), the
+ * links to network interfaces, and the connections admission.ts lets in. What happens on one connection is
+ * `connection.ts`; on one context, `context.ts`; a management request, `mgmt.ts`.
  */
 import { randomInt } from 'node:crypto';
 import { chmodSync, existsSync, lchownSync, lstatSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
@@ -11,7 +10,6 @@ import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
-import { wrIdOf } from '../abi/ring.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E } from '../common/errno.js';
 import { SoftDevice } from '../hca/device.js';
@@ -28,11 +26,12 @@ import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
 import { safeName } from '../common/trust.js';
 import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
-import { policyFor, type Rule } from './rules.js';
+import { policyFor, type DevicePolicy, type Rule } from './rules.js';
 import { RdmaCm } from '../cm/cma.js';
 import { endUcma, UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
 import { Admission, type Cred, type Listener } from './admission.js';
 import { listenUnix } from '../native/libc.js';
+import { serveMgmt, type MgmtHost } from './mgmt.js';
 
 export interface DeviceSpec {
   name: string;
@@ -60,10 +59,7 @@ export interface DaemonOptions {
   pollUs?: number;
 }
 
-/**
- * Polling a send queue this long after activity catches a client's reply without a doorbell: measured on 2
- * cores, an 8-byte cross-wire ping-pong on completion events went from about 390 to 250-280 us (median).
- */
+/** Polling a send queue this long after activity catches a client's next post without waiting for its doorbell. */
 export const DEFAULT_POLL_US = 200;
 
 interface DevEntry {
@@ -77,12 +73,10 @@ type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; cha
 
 /** How long a stopping daemon waits for its rdma_cm clients to take their last events. */
 const UCMA_DRAIN_MS = 1000;
-/** restrack fields shown to root and the owner only. */
-const SECRET_FIELDS = ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn', 'pages', 'handle'] as const;
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
 const LISTEN_BACKLOG = 4096;
 
-export class Daemon implements ConnectionHost, UcmaHost {
+export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
   readonly fabric = new Fabric();
   readonly pinned = new PinnedAccounts();
   readonly quotas: Quotas;
@@ -100,14 +94,19 @@ export class Daemon implements ConnectionHost, UcmaHost {
   private cmPath = '';
   private ucmaTokens = new Map<number, UcmaFile>();
   private ucmaConns = new Set<UcmaConnection>();
+  /** Each device's network interface, as last seen, and whether its port is up. */
+  private linkState = new Map<SoftDevice, { iface: string | null; up: boolean }>();
+  private linkTimer: NodeJS.Timeout | null = null;
   /** Told how long each command took (the metrics' histogram), when someone listens. */
   onCommand: ((cmd: number, seconds: number) => void) | null = null;
 
   constructor(readonly opts: DaemonOptions) {
     this.logger = opts.logger ?? new Log();
     this.log = (m) => this.logger.info(m);
-    this.quotas = new Quotas(opts.limits ?? { ...DEFAULT_USER_LIMITS }, (uid) => this.privileged(uid), (uid, what, msg) => this.limitHit(uid, what, msg));
-    this.admission = new Admission(this.quotas, (uid) => this.privileged(uid), (uid, what, msg) => this.limitHit(uid, what, msg), this.logger);
+    const privileged = (uid: number) => this.privileged(uid);
+    const limitHit = (uid: number, what: string, msg: string) => this.limitHit(uid, what, msg);
+    this.quotas = new Quotas(opts.limits ?? { ...DEFAULT_USER_LIMITS }, privileged, limitHit);
+    this.admission = new Admission(this.quotas, privileged, limitHit, this.logger);
     this.fabric.fault = opts.fault ?? null;
     this.fabric.pcap = opts.pcap ?? null;
     if (opts.pcap) opts.pcap.onError = (e) => this.log(`--pcap ${opts.pcap!.path}: ${e.message}; capture stopped`);
@@ -150,7 +149,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
   }
 
   /** A device file: a Unix socket born with the rules' mode (umask around the bind) and owner, its connections admitted to `onConn`. */
-  private serveFile(path: string, pol: { mode: number; uid: number | null; gid: number | null }, what: string, onConn: (s: Socket, cred: Cred) => void): Listener {
+  private serveFile(path: string, pol: DevicePolicy, what: string, onConn: (s: Socket, cred: Cred) => void): Listener {
     // the socket is born with its mode, so no path is chmod'ed after the fact
     const old = process.umask(~pol.mode & 0o777);
     let fd: number;
@@ -230,26 +229,36 @@ export class Daemon implements ConnectionHost, UcmaHost {
     this.devs.push(entry);
     this.cm.addDevice(dev);
     this.writeSysfs(dev, kname, path);
-    let wire: string;
-    if (spec.wire === 'none') wire = 'no wire (wire=none): reaches devices of this daemon only';
-    else {
-      const t = new RoceTransport(dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
-      t.allowDst = this.opts.allowDst ?? null;
-      try {
-        await t.start();
-      } catch (e) {
-        // a device without its wire would look fine and silently talk to no one (or to a stale daemon holding the port)
-        this.removeDevice(entry);
-        const code = (e as NodeJS.ErrnoException).code;
-        throw new Error(`${spec.name}: cannot bind the RoCEv2 port ${spec.addr.includes(':') ? `[${spec.addr}]` : spec.addr}:4791: ${code === 'EADDRINUSE' ? 'it is in use (another softverbsd, or rdma_rxe, on this address?)' : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : (e as Error).message}; --device ${spec.name}=${spec.addr},wire=none runs the device without a wire`);
-      }
-      dev.transport = t;
-      wire = t.mode === 'raw' ? 'RoCEv2 on UDP port 4791, arriving frames read through a raw socket (every ICRC exact and checked both ways)' : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
-    }
-    writeNoFollow(join(verbsClassDir(root), kname, 'wire'), `${dev.transport ? `${dev.transport.mode}${dev.transport.fallback ? `: ${dev.transport.fallback}` : ''}` : 'none'}\n`);
+    const wire = await this.startWire(spec, entry);
+    const t = dev.transport;
+    writeNoFollow(join(verbsClassDir(root), kname, 'wire'), `${t ? `${t.mode}${t.fallback ? `: ${t.fallback}` : ''}` : 'none'}\n`);
     this.linkState.set(dev, { iface: null, up: true });
-    this.log(`${spec.name}: ${kname} on ${spec.addr}, mode ${pol.mode.toString(8).padStart(4, '0')}${pol.gid !== null ? ` gid ${pol.gid}` : ''}, active MTU ${dev.mtuBytes}, ${wire}`);
+    const access = `mode ${octal(pol.mode)}${pol.gid !== null ? ` gid ${pol.gid}` : ''}`;
+    this.log(`${spec.name}: ${kname} on ${spec.addr}, ${access}, active MTU ${dev.mtuBytes}, ${wire}`);
     return entry;
+  }
+
+  /** The device's RoCEv2 wire, started (or none, as the spec asks); what it is, for the log. */
+  private async startWire(spec: DeviceSpec, entry: DevEntry): Promise<string> {
+    if (spec.wire === 'none') return 'no wire (wire=none): reaches devices of this daemon only';
+    const t = new RoceTransport(entry.dev, spec.wire ?? 'auto', this.opts.pcap ?? null);
+    t.allowDst = this.opts.allowDst ?? null;
+    try {
+      await t.start();
+    } catch (e) {
+      // a device without its wire would look fine and silently talk to no one (or to a stale daemon holding the port)
+      this.removeDevice(entry);
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'EADDRINUSE' ? 'it is in use (another softverbsd, or rdma_rxe, on this address?)'
+        : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : (e as Error).message;
+      const port = `${spec.addr.includes(':') ? `[${spec.addr}]` : spec.addr}:4791`;
+      const instead = `--device ${spec.name}=${spec.addr},wire=none runs the device without a wire`;
+      throw new Error(`${spec.name}: cannot bind the RoCEv2 port ${port}: ${why}; ${instead}`);
+    }
+    entry.dev.transport = t;
+    return t.mode === 'raw'
+      ? 'RoCEv2 on UDP port 4791, arriving frames read through a raw socket (every ICRC exact and checked both ways)'
+      : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;
   }
 
   /**
@@ -298,9 +307,6 @@ export class Daemon implements ConnectionHost, UcmaHost {
     rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
     rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
   }
-
-  private linkState = new Map<SoftDevice, { iface: string | null; up: boolean }>();
-  private linkTimer: NodeJS.Timeout | null = null;
 
   /**
    * The port follows its network interface, as rxe's follows its netdev:
@@ -436,15 +442,17 @@ export class Daemon implements ConnectionHost, UcmaHost {
       if (!lstatSync(d.path).isSocket()) throw new Error(`${d.path} is no longer our socket`);
       chmodSync(d.path, pol.mode);
       if (pol.uid !== null || pol.gid !== null) lchownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
-      this.log(`SIGHUP: ${d.path} mode ${pol.mode.toString(8).padStart(4, '0')}${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`);
+      const owner = `${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`;
+      this.log(`SIGHUP: ${d.path} mode ${octal(pol.mode)}${owner}`);
     }
     if (this.cmPath) {
       const pol = policyFor(rules, 'rdma_cm');
-      if (join(this.opts.root, 'dev', pol.name) !== this.cmPath) this.logger.warn(`SIGHUP: rdma_cm would move; device files are named at start (restart to rename)`);
-      else if (lstatSync(this.cmPath).isSocket()) {
+      if (join(this.opts.root, 'dev', pol.name) !== this.cmPath) {
+        this.logger.warn('SIGHUP: rdma_cm would move; device files are named at start (restart to rename)');
+      } else if (lstatSync(this.cmPath).isSocket()) {
         chmodSync(this.cmPath, pol.mode);
         if (pol.uid !== null || pol.gid !== null) lchownSync(this.cmPath, pol.uid ?? -1, pol.gid ?? -1);
-        this.log(`SIGHUP: ${this.cmPath} mode ${pol.mode.toString(8).padStart(4, '0')}`);
+        this.log(`SIGHUP: ${this.cmPath} mode ${octal(pol.mode)}`);
       }
     }
     this.opts.rules = rules;
@@ -455,81 +463,13 @@ export class Daemon implements ConnectionHost, UcmaHost {
     this.logger.once(`${uid}:${limit}`, 'warn', `uid ${uid} hit ${limit}: ${msg}`);
   }
 
-  /** Management requests (what netlink serves to `rdma`): JSON in, JSON out. */
+  /** Management requests (what netlink serves to `rdma`): mgmt.ts. */
   mgmt(frame: Buffer, reply: Reply, uid: number): void {
-    let req: { op?: string; name?: string; netdev?: string };
-    try {
-      req = JSON.parse(frame.subarray(8).toString('utf8').replace(/\0+$/, '').trim() || '{}');
-    } catch {
-      return reply(-E.EINVAL);
-    }
-    let out: unknown;
-    switch (req.op) {
-      case 'link-add':
-      case 'link-delete': {
-        // changing the device set is the administrator's (CAP_NET_ADMIN in Linux; here uid 0 or the daemon's own)
-        if (uid !== 0 && uid !== process.getuid?.()) return reply(-E.EPERM, Buffer.from(`${req.op}: only root may add or delete links`));
-        const name = String(req.name ?? '');
-        if (req.op === 'link-delete') {
-          if (!this.devs.some((d) => d.dev.name === name)) return reply(-E.ENODEV, Buffer.from(`link delete: no device ${name}`));
-          // answer first: this very connection may be one of the device's, and deleting it closes them all
-          reply(0, Buffer.from('{}'), 2);
-          setImmediate(() => this.linkDelete(name));
-          return;
-        }
-        const done = this.linkAdd(name, String(req.netdev ?? ''));
-        done.then(
-          () => reply(0, Buffer.from('{}'), 2),
-          (e: Error) => (e instanceof CmdError ? reply(-e.errno, Buffer.from(e.message)) : reply(-E.EIO, Buffer.from(e.message))),
-        );
-        return;
-      }
-      case 'restrack':
-        // as nldev: everyone sees the resources; keys, IOVAs and PSNs (what it takes to reach into another
-        // process's memory or inject into its connection) only root, the daemon's own uid and the owner
-        out = [...this.contexts].flatMap((c) => {
-          const rows = c.track();
-          if (this.privileged(uid) || c.uid === uid) return rows;
-          for (const r of rows) for (const k of SECRET_FIELDS) delete r[k];
-          return rows;
-        });
-        (out as unknown[]).push(...this.cm.track());
-        break;
-      case 'contexts':
-        // restrack's ctx entries: every open context, objects or not (nothing in them is secret)
-        out = [...this.contexts].map((c) => ({ dev: c.dev.name, pid: c.pid, uid: c.uid, comm: c.comm, type: 'ctx', ctxn: c.ctxn }));
-        break;
-      case 'pinned':
-        // pinned pages per pid: one's own processes, or all of them for root
-        out = Object.fromEntries(Object.entries(this.pinned.snapshot()).filter(([pid]) => this.privileged(uid) || [...this.contexts].some((c) => c.pid === Number(pid) && c.uid === uid)));
-        break;
-      case 'devices':
-        out = this.devs.map((d) => ({ name: d.dev.name, kname: d.kname, addr: d.dev.addr, netdev: this.linkState.get(d.dev)?.iface ?? null, path: d.path, mtu: d.dev.mtuBytes, state: d.dev.portState, qpns: [...d.dev.qps.keys()], wire: d.dev.transport?.running ? d.dev.transport.mode : null, wireReader: d.dev.transport?.running ? d.dev.transport.portReader : null, wireMerged: d.dev.transport?.merged ?? 0, wireDropped: Object.fromEntries([...(d.dev.transport?.dropped ?? []), ...d.dev.drops]), doorbells: d.dev.doorbells, polled: d.dev.polled, compEvents: d.dev.compEvents }));
-        break;
-      case 'counters':
-        out = this.devs.map((d) => ({ name: d.dev.name, counters: d.dev.counters }));
-        break;
-      case 'qps':
-        // the transport state of every QP (debugging a stuck connection): PSNs and all, so root's only
-        if (!this.privileged(uid)) return reply(-E.EPERM, Buffer.from('qps: only root may read the transport state of every QP'));
-        out = this.devs.flatMap((d) => [...d.dev.qps.values()].map((q) => {
-          const head = q.wqeAt(q.comp.idx);
-          return {
-            qpn: q.qpn, state: q.state, req: q.req, comp: { idx: q.comp.idx, psn: q.comp.psn, retryCnt: q.comp.retryCnt, rnrRetry: q.comp.rnrRetry, timer: !!q.comp.timer, rnrTimer: !!q.comp.rnrTimer },
-            resp: { psn: q.resp.psn, msn: q.resp.msn, sentPsnNak: q.resp.sentPsnNak, inMsg: q.resp.inMsg, res: q.resp.res.map((r) => [r.atomic ? 'A' : 'R', r.firstPsn, r.lastPsn]) },
-            head: { state: head.state, opcode: head.opcode, firstPsn: head.firstPsn, lastPsn: head.lastPsn, offset: head.offset, wrId: String(wrIdOf(head)) },
-            sqProduced: q.sqProduced(),
-          };
-        }));
-        break;
-      case 'faults':
-        out = this.fabric.fault ? { dropped: this.fabric.fault.dropped, duplicated: this.fabric.fault.duplicated, reordered: this.fabric.fault.reordered, delayed: this.fabric.fault.delayed } : null;
-        break;
-      default:
-        return reply(-E.EOPNOTSUPP);
-    }
-    const body = Buffer.from(JSON.stringify(out));
-    reply(0, body, body.length);
+    serveMgmt(this, frame, reply, uid);
+  }
+
+  netdevOf(dev: SoftDevice): string | null {
+    return this.linkState.get(dev)?.iface ?? null;
   }
 
   async stop(): Promise<void> {
@@ -557,5 +497,7 @@ export class Daemon implements ConnectionHost, UcmaHost {
   }
 }
 
-
-
+/** A file mode as ls and chmod write it (0666). */
+function octal(mode: number): string {
+  return mode.toString(8).padStart(4, '0');
+}
