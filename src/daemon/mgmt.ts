@@ -119,9 +119,13 @@ function linkAdd(host: MgmtHost, req: Request, uid: number): Promise<object> {
 function linkDelete(host: MgmtHost, req: Request, uid: number): object {
   mayChangeLinks(host, 'link-delete', uid);
   const name = String(req.name ?? '');
-  if (!host.devs.some((d) => d.dev.name === name)) fail(E.ENODEV, `link delete: no device ${name}`);
+  const exists = () => host.devs.some((d) => d.dev.name === name);
+  if (!exists()) fail(E.ENODEV, `link delete: no device ${name}`);
   // after the answer: this very connection may be one of the device's, and deleting it closes them all
-  setImmediate(() => host.linkDelete(name));
+  setImmediate(() => {
+    // another request may have deleted it in between
+    if (exists()) host.linkDelete(name);
+  });
   return {};
 }
 

@@ -1,7 +1,7 @@
 /**
  * The management socket from the outside: raw request frames, as any local user can send them. A request
  * that is not a JSON object, or names no request the daemon has, is refused with its errno and reason (and
- * the daemon serves on); changing the device set is root's.
+ * the daemon serves on); changing the device set is root's; a device deleted twice at once goes once.
  */
 import assert from 'node:assert/strict';
 import { chmodSync } from 'node:fs';
@@ -96,5 +96,15 @@ describe('management requests', () => {
     assert.notEqual(add.code, 0);
     assert.match(add.out, /EPERM: link-add: only root may add or delete links/);
     assert.deepEqual(await deviceNames(devPath), ['rxe0', 'rxe1']);
+  });
+
+  test('a device deleted twice in one breath, over its own file: both answered, it goes once, the daemon serves on', async () => {
+    const own = getDeviceList(d.root).find((x) => x.name === 'rxe1')!.devPath;
+    const del = JSON.stringify({ op: 'link-delete', name: 'rxe1' });
+    assert.deepEqual(await ask(own, del, del), [{ status: 0, text: '{}' }, { status: 0, text: '{}' }]);
+    const deadline = Date.now() + 5000;
+    while (getDeviceList(d.root).length !== 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await deviceNames(devPath), ['rxe0']);
+    assert.deepEqual(await ask(devPath, del), [{ status: -E.ENODEV, text: 'link delete: no device rxe1' }]);
   });
 });
