@@ -2,7 +2,8 @@
  * What one user can learn of another's resources through the management
  * socket (`rdma resource show`): as nldev, the resources, but not the keys,
  * IOVAs and PSNs that would let a process write into another's memory or
- * inject into its connection. Alice holds an MR and an RC QP on an SRQ; Mallory looks.
+ * inject into its connection, nor which processes pin memory. Alice holds an
+ * MR and an RC QP on an SRQ; Mallory looks.
  */
 import assert from 'node:assert/strict';
 import { chmodSync } from 'node:fs';
@@ -17,7 +18,10 @@ describe('another user\'s keys, IOVAs and PSNs are not shown', { skip: IS_ROOT ?
   let alice: Peer;
   let info: { qpn: number; rkey: number; lkey: number; addr: string };
   const users = IS_ROOT ? { alice: testUser('svtest-alice'), mallory: testUser('svtest-mallory') } : null;
-  const rdma = (as: string[], ...args: string[]) => runProcess(as[0] ?? process.execPath, [...as.slice(1), ...(as.length ? [process.execPath] : []), join(DIST, 'src', 'bin', 'rdma.js'), ...args], { ...process.env, SOFTVERBS_ROOT: d.root });
+  const rdma = (as: string[], ...args: string[]) => {
+    const argv = [...as.slice(1), ...(as.length ? [process.execPath] : []), join(DIST, 'src', 'bin', 'rdma.js'), ...args];
+    return runProcess(as[0] ?? process.execPath, argv, { ...process.env, SOFTVERBS_ROOT: d.root });
+  };
 
   before(async () => {
     d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
@@ -62,15 +66,27 @@ describe('another user\'s keys, IOVAs and PSNs are not shown', { skip: IS_ROOT ?
     const script = `import { mgmtQuery } from ${JSON.stringify(join(DIST, 'src', 'verbs', 'mgmt.js'))};
       const rows = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'restrack');
       let qps; try { qps = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'qps'); } catch (e) { qps = e.code; }
-      console.log(JSON.stringify({ rows, qps }));`;
-    const r = await runProcess(users!.mallory.as[0]!, [...users!.mallory.as.slice(1), process.execPath, '--input-type=module', '-e', script], process.env);
-    assert.equal(r.code, 0, r.out);
-    const { rows, qps } = JSON.parse(r.out) as { rows: Array<Record<string, unknown>>; qps: unknown };
+      const pinned = await mgmtQuery(${JSON.stringify(dev.devPath)}, 'pinned');
+      console.log(JSON.stringify({ rows, qps, pinned }));`;
+    type Seen = { rows: Array<Record<string, unknown>>; qps: unknown; pinned: Record<string, number> };
+    const ask = async (as: string[]): Promise<Seen> => {
+      const r = await runProcess(as[0]!, [...as.slice(1), process.execPath, '--input-type=module', '-e', script], process.env);
+      assert.equal(r.code, 0, r.out);
+      return JSON.parse(r.out) as Seen;
+    };
+    const { rows, qps, pinned } = await ask(users!.mallory.as);
     const hers = rows.filter((x) => x.uid === users!.alice.uid);
     assert.ok(hers.length >= 4, JSON.stringify(rows));
     for (const row of hers) for (const k of ['lkey', 'rkey', 'iova', 'sqPsn', 'rqPsn']) assert.equal(row[k], undefined, `${k} of ${row.type}`);
     assert.equal(qps, 'EPERM');
+    // pinned pages are shown by pid to their owner and root only
+    assert.equal(pinned[alice.pid], undefined, JSON.stringify(pinned));
+    const own = await ask(users!.alice.as);
+    assert.ok(own.pinned[alice.pid]! > 0, JSON.stringify(own.pinned));
+    assert.ok(own.rows.some((x) => x.type === 'mr' && x.rkey === info.rkey), 'Alice sees her keys');
+    assert.equal(own.qps, 'EPERM');
     const mine = await mgmtQuery<Array<Record<string, unknown>>>(dev.devPath, 'restrack');
     assert.ok(mine.some((x) => x.type === 'mr' && x.rkey === info.rkey), 'root sees the keys');
+    assert.ok((await mgmtQuery<Record<string, number>>(dev.devPath, 'pinned'))[alice.pid]! > 0, 'root sees every pid\'s pinned pages');
   });
 });
