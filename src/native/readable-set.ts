@@ -38,6 +38,12 @@ export class ReadableSet {
     const fds = new Int32Array(2);
     check('pipe2', pipe2_(fds, O_NONBLOCK | O_CLOEXEC) as number);
     this.pipe = [fds[0]!, fds[1]!];
+    // libuv joins its pool threads as the process exits: a poll() still waiting would hold the exit for ever
+    // (an uncaught exception would leave a process that answers nothing and ignores SIGTERM)
+    process.once('exit', () => {
+      this.waits.clear();
+      write_(this.pipe[1], this.byte, 1);
+    });
   }
 
   /** Calls `ready` once `fd` is readable (at most MAX_WAITS - 1 sockets wait at once). */

@@ -53,3 +53,20 @@ test('a waiting socket holds the process; cancelling it lets the process end', (
   const let_go = run(true);
   assert.equal(let_go.status, 0, String(let_go.stderr));
 });
+
+test('a process that throws while a socket waits still exits (the waiting poll does not hold the exit)', () => {
+  const script = `
+    import { createSocket } from 'node:dgram';
+    import { dgramFd, dgramReading } from ${JSON.stringify(new URL('../../src/native/libc.js', import.meta.url).href)};
+    import { readableSet } from ${JSON.stringify(new URL('../../src/native/readable-set.js', import.meta.url).href)};
+    const s = createSocket('udp4');
+    s.bind(0, '127.0.0.1', () => {
+      dgramReading(s, false);
+      readableSet().wait(dgramFd(s), () => {});
+      setTimeout(() => { throw new Error('uncaught on purpose'); }, 100);
+    });`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 10000 });
+  assert.equal(r.signal, null, 'the process had to be killed: the exit waited for the poll');
+  assert.equal(r.status, 1);
+  assert.match(String(r.stderr), /uncaught on purpose/);
+});
