@@ -3,10 +3,16 @@ import { constants } from 'node:os';
 
 export const E = constants.errno;
 
-/** A command failed with this errno; the reply carries -errno and the daemon logs the message. */
+/**
+ * A command failed with this errno; the reply carries -errno and the daemon logs the message. `errno` is the
+ * positive E constant it was made with, where the other errors of ours (common/errors.ts) have it negated: each
+ * reply path negates it itself. errnoOf() reads it negated as it reads the others.
+ */
 export class CmdError extends Error {
+  readonly code: string;
   constructor(readonly errno: number, message: string) {
     super(message);
+    this.code = errnoName(errno);
   }
 }
 

@@ -10,11 +10,13 @@
  */
 import { lstatSync, realpathSync, type Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { codeOf, ErrnoError, messageOf } from './errors.js';
 
-export class UntrustedPath extends Error {
+export class UntrustedPath extends ErrnoError {
   /** ENOENT: the root is not there at all (a missing root is no daemon, not a hostile one) */
-  constructor(readonly path: string, readonly why: string, readonly code: 'ENOENT' | 'EACCES' = 'EACCES') {
-    super(`${path} ${why}`);
+  declare readonly code: 'ENOENT' | 'EACCES';
+  constructor(readonly path: string, readonly why: string, code: 'ENOENT' | 'EACCES' = 'EACCES') {
+    super(code, `${path} ${why}`);
   }
 }
 
@@ -42,8 +44,8 @@ export function checkTrustedRoot(root: string, owners: readonly number[]): Stats
   try {
     st = lstatSync(path);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UntrustedPath(path, `cannot be examined (${code ?? (e as Error).message})`, code === 'ENOENT' || code === 'ENOTDIR' ? 'ENOENT' : 'EACCES');
+    const code = codeOf(e);
+    throw new UntrustedPath(path, `cannot be examined (${code ?? messageOf(e)})`, code === 'ENOENT' || code === 'ENOTDIR' ? 'ENOENT' : 'EACCES');
   }
   if (st.isSymbolicLink()) throw new UntrustedPath(path, 'is a symbolic link; a root must be a real directory');
   if (!st.isDirectory()) throw new UntrustedPath(path, 'is not a directory');

@@ -7,6 +7,7 @@
  */
 import { closeSync, fstatSync, openSync, readlinkSync } from 'node:fs';
 import { E, fail } from '../common/errno.js';
+import { codeOf, messageOf } from '../common/errors.js';
 import { addSeals, F_SEAL_GROW, F_SEAL_SHRINK, mapShared, type Mapping, SysError } from '../native/libc.js';
 
 const PAGE = 4096;
@@ -34,16 +35,16 @@ export function mapClientMemfd(pid: number, memfd: number, offset: bigint, lengt
     fd = openSync(path, 'r+');
   } catch (e) {
     // the daemon out of descriptors is not the client's memfd refusing it
-    const code = (e as NodeJS.ErrnoException).code;
+    const code = codeOf(e);
     if (code === 'EMFILE' || code === 'ENFILE') fail(E[code], `cannot open memfd ${memfd} of pid ${pid}: the daemon is out of file descriptors (${code})`);
-    fail(E.EACCES, `cannot open memfd ${memfd} of pid ${pid}: ${(e as Error).message}`);
+    fail(E.EACCES, `cannot open memfd ${memfd} of pid ${pid}: ${messageOf(e)}`);
   }
   try {
     try {
       addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW);
     } catch (e) {
       // a /dev/shm file, or a memfd made without MFD_ALLOW_SEALING: we could not stop it shrinking under us
-      fail(E.EINVAL, `fd ${memfd} cannot be sealed: ${(e as Error).message}`);
+      fail(E.EINVAL, `fd ${memfd} cannot be sealed: ${messageOf(e)}`);
     }
     const size = BigInt(fstatSync(fd).size);
     if (offset + length > size) fail(E.EFAULT, `span ${offset}+${length} is past the memfd's ${size} bytes`);
@@ -54,8 +55,7 @@ export function mapClientMemfd(pid: number, memfd: number, offset: bigint, lengt
     try {
       mapping = mapShared(fd, mapLen, Number(start));
     } catch (e) {
-      const err = e as SysError;
-      fail(err.errno ?? E.ENOMEM, err.message);
+      fail(e instanceof SysError ? -e.errno : E.ENOMEM, messageOf(e));
     }
     return { mapping, delta: Number(offset - start) };
   } finally {

@@ -41,6 +41,7 @@ import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { PcapWriter } from './pcap.js';
+import { asError } from '../common/errors.js';
 
 /** The device a wire belongs to, as the wire sees it (SoftDevice is one). */
 export interface WireDevice {
@@ -128,7 +129,6 @@ export class RoceTransport {
       this.raw = null;
       this.port?.close();
       this.port = null;
-      if (e instanceof SysError) throw Object.assign(new Error(e.message), { code: e.code });
       throw e;
     }
     if (this.raw) {
@@ -204,7 +204,7 @@ export class RoceTransport {
       else this.onDatagram(d, this.peerGid(rinfo.address));
       queued = this.portDrain?.drain(this.onQueued, this.batchDone) ?? 0;
     } catch (e) {
-      this.dev.onBug?.(e as Error);
+      this.dev.onBug?.(asError(e));
     }
     this.dev.wireBatchDone();
     if (queued >= STREAM_BACKLOG && !this.own) this.ownPort();
@@ -268,7 +268,7 @@ export class RoceTransport {
       try {
         n = this.portDrain.drain(this.onQueued, this.batchDone);
       } catch (e) {
-        this.dev.onBug?.(e as Error);
+        this.dev.onBug?.(asError(e));
       }
       if (n > 0) this.dev.wireBatchDone();
     }
@@ -305,7 +305,7 @@ export class RoceTransport {
     try {
       if (this.raw && (n = this.raw.drain(this.onRawDatagram, this.batchDone)) > 0) this.dev.wireBatchDone();
     } catch (e) {
-      this.dev.onBug?.(e as Error);
+      this.dev.onBug?.(asError(e));
     }
     return n;
   }

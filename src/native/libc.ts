@@ -8,6 +8,8 @@
  */
 import koffi from 'koffi';
 import { createRequire } from 'node:module';
+import { errnoName } from '../common/errno.js';
+import { ErrnoError } from '../common/errors.js';
 
 /** The C library, for the native modules beside this one to declare their own calls in. */
 export const libc = koffi.load('libc.so.6');
@@ -40,16 +42,11 @@ const SO_PEERCRED = 17;
 
 const require = createRequire(import.meta.url);
 const osConstants = (require('node:os') as typeof import('node:os')).constants.errno as Record<string, number>;
-/** The errno name (ENOENT, ...) of a number libc gave back. */
-export function errnoName(n: number): string {
-  for (const k in osConstants) if (osConstants[k] === n) return k;
-  return `E${n}`;
-}
 
-/** A failed libc call, with errno. */
-export class SysError extends Error {
-  constructor(readonly call: string, readonly errno: number, readonly code = errnoName(errno)) {
-    super(`${call}: ${code} (${strerror_(errno) as string})`);
+/** A failed libc call, as Node reports one: `code` the errno's name, `errno` its negated number. */
+export class SysError extends ErrnoError {
+  constructor(readonly call: string, errno: number) {
+    super(errno, `${call}: ${errnoName(Math.abs(errno))} (${strerror_(Math.abs(errno)) as string})`);
   }
 }
 

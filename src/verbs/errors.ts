@@ -1,6 +1,6 @@
 /** Errors of the verbs library. */
-import { constants } from 'node:os';
 import { errnoName } from '../common/errno.js';
+import { ErrnoError } from '../common/errors.js';
 
 /**
  * A verb failed, as Node reports a failed system call: `code` is the Linux
@@ -9,9 +9,7 @@ import { errnoName } from '../common/errno.js';
  * of the first WR that was not posted (libibverbs' bad_wr) and `wr` that
  * work request.
  */
-export class VerbsError extends Error {
-  readonly code: string;
-  readonly errno: number;
+export class VerbsError extends ErrnoError {
   /** the work request that was not posted (postSend / postRecv / postSrqRecv) */
   wr?: unknown;
   constructor(
@@ -20,10 +18,7 @@ export class VerbsError extends Error {
     detail?: string,
     readonly badWr?: number,
   ) {
-    const code = typeof errno === 'number' ? errnoName(errno) : errno;
-    super(`${verb}: ${code}${detail ? `: ${detail}` : ''}`);
-    this.code = code;
-    this.errno = typeof errno === 'number' ? -Math.abs(errno) : -((constants.errno as Record<string, number>)[code] ?? 0);
+    super(errno, `${verb}: ${typeof errno === 'number' ? errnoName(Math.abs(errno)) : errno}${detail ? `: ${detail}` : ''}`);
     this.name = 'VerbsError';
   }
 }
