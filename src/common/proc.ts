@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { codeOf } from './errors.js';
 
 /** Whether a process exists: kill(pid, 0) succeeds, or is refused with EPERM (it is someone else's). */
 export function pidAlive(pid: number): boolean {
@@ -6,7 +7,7 @@ export function pidAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    return codeOf(e) === 'EPERM';
   }
 }
 

@@ -32,6 +32,7 @@ import { E, errnoName } from '../common/errno.js';
 import { acceptNow, closeFd, peerCred, sendNow } from '../native/libc.js';
 import { readableSet } from '../native/readable-set.js';
 import type { Quotas } from './limits.js';
+import { messageOf } from '../common/errors.js';
 
 /** Descriptors kept for the daemon's own passing needs. */
 const GUARD = 32;
@@ -146,7 +147,7 @@ export class Admission {
       try {
         cred = peerCred(fd);
       } catch (e) {
-        this.logger.info(`peer credentials unavailable: ${(e as Error).message}`);
+        this.logger.info(`peer credentials unavailable: ${messageOf(e)}`);
         closeFd(fd);
         continue;
       }

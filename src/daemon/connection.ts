@@ -9,11 +9,12 @@ import type { Socket } from 'node:net';
 import { attachToken, FrameAssembler, replyFrame, requestSize } from '../abi/framing.js';
 import { offsets } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
-import { CmdError, E, errnoName } from '../common/errno.js';
+import { CmdError, E } from '../common/errno.js';
 import type { SoftDevice } from '../hca/device.js';
 import type { CompChannel } from './context.js';
 import { Context, type Host } from './context.js';
 import type { Log } from './log.js';
+import { asError, errnoOf, messageOf } from '../common/errors.js';
 
 /** What a connection needs from the daemon. */
 export interface ConnectionHost extends Host {
@@ -138,7 +139,7 @@ export class Connection {
     try {
       host.quotas.charge(cred.uid, 'contexts');
     } catch (e) {
-      return this.reply(-(e as CmdError).errno, Buffer.from((e as Error).message));
+      return this.reply(errnoOf(e) ?? -E.EIO, Buffer.from(messageOf(e)));
     }
     const ctx = new Context(host, this.dev, cred.pid, cred.uid, cred.gid);
     ctx.asyncToken = host.newToken('async', ctx);
@@ -183,11 +184,11 @@ export class Connection {
       this.reply(0, this.ctx!.dispatch(cmd, frame, outBytes), outBytes);
     } catch (e) {
       if (e instanceof CmdError) {
-        this.reply(-e.errno, Buffer.from(e.message));
-        host.logger.debug(`pid ${this.cred.pid}: command ${cmd}: ${errnoName(e.errno)}: ${e.message}`);
+        this.reply(errnoOf(e) ?? -E.EIO, Buffer.from(e.message));
+        host.logger.debug(`pid ${this.cred.pid}: command ${cmd}: ${e.code}: ${e.message}`);
       } else {
         // a bug of ours, not the client's: keep serving, say what happened
-        host.logger.error(`pid ${this.cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
+        host.logger.error(`pid ${this.cred.pid}: internal error on command ${cmd}: ${asError(e).stack}`);
         this.reply(-E.EIO);
       }
     }

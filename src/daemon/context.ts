@@ -27,6 +27,7 @@ import type { Quotas } from './limits.js';
 import { HandleAllocator } from './handles.js';
 import { type CompChannel, deliverEvent } from './events.js';
 import { deviceMax, OBJ_TYPES, OBJECT_TYPES, rowOf, type Entry, type ObjOf, type ObjType } from './object-table.js';
+import { messageOf } from '../common/errors.js';
 
 export { CompChannel } from './events.js';
 
@@ -266,7 +267,7 @@ export class Context implements Owner {
         try {
           rowOf(e).release(this, e.obj);
         } catch (err) {
-          this.host.log(`teardown of ${e.type} ${h} (pid ${this.pid}): ${(err as Error).message}`);
+          this.host.log(`teardown of ${e.type} ${h} (pid ${this.pid}): ${messageOf(err)}`);
         }
         this.remove(h);
       }

@@ -9,6 +9,7 @@
  * manager nothing is watched: there the daemon outlives whoever started it.
  */
 import { readFileSync } from 'node:fs';
+import { codeOf } from '../common/errors.js';
 
 interface Proc {
   pid: number;
@@ -21,7 +22,7 @@ function stat(pid: number): { ppid: number; start: string; comm: string } | null
   try {
     s = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ESRCH' ? null : 'unknown';
+    return codeOf(e) === 'ENOENT' || codeOf(e) === 'ESRCH' ? null : 'unknown';
   }
   // comm is in parentheses and may itself hold spaces and parentheses: the fields after it follow the last ')'
   const close = s.lastIndexOf(')');

@@ -18,6 +18,7 @@ import { Fault } from '../hca/fabric.js';
 import { PcapWriter } from '../hca/pcap.js';
 import { sdNotify } from '../native/libc.js';
 import { goneFrom, npmLauncherChain } from './launcher.js';
+import { messageOf } from '../common/errors.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -137,7 +138,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       strict: true,
     }).values;
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n${HELP}`);
+    throw new UsageError(`${messageOf(e)}\n${HELP}`);
   }
   if (args.help) return 'help';
   if (args.version) return 'version';
@@ -148,7 +149,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
     try {
       fault = Fault.parse(args.fault);
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(messageOf(e));
     }
   }
   let allowDst: BlockList | null = null;
@@ -181,14 +182,14 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
     try {
       cfg = JSON.parse(readFileSync(args.config, 'utf8'));
     } catch (e) {
-      throw new UsageError(`--config ${args.config}: ${(e as Error).message}`);
+      throw new UsageError(`--config ${args.config}: ${messageOf(e)}`);
     }
     for (const d of cfg.devices ?? []) devices.push(parseDevice(`${d.name}=${d.addr}${d.mtu ? `,mtu=${d.mtu}` : ''}${d.wire ? `,wire=${d.wire}` : ''}`));
     rulesFile ??= cfg.rules;
     try {
       limits = parseLimits(cfg.limits);
     } catch (e) {
-      throw new UsageError(`--config ${args.config}: ${(e as Error).message}`);
+      throw new UsageError(`--config ${args.config}: ${messageOf(e)}`);
     }
     if (cfg.rootMode !== undefined && rootMode === undefined) rootMode = parseRootMode(String(cfg.rootMode));
   }
@@ -203,7 +204,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
     try {
       rules = readRules(rulesFile);
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(messageOf(e));
     }
   }
   return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel };
@@ -219,7 +220,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     s = settings(argv);
   } catch (e) {
-    return die((e as Error).message);
+    return die(messageOf(e));
   }
   if (s === 'help') {
     process.stdout.write(HELP);
@@ -235,7 +236,7 @@ export async function main(argv: string[]): Promise<void> {
     try {
       pcap = new PcapWriter(s.pcap);
     } catch (e) {
-      die(`--pcap ${s.pcap}: ${(e as Error).message}`);
+      die(`--pcap ${s.pcap}: ${messageOf(e)}`);
     }
   }
   const daemon = new Daemon({ root: s.root, rootMode: s.rootMode, limits: s.limits, devices: s.devices, rules: s.rules, fault: s.fault, allowDst: s.allowDst, pollUs: s.pollUs, pcap, logger: log });
@@ -252,7 +253,7 @@ export async function main(argv: string[]): Promise<void> {
   } catch (e) {
     await metrics?.close();
     await daemon.stop();
-    die((e as Error).message);
+    die(messageOf(e));
   }
   let stopping = false;
   const stop = async (sig: string) => {
@@ -276,7 +277,7 @@ export async function main(argv: string[]): Promise<void> {
     try {
       daemon.applyRules(readRules(rulesFile));
     } catch (e) {
-      log.error(`SIGHUP: ${(e as Error).message}; the device files keep their modes`);
+      log.error(`SIGHUP: ${messageOf(e)}; the device files keep their modes`);
     }
     sdNotify('READY=1');
   });

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { E, fail } from '../common/errno.js';
+import { codeOf } from '../common/errors.js';
 
 export const PAGE_SIZE = 4096;
 
@@ -41,7 +42,7 @@ export class PinnedAccounts {
         limit = memlockLimit(pid);
       } catch (e) {
         // out of descriptors, the limit cannot be read: that is no answer about the limit
-        const code = (e as NodeJS.ErrnoException).code;
+        const code = codeOf(e);
         if (code === 'EMFILE' || code === 'ENFILE') fail(E[code], `cannot read /proc/${pid}/limits: the daemon is out of file descriptors (${code})`);
         return false; // the process is gone: nothing to pin for
       }

@@ -7,6 +7,7 @@
 import { closeSync, constants, lstatSync, mkdirSync, openSync, writeSync, chmodSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
+import { codeOf } from '../common/errors.js';
 
 /** Creates the root (mode `mode`) if it is missing, then insists it is trusted: ours, not a symlink, writable by us alone. */
 export function prepareRoot(root: string, mode: number, uid = process.getuid?.() ?? 0): void {
@@ -19,7 +20,7 @@ export function prepareRoot(root: string, mode: number, uid = process.getuid?.()
       mkdirSync(root, { mode });
       fresh = true;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; // someone made it in between: checked below like any other
+      if (codeOf(e) !== 'EEXIST') throw e; // someone made it in between: checked below like any other
     }
   }
   if (fresh) chmodSync(root, mode); // the umask must not narrow it (clients need to traverse a shared root)
@@ -41,7 +42,7 @@ export function ensureDirUnder(base: string, dir: string, mode = 0o755): void {
     try {
       mkdirSync(cur, { mode });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      if (codeOf(e) !== 'EEXIST') throw e;
       const st = lstatSync(cur);
       if (st.isSymbolicLink() || !st.isDirectory()) throw new Error(`${cur} exists and is not a directory of ours (${st.isSymbolicLink() ? 'a symlink' : 'a file'})`);
     }

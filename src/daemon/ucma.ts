@@ -14,6 +14,7 @@ import { CmdError, E, errnoName } from '../common/errno.js';
 import type { CmEvent, CmFile, CmId, ConnParam } from '../cm/cma-id.js';
 import type { RdmaCm } from '../cm/cma.js';
 import type { Log } from './log.js';
+import { asError, errnoOf } from '../common/errors.js';
 
 /** Events queued for a file whose stream is not attached (or not reading) before the file is closed. */
 const PENDING_CAP = 4096;
@@ -154,10 +155,10 @@ export class UcmaConnection {
       this.reply(0, body);
     } catch (e) {
       if (e instanceof CmdError) {
-        this.reply(-e.errno, Buffer.from(e.message));
-        this.host.logger.debug(`rdma_cm: pid ${this.cred.pid}: command ${cmd}: ${errnoName(e.errno)}: ${e.message}`);
+        this.reply(errnoOf(e) ?? -E.EIO, Buffer.from(e.message));
+        this.host.logger.debug(`rdma_cm: pid ${this.cred.pid}: command ${cmd}: ${e.code}: ${e.message}`);
       } else {
-        this.host.logger.error(`rdma_cm: pid ${this.cred.pid}: internal error on command ${cmd}: ${(e as Error).stack}`);
+        this.host.logger.error(`rdma_cm: pid ${this.cred.pid}: internal error on command ${cmd}: ${asError(e).stack}`);
         this.reply(-E.EIO);
       }
     }

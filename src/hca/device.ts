@@ -23,6 +23,7 @@ import * as responder from './responder.js';
 import { Linger } from './linger.js';
 import { Scheduler, Task } from './scheduler.js';
 import type { RoceTransport } from './transport.js';
+import { asError } from '../common/errors.js';
 
 export class SoftDevice implements Hca {
   readonly gids: Uint8Array[];
@@ -159,7 +160,7 @@ export class SoftDevice implements Hca {
     try {
       this.receive(p);
     } catch (e) {
-      this.onBug?.(e as Error);
+      this.onBug?.(asError(e));
       this.fabric.reset();
     } finally {
       this.fabric.pool.put(p);
@@ -170,7 +171,7 @@ export class SoftDevice implements Hca {
     try {
       this.fabric.drain();
     } catch (e) {
-      this.onBug?.(e as Error);
+      this.onBug?.(asError(e));
       this.fabric.reset();
     }
   }
@@ -224,7 +225,7 @@ export class SoftDevice implements Hca {
     },
     settle: () => this.fabric.drain(),
     fatal: (qp, e) => {
-      this.onBug?.(e);
+      this.onBug?.(asError(e));
       if (!qp.destroyed) {
         try {
           toError(qp, 'internal error (QP_FATAL)');

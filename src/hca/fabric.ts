@@ -10,6 +10,7 @@ import { encodeFrame } from './codec.js';
 import { gidIp, sameGid } from './gid.js';
 import { type Pkt, PktPool } from './packet.js';
 import type { PcapWriter } from './pcap.js';
+import { asError } from '../common/errors.js';
 
 /** Fault injection: rates in [0, 1], a seeded PRNG, and what it did. */
 export class Fault {
@@ -113,7 +114,7 @@ export class Fabric {
           try {
             this.drain();
           } catch (e) {
-            this.onBug?.(e as Error);
+            this.onBug?.(asError(e));
             this.reset();
           }
         }, f.delayMs);
@@ -173,7 +174,7 @@ export class Fabric {
       try {
         this.drain();
       } catch (e) {
-        this.onBug?.(e as Error);
+        this.onBug?.(asError(e));
         this.reset();
       }
     });

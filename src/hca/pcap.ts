@@ -9,6 +9,7 @@
  * short timer and at close, so a crash loses at most a fraction of a second.
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { asError } from '../common/errors.js';
 
 const LINKTYPE_RAW = 101;
 const CHUNK = 1 << 20;
@@ -63,7 +64,7 @@ export class PcapWriter {
       this.used = 0;
       closeSync(this.fd);
       this.fd = -1;
-      this.onError?.(e as Error);
+      this.onError?.(asError(e));
     }
   }
 

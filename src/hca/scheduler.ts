@@ -37,7 +37,7 @@ export interface SchedulerHooks<Q extends Schedulable> {
   /** after a task: deliver the packets it made */
   settle(): void;
   /** a task threw: the QP goes to ERR (QP_FATAL), the error is reported */
-  fatal(qp: Q, e: Error): void;
+  fatal(qp: Q, e: unknown): void;
   /** room for this many packets in this turn (at most `want`) */
   room(want: number): number;
 }
@@ -52,7 +52,7 @@ export class Scheduler<Q extends Schedulable> {
       this.hooks.run(qp, task);
       this.hooks.settle();
     } catch (e) {
-      this.hooks.fatal(qp, e as Error);
+      this.hooks.fatal(qp, e);
     }
   }
 

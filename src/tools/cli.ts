@@ -2,6 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { whyNoDevices } from '../verbs/device.js';
 import { VerbsError } from '../verbs/errors.js';
+import { messageOf } from '../common/errors.js';
 
 export class UsageError extends Error {}
 
@@ -16,8 +17,8 @@ export function parse(tool: string, argv: string[], options: NonNullable<ParseAr
     return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
   } catch (e) {
     // getopt's wording: "invalid option -- 'x'" for a short option, "unrecognized option '--xyz'" for a long one
-    const m = /^Unknown option '(-+)([^']*)'/.exec((e as Error).message);
-    const msg = m ? (m[1] === '-' ? `invalid option -- '${m[2]}'` : `unrecognized option '--${m[2]}'`) : (e as Error).message;
+    const m = /^Unknown option '(-+)([^']*)'/.exec(messageOf(e));
+    const msg = m ? (m[1] === '-' ? `invalid option -- '${m[2]}'` : `unrecognized option '--${m[2]}'`) : messageOf(e);
     process.stderr.write(`${tool}: ${msg}\n`);
     (onBad.usageTo === 'stdout' ? process.stdout : process.stderr).write(usage);
     process.exit(onBad.exit);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { verbsClassDir } from '../common/paths.js';
 import { parse, sayWhyNoDevices } from './cli.js';
 import { formatDevinfo, type PortInfo } from './devinfo.js';
+import { messageOf } from '../common/errors.js';
 
 const USAGE = `Usage: ibv_devinfo             print the ca attributes
 
@@ -97,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       process.stdout.write(out);
     } catch (e) {
-      process.stderr.write(`Failed to open device ${d.name}: ${(e as Error).message}\n`);
+      process.stderr.write(`Failed to open device ${d.name}: ${messageOf(e)}\n`);
       return 255;
     }
   }

@@ -17,6 +17,7 @@ import { cnum, parse } from './cli.js';
 import { inet6 } from './devinfo.js';
 import { reader } from './sockio.js';
 import { schedYield } from '../native/libc.js';
+import { codeOf } from '../common/errors.js';
 
 type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
@@ -387,8 +388,9 @@ async function clientExch(kind: Kind, servername: string, port: number, mine: De
   const sock = await new Promise<Socket>((resolve) => {
     const s = createConnection({ host: servername, port });
     s.once('connect', () => resolve(s));
-    s.once('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') process.stderr.write(`Name or service not known for ${servername}:${port}\n`);
+    s.once('error', (e) => {
+      const code = codeOf(e);
+      if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') process.stderr.write(`Name or service not known for ${servername}:${port}\n`);
       resolve(fail(`Couldn't connect to ${servername}:${port}`));
     });
   });

@@ -10,13 +10,14 @@ import { createEp, getAddrInfo, PortSpace, type CmId } from '../verbs/cm.js';
 import { VerbsError } from '../verbs/errors.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import { getopt } from './cli.js';
+import { messageOf } from '../common/errors.js';
 
 const out = (s: string) => process.stdout.write(s);
 
 /** perror() of the verb that failed, the line the C programs print, then (ours) what went wrong in full. */
 function perror(tool: string, e: unknown): void {
   if (e instanceof VerbsError) process.stderr.write(`${e.verb}: ${strerror(e.code)}\n`);
-  process.stderr.write(`${tool}: ${(e as Error).message}\n`);
+  process.stderr.write(`${tool}: ${messageOf(e)}\n`);
 }
 
 /** The 16-byte exchange with inline sends when the QP takes them, as the C programs decide. */

@@ -17,8 +17,8 @@ import type { CompletionChannel, CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
 import type { QueuePair } from '../verbs/qp.js';
-import { VerbsError } from '../verbs/errors.js';
 import { atoi } from './cli.js';
+import { codeOf, errnoOf, messageOf } from '../common/errors.js';
 
 const State = {
   IDLE: 1, CONNECT_REQUEST: 2, ADDR_RESOLVED: 3, ROUTE_RESOLVED: 4, CONNECTED: 5, RDMA_READ_ADV: 6, RDMA_READ_COMPLETE: 7,
@@ -99,7 +99,7 @@ interface Cb {
 }
 
 function perror(what: string, e: unknown): void {
-  const code = e instanceof VerbsError ? e.code : (e as NodeJS.ErrnoException)?.code ?? 'EIO';
+  const code = codeOf(e) ?? 'EIO';
   err(`${what}: ${strerror(code)}\n`);
 }
 
@@ -141,7 +141,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       addr = await lookup(values.a);
     } catch (e) {
-      out(`getaddrinfo failed (${(e as NodeJS.ErrnoException).code === 'ENOTFOUND' ? 'Name or service not known' : (e as Error).message}) - invalid hostname or IP address\n`);
+      out(`getaddrinfo failed (${codeOf(e) === 'ENOTFOUND' ? 'Name or service not known' : messageOf(e)}) - invalid hostname or IP address\n`);
       ret = -2;
     }
   }
@@ -149,7 +149,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       src = (await lookup(values.I)).address;
     } catch (e) {
-      out(`getaddrinfo failed (${(e as Error).message}) - invalid hostname or IP address\n`);
+      out(`getaddrinfo failed (${messageOf(e)}) - invalid hostname or IP address\n`);
       ret = -2;
     }
   }
@@ -187,7 +187,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     ch = await EventChannel.create();
   } catch (e) {
-    err(`${(e as Error).message}\n`);
+    err(`${messageOf(e)}\n`);
     return 1;
   }
   let cmId: CmId;
@@ -215,7 +215,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cb.server) ret = persistent ? await runPersistentServer(cb, cmId, addr, port, dbg) : await runServer(cb, cmId, addr, port, dbg);
     else ret = await runClient(cb, cmId, addr, port, src, dbg);
   } catch (e) {
-    err(`rping: ${(e as Error).message}\n`);
+    err(`rping: ${messageOf(e)}\n`);
     ret = -1;
   }
   dbg(`destroy cm_id ${cmId.handle}\n`);
@@ -337,7 +337,7 @@ function cqEvent(cb: Cb, dbg: (s: string) => void): number {
         try {
           postRecv(cb);
         } catch (e) {
-          err(`post recv error: ${(e as VerbsError).errno ?? -1}\n`);
+          err(`post recv error: ${errnoOf(e) ?? -1}\n`);
           cb.state = State.ERROR;
           cb.sem.post();
           return -1;
@@ -431,7 +431,7 @@ async function step(cb: Cb, post: (() => void) | null, want: number): Promise<nu
     try {
       post();
     } catch (e) {
-      const n = Math.abs((e as VerbsError).errno ?? 1) || 1;
+      const n = -(errnoOf(e) ?? -1);
       err(`post send error ${n}\n`);
       return n;
     }
@@ -495,14 +495,14 @@ async function prepare(cb: Cb, id: CmId, dbg: (s: string) => void): Promise<bool
   try {
     await setupQp(cb, id, dbg);
   } catch (e) {
-    err(`setup_qp failed: ${(e as VerbsError).errno ?? -1}\n`);
+    err(`setup_qp failed: ${errnoOf(e) ?? -1}\n`);
     return false;
   }
   try {
     await setupBuffers(cb, dbg);
     postRecv(cb);
   } catch (e) {
-    err(`rping_setup_buffers failed: ${(e as VerbsError).errno ?? -1}\n`);
+    err(`rping_setup_buffers failed: ${errnoOf(e) ?? -1}\n`);
     await freeAll(cb, id);
     return false;
   }

@@ -10,8 +10,8 @@ import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type Cm
 import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
-import { VerbsError } from '../verbs/errors.js';
 import { atoi, getopt } from './cli.js';
+import { codeOf, errnoOf, messageOf } from '../common/errors.js';
 
 const USAGE = (argv0: string) => `usage: ${argv0}
 \t[-s server_address]
@@ -107,7 +107,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       await n.cmId!.createQp(n.pd, { sendCq: n.cq[0]!, recvCq: n.cq[1]!, qpType: QpType.RC, sqSigAll: true, cap: { maxSendWr: cqe, maxRecvWr: cqe, maxSendSge: 1, maxRecvSge: 1 } });
     } catch (e) {
-      process.stderr.write(`cmatose: unable to create QP: ${(e as Error).message}\n`);
+      process.stderr.write(`cmatose: unable to create QP: ${messageOf(e)}\n`);
       return -1;
     }
     if (messageCount) {
@@ -126,7 +126,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       for (let i = 0; i < messageCount; i++) n.cmId!.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, messageSize)] });
     } catch (e) {
-      out(`failed to post receives: ${(e as VerbsError).errno ?? -1}\n`);
+      out(`failed to post receives: ${errnoOf(e) ?? -1}\n`);
       return -1;
     }
     return 0;
@@ -136,7 +136,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       for (let i = 0; i < messageCount; i++) n.cmId!.qp!.postSend({ wrId: BigInt(n.id), opcode: WrOpcode.SEND, sgList: [n.mr!.sge(0, messageSize)] });
     } catch (e) {
-      out(`failed to post sends: ${(e as VerbsError).errno ?? -1}\n`);
+      out(`failed to post sends: ${errnoOf(e) ?? -1}\n`);
       return -1;
     }
     return 0;
@@ -160,7 +160,7 @@ export async function main(argv: string[]): Promise<number> {
         try {
           await ev.id.resolveRoute(2000);
         } catch (e) {
-          process.stderr.write(`cmatose: resolve route failed: ${(e as Error).message}\n`);
+          process.stderr.write(`cmatose: resolve route failed: ${messageOf(e)}\n`);
           t.connectsLeft--;
           return -1;
         }
@@ -172,7 +172,7 @@ export async function main(argv: string[]): Promise<number> {
           try {
             await ev.id.connect({ responderResources: 1, initiatorDepth: 1, retryCount: 5 });
           } catch (e) {
-            process.stderr.write(`cmatose: failure connecting: ${(e as Error).message}\n`);
+            process.stderr.write(`cmatose: failure connecting: ${messageOf(e)}\n`);
             r = -1;
           }
         }
@@ -192,7 +192,7 @@ export async function main(argv: string[]): Promise<number> {
               await ev.id.accept();
               return 0;
             } catch (e) {
-              process.stderr.write(`cmatose: failure accepting: ${(e as Error).message}\n`);
+              process.stderr.write(`cmatose: failure accepting: ${messageOf(e)}\n`);
               r = -1;
             }
           }
@@ -249,7 +249,7 @@ export async function main(argv: string[]): Promise<number> {
       dstAddr = (await resolve(dst))!;
       srcAddr = await resolve(src);
     } catch (e) {
-      out(`cmatose: getaddrinfo error: ${(e as NodeJS.ErrnoException).code === 'ENOTFOUND' ? 'Name or service not known' : (e as Error).message}\n`);
+      out(`cmatose: getaddrinfo error: ${codeOf(e) === 'ENOTFOUND' ? 'Name or service not known' : messageOf(e)}\n`);
       return 255;
     }
     out('cmatose: connecting\n');
@@ -257,7 +257,7 @@ export async function main(argv: string[]): Promise<number> {
       try {
         await n.cmId!.resolveAddr(dstAddr, atoi(port), { src: srcAddr ?? undefined, timeoutMs: 2000 });
       } catch (e) {
-        process.stderr.write(`cmatose: failure getting addr: ${(e as Error).message}\n`);
+        process.stderr.write(`cmatose: failure getting addr: ${messageOf(e)}\n`);
         t.connectsLeft--;
         ret = -1;
         break;
@@ -286,7 +286,7 @@ export async function main(argv: string[]): Promise<number> {
       await listen.bindAddr(bind, atoi(port));
       await listen.listen(0);
     } catch (e) {
-      process.stderr.write(`cmatose: ${listen ? 'bind address failed' : 'listen request failed'}: ${(e as Error).message}\n`);
+      process.stderr.write(`cmatose: ${listen ? 'bind address failed' : 'listen request failed'}: ${messageOf(e)}\n`);
       ret = -1;
     }
     if (!ret) ret = await events(() => t.connectsLeft);

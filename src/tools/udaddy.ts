@@ -12,8 +12,8 @@ import type { AddressHandle } from '../verbs/ah.js';
 import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
-import type { VerbsError } from '../verbs/errors.js';
 import { atoi, getopt } from './cli.js';
+import { errnoOf, messageOf } from '../common/errors.js';
 
 const GRH = 40;
 const USAGE = (argv0: string) => `usage: ${argv0}
@@ -74,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     ch = await EventChannel.create();
   } catch (e) {
-    process.stderr.write(`failed to create event channel: ${(e as Error).message}\n`);
+    process.stderr.write(`failed to create event channel: ${messageOf(e)}\n`);
     return 1;
   }
   const t = { connectsLeft: connections, connIndex: 0 };
@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       await n.cmId!.createQp(n.pd, { sendCq: n.cq, recvCq: n.cq, qpType: QpType.UD, cap: { maxSendWr: messageCount || 1, maxRecvWr: messageCount || 1, maxSendSge: 1, maxRecvSge: 1 } });
     } catch (e) {
-      process.stderr.write(`udaddy: unable to create QP: ${(e as Error).message}\n`);
+      process.stderr.write(`udaddy: unable to create QP: ${messageOf(e)}\n`);
       return -1;
     }
     if (messageCount) n.mr = await n.pd.allocMr(messageSize + GRH, Access.LOCAL_WRITE);
@@ -109,7 +109,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       for (let i = 0; i < messageCount; i++) n.cmId!.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, messageSize + GRH)] });
     } catch (e) {
-      out(`failed to post receives: ${(e as VerbsError).errno ?? -1}\n`);
+      out(`failed to post receives: ${errnoOf(e) ?? -1}\n`);
       return -1;
     }
     return 0;
@@ -124,7 +124,7 @@ export async function main(argv: string[]): Promise<number> {
         });
       }
     } catch (e) {
-      out(`failed to post sends: ${(e as VerbsError).errno ?? -1}\n`);
+      out(`failed to post sends: ${errnoOf(e) ?? -1}\n`);
       return -1;
     }
     return 0;
@@ -154,7 +154,7 @@ export async function main(argv: string[]): Promise<number> {
         try {
           await ev.id.resolveRoute(2000);
         } catch (e) {
-          process.stderr.write(`udaddy: resolve route failed: ${(e as Error).message}\n`);
+          process.stderr.write(`udaddy: resolve route failed: ${messageOf(e)}\n`);
           t.connectsLeft--;
           return -1;
         }
@@ -167,7 +167,7 @@ export async function main(argv: string[]): Promise<number> {
           try {
             await ev.id.connect();
           } catch (e) {
-            process.stderr.write(`udaddy: failure connecting: ${(e as Error).message}\n`);
+            process.stderr.write(`udaddy: failure connecting: ${messageOf(e)}\n`);
             r = -1;
           }
         }
@@ -190,7 +190,7 @@ export async function main(argv: string[]): Promise<number> {
               t.connectsLeft--;
               return 0;
             } catch (e) {
-              process.stderr.write(`udaddy: failure accepting: ${(e as Error).message}\n`);
+              process.stderr.write(`udaddy: failure accepting: ${messageOf(e)}\n`);
               r = -1;
             }
           }
@@ -249,7 +249,7 @@ export async function main(argv: string[]): Promise<number> {
       dstAddr = (await lookup(dst)).address;
       srcAddr = src ? (await lookup(src)).address : undefined;
     } catch (e) {
-      out(`udaddy: getaddrinfo error: ${(e as Error).message}\n`);
+      out(`udaddy: getaddrinfo error: ${messageOf(e)}\n`);
       return 255;
     }
     out('udaddy: connecting\n');
@@ -257,7 +257,7 @@ export async function main(argv: string[]): Promise<number> {
       try {
         await n.cmId!.resolveAddr(dstAddr, 7174, { src: srcAddr, timeoutMs: 2000 });
       } catch (e) {
-        process.stderr.write(`udaddy: failure getting addr: ${(e as Error).message}\n`);
+        process.stderr.write(`udaddy: failure getting addr: ${messageOf(e)}\n`);
         return 255;
       }
     }
@@ -289,7 +289,7 @@ export async function main(argv: string[]): Promise<number> {
         if (!ret) out('data transfers complete\n');
       }
     } catch (e) {
-      process.stderr.write(`udaddy: ${(e as Error).message}\n`);
+      process.stderr.write(`udaddy: ${messageOf(e)}\n`);
       ret = -1;
     }
     await listen.destroy().catch(() => {});

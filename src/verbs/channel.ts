@@ -9,6 +9,7 @@ import { connect, type Socket } from 'node:net';
 import { VerbsError } from './errors.js';
 import { attachFrame, FrameAssembler, parseReply, replySize } from '../abi/framing.js';
 import { pidAlive } from '../common/proc.js';
+import { codeOf, messageOf } from '../common/errors.js';
 
 /** No reply is larger: the response structs are small, error texts at most 1 KiB, management answers well under this. */
 const MAX_REPLY = 64 << 20;
@@ -42,7 +43,7 @@ export class CommandChannel {
   private constructor(readonly sock: Socket) {
     sock.on('data', (d) => this.frames.push(d));
     sock.on('close', () => this.ended());
-    sock.on('error', (e: NodeJS.ErrnoException) => this.ended(e.code));
+    sock.on('error', (e) => this.ended(codeOf(e)));
     sock.unref();
   }
 
@@ -122,7 +123,7 @@ export class CommandChannel {
     try {
       return await this.call(verb, frame);
     } catch (e) {
-      if (lostErrors.has(e as Error)) return null;
+      if (e instanceof VerbsError && lostErrors.has(e)) return null;
       throw e;
     }
   }
@@ -182,12 +183,12 @@ export async function connectDevice(path: string, verb: string): Promise<Socket>
         s.once('error', reject);
       });
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
+      const code = codeOf(e);
       if (code === 'EAGAIN' && attempt < 100) {
         await new Promise((r) => setTimeout(r, Math.min(100, 2 + attempt * 5)));
         continue;
       }
-      throw new VerbsError(verb, code === 'ECONNREFUSED' ? 'ENODEV' : code ?? 'EIO', `${path}: ${(e as Error).message}`);
+      throw new VerbsError(verb, code === 'ECONNREFUSED' ? 'ENODEV' : code ?? 'EIO', `${path}: ${messageOf(e)}`);
     }
   }
 }

@@ -27,6 +27,7 @@ import type { QueuePair } from './qp.js';
 import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
 import { ucmaConnParam, type ConnParam } from './cm-param.js';
 import { cmEventReason } from './cm-reason.js';
+import { errnoOf, messageOf } from '../common/errors.js';
 
 export { CmEventType, cmEventStr, PortSpace, nextCompletion };
 export type { ConnParam };
@@ -222,7 +223,7 @@ export class EventChannel {
       } catch (e) {
         await this.call('rdma_reject', C.UcmaSpecs.REJECT, { id: id.handle }).catch(() => {});
         event = CmEventType.CONNECT_ERROR;
-        status = (e as VerbsError).errno ?? -5;
+        status = errnoOf(e) ?? -5;
       }
     }
     id.lastEvent = event;
@@ -437,7 +438,7 @@ export class CmId {
     await step(this.destroyQp());
     await step(this.destroy());
     if (this.sync && !this.listenerOf) await step(this.channel.destroy());
-    if (failed.length > 1) throw new AggregateError(failed, `rdma_destroy_ep: ${failed.map((e) => (e as Error).message).join('; ')}`);
+    if (failed.length > 1) throw new AggregateError(failed, `rdma_destroy_ep: ${failed.map(messageOf).join('; ')}`);
     if (failed.length) throw failed[0];
   }
 
@@ -455,8 +456,7 @@ export class CmId {
     if (e.event === want) return e;
     const code = e.event === CmEventType.REJECTED ? 'ECONNREFUSED' : e.event === CmEventType.UNREACHABLE ? (e.status === -110 ? 'ETIMEDOUT' : 'EHOSTUNREACH') : e.event === CmEventType.ADDR_ERROR || e.event === CmEventType.ROUTE_ERROR ? 'EHOSTUNREACH' : 'ECONNABORTED';
     const err = new VerbsError(verb, code, `${cmEventStr(e.event)} (status ${e.status}${e.reason ? ` = ${e.reason}` : ''})`);
-    (err as VerbsError & { event?: CmEvent }).event = e;
-    throw err;
+    throw Object.assign(err, { event: e });
   }
 
   /** rdma_get_request: the next connection request to a listening endpoint, as an endpoint with its QP made. */
@@ -527,7 +527,7 @@ export async function getAddrInfo(node: string | null, service: string | number 
     try {
       return (await lookup(n)).address;
     } catch (e) {
-      throw new VerbsError('rdma_getaddrinfo', 'ENOENT', `${n}: ${(e as Error).message}`);
+      throw new VerbsError('rdma_getaddrinfo', 'ENOENT', `${n}: ${messageOf(e)}`);
     }
   };
   if (hints.passive) return { passive: true, portSpace: ps, qpType, srcAddr: node ? await look(node) : '::', srcPort: port, dstAddr: null, dstPort: 0 };

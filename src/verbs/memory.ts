@@ -10,6 +10,7 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
+import { errnoOf, messageOf } from '../common/errors.js';
 
 const PAGE = 4096;
 
@@ -67,7 +68,7 @@ export function allocShared(length: number, name = 'softverbs'): { buf: Buffer; 
     return { buf: Buffer.from(mapping.buffer, 0, length), region };
   } catch (e) {
     closeSync(fd);
-    throw new VerbsError('allocBuffer', (e as { code?: string }).code ?? 'ENOMEM', (e as Error).message);
+    throw new VerbsError('allocBuffer', errnoOf(e) ?? 'ENOMEM', messageOf(e));
   }
 }
 

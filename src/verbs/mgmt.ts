@@ -6,6 +6,7 @@
 import { FrameAssembler, mgmtFrame, parseReply, replySize } from '../abi/framing.js';
 import { connectDevice } from './channel.js';
 import { VerbsError } from './errors.js';
+import { codeOf } from '../common/errors.js';
 
 /** No management answer is larger (the resource tracker of a busy daemon is well under it). */
 const MAX_ANSWER = 256 << 20;
@@ -28,7 +29,7 @@ export async function mgmtQuery<T = unknown>(devPath: string, op: string, args: 
       },
     );
     s.on('data', (d) => frames.push(d));
-    s.on('error', (e: NodeJS.ErrnoException) => reject(new VerbsError(`mgmt ${op}`, e.code ?? 'EIO', `${devPath}: ${e.message}`)));
+    s.on('error', (e) => reject(new VerbsError(`mgmt ${op}`, codeOf(e) ?? 'EIO', `${devPath}: ${e.message}`)));
     s.write(mgmtFrame(JSON.stringify({ ...args, op })));
   });
 }

@@ -2,6 +2,7 @@
 import { RecvRingProducer } from '../abi/recv-ring.js';
 import { VerbsError } from './errors.js';
 import type { RecvWr } from './types.js';
+import { messageOf } from '../common/errors.js';
 
 /** A wr_id or address as the rings hold it: a u64. */
 export const big = (v: bigint | number): bigint => (typeof v === 'bigint' ? v : BigInt(v));
@@ -46,11 +47,15 @@ export function badWr(verb: string, code: string, detail: string, i: number, wr:
  */
 export function malformed(verb: string, e: unknown, i: number, wr: unknown): VerbsError {
   if (e instanceof VerbsError) return e;
-  return badWr(verb, 'EINVAL', `malformed: ${(e as Error).message}`, i, wr);
+  return badWr(verb, 'EINVAL', `malformed: ${messageOf(e)}`, i, wr);
 }
 
-/** The error of a whole post refused before any WR was looked at (the QP's state, a lost daemon): libibverbs' bad_wr is then the first WR. */
-export function refused(e: VerbsError, wrs: unknown): VerbsError {
+/**
+ * The error of a whole post refused before any WR was looked at (the QP's state, a lost daemon): libibverbs' bad_wr
+ * is then the first WR. Anything but a VerbsError is no refusal and is thrown as it is.
+ */
+export function refused(e: unknown, wrs: unknown): VerbsError {
+  if (!(e instanceof VerbsError)) throw e;
   const first = Array.isArray(wrs) ? wrs[0] : wrs;
   return Object.assign(e, { badWr: first === undefined ? undefined : 0, wr: first });
 }

@@ -2,6 +2,7 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
+import { errnoOf, messageOf } from '../common/errors.js';
 
 export interface QueueMemory {
   readonly fd: number;
@@ -24,7 +25,7 @@ export async function withQueueMemory<T>(bytes: number, verb: string, use: (mem:
     mem = { fd, mapping, free: () => unmap(mapping) };
   } catch (e) {
     if (fd >= 0) closeSync(fd);
-    throw new VerbsError(verb, (e as { code?: string }).code ?? 'ENOMEM', (e as Error).message);
+    throw new VerbsError(verb, errnoOf(e) ?? 'ENOMEM', messageOf(e));
   }
   try {
     return await use(mem);

@@ -28,7 +28,7 @@ export class SharedReceiveQueue {
     try {
       this.pd.context.cmd.ensureUp('ibv_post_srq_recv');
     } catch (e) {
-      throw refused(e as VerbsError, wrs);
+      throw refused(e, wrs);
     }
     if (this.destroyed) throw refused(new VerbsError('ibv_post_srq_recv', 'EINVAL', 'the SRQ is destroyed'), wrs);
     postRecvWrs(this.ring, 'ibv_post_srq_recv', wrs);

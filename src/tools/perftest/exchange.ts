@@ -21,6 +21,7 @@
  */
 import { createConnection, createServer, type Socket } from 'node:net';
 import { reader } from '../sockio.js';
+import { codeOf } from '../../common/errors.js';
 
 export const VERSION_SIZE = 16;
 export const KEY_MSG_SIZE_GID = 108;
@@ -196,8 +197,9 @@ export class Oob extends Exchange {
     const sock = await new Promise<Socket>((resolve, reject) => {
       const s = createConnection({ host, port, family: 4 });
       s.once('connect', () => resolve(s));
-      s.once('error', (e: NodeJS.ErrnoException) => {
-        const why = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'Problem in resolving basic address and port\n' : `Couldn't connect to ${host}:${port}\n`;
+      s.once('error', (e) => {
+        const code = codeOf(e);
+        const why = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'Problem in resolving basic address and port\n' : `Couldn't connect to ${host}:${port}\n`;
         reject(new OobError(`${why}${UNABLE}`));
       });
     });

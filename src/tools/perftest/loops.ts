@@ -4,6 +4,7 @@ import { Verb, type Params } from './params.js';
 import { computeLat, type BwSamples, type LatResult } from './report.js';
 import { CTX_POLL_BATCH, fail, now, type Session } from './session.js';
 import { spinner, Clock, Napper, Progress } from './clock.js';
+import { messageOf } from '../../common/errors.js';
 
 /** What a latency run measured: every round trip, or with -D how many fell between the margins and over what span. */
 export type LatOutcome = { lat: LatResult } | { iters: number; spanNs: number };
@@ -152,7 +153,7 @@ export async function runBw(s: Session, size: number, receiverOnly: boolean): Pr
           try {
             res.qps[q]!.postSend(p.postList === 1 ? list[0]! : list);
           } catch (e) {
-            fail(`Couldn't post send: qp ${q} scnt=${scnt[q]} (${(e as Error).message})\n Failed to complete run_iter_bw function successfully\n`);
+            fail(`Couldn't post send: qp ${q} scnt=${scnt[q]} (${messageOf(e)})\n Failed to complete run_iter_bw function successfully\n`);
           }
           scnt[q]! += p.postList;
           totscnt += p.postList;

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { cnum, cnumStrict } from '../cli.js';
+import { messageOf } from '../../common/errors.js';
 
 /** perftest's VerbType, in its order (testsStr indexes it). */
 export enum Verb { SEND = 0, WRITE = 1, READ = 2, ATOMIC = 3 }
@@ -185,8 +186,8 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
   try {
     r = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (e) {
-    const m = /^Unknown option '(-+)([^']*)'/.exec((e as Error).message);
-    const what = m ? (m[1] === '-' ? `invalid option -- '${m[2]}'` : `unrecognized option '--${m[2]}'`) : (e as Error).message;
+    const m = /^Unknown option '(-+)([^']*)'/.exec(messageOf(e));
+    const what = m ? (m[1] === '-' ? `invalid option -- '${m[2]}'` : `unrecognized option '--${m[2]}'`) : messageOf(e);
     return { kind: 'exit', code: 1, out: use, err: `${tool}: ${what}\n Invalid Command or flag.\n Please check command line and run again.\n\n Parser function exited with Error\n` };
   }
   const v = r.values as Record<string, string | boolean | undefined>;

@@ -6,6 +6,7 @@ import { type Exchange, type PerfDest } from './exchange.js';
 import { DEF, Verb, type Params } from './params.js';
 import { type InfoCtx } from './report.js';
 import { type SweepRow } from './sweep.js';
+import { messageOf } from '../../common/errors.js';
 
 /** A failure perftest reports on stderr before it exits 1: the message is its text, newlines included. */
 export class Fail extends Error {}
@@ -181,7 +182,7 @@ export function postRecvs(s: Session, size: number): void {
       try {
         res.qps[i]!.postRecv(wr);
       } catch (e) {
-        fail(`Couldn't post recv Qp = ${i}: counter=${j} (${(e as Error).message})\n`);
+        fail(`Couldn't post recv Qp = ${i}: counter=${j} (${messageOf(e)})\n`);
       }
     }
   }

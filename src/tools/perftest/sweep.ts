@@ -6,6 +6,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { TESTS_STR, Verb, type Params } from './params.js';
+import { messageOf } from '../../common/errors.js';
 
 export type SweepRow =
   | { size: number; bwPeak: number; bwAvg: number; msgRate: number }
@@ -141,7 +142,7 @@ export function writeSweep(p: Params, rows: SweepRow[]): void {
     try {
       writeFileSync(file, text);
     } catch (e) {
-      process.stderr.write(` Couldn't write ${file}: ${(e as Error).message}\n`);
+      process.stderr.write(` Couldn't write ${file}: ${messageOf(e)}\n`);
     }
   };
   if (p.resultsCsv) put(p.resultsCsv, toCsv(p, rows));
