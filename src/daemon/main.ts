@@ -18,7 +18,7 @@ import { Fault } from '../hca/fabric.js';
 import { PcapWriter } from '../hca/pcap.js';
 import { sdNotify } from '../native/libc.js';
 import { goneFrom, npmLauncherChain } from './launcher.js';
-import { messageOf } from '../common/errors.js';
+import { messageOf, UsageError } from '../common/errors.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -59,9 +59,6 @@ Options:
 With no --device and no config, creates rxe0 on 127.0.0.1.
 Under systemd (Type=notify) it reports READY=1 once every device file accepts connections.
 `;
-
-
-class UsageError extends Error {}
 
 function parseDevice(s: string): DeviceSpec {
   const m = /^([A-Za-z0-9_.-]{1,63})=([^,]+)((?:,[a-z]+=[^,]+)*)$/.exec(s);

@@ -4,8 +4,6 @@ import { whyNoDevices } from '../verbs/device.js';
 import { VerbsError } from '../verbs/errors.js';
 import { messageOf } from '../common/errors.js';
 
-export class UsageError extends Error {}
-
 /**
  * Parses argv; an unknown option prints "<tool>: <problem>" as getopt does,
  * then the usage, and exits: ibv_devinfo's way (usage on stderr, 255) unless

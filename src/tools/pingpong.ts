@@ -17,7 +17,7 @@ import { cnum, parse } from './cli.js';
 import { inet6 } from './devinfo.js';
 import { reader } from './sockio.js';
 import { schedYield } from '../native/libc.js';
-import { codeOf } from '../common/errors.js';
+import { codeOf, Fail } from '../common/errors.js';
 
 type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
@@ -106,7 +106,6 @@ export function parseDest(b: Buffer): Dest | null {
 
 const hex = (n: number, w: number) => (n >>> 0).toString(16).padStart(w, '0');
 
-class Fail extends Error {}
 const fail = (msg: string): never => {
   throw new Fail(msg);
 };

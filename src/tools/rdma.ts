@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Fail } from '../common/errors.js';
 import { verbsClassDir } from '../common/paths.js';
 import { COUNTER_NAMES } from '../hca/counters.js';
 import { getDeviceList, qpStateName, type Device } from '../verbs/index.js';
@@ -45,19 +46,13 @@ const SRQ_TYPE = ['BASIC', 'XRC', 'TM'];
 /** Each object's restrack id: the order nldev dumps them in. */
 const ID_OF: Record<string, string> = { qp: 'lqpn', cq: 'cqn', mr: 'mrn', pd: 'pdn', ctx: 'ctxn', srq: 'srqn' };
 
-class Exit extends Error {
-  constructor(readonly code: number, msg: string) {
-    super(msg);
-  }
-}
-
 interface DevRow { name: string; kname: string; addr: string; path: string; state: number; netdev: string | null }
 type Row = Record<string, unknown>;
 
 /** The daemons behind the devices under the root: one management query each, merged. */
 async function ask<T>(op: string, args: Record<string, unknown> = {}): Promise<T[]> {
   const devs = getDeviceList();
-  if (devs.length === 0) throw new Exit(1, `No RDMA devices found: ${whyNoDevices()}`);
+  if (devs.length === 0) throw new Fail(`No RDMA devices found: ${whyNoDevices()}`, 'ENODEV');
   const seen = new Set<string>();
   const out: T[] = [];
   for (const d of devs) {
@@ -78,15 +73,15 @@ function daemonOf(d: Device): string {
 function parseLink(s: string | undefined): { dev: string; port: number } | null {
   if (!s) return null;
   const m = /^([^/]+)(?:\/(\d+))?$/.exec(s);
-  if (!m) throw new Exit(1, `Wrong device name ${s}`);
+  if (!m) throw new Fail(`Wrong device name ${s}`, 'ENODEV');
   const port = m[2] ? Number(m[2]) : 1;
   return { dev: m[1]!, port };
 }
 
 function checkDev(devs: DevRow[], l: { dev: string; port: number } | null): void {
   if (!l) return;
-  if (!devs.some((d) => d.name === l.dev)) throw new Exit(1, `Wrong device name ${l.dev}`);
-  if (l.port !== 1) throw new Exit(1, `Wrong port number ${l.port}`);
+  if (!devs.some((d) => d.name === l.dev)) throw new Fail(`Wrong device name ${l.dev}`, 'ENODEV');
+  if (l.port !== 1) throw new Fail(`Wrong port number ${l.port}`, 'EINVAL');
 }
 
 async function link(args: string[], json: boolean): Promise<string> {
@@ -105,26 +100,26 @@ async function link(args: string[], json: boolean): Promise<string> {
   if (cmd === 'add') {
     // rdma link add NAME type rxe netdev IFACE
     const [name, t, type, n, netdev] = rest;
-    if (!name) throw new Exit(1, 'Please provide a link name to add.');
-    if (t !== 'type' || !type) throw new Exit(1, 'Please provide a link type name.');
-    if (type !== 'rxe') throw new Exit(1, `Unknown link type ${type}: softverbs devices are rxe-like`);
-    if (n !== 'netdev' || !netdev) throw new Exit(1, 'Please provide a net device name.');
+    if (!name) throw new Fail('Please provide a link name to add.', 'EINVAL');
+    if (t !== 'type' || !type) throw new Fail('Please provide a link type name.', 'EINVAL');
+    if (type !== 'rxe') throw new Fail(`Unknown link type ${type}: softverbs devices are rxe-like`, 'EOPNOTSUPP');
+    if (n !== 'netdev' || !netdev) throw new Fail('Please provide a net device name.', 'EINVAL');
     await mgmtQuery(getDeviceList()[0]?.devPath ?? noDaemon(), 'link-add', { name, netdev });
     return '';
   }
   if (cmd === 'delete' || cmd === 'del') {
     const name = rest[0];
-    if (!name) throw new Exit(1, 'Please provide a link name to delete.');
+    if (!name) throw new Fail('Please provide a link name to delete.', 'EINVAL');
     const d = getDeviceList().find((x) => x.name === name);
-    if (!d) throw new Exit(1, `Wrong device name ${name}`);
+    if (!d) throw new Fail(`Wrong device name ${name}`, 'ENODEV');
     await mgmtQuery(d.devPath, 'link-delete', { name });
     return '';
   }
-  throw new Exit(1, `Unknown parameter '${cmd}'.`);
+  throw new Fail(`Unknown parameter '${cmd}'.`, 'EINVAL');
 }
 
 function noDaemon(): never {
-  throw new Exit(1, 'No RDMA devices found: softverbsd is reached through one of its device files');
+  throw new Fail('No RDMA devices found: softverbsd is reached through one of its device files', 'ENODEV');
 }
 
 const comm = (r: Row) => `comm ${r.comm} `;
@@ -132,7 +127,7 @@ const comm = (r: Row) => `comm ${r.comm} `;
 async function resource(args: string[], json: boolean): Promise<string> {
   const [cmd = 'show', obj, how, which] = args;
   if (cmd === 'help') return RES_USAGE;
-  if (cmd !== 'show' && cmd !== 'list') throw new Exit(1, `Unknown parameter '${cmd}'.`);
+  if (cmd !== 'show' && cmd !== 'list') throw new Fail(`Unknown parameter '${cmd}'.`, 'EINVAL');
   const devs = await ask<DevRow>('devices');
   // contexts are restrack entries of their own: one that holds no object yet still counts
   const rows = [...(await ask<Row>('restrack')), ...(await ask<Row>('contexts'))];
@@ -147,10 +142,10 @@ async function resource(args: string[], json: boolean): Promise<string> {
     return out.map((o) => `${o.ifindex}: ${o.ifname}: pd ${o.pd} cq ${o.cq} qp ${o.qp} cm_id ${o.cm_id} mr ${o.mr} ctx ${o.ctx} srq ${o.srq} \n`).join('');
   }
   if (obj === 'cm_id') return cmIds(rows, devs, how, which, json);
-  if (!ID_OF[obj]) throw new Exit(1, `Unknown parameter '${obj}'.`);
+  if (!ID_OF[obj]) throw new Fail(`Unknown parameter '${obj}'.`, 'EINVAL');
   let only: { dev: string; port: number } | null = null;
   if (how !== undefined) {
-    if (how !== (obj === 'qp' || obj === 'cq' ? 'link' : 'dev')) throw new Exit(1, `Unknown parameter '${how}'.`);
+    if (how !== (obj === 'qp' || obj === 'cq' ? 'link' : 'dev')) throw new Fail(`Unknown parameter '${how}'.`, 'EINVAL');
     only = parseLink(which);
     checkDev(devs, only);
   }
@@ -210,7 +205,7 @@ function qpnRanges(qpns: number[]): string[] {
 function cmIds(rows: Row[], devs: DevRow[], how: string | undefined, which: string | undefined, json: boolean): string {
   let only: { dev: string; port: number } | null = null;
   if (how !== undefined) {
-    if (how !== 'link') throw new Exit(1, `Unknown parameter '${how}'.`);
+    if (how !== 'link') throw new Fail(`Unknown parameter '${how}'.`, 'EINVAL');
     only = parseLink(which);
     checkDev(devs, only);
   }
@@ -230,11 +225,11 @@ async function statistic(args: string[], json: boolean): Promise<string> {
   if (a[0] === 'link') a = a.slice(1); // "rdma statistic link show" is the same
   const [cmd = 'show', how, which] = a;
   if (cmd === 'help') return STAT_USAGE;
-  if (cmd !== 'show' && cmd !== 'list') throw new Exit(1, `Unknown parameter '${cmd}'.`);
+  if (cmd !== 'show' && cmd !== 'list') throw new Fail(`Unknown parameter '${cmd}'.`, 'EINVAL');
   const devs = await ask<DevRow>('devices');
   let only: { dev: string; port: number } | null = null;
   if (how !== undefined) {
-    if (how !== 'link') throw new Exit(1, `Unknown parameter '${how}'.`);
+    if (how !== 'link') throw new Fail(`Unknown parameter '${how}'.`, 'EINVAL');
     only = parseLink(which);
     checkDev(devs, only);
   }
@@ -276,9 +271,9 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(out);
     return 0;
   } catch (e) {
-    if (e instanceof Exit) {
+    if (e instanceof Fail) {
       process.stderr.write(`${e.message}\n`);
-      return e.code;
+      return 1;
     }
     if (e instanceof VerbsError) {
       process.stderr.write(`error: ${e.message}\n`);

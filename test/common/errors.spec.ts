@@ -10,7 +10,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CmdError, E } from '../../src/common/errno.js';
-import { asError, codeOf, ErrnoError, errnoOf, messageOf } from '../../src/common/errors.js';
+import { asError, codeOf, ErrnoError, errnoOf, Fail, messageOf, UsageError } from '../../src/common/errors.js';
 import { UntrustedPath } from '../../src/common/trust.js';
 import { mapShared, SysError } from '../../src/native/libc.js';
 import { VerbsError } from '../../src/verbs/errors.js';
@@ -49,6 +49,15 @@ test('every error class of ours has a string code and a negative integer errno, 
   assertFamily(new SysError('mmap', E.EINVAL), 'EINVAL');
   assertFamily(new UntrustedPath('/tmp/x', 'is not a directory'), 'EACCES');
   assertFamily(new UntrustedPath('/tmp/x', 'cannot be examined (ENOENT)', 'ENOENT'), 'ENOENT');
+  assertFamily(new UsageError('--poll-us "x": expected microseconds'), 'EINVAL');
+  assertFamily(new Fail("Couldn't connect to host:18515"), 'EIO');
+  assertFamily(new Fail('Wrong device name rxe9', 'ENODEV'), 'ENODEV');
+});
+
+test("a tool's Fail and a UsageError say exactly what they were given", () => {
+  assert.equal(new Fail(' Failed to exchange data\n').message, ' Failed to exchange data\n');
+  assert.equal(new UsageError('device rxe0 given twice').message, 'device rxe0 given twice');
+  assert.equal(String(new UsageError('x')), 'Error: x', 'printed as the plain Error it was');
 });
 
 test('VerbsError keeps its public shape: verb, code, errno, badWr, wr and its message', () => {
@@ -131,4 +140,11 @@ test('no catch block casts what it caught: it reads it through errnoOf / codeOf 
   const casts = /\bas (?:Error|NodeJS\.ErrnoException|CmdError|VerbsError|SysError)\b|\bas \{ ?(?:code|errno|message)\b|: NodeJS\.ErrnoException\b/;
   const found = files.flatMap((f) => readFileSync(join(src, f), 'utf8').split('\n').flatMap((l, i) => (casts.test(l) ? [`src/${f}:${i + 1}: ${l.trim()}`] : [])));
   assert.deepEqual(found, []);
+});
+
+test('every error class in src/ is one of ours: it extends ErrnoError (or, for now, is CmdError)', () => {
+  const src = join(DIST, '..', 'src');
+  const files = (readdirSync(src, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
+  const direct = files.flatMap((f) => [...readFileSync(join(src, f), 'utf8').matchAll(/class (\w+)(?:<[^>]*>)? extends (?:Error|TypeError|RangeError)\b/g)].map((m) => m[1]));
+  assert.deepEqual(direct.sort(), ['CmdError', 'ErrnoError']);
 });

@@ -5,13 +5,14 @@
  * the RDMA CM (create_rdma_cm_connection: one cm_id per QP on the same port,
  * between two barriers), as perftest 4.5-0.17 does both.
  */
+import { Fail } from '../../common/errors.js';
 import { QpAttrMask as A, QpType, SendFlags, WcStatus, WrOpcode } from '../../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, nextCompletion, PortSpace, type CmEvent, type CmId } from '../../verbs/cm.js';
 import type { Context } from '../../verbs/context.js';
 import type { CompletionQueue } from '../../verbs/cq.js';
 import type { MemoryRegion } from '../../verbs/mr.js';
 import type { QueuePair } from '../../verbs/qp.js';
-import { decodeDest, DEST_SIZE, encodeDest, Exchange, OobError, type PerfDest } from './exchange.js';
+import { decodeDest, DEST_SIZE, encodeDest, Exchange, type PerfDest } from './exchange.js';
 import { DEF, Verb, type Params } from './params.js';
 
 /** What perftest's connect and accept ask for: read resources for READ and ATOMIC only, its retry count, RNR retries 7. */
@@ -27,8 +28,8 @@ function statusStr(e: CmEvent): string {
 
 async function next(ch: EventChannel, want: CmEventType, what: string): Promise<CmEvent> {
   const e = await ch.getCmEvent();
-  if (!e) throw new OobError(`${what}: the RDMA CM event channel closed\n`);
-  if (e.event !== want) throw new OobError(`${what}: unexpected CM event ${cmEventStr(e.event)} (${statusStr(e)})\n`);
+  if (!e) throw new Fail(`${what}: the RDMA CM event channel closed\n`);
+  if (e.event !== want) throw new Fail(`${what}: unexpected CM event ${cmEventStr(e.event)} (${statusStr(e)})\n`);
   return e;
 }
 
@@ -66,11 +67,11 @@ export class CmOob extends Exchange {
     try {
       const id = await ch.createId(PortSpace.TCP);
       for (let tries = 10; ; tries--) {
-        if (tries === 0) throw new OobError('Received 10 times ADDR_ERROR\n Unable to perform rdma_client function\n Unable to init the socket connection\n');
+        if (tries === 0) throw new Fail('Received 10 times ADDR_ERROR\n Unable to perform rdma_client function\n Unable to init the socket connection\n');
         await id.resolveAddr(host, port, { src, timeoutMs: 2000 });
         const e = await ch.getCmEvent();
         if (e?.event === CmEventType.ADDR_RESOLVED) break;
-        if (e?.event !== CmEventType.ADDR_ERROR) throw new OobError(`unexpected CM event ${e?.event}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
+        if (e?.event !== CmEventType.ADDR_ERROR) throw new Fail(`unexpected CM event ${e?.event}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
       }
       await id.resolveRoute(2000);
       await next(ch, CmEventType.ROUTE_RESOLVED, 'rdma_resolve_route');
@@ -79,7 +80,7 @@ export class CmOob extends Exchange {
       await id.connect(connParam(p, outReads));
       const e = await ch.getCmEvent();
       if (e?.event !== CmEventType.ESTABLISHED) {
-        throw new OobError(`Unexpected CM event bl blka ${e?.event}${e?.event === CmEventType.REJECTED ? ` (${cmEventStr(e.event)}, ${statusStr(e)}; is a perftest server listening with -R?)` : ''}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
+        throw new Fail(`Unexpected CM event bl blka ${e?.event}${e?.event === CmEventType.REJECTED ? ` (${cmEventStr(e.event)}, ${statusStr(e)}; is a perftest server listening with -R?)` : ''}\n Unable to perform rdma_client function\n Unable to init the socket connection\n`);
       }
       return new CmOob(true, ch, id, r.qp, r.cq, r.mr);
     } catch (e) {
@@ -94,7 +95,7 @@ export class CmOob extends Exchange {
     try {
       const listen = await ch.createId(PortSpace.TCP);
       await listen.bindAddr(src ?? '0.0.0.0', port).catch(() => {
-        throw new OobError(' rdma_bind_addr failed\n Unable to perform rdma_server function\n Unable to init the socket connection\n');
+        throw new Fail(' rdma_bind_addr failed\n Unable to perform rdma_server function\n Unable to init the socket connection\n');
       });
       await listen.listen(p.numQps);
       const req = await next(ch, CmEventType.CONNECT_REQUEST, 'bad event waiting for connect request');
@@ -128,7 +129,7 @@ export class CmOob extends Exchange {
 
   private gone(what: string, status: number): never {
     if (!this.peerGoneAt) this.peerGoneAt = Date.now();
-    throw new OobError(` Failed to exchange data between server and clients (${what}: completion status ${status})\n`);
+    throw new Fail(` Failed to exchange data between server and clients (${what}: completion status ${status})\n`);
   }
 
   async xchg(mine: Buffer, what: string): Promise<Buffer> {
@@ -190,7 +191,7 @@ export class CmQps {
           await id.connect(connParam(p, outReads));
           const e = await ch.getCmEvent();
           if (e?.event === CmEventType.ESTABLISHED) continue;
-          if (e?.event !== CmEventType.REJECTED) throw new OobError(`Failed to connect RDMA CM events.: unexpected CM event ${e ? `${cmEventStr(e.event)} (${statusStr(e)})` : 'none'}\n`);
+          if (e?.event !== CmEventType.REJECTED) throw new Fail(`Failed to connect RDMA CM events.: unexpected CM event ${e ? `${cmEventStr(e.event)} (${statusStr(e)})` : 'none'}\n`);
           refused = e;
           break;
         }
@@ -199,7 +200,7 @@ export class CmQps {
           await id.destroyQp().catch(() => {});
           await id.destroy().catch(() => {});
         }
-        if (attempt === 10) throw new OobError(`Failed to connect RDMA CM client, tried 10 times (${cmEventStr(refused.event)}, ${statusStr(refused)}).\n`);
+        if (attempt === 10) throw new Fail(`Failed to connect RDMA CM client, tried 10 times (${cmEventStr(refused.event)}, ${statusStr(refused)}).\n`);
         await new Promise((r) => setTimeout(r, 100));
       }
     } catch (e) {

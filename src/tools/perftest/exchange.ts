@@ -21,7 +21,7 @@
  */
 import { createConnection, createServer, type Socket } from 'node:net';
 import { reader } from '../sockio.js';
-import { codeOf } from '../../common/errors.js';
+import { codeOf, Fail } from '../../common/errors.js';
 
 export const VERSION_SIZE = 16;
 export const KEY_MSG_SIZE_GID = 108;
@@ -150,8 +150,6 @@ export function decodeBwReport(parts: Buffer[]): BwReport {
 
 export const DONE = Buffer.from('done\0', 'latin1');
 
-export class OobError extends Error {}
-
 /** establish_connection's words when the socket part fails ("...connection" has no newline in perftest) */
 const UNABLE = 'Unable to open file descriptor for socket connection Unable to init the socket connection\n';
 
@@ -193,14 +191,14 @@ export class Oob extends Exchange {
   /** ethernet_client_connect; perftest's own messages on failure. */
   static async connect(host: string, port: number): Promise<Oob> {
     // getaddrinfo() refuses such a service in perftest: the same words here
-    if (!(port >= 0 && port <= 65535)) throw new OobError(`Problem in resolving basic address and port\n${UNABLE}`);
+    if (!(port >= 0 && port <= 65535)) throw new Fail(`Problem in resolving basic address and port\n${UNABLE}`);
     const sock = await new Promise<Socket>((resolve, reject) => {
       const s = createConnection({ host, port, family: 4 });
       s.once('connect', () => resolve(s));
       s.once('error', (e) => {
         const code = codeOf(e);
         const why = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'Problem in resolving basic address and port\n' : `Couldn't connect to ${host}:${port}\n`;
-        reject(new OobError(`${why}${UNABLE}`));
+        reject(new Fail(`${why}${UNABLE}`));
       });
     });
     return new Oob(sock, true);
@@ -208,12 +206,12 @@ export class Oob extends Exchange {
 
   /** ethernet_server_connect: listen on every IPv4 address, take one client, stop listening. */
   static async accept(port: number, onListening?: () => void): Promise<Oob> {
-    if (!(port >= 0 && port <= 65535)) throw new OobError(`Problem in resolving basic address and port\n${UNABLE}`);
+    if (!(port >= 0 && port <= 65535)) throw new Fail(`Problem in resolving basic address and port\n${UNABLE}`);
     const server = createServer();
     try {
       const sock = await new Promise<Socket>((resolve, reject) => {
         server.once('connection', resolve);
-        server.once('error', () => reject(new OobError(`Couldn't listen to port ${port}\n${UNABLE}`)));
+        server.once('error', () => reject(new Fail(`Couldn't listen to port ${port}\n${UNABLE}`)));
         server.listen({ port, host: '0.0.0.0' }, onListening);
       });
       return new Oob(sock, false);
@@ -226,7 +224,7 @@ export class Oob extends Exchange {
   async xchg(mine: Buffer, what: string): Promise<Buffer> {
     if (this.isClient) this.sock.write(mine);
     const got = await this.read(mine.length);
-    if (!got) throw new OobError(` Failed to exchange data between server and clients (${what}: the peer closed the connection)\n`);
+    if (!got) throw new Fail(` Failed to exchange data between server and clients (${what}: the peer closed the connection)\n`);
     if (!this.isClient) this.sock.write(mine);
     return got;
   }
@@ -235,7 +233,7 @@ export class Oob extends Exchange {
   async handShake(mine: PerfDest): Promise<PerfDest> {
     const got = await this.xchg(encodeKey(mine), 'key message');
     const d = decodeKey(got);
-    if (!d) throw new OobError(`Couldn't parse line <${got.toString('latin1').replace(/\0.*$/s, '')}>\n`);
+    if (!d) throw new Fail(`Couldn't parse line <${got.toString('latin1').replace(/\0.*$/s, '')}>\n`);
     return d;
   }
 

@@ -6,7 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { cnum, cnumStrict } from '../cli.js';
-import { messageOf } from '../../common/errors.js';
+import { messageOf, UsageError } from '../../common/errors.js';
 
 /** perftest's VerbType, in its order (testsStr indexes it). */
 export enum Verb { SEND = 0, WRITE = 1, READ = 2, ATOMIC = 3 }
@@ -120,9 +120,12 @@ export type ParseResult =
 
 export const RESULT_LINE = '---------------------------------------------------------------------------------------\n';
 
-class ParseExit {
+/** perftest refusing its command line (it exits 1), in its words. */
+class ParseExit extends UsageError {
   /** fromParser: parser() returned an error (main then adds its own line); otherwise perftest exit(1)s on the spot */
-  constructor(readonly code: number, readonly err: string, readonly fromParser = true) {}
+  constructor(message: string, readonly fromParser = true) {
+    super(message);
+  }
 }
 
 export function usage(tool: string, verb: Verb, tst: Tst): string {
@@ -215,16 +218,16 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       const s = v[k];
       if (typeof s !== 'string') return undefined;
       const n = cnumStrict(s);
-      if (n === null) throw new ParseExit(1, ` ${name} argument ${s} should be ${type}\n`);
+      if (n === null) throw new ParseExit(` ${name} argument ${s} should be ${type}\n`);
       return n;
     };
     const inRange = (k: string, name: string, type: string, min: number, max: number): number | undefined => {
       const n = num(k, name, type);
-      if (n !== undefined && (n < min || n > max)) throw new ParseExit(1, ` ${name} should be between ${min} and ${max}\n`);
+      if (n !== undefined && (n < min || n > max)) throw new ParseExit(` ${name} should be between ${min} and ${max}\n`);
       return n;
     };
     const fail = (msg: string): never => {
-      throw new ParseExit(1, msg);
+      throw new ParseExit(msg);
     };
     let n: number | undefined;
     if ((n = num('port', 'Port', 'int')) !== undefined) p.port = n;
@@ -250,12 +253,12 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       const c = v.connection;
       // change_conn_type() exit(1)s itself: no "Parser function exited" line after these
       if (c !== 'RC' && c !== 'UC' && c !== 'UD') {
-        throw new ParseExit(1, ['XRC', 'DC', 'SRD', 'RawEth'].includes(c) ? ` ${c} connections are not supported by softverbs\n` : ' Invalid Connection type. Please choose from {RC,UC,UD,XRC,DC,SRD}\n', false);
+        throw new ParseExit(['XRC', 'DC', 'SRD', 'RawEth'].includes(c) ? ` ${c} connections are not supported by softverbs\n` : ' Invalid Connection type. Please choose from {RC,UC,UD,XRC,DC,SRD}\n', false);
       }
-      if (c === 'UD' && verb !== Verb.SEND) throw new ParseExit(1, ' UD connection only possible in SEND verb\n', false);
-      if (c === 'UC' && (verb === Verb.READ || verb === Verb.ATOMIC)) throw new ParseExit(1, ' UC connection not possible in READ/ATOMIC verbs\n', false);
+      if (c === 'UD' && verb !== Verb.SEND) throw new ParseExit(' UD connection only possible in SEND verb\n', false);
+      if (c === 'UC' && (verb === Verb.READ || verb === Verb.ATOMIC)) throw new ParseExit(' UC connection not possible in READ/ATOMIC verbs\n', false);
       p.conn = c as Conn;
-      if (p.rdmaCm && c !== 'RC') throw new ParseExit(1, ` -R with ${c} QPs is not supported by softverbs (RC only)\n`);
+      if (p.rdmaCm && c !== 'RC') throw new ParseExit(` -R with ${c} QPs is not supported by softverbs (RC only)\n`);
     }
     if (v.qp !== undefined) {
       if (tst !== 'BW') fail(' Multiple QPs only available on bw tests\n');
@@ -279,7 +282,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     }
     if (typeof v.atomic_type === 'string') {
       if (verb !== Verb.ATOMIC) fail(' You are not running the atomic_lat/bw test!\n To change the atomic action type, you must run one of the atomic tests\n');
-      if (!ATOMIC_TYPES.includes(v.atomic_type as AtomicType)) throw new ParseExit(1, ' Invalid Atomic type! please choose from {CMP_AND_SWAP,FETCH_AND_ADD}\n', false);
+      if (!ATOMIC_TYPES.includes(v.atomic_type as AtomicType)) throw new ParseExit(' Invalid Atomic type! please choose from {CMP_AND_SWAP,FETCH_AND_ADD}\n', false);
       p.atomicType = v.atomic_type as AtomicType;
     }
     if ((n = num('post_list', 'Send Post List size', 'int')) !== undefined) p.postList = n;
@@ -345,12 +348,12 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     if (p.testType === 'ITERATIONS' && p.iters > 20000 && !p.noPeak && p.tst === 'BW') p.noPeak = true;
     if (p.testType === 'DURATION' && !(p.duration > 2 * p.margin)) {
       out.push(RESULT_LINE);
-      throw new ParseExit(1, 'please check that DURATION > 2*MARGIN\n', false);
+      throw new ParseExit('please check that DURATION > 2*MARGIN\n', false);
     }
     forceDependencies(p, out);
   } catch (e) {
     if (!(e instanceof ParseExit)) throw e;
-    return { kind: 'exit', code: e.code, out: out.join(''), err: `${e.err}${e.fromParser ? ' Parser function exited with Error\n' : ''}` };
+    return { kind: 'exit', code: 1, out: out.join(''), err: `${e.message}${e.fromParser ? ' Parser function exited with Error\n' : ''}` };
   }
   return { kind: 'run', params: p, out: out.join('') };
 }
@@ -359,7 +362,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
 function forceDependencies(p: Params, out: string[]): void {
   const exit = (msg: string): never => {
     out.push(RESULT_LINE);
-    throw new ParseExit(1, msg, false);
+    throw new ParseExit(msg, false);
   };
   if (p.testType === 'ITERATIONS') {
     if (p.txDepth > p.iters) p.txDepth = p.iters;
@@ -375,7 +378,7 @@ function forceDependencies(p: Params, out: string[]): void {
   if (p.testMethod === 'ALL') p.size = DEF.maxSize;
   if (p.verb === Verb.ATOMIC && p.size !== DEF.sizeAtomic) {
     out.push(RESULT_LINE, 'Message size cannot be changed for Atomic tests \n');
-    throw new ParseExit(1, '', false);
+    throw new ParseExit('', false);
   }
   if (p.postList > 1) {
     if (p.tst !== 'BW') exit('Post list is supported in BW tests only\n');

@@ -8,14 +8,15 @@
  * peer `exchange.ts`, the printed results `report.ts`.
  */
 import { writeFileSync } from 'node:fs';
+import { Fail } from '../../common/errors.js';
 import { inet6 } from '../devinfo.js';
 import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type CmId, type Context, type ProtectionDomain, type QpInitAttr } from '../../verbs/index.js';
-import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, OobError, type BwReport, type Exchange, type PerfDest } from './exchange.js';
+import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, type BwReport, type Exchange, type PerfDest } from './exchange.js';
 import { CmOob, CmQps } from './cm-exchange.js';
 import { DEF, MIN_PEER_VERSION, parse, PERFTEST_VERSION, RESULT_LINE, Verb, type Params, type Tst } from './params.js';
 import { addrLines, bannerWaiting, bwHeader, bwJson, bwRow, computeBw, latDuration, latHeader, latJson, latRow, testInfo, type InfoCtx } from './report.js';
 import { writeSweep } from './sweep.js';
-import { armCqs, connectQps, Fail, fail, initResources, MTU_BYTES, PORT_STATE, postRecvs, printable, setSendWqes, type Res, type Session } from './session.js';
+import { armCqs, connectQps, fail, initResources, MTU_BYTES, PORT_STATE, postRecvs, printable, setSendWqes, type Res, type Session } from './session.js';
 import { runBw, runLat, runLatSend, runLatWrite, type LatOutcome } from './loops.js';
 
 /** Entry point of every perftest bin. */
@@ -137,7 +138,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     await cmq?.disconnect();
     return 0;
   } catch (e) {
-    if (e instanceof Fail || e instanceof OobError) {
+    if (e instanceof Fail) {
       process.stderr.write(e.message);
       return 1;
     }

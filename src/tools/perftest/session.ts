@@ -6,10 +6,9 @@ import { type Exchange, type PerfDest } from './exchange.js';
 import { DEF, Verb, type Params } from './params.js';
 import { type InfoCtx } from './report.js';
 import { type SweepRow } from './sweep.js';
-import { messageOf } from '../../common/errors.js';
+import { Fail, messageOf } from '../../common/errors.js';
 
 /** A failure perftest reports on stderr before it exits 1: the message is its text, newlines included. */
-export class Fail extends Error {}
 export const fail = (err: string): never => {
   throw new Fail(err);
 };
