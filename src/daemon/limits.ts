@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { CmdError, E } from '../common/errno.js';
+import { UsageError } from '../common/errors.js';
 
 export interface UserLimits {
   contexts: number;
@@ -113,10 +114,10 @@ export class Quotas {
 export function parseLimits(v: unknown): UserLimits {
   const l = { ...DEFAULT_USER_LIMITS };
   if (v === undefined) return l;
-  if (typeof v !== 'object' || v === null) throw new Error('"limits" must be an object');
+  if (typeof v !== 'object' || v === null) throw new UsageError('"limits" must be an object');
   for (const [k, n] of Object.entries(v)) {
-    if (!(k in l)) throw new Error(`"limits": unknown limit "${k}" (known: ${Object.keys(l).join(', ')})`);
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) throw new Error(`"limits.${k}": ${JSON.stringify(n)} is not a positive integer`);
+    if (!(k in l)) throw new UsageError(`"limits": unknown limit "${k}" (known: ${Object.keys(l).join(', ')})`);
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`"limits.${k}": ${JSON.stringify(n)} is not a positive integer`);
     l[k as Quota] = n;
   }
   return l;

@@ -141,14 +141,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
   if (args.version) return 'version';
   const logLevel = (args['log-level'] ?? 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level "${args['log-level']}": expected ${LOG_LEVELS.join(', ')}`);
-  let fault: Fault | null = null;
-  if (args.fault) {
-    try {
-      fault = Fault.parse(args.fault);
-    } catch (e) {
-      throw new UsageError(messageOf(e));
-    }
-  }
+  const fault = args.fault ? Fault.parse(args.fault) : null;
   let allowDst: BlockList | null = null;
   for (const list of args['allow-dst'] ?? []) {
     allowDst ??= new BlockList();

@@ -14,7 +14,7 @@ import { COUNTER_NAMES } from '../hca/counters.js';
 import { PAGE_SIZE } from './memlock.js';
 import { OBJ_TYPES } from './object-table.js';
 import type { Daemon } from './server.js';
-import { codeOf } from '../common/errors.js';
+import { codeOf, ErrnoError, errnoOf } from '../common/errors.js';
 
 const CMD_NAME = new Map<number, string>(Object.entries(Cmd).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -110,7 +110,7 @@ export class Metrics {
     });
     this.server = server;
     return new Promise((resolve, reject) => {
-      server.once('error', (e) => reject(new Error(`--metrics ${host}:${port}: ${codeOf(e) ?? e.message}`)));
+      server.once('error', (e) => reject(new ErrnoError(errnoOf(e) ?? 'EIO', `--metrics ${host}:${port}: ${codeOf(e) ?? e.message}`)));
       server.listen(port, host, () => {
         const a = server.address();
         resolve(a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : `${host}:${port}`);

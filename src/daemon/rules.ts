@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { safeName } from '../common/trust.js';
+import { UsageError } from '../common/errors.js';
 
 export interface DevicePolicy {
   name: string;
@@ -38,17 +39,17 @@ export function parseRules(text: string, file = 'rules'): Rule[] {
     while (pos < line.length) {
       re.lastIndex = pos;
       const m = re.exec(line);
-      if (!m) throw new Error(`${file}:${i + 1}: cannot parse near "${line.slice(pos)}"`);
+      if (!m) throw new UsageError(`${file}:${i + 1}: cannot parse near "${line.slice(pos)}"`);
       pos = re.lastIndex;
       const [, key = '', op = '', val = ''] = m;
       if (key === 'KERNEL' && op === '==') rule.kernel = val;
       else if (key === 'NAME' && op === '=') rule.name = val;
       else if (key === 'MODE' && op === '=') {
-        if (!/^[0-7]{3,4}$/.test(val)) throw new Error(`${file}:${i + 1}: MODE "${val}" is not an octal mode`);
+        if (!/^[0-7]{3,4}$/.test(val)) throw new UsageError(`${file}:${i + 1}: MODE "${val}" is not an octal mode`);
         rule.mode = parseInt(val, 8);
       } else if (key === 'GROUP' && op === '=') rule.group = val;
       else if (key === 'OWNER' && op === '=') rule.owner = val;
-      else throw new Error(`${file}:${i + 1}: unsupported key ${key}${op}`);
+      else throw new UsageError(`${file}:${i + 1}: unsupported key ${key}${op}`);
     }
     rules.push(rule);
   });
@@ -76,17 +77,17 @@ export function policyFor(rules: Rule[], k: string): DevicePolicy {
     if (r.name !== undefined) {
       p.name = r.name.replace(/%k/g, k);
       // a device file lives under <root>/dev: NAME is a relative path of plain components, never ../ or absolute
-      if (!p.name.split('/').every(safeName)) throw new Error(`rules: NAME "${r.name}" gives "${p.name}", not a path inside dev/`);
+      if (!p.name.split('/').every(safeName)) throw new UsageError(`rules: NAME "${r.name}" gives "${p.name}", not a path inside dev/`);
     }
     if (r.mode !== undefined) p.mode = r.mode;
     if (r.group !== undefined) {
       const gid = lookupId('/etc/group', r.group);
-      if (gid === null) throw new Error(`rules: unknown group "${r.group}"`);
+      if (gid === null) throw new UsageError(`rules: unknown group "${r.group}"`);
       p.gid = gid;
     }
     if (r.owner !== undefined) {
       const uid = lookupId('/etc/passwd', r.owner);
-      if (uid === null) throw new Error(`rules: unknown user "${r.owner}"`);
+      if (uid === null) throw new UsageError(`rules: unknown user "${r.owner}"`);
       p.uid = uid;
     }
   }

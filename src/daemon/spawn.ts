@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ErrnoError } from '../common/errors.js';
 
 export const DAEMON_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'softverbsd.js');
 
@@ -29,7 +30,7 @@ export async function spawnDaemon(args: string[], opts: { root?: string; keepRoo
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`softverbsd not ready in ${opts.timeoutMs ?? 10000} ms:\n${err}`)), opts.timeoutMs ?? 10000);
+    const t = setTimeout(() => reject(new ErrnoError('ETIMEDOUT', `softverbsd not ready in ${opts.timeoutMs ?? 10000} ms:\n${err}`)), opts.timeoutMs ?? 10000);
     const onData = () => {
       if (err.includes('softverbsd: ready')) {
         clearTimeout(t);
@@ -40,7 +41,7 @@ export async function spawnDaemon(args: string[], opts: { root?: string; keepRoo
     };
     const onExit = (c: number | null) => {
       clearTimeout(t);
-      reject(new Error(`softverbsd exited (${c}):\n${err}`));
+      reject(new ErrnoError('ESRCH', `softverbsd exited (${c}):\n${err}`));
     };
     proc.stderr!.on('data', onData);
     proc.once('exit', onExit);

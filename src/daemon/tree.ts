@@ -7,7 +7,7 @@
 import { closeSync, constants, lstatSync, mkdirSync, openSync, writeSync, chmodSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { checkTrustedRoot, UntrustedPath } from '../common/trust.js';
-import { codeOf } from '../common/errors.js';
+import { codeOf, ErrnoError } from '../common/errors.js';
 
 /** Creates the root (mode `mode`) if it is missing, then insists it is trusted: ours, not a symlink, writable by us alone. */
 export function prepareRoot(root: string, mode: number, uid = process.getuid?.() ?? 0): void {
@@ -27,7 +27,7 @@ export function prepareRoot(root: string, mode: number, uid = process.getuid?.()
   try {
     checkTrustedRoot(root, [uid]);
   } catch (e) {
-    if (e instanceof UntrustedPath) throw new Error(`refusing root ${e.path}: it ${e.why} (softverbsd trusts only a root its own uid owns and nobody else can write; remove it or choose another with --root)`);
+    if (e instanceof UntrustedPath) throw new ErrnoError(e.code, `refusing root ${e.path}: it ${e.why} (softverbsd trusts only a root its own uid owns and nobody else can write; remove it or choose another with --root)`);
     throw e;
   }
 }
@@ -35,7 +35,7 @@ export function prepareRoot(root: string, mode: number, uid = process.getuid?.()
 /** mkdir -p below a trusted directory, one component at a time; an existing component must be a real directory. */
 export function ensureDirUnder(base: string, dir: string, mode = 0o755): void {
   const rel = relative(base, dir);
-  if (rel.startsWith('..') || rel.startsWith(sep)) throw new Error(`${dir} is outside ${base}`);
+  if (rel.startsWith('..') || rel.startsWith(sep)) throw new ErrnoError('EINVAL', `${dir} is outside ${base}`);
   let cur = base;
   for (const part of rel.split(sep).filter(Boolean)) {
     cur = join(cur, part);
@@ -44,7 +44,7 @@ export function ensureDirUnder(base: string, dir: string, mode = 0o755): void {
     } catch (e) {
       if (codeOf(e) !== 'EEXIST') throw e;
       const st = lstatSync(cur);
-      if (st.isSymbolicLink() || !st.isDirectory()) throw new Error(`${cur} exists and is not a directory of ours (${st.isSymbolicLink() ? 'a symlink' : 'a file'})`);
+      if (st.isSymbolicLink() || !st.isDirectory()) throw new ErrnoError('ENOTDIR', `${cur} exists and is not a directory of ours (${st.isSymbolicLink() ? 'a symlink' : 'a file'})`);
     }
   }
 }

@@ -10,7 +10,7 @@ import { encodeFrame } from './codec.js';
 import { gidIp, sameGid } from './gid.js';
 import { type Pkt, PktPool } from './packet.js';
 import type { PcapWriter } from './pcap.js';
-import { asError } from '../common/errors.js';
+import { asError, UsageError } from '../common/errors.js';
 
 /** Fault injection: rates in [0, 1], a seeded PRNG, and what it did. */
 export class Fault {
@@ -37,9 +37,9 @@ export class Fault {
     for (const kv of spec.split(',').filter(Boolean)) {
       const [k, s] = kv.split('=');
       const n = Number(s);
-      if (!k || !(k in v) || s === undefined || !Number.isFinite(n)) throw new Error(`--fault "${spec}": expected drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N`);
-      if (k === 'delayms' && (n < 0 || n > 10_000)) throw new Error(`--fault "${spec}": delayms must be between 0 and 10000`);
-      else if (k !== 'seed' && k !== 'delayms' && (n < 0 || n > 1)) throw new Error(`--fault "${spec}": ${k} must be between 0 and 1`);
+      if (!k || !(k in v) || s === undefined || !Number.isFinite(n)) throw new UsageError(`--fault "${spec}": expected drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N`);
+      if (k === 'delayms' && (n < 0 || n > 10_000)) throw new UsageError(`--fault "${spec}": delayms must be between 0 and 10000`);
+      else if (k !== 'seed' && k !== 'delayms' && (n < 0 || n > 1)) throw new UsageError(`--fault "${spec}": ${k} must be between 0 and 1`);
       v[k] = n;
     }
     return new Fault(v.drop!, v.dup!, v.reorder!, v.seed!, v.delay!, v.delayms!);

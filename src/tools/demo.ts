@@ -21,6 +21,7 @@ import {
   type CmEvent, type CmId, type CompletionQueue, type MemoryRegion, type QueuePair, type WorkCompletion,
 } from '../verbs/index.js';
 import { spawnDaemon } from '../daemon/spawn.js';
+import { Fail } from '../common/errors.js';
 
 const TOOLS = fileURLToPath(new URL('../bin/', import.meta.url));
 
@@ -32,7 +33,7 @@ function tool(root: string, name: string, args: string[]): Promise<string> {
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
     p.on('error', reject);
-    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${name} ${args.join(' ')} exited ${code}:\n${out}`))));
+    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Fail(`${name} ${args.join(' ')} exited ${code}:\n${out}`))));
   });
 }
 
@@ -46,7 +47,7 @@ const CM_PORT = 7471;
 /** The next event on a CM channel, which must be `want`; anything else is an error that says what came and why. */
 export async function expectEvent(ch: EventChannel, want: CmEventType): Promise<CmEvent> {
   const e = await ch.getCmEvent();
-  if (!e || e.event !== want) throw new Error(`expected ${cmEventStr(want)}, got ${e ? `${cmEventStr(e.event)} (status ${e.status}${e.reason ? ` = ${e.reason}` : ''})` : 'the end of the channel'}`);
+  if (!e || e.event !== want) throw new Fail(`expected ${cmEventStr(want)}, got ${e ? `${cmEventStr(e.event)} (status ${e.status}${e.reason ? ` = ${e.reason}` : ''})` : 'the end of the channel'}`);
   return e;
 }
 
@@ -54,7 +55,7 @@ async function poll(cq: CompletionQueue): Promise<WorkCompletion> {
   for (;;) {
     const [wc] = cq.pollCq(1);
     if (wc) {
-      if (wc.status !== WcStatus.SUCCESS) throw new Error(`completion failed: ${WC_STATUS_STR[wc.status]}`);
+      if (wc.status !== WcStatus.SUCCESS) throw new Fail(`completion failed: ${WC_STATUS_STR[wc.status]}`);
       return wc;
     }
     await new Promise((r) => setImmediate(r));

@@ -22,13 +22,14 @@ interface Pending {
 
 export class CommandChannel {
   private pending: Pending[] = [];
-  private dead: Error | null = null;
+  /** why the connection is gone (null: it is not) */
+  private dead: string | null = null;
   private readonly frames = new FrameAssembler(
     // bounded: a frame beyond any reply is a broken stream
     (h) => replySize(h, MAX_REPLY),
     (f) => this.onReply(f),
     () => {
-      this.fail(new Error('the daemon sent a reply no daemon sends'));
+      this.fail('the daemon sent a reply no daemon sends');
       this.sock.destroy();
     },
   );
@@ -48,14 +49,14 @@ export class CommandChannel {
   }
 
   private ended(code?: string): void {
-    this.fail(new Error(this.closing ? 'closed' : `softverbsd closed it${code ? ` (${code})` : ''}: it stopped, or the device was deleted`));
+    this.fail(this.closing ? 'closed' : `softverbsd closed it${code ? ` (${code})` : ''}: it stopped, or the device was deleted`);
   }
 
   private lostError(verb: string): VerbsError {
     if (this.closing) return new VerbsError(verb, 'EIO', 'the device is closed (closeDevice)');
     // asked now, not when the connection ended: a daemon that died is still a process (exiting) when its sockets close
     const gone = this.daemonPid && !running(this.daemonPid);
-    return new VerbsError(verb, 'EIO', `the daemon connection is lost (${gone ? `softverbsd (pid ${this.daemonPid}) is gone` : this.dead!.message})`);
+    return new VerbsError(verb, 'EIO', `the daemon connection is lost (${gone ? `softverbsd (pid ${this.daemonPid}) is gone` : this.dead})`);
   }
 
   /** The connection is gone (closed here, or the daemon went away): nothing the daemon held for it exists any more. */
@@ -80,7 +81,7 @@ export class CommandChannel {
     if (now - this.lastProbe < 1000) return;
     this.lastProbe = now;
     if (running(this.daemonPid)) return;
-    this.fail(new Error(`softverbsd (pid ${this.daemonPid}) is gone`));
+    this.fail(`softverbsd (pid ${this.daemonPid}) is gone`);
     throw this.lostError(verb);
   }
 
@@ -89,8 +90,8 @@ export class CommandChannel {
     return new CommandChannel(await connectDevice(path, verb));
   }
 
-  private fail(e: Error): void {
-    this.dead ??= e;
+  private fail(why: string): void {
+    this.dead ??= why;
     for (const p of this.pending.splice(0)) p.reject(lostOnTheWay(this.lostError(p.verb)));
   }
 

@@ -4,14 +4,19 @@
  * thrown non-Error.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { connect } from 'node:net';
-import { constants } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CmdError, E } from '../../src/common/errno.js';
 import { asError, codeOf, ErrnoError, errnoOf, Fail, messageOf, UsageError } from '../../src/common/errors.js';
 import { UntrustedPath } from '../../src/common/trust.js';
+import { parseLimits } from '../../src/daemon/limits.js';
+import { parseRules, policyFor } from '../../src/daemon/rules.js';
+import { spawnDaemon } from '../../src/daemon/spawn.js';
+import { ensureDirUnder, prepareRoot } from '../../src/daemon/tree.js';
+import { Fault } from '../../src/hca/fabric.js';
 import { mapShared, SysError } from '../../src/native/libc.js';
 import { VerbsError } from '../../src/verbs/errors.js';
 import { DIST } from '../helpers.js';
@@ -77,6 +82,33 @@ test('a libc call that fails is a SysError with the errno negated, as Node has i
   assertFamily(e, 'EBADF');
   assert.equal(e.call, 'mmap');
   assert.equal(e.message, 'mmap: EBADF (Bad file descriptor)');
+});
+
+test("softverbsd's configuration errors are UsageErrors (EINVAL), its root's are the errno of what is wrong", () => {
+  assertFamily(caught(() => Fault.parse('drop=2')), 'EINVAL');
+  assertFamily(caught(() => parseLimits({ qps: 0 })), 'EINVAL');
+  assertFamily(caught(() => parseRules('KERNEL=="x", COLOR="red"')), 'EINVAL');
+  assertFamily(caught(() => policyFor(parseRules('KERNEL=="*", GROUP="no-such-group-softverbs"'), 'uverbs0')), 'EINVAL');
+  const dir = mkdtempSync(join(tmpdir(), 'softverbs-errors-'));
+  try {
+    const open = join(dir, 'open');
+    mkdirSync(open);
+    chmodSync(open, 0o777);
+    const e = caught(() => prepareRoot(open, 0o755));
+    assertFamily(e, 'EACCES');
+    assert.match(messageOf(e), /^refusing root .*open: it is writable by every user/);
+    assertFamily(caught(() => ensureDirUnder(dir, '/elsewhere')), 'EINVAL');
+    symlinkSync('/tmp', join(dir, 'link'));
+    assertFamily(caught(() => ensureDirUnder(dir, join(dir, 'link', 'x'))), 'ENOTDIR');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a softverbsd that exits before it is ready rejects spawnDaemon with ESRCH, and says why', async () => {
+  const e = await spawnDaemon(['--poll-us', 'soon']).then(() => assert.fail('it started'), (err: unknown) => err);
+  assertFamily(e, 'ESRCH');
+  assert.match(messageOf(e), /^softverbsd exited \(2\):\nsoftverbsd: --poll-us "soon": expected microseconds/);
 });
 
 test("CmdError names its errno in code; errnoOf reads it negated, as it reads every other error", () => {
