@@ -14,7 +14,7 @@ import { COUNTER_NAMES } from '../hca/counters.js';
 import { PAGE_SIZE } from './memlock.js';
 import { OBJ_TYPES } from './object-table.js';
 import type { Daemon } from './server.js';
-import { codeOf, ErrnoError, errnoOf } from '../common/errors.js';
+import { codeOf, ErrnoError, errnoOf, messageOf } from '../common/errors.js';
 
 const CMD_NAME = new Map<number, string>(Object.entries(Cmd).map(([k, v]) => [v, k.toLowerCase()]));
 
@@ -105,7 +105,7 @@ export class Metrics {
       }
       this.registry.metrics().then(
         (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
-        (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
+        (e: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${messageOf(e)}\n`),
       );
     });
     this.server = server;

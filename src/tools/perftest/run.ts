@@ -8,7 +8,7 @@
  * peer `exchange.ts`, the printed results `report.ts`.
  */
 import { writeFileSync } from 'node:fs';
-import { Fail } from '../../common/errors.js';
+import { Fail, messageOf } from '../../common/errors.js';
 import { inet6 } from '../devinfo.js';
 import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type CmId, type Context, type ProtectionDomain, type QpInitAttr } from '../../verbs/index.js';
 import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, type BwReport, type Exchange, type PerfDest } from './exchange.js';
@@ -102,7 +102,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     if (p.rdmaCm) {
       // create_rdma_cm_connection: a barrier, the test QPs connected through the CM on the same port, a barrier
       const zero: PerfDest = { lid: 0, outReads: 0, qpn: 0, psn: 0, rkey: 0, vaddr: 0n, gid: new Uint8Array(16), srqn: 0 };
-      const listening = p.servername ? null : await CmQps.listen(p.port, p, src).catch((e: Error) => fail(`${e.message}\nFailed to create RDMA CM connection with resources.\n`));
+      const listening = p.servername ? null : await CmQps.listen(p.port, p, src).catch((e: unknown) => fail(`${messageOf(e)}\nFailed to create RDMA CM connection with resources.\n`));
       await oob.handShake(zero);
       let made: Res | null = null;
       let qpInit: { init: QpInitAttr; pd: ProtectionDomain } | null = null;
@@ -113,7 +113,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       // a connection tried again: a new id, a new QP in the old one's place
       const remake = async (id: CmId, i: number) => (made!.qps[i] = await id.createQp(qpInit!.pd, qpInit!.init));
       cmq = await (listening ? listening.accept(outReads, setup) : CmQps.connect(p.servername!, p.port, p, outReads, src, setup, remake))
-        .catch((e: Error) => fail(`${e.message.replace(/\n?$/, '\n')}Failed to create RDMA CM connection with resources.\n`));
+        .catch((e: unknown) => fail(`${messageOf(e).replace(/\n?$/, '\n')}Failed to create RDMA CM connection with resources.\n`));
       res = made!;
       await oob.handShake(zero);
       gid = res.ctx.queryGid(p.ibPort, gidIndex);

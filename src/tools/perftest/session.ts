@@ -79,7 +79,7 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
   const chan = p.useEvent ? channel : null;
   const nap = p.useEvent ? null : channel;
   const pd = await ctx.allocPd().catch(() => fail(" Couldn't allocate PD\n Couldn't create IB resources\n"));
-  const mr = await pd.allocMr(bytes, access).catch((e: Error) => fail(` Couldn't allocate MR: ${e.message}\n Couldn't create IB resources\n`));
+  const mr = await pd.allocMr(bytes, access).catch((e: unknown) => fail(` Couldn't allocate MR: ${messageOf(e)}\n Couldn't create IB resources\n`));
   // perftest fills its buffer with random bytes; a write latency test counts on the poll byte not matching 1 at start
   mr.buf.fill(0);
   const needRecv = p.verb === Verb.SEND;
@@ -94,14 +94,14 @@ export async function initResources(p: Params, ctx: Context, cycleBuffer: number
     };
     // -R: the QP is the cm_id's (rdma_create_qp), and the CM moves it through its states
     if (makeQp) {
-      qps.push(await makeQp(i, init, pd).catch((e: Error) => fail(` Unable to create QP: ${e.message}\n Failed to create QP.\n`)));
+      qps.push(await makeQp(i, init, pd).catch((e: unknown) => fail(` Unable to create QP: ${messageOf(e)}\n Failed to create QP.\n`)));
       continue;
     }
-    const qp = await pd.createQp(init).catch((e: Error) => fail(` Unable to create QP: ${e.message}\n Couldn't create IB resources\n`));
+    const qp = await pd.createQp(init).catch((e: unknown) => fail(` Unable to create QP: ${messageOf(e)}\n Couldn't create IB resources\n`));
     const qpAccess = p.verb === Verb.ATOMIC ? Access.REMOTE_ATOMIC : p.verb === Verb.READ ? Access.REMOTE_READ : p.verb === Verb.WRITE ? Access.REMOTE_WRITE : Access.REMOTE_WRITE | Access.LOCAL_WRITE;
     const ud = p.conn === 'UD';
     await qp.modifyQp(ud ? { qpState: QpState.INIT, pkeyIndex: 0, portNum: p.ibPort, qkey: DEF.qkey } : { qpState: QpState.INIT, pkeyIndex: 0, portNum: p.ibPort, qpAccessFlags: qpAccess },
-      A.STATE | A.PKEY_INDEX | A.PORT | (ud ? A.QKEY : A.ACCESS_FLAGS)).catch((e: Error) => fail(`Failed to modify QP to INIT, ret=${e.message}\n Couldn't create IB resources\n`));
+      A.STATE | A.PKEY_INDEX | A.PORT | (ud ? A.QKEY : A.ACCESS_FLAGS)).catch((e: unknown) => fail(`Failed to modify QP to INIT, ret=${messageOf(e)}\n Couldn't create IB resources\n`));
     qps.push(qp);
   }
   return { ctx, mr, sendCq, recvCq, chan, nap, qps, ahs: qps.map(() => null), slice, recvBase: p.numQps * slice, cacheLine, cycleBuffer };
@@ -119,13 +119,13 @@ export async function connectQps(s: Session, mtu: Mtu, gidIndex: number): Promis
       ? qp.modifyQp({ qpState: QpState.RTR }, A.STATE)
       : qp.modifyQp({ qpState: QpState.RTR, ahAttr, pathMtu: mtu, destQpNum: d.qpn, rqPsn: d.psn, maxDestRdAtomic: my[i]!.outReads, minRnrTimer: DEF.minRnrTimer },
         A.STATE | A.AV | A.PATH_MTU | A.DEST_QPN | A.RQ_PSN | (p.conn === 'RC' ? A.MIN_RNR_TIMER | A.MAX_DEST_RD_ATOMIC : 0));
-    await rtr.catch((e: Error) => fail(`Failed to modify QP ${qp.qpNum} to RTR (${e.message})\n Unable to Connect the HCA's through the link\n`));
+    await rtr.catch((e: unknown) => fail(`Failed to modify QP ${qp.qpNum} to RTR (${messageOf(e)})\n Unable to Connect the HCA's through the link\n`));
     if (!sends) continue;
     const rts = p.conn === 'RC'
       ? qp.modifyQp({ qpState: QpState.RTS, sqPsn: my[i]!.psn, timeout: p.qpTimeout, retryCnt: 7, rnrRetry: 7, maxRdAtomic: d.outReads },
         A.STATE | A.SQ_PSN | A.TIMEOUT | A.RETRY_CNT | A.RNR_RETRY | A.MAX_QP_RD_ATOMIC)
       : qp.modifyQp({ qpState: QpState.RTS, sqPsn: my[i]!.psn }, A.STATE | A.SQ_PSN);
-    await rts.catch((e: Error) => fail(`Failed to modify QP to RTS (${e.message})\n Unable to Connect the HCA's through the link\n`));
+    await rts.catch((e: unknown) => fail(`Failed to modify QP to RTS (${messageOf(e)})\n Unable to Connect the HCA's through the link\n`));
     if (p.conn === 'UD') res.ahs[i] = await qp.pd.createAh(ahAttr).catch(() => fail("Failed to create AH\n Unable to Connect the HCA's through the link\n"));
   }
 }
