@@ -46,7 +46,7 @@ export class Fail extends ErrnoError {
 }
 
 function field(e: unknown, key: 'code' | 'errno' | 'message'): unknown {
-  return typeof e === 'object' && e !== null && key in e ? (e as Record<typeof key, unknown>)[key] : undefined;
+  return typeof e === 'object' && e !== null ? Reflect.get(e, key) : undefined;
 }
 
 /** The `code` of what was caught (ours, Node's: 'ENOENT', 'ERR_INVALID_ARG_TYPE'), or undefined if it has none. */
