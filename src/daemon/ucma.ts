@@ -10,7 +10,7 @@ import { procComm } from '../common/proc.js';
 import { FrameAssembler, replyFrame } from '../abi/framing.js';
 import { encode, layout, pack, unpack, type Infer } from '../abi/layout.js';
 import * as C from '../abi/ucma.js';
-import { CmdError, E, errnoName } from '../common/errno.js';
+import { CmdError, E } from '../common/errno.js';
 import type { CmEvent, CmFile, CmId, ConnParam } from '../cm/cma-id.js';
 import type { RdmaCm } from '../cm/cma.js';
 import type { Log } from './log.js';
