@@ -8,6 +8,7 @@ import { createSocket } from 'node:dgram';
 import { isIPv4, isIPv6, SocketAddress } from 'node:net';
 import type { SockAddr } from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
+import { codeOf } from '../common/errors.js';
 import type { SoftDevice } from '../hca/device.js';
 import { gidOf, gidToAddr, isV4Gid, sameGid } from '../hca/gid.js';
 
@@ -53,12 +54,13 @@ export function routeToDevice(devices: () => readonly SoftDevice[], dst: SockAdd
     s.close();
     done(null, E.ETIMEDOUT, 'timed out');
   }, Math.max(1, Math.min(timeoutMs || 2000, 60_000)));
-  s.on('error', (e: NodeJS.ErrnoException) => {
+  s.on('error', (e: unknown) => {
     clearTimeout(timer);
     s.close();
+    const code = codeOf(e);
     // a daemon out of descriptors has no socket to ask the routing table with: that is no answer about the route
-    const errno = e.code === 'ENETUNREACH' || e.code === 'EHOSTUNREACH' ? E.ENETUNREACH : e.code === 'EMFILE' || e.code === 'ENFILE' ? E[e.code] : E.EADDRNOTAVAIL;
-    done(null, errno, `no route (${e.code})`);
+    const errno = code === 'ENETUNREACH' || code === 'EHOSTUNREACH' ? E.ENETUNREACH : code === 'EMFILE' || code === 'ENFILE' ? E[code] : E.EADDRNOTAVAIL;
+    done(null, errno, `no route (${code})`);
   });
   s.connect(4791, dst.address, () => {
     clearTimeout(timer);

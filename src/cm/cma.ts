@@ -10,6 +10,7 @@
 import { Access, QpAttrMask, QpState, QpType } from '../abi/enums.js';
 import { CmEventType, PortSpace, type InitQpAttr, type SockAddr } from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
+import { errnoOf } from '../common/errors.js';
 import type { SoftDevice } from '../hca/device.js';
 import { gidOf } from '../hca/gid.js';
 import { addrOfIpCm, canonical, checkAddr, deviceOf, ipCmAddr, isWildcard, routeToDevice } from './addr.js';
@@ -132,7 +133,7 @@ export class RdmaCm {
         if (!id.bound) this.takePort(id, id.local.port);
       } catch (e) {
         id.state = CmState.ADDR_BOUND;
-        this.emit(id, CmEventType.ADDR_ERROR, -(e as CmdError).errno);
+        this.emit(id, CmEventType.ADDR_ERROR, errnoOf(e) ?? -E.EIO);
         return;
       }
       id.state = CmState.ADDR_RESOLVED;

@@ -10,6 +10,7 @@ import type { SoftDevice } from '../hca/device.js';
 import { OPCODES, Op, Transport } from '../hca/opcodes.js';
 import type { Pkt } from '../hca/packet.js';
 import { GSI_QKEY, GSI_QPN, MAD_SIZE, parseMad, type CmMad } from './mad.js';
+import { ErrnoError } from '../common/errors.js';
 
 /** A MAD that passed the GSI's checks: its header, attribute and message bytes (copies, ours to keep). */
 export type RecvMad = Exclude<CmMad, { error: string }>;
@@ -31,7 +32,7 @@ export class GsiPort {
 
   /** As ib_register_mad_agent: one agent takes the CM class on this port; a second is refused. */
   register(agent: GsiAgent): void {
-    if (this.agent && this.agent !== agent) throw new Error(`${this.dev.name}: QP1 already has a CM agent`);
+    if (this.agent && this.agent !== agent) throw new ErrnoError('EBUSY', `${this.dev.name}: QP1 already has a CM agent`);
     this.agent = agent;
   }
 

@@ -17,6 +17,7 @@ import { formatDreq, formatDrep, formatMra, formatRej, formatRep, formatReq, for
 import type { GsiAgent, GsiPort } from './gsi.js';
 import { IbCmId, IbState, RETRY_MS, type IbCmEvent, type IbCmHandler, type RepParam, type ReqParam, type SidrRepParam, type SidrReqParam } from './ib-cm-id.js';
 import { CmAttr, decodeFields, DREP, DREQ, MRA, MsgRef, REJ, RejReason, REP, REQ, RTU, SIDR_REP, SIDR_REQ, SidrStatus, timeoutMs } from './mad.js';
+import { asError } from '../common/errors.js';
 
 /** How long a closed connection's communication ID stays in TIMEWAIT before it may be reused. */
 export const TIMEWAIT_MS = 1000;
@@ -198,7 +199,7 @@ export class IbCm {
           case CmAttr.SIDR_REP: return this.onSidrRep(port, src, m.data);
         }
       } catch (e) {
-        this.host.log(`rdma_cm: internal error on a CM MAD: ${(e as Error).stack}`);
+        this.host.log(`rdma_cm: internal error on a CM MAD: ${asError(e).stack}`);
       }
     },
   };

@@ -1,25 +1,10 @@
-/** errno numbers as Linux has them, and the error the daemon's handlers throw. */
+/** errno numbers as Linux has them, and fail(): how the daemon's handlers refuse a command. */
 import { constants } from 'node:os';
+import { CmdError, errnoName } from './errors.js';
+
+export { CmdError, errnoName };
 
 export const E = constants.errno;
-
-/**
- * A command failed with this errno; the reply carries -errno and the daemon logs the message. `errno` is the
- * positive E constant it was made with, where the other errors of ours (common/errors.ts) have it negated: each
- * reply path negates it itself. errnoOf() reads it negated as it reads the others.
- */
-export class CmdError extends Error {
-  readonly code: string;
-  constructor(readonly errno: number, message: string) {
-    super(message);
-    this.code = errnoName(errno);
-  }
-}
-
-export function errnoName(n: number): string {
-  for (const [k, v] of Object.entries(constants.errno)) if (v === n) return k;
-  return `E${n}`;
-}
 
 /** What glibc's strerror says for the errnos the verbs and the RDMA CM give (the name itself for others). */
 export function strerror(code: string): string {

@@ -5,7 +5,6 @@
  */
 import { constants } from 'node:os';
 import { getSystemErrorMap, inspect } from 'node:util';
-import { errnoName } from './errno.js';
 
 const ERRNO = constants.errno as Readonly<Record<string, number>>;
 
@@ -17,6 +16,12 @@ function errnoOfName(code: string): number {
   return 0;
 }
 
+/** The name of a (positive) errno: 'EINVAL' for 22, `E<n>` for a number Linux has no name for. */
+export function errnoName(n: number): string {
+  for (const [k, v] of Object.entries(ERRNO)) if (v === n) return k;
+  return `E${n}`;
+}
+
 /** An error with an errno: `code` its name ('EINVAL'), `errno` its negated number (-22). Given either, it works out the other. */
 export class ErrnoError extends Error {
   readonly code: string;
@@ -25,6 +30,13 @@ export class ErrnoError extends Error {
     super(message);
     this.code = typeof errno === 'number' ? errnoName(Math.abs(errno)) : errno;
     this.errno = typeof errno === 'number' ? -Math.abs(errno) : errnoOfName(errno);
+  }
+}
+
+/** A command failed with this errno (given as the positive E constant): the reply carries `errno`, the daemon logs the message. */
+export class CmdError extends ErrnoError {
+  constructor(errno: number, message: string) {
+    super(errno, message);
   }
 }
 

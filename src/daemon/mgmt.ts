@@ -6,6 +6,7 @@
 import { wrIdOf } from '../abi/ring.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E, fail } from '../common/errno.js';
+import { messageOf } from '../common/errors.js';
 import type { SoftDevice } from '../hca/device.js';
 import type { Fault } from '../hca/fabric.js';
 import type { Reply } from './connection.js';
@@ -173,8 +174,8 @@ function answer(reply: Reply, out: unknown): void {
 
 /** A refusal carries its reason; an error that is not an errno (a wire that cannot bind) is EIO with its message. */
 function refuse(reply: Reply, e: unknown): void {
-  if (e instanceof CmdError) reply(-e.errno, Buffer.from(e.message));
-  else reply(-E.EIO, Buffer.from(e instanceof Error ? e.message : String(e)));
+  if (e instanceof CmdError) reply(e.errno, Buffer.from(e.message));
+  else reply(-E.EIO, Buffer.from(messageOf(e)));
 }
 
 /** One management frame from a client of `uid`, answered on `reply` (at once, unless its handler waits). */

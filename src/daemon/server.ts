@@ -12,6 +12,7 @@ import { EventType, PortState } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
 import { devDir, ibClassDir, verbsClassDir } from '../common/paths.js';
 import { CmdError, E } from '../common/errno.js';
+import { codeOf, ErrnoError, messageOf } from '../common/errors.js';
 import { SoftDevice } from '../hca/device.js';
 import { Fabric, type Fault } from '../hca/fabric.js';
 import { ifaceOf } from '../hca/netdev.js';
@@ -204,7 +205,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         this.checkLinks();
       } catch (e) {
         // listing interfaces needs a descriptor; out of them (EMFILE) the ports keep their state until the next look
-        this.logger.once(`links:${(e as NodeJS.ErrnoException).code}`, 'warn', `checking the links failed: ${(e as Error).message}`);
+        this.logger.once(`links:${codeOf(e)}`, 'warn', `checking the links failed: ${messageOf(e)}`);
       }
       // twice a second: each look lists the interfaces (a netlink dump), the largest part of an idle daemon's CPU
     }, 500).unref();
@@ -248,12 +249,12 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     } catch (e) {
       // a device without its wire would look fine and silently talk to no one (or to a stale daemon holding the port)
       this.removeDevice(entry);
-      const code = (e as NodeJS.ErrnoException).code;
+      const code = codeOf(e);
       const why = code === 'EADDRINUSE' ? 'it is in use (another softverbsd, or rdma_rxe, on this address?)'
-        : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : (e as Error).message;
+        : code === 'EADDRNOTAVAIL' ? 'no interface has this address' : messageOf(e);
       const port = `${spec.addr.includes(':') ? `[${spec.addr}]` : spec.addr}:4791`;
       const instead = `--device ${spec.name}=${spec.addr},wire=none runs the device without a wire`;
-      throw new Error(`${spec.name}: cannot bind the RoCEv2 port ${port}: ${why}; ${instead}`);
+      throw new ErrnoError(code ?? 'EIO', `${spec.name}: cannot bind the RoCEv2 port ${port}: ${why}; ${instead}`);
     }
     entry.dev.transport = t;
     return t.mode === 'raw'
@@ -346,7 +347,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       let pid = 0;
       let ibdev = '';
       try {
-        if (!lstatSync(dir).isDirectory()) throw new Error('not a directory');
+        if (!lstatSync(dir).isDirectory()) throw new ErrnoError('ENOTDIR', 'not a directory');
         pid = Number(readFileSync(join(dir, 'softverbsd_pid'), 'utf8'));
         ibdev = readFileSync(join(dir, 'ibdev'), 'utf8').trim();
       } catch {
@@ -371,7 +372,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       });
       s.once('error', () => res(false));
     });
-    if (alive) throw new Error(`${path} is served by another running softverbsd`);
+    if (alive) throw new ErrnoError('EADDRINUSE', `${path} is served by another running softverbsd`);
     unlinkSync(path);
     this.log(`removed stale ${path}`);
   }
@@ -439,7 +440,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         continue;
       }
       // the root is ours and nobody else can write in it, so the path is the socket we made; lchown never follows a link
-      if (!lstatSync(d.path).isSocket()) throw new Error(`${d.path} is no longer our socket`);
+      if (!lstatSync(d.path).isSocket()) throw new ErrnoError('ENOTSOCK', `${d.path} is no longer our socket`);
       chmodSync(d.path, pol.mode);
       if (pol.uid !== null || pol.gid !== null) lchownSync(d.path, pol.uid ?? -1, pol.gid ?? -1);
       const owner = `${pol.uid !== null ? ` owner ${pol.uid}` : ''}${pol.gid !== null ? ` group ${pol.gid}` : ''}`;

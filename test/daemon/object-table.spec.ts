@@ -108,7 +108,7 @@ describe('the object table', () => {
     const { dev, ctx, quotas, logs, dropped } = harness({ objects: OBJ_TYPES.length });
     const made = makeAll(ctx);
     assert.equal(ctx.handles.size, OBJ_TYPES.length);
-    assert.throws(() => quotas.check(UID, 'objects'), { errno: E.EAGAIN }, 'the objects quota is taken, one per object');
+    assert.throws(() => quotas.check(UID, 'objects'), { errno: -E.EAGAIN, code: 'EAGAIN' }, 'the objects quota is taken, one per object');
     assert.deepEqual([dev.qps.size, dev.mrs.size, dev.srqs.size], [1, 1, 1], "the device's QP, MR and SRQ tables");
     const channelToken = ctx.get('comp_channel', made.get('comp_channel')!).token;
 
@@ -161,7 +161,7 @@ describe('the object table', () => {
       // allows, so the rest start where other contexts' objects would have left the device's count
       if (t !== 'qp') dev.objCount[t] = max - 1;
       while ((dev.objCount[t] ?? 0) < max) MAKE[t](ctx, m);
-      assert.throws(() => MAKE[t](ctx, m), (e: CmdError) => e.errno === E.EINVAL && e.message === `${t.toUpperCase()}: the device's max_${t} ${max} is reached`);
+      assert.throws(() => MAKE[t](ctx, m), (e: CmdError) => e.errno === -E.EINVAL && e.message === `${t.toUpperCase()}: the device's max_${t} ${max} is reached`);
       assert.equal(hits.at(-1), `max_${t}`, 'the limit hit is reported');
     }
   });
