@@ -70,6 +70,7 @@ export async function main(argv: string[]): Promise<number> {
   if (values.list) {
     process.stdout.write(`${devs.length} HCA${devs.length !== 1 ? 's' : ''} found:\n`);
     for (const d of devs) process.stdout.write(`\t${d.name}\n`);
+    process.stdout.write('\n'); // rdma-core ends the list with an empty line
     return 0;
   }
   if (devs.length === 0) {

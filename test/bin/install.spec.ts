@@ -239,7 +239,7 @@ export const E = VerbsError;
     for (const [cmd, args, cwd] of ways) {
       const r = spawnSync(cmd, args, { env, cwd: cwd ?? tmp, encoding: 'utf8', timeout: 120_000 });
       assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
-      assert.equal(r.stdout, '2 HCAs found:\n\trxe0\n\trxe1\n', `${cmd} ${args.join(' ')}`);
+      assert.equal(r.stdout, '2 HCAs found:\n\trxe0\n\trxe1\n\n', `${cmd} ${args.join(' ')}`);
     }
     // npm link: the checkout itself linked into a global prefix (bins are symlinks into the checkout)
     const linkPrefix = join(tmp, 'link-prefix');

@@ -202,7 +202,7 @@ describe('an unprivileged user\'s default root', { skip: mountNs ? false : 'need
         const stale = asAlice(ns, [bin('ibv_devinfo')]);
         assert.equal(stale.status, 255);
         assert.equal(stale.stderr, `ibv_devinfo: no softverbsd has run under ${own} (start one with \`softverbsd\`, or set SOFTVERBS_ROOT to the root it uses); the softverbsd running as root serves rxe0 from /run/softverbs: set SOFTVERBS_ROOT=/run/softverbs\nNo IB devices found\n`);
-        assert.equal(asAlice(ns, [bin('ibv_devinfo'), '-l'], { SOFTVERBS_ROOT: '/run/softverbs' }).stdout, '1 HCA found:\n\trxe0\n');
+        assert.equal(asAlice(ns, [bin('ibv_devinfo'), '-l'], { SOFTVERBS_ROOT: '/run/softverbs' }).stdout, '1 HCA found:\n\trxe0\n\n');
       } finally {
         rmSync(runtime, { recursive: true, force: true });
       }

@@ -103,7 +103,7 @@ describe('the tools against a running daemon', () => {
     assert.equal(bad.status, 255);
     assert.match(bad.stderr, /^ibv_devinfo: unrecognized option '--bogus'\nUsage: ibv_devinfo/);
     const list = run('ibv_devinfo', '-l');
-    assert.equal(list.stdout, '2 HCAs found:\n\trxe0\n\trxe1\n');
+    assert.equal(list.stdout, '2 HCAs found:\n\trxe0\n\trxe1\n\n');
     const help = run('ibv_devinfo', '--help');
     assert.equal(help.status, 0);
     const none = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'ibv_devinfo.js')], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: '/nonexistent' } });
