@@ -8,6 +8,8 @@ import type { Infer, Input, StructDef } from './layout.js';
 import { encode, layout, struct } from './layout.js';
 
 export const ABI_VERSION = 6;
+/** The driver ABI of every softverbsd device (the per-device `abi_version`): rxe's, which rdma-core's rxe provider accepts (1–2). */
+export const RXE_UVERBS_ABI_VERSION = 2;
 
 /** IB_USER_VERBS_CMD_* — the enum in header order. */
 export const Cmd = {

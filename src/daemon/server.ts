@@ -16,7 +16,7 @@ import { codeOf, ErrnoError, messageOf } from '../common/errors.js';
 import { SoftDevice } from '../hca/device.js';
 import { Fabric, type Fault } from '../hca/fabric.js';
 import { ifaceOf } from '../hca/netdev.js';
-import { gidString, guidString } from '../common/format.js';
+import { guidString } from '../common/format.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
 import { CompChannel, Context } from './context.js';
@@ -24,6 +24,7 @@ import { Connection, type ConnectionHost, type Reply } from './connection.js';
 import { Log } from './log.js';
 import { DEFAULT_USER_LIMITS, Quotas, type UserLimits } from './limits.js';
 import { ensureDirUnder, prepareRoot, writeNoFollow } from './tree.js';
+import { writePortTables } from './port-tables.js';
 import { safeName } from '../common/trust.js';
 import { pidAlive } from '../common/proc.js';
 import { PinnedAccounts } from './memlock.js';
@@ -197,6 +198,8 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     prepareRoot(root, this.opts.rootMode ?? (process.getuid?.() === 0 ? 0o755 : 0o700));
     for (const d of [devDir(root), verbsClassDir(root), ibClassDir(root)]) ensureDirUnder(root, d);
     this.sweepStaleSysfs();
+    // the uverbs ABI, class-wide as Linux has it (each device's own abi_version is its driver's)
+    writeNoFollow(join(verbsClassDir(root), 'abi_version'), `${U.ABI_VERSION}\n`);
     for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
     await this.startCm();
     this.checkLinks();
@@ -343,6 +346,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
   private sweepStaleSysfs(): void {
     const root = this.opts.root;
     for (const k of readdirSync(verbsClassDir(root))) {
+      if (k === 'abi_version') continue; // the class's own file: rewritten at start
       const dir = join(verbsClassDir(root), k);
       let pid = 0;
       let ibdev = '';
@@ -383,15 +387,14 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     rmSync(v, { recursive: true, force: true });
     ensureDirUnder(root, v);
     writeNoFollow(join(v, 'ibdev'), `${dev.name}\n`);
-    writeNoFollow(join(v, 'abi_version'), `${U.ABI_VERSION}\n`);
+    writeNoFollow(join(v, 'abi_version'), `${U.RXE_UVERBS_ABI_VERSION}\n`);
     writeNoFollow(join(v, 'dev'), `231:${192 + dev.index}\n`);
     writeNoFollow(join(v, 'dev_path'), `${path}\n`);
     writeNoFollow(join(v, 'softverbsd_pid'), `${process.pid}\n`);
     const d = join(ibClassDir(root), dev.name);
     rmSync(d, { recursive: true, force: true });
     const port = join(d, 'ports', '1');
-    ensureDirUnder(root, join(port, 'gids'));
-    ensureDirUnder(root, join(port, 'gid_attrs', 'types'));
+    ensureDirUnder(root, port);
     const guid = guidString(dev.nodeGuid);
     writeNoFollow(join(d, 'node_guid'), `${guid}\n`);
     writeNoFollow(join(d, 'sys_image_guid'), `${guid}\n`);
@@ -401,10 +404,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
     writeNoFollow(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
     writeNoFollow(join(port, 'link_layer'), 'Ethernet\n');
-    dev.gids.forEach((g, i) => {
-      writeNoFollow(join(port, 'gids', String(i)), `${gidString(g)}\n`);
-      writeNoFollow(join(port, 'gid_attrs', 'types', String(i)), 'RoCE v2\n');
-    });
+    writePortTables(root, port, dev.gids, ifaceOf(dev.addr));
   }
 
   connectionClosed(c: Connection): void {
@@ -494,6 +494,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
       rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });
     }
+    rmSync(join(verbsClassDir(this.opts.root), 'abi_version'), { force: true });
     this.opts.pcap?.close();
   }
 }

@@ -90,20 +90,27 @@ function noDevice(name: string, root: string): VerbsError {
   return new VerbsError('ibv_open_device', 'ENODEV', `no device ${name} under ${root}; devices there: ${devs.map((d) => d.name).join(', ')}`);
 }
 
+/** An abi_version file's number as text ('' when it cannot be read: reported by the caller). */
+function readAbi(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
 /** Opens a device (ibv_open_device): a context with its own handles and event stream. */
 export async function openDevice(dev: Device | string, root = defaultRoot()): Promise<Context> {
   const d = typeof dev === 'string' ? getDeviceList(root).find((x) => x.name === dev) : dev;
   if (!d) throw noDevice(String(dev), root);
   trustRoot(d.root, 'ibv_open_device');
   if (!socketUnder(d.root, d.devPath)) throw new VerbsError('ibv_open_device', 'EACCES', `${d.devPath} is not a device file of ${d.root}`);
-  // as libibverbs does: a kernel side speaking another uverbs ABI is refused before any command
-  let abi = '';
-  try {
-    abi = readFileSync(join(verbsClassDir(d.root), d.devName, 'abi_version'), 'utf8').trim();
-  } catch {
-    /* reported below */
-  }
-  if (abi !== String(U.ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.name} speaks uverbs ABI version ${abi || '(none)'}, this library speaks ${U.ABI_VERSION}`);
+  // as libibverbs does: a kernel side speaking another uverbs ABI (the class's abi_version), or a device whose
+  // driver ABI (its own abi_version) is not the one softverbsd's devices speak, is refused before any command
+  const uverbsAbi = readAbi(join(verbsClassDir(d.root), 'abi_version'));
+  if (uverbsAbi !== String(U.ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.root} speaks uverbs ABI version ${uverbsAbi || '(none)'}, this library speaks ${U.ABI_VERSION}`);
+  const driverAbi = readAbi(join(verbsClassDir(d.root), d.devName, 'abi_version'));
+  if (driverAbi !== String(U.RXE_UVERBS_ABI_VERSION)) throw new VerbsError('ibv_open_device', 'ENOSYS', `${d.name} speaks driver ABI version ${driverAbi || '(none)'}, this library speaks ${U.RXE_UVERBS_ABI_VERSION}`);
   const ch = await CommandChannel.open(d.devPath);
   ch.daemonPid = d.daemonPid;
   try {

@@ -159,15 +159,23 @@ describe('malformed frames get the kernel errno and the daemon keeps serving', (
     ctx.closeDevice();
   });
 
-  test('a device speaking another ABI version is refused cleanly', async () => {
+  test('a kernel side speaking another uverbs ABI, or a device another driver ABI, is refused cleanly', async () => {
     const dev = getDeviceList(d.root)[0]!;
-    const f = join(d.root, 'sys/class/infiniband_verbs', dev.devName, 'abi_version');
-    writeFileSync(f, '7\n');
+    const uverbs = join(d.root, 'sys/class/infiniband_verbs', 'abi_version');
+    const driver = join(d.root, 'sys/class/infiniband_verbs', dev.devName, 'abi_version');
+    writeFileSync(uverbs, '7\n');
     try {
-      await assert.rejects(openDevice(dev, d.root), (e: Error & { code: string }) => e.code === 'ENOSYS' && /ABI version 7/.test(e.message));
+      await assert.rejects(openDevice(dev, d.root), (e: Error & { code: string }) => e.code === 'ENOSYS' && /speaks uverbs ABI version 7, this library speaks 6/.test(e.message));
     } finally {
-      writeFileSync(f, '6\n');
+      writeFileSync(uverbs, '6\n');
     }
+    writeFileSync(driver, '6\n');
+    try {
+      await assert.rejects(openDevice(dev, d.root), (e: Error & { code: string }) => e.code === 'ENOSYS' && /rxe0 speaks driver ABI version 6, this library speaks 2/.test(e.message));
+    } finally {
+      writeFileSync(driver, '2\n');
+    }
+    (await openDevice(dev, d.root)).closeDevice();
   });
 
   test('any command before GET_CONTEXT is EINVAL; GET_CONTEXT twice is EINVAL', async () => {

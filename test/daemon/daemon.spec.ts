@@ -39,10 +39,19 @@ test('several devices from a config file; SIGTERM removes device files and the d
   try {
     const devs = getDeviceList(d.root);
     assert.deepEqual(devs.map((x) => [x.name, x.devName]), [['rxe0', 'uverbs0'], ['rxe1', 'uverbs1']]);
-    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband_verbs/uverbs1/abi_version'), 'utf8'), '6\n');
+    // the uverbs ABI class-wide, the driver's (rxe's) per device, as Linux has them
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband_verbs/abi_version'), 'utf8'), '6\n');
+    assert.equal(readFileSync(join(d.root, 'sys/class/infiniband_verbs/uverbs1/abi_version'), 'utf8'), '2\n');
     assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe1/ports/1/gids/0'), 'utf8'), `0000:0000:0000:0000:0000:ffff:${A2.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).reduce((a, b, i) => a + (i === 2 ? ':' : '') + b, '')}\n`);
     assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe1/ports/1/gid_attrs/types/0'), 'utf8'), 'RoCE v2\n');
     assert.equal(readFileSync(join(d.root, 'sys/class/infiniband/rxe0/node_type'), 'utf8'), '1: CA\n');
+    // the whole GID table (zero where empty, as rdma-core reads all gid_tbl_len entries), the GID's netdev, the P_Key table
+    const port = join(d.root, 'sys/class/infiniband/rxe1/ports/1');
+    assert.equal(readdirSync(join(port, 'gids')).length, 1024);
+    assert.equal(readFileSync(join(port, 'gids/1023'), 'utf8'), '0000:0000:0000:0000:0000:0000:0000:0000\n');
+    assert.equal(readFileSync(join(port, 'gid_attrs/ndevs/0'), 'utf8'), 'lo\n');
+    assert.deepEqual(readdirSync(join(port, 'gid_attrs/types')), ['0']);
+    assert.equal(readFileSync(join(port, 'pkeys/0'), 'utf8'), '0xffff\n');
     await d.stop();
     assert.ok(!existsSync(join(d.root, 'dev/infiniband/uverbs0')));
     assert.deepEqual(readdirSync(join(d.root, 'sys/class/infiniband_verbs')), []);
