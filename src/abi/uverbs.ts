@@ -11,6 +11,14 @@ export const ABI_VERSION = 6;
 /** The driver ABI of every softverbsd device (the per-device `abi_version`): rxe's, which rdma-core's rxe provider accepts (1–2). */
 export const RXE_UVERBS_ABI_VERSION = 2;
 
+/** An extended command's `command` carries this flag; its low byte is the IB_USER_VERBS_EX_CMD_* number. */
+export const CMD_FLAG_EXTENDED = 0x80000000;
+export const CMD_COMMAND_MASK = 0xff;
+/** IB_USER_VERBS_EX_CMD_* (the extended commands share the legacy numbers). */
+export const ExCmd = {
+  QUERY_DEVICE: 1,
+} as const;
+
 /** IB_USER_VERBS_CMD_* — the enum in header order. */
 export const Cmd = {
   GET_CONTEXT: 0,
@@ -63,6 +71,13 @@ export const SvCmd = {
   ATTACH_ASYNC: 0xf0,
   ATTACH_COMP_CHANNEL: 0xf1,
   MGMT: 0xf2,
+  /** GET_CONTEXT from a client speaking rdma-core's rxe provider ABI (a C program through the preload library) */
+  GET_CONTEXT_RXE: 0xf3,
+  /**
+   * An extended command (CMD_FLAG_EXTENDED) exactly as the program wrote it, after this header. Its own
+   * in_words counts 8-byte words after the ex header, so it cannot be cut from the stream by ours.
+   */
+  WRITE_EX: 0xf4,
 } as const;
 
 export const CMD_HDR = struct('ib_uverbs_cmd_hdr', [['command', 'u32'], ['in_words', 'u16'], ['out_words', 'u16']]);
@@ -74,6 +89,9 @@ export const ASYNC_EVENT_DESC = struct('ib_uverbs_async_event_desc', [['element'
 export const COMP_EVENT_DESC = struct('ib_uverbs_comp_event_desc', [['cq_handle', 'u64']]);
 
 const resp = ['response', 'u64'] as const;
+
+/** struct ib_uverbs_ex_cmd_hdr: after ib_uverbs_cmd_hdr in an extended command */
+export const EX_CMD_HDR = struct('ib_uverbs_ex_cmd_hdr', [['response', 'u64'], ['provider_in_words', 'u16'], ['provider_out_words', 'u16'], ['cmd_hdr_reserved', 'u32']]);
 
 export const GET_CONTEXT = struct('ib_uverbs_get_context', [resp]);
 export const GET_CONTEXT_RESP = struct('ib_uverbs_get_context_resp', [['async_fd', 'u32'], ['num_comp_vectors', 'u32']]);
@@ -89,6 +107,19 @@ export const QUERY_DEVICE_RESP = struct('ib_uverbs_query_device_resp', [
     ['max_total_mcast_qp_attach', 'u32'], ['max_ah', 'u32'], ['max_fmr', 'u32'], ['max_map_per_fmr', 'u32'], ['max_srq', 'u32'],
     ['max_srq_wr', 'u32'], ['max_srq_sge', 'u32'], ['max_pkeys', 'u16'], ['local_ca_ack_delay', 'u8'], ['phys_port_cnt', 'u8'],
     ['reserved', { bytes: 4 }],
+  ]);
+
+export const EX_QUERY_DEVICE = struct('ib_uverbs_ex_query_device', [['comp_mask', 'u32'], ['reserved', 'u32']]);
+const ODP_CAPS = struct('ib_uverbs_odp_caps', [
+    ['general_caps', 'u64'], ['rc_odp_caps', 'u32'], ['uc_odp_caps', 'u32'], ['ud_odp_caps', 'u32'], ['reserved', 'u32'],
+  ]);
+const RSS_CAPS = struct('ib_uverbs_rss_caps', [['supported_qpts', 'u32'], ['max_rwq_indirection_tables', 'u32'], ['max_rwq_indirection_table_size', 'u32'], ['reserved', 'u32']]);
+const TM_CAPS = struct('ib_uverbs_tm_caps', [['max_rndv_hdr_size', 'u32'], ['max_num_tags', 'u32'], ['flags', 'u32'], ['max_ops', 'u32'], ['max_sge', 'u32'], ['reserved', 'u32']]);
+const CQ_MODERATION_CAPS = struct('ib_uverbs_cq_moderation_caps', [['max_cq_moderation_count', 'u16'], ['max_cq_moderation_period', 'u16'], ['reserved', 'u32']]);
+export const EX_QUERY_DEVICE_RESP = struct('ib_uverbs_ex_query_device_resp', [
+    ['base', QUERY_DEVICE_RESP], ['comp_mask', 'u32'], ['response_length', 'u32'], ['odp_caps', ODP_CAPS], ['timestamp_mask', 'u64'],
+    ['hca_core_clock', 'u64'], ['device_cap_flags_ex', 'u64'], ['rss_caps', RSS_CAPS], ['max_wq_type_rq', 'u32'], ['raw_packet_caps', 'u32'],
+    ['tm_caps', TM_CAPS], ['cq_moderation_caps', CQ_MODERATION_CAPS], ['max_dm_size', 'u64'], ['xrc_odp_caps', 'u32'], ['reserved', 'u32'],
   ]);
 
 export const QUERY_PORT = struct('ib_uverbs_query_port', [resp, ['port_num', 'u8'], ['reserved', { bytes: 7 }]]);

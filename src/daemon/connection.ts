@@ -2,8 +2,10 @@
  * One connection to a device file, from its first frame to its close. The
  * first frame says what the connection is: GET_CONTEXT makes it a command
  * connection (a context), ATTACH_ASYNC / ATTACH_COMP_CHANNEL an event
- * stream, MGMT a management connection. Each message has its handler,
- * named after it.
+ * stream, MGMT a management connection. GET_CONTEXT_RXE is GET_CONTEXT from
+ * a C program through the preload library: it speaks rdma-core's rxe
+ * provider ABI, and its extended commands come whole in WRITE_EX frames.
+ * Each message has its handler, named after it.
  */
 import type { Socket } from 'node:net';
 import { attachToken, FrameAssembler, replyFrame, requestSize } from '../abi/framing.js';
@@ -13,6 +15,7 @@ import { CmdError, E } from '../common/errno.js';
 import type { SoftDevice } from '../hca/device.js';
 import type { CompChannel } from './context.js';
 import { Context, type Host } from './context.js';
+import { extendedWrite } from './extended.js';
 import type { Log } from './log.js';
 import { asError, errnoOf, messageOf } from '../common/errors.js';
 
@@ -47,10 +50,15 @@ const DOORBELL_OK = replyFrame(0, Buffer.alloc(4));
 const DOORBELL_EINVAL = replyFrame(-E.EINVAL);
 
 type Kind = 'new' | 'cmd' | 'async' | 'comp' | 'mgmt';
+/** The provider ABI a command connection speaks: the softverbs library's, or rdma-core's rxe provider's. */
+export type ProviderAbi = 'softverbs' | 'rxe';
+/** the most a WRITE_EX reply may carry: the room an extended command can name (its word counts are u16s of 8 bytes) */
+const EX_REPLY_MAX = 2 * 0xffff * 8;
 
 export class Connection {
   private kind: Kind = 'new';
   ctx: Context | null = null;
+  abi: ProviderAbi = 'softverbs';
   /** the completion channel this connection is the event stream of */
   private chan: CompChannel | null = null;
   private readonly frames: FrameAssembler;
@@ -110,7 +118,8 @@ export class Connection {
     const outBytes = frame.readUInt16LE(6) * 4;
     switch (this.kind) {
       case 'new':
-        if (cmd === U.Cmd.GET_CONTEXT) return this.onGetContext(frame, outBytes);
+        if (cmd === U.Cmd.GET_CONTEXT) return this.onGetContext(frame, outBytes, 'softverbs');
+        if (cmd === U.SvCmd.GET_CONTEXT_RXE) return this.onGetContext(frame, outBytes, 'rxe');
         if (cmd === U.SvCmd.ATTACH_ASYNC || cmd === U.SvCmd.ATTACH_COMP_CHANNEL) return this.onAttach(cmd, frame);
         if (cmd === U.SvCmd.MGMT) {
           this.kind = 'mgmt';
@@ -126,6 +135,8 @@ export class Connection {
         // (the reply write was a fifth of the daemon's time in an 8-byte SEND stream)
         if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && (outBytes === 4 || outBytes === 0) && frame.readUInt32LE(U.HDR_SIZE + POST.wr_count) === 0)
           return this.onDoorbell(frame, outBytes);
+        if (cmd === U.SvCmd.GET_CONTEXT_RXE) return this.reply(-E.EINVAL, Buffer.from('GET_CONTEXT: context already created'));
+        if (cmd === U.SvCmd.WRITE_EX) return this.onCommand(cmd, frame, EX_REPLY_MAX, () => extendedWrite(this.ctx!, frame));
         return this.onCommand(cmd, frame, outBytes);
       default:
         // event streams carry nothing from the client
@@ -133,7 +144,7 @@ export class Connection {
     }
   }
 
-  private onGetContext(frame: Buffer, outBytes: number): void {
+  private onGetContext(frame: Buffer, outBytes: number, abi: ProviderAbi): void {
     if (frame.length < GET_CONTEXT_LEN || outBytes < GET_CONTEXT_RESP_LEN) return this.reply(-E.ENOSPC);
     const { host, cred } = this;
     try {
@@ -146,7 +157,8 @@ export class Connection {
     host.contexts.add(ctx);
     this.ctx = ctx;
     this.kind = 'cmd';
-    host.log(`${this.dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device`);
+    this.abi = abi;
+    host.log(`${this.dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device${abi === 'rxe' ? ' (rxe provider ABI, through the preload library)' : ''}`);
     this.reply(0, ctx.getContextResp(), outBytes);
   }
 
@@ -174,14 +186,15 @@ export class Connection {
 
   private onDoorbell(frame: Buffer, outBytes: number): void {
     const st = this.ctx!.doorbell(frame.readUInt32LE(U.HDR_SIZE + POST.qp_handle));
-    if (outBytes) this.send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
+    // a C program's write() returns only once answered, whatever room it offered
+    if (outBytes || this.abi === 'rxe') this.send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
   }
 
-  private onCommand(cmd: number, frame: Buffer, outBytes: number): void {
+  private onCommand(cmd: number, frame: Buffer, outBytes: number, run = () => this.ctx!.dispatch(cmd, frame, outBytes)): void {
     const host = this.host;
     const t0 = host.onCommand ? process.hrtime.bigint() : 0n;
     try {
-      this.reply(0, this.ctx!.dispatch(cmd, frame, outBytes), outBytes);
+      this.reply(0, run(), outBytes);
     } catch (e) {
       if (e instanceof CmdError) {
         this.reply(errnoOf(e) ?? -E.EIO, Buffer.from(e.message));
