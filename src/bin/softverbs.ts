@@ -23,12 +23,17 @@ const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promi
   ib_write_lat: () => import('../tools/ib_write_lat.js'),
   ib_read_lat: () => import('../tools/ib_read_lat.js'),
   ib_atomic_lat: () => import('../tools/ib_atomic_lat.js'),
+  exec: () => import('../tools/exec.js'),
+  'preload-path': async () => ({ main: (await import('../tools/exec.js')).preloadPathMain }),
 };
 
 const USAGE = `Usage: softverbs <tool> [args]
 
 Tools:
 ${Object.keys(TOOLS).map((t) => `  ${t}`).join('\n')}
+
+softverbs exec [--root DIR] -- PROGRAM [ARGS...] runs an unmodified C program
+(rdma-core's libibverbs) on softverbsd through the preload library.
 
 The daemon itself is softverbsd (softverbsd --help).
 `;

@@ -92,10 +92,10 @@ describe('installed from the tarball, run from PATH', () => {
     rmSync(tmp, { recursive: true, force: true });
   });
 
-  test('the tarball holds only what a user needs: the compiled library and tools, README, LICENSE, the service unit, the README\'s example', (t) => {
+  test('the tarball holds only what a user needs: the compiled library and tools, the preload library with its source and build script, README, LICENSE, the service unit, the README\'s example', (t) => {
     const files = pack.files.map((f) => f.path).sort();
-    for (const f of files) assert.match(f, /^(LICENSE|README\.md|package\.json|contrib\/softverbsd\.service|dist\/src\/[a-z]+(\/[a-z]+)?\/[\w.-]+\.(js|d\.ts)|examples\/[\w-]+\.ts|dist\/examples\/[\w-]+\.js)$/, `${f} does not belong in the package`);
-    for (const f of ['LICENSE', 'README.md', 'package.json', 'contrib/softverbsd.service', 'dist/src/verbs/index.js', 'dist/src/verbs/index.d.ts', 'examples/rc-write.ts', 'dist/examples/rc-write.js']) assert.ok(files.includes(f), `${f} missing`);
+    for (const f of files) assert.match(f, /^(LICENSE|README\.md|package\.json|contrib\/softverbsd\.service|dist\/src\/[a-z]+(\/[a-z]+)?\/[\w.-]+\.(js|d\.ts)|examples\/[\w-]+\.ts|dist\/examples\/[\w-]+\.js|native\/build\.mjs|native\/preload\/preload\.c|dist\/native\/libsoftverbs-preload\.so)$/, `${f} does not belong in the package`);
+    for (const f of ['LICENSE', 'README.md', 'package.json', 'contrib/softverbsd.service', 'dist/src/verbs/index.js', 'dist/src/verbs/index.d.ts', 'examples/rc-write.ts', 'dist/examples/rc-write.js', 'native/build.mjs', 'native/preload/preload.c']) assert.ok(files.includes(f), `${f} missing`);
     for (const bin of Object.values(PKG.bin)) assert.ok(files.includes(bin), `bin ${bin} missing`);
     assert.ok(!files.some((f) => /(^|\/)(test|bench|\.ci)\/|\.map$|cpuprofile/.test(f)));
     assert.match(readFileSync(join(REPO, 'LICENSE'), 'utf8'), /^MIT License/);
@@ -148,6 +148,17 @@ export const E = VerbsError;
     assert.match(di.out, /^hca_id:\trxe1\n\ttransport:\t\t\tInfiniBand \(0\)\n/);
     assert.match(di.out, /\t\t\tstate:\t\t\tPORT_ACTIVE \(4\)\n/);
     assert.match(di.out, new RegExp(`GID\\[ {2}0\\]:\\t\\t::ffff:${a2.replace(/\./g, '\\.')}, RoCE v2`));
+  });
+
+  test('rdma-core\'s own ibv_devinfo through the installed softverbs exec, as an unprivileged user: ours line for line', { skip: existsSync('/usr/bin/ibv_devinfo') ? false : '/usr/bin/ibv_devinfo is not installed' }, async () => {
+    // the tarball carries the library built at pack time (this machine has a compiler: the test needs it there)
+    const path = await tool('softverbs', ['preload-path']);
+    assert.equal(path.code, 0, path.out);
+    assert.equal(path.out, `${join(prefix, 'lib', 'node_modules', 'softverbs', 'dist', 'native', 'libsoftverbs-preload.so')}\n`);
+    const c = await tool('softverbs', ['exec', '--', '/usr/bin/ibv_devinfo', '-v', '-d', 'rxe1']);
+    assert.equal(c.code, 0, c.out);
+    const ours = await tool('ibv_devinfo', ['-v', '-d', 'rxe1']);
+    assert.deepEqual(c.out.split('\n'), ours.out.split('\n').filter((l) => !l.startsWith('\tsoftverbs_wire:')));
   });
 
   test('the README\'s example, run from the installed package with the README\'s command, as an unprivileged user', async () => {

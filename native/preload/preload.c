@@ -1,0 +1,542 @@
+/*
+ * libsoftverbs-preload: softverbsd as the kernel, for an unmodified program
+ * linked against rdma-core (LD_PRELOAD; `softverbs exec` sets it up).
+ *
+ * It translates, and knows no verbs beyond that:
+ *  - /dev/infiniband/NAME is <root>/dev/infiniband/NAME, the daemon's device
+ *    socket: open() connects to it, the stat family (every spelling of it, one
+ *    system call each) answers as for the char device it stands for (S_IFCHR,
+ *    st_rdev from the discovery tree's `dev`).
+ *  - sysfs: libibverbs reads SYSFS_PATH; when unset it is set to <root>/sys.
+ *  - NETLINK_RDMA sockets fail with EPROTONOSUPPORT, as on a kernel without
+ *    ib_core, so libibverbs looks in sysfs.
+ *  - write() of a command is one request frame to the daemon and returns once
+ *    answered; the reply is copied to the command's `response` pointer.
+ *    Extended commands travel whole in a WRITE_EX frame (their word counts
+ *    cannot frame them). GET_CONTEXT goes as GET_CONTEXT_RXE, which tells the
+ *    daemon this client speaks rdma-core's rxe provider ABI; the async_fd in
+ *    its response names an event stream, which is connected here and put in
+ *    its place as a real descriptor.
+ *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
+ *    EINVAL; close(), or dup2()/dup3() over it, forgets the descriptor.
+ * The root is $SOFTVERBS_ROOT, else /run/softverbs.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define DEV_DIR "/dev/infiniband"
+#define NETLINK_RDMA 20
+#define CMD_GET_CONTEXT 0
+#define CMD_FLAG_EXTENDED 0x80000000u
+/* softverbsd's own frames (src/abi/uverbs.ts SvCmd) */
+#define SV_ATTACH_ASYNC 0xf0
+#define SV_GET_CONTEXT_RXE 0xf3
+#define SV_WRITE_EX 0xf4
+/* descriptors above this are not tracked: opening a device there fails with EMFILE */
+#define MAX_FDS 65536
+
+struct cmd_hdr { uint32_t command; uint16_t in_words, out_words; };
+struct reply_hdr { int32_t status; uint32_t out_bytes; };
+
+/* an open device file: its socket path (for the event streams), its device number, one command at a time */
+struct dev_fd {
+	pthread_mutex_t lock;
+	dev_t rdev;
+	char path[];
+};
+
+static struct dev_fd *fds[MAX_FDS];
+static char root[4096];
+static int debug;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void)
+{
+	const char *r = getenv("SOFTVERBS_ROOT");
+	snprintf(root, sizeof(root), "%s", r && *r ? r : "/run/softverbs");
+	debug = getenv("SOFTVERBS_DEBUG") != NULL;
+	if (!getenv("SYSFS_PATH")) {
+		char sys[sizeof(root) + 8];
+		snprintf(sys, sizeof(sys), "%s/sys", root);
+		setenv("SYSFS_PATH", sys, 0);
+	}
+}
+
+__attribute__((constructor)) static void preload_init(void)
+{
+	pthread_once(&once, init);
+}
+
+/* the next definition of `name` (libc's), looked up once */
+#define REAL(ret, name, ...)                                                   \
+	static ret (*real_##name)(__VA_ARGS__);                                \
+	if (!real_##name)                                                      \
+		real_##name = (ret(*)(__VA_ARGS__))dlsym(RTLD_NEXT, #name)
+
+static struct dev_fd *tracked(int fd)
+{
+	return fd >= 0 && fd < MAX_FDS ? fds[fd] : NULL;
+}
+
+/* /dev/infiniband[/NAME] → <root>/dev/infiniband[/NAME] in buf; NULL for any other path */
+static const char *map_path(const char *path, char *buf, size_t len)
+{
+	size_t n = strlen(DEV_DIR);
+
+	if (!path || strncmp(path, DEV_DIR, n) || (path[n] && path[n] != '/') || strstr(path + n, "/.."))
+		return NULL;
+	pthread_once(&once, init);
+	if ((size_t)snprintf(buf, len, "%s/dev%s", root, path + 4) >= len)
+		return NULL;
+	return buf;
+}
+
+/* the device number of device file NAME, from the discovery tree's uverbsN/dev or misc/NAME/dev (0 if none) */
+static dev_t rdev_of(const char *mapped)
+{
+	const char *name = strrchr(mapped, '/') + 1;
+	const char *classes[] = { "infiniband_verbs", "misc" };
+	char path[sizeof(root) + 300], text[32];
+	unsigned int major, minor;
+
+	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
+		snprintf(path, sizeof(path), "%s/sys/class/%s/%s/dev", root, classes[i], name);
+		int fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = syscall(SYS_read, fd, text, sizeof(text) - 1);
+		syscall(SYS_close, fd);
+		text[n > 0 ? n : 0] = 0;
+		if (sscanf(text, "%u:%u", &major, &minor) == 2)
+			return makedev(major, minor);
+	}
+	return 0;
+}
+
+/* a socket in place of a char device: what stat() of the device node gives */
+static void as_chr(struct stat *st, dev_t rdev)
+{
+	st->st_mode = S_IFCHR | (st->st_mode & 07777);
+	st->st_rdev = rdev;
+	st->st_size = 0;
+}
+
+/* stat() of a mapped path (lstat is the same: nothing under the root is a symlink) */
+static int stat_mapped(const char *mapped, struct stat *st)
+{
+	if (syscall(SYS_newfstatat, AT_FDCWD, mapped, st, 0))
+		return -1;
+	if (S_ISSOCK(st->st_mode))
+		as_chr(st, rdev_of(mapped));
+	return 0;
+}
+
+/* a connection to a device socket; ECONNREFUSED (no daemon behind the file) is ENXIO, as a node without its driver */
+static int connect_dev(const char *path, int cloexec)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return errno = ENAMETOOLONG, -1;
+	strcpy(a.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | (cloexec ? SOCK_CLOEXEC : 0), 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+		int e = errno == ECONNREFUSED ? ENXIO : errno;
+		syscall(SYS_close, fd);
+		return errno = e, -1;
+	}
+	return fd;
+}
+
+static int open_mapped(const char *mapped, int flags, mode_t mode)
+{
+	struct stat st;
+	struct dev_fd *d;
+	int fd;
+
+	if (syscall(SYS_newfstatat, AT_FDCWD, mapped, &st, 0))
+		return -1;
+	if (!S_ISSOCK(st.st_mode)) /* the directory itself */
+		return syscall(SYS_openat, AT_FDCWD, mapped, flags, mode);
+	fd = connect_dev(mapped, flags & O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	d = fd < MAX_FDS ? calloc(1, sizeof(*d) + strlen(mapped) + 1) : NULL;
+	if (!d) {
+		syscall(SYS_close, fd);
+		return errno = fd < MAX_FDS ? ENOMEM : EMFILE, -1;
+	}
+	pthread_mutex_init(&d->lock, NULL);
+	d->rdev = rdev_of(mapped);
+	strcpy(d->path, mapped);
+	if (flags & O_NONBLOCK)
+		fcntl(fd, F_SETFL, O_NONBLOCK);
+	fds[fd] = d;
+	return fd;
+}
+
+/* the whole of a send or a receive, across signals and a non-blocking descriptor; 0, or -1 with errno */
+static int xfer(int fd, struct iovec *iov, int n, int receiving)
+{
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = n };
+
+	for (;;) {
+		while (m.msg_iovlen && !m.msg_iov->iov_len) {
+			m.msg_iov++;
+			m.msg_iovlen--;
+		}
+		if (!m.msg_iovlen)
+			return 0;
+		ssize_t r = receiving ? recvmsg(fd, &m, 0) : sendmsg(fd, &m, MSG_NOSIGNAL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN) {
+			struct pollfd p = { .fd = fd, .events = receiving ? POLLIN : POLLOUT };
+			poll(&p, 1, -1);
+			continue;
+		}
+		if (r <= 0)
+			return errno = r == 0 ? ECONNRESET : errno, -1;
+		while (r > 0) {
+			size_t k = (size_t)r < m.msg_iov->iov_len ? (size_t)r : m.msg_iov->iov_len;
+			m.msg_iov->iov_base = (char *)m.msg_iov->iov_base + k;
+			m.msg_iov->iov_len -= k;
+			r -= k;
+			if (!m.msg_iov->iov_len) {
+				m.msg_iov++;
+				m.msg_iovlen--;
+			}
+		}
+	}
+}
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	struct iovec v = { buf, len };
+	return xfer(fd, &v, 1, 1);
+}
+
+/* receives and drops len bytes */
+static int skip(int fd, size_t len, char *keep, size_t keep_len)
+{
+	char scratch[1024];
+
+	while (len) {
+		size_t n = len < sizeof(scratch) ? len : sizeof(scratch);
+		if (recv_all(fd, scratch, n))
+			return -1;
+		if (keep && keep_len > 1) {
+			size_t k = n < keep_len - 1 ? n : keep_len - 1;
+			memcpy(keep, scratch, k);
+			keep[k] = 0;
+			keep = NULL;
+		}
+		len -= n;
+	}
+	return 0;
+}
+
+/* the event stream the daemon's token names, as a descriptor of ours (or -1 with errno) */
+static int attach(const char *path, uint32_t command, uint32_t token)
+{
+	struct { struct cmd_hdr h; uint32_t token, reserved; } f = { { command, sizeof(f) / 4, 0 }, token, 0 };
+	struct iovec v = { &f, sizeof(f) };
+	struct reply_hdr r;
+	int fd = connect_dev(path, 1);
+
+	if (fd < 0)
+		return -1;
+	if (xfer(fd, &v, 1, 0) || recv_all(fd, &r, sizeof(r)) || skip(fd, r.out_bytes, NULL, 0) || (r.status && (errno = -r.status))) {
+		int e = errno;
+		syscall(SYS_close, fd);
+		return errno = e, -1;
+	}
+	return fd;
+}
+
+/*
+ * One command: its frame out, its reply in, the response copied to where the command says. The daemon
+ * answers every frame in order, so the descriptor's lock keeps each reply with its request.
+ */
+static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
+{
+	const uint8_t *b = buf;
+	struct cmd_hdr h, env;
+	struct reply_hdr r;
+	struct iovec out[2];
+	int nout = 0;
+	uint64_t response = 0;
+	size_t room = 0;
+	char why[256] = "";
+
+	if (len < sizeof(h))
+		return errno = EINVAL, -1;
+	memcpy(&h, b, sizeof(h));
+	if (h.command & CMD_FLAG_EXTENDED) {
+		uint16_t provider_out;
+		/* ex_hdr: response at 8, provider_in_words at 16, provider_out_words at 18 */
+		if (len < 24 || len % 4 || len + sizeof(env) > 0xffffu * 4)
+			return errno = EINVAL, -1;
+		memcpy(&response, b + 8, 8);
+		memcpy(&provider_out, b + 18, 2);
+		room = ((size_t)h.out_words + provider_out) * 8;
+		env = (struct cmd_hdr){ SV_WRITE_EX, (len + sizeof(env)) / 4, 0 };
+		out[nout++] = (struct iovec){ &env, sizeof(env) };
+		out[nout++] = (struct iovec){ (void *)b, len };
+	} else {
+		if (len != (size_t)h.in_words * 4)
+			return errno = EINVAL, -1;
+		/* a legacy command with a response names it in its first field */
+		if (h.out_words && len >= 16) {
+			memcpy(&response, b + 8, 8);
+			room = (size_t)h.out_words * 4;
+		}
+		env = h;
+		if (h.command == CMD_GET_CONTEXT)
+			env.command = SV_GET_CONTEXT_RXE;
+		out[nout++] = (struct iovec){ &env, sizeof(env) };
+		out[nout++] = (struct iovec){ (void *)(b + sizeof(h)), len - sizeof(h) };
+	}
+	if (!response)
+		room = 0;
+
+	pthread_mutex_lock(&d->lock);
+	int bad = xfer(fd, out, nout, 0) || recv_all(fd, &r, sizeof(r));
+	if (!bad && r.status == 0) {
+		size_t n = r.out_bytes < room ? r.out_bytes : room;
+		bad = recv_all(fd, (void *)(uintptr_t)response, n) || skip(fd, r.out_bytes - n, NULL, 0);
+	} else if (!bad) {
+		bad = skip(fd, r.out_bytes, why, sizeof(why));
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (bad) /* the daemon is gone: what the kernel says of a device that went away */
+		return errno = EIO, -1;
+	if (r.status) {
+		if (debug)
+			fprintf(stderr, "softverbs: command 0x%x: %s%s%s\n", h.command, strerror(-r.status), *why ? ": " : "", why);
+		return errno = -r.status, -1;
+	}
+	if (h.command == CMD_GET_CONTEXT && room >= 4) {
+		/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context's event stream */
+		uint32_t token;
+		memcpy(&token, (void *)(uintptr_t)response, 4);
+		int afd = attach(d->path, SV_ATTACH_ASYNC, token);
+		if (afd < 0)
+			return -1;
+		memcpy((void *)(uintptr_t)response, &afd, 4);
+	}
+	return len;
+}
+
+/* ---- the interposed calls ---- */
+
+static mode_t open_mode(int flags, va_list ap)
+{
+	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, mode_t) : 0;
+}
+
+#define OPEN(name)                                                             \
+	EXPORT int name(const char *path, int flags, ...)                      \
+	{                                                                      \
+		char buf[4096];                                                \
+		const char *m = map_path(path, buf, sizeof(buf));              \
+		va_list ap;                                                    \
+		va_start(ap, flags);                                           \
+		mode_t mode = open_mode(flags, ap);                            \
+		va_end(ap);                                                    \
+		if (m)                                                         \
+			return open_mapped(m, flags, mode);                    \
+		REAL(int, name, const char *, int, ...);                       \
+		return real_##name(path, flags, mode);                         \
+	}
+OPEN(open)
+OPEN(open64)
+
+#define OPENAT(name)                                                           \
+	EXPORT int name(int dirfd, const char *path, int flags, ...)           \
+	{                                                                      \
+		char buf[4096];                                                \
+		const char *m = map_path(path, buf, sizeof(buf));              \
+		va_list ap;                                                    \
+		va_start(ap, flags);                                           \
+		mode_t mode = open_mode(flags, ap);                            \
+		va_end(ap);                                                    \
+		if (m)                                                         \
+			return open_mapped(m, flags, mode);                    \
+		REAL(int, name, int, const char *, int, ...);                  \
+		return real_##name(dirfd, path, flags, mode);                  \
+	}
+OPENAT(openat)
+OPENAT(openat64)
+
+/* the fortified entry points (_FORTIFY_SOURCE) */
+#define OPEN_2(name)                                                           \
+	EXPORT int name(const char *path, int flags)                           \
+	{                                                                      \
+		char buf[4096];                                                \
+		const char *m = map_path(path, buf, sizeof(buf));              \
+		if (m)                                                         \
+			return open_mapped(m, flags, 0);                       \
+		REAL(int, name, const char *, int);                            \
+		return real_##name(path, flags);                               \
+	}
+OPEN_2(__open_2)
+OPEN_2(__open64_2)
+
+/*
+ * The stat family, every spelling of it (glibc >= 2.33 exports stat, fstat, ...; older binaries call
+ * __xstat(ver, ...)): one system call, with a device file's answer made a char device's. On the 64-bit
+ * targets struct stat is the kernel's, whatever the spelling or version.
+ */
+_Static_assert(sizeof(long) == 8, "the stat family below is the 64-bit kernel's");
+
+static int do_stat(int dirfd, const char *path, struct stat *st, int flags)
+{
+	char buf[4096];
+	const char *m = map_path(path, buf, sizeof(buf));
+	struct dev_fd *d;
+
+	if (m)
+		return stat_mapped(m, st);
+	if (syscall(SYS_newfstatat, dirfd, path, st, flags))
+		return -1;
+	if (path && !*path && (flags & AT_EMPTY_PATH) && (d = tracked(dirfd)))
+		as_chr(st, d->rdev);
+	return 0;
+}
+
+EXPORT int stat(const char *p, struct stat *st) { return do_stat(AT_FDCWD, p, st, 0); }
+EXPORT int lstat(const char *p, struct stat *st) { return do_stat(AT_FDCWD, p, st, AT_SYMLINK_NOFOLLOW); }
+EXPORT int fstat(int fd, struct stat *st) { return do_stat(fd, "", st, AT_EMPTY_PATH); }
+EXPORT int fstatat(int dirfd, const char *p, struct stat *st, int flags) { return do_stat(dirfd, p, st, flags); }
+EXPORT int stat64(const char *p, struct stat64 *st) { return stat(p, (struct stat *)st); }
+EXPORT int lstat64(const char *p, struct stat64 *st) { return lstat(p, (struct stat *)st); }
+EXPORT int fstat64(int fd, struct stat64 *st) { return fstat(fd, (struct stat *)st); }
+EXPORT int fstatat64(int dirfd, const char *p, struct stat64 *st, int flags) { return fstatat(dirfd, p, (struct stat *)st, flags); }
+EXPORT int __xstat(int ver, const char *p, struct stat *st) { (void)ver; return stat(p, st); }
+EXPORT int __lxstat(int ver, const char *p, struct stat *st) { (void)ver; return lstat(p, st); }
+EXPORT int __fxstat(int ver, int fd, struct stat *st) { (void)ver; return fstat(fd, st); }
+EXPORT int __fxstatat(int ver, int dirfd, const char *p, struct stat *st, int flags) { (void)ver; return fstatat(dirfd, p, st, flags); }
+EXPORT int __xstat64(int ver, const char *p, struct stat64 *st) { (void)ver; return stat(p, (struct stat *)st); }
+EXPORT int __lxstat64(int ver, const char *p, struct stat64 *st) { (void)ver; return lstat(p, (struct stat *)st); }
+EXPORT int __fxstat64(int ver, int fd, struct stat64 *st) { (void)ver; return fstat(fd, (struct stat *)st); }
+EXPORT int __fxstatat64(int ver, int dirfd, const char *p, struct stat64 *st, int flags) { (void)ver; return fstatat(dirfd, p, (struct stat *)st, flags); }
+
+/* statx (coreutils' stat and ls use it) */
+EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
+{
+	char buf[4096];
+	const char *m = map_path(path, buf, sizeof(buf));
+	struct dev_fd *d = !*path && (flags & AT_EMPTY_PATH) ? tracked(dirfd) : NULL;
+	dev_t rdev;
+
+	if (syscall(SYS_statx, m ? AT_FDCWD : dirfd, m ? m : path, flags, mask, stx))
+		return -1;
+	if (m && S_ISSOCK(stx->stx_mode))
+		rdev = rdev_of(m);
+	else if (d)
+		rdev = d->rdev;
+	else
+		return 0;
+	stx->stx_mode = S_IFCHR | (stx->stx_mode & 07777);
+	stx->stx_rdev_major = major(rdev);
+	stx->stx_rdev_minor = minor(rdev);
+	stx->stx_size = 0;
+	return 0;
+}
+
+EXPORT int socket(int domain, int type, int protocol)
+{
+	REAL(int, socket, int, int, int);
+	if (domain == AF_NETLINK && protocol == NETLINK_RDMA)
+		return errno = EPROTONOSUPPORT, -1;
+	return real_socket(domain, type, protocol);
+}
+
+EXPORT ssize_t write(int fd, const void *buf, size_t len)
+{
+	struct dev_fd *d = tracked(fd);
+	REAL(ssize_t, write, int, const void *, size_t);
+	return d ? command(d, fd, buf, len) : real_write(fd, buf, len);
+}
+
+/* a device file has no read (the kernel's uverbs file does not either) */
+EXPORT ssize_t read(int fd, void *buf, size_t len)
+{
+	REAL(ssize_t, read, int, void *, size_t);
+	if (tracked(fd))
+		return errno = EINVAL, -1;
+	return real_read(fd, buf, len);
+}
+
+/* ENOTTY for everything but what the VFS answers for any descriptor before a driver sees it */
+EXPORT int ioctl(int fd, unsigned long request, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, request);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (tracked(fd) && request != FIONBIO && request != FIOCLEX && request != FIONCLEX && request != FIOASYNC)
+		return errno = ENOTTY, -1;
+	REAL(int, ioctl, int, unsigned long, ...);
+	return real_ioctl(fd, request, arg);
+}
+
+static void forget(int fd)
+{
+	struct dev_fd *d = tracked(fd);
+
+	if (d) {
+		fds[fd] = NULL;
+		pthread_mutex_destroy(&d->lock);
+		free(d);
+	}
+}
+
+EXPORT int close(int fd)
+{
+	REAL(int, close, int);
+	forget(fd);
+	return real_close(fd);
+}
+
+/* a descriptor duplicated over a device file's closes it (the duplicate itself is not a device file to us) */
+EXPORT int dup2(int oldfd, int newfd)
+{
+	REAL(int, dup2, int, int);
+	int r = real_dup2(oldfd, newfd);
+	if (r >= 0 && oldfd != newfd)
+		forget(newfd);
+	return r;
+}
+
+EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+	REAL(int, dup3, int, int, int);
+	int r = real_dup3(oldfd, newfd, flags);
+	if (r >= 0)
+		forget(newfd);
+	return r;
+}
