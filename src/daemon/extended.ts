@@ -9,6 +9,8 @@
 import { layout, offsets, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { E, fail } from '../common/errno.js';
+import { queryDevice } from './cmd/device.js';
+import type { Context } from './context.js';
 
 const EX_HDR = offsets(U.EX_CMD_HDR);
 /** both headers: where the core request starts */
@@ -19,17 +21,12 @@ const EX_QUERY_DEVICE_RESP = layout(U.EX_QUERY_DEVICE_RESP);
 const EX_QUERY_DEVICE_RESP_MIN = offsets(U.EX_QUERY_DEVICE_RESP).response_length + 4;
 
 /** What an extended command needs from its context. */
-export interface ExtendedHost {
-  /** the legacy QUERY_DEVICE response, the base of the extended one */
-  queryDevice(): Buffer;
-}
-
 interface ExMethod {
   readonly name: string;
   /** least core request and response sizes (ENOSPC below them, as verify_hdr says) */
   readonly reqSize: number;
   readonly respSize: number;
-  run(host: ExtendedHost, core: Buffer, outBytes: number): Buffer;
+  run(ctx: Context, core: Buffer, outBytes: number): Buffer;
 }
 
 const METHODS: ReadonlyMap<number, ExMethod> = new Map([
@@ -40,7 +37,7 @@ const METHODS: ReadonlyMap<number, ExMethod> = new Map([
  * Runs the extended command carried by a WRITE_EX frame and returns the bytes for its `response` pointer.
  * Throws CmdError for an errno reply.
  */
-export function extendedWrite(host: ExtendedHost, frame: Buffer): Buffer {
+export function extendedWrite(ctx: Context, frame: Buffer): Buffer {
   const w = frame.subarray(U.HDR_SIZE); // what the program wrote
   if (w.length < HEADERS) fail(E.EINVAL, `extended command: ${w.length} bytes is shorter than its two headers`);
   const command = w.readUInt32LE(0);
@@ -60,7 +57,7 @@ export function extendedWrite(host: ExtendedHost, frame: Buffer): Buffer {
     if (outWords * 8 < m.respSize) fail(E.ENOSPC, `${m.name}: out_words ${outWords} is shorter than the response`);
   } else if (outWords || providerOut) fail(E.EINVAL, `${m.name}: room for a response but no response pointer`);
   const core = w.subarray(HEADERS, HEADERS + inWords * 8);
-  return m.run(host, core, response === 0n ? 0 : outWords * 8);
+  return m.run(ctx, core, response === 0n ? 0 : outWords * 8);
 }
 
 /** Request bytes past the struct this kernel knows must be zero (ib_is_buffer_cleared), else EOPNOTSUPP. */
@@ -74,12 +71,12 @@ function checkTail(name: string, core: Buffer, known: number): void {
  * device_cap_flags_ex is the full capability word. At most the struct goes back, however much room the
  * caller offered (rdma-core zeroes its buffer before the write, as the kernel would zero the rest).
  */
-function exQueryDevice(host: ExtendedHost, core: Buffer, outBytes: number): Buffer {
+function exQueryDevice(ctx: Context, core: Buffer, outBytes: number): Buffer {
   const r = unpack(U.EX_QUERY_DEVICE, core);
   if (r.comp_mask !== 0) fail(E.EINVAL, `EX_QUERY_DEVICE: comp_mask 0x${r.comp_mask.toString(16)} is not zero`);
   if (r.reserved !== 0) fail(E.EINVAL, 'EX_QUERY_DEVICE: reserved is not zero');
   checkTail('EX_QUERY_DEVICE', core, layout(U.EX_QUERY_DEVICE).size);
-  const base = host.queryDevice();
+  const base = queryDevice(ctx);
   const resp = pack(U.EX_QUERY_DEVICE_RESP, {
     response_length: Math.min(outBytes, EX_QUERY_DEVICE_RESP.size),
     device_cap_flags_ex: BigInt(base.readUInt32LE(QUERY_DEVICE_RESP.device_cap_flags)),

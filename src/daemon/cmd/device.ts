@@ -5,6 +5,7 @@ import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { bswap64 } from '../../common/format.js';
+import { GID_TBL_LEN, PKEY_TBL_LEN } from '../port-tables.js';
 import type { Context } from '../context.js';
 import { deviceMax } from '../object-table.js';
 import type { Commands } from './command.js';
@@ -15,7 +16,8 @@ import type { Commands } from './command.js';
  */
 const DEVICE_CAP_FLAGS = 0x00001c76;
 
-function queryDevice(ctx: Context): Buffer {
+/** The QUERY_DEVICE response (EX_QUERY_DEVICE's extends it). */
+export function queryDevice(ctx: Context): Buffer {
   const d = ctx.dev;
   return pack(U.QUERY_DEVICE_RESP, {
     fw_ver: 0n, node_guid: bswap64(d.nodeGuid), sys_image_guid: bswap64(d.nodeGuid), max_mr_size: BigInt(Limits.maxMrSize),
@@ -34,7 +36,7 @@ function queryPort(ctx: Context, r: U.Req<'QUERY_PORT'>): Buffer {
   const d = ctx.dev;
   return pack(U.QUERY_PORT_RESP, {
     port_cap_flags: 0x00010000, // IBV_PORT_CM_SUP, as rxe reports
-    max_msg_sz: 0x800000, bad_pkey_cntr: 0, qkey_viol_cntr: 0, gid_tbl_len: 1024, pkey_tbl_len: 1, lid: 0, sm_lid: 0,
+    max_msg_sz: 0x800000, bad_pkey_cntr: 0, qkey_viol_cntr: 0, gid_tbl_len: GID_TBL_LEN, pkey_tbl_len: PKEY_TBL_LEN, lid: 0, sm_lid: 0,
     state: d.portState, max_mtu: 5, active_mtu: d.activeMtu, lmc: 0, max_vl_num: 1, sm_sl: 0, subnet_timeout: 0,
     init_type_reply: 0, active_width: 1, active_speed: 1, phys_state: d.portState === PortState.ACTIVE ? 5 : 3,
     link_layer: LinkLayer.ETHERNET,
