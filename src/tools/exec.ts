@@ -12,6 +12,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { constants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { codeOf, messageOf } from '../common/errors.js';
 import { defaultRoot, rootProblem } from '../common/paths.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -127,9 +128,10 @@ function run(program: string, args: string[], env: NodeJS.ProcessEnv): Promise<n
       process.off('SIGTERM', forward).off('SIGHUP', forward).off('SIGINT', ignore).off('SIGQUIT', ignore);
       done(code);
     };
-    child.once('error', (e: NodeJS.ErrnoException) => {
-      const notFound = e.code === 'ENOENT';
-      process.stderr.write(`softverbs exec: ${program}: ${notFound ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message}\n`);
+    child.once('error', (e: unknown) => {
+      const code = codeOf(e);
+      const notFound = code === 'ENOENT';
+      process.stderr.write(`softverbs exec: ${program}: ${notFound ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : messageOf(e)}\n`);
       finish(notFound ? 127 : 126);
     });
     child.once('exit', (code, signal) => finish(signal ? 128 + (constants.signals[signal] ?? 0) : code ?? 0));
