@@ -18,6 +18,7 @@ export const CMD_COMMAND_MASK = 0xff;
 export const ExCmd = {
   QUERY_DEVICE: 1,
 } as const;
+export type ExCmd = (typeof ExCmd)[keyof typeof ExCmd];
 
 /** IB_USER_VERBS_CMD_* — the enum in header order. */
 export const Cmd = {
@@ -59,6 +60,7 @@ export const Cmd = {
   DESTROY_SRQ: 35,
   POST_SRQ_RECV: 36,
 } as const;
+export type Cmd = (typeof Cmd)[keyof typeof Cmd];
 
 /**
  * softverbs' own frames. They are only valid as the first frame of a new
@@ -79,6 +81,7 @@ export const SvCmd = {
    */
   WRITE_EX: 0xf4,
 } as const;
+export type SvCmd = (typeof SvCmd)[keyof typeof SvCmd];
 
 export const CMD_HDR = struct('ib_uverbs_cmd_hdr', [['command', 'u32'], ['in_words', 'u16'], ['out_words', 'u16']]);
 

@@ -32,6 +32,7 @@ export const M = {
 const ONLY = M.FIRST | M.LAST;
 
 export const Transport = { RC: 0x00, UC: 0x20, RD: 0x40, UD: 0x60 } as const;
+export type Transport = (typeof Transport)[keyof typeof Transport];
 
 /** BTH opcode low 5 bits (the operation; the top 3 bits are the transport). */
 export const Op = {
@@ -41,13 +42,14 @@ export const Op = {
   RDMA_READ_RESPONSE_LAST: 0x0f, RDMA_READ_RESPONSE_ONLY: 0x10, ACKNOWLEDGE: 0x11, ATOMIC_ACKNOWLEDGE: 0x12, COMPARE_SWAP: 0x13,
   FETCH_ADD: 0x14, SEND_LAST_WITH_INVALIDATE: 0x16, SEND_ONLY_WITH_INVALIDATE: 0x17,
 } as const;
+export type Op = (typeof Op)[keyof typeof Op];
 
 export interface OpInfo {
   readonly name: string;
   readonly mask: number;
 }
 
-const base: Array<[number, string, number]> = [
+const base: Array<[Op, string, number]> = [
   [Op.SEND_FIRST, 'SEND_FIRST', M.REQ | M.SEND | M.PAYLOAD | M.RWR | M.FIRST],
   [Op.SEND_MIDDLE, 'SEND_MIDDLE', M.REQ | M.SEND | M.PAYLOAD | M.MIDDLE],
   [Op.SEND_LAST, 'SEND_LAST', M.REQ | M.SEND | M.PAYLOAD | M.COMP | M.LAST],
@@ -110,6 +112,7 @@ export const Aeth = {
   /** "credits invalid" (rxe answers with this credit count; it does not do end-to-end credits). */
   CREDITS_INVALID: 0x1f,
 } as const;
+export type Aeth = (typeof Aeth)[keyof typeof Aeth];
 
 /** IBA RNR NAK timer encoding (Table 45): code → microseconds. Code 0 is the longest, 655.36 ms. */
 export const RNR_TIMER_US: readonly number[] = [
