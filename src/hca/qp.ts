@@ -9,6 +9,7 @@ import type { QpCaps } from '../abi/queue.js';
 import { RecvWqe, type RecvRingConsumer } from '../abi/recv-ring.js';
 import { copyBytes, readU64Number } from '../abi/ring.js';
 import { SendRingConsumer, SW } from '../abi/send-ring.js';
+import { WrMask, wrMask } from '../abi/wqe.js';
 import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
@@ -394,15 +395,11 @@ export class Qp {
     w.length = 0;
     w.ah = null;
     w.numSge = 0;
-    const op = w.opcode;
     const t = this.type;
-    const okOp =
-      op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM ||
-      (t !== QpType.UD && (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM)) ||
-      (t === QpType.RC && (op === WrOpcode.RDMA_READ || op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD));
-    if (!okOp) return WcStatus.LOC_QP_OP_ERR;
+    const m = wrMask(t, w.opcode);
+    if (m === 0) return WcStatus.LOC_QP_OP_ERR;
     // only atomics carry these (two BigInts each WQE would otherwise make)
-    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) {
+    if (m & WrMask.ATOMIC) {
       w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
       w.swap = dv.getBigUint64(o + SW.swap, true);
     }
@@ -411,7 +408,7 @@ export class Qp {
       if (!w.ah || w.ah.pd !== this.pd) return WcStatus.LOC_QP_OP_ERR;
     }
     if (w.inline) {
-      if (w.isReadOrAtomic) return WcStatus.LOC_QP_OP_ERR;
+      if (!(m & WrMask.INLINE)) return WcStatus.LOC_QP_OP_ERR;
       const n = dv.getUint32(o + SW.inline_len, true);
       if (n > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
       sq.copyInline(o, n, w.inlineData);
@@ -422,7 +419,7 @@ export class Qp {
     if (n > this.caps.maxSendSge) return WcStatus.LOC_QP_OP_ERR;
     w.numSge = n;
     // READ and atomics write into local memory: their SGEs need LOCAL_WRITE
-    const need = w.isReadOrAtomic ? Access.LOCAL_WRITE : 0;
+    const need = m & (WrMask.READ | WrMask.ATOMIC) ? Access.LOCAL_WRITE : 0;
     for (let i = 0; i < n; i++) {
       const addr = sq.sgeAddr(o, i);
       const len = sq.sgeLength(o, i);
@@ -439,7 +436,7 @@ export class Qp {
       if (!mr || mr.key !== lkey || mr.pd !== this.pd || (mr.access & need) !== need || !mr.contains(addr, len)) return WcStatus.LOC_PROT_ERR;
       w.mr[i] = mr;
     }
-    if ((op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) && w.length !== 8) return WcStatus.LOC_LEN_ERR;
+    if (m & WrMask.ATOMIC && w.length !== 8) return WcStatus.LOC_LEN_ERR;
     return this.checkLength(w);
   }
 

@@ -3,12 +3,13 @@
  * the shared send and receive rings (and ringing the doorbell when the HCA
  * went idle); modify, query and destroy are commands.
  */
-import { QpAttrMask, QpState, QpType, SendFlags, WrOpcode, qpStateName } from '../abi/enums.js';
+import { QpAttrMask, QpState, QpType, SendFlags, qpStateName } from '../abi/enums.js';
 import type { Input } from '../abi/layout.js';
 import type { QpCaps, RingLayout } from '../abi/queue.js';
 import { RecvRingProducer } from '../abi/recv-ring.js';
 import { SendRingProducer, SW } from '../abi/send-ring.js';
 import * as U from '../abi/uverbs.js';
+import { WrMask, wrMask } from '../abi/wqe.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import { atAddress } from './memory.js';
@@ -127,16 +128,11 @@ export class QueuePair {
     const t = this.qpType;
     const flags = wr.sendFlags ?? 0;
     const sg = wr.sgList ?? [];
-    const isAtomic = op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD;
-    const valid =
-      op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM ||
-      (t !== QpType.UD && (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM)) ||
-      (t === QpType.RC && (op === WrOpcode.RDMA_READ || isAtomic));
-    if (!valid) throw badWr('ibv_post_send', 'EINVAL', `opcode ${op} is not valid on this QP type`, i, wr);
+    const m = wrMask(t, op);
+    if (!m) throw badWr('ibv_post_send', 'EINVAL', `opcode ${op} is not valid on this QP type`, i, wr);
     if (t === QpType.UD && !wr.ud) throw badWr('ibv_post_send', 'EINVAL', 'a UD send needs wr.ud (ah, remoteQpn, remoteQkey)', i, wr);
-    if ((op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM || op === WrOpcode.RDMA_READ) && !wr.rdma)
-      throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
-    if (isAtomic && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
+    if (m & (WrMask.WRITE | WrMask.READ) && !wr.rdma) throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
+    if (m & WrMask.ATOMIC && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
     dv.setBigUint64(o + SW.wr_id, big(wr.wrId ?? 0), true);
     dv.setUint32(o + SW.opcode, op, true);
     dv.setUint32(o + SW.send_flags, flags, true);
@@ -150,8 +146,7 @@ export class QueuePair {
     dv.setUint32(o + SW.remote_qpn, wr.ud ? wr.ud.remoteQpn : 0, true);
     dv.setUint32(o + SW.remote_qkey, wr.ud ? wr.ud.remoteQkey >>> 0 : 0, true);
     if (flags & SendFlags.INLINE) {
-      if (op !== WrOpcode.SEND && op !== WrOpcode.SEND_WITH_IMM && op !== WrOpcode.RDMA_WRITE && op !== WrOpcode.RDMA_WRITE_WITH_IMM)
-        throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
+      if (!(m & WrMask.INLINE)) throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
       let len = 0;
       for (const s of sg) len += s.length;
       if (len > this.cap.maxInlineData) throw badWr('ibv_post_send', 'EINVAL', `${len} inline bytes > max_inline_data ${this.cap.maxInlineData}`, i, wr);
