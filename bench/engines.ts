@@ -1,21 +1,22 @@
 /**
  * The HCA's own cost: the requester, responder and completer of two RC QPs
- * on one device, driven through their rings in this process (no daemon, no
- * socket, no client library). What is left of a message's or a WRITE's time
+ * on one device, driven through their rings in this process (the rings' own
+ * encoders write the WQEs; no daemon, no socket, no client library). What is left of a message's or a WRITE's time
  * here is the engines' and the fabric's; the gap to the daemon-backed lines
  * is IPC, wake-ups and the library.
  */
 import { Mtu, QpState, QpType, SendFlags, WrOpcode } from '../src/abi/enums.js';
-import { CqRingConsumer, type CqeOut } from '../src/abi/cq-ring.js';
+import { CqRingConsumer, CqRingProducer, type CqeOut } from '../src/abi/cq-ring.js';
 import { cqLayout, qpLayout } from '../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../src/abi/recv-ring.js';
-import { SendRingProducer, SW } from '../src/abi/send-ring.js';
+import { SendRingConsumer, SendRingProducer } from '../src/abi/send-ring.js';
 import { SoftDevice } from '../src/hca/device.js';
 import { Fabric } from '../src/hca/fabric.js';
 import { Cq, Mr, Pd, type Ah, type Owner } from '../src/hca/objects.js';
 import { Qp } from '../src/hca/qp.js';
 import { mapAnon } from '../src/native/libc.js';
 
+const EIGHT = new Uint8Array(8).fill(7);
 const owner: Owner = { pid: process.pid, compEvent() {}, asyncEvent() {}, lookupAh: (): Ah | null => null };
 
 interface End {
@@ -33,13 +34,14 @@ function rig(addr: string) {
   const end = (qpn: number): End => {
     const cl = cqLayout(1024);
     const cqMem = mapAnon(cl.bytes);
-    const cq = new Cq(owner, 1n, cqMem, cl.slots, cl.cqe, null);
+    const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
     const l = qpLayout({ maxSendWr: 256, maxRecvWr: 1024, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 64 }, false)!;
     const mem = mapAnon(l.bytes);
     const rq = new RecvRingConsumer(mem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, 1);
-    const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, l.sq, 1n);
+    const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, new SendRingConsumer(mem.buffer, l.sq, l.caps), 1n);
     dev.qps.set(qpn, qp);
-    return { qp, sq: new SendRingProducer(mem.buffer, l.sq), rq: new RecvRingProducer(mem.buffer, l.rq!, 1), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
+    // inline data: the same 8 bytes whatever the address
+    return { qp, sq: new SendRingProducer(mem.buffer, l.sq, () => EIGHT), rq: new RecvRingProducer(mem.buffer, l.rq!, 1), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
   };
   const a = end(100);
   const b = end(101);
@@ -78,22 +80,15 @@ export function engineSendRate(addr: string, seconds: number): { value: number; 
   };
   for (let i = 0; i < 1024; i++) postRecv();
   b.rq.publish();
+  const plain = { wrId: 0, opcode: WrOpcode.SEND, sendFlags: SendFlags.INLINE, sgList: [{ addr: 0, length: 8, lkey: 0 }] };
+  const signaled = { ...plain, sendFlags: SendFlags.INLINE | SendFlags.SIGNALED };
   let posted = 0;
   let acked = 0;
   let received = 0;
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(Math.round(seconds * 1e9));
   while (process.hrtime.bigint() < end) {
-    for (let k = 0; posted - acked < 128 && k < 32; k++) {
-      const o = a.sq.slot(a.sq.prod);
-      const dv = a.sq.dv;
-      dv.setBigUint64(o + SW.wr_id, 0n, true);
-      dv.setUint32(o + SW.opcode, WrOpcode.SEND, true);
-      dv.setUint32(o + SW.send_flags, SendFlags.INLINE | (++posted % 32 === 0 ? SendFlags.SIGNALED : 0), true);
-      dv.setUint32(o + SW.inline_len, 8, true);
-      dv.setUint32(o + SW.num_sge, 0, true);
-      a.sq.prod = (a.sq.prod + 1) >>> 0;
-    }
+    for (let k = 0; posted - acked < 128 && k < 32; k++) a.sq.write(++posted % 32 === 0 ? signaled : plain);
     a.sq.publish();
     if (a.sq.claimWake()) dev.doorbell(a.qp);
     for (; a.cq.cons !== a.cq.produced(); acked += 32) a.cq.read(wc);
@@ -114,24 +109,13 @@ export function engineSendRate(addr: string, seconds: number): { value: number; 
 export async function engineWriteBw(addr: string, seconds: number): Promise<{ value: number; ops: number }> {
   const { dev, a, key, done } = rig(addr);
   const wc = cqe();
+  const wr = { wrId: 0, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [{ addr: 0x10000, length: 65536, lkey: key }], rdma: { remoteAddr: 0x10000 + 65536, rkey: key } };
   let posted = 0;
   let completed = 0;
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(Math.round(seconds * 1e9));
   while (process.hrtime.bigint() < end) {
-    for (; posted - completed < 32; posted++) {
-      const o = a.sq.slot(a.sq.prod);
-      const dv = a.sq.dv;
-      dv.setBigUint64(o + SW.wr_id, 0n, true);
-      dv.setUint32(o + SW.opcode, WrOpcode.RDMA_WRITE, true);
-      dv.setUint32(o + SW.send_flags, SendFlags.SIGNALED, true);
-      dv.setBigUint64(o + SW.remote_addr, 0x10000n + 65536n, true);
-      dv.setUint32(o + SW.rkey, key, true);
-      dv.setUint32(o + SW.inline_len, 0, true);
-      dv.setUint32(o + SW.num_sge, 1, true);
-      a.sq.writeSge(o, 0, 0x10000n, 65536, key);
-      a.sq.prod = (a.sq.prod + 1) >>> 0;
-    }
+    for (; posted - completed < 32; posted++) a.sq.write(wr);
     a.sq.publish();
     if (a.sq.claimWake()) dev.doorbell(a.qp);
     for (; a.cq.cons !== a.cq.produced(); completed++) a.cq.read(wc);

@@ -1,11 +1,12 @@
 /**
- * The completion ring: the HCA produces completions (struct ib_uverbs_wc,
- * as rxe's CQ ring holds them), the library consumes them. One layout for
- * both sides.
+ * The completion ring in the softverbs layout: the HCA produces completions
+ * (struct ib_uverbs_wc, as rxe's CQ ring holds them), the library consumes
+ * them.
  */
 import { offsets } from './layout.js';
-import { CONS, NOTIFY, Notify, PROD, RING_HDR, type WrId } from './ring.js';
+import { CONS, NOTIFY, Notify, PROD, RING_HDR } from './ring.js';
 import { WC } from './uverbs.js';
+import type { CompletionProducer, CqeFields, CqeIn } from './wqe.js';
 
 export const CQE = offsets(WC);
 
@@ -42,20 +43,6 @@ if (WORDS.length * 4 !== CQE.SIZE || new Set(WORDS).size !== WORDS.length || Mat
   throw new Error('softverbs: ib_uverbs_wc is not the shape push() writes');
 }
 
-/** The fields of a completion both sides know, wr_id aside. */
-interface CqeFields {
-  status: number;
-  opcode: number;
-  byteLen: number;
-  imm: number;
-  qpNum: number;
-  srcQp: number;
-  wcFlags: number;
-}
-
-/** A completion as the HCA writes it (wr_id as the WQE's two halves). */
-export interface CqeIn extends CqeFields, WrId {}
-
 /** A completion as the library reads it (struct ibv_wc). */
 export interface CqeOut extends CqeFields {
   wrId: bigint;
@@ -84,7 +71,7 @@ class CqRing {
 }
 
 /** The HCA's side. */
-export class CqRingProducer extends CqRing {
+export class CqRingProducer extends CqRing implements CompletionProducer {
   prod = 0;
   /** the ring as words, for push */
   private u32: Uint32Array;

@@ -1,30 +1,15 @@
 /**
- * The receive ring (a QP's receive queue or an SRQ): the library produces
- * receive WQEs, the HCA consumes them. One layout for both sides.
+ * The receive ring (a QP's receive queue or an SRQ) in the softverbs
+ * layout: the library produces receive WQEs, the HCA consumes them into
+ * the record every layout's reader fills (`wqe.ts`).
  */
 import { offsets, struct } from './layout.js';
-import { CONS, ConsumerIndex, PROD, readU64Number, RING_HDR, SG, writeSge, type RingLayout, type WrId } from './ring.js';
+import { CONS, ConsumerIndex, PROD, readU64Number, RING_HDR, SG, setU64, writeSge, type RingLayout } from './ring.js';
+import type { RecvQueueConsumer, RecvWqe } from './wqe.js';
 
 /** The receive WQE header; its SGE list follows. */
 export const RECV_WQE = struct('sv_recv_wqe', [['wr_id', 'u64'], ['num_sge', 'u32'], ['reserved', 'u32']]);
 export const RW = offsets(RECV_WQE);
-
-/** A receive WQE taken off the ring, as the HCA holds it while filling it (one per QP, reused). */
-export class RecvWqe implements WrId {
-  wrLo = 0;
-  wrHi = 0;
-  numSge = 0;
-  /** bytes the SGEs cover */
-  length = 0;
-  readonly addr: number[];
-  readonly len: number[];
-  readonly lkey: number[];
-  constructor(maxSge: number) {
-    this.addr = new Array<number>(maxSge).fill(0);
-    this.len = new Array<number>(maxSge).fill(0);
-    this.lkey = new Array<number>(maxSge).fill(0);
-  }
-}
 
 class RecvRing {
   readonly hdr: Int32Array;
@@ -60,13 +45,13 @@ export class RecvRingProducer extends RecvRing {
     return this.consumer.full(this.prod, this.slots);
   }
   /** Writes the next WQE's header and returns its offset (its SGEs go in with writeSge, then advance()). */
-  begin(wrId: bigint, numSge: number): number {
+  begin(wrId: bigint | number, numSge: number): number {
     const o = this.slot(this.prod);
-    this.dv.setBigUint64(o + RW.wr_id, wrId, true);
+    setU64(this.dv, o + RW.wr_id, wrId);
     this.dv.setUint32(o + RW.num_sge, numSge, true);
     return o;
   }
-  writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
+  writeSge(o: number, j: number, addr: bigint | number, length: number, lkey: number): void {
     writeSge(this.dv, o + RW.SIZE + j * SG.SIZE, addr, length, lkey);
   }
   advance(): void {
@@ -81,7 +66,7 @@ export class RecvRingProducer extends RecvRing {
 }
 
 /** The HCA's side. */
-export class RecvRingConsumer extends RecvRing {
+export class RecvRingConsumer extends RecvRing implements RecvQueueConsumer {
   cons = 0;
   constructor(buffer: ArrayBuffer, offset: number, slots: number, stride: number, maxSge: number) {
     super(buffer, offset, slots, stride, maxSge);

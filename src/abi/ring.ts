@@ -2,7 +2,8 @@
  * What every shared ring has: a header page of indices (each written by one
  * side only, read with Atomics so the other process sees them in order) and
  * the scatter/gather entry WQEs carry. The rings themselves are
- * `send-ring.ts`, `recv-ring.ts` and `cq-ring.ts`; their sizes `queue.ts`.
+ * `send-ring.ts`, `recv-ring.ts` and `cq-ring.ts`; their sizes `queue.ts`;
+ * what the engines see of them, whatever the layout, `wqe.ts`.
  */
 import { offsets, struct } from './layout.js';
 
@@ -27,9 +28,21 @@ export const Notify = { NONE: 0, NEXT_COMP: 1, SOLICITED: 2 } as const;
 export const SGE = struct('ibv_sge', [['addr', 'u64'], ['length', 'u32'], ['lkey', 'u32']]);
 export const SG = offsets(SGE);
 
+/**
+ * Stores a u64 the client passed (a bigint, or a number as JS code mostly passes a wr_id or an address):
+ * a safe integer goes in as two words, with no BigInt made; anything else as the BigInt it converts to
+ * (modulo 2^64; a fraction is a RangeError, as BigInt() gives).
+ */
+export function setU64(dv: DataView, o: number, v: bigint | number): void {
+  if (typeof v === 'number' && v >= 0 && v <= Number.MAX_SAFE_INTEGER && Number.isInteger(v)) {
+    dv.setUint32(o, v >>> 0, true);
+    dv.setUint32(o + 4, (v / 0x100000000) >>> 0, true);
+  } else dv.setBigUint64(o, typeof v === 'bigint' ? v : BigInt(v), true);
+}
+
 /** Writes one SGE at byte offset s of a ring (both rings' WQEs carry them the same way). */
-export function writeSge(dv: DataView, s: number, addr: bigint, length: number, lkey: number): void {
-  dv.setBigUint64(s + SG.addr, addr, true);
+export function writeSge(dv: DataView, s: number, addr: bigint | number, length: number, lkey: number): void {
+  setU64(dv, s + SG.addr, addr);
   dv.setUint32(s + SG.length, length >>> 0, true);
   dv.setUint32(s + SG.lkey, lkey >>> 0, true);
 }

@@ -1,10 +1,14 @@
 /**
- * The send queue ring: the library produces send WQEs, the HCA consumes
- * them. One definition of the WQE layout for both sides; everything the
- * consumer reads is the client's and is checked by the HCA before use.
+ * The send queue ring in the softverbs layout: the library produces send
+ * WQEs (write() encodes a work request), the HCA consumes them (read()
+ * decodes one into the record every layout's reader fills, `wqe.ts`).
+ * Everything the consumer reads is the client's and is checked by the HCA
+ * before use.
  */
+import { SendFlags, WrOpcode } from './enums.js';
 import { offsets, struct } from './layout.js';
-import { CONS, ConsumerIndex, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, writeSge, type RingLayout } from './ring.js';
+import { CONS, ConsumerIndex, copyBytes, PROD, QP_STATE, readU64Number, RING_HDR, SQ_IDLE, SG, setU64, writeSge, type RingLayout } from './ring.js';
+import type { SendQueueConsumer, SendWqeFields } from './wqe.js';
 
 /** The softverbs send WQE header; the SGE list (or the inline data) follows it. */
 export const SEND_WQE = struct('sv_send_wqe', [
@@ -15,6 +19,21 @@ export const SEND_WQE = struct('sv_send_wqe', [
   ['ah_handle', 'u32'], ['remote_qpn', 'u32'], ['remote_qkey', 'u32'], ['reserved', { bytes: 28 }],
 ]);
 export const SW = offsets(SEND_WQE);
+
+/** What write() reads of a work request: struct ibv_send_wr's fields (the library's SendWr is one). */
+export interface SendWrIn {
+  wrId?: bigint | number;
+  opcode: number;
+  sendFlags?: number;
+  sgList?: ReadonlyArray<{ addr: bigint | number; length: number; lkey: number }>;
+  imm?: number;
+  rdma?: { remoteAddr: bigint | number; rkey: number };
+  atomic?: { remoteAddr: bigint | number; compareAdd: bigint | number; swap?: bigint | number; rkey: number };
+  ud?: { ah: { handle: number }; remoteQpn: number; remoteQkey: number };
+}
+
+/** The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it knows none there. */
+export type InlineSource = (addr: bigint, length: number) => Uint8Array | null;
 
 /** Ring state both sides see: header words, slot geometry. */
 class SendRing {
@@ -31,28 +50,79 @@ class SendRing {
     this.stride = l.stride;
   }
   /** Byte offset (in dv) of the WQE with index idx. */
-  slot(idx: number): number {
+  protected slot(idx: number): number {
     return RING_HDR + (idx & (this.slots - 1)) * this.stride;
-  }
-  /** Byte offset of SGE j of the WQE at o. */
-  static sge(o: number, j: number): number {
-    return o + SW.SIZE + j * SG.SIZE;
   }
 }
 
 /** The library's side: writes WQEs at its producer index and publishes them. */
 export class SendRingProducer extends SendRing {
   prod = 0;
+  private readonly consumer = new ConsumerIndex(this.hdr);
+  constructor(
+    buffer: ArrayBuffer,
+    l: Pick<RingLayout, 'offset' | 'slots' | 'stride'>,
+    private readonly inline: InlineSource = () => null,
+  ) {
+    super(buffer, l);
+  }
   /** The QP state as the HCA last wrote it. */
   state(): number {
     return Atomics.load(this.hdr, QP_STATE);
   }
-  private readonly consumer = new ConsumerIndex(this.hdr);
   consumed(): number {
     return this.consumer.read();
   }
   full(): boolean {
     return this.consumer.full(this.prod, this.slots);
+  }
+  /**
+   * Writes `wr` as the WQE at the producer index and moves past it (publish() shows it to the HCA). The
+   * caller has checked it against its QP (the opcode table, the SGE and inline caps): the slot has room for
+   * what those allow. Returns -1, or the index of an inline SGE whose bytes the inline source does not
+   * know, and then nothing is posted.
+   */
+  write(wr: SendWrIn): number {
+    const o = this.slot(this.prod);
+    const dv = this.dv;
+    const flags = wr.sendFlags ?? 0;
+    const sg = wr.sgList;
+    const n = sg ? sg.length : 0;
+    setU64(dv, o + SW.wr_id, wr.wrId ?? 0);
+    dv.setUint32(o + SW.opcode, wr.opcode, true);
+    dv.setUint32(o + SW.send_flags, flags, true);
+    dv.setUint32(o + SW.imm_data, (wr.imm ?? 0) >>> 0, true);
+    const remote = wr.rdma ?? wr.atomic;
+    setU64(dv, o + SW.remote_addr, remote?.remoteAddr ?? 0);
+    dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
+    setU64(dv, o + SW.compare_add, wr.atomic?.compareAdd ?? 0);
+    setU64(dv, o + SW.swap, wr.atomic?.swap ?? 0);
+    const ud = wr.ud;
+    dv.setUint32(o + SW.ah_handle, ud ? ud.ah.handle : 0, true);
+    dv.setUint32(o + SW.remote_qpn, ud ? ud.remoteQpn : 0, true);
+    dv.setUint32(o + SW.remote_qkey, ud ? ud.remoteQkey >>> 0 : 0, true);
+    if (flags & SendFlags.INLINE) {
+      // copied now, from wherever it is in this process: inline data needs no lkey (as in libibverbs)
+      let at = o + SW.SIZE;
+      for (let j = 0; j < n; j++) {
+        const s = sg![j]!;
+        const src = this.inline(typeof s.addr === 'bigint' ? s.addr : BigInt(s.addr), s.length);
+        if (!src) return j;
+        copyBytes(this.bytes, at, src, 0, s.length);
+        at += s.length;
+      }
+      dv.setUint32(o + SW.inline_len, at - o - SW.SIZE, true);
+      dv.setUint32(o + SW.num_sge, 0, true);
+    } else {
+      dv.setUint32(o + SW.inline_len, 0, true);
+      dv.setUint32(o + SW.num_sge, n, true);
+      for (let j = 0; j < n; j++) {
+        const s = sg![j]!;
+        writeSge(dv, o + SW.SIZE + j * SG.SIZE, s.addr, s.length, s.lkey);
+      }
+    }
+    this.prod = (this.prod + 1) >>> 0;
+    return -1;
   }
   /** Makes the WQEs written so far visible to the HCA. */
   publish(): void {
@@ -66,18 +136,15 @@ export class SendRingProducer extends SendRing {
   resync(): void {
     this.prod = this.consumed();
   }
-  writeSge(o: number, j: number, addr: bigint, length: number, lkey: number): void {
-    writeSge(this.dv, SendRing.sge(o, j), addr, length, lkey);
-  }
-  /** Where inline data of the WQE at o starts, as a byte offset into `bytes`. */
-  inlineAt(o: number): number {
-    return o + SW.SIZE;
-  }
 }
 
 /** The HCA's side: reads the WQEs the client published (every value still the client's: check before use). */
-export class SendRingConsumer extends SendRing {
-  constructor(buffer: ArrayBuffer, l: Pick<RingLayout, 'offset' | 'slots' | 'stride'>) {
+export class SendRingConsumer extends SendRing implements SendQueueConsumer {
+  constructor(
+    buffer: ArrayBuffer,
+    l: Pick<RingLayout, 'offset' | 'slots' | 'stride'>,
+    private readonly caps: { readonly maxSendSge: number; readonly maxInlineData: number },
+  ) {
     super(buffer, l);
     Atomics.store(this.hdr, PROD, 0);
     Atomics.store(this.hdr, CONS, 0);
@@ -92,30 +159,44 @@ export class SendRingConsumer extends SendRing {
   setState(s: number): void {
     Atomics.store(this.hdr, QP_STATE, s);
   }
-  /**
-   * Marks the ring idle: from now on the client rings. True if WQEs arrived since `before` (the producer index
-   * read when the run started) without a doorbell, and we took the ring back to look at them ourselves.
-   */
+  /** The ring header's SQ_IDLE word is the doorbell suppression `ring.ts` describes. */
   idle(before: number): boolean {
     Atomics.store(this.hdr, SQ_IDLE, 1);
     return this.produced() !== before && Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
   }
-  /** Marks the ring awake (the client rings no doorbell); false if the client had already claimed the wake-up. */
   wake(): boolean {
     return Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
   }
-  /** An SGE's address as a number (past 2^53: +Infinity, which no MR contains). */
-  sgeAddr(o: number, j: number): number {
-    return readU64Number(this.dv, SendRing.sge(o, j) + SG.addr);
-  }
-  sgeLength(o: number, j: number): number {
-    return this.dv.getUint32(SendRing.sge(o, j) + SG.length, true);
-  }
-  sgeLkey(o: number, j: number): number {
-    return this.dv.getUint32(SendRing.sge(o, j) + SG.lkey, true);
-  }
-  /** Copies the n inline bytes of the WQE at o into dst (a private copy: the client may change its ring at any time). */
-  copyInline(o: number, n: number, dst: Uint8Array): void {
-    copyBytes(dst, 0, this.bytes, o + SW.SIZE, n);
+  read(idx: number, w: SendWqeFields): void {
+    const dv = this.dv;
+    const o = this.slot(idx);
+    w.wrLo = dv.getUint32(o + SW.wr_id, true);
+    w.wrHi = dv.getUint32(o + SW.wr_id + 4, true);
+    const op = (w.opcode = dv.getUint32(o + SW.opcode, true));
+    const flags = (w.sendFlags = dv.getUint32(o + SW.send_flags, true));
+    w.imm = dv.getUint32(o + SW.imm_data, true);
+    w.remoteAddr = readU64Number(dv, o + SW.remote_addr);
+    w.rkey = dv.getUint32(o + SW.rkey, true);
+    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) {
+      w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
+      w.swap = dv.getBigUint64(o + SW.swap, true);
+    }
+    w.ahHandle = dv.getUint32(o + SW.ah_handle, true);
+    w.remoteQpn = dv.getUint32(o + SW.remote_qpn, true) & 0xffffff;
+    w.remoteQkey = dv.getUint32(o + SW.remote_qkey, true);
+    if ((w.inline = (flags & SendFlags.INLINE) !== 0)) {
+      const n = (w.inlineLen = dv.getUint32(o + SW.inline_len, true));
+      w.numSge = 0;
+      if (n <= this.caps.maxInlineData) copyBytes(w.inlineData, 0, this.bytes, o + SW.SIZE, n);
+      return;
+    }
+    const n = (w.numSge = dv.getUint32(o + SW.num_sge, true));
+    w.inlineLen = 0;
+    if (n > this.caps.maxSendSge) return;
+    for (let i = 0, s = o + SW.SIZE; i < n; i++, s += SG.SIZE) {
+      w.addr[i] = readU64Number(dv, s + SG.addr);
+      w.len[i] = dv.getUint32(s + SG.length, true);
+      w.lkey[i] = dv.getUint32(s + SG.lkey, true);
+    }
   }
 }

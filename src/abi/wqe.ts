@@ -1,9 +1,15 @@
 /**
- * Work requests as both sides see them: which work request opcodes each QP
- * type takes, one table the library checks when it posts and the HCA when
- * it reads a WQE.
+ * Work requests and completions as the HCA's engines see them, whichever
+ * provider layout a client's rings are in: the records a WQE is read into
+ * and a completion is written from, the interface each layout's queue
+ * implements on the HCA's side, and which work request opcodes each QP type
+ * takes (one table, checked by the library when it posts and by the HCA
+ * when it reads). `send-ring.ts`, `recv-ring.ts` and `cq-ring.ts` are the
+ * softverbs layout; another layout is one more class per queue
+ * implementing the same interface.
  */
 import { QpType, WrOpcode } from './enums.js';
+import type { WrId } from './ring.js';
 
 /** What a work request opcode is (rxe's `enum rxe_wr_mask`): the operation, and whether its data may be inline. */
 export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4 } as const;
@@ -37,4 +43,128 @@ export function wrMask(qpType: number, opcode: number): number {
   // whatever a client wrote or passed: only an integer in the row's range names an entry
   if (row === undefined || opcode >>> 0 !== opcode || opcode >= row.length) return 0;
   return row[opcode]!;
+}
+
+/**
+ * A send WQE read out of a client's ring: its values as the client wrote them, copied (a client rewriting
+ * its ring cannot change a WQE under the HCA) and not yet checked. Every layout's reader fills the same
+ * record; the HCA's SendWqe extends it with what the engines keep per WQE.
+ */
+export class SendWqeFields implements WrId {
+  wrLo = 0;
+  wrHi = 0;
+  opcode = 0;
+  sendFlags = 0;
+  imm = 0;
+  /** past 2^53: +Infinity, which no MR contains */
+  remoteAddr = 0;
+  rkey = 0;
+  /** read for atomics only (two BigInts per WQE otherwise) */
+  compareAdd = 0n;
+  swap = 0n;
+  /** UD: the client's handle of its address handle */
+  ahHandle = 0;
+  /** UD: 24 bits */
+  remoteQpn = 0;
+  remoteQkey = 0;
+  /** the data is in the WQE (inlineData), not behind SGEs */
+  inline = false;
+  /** inline bytes the client claims; copied into inlineData only when they fit it */
+  inlineLen = 0;
+  /** SGEs the client claims (0 for inline data); copied only when they fit addr/len/lkey */
+  numSge = 0;
+  readonly inlineData: Uint8Array;
+  /** SGE addresses as numbers (past 2^53: +Infinity) */
+  readonly addr: number[];
+  readonly len: number[];
+  readonly lkey: number[];
+  constructor(maxSge: number, maxInline: number) {
+    this.inlineData = new Uint8Array(maxInline);
+    this.addr = new Array<number>(maxSge).fill(0);
+    this.len = new Array<number>(maxSge).fill(0);
+    this.lkey = new Array<number>(maxSge).fill(0);
+  }
+}
+
+/** A receive WQE taken off the ring, as the HCA holds it while filling it (one per QP, reused). */
+export class RecvWqe implements WrId {
+  wrLo = 0;
+  wrHi = 0;
+  numSge = 0;
+  /** bytes the SGEs cover */
+  length = 0;
+  readonly addr: number[];
+  readonly len: number[];
+  readonly lkey: number[];
+  constructor(maxSge: number) {
+    this.addr = new Array<number>(maxSge).fill(0);
+    this.len = new Array<number>(maxSge).fill(0);
+    this.lkey = new Array<number>(maxSge).fill(0);
+  }
+}
+
+/** The fields of a completion both sides know, wr_id aside. */
+export interface CqeFields {
+  status: number;
+  opcode: number;
+  byteLen: number;
+  imm: number;
+  qpNum: number;
+  srcQp: number;
+  wcFlags: number;
+}
+
+/** A completion as the HCA writes it (wr_id as the WQE's two halves). */
+export interface CqeIn extends CqeFields, WrId {}
+
+/**
+ * A send queue as the engines use it. Indices are free-running 32-bit counts whatever the layout keeps in
+ * its header (a layout that stores masked indices converts), and the client's producer index is its
+ * claim, unchecked: the QP bounds it.
+ */
+export interface SendQueueConsumer {
+  readonly slots: number;
+  produced(): number;
+  /** WQEs before idx are done: their slots are the client's again. */
+  setConsumed(idx: number): void;
+  /** Shows the client the QP state, where the layout has a place for it. */
+  setState(s: number): void;
+  /**
+   * The HCA stops looking at this queue until a doorbell; true if WQEs arrived since the producer index
+   * `before` without one, and the HCA is to look at them itself.
+   */
+  idle(before: number): boolean;
+  /** The HCA looks at this queue without a doorbell; false if the client had already rung. */
+  wake(): boolean;
+  /** Copies the WQE at idx into w (counts past the QP's caps are kept, their entries not copied: the HCA refuses them). */
+  read(idx: number, w: SendWqeFields): void;
+}
+
+/** A receive queue (a QP's RQ or an SRQ) as the engines use it. */
+export interface RecvQueueConsumer {
+  readonly slots: number;
+  readonly maxSge: number;
+  /** Posted WQEs not taken yet (never more than the ring holds, whatever the client's index says). */
+  count(): number;
+  /** count() > 0, cheaply. */
+  any(): boolean;
+  /** Forgets everything posted (a QP reset). */
+  reset(): void;
+  /** Takes the head WQE into `out`; false if it is malformed (it is consumed anyway). */
+  take(out: RecvWqe): boolean;
+}
+
+/** A completion queue as the engines use it. */
+export interface CompletionProducer {
+  /** Completions written and not yet polled (more than the ring holds: the client's index is made up). */
+  used(): number;
+  /** Whether `cqe` completions wait unpolled, or the client's index is made up. */
+  full(cqe: number): boolean;
+  /** Writes one completion and shows it to the client (the caller has checked there is room). */
+  push(wc: CqeIn): void;
+  /** Disarms the CQ if this completion is one its arming asked for; true if a completion event is due. */
+  takeArm(solicited: boolean): boolean;
+  arm(solicitedOnly: boolean): void;
+  /** RESIZE_CQ: carries the completions not yet polled and the arming over to a new ring of `slots`. */
+  moveTo(buffer: ArrayBuffer, slots: number): void;
 }

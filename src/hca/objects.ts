@@ -5,8 +5,7 @@
  * is checked before use.
  */
 import { Access, EventType } from '../abi/enums.js';
-import { CqRingProducer } from '../abi/cq-ring.js';
-import type { RecvRingConsumer } from '../abi/recv-ring.js';
+import type { CompletionProducer, CqeIn, RecvQueueConsumer } from '../abi/wqe.js';
 import { type Mapping, unmap as unmapOld } from '../native/libc.js';
 
 /** Where the HCA reports events: the owning context's event streams. */
@@ -54,7 +53,7 @@ export class Mr {
 }
 
 /** One completion to write; reused, never allocated per completion. */
-export class Wc {
+export class Wc implements CqeIn {
   wrLo = 0;
   wrHi = 0;
   status = 0;
@@ -78,17 +77,15 @@ export class Cq {
   compEvents = 0;
   asyncEvents = 0;
   errored = false;
-  readonly ring: CqRingProducer;
   constructor(
     readonly owner: Owner,
     readonly userHandle: bigint,
     public mapping: Mapping,
-    slots: number,
+    /** the completion ring in `mapping`, in the layout of the owner's provider */
+    readonly ring: CompletionProducer,
     public cqe: number,
     public channel: object | null,
-  ) {
-    this.ring = new CqRingProducer(mapping.buffer, slots);
-  }
+  ) {}
 
   /**
    * Writes a completion. A full ring is an overrun: the completion is lost,
@@ -132,7 +129,7 @@ export class Srq {
     readonly userHandle: bigint,
     readonly pd: Pd,
     public mapping: Mapping,
-    public ring: RecvRingConsumer,
+    public ring: RecvQueueConsumer,
     readonly srqn: number,
   ) {}
   /** After a WQE is taken: fire SRQ_LIMIT_REACHED once when the count drops below the armed limit. */

@@ -6,10 +6,8 @@
  */
 import { Access, mtuBytes, QpAttrMask as A, qpAttrMaskNames, QpState, qpStateName, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import type { QpCaps } from '../abi/queue.js';
-import { RecvWqe, type RecvRingConsumer } from '../abi/recv-ring.js';
-import { copyBytes, readU64Number } from '../abi/ring.js';
-import { SendRingConsumer, SW } from '../abi/send-ring.js';
-import { WrMask, wrMask } from '../abi/wqe.js';
+import { copyBytes } from '../abi/ring.js';
+import { RecvWqe, SendWqeFields, WrMask, wrMask, type RecvQueueConsumer, type SendQueueConsumer } from '../abi/wqe.js';
 import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
@@ -51,41 +49,21 @@ export function wqeBytes(maxSge: number, maxInline: number): number {
   return 400 + maxInline + maxSge * 40;
 }
 
-/** A send WQE as the HCA holds it: a private copy, so a client rewriting its ring cannot change a WQE under us. */
-export class SendWqe {
+/** A send WQE as the HCA holds it: the fields read from the ring (a private copy), and what the engines keep while it runs. */
+export class SendWqe extends SendWqeFields {
   state: number = WqeState.FREE;
   /** what the last packet of a UC/UD message runs once it has left, to complete this WQE (made once per WQE object) */
   onSent: (() => void) | null = null;
-  wrLo = 0;
-  wrHi = 0;
-  opcode = 0;
-  sendFlags = 0;
-  numSge = 0;
-  imm = 0;
-  remoteAddr = 0;
-  rkey = 0;
-  compareAdd = 0n;
-  swap = 0n;
   ah: Ah | null = null;
-  remoteQpn = 0;
-  remoteQkey = 0;
-  inline = false;
-  inlineData: Uint8Array;
   length = 0;
-  addr: number[];
-  len: number[];
-  lkey: number[];
-  mr: Array<Mr | null>;
+  readonly mr: Array<Mr | null>;
   firstPsn = 0;
   lastPsn = 0;
   /** Bytes (or, for READ, response packets) handled so far. */
   offset = 0;
   status = 0;
   constructor(maxSge: number, maxInline: number) {
-    this.inlineData = new Uint8Array(maxInline);
-    this.addr = new Array(maxSge).fill(0);
-    this.len = new Array(maxSge).fill(0);
-    this.lkey = new Array(maxSge).fill(0);
+    super(maxSge, maxInline);
     this.mr = new Array(maxSge).fill(null);
   }
   get isReadOrAtomic(): boolean {
@@ -277,8 +255,7 @@ export class Qp {
   /** Daemon memory charged to the owner for this QP (given back when it is destroyed). */
   chargedBytes = 0;
 
-  // send ring
-  readonly sq: SendRingConsumer;
+  readonly sq: SendQueueConsumer;
   readonly wqes: SendWqe[];
 
   /** Requester (rxe qp->req): next WQE index to work on, next PSN, READ/ATOMIC in flight, packets since an ACK was asked for. */
@@ -318,19 +295,19 @@ export class Qp {
     readonly sendCq: Cq,
     readonly recvCq: Cq,
     readonly srq: Srq | null,
-    readonly rq: RecvRingConsumer | null,
+    readonly rq: RecvQueueConsumer | null,
     readonly sqSigAll: boolean,
     readonly caps: QpCaps,
     public mapping: Mapping,
-    sqLayout: { offset: number; slots: number; stride: number },
+    sq: SendQueueConsumer,
     userHandle: bigint,
   ) {
     this.userHandle = userHandle;
     this.srcPort = udpSportOfQpn(qpn);
-    this.sq = new SendRingConsumer(mapping.buffer, sqLayout);
+    this.sq = sq;
     // WQE state for what is in flight, not for every slot of the ring: it grows (doubling, up to the ring) as the
     // window from the oldest unfinished WQE widens (all slots at once cost ~40 MB for a QP at the maximum caps)
-    this.wqes = Array.from({ length: Math.min(sqLayout.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
+    this.wqes = Array.from({ length: Math.min(sq.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }
 
@@ -376,64 +353,44 @@ export class Qp {
    */
   fetch(idx: number): number {
     const w = this.wqeAt(idx);
-    const sq = this.sq;
-    const dv = sq.dv;
-    const o = sq.slot(idx);
+    this.sq.read(idx, w);
     w.state = WqeState.POSTED;
-    w.wrLo = dv.getUint32(o + SW.wr_id, true);
-    w.wrHi = dv.getUint32(o + SW.wr_id + 4, true);
-    w.opcode = dv.getUint32(o + SW.opcode, true);
-    w.sendFlags = dv.getUint32(o + SW.send_flags, true) | (this.sqSigAll ? SendFlags.SIGNALED : 0);
-    w.imm = dv.getUint32(o + SW.imm_data, true);
-    w.remoteAddr = readU64Number(dv, o + SW.remote_addr);
-    w.rkey = dv.getUint32(o + SW.rkey, true);
-    w.remoteQpn = dv.getUint32(o + SW.remote_qpn, true) & 0xffffff;
-    w.remoteQkey = dv.getUint32(o + SW.remote_qkey, true);
-    w.inline = (w.sendFlags & SendFlags.INLINE) !== 0;
+    if (this.sqSigAll) w.sendFlags |= SendFlags.SIGNALED;
     w.offset = 0;
     w.status = 0;
     w.length = 0;
     w.ah = null;
-    w.numSge = 0;
     const t = this.type;
     const m = wrMask(t, w.opcode);
     if (m === 0) return WcStatus.LOC_QP_OP_ERR;
-    // only atomics carry these (two BigInts each WQE would otherwise make)
-    if (m & WrMask.ATOMIC) {
-      w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
-      w.swap = dv.getBigUint64(o + SW.swap, true);
-    }
     if (t === QpType.UD) {
-      w.ah = this.owner.lookupAh(dv.getUint32(o + SW.ah_handle, true));
+      w.ah = this.owner.lookupAh(w.ahHandle);
       if (!w.ah || w.ah.pd !== this.pd) return WcStatus.LOC_QP_OP_ERR;
     }
     if (w.inline) {
       if (!(m & WrMask.INLINE)) return WcStatus.LOC_QP_OP_ERR;
-      const n = dv.getUint32(o + SW.inline_len, true);
-      if (n > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
-      sq.copyInline(o, n, w.inlineData);
-      w.length = n;
+      if (w.inlineLen > this.caps.maxInlineData) return WcStatus.LOC_LEN_ERR;
+      w.length = w.inlineLen;
       return this.checkLength(w);
     }
-    const n = dv.getUint32(o + SW.num_sge, true);
-    if (n > this.caps.maxSendSge) return WcStatus.LOC_QP_OP_ERR;
-    w.numSge = n;
+    const n = w.numSge;
+    if (n > this.caps.maxSendSge) {
+      // the reader copied none of them
+      w.numSge = 0;
+      return WcStatus.LOC_QP_OP_ERR;
+    }
     // READ and atomics write into local memory: their SGEs need LOCAL_WRITE
     const need = m & (WrMask.READ | WrMask.ATOMIC) ? Access.LOCAL_WRITE : 0;
     for (let i = 0; i < n; i++) {
-      const addr = sq.sgeAddr(o, i);
-      const len = sq.sgeLength(o, i);
-      const lkey = sq.sgeLkey(o, i);
-      w.addr[i] = addr;
-      w.len[i] = len;
-      w.lkey[i] = lkey;
+      const len = w.len[i]!;
       w.length += len;
       if (len === 0) {
         w.mr[i] = null;
         continue;
       }
+      const lkey = w.lkey[i]!;
       const mr = this.dev.lookupMr(lkey);
-      if (!mr || mr.key !== lkey || mr.pd !== this.pd || (mr.access & need) !== need || !mr.contains(addr, len)) return WcStatus.LOC_PROT_ERR;
+      if (!mr || mr.key !== lkey || mr.pd !== this.pd || (mr.access & need) !== need || !mr.contains(w.addr[i]!, len)) return WcStatus.LOC_PROT_ERR;
       w.mr[i] = mr;
     }
     if (m & WrMask.ATOMIC && w.length !== 8) return WcStatus.LOC_LEN_ERR;

@@ -9,7 +9,7 @@
 import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStatusName } from '../abi/enums.js';
 import { postRecvWc, toError } from './completion.js';
 import { SglCursor, type Mr } from './objects.js';
-import type { RecvWqe } from '../abi/recv-ring.js';
+import type { RecvWqe } from '../abi/wqe.js';
 import { copyBytes } from '../abi/ring.js';
 import { writeIpUdp } from './codec.js';
 import { gidIp, isV4Gid } from './gid.js';

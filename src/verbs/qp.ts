@@ -7,7 +7,7 @@ import { QpAttrMask, QpState, QpType, SendFlags, qpStateName } from '../abi/enum
 import type { Input } from '../abi/layout.js';
 import type { QpCaps, RingLayout } from '../abi/queue.js';
 import { RecvRingProducer } from '../abi/recv-ring.js';
-import { SendRingProducer, SW } from '../abi/send-ring.js';
+import { SendRingProducer } from '../abi/send-ring.js';
 import * as U from '../abi/uverbs.js';
 import { WrMask, wrMask } from '../abi/wqe.js';
 import { unmap, type Mapping } from '../native/libc.js';
@@ -43,7 +43,7 @@ export class QueuePair {
     rq: RingLayout | null,
   ) {
     this.qpType = init.qpType;
-    this.sq = new SendRingProducer(mapping.buffer, sq);
+    this.sq = new SendRingProducer(mapping.buffer, sq, atAddress);
     this.rq = rq ? new RecvRingProducer(mapping.buffer, rq, cap.maxRecvSge) : null;
     this.userHandle = pd.context.register(this);
   }
@@ -115,15 +115,14 @@ export class QueuePair {
     const sq = this.sq;
     if (sq.full()) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
     try {
-      this.writeWqe(wr, sq.slot(sq.prod), i);
+      this.writeWqe(wr, i);
     } catch (e) {
       throw malformed('ibv_post_send', e, i, wr);
     }
-    sq.prod = (sq.prod + 1) >>> 0;
   }
 
-  private writeWqe(wr: SendWr, o: number, i: number): void {
-    const dv = this.sq.dv;
+  /** Checks the WR as the provider does, and writes it into the ring at the producer index. */
+  private writeWqe(wr: SendWr, i: number): void {
     const op = wr.opcode;
     const t = this.qpType;
     const flags = wr.sendFlags ?? 0;
@@ -133,42 +132,14 @@ export class QueuePair {
     if (t === QpType.UD && !wr.ud) throw badWr('ibv_post_send', 'EINVAL', 'a UD send needs wr.ud (ah, remoteQpn, remoteQkey)', i, wr);
     if (m & (WrMask.WRITE | WrMask.READ) && !wr.rdma) throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
     if (m & WrMask.ATOMIC && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
-    dv.setBigUint64(o + SW.wr_id, big(wr.wrId ?? 0), true);
-    dv.setUint32(o + SW.opcode, op, true);
-    dv.setUint32(o + SW.send_flags, flags, true);
-    dv.setUint32(o + SW.imm_data, (wr.imm ?? 0) >>> 0, true);
-    const remote = wr.rdma ?? wr.atomic;
-    dv.setBigUint64(o + SW.remote_addr, big(remote?.remoteAddr ?? 0), true);
-    dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
-    dv.setBigUint64(o + SW.compare_add, BigInt.asUintN(64, big(wr.atomic?.compareAdd ?? 0)), true);
-    dv.setBigUint64(o + SW.swap, BigInt.asUintN(64, big(wr.atomic?.swap ?? 0)), true);
-    dv.setUint32(o + SW.ah_handle, wr.ud ? wr.ud.ah.handle : 0, true);
-    dv.setUint32(o + SW.remote_qpn, wr.ud ? wr.ud.remoteQpn : 0, true);
-    dv.setUint32(o + SW.remote_qkey, wr.ud ? wr.ud.remoteQkey >>> 0 : 0, true);
     if (flags & SendFlags.INLINE) {
       if (!(m & WrMask.INLINE)) throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
       let len = 0;
       for (const s of sg) len += s.length;
       if (len > this.cap.maxInlineData) throw badWr('ibv_post_send', 'EINVAL', `${len} inline bytes > max_inline_data ${this.cap.maxInlineData}`, i, wr);
-      let at = this.sq.inlineAt(o);
-      for (const s of sg) {
-        // inline data is copied now, from wherever it is in this process: no lkey needed (as in libibverbs)
-        const src = atAddress(big(s.addr), s.length);
-        if (!src) throw badWr('ibv_post_send', 'EFAULT', `inline SGE at 0x${big(s.addr).toString(16)} is not memory from allocBuffer`, i, wr);
-        this.sq.bytes.set(src, at);
-        at += s.length;
-      }
-      dv.setUint32(o + SW.inline_len, len, true);
-      dv.setUint32(o + SW.num_sge, 0, true);
-      return;
-    }
-    if (sg.length > this.cap.maxSendSge) throw badWr('ibv_post_send', 'EINVAL', `${sg.length} SGEs > max_send_sge ${this.cap.maxSendSge}`, i, wr);
-    dv.setUint32(o + SW.inline_len, 0, true);
-    dv.setUint32(o + SW.num_sge, sg.length, true);
-    for (let j = 0; j < sg.length; j++) {
-      const s = sg[j]!;
-      this.sq.writeSge(o, j, big(s.addr), s.length, s.lkey);
-    }
+    } else if (sg.length > this.cap.maxSendSge) throw badWr('ibv_post_send', 'EINVAL', `${sg.length} SGEs > max_send_sge ${this.cap.maxSendSge}`, i, wr);
+    const bad = this.sq.write(wr);
+    if (bad >= 0) throw badWr('ibv_post_send', 'EFAULT', `inline SGE at 0x${big(sg[bad]!.addr).toString(16)} is not memory from allocBuffer`, i, wr);
   }
 
   /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */

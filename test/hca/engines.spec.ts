@@ -8,10 +8,10 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { Access, Mtu, QpState, QpType, SendFlags, WcOpcode, WcStatus, WrOpcode } from '../../src/abi/enums.js';
-import { CqRingConsumer, type CqeOut } from '../../src/abi/cq-ring.js';
+import { CqRingConsumer, CqRingProducer, type CqeOut } from '../../src/abi/cq-ring.js';
 import { cqLayout, qpLayout } from '../../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
-import { SendRingProducer, SW } from '../../src/abi/send-ring.js';
+import { SendRingConsumer, SendRingProducer } from '../../src/abi/send-ring.js';
 import { SoftDevice } from '../../src/hca/device.js';
 import { Fabric, Fault } from '../../src/hca/fabric.js';
 import { gidOf } from '../../src/hca/gid.js';
@@ -73,11 +73,11 @@ function rig(type: number = QpType.RC, peer: { spans?: boolean } = {}): Rig {
   const pd = new Pd(owner);
   const cl = cqLayout(64);
   const cqMem = mapAnon(cl.bytes);
-  const cq = new Cq(owner, 1n, cqMem, cl.slots, cl.cqe, null);
+  const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
   const l = qpLayout(CAPS, false)!;
   const qpMem: Mapping = mapAnon(l.bytes);
   const rqc = new RecvRingConsumer(qpMem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, l.caps.maxRecvSge);
-  const qp = new Qp(dev, owner, 0x42, type, pd, cq, cq, null, rqc, false, l.caps, qpMem, l.sq, 2n);
+  const qp = new Qp(dev, owner, 0x42, type, pd, cq, cq, null, rqc, false, l.caps, qpMem, new SendRingConsumer(qpMem.buffer, l.sq, l.caps), 2n);
   dev.qps.set(qp.qpn, qp);
   qp.attr.destQpn = 0x99;
   qp.attr.path.dgid = PEER_GID;
@@ -108,17 +108,10 @@ function rig(type: number = QpType.RC, peer: { spans?: boolean } = {}): Rig {
 
 /** Posts one send WQE the way the library does, and rings the doorbell. */
 function postSend(r: Rig, wr: { wrId: bigint; opcode: number; offset?: number; length: number; remoteAddr?: number; rkey?: number; flags?: number }): void {
-  const o = r.sq.slot(r.sq.prod);
-  const dv = r.sq.dv;
-  dv.setBigUint64(o + SW.wr_id, wr.wrId, true);
-  dv.setUint32(o + SW.opcode, wr.opcode, true);
-  dv.setUint32(o + SW.send_flags, wr.flags ?? SendFlags.SIGNALED, true);
-  dv.setBigUint64(o + SW.remote_addr, BigInt(wr.remoteAddr ?? 0), true);
-  dv.setUint32(o + SW.rkey, wr.rkey ?? 0, true);
-  dv.setUint32(o + SW.inline_len, 0, true);
-  dv.setUint32(o + SW.num_sge, 1, true);
-  r.sq.writeSge(o, 0, BigInt(r.mr.iova + (wr.offset ?? 0)), wr.length, r.mr.key);
-  r.sq.prod = (r.sq.prod + 1) >>> 0;
+  r.sq.write({
+    wrId: wr.wrId, opcode: wr.opcode, sendFlags: wr.flags ?? SendFlags.SIGNALED, rdma: { remoteAddr: wr.remoteAddr ?? 0, rkey: wr.rkey ?? 0 },
+    sgList: [{ addr: r.mr.iova + (wr.offset ?? 0), length: wr.length, lkey: r.mr.key }],
+  });
   r.sq.publish();
   r.dev.doorbell(r.qp);
 }

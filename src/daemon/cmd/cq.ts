@@ -7,6 +7,7 @@ import { Cq } from '../../hca/objects.js';
 import type { Context } from '../context.js';
 import { CompChannel } from '../events.js';
 import { need, type Commands } from './command.js';
+import { CqRingProducer } from '../../abi/cq-ring.js';
 
 function createCompChannel(ctx: Context): Buffer {
   ctx.admit('comp_channel');
@@ -30,7 +31,7 @@ function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'>):
   ctx.admit('cq');
   const l = cqLayout(cqe);
   const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
-  const cq = new Cq(ctx, r.user_handle, m.mapping, l.slots, l.cqe, ch);
+  const cq = new Cq(ctx, r.user_handle, m.mapping, new CqRingProducer(m.mapping.buffer, l.slots), l.cqe, ch);
   if (ch) ch.users++;
   return pack(U.CREATE_CQ_RESP, { cq_handle: ctx.add({ type: 'cq', obj: cq }), cqe: l.cqe });
 }

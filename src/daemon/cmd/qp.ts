@@ -3,6 +3,7 @@ import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType } from '.
 import { pack } from '../../abi/layout.js';
 import { Limits, qpLayout } from '../../abi/queue.js';
 import { RecvRingConsumer } from '../../abi/recv-ring.js';
+import { SendRingConsumer } from '../../abi/send-ring.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { udpSport } from '../../hca/codec.js';
@@ -36,7 +37,8 @@ function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'>):
   const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
   ctx.host.quotas.take(ctx.uid, 'memory', bytes);
   const rq = l.rq ? new RecvRingConsumer(m.mapping.buffer, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
-  const qp = new Qp(ctx.dev, ctx, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, l.sq, r.user_handle);
+  const sq = new SendRingConsumer(m.mapping.buffer, l.sq, l.caps);
+  const qp = new Qp(ctx.dev, ctx, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, sq, r.user_handle);
   qp.chargedBytes = bytes;
   qp.setMtu(5, ctx.dev.mtuBytes);
   ctx.dev.qps.set(qpn, qp);
