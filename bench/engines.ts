@@ -1,9 +1,10 @@
 /**
  * The HCA's own cost: the requester, responder and completer of two RC QPs
  * on one device, driven through their rings in this process (the rings' own
- * encoders write the WQEs; no daemon, no socket, no client library). What is left of a message's or a WRITE's time
- * here is the engines' and the fabric's; the gap to the daemon-backed lines
- * is IPC, wake-ups and the library.
+ * encoders write the WQEs; no daemon, no socket, no client library). What
+ * is left of a message's or a WRITE's time here is the engines' and the
+ * fabric's; the gap to the daemon-backed lines is IPC, wake-ups and the
+ * library.
  */
 import { Mtu, QpState, QpType, SendFlags, WrOpcode } from '../src/abi/enums.js';
 import { CqRingConsumer, CqRingProducer, type CqeOut } from '../src/abi/cq-ring.js';

@@ -4,24 +4,13 @@
  * them.
  */
 import { offsets } from './layout.js';
-import { CONS, NOTIFY, Notify, PROD, RING_HDR } from './ring.js';
+import { CONS, NOTIFY, Notify, PROD, RING_HDR, word } from './ring.js';
 import { WC } from './uverbs.js';
 import type { CompletionProducer, CqeFields, CqeIn } from './wqe.js';
 
 export const CQE = offsets(WC);
 
-/**
- * The HCA writes a completion as words through a Uint32Array (a DataView store per field is a visible part
- * of the engines' time per message): that is the ABI's little-endian layout only on a little-endian host,
- * which every platform the native layer supports (x86-64, aarch64) is.
- */
-if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) throw new Error('softverbs: the completion ring is written in host byte order, and this host is big-endian');
-
-/** The word of a slot (its index in a Uint32Array) where a completion field starts; every field push() writes as a word is aligned. */
-function word(offset: number): number {
-  if (offset % 4) throw new Error(`softverbs: ib_uverbs_wc field at byte ${offset} is not word aligned`);
-  return offset / 4;
-}
+/** Word indices of a completion's fields: push() writes it as words (`ring.ts` says why). */
 const W_WR_ID = word(CQE.wr_id);
 const W_STATUS = word(CQE.status);
 const W_OPCODE = word(CQE.opcode);

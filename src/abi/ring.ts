@@ -7,6 +7,19 @@
  */
 import { offsets, struct } from './layout.js';
 
+/**
+ * The HCA reads WQEs and writes completions as words through Uint32Arrays (fewer and cheaper operations than
+ * DataView's per field): that is the ABI's little-endian layout only on a little-endian host, which every
+ * platform the native layer supports (x86-64, aarch64) is.
+ */
+if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) throw new Error('softverbs: the rings are read and written in host byte order, and this host is big-endian');
+
+/** The word (index into a Uint32Array) where a field at this byte offset starts; the fields read or written as words are aligned. */
+export function word(offset: number): number {
+  if (offset % 4) throw new Error(`softverbs: a ring field at byte ${offset} is not word aligned`);
+  return offset / 4;
+}
+
 /** Ring header: each index on its own cache line so the two writers do not share one. */
 export const RING_HDR = 256;
 /** Word offsets (Int32Array index) in the header. */
@@ -64,6 +77,12 @@ export interface RingLayout {
 export function readU64Number(dv: DataView, o: number): number {
   const hi = dv.getUint32(o + 4, true);
   return hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * 0x100000000 + dv.getUint32(o, true);
+}
+
+/** readU64Number() of the u64 at word i of a little-endian ring seen as words. */
+export function wordsU64Number(u: Uint32Array, i: number): number {
+  const hi = u[i + 1]!;
+  return hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * 0x100000000 + u[i]!;
 }
 
 /**

@@ -29,20 +29,19 @@ export const WR_OPCODES: Readonly<Record<number, Readonly<Partial<Record<number,
   [QpType.UD]: { [WrOpcode.SEND]: SEND, [WrOpcode.SEND_WITH_IMM]: SEND },
 };
 
-/** The table as one array per QP type, indexed by opcode: a lookup per WQE on the engines' path. */
-const BY_TYPE: Array<readonly number[] | undefined> = [];
+/** The table flat, [QP type (8 bits)][opcode (4 bits)]: a typed-array load per WQE on the engines' path, no dearer than the comparisons it replaces. */
+const FLAT = new Uint8Array(256 << 4);
 for (const [type, row] of Object.entries(WR_OPCODES)) {
-  const a = new Array<number>(Math.max(...Object.keys(row).map(Number)) + 1).fill(0);
-  for (const [op, mask] of Object.entries(row)) a[Number(op)] = mask!;
-  BY_TYPE[Number(type)] = a;
+  for (const [op, mask] of Object.entries(row)) {
+    if (Number(type) > 0xff || Number(op) > 0xf) throw new Error(`softverbs: WR_OPCODES[${type}][${op}] is outside the flat table`);
+    FLAT[(Number(type) << 4) | Number(op)] = mask!;
+  }
 }
 
 /** The WrMask bits of `opcode` on a QP of type `qpType`; 0 when that QP type does not take it (or it is no opcode at all). */
 export function wrMask(qpType: number, opcode: number): number {
-  const row = BY_TYPE[qpType];
-  // whatever a client wrote or passed: only an integer in the row's range names an entry
-  if (row === undefined || opcode >>> 0 !== opcode || opcode >= row.length) return 0;
-  return row[opcode]!;
+  // whatever a client wrote or passed: only an integer within the table names an entry
+  return opcode >>> 0 === opcode && opcode < 16 && qpType >>> 0 === qpType && qpType < 256 ? FLAT[(qpType << 4) | opcode]! : 0;
 }
 
 /**
