@@ -7,6 +7,7 @@ import { offsets } from './layout.js';
 import { CONS, NOTIFY, Notify, PROD, RING_HDR, word } from './ring.js';
 import { WC } from './uverbs.js';
 import type { CompletionProducer, CqeFields, CqeIn } from './wqe.js';
+import { ErrnoError } from '../common/errors.js';
 
 export const CQE = offsets(WC);
 
@@ -29,11 +30,16 @@ const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
 // the fields it leaves 0 or 1 are the ones sharing those two words
 const WORDS = [W_WR_ID, W_WR_ID + 1, W_STATUS, W_OPCODE, W_VENDOR_ERR, W_BYTE_LEN, W_IMM, W_QP_NUM, W_SRC_QP, W_WC_FLAGS, W_PKEY_SLID, W_PORT];
 if (WORDS.length * 4 !== CQE.SIZE || new Set(WORDS).size !== WORDS.length || Math.max(...WORDS) * 4 >= CQE.SIZE || CQE.slid >> 2 !== W_PKEY_SLID || CQE.port_num >> 2 !== W_PORT) {
-  throw new Error('softverbs: ib_uverbs_wc is not the shape push() writes');
+  throw new ErrnoError('EINVAL', 'softverbs: ib_uverbs_wc is not the shape push() writes');
 }
 
-/** A completion as the library reads it (struct ibv_wc). */
-export interface CqeOut extends CqeFields {
+/**
+ * A completion as the library reads it (struct ibv_wc): the words as they are in the ring, status and opcode
+ * included (the HCA wrote them; the reader says what an unknown value is).
+ */
+export interface CqeOut extends Omit<CqeFields, 'status' | 'opcode'> {
+  status: number;
+  opcode: number;
   wrId: bigint;
   vendorErr: number;
   pkeyIndex: number;

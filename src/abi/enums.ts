@@ -120,6 +120,11 @@ export function mtuOfBytes(bytes: number): Mtu | undefined {
   return i < 0 ? undefined : ((i + 1) as Mtu);
 }
 
+/** Is n a state a QP can be in or be moved to (RESET to ERR)? */
+export function isQpState(n: number): n is QpState {
+  return Number.isInteger(n) && n >= QpState.RESET && n <= QpState.ERR;
+}
+
 /** Is n an ibv_mtu value? */
 export function isMtu(n: number): n is Mtu {
   return Number.isInteger(n) && n >= 1 && n <= 5;

@@ -6,17 +6,18 @@
  * what the engines see of them, whatever the layout, `wqe.ts`.
  */
 import { offsets, struct } from './layout.js';
+import { ErrnoError } from '../common/errors.js';
 
 /**
  * The HCA reads WQEs and writes completions as words through Uint32Arrays (fewer and cheaper operations than
  * DataView's per field): that is the ABI's little-endian layout only on a little-endian host, which every
  * platform the native layer supports (x86-64, aarch64) is.
  */
-if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) throw new Error('softverbs: the rings are read and written in host byte order, and this host is big-endian');
+if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) throw new ErrnoError('EOPNOTSUPP', 'softverbs: the rings are read and written in host byte order, and this host is big-endian');
 
 /** The word (index into a Uint32Array) where a field at this byte offset starts; the fields read or written as words are aligned. */
 export function word(offset: number): number {
-  if (offset % 4) throw new Error(`softverbs: a ring field at byte ${offset} is not word aligned`);
+  if (offset % 4) throw new ErrnoError('EINVAL', `softverbs: a ring field at byte ${offset} is not word aligned`);
   return offset / 4;
 }
 

@@ -8,8 +8,9 @@
  * softverbs layout; another layout is one more class per queue
  * implementing the same interface.
  */
-import { QpType, WrOpcode } from './enums.js';
+import { QpType, WcOpcode, WcStatus, WrOpcode } from './enums.js';
 import type { WrId } from './ring.js';
+import { ErrnoError } from '../common/errors.js';
 
 /** What a work request opcode is (rxe's `enum rxe_wr_mask`): the operation, and whether its data may be inline. */
 export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4 } as const;
@@ -33,7 +34,7 @@ export const WR_OPCODES: Readonly<Record<number, Readonly<Partial<Record<number,
 const FLAT = new Uint8Array(256 << 4);
 for (const [type, row] of Object.entries(WR_OPCODES)) {
   for (const [op, mask] of Object.entries(row)) {
-    if (Number(type) > 0xff || Number(op) > 0xf) throw new Error(`softverbs: WR_OPCODES[${type}][${op}] is outside the flat table`);
+    if (Number(type) > 0xff || Number(op) > 0xf) throw new ErrnoError('EINVAL', `softverbs: WR_OPCODES[${type}][${op}] is outside the flat table`);
     FLAT[(Number(type) << 4) | Number(op)] = mask!;
   }
 }
@@ -104,8 +105,8 @@ export class RecvWqe implements WrId {
 
 /** The fields of a completion both sides know, wr_id aside. */
 export interface CqeFields {
-  status: number;
-  opcode: number;
+  status: WcStatus;
+  opcode: WcOpcode;
   byteLen: number;
   imm: number;
   qpNum: number;

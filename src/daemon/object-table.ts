@@ -9,6 +9,7 @@ import type { Ah, Cq, Mr, Pd, Srq } from '../hca/objects.js';
 import type { Qp } from '../hca/qp.js';
 import type { Context } from './context.js';
 import { CompChannel } from './events.js';
+import { ErrnoError } from '../common/errors.js';
 
 export interface ObjectType<O> {
   /** The device limit QUERY_DEVICE advertises as max_<type>: past it the next create is EINVAL, as rxe's pools. */
@@ -148,7 +149,7 @@ export const OBJ_TYPES = Object.keys(OBJECT_TYPES) as ObjType[];
 for (const [i, t] of OBJ_TYPES.entries())
   for (const h of OBJECT_TYPES[t].holds) {
     const at = OBJ_TYPES.indexOf(h as ObjType);
-    if (at <= i) throw new Error(`object table: ${t} holds ${h}, which ${at < 0 ? 'has no row' : 'must come after it'}`);
+    if (at <= i) throw new ErrnoError('EINVAL', `object table: ${t} holds ${h}, which ${at < 0 ? 'has no row' : 'must come after it'}`);
   }
 
 /** An entry's row, typed for its object (TypeScript does not tie e.obj's type to e.type through the lookup). */

@@ -48,7 +48,7 @@ const u64 = new Uint8Array(8);
 const u64dv = new DataView(u64.buffer);
 
 /** What one packet's run carries from state to state. */
-const run$ = { p: null as Pkt | null, w: null as SendWqe | null, progressed: false, status: 0 };
+const run$: { p: Pkt | null; w: SendWqe | null; progressed: boolean; status: WcStatus } = { p: null, w: null, progressed: false, status: WcStatus.SUCCESS };
 
 /** An answer that is past the whole of a SEND/WRITE WQE acknowledges it implicitly (IBA 9.7.5.1.3). */
 const impliedAck = (p: Pkt, w: SendWqe): boolean => psnDiff(p.psn, w.lastPsn) > 0 && !w.isReadOrAtomic;

@@ -14,7 +14,7 @@ import { Task } from './scheduler.js';
 /** The one completion being written; reused, never allocated per completion. */
 const wc = new Wc();
 
-export function wcOpcode(op: number): number {
+export function wcOpcode(op: number): WcOpcode {
   switch (op) {
     case WrOpcode.RDMA_WRITE:
     case WrOpcode.RDMA_WRITE_WITH_IMM:
@@ -31,7 +31,7 @@ export function wcOpcode(op: number): number {
 }
 
 /** Retires the oldest WQE with `status`, writing a completion if it is signaled or failed. */
-export function retire(qp: Qp, w: SendWqe, status: number): void {
+export function retire(qp: Qp, w: SendWqe, status: WcStatus): void {
   if (w.isReadOrAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
   w.state = WqeState.FREE;
   // comp.psn: the first PSN not yet answered, whatever retired this WQE (ACK, implied ACK, response)
@@ -70,7 +70,7 @@ export function failWqe(qp: Qp): void {
   // The QP is in ERR before its error completion shows: whoever sees that completion and looks at the QP finds it in ERR
   const was = qp.state;
   qp.state = QpState.ERR;
-  let status: number = WcStatus.GENERAL_ERR;
+  let status: WcStatus = WcStatus.GENERAL_ERR;
   while (qp.comp.idx !== qp.req.idx) {
     const w = qp.wqeAt(qp.comp.idx);
     if (w.status !== 0) {
@@ -84,7 +84,7 @@ export function failWqe(qp: Qp): void {
 }
 
 /** The oldest WQE completes with `status` (an answer the requester refuses, or retries exhausted), then ERR. */
-export function failHead(qp: Qp, w: SendWqe, status: number): void {
+export function failHead(qp: Qp, w: SendWqe, status: WcStatus): void {
   const was = qp.state;
   qp.state = QpState.ERR;
   retire(qp, w, status);
@@ -137,7 +137,7 @@ export function flushRecv(qp: Qp): void {
 }
 
 /** Posts a receive completion; false when the receive CQ overran (the completion is lost: the caller moves the QP to ERR). */
-export function postRecvWc(qp: Qp, w: WrId, status: number, opcode: number, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): boolean {
+export function postRecvWc(qp: Qp, w: WrId, status: WcStatus, opcode: WcOpcode, byteLen: number, imm: number, srcQp: number, solicited: boolean, flags = 0): boolean {
   wc.clear();
   wc.wrLo = w.wrLo;
   wc.wrHi = w.wrHi;

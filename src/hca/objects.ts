@@ -4,7 +4,7 @@
  * memory is shared with the client that owns them; everything read from it
  * is checked before use.
  */
-import { Access, EventType } from '../abi/enums.js';
+import { Access, EventType, WcOpcode, WcStatus } from '../abi/enums.js';
 import type { CompletionProducer, CqeIn, RecvQueueConsumer } from '../abi/wqe.js';
 import { type Mapping, unmap as unmapOld } from '../native/libc.js';
 
@@ -56,8 +56,8 @@ export class Mr {
 export class Wc implements CqeIn {
   wrLo = 0;
   wrHi = 0;
-  status = 0;
-  opcode = 0;
+  status: WcStatus = WcStatus.SUCCESS;
+  opcode: WcOpcode = WcOpcode.SEND;
   byteLen = 0;
   imm = 0;
   qpNum = 0;

@@ -4,7 +4,7 @@
  * requester, responder and completer keep (rxe's qp->req, qp->resp,
  * qp->comp). The three engines live in their own modules.
  */
-import { Access, mtuBytes, QpAttrMask as A, qpAttrMaskNames, QpState, qpStateName, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
+import { Access, EventType, mtuBytes, QpAttrMask as A, qpAttrMaskNames, QpState, qpStateName, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import type { QpCaps } from '../abi/queue.js';
 import { copyBytes } from '../abi/ring.js';
 import { RecvWqe, SendWqeFields, WrMask, wrMask, type RecvQueueConsumer, type SendQueueConsumer } from '../abi/wqe.js';
@@ -43,6 +43,7 @@ export interface Hca {
 
 /** Where a send WQE is in its life. */
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
+export type WqeState = (typeof WqeState)[keyof typeof WqeState];
 
 /** Bytes of daemon memory one send WQE's state takes at these caps (for the owner's memory quota; measured, rounded up). */
 export function wqeBytes(maxSge: number, maxInline: number): number {
@@ -51,7 +52,7 @@ export function wqeBytes(maxSge: number, maxInline: number): number {
 
 /** A send WQE as the HCA holds it: the fields read from the ring (a private copy), and what the engines keep while it runs. */
 export class SendWqe extends SendWqeFields {
-  state: number = WqeState.FREE;
+  state: WqeState = WqeState.FREE;
   /** what the last packet of a UC/UD message runs once it has left, to complete this WQE (made once per WQE object) */
   onSent: (() => void) | null = null;
   ah: Ah | null = null;
@@ -61,7 +62,7 @@ export class SendWqe extends SendWqeFields {
   lastPsn = 0;
   /** Bytes (or, for READ, response packets) handled so far. */
   offset = 0;
-  status = 0;
+  status: WcStatus = WcStatus.SUCCESS;
   constructor(maxSge: number, maxInline: number) {
     super(maxSge, maxInline);
     this.mr = new Array(maxSge).fill(null);
@@ -227,12 +228,12 @@ export function modifyIsOk(cur: number, next: number, type: number, mask: number
 }
 
 export class Qp {
-  private _state: number = QpState.RESET;
+  private _state: QpState = QpState.RESET;
   /** The QP state; mirrored into the send ring header so the library sees ERR without asking (postRecv must then ring). */
-  get state(): number {
+  get state(): QpState {
     return this._state;
   }
-  set state(s: number) {
+  set state(s: QpState) {
     this._state = s;
     this.sq.setState(s);
   }
@@ -290,7 +291,7 @@ export class Qp {
     readonly dev: Hca,
     readonly owner: Owner,
     readonly qpn: number,
-    readonly type: number,
+    readonly type: QpType,
     readonly pd: Pd,
     readonly sendCq: Cq,
     readonly recvCq: Cq,
@@ -351,13 +352,13 @@ export class Qp {
    * Copies the WQE at `idx` out of the shared ring and checks it as hardware
    * would. Returns 0 or the WC status it fails with.
    */
-  fetch(idx: number): number {
+  fetch(idx: number): WcStatus {
     const w = this.wqeAt(idx);
     this.sq.read(idx, w);
     w.state = WqeState.POSTED;
     if (this.sqSigAll) w.sendFlags |= SendFlags.SIGNALED;
     w.offset = 0;
-    w.status = 0;
+    w.status = WcStatus.SUCCESS;
     w.length = 0;
     w.ah = null;
     const t = this.type;
@@ -397,10 +398,10 @@ export class Qp {
     return this.checkLength(w);
   }
 
-  private checkLength(w: SendWqe): number {
+  private checkLength(w: SendWqe): WcStatus {
     if (w.length > 0x80000000) return WcStatus.LOC_LEN_ERR;
     if (this.type === QpType.UD && w.length > this.mtu) return WcStatus.LOC_LEN_ERR;
-    return 0;
+    return WcStatus.SUCCESS;
   }
 
   /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). Returns false on a dead MR. */
@@ -501,7 +502,7 @@ export class Qp {
     this.comp.timer = null;
   }
 
-  raise(type: number): void {
+  raise(type: EventType): void {
     this.owner.asyncEvent(this.userHandle, type, this);
   }
 }

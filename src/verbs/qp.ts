@@ -78,7 +78,7 @@ export class QueuePair {
     try {
       this.pd.context.cmd.ensureUp(verb);
     } catch (e) {
-      throw refused(e as VerbsError, wrs);
+      throw refused(e, wrs);
     }
     if (this.destroyed) throw refused(new VerbsError(verb, 'EINVAL', 'the QP is destroyed'), wrs);
   }

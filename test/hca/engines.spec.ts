@@ -63,7 +63,7 @@ function copyPkt(p: Pkt): Pkt {
 }
 
 /** One RC (or UC) QP on device 127.77.0.1, connected to a peer QP 0x99 at 127.77.0.2 that the test plays (a port of the fabric that records what reaches it). */
-function rig(type: number = QpType.RC, peer: { spans?: boolean } = {}): Rig {
+function rig(type: QpType = QpType.RC, peer: { spans?: boolean } = {}): Rig {
   const fabric = new Fabric();
   const dev = new SoftDevice(fabric, 'eng0', 0, '127.77.0.1', { mtu: Mtu.MTU_1024 });
   const wire: Pkt[] = [];

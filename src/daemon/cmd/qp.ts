@@ -1,5 +1,5 @@
 /** The queue pair's commands: CREATE_QP, QUERY_QP, MODIFY_QP, DESTROY_QP, and POST_SEND / POST_RECV as its doorbells. */
-import { Access, EventType, mtuBytes, QpAttrMask as A, QpState, QpType } from '../../abi/enums.js';
+import { Access, EventType, isQpState, mtuBytes, QpAttrMask as A, QpState, QpType } from '../../abi/enums.js';
 import { pack } from '../../abi/layout.js';
 import { Limits, qpLayout } from '../../abi/queue.js';
 import { RecvRingConsumer } from '../../abi/recv-ring.js';
@@ -78,7 +78,7 @@ function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
   if (mask & A.CUR_STATE && r.cur_qp_state !== cur) fail(E.EINVAL, `MODIFY_QP: cur_qp_state ${r.cur_qp_state} is not the QP's state ${cur}`);
   const next = mask & A.STATE ? r.qp_state : cur;
   const maskError = modifyMaskError(cur, next, qp.type, mask);
-  if (maskError) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)}: ${maskError}`);
+  if (maskError || !isQpState(next)) fail(E.EINVAL, `MODIFY_QP: attr_mask 0x${mask.toString(16)}: ${maskError ?? `qp_state ${next} does not exist`}`);
   // check every value before changing anything
   const dest = r.dest;
   if (mask & A.PORT && r.port_num !== 1) fail(E.EINVAL, `MODIFY_QP: port ${r.port_num} does not exist`);
@@ -131,7 +131,7 @@ function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
   transition(ctx, qp, cur, next);
 }
 
-function transition(ctx: Context, qp: Qp, cur: number, next: number): void {
+function transition(ctx: Context, qp: Qp, cur: QpState, next: QpState): void {
   if (next === QpState.RESET) {
     qp.reset();
     return;
