@@ -220,7 +220,10 @@ export async function manyQps(daemons: Proc[], root: string, procs: number, pair
   for (const k of kids) k.send('go');
   const all = await Promise.all(results);
   const fig = perOp(await w.end(), all.reduce((a, b) => a + b.ops, 0), 'WRITE');
+  // the next line's window must not see these processes tear their QPs down in the daemon
+  const gone = kids.map((k) => (k.exitCode !== null || k.signalCode !== null ? Promise.resolve() : new Promise((r) => k.once('exit', r))));
   for (const k of kids) k.send('bye');
+  await Promise.all(gone);
   return { value: all.reduce((a, b) => a + b.bw, 0), fig };
 }
 

@@ -45,7 +45,7 @@ export interface Hca {
 export const WqeState = { FREE: 0, POSTED: 1, PROCESSING: 2, PENDING: 3, DONE: 4 } as const;
 export type WqeState = (typeof WqeState)[keyof typeof WqeState];
 
-/** Bytes of daemon memory one send WQE's state takes at these caps (for the owner's memory quota; measured, rounded up). */
+/** Bytes of daemon memory one send WQE's state takes at these caps, rounded up (for the owner's memory quota). */
 export function wqeBytes(maxSge: number, maxInline: number): number {
   return 400 + maxInline + maxSge * 40;
 }
@@ -307,7 +307,7 @@ export class Qp {
     this.srcPort = udpSportOfQpn(qpn);
     this.sq = sq;
     // WQE state for what is in flight, not for every slot of the ring: it grows (doubling, up to the ring) as the
-    // window from the oldest unfinished WQE widens (all slots at once cost ~40 MB for a QP at the maximum caps)
+    // window from the oldest unfinished WQE widens, so an idle QP at large caps costs the daemon little
     this.wqes = Array.from({ length: Math.min(sq.slots, 16) }, () => new SendWqe(caps.maxSendSge, caps.maxInlineData));
     this.recvWqe = new RecvWqe(Math.max(caps.maxRecvSge, srq ? srq.ring.maxSge : 0, 1));
   }
