@@ -242,20 +242,29 @@ export function testUser(name: string): { uid: number; gid: number; as: string[]
 export async function assertServing(d: RunningDaemon, ctx: Context, pd: ProtectionDomain): Promise<void> {
   assert.equal(d.proc.exitCode, null, d.stderr());
   assert.doesNotMatch(d.stderr(), /internal error/);
+  assert.deepEqual(await rcWriteLoop(ctx, pd, 'softverbs', 7), { status: 0, landed: 'softverbs' });
+}
+
+/**
+ * A fresh RC pair in `pd` RDMA WRITEs `word` from the start of a new MR to its byte 64, then everything it
+ * made is destroyed: the WRITE's completion status, and what landed.
+ */
+export async function rcWriteLoop(ctx: Context, pd: ProtectionDomain, word: string, wrId: number): Promise<{ status: number; landed: string }> {
   const cq = await ctx.createCq(8);
   const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
   const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
   await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
   await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
   const mr = await pd.allocMr(128, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
-  mr.buf.write('softverbs', 0);
-  a.postSend({ wrId: 7, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 9)], rdma: { remoteAddr: mr.addr + 64n, rkey: mr.rkey } });
-  assert.equal((await pollN(cq, 1))[0]!.status, 0);
-  assert.equal(mr.buf.toString('utf8', 64, 73), 'softverbs');
+  const n = mr.buf.write(word, 0);
+  a.postSend({ wrId, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, n)], rdma: { remoteAddr: mr.addr + 64n, rkey: mr.rkey } });
+  const status = (await pollN(cq, 1))[0]!.status;
+  const landed = mr.buf.toString('utf8', 64, 64 + n);
   await a.destroyQp();
   await b.destroyQp();
   await mr.deregMr();
   await cq.destroyCq();
+  return { status, landed };
 }
 
 /** A process's resident memory in KiB (VmRSS), to bound what a daemon grows to. */
