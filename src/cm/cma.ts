@@ -358,13 +358,23 @@ export class RdmaCm {
     this.emit(id, CmEventType.DISCONNECTED, 0, privateData && { privateData });
   }
 
+  /**
+   * What a REQ's or SIDR_REQ's service ID and IP CM header name: the port, the header, the address it was sent
+   * to and the listener there (null when none listens); or why they name nothing.
+   */
+  private service(cm: IbCmId, serviceId: bigint, privateData: Uint8Array) {
+    const svc = parseServiceId(serviceId);
+    const hdr = decodeIpCmHdr(privateData);
+    if (!svc || !hdr || hdr.version !== 0) return `service ID 0x${serviceId.toString(16)} is not an RDMA IP CM service with its header`;
+    const dstAddr = addrOfIpCm(hdr.dst, hdr.ipVersion);
+    return { svc, hdr, dstAddr, listener: this.ports.findListener(svc.ps, svc.port, cm.dev!, hdr.ipVersion, dstAddr) };
+  }
+
   /** A REQ for a service we listen on: the listener its IP CM header names gets a child id and CONNECT_REQUEST. */
   private onReq(cm: IbCmId, m: Req): IbCmRefusal | void {
-    const svc = parseServiceId(m.service_id);
-    const hdr = decodeIpCmHdr(m.private_data);
-    if (!svc || !hdr || hdr.version !== 0) return { reason: RejReason.INVALID_SERVICE_ID, why: `service ID 0x${m.service_id.toString(16)} is not an RDMA IP CM service with its header` };
-    const dstAddr = addrOfIpCm(hdr.dst, hdr.ipVersion);
-    const listener = this.ports.findListener(svc.ps, svc.port, cm.dev!, hdr.ipVersion, dstAddr);
+    const at = this.service(cm, m.service_id, m.private_data);
+    if (typeof at === 'string') return { reason: RejReason.INVALID_SERVICE_ID, why: at };
+    const { svc, hdr, dstAddr, listener } = at;
     if (!listener) return { reason: RejReason.INVALID_SERVICE_ID, why: `nothing listens on port ${svc.port} (port space 0x${svc.ps.toString(16)})` };
     const t = m.transport_service_type;
     if ((t === 0 && listener.qpType !== QpType.RC) || (t === 1 && listener.qpType !== QpType.UC) || t > 1) return { reason: RejReason.INVALID_TRANSPORT_TYPE, why: `transport type ${t}` };
@@ -392,11 +402,9 @@ export class RdmaCm {
 
   /** A SIDR_REQ for a service we listen on: as a REQ, for a UD listener. */
   private onSidrReq(cm: IbCmId, m: SidrReq): IbCmRefusal | void {
-    const svc = parseServiceId(m.service_id);
-    const hdr = decodeIpCmHdr(m.private_data);
-    if (!svc || !hdr || hdr.version !== 0) return { status: SidrStatus.UNSUPPORTED, why: `service ID 0x${m.service_id.toString(16)} is not an RDMA IP CM service with its header` };
-    const dstAddr = addrOfIpCm(hdr.dst, hdr.ipVersion);
-    const listener = this.ports.findListener(svc.ps, svc.port, cm.dev!, hdr.ipVersion, dstAddr);
+    const at = this.service(cm, m.service_id, m.private_data);
+    if (typeof at === 'string') return { status: SidrStatus.UNSUPPORTED, why: at };
+    const { svc, hdr, dstAddr, listener } = at;
     if (!listener || listener.qpType !== QpType.UD) return { status: SidrStatus.UNSUPPORTED, why: `no UD listener on port ${svc.port} (port space 0x${svc.ps.toString(16)})` };
     if (listener.pending >= listener.backlog || listener.file.queued() >= MAX_QUEUED_EVENTS) return { status: SidrStatus.REJECT, why: 'the listener\'s backlog is full' };
     const child = this.childOf(listener, cm, hdr, dstAddr, svc.port);
