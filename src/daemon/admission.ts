@@ -30,7 +30,7 @@ import { Socket } from 'node:net';
 import { replyFrame } from '../abi/framing.js';
 import { E, errnoName } from '../common/errno.js';
 import { acceptNow, closeFd, peerCred, sendNow } from '../native/libc.js';
-import { readableSet } from '../native/readable-set.js';
+import { ReadableSet } from '../native/readable-set.js';
 import type { Quotas } from './limits.js';
 import { messageOf } from '../common/errors.js';
 
@@ -96,6 +96,13 @@ export class Admission {
     private readonly logger: { info(msg: string): void; once(key: string, level: 'warn', msg: string): void },
   ) {}
 
+  /**
+   * The listening sockets' own wait: the wire's sockets wait in the process's shared set only while quiet, and a
+   * set that always held the listeners would add a thread hop to each of their waits (a burst of READ
+   * responses from a peer then overran the raw socket).
+   */
+  private readonly listening = new ReadableSet();
+
   get reserve(): number {
     return Math.max(RESERVE_MIN, this.limit >> 4);
   }
@@ -108,17 +115,17 @@ export class Admission {
       timer = null;
       if (closed) return;
       const r = this.batch(fd, what, take);
-      if (r === 'empty') readableSet().wait(fd, turn);
+      if (r === 'empty') this.listening.wait(fd, turn);
       else if (r === 'more') setImmediate(turn);
       else timer = setTimeout(turn, PAUSE_MS);
     };
-    readableSet().wait(fd, turn);
+    this.listening.wait(fd, turn);
     return {
       close: () => {
         if (closed) return;
         closed = true;
         if (timer) clearTimeout(timer);
-        readableSet().cancel(fd);
+        this.listening.cancel(fd);
         closeFd(fd);
       },
     };
