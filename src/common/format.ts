@@ -35,3 +35,8 @@ export function parseGidString(s: string): Uint8Array | null {
   });
   return g;
 }
+
+/** Names as a sentence lists them: "a", "a and b", "a, b and c". */
+export function listWords(names: readonly string[]): string {
+  return names.length > 1 ? `${names.slice(0, -1).join(', ')} and ${names.at(-1)}` : (names[0] ?? '');
+}

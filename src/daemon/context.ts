@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { procComm } from '../common/proc.js';
+import { listWords } from '../common/format.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { E, fail } from '../common/errno.js';
@@ -130,8 +131,7 @@ export class Context implements Owner {
     const users: string[] = [];
     for (const [uh, e] of this.handles) if (rowOf(e).held?.(e.obj).includes(obj)) users.push(userName(uh, e));
     if (users.length > 0) {
-      const list = users.length > 1 ? `${users.slice(0, -1).join(', ')} and ${users.at(-1)}` : users[0];
-      fail(E.EBUSY, `${cmd}: ${type.toUpperCase()} handle ${h} is still used by ${list}: destroy ${users.length > 1 ? 'them' : 'it'} first`);
+      fail(E.EBUSY, `${cmd}: ${type.toUpperCase()} handle ${h} is still used by ${listWords(users)}: destroy ${users.length > 1 ? 'them' : 'it'} first`);
     }
     this.destroy(h);
   }

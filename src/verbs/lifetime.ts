@@ -4,6 +4,7 @@
  * exist), and its error names them; disposal releases them first, newest first, as pyverbs' close() does, so
  * `await using` releases everything whatever order the objects were declared in.
  */
+import { listWords } from '../common/format.js';
 import { VerbsError } from './errors.js';
 
 export interface Dependent {
@@ -39,7 +40,7 @@ export class Dependents {
   describe(): string {
     const labels = [...this.live].map((o) => o.label);
     const shown = labels.length > 4 ? [...labels.slice(0, 3), `${labels.length - 3} more`] : labels;
-    return shown.length === 1 ? shown[0]! : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)}`;
+    return listWords(shown);
   }
 
   /** The EBUSY of destroying `what` while these exist, naming them. */
@@ -48,7 +49,7 @@ export class Dependents {
     return new VerbsError(verb, 'EBUSY', `${what} is still used by ${this.describe()}: destroy ${them} first (disposing ${what} releases ${them} for you)`);
   }
 
-  /** A destroy's error: the daemon's EBUSY (a count, which cannot say which objects) as `busy` says it; any other as it was. */
+  /** A destroy's error: the daemon's EBUSY as `busy` says it (with the hint that disposal releases them); any other as it was. */
   explain(e: unknown, verb: string, what: string): unknown {
     return e instanceof VerbsError && e.code === 'EBUSY' && this.live.size > 0 ? this.busy(verb, what) : e;
   }
