@@ -355,8 +355,13 @@ static mode_t open_mode(int flags, va_list ap)
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, mode_t) : 0;
 }
 
-#define OPEN(name)                                                             \
-	EXPORT int name(const char *path, int flags, ...)                      \
+/*
+ * open, open64, openat and openat64: a device path is opened here, any other by libc's own `name`. After the
+ * name come ARGS, the arguments libc's call is passed, and the parameters before `flags` (the at-forms' dirfd,
+ * then the path).
+ */
+#define OPEN(name, ARGS, ...)                                                  \
+	EXPORT int name(__VA_ARGS__, int flags, ...)                           \
 	{                                                                      \
 		char buf[4096];                                                \
 		const char *m = map_path(path, buf, sizeof(buf));              \
@@ -366,28 +371,13 @@ static mode_t open_mode(int flags, va_list ap)
 		va_end(ap);                                                    \
 		if (m)                                                         \
 			return open_mapped(m, flags, mode);                    \
-		REAL(int, name, const char *, int, ...);                       \
-		return real_##name(path, flags, mode);                         \
+		REAL(int, name, __VA_ARGS__, int, ...);                        \
+		return real_##name ARGS;                                       \
 	}
-OPEN(open)
-OPEN(open64)
-
-#define OPENAT(name)                                                           \
-	EXPORT int name(int dirfd, const char *path, int flags, ...)           \
-	{                                                                      \
-		char buf[4096];                                                \
-		const char *m = map_path(path, buf, sizeof(buf));              \
-		va_list ap;                                                    \
-		va_start(ap, flags);                                           \
-		mode_t mode = open_mode(flags, ap);                            \
-		va_end(ap);                                                    \
-		if (m)                                                         \
-			return open_mapped(m, flags, mode);                    \
-		REAL(int, name, int, const char *, int, ...);                  \
-		return real_##name(dirfd, path, flags, mode);                  \
-	}
-OPENAT(openat)
-OPENAT(openat64)
+OPEN(open, (path, flags, mode), const char *path)
+OPEN(open64, (path, flags, mode), const char *path)
+OPEN(openat, (dirfd, path, flags, mode), int dirfd, const char *path)
+OPEN(openat64, (dirfd, path, flags, mode), int dirfd, const char *path)
 
 /* the fortified entry points (_FORTIFY_SOURCE) */
 #define OPEN_2(name)                                                           \
