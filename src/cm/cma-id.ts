@@ -6,7 +6,7 @@
 import { randomInt } from 'node:crypto';
 import type { CmEventType, PortSpace, SockAddr } from '../abi/ucma.js';
 import type { SoftDevice } from '../hca/device.js';
-import type { CmQpType, IbCmId } from './ib-cm-id.js';
+import type { CmQpParam, CmQpType, IbCmId } from './ib-cm-id.js';
 
 /** rdma_cm's states (enum rdma_cm_state), as `rdma resource show cm_id` names them. */
 export const CmState = {
@@ -16,16 +16,10 @@ export const CmState = {
 export type CmState = (typeof CmState)[keyof typeof CmState];
 
 /** The parameters of CONNECT and ACCEPT (struct rdma_ucm_conn_param). */
-export interface ConnParam {
+export interface ConnParam extends CmQpParam {
   qpNum: number;
   qkey: number;
   privateData: Uint8Array;
-  srq: number;
-  responderResources: number;
-  initiatorDepth: number;
-  flowControl: number;
-  retryCount: number;
-  rnrRetryCount: number;
 }
 
 /** An event on its way to a file (its rdma_ucm_event_resp). */

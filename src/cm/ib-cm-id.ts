@@ -169,18 +169,25 @@ export interface CmPath {
   mtu: number;
 }
 
-/** ib_send_cm_req's parameters; the timeouts are IBA's 4.096 µs × 2^t. */
-export interface ReqParam {
-  serviceId: bigint;
-  qpn: number;
-  qpType: typeof QpType.RC | typeof QpType.UC;
-  startingPsn: number;
+/**
+ * What a REQ says of the connection's QPs besides their numbers and PSNs (a REP all but the retry count):
+ * ib_cm_req_param's fields that rdma_cm's conn parameters (rdma_conn_param, rdma_ucm_conn_param) carry too.
+ */
+export interface CmQpParam {
   responderResources: number;
   initiatorDepth: number;
   flowControl: number;
   retryCount: number;
   rnrRetryCount: number;
   srq: number;
+}
+
+/** ib_send_cm_req's parameters; the timeouts are IBA's 4.096 µs × 2^t. */
+export interface ReqParam extends CmQpParam {
+  serviceId: bigint;
+  qpn: number;
+  qpType: typeof QpType.RC | typeof QpType.UC;
+  startingPsn: number;
   path: CmPath;
   remoteCmResponseTimeout: number;
   localCmResponseTimeout: number;
@@ -189,14 +196,9 @@ export interface ReqParam {
 }
 
 /** ib_send_cm_rep's parameters. */
-export interface RepParam {
+export interface RepParam extends Omit<CmQpParam, 'retryCount'> {
   qpn: number;
   startingPsn: number;
-  responderResources: number;
-  initiatorDepth: number;
-  flowControl: number;
-  rnrRetryCount: number;
-  srq: number;
   privateData: Uint8Array;
 }
 

@@ -28,19 +28,14 @@ import type { AhAttr, QpAttr, QpInitAttr } from './types.js';
 import { ucmaConnParam, type ConnParam } from './cm-param.js';
 import { cmEventReason } from './cm-reason.js';
 import { errnoOf, messageOf } from '../common/errors.js';
+import type { CmQpParam } from '../cm/ib-cm-id.js';
 
 export { CmEventType, cmEventStr, PortSpace, nextCompletion };
 export type { ConnParam };
 
 /** What an event's conn parameters say (rdma_conn_param as the event carries it). */
-export interface EventParam {
+export interface EventParam extends CmQpParam {
   privateData: Uint8Array;
-  responderResources: number;
-  initiatorDepth: number;
-  flowControl: number;
-  retryCount: number;
-  rnrRetryCount: number;
-  srq: number;
   qpNum: number;
   /** UD (SIDR): the peer QP's Q_Key, and the path to it (for createAh) */
   qkey?: number;
