@@ -13,6 +13,7 @@ import { offsets } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E } from '../common/errno.js';
 import type { SoftDevice } from '../hca/device.js';
+import { CONTEXT_EXISTS } from './cmd/device.js';
 import type { CompChannel } from './context.js';
 import { Context, type Host } from './context.js';
 import { extendedWrite } from './extended.js';
@@ -135,7 +136,7 @@ export class Connection {
         // (the reply write was a fifth of the daemon's time in an 8-byte SEND stream)
         if (cmd === U.Cmd.POST_SEND && frame.length === DOORBELL_LEN && (outBytes === 4 || outBytes === 0) && frame.readUInt32LE(U.HDR_SIZE + POST.wr_count) === 0)
           return this.onDoorbell(frame, outBytes);
-        if (cmd === U.SvCmd.GET_CONTEXT_RXE) return this.reply(-E.EINVAL, Buffer.from('GET_CONTEXT: context already created'));
+        if (cmd === U.SvCmd.GET_CONTEXT_RXE) return this.reply(-E.EINVAL, Buffer.from(CONTEXT_EXISTS));
         if (cmd === U.SvCmd.WRITE_EX) return this.onCommand(cmd, frame, EX_REPLY_MAX, () => extendedWrite(this.ctx!, frame));
         return this.onCommand(cmd, frame, outBytes);
       default:

@@ -43,9 +43,12 @@ function queryPort(ctx: Context, r: U.Req<'QUERY_PORT'>): Buffer {
   });
 }
 
+/** What a GET_CONTEXT of either ABI (GET_CONTEXT, GET_CONTEXT_RXE) is told on a connection that has its context. */
+export const CONTEXT_EXISTS = 'GET_CONTEXT: context already created';
+
 export const deviceCommands: Commands = {
   // the connection answers the first GET_CONTEXT itself, as it creates the context
-  GET_CONTEXT: () => fail(E.EINVAL, 'GET_CONTEXT: context already created'),
+  GET_CONTEXT: () => fail(E.EINVAL, CONTEXT_EXISTS),
   QUERY_DEVICE: (ctx) => queryDevice(ctx),
   QUERY_PORT: (ctx, r) => queryPort(ctx, r),
 };
