@@ -12,7 +12,8 @@ import { runInNewContext } from 'node:vm';
 import { after, before, describe, test } from 'node:test';
 import {
   Access, EventType, getDeviceList, gidString, nextCompletion, openDevice, parseGidString, QpAttrMask as A, QpState, QpType, SendFlags, VerbsError, WcOpcode, WcStatus,
-  WrOpcode, type Context, type Device, type QpAttr, type RecvWr, type SendWr,
+  WrOpcode, type AddressHandle, type CompletionChannel, type CompletionQueue, type Context, type Device, type MemoryRegion, type ProtectionDomain, type QpAttr,
+  type RecvWr, type SendWr, type SharedReceiveQueue,
 } from '../../src/verbs/index.js';
 import { rmSync } from 'node:fs';
 import { A2, connectQp, DIST, mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
@@ -28,6 +29,23 @@ after(async () => {
 });
 
 const myRows = async () => ((await mgmt(dev.devPath, 'restrack')) as Array<{ pid: number; type: string }>).filter((r) => r.pid === process.pid);
+
+/** One of each object a program makes on a context before its QPs. */
+interface Objects { channel: CompletionChannel; cq: CompletionQueue; pd: ProtectionDomain; srq: SharedReceiveQueue; mr: MemoryRegion; ah: AddressHandle }
+
+/**
+ * `body` with the objects, made on `ctx` (the CQ on the channel; the SRQ, MR and AH on the PD) and each held by
+ * `await using`: when body ends, however it ends, they go in reverse order.
+ */
+async function withObjects(ctx: Context, body: (o: Objects) => Promise<void>): Promise<void> {
+  await using channel = await ctx.createCompChannel();
+  await using cq = await ctx.createCq(8, channel);
+  await using pd = await ctx.allocPd();
+  await using srq = await pd.createSrq({ maxWr: 4, maxSge: 1 });
+  await using mr = await pd.allocMr(4096, Access.LOCAL_WRITE);
+  await using ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
+  await body({ channel, cq, pd, srq, mr, ah });
+}
 
 describe('types', () => {
   test('enum values are types: a byte count where an ibv_mtu belongs does not compile', () => {
@@ -158,15 +176,11 @@ describe('lifetimes', () => {
   test('await using closes a context and destroys its objects in reverse order; the daemon holds nothing of ours afterwards', async () => {
     {
       await using ctx = await openDevice(dev, d.root);
-      await using channel = await ctx.createCompChannel();
-      await using cq = await ctx.createCq(8, channel);
-      await using pd = await ctx.allocPd();
-      await using srq = await pd.createSrq({ maxWr: 4, maxSge: 1 });
-      await using mr = await pd.allocMr(4096, Access.LOCAL_WRITE);
-      await using ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
-      await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: {} });
-      assert.ok(channel && mr && ah && qp);
-      assert.equal((await myRows()).length, 7, JSON.stringify(await myRows()));
+      await withObjects(ctx, async ({ channel, cq, pd, srq, mr, ah }) => {
+        await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.RC, cap: {} });
+        assert.ok(channel && mr && ah && qp);
+        assert.equal((await myRows()).length, 7, JSON.stringify(await myRows()));
+      });
     }
     assert.deepEqual(await myRows(), []);
   });
@@ -202,26 +216,22 @@ describe('lifetimes', () => {
     const seen: string[] = [];
     const program = async () => {
       await using ctx = await openDevice(getDeviceList(own.root)[0]!, own.root);
-      await using channel = await ctx.createCompChannel();
-      await using cq = await ctx.createCq(8, channel);
-      await using pd = await ctx.allocPd();
-      await using srq = await pd.createSrq({ maxWr: 4, maxSge: 1 });
-      await using mr = await pd.allocMr(4096, Access.LOCAL_WRITE);
-      await using ah = await pd.createAh({ grh: { dgid: ctx.queryGid(1, 0) } });
-      await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
-      await using ud = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.UD, cap: {} });
-      await connectQp(qp, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) });
-      assert.ok(ah && ud && rings() >= ringsBefore + 4);
-      const fatal = ctx.getAsyncEvent();
-      const exited = new Promise((r) => own.proc.once('exit', r));
-      own.proc.kill('SIGKILL');
-      const ev = await fatal;
-      seen.push(`event ${ev?.eventType} ${String(ev?.element)}`);
-      await exited;
-      await assert.rejects(ctx.allocPd(), { code: 'EIO', message: /^ibv_alloc_pd: EIO: the daemon connection is lost \(softverbsd \(pid \d+\) is gone\)/ });
-      const send: SendWr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 8)] };
-      assert.throws(() => qp.postSend(send), (e: VerbsError) => e.code === 'EIO' && e.badWr === 0 && e.wr === send);
-      seen.push('unwinding');
+      await withObjects(ctx, async ({ cq, pd, srq, mr, ah }) => {
+        await using qp = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: {} });
+        await using ud = await pd.createQp({ sendCq: cq, recvCq: cq, srq, qpType: QpType.UD, cap: {} });
+        await connectQp(qp, ctx, { qpn: qp.qpNum, gid: ctx.queryGid(1, 0) });
+        assert.ok(ah && ud && rings() >= ringsBefore + 4);
+        const fatal = ctx.getAsyncEvent();
+        const exited = new Promise((r) => own.proc.once('exit', r));
+        own.proc.kill('SIGKILL');
+        const ev = await fatal;
+        seen.push(`event ${ev?.eventType} ${String(ev?.element)}`);
+        await exited;
+        await assert.rejects(ctx.allocPd(), { code: 'EIO', message: /^ibv_alloc_pd: EIO: the daemon connection is lost \(softverbsd \(pid \d+\) is gone\)/ });
+        const send: SendWr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 8)] };
+        assert.throws(() => qp.postSend(send), (e: VerbsError) => e.code === 'EIO' && e.badWr === 0 && e.wr === send);
+        seen.push('unwinding');
+      });
     };
     await program();
     assert.deepEqual(seen, [`event ${EventType.DEVICE_FATAL} 0`, 'unwinding']);
