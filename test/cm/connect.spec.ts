@@ -7,35 +7,14 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { CmEventType, cmEventStr, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmEvent, type CmId } from '../../src/verbs/index.js';
+import { CmEventType, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmId } from '../../src/verbs/index.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
+import { connectToNobody, dial, expectEvent, listenOn, nextPort, resolve } from './helpers.js';
 import { createEp, getAddrInfo, getDeviceList, nextCompletion, openDevice, type CompletionQueue, type MemoryRegion, type QueuePair, type VerbsError } from '../../src/verbs/index.js';
-
-/** The next event on a channel, which must be `want` (its name in the failure otherwise). */
-async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
-  const e = await Promise.race([ch.getCmEvent(), new Promise<null>((_, rej) => setTimeout(() => rej(new Error(`no ${cmEventStr(want)} within ${ms} ms`)), ms).unref())]);
-  assert.ok(e, 'channel closed');
-  assert.equal(cmEventStr(e.event), cmEventStr(want), `status ${e.status}`);
-  return e;
-}
-
-let port = 20000 + Math.floor(Math.random() * 20000);
-const nextPort = () => port++;
-
-/** An id on `ch` resolved to addr:port (from `src`), with a small RC QP on its device: ready to connect. */
-async function dial(ch: EventChannel, addr: string, port: number, src: string): Promise<CmId> {
-  const id = await ch.createId(PortSpace.TCP);
-  await id.resolveAddr(addr, port, { src });
-  await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-  await id.resolveRoute();
-  await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
-  await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-  return id;
-}
 
 /** A connection from a new id on `cch` to the listener on `sch` (addr:port), accepted with a small QP: both ends established. */
 async function connectPair(cch: EventChannel, sch: EventChannel, addr: string, port: number, src: string, ms = 10_000): Promise<{ cid: CmId; sid: CmId }> {
@@ -77,9 +56,7 @@ function listener(...args: string[]) {
 async function listening(srvRoot: string, cliRoot: string, addr: string, backlog?: number, port = nextPort()) {
   const sch = await EventChannel.create(srvRoot);
   const cch = await EventChannel.create(cliRoot);
-  const listen = await sch.createId(PortSpace.TCP);
-  await listen.bindAddr(addr, port);
-  await listen.listen(backlog);
+  const listen = await listenOn(sch, addr, port, backlog);
   return { sch, cch, listen, port };
 }
 
@@ -87,10 +64,7 @@ async function listening(srvRoot: string, cliRoot: string, addr: string, backlog
 async function establish(srvRoot: string, cliRoot: string, addr: string, src: string | undefined, pd: Uint8Array = new Uint8Array(0)) {
   const { sch, cch, listen, port: p } = await listening(srvRoot, cliRoot, addr, 4);
   const cid = await cch.createId(PortSpace.TCP);
-  await cid.resolveAddr(addr, p, { src });
-  await expectEvent(cch, CmEventType.ADDR_RESOLVED);
-  await cid.resolveRoute();
-  await expectEvent(cch, CmEventType.ROUTE_RESOLVED);
+  await resolve(cch, cid, addr, p, src);
   assert.ok(cid.verbs, 'the client id has its device');
   await cid.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4, maxSendSge: 1, maxRecvSge: 1 } });
   await cid.connect({ privateData: pd });
@@ -157,12 +131,8 @@ describe('RDMA CM', () => {
 
   test('no listener: REJECTED with reason 8 (invalid service ID)', async () => {
     const cch = await EventChannel.create(d.root);
-    const cid = await dial(cch, A2, nextPort(), A1);
-    await cid.connect();
-    const e = await expectEvent(cch, CmEventType.REJECTED);
+    const e = await connectToNobody(cch, A2, A1, CmEventType.REJECTED);
     assert.equal(e.status, 8);
-    await cid.destroyQp();
-    await cid.destroy();
     await cch.destroy();
   });
 
@@ -317,13 +287,6 @@ describe('RDMA CM', () => {
       .filter((r) => r.dev === 'rxe0' && r.pid === process.pid).map((r) => `${r.type} ${r.handle ?? r.cmIdn}`).sort();
     const before = await client();
     const servers: CmId[] = [];
-    /** The id resolved to the listener, as a program does it. */
-    const resolve = async (events: EventChannel, id: CmId) => {
-      await id.resolveAddr(A2, p, { src: A1 });
-      await expectEvent(events, CmEventType.ADDR_RESOLVED);
-      await id.resolveRoute();
-      await expectEvent(events, CmEventType.ROUTE_RESOLVED);
-    };
     /** Connects, the server accepting, and sends one message over the connection. */
     const exchange = async (events: EventChannel, id: CmId, qp: QueuePair, cq: CompletionQueue, mr: MemoryRegion) => {
       await id.connect();
@@ -349,7 +312,7 @@ describe('RDMA CM', () => {
     const idFirst = async () => {
       await using events = await EventChannel.create(d.root);
       await using id = await events.createId(PortSpace.TCP);
-      await resolve(events, id);
+      await resolve(events, id, A2, p, A1);
       const ctx = id.verbs!;
       await using channel = await ctx.createCompChannel();
       await using pd = await ctx.allocPd();
@@ -367,7 +330,7 @@ describe('RDMA CM', () => {
       await using mr = await pd.allocMr(64, Access.LOCAL_WRITE);
       await using events = await EventChannel.create(d.root);
       await using id = await events.createId(PortSpace.TCP);
-      await resolve(events, id);
+      await resolve(events, id, A2, p, A1);
       const qp = await id.createQp(pd, { sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4 } });
       await exchange(events, id, qp, cq, mr);
     };
@@ -396,10 +359,7 @@ describe('RDMA CM', () => {
     await assert.rejects(b.resolveRoute(), { code: 'EINVAL' });
     await assert.rejects(ch.createId(0x9999 as PortSpace), { code: 'EINVAL' });
     // a QP that is not the caller's own cannot be handed to a peer
-    await b.resolveAddr(A2, p, { src: A1 });
-    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-    await b.resolveRoute();
-    await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
+    await resolve(ch, b, A2, p, A1);
     await assert.rejects(b.connect({ qpNum: 0xabcdef }), { code: 'EINVAL' });
     await a.destroy();
     await b.destroy();
@@ -433,17 +393,8 @@ describe('RDMA CM', () => {
 
   test('a SIDR request nobody listens for: UNREACHABLE with the SIDR status (1, unsupported)', async () => {
     const ch = await EventChannel.create(d.root);
-    const id = await ch.createId(PortSpace.UDP);
-    await id.resolveAddr(A2, nextPort(), { src: A1 });
-    await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-    await id.resolveRoute();
-    await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
-    await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-    await id.connect();
-    const e = await expectEvent(ch, CmEventType.UNREACHABLE);
+    const e = await connectToNobody(ch, A2, A1, CmEventType.UNREACHABLE, PortSpace.UDP);
     assert.equal(e.status, 1);
-    await id.destroyQp();
-    await id.destroy();
     await ch.destroy();
   });
 
@@ -549,10 +500,7 @@ describe('RDMA CM and a device going away', () => {
       const program = async () => {
         await using events = await EventChannel.create(d.root);
         await using id = await events.createId(PortSpace.TCP);
-        await id.resolveAddr(A4, nextPort(), { src: A3 });
-        await expectEvent(events, CmEventType.ADDR_RESOLVED);
-        await id.resolveRoute();
-        await expectEvent(events, CmEventType.ROUTE_RESOLVED);
+        await resolve(events, id, A4, nextPort(), A3);
         await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
         assert.equal(rings(), before + 3);
         d.proc.kill('SIGKILL');
@@ -571,12 +519,8 @@ describe('RDMA CM and a device going away', () => {
     const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`]);
     try {
       const ch = await EventChannel.create(d.root);
-      const on1 = await ch.createId(PortSpace.TCP);
-      await on1.bindAddr(A4, 7999);
-      await on1.listen();
-      const on0 = await ch.createId(PortSpace.TCP);
-      await on0.bindAddr(A3, 7999);
-      await on0.listen();
+      const on1 = await listenOn(ch, A4, 7999);
+      const on0 = await listenOn(ch, A3, 7999);
       const r = await runProcess(process.execPath, [join(DIST, 'src', 'bin', 'rdma.js'), 'link', 'delete', 'rxe1'], { ...process.env, SOFTVERBS_ROOT: d.root });
       assert.equal(r.code, 0, r.out);
       const e = await expectEvent(ch, CmEventType.DEVICE_REMOVAL);

@@ -10,26 +10,9 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as C from '../../src/abi/ucma.js';
-import { CmEventType, cmEventStr, createEp, EventChannel, getAddrInfo, PortSpace, QpState, type CmEvent, type CmId, type VerbsError } from '../../src/verbs/index.js';
+import { CmEventType, createEp, EventChannel, getAddrInfo, PortSpace, QpState, type VerbsError } from '../../src/verbs/index.js';
 import { A1, A2, DIST, startDaemon, type RunningDaemon } from '../helpers.js';
-
-async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
-  const e = await Promise.race([ch.getCmEvent(), new Promise<null>((_, rej) => setTimeout(() => rej(new Error(`no ${cmEventStr(want)} within ${ms} ms`)), ms).unref())]);
-  assert.ok(e, 'channel closed');
-  assert.equal(cmEventStr(e.event), cmEventStr(want), `status ${e.status}`);
-  return e;
-}
-
-/** An id on `ch` resolved to addr:port from `src`, with a small QP of the port space's type. */
-async function dial(ch: EventChannel, addr: string, port: number, src: string, ps: PortSpace = PortSpace.TCP): Promise<CmId> {
-  const id = await ch.createId(ps);
-  await id.resolveAddr(addr, port, { src });
-  await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-  await id.resolveRoute();
-  await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
-  await id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
-  return id;
-}
+import { connectToNobody, dial, expectEvent, listenOn, nextPort } from './helpers.js';
 
 /** A tool run the way a user runs it, its stdout and stderr apart (rdma-core's lines are compared stream by stream). */
 function tool(name: string, args: string[], root: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -47,9 +30,6 @@ function tool(name: string, args: string[], root: string): Promise<{ code: numbe
   });
 }
 
-let port = 20000 + Math.floor(Math.random() * 20000);
-const nextPort = () => port++;
-
 describe('refusals in words', () => {
   let d: RunningDaemon;
   before(async () => {
@@ -61,18 +41,12 @@ describe('refusals in words', () => {
 
   test('REJECTED keeps the IBA reason as its status and says it in words; so does a synchronous connect', async () => {
     const ch = await EventChannel.create(d.root);
-    const id = await dial(ch, A2, nextPort(), A1);
-    await id.connect();
-    const e = await expectEvent(ch, CmEventType.REJECTED);
+    const e = await connectToNobody(ch, A2, A1, CmEventType.REJECTED);
     assert.equal(e.status, 8);
     assert.equal(e.reason, 'invalid service ID: nothing listens on that port');
-    await id.destroyQp();
-    await id.destroy();
     // the application's own refusal: consumer defined (28)
     const p = nextPort();
-    const listen = await ch.createId(PortSpace.TCP);
-    await listen.bindAddr(A2, p);
-    await listen.listen();
+    const listen = await listenOn(ch, A2, p);
     const c = await dial(ch, A2, p, A1);
     await c.connect();
     const req = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
@@ -92,13 +66,9 @@ describe('refusals in words', () => {
 
   test('UD: UNREACHABLE keeps the SIDR status and says it in words', async () => {
     const ch = await EventChannel.create(d.root);
-    const id = await dial(ch, A2, nextPort(), A1, PortSpace.UDP);
-    await id.connect();
-    const e = await expectEvent(ch, CmEventType.UNREACHABLE);
+    const e = await connectToNobody(ch, A2, A1, CmEventType.UNREACHABLE, PortSpace.UDP);
     assert.equal(e.status, 1);
     assert.equal(e.reason, 'service ID not supported: nothing listens on that port for UD');
-    await id.destroyQp();
-    await id.destroy();
     await ch.destroy();
   });
 
@@ -128,9 +98,7 @@ describe('refusals in words', () => {
   test('retry counts: 0 to 7 reach both QPs through the REQ and REP; 8, -1, 2.5 or 300 are EINVAL, from the library and from the daemon', async () => {
     const ch = await EventChannel.create(d.root);
     const p = nextPort();
-    const listen = await ch.createId(PortSpace.TCP);
-    await listen.bindAddr(A2, p);
-    await listen.listen();
+    const listen = await listenOn(ch, A2, p);
     const c = await dial(ch, A2, p, A1);
     for (const bad of [{ retryCount: 8 }, { retryCount: -1 }, { rnrRetryCount: 2.5 }, { rnrRetryCount: 300 }]) {
       await assert.rejects(c.connect(bad), (e: VerbsError) => e.code === 'EINVAL' && /(retryCount|rnrRetryCount) .* is not 0 to 7/.test(e.message), JSON.stringify(bad));

@@ -9,15 +9,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { CmEventType, cmEventStr, EventChannel, getDeviceList, PortSpace, type CmEvent, type CmId } from '../../src/verbs/index.js';
+import { CmEventType, EventChannel, getDeviceList, type CmId } from '../../src/verbs/index.js';
 import { A1, A2, A3, A4, DIST, mgmt, runProcess, startDaemon } from '../helpers.js';
-
-async function expectEvent(ch: EventChannel, want: CmEventType, ms = 10_000): Promise<CmEvent> {
-  const e = await Promise.race([ch.getCmEvent(), new Promise<null>((_, rej) => setTimeout(() => rej(new Error(`no ${cmEventStr(want)} within ${ms} ms`)), ms).unref())]);
-  assert.ok(e, 'channel closed');
-  assert.equal(cmEventStr(e.event), cmEventStr(want), `status ${e.status}`);
-  return e;
-}
+import { dial, expectEvent, listenOn } from './helpers.js';
 
 const port = 20000 + Math.floor(Math.random() * 20000);
 
@@ -59,18 +53,9 @@ describe('RDMA CM: DEVICE_REMOVAL', () => {
     const d = await startDaemon(['--device', `rxe0=${A3}`, '--device', `rxe1=${A4}`]);
     try {
       const ch = await EventChannel.create(d.root);
-      const on1 = await ch.createId(PortSpace.TCP);
-      await on1.bindAddr(A4, port);
-      await on1.listen();
-      const on0 = await ch.createId(PortSpace.TCP);
-      await on0.bindAddr(A3, port);
-      await on0.listen();
-      const cid = await ch.createId(PortSpace.TCP);
-      await cid.resolveAddr(A4, port, { src: A3 });
-      await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-      await cid.resolveRoute();
-      await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
-      await cid.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      const on1 = await listenOn(ch, A4, port);
+      const on0 = await listenOn(ch, A3, port);
+      const cid = await dial(ch, A4, port, A3);
       await cid.connect();
       const req = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
       const sid: CmId = req.id;
@@ -94,12 +79,7 @@ describe('RDMA CM: DEVICE_REMOVAL', () => {
       await on1.destroy();
 
       // rxe0's listener still takes connections
-      const again = await ch.createId(PortSpace.TCP);
-      await again.resolveAddr(A3, port, { src: A3 });
-      await expectEvent(ch, CmEventType.ADDR_RESOLVED);
-      await again.resolveRoute();
-      await expectEvent(ch, CmEventType.ROUTE_RESOLVED);
-      await again.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
+      const again = await dial(ch, A3, port, A3);
       await again.connect();
       const req2 = await expectEvent(ch, CmEventType.CONNECT_REQUEST);
       assert.equal(req2.listenId, on0);
