@@ -4,6 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { mgmtQuery } from '../src/verbs/mgmt.js';
 import { DAEMON_MAIN, spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
@@ -23,6 +24,25 @@ export const [A1, A2, A3, A4] = loopbackAddrs(4) as [string, string, string, str
 /** Starts softverbsd in a temp root and waits for "softverbsd: ready". */
 export function startDaemon(args: string[] = ['--device', `rxe0=${A1}`], opts: { root?: string; keepRoot?: boolean; wrapper?: string[] } = {}): Promise<RunningDaemon> {
   return spawnDaemon(args, opts);
+}
+
+/**
+ * The daemon the tests of the describe block that calls this share: started with `args` before them, stopped after
+ * them. Its root is there for the tests to read.
+ */
+export function suiteDaemon(args: string[]): { readonly root: string } {
+  let d: RunningDaemon | undefined;
+  before(async () => {
+    d = await startDaemon(args);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+  return {
+    get root() {
+      return d!.root;
+    },
+  };
 }
 
 /** What a process printed (stdout and stderr as one stream) and how it exited; killed after `ms`. */

@@ -6,13 +6,13 @@
  * many connections with nothing left behind, and lost REQs/REPs retried.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { CmEventType, EventChannel, PortSpace, WrOpcode, SendFlags, Access, type CmId } from '../../src/verbs/index.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, type RunningDaemon } from '../helpers.js';
+import { A1, A2, A3, A4, DIST, mgmt, pollN, runProcess, startDaemon, suiteDaemon } from '../helpers.js';
 import { connectToNobody, dial, expectEvent, listenOn, nextPort, resolve } from './helpers.js';
 import { createEp, getAddrInfo, getDeviceList, nextCompletion, openDevice, type CompletionQueue, type MemoryRegion, type QueuePair, type VerbsError } from '../../src/verbs/index.js';
 
@@ -106,13 +106,7 @@ async function sendOne(from: CmId, to: CmId, text: string): Promise<string> {
 }
 
 describe('RDMA CM', () => {
-  let d: RunningDaemon;
-  before(async () => {
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
-  });
-  after(async () => {
-    await d?.stop();
-  });
+  const d = suiteDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
 
   test('connect, accept, data and disconnect between two devices of one daemon', async () => {
     const c = await establish(d.root, d.root, A2, A1, Buffer.from('hello'));
@@ -459,13 +453,7 @@ describe('RDMA CM', () => {
 });
 
 describe('RDMA CM under packet loss', () => {
-  let d: RunningDaemon;
-  before(async () => {
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`, '--fault', 'drop=0.25,seed=11']);
-  });
-  after(async () => {
-    await d?.stop();
-  });
+  const d = suiteDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`, '--fault', 'drop=0.25,seed=11']);
 
   test('lost REQs, REPs, RTUs, DREQs and DREPs are sent again: every connection opens and closes', async () => {
     const { sch, cch, listen, port: p } = await listening(d.root, d.root, A2, 4);

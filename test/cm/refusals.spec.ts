@@ -8,10 +8,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import * as C from '../../src/abi/ucma.js';
 import { CmEventType, createEp, EventChannel, getAddrInfo, PortSpace, QpState, type VerbsError } from '../../src/verbs/index.js';
-import { A1, A2, DIST, startDaemon, type RunningDaemon } from '../helpers.js';
+import { A1, A2, DIST, suiteDaemon } from '../helpers.js';
 import { connectToNobody, dial, expectEvent, listenOn, nextPort } from './helpers.js';
 
 /** A tool run the way a user runs it, its stdout and stderr apart (rdma-core's lines are compared stream by stream). */
@@ -31,13 +31,7 @@ function tool(name: string, args: string[], root: string): Promise<{ code: numbe
 }
 
 describe('refusals in words', () => {
-  let d: RunningDaemon;
-  before(async () => {
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
-  });
-  after(async () => {
-    await d?.stop();
-  });
+  const d = suiteDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
 
   test('REJECTED keeps the IBA reason as its status and says it in words; so does a synchronous connect', async () => {
     const ch = await EventChannel.create(d.root);
