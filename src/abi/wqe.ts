@@ -5,8 +5,9 @@
  * implements on the HCA's side, and which work request opcodes each QP type
  * takes (one table, checked by the library when it posts and by the HCA
  * when it reads). `send-ring.ts`, `recv-ring.ts` and `cq-ring.ts` are the
- * softverbs layout; another layout is one more class per queue
- * implementing the same interface.
+ * softverbs layout; `rxe-rings.ts` is rdma-core's rxe provider layout (for
+ * C programs linked against librxe), one more class per queue implementing
+ * the same interfaces.
  */
 import { QpType, WcOpcode, WcStatus, WrOpcode } from './enums.js';
 import type { WrId } from './ring.js';
