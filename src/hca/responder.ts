@@ -11,9 +11,8 @@ import { postRecvWc, toError } from './completion.js';
 import { SglCursor, type Mr } from './objects.js';
 import type { RecvWqe } from '../abi/wqe.js';
 import { copyBytes } from '../abi/ring.js';
-import { writeIpUdp } from './codec.js';
-import { gidIp, isV4Gid } from './gid.js';
-import { Aeth, HdrSize, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
+import { makeGrh } from './codec.js';
+import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { Qp, ReadOut, RespRes } from './qp.js';
 import { Task } from './scheduler.js';
@@ -601,21 +600,4 @@ function receiveUd(qp: Qp, p: Pkt): void {
     return;
   }
   qp.dev.counters.rdma_recvs++;
-}
-
-/** The GRH a UD receive gets, written where IP and UDP headers are written for the wire (one buffer, reused). */
-const grhBuf = new Uint8Array(48);
-const grh = grhBuf.subarray(0, 40);
-
-/**
- * The 40 bytes a UD receiver finds before the payload: the packet's IP header as the wire carried it. For an
- * IPv4 GID (::ffff:a.b.c.d) rxe puts the IPv4 header in the last 20 bytes; for IPv6 the IPv6 header fills all 40.
- */
-function makeGrh(p: Pkt): Uint8Array {
-  grhBuf.fill(0);
-  // what follows the IP header: UDP's payload is the BTH, DETH, immediate, payload, pad and ICRC
-  const roce = HdrSize.BTH + HdrSize.DETH + (p.mask & M.IMM ? HdrSize.IMM : 0) + p.payLen + p.padCnt + HdrSize.ICRC;
-  if (isV4Gid(p.srcGid)) writeIpUdp(grhBuf.subarray(20), gidIp(p.srcGid), gidIp(p.dstGid), 0, 0, roce);
-  else writeIpUdp(grhBuf, p.srcGid, p.dstGid, 0, 0, roce);
-  return grh;
 }
