@@ -262,7 +262,10 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   }
   if (n > 0 && !payload(qp, w, p, n)) {
     dev.freePkt(p);
+    // as a WQE its checks refuse (fetchWqe): past the requester, so failWqe completes it with its status
+    w.state = WqeState.PENDING;
     w.status = WcStatus.LOC_PROT_ERR;
+    qp.req.idx = (qp.req.idx + 1) >>> 0;
     failWqe(qp);
     return false;
   }
