@@ -58,9 +58,11 @@ const bounce = new Uint8Array(BOUNCE);
  * `off` is the client's virtual address base + off. Addresses are below 2^47 (2^56 with 5-level paging, still
  * a safe integer), so a double carries them, and the int64_t offset of pread/pwrite, exactly.
  *
- * Writes through /proc/<pid>/mem use FOLL_FORCE: they go through the page protections (a read-only page is
- * written, copy-on-write). The daemon checks at registration that a range it will write (LOCAL_WRITE,
- * REMOTE_WRITE, REMOTE_ATOMIC) is writable by the client; here every write is carried out.
+ * Accesses through /proc/<pid>/mem use FOLL_FORCE: they go through the page protections (a PROT_NONE page is
+ * read and written, a read-only one written, copy-on-write). The daemon checks at registration that the range
+ * is readable, and writable where the access flags let the HCA write (LOCAL_WRITE, REMOTE_WRITE,
+ * REMOTE_ATOMIC), as the kernel's pinning at ibv_reg_mr would refuse it otherwise; here every access is
+ * carried out (as with pinned pages, a later mprotect() does not stop the device).
  */
 export class ProcMemory implements MrMemory {
   readonly view = null;
