@@ -13,6 +13,7 @@ import { RecvRingConsumer, RecvRingProducer } from '../src/abi/recv-ring.js';
 import { SendRingConsumer, SendRingProducer } from '../src/abi/send-ring.js';
 import { SoftDevice } from '../src/hca/device.js';
 import { Fabric } from '../src/hca/fabric.js';
+import { MappedMemory } from '../src/hca/mr-memory.js';
 import { Cq, Mr, Pd, type Ah, type Owner } from '../src/hca/objects.js';
 import { Qp } from '../src/hca/qp.js';
 import { mapAnon } from '../src/native/libc.js';
@@ -59,7 +60,7 @@ function rig(addr: string) {
   }
   const mrMem = mapAnon(1 << 18);
   const key = dev.allocMrKey();
-  const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, new Uint8Array(mrMem.buffer), mrMem, 64);
+  const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, new MappedMemory(new Uint8Array(mrMem.buffer)), mrMem, 64);
   dev.mrs.set(key >>> 8, mr);
   const done = () => {
     a.qp.stopTimers();

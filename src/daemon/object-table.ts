@@ -109,7 +109,7 @@ export const OBJECT_TYPES = {
       mr.valid = false;
       ctx.dev.mrs.delete(mr.key >>> 8);
       mr.pd.users--;
-      ctx.unmapClient(mr.mapping);
+      if (mr.mapping) ctx.unmapClient(mr.mapping);
       ctx.host.pinned.release(ctx.pid, mr.pages);
     },
     track: (ctx, mr, id) => ({

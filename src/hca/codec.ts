@@ -7,6 +7,7 @@
  * AtomicAckETH, ImmDt, IETH, payload, pad, ICRC.
  */
 import { crc32 } from './crc.js';
+import { gidIp, isV4Gid } from './gid.js';
 import { HdrSize, M, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 
@@ -360,4 +361,21 @@ export function encodeBody(p: Pkt, src: Uint8Array, dst: Uint8Array, ipId: numbe
   writeIpUdp(hdr, src, dst, ipId, sport, n + HdrSize.ICRC);
   putIcrc(buf, off + n, icrcAt(hdr, 0, buf, off, n));
   return n + HdrSize.ICRC;
+}
+
+/** The GRH a UD receive gets, written where IP and UDP headers are written for the wire (one buffer, reused). */
+const grhBuf = new Uint8Array(48);
+const grh = grhBuf.subarray(0, 40);
+
+/**
+ * The 40 bytes a UD receiver finds before the payload: the packet's IP header as the wire carried it. For an
+ * IPv4 GID (::ffff:a.b.c.d) rxe puts the IPv4 header in the last 20 bytes; for IPv6 the IPv6 header fills all 40.
+ */
+export function makeGrh(p: Pkt): Uint8Array {
+  grhBuf.fill(0);
+  // what follows the IP header: UDP's payload is the BTH, DETH, immediate, payload, pad and ICRC
+  const roce = HdrSize.BTH + HdrSize.DETH + (p.mask & M.IMM ? HdrSize.IMM : 0) + p.payLen + p.padCnt + HdrSize.ICRC;
+  if (isV4Gid(p.srcGid)) writeIpUdp(grhBuf.subarray(20), gidIp(p.srcGid), gidIp(p.dstGid), 0, 0, roce);
+  else writeIpUdp(grhBuf, p.srcGid, p.dstGid, 0, 0, roce);
+  return grh;
 }

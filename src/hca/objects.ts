@@ -7,6 +7,7 @@
 import { Access, EventType, WcOpcode, WcStatus } from '../abi/enums.js';
 import type { CompletionProducer, CqeIn, RecvQueueConsumer } from '../abi/wqe.js';
 import { type Mapping, unmap as unmapOld } from '../native/libc.js';
+import type { MrMemory } from './mr-memory.js';
 
 /** Where the HCA reports events: the owning context's event streams. */
 export interface Owner {
@@ -34,9 +35,10 @@ export class Mr {
     /** IOVA of the first byte (hca_va). */
     public iova: number,
     public length: number,
-    /** The MR's bytes; index 0 is iova. */
-    public mem: Uint8Array,
-    public mapping: Mapping,
+    /** The MR's bytes (offset 0 is iova): a mapping of the daemon's (MappedMemory) or the client's own memory (ProcMemory). */
+    public mem: MrMemory,
+    /** The daemon's mapping under a MappedMemory (unmapped at DEREG_MR); null when the bytes are the client's own. */
+    public mapping: Mapping | null,
     /** Pages charged to the owner's pinned count. */
     public pages: number,
   ) {}

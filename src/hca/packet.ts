@@ -95,6 +95,22 @@ export class Pkt {
   }
 }
 
+/**
+ * A descriptor's own payload buffer, made the first time one is needed and kept with it across the pool (a
+ * WeakMap: the descriptor's shape stays that of every other): what a payload gathered from several SGEs, or
+ * copied out of a client's memory that the daemon does not map, is placed in. At least n bytes (an MTU, 4096,
+ * at most almost always).
+ */
+const scratches = new WeakMap<Pkt, Uint8Array>();
+export function pktBuffer(p: Pkt, n: number): Uint8Array {
+  let s = scratches.get(p);
+  if (!s || s.length < n) {
+    s = new Uint8Array(Math.max(4096, n));
+    scratches.set(p, s);
+  }
+  return s;
+}
+
 /** A free list of descriptors. */
 export class PktPool {
   private free: Pkt[] = [];

@@ -14,6 +14,7 @@ import type { CounterName } from './counters.js';
 import { SglCursor, type Ah, type Cq, type Mr, type Owner, type Pd, type Srq } from './objects.js';
 import type { Pkt } from './packet.js';
 import type { Linger } from './linger.js';
+import type { MrMemory } from './mr-memory.js';
 import { Task, type Scheduler } from './scheduler.js';
 
 /** What a QP's engines need of the device it lives on (rxe's `struct rxe_dev` as the QP sees it; SoftDevice is one). */
@@ -115,9 +116,10 @@ export interface ReadOut {
   n: number;
   next: number;
   msn: number;
-  /** the MR's IOVA, memory and mapping when the READ came */
+  /** the MR, and its IOVA, memory and mapping when the READ came */
+  mr: Mr | null;
   iova: number;
-  mem: Uint8Array | null;
+  mem: MrMemory | null;
   map: Mapping | null;
   mtu: number;
 }
@@ -404,7 +406,7 @@ export class Qp {
     return WcStatus.SUCCESS;
   }
 
-  /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). Returns false on a dead MR. */
+  /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). False on a dead MR or unreadable client memory. */
   gather(w: SendWqe, off: number, dst: Uint8Array, dstOff: number, len: number): boolean {
     if (w.inline) {
       copyBytes(dst, dstOff, w.inlineData, off, len);
@@ -514,7 +516,10 @@ class SingleSge {
 }
 const SINGLE = new SingleSge();
 
-/** Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`). False on a dead MR or a list shorter than off+len. */
+/**
+ * Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`). False
+ * on a dead MR, client memory that could not be read or written, or a list shorter than off+len.
+ */
 const sgl = new SglCursor();
 function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff: number, toWqe: boolean): boolean {
   const c = sgl.start(w.numSge, w.len, off, len);
@@ -522,8 +527,11 @@ function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff:
     const mr = w.mr[c.i];
     if (!mr || !mr.valid) return false;
     const mOff = w.addr[c.i]! - mr.iova + c.sgeOff;
-    if (toWqe) copyBytes(mr.mem, mOff, buf, bufOff + c.done, c.n);
-    else copyBytes(buf, bufOff + c.done, mr.mem, mOff, c.n);
+    const v = mr.mem.view;
+    if (v !== null) {
+      if (toWqe) copyBytes(v, mOff, buf, bufOff + c.done, c.n);
+      else copyBytes(buf, bufOff + c.done, v, mOff, c.n);
+    } else if (!(toWqe ? mr.mem.write(mOff, buf, bufOff + c.done, c.n) : mr.mem.read(mOff, buf, bufOff + c.done, c.n))) return false;
   }
   return c.complete;
 }

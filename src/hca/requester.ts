@@ -10,7 +10,7 @@
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import { completeUnreliable, failWqe, flushSend } from './completion.js';
 import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
-import type { Pkt } from './packet.js';
+import { pktBuffer, type Pkt } from './packet.js';
 import { WqeState, type Qp, type SendWqe } from './qp.js';
 import { Task } from './scheduler.js';
 import { tracer } from './trace.js';
@@ -241,7 +241,9 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   let span = 1;
   if (remaining > qp.mtu && qp.mtu < SPAN_BYTES && dev.acceptsSpans(p.dstGid)) {
     span = Math.min(Math.ceil(remaining / qp.mtu), Math.floor(SPAN_BYTES / qp.mtu));
-    if (!qp.single(w, w.offset, Math.min(remaining, span * qp.mtu))) span = 1;
+    // (a client's memory the daemon does not map is copied packet by packet, into the descriptor's MTU buffer)
+    const one = qp.single(w, w.offset, Math.min(remaining, span * qp.mtu));
+    if (!one || one.mr.mem.view === null) span = 1;
   }
   const n = Math.min(span * qp.mtu, remaining);
   const last = remaining <= span * qp.mtu;
@@ -260,7 +262,10 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   }
   if (n > 0 && !payload(qp, w, p, n)) {
     dev.freePkt(p);
+    // as a WQE its checks refuse (fetchWqe): past the requester, so failWqe completes it with its status
+    w.state = WqeState.PENDING;
     w.status = WcStatus.LOC_PROT_ERR;
+    qp.req.idx = (qp.req.idx + 1) >>> 0;
     failWqe(qp);
     return false;
   }
@@ -293,31 +298,32 @@ function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {
   return last ? (imm ? Op.RDMA_WRITE_LAST_WITH_IMMEDIATE : Op.RDMA_WRITE_LAST) : Op.RDMA_WRITE_MIDDLE;
 }
 
-/** The packet's n payload bytes: the MR's memory itself when one SGE holds them all, else gathered into the descriptor's buffer. */
+/**
+ * The packet's n payload bytes: the MR's memory itself when one SGE holds them all and the daemon maps it, else
+ * copied into the descriptor's buffer (gathered from the SGEs, or read from the client's memory). False when
+ * the client's memory could not be read (or an MR died).
+ */
 function payload(qp: Qp, w: SendWqe, p: Pkt, n: number): boolean {
   const one = qp.single(w, w.offset, n);
   if (one) {
-    p.payload = one.mr.mem;
-    p.payMap = one.mr.mapping;
-    p.payOff = one.off;
+    const v = one.mr.mem.view;
+    if (v !== null) {
+      p.payload = v;
+      p.payMap = one.mr.mapping;
+      p.payOff = one.off;
+      return true;
+    }
+    const buf = pktBuffer(p, n);
+    if (!one.mr.mem.read(one.off, buf, 0, n)) return false;
+    p.payload = buf;
+    p.payOff = 0;
     return true;
   }
-  const scratch = scratchOf(p);
-  if (!qp.gather(w, w.offset, scratch, 0, n)) return false;
-  p.payload = scratch;
+  const buf = pktBuffer(p, n);
+  if (!qp.gather(w, w.offset, buf, 0, n)) return false;
+  p.payload = buf;
   p.payOff = 0;
   return true;
-}
-
-/** Each pooled descriptor keeps its own gather buffer, made the first time one is needed. */
-const scratches = new WeakMap<object, Uint8Array>();
-function scratchOf(p: object): Uint8Array {
-  let s = scratches.get(p);
-  if (!s) {
-    s = new Uint8Array(4096);
-    scratches.set(p, s);
-  }
-  return s;
 }
 
 /**

@@ -11,10 +11,10 @@ import { postRecvWc, toError } from './completion.js';
 import { SglCursor, type Mr } from './objects.js';
 import type { RecvWqe } from '../abi/wqe.js';
 import { copyBytes } from '../abi/ring.js';
-import { writeIpUdp } from './codec.js';
-import { gidIp, isV4Gid } from './gid.js';
-import { Aeth, HdrSize, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
-import type { Pkt } from './packet.js';
+import { makeGrh } from './codec.js';
+import { Aeth, M, Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
+import { pktBuffer, type Pkt } from './packet.js';
+import { atomic64 } from './mr-memory.js';
 import type { Qp, ReadOut, RespRes } from './qp.js';
 import { Task } from './scheduler.js';
 import { tracer } from './trace.js';
@@ -194,7 +194,10 @@ function execute(qp: Qp, p: Pkt): RespState {
     const mr = qp.resp.mr;
     if (p.payLen > 0) {
       if (!mr || !mr.valid) return fail(Err.RKEY);
-      mr.mem.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), qp.resp.va - mr.iova);
+      const v = mr.mem.view;
+      // the client's memory that could not be written: as a bad rkey (rxe: a failed rxe_mr_copy is RKEY_VIOLATION)
+      if (v !== null) v.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), qp.resp.va - mr.iova);
+      else if (!mr.mem.write(qp.resp.va - mr.iova, p.payload, p.payOff, p.payLen)) return fail(Err.RKEY);
     }
     qp.resp.va += p.payLen;
     qp.resp.resid -= p.payLen;
@@ -350,7 +353,7 @@ function takeRecv(qp: Qp): RecvWqe | null {
   return qp.recvWqe;
 }
 
-/** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds. */
+/** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds, or unwritable client memory. */
 const sgl = new SglCursor();
 function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
   const c = sgl.start(w.numSge, w.len, off, len);
@@ -358,7 +361,9 @@ function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: numbe
     const mr = qp.dev.lookupMr(w.lkey[c.i]!);
     const va = w.addr[c.i]! + c.sgeOff;
     if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, c.n)) return false;
-    copyBytes(mr.mem, va - mr.iova, src, srcOff + c.done, c.n);
+    const v = mr.mem.view;
+    if (v !== null) copyBytes(v, va - mr.iova, src, srcOff + c.done, c.n);
+    else if (!mr.mem.write(va - mr.iova, src, srcOff + c.done, c.n)) return false;
   }
   return c.complete;
 }
@@ -402,19 +407,27 @@ function sendReadResponses(qp: Qp, req: Pkt, r: RespRes, from: number): void {
   const n = Math.max(1, Math.ceil(r.length / mtu));
   const mr = r.length > 0 ? qp.dev.lookupMr(r.rkey) : null;
   if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(qp, req, Err.RKEY);
-  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
+  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, mr, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
   const q = qp.resp.outq;
   qp.resp.lastAck = null; // an ACK may not be moved past these responses
   if (q.length === 0 && out.n - out.next <= READ_BURST) {
-    while (out.next < out.n) qp.dev.xmit(readResponse(qp, out));
+    while (out.next < out.n) {
+      const p = readResponse(qp, out);
+      if (p === null) return error(qp, req, Err.RKEY);
+      qp.dev.xmit(p);
+    }
     return;
   }
   q.push(out);
   qp.dev.sched.schedule(qp, Task.RESPOND);
 }
 
-/** The next packet of a read response. */
-function readResponse(qp: Qp, o: ReadOut): Pkt {
+/**
+ * The next packet of a read response: a window on the MR's memory, or its bytes read from the client's memory
+ * into the descriptor's buffer; null when those could not be read (rxe: a failed rxe_mr_copy in read_reply is
+ * RKEY_VIOLATION, a remote access error NAK).
+ */
+function readResponse(qp: Qp, o: ReadOut): Pkt | null {
   const i = o.next++;
   const n = o.n;
   const p = qp.dev.newPkt();
@@ -426,9 +439,16 @@ function readResponse(qp: Qp, o: ReadOut): Pkt {
   const off = i * o.mtu;
   const len = Math.min(o.mtu, o.length - off);
   if (o.mem && len > 0) {
-    p.payload = o.mem;
-    p.payMap = o.map;
-    p.payOff = o.va - o.iova + off;
+    const v = o.mem.view;
+    if (v !== null) {
+      p.payload = v;
+      p.payMap = o.map;
+      p.payOff = o.va - o.iova + off;
+    } else if (o.mem.read(o.va - o.iova + off, (p.payload = pktBuffer(p, len)), 0, len)) p.payOff = 0;
+    else {
+      qp.dev.freePkt(p);
+      return null;
+    }
     p.payLen = len;
     p.padCnt = (4 - (len & 3)) & 3;
   }
@@ -456,8 +476,15 @@ export function pump(qp: Qp): void {
     if ('kind' in head) {
       // the MR went away (or changed its translation) under a response still going out: the rest is not sent,
       // the requester retries or times out, as after any lost packets
-      if (head.map?.unmapped) head.next = head.n;
-      while (head.next < head.n && budget-- > 0) qp.dev.xmit(readResponse(qp, head));
+      if (head.map?.unmapped || (head.mr && (!head.mr.valid || head.mr.mem !== head.mem))) head.next = head.n;
+      while (head.next < head.n && budget-- > 0) {
+        const p = readResponse(qp, head);
+        if (p === null) {
+          q.length = 0; // the NAK goes now, and nothing after it
+          return error(qp, { psn: head.firstPsn, srcQpn: qp.attr.destQpn }, Err.RKEY);
+        }
+        qp.dev.xmit(p);
+      }
       if (head.next < head.n) break;
     } else {
       qp.dev.xmit(head);
@@ -473,20 +500,9 @@ function atomic(qp: Qp, p: Pkt): void {
   const mr = checkRkey(qp, p.rkey, p.va, 8, Access.REMOTE_ATOMIC);
   if (!mr || mr === ZERO_LEN) return error(qp, p, Err.RKEY);
   if (p.va % 8 !== 0) return error(qp, p, Err.INVALID); // rxe: misaligned atomic → invalid request
-  const off = p.va - mr.iova;
-  const mem = mr.mem;
-  let orig: bigint;
-  const isCas = (p.opcode & 0x1f) === Op.COMPARE_SWAP;
-  if ((mem.byteOffset + off) % 8 === 0) {
-    // a real atomic on the shared page: the client may be touching it from its own CPU
-    const a = new BigUint64Array(mem.buffer, mem.byteOffset + off, 1);
-    orig = isCas ? Atomics.compareExchange(a, 0, p.compare, p.swapAdd) : Atomics.add(a, 0, p.swapAdd);
-  } else {
-    const dv = new DataView(mem.buffer, mem.byteOffset + off, 8);
-    orig = dv.getBigUint64(0, true);
-    const next = isCas ? (orig === p.compare ? p.swapAdd : orig) : BigInt.asUintN(64, orig + p.swapAdd);
-    dv.setBigUint64(0, next, true);
-  }
+  // (a client's memory that could not be read or written: as a bad rkey, rxe's RKEY_VIOLATION)
+  const orig = atomic64(mr.mem, p.va - mr.iova, (p.opcode & 0x1f) === Op.COMPARE_SWAP, p.compare, p.swapAdd);
+  if (orig === null) return error(qp, p, Err.RKEY);
   const r = newRes(qp);
   r.atomic = true;
   r.firstPsn = r.lastPsn = p.psn;
@@ -562,7 +578,7 @@ function sendAck(qp: Qp, syndrome: number, psn: number): void {
 }
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */
-function error(qp: Qp, p: Pkt, e: ErrKind): void {
+function error(qp: Qp, p: { psn: number; srcQpn: number }, e: ErrKind): void {
   sendAck(qp, e.syndrome, p.psn);
   const was = qp.state;
   qp.state = QpState.ERR; // before the error completion shows, as on the send side
@@ -601,21 +617,4 @@ function receiveUd(qp: Qp, p: Pkt): void {
     return;
   }
   qp.dev.counters.rdma_recvs++;
-}
-
-/** The GRH a UD receive gets, written where IP and UDP headers are written for the wire (one buffer, reused). */
-const grhBuf = new Uint8Array(48);
-const grh = grhBuf.subarray(0, 40);
-
-/**
- * The 40 bytes a UD receiver finds before the payload: the packet's IP header as the wire carried it. For an
- * IPv4 GID (::ffff:a.b.c.d) rxe puts the IPv4 header in the last 20 bytes; for IPv6 the IPv6 header fills all 40.
- */
-function makeGrh(p: Pkt): Uint8Array {
-  grhBuf.fill(0);
-  // what follows the IP header: UDP's payload is the BTH, DETH, immediate, payload, pad and ICRC
-  const roce = HdrSize.BTH + HdrSize.DETH + (p.mask & M.IMM ? HdrSize.IMM : 0) + p.payLen + p.padCnt + HdrSize.ICRC;
-  if (isV4Gid(p.srcGid)) writeIpUdp(grhBuf.subarray(20), gidIp(p.srcGid), gidIp(p.dstGid), 0, 0, roce);
-  else writeIpUdp(grhBuf, p.srcGid, p.dstGid, 0, 0, roce);
-  return grh;
 }

@@ -3,7 +3,8 @@
  * install script): memfd_create, mmap/munmap, file seals, SO_PEERCRED, a
  * listening AF_UNIX socket with accept4 and a send that never waits (the
  * daemon judges each connection before Node sees it), and the AF_UNIX
- * datagram of systemd's readiness protocol.
+ * datagram of systemd's readiness protocol, and pread/pwrite at 64-bit
+ * offsets into a caller's buffer (a client's memory through /proc/<pid>/mem).
  * Everything else (open, fstat, ftruncate, close) is node:fs on raw fds.
  */
 import koffi from 'koffi';
@@ -28,6 +29,8 @@ const send_ = libc.func('intptr_t send(int fd, const void *buf, size_t len, int 
 const accept4_ = libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)');
 const bind_ = libc.func('int bind(int fd, const void *addr, uint32_t len)');
 const listen_ = libc.func('int listen(int fd, int backlog)');
+const pread_ = libc.func('intptr_t pread(int fd, void *buf, size_t n, int64_t off)');
+const pwrite_ = libc.func('intptr_t pwrite(int fd, const void *buf, size_t n, int64_t off)');
 
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
@@ -132,6 +135,22 @@ const MSG_NOSIGNAL = 0x4000;
 export function sendNow(fd: number, b: Buffer): number {
   const n = Number(send_(fd, b, b.length, MSG_DONTWAIT | MSG_NOSIGNAL));
   return n < 0 ? -koffi.errno() : n;
+}
+
+/**
+ * pread(2) of n bytes at file offset `off` into buf from its first byte (koffi passes a typed array as a
+ * pointer to its own first byte, byteOffset included, without copying): the bytes read, or -errno. `off` is a
+ * safe integer, carried exactly in the int64_t; the caller makes sure buf holds n bytes.
+ */
+export function preadAt(fd: number, buf: Uint8Array, n: number, off: number): number {
+  const r = Number(pread_(fd, buf, n, off));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** pwrite(2) of buf's first n bytes at file offset `off`: the bytes written, or -errno (as preadAt). */
+export function pwriteAt(fd: number, buf: Uint8Array, n: number, off: number): number {
+  const r = Number(pwrite_(fd, buf, n, off));
+  return r < 0 ? -koffi.errno() : r;
 }
 
 /**

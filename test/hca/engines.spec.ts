@@ -15,6 +15,7 @@ import { SendRingConsumer, SendRingProducer } from '../../src/abi/send-ring.js';
 import { SoftDevice } from '../../src/hca/device.js';
 import { Fabric, Fault } from '../../src/hca/fabric.js';
 import { gidOf } from '../../src/hca/gid.js';
+import { MappedMemory } from '../../src/hca/mr-memory.js';
 import { Ah, Cq, Mr, Pd, type Owner } from '../../src/hca/objects.js';
 import { Aeth, M, OPCODES, Op, Transport } from '../../src/hca/opcodes.js';
 import { Pkt } from '../../src/hca/packet.js';
@@ -92,7 +93,7 @@ function rig(type: QpType = QpType.RC, peer: { spans?: boolean } = {}): Rig {
   qp.state = QpState.RTS;
   const mrMem = mapAnon(1 << 16);
   const key = dev.allocMrKey();
-  const mr = new Mr(pd, key, qp.attr.accessFlags, 0x10000, 1 << 16, new Uint8Array(mrMem.buffer), mrMem, 16);
+  const mr = new Mr(pd, key, qp.attr.accessFlags, 0x10000, 1 << 16, new MappedMemory(new Uint8Array(mrMem.buffer)), mrMem, 16);
   dev.mrs.set(key >>> 8, mr);
   const trace: string[] = [];
   tracer.hook = (engine: Engine, qpn: number, state: string) => {
@@ -162,7 +163,7 @@ afterEach(() => {
 describe('requester', () => {
   test('a 3000-byte SEND at MTU 1024: FIRST, MIDDLE, LAST with consecutive PSNs, an ACK asked for on the last; the retransmit timer armed', () => {
     const r = (current = rig());
-    r.mr.mem.fill(7, 0, 3000);
+    r.mr.mem.view!.fill(7, 0, 3000);
     postSend(r, { wrId: 1n, opcode: WrOpcode.SEND, length: 3000 });
     assert.deepEqual(r.wire.map(opName), ['SEND_FIRST', 'SEND_MIDDLE', 'SEND_LAST']);
     assert.deepEqual(r.wire.map((p) => p.psn), [100, 101, 102]);
@@ -244,8 +245,8 @@ describe('completer', () => {
     feed(r, Transport.RC | Op.RDMA_READ_RESPONSE_FIRST, { psn: 100, payload: a, payLen: 1024 });
     feed(r, Transport.RC | Op.RDMA_READ_RESPONSE_LAST, { psn: 101, payload: b, payLen: 476 });
     assert.deepEqual(states(r, 'completer'), ['GET_WQE', 'CHECK_PSN', 'READ', 'DONE', 'GET_WQE', 'CHECK_PSN', 'READ', 'COMP_ANSWERED', 'DONE']);
-    assert.ok(r.mr.mem.subarray(0x100, 0x100 + 1024).every((x) => x === 0xaa));
-    assert.ok(r.mr.mem.subarray(0x100 + 1024, 0x100 + 1500).every((x) => x === 0xbb));
+    assert.ok(r.mr.mem.view!.subarray(0x100, 0x100 + 1024).every((x) => x === 0xaa));
+    assert.ok(r.mr.mem.view!.subarray(0x100 + 1024, 0x100 + 1500).every((x) => x === 0xbb));
     const wcs = poll(r);
     assert.deepEqual(wcs.map((w) => [w.wrId, w.status, w.opcode, w.byteLen]), [[3n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, 1500]]);
   });
@@ -290,7 +291,7 @@ describe('completer', () => {
 describe('spans: a run of packets between devices of one daemon as one descriptor', () => {
   test('a 3000-byte WRITE to a device of this daemon leaves as one WRITE_ONLY standing for PSNs 100..102; the ACK for 102 completes it', () => {
     const r = (current = rig(QpType.RC, { spans: true }));
-    r.mr.mem.fill(9, 0, 3000);
+    r.mr.mem.view!.fill(9, 0, 3000);
     postSend(r, { wrId: 5n, opcode: WrOpcode.RDMA_WRITE, length: 3000, remoteAddr: 0x8000, rkey: 0x77 });
     assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.span, p.payLen, p.dmaLen, p.ackReq]), [['RDMA_WRITE_ONLY', 100, 3, 3000, 3000, true]]);
     assert.ok(r.wire[0]!.payload.every((b) => b === 9));
@@ -305,7 +306,7 @@ describe('spans: a run of packets between devices of one daemon as one descripto
     postRecv(r, 8n, 0x1000, 4096);
     const data = new Uint8Array(2500).map((_, i) => i & 0xff);
     feed(r, Transport.RC | Op.SEND_ONLY, { psn: 500, span: 3, payload: data, payLen: 2500, ackReq: true });
-    assert.deepEqual(r.mr.mem.subarray(0x1000, 0x1000 + 2500), data);
+    assert.deepEqual(r.mr.mem.view!.subarray(0x1000, 0x1000 + 2500), data);
     assert.deepEqual(poll(r).map((w) => [w.wrId, w.status, w.byteLen]), [[8n, WcStatus.SUCCESS, 2500]]);
     assert.equal(r.qp.resp.psn, 503);
     assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.msn]), [['ACKNOWLEDGE', 502, 1]]);
@@ -344,7 +345,7 @@ describe('responder', () => {
     const data = new Uint8Array(100).map((_, i) => i);
     feed(r, Transport.RC | Op.SEND_ONLY, { psn: 500, payload: data, payLen: 100, ackReq: true });
     assert.deepEqual(states(r, 'responder'), ['CHECK_STATE', 'CHECK_PSN', 'CHECK_OP_SEQ', 'CHECK_OP_VALID', 'GET_RECV_WQE', 'CHECK_RKEY', 'EXECUTE', 'COMPLETE', 'ACKNOWLEDGE']);
-    assert.deepEqual(r.mr.mem.subarray(0x200, 0x200 + 100), data);
+    assert.deepEqual(r.mr.mem.view!.subarray(0x200, 0x200 + 100), data);
     assert.deepEqual(poll(r).map((w) => [w.wrId, w.status, w.opcode, w.byteLen, w.srcQp]), [[77n, WcStatus.SUCCESS, WcOpcode.RECV, 100, 0x99]]);
     assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.syndrome & Aeth.TYPE_MASK, p.msn]), [['ACKNOWLEDGE', 500, Aeth.ACK, 1]]);
     assert.equal(r.qp.resp.psn, 501);
@@ -372,12 +373,12 @@ describe('responder', () => {
     const r = (current = rig());
     const first = new Uint8Array(64).fill(1);
     feed(r, Transport.RC | Op.RDMA_WRITE_ONLY, { psn: 500, va: 0x10000 + 0x400, rkey: r.mr.key, dmaLen: 64, payload: first, payLen: 64, ackReq: true });
-    assert.ok(r.mr.mem.subarray(0x400, 0x440).every((x) => x === 1));
-    r.mr.mem.fill(0, 0x400, 0x440);
+    assert.ok(r.mr.mem.view!.subarray(0x400, 0x440).every((x) => x === 1));
+    r.mr.mem.view!.fill(0, 0x400, 0x440);
     r.trace.length = 0;
     feed(r, Transport.RC | Op.RDMA_WRITE_ONLY, { psn: 500, va: 0x10000 + 0x400, rkey: r.mr.key, dmaLen: 64, payload: first, payLen: 64, ackReq: true });
     assert.deepEqual(states(r, 'responder'), ['CHECK_STATE', 'CHECK_PSN', 'DUPLICATE']);
-    assert.ok(r.mr.mem.subarray(0x400, 0x440).every((x) => x === 0), 'not written twice');
+    assert.ok(r.mr.mem.view!.subarray(0x400, 0x440).every((x) => x === 0), 'not written twice');
     assert.deepEqual(r.wire.map((p) => [p.psn, p.syndrome & Aeth.TYPE_MASK]), [[500, Aeth.ACK], [500, Aeth.ACK]]);
     assert.equal(r.dev.counters.duplicate_request, 1);
   });
@@ -392,7 +393,7 @@ describe('responder', () => {
 
   test('an RDMA READ is answered from the MR: FIRST and LAST responses with the bytes, PSNs from the request\'s', () => {
     const r = (current = rig());
-    r.mr.mem.fill(0x5a, 0x1000, 0x1000 + 1500);
+    r.mr.mem.view!.fill(0x5a, 0x1000, 0x1000 + 1500);
     feed(r, Transport.RC | Op.RDMA_READ_REQUEST, { psn: 500, va: 0x10000 + 0x1000, rkey: r.mr.key, dmaLen: 1500, ackReq: true });
     assert.deepEqual(states(r, 'responder').at(-1), 'READ');
     assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.payLen]), [['RDMA_READ_RESPONSE_FIRST', 500, 1024], ['RDMA_READ_RESPONSE_LAST', 501, 476]]);

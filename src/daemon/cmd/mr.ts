@@ -4,6 +4,7 @@ import { pack } from '../../abi/layout.js';
 import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
+import { MappedMemory } from '../../hca/mr-memory.js';
 import { Mr } from '../../hca/objects.js';
 import type { Mapping } from '../../native/libc.js';
 import type { Context } from '../context.js';
@@ -20,7 +21,7 @@ function checkAccess(access: number): void {
 }
 
 /** Maps and accounts [start, start+length) of a memfd: all or nothing. */
-function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Udata<'REG_MR'>): { mapping: Mapping; mem: Uint8Array; pages: number } {
+function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Udata<'REG_MR'>): { mapping: Mapping; mem: MappedMemory; pages: number } {
   if (length === 0n) fail(E.EINVAL, 'zero-length MR');
   if (start + length > 0xffffffffffffffffn || hcaVa + length > 0xffffffffffffffffn) fail(E.EINVAL, 'addr + length overflows');
   if (length > BigInt(Limits.maxMrSize)) fail(E.EINVAL, `length ${length} is over max_mr_size`);
@@ -35,7 +36,7 @@ function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Ud
   let m: ReturnType<typeof mapClientMemfd> | null = null;
   try {
     m = ctx.mapClient(u.memfd, u.memfd_offset, length);
-    return { mapping: m.mapping, mem: new Uint8Array(m.mapping.buffer, m.delta, Number(length)), pages };
+    return { mapping: m.mapping, mem: new MappedMemory(new Uint8Array(m.mapping.buffer, m.delta, Number(length))), pages };
   } catch (e) {
     if (m) ctx.unmapClient(m.mapping);
     ctx.host.pinned.release(ctx.pid, pages);
@@ -66,7 +67,7 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   const newPd = flags & ReregMrFlags.CHANGE_PD ? ctx.get('pd', r.pd_handle) : mr.pd;
   const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
   checkAccess(access);
-  let p: { mapping: Mapping; mem: Uint8Array; pages: number } | null = null;
+  let p: ReturnType<typeof pin> | null = null;
   if (flags & ReregMrFlags.CHANGE_TRANSLATION) {
     if (!u) fail(E.EINVAL, 'REREG_MR: CHANGE_TRANSLATION needs the memfd udata');
     p = pin(ctx, r.start, r.length, r.hca_va, u);
@@ -75,7 +76,7 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   const key = ctx.dev.allocMrKey();
   ctx.dev.mrs.delete(mr.key >>> 8);
   if (p) {
-    ctx.unmapClient(mr.mapping);
+    if (mr.mapping) ctx.unmapClient(mr.mapping);
     ctx.host.pinned.release(ctx.pid, mr.pages);
     mr.mapping = p.mapping;
     mr.mem = p.mem;

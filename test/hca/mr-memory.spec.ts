@@ -1,0 +1,491 @@
+/**
+ * Memory regions whose bytes are a client's own memory, reached through its
+ * /proc/<pid>/mem (ProcMemory), beside ones the daemon maps (MappedMemory):
+ * ProcMemory's copies on their own, then the engines of two devices over one
+ * fabric moving data between MRs of either kind, one side's MRs in a real
+ * child process; and accesses to a page the client unmapped, which end as the
+ * IBA errors a bad key gives while the devices go on serving.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, afterEach, before, describe, test } from 'node:test';
+import { Access, Mtu, QpState, QpType, SendFlags, WcOpcode, WcStatus, WrOpcode } from '../../src/abi/enums.js';
+import { CqRingConsumer, CqRingProducer, type CqeOut } from '../../src/abi/cq-ring.js';
+import { cqLayout, qpLayout } from '../../src/abi/queue.js';
+import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
+import { SendRingConsumer, SendRingProducer, type SendWrIn } from '../../src/abi/send-ring.js';
+import { SoftDevice } from '../../src/hca/device.js';
+import { Fabric } from '../../src/hca/fabric.js';
+import { atomic64, MappedMemory, ProcMemory, type MrMemory } from '../../src/hca/mr-memory.js';
+import { Cq, Mr, Pd, type Ah, type Owner } from '../../src/hca/objects.js';
+import { Qp } from '../../src/hca/qp.js';
+import { mapAnon, unmap, type Mapping } from '../../src/native/libc.js';
+import { holed, PAGE } from '../fixtures/hole.js';
+import { DIST, pattern } from '../helpers.js';
+
+const ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC;
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+let selfFd = -1;
+before(() => {
+  selfFd = openSync('/proc/self/mem', 'r+');
+});
+after(() => closeSync(selfFd));
+
+describe('ProcMemory on /proc/self/mem', () => {
+  test('reads and writes at addresses above 2^32, to and from buffers at offset 0 and elsewhere', () => {
+    const m = mapAnon(4 * PAGE);
+    const v = new Uint8Array(m.buffer);
+    assert.ok(Number(m.addr) > 2 ** 32, 'an mmap address, carried exactly in the int64_t offset');
+    pattern(1, v.length).copy(v);
+    const mem = new ProcMemory(selfFd, Number(m.addr));
+    assert.equal(mem.view, null);
+    const dst = new Uint8Array(5000);
+    assert.ok(mem.read(100, dst, 0, 5000));
+    assert.deepEqual(dst, v.subarray(100, 5100));
+    const dst2 = new Uint8Array(6000);
+    assert.ok(mem.read(7, dst2, 1000, 3000));
+    assert.deepEqual(dst2.subarray(1000, 4000), v.subarray(7, 3007));
+    assert.ok(dst2.subarray(0, 1000).every((b) => b === 0) && dst2.subarray(4000).every((b) => b === 0), 'nothing outside the range');
+    const src = pattern(2, 3000);
+    assert.ok(mem.write(9000, src, 0, 3000));
+    assert.deepEqual(v.subarray(9000, 12000), new Uint8Array(src));
+    assert.ok(mem.write(12000, src, 500, 2000));
+    assert.deepEqual(v.subarray(12000, 14000), new Uint8Array(src.subarray(500, 2500)));
+    assert.ok(mem.read(0, dst, 0, 0) && mem.write(0, src, 3000, 0), 'zero bytes');
+    unmap(m);
+  });
+
+  test('a copy longer than the bounce buffer (64 KiB), at an offset in the caller\'s buffer, goes through it in pieces', () => {
+    const m = mapAnon(64 * PAGE);
+    const v = new Uint8Array(m.buffer);
+    pattern(3, v.length).copy(v);
+    const mem = new ProcMemory(selfFd, Number(m.addr));
+    const dst = new Uint8Array(200_003);
+    assert.ok(mem.read(11, dst, 3, 200_000));
+    assert.deepEqual(dst.subarray(3), v.subarray(11, 200_011));
+    const src = pattern(4, 200_005);
+    assert.ok(mem.write(1, src, 5, 200_000));
+    assert.deepEqual(v.subarray(1, 200_001), new Uint8Array(src.subarray(5)));
+    unmap(m);
+  });
+
+  test('a range reaching an unmapped page fails (a short transfer, then EIO), by either path; the pages around it still work', () => {
+    const m = holed(3, 1);
+    const mem = new ProcMemory(selfFd, m.addr);
+    m.view.fill(0x11, 0, PAGE);
+    m.view.fill(0x22, 2 * PAGE);
+    const dst = new Uint8Array(300);
+    assert.equal(mem.read(PAGE - 100, dst, 0, 200), false);
+    assert.equal(mem.read(PAGE - 100, dst, 50, 200), false);
+    assert.equal(mem.read(PAGE, dst, 0, 8), false, 'wholly on the unmapped page');
+    assert.equal(mem.write(PAGE - 100, dst, 0, 200), false);
+    assert.equal(mem.write(PAGE + 8, dst, 8, 8), false);
+    assert.ok(mem.read(PAGE - 100, dst, 0, 100), 'up to the hole');
+    assert.ok(dst.subarray(0, 100).every((b) => b === 0x11));
+    assert.ok(mem.read(2 * PAGE, dst, 100, 200));
+    assert.ok(dst.subarray(100, 300).every((b) => b === 0x22));
+    m.release();
+  });
+
+  test('a descriptor that is none, or a file: false rather than a throw; a read past a file\'s end (short, then 0) fails', () => {
+    const dst = new Uint8Array(100);
+    const none = new ProcMemory(-1, 0x10000);
+    assert.equal(none.read(0, dst, 0, 8), false);
+    assert.equal(none.write(0, dst, 0, 8), false);
+    const dir = mkdtempSync(join(tmpdir(), 'mrmem-'));
+    try {
+      writeFileSync(join(dir, 'f'), pattern(5, 100));
+      const fd = openSync(join(dir, 'f'), 'r+');
+      const file = new ProcMemory(fd, 0);
+      assert.ok(file.read(0, dst, 0, 100));
+      assert.deepEqual(Buffer.from(dst), pattern(5, 100));
+      assert.equal(file.read(50, dst, 0, 100), false);
+      closeSync(fd);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  test('a range outside the daemon\'s own buffer is thrown (never written past it); a base that is no user address is refused', () => {
+    const m = mapAnon(PAGE);
+    const mem = new ProcMemory(selfFd, Number(m.addr));
+    assert.throws(() => mem.read(0, new Uint8Array(8), 4, 8), RangeError);
+    assert.throws(() => mem.write(0, new Uint8Array(8), 0, 9), RangeError);
+    for (const base of [2 ** 53, -1, 1.5, NaN]) assert.throws(() => new ProcMemory(selfFd, base), RangeError);
+    unmap(m);
+  });
+
+  test('atomic64 through ProcMemory: a compare-and-swap that swaps, one that does not (writing nothing), a fetch-and-add that wraps; null on an unmapped page', () => {
+    const m = holed(2, 1);
+    const dv = new DataView(m.view.buffer, 0, PAGE);
+    const mem = new ProcMemory(selfFd, m.addr);
+    dv.setBigUint64(64, 5n, true);
+    assert.equal(atomic64(mem, 64, true, 5n, 0xfeedn), 5n);
+    assert.equal(dv.getBigUint64(64, true), 0xfeedn);
+    assert.equal(atomic64(mem, 64, true, 5n, 7n), 0xfeedn);
+    assert.equal(dv.getBigUint64(64, true), 0xfeedn);
+    assert.equal(atomic64(mem, 64, false, 0n, 2n ** 64n - 1n), 0xfeedn);
+    assert.equal(dv.getBigUint64(64, true), 0xfeecn);
+    assert.equal(atomic64(mem, PAGE + 8, false, 0n, 1n), null);
+    m.release();
+  });
+
+  test('MappedMemory: the view is the bytes; read() and write() copy', () => {
+    const v = new Uint8Array(64).map((_, i) => i);
+    const mem: MrMemory = new MappedMemory(v);
+    assert.equal(mem.view, v);
+    const dst = new Uint8Array(10);
+    assert.ok(mem.read(3, dst, 2, 4));
+    assert.deepEqual([...dst.subarray(2, 6)], [3, 4, 5, 6]);
+    assert.ok(mem.write(0, Uint8Array.of(9, 9), 0, 2));
+    assert.deepEqual([...v.subarray(0, 3)], [9, 9, 2]);
+  });
+});
+
+/** A child process with memory: a Buffer (its heap) and a mapping with one page unmapped. */
+interface Child {
+  pid: number;
+  buf: number;
+  hole: number;
+  /** the unmapped page's offset in the mapping at `hole`, and the mapping's length */
+  holeAt: number;
+  holeLen: number;
+  /** its /proc/<pid>/mem, opened read-write by the test (root) */
+  fd: number;
+  ask(line: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const CHILD_BYTES = 2 << 20;
+
+async function spawnChild(): Promise<Child> {
+  const proc: ChildProcess = spawn(process.execPath, [join(DIST, 'test', 'fixtures', 'memchild.js'), String(CHILD_BYTES)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const waiting: Array<(l: string) => void> = [];
+  createInterface({ input: proc.stdout! }).on('line', (l) => waiting.shift()?.(l));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  proc.once('exit', () => {
+    for (const w of waiting.splice(0)) w('exited');
+  });
+  const info = JSON.parse(await new Promise<string>((r) => waiting.push(r))) as { buf: number; hole: number; holeAt: number; holeLen: number };
+  const fd = openSync(`/proc/${proc.pid}/mem`, 'r+');
+  return {
+    pid: proc.pid!, ...info, fd,
+    ask: (line) => new Promise((r) => {
+      waiting.push(r);
+      proc.stdin!.write(`${line}\n`);
+    }),
+    async stop() {
+      proc.stdin!.end();
+      await exited;
+      closeSync(fd);
+    },
+  };
+}
+
+class TestOwner implements Owner {
+  readonly pid = process.pid;
+  compEvent(): void {}
+  asyncEvent(): void {}
+  lookupAh(): Ah | null {
+    return null;
+  }
+}
+
+/** One end of an RC connection: a QP on a device, with its rings as the client writes and reads them. */
+interface End {
+  dev: SoftDevice;
+  pd: Pd;
+  qp: Qp;
+  sq: SendRingProducer;
+  rq: RecvRingProducer;
+  cq: CqRingConsumer;
+}
+
+const CAPS = { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 2, maxRecvSge: 2, maxInlineData: 64 };
+const owner = new TestOwner();
+const qps: Qp[] = [];
+const bugs: Error[] = [];
+afterEach(() => {
+  for (const q of qps.splice(0)) q.stopTimers();
+  assert.deepEqual(bugs.splice(0), [], 'no internal error in the engines');
+});
+
+/** Two devices of one daemon (one fabric, so packets between them may travel as spans), MTU 1024, a PD each. */
+function devices(): { a: { dev: SoftDevice; pd: Pd }; b: { dev: SoftDevice; pd: Pd } } {
+  const fabric = new Fabric();
+  const mk = (i: number) => {
+    const dev = new SoftDevice(fabric, `mm${i}`, i, `127.78.0.${i + 1}`, { mtu: Mtu.MTU_1024 });
+    dev.onBug = (e) => bugs.push(e);
+    return { dev, pd: new Pd(owner) };
+  };
+  return { a: mk(0), b: mk(1) };
+}
+
+function end(dev: SoftDevice, pd: Pd): End {
+  const cl = cqLayout(64);
+  const cqMem = mapAnon(cl.bytes);
+  const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
+  const l = qpLayout(CAPS, false)!;
+  const m = mapAnon(l.bytes);
+  const rq = new RecvRingConsumer(m.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, l.caps.maxRecvSge);
+  const qp = new Qp(dev, owner, dev.allocQpn(), QpType.RC, pd, cq, cq, null, rq, false, l.caps, m, new SendRingConsumer(m.buffer, l.sq, l.caps), 1n);
+  dev.qps.set(qp.qpn, qp);
+  qps.push(qp);
+  return { dev, pd, qp, sq: new SendRingProducer(m.buffer, l.sq), rq: new RecvRingProducer(m.buffer, l.rq!, l.caps.maxRecvSge), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
+}
+
+/** A connected RC pair, one QP on each device, both in RTS. */
+function pair(d: ReturnType<typeof devices>): { a: End; b: End } {
+  const a = end(d.a.dev, d.a.pd);
+  const b = end(d.b.dev, d.b.pd);
+  for (const [x, y] of [[a, b], [b, a]] as const) {
+    const q = x.qp;
+    q.attr.destQpn = y.qp.qpn;
+    q.attr.path.dgid = y.dev.gids[0]!;
+    q.attr.accessFlags = ALL;
+    q.attr.maxRdAtomic = q.attr.maxDestRdAtomic = 4;
+    q.attr.timeout = 14;
+    q.attr.retryCnt = q.comp.retryCnt = 7;
+    q.attr.rnrRetry = q.comp.rnrRetry = 7;
+    q.setMtu(Mtu.MTU_1024, x.dev.mtuBytes);
+    q.req.psn = q.comp.psn = 1000;
+    q.resp.psn = 1000;
+    q.state = QpState.RTS;
+  }
+  return { a, b };
+}
+
+/** Registers memory with an end's device: iova = the client's address, as ibv_reg_mr gives it. */
+function reg(e: End, mem: MrMemory, iova: number, length: number, mapping: Mapping | null = null): Mr {
+  const key = e.dev.allocMrKey();
+  const mr = new Mr(e.pd, key, ALL, iova, length, mem, mapping, 0);
+  e.dev.mrs.set(key >>> 8, mr);
+  return mr;
+}
+
+/** The test process's own memory, reached through /proc/self/mem as a client's would be; `view` to check it directly. */
+function ownMr(e: End, bytes: number): { mr: Mr; view: Uint8Array } {
+  const m = mapAnon(bytes);
+  return { mr: reg(e, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), bytes), view: new Uint8Array(m.buffer) };
+}
+
+/** Memory the daemon maps (today's kind). */
+function mappedMr(e: End, bytes: number): { mr: Mr; view: Uint8Array } {
+  const m = mapAnon(bytes);
+  const view = new Uint8Array(m.buffer);
+  return { mr: reg(e, new MappedMemory(view), 0x40000, bytes, m), view };
+}
+
+const childMr = (e: End, c: Child) => reg(e, new ProcMemory(c.fd, c.buf), c.buf, CHILD_BYTES);
+/** The child's mapping with a page unmapped (at c.holeAt). */
+const holeMr = (e: End, c: Child) => reg(e, new ProcMemory(c.fd, c.hole), c.hole, c.holeLen);
+const sge = (mr: Mr, off: number, length: number) => ({ addr: mr.iova + off, length, lkey: mr.key });
+
+function post(e: End, wr: SendWrIn): void {
+  e.sq.write({ sendFlags: SendFlags.SIGNALED, ...wr });
+  e.sq.publish();
+  e.dev.doorbell(e.qp);
+}
+
+function postRecv(e: End, wrId: bigint, s: { addr: number; length: number; lkey: number }): void {
+  const o = e.rq.begin(wrId, 1);
+  e.rq.writeSge(o, 0, s.addr, s.length, s.lkey);
+  e.rq.advance();
+  e.rq.publish();
+}
+
+/** Waits (turns of the event loop: a long read response goes out a burst per turn) for n completions. */
+async function poll(e: End, n: number): Promise<CqeOut[]> {
+  const out: CqeOut[] = [];
+  const deadline = Date.now() + 10_000;
+  while (out.length < n) {
+    while (e.cq.cons !== e.cq.produced()) {
+      const wc = { wrId: 0n, status: 0, opcode: 0, vendorErr: 0, byteLen: 0, imm: 0, qpNum: 0, srcQp: 0, wcFlags: 0, pkeyIndex: 0, slid: 0, sl: 0, dlidPathBits: 0 };
+      e.cq.read(wc);
+      out.push(wc);
+    }
+    e.cq.publish();
+    if (out.length >= n) break;
+    assert.ok(Date.now() < deadline, `${out.length} of ${n} completions`);
+    await new Promise((r) => setImmediate(r));
+  }
+  return out;
+}
+
+const brief = (wcs: CqeOut[]) => wcs.map((w) => [w.wrId, w.status, w.opcode, w.byteLen]);
+
+describe('the engines with MRs in a client\'s own memory (a child process through /proc/<pid>/mem)', () => {
+  let child: Child;
+  before(async () => {
+    child = await spawnChild();
+  });
+  after(async () => {
+    await child.stop();
+  });
+
+  test('SEND: 10000 bytes gathered from two SGEs of the test\'s own memory land in the child\'s receive buffer', async () => {
+    const { a, b } = pair(devices());
+    const src = ownMr(a, 4 * PAGE);
+    pattern(11, src.view.length).copy(src.view);
+    const dst = childMr(b, child);
+    postRecv(b, 7n, sge(dst, 0x100, 16384));
+    post(a, { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(src.mr, 0, 3000), sge(src.mr, 5000, 7000)] });
+    assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.SEND, 10000]]);
+    assert.deepEqual(brief(await poll(b, 1)), [[7n, WcStatus.SUCCESS, WcOpcode.RECV, 10000]]);
+    const sent = Buffer.concat([src.view.subarray(0, 3000), src.view.subarray(5000, 12000)]);
+    assert.equal(await child.ask(`hash 256 10000`), sha(sent));
+  });
+
+  test('RDMA WRITE into the child: from mapped memory (spans of 64 KiB at the responder) and from the test\'s own (packet by packet)', async () => {
+    const { a, b } = pair(devices());
+    const mapped = mappedMr(a, 256 << 10);
+    pattern(12, mapped.view.length).copy(mapped.view);
+    const own = ownMr(a, 256 << 10);
+    pattern(13, own.view.length).copy(own.view);
+    const dst = childMr(b, child);
+    // the sizes of the responder's writes into the child
+    const writes: number[] = [];
+    const write = dst.mem.write.bind(dst.mem);
+    (dst.mem as ProcMemory).write = (off, src, srcOff, n) => (writes.push(n), write(off, src, srcOff, n));
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(mapped.mr, 0, 200_000)], rdma: { remoteAddr: dst.iova + 1000, rkey: dst.key } });
+    assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, 200_000]]);
+    assert.equal(Math.max(...writes.splice(0)), 65536, 'a span: one write for 64 packets');
+    post(a, { wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(own.mr, 3, 150_000)], rdma: { remoteAddr: dst.iova + 300_001, rkey: dst.key } });
+    assert.deepEqual(brief(await poll(a, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, 150_000]]);
+    assert.equal(Math.max(...writes), 1024, 'from memory the daemon does not map: one packet at a time');
+    assert.equal(await child.ask('hash 1000 200000'), sha(mapped.view.subarray(0, 200_000)));
+    assert.equal(await child.ask('hash 300001 150000'), sha(own.view.subarray(3, 150_003)));
+  });
+
+  test('RDMA READ of 1.5 MiB from the child (more than one turn\'s burst of responses) into the test\'s own memory, and 3000 bytes into mapped memory', async () => {
+    const { a, b } = pair(devices());
+    const LEN = 1536 << 10;
+    assert.equal(await child.ask(`fill 0 ${LEN} 14`), 'ok');
+    const src = childMr(b, child);
+    const own = ownMr(a, LEN);
+    const mapped = mappedMr(a, PAGE);
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(own.mr, 0, LEN)], rdma: { remoteAddr: src.iova, rkey: src.key } });
+    post(a, { wrId: 2n, opcode: WrOpcode.RDMA_READ, sgList: [sge(mapped.mr, 10, 3000)], rdma: { remoteAddr: src.iova + 777, rkey: src.key } });
+    assert.deepEqual(brief(await poll(a, 2)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, LEN], [2n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, 3000]]);
+    const want = pattern(14, LEN);
+    assert.equal(sha(own.view), sha(want));
+    assert.deepEqual(Buffer.from(mapped.view.subarray(10, 3010)), want.subarray(777, 3777));
+  });
+
+  test('atomics on the child\'s memory: a compare-and-swap that swaps, one that does not, a fetch-and-add; each original value lands in the requester\'s MR', async () => {
+    const { a, b } = pair(devices());
+    const target = childMr(b, child);
+    const off = 8 * 1000;
+    const res = ownMr(a, PAGE);
+    const rdv = new DataView(res.view.buffer);
+    // the child's word, set through a WRITE of the test's own bytes
+    rdv.setBigUint64(256, 0x1111_2222_3333_4444n, true);
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(res.mr, 256, 8)], rdma: { remoteAddr: target.iova + off, rkey: target.key } });
+    const at = { remoteAddr: target.iova + off, rkey: target.key };
+    post(a, { wrId: 2n, opcode: WrOpcode.ATOMIC_CMP_AND_SWP, sgList: [sge(res.mr, 0, 8)], atomic: { ...at, compareAdd: 0x1111_2222_3333_4444n, swap: 0x55n } });
+    post(a, { wrId: 3n, opcode: WrOpcode.ATOMIC_CMP_AND_SWP, sgList: [sge(res.mr, 8, 8)], atomic: { ...at, compareAdd: 0x1111_2222_3333_4444n, swap: 0x66n } });
+    post(a, { wrId: 4n, opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, sgList: [sge(res.mr, 16, 8)], atomic: { ...at, compareAdd: 2n ** 64n - 2n } });
+    const wcs = await poll(a, 4);
+    assert.deepEqual(wcs.map((w) => [w.wrId, w.status]), [[1n, 0], [2n, 0], [3n, 0], [4n, 0]]);
+    assert.deepEqual([0, 8, 16].map((o) => rdv.getBigUint64(o, true)), [0x1111_2222_3333_4444n, 0x55n, 0x55n]);
+    // 0x55 + (2^64 - 2), modulo 2^64
+    assert.equal(await child.ask(`u64 ${off}`), String(0x53n));
+  });
+
+  test('a WRITE, a READ and an atomic reaching the child\'s unmapped page: NAK remote access error (REM_ACCESS_ERR), the responder in ERR; a new pair on the same devices works', async () => {
+    const d = devices();
+    for (const op of ['write', 'read', 'atomic'] as const) {
+      const { a, b } = pair(d);
+      const hole = holeMr(b, child);
+      const local = ownMr(a, PAGE);
+      const at = hole.iova + child.holeAt;
+      const wr: SendWrIn =
+        op === 'write' ? { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(local.mr, 0, 200)], rdma: { remoteAddr: at - 100, rkey: hole.key } } :
+        op === 'read' ? { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(local.mr, 0, 2500)], rdma: { remoteAddr: at - 1000, rkey: hole.key } } :
+        { wrId: 1n, opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, sgList: [sge(local.mr, 0, 8)], atomic: { remoteAddr: at + 64, rkey: hole.key, compareAdd: 1n } };
+      post(a, wr);
+      const [wc] = await poll(a, 1);
+      assert.equal(wc!.status, WcStatus.REM_ACCESS_ERR, op);
+      assert.equal(b.qp.state, QpState.ERR, op);
+      assert.equal(a.qp.state, QpState.ERR, op);
+    }
+    const { a, b } = pair(d);
+    const dst = childMr(b, child);
+    const src = ownMr(a, PAGE);
+    pattern(15, PAGE).copy(src.view);
+    post(a, { wrId: 9n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src.mr, 0, PAGE)], rdma: { remoteAddr: dst.iova + 5, rkey: dst.key } });
+    assert.deepEqual(brief(await poll(a, 1)), [[9n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, PAGE]]);
+    assert.equal(await child.ask(`hash 5 ${PAGE}`), sha(src.view));
+  });
+
+  test('a READ whose tail reaches the unmapped page: the first turn\'s burst of responses is placed, the queued rest stops there with a NAK remote access error', async () => {
+    const { a, b } = pair(devices());
+    const hole = holeMr(b, child);
+    const LEN = child.holeAt + 16 * PAGE; // inside the MR: its bounds are checked before anything is read
+    const own = ownMr(a, LEN);
+    own.view.fill(0xee);
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(own.mr, 0, LEN)], rdma: { remoteAddr: hole.iova, rkey: hole.key } });
+    assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.REM_ACCESS_ERR]]);
+    assert.equal(b.qp.state, QpState.ERR);
+    assert.equal(b.qp.resp.outq.length, 0, 'nothing more queued');
+    assert.ok(own.view.subarray(0, child.holeAt).every((x) => x === 0), 'the responses before the page arrived (the child\'s zeroes)');
+    assert.ok(own.view.subarray(child.holeAt).every((x) => x === 0xee), 'none after it');
+  });
+
+  test('a SEND into a receive buffer on the child\'s unmapped page: NAK remote operational error at the requester, LOC_QP_OP_ERR for the receive (rxe\'s MALFORMED_WQE)', async () => {
+    const { a, b } = pair(devices());
+    const hole = holeMr(b, child);
+    const src = mappedMr(a, PAGE);
+    postRecv(b, 5n, sge(hole, child.holeAt - 8, 64));
+    post(a, { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(src.mr, 0, 64)] });
+    assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.REM_OP_ERR]]);
+    assert.deepEqual((await poll(b, 1)).map((w) => [w.wrId, w.status]), [[5n, WcStatus.LOC_QP_OP_ERR]]);
+  });
+});
+
+describe('the requester\'s own side unreadable or unwritable: a local protection error', () => {
+  test('a SEND from a page the client unmapped completes LOC_PROT_ERR; nothing reaches the receiver', async () => {
+    const { a, b } = pair(devices());
+    const m = holed(3, 1);
+    const src = reg(a, new ProcMemory(selfFd, m.addr), m.addr, 3 * PAGE);
+    const dst = mappedMr(b, PAGE);
+    postRecv(b, 5n, sge(dst.mr, 0, PAGE));
+    post(a, { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(src, PAGE - 100, 200)] });
+    assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.LOC_PROT_ERR]]);
+    assert.equal(a.qp.state, QpState.ERR);
+    assert.equal(b.cq.cons, b.cq.produced(), 'no receive completion');
+    m.release();
+  });
+
+  test('a READ whose local buffer is on a page the client unmapped completes LOC_PROT_ERR (the response cannot be placed)', async () => {
+    const { a, b } = pair(devices());
+    const m = holed(2, 1);
+    const local = reg(a, new ProcMemory(selfFd, m.addr), m.addr, 2 * PAGE);
+    const remote = mappedMr(b, 2 * PAGE);
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(local, PAGE - 512, 1024)], rdma: { remoteAddr: remote.mr.iova, rkey: remote.mr.key } });
+    assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.LOC_PROT_ERR]]);
+    m.release();
+  });
+});
+
+test('a client that has exited: its memory reads as nothing, and a READ from it is a remote access error', async () => {
+  const c = await spawnChild();
+  const { a, b } = pair(devices());
+  const src = childMr(b, c);
+  const dst = ownMr(a, PAGE);
+  const chk = new Uint8Array(8);
+  assert.ok(src.mem.read(0, chk, 0, 8));
+  const fd = openSync(`/proc/${c.pid}/mem`, 'r+'); // kept past the exit: stop() closes the child's own
+  await c.stop();
+  const gone = reg(b, new ProcMemory(fd, c.buf), c.buf, CHILD_BYTES);
+  assert.equal(gone.mem.read(0, chk, 0, 8), false);
+  post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(dst.mr, 0, 100)], rdma: { remoteAddr: gone.iova, rkey: gone.key } });
+  assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.REM_ACCESS_ERR]]);
+  closeSync(fd);
+});
