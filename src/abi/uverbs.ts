@@ -218,6 +218,21 @@ export const SV_QUEUE = struct('sv_queue', [['memfd', 'u32'], ['reserved', 'u32'
 /** The first frame of an event-stream connection. */
 export const SV_ATTACH = struct('sv_attach', [['token', 'u32'], ['reserved', 'u32']]);
 
+/**
+ * The descriptor exchange (`<root>/fds.sock`, see daemon/fd-exchange.ts): what a command's write() cannot
+ * carry. One request per connection, a descriptor riding with it or with the reply (SCM_RIGHTS).
+ */
+export const FdOp = {
+  /** the client's /proc/self/mem rides with it, for the context whose GET_CONTEXT answer carried `token` */
+  SET_MEM: 1,
+  /** mmap() of the device file at offset `arg`: the reply carries the queue's memfd and `value` its size */
+  GET_QUEUE: 2,
+} as const;
+export type FdOp = (typeof FdOp)[keyof typeof FdOp];
+export const SV_FD_REQ = struct('sv_fd_req', [['op', 'u32'], ['token', 'u32'], ['arg', 'u64']]);
+/** status 0 or -errno; text_len bytes of the reason follow an error. GET_QUEUE: the queue's size and where it starts in the memfd. */
+export const SV_FD_RESP = struct('sv_fd_resp', [['status', 's32'], ['text_len', 'u32'], ['size', 'u64'], ['offset', 'u64']]);
+
 /** What one command reads and answers: its number, core request (after the header), response, provider udata. */
 export interface CmdSpec<Q extends StructDef = StructDef, R extends StructDef | undefined = StructDef | undefined, D extends StructDef | undefined = StructDef | undefined> {
   readonly cmd: number;

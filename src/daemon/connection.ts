@@ -17,6 +17,8 @@ import { CONTEXT_EXISTS } from './cmd/device.js';
 import type { CompChannel } from './context.js';
 import { Context, type Host } from './context.js';
 import { extendedWrite } from './extended.js';
+import type { ProviderAbi } from './providers/provider.js';
+import { rxeProvider } from './providers/rxe.js';
 import type { Log } from './log.js';
 import { asError, errnoOf, messageOf } from '../common/errors.js';
 
@@ -51,8 +53,6 @@ const DOORBELL_OK = replyFrame(0, Buffer.alloc(4));
 const DOORBELL_EINVAL = replyFrame(-E.EINVAL);
 
 type Kind = 'new' | 'cmd' | 'async' | 'comp' | 'mgmt';
-/** The provider ABI a command connection speaks: the softverbs library's, or rdma-core's rxe provider's. */
-export type ProviderAbi = 'softverbs' | 'rxe';
 /** the most a WRITE_EX reply may carry: the room an extended command can name (its word counts are u16s of 8 bytes) */
 const EX_REPLY_MAX = 2 * 0xffff * 8;
 
@@ -159,6 +159,7 @@ export class Connection {
     this.ctx = ctx;
     this.kind = 'cmd';
     this.abi = abi;
+    if (abi === 'rxe') ctx.provider = rxeProvider;
     host.log(`${this.dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device${abi === 'rxe' ? ' (rxe provider ABI, through the preload library)' : ''}`);
     this.reply(0, ctx.getContextResp(), outBytes);
   }

@@ -29,6 +29,10 @@ import { HandleAllocator } from './handles.js';
 import { type CompChannel, deliverEvent } from './events.js';
 import { deviceMax, OBJ_TYPES, OBJECT_TYPES, rowOf, type Entry, type ObjOf, type ObjType } from './object-table.js';
 import { messageOf } from '../common/errors.js';
+import { closeFd } from '../native/libc.js';
+import type { Provider } from './providers/provider.js';
+import type { FdExchange } from './fd-exchange.js';
+import { softverbsProvider } from './providers/softverbs.js';
 
 export { CompChannel } from './events.js';
 
@@ -43,6 +47,8 @@ export interface Host {
   log(msg: string): void;
   limitHit(uid: number, limit: string, msg: string): void;
   readonly quotas: Quotas;
+  /** Where C programs' queue memfds and /proc/self/mem travel (null: none, as in a daemonless test). */
+  readonly fdExchange: FdExchange | null;
 }
 
 export class Context implements Owner {
@@ -68,6 +74,11 @@ export class Context implements Owner {
 
   /** This context's restrack id (ctxn). */
   ctxn = 0;
+  /** The provider ABI its client speaks (GET_CONTEXT or GET_CONTEXT_RXE). */
+  provider: Provider = softverbsProvider;
+  private readonly linked = new Map<Mapping, Mapping[]>();
+  /** An rxe client's /proc/<pid>/mem (the descriptor exchange's SET_MEM), through which its MRs are reached; -1 until then. */
+  memFd = -1;
 
   // ---- handle table (the kernel's per-file idr: lowest free number), through the object table ----
 
@@ -147,10 +158,23 @@ export class Context implements Owner {
     }
   }
 
-  unmapClient(m: Mapping): void {
-    if (m.unmapped) return;
+  /** Gives back a mapping mapClient() or the provider made, and those linked to it (null: the memory was never mapped). */
+  unmapClient(m: Mapping | null): void {
+    if (!m || m.unmapped) return;
+    this.provider.unmapped?.(this, m);
     unmap(m);
     this.host.quotas.release(this.uid, 'mappings');
+    const more = this.linked.get(m);
+    if (!more) return;
+    this.linked.delete(m);
+    for (const x of more) this.unmapClient(x);
+  }
+
+  /** `other` goes when `first` does: one object's queues in two mappings (an rxe QP's SQ and RQ). */
+  linkMapping(first: Mapping, other: Mapping): void {
+    const l = this.linked.get(first);
+    if (l) l.push(other);
+    else this.linked.set(first, [other]);
   }
 
   /** The object of `type` behind handle h, or EINVAL naming the handle (`what`: the request field that gave it). */
@@ -198,15 +222,16 @@ export class Context implements Owner {
     const spec = U.COMMANDS.get(cmd);
     if (!spec) fail(E.EOPNOTSUPP, `unknown command ${cmd}`);
     const reqSize = layout(spec.req).size;
+    const udataSpec = this.provider.reqUdata(spec);
     if (frame.length < U.HDR_SIZE + reqSize) fail(E.ENOSPC, `${spec.name}: in_words ${frame.length / 4} is shorter than the command`);
     if (spec.resp && outBytes < layout(spec.resp).size) fail(E.ENOSPC, `${spec.name}: out_words ${outBytes / 4} is shorter than the response`);
     const req = unpack(spec.req, frame, U.HDR_SIZE);
     let udata: object | null = null;
     let rest = U.HDR_SIZE + reqSize;
-    if (spec.udata) {
-      const uSize = layout(spec.udata).size;
+    if (udataSpec) {
+      const uSize = layout(udataSpec).size;
       if (frame.length >= rest + uSize) {
-        udata = unpack(spec.udata, frame, rest);
+        udata = unpack(udataSpec, frame, rest);
         rest += uSize;
       }
     }
@@ -274,6 +299,8 @@ export class Context implements Owner {
     }
     this.host.dropToken(this.asyncToken);
     this.asyncSock?.destroy();
+    if (this.memFd >= 0) closeFd(this.memFd);
+    this.memFd = -1;
   }
 
   /** The resource tracker's rows for this context. */

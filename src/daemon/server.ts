@@ -32,6 +32,7 @@ import { policyFor, type DevicePolicy, type Rule } from './rules.js';
 import { RdmaCm } from '../cm/cma.js';
 import { endUcma, UcmaConnection, type UcmaFile, type UcmaHost } from './ucma.js';
 import { Admission, type Cred, type Listener } from './admission.js';
+import { FdExchange } from './fd-exchange.js';
 import { listenUnix } from '../native/libc.js';
 import { serveMgmt, type MgmtHost } from './mgmt.js';
 
@@ -93,6 +94,9 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
   /** The connection manager (rdma_cm, ib_cm and rdma_ucm) and its device file. */
   readonly cm: RdmaCm;
   private cmServer: Listener | null = null;
+  /** The descriptor exchange: C programs' queue memfds and /proc/self/mem. */
+  fdExchange: FdExchange | null = null;
+  private fdPath: string | null = null;
   private cmPath = '';
   private ucmaTokens = new Map<number, UcmaFile>();
   private ucmaConns = new Set<UcmaConnection>();
@@ -181,6 +185,27 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(misc, 'softverbsd_pid'), `${process.pid}\n`);
   }
 
+  /** The descriptor exchange (fd-exchange.ts): anyone may connect; each request is judged by who sent it. */
+  private async startFdExchange(): Promise<void> {
+    const path = join(this.opts.root, 'fds.sock');
+    await this.recoverStale(path);
+    const old = process.umask(0o111);
+    let fd: number;
+    try {
+      fd = listenUnix(path, LISTEN_BACKLOG);
+    } finally {
+      process.umask(old);
+    }
+    this.fdExchange = new FdExchange(fd, {
+      contextOf: (t) => {
+        const k = this.tokens.get(t);
+        return k?.kind === 'async' ? k.ctx : undefined;
+      },
+      log: (m) => this.log(m),
+    });
+    this.fdPath = path;
+  }
+
   newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
     let t: number;
     do t = randomInt(1, 0x7fffffff);
@@ -202,6 +227,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(verbsClassDir(root), 'abi_version'), `${U.ABI_VERSION}\n`);
     for (const [i, spec] of this.opts.devices.entries()) await this.addDevice(spec, i);
     await this.startCm();
+    await this.startFdExchange();
     this.checkLinks();
     this.linkTimer = setInterval(() => {
       try {
@@ -476,6 +502,8 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
   async stop(): Promise<void> {
     if (this.linkTimer) clearInterval(this.linkTimer);
     this.cmServer?.close();
+    this.fdExchange?.close();
+    if (this.fdPath) rmSync(this.fdPath, { force: true });
     // every device goes, as on removal: each cm_id on one hears DEVICE_REMOVAL before its event stream ends
     for (const d of this.devs) {
       this.cm.removeDevice(d.dev);

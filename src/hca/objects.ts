@@ -6,7 +6,7 @@
  */
 import { Access, EventType, WcOpcode, WcStatus } from '../abi/enums.js';
 import type { CompletionProducer, CqeIn, RecvQueueConsumer } from '../abi/wqe.js';
-import { type Mapping, unmap as unmapOld } from '../native/libc.js';
+import type { Mapping } from '../native/libc.js';
 import type { MrMemory } from './mr-memory.js';
 
 /** Where the HCA reports events: the owning context's event streams. */
@@ -107,13 +107,11 @@ export class Cq {
     return true;
   }
 
-  /** RESIZE_CQ: the completions not yet polled move to the new ring; the old one is unmapped. */
+  /** RESIZE_CQ: the completions not yet polled move to the new ring (the caller unmaps the old one). */
   resize(mapping: Mapping, slots: number, cqe: number): void {
-    const old = this.mapping;
     this.ring.moveTo(mapping.buffer, slots);
     this.mapping = mapping;
     this.cqe = cqe;
-    unmapOld(old);
   }
 
   /** Arms the CQ (REQ_NOTIFY_CQ); the library normally does this in shared memory. */

@@ -110,6 +110,15 @@ export function unmap(m: Mapping): void {
   if ((munmap_(m.ptr, m.length) as number) !== 0) fail('munmap');
 }
 
+const F_DUPFD_CLOEXEC = 1030;
+
+/** A close-on-exec duplicate of fd. */
+export function dupFd(fd: number): number {
+  const d = fcntl_(fd, F_DUPFD_CLOEXEC, 0) as number;
+  if (d < 0) fail('fcntl(F_DUPFD_CLOEXEC)');
+  return d;
+}
+
 /** Adds seals to a memfd (seals live on the inode, so they bind every process that maps it). */
 export function addSeals(fd: number, seals: number): void {
   if ((fcntl_(fd, F_ADD_SEALS, seals) as number) < 0) fail('fcntl(F_ADD_SEALS)');

@@ -43,6 +43,7 @@ function harness(opts: { maxQpn?: number; exempt?: boolean; objects?: number } =
   const quotas = new Quotas({ ...DEFAULT_USER_LIMITS, objects: opts.objects ?? DEFAULT_USER_LIMITS.objects }, () => opts.exempt ?? false, () => {});
   const host: Host = {
     pinned: new PinnedAccounts(),
+    fdExchange: null,
     newToken: () => token++,
     dropToken: (t) => void dropped.push(t),
     log: (m) => void logs.push(m),

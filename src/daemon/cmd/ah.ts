@@ -16,7 +16,8 @@ function createAh(ctx: Context, r: U.Req<'CREATE_AH'>): Buffer {
   ctx.admit('ah');
   const ah = new Ah(pd, g.dgid, g.sgid_index, true, g.hop_limit, g.traffic_class, g.flow_label);
   pd.users++;
-  return pack(U.CREATE_AH_RESP, { ah_handle: ctx.add({ type: 'ah', obj: ah }) });
+  const h = ctx.add({ type: 'ah', obj: ah });
+  return Buffer.concat([pack(U.CREATE_AH_RESP, { ah_handle: h }), ctx.provider.ahUdata(h)]);
 }
 
 function destroyAh(ctx: Context, r: U.Req<'DESTROY_AH'>): void {

@@ -4,15 +4,8 @@
  * family's handlers are in the file named after it (qp.ts: CREATE_QP to POST_RECV), in a table by command.
  */
 import type * as U from '../../abi/uverbs.js';
-import { CmdError, E } from '../../common/errno.js';
 import type { Context } from '../context.js';
 
 export type Handler<K extends U.CmdName> = (ctx: Context, r: U.Req<K>, u: U.Udata<K> | null) => Buffer | void;
 
 export type Commands = { [K in U.CmdName]?: Handler<K> };
-
-/** The udata a command cannot do without: the memfd behind its ring or its registered memory. */
-export function need<T>(u: T | null, name: string): T {
-  if (!u) throw new CmdError(E.EINVAL, `${name}: the softverbs provider data (memfd) is missing`);
-  return u;
-}

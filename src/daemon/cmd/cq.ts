@@ -1,13 +1,12 @@
 /** The completion queue's commands, and the completion channel's it reports to: CREATE_COMP_CHANNEL, CREATE_CQ to REQ_NOTIFY_CQ. */
 import { pack } from '../../abi/layout.js';
-import { cqLayout, Limits } from '../../abi/queue.js';
+import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { Cq } from '../../hca/objects.js';
 import type { Context } from '../context.js';
 import { CompChannel } from '../events.js';
-import { need, type Commands } from './command.js';
-import { CqRingProducer } from '../../abi/cq-ring.js';
+import type { Commands } from './command.js';
 
 function createCompChannel(ctx: Context): Buffer {
   ctx.admit('comp_channel');
@@ -23,30 +22,29 @@ function channelByToken(ctx: Context, token: number): CompChannel {
   return fail(E.EINVAL, `comp_channel ${token} is not a channel of this context`);
 }
 
-function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'>): Buffer {
+function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'> | null): Buffer {
   const cqe = r.cqe;
   if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
   if (r.comp_vector !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
   const ch = r.comp_channel >= 0 ? channelByToken(ctx, r.comp_channel) : null;
   ctx.admit('cq');
-  const l = cqLayout(cqe);
-  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
-  const cq = new Cq(ctx, r.user_handle, m.mapping, new CqRingProducer(m.mapping.buffer, l.slots), l.cqe, ch);
+  const q = ctx.provider.cq(ctx, cqe, u);
+  const cq = new Cq(ctx, r.user_handle, q.mapping, q.ring!, q.cqe, ch);
   if (ch) ch.users++;
-  return pack(U.CREATE_CQ_RESP, { cq_handle: ctx.add({ type: 'cq', obj: cq }), cqe: l.cqe });
+  return Buffer.concat([pack(U.CREATE_CQ_RESP, { cq_handle: ctx.add({ type: 'cq', obj: cq }), cqe: q.cqe }), q.udata]);
 }
 
-function resizeCq(ctx: Context, r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'>): Buffer {
+function resizeCq(ctx: Context, r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'> | null): Buffer {
   const cq = ctx.get('cq', r.cq_handle);
   const cqe = r.cqe;
   if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `RESIZE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
-  const l = cqLayout(cqe);
   const used = cq.ring.used();
-  if (used > l.cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${l.cqe}`);
-  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
-  cq.resize(m.mapping, l.slots, l.cqe);
-  ctx.host.quotas.release(ctx.uid, 'mappings'); // resize unmapped the old ring
-  return pack(U.RESIZE_CQ_RESP, { cqe: l.cqe });
+  if (used > cqe) fail(E.EINVAL, `RESIZE_CQ: ${used} completions outstanding do not fit in ${cqe}`);
+  const q = ctx.provider.resizeCq(ctx, cqe, u);
+  const old = cq.mapping;
+  cq.resize(q.mapping, q.slots, q.cqe);
+  ctx.unmapClient(old);
+  return Buffer.concat([pack(U.RESIZE_CQ_RESP, { cqe: q.cqe }), q.udata]);
 }
 
 function destroyCq(ctx: Context, r: U.Req<'DESTROY_CQ'>): Buffer {
@@ -61,8 +59,8 @@ function reqNotifyCq(ctx: Context, r: U.Req<'REQ_NOTIFY_CQ'>): void {
 
 export const cqCommands: Commands = {
   CREATE_COMP_CHANNEL: (ctx) => createCompChannel(ctx),
-  CREATE_CQ: (ctx, r, u) => createCq(ctx, r, need(u, 'CREATE_CQ')),
-  RESIZE_CQ: (ctx, r, u) => resizeCq(ctx, r, need(u, 'RESIZE_CQ')),
+  CREATE_CQ: (ctx, r, u) => createCq(ctx, r, u),
+  RESIZE_CQ: (ctx, r, u) => resizeCq(ctx, r, u),
   DESTROY_CQ: (ctx, r) => destroyCq(ctx, r),
   REQ_NOTIFY_CQ: (ctx, r) => reqNotifyCq(ctx, r),
 };

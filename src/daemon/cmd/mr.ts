@@ -4,13 +4,11 @@ import { pack } from '../../abi/layout.js';
 import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
-import { MappedMemory } from '../../hca/mr-memory.js';
 import { Mr } from '../../hca/objects.js';
-import type { Mapping } from '../../native/libc.js';
 import type { Context } from '../context.js';
-import type { mapClientMemfd } from '../memfd.js';
 import { pagesSpanned } from '../memlock.js';
-import { need, type Commands } from './command.js';
+import type { MrPages } from '../providers/provider.js';
+import type { Commands } from './command.js';
 
 function checkAccess(access: number): void {
   const known = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC | Access.RELAXED_ORDERING;
@@ -20,8 +18,8 @@ function checkAccess(access: number): void {
     fail(E.EINVAL, 'REMOTE_WRITE / REMOTE_ATOMIC need LOCAL_WRITE');
 }
 
-/** Maps and accounts [start, start+length) of a memfd: all or nothing. */
-function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Udata<'REG_MR'>): { mapping: Mapping; mem: MappedMemory; pages: number } {
+/** Reaches and accounts [start, start+length) of the client's memory, as its provider says: all or nothing. */
+function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, access: number, u: U.Udata<'REG_MR'> | null): MrPages {
   if (length === 0n) fail(E.EINVAL, 'zero-length MR');
   if (start + length > 0xffffffffffffffffn || hcaVa + length > 0xffffffffffffffffn) fail(E.EINVAL, 'addr + length overflows');
   if (length > BigInt(Limits.maxMrSize)) fail(E.EINVAL, `length ${length} is over max_mr_size`);
@@ -33,25 +31,22 @@ function pin(ctx: Context, start: bigint, length: bigint, hcaVa: bigint, u: U.Ud
     ctx.host.limitHit(ctx.uid, 'RLIMIT_MEMLOCK', msg);
     fail(E.ENOMEM, msg);
   }
-  let m: ReturnType<typeof mapClientMemfd> | null = null;
   try {
-    m = ctx.mapClient(u.memfd, u.memfd_offset, length);
-    return { mapping: m.mapping, mem: new MappedMemory(new Uint8Array(m.mapping.buffer, m.delta, Number(length))), pages };
+    return { ...ctx.provider.mr(ctx, start, length, access, u), pages };
   } catch (e) {
-    if (m) ctx.unmapClient(m.mapping);
     ctx.host.pinned.release(ctx.pid, pages);
     throw e;
   }
 }
 
-function regMr(ctx: Context, r: U.Req<'REG_MR'>, u: U.Udata<'REG_MR'>): Buffer {
+function regMr(ctx: Context, r: U.Req<'REG_MR'>, u: U.Udata<'REG_MR'> | null): Buffer {
   const pd = ctx.get('pd', r.pd_handle);
   const access = r.access_flags;
   checkAccess(access);
   ctx.admit('mr');
   const key = ctx.dev.allocMrKey();
   if (key < 0) fail(E.ENOMEM, 'no MR keys left');
-  const p = pin(ctx, r.start, r.length, r.hca_va, u);
+  const p = pin(ctx, r.start, r.length, r.hca_va, access, u);
   const mr = new Mr(pd, key, access, Number(r.hca_va), Number(r.length), p.mem, p.mapping, p.pages);
   ctx.dev.mrs.set(key >>> 8, mr);
   pd.users++;
@@ -67,11 +62,8 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   const newPd = flags & ReregMrFlags.CHANGE_PD ? ctx.get('pd', r.pd_handle) : mr.pd;
   const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
   checkAccess(access);
-  let p: ReturnType<typeof pin> | null = null;
-  if (flags & ReregMrFlags.CHANGE_TRANSLATION) {
-    if (!u) fail(E.EINVAL, 'REREG_MR: CHANGE_TRANSLATION needs the memfd udata');
-    p = pin(ctx, r.start, r.length, r.hca_va, u);
-  }
+  let p: MrPages | null = null;
+  if (flags & ReregMrFlags.CHANGE_TRANSLATION) p = pin(ctx, r.start, r.length, r.hca_va, access, u);
   // everything checked: now change the MR (a new key, so old keys stop working, as the kernel does)
   const key = ctx.dev.allocMrKey();
   ctx.dev.mrs.delete(mr.key >>> 8);
@@ -101,7 +93,7 @@ function deregMr(ctx: Context, r: U.Req<'DEREG_MR'>): void {
 }
 
 export const mrCommands: Commands = {
-  REG_MR: (ctx, r, u) => regMr(ctx, r, need(u, 'REG_MR')),
+  REG_MR: (ctx, r, u) => regMr(ctx, r, u),
   REREG_MR: (ctx, r, u) => reregMr(ctx, r, u),
   DEREG_MR: (ctx, r) => deregMr(ctx, r),
 };

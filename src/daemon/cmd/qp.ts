@@ -1,21 +1,19 @@
 /** The queue pair's commands: CREATE_QP, QUERY_QP, MODIFY_QP, DESTROY_QP, and POST_SEND / POST_RECV as its doorbells. */
 import { Access, EventType, isQpState, mtuBytes, QpAttrMask as A, QpState, QpType } from '../../abi/enums.js';
 import { pack } from '../../abi/layout.js';
-import { Limits, qpLayout } from '../../abi/queue.js';
-import { RecvRingConsumer } from '../../abi/recv-ring.js';
-import { SendRingConsumer } from '../../abi/send-ring.js';
+import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { udpSport } from '../../hca/codec.js';
 import { flushRecv, toError } from '../../hca/completion.js';
 import { modifyMaskError, Qp, wqeBytes } from '../../hca/qp.js';
 import type { Context } from '../context.js';
-import { need, type Commands } from './command.js';
+import type { Commands } from './command.js';
 
 /** What a QP costs the daemon besides its send WQEs (its state, receive WQE, responder resources), for the memory quota. */
 const QP_BASE_BYTES = 16 * 1024;
 
-function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'>): Buffer {
+function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'> | null): Buffer {
   const type = r.qp_type;
   if (type !== QpType.RC && type !== QpType.UC && type !== QpType.UD) fail(E.EOPNOTSUPP, `CREATE_QP: QP type ${type} is not supported`);
   const pd = ctx.get('pd', r.pd_handle);
@@ -23,22 +21,27 @@ function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'>):
   const rcq = ctx.get('cq', r.recv_cq_handle, 'recv_cq');
   const srq = r.is_srq ? ctx.get('srq', r.srq_handle) : null;
   if (srq && srq.pd !== pd) fail(E.EINVAL, 'CREATE_QP: SRQ is in another PD');
-  const l = qpLayout({
+  const want = {
     maxSendWr: r.max_send_wr, maxRecvWr: r.max_recv_wr, maxSendSge: r.max_send_sge,
     maxRecvSge: r.max_recv_sge, maxInlineData: r.max_inline_data,
-  }, !!srq);
-  if (!l) fail(E.EINVAL, 'CREATE_QP: a capability is over the device limit');
-  // the daemon's memory for its send WQEs, at most one per SQ slot: charged at the caps, allocated as they fill
-  const bytes = QP_BASE_BYTES + l.sq.slots * wqeBytes(l.caps.maxSendSge, l.caps.maxInlineData);
+  };
+  if (want.maxSendWr > Limits.maxQpWr || want.maxRecvWr > Limits.maxQpWr || want.maxSendSge > Limits.maxSge || want.maxRecvSge > Limits.maxSge || want.maxInlineData > Limits.maxInline)
+    fail(E.EINVAL, 'CREATE_QP: a capability is over the device limit');
   ctx.admit('qp');
-  ctx.host.quotas.check(ctx.uid, 'memory', bytes);
-  const qpn = ctx.dev.allocQpn();
-  if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
-  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
+  const q = ctx.provider.qp(ctx, want, !!srq, u);
+  // the daemon's memory for its send WQEs, at most one per SQ slot: charged at the caps, allocated as they fill
+  const bytes = QP_BASE_BYTES + q.sq.slots * wqeBytes(q.caps.maxSendSge, q.caps.maxInlineData);
+  let qpn = -1;
+  try {
+    ctx.host.quotas.check(ctx.uid, 'memory', bytes);
+    qpn = ctx.dev.allocQpn();
+    if (qpn < 0) fail(E.ENOMEM, 'CREATE_QP: no QP numbers left');
+  } catch (e) {
+    ctx.unmapClient(q.mapping);
+    throw e;
+  }
   ctx.host.quotas.take(ctx.uid, 'memory', bytes);
-  const rq = l.rq ? new RecvRingConsumer(m.mapping.buffer, l.rq.offset, l.rq.slots, l.rq.stride, l.caps.maxRecvSge) : null;
-  const sq = new SendRingConsumer(m.mapping.buffer, l.sq, l.caps);
-  const qp = new Qp(ctx.dev, ctx, qpn, type, pd, scq, rcq, srq, rq, !!r.sq_sig_all, l.caps, m.mapping, sq, r.user_handle);
+  const qp = new Qp(ctx.dev, ctx, qpn, type, pd, scq, rcq, srq, q.rq, !!r.sq_sig_all, q.caps, q.mapping, q.sq, r.user_handle);
   qp.chargedBytes = bytes;
   qp.setMtu(5, ctx.dev.mtuBytes);
   ctx.dev.qps.set(qpn, qp);
@@ -47,11 +50,12 @@ function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'>):
   rcq.users++;
   if (srq) srq.users++;
   const h = ctx.add({ type: 'qp', obj: qp });
-  const c = l.caps;
-  return pack(U.CREATE_QP_RESP, {
+  const c = q.caps;
+  const resp = pack(U.CREATE_QP_RESP, {
     qp_handle: h, qpn, max_send_wr: c.maxSendWr, max_recv_wr: c.maxRecvWr, max_send_sge: c.maxSendSge, max_recv_sge: c.maxRecvSge,
     max_inline_data: c.maxInlineData,
   });
+  return Buffer.concat([resp, q.udata]);
 }
 
 function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
@@ -171,7 +175,7 @@ function postRecvDoorbell(ctx: Context, r: U.Req<'POST_RECV'>): Buffer {
 }
 
 export const qpCommands: Commands = {
-  CREATE_QP: (ctx, r, u) => createQp(ctx, r, need(u, 'CREATE_QP')),
+  CREATE_QP: (ctx, r, u) => createQp(ctx, r, u),
   QUERY_QP: (ctx, r) => queryQp(ctx, r),
   MODIFY_QP: (ctx, r) => modifyQp(ctx, r),
   DESTROY_QP: (ctx, r) => destroyQp(ctx, r),

@@ -1,29 +1,24 @@
 /** The shared receive queue's commands: CREATE_SRQ, MODIFY_SRQ, QUERY_SRQ, DESTROY_SRQ. */
 import { SrqAttrMask } from '../../abi/enums.js';
 import { pack } from '../../abi/layout.js';
-import { srqLayout } from '../../abi/queue.js';
-import { RecvRingConsumer } from '../../abi/recv-ring.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { Srq } from '../../hca/objects.js';
 import type { Context } from '../context.js';
-import { need, type Commands } from './command.js';
+import type { Commands } from './command.js';
 
-function createSrq(ctx: Context, r: U.Req<'CREATE_SRQ'>, u: U.Udata<'CREATE_SRQ'>): Buffer {
+function createSrq(ctx: Context, r: U.Req<'CREATE_SRQ'>, u: U.Udata<'CREATE_SRQ'> | null): Buffer {
   const pd = ctx.get('pd', r.pd_handle);
-  const maxWr = r.max_wr;
-  const maxSge = r.max_sge;
-  const l = srqLayout(maxWr, maxSge);
-  if (!l) fail(E.EINVAL, `CREATE_SRQ: max_wr ${maxWr} / max_sge ${maxSge} out of range`);
   const limit = r.srq_limit;
-  if (limit > l.slots) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr`);
+  if (limit > r.max_wr) fail(E.EINVAL, `CREATE_SRQ: srq_limit ${limit} > max_wr ${r.max_wr}`);
   ctx.admit('srq');
-  const m = ctx.mapClient(u.memfd, 0n, BigInt(l.bytes));
-  const srq = new Srq(ctx, r.user_handle, pd, m.mapping, new RecvRingConsumer(m.mapping.buffer, 0, l.slots, l.stride, maxSge), ctx.dev.allocSrqn());
+  const q = ctx.provider.srq(ctx, r.max_wr, r.max_sge, u);
+  const srq = new Srq(ctx, r.user_handle, pd, q.mapping, q.ring, ctx.dev.allocSrqn());
   srq.limit = limit;
   pd.users++;
   ctx.dev.srqs.set(srq.srqn, srq);
-  return pack(U.CREATE_SRQ_RESP, { srq_handle: ctx.add({ type: 'srq', obj: srq }), max_wr: l.slots, max_sge: maxSge, srqn: srq.srqn });
+  const h = ctx.add({ type: 'srq', obj: srq });
+  return Buffer.concat([pack(U.CREATE_SRQ_RESP, { srq_handle: h, max_wr: q.maxWr, max_sge: q.maxSge, srqn: srq.srqn }), q.udata(srq.srqn)]);
 }
 
 function modifySrq(ctx: Context, r: U.Req<'MODIFY_SRQ'>): void {
@@ -51,7 +46,7 @@ function destroySrq(ctx: Context, r: U.Req<'DESTROY_SRQ'>): Buffer {
 }
 
 export const srqCommands: Commands = {
-  CREATE_SRQ: (ctx, r, u) => createSrq(ctx, r, need(u, 'CREATE_SRQ')),
+  CREATE_SRQ: (ctx, r, u) => createSrq(ctx, r, u),
   MODIFY_SRQ: (ctx, r) => modifySrq(ctx, r),
   QUERY_SRQ: (ctx, r) => querySrq(ctx, r),
   DESTROY_SRQ: (ctx, r) => destroySrq(ctx, r),

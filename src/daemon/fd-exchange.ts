@@ -1,0 +1,174 @@
+/**
+ * The descriptor exchange: what a uverbs file carries in the kernel and a
+ * command frame cannot. A C program's queues are mmap()ed from the device
+ * file, and the daemon reaches its memory through its /proc/self/mem; both
+ * are descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
+ * which Node's sockets drop. So they travel here, on a socket of their own
+ * (`<root>/fds.sock`) read and written natively: one request per
+ * connection (`sv_fd_req`, abi/uverbs.ts), one reply, then the connection
+ * closes. Who asks is the kernel's word (SO_PEERCRED): a context's
+ * descriptors go to and come from its own process only.
+ */
+import { fstatSync, readlinkSync } from 'node:fs';
+import { layout, pack, unpack } from '../abi/layout.js';
+import * as U from '../abi/uverbs.js';
+import { CmdError, E } from '../common/errno.js';
+import { errnoOf, messageOf } from '../common/errors.js';
+import { recvWithFd, sendWithFd } from '../native/fd-pass.js';
+import { acceptNow, closeFd, dupFd, type Mapping, peerCred } from '../native/libc.js';
+import { ReadableSet } from '../native/readable-set.js';
+import type { Context } from './context.js';
+
+/** connections waiting for their request at once; past it new ones are closed unanswered */
+const MAX_PENDING = 64;
+/** how long a connection may take to send its request */
+const REQUEST_MS = 2000;
+const PAGE = 4096;
+const REQ = U.SV_FD_REQ;
+
+/** A queue's memory offered to its context's process until it maps it (or the queue goes). */
+interface Offer {
+  ctx: Context;
+  /** the daemon's mapping of the memfd: the queue's, whose end withdraws the offer */
+  mapping: Mapping;
+  /** a descriptor of the memfd, the offer's own */
+  memfd: number;
+  /** where the queue starts in the memfd, and its bytes */
+  at: number;
+  size: number;
+}
+
+export interface FdExchangeHost {
+  /** The context whose GET_CONTEXT answer carried `token`, while its token is valid. */
+  contextOf(token: number): Context | undefined;
+  log(msg: string): void;
+}
+
+export class FdExchange {
+  private readonly offers = new Map<number, Offer>();
+  /** mmap offsets, as the kernel's rxe hands them out: page aligned, never reused while the daemon runs */
+  private nextOffset = PAGE;
+  private readonly waits = new ReadableSet();
+  private readonly pending = new Map<number, NodeJS.Timeout>();
+  private closed = false;
+
+  constructor(
+    private readonly lfd: number,
+    private readonly host: FdExchangeHost,
+  ) {
+    this.waits.wait(lfd, () => this.onListener());
+  }
+
+  /** Offers the queue at [at, at+size) of a memfd to ctx's process (the offer holds a duplicate of `memfd`); the mmap offset that names it. */
+  offer(ctx: Context, mapping: Mapping, memfd: number, at: number, size: number): number {
+    const fd = dupFd(memfd);
+    const off = this.nextOffset;
+    this.nextOffset += Math.ceil(size / PAGE) * PAGE;
+    this.offers.set(off, { ctx, mapping, memfd: fd, at, size });
+    return off;
+  }
+
+  private withdraw(offset: number): void {
+    const o = this.offers.get(offset);
+    if (!o) return;
+    this.offers.delete(offset);
+    closeFd(o.memfd);
+  }
+
+  /** The queues in `mapping` went: what of them was never mapped is withdrawn. */
+  withdrawAll(mapping: Mapping): void {
+    for (const [off, o] of this.offers) if (o.mapping === mapping) this.withdraw(off);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.waits.cancel(this.lfd);
+    closeFd(this.lfd);
+    for (const [fd, t] of this.pending) {
+      clearTimeout(t);
+      this.waits.cancel(fd);
+      closeFd(fd);
+    }
+    this.pending.clear();
+    for (const off of [...this.offers.keys()]) this.withdraw(off);
+  }
+
+  private onListener(): void {
+    if (this.closed) return;
+    for (;;) {
+      const fd = acceptNow(this.lfd);
+      if (fd < 0) break; // EAGAIN, or out of descriptors: the rest wait in the queue
+      if (this.pending.size >= MAX_PENDING) {
+        closeFd(fd);
+        continue;
+      }
+      this.pending.set(fd, setTimeout(() => this.drop(fd), REQUEST_MS));
+      this.onReadable(fd);
+    }
+    this.waits.wait(this.lfd, () => this.onListener());
+  }
+
+  private drop(fd: number): void {
+    const t = this.pending.get(fd);
+    if (t === undefined) return;
+    clearTimeout(t);
+    this.pending.delete(fd);
+    this.waits.cancel(fd);
+    closeFd(fd);
+  }
+
+  private onReadable(fd: number): void {
+    if (!this.pending.has(fd)) return;
+    const m = recvWithFd(fd);
+    if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
+    let reply: { status: number; text: string; size: bigint; offset: bigint; fd: number };
+    try {
+      if (m.n < layout(REQ).size || m.truncated) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
+      const r = unpack(REQ, m.data, 0);
+      const cred = peerCred(fd);
+      reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
+      if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fd);
+      else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg));
+      else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
+    } catch (e) {
+      if (m.fd >= 0) closeFd(m.fd);
+      reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };
+    }
+    const text = Buffer.from(reply.text.slice(0, 512));
+    const head = pack(U.SV_FD_RESP, { status: reply.status, text_len: text.length, size: reply.size, offset: reply.offset });
+    sendWithFd(fd, Buffer.concat([head, text]), reply.fd);
+    if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
+    this.drop(fd);
+  }
+
+  /** The context's own process hands over its /proc/self/mem: the context's memory from now on. */
+  private setMem(cred: { pid: number; uid: number }, token: number, fd: number): void {
+    if (fd < 0) throw new CmdError(E.EBADF, 'SET_MEM: no descriptor came with the request');
+    const ctx = this.host.contextOf(token);
+    if (!ctx) throw new CmdError(E.EINVAL, `SET_MEM: token ${token} names no context waiting for its memory`);
+    if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `SET_MEM: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s`);
+    if (ctx.memFd >= 0) throw new CmdError(E.EBUSY, 'SET_MEM: the context has its memory already');
+    // a process's memory file, not something whose reads could block the daemon (a FIFO, a socket, a device)
+    let link = '';
+    try {
+      link = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      /* judged below */
+    }
+    const st = fstatSync(fd);
+    if (!/\/\d+\/mem$/.test(link) || !st.isFile() || st.size !== 0) {
+      throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${link || 'unnamed'}, not a process's /proc/PID/mem`);
+    }
+    ctx.memFd = fd;
+  }
+
+  /** mmap() of the device file at `offset`: the queue's memfd, to its context's process. */
+  private getQueue(cred: { pid: number; uid: number }, offset: bigint): { size: bigint; offset: bigint; fd: number } {
+    const o = offset <= BigInt(Number.MAX_SAFE_INTEGER) ? this.offers.get(Number(offset)) : undefined;
+    if (!o) throw new CmdError(E.EINVAL, `mmap offset 0x${offset.toString(16)} names no queue waiting to be mapped`);
+    if (o.ctx.pid !== cred.pid || o.ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `mmap offset 0x${offset.toString(16)}: the queue is pid ${o.ctx.pid}'s`);
+    this.offers.delete(Number(offset));
+    return { size: BigInt(o.size), offset: BigInt(o.at), fd: o.memfd };
+  }
+}
