@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -44,9 +45,17 @@
 #define DEV_DIR "/dev/infiniband"
 #define NETLINK_RDMA 20
 #define CMD_GET_CONTEXT 0
+#define CMD_CREATE_COMP_CHANNEL 17
+#define CMD_CREATE_CQ 18
+#define CMD_DESTROY_CQ 20
 #define CMD_FLAG_EXTENDED 0x80000000u
+#define CMD_EX_CREATE_CQ (CMD_FLAG_EXTENDED | CMD_CREATE_CQ)
+/* comp_channel's offset in CREATE_CQ's request and in EX_CREATE_CQ's (after the headers, as written) */
+#define CREATE_CQ_CHANNEL_AT 32
+#define EX_CREATE_CQ_CHANNEL_AT 40
 /* softverbsd's own frames (src/abi/uverbs.ts SvCmd) */
 #define SV_ATTACH_ASYNC 0xf0
+#define SV_ATTACH_COMP_CHANNEL 0xf1
 #define SV_GET_CONTEXT_RXE 0xf3
 #define SV_WRITE_EX 0xf4
 /* descriptors above this are not tracked: opening a device there fails with EMFILE */
@@ -54,6 +63,12 @@
 
 struct cmd_hdr { uint32_t command; uint16_t in_words, out_words; };
 struct reply_hdr { int32_t status; uint32_t out_bytes; };
+/* the descriptor exchange (<root>/fds.sock; src/abi/uverbs.ts SV_FD_REQ) */
+enum { FD_SET_MEM = 1, FD_GET_QUEUE = 2 };
+struct fd_req { uint32_t op, token; uint64_t arg; };
+struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; };
+/* no completion channel has this token (the daemon's are below it): an fd that is not a channel's */
+#define NO_CHANNEL 0x7fffffff
 
 /* an open device file: its socket path (for the event streams), its device number, one command at a time */
 struct dev_fd {
@@ -63,6 +78,24 @@ struct dev_fd {
 };
 
 static struct dev_fd *fds[MAX_FDS];
+/* a completion channel's descriptor → the daemon's token for it (CREATE_CQ names the channel by descriptor) */
+static uint32_t chan_token[MAX_FDS];
+
+/*
+ * The completion events the program has read, per CQ. The kernel's DESTROY_CQ reports the events its
+ * caller read (those still queued go with the CQ), and ibv_destroy_cq waits until that many are acked;
+ * the daemon can only count the events it sent, some of which may still sit unread in the channel's
+ * socket. So the count is kept here, where the events are read, and put in DESTROY_CQ's answer.
+ */
+struct cq_events {
+	int dev_fd;
+	uint32_t handle;
+	uint64_t user_handle;
+	uint32_t read;
+};
+static struct cq_events *cqs;
+static size_t ncqs, cqs_room;
+static pthread_mutex_t cqs_lock = PTHREAD_MUTEX_INITIALIZER;
 static char root[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -275,6 +308,157 @@ static int attach(const char *path, uint32_t command, uint32_t token)
 }
 
 /*
+ * One request to the daemon's descriptor exchange (<root>/fds.sock): `give` rides with it (none if < 0),
+ * the reply and its descriptor (-1 if none) come back. 0, or -1 with errno.
+ */
+static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct fd_resp *reply, int *got)
+{
+	char path[sizeof(root) + 16];
+	struct fd_req q = { op, token, arg };
+	struct fd_resp r;
+	char text[512];
+	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } out, in;
+	struct iovec v = { &q, sizeof(q) }, rv = { &r, sizeof(r) };
+	struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1 };
+	int s, e;
+
+	*got = -1;
+	pthread_once(&once, init);
+	snprintf(path, sizeof(path), "%s/fds.sock", root);
+	if ((s = connect_dev(path, 1)) < 0)
+		return -1;
+	if (give >= 0) {
+		memset(&out, 0, sizeof(out));
+		m.msg_control = out.b;
+		m.msg_controllen = sizeof(out.b);
+		out.h.cmsg_level = SOL_SOCKET;
+		out.h.cmsg_type = SCM_RIGHTS;
+		out.h.cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(&out.h), &give, sizeof(int));
+	}
+	if (sendmsg(s, &m, MSG_NOSIGNAL) != sizeof(q))
+		goto fail;
+	m = (struct msghdr){ .msg_iov = &rv, .msg_iovlen = 1, .msg_control = in.b, .msg_controllen = sizeof(in.b) };
+	ssize_t n;
+	while ((n = recvmsg(s, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n <= 0)
+		goto fail;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+		memcpy(got, CMSG_DATA(c), sizeof(int));
+	if ((size_t)n < sizeof(r) && recv_all(s, (char *)&r + n, sizeof(r) - n))
+		goto fail;
+	if (r.status) {
+		skip(s, r.text_len, text, sizeof(text));
+		if (debug)
+			fprintf(stderr, "softverbs: descriptor exchange op %u: %s: %s\n", op, strerror(-r.status), text);
+		syscall(SYS_close, s);
+		if (*got >= 0)
+			syscall(SYS_close, *got);
+		*got = -1;
+		return errno = -r.status, -1;
+	}
+	syscall(SYS_close, s);
+	*reply = r;
+	return 0;
+fail:
+	e = errno ? errno : EIO;
+	syscall(SYS_close, s);
+	if (*got >= 0)
+		syscall(SYS_close, *got);
+	*got = -1;
+	return errno = e, -1;
+}
+
+/* GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem), then the async event stream becomes ours */
+static int context_made(struct dev_fd *d, void *resp)
+{
+	/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context */
+	uint32_t token;
+	struct fd_resp unused;
+	int got, afd;
+
+	memcpy(&token, resp, 4);
+	int mem = syscall(SYS_openat, AT_FDCWD, "/proc/self/mem", O_RDWR | O_CLOEXEC);
+	if (mem < 0)
+		return -1;
+	int r = exchange(FD_SET_MEM, token, 0, mem, &unused, &got);
+	syscall(SYS_close, mem);
+	if (r)
+		return -1;
+	if ((afd = attach(d->path, SV_ATTACH_ASYNC, token)) < 0)
+		return -1;
+	memcpy(resp, &afd, 4);
+	return 0;
+}
+
+/* CREATE_COMP_CHANNEL answered: its event stream as a descriptor of ours, remembered for CREATE_CQ */
+static int channel_made(struct dev_fd *d, void *resp)
+{
+	uint32_t token;
+	int cfd;
+
+	memcpy(&token, resp, 4);
+	if ((cfd = attach(d->path, SV_ATTACH_COMP_CHANNEL, token)) < 0)
+		return -1;
+	if (cfd >= MAX_FDS) {
+		syscall(SYS_close, cfd);
+		return errno = EMFILE, -1;
+	}
+	chan_token[cfd] = token;
+	memcpy(resp, &cfd, 4);
+	return 0;
+}
+
+/* a CQ made (CREATE_CQ or EX_CREATE_CQ answered): its events are counted from now on */
+static void cq_made(int dev_fd, uint32_t handle, uint64_t user_handle)
+{
+	pthread_mutex_lock(&cqs_lock);
+	if (ncqs == cqs_room) {
+		size_t room = cqs_room ? cqs_room * 2 : 16;
+		struct cq_events *n = realloc(cqs, room * sizeof(*n));
+		if (!n)
+			goto out; /* uncounted: its DESTROY_CQ keeps the daemon's count */
+		cqs = n;
+		cqs_room = room;
+	}
+	cqs[ncqs++] = (struct cq_events){ dev_fd, handle, user_handle, 0 };
+out:
+	pthread_mutex_unlock(&cqs_lock);
+}
+
+/* DESTROY_CQ answered: the events its program read replace the daemon's count of those sent */
+static void cq_destroyed(int dev_fd, uint32_t handle, uint32_t *reported)
+{
+	pthread_mutex_lock(&cqs_lock);
+	for (size_t i = 0; i < ncqs; i++) {
+		if (cqs[i].dev_fd != dev_fd || cqs[i].handle != handle)
+			continue;
+		*reported = cqs[i].read;
+		cqs[i] = cqs[--ncqs];
+		break;
+	}
+	pthread_mutex_unlock(&cqs_lock);
+}
+
+/* n bytes of ib_uverbs_comp_event_desc records (a u64 cq_handle each: the CQ's user_handle) were read */
+static void events_read(const uint8_t *b, size_t n)
+{
+	pthread_mutex_lock(&cqs_lock);
+	for (size_t at = 0; at + 8 <= n; at += 8) {
+		uint64_t uh;
+		memcpy(&uh, b + at, 8);
+		for (size_t i = 0; i < ncqs; i++)
+			if (cqs[i].user_handle == uh) {
+				cqs[i].read++;
+				break;
+			}
+	}
+	pthread_mutex_unlock(&cqs_lock);
+}
+
+/*
  * One command: its frame out, its reply in, the response copied to where the command says. The daemon
  * answers every frame in order, so the descriptor's lock keeps each reply with its request.
  */
@@ -286,12 +470,28 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	struct iovec out[2];
 	int nout = 0;
 	uint64_t response = 0;
-	size_t room = 0;
+	size_t room = 0, channel_at = 0;
 	char why[256] = "";
+	uint8_t copy[256];
 
 	if (len < sizeof(h))
 		return errno = EINVAL, -1;
 	memcpy(&h, b, sizeof(h));
+	/* CREATE_CQ names its channel by our descriptor; the daemon knows it by its token */
+	if (h.command == CMD_CREATE_CQ)
+		channel_at = CREATE_CQ_CHANNEL_AT;
+	else if (h.command == CMD_EX_CREATE_CQ)
+		channel_at = EX_CREATE_CQ_CHANNEL_AT;
+	if (channel_at && len >= channel_at + 4 && len <= sizeof(copy)) {
+		int32_t ch;
+		memcpy(copy, b, len);
+		memcpy(&ch, copy + channel_at, 4);
+		if (ch >= 0) {
+			uint32_t t = ch < MAX_FDS && chan_token[ch] ? chan_token[ch] : NO_CHANNEL;
+			memcpy(copy + channel_at, &t, 4);
+		}
+		b = copy;
+	}
 	if (h.command & CMD_FLAG_EXTENDED) {
 		uint16_t provider_out;
 		/* ex_hdr: response at 8, provider_in_words at 16, provider_out_words at 18 */
@@ -336,14 +536,24 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 			fprintf(stderr, "softverbs: command 0x%x: %s%s%s\n", h.command, strerror(-r.status), *why ? ": " : "", why);
 		return errno = -r.status, -1;
 	}
-	if (h.command == CMD_GET_CONTEXT && room >= 4) {
-		/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context's event stream */
-		uint32_t token;
-		memcpy(&token, (void *)(uintptr_t)response, 4);
-		int afd = attach(d->path, SV_ATTACH_ASYNC, token);
-		if (afd < 0)
-			return -1;
-		memcpy((void *)(uintptr_t)response, &afd, 4);
+	if (h.command == CMD_GET_CONTEXT && room >= 4 && context_made(d, (void *)(uintptr_t)response))
+		return -1;
+	if (h.command == CMD_CREATE_COMP_CHANNEL && room >= 4 && channel_made(d, (void *)(uintptr_t)response))
+		return -1;
+	if ((h.command == CMD_CREATE_CQ || h.command == CMD_EX_CREATE_CQ) && room >= 4 && len >= channel_at) {
+		/* user_handle: the field before cqe, 8 bytes ahead of the channel's */
+		uint32_t handle;
+		uint64_t uh;
+		memcpy(&handle, (void *)(uintptr_t)response, 4);
+		memcpy(&uh, b + channel_at - 16, 8);
+		cq_made(fd, handle, uh);
+	}
+	if (h.command == CMD_DESTROY_CQ && room >= 4 && len >= 20) {
+		uint32_t handle, reported;
+		memcpy(&handle, b + 16, 4);
+		memcpy(&reported, (void *)(uintptr_t)response, 4);
+		cq_destroyed(fd, handle, &reported);
+		memcpy((void *)(uintptr_t)response, &reported, 4);
 	}
 	return len;
 }
@@ -476,7 +686,41 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
 	REAL(ssize_t, read, int, void *, size_t);
 	if (tracked(fd))
 		return errno = EINVAL, -1;
-	return real_read(fd, buf, len);
+	ssize_t n = real_read(fd, buf, len);
+	if (n > 0 && fd >= 0 && fd < MAX_FDS && chan_token[fd])
+		events_read(buf, n);
+	return n;
+}
+
+/*
+ * mmap() of a device file maps one of its queues (the offset a create command answered with): the daemon
+ * hands over the queue's memfd, which is mapped in its place. Called straight (the system call, not libc's
+ * entry point): a dlsym() here could allocate, and allocating can map.
+ */
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct fd_resp r;
+	int q;
+
+	if (!tracked(fd))
+		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, -1, &r, &q))
+		return MAP_FAILED;
+	if (q < 0 || len > r.size) {
+		if (q >= 0)
+			syscall(SYS_close, q);
+		return errno = EINVAL, MAP_FAILED;
+	}
+	void *p = (void *)syscall(SYS_mmap, addr, len, prot, flags, q, (off_t)r.offset);
+	int e = errno;
+	syscall(SYS_close, q);
+	errno = e;
+	return p;
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
 }
 
 /* ENOTTY for everything but what the VFS answers for any descriptor before a driver sees it */
@@ -497,6 +741,9 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 static void forget(int fd)
 {
 	struct dev_fd *d = tracked(fd);
+
+	if (fd >= 0 && fd < MAX_FDS)
+		chan_token[fd] = 0;
 
 	if (d) {
 		fds[fd] = NULL;
