@@ -6,6 +6,10 @@ import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { schedYield } from '../src/native/libc.js';
+import { preloadEnv } from '../src/tools/exec.js';
+
+/** Where Debian's perftest puts its tools. */
+export const C_PERFTEST = '/usr/bin';
 import { lat, tick, type Lat } from './measure.js';
 import { measured, perOp, Window, type Figures, type Proc } from './procstat.js';
 import {
@@ -307,16 +311,23 @@ export async function pong(root: string, events: boolean): Promise<void> {
  * messages in it are its MsgRate times the window; with -n it runs from the client's result header to its
  * result row, and the messages are its iterations.
  */
-export async function perftest(t: string, args: string[], daemons: [Proc & { root: string }, Proc & { root: string }], per: string): Promise<{ value: number[]; fig: Figures }> {
+/**
+ * A perftest tool pair, server on the first daemon's rxe0 and client on the second's (the same daemon twice: both
+ * on its one device). `c`: perftest's own C tool (/usr/bin) through the preload library, else ours.
+ */
+export async function perftest(t: string, args: string[], daemons: [Proc & { root: string }, Proc & { root: string }], per: string, c = false): Promise<{ value: number[]; fig: Figures }> {
   const tool = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'bin', `${t}.js`);
   const port = String(20515 + (process.pid % 1000));
   const lat = t.endsWith('_lat');
   const duration = args.includes('-D') ? Number(args[args.indexOf('-D') + 1]) : 0;
   const run = (root: string, extra: string[], onOut: (all: string) => void = () => {}) => {
-    const p = spawn(process.execPath, [tool, '-d', 'rxe0', '-p', port, ...args, ...extra], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const argv = ['-d', 'rxe0', '-p', port, ...args, ...extra];
+    const p = c
+      ? spawn(join(C_PERFTEST, t), argv, { env: preloadEnv(root), stdio: ['ignore', 'pipe', 'inherit'] })
+      : spawn(process.execPath, [tool, ...argv], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout.on('data', (d) => onOut((out += d)));
-    const done = new Promise<string>((resolve, reject) => p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${t} exited ${code}: ${out}`)))));
+    const done = new Promise<string>((resolve, reject) => p.on('close', (code, sig) => (code === 0 ? resolve(out) : reject(new Error(`${t} ${sig ? `was killed by ${sig}` : `exited ${code}`}: ${out}`)))));
     return { p, done };
   };
   const server = run(daemons[0].root, []);
@@ -335,7 +346,8 @@ export async function perftest(t: string, args: string[], daemons: [Proc & { roo
     }
     if (!duration && started && !ended && /^ \d+ +\d+ +[\d.]+.*$/m.test(out)) ended = w!.then((x) => x.end());
   });
-  w = Window.prepare([{ name: `${t} server`, pid: server.p.pid! }, { name: `${t} client`, pid: client.p.pid! }, { name: daemons[0].name, pid: daemons[0].pid }, { name: daemons[1].name, pid: daemons[1].pid }]);
+  const ds = daemons[0].pid === daemons[1].pid ? [daemons[0]] : daemons;
+  w = Window.prepare([{ name: `${t} server`, pid: server.p.pid! }, { name: `${t} client`, pid: client.p.pid! }, ...ds.map((d) => ({ name: d.name, pid: d.pid }))]);
   const out = await client.done;
   await server.done;
   for (const x of timers) clearTimeout(x);

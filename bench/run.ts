@@ -16,7 +16,10 @@ import { baselineRole, memcpyBw, tcpBw, tcpPingPong, udpBw, udpPingPong } from '
 import { engineSendRate, engineWriteBw } from './engines.js';
 import { cpuMs, type Lat } from './measure.js';
 import { machine, measured, PER_PROCESS, perOp, rows, syscallGaps, Window, type Figures, type Proc } from './procstat.js';
-import { bench, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup } from './rdma.js';
+import { bench, C_PERFTEST, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup } from './rdma.js';
+import { preloadProblem } from '../src/tools/exec.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 
 /** The cross-wire WRITE stream: perftest's default send queue depth for bandwidth tests (128), sleeping on events. */
 const WIRE_WRITE = { events: true, window: 128 };
@@ -25,6 +28,9 @@ const MANY_PAIRS = Number(process.env.BENCH_MANY_PAIRS ?? 128);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 /** perftest's own duration mode for the perftest lines (-D, with its default margins of a quarter each side) */
 const PERF_SECONDS = process.env.BENCH_PERF_SECONDS ?? '4';
+/** Why perftest's C tools are not measured here (not installed, or no preload library), or null. */
+const cToolsMissing = !existsSync(join(C_PERFTEST, 'ib_write_bw')) ? `${C_PERFTEST}/ib_write_bw is not installed (apt-get install perftest)` : preloadProblem();
+const cTools = cToolsMissing === null;
 
 /** The daemon's CPU while clients hold QPs and do nothing: percent of one core over `ms`. */
 async function idleCpu(pid: number, ms: number): Promise<number> {
@@ -48,6 +54,18 @@ const f2 = (x: number) => x.toFixed(2);
 const f3 = (x: number) => x.toFixed(3);
 const us = (l: Lat) => `${l.med.toFixed(1)}/${l.p99.toFixed(1)} us`;
 const proc = (d: SpawnedDaemon, name: string): Proc & { root: string } => ({ name, pid: d.proc.pid!, root: d.root });
+
+/** perftest's C tools (through the preload library) against ours, in the same run: the lines, or why there are none. */
+function cLines(where: string, r: { ts: Record<'write' | 'send' | 'lat', { value: number[]; fig: Figures }>; c: Record<'write' | 'send' | 'lat', { value: number[]; fig: Figures }> } | null): string[] {
+  if (!r) return [`perftest's C tools ${where}: not measured (${cToolsMissing})`];
+  const bw = (x: { value: number[] }) => x.value[3]!;
+  return [
+    `perftest's C tools through the preload library / ours, ${where} (goal: bandwidth >= 0.8, latency <= 1.5)`,
+    ...line('C ib_write_bw -s 65536 / ours', f3(bw(r.c.write) / bw(r.ts.write)), '>= 0.8', `${f2(bw(r.c.write))} vs ${f2(bw(r.ts.write))} MB/sec; -D ${PERF_SECONDS}`, r.c.write.fig, [r.ts.write.fig, 'ours, per WRITE']),
+    ...line('C ib_send_bw -s 4096 / ours', f3(bw(r.c.send) / bw(r.ts.send)), '>= 0.8', `${f2(bw(r.c.send))} vs ${f2(bw(r.ts.send))} MB/sec; -D ${PERF_SECONDS}`, r.c.send.fig, [r.ts.send.fig, 'ours, per SEND']),
+    ...line('C ib_send_lat -s 8 t_typical / ours', f2(r.c.lat.value[4]! / r.ts.lat.value[4]!), '<= 1.5', `${f2(r.c.lat.value[4]!)} vs ${f2(r.ts.lat.value[4]!)} us`, r.c.lat.fig, [r.ts.lat.fig, 'ours, per round trip']),
+  ];
+}
 
 async function main(): Promise<void> {
   const engWrite = await measured([bench('engines')], 'WRITE', () => engineWriteBw(HOST_E, SECONDS));
@@ -78,6 +96,14 @@ async function main(): Promise<void> {
     const idleT = await idleW.end();
     const idleFig = perOp(idleT, idleT.seconds, 'second');
     await idleCtx.ctx.closeDevice();
+    // perftest's C tools through the preload library against ours, both ends on the one device
+    const S = [D[0]!, D[0]!] as [ReturnType<typeof proc>, ReturnType<typeof proc>];
+    const same = cTools
+      ? {
+        ts: { write: await perftest('ib_write_bw', ['-s', '65536', '-D', PERF_SECONDS], S, 'WRITE'), send: await perftest('ib_send_bw', ['-s', '4096', '-D', PERF_SECONDS], S, 'SEND'), lat: await perftest('ib_send_lat', ['-s', '8', '-n', '20000'], S, 'round trip') },
+        c: { write: await perftest('ib_write_bw', ['-s', '65536', '-D', PERF_SECONDS], S, 'WRITE', true), send: await perftest('ib_send_bw', ['-s', '4096', '-D', PERF_SECONDS], S, 'SEND', true), lat: await perftest('ib_send_lat', ['-s', '8', '-n', '20000'], S, 'round trip', true) },
+      }
+      : null;
     await daemon.stop();
     // across the wire: two daemons, one device each, RoCEv2 frames between HOST_A and HOST_B
     // the UDP round trip moves with this machine's neighbours (100 to 360 us median between runs): measured before
@@ -95,6 +121,8 @@ async function main(): Promise<void> {
     let pWriteCold: Awaited<ReturnType<typeof perftest>>;
     let pSendCold: Awaited<ReturnType<typeof perftest>>;
     let pLat: Awaited<ReturnType<typeof perftest>>;
+    type PerfTrio = { write: typeof pLat; send: typeof pLat; lat: typeof pLat };
+    let cx: PerfTrio | null = null;
     try {
       xwrite = await rdmaWriteBw(X, d1.root, d2.root, WIRE_WRITE);
       xping = await sendPingPong(X, d1.root, false, d2.root);
@@ -108,6 +136,13 @@ async function main(): Promise<void> {
       pWriteCold = await perftest('ib_write_bw', ['-s', '65536', '-n', '20000'], X, 'WRITE');
       pSendCold = await perftest('ib_send_bw', ['-s', '4096', '-n', '50000'], X, 'SEND');
       pLat = await perftest('ib_send_lat', ['-s', '8', '-n', '20000'], X, 'round trip');
+      if (cTools) {
+        cx = {
+          write: await perftest('ib_write_bw', ['-s', '65536', '-D', PERF_SECONDS], X, 'WRITE', true),
+          send: await perftest('ib_send_bw', ['-s', '4096', '-D', PERF_SECONDS], X, 'SEND', true),
+          lat: await perftest('ib_send_lat', ['-s', '8', '-n', '20000'], X, 'round trip', true),
+        };
+      }
     } finally {
       await d1.stop();
       await d2.stop();
@@ -160,6 +195,7 @@ async function main(): Promise<void> {
       ...line('the same ib_send_bw, -n 50000 from a fresh tool', f3((pSendCold.value[3]! * MiB) / tcp.value), '-', `${f2(pSendCold.value[3]!)} MB/sec (start-up included)`, pSendCold.fig),
       ...line('the same ib_write_bw, -n 20000 from a fresh tool', f3((pWriteCold.value[3]! * MiB) / tcp.value), '-', `${f2(pWriteCold.value[3]!)} MB/sec`, pWriteCold.fig),
       ...line('ib_send_lat -s 8 t_typical / Node UDP half round trip', f2(pLat.value[4]! / (ul.med / 2)), '-', `t_typical ${f2(pLat.value[4]!)} us, 99% ${f2(pLat.value[7]!)} us`, pLat.fig),
+      ...cLines('across the wire', cx && { ts: { write: pWrite, send: pSend, lat: pLat }, c: cx }),
       'same device (one daemon)',
       ...line('8 B SENDs per second (M)', f3(rate.value / 1e6), '>= 2', `engines alone ${f3(engRate.value / 1e6)} M`, rate.fig, [engRate.fig, 'engines, per SEND']),
       ...line('64 KiB RDMA_WRITE / Buffer.copy 64 KiB', f3(write.value / copy.value), '>= 0.5', `${f3(write.value / GB)} vs ${f3(copy.value / GB)} GB/s; engines alone ${f3(engWrite.value / copy.value)}`, write.fig, [engWrite.fig, 'engines, per WRITE']),
@@ -170,6 +206,7 @@ async function main(): Promise<void> {
       ...line(`the same / one QP with all their ${2 * MANY_PROCS * MANY_PAIRS} WRs in flight`, f3(many.value / oneDeep.value), '-', `${f3(oneDeep.value / GB)} GB/s: the engines' cost per QP`, oneDeep.fig),
       ...line(`one busy QP beside ${2 * MANY_PROCS * MANY_PAIRS} idle ones / one QP alone`, f3(amongIdle.value / one.value), '>= 0.9 (ours)', `${f3(amongIdle.value / GB)} GB/s`, amongIdle.fig),
       ...line('daemon CPU at idle (clients holding QPs), % of a core', f2(idle), '<= 1', '', idleFig),
+      ...cLines('same device', same),
       'the baselines, per process',
       `  Node dgram, ${FRAME} B datagrams`, ...rows(udp.fig),
       '  Node UDP round trip (the faster one)', ...rows(uping.fig),

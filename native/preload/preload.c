@@ -48,8 +48,13 @@
 #define CMD_CREATE_COMP_CHANNEL 17
 #define CMD_CREATE_CQ 18
 #define CMD_DESTROY_CQ 20
+#define CMD_CREATE_QP 24
+#define CMD_DESTROY_QP 27
+#define CMD_CREATE_SRQ 29
+#define CMD_DESTROY_SRQ 32
 #define CMD_FLAG_EXTENDED 0x80000000u
 #define CMD_EX_CREATE_CQ (CMD_FLAG_EXTENDED | CMD_CREATE_CQ)
+#define CMD_EX_CREATE_QP (CMD_FLAG_EXTENDED | CMD_CREATE_QP)
 /* comp_channel's offset in CREATE_CQ's request and in EX_CREATE_CQ's (after the headers, as written) */
 #define CREATE_CQ_CHANNEL_AT 32
 #define EX_CREATE_CQ_CHANNEL_AT 40
@@ -74,6 +79,8 @@ struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; };
 struct dev_fd {
 	pthread_mutex_t lock;
 	dev_t rdev;
+	/* the process that opened it: the daemon's context is that process's (its memory, its events) */
+	pid_t owner;
 	char path[];
 };
 
@@ -82,20 +89,25 @@ static struct dev_fd *fds[MAX_FDS];
 static uint32_t chan_token[MAX_FDS];
 
 /*
- * The completion events the program has read, per CQ. The kernel's DESTROY_CQ reports the events its
- * caller read (those still queued go with the CQ), and ibv_destroy_cq waits until that many are acked;
- * the daemon can only count the events it sent, some of which may still sit unread in the channel's
- * socket. So the count is kept here, where the events are read, and put in DESTROY_CQ's answer.
+ * The events the program has read, per CQ, QP and SRQ. The kernel's DESTROY_CQ/QP/SRQ report the events
+ * their caller read (those still queued go with the object), and ibv_destroy_* waits until that many are
+ * acked; the daemon can count only the events it sent, some of which may sit unread in a socket (a
+ * program that never reads its async fd, as perftest, would wait for ever). So the counts are kept here,
+ * where the events are read, and put in the destroy commands' answers.
  */
-struct cq_events {
+enum obj_kind { OBJ_CQ, OBJ_QP, OBJ_SRQ };
+struct obj_events {
 	int dev_fd;
+	enum obj_kind kind;
 	uint32_t handle;
 	uint64_t user_handle;
-	uint32_t read;
+	uint32_t comp, async;
 };
-static struct cq_events *cqs;
-static size_t ncqs, cqs_room;
-static pthread_mutex_t cqs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct obj_events *objs;
+static size_t nobjs, objs_room;
+static pthread_mutex_t objs_lock = PTHREAD_MUTEX_INITIALIZER;
+/* the async event stream of each context (its records name objects by user_handle) */
+static uint8_t async_fd[MAX_FDS];
 static char root[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -221,6 +233,7 @@ static int open_mapped(const char *mapped, int flags, mode_t mode)
 	}
 	pthread_mutex_init(&d->lock, NULL);
 	d->rdev = rdev_of(mapped);
+	d->owner = getpid();
 	strcpy(d->path, mapped);
 	if (flags & O_NONBLOCK)
 		fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -389,6 +402,8 @@ static int context_made(struct dev_fd *d, void *resp)
 		return -1;
 	if ((afd = attach(d->path, SV_ATTACH_ASYNC, token)) < 0)
 		return -1;
+	if (afd < MAX_FDS)
+		async_fd[afd] = 1;
 	memcpy(resp, &afd, 4);
 	return 0;
 }
@@ -411,51 +426,107 @@ static int channel_made(struct dev_fd *d, void *resp)
 	return 0;
 }
 
-/* a CQ made (CREATE_CQ or EX_CREATE_CQ answered): its events are counted from now on */
-static void cq_made(int dev_fd, uint32_t handle, uint64_t user_handle)
+/* an object made: its events are counted from now on */
+static void obj_made(int dev_fd, enum obj_kind kind, uint32_t handle, uint64_t user_handle)
 {
-	pthread_mutex_lock(&cqs_lock);
-	if (ncqs == cqs_room) {
-		size_t room = cqs_room ? cqs_room * 2 : 16;
-		struct cq_events *n = realloc(cqs, room * sizeof(*n));
+	pthread_mutex_lock(&objs_lock);
+	if (nobjs == objs_room) {
+		size_t room = objs_room ? objs_room * 2 : 16;
+		struct obj_events *n = realloc(objs, room * sizeof(*n));
 		if (!n)
-			goto out; /* uncounted: its DESTROY_CQ keeps the daemon's count */
-		cqs = n;
-		cqs_room = room;
+			goto out; /* uncounted: its destroy keeps the daemon's counts */
+		objs = n;
+		objs_room = room;
 	}
-	cqs[ncqs++] = (struct cq_events){ dev_fd, handle, user_handle, 0 };
+	objs[nobjs++] = (struct obj_events){ dev_fd, kind, handle, user_handle, 0, 0 };
 out:
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
 }
 
-/* DESTROY_CQ answered: the events its program read replace the daemon's count of those sent */
-static void cq_destroyed(int dev_fd, uint32_t handle, uint32_t *reported)
+/* its destroy answered: the events its program read replace the daemon's counts of those sent (comp: a CQ's) */
+static void obj_destroyed(int dev_fd, enum obj_kind kind, uint32_t handle, uint32_t *comp, uint32_t *async)
 {
-	pthread_mutex_lock(&cqs_lock);
-	for (size_t i = 0; i < ncqs; i++) {
-		if (cqs[i].dev_fd != dev_fd || cqs[i].handle != handle)
+	pthread_mutex_lock(&objs_lock);
+	for (size_t i = 0; i < nobjs; i++) {
+		if (objs[i].dev_fd != dev_fd || objs[i].kind != kind || objs[i].handle != handle)
 			continue;
-		*reported = cqs[i].read;
-		cqs[i] = cqs[--ncqs];
+		if (comp)
+			*comp = objs[i].comp;
+		*async = objs[i].async;
+		objs[i] = objs[--nobjs];
 		break;
 	}
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
 }
 
-/* n bytes of ib_uverbs_comp_event_desc records (a u64 cq_handle each: the CQ's user_handle) were read */
-static void events_read(const uint8_t *b, size_t n)
+/*
+ * n bytes of event records were read: ib_uverbs_comp_event_desc (the CQ's user_handle, 8 bytes) from a
+ * completion channel, ib_uverbs_async_event_desc (element, the object's user_handle; type; 16 bytes) from
+ * an async fd
+ */
+static void events_read(const uint8_t *b, size_t n, int async)
 {
-	pthread_mutex_lock(&cqs_lock);
-	for (size_t at = 0; at + 8 <= n; at += 8) {
+	size_t size = async ? 16 : 8;
+
+	pthread_mutex_lock(&objs_lock);
+	for (size_t at = 0; at + size <= n; at += size) {
 		uint64_t uh;
 		memcpy(&uh, b + at, 8);
-		for (size_t i = 0; i < ncqs; i++)
-			if (cqs[i].user_handle == uh) {
-				cqs[i].read++;
+		for (size_t i = 0; i < nobjs; i++)
+			if (objs[i].user_handle == uh && (async || objs[i].kind == OBJ_CQ)) {
+				if (async)
+					objs[i].async++;
+				else
+					objs[i].comp++;
 				break;
 			}
 	}
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
+}
+
+/* what a command made or destroyed, for the event counts: the answered command, its request, its response */
+static void count_objects(int fd, uint32_t command, const uint8_t *b, size_t len, uint8_t *resp, size_t room)
+{
+	enum obj_kind kind;
+	size_t uh_at; /* where the request's user_handle is */
+	uint32_t handle, comp, async;
+	uint64_t uh;
+
+	switch (command) {
+	case CMD_CREATE_CQ: kind = OBJ_CQ; uh_at = 16; goto made;
+	case CMD_EX_CREATE_CQ: kind = OBJ_CQ; uh_at = 24; goto made;
+	case CMD_CREATE_QP: kind = OBJ_QP; uh_at = 16; goto made;
+	case CMD_EX_CREATE_QP: kind = OBJ_QP; uh_at = 24; goto made;
+	case CMD_CREATE_SRQ: kind = OBJ_SRQ; uh_at = 16; goto made;
+	case CMD_DESTROY_CQ: kind = OBJ_CQ; goto destroyed;
+	case CMD_DESTROY_QP: kind = OBJ_QP; goto destroyed;
+	case CMD_DESTROY_SRQ: kind = OBJ_SRQ; goto destroyed;
+	default: return;
+	}
+made:
+	/* every create answer starts with the new object's handle */
+	if (len < uh_at + 8 || room < 4)
+		return;
+	memcpy(&handle, resp, 4);
+	memcpy(&uh, b + uh_at, 8);
+	obj_made(fd, kind, handle, uh);
+	return;
+destroyed:
+	/* ib_uverbs_destroy_{cq,qp,srq}: the handle after the response pointer; the answer's counts: a CQ's comp then async, the others' async */
+	if (len < 20 || room < (kind == OBJ_CQ ? 8u : 4u))
+		return;
+	memcpy(&handle, b + 16, 4);
+	if (kind == OBJ_CQ) {
+		memcpy(&comp, resp, 4);
+		memcpy(&async, resp + 4, 4);
+		obj_destroyed(fd, kind, handle, &comp, &async);
+		memcpy(resp, &comp, 4);
+		memcpy(resp + 4, &async, 4);
+	} else {
+		memcpy(&async, resp, 4);
+		obj_destroyed(fd, kind, handle, NULL, &async);
+		memcpy(resp, &async, 4);
+	}
 }
 
 /*
@@ -476,6 +547,16 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 
 	if (len < sizeof(h))
 		return errno = EINVAL, -1;
+	/*
+	 * A child of fork() inherits the descriptor, but the context stays its parent's: the daemon reaches the
+	 * parent's memory and events. The child may keep or close its copy (the parent's goes on); it may not
+	 * command the parent's context.
+	 */
+	if (d->owner != getpid()) {
+		if (debug)
+			fprintf(stderr, "softverbs: a device file opened by pid %d is not usable in its child %d: open the device again\n", d->owner, getpid());
+		return errno = EPERM, -1;
+	}
 	memcpy(&h, b, sizeof(h));
 	/* CREATE_CQ names its channel by our descriptor; the daemon knows it by its token */
 	if (h.command == CMD_CREATE_CQ)
@@ -540,21 +621,7 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		return -1;
 	if (h.command == CMD_CREATE_COMP_CHANNEL && room >= 4 && channel_made(d, (void *)(uintptr_t)response))
 		return -1;
-	if ((h.command == CMD_CREATE_CQ || h.command == CMD_EX_CREATE_CQ) && room >= 4 && len >= channel_at) {
-		/* user_handle: the field before cqe, 8 bytes ahead of the channel's */
-		uint32_t handle;
-		uint64_t uh;
-		memcpy(&handle, (void *)(uintptr_t)response, 4);
-		memcpy(&uh, b + channel_at - 16, 8);
-		cq_made(fd, handle, uh);
-	}
-	if (h.command == CMD_DESTROY_CQ && room >= 4 && len >= 20) {
-		uint32_t handle, reported;
-		memcpy(&handle, b + 16, 4);
-		memcpy(&reported, (void *)(uintptr_t)response, 4);
-		cq_destroyed(fd, handle, &reported);
-		memcpy((void *)(uintptr_t)response, &reported, 4);
-	}
+	count_objects(fd, h.command, b, len, (uint8_t *)(uintptr_t)response, r.out_bytes < room ? r.out_bytes : room);
 	return len;
 }
 
@@ -687,8 +754,8 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
 	if (tracked(fd))
 		return errno = EINVAL, -1;
 	ssize_t n = real_read(fd, buf, len);
-	if (n > 0 && fd >= 0 && fd < MAX_FDS && chan_token[fd])
-		events_read(buf, n);
+	if (n > 0 && fd >= 0 && fd < MAX_FDS && (chan_token[fd] || async_fd[fd]))
+		events_read(buf, n, async_fd[fd]);
 	return n;
 }
 
@@ -743,7 +810,7 @@ static void forget(int fd)
 	struct dev_fd *d = tracked(fd);
 
 	if (fd >= 0 && fd < MAX_FDS)
-		chan_token[fd] = 0;
+		chan_token[fd] = async_fd[fd] = 0;
 
 	if (d) {
 		fds[fd] = NULL;

@@ -107,13 +107,17 @@ export async function main(argv: string[]): Promise<number> {
   // a root another user could have planted is not where this program's device files are looked for
   const bad = rootProblem(root);
   if (bad) return fail(bad.message);
-  const env = {
-    ...process.env,
-    LD_PRELOAD: process.env.LD_PRELOAD ? `${PRELOAD_PATH}:${process.env.LD_PRELOAD}` : PRELOAD_PATH,
+  return run(program, args, preloadEnv(root));
+}
+
+/** The environment a program runs in through the preload library, against the daemon whose root is `root`. */
+export function preloadEnv(root: string, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return {
+    ...base,
+    LD_PRELOAD: base.LD_PRELOAD ? `${PRELOAD_PATH}:${base.LD_PRELOAD}` : PRELOAD_PATH,
     SYSFS_PATH: join(root, 'sys'),
     SOFTVERBS_ROOT: root,
   };
-  return run(program, args, env);
 }
 
 /** Runs the program in our place: its stdio, its exit status; a TERM or HUP for us is passed on to it. */
