@@ -48,6 +48,9 @@
 #define CMD_CREATE_COMP_CHANNEL 17
 #define CMD_CREATE_CQ 18
 #define CMD_DESTROY_CQ 20
+#define CMD_POST_SEND 28
+/* ib_uverbs_cmd_hdr + ib_uverbs_post_send (response, qp_handle, wr_count at 20, sge_count, wqe_size) */
+#define POST_SEND_LEN 32
 #define CMD_CREATE_QP 24
 #define CMD_DESTROY_QP 27
 #define CMD_CREATE_SRQ 29
@@ -530,6 +533,27 @@ destroyed:
 }
 
 /*
+ * POST_SEND with wr_count 0: librxe's doorbell after it has written WQEs into the send queue. The kernel's
+ * write() returns once the requester is scheduled, with nothing to say but bad_wr 0; here the frame goes
+ * with no room for an answer (out_words 0), so the daemon answers nothing and the program does not wait
+ * for it. A doorbell for a handle that is no QP of the context is dropped by the daemon.
+ */
+static ssize_t doorbell(struct dev_fd *d, int fd, struct cmd_hdr *env, const uint8_t *b, size_t len, uint64_t response, size_t room)
+{
+	struct iovec out[2] = { { env, sizeof(*env) }, { (void *)(b + sizeof(*env)), len - sizeof(*env) } };
+
+	env->out_words = 0;
+	pthread_mutex_lock(&d->lock);
+	int bad = xfer(fd, out, 2, 0);
+	pthread_mutex_unlock(&d->lock);
+	if (bad)
+		return errno = EIO, -1;
+	if (room >= 4)
+		memset((void *)(uintptr_t)response, 0, 4); /* ib_uverbs_post_send_resp.bad_wr */
+	return len;
+}
+
+/*
  * One command: its frame out, its reply in, the response copied to where the command says. The daemon
  * answers every frame in order, so the descriptor's lock keeps each reply with its request.
  */
@@ -600,6 +624,8 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	}
 	if (!response)
 		room = 0;
+	if (h.command == CMD_POST_SEND && len == POST_SEND_LEN && !memcmp(b + 20, "\0\0\0\0", 4))
+		return doorbell(d, fd, &env, b, len, response, room);
 
 	pthread_mutex_lock(&d->lock);
 	int bad = xfer(fd, out, nout, 0) || recv_all(fd, &r, sizeof(r));

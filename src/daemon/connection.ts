@@ -188,8 +188,8 @@ export class Connection {
 
   private onDoorbell(frame: Buffer, outBytes: number): void {
     const st = this.ctx!.doorbell(frame.readUInt32LE(U.HDR_SIZE + POST.qp_handle));
-    // a C program's write() returns only once answered, whatever room it offered
-    if (outBytes || this.abi === 'rxe') this.send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
+    // a doorbell with room for an answer gets one; the preload's (rxe) and the library's ring with none
+    if (outBytes) this.send(st === 0 ? DOORBELL_OK : DOORBELL_EINVAL);
   }
 
   private onCommand(cmd: number, frame: Buffer, outBytes: number, run = () => this.ctx!.dispatch(cmd, frame, outBytes)): void {

@@ -18,7 +18,8 @@ import { Fault } from '../hca/fabric.js';
 import { PcapWriter } from '../hca/pcap.js';
 import { sdNotify } from '../native/libc.js';
 import { goneFrom, npmLauncherChain } from './launcher.js';
-import { messageOf, UsageError } from '../common/errors.js';
+import { codeOf, messageOf, UsageError } from '../common/errors.js';
+import { setPriority } from 'node:os';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -51,6 +52,9 @@ Options:
                            by default the wire reaches whatever the host routes to, routers included
   --poll-us N              after a QP was busy, poll its send queue for N microseconds (default 200):
                            a post meanwhile needs no doorbell; 0 turns polling off (an idle daemon never polls)
+  --nice N|keep            the daemon's scheduling priority (default -20, where it may set it): Linux rxe
+                           works in softirq, ahead of every program, and a program that polls its CQ
+                           without yielding (C programs, perftest) holds a core until the daemon preempts it
   --fault SPEC             seeded faults on every packet sent, for tests:
                            drop=P,dup=P,reorder=P,delay=P,delayms=MS,seed=N
   -V, --version            print the version and exit
@@ -110,6 +114,21 @@ interface Settings {
   pcap: string | undefined;
   metrics: { host: string; port: number } | null;
   logLevel: LogLevel;
+  /** the priority to run at, or null to keep the one inherited */
+  nice: number | null;
+}
+
+const DEFAULT_NICE = -20;
+
+/** Runs the event loop's thread (it does the HCA's work) at `nice`; what happened, for the log. */
+function schedule(nice: number, log: Log): void {
+  try {
+    setPriority(nice);
+    log.debug(`scheduling: nice ${nice}`);
+  } catch (e) {
+    const level = nice === DEFAULT_NICE ? 'debug' : 'warn';
+    log[level](`scheduling: cannot set nice ${nice} (${codeOf(e) ?? messageOf(e)}; it takes CAP_SYS_NICE): a program that polls without yielding delays the daemon until the kernel preempts it`);
+  }
 }
 
 function settings(argv: string[]): Settings | 'help' | 'version' {
@@ -127,6 +146,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
         fault: { type: 'string' },
         'allow-dst': { type: 'string', multiple: true },
         'poll-us': { type: 'string' },
+        nice: { type: 'string' },
         metrics: { type: 'string' },
         'log-level': { type: 'string' },
         version: { type: 'boolean', short: 'V' },
@@ -157,6 +177,11 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
   if (args['poll-us'] !== undefined) {
     pollUs = Number(args['poll-us']);
     if (!/^\d+$/.test(args['poll-us']) || pollUs > 1000000) throw new UsageError(`--poll-us "${args['poll-us']}": expected microseconds, 0 to 1000000`);
+  }
+  let nice: number | null = DEFAULT_NICE;
+  if (args.nice !== undefined) {
+    nice = args.nice === 'keep' ? null : Number(args.nice);
+    if (nice !== null && (!/^-?\d+$/.test(args.nice) || nice < -20 || nice > 19)) throw new UsageError(`--nice "${args.nice}": expected -20 to 19, or keep`);
   }
   let metrics = null;
   if (args.metrics !== undefined) {
@@ -197,7 +222,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError(messageOf(e));
     }
   }
-  return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel };
+  return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel, nice };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -221,6 +246,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = new Log(s.logLevel);
+  if (s.nice !== null) schedule(s.nice, log);
   let pcap: PcapWriter | null = null;
   if (s.pcap) {
     try {
