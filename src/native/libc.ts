@@ -171,6 +171,26 @@ export function schedYield(): void {
   sched_yield_();
 }
 
+const syscall_ = libc.func('long syscall(long number, ...)');
+/** sched_setattr's number: x86-64's, aarch64's */
+const SYS_SCHED_SETATTR = process.arch === 'arm64' ? 274 : 314;
+/** struct sched_attr (linux/sched/types.h), up to sched_period */
+const SCHED_ATTR_SIZE = 48;
+
+/**
+ * sched_setattr(2) of the calling thread: the normal policy (SCHED_OTHER) at `nice`, with a requested slice of
+ * `sliceNs` (sched_runtime: since Linux 6.12, EEVDF lets a task with a shorter slice preempt the running one
+ * when it wakes; older kernels ignore it).
+ */
+export function setFairSchedule(nice: number, sliceNs: number): void {
+  const a = Buffer.alloc(SCHED_ATTR_SIZE);
+  a.writeUInt32LE(SCHED_ATTR_SIZE, 0); // size
+  a.writeUInt32LE(0, 4); // sched_policy: SCHED_OTHER
+  a.writeInt32LE(nice, 16); // sched_nice
+  a.writeBigUInt64LE(BigInt(sliceNs), 24); // sched_runtime
+  if (Number(syscall_(SYS_SCHED_SETATTR, 'int', 0, 'void *', a, 'unsigned int', 0)) !== 0) fail('sched_setattr');
+}
+
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0x80000;
