@@ -14,11 +14,20 @@
  *    answered; the reply is copied to the command's `response` pointer.
  *    Extended commands travel whole in a WRITE_EX frame (their word counts
  *    cannot frame them). GET_CONTEXT goes as GET_CONTEXT_RXE, which tells the
- *    daemon this client speaks rdma-core's rxe provider ABI; the async_fd in
- *    its response names an event stream, which is connected here and put in
- *    its place as a real descriptor.
+ *    daemon this client speaks rdma-core's rxe provider ABI. librxe's doorbell
+ *    (POST_SEND of no WRs) is sent without waiting for an answer.
+ *  - Descriptors: what a kernel command would put in the caller's table is
+ *    made real here. GET_CONTEXT's async_fd and CREATE_COMP_CHANNEL's fd name
+ *    event streams, connected here and put in place as descriptors (CREATE_CQ
+ *    names its channel by descriptor; the daemon knows it by its token). The
+ *    daemon gets the process's /proc/self/mem at GET_CONTEXT, and mmap() of a
+ *    device file maps the queue memfd it hands out for that offset, both over
+ *    its descriptor exchange (<root>/fds.sock, SCM_RIGHTS).
+ *  - Event counts: DESTROY_CQ/QP/SRQ report the events the program has read,
+ *    as the kernel's do (counted as they are read), not those the daemon sent.
  *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
- *    EINVAL; close(), or dup2()/dup3() over it, forgets the descriptor.
+ *    EINVAL; close(), or dup2()/dup3() over it, forgets the descriptor; a child
+ *    of fork() cannot command its parent's context (EPERM).
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
