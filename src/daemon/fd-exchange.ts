@@ -21,6 +21,8 @@ import type { Context } from './context.js';
 
 /** connections waiting for their request at once; past it new ones are closed unanswered */
 const MAX_PENDING = 64;
+/** queues one context may leave unmapped (each holds a descriptor of the daemon's) */
+const MAX_OFFERS = 64;
 /** how long a connection may take to send its request */
 const REQUEST_MS = 2000;
 const PAGE = 4096;
@@ -61,6 +63,11 @@ export class FdExchange {
 
   /** Offers the queue at [at, at+size) of a memfd to ctx's process (the offer holds a duplicate of `memfd`); the mmap offset that names it. */
   offer(ctx: Context, mapping: Mapping, memfd: number, at: number, size: number): number {
+    // each offer holds a descriptor of the daemon's until the queue is mapped: a program maps each queue as it
+    // makes it, and one that does not may not pile them up
+    let waiting = 0;
+    for (const o of this.offers.values()) if (o.ctx === ctx) waiting++;
+    if (waiting >= MAX_OFFERS) throw new CmdError(E.EMFILE, `${waiting} queues of this context wait to be mapped: map them (mmap the device file at their mminfo offsets) or destroy them first`);
     const fd = dupFd(memfd);
     const off = this.nextOffset;
     this.nextOffset += Math.ceil(size / PAGE) * PAGE;
