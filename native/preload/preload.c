@@ -61,12 +61,14 @@
 /* ib_uverbs_cmd_hdr + ib_uverbs_post_send (response, qp_handle, wr_count at 20, sge_count, wqe_size) */
 #define POST_SEND_LEN 32
 #define CMD_CREATE_QP 24
+#define CMD_MODIFY_QP 26
 #define CMD_DESTROY_QP 27
 #define CMD_CREATE_SRQ 29
 #define CMD_DESTROY_SRQ 32
 #define CMD_FLAG_EXTENDED 0x80000000u
 #define CMD_EX_CREATE_CQ (CMD_FLAG_EXTENDED | CMD_CREATE_CQ)
 #define CMD_EX_CREATE_QP (CMD_FLAG_EXTENDED | CMD_CREATE_QP)
+#define CMD_EX_MODIFY_QP (CMD_FLAG_EXTENDED | CMD_MODIFY_QP)
 /* comp_channel's offset in CREATE_CQ's request and in EX_CREATE_CQ's (after the headers, as written) */
 #define CREATE_CQ_CHANNEL_AT 32
 #define EX_CREATE_CQ_CHANNEL_AT 40
@@ -75,6 +77,8 @@
 #define SV_ATTACH_COMP_CHANNEL 0xf1
 #define SV_GET_CONTEXT_RXE 0xf3
 #define SV_WRITE_EX 0xf4
+/* QP handles below this may have their doorbells sent without waiting (the rest always wait) */
+#define READY_HANDLES 1024
 /* descriptors above this are not tracked: opening a device there fails with EMFILE */
 #define MAX_FDS 65536
 
@@ -93,6 +97,12 @@ struct dev_fd {
 	dev_t rdev;
 	/* the process that opened it: the daemon's context is that process's (its memory, its events) */
 	pid_t owner;
+	/*
+	 * QP handles whose doorbell was answered with success since the context last modified or destroyed a QP:
+	 * their doorbells go without waiting for an answer (a QP's requester is ready or not by the program's own
+	 * MODIFY_QPs only, so nothing else can change the answer)
+	 */
+	uint8_t ready[READY_HANDLES];
 	char path[];
 };
 
@@ -120,6 +130,8 @@ static size_t nobjs, objs_room;
 static pthread_mutex_t objs_lock = PTHREAD_MUTEX_INITIALIZER;
 /* the async event stream of each context (its records name objects by user_handle) */
 static uint8_t async_fd[MAX_FDS];
+/* an empty GID entry's type or netdev file, whose read() is EINVAL */
+static uint8_t empty_attr[MAX_FDS];
 static char root[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -543,9 +555,10 @@ destroyed:
 
 /*
  * POST_SEND with wr_count 0: librxe's doorbell after it has written WQEs into the send queue. The kernel's
- * write() returns once the requester is scheduled, with nothing to say but bad_wr 0; here the frame goes
- * with no room for an answer (out_words 0), so the daemon answers nothing and the program does not wait
- * for it. A doorbell for a handle that is no QP of the context is dropped by the daemon.
+ * write() returns once the requester is scheduled, with bad_wr 0, or EINVAL for a QP whose requester is
+ * not ready (not moved to RTS since its reset). Once a QP's doorbell has been answered with success, and
+ * until the program next modifies or destroys a QP, the answer cannot change: its doorbells then go with no
+ * room for an answer (out_words 0), so the daemon answers nothing and the program does not wait for it.
  */
 static ssize_t doorbell(struct dev_fd *d, int fd, struct cmd_hdr *env, const uint8_t *b, size_t len, uint64_t response, size_t room)
 {
@@ -577,6 +590,7 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	size_t room = 0, channel_at = 0;
 	char why[256] = "";
 	uint8_t copy[256];
+	uint32_t qp = READY_HANDLES;
 
 	if (len < sizeof(h))
 		return errno = EINVAL, -1;
@@ -633,8 +647,13 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	}
 	if (!response)
 		room = 0;
-	if (h.command == CMD_POST_SEND && len == POST_SEND_LEN && !memcmp(b + 20, "\0\0\0\0", 4))
-		return doorbell(d, fd, &env, b, len, response, room);
+	if (h.command == CMD_POST_SEND && len == POST_SEND_LEN && !memcmp(b + 20, "\0\0\0\0", 4)) {
+		memcpy(&qp, b + 16, 4);
+		if (qp < READY_HANDLES && d->ready[qp])
+			return doorbell(d, fd, &env, b, len, response, room);
+	}
+	if (h.command == CMD_MODIFY_QP || h.command == CMD_EX_MODIFY_QP || h.command == CMD_DESTROY_QP)
+		memset(d->ready, 0, sizeof(d->ready));
 
 	pthread_mutex_lock(&d->lock);
 	int bad = xfer(fd, out, nout, 0) || recv_all(fd, &r, sizeof(r));
@@ -657,6 +676,8 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	if (h.command == CMD_CREATE_COMP_CHANNEL && room >= 4 && channel_made(d, (void *)(uintptr_t)response))
 		return -1;
 	count_objects(fd, h.command, b, len, (uint8_t *)(uintptr_t)response, r.out_bytes < room ? r.out_bytes : room);
+	if (qp < READY_HANDLES)
+		d->ready[qp] = 1;
 	return len;
 }
 
@@ -672,6 +693,30 @@ static mode_t open_mode(int flags, va_list ap)
  * name come ARGS, the arguments libc's call is passed, and the parameters before `flags` (the at-forms' dirfd,
  * then the path).
  */
+/*
+ * Linux has gid_attrs/types/I and ndevs/I for every entry of the GID table, and reading one of an empty
+ * entry fails with EINVAL (libibverbs' sysfs fallback of ibv_query_gid_ex/ibv_query_gid_table takes that
+ * as "no GID here"). The daemon's tree has those files for the GIDs there are; an absent one of ours is
+ * opened here as a file whose read() is EINVAL.
+ */
+static int empty_gid_attr(const char *path, int fd)
+{
+	const char *sys = getenv("SYSFS_PATH");
+	size_t n = sys ? strlen(sys) : 0;
+
+	if (fd >= 0 || errno != ENOENT || !path || !n || strncmp(path, sys, n) || strncmp(path + n, "/class/infiniband/", 18) ||
+	    (!strstr(path + n, "/gid_attrs/types/") && !strstr(path + n, "/gid_attrs/ndevs/")))
+		return fd;
+	int e = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC);
+	if (e < 0 || e >= MAX_FDS) {
+		if (e >= 0)
+			syscall(SYS_close, e);
+		return errno = ENOENT, -1;
+	}
+	empty_attr[e] = 1;
+	return e;
+}
+
 #define OPEN(name, ARGS, ...)                                                  \
 	EXPORT int name(__VA_ARGS__, int flags, ...)                           \
 	{                                                                      \
@@ -684,7 +729,7 @@ static mode_t open_mode(int flags, va_list ap)
 		if (m)                                                         \
 			return open_mapped(m, flags, mode);                    \
 		REAL(int, name, __VA_ARGS__, int, ...);                        \
-		return real_##name ARGS;                                       \
+		return empty_gid_attr(path, real_##name ARGS);                 \
 	}
 OPEN(open, (path, flags, mode), const char *path)
 OPEN(open64, (path, flags, mode), const char *path)
@@ -700,7 +745,7 @@ OPEN(openat64, (dirfd, path, flags, mode), int dirfd, const char *path)
 		if (m)                                                         \
 			return open_mapped(m, flags, 0);                       \
 		REAL(int, name, const char *, int);                            \
-		return real_##name(path, flags);                               \
+		return empty_gid_attr(path, real_##name(path, flags));         \
 	}
 OPEN_2(__open_2)
 OPEN_2(__open64_2)
@@ -786,7 +831,7 @@ EXPORT ssize_t write(int fd, const void *buf, size_t len)
 EXPORT ssize_t read(int fd, void *buf, size_t len)
 {
 	REAL(ssize_t, read, int, void *, size_t);
-	if (tracked(fd))
+	if (tracked(fd) || (fd >= 0 && fd < MAX_FDS && empty_attr[fd]))
 		return errno = EINVAL, -1;
 	ssize_t n = real_read(fd, buf, len);
 	if (n > 0 && fd >= 0 && fd < MAX_FDS && (chan_token[fd] || async_fd[fd]))
@@ -845,7 +890,7 @@ static void forget(int fd)
 	struct dev_fd *d = tracked(fd);
 
 	if (fd >= 0 && fd < MAX_FDS)
-		chan_token[fd] = async_fd[fd] = 0;
+		chan_token[fd] = async_fd[fd] = empty_attr[fd] = 0;
 
 	if (d) {
 		fds[fd] = NULL;

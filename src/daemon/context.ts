@@ -10,6 +10,7 @@ import { procComm } from '../common/proc.js';
 import { listWords } from '../common/format.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
+import { QpState } from '../abi/enums.js';
 import { E, fail } from '../common/errno.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import type { SoftDevice } from '../hca/device.js';
@@ -275,6 +276,9 @@ export class Context implements Owner {
   doorbell(handle: number): number {
     const qp = this.find('qp', handle);
     if (!qp) return E.EINVAL;
+    // rxe's post_send refuses a QP whose requester is not ready yet (never moved to RTS since its reset), and so
+    // does its doorbell for a C program
+    if (this.provider.name === 'rxe' && (qp.state === QpState.RESET || qp.state === QpState.INIT || qp.state === QpState.RTR)) return E.EINVAL;
     this.dev.doorbells++;
     this.dev.doorbell(qp);
     return 0;
