@@ -23,19 +23,19 @@ const addrs = (out: string, which: 'local' | 'remote') => [...out.matchAll(new R
 const BW_ROW = /^ \d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s*$/m;
 const LAT_ROW = /^ \d+\s+\d+\s+([\d.]+\s+){6}[\d.]+\s*$/m;
 
-interface Case { tool: string; args: string; /** who prints a result row */ rows: 'both' | 'client'; lat?: boolean; name?: string }
+interface Case { tool: string; args: string; /** who prints a result row */ rows: 'both' | 'client'; lat?: boolean; name?: string; /** also with perftest's own C tool on softverbsd */ c?: boolean }
 const CASES: Case[] = [
-  { tool: 'ib_write_bw', args: '-n 64 -s 3072', rows: 'both' },
-  { tool: 'ib_read_bw', args: '-n 64 -s 3072', rows: 'both' },
-  { tool: 'ib_atomic_bw', args: '-n 64 -A CMP_AND_SWAP', rows: 'both' },
-  { tool: 'ib_send_bw', args: '-n 64 -s 3072', rows: 'both' },
-  { tool: 'ib_send_bw', args: '-n 64 -s 1024 -c UD', rows: 'both', name: 'UD' },
+  { tool: 'ib_write_bw', args: '-n 64 -s 3072', rows: 'both', c: true },
+  { tool: 'ib_read_bw', args: '-n 64 -s 3072', rows: 'both', c: true },
+  { tool: 'ib_atomic_bw', args: '-n 64 -A CMP_AND_SWAP', rows: 'both', c: true },
+  { tool: 'ib_send_bw', args: '-n 64 -s 3072', rows: 'both', c: true },
+  { tool: 'ib_send_bw', args: '-n 64 -s 1024 -c UD', rows: 'both', name: 'UD', c: true },
   { tool: 'ib_send_bw', args: '-n 64 -s 3072 -c UC', rows: 'both', name: 'UC' },
   { tool: 'ib_write_bw', args: '-n 32 -s 4096 -q 2', rows: 'both', name: '2 QPs' },
-  { tool: 'ib_write_lat', args: '-n 50 -s 64', rows: 'both', lat: true },
-  { tool: 'ib_send_lat', args: '-n 50 -s 64', rows: 'both', lat: true },
-  { tool: 'ib_read_lat', args: '-n 50 -s 64', rows: 'client', lat: true },
-  { tool: 'ib_atomic_lat', args: '-n 50', rows: 'client', lat: true },
+  { tool: 'ib_write_lat', args: '-n 50 -s 64', rows: 'both', lat: true, c: true },
+  { tool: 'ib_send_lat', args: '-n 50 -s 64', rows: 'both', lat: true, c: true },
+  { tool: 'ib_read_lat', args: '-n 50 -s 64', rows: 'client', lat: true, c: true },
+  { tool: 'ib_atomic_lat', args: '-n 50', rows: 'client', lat: true, c: true },
   { tool: 'ib_write_bw', args: '-n 32 -s 4096 -b', rows: 'both', name: 'bidirectional' },
   { tool: 'ib_send_bw', args: '-n 5 -b -a', rows: 'both', name: 'bidirectional, all sizes' },
   { tool: 'ib_send_bw', args: '-n 64 -s 2048 -e', rows: 'both', name: 'events' },
@@ -55,10 +55,15 @@ describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () 
   });
   after(async () => d?.stop());
   for (const c of CASES) {
-    for (const oursServes of [true, false]) {
-      test(`${c.tool}${c.name ? ` (${c.name})` : ''}: softverbs ${oursServes ? 'server' : 'client'}, perftest ${oursServes ? 'client' : 'server'}`, async () => {
+    for (const [oursServes, cTool] of [[true, false], [false, false], ...(c.c ? [[true, true], [false, true]] : [])] as Array<[boolean, boolean]>) {
+      const who = cTool ? 'perftest on softverbsd' : 'softverbs';
+      test(`${c.tool}${c.name ? ` (${c.name})` : ''}: ${who} ${oursServes ? 'server' : 'client'}, perftest on Linux rxe ${oursServes ? 'client' : 'server'}`, async () => {
         const args = c.args.split(' ');
-        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', `${c.tool}.js`), '-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const mine = (server: boolean) => ['-d', 'rxe0', '-F', ...args, ...(server ? [] : [PEER])];
+        // perftest's own tool says -x 0 (our device's RoCEv2 GID), as ours takes by default
+        const ours = (server: boolean) => cTool
+          ? run(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', `/usr/bin/${c.tool}`, '-x', '0', ...mine(server)], { ...process.env, SOFTVERBS_ROOT: d.root })
+          : run(process.execPath, [join(DIST, 'src', 'bin', `${c.tool}.js`), ...mine(server)], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ${c.tool} -d rxe0 -x 1 -F ${c.args} ${server ? '' : HOST}`]);
         const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}\nperftest:\n${b.out}`);

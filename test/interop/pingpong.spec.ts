@@ -2,7 +2,8 @@
  * Our ibv_{rc,uc,ud,srq}_pingpong against rdma-core 44's in the lab VM (run
  * by `npm run test:interop`), each side as server and as client: the TCP
  * exchange must be byte-compatible for them to meet at all, and each side's
- * "remote address" line must be the other's "local address" line.
+ * "remote address" line must be the other's "local address" line. Then the
+ * same with rdma-core's own C tool on softverbsd (`softverbs exec`) on our side.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -26,10 +27,14 @@ describe('pingpongs: softverbs <-> rdma-core 44 on Linux rxe', { skip }, () => {
   });
   after(async () => d?.stop());
   for (const kind of ['rc', 'uc', 'ud', 'srq']) {
-    for (const oursServes of [true, false]) {
-      test(`ibv_${kind}_pingpong, softverbs ${oursServes ? 'server' : 'client'}, rdma-core ${oursServes ? 'client' : 'server'}`, async () => {
+    for (const [oursServes, c] of [[true, false], [false, false], [true, true], [false, true]] as const) {
+      const who = c ? 'rdma-core\'s tool on softverbsd' : 'softverbs';
+      test(`ibv_${kind}_pingpong, ${who} ${oursServes ? 'server' : 'client'}, rdma-core on Linux rxe ${oursServes ? 'client' : 'server'}`, async () => {
         const extra = kind === 'srq' ? ['-q', '4'] : kind === 'ud' ? ['-s', '1024'] : [];
-        const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', `ibv_${kind}_pingpong.js`), '-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])], { ...process.env, SOFTVERBS_ROOT: d.root });
+        const args = (server: boolean) => ['-g', '0', '-n', '100', ...extra, ...(server ? [] : [PEER])];
+        const ours = (server: boolean) => c
+          ? run(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', `/usr/bin/ibv_${kind}_pingpong`, '-d', 'rxe0', ...args(server)], { ...process.env, SOFTVERBS_ROOT: d.root })
+          : run(process.execPath, [join(DIST, 'src', 'bin', `ibv_${kind}_pingpong.js`), ...args(server)], { ...process.env, SOFTVERBS_ROOT: d.root });
         const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 80 ibv_${kind}_pingpong -d rxe0 -g 1 -n 100 ${extra.join(' ')} ${server ? '' : HOST}`]);
         const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}`);
