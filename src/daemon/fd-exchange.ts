@@ -9,7 +9,7 @@
  * closes. Who asks is the kernel's word (SO_PEERCRED): a context's
  * descriptors go to and come from its own process only.
  */
-import { fstatSync, readlinkSync } from 'node:fs';
+import { fstatSync, readFileSync, readlinkSync } from 'node:fs';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E } from '../common/errno.js';
@@ -149,17 +149,8 @@ export class FdExchange {
     if (!ctx) throw new CmdError(E.EINVAL, `SET_MEM: token ${token} names no context waiting for its memory`);
     if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `SET_MEM: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s`);
     if (ctx.memFd >= 0) throw new CmdError(E.EBUSY, 'SET_MEM: the context has its memory already');
-    // a process's memory file, not something whose reads could block the daemon (a FIFO, a socket, a device)
-    let link = '';
-    try {
-      link = readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      /* judged below */
-    }
-    const st = fstatSync(fd);
-    if (!/\/\d+\/mem$/.test(link) || !st.isFile() || st.size !== 0) {
-      throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${link || 'unnamed'}, not a process's /proc/PID/mem`);
-    }
+    const why = notProcMem(fd, cred.pid);
+    if (why) throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${why}, not a process's /proc/PID/mem`);
     ctx.memFd = fd;
   }
 
@@ -171,4 +162,35 @@ export class FdExchange {
     this.offers.delete(Number(offset));
     return { size: BigInt(o.size), offset: BigInt(o.at), fd: o.memfd };
   }
+}
+
+/**
+ * Why `fd` (the daemon's, from process `pid`) is not a process's memory file, or null if it is one: named
+ * /proc/PID/mem (or /proc/PID/task/TID/mem) and on a procfs, as the sender's own mount table has it. Judged
+ * without a call into the file's filesystem until it is known to be procfs: an fstat() of a file on a FUSE
+ * mount waits for that filesystem's server, which may never answer, and the daemon would wait with it; a
+ * name alone can be had on any filesystem (an empty file at ~/x/123/mem, or a mount over /proc in a
+ * namespace of the sender's own). Everything but procfs would also be read as if it were memory: an empty
+ * regular file gives short reads, a FIFO or a device blocks them.
+ */
+function notProcMem(fd: number, pid: number): string | null {
+  let link: string;
+  try {
+    link = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return 'unnamed';
+  }
+  if (!/^\/proc\/\d+(\/task\/\d+)?\/mem$/.test(link)) return link;
+  // the mount it was opened on (fdinfo comes from the file table, not the filesystem), in the sender's mount table
+  let fsType: string | undefined;
+  try {
+    const mnt = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'))?.[1];
+    const line = mnt === undefined ? undefined : readFileSync(`/proc/${pid}/mountinfo`, 'latin1').split('\n').find((l) => l.startsWith(`${mnt} `));
+    fsType = line?.split(' - ')[1]?.split(' ')[0];
+  } catch {
+    /* the sender is gone, or its mount table cannot be read: not judged a procfs */
+  }
+  if (fsType !== 'proc') return `${link} on ${fsType ?? 'an unknown filesystem'}`;
+  const st = fstatSync(fd);
+  return st.isFile() && st.size === 0 ? null : `${link}, not a memory file`;
 }

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
@@ -137,12 +137,18 @@ describe('the descriptor exchange', { skip }, () => {
     assert.match(out[3]!, /SET_MEM: no descriptor came with the request/);
   });
 
-  test('SET_MEM: a pipe, a socket, a memfd, /dev/null and a regular file are not a process\'s memory (EINVAL); the memory is still to be given', async () => {
+  test('SET_MEM: a pipe, a socket, a memfd, /dev/null, a regular file, one named like a process\'s memory and another process\'s /proc/PID/maps are not a process\'s memory (EINVAL); the memory is still to be given', async () => {
     const file = join(tmp, 'file');
     writeFileSync(file, '');
-    const out = await run(['ctx', dev, ...['pipe', 'sock', 'memfd', 'null', `file:${file}`, 'mem'].flatMap((k) => ['req', '1', 'token', '0', k, ';'])]);
-    assert.deepEqual(statuses(out), ['EINVAL', 'EINVAL', 'EINVAL', 'EINVAL', 'EINVAL', '0'], out.join('\n'));
+    // an empty regular file is what /proc/PID/mem looks like to fstat(); only its name and filesystem tell them apart
+    mkdirSync(join(tmp, 'proc', '123'), { recursive: true });
+    const fake = join(tmp, 'proc', '123', 'mem');
+    writeFileSync(fake, '');
+    const kinds = ['pipe', 'sock', 'memfd', 'null', `file:${file}`, `file:${fake}`, `file:/proc/${process.pid}/maps`, 'mem'];
+    const out = await run(['ctx', dev, ...kinds.flatMap((k) => ['req', '1', 'token', '0', k, ';'])]);
+    assert.deepEqual(statuses(out), [...Array(7).fill('EINVAL'), '0'], out.join('\n'));
     assert.match(out[1]!, /SET_MEM: the descriptor is pipe:\[\d+\], not a process's \/proc\/PID\/mem/);
+    assert.ok(out[6]!.includes(`SET_MEM: the descriptor is ${fake}, not a process's /proc/PID/mem`), out[6]);
   });
 
   test('another process, of the same user or of another, is refused a context\'s memory and its queues (EACCES); the owner then gets both', async () => {
