@@ -124,13 +124,20 @@ export class FdExchange {
     if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
     let reply: { status: number; text: string; size: bigint; offset: bigint; fd: number };
     try {
-      if (m.n < layout(REQ).size || m.truncated) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
+      if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
+      // past the room for a few, the kernel dropped descriptors; the rest are closed
+      if (m.truncated) throw new CmdError(E.EINVAL, 'a request carries one descriptor at most, and more came');
       const r = unpack(REQ, m.data, 0);
       const cred = peerCred(fd);
       reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
-      if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fd);
-      else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg));
-      else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
+      // every request but SET_MEM carries none: one that came anyway is closed (catch below), not kept
+      if (r.op === U.FdOp.SET_MEM) {
+        if (m.count > 1) throw new CmdError(E.EINVAL, `SET_MEM: ${m.count} descriptors came with the request, not one`);
+        this.setMem(cred, r.token, m.fd);
+      } else if (r.op === U.FdOp.GET_QUEUE) {
+        if (m.count) throw new CmdError(E.EINVAL, 'GET_QUEUE: the request carries no descriptor');
+        Object.assign(reply, this.getQueue(cred, r.arg));
+      } else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
     } catch (e) {
       if (m.fd >= 0) closeFd(m.fd);
       reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };

@@ -178,6 +178,27 @@ describe('the descriptor exchange', { skip }, () => {
     assert.match(out.at(-1)!, /mmap offset 0xffffffffffffffff names no queue waiting to be mapped/);
   });
 
+  test('a request carries no more descriptors than it takes: SET_MEM one, GET_QUEUE and the rest none (EINVAL, each one closed); the memory and the queue are still to be had', async () => {
+    const out = await run([
+      'ctx', dev, 'cq',
+      'req', '1', 'token', '0', 'mem', 'pipe', ';', // the memory and one more
+      'req', '1', 'token', '0', 'many:2', ';',
+      'req', '1', 'token', '0', 'many:12', ';', // more than the daemon's control buffer holds: the kernel drops the rest
+      'req', '2', '0', 'offset', 'pipe', ';', // GET_QUEUE takes none: a descriptor sent along must not stay in the daemon
+      'req', '2', '0', 'offset', 'many:12', ';',
+      'req', '2', '0', '4096', 'mem', ';',
+      'req', '7', '0', '0', 'many:3', ';',
+      'req', '1', 'token', '0', 'mem', ';',
+      'req', '2', '0', 'offset', ';',
+    ]);
+    assert.deepEqual(statuses(out), [...Array(7).fill('EINVAL'), '0', '0'], out.join('\n'));
+    const st = out.filter((l) => l.startsWith('status '));
+    assert.match(st[0]!, /SET_MEM: 2 descriptors came with the request, not one/);
+    assert.match(st[2]!, /a request carries one descriptor at most, and more came/);
+    assert.match(st[3]!, /GET_QUEUE: the request carries no descriptor/);
+    assert.match(st[8]!, /^status 0 fds 1 size 4096 /);
+  });
+
   test('a connection that never sends is closed after the request timeout (2 s)', async () => {
     const out = await run(['hold', '6000']);
     const ms = Number(/^closed after (\d+) ms$/.exec(out[0]!)?.[1]);
