@@ -14,13 +14,18 @@ import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E } from '../common/errno.js';
 import { errnoOf, messageOf } from '../common/errors.js';
-import { recvWithFd, sendWithFd } from '../native/fd-pass.js';
+import { type Received, recvWithFd, sendWithFd } from '../native/fd-pass.js';
 import { acceptNow, closeFd, dupFd, type Mapping, peerCred } from '../native/libc.js';
 import { ReadableSet } from '../native/readable-set.js';
 import type { Context } from './context.js';
 
-/** connections waiting for their request at once; past it new ones are closed unanswered */
+/**
+ * Connections waiting for their request at once, of all users and of one: past either, a new connection whose
+ * request is not there yet is turned away (EAGAIN). A user's own cap is below the whole, so no user's idle
+ * connections can turn another user's requests away.
+ */
 const MAX_PENDING = 64;
+const MAX_PENDING_PER_UID = 16;
 /** how long a connection may take to send its request */
 const REQUEST_MS = 2000;
 const PAGE = 4096;
@@ -49,7 +54,9 @@ export class FdExchange {
   /** mmap offsets, as the kernel's rxe hands them out: page aligned, never reused while the daemon runs */
   private nextOffset = PAGE;
   private readonly waits = new ReadableSet();
-  private readonly pending = new Map<number, NodeJS.Timeout>();
+  /** connections waiting for their request: their timeout, and whose they are */
+  private readonly pending = new Map<number, { timer: NodeJS.Timeout; uid: number }>();
+  private readonly pendingOf = new Map<number, number>();
   private closed = false;
 
   constructor(
@@ -85,7 +92,7 @@ export class FdExchange {
     this.closed = true;
     this.waits.cancel(this.lfd);
     closeFd(this.lfd);
-    for (const [fd, t] of this.pending) {
+    for (const [fd, { timer: t }] of this.pending) {
       clearTimeout(t);
       this.waits.cancel(fd);
       closeFd(fd);
@@ -99,21 +106,44 @@ export class FdExchange {
     for (;;) {
       const fd = acceptNow(this.lfd);
       if (fd < 0) break; // EAGAIN, or out of descriptors: the rest wait in the queue
-      if (this.pending.size >= MAX_PENDING) {
-        closeFd(fd);
-        continue;
-      }
-      this.pending.set(fd, setTimeout(() => this.drop(fd), REQUEST_MS));
-      this.onReadable(fd);
+      this.onConnection(fd);
     }
     this.waits.wait(this.lfd, () => this.onListener());
   }
 
+  /** A new connection: answered now if its request is there (as a client's mostly is), else it waits for it, within the caps. */
+  private onConnection(fd: number): void {
+    const m = recvWithFd(fd);
+    if (m.n !== -E.EAGAIN) {
+      this.answer(fd, m);
+      return closeFd(fd);
+    }
+    let uid: number;
+    try {
+      uid = peerCred(fd).uid;
+    } catch {
+      return closeFd(fd);
+    }
+    const mine = this.pendingOf.get(uid) ?? 0;
+    if (this.pending.size >= MAX_PENDING || mine >= MAX_PENDING_PER_UID) {
+      const why = mine >= MAX_PENDING_PER_UID ? `too many connections of uid ${uid} wait for their request (${mine})` : `too many connections wait for their request (${this.pending.size})`;
+      this.reply(fd, { status: -E.EAGAIN, text: why, size: 0n, offset: 0n, fd: -1 });
+      return closeFd(fd);
+    }
+    this.pendingOf.set(uid, mine + 1);
+    this.pending.set(fd, { timer: setTimeout(() => this.drop(fd), REQUEST_MS), uid });
+    this.waits.wait(fd, () => this.onReadable(fd));
+  }
+
+  /** A waiting connection goes (answered, or out of time). */
   private drop(fd: number): void {
-    const t = this.pending.get(fd);
-    if (t === undefined) return;
-    clearTimeout(t);
+    const p = this.pending.get(fd);
+    if (p === undefined) return;
+    clearTimeout(p.timer);
     this.pending.delete(fd);
+    const n = (this.pendingOf.get(p.uid) ?? 1) - 1;
+    if (n > 0) this.pendingOf.set(p.uid, n);
+    else this.pendingOf.delete(p.uid);
     this.waits.cancel(fd);
     closeFd(fd);
   }
@@ -122,6 +152,12 @@ export class FdExchange {
     if (!this.pending.has(fd)) return;
     const m = recvWithFd(fd);
     if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
+    this.answer(fd, m);
+    this.drop(fd);
+  }
+
+  /** Carries out the request `m` came with and answers it on fd. */
+  private answer(fd: number, m: Received): void {
     let reply: { status: number; text: string; size: bigint; offset: bigint; fd: number };
     try {
       if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
@@ -142,11 +178,14 @@ export class FdExchange {
       if (m.fd >= 0) closeFd(m.fd);
       reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };
     }
-    const text = Buffer.from(reply.text.slice(0, 512));
-    const head = pack(U.SV_FD_RESP, { status: reply.status, text_len: text.length, size: reply.size, offset: reply.offset });
-    sendWithFd(fd, Buffer.concat([head, text]), reply.fd);
+    this.reply(fd, reply);
     if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
-    this.drop(fd);
+  }
+
+  private reply(fd: number, r: { status: number; text: string; size: bigint; offset: bigint; fd: number }): void {
+    const text = Buffer.from(r.text.slice(0, 512));
+    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset });
+    sendWithFd(fd, Buffer.concat([head, text]), r.fd);
   }
 
   /** The context's own process hands over its /proc/self/mem: the context's memory from now on. */

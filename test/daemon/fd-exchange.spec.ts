@@ -199,6 +199,18 @@ describe('the descriptor exchange', { skip }, () => {
     assert.match(st[8]!, /^status 0 fds 1 size 4096 /);
   });
 
+  test('many connections at once that send nothing: past 16 of one user (64 of all) they are turned away with EAGAIN, and meanwhile another user is served', async () => {
+    const flood = interactive(['flood', '100', '1500']);
+    await flood.until(/^flooding 100$/);
+    await new Promise((r) => setTimeout(r, 100));
+    // the flood's user holds all the waiting it may: another user's requests are still read and answered
+    if (other) await serves(other.as);
+    const out = await flood.done();
+    assert.ok(out.includes('answered 84 closed 0 open 16'), out.join('\n'));
+    assert.deepEqual([...new Set(out.filter((l) => l.startsWith('answer ')).map((l) => l.split(' ')[2]))], ['EAGAIN']);
+    assert.match(out.find((l) => l.startsWith('answer '))!, /too many connections of uid \d+ wait for their request/);
+  });
+
   test('a connection that never sends is closed after the request timeout (2 s)', async () => {
     const out = await run(['hold', '6000']);
     const ms = Number(/^closed after (\d+) ms$/.exec(out[0]!)?.[1]);
