@@ -28,6 +28,8 @@ const MAX_PENDING = 64;
 const MAX_PENDING_PER_UID = 16;
 /** how long a connection may take to send its request */
 const REQUEST_MS = 2000;
+/** how long accepting pauses when the daemon has no descriptor to spare (closing connections make some) */
+const PAUSE_MS = 50;
 const PAGE = 4096;
 const REQ = U.SV_FD_REQ;
 
@@ -47,6 +49,8 @@ export interface FdExchangeHost {
   /** The context whose GET_CONTEXT answer carried `token`, while its token is valid. */
   contextOf(token: number): Context | undefined;
   log(msg: string): void;
+  /** Whether the daemon has a descriptor to spare for one more connection (admission.ts keeps the count). */
+  mayAccept(): boolean;
 }
 
 export class FdExchange {
@@ -58,6 +62,7 @@ export class FdExchange {
   private readonly pending = new Map<number, { timer: NodeJS.Timeout; uid: number }>();
   private readonly pendingOf = new Map<number, number>();
   private closed = false;
+  private paused: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly lfd: number,
@@ -91,6 +96,7 @@ export class FdExchange {
     if (this.closed) return;
     this.closed = true;
     this.waits.cancel(this.lfd);
+    if (this.paused) clearTimeout(this.paused);
     closeFd(this.lfd);
     for (const [fd, { timer: t }] of this.pending) {
       clearTimeout(t);
@@ -104,11 +110,23 @@ export class FdExchange {
   private onListener(): void {
     if (this.closed) return;
     for (;;) {
+      // with no descriptor to spare, or none at all (EMFILE, ENFILE), connections wait in the queue: the listener
+      // is readable meanwhile, and waiting on it again would be woken at once, again and again, the CPU spinning
+      if (!this.host.mayAccept()) return this.pause();
       const fd = acceptNow(this.lfd);
-      if (fd < 0) break; // EAGAIN, or out of descriptors: the rest wait in the queue
+      if (fd === -E.EAGAIN) break;
+      if (fd === -E.ECONNABORTED || fd === -E.EINTR) continue;
+      if (fd < 0) return this.pause();
       this.onConnection(fd);
     }
     this.waits.wait(this.lfd, () => this.onListener());
+  }
+
+  private pause(): void {
+    this.paused = setTimeout(() => {
+      this.paused = null;
+      this.onListener();
+    }, PAUSE_MS);
   }
 
   /** A new connection: answered now if its request is there (as a client's mostly is), else it waits for it, within the caps. */

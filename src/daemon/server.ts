@@ -202,6 +202,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         return k?.kind === 'async' ? k.ctx : undefined;
       },
       log: (m) => this.log(m),
+      mayAccept: () => this.admission.mayAccept(),
     });
     this.fdPath = path;
   }

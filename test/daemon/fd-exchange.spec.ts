@@ -10,11 +10,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { A1, DIST, IS_ROOT, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
+import { A1, A2, DIST, IS_ROOT, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
 
 const REPO = join(DIST, '..');
 const skip = spawnSync('cc', ['--version']).error ? 'no C compiler (cc) for the exchange client' : false;
@@ -28,12 +28,12 @@ describe('the descriptor exchange', { skip }, () => {
   const other = IS_ROOT ? testUser('svtest-fdx') : null;
 
   /** The daemon's open descriptors. */
-  const fds = () => readdirSync(`/proc/${d.proc.pid}/fd`).length;
-  const env = () => ({ ...process.env, SOFTVERBS_ROOT: d.root });
-  /** The client run with `steps` (as another user with `as`): its output lines. */
-  async function run(steps: string[], as: string[] = []): Promise<string[]> {
+  const fds = (pid = d.proc.pid!) => readdirSync(`/proc/${pid}/fd`).length;
+  const env = (root = d.root) => ({ ...process.env, SOFTVERBS_ROOT: root });
+  /** The client run with `steps` (as another user with `as`, to the daemon at `root`): its output lines. */
+  async function run(steps: string[], as: string[] = [], root = d.root): Promise<string[]> {
     const argv = [...as, client, ...steps];
-    const r = await runProcess(argv[0]!, argv.slice(1), env(), 20_000);
+    const r = await runProcess(argv[0]!, argv.slice(1), env(root), 20_000);
     assert.equal(r.code, 0, r.out);
     return r.out.trimEnd().split('\n');
   }
@@ -41,8 +41,8 @@ describe('the descriptor exchange', { skip }, () => {
   const statuses = (lines: string[]) => lines.filter((l) => l.startsWith('status ')).map((l) => l.split(' ')[1]);
 
   /** A client that stops at each `wait` until told to go on. */
-  function interactive(steps: string[]) {
-    const p = spawn(client, steps, { env: env(), stdio: ['pipe', 'pipe', 'inherit'] });
+  function interactive(steps: string[], root = d.root) {
+    const p = spawn(client, steps, { env: env(root), stdio: ['pipe', 'pipe', 'inherit'] });
     const lines: string[] = [];
     let buf = '';
     p.stdout!.on('data', (b: Buffer) => {
@@ -209,6 +209,41 @@ describe('the descriptor exchange', { skip }, () => {
     assert.ok(out.includes('answered 84 closed 0 open 16'), out.join('\n'));
     assert.deepEqual([...new Set(out.filter((l) => l.startsWith('answer ')).map((l) => l.split(' ')[2]))], ['EAGAIN']);
     assert.match(out.find((l) => l.startsWith('answer '))!, /too many connections of uid \d+ wait for their request/);
+  });
+
+  test('with no descriptor to spare, connections wait in the queue, the daemon does not spin on its listener, and they are served once there is room', async () => {
+    const d2 = await startDaemon(['--device', `rxe0=${A2},wire=none`]);
+    try {
+      const pid = d2.proc.pid!;
+      const nofile = (n: string) => {
+        const pl = spawnSync('prlimit', ['--pid', String(pid), `--nofile=${n}`], { encoding: 'utf8' });
+        assert.equal(pl.status, 0, pl.stderr);
+      };
+      const [soft, hard] = spawnSync('prlimit', ['--pid', String(pid), '--nofile', '--raw', '--noheadings', '--output=SOFT,HARD'], { encoding: 'utf8' }).stdout.trim().split(/\s+/);
+      // a table with fewer free descriptors than one user's connections may hold waiting (16): it used to fill up,
+      // and then the listener, readable with nothing to accept, woke the daemon again and again
+      const limit = fds(pid) + 12;
+      nofile(`${limit}:${hard}`);
+      const cpu = () => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).reduce((a, b) => a + Number(b), 0);
+      const flood = interactive(['flood', '40', '1500'], d2.root);
+      await flood.until(/^flooding 40$/);
+      await new Promise((r) => setTimeout(r, 200));
+      const before = cpu();
+      await new Promise((r) => setTimeout(r, 1000));
+      // clock ticks (1/100 s) in that second: a listener woken at once, again and again, took most of a CPU
+      const ticks = cpu() - before;
+      assert.ok(ticks < 30, `the daemon used ${ticks}% of a CPU while connections waited for room`);
+      assert.ok(fds(pid) <= limit);
+      const out = await flood.done();
+      assert.ok(out.includes('answered 0 closed 0 open 40'), out.join('\n'));
+      // room again: what waited in the queue is answered (the flood's, closed by now), and the next request
+      nofile(`${soft}:${hard}`);
+      const after = await run(['req', '2', '0', '4096', ';'], [], d2.root);
+      assert.deepEqual(statuses(after), ['EINVAL'], after.join('\n'));
+      assert.doesNotMatch(d2.stderr(), /internal error/);
+    } finally {
+      await d2.stop();
+    }
   });
 
   test('a connection that never sends is closed after the request timeout (2 s)', async () => {
