@@ -81,6 +81,7 @@ describe('a C program writing garbage into its rxe queues', { skip }, () => {
   test(`${COUNT.toLocaleString('en-US')} fuzzed rxe WQEs and indices from a C client (seed ${SEED}): ibv_rc_pingpong completes meanwhile and after, the daemon is unharmed and keeps nothing of the fuzzer`, async (t) => {
     const dev = getDeviceList(d.root).find((x) => x.name === 'rxe0')!;
     const fdsBefore = fdCount(d.proc.pid!);
+    const started = Date.now();
     const argv = exec(fuzzer, 'rxe0');
     const p = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, SOFTVERBS_ROOT: d.root, RXE_FUZZ_COUNT: String(COUNT), RXE_FUZZ_SEED: SEED }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -95,6 +96,7 @@ describe('a C program writing garbage into its rxe queues', { skip }, () => {
     // a well-behaved pair of C programs while the fuzzer runs (with the default count it may be done first)
     await pingpong(200);
     const code = await exited;
+    const lived = (Date.now() - started) / 1000;
     clearTimeout(killer);
     assert.equal(code, 0, out);
 
@@ -110,6 +112,11 @@ describe('a C program writing garbage into its rxe queues', { skip }, () => {
     assert.match(out, /^status local QP operation error \d+$/m);
     assert.match(out, /^status local protection error \d+$/m);
     assert.match(out, /^ok$/m);
+
+    // its thousands of QP errors did not flood the daemon's log: 20 lines at once, then one a second
+    const logged = d.stderr().match(new RegExp(`QP \\d+ of pid ${pid} \\(rxe-fuzz, uid \\d+\\) entered ERR`, 'g'))?.length ?? 0;
+    assert.ok(logged <= 20 + Math.ceil(lived) + 1, `${logged} QP error lines in ${lived} s`);
+    assert.match(d.stderr(), new RegExp(`entered ERR: .* \\(\\d+ more QP errors of pid ${pid} went unlogged before it\\)`));
 
     // nothing of it is left: the device file closed, every object gone, no page pinned, no descriptor kept
     const closed = new RegExp(`rxe0: pid ${pid} \\(rxe-fuzz, uid \\d+\\) closed the device`);
