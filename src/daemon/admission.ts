@@ -131,6 +131,22 @@ export class Admission {
     };
   }
 
+  /**
+   * Whether a listener outside the Admission (the descriptor exchange: a connection for one request and its
+   * answer) may accept one more connection now: as the device files' own, not into the last GUARD / 2, and
+   * lingering refusals give their descriptors up first. The count is made afresh when it is within reach of the
+   * guard: that listener's connections are not followed here, and a burst of them outruns the recount's period.
+   */
+  mayAccept(): boolean {
+    if (this.limit - this.used() < 2 * GUARD + LINGER_MAX) this.recount(performance.now());
+    let room = this.limit - this.used() - 1;
+    while (room <= GUARD / 2 && this.closing.length) {
+      closeFd(this.closing.shift()!.fd);
+      room++;
+    }
+    return room > GUARD / 2;
+  }
+
   /** Judges up to BATCH waiting connections: 'empty' when none is left, 'more' when some may be, 'full' with no room. */
   private batch(lfd: number, what: string, take: (s: Socket, cred: Cred) => void): 'empty' | 'more' | 'full' {
     for (let i = 0; i < BATCH; i++) {

@@ -76,6 +76,14 @@ type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; cha
 
 /** How long a stopping daemon waits for its rdma_cm clients to take their last events. */
 const UCMA_DRAIN_MS = 1000;
+/**
+ * A process's QP errors logged at once, then one a second: a client that keeps driving its QPs into ERR (a
+ * fuzzer, a broken program: thousands a second) must not flood the log, nor spend journald's rate limit for
+ * the daemon's other lines. Each line after a gap says how many went unlogged.
+ */
+const QP_ERROR_BURST = 20;
+const QP_ERROR_PER_S = 1;
+
 /** Pending connections the kernel queues per device file (Node's default of 511 refused bursts of connects with EAGAIN). */
 const LISTEN_BACKLOG = 4096;
 
@@ -202,6 +210,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         return k?.kind === 'async' ? k.ctx : undefined;
       },
       log: (m) => this.log(m),
+      mayAccept: () => this.admission.mayAccept(),
     });
     this.fdPath = path;
   }
@@ -240,6 +249,25 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     }, 500).unref();
   }
 
+  private readonly qpErrorLog = new WeakMap<Context, { tokens: number; at: number; unlogged: number }>();
+
+  /** -1 if ctx's QP error is not to be logged now (counted), else how many went unlogged before it (QP_ERROR_BURST). */
+  private qpErrorsUnlogged(ctx: Context): number {
+    const now = performance.now();
+    let b = this.qpErrorLog.get(ctx);
+    if (!b) this.qpErrorLog.set(ctx, (b = { tokens: QP_ERROR_BURST, at: now, unlogged: 0 }));
+    b.tokens = Math.min(QP_ERROR_BURST, b.tokens + ((now - b.at) / 1000) * QP_ERROR_PER_S);
+    b.at = now;
+    if (b.tokens < 1) {
+      b.unlogged++;
+      return -1;
+    }
+    b.tokens--;
+    const n = b.unlogged;
+    b.unlogged = 0;
+    return n;
+  }
+
   /** Creates one device: its file, discovery entry and wire (at start, and for `rdma link add`). */
   private async addDevice(spec: DeviceSpec, i: number): Promise<DevEntry> {
     const root = this.opts.root;
@@ -252,7 +280,9 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     dev.onBug = (e) => this.logger.error(`internal error in the HCA of ${spec.name}: ${e.stack}`);
     dev.onQpError = (qp, why) => {
       const c = qp.owner as Context;
-      this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}`);
+      const unlogged = this.qpErrorsUnlogged(c);
+      if (unlogged < 0) return;
+      this.log(`${spec.name}: QP ${qp.qpn} of pid ${c.pid} (${c.comm}, uid ${c.uid}) entered ERR: ${why}${unlogged ? ` (${unlogged} more QP errors of pid ${c.pid} went unlogged before it)` : ''}`);
     };
     const server = this.serveFile(path, pol, spec.name, (s, cred) => this.conns.add(new Connection(this, s, dev, cred)));
     const entry = { dev, kname, path, server };

@@ -76,6 +76,8 @@ export interface Received {
   data: Buffer;
   /** the descriptor that came with them (ours now, close-on-exec), or -1 */
   fd: number;
+  /** how many descriptors came (all but `fd` closed): a peer that sent more than one can be told so */
+  count: number;
   /** more descriptors came than there was room for (all closed): the message is not to be acted on */
   truncated: boolean;
 }
@@ -85,8 +87,9 @@ export function recvWithFd(sock: number): Received {
   const { m, dv, u8 } = buf();
   header(FD_MSG_MAX, cmsgSpace(4 * CONTROL_FDS));
   const n = Number(recvmsg_(sock, m.ptr, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
-  if (n < 0) return { n: -koffi.errno(), data: Buffer.alloc(0), fd: -1, truncated: false };
+  if (n < 0) return { n: -koffi.errno(), data: Buffer.alloc(0), fd: -1, count: 0, truncated: false };
   let fd = -1;
+  let count = 0;
   const controlLen = Number(dv.getBigUint64(HDR_AT + MSG.msg_controllen, true));
   // every descriptor that arrived is ours to close: keep the first SCM_RIGHTS one, close the rest
   for (let at = CTL_AT; at + CMSG.SIZE <= CTL_AT + controlLen; ) {
@@ -95,6 +98,7 @@ export function recvWithFd(sock: number): Received {
     if (dv.getInt32(at + CMSG.cmsg_level, true) === SOL_SOCKET && dv.getInt32(at + CMSG.cmsg_type, true) === SCM_RIGHTS) {
       for (let p = at + cmsgLen(0); p + 4 <= at + len; p += 4) {
         const f = dv.getInt32(p, true);
+        count++;
         if (fd < 0) fd = f;
         else close_(f);
       }
@@ -106,5 +110,5 @@ export function recvWithFd(sock: number): Received {
     close_(fd);
     fd = -1;
   }
-  return { n, data: Buffer.from(u8.subarray(DATA_AT, DATA_AT + n)), fd, truncated };
+  return { n, data: Buffer.from(u8.subarray(DATA_AT, DATA_AT + n)), fd, count, truncated };
 }
