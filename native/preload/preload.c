@@ -373,14 +373,21 @@ static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct 
 		out.h.cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(&out.h), &give, sizeof(int));
 	}
-	if (sendmsg(s, &m, MSG_NOSIGNAL) != sizeof(q))
+	ssize_t sent = sendmsg(s, &m, MSG_NOSIGNAL);
+	if (sent != sizeof(q)) {
+		if (sent >= 0)
+			errno = EIO;
 		goto fail;
+	}
 	m = (struct msghdr){ .msg_iov = &rv, .msg_iovlen = 1, .msg_control = in.b, .msg_controllen = sizeof(in.b) };
 	ssize_t n;
 	while ((n = recvmsg(s, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
 		;
-	if (n <= 0)
+	if (n <= 0) {
+		if (n == 0)
+			errno = ECONNRESET; /* the daemon closed it unanswered */
 		goto fail;
+	}
 	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
 	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
 		memcpy(got, CMSG_DATA(c), sizeof(int));
@@ -400,7 +407,7 @@ static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct 
 	*reply = r;
 	return 0;
 fail:
-	e = errno ? errno : EIO;
+	e = errno;
 	syscall(SYS_close, s);
 	if (*got >= 0)
 		syscall(SYS_close, *got);
