@@ -11,21 +11,24 @@ import { ErrnoError } from '../common/errors.js';
 
 export const CQE = offsets(WC);
 
-/** Word indices of a completion's fields: push() writes it as words (`ring.ts` says why). */
-const W_WR_ID = word(CQE.wr_id);
-const W_STATUS = word(CQE.status);
-const W_OPCODE = word(CQE.opcode);
-const W_VENDOR_ERR = word(CQE.vendor_err);
-const W_BYTE_LEN = word(CQE.byte_len);
-const W_IMM = word(CQE.imm_data);
-const W_QP_NUM = word(CQE.qp_num);
-const W_SRC_QP = word(CQE.src_qp);
-const W_WC_FLAGS = word(CQE.wc_flags);
+/**
+ * Word indices of a completion's fields: push() writes it as words (`ring.ts` says why). Every layout's CQ
+ * holds ib_uverbs_wc, so rxe's (rxe-rings.ts) writes by these too.
+ */
+export const W_WR_ID = word(CQE.wr_id);
+export const W_STATUS = word(CQE.status);
+export const W_OPCODE = word(CQE.opcode);
+export const W_VENDOR_ERR = word(CQE.vendor_err);
+export const W_BYTE_LEN = word(CQE.byte_len);
+export const W_IMM = word(CQE.imm_data);
+export const W_QP_NUM = word(CQE.qp_num);
+export const W_SRC_QP = word(CQE.src_qp);
+export const W_WC_FLAGS = word(CQE.wc_flags);
 /** pkey_index and slid: both 0 */
-const W_PKEY_SLID = word(CQE.pkey_index);
+export const W_PKEY_SLID = word(CQE.pkey_index);
 /** sl, dlid_path_bits, port_num and reserved: port 1, the rest 0 */
-const W_PORT = word(CQE.sl);
-const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
+export const W_PORT = word(CQE.sl);
+export const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
 // push() writes every word of a slot once (no byte of the completion the slot held before shows through), and
 // the fields it leaves 0 or 1 are the ones sharing those two words
 const WORDS = [W_WR_ID, W_WR_ID + 1, W_STATUS, W_OPCODE, W_VENDOR_ERR, W_BYTE_LEN, W_IMM, W_QP_NUM, W_SRC_QP, W_WC_FLAGS, W_PKEY_SLID, W_PORT];

@@ -14,7 +14,12 @@
  * once in the header by the constructor and never read back from it.
  */
 import { SendFlags, WrOpcode } from './enums.js';
-import { CQE } from './cq-ring.js';
+// completion words, as cq-ring.ts writes them; ex.imm_data is the one big-endian field
+import {
+  CQE, PORT_WORD, W_BYTE_LEN as C_BYTE_LEN, W_IMM as C_IMM, W_OPCODE as C_OPCODE, W_PKEY_SLID as C_PKEY_SLID, W_PORT as C_PORT,
+  W_QP_NUM as C_QP_NUM, W_SRC_QP as C_SRC_QP, W_STATUS as C_STATUS, W_VENDOR_ERR as C_VENDOR_ERR, W_WC_FLAGS as C_WC_FLAGS,
+  W_WR_ID as C_WR_ID,
+} from './cq-ring.js';
 import { copyBytes, Notify, word, wordsU64Number } from './ring.js';
 import { QB, RSG, RWQE, RXE_CQE_SIZE, RXE_NO_AH, SWQE, type RxeQueueLayout } from './rxe.js';
 import type { CompletionProducer, CqeIn, RecvQueueConsumer, RecvWqe, SendQueueConsumer, SendWqeFields } from './wqe.js';
@@ -48,22 +53,6 @@ const R_SGE = word(RWQE.dma_sge);
 const W_SG_ADDR = word(RSG.addr);
 const W_SG_LENGTH = word(RSG.length);
 const W_SG_LKEY = word(RSG.lkey);
-
-/** Completion words, as cq-ring.ts writes them; ex.imm_data is the one big-endian field. */
-const C_WR_ID = word(CQE.wr_id);
-const C_STATUS = word(CQE.status);
-const C_OPCODE = word(CQE.opcode);
-const C_VENDOR_ERR = word(CQE.vendor_err);
-const C_BYTE_LEN = word(CQE.byte_len);
-const C_IMM = word(CQE.imm_data);
-const C_QP_NUM = word(CQE.qp_num);
-const C_SRC_QP = word(CQE.src_qp);
-const C_WC_FLAGS = word(CQE.wc_flags);
-/** pkey_index and slid: 0 */
-const C_PKEY_SLID = word(CQE.pkey_index);
-/** sl, dlid_path_bits, port_num (1) and reserved */
-const C_PORT = word(CQE.sl);
-const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
 
 /** The 32-bit value whose little-endian bytes are v's big-endian ones (a __be32 through a little-endian word). */
 const bswap32 = (v: number): number => ((v << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;

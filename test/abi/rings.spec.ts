@@ -14,6 +14,7 @@ import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
 import { RING_HDR } from '../../src/abi/ring.js';
 import { SendRingConsumer, SendRingProducer, SW, type SendWrIn } from '../../src/abi/send-ring.js';
 import { RecvWqe, SendWqeFields, WR_OPCODES, WrMask, wrMask, type CqeIn } from '../../src/abi/wqe.js';
+import { fieldChecker } from './fields.js';
 
 const CAPS: QpCaps = { maxSendWr: 8, maxRecvWr: 8, maxSendSge: 4, maxRecvSge: 3, maxInlineData: 64 };
 
@@ -35,15 +36,8 @@ function roundTrip(r: ReturnType<typeof sendRing>, wr: SendWrIn): SendWqeFields 
   return r.w;
 }
 
-/** The fields a case compared, so the cases together can be checked to cover every field of the record. */
-const seen = new Set<string>();
-function expect(w: SendWqeFields, want: Partial<Record<keyof SendWqeFields, unknown>>): void {
-  for (const [k, v] of Object.entries(want)) {
-    seen.add(k);
-    const got = w[k as keyof SendWqeFields];
-    assert.deepEqual(got instanceof Uint8Array || Array.isArray(got) ? [...got].slice(0, (v as unknown[]).length) : got, v, k);
-  }
-}
+/** The fields the cases compared, so that together they can be checked to cover every field of the record. */
+const { seen, expect } = fieldChecker();
 
 test('send WQE: every field a work request carries comes out of the ring as the library put it in', () => {
   const r = sendRing((addr, length) => new Uint8Array(length).fill(Number(addr & 0xffn)));

@@ -21,6 +21,7 @@ import { WC } from '../../src/abi/uverbs.js';
 import { RecvWqe, SendWqeFields, type CqeIn } from '../../src/abi/wqe.js';
 import { xorshift32 } from '../../src/common/rng.js';
 import { ClientQueue, pollCq, postRecv, postSend, type Wr } from './librxe.js';
+import { fieldChecker } from './fields.js';
 
 // ---- (a) layouts ----
 
@@ -147,14 +148,8 @@ function roundTrip(r: ReturnType<typeof sendQueue>, wr: Wr): SendWqeFields {
   return r.w;
 }
 
-const seen = new Set<string>();
-function expect(w: SendWqeFields, want: Partial<Record<keyof SendWqeFields, unknown>>): void {
-  for (const [k, v] of Object.entries(want)) {
-    seen.add(k);
-    const got = w[k as keyof SendWqeFields];
-    assert.deepEqual(got instanceof Uint8Array || Array.isArray(got) ? [...got].slice(0, (v as unknown[]).length) : got, v, k);
-  }
-}
+/** The fields the cases compared, so that together they can be checked to cover every field of the record. */
+const { seen, expect } = fieldChecker();
 
 test('send WQE: what librxe 44 writes for each opcode comes out of RxeSendQueue.read as the application posted it', () => {
   const rc = sendQueue(QpType.RC);
