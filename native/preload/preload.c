@@ -308,16 +308,17 @@ static int attach(const char *path, uint32_t command, uint32_t token)
 }
 
 /*
- * One request to the daemon's descriptor exchange (<root>/fds.sock): `give` rides with it (none if < 0),
- * the reply and its descriptor (-1 if none) come back. 0, or -1 with errno.
+ * One request to the daemon's descriptor exchange (<root>/fds.sock): the `ngive` descriptors of `give` (at
+ * most two) ride with it, the reply and its descriptor (-1 if none) come back. 0, or -1 with errno.
  */
-static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct fd_resp *reply, int *got)
+static int exchange(uint32_t op, uint32_t token, uint64_t arg, const int *give, int ngive, struct fd_resp *reply, int *got)
 {
 	char path[sizeof(root) + 16];
 	struct fd_req q = { op, token, arg };
 	struct fd_resp r;
 	char text[512];
-	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } out, in;
+	union { struct cmsghdr h; char b[CMSG_SPACE(2 * sizeof(int))]; } out;
+	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } in;
 	struct iovec v = { &q, sizeof(q) }, rv = { &r, sizeof(r) };
 	struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1 };
 	int s, e;
@@ -327,14 +328,14 @@ static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct 
 	snprintf(path, sizeof(path), "%s/fds.sock", root);
 	if ((s = connect_dev(path, 1)) < 0)
 		return -1;
-	if (give >= 0) {
+	if (ngive > 0) {
 		memset(&out, 0, sizeof(out));
 		m.msg_control = out.b;
-		m.msg_controllen = sizeof(out.b);
+		m.msg_controllen = CMSG_SPACE(ngive * sizeof(int));
 		out.h.cmsg_level = SOL_SOCKET;
 		out.h.cmsg_type = SCM_RIGHTS;
-		out.h.cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(&out.h), &give, sizeof(int));
+		out.h.cmsg_len = CMSG_LEN(ngive * sizeof(int));
+		memcpy(CMSG_DATA(&out.h), give, ngive * sizeof(int));
 	}
 	if (sendmsg(s, &m, MSG_NOSIGNAL) != sizeof(q))
 		goto fail;
@@ -371,7 +372,10 @@ fail:
 	return errno = e, -1;
 }
 
-/* GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem), then the async event stream becomes ours */
+/*
+ * GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem) and its map (/proc/self/maps, which it
+ * checks a registration against), then the async event stream becomes ours
+ */
 static int context_made(struct dev_fd *d, void *resp)
 {
 	/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context */
@@ -380,13 +384,22 @@ static int context_made(struct dev_fd *d, void *resp)
 	int got, afd;
 
 	memcpy(&token, resp, 4);
-	int mem = syscall(SYS_openat, AT_FDCWD, "/proc/self/mem", O_RDWR | O_CLOEXEC);
-	if (mem < 0)
+	int give[2];
+	give[0] = syscall(SYS_openat, AT_FDCWD, "/proc/self/mem", O_RDWR | O_CLOEXEC);
+	if (give[0] < 0)
 		return -1;
-	int r = exchange(FD_SET_MEM, token, 0, mem, &unused, &got);
-	syscall(SYS_close, mem);
+	give[1] = syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (give[1] < 0) {
+		int e = errno;
+		syscall(SYS_close, give[0]);
+		return errno = e, -1;
+	}
+	int r = exchange(FD_SET_MEM, token, 0, give, 2, &unused, &got);
+	int e = errno;
+	syscall(SYS_close, give[0]);
+	syscall(SYS_close, give[1]);
 	if (r)
-		return -1;
+		return errno = e, -1;
 	if ((afd = attach(d->path, SV_ATTACH_ASYNC, token)) < 0)
 		return -1;
 	memcpy(resp, &afd, 4);
@@ -704,7 +717,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 
 	if (!tracked(fd))
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
-	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, -1, &r, &q))
+	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, NULL, 0, &r, &q))
 		return MAP_FAILED;
 	if (q < 0 || len > r.size) {
 		if (q >= 0)

@@ -220,12 +220,16 @@ export const SV_ATTACH = struct('sv_attach', [['token', 'u32'], ['reserved', 'u3
 
 /**
  * The descriptor exchange (`<root>/fds.sock`, see daemon/fd-exchange.ts): what a command's write() cannot
- * carry. One request per connection, a descriptor riding with it or with the reply (SCM_RIGHTS).
+ * carry. One request per connection, descriptors riding with it or with the reply (SCM_RIGHTS); who sends
+ * it is the kernel's word (SO_PEERCRED), and must be the context's own process (pid and uid).
  */
 export const FdOp = {
-  /** the client's /proc/self/mem rides with it, for the context whose GET_CONTEXT answer carried `token` */
+  /**
+   * rdma-core's rxe ABI (the preload library): the client's /proc/self/mem and /proc/self/maps ride with it, in
+   * that order, for the context whose GET_CONTEXT answer carried `token` (before its async stream attaches)
+   */
   SET_MEM: 1,
-  /** mmap() of the device file at offset `arg`: the reply carries the queue's memfd and `value` its size */
+  /** mmap() of the device file at offset `arg`: the reply carries the queue's memfd, `size` and `offset` where it lies */
   GET_QUEUE: 2,
 } as const;
 export type FdOp = (typeof FdOp)[keyof typeof FdOp];

@@ -79,6 +79,8 @@ export class Context implements Owner {
   private readonly linked = new Map<Mapping, Mapping[]>();
   /** An rxe client's /proc/<pid>/mem (the descriptor exchange's SET_MEM), through which its MRs are reached; -1 until then. */
   memFd = -1;
+  /** …and its /proc/<pid>/maps, which says what of that memory is mapped and writable (read afresh at each REG_MR). */
+  mapsFd = -1;
 
   // ---- handle table (the kernel's per-file idr: lowest free number), through the object table ----
 
@@ -300,7 +302,9 @@ export class Context implements Owner {
     this.host.dropToken(this.asyncToken);
     this.asyncSock?.destroy();
     if (this.memFd >= 0) closeFd(this.memFd);
+    if (this.mapsFd >= 0) closeFd(this.mapsFd);
     this.memFd = -1;
+    this.mapsFd = -1;
   }
 
   /** The resource tracker's rows for this context. */

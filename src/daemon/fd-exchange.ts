@@ -1,28 +1,41 @@
 /**
  * The descriptor exchange: what a uverbs file carries in the kernel and a
  * command frame cannot. A C program's queues are mmap()ed from the device
- * file, and the daemon reaches its memory through its /proc/self/mem; both
- * are descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
+ * file (GET_QUEUE), and the daemon reaches its memory through the
+ * /proc/self/mem and /proc/self/maps it hands over (SET_MEM). Both are
+ * descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
  * which Node's sockets drop. So they travel here, on a socket of their own
  * (`<root>/fds.sock`) read and written natively: one request per
  * connection (`sv_fd_req`, abi/uverbs.ts), one reply, then the connection
  * closes. Who asks is the kernel's word (SO_PEERCRED): a context's
- * descriptors go to and come from its own process only.
+ * descriptors go to and come from its own process only. Because the client
+ * passes what it opened itself, the daemon opens nothing of another
+ * process (its /proc/<pid>/maps would take CAP_SYS_PTRACE).
+ *
+ * What comes is judged before it is kept: the descriptors a request
+ * carries must be the ones its op takes (the two /proc files for SET_MEM,
+ * none for GET_QUEUE), else it is refused with its errno and every
+ * descriptor that came is closed at once: a client passing garbage costs
+ * the daemon nothing it keeps.
  */
 import { fstatSync, readlinkSync } from 'node:fs';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
-import { CmdError, E } from '../common/errno.js';
+import { CmdError, E, errnoName } from '../common/errno.js';
 import { errnoOf, messageOf } from '../common/errors.js';
-import { recvWithFd, sendWithFd } from '../native/fd-pass.js';
+import { CONTROL_FDS, recvWithFds, sendWithFd } from '../native/fd-pass.js';
 import { acceptNow, closeFd, dupFd, type Mapping, peerCred } from '../native/libc.js';
 import { ReadableSet } from '../native/readable-set.js';
 import type { Context } from './context.js';
 
-/** connections waiting for their request at once; past it new ones are closed unanswered */
+/** connections waiting for their request at once; past it the rest wait in the accept queue */
 const MAX_PENDING = 64;
+/** …of which one user may have this many: past it, her next is answered EAGAIN */
+const PENDING_PER_USER = 16;
 /** how long a connection may take to send its request */
 const REQUEST_MS = 2000;
+/** out of descriptors, accepting pauses this long (the connections wait in the queue meanwhile) */
+const PAUSE_MS = 50;
 const PAGE = 4096;
 const REQ = U.SV_FD_REQ;
 
@@ -38,10 +51,26 @@ interface Offer {
   size: number;
 }
 
+interface Pending {
+  timer: NodeJS.Timeout;
+  cred: { pid: number; uid: number };
+}
+
+interface Reply {
+  status: number;
+  text: string;
+  size: bigint;
+  offset: bigint;
+  /** a descriptor riding with the reply (closed once sent), or -1 */
+  fd: number;
+}
+
 export interface FdExchangeHost {
-  /** The context whose GET_CONTEXT answer carried `token`, while its token is valid. */
+  /** The context whose GET_CONTEXT answer carried `token`, while its token is valid (until its async stream attaches). */
   contextOf(token: number): Context | undefined;
   log(msg: string): void;
+  /** A limit a user hit (logged once per user and limit). */
+  limitHit(uid: number, limit: string, msg: string): void;
 }
 
 export class FdExchange {
@@ -49,7 +78,12 @@ export class FdExchange {
   /** mmap offsets, as the kernel's rxe hands them out: page aligned, never reused while the daemon runs */
   private nextOffset = PAGE;
   private readonly waits = new ReadableSet();
-  private readonly pending = new Map<number, NodeJS.Timeout>();
+  private readonly pending = new Map<number, Pending>();
+  /** accepting stopped: MAX_PENDING connections wait for their request */
+  private full = false;
+  private pause: NodeJS.Timeout | null = null;
+  /** accepting failed for want of descriptors (said once until one succeeds) */
+  private starved = false;
   private closed = false;
 
   constructor(
@@ -83,10 +117,11 @@ export class FdExchange {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.pause) clearTimeout(this.pause);
     this.waits.cancel(this.lfd);
     closeFd(this.lfd);
-    for (const [fd, t] of this.pending) {
-      clearTimeout(t);
+    for (const [fd, p] of this.pending) {
+      clearTimeout(p.timer);
       this.waits.cancel(fd);
       closeFd(fd);
     }
@@ -97,78 +132,141 @@ export class FdExchange {
   private onListener(): void {
     if (this.closed) return;
     for (;;) {
-      const fd = acceptNow(this.lfd);
-      if (fd < 0) break; // EAGAIN, or out of descriptors: the rest wait in the queue
       if (this.pending.size >= MAX_PENDING) {
+        // the rest wait in the queue until a waiting connection is done (drop() listens again)
+        this.full = true;
+        return;
+      }
+      const fd = acceptNow(this.lfd);
+      if (fd === -E.EAGAIN) break;
+      if (fd === -E.ECONNABORTED || fd === -E.EINTR) continue;
+      if (fd < 0) {
+        // EMFILE or ENFILE: the connections wait in the queue, tried again in a moment (the listener stays
+        // readable, so waiting on it now would spin)
+        if (!this.starved) this.host.log(`descriptor exchange: accepting a connection failed (${errnoName(-fd)}); requests wait in the queue`);
+        this.starved = true;
+        this.pause = setTimeout(() => {
+          this.pause = null;
+          this.onListener();
+        }, PAUSE_MS);
+        return;
+      }
+      this.starved = false;
+      let cred: { pid: number; uid: number };
+      try {
+        cred = peerCred(fd);
+      } catch {
         closeFd(fd);
         continue;
       }
-      this.pending.set(fd, setTimeout(() => this.drop(fd), REQUEST_MS));
+      let mine = 0;
+      for (const p of this.pending.values()) if (p.cred.uid === cred.uid) mine++;
+      if (mine >= PENDING_PER_USER) {
+        const msg = `uid ${cred.uid} has ${mine} descriptor exchange connections waiting for their request`;
+        this.host.limitHit(cred.uid, 'descriptor exchange requests', msg);
+        this.answer(fd, { status: -E.EAGAIN, text: msg, size: 0n, offset: 0n, fd: -1 });
+        closeFd(fd);
+        continue;
+      }
+      this.pending.set(fd, { timer: setTimeout(() => this.drop(fd), REQUEST_MS), cred });
       this.onReadable(fd);
     }
     this.waits.wait(this.lfd, () => this.onListener());
   }
 
   private drop(fd: number): void {
-    const t = this.pending.get(fd);
-    if (t === undefined) return;
-    clearTimeout(t);
+    const p = this.pending.get(fd);
+    if (p === undefined) return;
+    clearTimeout(p.timer);
     this.pending.delete(fd);
     this.waits.cancel(fd);
     closeFd(fd);
+    if (this.full && !this.closed) {
+      this.full = false;
+      this.waits.wait(this.lfd, () => this.onListener());
+    }
+  }
+
+  private answer(fd: number, r: Reply): void {
+    const text = Buffer.from(r.text.slice(0, 512));
+    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset });
+    sendWithFd(fd, Buffer.concat([head, text]), r.fd);
   }
 
   private onReadable(fd: number): void {
-    if (!this.pending.has(fd)) return;
-    const m = recvWithFd(fd);
+    const p = this.pending.get(fd);
+    if (!p) return;
+    const m = recvWithFds(fd);
     if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
-    let reply: { status: number; text: string; size: bigint; offset: bigint; fd: number };
+    let reply: Reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
     try {
-      if (m.n < layout(REQ).size || m.truncated) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
+      if (m.truncated) this.lost(m.arrived);
+      if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${Math.max(m.n, 0)} bytes is not an sv_fd_req`);
       const r = unpack(REQ, m.data, 0);
-      const cred = peerCred(fd);
-      reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
-      if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fd);
-      else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg));
+      const cred = p.cred;
+      if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fds);
+      else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg, m.fds));
       else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
     } catch (e) {
-      if (m.fd >= 0) closeFd(m.fd);
+      // nothing that came with a refused request is kept
+      for (const f of m.fds) closeFd(f);
       reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };
     }
-    const text = Buffer.from(reply.text.slice(0, 512));
-    const head = pack(U.SV_FD_RESP, { status: reply.status, text_len: text.length, size: reply.size, offset: reply.offset });
-    sendWithFd(fd, Buffer.concat([head, text]), reply.fd);
+    this.answer(fd, reply);
     if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
     this.drop(fd);
   }
 
-  /** The context's own process hands over its /proc/self/mem: the context's memory from now on. */
-  private setMem(cred: { pid: number; uid: number }, token: number, fd: number): void {
-    if (fd < 0) throw new CmdError(E.EBADF, 'SET_MEM: no descriptor came with the request');
-    const ctx = this.host.contextOf(token);
-    if (!ctx) throw new CmdError(E.EINVAL, `SET_MEM: token ${token} names no context waiting for its memory`);
-    if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `SET_MEM: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s`);
+  /** Descriptors were lost on the way in (MSG_CTRUNC): more than a request carries, or the daemon's table is full. */
+  private lost(arrived: number): never {
+    if (arrived < CONTROL_FDS) throw new CmdError(E.EMFILE, 'the daemon is out of file descriptors: the descriptors sent could not be received');
+    throw new CmdError(E.EINVAL, `more descriptors came than any request carries (at most ${CONTROL_FDS} are received; none is kept)`);
+  }
+
+  /** The context a token names for `op`, if the process asking is the context's own (pid and uid). */
+  private ownContext(op: string, ctx: Context | undefined, cred: { pid: number; uid: number }, what: string): Context {
+    if (!ctx) throw new CmdError(E.EINVAL, `${op}: ${what}`);
+    if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `${op}: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s (uid ${cred.uid})`);
+    return ctx;
+  }
+
+  /** The context's own process hands over its /proc/self/mem and /proc/self/maps: the context's memory from now on. */
+  private setMem(cred: { pid: number; uid: number }, token: number, fds: number[]): void {
+    if (fds.length !== 2) {
+      throw new CmdError(fds.length ? E.EINVAL : E.EBADF, `SET_MEM: ${fds.length} descriptors came with the request; it takes two, /proc/self/mem and /proc/self/maps`);
+    }
+    const ctx = this.ownContext('SET_MEM', this.host.contextOf(token), cred, `token ${token} names no context waiting for its memory`);
     if (ctx.memFd >= 0) throw new CmdError(E.EBUSY, 'SET_MEM: the context has its memory already');
-    // a process's memory file, not something whose reads could block the daemon (a FIFO, a socket, a device)
-    let link = '';
-    try {
-      link = readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      /* judged below */
-    }
-    const st = fstatSync(fd);
-    if (!/\/\d+\/mem$/.test(link) || !st.isFile() || st.size !== 0) {
-      throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${link || 'unnamed'}, not a process's /proc/PID/mem`);
-    }
-    ctx.memFd = fd;
+    // a process's memory files, not something whose reads could block the daemon (a FIFO, a socket, a device)
+    const [mem, maps] = fds as [number, number];
+    const a = procFile(mem, 'mem');
+    const b = procFile(maps, 'maps');
+    if (a !== b) throw new CmdError(E.EINVAL, `SET_MEM: /proc/${a}/mem and /proc/${b}/maps are not one process's`);
+    ctx.memFd = mem;
+    ctx.mapsFd = maps;
   }
 
   /** mmap() of the device file at `offset`: the queue's memfd, to its context's process. */
-  private getQueue(cred: { pid: number; uid: number }, offset: bigint): { size: bigint; offset: bigint; fd: number } {
+  private getQueue(cred: { pid: number; uid: number }, offset: bigint, fds: number[]): { size: bigint; offset: bigint; fd: number } {
+    if (fds.length) throw new CmdError(E.EINVAL, `GET_QUEUE: ${fds.length} descriptors came with the request; it takes none`);
     const o = offset <= BigInt(Number.MAX_SAFE_INTEGER) ? this.offers.get(Number(offset)) : undefined;
     if (!o) throw new CmdError(E.EINVAL, `mmap offset 0x${offset.toString(16)} names no queue waiting to be mapped`);
     if (o.ctx.pid !== cred.pid || o.ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `mmap offset 0x${offset.toString(16)}: the queue is pid ${o.ctx.pid}'s`);
     this.offers.delete(Number(offset));
     return { size: BigInt(o.size), offset: BigInt(o.at), fd: o.memfd };
   }
+}
+
+/** The pid (as the client's /proc names it) of a descriptor that is a process's /proc/PID/`name`, else EINVAL. */
+function procFile(fd: number, name: 'mem' | 'maps'): string {
+  let link = '';
+  try {
+    link = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    /* judged below */
+  }
+  const st = fstatSync(fd);
+  const pid = new RegExp(`/(\\d+)/${name}$`).exec(link)?.[1];
+  if (!pid || !st.isFile() || st.size !== 0) throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${link || 'unnamed'}, not a process's /proc/PID/${name}`);
+  return pid;
 }

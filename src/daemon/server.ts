@@ -202,6 +202,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         return k?.kind === 'async' ? k.ctx : undefined;
       },
       log: (m) => this.log(m),
+      limitHit: (uid, what, msg) => this.limitHit(uid, what, msg),
     });
     this.fdPath = path;
   }
