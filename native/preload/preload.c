@@ -66,7 +66,7 @@ struct reply_hdr { int32_t status; uint32_t out_bytes; };
 /* the descriptor exchange (<root>/fds.sock; src/abi/uverbs.ts SV_FD_REQ) */
 enum { FD_SET_MEM = 1, FD_GET_QUEUE = 2 };
 struct fd_req { uint32_t op, token; uint64_t arg; };
-struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; };
+struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; uint32_t id, reserved; };
 /* no completion channel has this token (the daemon's are below it): an fd that is not a channel's */
 #define NO_CHANNEL 0x7fffffff
 

@@ -1,22 +1,25 @@
 /**
  * The descriptor exchange: what a uverbs file carries in the kernel and a
- * command frame cannot. A C program's queues are mmap()ed from the device
- * file (GET_QUEUE), and the daemon reaches its memory through the
- * /proc/self/mem and /proc/self/maps it hands over (SET_MEM). Both are
+ * command frame cannot. The softverbs library's queues and registered
+ * memory live in memfds of its own, which it hands over (PUT_MEMFD) just
+ * before the command that maps them; a C program's queues are mmap()ed from
+ * the device file (GET_QUEUE), and the daemon reaches its memory through
+ * the /proc/self/mem and /proc/self/maps it hands over (SET_MEM). All are
  * descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
  * which Node's sockets drop. So they travel here, on a socket of their own
  * (`<root>/fds.sock`) read and written natively: one request per
  * connection (`sv_fd_req`, abi/uverbs.ts), one reply, then the connection
  * closes. Who asks is the kernel's word (SO_PEERCRED): a context's
  * descriptors go to and come from its own process only. Because the client
- * passes what it opened itself, the daemon opens nothing of another
- * process (its /proc/<pid>/maps would take CAP_SYS_PTRACE).
+ * passes what it opened itself, the daemon never opens anything of another
+ * process (no /proc/<pid>/fd, no CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH).
  *
  * What comes is judged before it is kept: the descriptors a request
- * carries must be the ones its op takes (the two /proc files for SET_MEM,
- * none for GET_QUEUE), else it is refused with its errno and every
- * descriptor that came is closed at once: a client passing garbage costs
- * the daemon nothing it keeps.
+ * carries must be the ones its op takes (a memfd for PUT_MEMFD, the two
+ * /proc files for SET_MEM, none for GET_QUEUE), else it is refused with
+ * its errno and every descriptor that came is closed at once: a client
+ * passing garbage costs the daemon nothing it keeps. Held memfds are
+ * charged to the user's `memfds` quota.
  */
 import { fstatSync, readlinkSync } from 'node:fs';
 import { layout, pack, unpack } from '../abi/layout.js';
@@ -27,6 +30,7 @@ import { CONTROL_FDS, recvWithFds, sendWithFd } from '../native/fd-pass.js';
 import { acceptNow, closeFd, dupFd, type Mapping, peerCred } from '../native/libc.js';
 import { ReadableSet } from '../native/readable-set.js';
 import type { Context } from './context.js';
+import { checkMemfd } from './memfd.js';
 
 /** connections waiting for their request at once; past it the rest wait in the accept queue */
 const MAX_PENDING = 64;
@@ -61,6 +65,7 @@ interface Reply {
   text: string;
   size: bigint;
   offset: bigint;
+  id: number;
   /** a descriptor riding with the reply (closed once sent), or -1 */
   fd: number;
 }
@@ -68,6 +73,8 @@ interface Reply {
 export interface FdExchangeHost {
   /** The context whose GET_CONTEXT answer carried `token`, while its token is valid (until its async stream attaches). */
   contextOf(token: number): Context | undefined;
+  /** The softverbs context whose fd key (SV_GET_CONTEXT_RESP) is `key`, while it lives. */
+  contextByKey(key: number): Context | undefined;
   log(msg: string): void;
   /** A limit a user hit (logged once per user and limit). */
   limitHit(uid: number, limit: string, msg: string): void;
@@ -164,7 +171,7 @@ export class FdExchange {
       if (mine >= PENDING_PER_USER) {
         const msg = `uid ${cred.uid} has ${mine} descriptor exchange connections waiting for their request`;
         this.host.limitHit(cred.uid, 'descriptor exchange requests', msg);
-        this.answer(fd, { status: -E.EAGAIN, text: msg, size: 0n, offset: 0n, fd: -1 });
+        this.answer(fd, { status: -E.EAGAIN, text: msg, size: 0n, offset: 0n, id: 0, fd: -1 });
         closeFd(fd);
         continue;
       }
@@ -189,7 +196,7 @@ export class FdExchange {
 
   private answer(fd: number, r: Reply): void {
     const text = Buffer.from(r.text.slice(0, 512));
-    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset });
+    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset, id: r.id });
     sendWithFd(fd, Buffer.concat([head, text]), r.fd);
   }
 
@@ -198,7 +205,7 @@ export class FdExchange {
     if (!p) return;
     const m = recvWithFds(fd);
     if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
-    let reply: Reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
+    let reply: Reply = { status: 0, text: '', size: 0n, offset: 0n, id: 0, fd: -1 };
     try {
       if (m.truncated) this.lost(m.arrived);
       if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${Math.max(m.n, 0)} bytes is not an sv_fd_req`);
@@ -206,11 +213,12 @@ export class FdExchange {
       const cred = p.cred;
       if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fds);
       else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg, m.fds));
+      else if (r.op === U.FdOp.PUT_MEMFD) Object.assign(reply, this.putMemfd(cred, r.token, r.arg, m.fds));
       else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
     } catch (e) {
       // nothing that came with a refused request is kept
       for (const f of m.fds) closeFd(f);
-      reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };
+      reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, id: 0, fd: -1 };
     }
     this.answer(fd, reply);
     if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
@@ -223,11 +231,30 @@ export class FdExchange {
     throw new CmdError(E.EINVAL, `more descriptors came than any request carries (at most ${CONTROL_FDS} are received; none is kept)`);
   }
 
-  /** The context a token names for `op`, if the process asking is the context's own (pid and uid). */
+  /** The one descriptor `op` takes, or its errno: none (EBADF) or more than one (EINVAL). */
+  private one(op: string, fds: number[]): number {
+    if (fds.length === 0) throw new CmdError(E.EBADF, `${op}: no descriptor came with the request`);
+    if (fds.length > 1) throw new CmdError(E.EINVAL, `${op}: ${fds.length} descriptors came with the request; it takes one`);
+    return fds[0]!;
+  }
+
+  /** The context `key` names for `op`, if the process asking is the context's own (pid and uid). */
   private ownContext(op: string, ctx: Context | undefined, cred: { pid: number; uid: number }, what: string): Context {
     if (!ctx) throw new CmdError(E.EINVAL, `${op}: ${what}`);
     if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `${op}: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s (uid ${cred.uid})`);
     return ctx;
+  }
+
+  /**
+   * The softverbs library hands over a memfd for its context: judged and sealed (memfd.ts), held under a new id
+   * until the one command naming it maps it, or the context ends.
+   */
+  private putMemfd(cred: { pid: number; uid: number }, key: number, arg: bigint, fds: number[]): { size: bigint; id: number } {
+    const fd = this.one('PUT_MEMFD', fds);
+    if (arg !== 0n) throw new CmdError(E.EINVAL, 'PUT_MEMFD: arg is reserved (0)');
+    const ctx = this.ownContext('PUT_MEMFD', key ? this.host.contextByKey(key) : undefined, cred, `key ${key} names no open softverbs context`);
+    const size = checkMemfd(fd, 'PUT_MEMFD');
+    return { size: BigInt(size), id: ctx.holdMemfd(fd, size) };
   }
 
   /** The context's own process hands over its /proc/self/mem and /proc/self/maps: the context's memory from now on. */

@@ -14,13 +14,12 @@ import { MMINFO, RXE_CREATE_AH_RESP, RXE_MODIFY_SRQ_CMD, rxeAhNum, rxeCqLayout, 
 import { RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../abi/rxe-rings.js';
 import { E, fail } from '../../common/errno.js';
 import { ProcMemory } from '../../hca/mr-memory.js';
-import { addSeals, closeFd, F_SEAL_GROW, F_SEAL_SHRINK, mapShared, memfdCreate, type Mapping } from '../../native/libc.js';
+import { addSeals, closeFd, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, mapShared, memfdCreate, type Mapping } from '../../native/libc.js';
 import type { Context } from '../context.js';
 import { checkMapped } from '../proc-maps.js';
 import type { Provider } from './provider.js';
 
 const PAGE = 4096;
-const F_SEAL_SEAL = 1;
 
 /** One queue of a memfd: the daemon's mapping of it, and the mminfo that names it to the client. */
 interface Queue {
