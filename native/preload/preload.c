@@ -87,7 +87,7 @@ struct reply_hdr { int32_t status; uint32_t out_bytes; };
 /* the descriptor exchange (<root>/fds.sock; src/abi/uverbs.ts SV_FD_REQ) */
 enum { FD_SET_MEM = 1, FD_GET_QUEUE = 2 };
 struct fd_req { uint32_t op, token; uint64_t arg; };
-struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; };
+struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; uint32_t id, reserved; };
 /* no completion channel has this token (the daemon's are below it): an fd that is not a channel's */
 #define NO_CHANNEL 0x7fffffff
 
@@ -345,16 +345,17 @@ static int attach(const char *path, uint32_t command, uint32_t token)
 }
 
 /*
- * One request to the daemon's descriptor exchange (<root>/fds.sock): `give` rides with it (none if < 0),
- * the reply and its descriptor (-1 if none) come back. 0, or -1 with errno.
+ * One request to the daemon's descriptor exchange (<root>/fds.sock): the `ngive` descriptors of `give` (at
+ * most two) ride with it, the reply and its descriptor (-1 if none) come back. 0, or -1 with errno.
  */
-static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct fd_resp *reply, int *got)
+static int exchange(uint32_t op, uint32_t token, uint64_t arg, const int *give, int ngive, struct fd_resp *reply, int *got)
 {
 	char path[sizeof(root) + 16];
 	struct fd_req q = { op, token, arg };
 	struct fd_resp r;
 	char text[512];
-	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } out, in;
+	union { struct cmsghdr h; char b[CMSG_SPACE(2 * sizeof(int))]; } out;
+	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } in;
 	struct iovec v = { &q, sizeof(q) }, rv = { &r, sizeof(r) };
 	struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1 };
 	int s, e;
@@ -364,14 +365,14 @@ static int exchange(uint32_t op, uint32_t token, uint64_t arg, int give, struct 
 	snprintf(path, sizeof(path), "%s/fds.sock", root);
 	if ((s = connect_dev(path, 1)) < 0)
 		return -1;
-	if (give >= 0) {
+	if (ngive > 0) {
 		memset(&out, 0, sizeof(out));
 		m.msg_control = out.b;
-		m.msg_controllen = sizeof(out.b);
+		m.msg_controllen = CMSG_SPACE(ngive * sizeof(int));
 		out.h.cmsg_level = SOL_SOCKET;
 		out.h.cmsg_type = SCM_RIGHTS;
-		out.h.cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(&out.h), &give, sizeof(int));
+		out.h.cmsg_len = CMSG_LEN(ngive * sizeof(int));
+		memcpy(CMSG_DATA(&out.h), give, ngive * sizeof(int));
 	}
 	ssize_t sent = sendmsg(s, &m, MSG_NOSIGNAL);
 	if (sent != sizeof(q)) {
@@ -415,7 +416,10 @@ fail:
 	return errno = e, -1;
 }
 
-/* GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem), then the async event stream becomes ours */
+/*
+ * GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem) and its map (/proc/self/maps, which it
+ * checks a registration against), then the async event stream becomes ours
+ */
 static int context_made(struct dev_fd *d, void *resp)
 {
 	/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context */
@@ -424,13 +428,22 @@ static int context_made(struct dev_fd *d, void *resp)
 	int got, afd;
 
 	memcpy(&token, resp, 4);
-	int mem = syscall(SYS_openat, AT_FDCWD, "/proc/self/mem", O_RDWR | O_CLOEXEC);
-	if (mem < 0)
+	int give[2];
+	give[0] = syscall(SYS_openat, AT_FDCWD, "/proc/self/mem", O_RDWR | O_CLOEXEC);
+	if (give[0] < 0)
 		return -1;
-	int r = exchange(FD_SET_MEM, token, 0, mem, &unused, &got);
-	syscall(SYS_close, mem);
+	give[1] = syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (give[1] < 0) {
+		int e = errno;
+		syscall(SYS_close, give[0]);
+		return errno = e, -1;
+	}
+	int r = exchange(FD_SET_MEM, token, 0, give, 2, &unused, &got);
+	int e = errno;
+	syscall(SYS_close, give[0]);
+	syscall(SYS_close, give[1]);
 	if (r)
-		return -1;
+		return errno = e, -1;
 	if ((afd = attach(d->path, SV_ATTACH_ASYNC, token)) < 0)
 		return -1;
 	if (afd < MAX_FDS)
@@ -858,7 +871,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 
 	if (!tracked(fd))
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
-	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, -1, &r, &q))
+	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, NULL, 0, &r, &q))
 		return MAP_FAILED;
 	if (q < 0 || len > r.size) {
 		if (q >= 0)

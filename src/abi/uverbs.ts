@@ -211,27 +211,49 @@ export const DESTROY_SRQ_RESP = struct('ib_uverbs_destroy_srq_resp', [['events_r
 
 // ---- softverbs provider udata (after the core struct, as rdma-core's udata) ----
 
-/** REG_MR / REREG_MR udata: which of the caller's memfds holds the pages, and where. */
-export const SV_REG_MR = struct('sv_reg_mr', [['memfd', 'u32'], ['reserved', 'u32'], ['memfd_offset', 'u64']]);
-/** CREATE_CQ / CREATE_QP / CREATE_SRQ udata: the memfd holding the ring(s), laid out by `queue.ts`. */
-export const SV_QUEUE = struct('sv_queue', [['memfd', 'u32'], ['reserved', 'u32']]);
+/**
+ * GET_CONTEXT's response udata (after ib_uverbs_get_context_resp, when out_words leave room for it): the key
+ * that names this context on the descriptor exchange (FdOp.PUT_MEMFD) for as long as it lives. A client's
+ * memfds reach the daemon only that way, so a library that finds no key here speaks to a daemon too old for it.
+ */
+export const SV_GET_CONTEXT_RESP = struct('sv_get_context_resp', [['fd_key', 'u32'], ['reserved', 'u32']]);
+/**
+ * REG_MR / REREG_MR udata: the memfd holding the pages, by the id PUT_MEMFD gave it (0: none, as a REREG_MR
+ * that keeps its translation), and where in it. The command consumes the id, whatever its outcome.
+ */
+export const SV_REG_MR = struct('sv_reg_mr', [['memfd_id', 'u32'], ['reserved', 'u32'], ['memfd_offset', 'u64']]);
+/** CREATE_CQ / RESIZE_CQ / CREATE_QP / CREATE_SRQ udata: the memfd holding the ring(s), laid out by `queue.ts`, by its PUT_MEMFD id (consumed). */
+export const SV_QUEUE = struct('sv_queue', [['memfd_id', 'u32'], ['reserved', 'u32']]);
 /** The first frame of an event-stream connection. */
 export const SV_ATTACH = struct('sv_attach', [['token', 'u32'], ['reserved', 'u32']]);
 
 /**
  * The descriptor exchange (`<root>/fds.sock`, see daemon/fd-exchange.ts): what a command's write() cannot
- * carry. One request per connection, a descriptor riding with it or with the reply (SCM_RIGHTS).
+ * carry. One request per connection, descriptors riding with it or with the reply (SCM_RIGHTS); who sends
+ * it is the kernel's word (SO_PEERCRED), and must be the context's own process (pid and uid).
  */
 export const FdOp = {
-  /** the client's /proc/self/mem rides with it, for the context whose GET_CONTEXT answer carried `token` */
+  /**
+   * rdma-core's rxe ABI (the preload library): the client's /proc/self/mem and /proc/self/maps ride with it, in
+   * that order, for the context whose GET_CONTEXT answer carried `token` (before its async stream attaches)
+   */
   SET_MEM: 1,
-  /** mmap() of the device file at offset `arg`: the reply carries the queue's memfd and `value` its size */
+  /** mmap() of the device file at offset `arg`: the reply carries the queue's memfd, `size` and `offset` where it lies */
   GET_QUEUE: 2,
+  /**
+   * The softverbs ABI: one memfd rides with it (open read-write, sealable) for the context whose fd key
+   * (SV_GET_CONTEXT_RESP) is `token`; `arg` is 0. The daemon seals it against shrinking and growing and holds
+   * it: the reply's `id` names it in the udata of the one command that maps it, `size` is its size.
+   */
+  PUT_MEMFD: 3,
 } as const;
 export type FdOp = (typeof FdOp)[keyof typeof FdOp];
 export const SV_FD_REQ = struct('sv_fd_req', [['op', 'u32'], ['token', 'u32'], ['arg', 'u64']]);
-/** status 0 or -errno; text_len bytes of the reason follow an error. GET_QUEUE: the queue's size and where it starts in the memfd. */
-export const SV_FD_RESP = struct('sv_fd_resp', [['status', 's32'], ['text_len', 'u32'], ['size', 'u64'], ['offset', 'u64']]);
+/**
+ * status 0 or -errno; text_len bytes of the reason follow an error. GET_QUEUE: the queue's size and where it
+ * starts in the memfd. PUT_MEMFD: the memfd's size and the id it is held under.
+ */
+export const SV_FD_RESP = struct('sv_fd_resp', [['status', 's32'], ['text_len', 'u32'], ['size', 'u64'], ['offset', 'u64'], ['id', 'u32'], ['reserved', 'u32']]);
 
 /** What one command reads and answers: its number, core request (after the header), response, provider udata. */
 export interface CmdSpec<Q extends StructDef = StructDef, R extends StructDef | undefined = StructDef | undefined, D extends StructDef | undefined = StructDef | undefined> {

@@ -9,9 +9,10 @@
  * holds its end, and no Node socket at all.
  *
  * The daemon accepts only while it has room: the last GUARD descriptors are
- * never given to a connection (a command needs one for a moment: a
- * client's memfd, a /proc file, a resolver's socket), and with no room even
- * to answer a refusal, connections wait in the queue until some close.
+ * never given to a connection (the daemon needs some for a moment: a
+ * memfd a client hands over, a /proc file, a resolver's socket), and with
+ * no room even to answer a refusal, connections wait in the queue until
+ * some close.
  * Node's own accept is not used: out of descriptors, libuv's way out
  * (closing a spare descriptor to accept and close what is queued) drops
  * every waiting client, whoever it is. Above the guard, a reserve is kept

@@ -29,7 +29,7 @@ export interface ConnectionHost extends Host {
   readonly fabric: { drain(): void };
   onCommand: ((cmd: number, seconds: number) => void) | null;
   /** The stream a token names (GET_CONTEXT's async_fd, CREATE_COMP_CHANNEL's fd). */
-  token(t: number): { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel } | undefined;
+  token(t: number): { kind: 'async' | 'fds'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel } | undefined;
   mgmt(frame: Buffer, reply: Reply, uid: number): void;
   connectionClosed(c: Connection): void;
 }
@@ -160,6 +160,8 @@ export class Connection {
     this.kind = 'cmd';
     this.abi = abi;
     if (abi === 'rxe') ctx.provider = rxeProvider;
+    // the library hands its memfds over on the descriptor exchange, naming its context by this key
+    else ctx.fdKey = host.newToken('fds', ctx);
     host.log(`${this.dev.name}: pid ${cred.pid} (${ctx.comm}, uid ${cred.uid}) opened the device${abi === 'rxe' ? ' (rxe provider ABI, through the preload library)' : ''}`);
     this.reply(0, ctx.getContextResp(), outBytes);
   }
@@ -177,7 +179,7 @@ export class Connection {
       this.kind = 'async';
       t.ctx.asyncSock = s;
       for (const b of t.ctx.asyncPending.splice(0)) s.write(b);
-    } else {
+    } else if (t.kind === 'comp') {
       this.kind = 'comp';
       this.chan = t.chan;
       t.chan.sock = s;

@@ -23,7 +23,7 @@ import { mrCommands } from './cmd/mr.js';
 import { pdCommands } from './cmd/pd.js';
 import { qpCommands } from './cmd/qp.js';
 import { srqCommands } from './cmd/srq.js';
-import { mapClientMemfd } from './memfd.js';
+import { type ClientMap, mapMemfd } from './memfd.js';
 import type { PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
 import { HandleAllocator } from './handles.js';
@@ -43,12 +43,12 @@ const COMMANDS: Commands = { ...deviceCommands, ...pdCommands, ...ahCommands, ..
 /** What the context needs from the daemon around it. */
 export interface Host {
   readonly pinned: PinnedAccounts;
-  newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number;
+  newToken(kind: 'async' | 'comp' | 'fds', ctx: Context, chan?: CompChannel): number;
   dropToken(token: number): void;
   log(msg: string): void;
   limitHit(uid: number, limit: string, msg: string): void;
   readonly quotas: Quotas;
-  /** Where C programs' queue memfds and /proc/self/mem travel (null: none, as in a daemonless test). */
+  /** Where memfds, C programs' queues and /proc/self/mem travel (null: none, as in a daemonless test). */
   readonly fdExchange: FdExchange | null;
 }
 
@@ -80,6 +80,13 @@ export class Context implements Owner {
   private readonly linked = new Map<Mapping, Mapping[]>();
   /** An rxe client's /proc/<pid>/mem (the descriptor exchange's SET_MEM), through which its MRs are reached; -1 until then. */
   memFd = -1;
+  /** …and its /proc/<pid>/maps, which says what of that memory is mapped and writable (read afresh at each REG_MR). */
+  mapsFd = -1;
+  /** The softverbs client's key for this context on the descriptor exchange (PUT_MEMFD); 0: none (an rxe context). */
+  fdKey = 0;
+  /** Memfds the client handed over (PUT_MEMFD), by id, until the one command that names them (or the context's end). */
+  private readonly memfds = new Map<number, { fd: number; size: number }>();
+  private nextMemfdId = 1;
 
   // ---- handle table (the kernel's per-file idr: lowest free number), through the object table ----
 
@@ -148,14 +155,50 @@ export class Context implements Owner {
     this.destroy(h);
   }
 
-  /** Maps client memory, charged to the user's mappings (each is one of the daemon's vm.max_map_count entries). */
-  mapClient(memfd: number, offset: bigint, length: bigint): ReturnType<typeof mapClientMemfd> {
-    this.host.quotas.charge(this.uid, 'mappings');
+  /**
+   * Holds a memfd the client handed over (checked and sealed by the descriptor exchange, `size` bytes), charged
+   * to the user's memfds: the id the client names it by. The descriptor is the context's from here on.
+   */
+  holdMemfd(fd: number, size: number): number {
+    this.host.quotas.charge(this.uid, 'memfds');
+    let id = this.nextMemfdId;
+    while (this.memfds.has(id)) id = id >= 0xffffffff ? 1 : id + 1;
+    this.nextMemfdId = id >= 0xffffffff ? 1 : id + 1;
+    this.memfds.set(id, { fd, size });
+    return id;
+  }
+
+  /** Lets go of a held memfd (named by a command, or the context ends): its descriptor and charge come back. */
+  dropMemfd(id: number): void {
+    const m = this.memfds.get(id);
+    if (!m) return;
+    this.memfds.delete(id);
+    closeFd(m.fd);
+    this.host.quotas.release(this.uid, 'memfds');
+  }
+
+  /** How many memfds the context holds unmapped. */
+  get heldMemfds(): number {
+    return this.memfds.size;
+  }
+
+  /**
+   * Maps [offset, offset+length) of the memfd held under `id`, charged to the user's mappings (each is one of the
+   * daemon's vm.max_map_count entries). The memfd is consumed: the mapping keeps the pages, the descriptor goes.
+   */
+  mapClient(id: number, offset: bigint, length: bigint): ClientMap {
+    const m = this.memfds.get(id);
+    if (!m) fail(E.EBADF, `memfd id ${id} names no memfd this context holds (hand it over first with the descriptor exchange's PUT_MEMFD; each id maps once)`);
     try {
-      return mapClientMemfd(this.pid, memfd, offset, length);
-    } catch (e) {
-      this.host.quotas.release(this.uid, 'mappings');
-      throw e;
+      this.host.quotas.charge(this.uid, 'mappings');
+      try {
+        return mapMemfd(m.fd, m.size, offset, length);
+      } catch (e) {
+        this.host.quotas.release(this.uid, 'mappings');
+        throw e;
+      }
+    } finally {
+      this.dropMemfd(id);
     }
   }
 
@@ -236,16 +279,23 @@ export class Context implements Owner {
         rest += uSize;
       }
     }
-    for (let i = rest; i < frame.length; i++) if (frame[i] !== 0) fail(E.EINVAL, `${spec.name}: ${frame.length - rest} trailing bytes not understood`);
-    // the table is keyed by the spec's name, so the request decoded with spec.req is the one the handler is typed for
-    const handler = COMMANDS[spec.name as U.CmdName] as ((ctx: Context, r: object, u: object | null) => Buffer | void) | undefined;
-    if (!handler) return fail(E.EOPNOTSUPP, `${spec.name} is not supported`);
-    return handler(this, req, udata) ?? Buffer.alloc(0);
+    // a held memfd the command names is its alone, whatever the outcome: a failed command leaves none behind
+    const memfd = udata ? this.provider.memfdOf?.(udata) ?? 0 : 0;
+    try {
+      for (let i = rest; i < frame.length; i++) if (frame[i] !== 0) fail(E.EINVAL, `${spec.name}: ${frame.length - rest} trailing bytes not understood`);
+      // the table is keyed by the spec's name, so the request decoded with spec.req is the one the handler is typed for
+      const handler = COMMANDS[spec.name as U.CmdName] as ((ctx: Context, r: object, u: object | null) => Buffer | void) | undefined;
+      if (!handler) return fail(E.EOPNOTSUPP, `${spec.name} is not supported`);
+      return handler(this, req, udata) ?? Buffer.alloc(0);
+    } finally {
+      if (memfd) this.dropMemfd(memfd);
+    }
   }
 
   /** The GET_CONTEXT answer (called by the connection before the context exists in the table). */
   getContextResp(): Buffer {
-    return pack(U.GET_CONTEXT_RESP, { async_fd: this.asyncToken, num_comp_vectors: 1 });
+    const core = pack(U.GET_CONTEXT_RESP, { async_fd: this.asyncToken, num_comp_vectors: 1 });
+    return this.fdKey ? Buffer.concat([core, pack(U.SV_GET_CONTEXT_RESP, { fd_key: this.fdKey })]) : core;
   }
 
   // ---- completion channels ----
@@ -302,9 +352,13 @@ export class Context implements Owner {
       }
     }
     this.host.dropToken(this.asyncToken);
+    if (this.fdKey) this.host.dropToken(this.fdKey);
     this.asyncSock?.destroy();
+    for (const id of [...this.memfds.keys()]) this.dropMemfd(id);
     if (this.memFd >= 0) closeFd(this.memFd);
+    if (this.mapsFd >= 0) closeFd(this.mapsFd);
     this.memFd = -1;
+    this.mapsFd = -1;
   }
 
   /** The resource tracker's rows for this context. */

@@ -1,36 +1,46 @@
 /**
  * The descriptor exchange: what a uverbs file carries in the kernel and a
- * command frame cannot. A C program's queues are mmap()ed from the device
- * file, and the daemon reaches its memory through its /proc/self/mem; both
- * are descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
+ * command frame cannot. The softverbs library's queues and registered
+ * memory live in memfds of its own, which it hands over (PUT_MEMFD) just
+ * before the command that maps them; a C program's queues are mmap()ed from
+ * the device file (GET_QUEUE), and the daemon reaches its memory through
+ * the /proc/self/mem and /proc/self/maps it hands over (SET_MEM). All are
+ * descriptors, and descriptors cross a Unix socket only as SCM_RIGHTS,
  * which Node's sockets drop. So they travel here, on a socket of their own
  * (`<root>/fds.sock`) read and written natively: one request per
  * connection (`sv_fd_req`, abi/uverbs.ts), one reply, then the connection
  * closes. Who asks is the kernel's word (SO_PEERCRED): a context's
- * descriptors go to and come from its own process only.
+ * descriptors go to and come from its own process only. Because the client
+ * passes what it opened itself, the daemon never opens anything of another
+ * process (no /proc/<pid>/fd, no CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH).
+ *
+ * What comes is judged before it is kept: the descriptors a request
+ * carries must be the ones its op takes (a memfd for PUT_MEMFD, the two
+ * /proc files for SET_MEM, none for GET_QUEUE), else it is refused with
+ * its errno and every descriptor that came is closed at once: a client
+ * passing garbage costs the daemon nothing it keeps. Held memfds are
+ * charged to the user's `memfds` quota.
  */
 import { fstatSync, readFileSync, readlinkSync } from 'node:fs';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
-import { CmdError, E } from '../common/errno.js';
+import { CmdError, E, errnoName } from '../common/errno.js';
 import { errnoOf, messageOf } from '../common/errors.js';
-import { type Received, recvWithFd, sendWithFd } from '../native/fd-pass.js';
+import { CONTROL_FDS, recvWithFds, sendWithFd } from '../native/fd-pass.js';
 import { acceptNow, closeFd, dupFd, type Mapping, peerCred } from '../native/libc.js';
 import { ReadableSet } from '../native/readable-set.js';
 import type { Context } from './context.js';
+import { checkMemfd } from './memfd.js';
 
-/**
- * Connections waiting for their request at once, of all users and of one: past either, a new connection whose
- * request is not there yet is turned away (EAGAIN). A user's own cap is below the whole, so no user's idle
- * connections can turn another user's requests away.
- */
+/** connections waiting for their request at once; past it the rest wait in the accept queue */
 const MAX_PENDING = 64;
-const MAX_PENDING_PER_UID = 16;
+/** …of which one user may have this many: past it, her next is answered EAGAIN */
+const PENDING_PER_USER = 16;
 /** queues one context may leave unmapped (each holds a descriptor of the daemon's) */
 const MAX_OFFERS = 64;
 /** how long a connection may take to send its request */
 const REQUEST_MS = 2000;
-/** how long accepting pauses when the daemon has no descriptor to spare (closing connections make some) */
+/** out of descriptors, accepting pauses this long (the connections wait in the queue meanwhile) */
 const PAUSE_MS = 50;
 const PAGE = 4096;
 const REQ = U.SV_FD_REQ;
@@ -47,12 +57,31 @@ interface Offer {
   size: number;
 }
 
+interface Pending {
+  timer: NodeJS.Timeout;
+  cred: { pid: number; uid: number };
+}
+
+interface Reply {
+  status: number;
+  text: string;
+  size: bigint;
+  offset: bigint;
+  id: number;
+  /** a descriptor riding with the reply (closed once sent), or -1 */
+  fd: number;
+}
+
 export interface FdExchangeHost {
-  /** The context whose GET_CONTEXT answer carried `token`, while its token is valid. */
+  /** The context whose GET_CONTEXT answer carried `token`, while its token is valid (until its async stream attaches). */
   contextOf(token: number): Context | undefined;
+  /** The softverbs context whose fd key (SV_GET_CONTEXT_RESP) is `key`, while it lives. */
+  contextByKey(key: number): Context | undefined;
   log(msg: string): void;
-  /** Whether the daemon has a descriptor to spare for one more connection (admission.ts keeps the count). */
+  /** Whether the daemon has a descriptor to spare for one more connection (admission.ts keeps the last ones). */
   mayAccept(): boolean;
+  /** A limit a user hit (logged once per user and limit). */
+  limitHit(uid: number, limit: string, msg: string): void;
 }
 
 export class FdExchange {
@@ -60,11 +89,13 @@ export class FdExchange {
   /** mmap offsets, as the kernel's rxe hands them out: page aligned, never reused while the daemon runs */
   private nextOffset = PAGE;
   private readonly waits = new ReadableSet();
-  /** connections waiting for their request: their timeout, and whose they are */
-  private readonly pending = new Map<number, { timer: NodeJS.Timeout; uid: number }>();
-  private readonly pendingOf = new Map<number, number>();
+  private readonly pending = new Map<number, Pending>();
+  /** accepting stopped: MAX_PENDING connections wait for their request */
+  private full = false;
+  private pause: NodeJS.Timeout | null = null;
+  /** accepting failed for want of descriptors (said once until one succeeds) */
+  private starved = false;
   private closed = false;
-  private paused: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly lfd: number,
@@ -102,11 +133,11 @@ export class FdExchange {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.pause) clearTimeout(this.pause);
     this.waits.cancel(this.lfd);
-    if (this.paused) clearTimeout(this.paused);
     closeFd(this.lfd);
-    for (const [fd, { timer: t }] of this.pending) {
-      clearTimeout(t);
+    for (const [fd, p] of this.pending) {
+      clearTimeout(p.timer);
       this.waits.cancel(fd);
       closeFd(fd);
     }
@@ -117,116 +148,145 @@ export class FdExchange {
   private onListener(): void {
     if (this.closed) return;
     for (;;) {
-      // with no descriptor to spare, or none at all (EMFILE, ENFILE), connections wait in the queue: the listener
-      // is readable meanwhile, and waiting on it again would be woken at once, again and again, the CPU spinning
-      if (!this.host.mayAccept()) return this.pause();
-      const fd = acceptNow(this.lfd);
+      if (this.pending.size >= MAX_PENDING) {
+        // the rest wait in the queue until a waiting connection is done (drop() listens again)
+        this.full = true;
+        return;
+      }
+      // with no descriptor to spare the connections wait in the queue: the listener is readable meanwhile, and
+      // waiting on it again would be woken at once, again and again, the CPU spinning
+      const fd = this.host.mayAccept() ? acceptNow(this.lfd) : -E.EMFILE;
       if (fd === -E.EAGAIN) break;
       if (fd === -E.ECONNABORTED || fd === -E.EINTR) continue;
-      if (fd < 0) return this.pause();
-      this.onConnection(fd);
+      if (fd < 0) {
+        // EMFILE or ENFILE: the connections wait in the queue, tried again in a moment (the listener stays
+        // readable, so waiting on it now would spin)
+        if (!this.starved) this.host.log(`descriptor exchange: accepting a connection failed (${errnoName(-fd)}); requests wait in the queue`);
+        this.starved = true;
+        this.pause = setTimeout(() => {
+          this.pause = null;
+          this.onListener();
+        }, PAUSE_MS);
+        return;
+      }
+      this.starved = false;
+      let cred: { pid: number; uid: number };
+      try {
+        cred = peerCred(fd);
+      } catch {
+        closeFd(fd);
+        continue;
+      }
+      let mine = 0;
+      for (const p of this.pending.values()) if (p.cred.uid === cred.uid) mine++;
+      if (mine >= PENDING_PER_USER) {
+        const msg = `uid ${cred.uid} has ${mine} descriptor exchange connections waiting for their request`;
+        this.host.limitHit(cred.uid, 'descriptor exchange requests', msg);
+        this.answer(fd, { status: -E.EAGAIN, text: msg, size: 0n, offset: 0n, id: 0, fd: -1 });
+        closeFd(fd);
+        continue;
+      }
+      this.pending.set(fd, { timer: setTimeout(() => this.drop(fd), REQUEST_MS), cred });
+      this.onReadable(fd);
     }
     this.waits.wait(this.lfd, () => this.onListener());
   }
 
-  private pause(): void {
-    this.paused = setTimeout(() => {
-      this.paused = null;
-      this.onListener();
-    }, PAUSE_MS);
-  }
-
-  /** A new connection: answered now if its request is there (as a client's mostly is), else it waits for it, within the caps. */
-  private onConnection(fd: number): void {
-    const m = recvWithFd(fd);
-    if (m.n !== -E.EAGAIN) {
-      this.answer(fd, m);
-      return closeFd(fd);
-    }
-    let uid: number;
-    try {
-      uid = peerCred(fd).uid;
-    } catch {
-      return closeFd(fd);
-    }
-    const mine = this.pendingOf.get(uid) ?? 0;
-    if (this.pending.size >= MAX_PENDING || mine >= MAX_PENDING_PER_UID) {
-      const why = mine >= MAX_PENDING_PER_UID ? `too many connections of uid ${uid} wait for their request (${mine})` : `too many connections wait for their request (${this.pending.size})`;
-      this.reply(fd, { status: -E.EAGAIN, text: why, size: 0n, offset: 0n, fd: -1 });
-      return closeFd(fd);
-    }
-    this.pendingOf.set(uid, mine + 1);
-    this.pending.set(fd, { timer: setTimeout(() => this.drop(fd), REQUEST_MS), uid });
-    this.waits.wait(fd, () => this.onReadable(fd));
-  }
-
-  /** A waiting connection goes (answered, or out of time). */
   private drop(fd: number): void {
     const p = this.pending.get(fd);
     if (p === undefined) return;
     clearTimeout(p.timer);
     this.pending.delete(fd);
-    const n = (this.pendingOf.get(p.uid) ?? 1) - 1;
-    if (n > 0) this.pendingOf.set(p.uid, n);
-    else this.pendingOf.delete(p.uid);
     this.waits.cancel(fd);
     closeFd(fd);
-  }
-
-  private onReadable(fd: number): void {
-    if (!this.pending.has(fd)) return;
-    const m = recvWithFd(fd);
-    if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
-    this.answer(fd, m);
-    this.drop(fd);
-  }
-
-  /** Carries out the request `m` came with and answers it on fd. */
-  private answer(fd: number, m: Received): void {
-    let reply: { status: number; text: string; size: bigint; offset: bigint; fd: number };
-    try {
-      if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${m.n} bytes is not an sv_fd_req`);
-      // past the room for a few, the kernel dropped descriptors; the rest are closed
-      if (m.truncated) throw new CmdError(E.EINVAL, 'a request carries one descriptor at most, and more came');
-      const r = unpack(REQ, m.data, 0);
-      const cred = peerCred(fd);
-      reply = { status: 0, text: '', size: 0n, offset: 0n, fd: -1 };
-      // every request but SET_MEM carries none: one that came anyway is closed (catch below), not kept
-      if (r.op === U.FdOp.SET_MEM) {
-        if (m.count > 1) throw new CmdError(E.EINVAL, `SET_MEM: ${m.count} descriptors came with the request, not one`);
-        this.setMem(cred, r.token, m.fd);
-      } else if (r.op === U.FdOp.GET_QUEUE) {
-        if (m.count) throw new CmdError(E.EINVAL, 'GET_QUEUE: the request carries no descriptor');
-        Object.assign(reply, this.getQueue(cred, r.arg));
-      } else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
-    } catch (e) {
-      if (m.fd >= 0) closeFd(m.fd);
-      reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, fd: -1 };
+    if (this.full && !this.closed) {
+      this.full = false;
+      this.waits.wait(this.lfd, () => this.onListener());
     }
-    this.reply(fd, reply);
-    if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
   }
 
-  private reply(fd: number, r: { status: number; text: string; size: bigint; offset: bigint; fd: number }): void {
+  private answer(fd: number, r: Reply): void {
     const text = Buffer.from(r.text.slice(0, 512));
-    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset });
+    const head = pack(U.SV_FD_RESP, { status: r.status, text_len: text.length, size: r.size, offset: r.offset, id: r.id });
     sendWithFd(fd, Buffer.concat([head, text]), r.fd);
   }
 
-  /** The context's own process hands over its /proc/self/mem: the context's memory from now on. */
-  private setMem(cred: { pid: number; uid: number }, token: number, fd: number): void {
-    if (fd < 0) throw new CmdError(E.EBADF, 'SET_MEM: no descriptor came with the request');
-    const ctx = this.host.contextOf(token);
-    if (!ctx) throw new CmdError(E.EINVAL, `SET_MEM: token ${token} names no context waiting for its memory`);
-    if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `SET_MEM: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s`);
+  private onReadable(fd: number): void {
+    const p = this.pending.get(fd);
+    if (!p) return;
+    const m = recvWithFds(fd);
+    if (m.n === -E.EAGAIN) return this.waits.wait(fd, () => this.onReadable(fd));
+    let reply: Reply = { status: 0, text: '', size: 0n, offset: 0n, id: 0, fd: -1 };
+    try {
+      if (m.truncated) this.lost(m.arrived);
+      if (m.n < layout(REQ).size) throw new CmdError(E.EINVAL, `a request of ${Math.max(m.n, 0)} bytes is not an sv_fd_req`);
+      const r = unpack(REQ, m.data, 0);
+      const cred = p.cred;
+      if (r.op === U.FdOp.SET_MEM) this.setMem(cred, r.token, m.fds);
+      else if (r.op === U.FdOp.GET_QUEUE) Object.assign(reply, this.getQueue(cred, r.arg, m.fds));
+      else if (r.op === U.FdOp.PUT_MEMFD) Object.assign(reply, this.putMemfd(cred, r.token, r.arg, m.fds));
+      else throw new CmdError(E.EINVAL, `op ${r.op} is not a descriptor exchange request`);
+    } catch (e) {
+      // nothing that came with a refused request is kept
+      for (const f of m.fds) closeFd(f);
+      reply = { status: errnoOf(e) ?? -E.EIO, text: messageOf(e), size: 0n, offset: 0n, id: 0, fd: -1 };
+    }
+    this.answer(fd, reply);
+    if (reply.fd >= 0) closeFd(reply.fd); // the client holds it now; the daemon keeps its mapping
+    this.drop(fd);
+  }
+
+  /** Descriptors were lost on the way in (MSG_CTRUNC): more than a request carries, or the daemon's table is full. */
+  private lost(arrived: number): never {
+    if (arrived < CONTROL_FDS) throw new CmdError(E.EMFILE, 'the daemon is out of file descriptors: the descriptors sent could not be received');
+    throw new CmdError(E.EINVAL, `more descriptors came than any request carries (at most ${CONTROL_FDS} are received; none is kept)`);
+  }
+
+  /** The one descriptor `op` takes, or its errno: none (EBADF) or more than one (EINVAL). */
+  private one(op: string, fds: number[]): number {
+    if (fds.length === 0) throw new CmdError(E.EBADF, `${op}: no descriptor came with the request`);
+    if (fds.length > 1) throw new CmdError(E.EINVAL, `${op}: ${fds.length} descriptors came with the request; it takes one`);
+    return fds[0]!;
+  }
+
+  /** The context `key` names for `op`, if the process asking is the context's own (pid and uid). */
+  private ownContext(op: string, ctx: Context | undefined, cred: { pid: number; uid: number }, what: string): Context {
+    if (!ctx) throw new CmdError(E.EINVAL, `${op}: ${what}`);
+    if (ctx.pid !== cred.pid || ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `${op}: the context is pid ${ctx.pid}'s, not pid ${cred.pid}'s (uid ${cred.uid})`);
+    return ctx;
+  }
+
+  /**
+   * The softverbs library hands over a memfd for its context: judged and sealed (memfd.ts), held under a new id
+   * until the one command naming it maps it, or the context ends.
+   */
+  private putMemfd(cred: { pid: number; uid: number }, key: number, arg: bigint, fds: number[]): { size: bigint; id: number } {
+    const fd = this.one('PUT_MEMFD', fds);
+    if (arg !== 0n) throw new CmdError(E.EINVAL, 'PUT_MEMFD: arg is reserved (0)');
+    const ctx = this.ownContext('PUT_MEMFD', key ? this.host.contextByKey(key) : undefined, cred, `key ${key} names no open softverbs context`);
+    const size = checkMemfd(fd, 'PUT_MEMFD');
+    return { size: BigInt(size), id: ctx.holdMemfd(fd, size) };
+  }
+
+  /** The context's own process hands over its /proc/self/mem and /proc/self/maps: the context's memory from now on. */
+  private setMem(cred: { pid: number; uid: number }, token: number, fds: number[]): void {
+    if (fds.length !== 2) {
+      throw new CmdError(fds.length ? E.EINVAL : E.EBADF, `SET_MEM: ${fds.length} descriptors came with the request; it takes two, /proc/self/mem and /proc/self/maps`);
+    }
+    const ctx = this.ownContext('SET_MEM', this.host.contextOf(token), cred, `token ${token} names no context waiting for its memory`);
     if (ctx.memFd >= 0) throw new CmdError(E.EBUSY, 'SET_MEM: the context has its memory already');
-    const why = notProcMem(fd, cred.pid);
-    if (why) throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${why}, not a process's /proc/PID/mem`);
-    ctx.memFd = fd;
+    // a process's memory files, not something whose reads could block the daemon (a FIFO, a socket, a device)
+    const [mem, maps] = fds as [number, number];
+    const a = procFile(mem, 'mem', cred.pid);
+    const b = procFile(maps, 'maps', cred.pid);
+    if (a !== b) throw new CmdError(E.EINVAL, `SET_MEM: /proc/${a}/mem and /proc/${b}/maps are not one process's`);
+    ctx.memFd = mem;
+    ctx.mapsFd = maps;
   }
 
   /** mmap() of the device file at `offset`: the queue's memfd, to its context's process. */
-  private getQueue(cred: { pid: number; uid: number }, offset: bigint): { size: bigint; offset: bigint; fd: number } {
+  private getQueue(cred: { pid: number; uid: number }, offset: bigint, fds: number[]): { size: bigint; offset: bigint; fd: number } {
+    if (fds.length) throw new CmdError(E.EINVAL, `GET_QUEUE: ${fds.length} descriptors came with the request; it takes none`);
     const o = offset <= BigInt(Number.MAX_SAFE_INTEGER) ? this.offers.get(Number(offset)) : undefined;
     if (!o) throw new CmdError(E.EINVAL, `mmap offset 0x${offset.toString(16)} names no queue waiting to be mapped`);
     if (o.ctx.pid !== cred.pid || o.ctx.uid !== cred.uid) throw new CmdError(E.EACCES, `mmap offset 0x${offset.toString(16)}: the queue is pid ${o.ctx.pid}'s`);
@@ -236,32 +296,37 @@ export class FdExchange {
 }
 
 /**
- * Why `fd` (the daemon's, from process `pid`) is not a process's memory file, or null if it is one: named
- * /proc/PID/mem (or /proc/PID/task/TID/mem) and on a procfs, as the sender's own mount table has it. Judged
+ * The pid (as the client's /proc names it) of a descriptor that is a process's /proc/PID/`name` (or
+ * /proc/PID/task/TID/`name`) on a procfs, as the sender's own mount table has it; else EINVAL. Judged
  * without a call into the file's filesystem until it is known to be procfs: an fstat() of a file on a FUSE
  * mount waits for that filesystem's server, which may never answer, and the daemon would wait with it; a
  * name alone can be had on any filesystem (an empty file at ~/x/123/mem, or a mount over /proc in a
  * namespace of the sender's own). Everything but procfs would also be read as if it were memory: an empty
  * regular file gives short reads, a FIFO or a device blocks them.
  */
-function notProcMem(fd: number, pid: number): string | null {
-  let link: string;
+function procFile(fd: number, name: 'mem' | 'maps', sender: number): string {
+  const bad = (what: string): never => {
+    throw new CmdError(E.EINVAL, `SET_MEM: the descriptor is ${what}, not a process's /proc/PID/${name}`);
+  };
+  let link = '';
   try {
     link = readlinkSync(`/proc/self/fd/${fd}`);
   } catch {
-    return 'unnamed';
+    bad('unnamed');
   }
-  if (!/^\/proc\/\d+(\/task\/\d+)?\/mem$/.test(link)) return link;
+  const pid = new RegExp(`^/proc/(\\d+)(/task/\\d+)?/${name}$`).exec(link)?.[1];
+  if (!pid) bad(link);
   // the mount it was opened on (fdinfo comes from the file table, not the filesystem), in the sender's mount table
   let fsType: string | undefined;
   try {
     const mnt = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'))?.[1];
-    const line = mnt === undefined ? undefined : readFileSync(`/proc/${pid}/mountinfo`, 'latin1').split('\n').find((l) => l.startsWith(`${mnt} `));
+    const line = mnt === undefined ? undefined : readFileSync(`/proc/${sender}/mountinfo`, 'latin1').split('\n').find((l) => l.startsWith(`${mnt} `));
     fsType = line?.split(' - ')[1]?.split(' ')[0];
   } catch {
     /* the sender is gone, or its mount table cannot be read: not judged a procfs */
   }
-  if (fsType !== 'proc') return `${link} on ${fsType ?? 'an unknown filesystem'}`;
+  if (fsType !== 'proc') bad(`${link} on ${fsType ?? 'an unknown filesystem'}`);
   const st = fstatSync(fd);
-  return st.isFile() && st.size === 0 ? null : `${link}, not a memory file`;
+  if (!st.isFile() || st.size !== 0) bad(`${link}, not a process's file`);
+  return pid!;
 }

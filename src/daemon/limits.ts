@@ -2,10 +2,11 @@
  * What one user may hold of the daemon, on top of the device limits
  * QUERY_DEVICE advertises: contexts, connections, verbs objects, mappings
  * of client memory (each costs the daemon one of its vm.max_map_count
- * entries) and daemon memory. Root (and the daemon's own uid) are exempt, as
+ * entries), memfds handed over and not yet mapped (each one of the
+ * daemon's descriptors) and daemon memory. Root (and the daemon's own uid) are exempt, as
  * CAP_IPC_LOCK and CAP_SYS_RESOURCE are from the kernel's limits. Going past
  * a cap is the errno the kernel gives for the same exhaustion: EMFILE for
- * contexts and connections (fds), EAGAIN for objects (the rdma cgroup's
+ * contexts, connections and memfds (fds), EAGAIN for objects (the rdma cgroup's
  * answer), ENOMEM for mappings and memory.
  */
 import { readFileSync } from 'node:fs';
@@ -17,6 +18,8 @@ export interface UserLimits {
   connections: number;
   objects: number;
   mappings: number;
+  /** memfds a client handed over (PUT_MEMFD) that no command has mapped yet: each holds a daemon descriptor */
+  memfds: number;
   /** bytes of daemon memory charged to the user (QP work-request state, by its capabilities) */
   memory: number;
 }
@@ -27,10 +30,11 @@ export const DEFAULT_USER_LIMITS: Readonly<UserLimits> = {
   connections: 256,
   objects: 16_384,
   mappings: 4_096,
+  memfds: 256,
   memory: 256 * 1024 * 1024,
 };
 
-const ERRNO: Record<Quota, number> = { contexts: E.EMFILE, connections: E.EMFILE, objects: E.EAGAIN, mappings: E.ENOMEM, memory: E.ENOMEM };
+const ERRNO: Record<Quota, number> = { contexts: E.EMFILE, connections: E.EMFILE, objects: E.EAGAIN, mappings: E.ENOMEM, memfds: E.EMFILE, memory: E.ENOMEM };
 
 /** The daemon's whole budget of mappings: what vm.max_map_count leaves after V8's own needs. */
 export function globalMappingBudget(): number {
@@ -56,7 +60,7 @@ export class Quotas {
 
   private of(uid: number): Record<Quota, number> {
     let u = this.byUid.get(uid);
-    if (!u) this.byUid.set(uid, (u = { contexts: 0, connections: 0, objects: 0, mappings: 0, memory: 0 }));
+    if (!u) this.byUid.set(uid, (u = { contexts: 0, connections: 0, objects: 0, mappings: 0, memfds: 0, memory: 0 }));
     return u;
   }
 
@@ -89,7 +93,7 @@ export class Quotas {
     }
     const has = this.held(uid, what);
     if (!this.exempt(uid) && has + n > this.limits[what]) {
-      const message = `uid ${uid} holds ${has} ${what === 'memory' ? 'bytes of daemon memory' : what} (limit ${this.limits[what]})`;
+      const message = `uid ${uid} holds ${has} ${what === 'memory' ? 'bytes of daemon memory' : what === 'memfds' ? 'memfds handed to the daemon and not yet mapped' : what} (limit ${this.limits[what]})`;
       this.onHit(uid, what, message);
       return { errno: ERRNO[what], message };
     }

@@ -36,7 +36,7 @@ Options:
                            (re-read on SIGHUP: new modes and groups apply to the running device files)
   --config FILE            JSON: {"devices":[{"name":"rxe0","addr":"127.0.0.1","mtu":4096}],"rules":"FILE",
                            "rootMode":"0755","limits":{"contexts":64,"connections":256,"objects":16384,
-                           "mappings":4096,"memory":268435456}} (limits per user; root is exempt)
+                           "mappings":4096,"memfds":256,"memory":268435456}} (limits per user; root is exempt)
   --device NAME=ADDR[,mtu=N][,wire=auto|raw|udp|none]
                            a device bound to an IP address (repeatable); MTU in bytes (256..4096);
                            wire: frames always leave with exact ICRCs; raw: arriving IPv4 frames are read

@@ -3,16 +3,36 @@
  * registers: every page mapped, readable, and writable when the HCA will
  * write it. The daemon reaches that memory through /proc/<pid>/mem, which
  * would write even read-only pages (it is the debugger's door), so the
- * check is made here, from the process's own map, at registration.
+ * check is made here, from the process's own map, at registration. The map
+ * is read through the /proc/self/maps the program handed over with its
+ * memory (SET_MEM): a maps file reads the memory map of the process that
+ * opened it, as it is at each read, and the daemon needs no right over
+ * another user's process to read it (opening /proc/<pid>/maps would take
+ * CAP_SYS_PTRACE).
  */
-import { readFileSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { E, fail } from '../common/errno.js';
 
-/** EFAULT unless [start, start+length) of pid is mapped throughout, readable, and writable if `write`. */
-export function checkMapped(pid: number, start: bigint, length: bigint, write: boolean): void {
+const CHUNK = 64 << 10;
+
+/** The whole text of a maps file, read from its start. */
+function readMaps(fd: number): string {
+  const parts: Buffer[] = [];
+  for (let pos = 0; ; ) {
+    const b = Buffer.allocUnsafe(CHUNK);
+    const n = readSync(fd, b, 0, CHUNK, pos);
+    if (n <= 0) break;
+    parts.push(b.subarray(0, n));
+    pos += n;
+  }
+  return Buffer.concat(parts).toString('latin1');
+}
+
+/** EFAULT unless [start, start+length) of pid (its map read through `mapsFd`) is mapped throughout, readable, and writable if `write`. */
+export function checkMapped(mapsFd: number, pid: number, start: bigint, length: bigint, write: boolean): void {
   let text: string;
   try {
-    text = readFileSync(`/proc/${pid}/maps`, 'latin1');
+    text = readMaps(mapsFd);
   } catch {
     return fail(E.EFAULT, `the memory map of pid ${pid} cannot be read`);
   }

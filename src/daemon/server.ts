@@ -72,7 +72,8 @@ interface DevEntry {
   server: Listener;
 }
 
-type Token = { kind: 'async'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
+/** What a token names: a context's async stream or a channel's until attached; a context's fd key (PUT_MEMFD) while it lives. */
+type Token = { kind: 'async' | 'fds'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
 /** How long a stopping daemon waits for its rdma_cm clients to take their last events. */
 const UCMA_DRAIN_MS = 1000;
@@ -102,7 +103,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
   /** The connection manager (rdma_cm, ib_cm and rdma_ucm) and its device file. */
   readonly cm: RdmaCm;
   private cmServer: Listener | null = null;
-  /** The descriptor exchange: C programs' queue memfds and /proc/self/mem. */
+  /** The descriptor exchange: the library's memfds, C programs' queue memfds and /proc/self/mem. */
   fdExchange: FdExchange | null = null;
   private fdPath: string | null = null;
   private cmPath = '';
@@ -209,13 +210,18 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
         const k = this.tokens.get(t);
         return k?.kind === 'async' ? k.ctx : undefined;
       },
+      contextByKey: (t) => {
+        const k = this.tokens.get(t);
+        return k?.kind === 'fds' ? k.ctx : undefined;
+      },
       log: (m) => this.log(m),
       mayAccept: () => this.admission.mayAccept(),
+      limitHit: (uid, what, msg) => this.limitHit(uid, what, msg),
     });
     this.fdPath = path;
   }
 
-  newToken(kind: 'async' | 'comp', ctx: Context, chan?: CompChannel): number {
+  newToken(kind: 'async' | 'comp' | 'fds', ctx: Context, chan?: CompChannel): number {
     let t: number;
     do t = randomInt(1, 0x7fffffff);
     while (this.tokens.has(t));

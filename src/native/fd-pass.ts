@@ -1,6 +1,6 @@
 /**
  * Descriptors across an AF_UNIX stream socket (SCM_RIGHTS), which Node's
- * sockets do not carry: one message with at most one descriptor, sent and
+ * sockets do not carry: one message with a few descriptors, sent and
  * received without waiting. The msghdr, its iovec and its control buffer
  * live in one mapping of ours, so the pointers inside them are real
  * addresses.
@@ -23,13 +23,15 @@ const MSG_CTRUNC = 0x8;
 /** The most one message carries. */
 export const FD_MSG_MAX = 2048;
 
-/** the control buffer holds room for a few descriptors: a peer that sends more has the extras closed, not leaked */
-const CONTROL_FDS = 8;
+/** the control buffer holds room for a few descriptors: a message with more is truncated by the kernel (MSG_CTRUNC), the extras never ours */
+export const CONTROL_FDS = 8;
+/** the most one message sends */
+const SEND_FDS = 16;
 const HDR_AT = 0;
 const IOV_AT = 64;
 const CTL_AT = 128;
 const DATA_AT = 512;
-if (MSG.SIZE > IOV_AT || IOV_AT + IOV.SIZE > CTL_AT || CTL_AT + cmsgSpace(4 * CONTROL_FDS) > DATA_AT) throw new Error('fd-pass: scratch layout overlaps');
+if (MSG.SIZE > IOV_AT || IOV_AT + IOV.SIZE > CTL_AT || CTL_AT + cmsgSpace(4 * Math.max(CONTROL_FDS, SEND_FDS)) > DATA_AT) throw new Error('fd-pass: scratch layout overlaps');
 
 let scratch: { m: Mapping; dv: DataView; u8: Uint8Array } | null = null;
 function buf() {
@@ -56,15 +58,21 @@ function header(len: number, controlLen: number): void {
 
 /** Sends `data` (at most FD_MSG_MAX bytes) with `fd` attached (none when < 0): bytes sent, or -errno. Never waits. */
 export function sendWithFd(sock: number, data: Uint8Array, fd: number): number {
+  return sendWithFds(sock, data, fd >= 0 ? [fd] : []);
+}
+
+/** Sends `data` with the descriptors `fds` attached (at most 16): bytes sent, or -errno. Never waits. */
+export function sendWithFds(sock: number, data: Uint8Array, fds: readonly number[]): number {
   if (data.length > FD_MSG_MAX) return -90; // EMSGSIZE
+  if (fds.length > SEND_FDS) return -22; // EINVAL
   const { m, dv, u8 } = buf();
-  header(data.length, fd >= 0 ? cmsgSpace(4) : 0);
+  header(data.length, fds.length ? cmsgSpace(4 * fds.length) : 0);
   u8.set(data, DATA_AT);
-  if (fd >= 0) {
-    dv.setBigUint64(CTL_AT + CMSG.cmsg_len, BigInt(cmsgLen(4)), true);
+  if (fds.length) {
+    dv.setBigUint64(CTL_AT + CMSG.cmsg_len, BigInt(cmsgLen(4 * fds.length)), true);
     dv.setInt32(CTL_AT + CMSG.cmsg_level, SOL_SOCKET, true);
     dv.setInt32(CTL_AT + CMSG.cmsg_type, SCM_RIGHTS, true);
-    dv.setInt32(CTL_AT + cmsgLen(0), fd, true);
+    fds.forEach((fd, i) => dv.setInt32(CTL_AT + cmsgLen(0) + 4 * i, fd, true));
   }
   const n = Number(sendmsg_(sock, m.ptr, MSG_DONTWAIT | MSG_NOSIGNAL));
   return n < 0 ? -koffi.errno() : n;
@@ -74,41 +82,36 @@ export interface Received {
   /** bytes received (0: the peer closed), or -errno */
   n: number;
   data: Buffer;
-  /** the descriptor that came with them (ours now, close-on-exec), or -1 */
-  fd: number;
-  /** how many descriptors came (all but `fd` closed): a peer that sent more than one can be told so */
-  count: number;
-  /** more descriptors came than there was room for (all closed): the message is not to be acted on */
+  /** the descriptors that came with them, in order (ours now, close-on-exec) */
+  fds: number[];
+  /**
+   * descriptors were lost on the way (MSG_CTRUNC: more came than there was room for, or this process's table
+   * is full); those that did arrive are closed, and the message is not to be acted on
+   */
   truncated: boolean;
+  /** how many descriptors arrived (those of a truncated message closed again): fewer than CONTROL_FDS with truncated means this process's table is full */
+  arrived: number;
 }
 
-/** Receives one message of at most FD_MSG_MAX bytes and the descriptor it carried; never waits. */
-export function recvWithFd(sock: number): Received {
+/** Receives one message of at most FD_MSG_MAX bytes and the descriptors it carried (at most CONTROL_FDS); never waits. */
+export function recvWithFds(sock: number): Received {
   const { m, dv, u8 } = buf();
   header(FD_MSG_MAX, cmsgSpace(4 * CONTROL_FDS));
   const n = Number(recvmsg_(sock, m.ptr, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
-  if (n < 0) return { n: -koffi.errno(), data: Buffer.alloc(0), fd: -1, count: 0, truncated: false };
-  let fd = -1;
-  let count = 0;
+  if (n < 0) return { n: -koffi.errno(), data: Buffer.alloc(0), fds: [], truncated: false, arrived: 0 };
+  const fds: number[] = [];
   const controlLen = Number(dv.getBigUint64(HDR_AT + MSG.msg_controllen, true));
-  // every descriptor that arrived is ours to close: keep the first SCM_RIGHTS one, close the rest
+  // every descriptor that arrived is ours to close
   for (let at = CTL_AT; at + CMSG.SIZE <= CTL_AT + controlLen; ) {
     const len = Number(dv.getBigUint64(at + CMSG.cmsg_len, true));
     if (len < cmsgLen(0)) break;
     if (dv.getInt32(at + CMSG.cmsg_level, true) === SOL_SOCKET && dv.getInt32(at + CMSG.cmsg_type, true) === SCM_RIGHTS) {
-      for (let p = at + cmsgLen(0); p + 4 <= at + len; p += 4) {
-        const f = dv.getInt32(p, true);
-        count++;
-        if (fd < 0) fd = f;
-        else close_(f);
-      }
+      for (let p = at + cmsgLen(0); p + 4 <= at + len; p += 4) fds.push(dv.getInt32(p, true));
     }
     at += cmsgSpace(len - cmsgLen(0));
   }
   const truncated = (dv.getInt32(HDR_AT + MSG.msg_flags, true) & MSG_CTRUNC) !== 0;
-  if (truncated && fd >= 0) {
-    close_(fd);
-    fd = -1;
-  }
-  return { n, data: Buffer.from(u8.subarray(DATA_AT, DATA_AT + n)), fd, count, truncated };
+  const arrived = fds.length;
+  if (truncated) for (const fd of fds.splice(0)) close_(fd);
+  return { n, data: Buffer.from(u8.subarray(DATA_AT, DATA_AT + n)), fds, truncated, arrived };
 }

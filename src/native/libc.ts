@@ -29,6 +29,7 @@ const send_ = libc.func('intptr_t send(int fd, const void *buf, size_t len, int 
 const accept4_ = libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)');
 const bind_ = libc.func('int bind(int fd, const void *addr, uint32_t len)');
 const listen_ = libc.func('int listen(int fd, int backlog)');
+const connect_ = libc.func('int connect(int fd, const void *addr, uint32_t len)');
 const pread_ = libc.func('intptr_t pread(int fd, void *buf, size_t n, int64_t off)');
 const pwrite_ = libc.func('intptr_t pwrite(int fd, const void *buf, size_t n, int64_t off)');
 
@@ -117,6 +118,28 @@ export function dupFd(fd: number): number {
   const d = fcntl_(fd, F_DUPFD_CLOEXEC, 0) as number;
   if (d < 0) fail('fcntl(F_DUPFD_CLOEXEC)');
   return d;
+}
+
+const F_GETFL = 3;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1;
+export const F_SEAL_WRITE = 8;
+export const F_SEAL_FUTURE_WRITE = 16;
+export const O_ACCMODE = 3;
+export const O_RDWR = 2;
+
+/** A descriptor's file status flags (F_GETFL: its access mode among them). */
+export function statusFlags(fd: number): number {
+  const r = fcntl_(fd, F_GETFL, 0) as number;
+  if (r < 0) fail('fcntl(F_GETFL)');
+  return r;
+}
+
+/** A memfd's seals (F_GET_SEALS; EINVAL for a file that cannot have any). */
+export function getSeals(fd: number): number {
+  const r = fcntl_(fd, F_GET_SEALS, 0) as number;
+  if (r < 0) fail('fcntl(F_GET_SEALS)');
+  return r;
 }
 
 /** Adds seals to a memfd (seals live on the inode, so they bind every process that maps it). */
@@ -236,6 +259,26 @@ export function listenUnix(path: string, backlog: number): number {
     const e = new SysError(`listen ${path}`, koffi.errno());
     close_(fd);
     throw e;
+  }
+  return fd;
+}
+
+/**
+ * A non-blocking, close-on-exec AF_UNIX stream socket connected to `path` (a Unix connect completes at once,
+ * or fails: EAGAIN when the listener's queue is full): its descriptor, or -errno.
+ */
+export function connectUnix(path: string): number {
+  const p = Buffer.from(path, 'utf8');
+  if (p.length > 107) return -(osConstants.ENAMETOOLONG ?? 36);
+  const sa = Buffer.alloc(2 + 108);
+  sa.writeUInt16LE(AF_UNIX, 0);
+  p.copy(sa, 2);
+  const fd = socket_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) as number;
+  if (fd < 0) return -koffi.errno();
+  if ((connect_(fd, sa, 2 + p.length + 1) as number) !== 0) {
+    const e = koffi.errno();
+    close_(fd);
+    return -e;
   }
   return fd;
 }

@@ -14,6 +14,7 @@ import * as U from '../abi/uverbs.js';
 import { ibClassDir } from '../common/paths.js';
 import { bswap64, parseGidString } from '../common/format.js';
 import { EventStream, type CommandChannel } from './channel.js';
+import { exchangePath, putMemfd, type MemfdSink } from './fd-exchange.js';
 import { CompletionChannel, CompletionQueue } from './cq.js';
 import { atCaller, VerbsError } from './errors.js';
 import { allocShared } from './memory.js';
@@ -36,7 +37,7 @@ const PORT_EVENTS: ReadonlySet<number> = new Set([
 ]);
 
 /** An open device (struct ibv_context). */
-export class Context {
+export class Context implements MemfdSink {
   private closed = false;
   private nextUserHandle = 1n;
   /** QPs, CQs and SRQs by the user_handle events name them with; an object leaves when it is destroyed. */
@@ -47,7 +48,22 @@ export class Context {
     readonly device: Device,
     /** @internal */ readonly cmd: CommandChannel,
     private readonly events: EventStream,
+    /** the key naming this context on the daemon's descriptor exchange (SV_GET_CONTEXT_RESP) */
+    private readonly fdKey: number,
   ) {}
+
+  /**
+   * @internal hands a memfd of ours to the daemon for this context (PUT_MEMFD): the id the udata of the one command
+   * that maps it names it by. One round trip, made just before that command.
+   */
+  async putMemfd(fd: number, verb: string): Promise<number> {
+    this.cmd.ensureUp(verb);
+    try {
+      return await putMemfd(exchangePath(this.device.root, verb), this.fdKey, fd, verb);
+    } catch (e) {
+      throw e instanceof Error ? atCaller(e) : e;
+    }
+  }
 
   /** @internal a user_handle for a new QP, CQ or SRQ */
   register(o: Eventful): bigint {
@@ -186,10 +202,10 @@ export class Context {
   async createCq(cqe: number, channel: CompletionChannel | null = null, compVector = 0): Promise<CompletionQueue> {
     if (!Number.isInteger(cqe) || cqe < 1 || cqe > Limits.maxCqe) throw new VerbsError('ibv_create_cq', 'EINVAL', `cqe ${cqe} is not in 1..${Limits.maxCqe} (max_cqe)`);
     const l = cqLayout(cqe);
-    return withQueueMemory(l.bytes, 'ibv_create_cq', async (mem) => {
+    return withQueueMemory(this, l.bytes, 'ibv_create_cq', async (mem) => {
       const cq = new CompletionQueue(this, mem, l, channel);
       try {
-        const r = await this.command('ibv_create_cq', U.Spec.CREATE_CQ, { user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1 }, { memfd: mem.fd });
+        const r = await this.command('ibv_create_cq', U.Spec.CREATE_CQ, { user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1 }, { memfd_id: mem.id });
         cq.handle = r.cq_handle;
         cq.cqe = r.cqe;
         channel?.dependents.add(cq);

@@ -213,8 +213,8 @@ export class CompletionQueue {
   /** ibv_resize_cq */
   async resizeCq(cqe: number): Promise<void> {
     const l = cqLayout(cqe);
-    await withQueueMemory(l.bytes, 'ibv_resize_cq', async (mem) => {
-      const r = await this.context.command('ibv_resize_cq', U.Spec.RESIZE_CQ, { cq_handle: this.handle, cqe }, { memfd: mem.fd });
+    await withQueueMemory(this.context, l.bytes, 'ibv_resize_cq', async (mem) => {
+      const r = await this.context.command('ibv_resize_cq', U.Spec.RESIZE_CQ, { cq_handle: this.handle, cqe }, { memfd_id: mem.id });
       this.mem.free();
       this.mem = mem;
       this.ring = new CqRingConsumer(mem.mapping.buffer, l.slots);

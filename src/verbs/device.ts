@@ -114,9 +114,17 @@ export async function openDevice(dev: Device | string, root = defaultRoot()): Pr
   const ch = await CommandChannel.open(d.devPath);
   ch.daemonPid = d.daemonPid;
   try {
-    const resp = unpack(U.GET_CONTEXT_RESP, await ch.call('ibv_open_device', U.frame(U.Spec.GET_CONTEXT, {})));
+    // the core response, then the softverbs provider's: the key naming the context on the descriptor exchange
+    const core = layout(U.GET_CONTEXT_RESP).size;
+    const extra = layout(U.SV_GET_CONTEXT_RESP).size;
+    const body = await ch.call('ibv_open_device', U.frame(U.Spec.GET_CONTEXT, {}, undefined, extra));
+    if (body.length < core + extra) {
+      throw new VerbsError('ibv_open_device', 'ENOSYS', `softverbsd (pid ${d.daemonPid}) gives no descriptor exchange key: it is older than this library (restart it from this version)`);
+    }
+    const resp = unpack(U.GET_CONTEXT_RESP, body);
+    const { fd_key } = unpack(U.SV_GET_CONTEXT_RESP, body, core);
     const events = await EventStream.attach(d.devPath, U.SvCmd.ATTACH_ASYNC, resp.async_fd, layout(U.ASYNC_EVENT_DESC).size, 'ibv_open_device');
-    return new Context(d, ch, events);
+    return new Context(d, ch, events, fd_key);
   } catch (e) {
     ch.close();
     throw e;

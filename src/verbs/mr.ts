@@ -41,7 +41,7 @@ export class MemoryRegion {
   }
   /** ibv_rereg_mr (flags: ReregMrFlags). New keys come back, the old ones stop working. */
   async reregMr(flags: ReregMrFlags, opts: { pd?: ProtectionDomain; buf?: Uint8Array; access?: Access }): Promise<void> {
-    let udata = { memfd: 0, memfd_offset: 0n };
+    let udata = { memfd_id: 0, memfd_offset: 0n };
     let start = 0n;
     let len = 0n;
     if (opts.buf) {
@@ -49,7 +49,7 @@ export class MemoryRegion {
       if (!w) throw new VerbsError('ibv_rereg_mr', 'EINVAL', 'this Buffer is not shared memory');
       start = w.region.addr + BigInt(w.offset);
       len = BigInt(opts.buf.byteLength);
-      udata = { memfd: w.region.fd, memfd_offset: BigInt(w.offset) };
+      udata = { memfd_id: await this.pd.context.putMemfd(w.region.fd, 'ibv_rereg_mr'), memfd_offset: BigInt(w.offset) };
     }
     const r = await this.pd.context.command('ibv_rereg_mr', U.Spec.REREG_MR, {
       mr_handle: this.handle, flags, start, length: len, hca_va: start, pd_handle: opts.pd?.handle ?? this.pd.handle, access_flags: opts.access ?? this.access,

@@ -35,7 +35,8 @@ export class ProtectionDomain {
     if (!where) throw new VerbsError('ibv_reg_mr', 'EINVAL', 'this Buffer is not shared memory: get one from ctx.allocBuffer() or use pd.allocMr()');
     if (buf.byteLength === 0) throw new VerbsError('ibv_reg_mr', 'EINVAL', 'zero-length buffer');
     const addr = where.region.addr + BigInt(where.offset);
-    const r = await this.context.command('ibv_reg_mr', U.Spec.REG_MR, { start: addr, length: BigInt(buf.byteLength), hca_va: addr, pd_handle: this.handle, access_flags: access }, { memfd: where.region.fd, memfd_offset: BigInt(where.offset) });
+    const id = await this.context.putMemfd(where.region.fd, 'ibv_reg_mr');
+    const r = await this.context.command('ibv_reg_mr', U.Spec.REG_MR, { start: addr, length: BigInt(buf.byteLength), hca_va: addr, pd_handle: this.handle, access_flags: access }, { memfd_id: id, memfd_offset: BigInt(where.offset) });
     const mr = new MemoryRegion(this, r.mr_handle, r.lkey, r.rkey, addr, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), access);
     this.dependents.add(mr);
     return mr;
@@ -89,7 +90,7 @@ export class ProtectionDomain {
     };
     const l = qpLayout(want, !!init.srq);
     if (!l) throw new VerbsError('ibv_create_qp', 'EINVAL', 'a capability is over the device limit');
-    return withQueueMemory(l.bytes, 'ibv_create_qp', async (mem) => {
+    return withQueueMemory(this.context, l.bytes, 'ibv_create_qp', async (mem) => {
       const qp = new QueuePair(this, init, l.caps, mem.mapping, l.sq, l.rq);
       try {
         const r = await this.context.command('ibv_create_qp', U.Spec.CREATE_QP, {
@@ -97,7 +98,7 @@ export class ProtectionDomain {
           srq_handle: init.srq?.handle ?? 0, max_send_wr: want.maxSendWr, max_recv_wr: want.maxRecvWr, max_send_sge: want.maxSendSge,
           max_recv_sge: want.maxRecvSge, max_inline_data: want.maxInlineData, sq_sig_all: init.sqSigAll ? 1 : 0, qp_type: init.qpType,
           is_srq: init.srq ? 1 : 0,
-        }, { memfd: mem.fd });
+        }, { memfd_id: mem.id });
         qp.created(r.qp_handle, r.qpn);
         return qp;
       } catch (e) {
@@ -111,10 +112,10 @@ export class ProtectionDomain {
   async createSrq(attr: SrqAttr): Promise<SharedReceiveQueue> {
     const l = srqLayout(attr.maxWr, attr.maxSge);
     if (!l) throw new VerbsError('ibv_create_srq', 'EINVAL', `max_wr ${attr.maxWr} / max_sge ${attr.maxSge}`);
-    return withQueueMemory(l.bytes, 'ibv_create_srq', async (mem) => {
+    return withQueueMemory(this.context, l.bytes, 'ibv_create_srq', async (mem) => {
       const srq = new SharedReceiveQueue(this, mem.mapping, l, attr.maxSge);
       try {
-        const r = await this.context.command('ibv_create_srq', U.Spec.CREATE_SRQ, { user_handle: srq.userHandle, pd_handle: this.handle, max_wr: attr.maxWr, max_sge: attr.maxSge, srq_limit: attr.srqLimit ?? 0 }, { memfd: mem.fd });
+        const r = await this.context.command('ibv_create_srq', U.Spec.CREATE_SRQ, { user_handle: srq.userHandle, pd_handle: this.handle, max_wr: attr.maxWr, max_sge: attr.maxSge, srq_limit: attr.srqLimit ?? 0 }, { memfd_id: mem.id });
         srq.handle = r.srq_handle;
         srq.srqNum = r.srqn;
         this.dependents.add(srq);

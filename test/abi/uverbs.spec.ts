@@ -92,10 +92,16 @@ const expected: Array<[StructDef, number, Record<string, number>]> = [
   [U.DESTROY_SRQ_RESP, 4, { events_reported: 0 }],
   [U.ASYNC_EVENT_DESC, 16, { element: 0, event_type: 8, reserved: 12 }],
   [U.COMP_EVENT_DESC, 8, { cq_handle: 0 }],
+  // the softverbs provider's own (the preload library's struct fd_req / fd_resp have these layouts too)
+  [U.SV_GET_CONTEXT_RESP, 8, { fd_key: 0, reserved: 4 }],
+  [U.SV_REG_MR, 16, { memfd_id: 0, reserved: 4, memfd_offset: 8 }],
+  [U.SV_QUEUE, 8, { memfd_id: 0, reserved: 4 }],
+  [U.SV_FD_REQ, 16, { op: 0, token: 4, arg: 8 }],
+  [U.SV_FD_RESP, 32, { status: 0, text_len: 4, size: 8, offset: 16, id: 24, reserved: 28 }],
 ];
 
 for (const [def, size, offsets] of expected) {
-  test(`${def.name}: sizeof ${size} and every field offset as in ib_user_verbs.h`, () => {
+  test(`${def.name}: sizeof ${size} and every field offset as in ${def.name.startsWith('sv_') ? 'softverbs\'s ABI (and preload.c)' : 'ib_user_verbs.h'}`, () => {
     const l = layout(def);
     assert.equal(l.size, size);
     assert.deepEqual(l.fields.map((f) => f.name), Object.keys(offsets), 'field order');
@@ -121,7 +127,7 @@ test('encode/decode round-trips every field, little-endian', () => {
   assert.equal(b.readBigUInt64LE(0), 0x1122334455667788n);
   assert.equal(b.readInt32LE(24), -1);
   assert.deepEqual(unpack(U.CREATE_CQ, b), v);
-  const f = U.frame(U.Spec.REG_MR, { start: 4096n, length: 8192n, hca_va: 4096n, pd_handle: 3, access_flags: 7 }, { memfd: 9, memfd_offset: 0n });
+  const f = U.frame(U.Spec.REG_MR, { start: 4096n, length: 8192n, hca_va: 4096n, pd_handle: 3, access_flags: 7 }, { memfd_id: 9, memfd_offset: 0n });
   assert.equal(f.readUInt32LE(0), U.Cmd.REG_MR);
   assert.equal(f.readUInt16LE(4) * 4, f.length);
   assert.equal(f.length, 8 + 40 + 16);

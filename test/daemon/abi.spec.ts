@@ -9,9 +9,10 @@ import { after, before, describe, test } from 'node:test';
 import { constants } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { layout } from '../../src/abi/layout.js';
+import { layout, unpack } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
 import { allocShared } from '../../src/verbs/memory.js';
+import { exchangePath, putMemfd } from '../../src/verbs/fd-exchange.js';
 import { xorshift32 } from '../../src/common/rng.js';
 import { Access, getDeviceList, openDevice, QpType, ReregMrFlags, SrqAttrMask, WrOpcode, SendFlags } from '../../src/verbs/index.js';
 import { assertServing, connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
@@ -70,12 +71,16 @@ class Raw {
   }
 }
 
-async function ctxRaw(): Promise<Raw> {
+/** A raw connection with its context; `key` names the context on the descriptor exchange. */
+async function ctxRaw(): Promise<Raw & { key: number }> {
   const r = await Raw.open();
-  const g = await r.cmd(U.Cmd.GET_CONTEXT);
+  const g = await r.send(U.frame(U.Spec.GET_CONTEXT, {}, undefined, layout(U.SV_GET_CONTEXT_RESP).size));
   assert.equal(g!.status, 0);
-  return r;
+  return Object.assign(r, { key: unpack(U.SV_GET_CONTEXT_RESP, g!.body, layout(U.GET_CONTEXT_RESP).size).fd_key });
 }
+
+/** Hands a memfd to the context `r` holds (PUT_MEMFD): its id. */
+const put = (r: { key: number }, fd: number) => putMemfd(exchangePath(d.root, 'test'), r.key, fd, 'test');
 
 function hdr(cmd: number, inWords: number, outWords: number, total = inWords * 4): Buffer {
   const b = Buffer.alloc(Math.max(total, 8));
@@ -224,19 +229,23 @@ describe('malformed frames get the kernel errno and the daemon keeps serving', (
     r.close();
   });
 
-  test('REG_MR lengths and addr+length that overflow, bad access and a fd that is not a memfd', async () => {
+  test('REG_MR lengths and addr+length that overflow, bad access, a memfd id the context does not hold, a span past the memfd', async () => {
     const r = await ctxRaw();
     const pd = (await r.cmd(U.Cmd.ALLOC_PD))!.body.readUInt32LE(0);
-    const reg = (req: Record<string, any>, u: Record<string, any> = { memfd: 0, memfd_offset: 0n }) => r.cmd(U.Cmd.REG_MR, { pd_handle: pd, access_flags: Access.LOCAL_WRITE, ...req }, u);
+    const reg = (req: Record<string, any>, u: Record<string, any> = { memfd_id: 0, memfd_offset: 0n }) => r.cmd(U.Cmd.REG_MR, { pd_handle: pd, access_flags: Access.LOCAL_WRITE, ...req }, u);
     assert.equal((await reg({ start: 0xfffffffffffff000n, length: 0x2000n, hca_va: 0xfffffffffffff000n }))!.status, -E.EINVAL);
     assert.equal((await reg({ start: 0x1000n, length: 0n, hca_va: 0x1000n }))!.status, -E.EINVAL);
     assert.equal((await reg({ start: 0x1000n, length: 0xffffffffffffn, hca_va: 0x1000n }))!.status, -E.EINVAL);
     assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n, access_flags: Access.REMOTE_WRITE }))!.status, -E.EINVAL, 'REMOTE_WRITE without LOCAL_WRITE');
-    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd: 0, memfd_offset: 0n }))!.status, -E.EINVAL, 'stdin is not a memfd');
-    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd: 999, memfd_offset: 0n }))!.status, -E.EBADF);
-    const { region } = allocShared(4096);
-    assert.equal((await reg({ start: region.addr, length: 8192n, hca_va: region.addr }, { memfd: region.fd, memfd_offset: 0n }))!.status, -E.EFAULT, 'past the memfd end');
-    assert.equal((await reg({ start: region.addr, length: 4096n, hca_va: region.addr }, { memfd: region.fd, memfd_offset: 0n }))!.status, 0);
+    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd_id: 0, memfd_offset: 0n }))!.status, -E.EBADF, 'id 0 is no memfd');
+    assert.equal((await reg({ start: 0x1000n, length: 0x1000n, hca_va: 0x1000n }, { memfd_id: 999, memfd_offset: 0n }))!.status, -E.EBADF);
+    const { buf, region } = allocShared(4096); // buf kept: its memfd lives as long as it does
+    assert.equal((await reg({ start: region.addr, length: 4096n, hca_va: region.addr }, { memfd_id: region.fd, memfd_offset: 0n }))!.status, -E.EBADF, 'a descriptor number of ours names nothing');
+    assert.equal((await reg({ start: region.addr, length: 8192n, hca_va: region.addr }, { memfd_id: await put(r, region.fd), memfd_offset: 0n }))!.status, -E.EFAULT, 'past the memfd end');
+    const id = await put(r, region.fd);
+    assert.equal((await reg({ start: region.addr, length: 4096n, hca_va: region.addr }, { memfd_id: id, memfd_offset: 0n }))!.status, 0);
+    assert.equal((await reg({ start: region.addr, length: 4096n, hca_va: region.addr }, { memfd_id: id, memfd_offset: 0n }))!.status, -E.EBADF, 'an id maps once');
+    assert.equal(buf.length, 4096);
     const u = U.frame(U.Spec.REG_MR, { pd_handle: pd, start: 0n, length: 1n, hca_va: 0n, access_flags: 1 });
     assert.equal((await r.send(u))!.status, -E.EINVAL, 'missing provider udata');
     r.close();
@@ -248,7 +257,9 @@ describe('fuzz', () => {
   test(`${TOTAL.toLocaleString('en-US')} random and mutated frames (seed ${process.env.FUZZ_SEED ?? '0x5eed'}); afterwards a normal client works and the tracker holds nothing of ours`, async (t) => {
     const rand = xorshift32(Number(process.env.FUZZ_SEED ?? 0x5eed)); // FUZZ_SEED=n reruns it with another seed
     const ri = (n: number) => Math.floor(rand() * n);
-    const mem = allocShared(1 << 16).region;
+    // the Buffer is kept to the end: once it is collected, its memfd is closed (and its number reused)
+    const { buf: memBuf, region: mem } = allocShared(1 << 16);
+    const HELD = 8;
     // a corpus of valid frames, each then mutated
     const corpus: Buffer[] = [];
     for (const spec of U.COMMANDS.values()) {
@@ -259,13 +270,15 @@ describe('fuzz', () => {
       req.length = 4096n;
       req.cqe = 16;
       req.port_num = 1;
-      corpus.push(U.frame(spec, req, (spec.udata ? { memfd: mem.fd, memfd_offset: 0n } : undefined) as never));
+      // each batch's context holds memfds under ids 1..HELD (handed over below), so these name live ones
+      corpus.push(U.frame(spec, req, (spec.udata ? { memfd_id: 1 + ri(HELD), memfd_offset: 0n } : undefined) as never));
     }
     let sent = 0;
     let replies = 0;
     let closes = 0;
     while (sent < TOTAL) {
       const r = await ctxRaw();
+      for (let i = 0; i < HELD; i++) await put(r, mem.fd);
       const batch: Promise<unknown>[] = [];
       for (let i = 0; i < 500 && sent < TOTAL; i++, sent++) {
         let f: Buffer;
@@ -309,5 +322,6 @@ describe('fuzz', () => {
     const rows = await mgmt(devPath, 'restrack');
     assert.deepEqual(rows.filter((x: { pid: number }) => x.pid === process.pid), []);
     assert.equal((await mgmt(devPath, 'pinned'))[process.pid], undefined, 'no pinned pages left');
+    assert.equal(memBuf.length, 1 << 16);
   });
 });

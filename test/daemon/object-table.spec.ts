@@ -1,13 +1,13 @@
 /**
  * The daemon's object table, through a real Context on a real SoftDevice
  * (commands framed as the library frames them, rings and MRs in memfds of
- * this process): teardown releases every type before what it holds, each
+ * this process, held by the context as the descriptor exchange's PUT_MEMFD holds them): teardown releases every type before what it holds, each
  * type's device limit is EINVAL at the max QUERY_DEVICE advertises, and the
  * restrack rows keep their fields.
  */
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync } from 'node:fs';
-import { after, describe, test } from 'node:test';
+import { ftruncateSync } from 'node:fs';
+import { describe, test } from 'node:test';
 import { Access, QpType } from '../../src/abi/enums.js';
 import { layout, unpack, type Input, type StructDef } from '../../src/abi/layout.js';
 import * as U from '../../src/abi/uverbs.js';
@@ -23,15 +23,13 @@ import { memfdCreate } from '../../src/native/libc.js';
 /** Not root (root is exempt from the quotas), not anyone's uid either. */
 const UID = 54321;
 
-const fds: number[] = [];
-after(() => fds.forEach((fd) => closeSync(fd)));
+const MEMFD_SIZE = 1 << 20;
 
-/** A memfd of this process for one ring or MR (the Context maps it through /proc/<our pid>/fd). */
-function memfd(): number {
+/** A memfd of this process for one ring or MR, handed to the context (as PUT_MEMFD does): its id, for the udata. */
+function memfd(ctx: Context): number {
   const fd = memfdCreate('object-table-spec');
-  ftruncateSync(fd, 1 << 20);
-  fds.push(fd);
-  return fd;
+  ftruncateSync(fd, MEMFD_SIZE);
+  return ctx.holdMemfd(fd, MEMFD_SIZE);
 }
 
 function harness(opts: { maxQpn?: number; exempt?: boolean; objects?: number } = {}) {
@@ -71,16 +69,16 @@ const MAKE: Record<ObjType, (ctx: Context, m: Made) => number> = {
     return [...ctx.handles].find(([, e]) => e.type === 'comp_channel' && e.obj.token === token)![0];
   },
   pd: (ctx) => run(ctx, U.Spec.ALLOC_PD, {}).pd_handle,
-  cq: (ctx, m) => run(ctx, U.Spec.CREATE_CQ, { user_handle: 1n, cqe: 16, comp_vector: 0, comp_channel: m.channel }, { memfd: memfd() }).cq_handle,
-  srq: (ctx, m) => run(ctx, U.Spec.CREATE_SRQ, { user_handle: 2n, pd_handle: m.pd, max_wr: 16, max_sge: 1, srq_limit: 0 }, { memfd: memfd() }).srq_handle,
+  cq: (ctx, m) => run(ctx, U.Spec.CREATE_CQ, { user_handle: 1n, cqe: 16, comp_vector: 0, comp_channel: m.channel }, { memfd_id: memfd(ctx) }).cq_handle,
+  srq: (ctx, m) => run(ctx, U.Spec.CREATE_SRQ, { user_handle: 2n, pd_handle: m.pd, max_wr: 16, max_sge: 1, srq_limit: 0 }, { memfd_id: memfd(ctx) }).srq_handle,
   mr: (ctx, m) =>
-    run(ctx, U.Spec.REG_MR, { start: 0x10000n, length: 4096n, hca_va: 0x10000n, pd_handle: m.pd, access_flags: Access.LOCAL_WRITE | Access.REMOTE_WRITE }, { memfd: memfd(), memfd_offset: 0n }).mr_handle,
+    run(ctx, U.Spec.REG_MR, { start: 0x10000n, length: 4096n, hca_va: 0x10000n, pd_handle: m.pd, access_flags: Access.LOCAL_WRITE | Access.REMOTE_WRITE }, { memfd_id: memfd(ctx), memfd_offset: 0n }).mr_handle,
   ah: (ctx, m) => run(ctx, U.Spec.CREATE_AH, { pd_handle: m.pd, attr: { is_global: 1, port_num: 1, grh: { dgid: new Uint8Array(16), sgid_index: 0, hop_limit: 64 } } }).ah_handle,
   qp: (ctx, m) =>
     run(ctx, U.Spec.CREATE_QP, {
       user_handle: 3n, pd_handle: m.pd, send_cq_handle: m.cq, recv_cq_handle: m.cq, srq_handle: m.srq, is_srq: 1,
       max_send_wr: 4, max_recv_wr: 0, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0, qp_type: QpType.RC,
-    }, { memfd: memfd() }).qp_handle,
+    }, { memfd_id: memfd(ctx) }).qp_handle,
 };
 
 /** One object of every type, each holding what it can (the QP its PD, CQ and SRQ; the CQ a channel). */
@@ -140,6 +138,8 @@ describe('the object table', () => {
     assert.equal(ctx.host.pinned.pinned(process.pid), 0, 'the MR pages are unpinned');
     quotas.check(UID, 'objects', OBJ_TYPES.length);
     quotas.check(UID, 'memory', DEFAULT_USER_LIMITS.memory);
+    assert.equal(quotas.held(UID, 'memfds'), 0, 'each memfd was consumed by the command that mapped it');
+    assert.equal(quotas.held(UID, 'mappings'), 0, 'and its mapping went with its object');
     assert.deepEqual(dropped.sort((a, b) => a - b), [ctx.asyncToken, channelToken].sort((a, b) => a - b), 'the channel and async tokens are dropped');
   });
 
@@ -164,6 +164,7 @@ describe('the object table', () => {
       while ((dev.objCount[t] ?? 0) < max) MAKE[t](ctx, m);
       assert.throws(() => MAKE[t](ctx, m), (e: CmdError) => e.errno === -E.EINVAL && e.message === `${t.toUpperCase()}: the device's max_${t} ${max} is reached`);
       assert.equal(hits.at(-1), `max_${t}`, 'the limit hit is reported');
+      assert.equal(ctx.heldMemfds, 0, `the refused ${t} consumed the memfd it named all the same`);
     }
   });
 

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,9 +13,11 @@ import { after, before, describe, test } from 'node:test';
 import { NotifySocket } from '../fixtures/notify.js';
 import { DAEMON, DIST, freePort, IS_ROOT, loopbackAddrs, runProcess, spawnPeer, startDaemon, testUser } from '../helpers.js';
 import { Access, getDeviceList, openDevice, QpAttrMask as A, QpState, QpType } from '../../src/verbs/index.js';
+import { preloadProblem } from '../../src/tools/exec.js';
 
 const UNIT = join(DIST, '..', 'contrib', 'softverbsd.service');
 const HAVE_SYSTEMD = spawnSync('systemd-analyze', ['--version']).status === 0;
+const C_PINGPONG = '/usr/bin/ibv_rc_pingpong';
 
 function canConnect(path: string): Promise<string | null> {
   return new Promise((resolve) => {
@@ -46,30 +48,74 @@ describe('the systemd unit', () => {
     }
   });
 
-  test('the unit\'s CapabilityBoundingSet is enough: the raw wire, another user\'s memory registration, GROUP from the rules', { skip: IS_ROOT ? false : 'needs root' }, async () => {
-    const caps = /^CapabilityBoundingSet=(.*)$/m.exec(readFileSync(UNIT, 'utf8'))![1]!.split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
-    const user = testUser('svtest-svc');
-    const group = testUser('svtest-svcgrp');
-    const dir = mkdtempSync(join(tmpdir(), 'softverbs-caps-'));
-    chmodSync(dir, 0o755);
+  /** The unit's capability bounding set, as setpriv and /proc name capabilities (net_raw, chown). */
+  const unitCaps = () => /^CapabilityBoundingSet=(.*)$/m.exec(readFileSync(UNIT, 'utf8'))![1]!.split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
+  /** The bits of capability names in a /proc/PID/status Cap* mask. */
+  const CAP_BITS: Record<string, number> = { chown: 0, dac_override: 1, dac_read_search: 2, net_raw: 13, sys_ptrace: 19 };
+
+  /**
+   * softverbsd as root with exactly the unit's capabilities (its bounding set; nothing inherited, so nothing else is
+   * permitted or effective: checked in /proc), rxe0 and rxe1, and device files in GROUP `group` from the rules.
+   */
+  async function cappedDaemon(dir: string, group: number) {
+    const caps = unitCaps();
     const rules = join(dir, 'rules');
-    writeFileSync(rules, `KERNEL=="uverbs*", MODE="0666", GROUP="${group.gid}"\n`);
+    writeFileSync(rules, `KERNEL=="uverbs*", MODE="0666", GROUP="${group}"\n`);
     const [a1, a2] = loopbackAddrs(2) as [string, string];
     const d = await startDaemon(['--device', `rxe0=${a1}`, '--device', `rxe1=${a2}`, '--rules', rules], {
       root: join(dir, 'root'),
       wrapper: ['setpriv', '--bounding-set', `-all,${caps.map((c) => `+${c}`).join(',')}`, '--inh-caps', '-all', '--'],
     });
+    const want = caps.reduce((m, c) => m | (1n << BigInt(CAP_BITS[c]!)), 0n);
+    const status = readFileSync(`/proc/${d.proc.pid}/status`, 'utf8');
+    for (const f of ['CapEff', 'CapPrm', 'CapBnd']) assert.equal(BigInt(`0x${new RegExp(`^${f}:\\s*([0-9a-f]+)$`, 'm').exec(status)![1]}`), want, `${f} of the daemon`);
+    return d;
+  }
+
+  /** A pingpong pair of `user` on rxe0 and rxe1 of `d` (`argv` the tool): both exit 0, having exchanged 50 messages. */
+  async function pingpong(d: { root: string }, user: ReturnType<typeof testUser>, argv: string[]): Promise<void> {
+    const port = await freePort();
+    const env = { ...process.env, SOFTVERBS_ROOT: d.root };
+    const server = runProcess('setpriv', [...user.as.slice(1), ...argv, '-d', 'rxe0', '-g', '0', '-p', String(port), '-n', '50'], env);
+    await new Promise((r) => setTimeout(r, 500));
+    const client = await runProcess('setpriv', [...user.as.slice(1), ...argv, '-d', 'rxe1', '-g', '0', '-p', String(port), '-n', '50', '127.0.0.1'], env);
+    const s = await server;
+    assert.equal(client.code, 0, client.out);
+    assert.equal(s.code, 0, s.out);
+    for (const r of [client, s]) assert.match(r.out, /409600 bytes in [\d.]+ seconds/);
+  }
+
+  test('the unit keeps nothing over other users\' processes: CAP_NET_RAW and CAP_CHOWN only (memfds and /proc/self/mem come over the descriptor exchange)', () => {
+    assert.deepEqual(unitCaps().sort(), ['chown', 'net_raw']);
+  });
+
+  test('the unit\'s CapabilityBoundingSet is enough: the raw wire, another user\'s memory registration, GROUP from the rules', { skip: IS_ROOT ? false : 'needs root' }, async () => {
+    const user = testUser('svtest-svc');
+    const group = testUser('svtest-svcgrp');
+    const dir = mkdtempSync(join(tmpdir(), 'softverbs-caps-'));
+    chmodSync(dir, 0o755);
+    const d = await cappedDaemon(dir, group.gid);
     try {
       assert.match(d.stderr(), /rxe0: uverbs0 on .* through a raw socket/);
       assert.equal(statSync(join(d.root, 'dev', 'infiniband', 'uverbs0')).gid, group.gid);
-      const port = await freePort();
-      const env = { ...process.env, SOFTVERBS_ROOT: d.root };
-      const tool = join(DIST, 'src', 'bin', 'ibv_rc_pingpong.js');
-      const server = runProcess('setpriv', [...user.as.slice(1), process.execPath, tool, '-d', 'rxe0', '-g', '0', '-p', String(port), '-n', '50'], env);
-      await new Promise((r) => setTimeout(r, 500));
-      const client = await runProcess('setpriv', [...user.as.slice(1), process.execPath, tool, '-d', 'rxe1', '-g', '0', '-p', String(port), '-n', '50', '127.0.0.1'], env);
-      assert.equal(client.code, 0, client.out);
-      assert.equal((await server).code, 0);
+      await pingpong(d, user, [process.execPath, join(DIST, 'src', 'bin', 'ibv_rc_pingpong.js')]);
+    } finally {
+      await d.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the unit\'s capabilities serve a C program of another user too: rdma-core\'s ibv_rc_pingpong pair through softverbs exec', { skip: !IS_ROOT ? 'needs root' : !existsSync(C_PINGPONG) ? `${C_PINGPONG} is not installed (apt-get install ibverbs-utils)` : false }, async () => {
+    const b = spawnSync(process.execPath, [join(DIST, '..', 'native', 'build.mjs')], { encoding: 'utf8' });
+    assert.equal(b.status, 0, b.stderr);
+    assert.equal(preloadProblem(), null);
+    const user = testUser('svtest-alice');
+    const dir = mkdtempSync(join(tmpdir(), 'softverbs-caps-'));
+    chmodSync(dir, 0o755);
+    const d = await cappedDaemon(dir, user.gid);
+    try {
+      await pingpong(d, user, [process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', C_PINGPONG]);
+      assert.match(d.stderr(), new RegExp(`rxe0: pid \\d+ \\(ibv_rc_pingpong, uid ${user.uid}\\) opened the device \\(rxe provider ABI, through the preload library\\)`));
     } finally {
       await d.stop();
       rmSync(dir, { recursive: true, force: true });

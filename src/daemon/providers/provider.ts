@@ -74,4 +74,6 @@ export interface Provider {
   ahUdata(handle: number): Buffer;
   /** A mapping the provider made is going (its queue was destroyed). */
   unmapped?(ctx: Context, m: Mapping): void;
+  /** The held memfd (PUT_MEMFD id) a command's decoded udata names, which the command consumes whatever its outcome; 0: none. */
+  memfdOf?(udata: object): number;
 }

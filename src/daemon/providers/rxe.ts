@@ -5,7 +5,7 @@
  * abi/rxe.ts, answers the create commands with its `mminfo`, and hands
  * the memfd over when the client mmap()s the device file at that offset
  * (fd-exchange.ts). Registered memory is the program's own, reached
- * through its /proc/<pid>/mem.
+ * through the /proc/self/mem it hands over (its /proc/self/maps with it).
  */
 import { ftruncateSync } from 'node:fs';
 import { Access } from '../../abi/enums.js';
@@ -14,13 +14,12 @@ import { MMINFO, RXE_CREATE_AH_RESP, RXE_MODIFY_SRQ_CMD, rxeAhNum, rxeCqLayout, 
 import { RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../abi/rxe-rings.js';
 import { E, fail } from '../../common/errno.js';
 import { ProcMemory } from '../../hca/mr-memory.js';
-import { addSeals, closeFd, F_SEAL_GROW, F_SEAL_SHRINK, mapShared, memfdCreate, type Mapping } from '../../native/libc.js';
+import { addSeals, closeFd, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, mapShared, memfdCreate, type Mapping } from '../../native/libc.js';
 import type { Context } from '../context.js';
 import { checkMapped } from '../proc-maps.js';
 import type { Provider } from './provider.js';
 
 const PAGE = 4096;
-const F_SEAL_SEAL = 1;
 
 /** One queue of a memfd: the daemon's mapping of it, and the mminfo that names it to the client. */
 interface Queue {
@@ -110,7 +109,7 @@ export const rxeProvider: Provider = {
   },
   mr(ctx, start, length, access) {
     if (ctx.memFd < 0) fail(E.EFAULT, 'REG_MR: the program has not handed its memory to the daemon (is the preload library loaded?)');
-    checkMapped(ctx.pid, start, length, (access & (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_ATOMIC)) !== 0);
+    checkMapped(ctx.mapsFd, ctx.pid, start, length, (access & (Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_ATOMIC)) !== 0);
     return { mem: new ProcMemory(ctx.memFd, Number(start)), mapping: null };
   },
   // the kernel's rxe hands out a nonzero AH index that UD WQEs carry (rxe-rings.ts reads it back to the handle)
