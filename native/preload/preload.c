@@ -671,6 +671,9 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		memcpy(&qp, b + 16, 4);
 		if (qp < READY_HANDLES && d->ready[qp])
 			return doorbell(d, fd, &env, b, len, response, room);
+		/* one that waits asks for the answer, whatever room the program gave (the daemon answers a doorbell only then) */
+		if (!env.out_words)
+			env.out_words = 1;
 	}
 	if (h.command == CMD_MODIFY_QP || h.command == CMD_EX_MODIFY_QP || h.command == CMD_DESTROY_QP)
 		memset(d->ready, 0, sizeof(d->ready));
