@@ -19,6 +19,9 @@
  *    its place as a real descriptor.
  *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
  *    EINVAL; close(), or dup2()/dup3() over it, forgets the descriptor.
+ *  - the completion and async events the program reads are counted per CQ, QP
+ *    and SRQ, and DESTROY_CQ/QP/SRQ answer with those counts, as the kernel's do
+ *    (the daemon knows what it sent, not what was read).
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
@@ -48,8 +51,14 @@
 #define CMD_CREATE_COMP_CHANNEL 17
 #define CMD_CREATE_CQ 18
 #define CMD_DESTROY_CQ 20
+#define CMD_CREATE_QP 24
+#define CMD_DESTROY_QP 27
+#define CMD_CREATE_SRQ 29
+#define CMD_DESTROY_SRQ 31
+#define CMD_CREATE_XSRQ 39
 #define CMD_FLAG_EXTENDED 0x80000000u
 #define CMD_EX_CREATE_CQ (CMD_FLAG_EXTENDED | CMD_CREATE_CQ)
+#define CMD_EX_CREATE_QP (CMD_FLAG_EXTENDED | CMD_CREATE_QP)
 /* comp_channel's offset in CREATE_CQ's request and in EX_CREATE_CQ's (after the headers, as written) */
 #define CREATE_CQ_CHANNEL_AT 32
 #define EX_CREATE_CQ_CHANNEL_AT 40
@@ -81,21 +90,28 @@ static struct dev_fd *fds[MAX_FDS];
 /* a completion channel's descriptor → the daemon's token for it (CREATE_CQ names the channel by descriptor) */
 static uint32_t chan_token[MAX_FDS];
 
+/* an async event stream's descriptor → 1 + the device file's descriptor whose context it reports for */
+static int async_of[MAX_FDS];
+
 /*
- * The completion events the program has read, per CQ. The kernel's DESTROY_CQ reports the events its
- * caller read (those still queued go with the CQ), and ibv_destroy_cq waits until that many are acked;
- * the daemon can only count the events it sent, some of which may still sit unread in the channel's
- * socket. So the count is kept here, where the events are read, and put in DESTROY_CQ's answer.
+ * The events the program has read, per CQ, QP and SRQ. The kernel counts an event when its program reads
+ * it: DESTROY_CQ, DESTROY_QP and DESTROY_SRQ report those (events still queued go with the object), and
+ * libibverbs then waits until that many are acked. The daemon can only count the events it sent, some of
+ * which may still sit unread in a socket (perftest never reads its async fd: an unread COMM_EST made its
+ * ibv_destroy_qp wait forever). So the counts are kept here, where the events are read, and put in the
+ * DESTROY answers.
  */
-struct cq_events {
+enum obj_kind { OBJ_CQ, OBJ_QP, OBJ_SRQ };
+struct counted {
 	int dev_fd;
+	enum obj_kind kind;
 	uint32_t handle;
 	uint64_t user_handle;
-	uint32_t read;
+	uint32_t comp_read, async_read;
 };
-static struct cq_events *cqs;
-static size_t ncqs, cqs_room;
-static pthread_mutex_t cqs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct counted *objs;
+static size_t nobjs, objs_room;
+static pthread_mutex_t objs_lock = PTHREAD_MUTEX_INITIALIZER;
 static char root[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -372,7 +388,7 @@ fail:
 }
 
 /* GET_CONTEXT answered: the daemon gets our memory (/proc/self/mem), then the async event stream becomes ours */
-static int context_made(struct dev_fd *d, void *resp)
+static int context_made(struct dev_fd *d, int fd, void *resp)
 {
 	/* ib_uverbs_get_context_resp.async_fd: the daemon's token for the context */
 	uint32_t token;
@@ -389,6 +405,8 @@ static int context_made(struct dev_fd *d, void *resp)
 		return -1;
 	if ((afd = attach(d->path, SV_ATTACH_ASYNC, token)) < 0)
 		return -1;
+	if (afd < MAX_FDS)
+		async_of[afd] = fd + 1;
 	memcpy(resp, &afd, 4);
 	return 0;
 }
@@ -411,51 +429,94 @@ static int channel_made(struct dev_fd *d, void *resp)
 	return 0;
 }
 
-/* a CQ made (CREATE_CQ or EX_CREATE_CQ answered): its events are counted from now on */
-static void cq_made(int dev_fd, uint32_t handle, uint64_t user_handle)
+/* a CQ, QP or SRQ made (its create command answered): its events are counted from now on */
+static void obj_made(int dev_fd, enum obj_kind kind, uint32_t handle, uint64_t user_handle)
 {
-	pthread_mutex_lock(&cqs_lock);
-	if (ncqs == cqs_room) {
-		size_t room = cqs_room ? cqs_room * 2 : 16;
-		struct cq_events *n = realloc(cqs, room * sizeof(*n));
+	pthread_mutex_lock(&objs_lock);
+	if (nobjs == objs_room) {
+		size_t room = objs_room ? objs_room * 2 : 16;
+		struct counted *n = realloc(objs, room * sizeof(*n));
 		if (!n)
-			goto out; /* uncounted: its DESTROY_CQ keeps the daemon's count */
-		cqs = n;
-		cqs_room = room;
+			goto out; /* uncounted: its DESTROY keeps the daemon's count */
+		objs = n;
+		objs_room = room;
 	}
-	cqs[ncqs++] = (struct cq_events){ dev_fd, handle, user_handle, 0 };
+	objs[nobjs++] = (struct counted){ dev_fd, kind, handle, user_handle, 0, 0 };
 out:
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
 }
 
-/* DESTROY_CQ answered: the events its program read replace the daemon's count of those sent */
-static void cq_destroyed(int dev_fd, uint32_t handle, uint32_t *reported)
+/*
+ * Its DESTROY answered: the events the program read replace the daemon's counts of those sent (`comp` is
+ * NULL but for a CQ, whose answer has both)
+ */
+static void obj_destroyed(int dev_fd, enum obj_kind kind, uint32_t handle, uint32_t *comp, uint32_t *async)
 {
-	pthread_mutex_lock(&cqs_lock);
-	for (size_t i = 0; i < ncqs; i++) {
-		if (cqs[i].dev_fd != dev_fd || cqs[i].handle != handle)
+	pthread_mutex_lock(&objs_lock);
+	for (size_t i = 0; i < nobjs; i++) {
+		if (objs[i].dev_fd != dev_fd || objs[i].kind != kind || objs[i].handle != handle)
 			continue;
-		*reported = cqs[i].read;
-		cqs[i] = cqs[--ncqs];
+		if (comp)
+			*comp = objs[i].comp_read;
+		if (async)
+			*async = objs[i].async_read;
+		objs[i] = objs[--nobjs];
 		break;
 	}
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
+}
+
+/* a device file closed: what its objects were goes with it (the daemon destroys them) */
+static void objs_forget(int dev_fd)
+{
+	pthread_mutex_lock(&objs_lock);
+	for (size_t i = 0; i < nobjs;)
+		if (objs[i].dev_fd == dev_fd)
+			objs[i] = objs[--nobjs];
+		else
+			i++;
+	pthread_mutex_unlock(&objs_lock);
 }
 
 /* n bytes of ib_uverbs_comp_event_desc records (a u64 cq_handle each: the CQ's user_handle) were read */
-static void events_read(const uint8_t *b, size_t n)
+static void comp_events_read(const uint8_t *b, size_t n)
 {
-	pthread_mutex_lock(&cqs_lock);
+	pthread_mutex_lock(&objs_lock);
 	for (size_t at = 0; at + 8 <= n; at += 8) {
 		uint64_t uh;
 		memcpy(&uh, b + at, 8);
-		for (size_t i = 0; i < ncqs; i++)
-			if (cqs[i].user_handle == uh) {
-				cqs[i].read++;
+		for (size_t i = 0; i < nobjs; i++)
+			if (objs[i].kind == OBJ_CQ && objs[i].user_handle == uh) {
+				objs[i].comp_read++;
 				break;
 			}
 	}
-	pthread_mutex_unlock(&cqs_lock);
+	pthread_mutex_unlock(&objs_lock);
+}
+
+/*
+ * n bytes of ib_uverbs_async_event_desc records (u64 element, u32 event_type, u32 reserved) were read from
+ * the async stream of device file dev_fd: an event of a CQ, QP or SRQ names it by its user_handle
+ */
+static void async_events_read(int dev_fd, const uint8_t *b, size_t n)
+{
+	pthread_mutex_lock(&objs_lock);
+	for (size_t at = 0; at + 16 <= n; at += 16) {
+		uint64_t element;
+		uint32_t type;
+		int kind;
+		memcpy(&element, b + at, 8);
+		memcpy(&type, b + at + 8, 4);
+		/* enum ib_event_type: CQ_ERR 0; QP_FATAL to PATH_MIG_ERR 1-7, QP_LAST_WQE_REACHED 16; SRQ_ERR 14,
+		 * SRQ_LIMIT_REACHED 15; the rest are the port's or the device's */
+		kind = type == 0 ? OBJ_CQ : (type <= 7 || type == 16) ? OBJ_QP : (type == 14 || type == 15) ? OBJ_SRQ : -1;
+		for (size_t i = 0; kind >= 0 && i < nobjs; i++)
+			if (objs[i].dev_fd == dev_fd && (int)objs[i].kind == kind && objs[i].user_handle == element) {
+				objs[i].async_read++;
+				break;
+			}
+	}
+	pthread_mutex_unlock(&objs_lock);
 }
 
 /*
@@ -536,24 +597,38 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 			fprintf(stderr, "softverbs: command 0x%x: %s%s%s\n", h.command, strerror(-r.status), *why ? ": " : "", why);
 		return errno = -r.status, -1;
 	}
-	if (h.command == CMD_GET_CONTEXT && room >= 4 && context_made(d, (void *)(uintptr_t)response))
+	if (h.command == CMD_GET_CONTEXT && room >= 4 && context_made(d, fd, (void *)(uintptr_t)response))
 		return -1;
 	if (h.command == CMD_CREATE_COMP_CHANNEL && room >= 4 && channel_made(d, (void *)(uintptr_t)response))
 		return -1;
-	if ((h.command == CMD_CREATE_CQ || h.command == CMD_EX_CREATE_CQ) && room >= 4 && len >= channel_at) {
-		/* user_handle: the field before cqe, 8 bytes ahead of the channel's */
-		uint32_t handle;
-		uint64_t uh;
+	/* a made object's handle opens its response; its user_handle: CREATE_CQ's is the field before cqe, 8 bytes
+	 * ahead of the channel's; the others' open the request (after the response pointer, or the ex_hdr) */
+	uint32_t handle = 0, reported[2];
+	uint64_t uh;
+	if (room >= 4)
 		memcpy(&handle, (void *)(uintptr_t)response, 4);
+	if ((h.command == CMD_CREATE_CQ || h.command == CMD_EX_CREATE_CQ) && room >= 4 && len >= channel_at) {
 		memcpy(&uh, b + channel_at - 16, 8);
-		cq_made(fd, handle, uh);
+		obj_made(fd, OBJ_CQ, handle, uh);
 	}
-	if (h.command == CMD_DESTROY_CQ && room >= 4 && len >= 20) {
-		uint32_t handle, reported;
+	if ((h.command == CMD_CREATE_QP || h.command == CMD_CREATE_SRQ || h.command == CMD_CREATE_XSRQ) && room >= 4 && len >= 24) {
+		memcpy(&uh, b + 16, 8);
+		obj_made(fd, h.command == CMD_CREATE_QP ? OBJ_QP : OBJ_SRQ, handle, uh);
+	}
+	if (h.command == CMD_EX_CREATE_QP && room >= 4 && len >= 32) {
+		memcpy(&uh, b + 24, 8);
+		obj_made(fd, OBJ_QP, handle, uh);
+	}
+	/* DESTROY_CQ answers {comp_events_reported, async_events_reported}, DESTROY_QP and DESTROY_SRQ {events_reported} */
+	if ((h.command == CMD_DESTROY_CQ || h.command == CMD_DESTROY_QP || h.command == CMD_DESTROY_SRQ) && room >= 4 && len >= 20) {
+		size_t n = h.command == CMD_DESTROY_CQ && room >= 8 ? 8 : 4;
 		memcpy(&handle, b + 16, 4);
-		memcpy(&reported, (void *)(uintptr_t)response, 4);
-		cq_destroyed(fd, handle, &reported);
-		memcpy((void *)(uintptr_t)response, &reported, 4);
+		memcpy(reported, (void *)(uintptr_t)response, n);
+		if (h.command == CMD_DESTROY_CQ)
+			obj_destroyed(fd, OBJ_CQ, handle, &reported[0], n == 8 ? &reported[1] : NULL);
+		else
+			obj_destroyed(fd, h.command == CMD_DESTROY_QP ? OBJ_QP : OBJ_SRQ, handle, NULL, &reported[0]);
+		memcpy((void *)(uintptr_t)response, reported, n);
 	}
 	return len;
 }
@@ -688,7 +763,9 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
 		return errno = EINVAL, -1;
 	ssize_t n = real_read(fd, buf, len);
 	if (n > 0 && fd >= 0 && fd < MAX_FDS && chan_token[fd])
-		events_read(buf, n);
+		comp_events_read(buf, n);
+	else if (n > 0 && fd >= 0 && fd < MAX_FDS && async_of[fd])
+		async_events_read(async_of[fd] - 1, buf, n);
 	return n;
 }
 
@@ -742,10 +819,13 @@ static void forget(int fd)
 {
 	struct dev_fd *d = tracked(fd);
 
-	if (fd >= 0 && fd < MAX_FDS)
+	if (fd >= 0 && fd < MAX_FDS) {
 		chan_token[fd] = 0;
+		async_of[fd] = 0;
+	}
 
 	if (d) {
+		objs_forget(fd);
 		fds[fd] = NULL;
 		pthread_mutex_destroy(&d->lock);
 		free(d);
