@@ -22,6 +22,7 @@ import { mrCommands } from './cmd/mr.js';
 import { pdCommands } from './cmd/pd.js';
 import { qpCommands } from './cmd/qp.js';
 import { srqCommands } from './cmd/srq.js';
+import { procMemoryGone } from '../hca/mr-memory.js';
 import { mapClientMemfd } from './memfd.js';
 import type { PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
@@ -79,6 +80,11 @@ export class Context implements Owner {
   private readonly linked = new Map<Mapping, Mapping[]>();
   /** An rxe client's /proc/<pid>/mem (the descriptor exchange's SET_MEM), through which its MRs are reached; -1 until then. */
   memFd = -1;
+
+  /** Its process has exited, though its device file is not closed yet: its memory (memFd) reads as gone. */
+  exited(): boolean {
+    return this.memFd >= 0 && procMemoryGone(this.memFd);
+  }
 
   // ---- handle table (the kernel's per-file idr: lowest free number), through the object table ----
 
