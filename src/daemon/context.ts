@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import { procComm } from '../common/proc.js';
 import { listWords } from '../common/format.js';
+import { EventType } from '../abi/enums.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { E, fail } from '../common/errno.js';
@@ -287,6 +288,20 @@ export class Context implements Owner {
   }
 
   // ---- teardown ----
+
+  /**
+   * Its device goes (rdma link delete, the daemon stopping): as Linux tells each context of a device it
+   * disassociates, DEVICE_FATAL (element 0) is the last record of the async event stream, which then ends
+   * (a read after it sees the end, where the kernel's gives EIO). The stream's socket is ended, not destroyed,
+   * so what it still holds reaches the client.
+   */
+  deviceFatal(): void {
+    if (this.closed) return;
+    this.asyncEvent(0n, EventType.DEVICE_FATAL, null);
+    const s = this.asyncSock;
+    this.asyncSock = null;
+    s?.end();
+  }
 
   /** Destroys everything, type by type in the object table's teardown order (each before what it holds). */
   destroyAll(): void {
