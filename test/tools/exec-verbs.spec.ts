@@ -63,8 +63,9 @@ describe('rdma-core\'s verbs programs through softverbs exec', { skip }, () => {
     await d?.stop();
   });
 
+  // -N: rdma-core's post send through ibv_wr_* on a QP of ibv_create_qp_ex (EX_CREATE_QP); -c: received buffers checked
   for (const k of KINDS) {
-    for (const ev of [[], ['-e']]) {
+    for (const ev of k === 'rc' ? [[], ['-e'], ['-N', '-c']] : [[], ['-e']]) {
       test(`ibv_${k}_pingpong ${ev.join(' ')}: rdma-core's on rxe0 and rxe1, ${N} iterations`, async () => {
         const args = (dev: string) => ['-d', dev, '-g', '0', '-n', String(N), ...ev];
         const r = await pair((p) => c(`ibv_${k}_pingpong`, ...args('rxe0'), '-p', p), (p) => c(`ibv_${k}_pingpong`, ...args('rxe1'), '-p', p, '127.0.0.1'), env());
@@ -75,7 +76,7 @@ describe('rdma-core\'s verbs programs through softverbs exec', { skip }, () => {
   }
 
   // the out-of-band exchange of ours is rdma-core's byte for byte (test/tools/pingpong.spec.ts checks it against captures): here it meets the real thing
-  const mixed: Array<[Kind, string[]]> = [['rc', []], ['uc', []], ['ud', []], ['srq', []], ['rc', ['-e']], ['ud', ['-e']]];
+  const mixed: Array<[Kind, string[]]> = [['rc', ['-c']], ['uc', []], ['ud', []], ['srq', []], ['rc', ['-e']], ['ud', ['-e']]];
   for (const [k, ev] of mixed) {
     for (const oursServes of [false, true]) {
       test(`ibv_${k}_pingpong ${ev.join(' ')}: ${oursServes ? 'our server, rdma-core\'s client' : 'rdma-core\'s server, our client'}`, async () => {
