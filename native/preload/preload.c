@@ -63,8 +63,9 @@
 #define CMD_CREATE_QP 24
 #define CMD_MODIFY_QP 26
 #define CMD_DESTROY_QP 27
-#define CMD_CREATE_SRQ 29
-#define CMD_DESTROY_SRQ 32
+#define CMD_CREATE_SRQ 32
+#define CMD_DESTROY_SRQ 35
+#define CMD_CREATE_XSRQ 39
 #define CMD_FLAG_EXTENDED 0x80000000u
 #define CMD_EX_CREATE_CQ (CMD_FLAG_EXTENDED | CMD_CREATE_CQ)
 #define CMD_EX_CREATE_QP (CMD_FLAG_EXTENDED | CMD_CREATE_QP)
@@ -542,6 +543,7 @@ static void count_objects(int fd, uint32_t command, const uint8_t *b, size_t len
 	case CMD_CREATE_QP: kind = OBJ_QP; uh_at = 16; goto made;
 	case CMD_EX_CREATE_QP: kind = OBJ_QP; uh_at = 24; goto made;
 	case CMD_CREATE_SRQ: kind = OBJ_SRQ; uh_at = 16; goto made;
+	case CMD_CREATE_XSRQ: kind = OBJ_SRQ; uh_at = 16; goto made;
 	case CMD_DESTROY_CQ: kind = OBJ_CQ; goto destroyed;
 	case CMD_DESTROY_QP: kind = OBJ_QP; goto destroyed;
 	case CMD_DESTROY_SRQ: kind = OBJ_SRQ; goto destroyed;

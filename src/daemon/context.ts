@@ -10,7 +10,7 @@ import { procComm } from '../common/proc.js';
 import { listWords } from '../common/format.js';
 import { layout, pack, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
-import { QpState } from '../abi/enums.js';
+import { EventType, QpState } from '../abi/enums.js';
 import { E, fail } from '../common/errno.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import type { SoftDevice } from '../hca/device.js';
@@ -24,6 +24,7 @@ import { pdCommands } from './cmd/pd.js';
 import { qpCommands } from './cmd/qp.js';
 import { srqCommands } from './cmd/srq.js';
 import { type ClientMap, mapMemfd } from './memfd.js';
+import { procMemoryGone } from '../hca/mr-memory.js';
 import type { PinnedAccounts } from './memlock.js';
 import type { Quotas } from './limits.js';
 import { HandleAllocator } from './handles.js';
@@ -87,6 +88,11 @@ export class Context implements Owner {
   /** Memfds the client handed over (PUT_MEMFD), by id, until the one command that names them (or the context's end). */
   private readonly memfds = new Map<number, { fd: number; size: number }>();
   private nextMemfdId = 1;
+
+  /** Its process has exited, though its device file is not closed yet: its memory (memFd) reads as gone. */
+  exited(): boolean {
+    return this.memFd >= 0 && procMemoryGone(this.memFd);
+  }
 
   // ---- handle table (the kernel's per-file idr: lowest free number), through the object table ----
 
@@ -335,6 +341,20 @@ export class Context implements Owner {
   }
 
   // ---- teardown ----
+
+  /**
+   * Its device goes (rdma link delete, the daemon stopping): as Linux tells each context of a device it
+   * disassociates, DEVICE_FATAL (element 0) is the last record of the async event stream, which then ends
+   * (a read after it sees the end, where the kernel's gives EIO). The stream's socket is ended, not destroyed,
+   * so what it still holds reaches the client.
+   */
+  deviceFatal(): void {
+    if (this.closed) return;
+    this.asyncEvent(0n, EventType.DEVICE_FATAL, null);
+    const s = this.asyncSock;
+    this.asyncSock = null;
+    s?.end();
+  }
 
   /** Destroys everything, type by type in the object table's teardown order (each before what it holds). */
   destroyAll(): void {

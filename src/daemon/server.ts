@@ -351,10 +351,12 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     const d = this.devs[k]!;
     for (const c of [...this.contexts]) {
       if (c.dev !== d.dev) continue;
+      c.deviceFatal();
       c.destroyAll();
       this.contexts.delete(c);
     }
-    for (const c of [...this.conns]) if (c.dev === d.dev) c.sock.destroy();
+    // (an async event stream just ended with DEVICE_FATAL closes once that is read)
+    for (const c of [...this.conns]) if (c.dev === d.dev && !c.sock.writableEnded) c.sock.destroy();
     this.removeDevice(d);
     this.log(`${name}: deleted (rdma link delete)`);
   }
@@ -546,7 +548,8 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       d.server.close();
       d.dev.transport?.stop();
     }
-    for (const c of this.conns) c.sock.destroy();
+    for (const c of this.contexts) c.deviceFatal();
+    for (const c of this.conns) if (!c.sock.writableEnded) c.sock.destroy();
     this.admission.close();
     await Promise.all([...this.ucmaConns].map((c) => endUcma(c, UCMA_DRAIN_MS)));
     if (this.cmPath) rmSync(this.cmPath, { force: true });

@@ -104,6 +104,16 @@ export class ProcMemory implements MrMemory {
   }
 }
 
+const probe = new Uint8Array(1);
+
+/**
+ * The process whose /proc/<pid>/mem `fd` is has exited: its memory is gone (a read gives 0 bytes once its mm
+ * is released, where a live process's unmapped address 0 gives EIO). One system call.
+ */
+export function procMemoryGone(fd: number): boolean {
+  return preadAt(fd, probe, 1, 0) === 0;
+}
+
 /** pread/pwrite take a pointer and a count: a range outside the daemon's buffer would be written past it. A bug of ours, thrown. */
 function inBounds(buf: Uint8Array, off: number, n: number): void {
   if (!(off >= 0 && n >= 0 && off + n <= buf.length)) throw new RangeError(`ProcMemory: [${off}, ${off}+${n}) is outside a buffer of ${buf.length} bytes`);

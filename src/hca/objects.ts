@@ -18,6 +18,11 @@ export interface Owner {
   readonly pid: number;
   /** The owner's AH for a handle written in a UD WQE. */
   lookupAh(handle: number): Ah | null;
+  /**
+   * The owner's process has exited while its objects remain (the daemon has yet to see its device file close):
+   * memory reached through it is gone. Absent where the memory is the daemon's own mapping, which cannot go.
+   */
+  exited?(): boolean;
 }
 
 export class Pd {

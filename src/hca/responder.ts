@@ -579,6 +579,13 @@ function sendAck(qp: Qp, syndrome: number, psn: number): void {
 
 /** Class A/C errors on RC (rxe do_class_ac_error): NAK the requester, complete the receive in error, QP to ERR. */
 function error(qp: Qp, p: { psn: number; srcQpn: number }, e: ErrKind): void {
+  // its process has exited (its memory gone: the reason this request failed) and the daemon is about to destroy
+  // the QP as its device file closes: a QP that is gone answers nothing, so the requester retries and then gives
+  // up (RETRY_EXC_ERR), as with Linux rxe, not a NAK blaming the request (REM_ACCESS_ERR, REM_OP_ERR)
+  if (qp.owner.exited?.()) {
+    qp.dev.countDrop('the QP\'s process has exited');
+    return;
+  }
   sendAck(qp, e.syndrome, p.psn);
   const was = qp.state;
   qp.state = QpState.ERR; // before the error completion shows, as on the send side

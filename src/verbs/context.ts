@@ -230,6 +230,8 @@ export class Context implements MemfdSink {
     }
     const d = unpack(U.ASYNC_EVENT_DESC, rec);
     const type = d.event_type as AsyncEvent['eventType'];
+    // the daemon's own DEVICE_FATAL (the device deleted, the daemon stopping) is the one the end would make
+    if (type === EventType.DEVICE_FATAL) this.fatalReported = true;
     const element = PORT_EVENTS.has(type) ? Number(d.element) : this.byUserHandle.get(d.element) ?? null;
     if (element instanceof CompletionQueue) element.asyncEvents++;
     return { eventType: type, element };

@@ -21,7 +21,7 @@ import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
 import { SendRingConsumer, SendRingProducer, type SendWrIn } from '../../src/abi/send-ring.js';
 import { SoftDevice } from '../../src/hca/device.js';
 import { Fabric } from '../../src/hca/fabric.js';
-import { atomic64, MappedMemory, ProcMemory, type MrMemory } from '../../src/hca/mr-memory.js';
+import { atomic64, MappedMemory, ProcMemory, procMemoryGone, type MrMemory } from '../../src/hca/mr-memory.js';
 import { Cq, Mr, Pd, type Ah, type Owner } from '../../src/hca/objects.js';
 import { Qp } from '../../src/hca/qp.js';
 import { mapAnon, unmap, type Mapping } from '../../src/native/libc.js';
@@ -227,7 +227,7 @@ function devices(): { a: { dev: SoftDevice; pd: Pd }; b: { dev: SoftDevice; pd: 
   return { a: mk(0), b: mk(1) };
 }
 
-function end(dev: SoftDevice, pd: Pd): End {
+function end(dev: SoftDevice, pd: Pd, owner: Owner = pd.owner): End {
   const cl = cqLayout(64);
   const cqMem = mapAnon(cl.bytes);
   const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
@@ -240,10 +240,10 @@ function end(dev: SoftDevice, pd: Pd): End {
   return { dev, pd, qp, sq: new SendRingProducer(m.buffer, l.sq), rq: new RecvRingProducer(m.buffer, l.rq!, l.caps.maxRecvSge), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
 }
 
-/** A connected RC pair, one QP on each device, both in RTS. */
-function pair(d: ReturnType<typeof devices>): { a: End; b: End } {
+/** A connected RC pair, one QP on each device, both in RTS (b's PD owned by `bOwner`, if given). */
+function pair(d: ReturnType<typeof devices>, bOwner?: Owner): { a: End; b: End } {
   const a = end(d.a.dev, d.a.pd);
-  const b = end(d.b.dev, d.b.pd);
+  const b = end(d.b.dev, bOwner ? new Pd(bOwner) : d.b.pd);
   for (const [x, y] of [[a, b], [b, a]] as const) {
     const q = x.qp;
     q.attr.destQpn = y.qp.qpn;
@@ -474,7 +474,7 @@ describe('the requester\'s own side unreadable or unwritable: a local protection
   });
 });
 
-test('a client that has exited: its memory reads as nothing, and a READ from it is a remote access error', async () => {
+test('a client that has exited, to an owner that cannot tell: its memory reads as nothing, and a READ from it is a remote access error', async () => {
   const c = await spawnChild();
   const { a, b } = pair(devices());
   const src = childMr(b, c);
@@ -487,5 +487,39 @@ test('a client that has exited: its memory reads as nothing, and a READ from it 
   assert.equal(gone.mem.read(0, chk, 0, 8), false);
   post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(dst.mr, 0, 100)], rdma: { remoteAddr: gone.iova, rkey: gone.key } });
   assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.REM_ACCESS_ERR]]);
+  closeSync(fd);
+});
+
+test('procMemoryGone: false for a live process (its address 0 is EIO), true once it has exited (its memory reads 0 bytes)', async () => {
+  assert.equal(procMemoryGone(selfFd), false);
+  const c = await spawnChild();
+  const fd = openSync(`/proc/${c.pid}/mem`, 'r+');
+  assert.equal(procMemoryGone(fd), false);
+  await c.stop();
+  assert.equal(procMemoryGone(fd), true);
+  closeSync(fd);
+});
+
+test('a client that has exited, to an owner that can tell (the daemon\'s contexts): its QP answers nothing, as a destroyed one; the requester retries, then RETRY_EXC_ERR', async () => {
+  const c = await spawnChild();
+  const fd = openSync(`/proc/${c.pid}/mem`, 'r+');
+  const dying = new (class extends TestOwner {
+    exited(): boolean {
+      return procMemoryGone(fd);
+    }
+  })();
+  const d = devices();
+  const { a, b } = pair(d, dying);
+  a.qp.attr.retryCnt = a.qp.comp.retryCnt = 1;
+  a.qp.attr.timeout = 8; // 4.096 µs · 2^8: ~1 ms
+  const src = childMr(b, c);
+  const dst = ownMr(a, PAGE);
+  await c.stop();
+  post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(dst.mr, 0, 100)], rdma: { remoteAddr: src.iova, rkey: src.key } });
+  post(a, { wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(dst.mr, 0, 100)], rdma: { remoteAddr: src.iova, rkey: src.key } });
+  const wcs = await poll(a, 2);
+  assert.deepEqual(wcs.map((w) => [w.wrId, w.status]), [[1n, WcStatus.RETRY_EXC_ERR], [2n, WcStatus.WR_FLUSH_ERR]]);
+  assert.equal(b.qp.state, QpState.RTS, 'no responder error');
+  assert.ok((d.b.dev.drops.get('the QP\'s process has exited') ?? 0) >= 2, 'the request and its retry dropped');
   closeSync(fd);
 });
