@@ -296,8 +296,8 @@ export class FdExchange {
 }
 
 /**
- * The pid (as the client's /proc names it) of a descriptor that is a process's /proc/PID/`name` (or
- * /proc/PID/task/TID/`name`) on a procfs, as the sender's own mount table has it; else EINVAL. Judged
+ * The pid (as the client's /proc names it) of a descriptor that is a process's PID/`name` (or
+ * PID/task/TID/`name`) on a procfs, as the sender's own mount table has it; else EINVAL. Judged
  * without a call into the file's filesystem until it is known to be procfs: an fstat() of a file on a FUSE
  * mount waits for that filesystem's server, which may never answer, and the daemon would wait with it; a
  * name alone can be had on any filesystem (an empty file at ~/x/123/mem, or a mount over /proc in a
@@ -314,7 +314,9 @@ function procFile(fd: number, name: 'mem' | 'maps', sender: number): string {
   } catch {
     bad('unnamed');
   }
-  const pid = new RegExp(`^/proc/(\\d+)(/task/\\d+)?/${name}$`).exec(link)?.[1];
+  // where it was opened is the sender's business (a procfs of a pid namespace is seen here under its own mount
+  // point, e.g. /srv/ct/proc/1/mem): the name says which process's file it is, the filesystem below that it is one
+  const pid = new RegExp(`/(\\d+)(/task/\\d+)?/${name}$`).exec(link)?.[1];
   if (!pid) bad(link);
   // the mount it was opened on (fdinfo comes from the file table, not the filesystem), in the sender's mount table
   let fsType: string | undefined;
