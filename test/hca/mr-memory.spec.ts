@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -31,7 +31,7 @@ import type { Pkt } from '../../src/hca/packet.js';
 import { Qp } from '../../src/hca/qp.js';
 import { settleMemory, STAGE_BYTES } from '../../src/hca/staging.js';
 import { toError } from '../../src/hca/completion.js';
-import { mapAnon, unmap, type Mapping } from '../../src/native/libc.js';
+import { mapAnon, mapShared, unmap, type Mapping } from '../../src/native/libc.js';
 import { holed, PAGE } from '../fixtures/hole.js';
 import { DIST, pattern } from '../helpers.js';
 
@@ -700,6 +700,35 @@ describe('a client\'s own memory moved in spans of up to 64 KiB (read-ahead, wri
       assert.deepEqual(Buffer.from(view.subarray(0, landed)), Buffer.from(src.view.subarray(0, landed)));
       assert.ok(view.subarray(landed).every((x) => x === 0), 'nothing past what fit');
       unmap(m);
+    });
+  }
+
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`a file's shared mapping as WRITE target and READ source, ${name}: the file holds what was written, and what the file holds is read`, async () => {
+      const { a, b } = staged(mode);
+      const own = ownMr(a, 1 << 20);
+      const dir = mkdtempSync(join(tmpdir(), 'mrmem-file-'));
+      const fd = openSync(join(dir, 'f'), 'w+');
+      try {
+        ftruncateSync(fd, 2 << 20);
+        const m = mapShared(fd, 2 << 20);
+        const file = reg(b, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), 2 << 20);
+        const n = (1 << 20) - 3;
+        pattern(81, n).copy(own.view, 3);
+        post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(own.mr, 3, n)], rdma: { remoteAddr: file.iova + 5, rkey: file.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, n]]);
+        const got = Buffer.alloc(n);
+        assert.equal(readSync(fd, got, 0, n, 5), n);
+        assert.equal(sha(got), sha(own.view.subarray(3, 3 + n)), 'in the file (its page cache) once the WRITE completed');
+        writeSync(fd, pattern(82, n), 0, n, 1000);
+        post(a, { wrId: 2n, opcode: WrOpcode.RDMA_READ, sgList: [sge(own.mr, 0, n)], rdma: { remoteAddr: file.iova + 1000, rkey: file.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, n]]);
+        assert.equal(sha(own.view.subarray(0, n)), sha(pattern(82, n)));
+        unmap(m);
+      } finally {
+        closeSync(fd);
+        rmSync(dir, { recursive: true });
+      }
     });
   }
 
