@@ -6,17 +6,18 @@
  * fabric's; the gap to the daemon-backed lines is IPC, wake-ups and the
  * library.
  */
+import { openSync } from 'node:fs';
 import { Mtu, QpState, QpType, SendFlags, WrOpcode } from '../src/abi/enums.js';
 import { CqRingConsumer, CqRingProducer, type CqeOut } from '../src/abi/cq-ring.js';
 import { cqLayout, qpLayout } from '../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../src/abi/recv-ring.js';
 import { SendRingConsumer, SendRingProducer } from '../src/abi/send-ring.js';
 import { SoftDevice } from '../src/hca/device.js';
-import { Fabric } from '../src/hca/fabric.js';
-import { MappedMemory } from '../src/hca/mr-memory.js';
+import { Fabric, Fault } from '../src/hca/fabric.js';
+import { MappedMemory, ProcMemory, type MrMemory } from '../src/hca/mr-memory.js';
 import { Cq, Mr, Pd, type Ah, type Owner } from '../src/hca/objects.js';
 import { Qp } from '../src/hca/qp.js';
-import { mapAnon } from '../src/native/libc.js';
+import { mapAnon, type Mapping } from '../src/native/libc.js';
 
 const EIGHT = new Uint8Array(8).fill(7);
 const owner: Owner = { pid: process.pid, compEvent() {}, asyncEvent() {}, lookupAh: (): Ah | null => null };
@@ -28,8 +29,21 @@ interface End {
   cq: CqRingConsumer;
 }
 
+/**
+ * How the bench's MR reaches its bytes: mapped by the daemon (a TS client's memory, the default), or through
+ * this process's own /proc/self/mem as an unmodified C program's memory is reached (ProcMemory).
+ */
+export type MemKind = 'mapped' | 'proc';
+
+let selfMem = -1;
+function memOf(kind: MemKind, m: Mapping): MrMemory {
+  if (kind === 'mapped') return new MappedMemory(new Uint8Array(m.buffer));
+  if (selfMem < 0) selfMem = openSync('/proc/self/mem', 'r+');
+  return new ProcMemory(selfMem, Number(m.addr));
+}
+
 /** Two RC QPs on one device (address `addr`, no wire), connected to each other, and a 256 KiB MR. */
-function rig(addr: string) {
+function rig(addr: string, kind: MemKind = 'mapped') {
   const fabric = new Fabric();
   const dev = new SoftDevice(fabric, 'bench0', 0, addr, { mtu: Mtu.MTU_4096 });
   const pd = new Pd(owner);
@@ -52,6 +66,7 @@ function rig(addr: string) {
     q.attr.destQpn = y.qp.qpn;
     q.attr.path.dgid = dev.gids[0]!;
     q.attr.accessFlags = 7;
+    q.attr.maxRdAtomic = q.attr.maxDestRdAtomic = 16;
     q.attr.timeout = 14;
     q.attr.retryCnt = q.comp.retryCnt = 7;
     q.attr.rnrRetry = q.comp.rnrRetry = 7;
@@ -60,13 +75,13 @@ function rig(addr: string) {
   }
   const mrMem = mapAnon(1 << 18);
   const key = dev.allocMrKey();
-  const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, new MappedMemory(new Uint8Array(mrMem.buffer)), mrMem, 64);
+  const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, memOf(kind, mrMem), kind === 'mapped' ? mrMem : null, 64);
   dev.mrs.set(key >>> 8, mr);
   const done = () => {
     a.qp.stopTimers();
     b.qp.stopTimers();
   };
-  return { dev, a, b, key, done };
+  return { dev, fabric, a, b, key, done };
 }
 
 const cqe = (): CqeOut => ({ wrId: 0n, status: 0, opcode: 0, vendorErr: 0, byteLen: 0, imm: 0, qpNum: 0, srcQp: 0, wcFlags: 0, pkeyIndex: 0, slid: 0, sl: 0, dlidPathBits: 0 });
@@ -108,22 +123,54 @@ export function engineSendRate(addr: string, seconds: number): { value: number; 
 }
 
 /** 64 KiB RDMA WRITEs (bytes/s), 32 in flight; and how many completed. */
-export async function engineWriteBw(addr: string, seconds: number): Promise<{ value: number; ops: number }> {
-  const { dev, a, key, done } = rig(addr);
+export function engineWriteBw(addr: string, seconds: number): Promise<{ value: number; ops: number }> {
+  return engineStreamBw(addr, seconds);
+}
+
+/**
+ * A stream of 64 KiB RDMA WRITEs, READs or SENDs from one half of the MR to the other (bytes/s), 32 in flight (a
+ * READ stream: 16, the QPs' max_rd_atomic; SENDs: receives reposted as they complete); and how many completed.
+ * `perPacket`: each MTU packet its own descriptor, as on the wire (a fault injector that injects nothing keeps
+ * the fabric from carrying spans).
+ */
+export async function engineStreamBw(addr: string, seconds: number, o: { kind?: MemKind; perPacket?: boolean; op?: 'write' | 'read' | 'send' } = {}): Promise<{ value: number; ops: number }> {
+  const { dev, fabric, a, b, key, done } = rig(addr, o.kind);
+  if (o.perPacket) fabric.fault = Fault.parse('seed=1');
   const wc = cqe();
-  const wr = { wrId: 0, opcode: WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [{ addr: 0x10000, length: 65536, lkey: key }], rdma: { remoteAddr: 0x10000 + 65536, rkey: key } };
+  const op = o.op ?? 'write';
+  const wr = { wrId: 0, opcode: op === 'read' ? WrOpcode.RDMA_READ : op === 'send' ? WrOpcode.SEND : WrOpcode.RDMA_WRITE, sendFlags: SendFlags.SIGNALED, sgList: [{ addr: 0x10000, length: 65536, lkey: key }], rdma: { remoteAddr: 0x10000 + 65536, rkey: key } };
+  const window = op === 'read' ? 16 : 32;
+  const postRecv = () => {
+    const r = b.rq.begin(1n, 1);
+    b.rq.writeSge(r, 0, 0x10000n + 65536n, 65536, key);
+    b.rq.advance();
+  };
+  if (op === 'send') {
+    for (let i = 0; i < 64; i++) postRecv();
+    b.rq.publish();
+  }
   let posted = 0;
   let completed = 0;
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(Math.round(seconds * 1e9));
   while (process.hrtime.bigint() < end) {
-    for (; posted - completed < 32; posted++) a.sq.write(wr);
+    for (; posted - completed < window; posted++) a.sq.write(wr);
     a.sq.publish();
     if (a.sq.claimWake()) dev.doorbell(a.qp);
-    for (; a.cq.cons !== a.cq.produced(); completed++) a.cq.read(wc);
+    for (; a.cq.cons !== a.cq.produced(); completed++) {
+      a.cq.read(wc);
+      if (wc.status !== 0) throw new Error(`completion status ${wc.status}`);
+    }
     a.cq.publish();
+    if (op === 'send') {
+      let r = 0;
+      for (; b.cq.cons !== b.cq.produced(); r++) b.cq.read(wc);
+      b.cq.publish();
+      for (let i = 0; i < r; i++) postRecv();
+      b.rq.publish();
+    }
     // the requester defers what its per-turn budget did not cover to the next turn
-    if (posted - completed >= 32) await new Promise((r) => setImmediate(r));
+    if (posted - completed >= window) await new Promise((r) => setImmediate(r));
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   done();

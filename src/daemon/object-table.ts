@@ -7,6 +7,7 @@ import { QpState } from '../abi/enums.js';
 import type { SoftDevice } from '../hca/device.js';
 import type { Ah, Cq, Mr, Pd, Srq } from '../hca/objects.js';
 import type { Qp } from '../hca/qp.js';
+import { settleMemory } from '../hca/staging.js';
 import type { Context } from './context.js';
 import { CompChannel } from './events.js';
 import { ErrnoError } from '../common/errors.js';
@@ -45,6 +46,9 @@ export const OBJECT_TYPES = {
     release(ctx, qp) {
       qp.destroyed = true;
       qp.stopTimers();
+      // what its engines placed in the client's memory and still hold lands now, while the client's memory
+      // descriptor is open (it closes with the context)
+      qp.staging?.release();
       qp.state = QpState.RESET;
       ctx.dev.qps.delete(qp.qpn);
       qp.pd.users--;
@@ -107,6 +111,8 @@ export const OBJECT_TYPES = {
     held: (mr) => [mr.pd],
     release(ctx, mr) {
       mr.valid = false;
+      // bytes placed for it and still held land before the client may unmap or reuse its memory
+      if (mr.mem.view === null) settleMemory(mr.mem);
       ctx.dev.mrs.delete(mr.key >>> 8);
       mr.pd.users--;
       if (mr.mapping) ctx.unmapClient(mr.mapping);

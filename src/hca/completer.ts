@@ -77,12 +77,19 @@ function read(qp: Qp, p: Pkt): CompState {
   }
   if (d < 0) return CompState.DONE;
   const off = psnDiff(p.psn, w.firstPsn) * qp.mtu;
-  if (p.payLen > 0 && (off + p.payLen > w.length || !qp.scatter(w, off, p.payload, p.payOff, p.payLen))) {
+  const last = (p.mask & M.LAST) !== 0;
+  // into a client's own memory through the write-behind: the READ's bytes are all in memory before its
+  // completion (its last response writes them; that one carried none, or a failure, settles the rest here)
+  if (p.payLen > 0 && (off + p.payLen > w.length || !qp.scatter(w, off, p.payload, p.payOff, p.payLen, true, last))) {
+    run$.status = WcStatus.LOC_PROT_ERR;
+    return CompState.ERROR;
+  }
+  if (last && qp.staging !== null && qp.staging.comp.len > 0 && !qp.staging.comp.flush()) {
     run$.status = WcStatus.LOC_PROT_ERR;
     return CompState.ERROR;
   }
   qp.comp.psn = (p.psn + 1) & PSN_MASK;
-  return p.mask & M.LAST ? CompState.COMP_ANSWERED : CompState.DONE;
+  return last ? CompState.COMP_ANSWERED : CompState.DONE;
 }
 
 function atomic(qp: Qp, p: Pkt): CompState {

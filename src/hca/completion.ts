@@ -67,6 +67,7 @@ export function completeUnreliable(qp: Qp, w: SendWqe): void {
 
 /** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */
 export function failWqe(qp: Qp): void {
+  qp.staging?.settle();
   // The QP is in ERR before its error completion shows: whoever sees that completion and looks at the QP finds it in ERR
   const was = qp.state;
   qp.state = QpState.ERR;
@@ -85,6 +86,7 @@ export function failWqe(qp: Qp): void {
 
 /** The oldest WQE completes with `status` (an answer the requester refuses, or retries exhausted), then ERR. */
 export function failHead(qp: Qp, w: SendWqe, status: WcStatus): void {
+  qp.staging?.settle();
   const was = qp.state;
   qp.state = QpState.ERR;
   retire(qp, w, status);
@@ -93,6 +95,8 @@ export function failHead(qp: Qp, w: SendWqe, status: WcStatus): void {
 
 /** ERR: stop, flush every outstanding send and receive WR with WR_FLUSH_ERR. */
 export function toError(qp: Qp, why = 'error', was = qp.state): void {
+  // what the engines placed and still hold lands before the flush completions show (staging.ts)
+  qp.staging?.settle();
   qp.state = QpState.ERR;
   if (was !== QpState.ERR) qp.dev.qpError(qp, why);
   qp.stopTimers();

@@ -99,6 +99,7 @@ export class Fabric {
         const twin = this.pool.get();
         Object.assign(twin, p);
         twin.done = null;
+        twin.own = null; // the span buffer stays p's (spans never travel where faults are injected)
         this.fifo.push(twin);
       }
       if (f.delay > 0 && f.rand() < f.delay) {

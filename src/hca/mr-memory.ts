@@ -13,7 +13,8 @@
  *   bad key or bounds.
  *
  * The engines use `view` when it is there (today's zero-copy paths) and
- * read()/write() when it is null.
+ * read()/write() when it is null, up to 64 KiB per call (staging.ts: a
+ * system call costs about as much for a page as for sixteen).
  */
 import { constants } from 'node:os';
 import { copyBytes } from '../abi/ring.js';
@@ -46,11 +47,12 @@ export class MappedMemory implements MrMemory {
 const EINTR = constants.errno.EINTR;
 
 /**
- * What a copy from or to a caller's buffer at an offset other than 0 goes through: koffi passes a typed array
- * as a pointer to its first byte, so an offset would take a subarray (an allocation per call); a copy of at
- * most a packet through this buffer costs less. One for the process: the daemon's engines run on one thread.
+ * What a copy of a few bytes from or to a caller's buffer at an offset other than 0 goes through: koffi passes a
+ * typed array as a pointer to its first byte, so an offset takes a subarray (an allocation); for up to BOUNCE
+ * bytes a copy through this buffer costs less. More than that (a packet's payload in a received frame, a span
+ * on the view of a mapped MR) goes as a subarray: copyBytes would make one too, and then copy all of it.
  */
-const BOUNCE = 65536;
+const BOUNCE = 64;
 const bounce = new Uint8Array(BOUNCE);
 
 /**
@@ -80,12 +82,9 @@ export class ProcMemory implements MrMemory {
     if (n === 0) return true;
     const at = this.base + off;
     if (dstOff === 0) return transfer(this.fd, at, dst, n, false);
-    for (let done = 0; done < n; ) {
-      const k = Math.min(BOUNCE, n - done);
-      if (!transfer(this.fd, at + done, bounce, k, false)) return false;
-      copyBytes(dst, dstOff + done, bounce, 0, k);
-      done += k;
-    }
+    if (n > BOUNCE) return transfer(this.fd, at, dst.subarray(dstOff, dstOff + n), n, false);
+    if (!transfer(this.fd, at, bounce, n, false)) return false;
+    copyBytes(dst, dstOff, bounce, 0, n);
     return true;
   }
 
@@ -94,13 +93,9 @@ export class ProcMemory implements MrMemory {
     if (n === 0) return true;
     const at = this.base + off;
     if (srcOff === 0) return transfer(this.fd, at, src, n, true);
-    for (let done = 0; done < n; ) {
-      const k = Math.min(BOUNCE, n - done);
-      copyBytes(bounce, 0, src, srcOff + done, k);
-      if (!transfer(this.fd, at + done, bounce, k, true)) return false;
-      done += k;
-    }
-    return true;
+    if (n > BOUNCE) return transfer(this.fd, at, src.subarray(srcOff, srcOff + n), n, true);
+    copyBytes(bounce, 0, src, srcOff, n);
+    return transfer(this.fd, at, bounce, n, true);
   }
 }
 

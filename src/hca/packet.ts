@@ -10,6 +10,7 @@
  */
 
 import type { Mapping } from '../native/libc.js';
+import { giveStage, takeStage } from './staging.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -72,6 +73,8 @@ export class Pkt {
    * when that mapping goes (DEREG_MR, a client's exit) is dropped as lost instead of read from unmapped memory.
    */
   payMap: Mapping | null = null;
+  /** A span buffer this descriptor holds (spanBuffer): back to the free list when the descriptor goes back to the pool. */
+  own: Uint8Array | null = null;
   /** Source GID (16 bytes) for the GRH a UD receiver sees. */
   srcGid: Uint8Array = EMPTY;
   /** Destination GID of the packet (for the GRH and the wire). */
@@ -90,6 +93,10 @@ export class Pkt {
     this.swapAdd = this.compare = this.orig = 0n;
     this.payload = EMPTY;
     this.payMap = null;
+    if (this.own !== null) {
+      giveStage(this.own);
+      this.own = null;
+    }
     this.payOff = this.payLen = 0;
     this.srcGid = this.dstGid = EMPTY;
   }
@@ -109,6 +116,16 @@ export function pktBuffer(p: Pkt, n: number): Uint8Array {
     scratches.set(p, s);
   }
   return s;
+}
+
+/**
+ * A buffer for a span's payload read from a client's own memory (STAGE_BYTES, as much as a span carries), held by
+ * the descriptor until it goes back to the pool: from the staging buffers' free list, so that the few spans in
+ * flight at a time share a few buffers (a descriptor's own buffer, kept with it across the pool, would leave
+ * thousands of them at 64 KiB each after one burst).
+ */
+export function spanBuffer(p: Pkt): Uint8Array {
+  return (p.own ??= takeStage());
 }
 
 /** A free list of descriptors. */

@@ -15,6 +15,7 @@ import { SglCursor, type Ah, type Cq, type Mr, type Owner, type Pd, type Srq } f
 import type { Pkt } from './packet.js';
 import type { Linger } from './linger.js';
 import type { MrMemory } from './mr-memory.js';
+import { QpStaging } from './staging.js';
 import { Task, type Scheduler } from './scheduler.js';
 
 /** What a QP's engines need of the device it lives on (rxe's `struct rxe_dev` as the QP sees it; SoftDevice is one). */
@@ -288,6 +289,11 @@ export class Qp {
     lastAckLife: 0,
   };
   readonly recvWqe: RecvWqe;
+  /** Staging for a client's own memory (ProcMemory): made the first time one of the engines moves some (staging.ts). */
+  staging: QpStaging | null = null;
+  get stage(): QpStaging {
+    return (this.staging ??= new QpStaging());
+  }
 
   constructor(
     readonly dev: Hca,
@@ -406,22 +412,32 @@ export class Qp {
     return WcStatus.SUCCESS;
   }
 
-  /** Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather). False on a dead MR or unreadable client memory. */
+  /**
+   * Copies `len` bytes of the WQE's data from byte `off` into dst (the requester's gather; a client's own memory
+   * through the requester's read-ahead). False on a dead MR or unreadable client memory.
+   */
   gather(w: SendWqe, off: number, dst: Uint8Array, dstOff: number, len: number): boolean {
     if (w.inline) {
       copyBytes(dst, dstOff, w.inlineData, off, len);
       return true;
     }
-    return copySges(w, off, len, dst, dstOff, false);
+    return copySges(this, w, off, len, dst, dstOff, false, false, false);
   }
 
-  /** Copies len bytes from src into the WQE's SGEs at byte `off` (READ responses, atomic results). */
-  scatter(w: SendWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
-    return copySges(w, off, len, src, srcOff, true);
+  /**
+   * Copies len bytes from src into the WQE's SGEs at byte `off` (READ responses, atomic results). `staged`: into a
+   * client's own memory through the completer's write-behind (READ responses), the message's last bytes when
+   * `last` (written then, with what was staged before them).
+   */
+  scatter(w: SendWqe, off: number, src: Uint8Array, srcOff: number, len: number, staged = false, last = false): boolean {
+    return copySges(this, w, off, len, src, srcOff, true, staged, last);
   }
 
-  /** If the whole [off, off+len) lies in one SGE, its MR and offset into MR memory (zero-copy send). */
-  single(w: SendWqe, off: number, len: number): { mr: Mr; off: number } | null {
+  /**
+   * If the whole [off, off+len) lies in one SGE, its MR, offset into MR memory (zero-copy send) and how many
+   * bytes of the SGE there are from there on.
+   */
+  single(w: SendWqe, off: number, len: number): { mr: Mr; off: number; rest: number } | null {
     if (w.inline) return null;
     let base = 0;
     for (let i = 0; i < w.numSge; i++) {
@@ -431,6 +447,7 @@ export class Qp {
         if (!mr || !mr.valid) return null;
         SINGLE.mr = mr;
         SINGLE.off = w.addr[i]! - mr.iova + (off - base);
+        SINGLE.rest = base + l - off;
         return SINGLE;
       }
       base += l;
@@ -462,6 +479,8 @@ export class Qp {
     this.resp.outq.length = 0;
     this.resp.msn = 0;
     this.commEst = false;
+    // what arrived before the reset lands; read-ahead windows go
+    this.staging?.release();
   }
 
   /** The QP is gone or in error: stop its timers. */
@@ -513,15 +532,18 @@ export class Qp {
 class SingleSge {
   mr!: Mr;
   off = 0;
+  rest = 0;
 }
 const SINGLE = new SingleSge();
 
 /**
- * Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`). False
- * on a dead MR, client memory that could not be read or written, or a list shorter than off+len.
+ * Copies `len` bytes between the WQE's SGEs from byte `off` and buf[bufOff..] (into the SGEs when `toWqe`). A
+ * client's own memory is read through the requester's read-ahead (ahead: the rest of each SGE), and written
+ * through the completer's write-behind when `staged` (`last`: the message's last bytes). False on a dead MR,
+ * client memory that could not be read or written, or a list shorter than off+len.
  */
 const sgl = new SglCursor();
-function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff: number, toWqe: boolean): boolean {
+function copySges(qp: Qp, w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff: number, toWqe: boolean, staged: boolean, last: boolean): boolean {
   const c = sgl.start(w.numSge, w.len, off, len);
   while (c.next()) {
     const mr = w.mr[c.i];
@@ -531,7 +553,9 @@ function copySges(w: SendWqe, off: number, len: number, buf: Uint8Array, bufOff:
     if (v !== null) {
       if (toWqe) copyBytes(v, mOff, buf, bufOff + c.done, c.n);
       else copyBytes(buf, bufOff + c.done, v, mOff, c.n);
-    } else if (!(toWqe ? mr.mem.write(mOff, buf, bufOff + c.done, c.n) : mr.mem.read(mOff, buf, bufOff + c.done, c.n))) return false;
+    } else if (!toWqe) {
+      if (!qp.stage.send.read(w, mr.mem, mOff, buf, bufOff + c.done, c.n, w.len[c.i]! - c.sgeOff)) return false;
+    } else if (!(staged ? qp.stage.comp.write(mr.mem, mOff, buf, bufOff + c.done, c.n, 0, last && c.done + c.n === len) : mr.mem.write(mOff, buf, bufOff + c.done, c.n))) return false;
   }
   return c.complete;
 }

@@ -10,7 +10,8 @@
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
 import { completeUnreliable, failWqe, flushSend } from './completion.js';
 import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
-import { pktBuffer, type Pkt } from './packet.js';
+import { pktBuffer, spanBuffer, type Pkt } from './packet.js';
+import { STAGE_BYTES } from './staging.js';
 import { WqeState, type Qp, type SendWqe } from './qp.js';
 import { Task } from './scheduler.js';
 import { tracer } from './trace.js';
@@ -98,6 +99,8 @@ function start(qp: Qp): ReqState {
   w.state = WqeState.PROCESSING;
   w.firstPsn = qp.req.psn;
   w.offset = 0;
+  // a new WQE: its bytes are read afresh (the window read ahead for the one before is not its)
+  if (qp.staging !== null) qp.staging.send.drop();
   const pkts = w.opcode === WrOpcode.RDMA_READ || !w.isReadOrAtomic ? Math.max(1, Math.ceil(w.length / qp.mtu)) : 1;
   w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
   return ReqState.SEND;
@@ -128,7 +131,8 @@ function defer(qp: Qp): ReqState {
 
 function done(qp: Qp): ReqState {
   if (qp.type === QpType.RC) qp.armRetransmit();
-  if (run$.budget === 0 && qp.req.idx !== run$.prod) qp.dev.sched.schedule(qp, Task.REQUESTER);
+  // (below 0: a span of a client's own memory is charged the packets it stands for)
+  if (run$.budget <= 0 && qp.req.idx !== run$.prod) qp.dev.sched.schedule(qp, Task.REQUESTER);
   return ReqState.EXIT;
 }
 
@@ -241,9 +245,12 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   let span = 1;
   if (remaining > qp.mtu && qp.mtu < SPAN_BYTES && dev.acceptsSpans(p.dstGid)) {
     span = Math.min(Math.ceil(remaining / qp.mtu), Math.floor(SPAN_BYTES / qp.mtu));
-    // (a client's memory the daemon does not map is copied packet by packet, into the descriptor's MTU buffer)
     const one = qp.single(w, w.offset, Math.min(remaining, span * qp.mtu));
-    if (!one || one.mr.mem.view === null) span = 1;
+    if (!one) span = 1;
+    // a client's own memory: one read into the descriptor's span buffer, charged to this run's budget as the
+    // packets it stands for (the bytes one run reads stay what they were packet by packet: its span buffers,
+    // and the time the event loop is held, stay bounded)
+    else if (one.mr.mem.view === null) run$.budget -= span - 1;
   }
   const n = Math.min(span * qp.mtu, remaining);
   const last = remaining <= span * qp.mtu;
@@ -260,7 +267,7 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
     p.ackReq = true;
     qp.req.noAck = 0;
   }
-  if (n > 0 && !payload(qp, w, p, n)) {
+  if (n > 0 && !payload(qp, w, p, n, last)) {
     dev.freePkt(p);
     // as a WQE its checks refuse (fetchWqe): past the requester, so failWqe completes it with its status
     w.state = WqeState.PENDING;
@@ -282,8 +289,12 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   return true;
 }
 
-/** The most bytes one span descriptor carries: a bound on the work of one pass, as a turn's packet budget is. */
+/**
+ * The most bytes one span descriptor carries: a bound on the work of one pass, as a turn's packet budget is; a
+ * span of a client's own memory is read into a staging buffer (spanBuffer), which holds as much.
+ */
 const SPAN_BYTES = 65536;
+if (SPAN_BYTES > STAGE_BYTES) throw new Error('a span buffer holds less than a span');
 
 /** SEND_* / RDMA_WRITE_* for a packet's place in its message (rxe's next_opcode). */
 function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {
@@ -300,10 +311,11 @@ function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {
 
 /**
  * The packet's n payload bytes: the MR's memory itself when one SGE holds them all and the daemon maps it, else
- * copied into the descriptor's buffer (gathered from the SGEs, or read from the client's memory). False when
- * the client's memory could not be read (or an MR died).
+ * copied into the descriptor's buffer (gathered from the SGEs, or read from the client's memory: a span's in one
+ * read into its span buffer, an MTU packet's through the QP's read-ahead). False when the client's memory
+ * could not be read (or an MR died). `last`: the message's last packet (its read-ahead window goes after it).
  */
-function payload(qp: Qp, w: SendWqe, p: Pkt, n: number): boolean {
+function payload(qp: Qp, w: SendWqe, p: Pkt, n: number, last: boolean): boolean {
   const one = qp.single(w, w.offset, n);
   if (one) {
     const v = one.mr.mem.view;
@@ -313,14 +325,18 @@ function payload(qp: Qp, w: SendWqe, p: Pkt, n: number): boolean {
       p.payOff = one.off;
       return true;
     }
-    const buf = pktBuffer(p, n);
-    if (!one.mr.mem.read(one.off, buf, 0, n)) return false;
+    const buf = n > qp.mtu ? spanBuffer(p) : pktBuffer(p, n);
+    const ok = n > qp.mtu ? one.mr.mem.read(one.off, buf, 0, n) : qp.stage.send.read(w, one.mr.mem, one.off, buf, 0, n, one.rest);
+    if (last || !ok) qp.stage.send.drop();
+    if (!ok) return false;
     p.payload = buf;
     p.payOff = 0;
     return true;
   }
   const buf = pktBuffer(p, n);
-  if (!qp.gather(w, w.offset, buf, 0, n)) return false;
+  const ok = qp.gather(w, w.offset, buf, 0, n);
+  if ((last || !ok) && qp.staging !== null) qp.staging.send.drop();
+  if (!ok) return false;
   p.payload = buf;
   p.payOff = 0;
   return true;
@@ -344,6 +360,8 @@ export function retry(qp: Qp): void {
   }
   const cur = qp.wqeAt(qp.req.idx);
   if (cur.state === WqeState.PROCESSING) cur.state = WqeState.POSTED;
+  // what goes again is read again
+  if (qp.staging !== null) qp.staging.send.drop();
   qp.req.idx = qp.comp.idx;
   qp.req.psn = first.firstPsn;
   qp.req.rdAtomic = 0;

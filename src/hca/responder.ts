@@ -69,12 +69,29 @@ export const RespState = {
 export type RespState = (typeof RespState)[keyof typeof RespState];
 const NAMES = Object.keys(RespState);
 
-/** What one packet's run carries from state to state. */
-const run$ = { d: 0, kind: 0, err: Err.INVALID as ErrKind };
+/** What one packet's run carries from state to state; `nak`: the PSN an error NAKs when not the packet's own (-1). */
+const run$ = { d: 0, kind: 0, err: Err.INVALID as ErrKind, nak: -1 };
 
 function fail(e: ErrKind): RespState {
   run$.err = e;
   return RespState.ERROR;
+}
+
+/**
+ * Before the responder sends anything (an ACK, a NAK, a read or atomic response): what it placed in a client's
+ * own memory and holds in its write-behind is written. Whatever tells the requester how far the responder has
+ * got then never runs ahead of the bytes: an ACK that retires the requester's WQE (whose completion may tell
+ * its client to tell ours) follows them into memory. True when nothing was held or it was written; false when
+ * it could not be written, with run$ set for ERROR: the error of the message in progress (a WRITE's: remote
+ * access, rxe's RKEY_VIOLATION; a SEND's: rxe's MALFORMED_WQE), NAKing the first PSN whose bytes it held (one
+ * of that message's: no ACK has gone past it).
+ */
+function settled(qp: Qp): boolean {
+  const st = qp.staging;
+  if (st === null || st.recv.len === 0 || st.recv.flush()) return true;
+  run$.err = (qp.resp.inMsg || run$.kind) & M.SEND ? Err.MALFORMED_WQE : Err.RKEY;
+  run$.nak = st.recv.psn;
+  return false;
 }
 
 function checkState(qp: Qp, p: Pkt): RespState {
@@ -103,6 +120,7 @@ function checkPsn(qp: Qp, p: Pkt): RespState {
       // a gap: one PSN sequence error NAK per gap (Class B), then drop until the requester goes back;
       // rxe counts out_of_seq_request once per NAK, not per dropped packet
       if (!qp.resp.sentPsnNak) {
+        if (!settled(qp)) return RespState.ERROR;
         qp.dev.counters.out_of_seq_request++;
         qp.resp.sentPsnNak = true;
         sendAck(qp, Aeth.NAK_PSN_SEQ_ERROR, qp.resp.psn);
@@ -117,6 +135,7 @@ function checkPsn(qp: Qp, p: Pkt): RespState {
   } else if (d !== 0) {
     // UC: packets were lost. The message in progress is gone (its receive WQE stays, for the next SEND);
     // a FIRST or ONLY starts the next message afresh, anything else is the rest of a lost one and is dropped next
+    abandon(qp);
     qp.resp.inMsg = 0;
     qp.resp.dropMsg = false;
     qp.resp.psn = p.psn;
@@ -131,6 +150,7 @@ function checkOpSeq(qp: Qp, p: Pkt): RespState {
   if (qp.resp.inMsg) {
     if (m & M.FIRST || run$.kind !== qp.resp.inMsg) {
       if (rc) return fail(Err.INVALID);
+      abandon(qp);
       qp.resp.inMsg = 0;
       qp.resp.dropMsg = false;
       if (!(m & M.FIRST)) {
@@ -187,7 +207,7 @@ function execute(qp: Qp, p: Pkt): RespState {
   if (m & M.SEND) {
     const w = qp.resp.wqe!;
     if (qp.resp.offset + p.payLen > w.length) return fail(Err.LENGTH);
-    if (!scatter(qp, w, qp.resp.offset, p.payload, p.payOff, p.payLen)) return fail(Err.MALFORMED_WQE);
+    if (!scatter(qp, w, qp.resp.offset, p.payload, p.payOff, p.payLen, p)) return fail(Err.MALFORMED_WQE);
     qp.resp.offset += p.payLen;
   } else if (m & M.WRITE) {
     if (p.payLen > qp.resp.resid) return fail(Err.LENGTH);
@@ -197,12 +217,15 @@ function execute(qp: Qp, p: Pkt): RespState {
       const v = mr.mem.view;
       // the client's memory that could not be written: as a bad rkey (rxe: a failed rxe_mr_copy is RKEY_VIOLATION)
       if (v !== null) v.set(p.payload.subarray(p.payOff, p.payOff + p.payLen), qp.resp.va - mr.iova);
-      else if (!mr.mem.write(qp.resp.va - mr.iova, p.payload, p.payOff, p.payLen)) return fail(Err.RKEY);
+      else if (!qp.stage.recv.write(mr.mem, qp.resp.va - mr.iova, p.payload, p.payOff, p.payLen, p.psn, (m & M.LAST) !== 0)) return fail(Err.RKEY);
     }
     qp.resp.va += p.payLen;
     qp.resp.resid -= p.payLen;
     if (m & M.LAST && qp.resp.resid !== 0) return fail(Err.LENGTH);
   }
+  // the message's last packet: all of it is in memory before its completion or ACK (write() wrote it with its
+  // last bytes; this is for a last packet that carried none)
+  if (m & M.LAST && !settled(qp)) return RespState.ERROR;
   advance(qp, p, run$.kind);
   return m & M.LAST ? RespState.COMPLETE : RespState.ACKNOWLEDGE;
 }
@@ -235,6 +258,7 @@ function complete(qp: Qp, p: Pkt): RespState {
  */
 function acknowledge(qp: Qp, p: Pkt): RespState {
   if (qp.type !== QpType.RC || !p.ackReq) return RespState.EXIT;
+  if (!settled(qp)) return RespState.ERROR;
   const r = qp.resp;
   const last = r.lastAck;
   // a span answers for its last PSN
@@ -269,13 +293,14 @@ function duplicateState(qp: Qp, p: Pkt): RespState {
 }
 
 function rnr(qp: Qp, p: Pkt): RespState {
+  if (!settled(qp)) return RespState.ERROR;
   qp.dev.counters.send_rnr_err++;
   sendAck(qp, Aeth.RNR_NAK | (qp.attr.minRnrTimer & 0x1f), p.psn);
   return RespState.EXIT;
 }
 
 function errorState(qp: Qp, p: Pkt): RespState {
-  error(qp, p, run$.err);
+  error(qp, run$.nak < 0 ? p : { psn: run$.nak, srcQpn: p.srcQpn }, run$.err);
   return RespState.EXIT;
 }
 
@@ -292,6 +317,7 @@ function ud(qp: Qp, p: Pkt): RespState {
 /** A request packet for one of our QPs. */
 export function receive(qp: Qp, p: Pkt): void {
   let s: RespState = RespState.CHECK_STATE;
+  run$.nak = -1;
   const hook = tracer.hook;
   // a request in sequence takes each check's next state in turn: walked as straight-line calls (a state
   // variable through the loop below cost ~70 ns a packet); the first state off that path continues in the loop
@@ -330,7 +356,13 @@ function advance(qp: Qp, p: Pkt, kind: number): void {
   if (p.mask & M.LAST) qp.resp.dropMsg = false;
 }
 
+/** UC: the message in progress is given up (packets lost): what of it arrived lands, as it would have packet by packet. */
+function abandon(qp: Qp): void {
+  if (qp.staging !== null) qp.staging.recv.flush();
+}
+
 function dropUc(qp: Qp, p: Pkt): void {
+  abandon(qp);
   qp.resp.dropMsg = !(p.mask & M.LAST);
   qp.resp.inMsg = p.mask & M.LAST ? 0 : p.mask & (M.SEND | M.WRITE);
   qp.resp.psn = (p.psn + p.span) & PSN_MASK;
@@ -353,9 +385,14 @@ function takeRecv(qp: Qp): RecvWqe | null {
   return qp.recvWqe;
 }
 
-/** Places len bytes into a receive WQE's SGEs at byte `off`. False on a bad lkey / PD / access / bounds, or unwritable client memory. */
+/**
+ * Places len bytes into a receive WQE's SGEs at byte `off`: into a client's own memory through the responder's
+ * write-behind when they are a packet `p` of an RC/UC SEND (its last bytes written with the message's last
+ * packet), straight when p is null (a UD message is one packet). False on a bad lkey / PD / access / bounds, or
+ * unwritable client memory.
+ */
 const sgl = new SglCursor();
-function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number): boolean {
+function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: number, len: number, p: Pkt | null): boolean {
   const c = sgl.start(w.numSge, w.len, off, len);
   while (c.next()) {
     const mr = qp.dev.lookupMr(w.lkey[c.i]!);
@@ -363,7 +400,9 @@ function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: numbe
     if (!mr || mr.pd !== qp.pd || !(mr.access & Access.LOCAL_WRITE) || !mr.contains(va, c.n)) return false;
     const v = mr.mem.view;
     if (v !== null) copyBytes(v, va - mr.iova, src, srcOff + c.done, c.n);
-    else if (!mr.mem.write(va - mr.iova, src, srcOff + c.done, c.n)) return false;
+    else if (p === null) {
+      if (!mr.mem.write(va - mr.iova, src, srcOff + c.done, c.n)) return false;
+    } else if (!qp.stage.recv.write(mr.mem, va - mr.iova, src, srcOff + c.done, c.n, p.psn, (p.mask & M.LAST) !== 0 && c.done + c.n === len)) return false;
   }
   return c.complete;
 }
@@ -380,6 +419,8 @@ function checkRkey(qp: Qp, rkey: number, va: number, len: number, need: number):
 }
 
 function read(qp: Qp, p: Pkt): void {
+  // (nothing is held here in RC: a READ inside a message is refused by checkOpSeq; settled all the same)
+  if (!settled(qp)) return error(qp, { psn: run$.nak, srcQpn: p.srcQpn }, run$.err);
   if (qp.attr.maxDestRdAtomic === 0) return error(qp, p, Err.INVALID);
   const mr = checkRkey(qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_READ);
   if (!mr) return error(qp, p, Err.RKEY);
@@ -444,8 +485,10 @@ function readResponse(qp: Qp, o: ReadOut): Pkt | null {
       p.payload = v;
       p.payMap = o.map;
       p.payOff = o.va - o.iova + off;
-    } else if (o.mem.read(o.va - o.iova + off, (p.payload = pktBuffer(p, len)), 0, len)) p.payOff = 0;
-    else {
+    } else if (qp.stage.read.read(o, o.mem, o.va - o.iova + off, (p.payload = pktBuffer(p, len)), 0, len, o.length - off)) {
+      p.payOff = 0;
+      if (o.next === n) qp.stage.read.drop();
+    } else {
       qp.dev.freePkt(p);
       return null;
     }
@@ -476,7 +519,10 @@ export function pump(qp: Qp): void {
     if ('kind' in head) {
       // the MR went away (or changed its translation) under a response still going out: the rest is not sent,
       // the requester retries or times out, as after any lost packets
-      if (head.map?.unmapped || (head.mr && (!head.mr.valid || head.mr.mem !== head.mem))) head.next = head.n;
+      if (head.map?.unmapped || (head.mr && (!head.mr.valid || head.mr.mem !== head.mem))) {
+        head.next = head.n;
+        qp.staging?.read.drop();
+      }
       while (head.next < head.n && budget-- > 0) {
         const p = readResponse(qp, head);
         if (p === null) {
@@ -496,6 +542,7 @@ export function pump(qp: Qp): void {
 }
 
 function atomic(qp: Qp, p: Pkt): void {
+  if (!settled(qp)) return error(qp, { psn: run$.nak, srcQpn: p.srcQpn }, run$.err);
   if (qp.attr.maxDestRdAtomic === 0) return error(qp, p, Err.INVALID);
   const mr = checkRkey(qp, p.rkey, p.va, 8, Access.REMOTE_ATOMIC);
   if (!mr || mr === ZERO_LEN) return error(qp, p, Err.RKEY);
@@ -552,7 +599,9 @@ function duplicate(qp: Qp, p: Pkt): void {
     return; // not in the resources any more: drop, the requester will time out
   }
   // SEND / WRITE: already done; tell the requester how far we are
-  if (p.ackReq) sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
+  if (!p.ackReq) return;
+  if (!settled(qp)) return error(qp, { psn: run$.nak, srcQpn: p.srcQpn }, run$.err);
+  sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, (qp.resp.psn - 1) & PSN_MASK);
 }
 
 function fillReply(qp: Qp, p: Pkt): void {
@@ -586,6 +635,8 @@ function error(qp: Qp, p: { psn: number; srcQpn: number }, e: ErrKind): void {
     qp.dev.countDrop('the QP\'s process has exited');
     return;
   }
+  // what was placed before the error lands (a failure now changes nothing: the NAK below is the message's)
+  qp.staging?.settle();
   sendAck(qp, e.syndrome, p.psn);
   const was = qp.state;
   qp.state = QpState.ERR; // before the error completion shows, as on the send side
@@ -613,7 +664,7 @@ function receiveUd(qp: Qp, p: Pkt): void {
     return;
   }
   const grh = makeGrh(p);
-  if (!scatter(qp, w, 0, grh, 0, 40) || !scatter(qp, w, 40, p.payload, p.payOff, p.payLen)) {
+  if (!scatter(qp, w, 0, grh, 0, 40, null) || !scatter(qp, w, 40, p.payload, p.payOff, p.payLen, null)) {
     postRecvWc(qp, w, WcStatus.LOC_PROT_ERR, WcOpcode.RECV, 0, 0, p.srcQpn, false);
     return;
   }

@@ -4,12 +4,15 @@
  * ProcMemory's copies on their own, then the engines of two devices over one
  * fabric moving data between MRs of either kind, one side's MRs in a real
  * child process; and accesses to a page the client unmapped, which end as the
- * IBA errors a bad key gives while the devices go on serving.
+ * IBA errors a bad key gives while the devices go on serving. Then the staging
+ * (staging.ts) with ProcMemory on both sides: sizes around a staging buffer,
+ * spans, packet by packet, loss and retransmission, RNR, failures in the
+ * middle of a range, and the points where held bytes must be written.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -20,11 +23,15 @@ import { cqLayout, qpLayout } from '../../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../../src/abi/recv-ring.js';
 import { SendRingConsumer, SendRingProducer, type SendWrIn } from '../../src/abi/send-ring.js';
 import { SoftDevice } from '../../src/hca/device.js';
-import { Fabric } from '../../src/hca/fabric.js';
+import { Fabric, Fault } from '../../src/hca/fabric.js';
 import { atomic64, MappedMemory, ProcMemory, procMemoryGone, type MrMemory } from '../../src/hca/mr-memory.js';
 import { Cq, Mr, Pd, type Ah, type Owner } from '../../src/hca/objects.js';
+import { Op, psnDiff } from '../../src/hca/opcodes.js';
+import type { Pkt } from '../../src/hca/packet.js';
 import { Qp } from '../../src/hca/qp.js';
-import { mapAnon, unmap, type Mapping } from '../../src/native/libc.js';
+import { settleMemory, STAGE_BYTES } from '../../src/hca/staging.js';
+import { toError } from '../../src/hca/completion.js';
+import { mapAnon, mapShared, unmap, type Mapping } from '../../src/native/libc.js';
 import { holed, PAGE } from '../fixtures/hole.js';
 import { DIST, pattern } from '../helpers.js';
 
@@ -61,7 +68,7 @@ describe('ProcMemory on /proc/self/mem', () => {
     unmap(m);
   });
 
-  test('a copy longer than the bounce buffer (64 KiB), at an offset in the caller\'s buffer, goes through it in pieces', () => {
+  test('a copy of 200,000 bytes at an offset in the caller\'s buffer (one call, through a subarray)', () => {
     const m = mapAnon(64 * PAGE);
     const v = new Uint8Array(m.buffer);
     pattern(3, v.length).copy(v);
@@ -216,11 +223,11 @@ afterEach(() => {
   assert.deepEqual(bugs.splice(0), [], 'no internal error in the engines');
 });
 
-/** Two devices of one daemon (one fabric, so packets between them may travel as spans), MTU 1024, a PD each. */
-function devices(): { a: { dev: SoftDevice; pd: Pd }; b: { dev: SoftDevice; pd: Pd } } {
+/** Two devices of one daemon (one fabric, so packets between them may travel as spans), MTU 1024 unless told, a PD each. */
+function devices(mtu: Mtu = Mtu.MTU_1024): { a: { dev: SoftDevice; pd: Pd }; b: { dev: SoftDevice; pd: Pd } } {
   const fabric = new Fabric();
   const mk = (i: number) => {
-    const dev = new SoftDevice(fabric, `mm${i}`, i, `127.78.0.${i + 1}`, { mtu: Mtu.MTU_1024 });
+    const dev = new SoftDevice(fabric, `mm${i}`, i, `127.78.0.${i + 1}`, { mtu });
     dev.onBug = (e) => bugs.push(e);
     return { dev, pd: new Pd(owner) };
   };
@@ -253,7 +260,7 @@ function pair(d: ReturnType<typeof devices>, bOwner?: Owner): { a: End; b: End }
     q.attr.timeout = 14;
     q.attr.retryCnt = q.comp.retryCnt = 7;
     q.attr.rnrRetry = q.comp.rnrRetry = 7;
-    q.setMtu(Mtu.MTU_1024, x.dev.mtuBytes);
+    q.setMtu(Mtu.MTU_4096, x.dev.mtuBytes);
     q.req.psn = q.comp.psn = 1000;
     q.resp.psn = 1000;
     q.state = QpState.RTS;
@@ -342,7 +349,7 @@ describe('the engines with MRs in a client\'s own memory (a child process throug
     assert.equal(await child.ask(`hash 256 10000`), sha(sent));
   });
 
-  test('RDMA WRITE into the child: from mapped memory (spans of 64 KiB at the responder) and from the test\'s own (packet by packet)', async () => {
+  test('RDMA WRITE into the child: from mapped memory and from the test\'s own, both as spans of 64 KiB (one write each at the responder)', async () => {
     const { a, b } = pair(devices());
     const mapped = mappedMr(a, 256 << 10);
     pattern(12, mapped.view.length).copy(mapped.view);
@@ -358,7 +365,7 @@ describe('the engines with MRs in a client\'s own memory (a child process throug
     assert.equal(Math.max(...writes.splice(0)), 65536, 'a span: one write for 64 packets');
     post(a, { wrId: 2n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(own.mr, 3, 150_000)], rdma: { remoteAddr: dst.iova + 300_001, rkey: dst.key } });
     assert.deepEqual(brief(await poll(a, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, 150_000]]);
-    assert.equal(Math.max(...writes), 1024, 'from memory the daemon does not map: one packet at a time');
+    assert.equal(Math.max(...writes), 65536, 'from memory the daemon does not map: spans too (one read each)');
     assert.equal(await child.ask('hash 1000 200000'), sha(mapped.view.subarray(0, 200_000)));
     assert.equal(await child.ask('hash 300001 150000'), sha(own.view.subarray(3, 150_003)));
   });
@@ -522,4 +529,285 @@ test('a client that has exited, to an owner that can tell (the daemon\'s context
   assert.equal(b.qp.state, QpState.RTS, 'no responder error');
   assert.ok((d.b.dev.drops.get('the QP\'s process has exited') ?? 0) >= 2, 'the request and its retry dropped');
   closeSync(fd);
+});
+
+/**
+ * The invariants of the write-behind (staging.ts), checked as the engines run: no ACK or NAK a QP sends covers a
+ * PSN whose bytes it still holds, and no completion shows on its CQ while it holds any.
+ */
+function watch(e: End): void {
+  const cq = e.qp.recvCq;
+  const post = cq.post.bind(cq);
+  cq.post = (wc) => {
+    const held = e.qp.staging === null ? 0 : e.qp.staging.recv.len + e.qp.staging.comp.len;
+    assert.equal(held, 0, `a completion (status ${wc.status}) while ${held} bytes are held`);
+    return post(wc);
+  };
+  const xmit = e.dev.xmit.bind(e.dev);
+  e.dev.xmit = (p: Pkt) => {
+    const op = p.opcode & 0x1f;
+    const st = e.qp.staging;
+    if (p.srcQpn === e.qp.qpn && (op === Op.ACKNOWLEDGE || op === Op.ATOMIC_ACKNOWLEDGE) && st !== null && st.recv.len > 0)
+      assert.ok(psnDiff(st.recv.psn, p.psn) > 0, `an ACK/NAK for PSN ${p.psn} while the bytes of PSN ${st.recv.psn} on are held`);
+    return xmit(p);
+  };
+}
+
+const MTU = 4096;
+const PKTS = STAGE_BYTES / MTU;
+/** Around the staging size (at MTU 4096: 16 packets), and past it. */
+const SIZES = [1, MTU, (PKTS - 1) * MTU, PKTS * MTU - 1, PKTS * MTU, PKTS * MTU + 1, (PKTS + 1) * MTU, 3 * STAGE_BYTES + 777, 1 << 20];
+/** How packets travel: as spans (two devices of one daemon), one by one (a fault injector injecting nothing), one by one with loss, duplicates and reordering. */
+const MODES: Array<[string, string | null]> = [
+  ['spans', null],
+  ['packet by packet', 'seed=1'],
+  ['with loss, duplicates and reordering', `drop=0.05,dup=0.02,reorder=0.02,seed=${process.env.FAULT_SEED ?? 5}`],
+];
+
+function staged(mode: string | null): { a: End; b: End } {
+  const d = devices(Mtu.MTU_4096);
+  if (mode) d.a.dev.fabric.fault = Fault.parse(mode);
+  const { a, b } = pair(d);
+  for (const e of [a, b]) {
+    e.qp.attr.timeout = 12; // 17 ms: a lost tail is sent again soon
+    e.qp.attr.minRnrTimer = 1;
+    watch(e);
+  }
+  return { a, b };
+}
+
+describe('a client\'s own memory moved in spans of up to 64 KiB (read-ahead, write-behind), both sides ProcMemory: the test\'s own memory and the child\'s', () => {
+  let child: Child;
+  before(async () => {
+    child = await spawnChild();
+  });
+  after(async () => {
+    await child.stop();
+  });
+
+  for (const [name, mode] of MODES) {
+    test(`WRITE, SEND and READ of ${SIZES.join(', ')} bytes at odd offsets, ${name}; the source rewritten between WRs (nothing stale is sent)`, async () => {
+      const { a, b } = staged(mode);
+      const src = ownMr(a, (1 << 20) + 2 * PAGE);
+      const dst = childMr(b, child);
+      let seed = 100;
+      for (const n of SIZES) {
+        // the same source bytes each time, new contents: a window read ahead for the WR before must not be sent
+        pattern(++seed, n).copy(src.view, 3);
+        post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src.mr, 3, n)], rdma: { remoteAddr: dst.iova + 5, rkey: dst.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, n]], `WRITE ${n}`);
+        assert.equal(await child.ask(`hash 5 ${n}`), sha(src.view.subarray(3, 3 + n)), `WRITE ${n}: in the child's memory once it completed`);
+
+        pattern(++seed, n).copy(src.view, 3);
+        postRecv(b, 2n, sge(dst, 7, n + 100));
+        post(a, { wrId: 2n, opcode: WrOpcode.SEND, sgList: [sge(src.mr, 3, n)] });
+        assert.deepEqual(brief(await poll(b, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.RECV, n]], `SEND ${n}`);
+        assert.equal(await child.ask(`hash 7 ${n}`), sha(src.view.subarray(3, 3 + n)), `SEND ${n}: in the child's memory at its receive completion`);
+        assert.deepEqual(brief(await poll(a, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.SEND, n]]);
+
+        assert.equal(await child.ask(`fill 9 ${n} ${++seed}`), 'ok');
+        src.view.fill(0xaa);
+        post(a, { wrId: 3n, opcode: WrOpcode.RDMA_READ, sgList: [sge(src.mr, 3, n)], rdma: { remoteAddr: dst.iova + 9, rkey: dst.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[3n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, n]], `READ ${n}`);
+        assert.equal(sha(src.view.subarray(3, 3 + n)), sha(pattern(seed, n)), `READ ${n}: in the test's memory at its completion`);
+        assert.ok(src.view[2] === 0xaa && src.view[3 + n] === 0xaa, 'nothing outside the SGE');
+      }
+      if (mode?.includes('drop')) assert.ok(a.dev.fabric.fault!.dropped > 10, `packets were lost (${a.dev.fabric.fault!.dropped})`);
+    });
+  }
+
+  test('a READ gathered into two SGEs of the test\'s memory and a SEND scattered into two of the child\'s, packet by packet: the write-behind moves from one SGE to the next', async () => {
+    const { a, b } = staged('seed=1');
+    const own = ownMr(a, 1 << 20);
+    const dst = childMr(b, child);
+    const LEN = 100_000;
+    assert.equal(await child.ask(`fill 0 ${LEN} 31`), 'ok');
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(own.mr, 10, 30_001), sge(own.mr, 200_000, LEN - 30_001)], rdma: { remoteAddr: dst.iova, rkey: dst.key } });
+    assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, LEN]]);
+    const want = pattern(31, LEN);
+    assert.deepEqual(Buffer.from(own.view.subarray(10, 30_011)), want.subarray(0, 30_001));
+    assert.deepEqual(Buffer.from(own.view.subarray(200_000, 200_000 + LEN - 30_001)), want.subarray(30_001));
+    pattern(32, LEN).copy(own.view, 0);
+    const o = b.rq.begin(5n, 2);
+    b.rq.writeSge(o, 0, dst.iova + 300_000, 50_001, dst.key);
+    b.rq.writeSge(o, 1, dst.iova + 400_000, 60_000, dst.key);
+    b.rq.advance();
+    b.rq.publish();
+    post(a, { wrId: 2n, opcode: WrOpcode.SEND, sgList: [sge(own.mr, 0, 40_000), sge(own.mr, 40_000, LEN - 40_000)] });
+    assert.deepEqual(brief(await poll(b, 1)), [[5n, WcStatus.SUCCESS, WcOpcode.RECV, LEN]]);
+    assert.equal(await child.ask('hash 300000 50001'), sha(own.view.subarray(0, 50_001)));
+    assert.equal(await child.ask(`hash 400000 ${LEN - 50_001}`), sha(own.view.subarray(50_001, LEN)));
+  });
+
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`a WRITE with immediate whose last packet meets no receive WQE (RNR NAK, the rest held before it is written), then goes again and completes, ${name}`, async () => {
+      const { a, b } = staged(mode);
+      const src = ownMr(a, 1 << 20);
+      const dst = childMr(b, child);
+      const n = (PKTS + 1) * MTU + 100;
+      pattern(41, n).copy(src.view);
+      post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE_WITH_IMM, sgList: [sge(src.mr, 0, n)], rdma: { remoteAddr: dst.iova + 11, rkey: dst.key }, imm: 0x1234 });
+      await new Promise((r) => setTimeout(r, 20));
+      assert.ok(b.dev.counters.send_rnr_err >= 1, 'RNR NAKed');
+      assert.equal(b.qp.staging?.recv.len ?? 0, 0, 'nothing held behind the RNR NAK');
+      postRecv(b, 9n, sge(dst, 0, 0));
+      assert.deepEqual(brief(await poll(b, 1)), [[9n, WcStatus.SUCCESS, WcOpcode.RECV_RDMA_WITH_IMM, n]]);
+      assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, n]]);
+      assert.equal(await child.ask(`hash 11 ${n}`), sha(src.view.subarray(0, n)));
+    });
+  }
+
+  /** 24 pages of the test's own memory with page 8 unmapped: a 64 KiB range from page 4 has the hole in its middle. */
+  const HOLE_AT = 8 * PAGE;
+  const holedOwn = (e: End) => {
+    const m = holed(24, 8);
+    return { m, mr: reg(e, new ProcMemory(selfFd, m.addr), m.addr, 24 * PAGE) };
+  };
+
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`failed accesses in the middle of a 64 KiB range, ${name}: the WRITE and SEND target, the READ source (remote errors), the SEND and READ's local buffer (LOC_PROT_ERR)`, async () => {
+      const cases = ['write into', 'send into', 'read from', 'send from', 'read into'] as const;
+      for (const what of cases) {
+        const { a, b } = staged(mode);
+        const mine = ownMr(a, 1 << 20);
+        pattern(51, 1 << 20).copy(mine.view);
+        const remoteSide = what === 'write into' || what === 'send into' || what === 'read from';
+        const h = holedOwn(remoteSide ? b : a);
+        const other = ownMr(b, 1 << 20);
+        h.m.view.fill(0x77, 0, HOLE_AT);
+        const from = 4 * PAGE + 100;
+        const n = STAGE_BYTES;
+        let wr: SendWrIn;
+        if (what === 'write into') wr = { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(mine.mr, 0, n)], rdma: { remoteAddr: h.mr.iova + from, rkey: h.mr.key } };
+        else if (what === 'send into') {
+          postRecv(b, 5n, sge(h.mr, from, n));
+          wr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(mine.mr, 0, n)] };
+        } else if (what === 'read from') wr = { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(mine.mr, 0, n)], rdma: { remoteAddr: h.mr.iova + from, rkey: h.mr.key } };
+        else if (what === 'send from') {
+          postRecv(b, 5n, sge(other.mr, 0, n));
+          wr = { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(h.mr, from, n)] };
+        } else wr = { wrId: 1n, opcode: WrOpcode.RDMA_READ, sgList: [sge(h.mr, from, n)], rdma: { remoteAddr: other.mr.iova, rkey: other.mr.key } };
+        if (what === 'read into') pattern(52, n).copy(other.view);
+        if (what === 'read from') mine.view.fill(0xee);
+        post(a, wr);
+        const want =
+          what === 'write into' || what === 'read from' ? WcStatus.REM_ACCESS_ERR :
+          what === 'send into' ? WcStatus.REM_OP_ERR :
+          WcStatus.LOC_PROT_ERR;
+        assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, want]], what);
+        assert.equal(a.qp.state, QpState.ERR, what);
+        if (remoteSide) assert.equal(b.qp.state, QpState.ERR, what);
+        if (what === 'send into') assert.deepEqual((await poll(b, 1)).map((w) => [w.wrId, w.status]), [[5n, WcStatus.LOC_QP_OP_ERR]]);
+        if (what === 'send from') {
+          assert.equal(b.cq.cons, b.cq.produced(), 'the receive never completes');
+          assert.equal(b.qp.state, QpState.RTS);
+        }
+        // what could be placed before the hole, was (as packet by packet before: the write-behind's bytes land even when the pages after them are gone)
+        const before = HOLE_AT - from;
+        if (what === 'write into' || what === 'send into') assert.deepEqual(Buffer.from(h.m.view.subarray(from, HOLE_AT)), Buffer.from(mine.view.subarray(0, before)), `${what}: the bytes before the hole`);
+        if (what === 'read into') assert.deepEqual(Buffer.from(h.m.view.subarray(from, HOLE_AT)), Buffer.from(other.view.subarray(0, before)), `${what}: the bytes before the hole`);
+        if (what === 'read from') {
+          // the responses before the hole's are placed, none after
+          assert.deepEqual(Buffer.from(mine.view.subarray(0, before - (before % MTU))), Buffer.alloc(before - (before % MTU), 0x77));
+          assert.ok(mine.view.subarray(n - MTU, n).every((x) => x === 0xee));
+        }
+        h.m.release();
+      }
+    });
+  }
+
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`a SEND longer than its receive buffer, ${name}: the bytes that fit land before the NAK (REM_INV_REQ_ERR) and the receive's LOC_LEN_ERR`, async () => {
+      const { a, b } = staged(mode);
+      const src = ownMr(a, 1 << 20);
+      pattern(71, 1 << 20).copy(src.view);
+      const m = mapAnon(1 << 20);
+      const view = new Uint8Array(m.buffer);
+      const dst = reg(b, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), 1 << 20);
+      const fits = 30 * MTU + 5;
+      postRecv(b, 6n, sge(dst, 0, fits));
+      post(a, { wrId: 1n, opcode: WrOpcode.SEND, sgList: [sge(src.mr, 0, 40 * MTU)] });
+      assert.deepEqual((await poll(a, 1)).map((w) => [w.wrId, w.status]), [[1n, WcStatus.REM_INV_REQ_ERR]]);
+      assert.deepEqual((await poll(b, 1)).map((w) => [w.wrId, w.status]), [[6n, WcStatus.LOC_LEN_ERR]]);
+      // spans: the first (16 packets; the second does not fit whole); packet by packet: the 30 that fit
+      const landed = mode === null ? STAGE_BYTES : 30 * MTU;
+      assert.deepEqual(Buffer.from(view.subarray(0, landed)), Buffer.from(src.view.subarray(0, landed)));
+      assert.ok(view.subarray(landed).every((x) => x === 0), 'nothing past what fit');
+      unmap(m);
+    });
+  }
+
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`a file's shared mapping as WRITE target and READ source, ${name}: the file holds what was written, and what the file holds is read`, async () => {
+      const { a, b } = staged(mode);
+      const own = ownMr(a, 1 << 20);
+      const dir = mkdtempSync(join(tmpdir(), 'mrmem-file-'));
+      const fd = openSync(join(dir, 'f'), 'w+');
+      try {
+        ftruncateSync(fd, 2 << 20);
+        const m = mapShared(fd, 2 << 20);
+        const file = reg(b, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), 2 << 20);
+        const n = (1 << 20) - 3;
+        pattern(81, n).copy(own.view, 3);
+        post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(own.mr, 3, n)], rdma: { remoteAddr: file.iova + 5, rkey: file.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[1n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, n]]);
+        const got = Buffer.alloc(n);
+        assert.equal(readSync(fd, got, 0, n, 5), n);
+        assert.equal(sha(got), sha(own.view.subarray(3, 3 + n)), 'in the file (its page cache) once the WRITE completed');
+        writeSync(fd, pattern(82, n), 0, n, 1000);
+        post(a, { wrId: 2n, opcode: WrOpcode.RDMA_READ, sgList: [sge(own.mr, 0, n)], rdma: { remoteAddr: file.iova + 1000, rkey: file.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[2n, WcStatus.SUCCESS, WcOpcode.RDMA_READ, n]]);
+        assert.equal(sha(own.view.subarray(0, n)), sha(pattern(82, n)));
+        unmap(m);
+      } finally {
+        closeSync(fd);
+        rmSync(dir, { recursive: true });
+      }
+    });
+  }
+
+  test('MR deregistration and a QP going to ERR mid-message: what arrived lands then, not later', async () => {
+    const { a, b } = staged('seed=1');
+    const src = ownMr(a, 1 << 20);
+    pattern(61, 1 << 20).copy(src.view);
+    const m = mapAnon(1 << 20);
+    const view = new Uint8Array(m.buffer);
+    const dst = reg(b, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), 1 << 20);
+    // the first 20 packets of a WRITE of 40: the fabric takes the rest
+    let sent = 0;
+    const push = a.dev.fabric.push.bind(a.dev.fabric);
+    a.dev.fabric.push = (p: Pkt) => {
+      if (p.srcQpn === a.qp.qpn && (p.opcode & 0x1f) >= Op.RDMA_WRITE_FIRST && (p.opcode & 0x1f) <= Op.RDMA_WRITE_ONLY && ++sent > 20) p.lost = true;
+      return push(p);
+    };
+    post(a, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src.mr, 0, 40 * MTU)], rdma: { remoteAddr: dst.iova, rkey: dst.key } });
+    const held = b.qp.staging!.recv.len;
+    assert.ok(held > 0 && held < STAGE_BYTES, `bytes held: ${held}`);
+    assert.ok(view.subarray(16 * MTU, 20 * MTU).every((x) => x === 0), 'not yet in memory');
+    b.dev.mrs.delete(dst.key >>> 8);
+    dst.valid = false;
+    settleMemory(dst.mem);
+    assert.equal(b.qp.staging!.recv.len, 0);
+    assert.deepEqual(Buffer.from(view.subarray(0, 20 * MTU)), Buffer.from(src.view.subarray(0, 20 * MTU)), 'the 20 packets are in memory');
+    a.dev.fabric.push = push;
+    a.qp.stopTimers();
+    // a second message, then the QP to ERR (modify_qp): the same
+    const { a: a2, b: b2 } = staged('seed=1');
+    const dst3 = reg(b2, new ProcMemory(selfFd, Number(m.addr)), Number(m.addr), 1 << 20);
+    const src2 = ownMr(a2, 1 << 20);
+    pattern(62, 1 << 20).copy(src2.view);
+    sent = 0;
+    const push2 = a2.dev.fabric.push.bind(a2.dev.fabric);
+    a2.dev.fabric.push = (p: Pkt) => {
+      if (p.srcQpn === a2.qp.qpn && (p.opcode & 0x1f) >= Op.RDMA_WRITE_FIRST && (p.opcode & 0x1f) <= Op.RDMA_WRITE_ONLY && ++sent > 10) p.lost = true;
+      return push2(p);
+    };
+    post(a2, { wrId: 1n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src2.mr, 0, 40 * MTU)], rdma: { remoteAddr: dst3.iova + 3 * MTU, rkey: dst3.key } });
+    assert.equal(b2.qp.staging!.recv.len, 10 * MTU);
+    toError(b2.qp, 'test');
+    assert.equal(b2.qp.staging!.recv.len, 0);
+    assert.deepEqual(Buffer.from(view.subarray(3 * MTU, 13 * MTU)), Buffer.from(src2.view.subarray(0, 10 * MTU)));
+    a2.qp.stopTimers();
+    unmap(m);
+  });
 });

@@ -5,6 +5,7 @@ import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { Mr } from '../../hca/objects.js';
+import { settleMemory } from '../../hca/staging.js';
 import type { Context } from '../context.js';
 import { pagesSpanned } from '../memlock.js';
 import type { MrPages } from '../providers/provider.js';
@@ -67,6 +68,8 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   // everything checked: now change the MR (a new key, so old keys stop working, as the kernel does)
   const key = ctx.dev.allocMrKey();
   ctx.dev.mrs.delete(mr.key >>> 8);
+  // bytes placed for it under the old translation and key, and still held, land now (staging.ts)
+  if (mr.mem.view === null) settleMemory(mr.mem);
   if (p) {
     if (mr.mapping) ctx.unmapClient(mr.mapping);
     ctx.host.pinned.release(ctx.pid, mr.pages);
