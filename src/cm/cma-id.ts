@@ -87,7 +87,8 @@ export class CmId {
     /** the file that owns it (MIGRATE_ID moves it to another) */
     public file: CmFile,
     readonly handle: number,
-    readonly uid: bigint,
+    /** what its events carry for its user to find it by (a request's id has none until rdma_accept gives it one) */
+    public uid: bigint,
     readonly ps: PortSpace,
     readonly qpType: CmQpType,
   ) {}

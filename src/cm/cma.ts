@@ -205,8 +205,16 @@ export class RdmaCm {
     });
   }
 
-  /** rdma_accept: the passive side's REP (SIDR_REP for UD), or the active side's RTU (librdmacm sends ACCEPT after CONNECT_RESPONSE). */
-  accept(id: CmId, p: ConnParam): void {
+  /**
+   * rdma_accept: the passive side's REP (SIDR_REP for UD), or the active side's RTU (librdmacm sends ACCEPT after
+   * CONNECT_RESPONSE). `uid` is what the id's events carry from now on (the kernel's ucma_accept sets ctx->uid).
+   */
+  accept(id: CmId, p: ConnParam, uid = id.uid): void {
+    this.acceptId(id, p);
+    id.uid = uid;
+  }
+
+  private acceptId(id: CmId, p: ConnParam): void {
     const cm = id.cm;
     if (cm?.state === IbState.REP_RCVD) return this.ib.sendRtu(cm);
     if (cm?.state === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, cm, SidrStatus.SUCCESS, p.qpNum, p.qkey, p.privateData);
@@ -458,7 +466,9 @@ export class RdmaCm {
   private childOf(listener: CmId, cm: IbCmId, hdr: IpCmHdr, dstAddr: string, port: number): CmId | null {
     let child: CmId;
     try {
-      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
+      // no uid until rdma_accept names one (the kernel's ctx->uid): its events before that carry 0, which librdmacm
+      // looks up by handle (and drops all but ESTABLISHED)
+      child = this.createId(listener.file, 0n, listener.ps, listener.qpType);
     } catch {
       return null;
     }

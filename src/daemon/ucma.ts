@@ -411,7 +411,7 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.ACCEPT: {
         const r = this.need(S.ACCEPT, body, out);
-        cm.accept(this.id(r.id, 'rdma_accept'), connParam(r.conn_param, 'rdma_accept'));
+        cm.accept(this.id(r.id, 'rdma_accept'), connParam(r.conn_param, 'rdma_accept'), r.uid);
         return;
       }
       case C.UcmaCmd.REJECT: {
@@ -464,8 +464,16 @@ export class UcmaConnection {
         this.migratedFrom = from;
         return pack(C.MIGRATE_RESP, { events_reported: id.eventsReported });
       }
+      case C.UcmaCmd.GET_OPTION:
+        // no kernel has it (ucma_cmd_table's hole)
+        throw new CmdError(E.ENOSYS, 'rdma_cm GET_OPTION: no such command');
+      case C.UcmaCmd.JOIN_IP_MCAST:
+      case C.UcmaCmd.JOIN_MCAST:
+      case C.UcmaCmd.LEAVE_MCAST:
+        throw new CmdError(E.EOPNOTSUPP, 'rdma_join_multicast: softverbsd serves no multicast');
       default:
-        throw new CmdError(E.EOPNOTSUPP, `rdma_cm command ${cmd} is not served`);
+        // past the kernel's table
+        throw new CmdError(E.EINVAL, `rdma_cm command ${cmd} does not exist`);
     }
   }
 
