@@ -63,6 +63,8 @@ export class UcmaFile implements CmFile {
   private waiting: Waiting[] = [];
   /** notification bytes written that the client has not been told to take (one per waiting event, once settled) */
   private told = 0;
+  /** what runs once no event waits (a stopping daemon ends the file then) */
+  private drained: (() => void) | null = null;
 
   constructor(
     private readonly host: UcmaHost,
@@ -121,13 +123,21 @@ export class UcmaFile implements CmFile {
     const w = this.waiting.shift();
     if (!w) return null;
     w.owner.eventsReported++;
+    if (!this.waiting.length && this.drained) setImmediate(this.drained);
     return w.rec;
+  }
+
+  /** Runs `f` once no event waits (at once if none does). */
+  whenDrained(f: () => void): void {
+    if (!this.waiting.length) return f();
+    this.drained = f;
   }
 
   /** What waits for `id` leaves the file (the id is destroyed, or moves to another file). */
   withdraw(id: CmId): Waiting[] {
     const out = this.waiting.filter((w) => w.owner === id);
     if (out.length) this.waiting = this.waiting.filter((w) => w.owner !== id);
+    if (out.length && !this.waiting.length && this.drained) setImmediate(this.drained);
     return out;
   }
 
@@ -208,6 +218,10 @@ const HDR = C.UCMA_HDR_SIZE;
 
 export class UcmaConnection {
   private kind: 'new' | 'cmd' | 'events' | 'notify' = 'new';
+  /** whether this is a file's command connection (not an event or notification stream) */
+  get commands(): boolean {
+    return this.kind === 'cmd';
+  }
   readonly file: UcmaFile;
   private readonly frames: FrameAssembler;
   private token = 0;
@@ -491,7 +505,10 @@ export class UcmaConnection {
   }
 }
 
-/** The daemon is stopping: what is queued for the client (its last events) is written before the connection ends. */
+/**
+ * The daemon is stopping: what is queued for the client (its last events) is written before the connection ends;
+ * a C program's command connection stays until GET_EVENT has taken them.
+ */
 export function endUcma(c: UcmaConnection, ms: number): Promise<void> {
   const s = c.sock;
   if (s.destroyed) return Promise.resolve();
@@ -502,7 +519,8 @@ export function endUcma(c: UcmaConnection, ms: number): Promise<void> {
       clearTimeout(t);
       res();
     });
-    s.end();
+    if (c.commands && c.file.native) c.file.whenDrained(() => s.end());
+    else s.end();
   });
 }
 
