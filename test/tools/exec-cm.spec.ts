@@ -20,7 +20,7 @@ import { after, before, describe, test, type TestContext } from 'node:test';
 import { preloadProblem } from '../../src/tools/exec.js';
 import { CmEventType, EventChannel } from '../../src/verbs/index.js';
 import { dial, expectEvent } from '../cm/helpers.js';
-import { A1, A2, DIST, IS_ROOT, runProcess, startDaemon, testUser, type Run, type RunningDaemon } from '../helpers.js';
+import { A1, A2, A3, DIST, IS_ROOT, runProcess, startDaemon, testUser, type Run, type RunningDaemon } from '../helpers.js';
 
 const REPO = join(DIST, '..');
 const C_TOOLS = '/usr/bin';
@@ -58,11 +58,11 @@ describe('rdma-core\'s librdmacm through softverbs exec', { skip }, () => {
     : 'rdma-core\'s verbs through the preload (QPs, CQs, MRs: the descriptor exchange <root>/fds.sock) are not in this daemon yet');
 
   /** Waits until something listens on `port` (`rdma resource show cm_id` says LISTEN), at most `ms`. */
-  const listening = async (p: string, ms = 10_000) => {
+  const listening = async (p: string, root = d.root, ms = 10_000) => {
     const rdma = [process.execPath, join(DIST, 'src', 'bin', 'rdma.js'), 'resource', 'show', 'cm_id'];
     const re = new RegExp(`state LISTEN .*src-addr \\S+:${p} `);
     for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
-      if (re.test((await runProcess(rdma[0]!, rdma.slice(1), { ...process.env, SOFTVERBS_ROOT: d.root })).out)) return;
+      if (re.test((await runProcess(rdma[0]!, rdma.slice(1), { ...process.env, SOFTVERBS_ROOT: root })).out)) return;
     }
     assert.fail(`nothing listened on port ${p} within ${ms} ms`);
   };
@@ -191,6 +191,23 @@ reject: ok
 destroy: ok ok
 done
 `);
+  });
+
+  test('the daemon stopping: a C program waiting in GET_EVENT takes its DEVICE_REMOVAL, then is told EIO', async () => {
+    const other = await startDaemon(['--device', `rxe0=${A3}`]);
+    try {
+      chmodSync(other.root, 0o755);
+      const argv = [...alice!.as, ...softverbs('exec', '--root', other.root, '--', probe, 'wait-removal', A3, '7000')];
+      const run = runProcess(argv[0]!, argv.slice(1), process.env, 20_000);
+      const early = await Promise.race([run, listening('7000', other.root).then(() => null)]);
+      if (early) assert.fail(`the listener ended before it listened:\n${early.out}`);
+      await other.stop();
+      const r = await run;
+      assert.equal(r.code, 0, r.out);
+      assert.equal(r.out, 'listening\nevent: RDMA_CM_EVENT_DEVICE_REMOVAL\nget_cm_event, the daemon gone: EIO\ndestroy: EIO\n');
+    } finally {
+      await other.stop();
+    }
   });
 
   test('rping -c to a port nothing listens on: RDMA_CM_EVENT_REJECTED, error 8', async (t) => {
