@@ -1022,10 +1022,9 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
  */
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	struct dev_fd *d = tracked(fd);
 	struct fd_resp r;
 	int q;
-
-	struct dev_fd *d = tracked(fd);
 
 	if (!d)
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
