@@ -425,7 +425,8 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.ACCEPT: {
         const r = this.need(S.ACCEPT, body, out);
-        cm.accept(this.id(r.id, 'rdma_accept'), connParam(r.conn_param, 'rdma_accept'), r.uid);
+        // the uid is taken with the parameters (ucma_accept): librdmacm's ACCEPT for the active side's RTU has neither
+        cm.accept(this.id(r.id, 'rdma_accept'), connParam(r.conn_param, 'rdma_accept'), r.conn_param.valid ? r.uid : undefined);
         return;
       }
       case C.UcmaCmd.REJECT: {
