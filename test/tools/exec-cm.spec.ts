@@ -46,8 +46,11 @@ describe('rdma-core\'s librdmacm through softverbs exec', { skip }, () => {
     return runProcess(argv[0]!, argv.slice(1), { ...process.env, SOFTVERBS_ROOT: d.root }, ms);
   };
   const softverbs = (...args: string[]) => [process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), ...args];
-  /** an rdmacm-utils program through `softverbs exec` */
-  const c = (tool: string, ...args: string[]) => as(softverbs('exec', '--', join(C_TOOLS, tool), ...args));
+  /**
+   * an rdmacm-utils program through `softverbs exec`, killed after 45 s by timeout(1) run by exec (a program
+   * left behind when exec itself is killed would hold the output pipe open, and the test for ever)
+   */
+  const c = (tool: string, ...args: string[]) => as(softverbs('exec', '--', 'timeout', '-s', 'KILL', '45', join(C_TOOLS, tool), ...args));
   /** our tool of that name */
   const ours = (tool: string, ...args: string[]) => as([process.execPath, join(DIST, 'src', 'bin', `${tool}.js`), ...args]);
   type Tool = (tool: string, ...args: string[]) => Promise<Run>;
@@ -101,7 +104,7 @@ describe('rdma-core\'s librdmacm through softverbs exec', { skip }, () => {
   test('librdmacm alone: event channels as the kernel\'s rdma_cm file, ids, resolution, SIDR refused, accepted and unanswered, migration, a synchronous listener', async () => {
     const p = Number(port());
     nextPort += 2;
-    const r = await as(softverbs('exec', '--', probe, A1, A2, String(p)), 30_000);
+    const r = await as(softverbs('exec', '--', 'timeout', '-s', 'KILL', '25', probe, A1, A2, String(p)), 30_000);
     assert.equal(r.code, 0, r.out);
     assert.equal(r.out, `fstat: chr 10:58
 cloexec: 1
@@ -164,7 +167,7 @@ done
 
   test('a C listener and our library\'s RC connect: the request\'s parameters as librdmacm gives them; refused with private data', async () => {
     const p = port();
-    const srv = as(softverbs('exec', '--', probe, 'rc-listen', A2, p), 30_000);
+    const srv = as(softverbs('exec', '--', 'timeout', '-s', 'KILL', '25', probe, 'rc-listen', A2, p), 30_000);
     const early = await Promise.race([srv, listening(p).then(() => null)]);
     if (early) assert.fail(`the listener ended before it listened:\n${early.out}`);
     const ch = await EventChannel.create(d.root);
@@ -197,7 +200,7 @@ done
     const other = await startDaemon(['--device', `rxe0=${A3}`]);
     try {
       chmodSync(other.root, 0o755);
-      const argv = [...alice!.as, ...softverbs('exec', '--root', other.root, '--', probe, 'wait-removal', A3, '7000')];
+      const argv = [...alice!.as, ...softverbs('exec', '--root', other.root, '--', 'timeout', '-s', 'KILL', '15', probe, 'wait-removal', A3, '7000')];
       const run = runProcess(argv[0]!, argv.slice(1), process.env, 20_000);
       const early = await Promise.race([run, listening('7000', other.root).then(() => null)]);
       if (early) assert.fail(`the listener ended before it listened:\n${early.out}`);
