@@ -294,7 +294,8 @@ export class UcmaConnection {
   private onAttachEvents(f: Buffer): void {
     const t = f.length >= HDR + 4 ? f.readUInt32LE(HDR) : 0;
     const file = this.host.ucmaToken(t);
-    if (!file) return this.reply(-E.EINVAL, Buffer.from('no rdma_cm file has this token'));
+    // a C program's file names itself by its token while it is open, and tells its events on its notification stream
+    if (!file || file.native) return this.reply(-E.EINVAL, Buffer.from('no rdma_cm file has this token'));
     if (file.pid !== this.cred.pid) return this.reply(-E.EACCES, Buffer.from("only the file's own process may take its events"));
     this.host.dropUcmaToken(t);
     this.kind = 'events';
