@@ -267,6 +267,18 @@ done
     });
   }
 
+  for (const server of [c, ours]) {
+    test(`perftest's ib_send_bw -R (its connection through rdma_cm): ${name(server)} server, rdma-core client`, async (t) => {
+      if (needVerbs(t)) return;
+      // perftest's rdma_cm listens on its -p port; its results table is the sign the run went through
+      const p = port();
+      const [s, cl] = await pair(p, () => server('ib_send_bw', '-R', '-d', 'rxe1', '-x', '0', '-n', '100', '-p', p), () => c('ib_send_bw', '-R', '-d', 'rxe0', '-x', '0', '-n', '100', '-p', p, A2));
+      assert.equal(s.code, 0, `server:\n${s.out}`);
+      assert.equal(cl.code, 0, `client:\n${cl.out}`);
+      assert.match(cl.out, /^ 65536 {6}100 /m, cl.out);
+    });
+  }
+
   test('ucmatose -m: the server moves every id to a new event channel mid-test (rdma_migrate_id)', async (t) => {
     if (needVerbs(t)) return;
     const p = port();
