@@ -28,6 +28,18 @@
  *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
  *    EINVAL; close(), or dup2()/dup3() over it, forgets the descriptor; a child
  *    of fork() cannot command its parent's context (EPERM).
+ *  - /dev/infiniband/rdma_cm (librdmacm's event channel) is two connections:
+ *    the descriptor the program holds is the file's notification stream, on
+ *    which the daemon keeps one byte per event waiting (so poll() says
+ *    POLLIN exactly when an event waits), and its commands go on a second one
+ *    held here. A write() is one request (rdma_user_cm.h framing unchanged:
+ *    `in` bytes of struct after the header, the response, at most `out`
+ *    bytes, copied to the struct's response pointer); each reply says how many
+ *    notification bytes to take off because events left (GET_EVENT, a
+ *    destroyed or migrated id). GET_EVENT never waits in the daemon: it is
+ *    EAGAIN there, and here it waits for a byte unless the descriptor is
+ *    O_NONBLOCK. MIGRATE_ID's `fd` goes as the daemon's token for that file.
+ *    No read, ioctl or mmap, as the kernel's file.
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
@@ -80,11 +92,22 @@
 #define SV_WRITE_EX 0xf4
 /* QP handles below this may have their doorbells sent without waiting (the rest always wait) */
 #define READY_HANDLES 1024
+/* the rdma_cm file (rdma_user_cm.h) */
+#define RDMA_CM_NAME "rdma_cm"
+#define UCMA_CREATE_ID 0
+#define UCMA_GET_EVENT 12
+#define UCMA_MIGRATE_ID 18
+/* softverbsd's own frames of the rdma_cm file (src/abi/ucma.ts SvUcmaCmd) */
+#define SV_UCMA_NOTIFY_TOKEN 0xf5
+#define SV_UCMA_ATTACH_NOTIFY 0xf6
 /* descriptors above this are not tracked: opening a device there fails with EMFILE */
 #define MAX_FDS 65536
 
 struct cmd_hdr { uint32_t command; uint16_t in_words, out_words; };
 struct reply_hdr { int32_t status; uint32_t out_bytes; };
+/* rdma_ucm_cmd_hdr: in and out are bytes; the replies of a C program's rdma_cm file (src/abi/ucma.ts SV_UCMA_REPLY) */
+struct ucma_hdr { uint32_t cmd; uint16_t in, out; };
+struct ucma_reply { int32_t status; uint32_t out_bytes, take, take_old; };
 /* the descriptor exchange (<root>/fds.sock; src/abi/uverbs.ts SV_FD_REQ) */
 enum { FD_SET_MEM = 1, FD_GET_QUEUE = 2 };
 struct fd_req { uint32_t op, token; uint64_t arg; };
@@ -92,7 +115,10 @@ struct fd_resp { int32_t status; uint32_t text_len; uint64_t size, offset; uint3
 /* no completion channel has this token (the daemon's are below it): an fd that is not a channel's */
 #define NO_CHANNEL 0x7fffffff
 
-/* an open device file: its socket path (for the event streams), its device number, one command at a time */
+/*
+ * an open device file: its socket path (for the event streams), its device number, one command at a time;
+ * for the rdma_cm file, the connection its commands go on and the daemon's token for it
+ */
 struct dev_fd {
 	pthread_mutex_t lock;
 	dev_t rdev;
@@ -104,6 +130,8 @@ struct dev_fd {
 	 * MODIFY_QPs only, so nothing else can change the answer)
 	 */
 	uint8_t ready[READY_HANDLES];
+	int cm_cmd;
+	uint32_t cm_token;
 	char path[];
 };
 
@@ -238,27 +266,82 @@ static int connect_dev(const char *path, int cloexec)
 	return fd;
 }
 
+static int recv_all(int fd, void *buf, size_t len);
+static int skip(int fd, size_t len, char *keep, size_t keep_len);
+static int xfer(int fd, struct iovec *iov, int n, int receiving);
+
+/*
+ * The rdma_cm file: a command connection (the daemon's token for the file comes back on it) and the notification
+ * stream attached to it by the token, which is the descriptor returned. -1 with errno if either fails.
+ */
+static int cm_open(const char *mapped, int cloexec, int *cmd, uint32_t *token)
+{
+	struct { struct ucma_hdr h; uint32_t token, reserved; } f = { { SV_UCMA_NOTIFY_TOKEN, 8, 8 }, 0, 0 };
+	struct iovec v = { &f, sizeof(f) };
+	struct ucma_reply r;
+	struct reply_hdr a;
+	int c, n = -1, e;
+
+	if ((c = connect_dev(mapped, cloexec)) < 0)
+		return -1;
+	if (xfer(c, &v, 1, 0) || recv_all(c, &r, sizeof(r)))
+		goto io;
+	if (r.status || r.out_bytes < 4) {
+		errno = r.status ? -r.status : EIO;
+		goto fail;
+	}
+	if (recv_all(c, &f.token, 4) || skip(c, r.out_bytes - 4, NULL, 0) || (n = connect_dev(mapped, cloexec)) < 0)
+		goto io;
+	f.h = (struct ucma_hdr){ SV_UCMA_ATTACH_NOTIFY, 8, 0 };
+	v = (struct iovec){ &f, sizeof(f) };
+	if (xfer(n, &v, 1, 0) || recv_all(n, &a, sizeof(a)) || skip(n, a.out_bytes, NULL, 0))
+		goto io;
+	if (a.status) {
+		errno = -a.status;
+		goto fail;
+	}
+	*cmd = c;
+	*token = f.token;
+	return n;
+io:
+	errno = errno == ENXIO ? ENXIO : EIO;
+fail:
+	e = errno;
+	syscall(SYS_close, c);
+	if (n >= 0)
+		syscall(SYS_close, n);
+	return errno = e, -1;
+}
+
 static int open_mapped(const char *mapped, int flags, mode_t mode)
 {
 	struct stat st;
 	struct dev_fd *d;
-	int fd;
+	int fd, cmd = -1;
+	uint32_t token = 0;
 
 	if (syscall(SYS_newfstatat, AT_FDCWD, mapped, &st, 0))
 		return -1;
 	if (!S_ISSOCK(st.st_mode)) /* the directory itself */
 		return syscall(SYS_openat, AT_FDCWD, mapped, flags, mode);
-	fd = connect_dev(mapped, flags & O_CLOEXEC);
+	if (!strcmp(strrchr(mapped, '/') + 1, RDMA_CM_NAME))
+		fd = cm_open(mapped, flags & O_CLOEXEC, &cmd, &token);
+	else
+		fd = connect_dev(mapped, flags & O_CLOEXEC);
 	if (fd < 0)
 		return -1;
 	d = fd < MAX_FDS ? calloc(1, sizeof(*d) + strlen(mapped) + 1) : NULL;
 	if (!d) {
 		syscall(SYS_close, fd);
+		if (cmd >= 0)
+			syscall(SYS_close, cmd);
 		return errno = fd < MAX_FDS ? ENOMEM : EMFILE, -1;
 	}
 	pthread_mutex_init(&d->lock, NULL);
 	d->rdev = rdev_of(mapped);
 	d->owner = getpid();
+	d->cm_cmd = cmd;
+	d->cm_token = token;
 	strcpy(d->path, mapped);
 	if (flags & O_NONBLOCK)
 		fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -706,6 +789,93 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	return len;
 }
 
+/*
+ * One rdma_cm request on the file's command connection: the reply's response copied to `response` (at most `room`
+ * bytes), then the notification bytes of the events that left taken off this descriptor's stream and off that of
+ * `old` (MIGRATE_ID's), so each holds one byte per event waiting. 0, or -1 with errno.
+ */
+static int cm_request(struct dev_fd *d, int fd, uint32_t cmd, struct iovec *out, int nout, uint64_t response, size_t room, int old)
+{
+	struct ucma_reply r;
+	char why[256] = "";
+
+	pthread_mutex_lock(&d->lock);
+	int bad = xfer(d->cm_cmd, out, nout, 0) || recv_all(d->cm_cmd, &r, sizeof(r));
+	if (!bad && r.status == 0) {
+		size_t n = response ? (r.out_bytes < room ? r.out_bytes : room) : 0;
+		bad = recv_all(d->cm_cmd, (void *)(uintptr_t)response, n) || skip(d->cm_cmd, r.out_bytes - n, NULL, 0);
+	} else if (!bad) {
+		bad = skip(d->cm_cmd, r.out_bytes, why, sizeof(why));
+	}
+	if (!bad && r.take)
+		bad = skip(fd, r.take, NULL, 0);
+	if (!bad && r.take_old && old >= 0)
+		bad = skip(old, r.take_old, NULL, 0);
+	pthread_mutex_unlock(&d->lock);
+	if (bad) /* the daemon is gone */
+		return errno = EIO, -1;
+	if (r.status) {
+		if (debug && !(cmd == UCMA_GET_EVENT && r.status == -EAGAIN))
+			fprintf(stderr, "softverbs: rdma_cm command %u: %s%s%s\n", cmd, strerror(-r.status), *why ? ": " : "", why);
+		return errno = -r.status, -1;
+	}
+	return 0;
+}
+
+/* write() of the rdma_cm file: the command as written (MIGRATE_ID's fd as a token), its answer where it says */
+static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
+{
+	const uint8_t *body = (const uint8_t *)buf + sizeof(struct ucma_hdr);
+	struct ucma_hdr h;
+	uint8_t first[16];
+	struct iovec out[3];
+	uint64_t response = 0;
+	int old = -1;
+
+	if (len < sizeof(h))
+		return errno = EINVAL, -1;
+	/* as for a device file: the parent's ids are not its child's to command (the two would share one connection) */
+	if (d->owner != getpid())
+		return errno = EPERM, -1;
+	memcpy(&h, buf, sizeof(h));
+	if (sizeof(h) + h.in > len)
+		return errno = EINVAL, -1;
+	/* the response pointer: the first u64 of a command that answers, but CREATE_ID's second (after its uid) */
+	size_t at = h.cmd == UCMA_CREATE_ID ? 8 : 0;
+	if (h.out && h.in >= at + 8)
+		memcpy(&response, body + at, 8);
+	out[0] = (struct iovec){ &h, sizeof(h) };
+	out[1] = (struct iovec){ (void *)body, h.in };
+	out[2] = (struct iovec){ NULL, 0 };
+	if (h.cmd == UCMA_MIGRATE_ID && h.in >= sizeof(first)) {
+		/* rdma_ucm_migrate_id { response, id, fd }: the daemon knows the file fd is by its token (0: not an rdma_cm file) */
+		struct dev_fd *o;
+		uint32_t token;
+		memcpy(first, body, sizeof(first));
+		memcpy(&old, first + 12, 4);
+		o = tracked(old);
+		token = o && o->cm_cmd >= 0 ? o->cm_token : 0;
+		if (!token)
+			old = -1;
+		memcpy(first + 12, &token, 4);
+		out[1] = (struct iovec){ first, sizeof(first) };
+		out[2] = (struct iovec){ (void *)(body + sizeof(first)), h.in - sizeof(first) };
+	}
+	for (;;) {
+		struct iovec v[3] = { out[0], out[1], out[2] };
+		if (!cm_request(d, fd, h.cmd, v, 3, response, h.out, old))
+			return len;
+		if (h.cmd != UCMA_GET_EVENT || errno != EAGAIN || (fcntl(fd, F_GETFL) & O_NONBLOCK))
+			return -1;
+		/* a blocking GET_EVENT: until a notification byte says an event waits (a signal restarts the wait) */
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			return -1;
+		if ((p.revents & (POLLHUP | POLLERR | POLLNVAL)) && !(p.revents & POLLIN))
+			return errno = EIO, -1;
+	}
+}
+
 /* ---- the interposed calls ---- */
 
 static mode_t open_mode(int flags, va_list ap)
@@ -849,7 +1019,9 @@ EXPORT ssize_t write(int fd, const void *buf, size_t len)
 {
 	struct dev_fd *d = tracked(fd);
 	REAL(ssize_t, write, int, const void *, size_t);
-	return d ? command(d, fd, buf, len) : real_write(fd, buf, len);
+	if (!d)
+		return real_write(fd, buf, len);
+	return d->cm_cmd >= 0 ? cm_command(d, fd, buf, len) : command(d, fd, buf, len);
 }
 
 /* a device file has no read (the kernel's uverbs file does not either) */
@@ -871,11 +1043,14 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
  */
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	struct dev_fd *d = tracked(fd);
 	struct fd_resp r;
 	int q;
 
-	if (!tracked(fd))
+	if (!d)
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	if (d->cm_cmd >= 0) /* the rdma_cm file has no mmap */
+		return errno = ENODEV, MAP_FAILED;
 	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, NULL, 0, &r, &q))
 		return MAP_FAILED;
 	if (q < 0 || len > r.size) {
@@ -919,6 +1094,8 @@ static void forget(int fd)
 
 	if (d) {
 		fds[fd] = NULL;
+		if (d->cm_cmd >= 0)
+			syscall(SYS_close, d->cm_cmd);
 		pthread_mutex_destroy(&d->lock);
 		free(d);
 	}

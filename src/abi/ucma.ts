@@ -4,10 +4,22 @@
  * The frames travel on `<root>/dev/infiniband/rdma_cm` as the kernel reads
  * them from write(): `rdma_ucm_cmd_hdr` (cmd, in and out as byte counts of
  * the struct after the header), then the struct. The reply frame is the
- * uverbs one (status, out_bytes, the response). Events are not fetched with
- * a blocking GET_EVENT (a blocked command would hold up the ones behind it):
- * the daemon pushes `rdma_ucm_event_resp` records on an event stream, a
- * second connection attached to the same file, as completion channels are.
+ * uverbs one (status, out_bytes, the response). Our library does not fetch
+ * events with a blocking GET_EVENT (a blocked command would hold up the ones
+ * behind it): the daemon pushes `rdma_ucm_event_resp` records on an event
+ * stream, a second connection attached to the same file, as completion
+ * channels are.
+ *
+ * A C program (librdmacm through the preload library) has the kernel's file
+ * instead: its events wait in the daemon until GET_EVENT takes them, and the
+ * descriptor it polls is a notification stream holding one byte per waiting
+ * event. Its command connection starts with NOTIFY_TOKEN, its notification
+ * stream with ATTACH_NOTIFY, and every reply on the command connection is an
+ * `sv_ucma_reply`: status and body as before, then how many notification
+ * bytes the preload takes off the stream (and off the stream of the file
+ * MIGRATE_ID named) so that it keeps one byte per waiting event. GET_EVENT
+ * answers at once (EAGAIN when nothing waits); the preload waits for a byte
+ * on the stream when the descriptor is blocking.
  */
 import { encode, layout, struct, type Infer, type Input, type StructDef } from './layout.js';
 import { gidOf } from '../hca/gid.js';
@@ -44,10 +56,16 @@ export const UcmaCmd = {
 } as const;
 export type UcmaCmd = (typeof UcmaCmd)[keyof typeof UcmaCmd];
 
-/** softverbs' own: the event stream's token, and the first frame of the event stream connection. */
+/**
+ * softverbs' own: the event stream's token, and the first frame of the event stream connection; for a C program's
+ * file, the first frame of its command connection (the file's token; replies are `sv_ucma_reply` from then on) and
+ * of its notification stream.
+ */
 export const SvUcmaCmd = {
   EVENT_TOKEN: 0xf3,
   ATTACH_EVENTS: 0xf4,
+  NOTIFY_TOKEN: 0xf5,
+  ATTACH_NOTIFY: 0xf6,
 } as const;
 export type SvUcmaCmd = (typeof SvUcmaCmd)[keyof typeof SvUcmaCmd];
 
@@ -104,11 +122,25 @@ export const RESOLVE_ADDR = struct('rdma_ucm_resolve_addr', [
   ['id', 'u32'], ['timeout_ms', 'u32'], ['src_size', 'u16'], ['dst_size', 'u16'], ['reserved', 'u32'],
   ['src_addr', SOCKADDR_STORAGE], ['dst_addr', SOCKADDR_STORAGE],
 ]);
+/** The IP-only forms librdmacm uses when the kernel cannot bind AF_IB (ours cannot): addresses as sockaddr_in6 room. */
+export const BIND_IP = struct('rdma_ucm_bind_ip', [resp, ['addr', SOCKADDR_IN6], ['id', 'u32']]);
+export const RESOLVE_IP = struct('rdma_ucm_resolve_ip', [['src_addr', SOCKADDR_IN6], ['dst_addr', SOCKADDR_IN6], ['id', 'u32'], ['timeout_ms', 'u32']]);
 export const RESOLVE_ROUTE = struct('rdma_ucm_resolve_route', [['id', 'u32'], ['timeout_ms', 'u32']]);
 export const QUERY = struct('rdma_ucm_query', [resp, ['id', 'u32'], ['option', 'u32']]);
 export const QUERY_ADDR_RESP = struct('rdma_ucm_query_addr_resp', [
   ['node_guid', 'u64'], ['port_num', 'u8'], ['reserved', 'u8'], ['pkey', 'u16'], ['src_size', 'u16'], ['dst_size', 'u16'],
   ['src_addr', SOCKADDR_STORAGE], ['dst_addr', SOCKADDR_STORAGE], ['ibdev_index', 'u32'], ['reserved1', 'u32'],
+]);
+/** struct ib_user_path_rec (ib_user_sa.h); dlid, slid, flow_label and pkey are big-endian. */
+export const USER_PATH_REC = struct('ib_user_path_rec', [
+  ['dgid', { bytes: 16 }], ['sgid', { bytes: 16 }], ['dlid', 'u16'], ['slid', 'u16'], ['raw_traffic', 'u32'], ['flow_label', 'u32'],
+  ['reversible', 'u32'], ['mtu', 'u32'], ['pkey', 'u16'], ['hop_limit', 'u8'], ['traffic_class', 'u8'], ['numb_path', 'u8'], ['sl', 'u8'],
+  ['mtu_selector', 'u8'], ['rate_selector', 'u8'], ['rate', 'u8'], ['packet_life_time_selector', 'u8'], ['packet_life_time', 'u8'], ['preference', 'u8'],
+]);
+/** QUERY_ROUTE's answer (its request is rdma_ucm_query; option unused). node_guid is big-endian. */
+export const QUERY_ROUTE_RESP = struct('rdma_ucm_query_route_resp', [
+  ['node_guid', 'u64'], ['ib_route0', USER_PATH_REC], ['ib_route1', USER_PATH_REC], ['src_addr', SOCKADDR_IN6], ['dst_addr', SOCKADDR_IN6],
+  ['num_paths', 'u32'], ['port_num', 'u8'], ['reserved', { bytes: 3 }], ['ibdev_index', 'u32'], ['reserved1', 'u32'],
 ]);
 export const CONN_PARAM = struct('rdma_ucm_conn_param', [
   ['qp_num', 'u32'], ['qkey', 'u32'], ['private_data', { bytes: RDMA_MAX_PRIVATE_DATA }], ['private_data_len', 'u8'], ['srq', 'u8'],
@@ -143,8 +175,21 @@ export const EVENT_RESP = struct('rdma_ucm_event_resp', [
   ['uid', 'u64'], ['id', 'u32'], ['event', 'u32'], ['status', 's32'], ['param', { bytes: EVENT_PARAM_SIZE }], ['reserved', 'u32'], ['ece', ECE],
 ]);
 export const EVENT_RESP_SIZE = layout(EVENT_RESP).size;
-/** The token answered to EVENT_TOKEN and carried by ATTACH_EVENTS. */
+/** The oldest size of rdma_ucm_event_resp GET_EVENT still answers into (without the trailing reserved and ece), as the kernel does. */
+export const EVENT_RESP_MIN = EVENT_RESP_SIZE - 12;
+export const GET_EVENT = struct('rdma_ucm_get_event', [resp]);
+/** MIGRATE_ID moves an id to the file the command is written to from the file `fd` names (for a C program's file, the preload puts that file's token there). */
+export const MIGRATE_ID = struct('rdma_ucm_migrate_id', [resp, ['id', 'u32'], ['fd', 'u32']]);
+export const MIGRATE_RESP = struct('rdma_ucm_migrate_resp', [['events_reported', 'u32']]);
+/** The token answered to EVENT_TOKEN and NOTIFY_TOKEN, carried by ATTACH_EVENTS and ATTACH_NOTIFY. */
 export const SV_UCMA_TOKEN = struct('sv_ucma_token', [['token', 'u32'], ['reserved', 'u32']]);
+/**
+ * A reply on a C program's command connection: status and out_bytes as in every reply, then the notification bytes
+ * the preload takes off this file's stream (`take`) and off the stream of the file MIGRATE_ID named (`take_old`)
+ * before the write() returns; out_bytes of body follow.
+ */
+export const SV_UCMA_REPLY = struct('sv_ucma_reply', [['status', 's32'], ['out_bytes', 'u32'], ['take', 'u32'], ['take_old', 'u32']]);
+export const SV_UCMA_REPLY_SIZE = layout(SV_UCMA_REPLY).size;
 
 export interface UcmaSpec<Q extends StructDef = StructDef, R extends StructDef | undefined = StructDef | undefined> {
   readonly cmd: UcmaCmd;
@@ -162,6 +207,9 @@ export const UcmaSpecs = {
   CREATE_ID: spec('CREATE_ID', CREATE_ID, CREATE_ID_RESP),
   DESTROY_ID: spec('DESTROY_ID', DESTROY_ID, DESTROY_ID_RESP),
   BIND: spec('BIND', BIND),
+  BIND_IP: spec('BIND_IP', BIND_IP),
+  RESOLVE_IP: spec('RESOLVE_IP', RESOLVE_IP),
+  QUERY_ROUTE: spec('QUERY_ROUTE', QUERY, QUERY_ROUTE_RESP),
   RESOLVE_ADDR: spec('RESOLVE_ADDR', RESOLVE_ADDR),
   RESOLVE_ROUTE: spec('RESOLVE_ROUTE', RESOLVE_ROUTE),
   QUERY: spec('QUERY', QUERY, QUERY_ADDR_RESP),
@@ -173,6 +221,8 @@ export const UcmaSpecs = {
   INIT_QP_ATTR: spec('INIT_QP_ATTR', INIT_QP_ATTR, QP_ATTR),
   NOTIFY: spec('NOTIFY', NOTIFY),
   SET_OPTION: spec('SET_OPTION', SET_OPTION),
+  GET_EVENT: spec('GET_EVENT', GET_EVENT, EVENT_RESP),
+  MIGRATE_ID: spec('MIGRATE_ID', MIGRATE_ID, MIGRATE_RESP),
 } as const;
 
 export type UcmaName = keyof typeof UcmaSpecs;
@@ -193,7 +243,7 @@ export function ucmaSvFrame(cmd: number, token = 0): Buffer {
   const size = layout(SV_UCMA_TOKEN).size;
   const b = Buffer.alloc(UCMA_HDR_SIZE + size);
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  encode(UCMA_HDR, { cmd, in: size, out: cmd === SvUcmaCmd.EVENT_TOKEN ? size : 0 }, dv);
+  encode(UCMA_HDR, { cmd, in: size, out: cmd === SvUcmaCmd.EVENT_TOKEN || cmd === SvUcmaCmd.NOTIFY_TOKEN ? size : 0 }, dv);
   encode(SV_UCMA_TOKEN, { token }, dv, UCMA_HDR_SIZE);
   return b;
 }

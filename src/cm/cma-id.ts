@@ -38,9 +38,12 @@ export interface CmFile {
   readonly uid: number;
   readonly comm: string;
   readonly ids: Map<number, CmId>;
-  nextId: number;
-  /** Queues an event record; false when the file's queue is full. */
-  deliver(ev: CmEvent): boolean;
+  /**
+   * Queues an event of `owner` (whose uid it carries; a CONNECT_REQUEST's `child` is the id the request made); false
+   * when the file's queue is full. The file counts the event in `owner.eventsReported` when its user has it: at once
+   * on an event stream, at GET_EVENT for a C program's file.
+   */
+  deliver(ev: CmEvent, owner: CmId, child?: CmId): boolean;
   queued(): number;
   /** Takes one id from the owner's quota (throws its errno), and gives it back. */
   charge(): void;
@@ -74,15 +77,18 @@ export class CmId {
    */
   readonly seqNum = randomInt(0x1000000);
   localQpn = 0;
+  /** events its user has had (the kernel's events_reported: rdma_destroy_id waits for that many acks) */
   eventsReported = 0;
   destroyed = false;
   /** what `rdma resource show cm_id` calls cm-idn */
   restrackId = 0;
 
   constructor(
-    readonly file: CmFile,
+    /** the file that owns it (MIGRATE_ID moves it to another) */
+    public file: CmFile,
     readonly handle: number,
-    readonly uid: bigint,
+    /** what its events carry for its user to find it by (a request's id has none until rdma_accept gives it one) */
+    public uid: bigint,
     readonly ps: PortSpace,
     readonly qpType: CmQpType,
   ) {}

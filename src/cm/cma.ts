@@ -50,6 +50,8 @@ export class RdmaCm {
   /** every live id (the restrack view) */
   readonly ids = new Set<CmId>();
   private nextRestrackId = 0;
+  /** ids' handles, daemon-wide as the kernel's ctx_table: MIGRATE_ID keeps an id's handle in its new file */
+  private nextHandle = 0;
   private readonly ib: IbCm;
 
   constructor(private readonly host: CmHost) {
@@ -86,10 +88,10 @@ export class RdmaCm {
     // librdmacm passes qp_type for RDMA_PS_IB only; the others imply theirs
     const t = ps === PortSpace.TCP ? QpType.RC : ps === PortSpace.IB ? qpType || QpType.RC : QpType.UD;
     if (t !== QpType.RC && t !== QpType.UD && t !== QpType.UC) throw new CmdError(E.EINVAL, `qp_type ${qpType} cannot be connected through the CM`);
-    let h = file.nextId;
+    let h = this.nextHandle;
     while (file.ids.has(h)) h = (h + 1) >>> 0;
     file.charge();
-    file.nextId = (h + 1) >>> 0;
+    this.nextHandle = (h + 1) >>> 0;
     const id = new CmId(file, h, uid, ps, t);
     id.restrackId = this.nextRestrackId++;
     file.ids.set(h, id);
@@ -203,8 +205,16 @@ export class RdmaCm {
     });
   }
 
-  /** rdma_accept: the passive side's REP (SIDR_REP for UD), or the active side's RTU (librdmacm sends ACCEPT after CONNECT_RESPONSE). */
-  accept(id: CmId, p: ConnParam): void {
+  /**
+   * rdma_accept: the passive side's REP (SIDR_REP for UD), or the active side's RTU (librdmacm sends ACCEPT after
+   * CONNECT_RESPONSE). `uid` is what the id's events carry from now on (the kernel's ucma_accept sets ctx->uid).
+   */
+  accept(id: CmId, p: ConnParam, uid = id.uid): void {
+    this.acceptId(id, p);
+    id.uid = uid;
+  }
+
+  private acceptId(id: CmId, p: ConnParam): void {
     const cm = id.cm;
     if (cm?.state === IbState.REP_RCVD) return this.ib.sendRtu(cm);
     if (cm?.state === IbState.SIDR_REQ_RCVD) return this.sidrRep(id, cm, SidrStatus.SUCCESS, p.qpNum, p.qkey, p.privateData);
@@ -299,6 +309,27 @@ export class RdmaCm {
     return { dev: id.dev, local: id.local, remote: id.remote };
   }
 
+  /**
+   * The id's route as QUERY_ROUTE tells it (ucma_copy_iboe_route): once resolved (rdma_resolve_route, or the request
+   * that made a passive side's id), its one path; before, no path and the GIDs of its addresses.
+   */
+  route(id: CmId): { dev: SoftDevice | null; local: SockAddr | null; remote: SockAddr | null; path: { sgid: Uint8Array; dgid: Uint8Array; mtu: number; trafficClass: number; hopLimit: number } | null } {
+    const gid = (a: SockAddr | null) => (a && !isWildcard(a) ? gidOf(a.address) : new Uint8Array(16));
+    const path = id.remoteGid && id.dev
+      ? { sgid: gid(id.local), dgid: id.remoteGid, mtu: id.pathMtu || id.cm?.pathMtu || id.dev.activeMtu, trafficClass: id.tos, hopLimit: HOP_LIMIT }
+      : null;
+    return { dev: id.dev, local: id.local, remote: id.remote, path };
+  }
+
+  /** rdma_migrate_id: the id belongs to file `to` from now on (its events go there), under the same handle. */
+  migrate(id: CmId, to: CmFile): void {
+    if (id.file === to) return;
+    if (to.ids.has(id.handle)) throw new CmdError(E.EBUSY, `rdma_migrate_id: the channel has a cm_id ${id.handle} already`);
+    id.file.ids.delete(id.handle);
+    to.ids.set(id.handle, id);
+    id.file = to;
+  }
+
   /** The restrack rows of every id (rdma resource show cm_id). */
   track(): Array<Record<string, unknown>> {
     const addr = (a: SockAddr | null) => (a ? `${a.family === 6 ? `[${a.address}]` : a.address}:${a.port}` : null);
@@ -389,7 +420,7 @@ export class RdmaCm {
         qpNum: m.local_qpn, privateData: m.private_data.subarray(IP_CM_HDR_SIZE), responderResources: m.initiator_depth, initiatorDepth: m.responder_resources,
         flowControl: m.end_to_end_flow_control, retryCount: m.retry_count, rnrRetryCount: m.rnr_retry_count, srq: m.srq,
       },
-    });
+    }, listener, child);
     if (!ok) {
       // the connection exists on our side by now: its REJ names it
       this.ib.sendRej(cm, RejReason.NO_RESOURCES, new Uint8Array(0));
@@ -397,7 +428,6 @@ export class RdmaCm {
       this.destroy(child);
       return;
     }
-    listener.eventsReported++;
   }
 
   /** A SIDR_REQ for a service we listen on: as a REQ, for a UD listener. */
@@ -412,7 +442,7 @@ export class RdmaCm {
     const ok = listener.file.deliver({
       uid: listener.uid, id: child.handle, event: CmEventType.CONNECT_REQUEST, status: 0,
       ud: { qpNum: 0, qkey: 0, privateData: m.private_data.subarray(IP_CM_HDR_SIZE), dgid: cm.dgid!, hopLimit: HOP_LIMIT },
-    });
+    }, listener, child);
     if (!ok) {
       // ib_cm refuses the request itself: the child goes without a word
       child.cm = null;
@@ -420,14 +450,13 @@ export class RdmaCm {
       this.destroy(child);
       return { status: SidrStatus.REJECT, why: 'the listener\'s event queue is full' };
     }
-    listener.eventsReported++;
   }
 
   // ---- helpers ----
 
   private emit(id: CmId, event: CmEventType, status: number, conn?: Partial<ConnParam>, ud?: CmEvent['ud']): void {
     if (id.destroyed) return;
-    if (id.file.deliver({ uid: id.uid, id: id.handle, event, status, conn, ud })) id.eventsReported++;
+    id.file.deliver({ uid: id.uid, id: id.handle, event, status, conn, ud }, id);
   }
 
   /**
@@ -437,7 +466,9 @@ export class RdmaCm {
   private childOf(listener: CmId, cm: IbCmId, hdr: IpCmHdr, dstAddr: string, port: number): CmId | null {
     let child: CmId;
     try {
-      child = this.createId(listener.file, listener.uid, listener.ps, listener.qpType);
+      // no uid until rdma_accept names one (the kernel's ctx->uid): its events before that carry 0, which librdmacm
+      // looks up by handle (and drops all but ESTABLISHED)
+      child = this.createId(listener.file, 0n, listener.ps, listener.qpType);
     } catch {
       return null;
     }

@@ -75,6 +75,8 @@ interface DevEntry {
 /** What a token names: a context's async stream or a channel's until attached; a context's fd key (PUT_MEMFD) while it lives. */
 type Token = { kind: 'async' | 'fds'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel };
 
+/** The rdma_cm file's device number, as sysfs tells a misc device's. */
+const RDMA_CM_DEV = '10:58';
 /** How long a stopping daemon waits for its rdma_cm clients to take their last events. */
 const UCMA_DRAIN_MS = 1000;
 /**
@@ -191,6 +193,9 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     ensureDirUnder(root, misc);
     writeNoFollow(join(misc, 'dev_path'), `${path}\n`);
     writeNoFollow(join(misc, 'abi_version'), '4\n');
+    // a misc device's number (major 10, a dynamic minor): what fstat() of the file gives a C program through the preload
+    // (librdmacm reads no `dev` when it finds the ABI version in sysfs, and then checks only that the file is a char device)
+    writeNoFollow(join(misc, 'dev'), `${RDMA_CM_DEV}\n`);
     writeNoFollow(join(misc, 'softverbsd_pid'), `${process.pid}\n`);
   }
 

@@ -14,6 +14,7 @@ import { xorshift32 } from '../../src/common/rng.js';
 import { CmAttr, encodeMad, ipCmPrivateData, LAYOUTS, REQ, serviceId } from '../../src/cm/mad.js';
 import { encodeFrame } from '../../src/hca/codec.js';
 import { Pkt } from '../../src/hca/packet.js';
+import { SvUcmaCmd, ucmaSvFrame } from '../../src/abi/ucma.js';
 import { CmEventType, EventChannel, PortSpace } from '../../src/verbs/index.js';
 import { A3, A4, DIST, runProcess, startDaemon } from '../helpers.js';
 
@@ -83,7 +84,8 @@ test(`${TOTAL} fuzzed CM MADs to QP1 and random rdma_cm frames: the daemon is un
       await Promise.all(batch);
       await new Promise((res) => setTimeout(res, 2));
     }
-    // random frames on the rdma_cm file: short, long, unknown commands, garbage structs
+    // random frames on the rdma_cm file: short, long, unknown commands, garbage structs; every other connection a C
+    // program's (NOTIFY_TOKEN first), some of them with a notification stream attached, then fed the same
     const path = join(d.root, 'dev', 'infiniband', 'rdma_cm');
     for (let i = 0; i < 40; i++) {
       await new Promise<void>((res) => {
@@ -91,7 +93,16 @@ test(`${TOTAL} fuzzed CM MADs to QP1 and random rdma_cm frames: the daemon is un
         s.on('error', () => res());
         s.on('close', () => res());
         s.on('connect', () => {
-          const frames: Buffer[] = [];
+          const frames: Buffer[] = i % 2 ? [ucmaSvFrame(SvUcmaCmd.NOTIFY_TOKEN)] : [];
+          if (i % 2) {
+            // the token comes back after the 16-byte reply header: a stream attached by it gets its bytes (or garbage)
+            s.once('data', (d: Buffer) => {
+              const n = connect(path);
+              n.on('error', () => {});
+              n.on('connect', () => n.write(Buffer.concat([ucmaSvFrame(SvUcmaCmd.ATTACH_NOTIFY, d.length >= 20 ? d.readUInt32LE(16) : 0), Buffer.from(rbytes(ri(64)))])));
+              setTimeout(() => n.destroy(), 60);
+            });
+          }
           for (let j = 0; j < 20; j++) {
             const body = Buffer.from(rbytes(ri(600)));
             const h = Buffer.alloc(8);
