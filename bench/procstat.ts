@@ -262,7 +262,8 @@ export const LABEL = 22;
 export const PER_PROCESS = [
   'under each line, per process and per operation: CPU-µs run (/proc/PID/task/*/schedstat), syscalls (perf stat -e',
   'raw_syscalls:sys_enter), vcs and ivcs: voluntary and involuntary context switches (/proc/PID/task/*/status); wake-ups',
-  'per round trip: the vcs of all its processes. Threads that exit inside a window are not counted (a row says so).',
+  'per round trip: the vcs of all its processes. Threads that exit inside a window are not counted: (+N) marks a row',
+  'N threads are missing from, (x) a process that exited before the window closed.',
 ];
 
 /**
@@ -272,7 +273,8 @@ export const PER_PROCESS = [
 export function rows(f: Figures, label = `per ${f.per}`): string[] {
   const out = f.spent.map((s, i) => {
     const left = (i === 0 ? label : '').padEnd(LABEL);
-    const lost = s.lost ? `  (${s.lost} thread${s.lost > 1 ? 's' : ''} exited: not counted)` : s.cpuNs === null ? '  (exited before the window closed)' : '';
+    // marks, explained under the table's head (PER_PROCESS): a row stays within the table's 120 columns
+    const lost = s.lost ? `  (+${s.lost})` : s.cpuNs === null ? '  (x)' : '';
     return `    ${left}${s.name.padEnd(30)}${num(s.cpuNs, f.ops, 1e3).padStart(8)} CPU-µs ${num(s.syscalls, f.ops).padStart(7)} syscalls ${num(s.vcs, f.ops).padStart(7)} vcs ${num(s.ivcs, f.ops).padStart(7)} ivcs${lost}`;
   });
   if (f.roundTrip) {

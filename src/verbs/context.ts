@@ -14,7 +14,7 @@ import * as U from '../abi/uverbs.js';
 import { ibClassDir } from '../common/paths.js';
 import { bswap64, parseGidString } from '../common/format.js';
 import { EventStream, type CommandChannel } from './channel.js';
-import { exchangePath, putMemfd, type MemfdSink } from './fd-exchange.js';
+import { exchangePath, putMemfd } from './fd-exchange.js';
 import { CompletionChannel, CompletionQueue } from './cq.js';
 import { atCaller, VerbsError } from './errors.js';
 import { allocShared } from './memory.js';
@@ -37,7 +37,7 @@ const PORT_EVENTS: ReadonlySet<number> = new Set([
 ]);
 
 /** An open device (struct ibv_context). */
-export class Context implements MemfdSink {
+export class Context {
   private closed = false;
   private nextUserHandle = 1n;
   /** QPs, CQs and SRQs by the user_handle events name them with; an object leaves when it is destroyed. */
