@@ -323,7 +323,9 @@ export async function perftest(t: string, args: string[], daemons: [Proc & { roo
   const run = (root: string, extra: string[], onOut: (all: string) => void = () => {}) => {
     const argv = ['-d', 'rxe0', '-p', port, ...args, ...extra];
     const p = c
-      ? spawn(join(C_PERFTEST, t), argv, { env: preloadEnv(root), stdio: ['ignore', 'pipe', 'inherit'] })
+      // line-buffered (stdbuf execs the tool in its own process): C stdio holds a pipe's lines until exit, and the
+      // window opens when the client prints its table's head
+      ? spawn('stdbuf', ['-oL', join(C_PERFTEST, t), ...argv], { env: preloadEnv(root), stdio: ['ignore', 'pipe', 'inherit'] })
       : spawn(process.execPath, [tool, ...argv], { env: { ...process.env, SOFTVERBS_ROOT: root }, stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout.on('data', (d) => onOut((out += d)));
