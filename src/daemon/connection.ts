@@ -31,6 +31,8 @@ export interface ConnectionHost extends Host {
   /** The stream a token names (GET_CONTEXT's async_fd, CREATE_COMP_CHANNEL's fd). */
   token(t: number): { kind: 'async' | 'fds'; ctx: Context } | { kind: 'comp'; ctx: Context; chan: CompChannel } | undefined;
   mgmt(frame: Buffer, reply: Reply, uid: number): void;
+  /** The QP errors of ctx its log left out since its last logged one. */
+  unloggedQpErrors?(ctx: Context): number;
   connectionClosed(c: Connection): void;
 }
 
@@ -223,6 +225,8 @@ export class Connection {
     host.contexts.delete(ctx);
     host.quotas.release(ctx.uid, 'contexts');
     host.fabric.drain();
-    host.log(`${this.dev.name}: pid ${ctx.pid} (${ctx.comm}, uid ${ctx.uid}) closed the device${held ? `; destroyed what it held: ${held}` : ''}`);
+    const unlogged = host.unloggedQpErrors?.(ctx) ?? 0;
+    const more = unlogged ? `; ${unlogged} more QP errors of pid ${ctx.pid} went unlogged` : '';
+    host.log(`${this.dev.name}: pid ${ctx.pid} (${ctx.comm}, uid ${ctx.uid}) closed the device${held ? `; destroyed what it held: ${held}` : ''}${more}`);
   }
 }

@@ -262,6 +262,11 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
 
   private readonly qpErrorLog = new WeakMap<Context, { tokens: number; at: number; unlogged: number }>();
 
+  /** The QP errors of ctx that went unlogged since its last logged one (its close line says them). */
+  unloggedQpErrors(ctx: Context): number {
+    return this.qpErrorLog.get(ctx)?.unlogged ?? 0;
+  }
+
   /** -1 if ctx's QP error is not to be logged now (counted), else how many went unlogged before it (QP_ERROR_BURST). */
   private qpErrorsUnlogged(ctx: Context): number {
     const now = performance.now();

@@ -116,7 +116,8 @@ describe('a C program writing garbage into its rxe queues', { skip }, () => {
     // its thousands of QP errors did not flood the daemon's log: 20 lines at once, then one a second
     const logged = d.stderr().match(new RegExp(`QP \\d+ of pid ${pid} \\(rxe-fuzz, uid \\d+\\) entered ERR`, 'g'))?.length ?? 0;
     assert.ok(logged <= 20 + Math.ceil(lived) + 1, `${logged} QP error lines in ${lived} s`);
-    assert.match(d.stderr(), new RegExp(`entered ERR: .* \\(\\d+ more QP errors of pid ${pid} went unlogged before it\\)`));
+    // what it left out is said: on the next line it logs, or when the device file closes
+    if (logged >= 20) assert.match(d.stderr(), new RegExp(`\\d+ more QP errors of pid ${pid} went unlogged`));
 
     // nothing of it is left: the device file closed, every object gone, no page pinned, no descriptor kept
     const closed = new RegExp(`rxe0: pid ${pid} \\(rxe-fuzz, uid \\d+\\) closed the device`);
