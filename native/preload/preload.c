@@ -132,6 +132,8 @@ struct dev_fd {
 	uint8_t ready[READY_HANDLES];
 	int cm_cmd;
 	uint32_t cm_token;
+	/* the program closed it: a thread still blocked in its GET_EVENT stays blocked, as on the kernel's file */
+	int closed;
 	char path[];
 };
 
@@ -869,7 +871,11 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 			return -1;
 		/* a blocking GET_EVENT: until a notification byte says an event waits (a signal restarts the wait) */
 		struct pollfd p = { .fd = fd, .events = POLLIN };
-		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+		int r = poll(&p, 1, -1);
+		if (__atomic_load_n(&d->closed, __ATOMIC_ACQUIRE))
+			for (;;)
+				pause();
+		if (r < 0 && errno != EINTR)
 			return -1;
 		if ((p.revents & (POLLHUP | POLLERR | POLLNVAL)) && !(p.revents & POLLIN))
 			return errno = EIO, -1;
@@ -1094,8 +1100,19 @@ static void forget(int fd)
 
 	if (d) {
 		fds[fd] = NULL;
-		if (d->cm_cmd >= 0)
+		if (d->cm_cmd >= 0) {
+			/*
+			 * Another thread may be blocked in this file's GET_EVENT (rping's CM thread is when its main thread
+			 * destroys the channel): in the kernel its write() holds the file, and it waits for ever. So the
+			 * connection goes, the record stays (a few bytes per rdma_cm file closed), marked for that thread.
+			 */
+			pthread_mutex_lock(&d->lock);
 			syscall(SYS_close, d->cm_cmd);
+			d->cm_cmd = INT32_MAX;
+			__atomic_store_n(&d->closed, 1, __ATOMIC_RELEASE);
+			pthread_mutex_unlock(&d->lock);
+			return;
+		}
 		pthread_mutex_destroy(&d->lock);
 		free(d);
 	}

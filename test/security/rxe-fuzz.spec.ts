@@ -13,15 +13,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { preloadProblem } from '../../src/tools/exec.js';
 import { getDeviceList, openDevice } from '../../src/verbs/index.js';
-import { A1, A2, assertServing, DIST, freePort, IS_ROOT, mgmt, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
+import { assertServing, DIST, freePort, IS_ROOT, mgmt, runProcess, testUser, type RunningDaemon } from '../helpers.js';
+import { preloadDaemon } from '../tools/exec-harness.js';
 
-const REPO = join(DIST, '..');
 const COUNT = Number(process.env.RXE_FUZZ_COUNT ?? 20_000);
 const SEED = process.env.RXE_FUZZ_SEED ?? '0x5eed';
 const PINGPONG = '/usr/bin/ibv_rc_pingpong';
@@ -42,14 +41,7 @@ describe('a C program writing garbage into its rxe queues', { skip }, () => {
   const exec = (...argv: string[]) => [...as, process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', ...argv];
 
   before(async () => {
-    const b = spawnSync(process.execPath, [join(REPO, 'native', 'build.mjs')], { encoding: 'utf8' });
-    assert.equal(b.status, 0, b.stderr);
-    assert.equal(preloadProblem(), null);
-    const cc = spawnSync('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-rdynamic', '-o', fuzzer, join(REPO, 'test', 'fixtures', 'rxe-fuzz.c'), '-libverbs', '-ldl'], { encoding: 'utf8' });
-    assert.equal(cc.status, 0, cc.stderr);
-    chmodSync(tmp, 0o755);
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
-    chmodSync(d.root, 0o755);
+    d = await preloadDaemon(tmp, { src: 'rxe-fuzz.c', out: fuzzer, flags: ['-O2', '-Wall', '-Wextra', '-Werror', '-rdynamic', '-libverbs', '-ldl'] });
   });
   after(async () => {
     await d?.stop();

@@ -17,12 +17,11 @@ import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { preloadProblem } from '../../src/tools/exec.js';
 import { CmEventType, EventChannel } from '../../src/verbs/index.js';
 import { dial, expectEvent } from '../cm/helpers.js';
 import { A1, A2, A3, DIST, IS_ROOT, runProcess, startDaemon, testUser, type Run, type RunningDaemon } from '../helpers.js';
+import { preloadDaemon } from './exec-harness.js';
 
-const REPO = join(DIST, '..');
 const C_TOOLS = '/usr/bin';
 const hasCc = !spawnSync('cc', ['--version']).error;
 const skip = !IS_ROOT ? 'needs root (a root daemon, an unprivileged user)'
@@ -86,15 +85,8 @@ describe('rdma-core\'s librdmacm through softverbs exec', { skip }, () => {
   };
 
   before(async () => {
-    const b = spawnSync(process.execPath, [join(REPO, 'native', 'build.mjs')], { encoding: 'utf8' });
-    assert.equal(b.status, 0, b.stderr);
-    assert.equal(preloadProblem(), null);
     // librdmacm by its soname: its headers (librdmacm-dev) need not be installed
-    const cc = spawnSync('cc', ['-O1', '-Wall', '-o', probe, join(REPO, 'test', 'fixtures', 'cm-probe.c'), '-l:librdmacm.so.1'], { encoding: 'utf8' });
-    assert.equal(cc.status, 0, cc.stderr);
-    chmodSync(tmp, 0o755);
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
-    chmodSync(d.root, 0o755);
+    d = await preloadDaemon(tmp, { src: 'cm-probe.c', out: probe, flags: ['-O1', '-Wall', '-l:librdmacm.so.1'] });
   });
   after(async () => {
     await d?.stop();

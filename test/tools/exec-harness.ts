@@ -5,10 +5,10 @@
  * pair on a TCP port of its own (the kernel's pick), the client started once the server listens.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { preloadProblem } from '../../src/tools/exec.js';
-import { DIST, freePort, IS_ROOT, testUser, type Run } from '../helpers.js';
+import { A1, A2, DIST, freePort, IS_ROOT, startDaemon, testUser, type Run, type RunningDaemon } from '../helpers.js';
 
 export const C_TOOLS = '/usr/bin';
 const REPO = join(DIST, '..');
@@ -28,6 +28,24 @@ export function buildPreload(): void {
   if (b.status !== 0) throw new Error(`native/build.mjs: ${b.stderr}`);
   const why = preloadProblem();
   if (why) throw new Error(why);
+}
+
+/**
+ * What a spec of C programs on softverbsd starts with: the preload library built, its fixture (a C file in
+ * test/fixtures) compiled to `out` with `flags`, and a root daemon with rxe0 on A1 and rxe1 on A2, whose root
+ * and the spec's `tmp` any user may enter.
+ */
+export async function preloadDaemon(tmp: string, fixture: { src: string; out: string; flags: string[] } | null): Promise<RunningDaemon> {
+  buildPreload();
+  if (fixture) {
+    // the flags after the source: libraries are linked in the order they come
+    const cc = spawnSync('cc', ['-o', fixture.out, join(REPO, 'test', 'fixtures', fixture.src), ...fixture.flags], { encoding: 'utf8' });
+    if (cc.status !== 0) throw new Error(`cc ${fixture.src}: ${cc.stderr}`);
+  }
+  chmodSync(tmp, 0o755);
+  const d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
+  chmodSync(d.root, 0o755);
+  return d;
 }
 
 /** A process we started: how it ended (stdout and stderr as one stream), and its pid to signal it. */

@@ -8,14 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PRELOAD_PATH, preloadProblem } from '../../src/tools/exec.js';
-import { A1, A2, DIST, IS_ROOT, runProcess, startDaemon, testUser, type RunningDaemon } from '../helpers.js';
+import { A1, DIST, IS_ROOT, runProcess, testUser, type RunningDaemon } from '../helpers.js';
+import { preloadDaemon } from './exec-harness.js';
 
-const REPO = join(DIST, '..');
 const C_TOOLS = '/usr/bin';
 const hasCc = !spawnSync('cc', ['--version']).error;
 const skip = !IS_ROOT ? 'needs root (a root daemon, an unprivileged user)'
@@ -38,16 +38,8 @@ describe('rdma-core\'s tools through softverbs exec', { skip }, () => {
   const ours = (tool: string, ...args: string[]) => as([process.execPath, join(DIST, 'src', 'bin', `${tool}.js`), ...args]);
 
   before(async () => {
-    // the library as `npm run build` makes it, from the source under test
-    const b = spawnSync(process.execPath, [join(REPO, 'native', 'build.mjs')], { encoding: 'utf8' });
-    assert.equal(b.status, 0, b.stderr);
-    assert.equal(preloadProblem(), null);
-    const cc = spawnSync('cc', ['-O1', '-Wall', '-o', probe, join(REPO, 'test', 'fixtures', 'preload-probe.c')], { encoding: 'utf8' });
-    assert.equal(cc.status, 0, cc.stderr);
     writeFileSync(join(tmp, 'file.txt'), 'an ordinary file\n');
-    chmodSync(tmp, 0o755);
-    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
-    chmodSync(d.root, 0o755);
+    d = await preloadDaemon(tmp, { src: 'preload-probe.c', out: probe, flags: ['-O1', '-Wall'] });
   });
   after(async () => {
     await d?.stop();
