@@ -802,6 +802,14 @@ static int cm_request(struct dev_fd *d, int fd, uint32_t cmd, struct iovec *out,
 	char why[256] = "";
 
 	pthread_mutex_lock(&d->lock);
+	if (__atomic_load_n(&d->closed, __ATOMIC_ACQUIRE)) {
+		/* another thread closed the file meanwhile: a GET_EVENT waits for ever, as in the kernel's file; the rest EBADF */
+		pthread_mutex_unlock(&d->lock);
+		if (cmd == UCMA_GET_EVENT)
+			for (;;)
+				pause();
+		return errno = EBADF, -1;
+	}
 	int bad = xfer(d->cm_cmd, out, nout, 0) || recv_all(d->cm_cmd, &r, sizeof(r));
 	if (!bad && r.status == 0) {
 		size_t n = response ? (r.out_bytes < room ? r.out_bytes : room) : 0;
@@ -814,8 +822,11 @@ static int cm_request(struct dev_fd *d, int fd, uint32_t cmd, struct iovec *out,
 	if (!bad && r.take_old && old >= 0)
 		bad = skip(old, r.take_old, NULL, 0);
 	pthread_mutex_unlock(&d->lock);
-	if (bad) /* the daemon is gone */
+	if (bad) { /* the daemon is gone */
+		if (debug)
+			fprintf(stderr, "softverbs: rdma_cm command %u: the connection to the daemon failed (%s)\n", cmd, strerror(errno));
 		return errno = EIO, -1;
+	}
 	if (r.status) {
 		if (debug && !(cmd == UCMA_GET_EVENT && r.status == -EAGAIN))
 			fprintf(stderr, "softverbs: rdma_cm command %u: %s%s%s\n", cmd, strerror(-r.status), *why ? ": " : "", why);
@@ -877,8 +888,11 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 				pause();
 		if (r < 0 && errno != EINTR)
 			return -1;
-		if ((p.revents & (POLLHUP | POLLERR | POLLNVAL)) && !(p.revents & POLLIN))
+		if ((p.revents & (POLLHUP | POLLERR | POLLNVAL)) && !(p.revents & POLLIN)) {
+			if (debug)
+				fprintf(stderr, "softverbs: rdma_cm GET_EVENT: the event stream ended (revents 0x%x)\n", p.revents);
 			return errno = EIO, -1;
+		}
 	}
 }
 
