@@ -120,6 +120,8 @@ export class RxeSendQueue implements SendQueueConsumer {
   }
   /** rxe's queue page has no place for the QP state: librxe asks the kernel (QUERY_QP). */
   setState(_s: number): void {}
+  /** librxe writes POST_SEND after every post (below): the daemon never polls this queue. */
+  readonly alwaysRings = true;
   /**
    * librxe rings after every post (post_send_db: a POST_SEND of no work requests after ibv_post_send and
    * ibv_wr_complete, once it has stored its producer index), and the page has no flag to tell it not to. So

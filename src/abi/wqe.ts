@@ -135,6 +135,8 @@ export interface SendQueueConsumer {
    * `before` without one, and the HCA is to look at them itself.
    */
   idle(before: number): boolean;
+  /** The client rings a doorbell after every post whatever the HCA does (rxe's): polling the queue gains nothing. */
+  readonly alwaysRings?: boolean;
   /** The HCA looks at this queue without a doorbell; false if the client had already rung. */
   wake(): boolean;
   /** Copies the WQE at idx into w (counts past the QP's caps are kept, their entries not copied: the HCA refuses them). */

@@ -20,7 +20,7 @@ import { schedYield } from '../native/libc.js';
 /** What the poller needs of a QP: its send ring's producer index and idle flag, and what the requester last saw. */
 export interface Pollable {
   readonly destroyed: boolean;
-  readonly sq: { produced(): number; wake(): boolean; idle(before: number): boolean };
+  readonly sq: { produced(): number; wake(): boolean; idle(before: number): boolean; readonly alwaysRings?: boolean };
   readonly req: { seen: number };
 }
 
@@ -46,6 +46,8 @@ export class Linger<Qp extends Pollable> {
    * on the cache line the client reads on every post).
    */
   hold(qp: Qp): void {
+    // a queue whose client rings after every post anyway (a C program's, rxe's) would only be polled for nothing
+    if (qp.sq.alwaysRings) return;
     const until = this.held.get(qp);
     // a client that already claimed the wake-up has its doorbell on the way: polled as well, harmless
     if (until === undefined) qp.sq.wake();
