@@ -11,29 +11,46 @@ import { ErrnoError } from '../common/errors.js';
 
 export const CQE = offsets(WC);
 
-/**
- * Word indices of a completion's fields: push() writes it as words (`ring.ts` says why). Every layout's CQ
- * holds ib_uverbs_wc, so rxe's (rxe-rings.ts) writes by these too.
- */
-export const W_WR_ID = word(CQE.wr_id);
-export const W_STATUS = word(CQE.status);
-export const W_OPCODE = word(CQE.opcode);
-export const W_VENDOR_ERR = word(CQE.vendor_err);
-export const W_BYTE_LEN = word(CQE.byte_len);
-export const W_IMM = word(CQE.imm_data);
-export const W_QP_NUM = word(CQE.qp_num);
-export const W_SRC_QP = word(CQE.src_qp);
-export const W_WC_FLAGS = word(CQE.wc_flags);
+/** Word indices of a completion's fields: writeCqe() writes it as words (`ring.ts` says why). */
+const W_WR_ID = word(CQE.wr_id);
+const W_STATUS = word(CQE.status);
+const W_OPCODE = word(CQE.opcode);
+const W_VENDOR_ERR = word(CQE.vendor_err);
+const W_BYTE_LEN = word(CQE.byte_len);
+const W_IMM = word(CQE.imm_data);
+const W_QP_NUM = word(CQE.qp_num);
+const W_SRC_QP = word(CQE.src_qp);
+const W_WC_FLAGS = word(CQE.wc_flags);
 /** pkey_index and slid: both 0 */
-export const W_PKEY_SLID = word(CQE.pkey_index);
+const W_PKEY_SLID = word(CQE.pkey_index);
 /** sl, dlid_path_bits, port_num and reserved: port 1, the rest 0 */
-export const W_PORT = word(CQE.sl);
-export const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
-// push() writes every word of a slot once (no byte of the completion the slot held before shows through), and
+const W_PORT = word(CQE.sl);
+const PORT_WORD = 1 << ((CQE.port_num - CQE.sl) * 8);
+// writeCqe() writes every word of a slot once (no byte of the completion the slot held before shows through), and
 // the fields it leaves 0 or 1 are the ones sharing those two words
 const WORDS = [W_WR_ID, W_WR_ID + 1, W_STATUS, W_OPCODE, W_VENDOR_ERR, W_BYTE_LEN, W_IMM, W_QP_NUM, W_SRC_QP, W_WC_FLAGS, W_PKEY_SLID, W_PORT];
 if (WORDS.length * 4 !== CQE.SIZE || new Set(WORDS).size !== WORDS.length || Math.max(...WORDS) * 4 >= CQE.SIZE || CQE.slid >> 2 !== W_PKEY_SLID || CQE.port_num >> 2 !== W_PORT) {
   throw new ErrnoError('EINVAL', 'softverbs: ib_uverbs_wc is not the shape push() writes');
+}
+
+/**
+ * Writes wc as an ib_uverbs_wc at word w of a ring seen as words, every word of the slot once (no byte of the
+ * completion it held before shows through). `imm` as the layout keeps imm_data: ours in host order, rxe's as the
+ * __be32 the application ntohl()s.
+ */
+export function writeCqe(u: Uint32Array, w: number, wc: CqeIn, imm: number): void {
+  u[w + W_WR_ID] = wc.wrLo;
+  u[w + W_WR_ID + 1] = wc.wrHi;
+  u[w + W_STATUS] = wc.status;
+  u[w + W_OPCODE] = wc.opcode;
+  u[w + W_VENDOR_ERR] = 0;
+  u[w + W_BYTE_LEN] = wc.byteLen;
+  u[w + W_IMM] = imm;
+  u[w + W_QP_NUM] = wc.qpNum;
+  u[w + W_SRC_QP] = wc.srcQp;
+  u[w + W_WC_FLAGS] = wc.wcFlags;
+  u[w + W_PKEY_SLID] = 0;
+  u[w + W_PORT] = PORT_WORD;
 }
 
 /**
@@ -99,20 +116,7 @@ export class CqRingProducer extends CqRing implements CompletionProducer {
   }
   /** Writes one completion and publishes it (the caller has checked there is room). */
   push(wc: CqeIn): void {
-    const w = this.slot(this.prod) >>> 2;
-    const u = this.u32;
-    u[w + W_WR_ID] = wc.wrLo;
-    u[w + W_WR_ID + 1] = wc.wrHi;
-    u[w + W_STATUS] = wc.status;
-    u[w + W_OPCODE] = wc.opcode;
-    u[w + W_VENDOR_ERR] = 0;
-    u[w + W_BYTE_LEN] = wc.byteLen;
-    u[w + W_IMM] = wc.imm;
-    u[w + W_QP_NUM] = wc.qpNum;
-    u[w + W_SRC_QP] = wc.srcQp;
-    u[w + W_WC_FLAGS] = wc.wcFlags;
-    u[w + W_PKEY_SLID] = 0;
-    u[w + W_PORT] = PORT_WORD;
+    writeCqe(this.u32, this.slot(this.prod) >>> 2, wc, wc.imm);
     this.prod = (this.prod + 1) >>> 0;
     Atomics.store(this.hdr, PROD, this.prod | 0);
   }

@@ -14,12 +14,8 @@
  * once in the header by the constructor and never read back from it.
  */
 import { SendFlags, WrOpcode } from './enums.js';
-// completion words, as cq-ring.ts writes them; ex.imm_data is the one big-endian field
-import {
-  CQE, PORT_WORD, W_BYTE_LEN as C_BYTE_LEN, W_IMM as C_IMM, W_OPCODE as C_OPCODE, W_PKEY_SLID as C_PKEY_SLID, W_PORT as C_PORT,
-  W_QP_NUM as C_QP_NUM, W_SRC_QP as C_SRC_QP, W_STATUS as C_STATUS, W_VENDOR_ERR as C_VENDOR_ERR, W_WC_FLAGS as C_WC_FLAGS,
-  W_WR_ID as C_WR_ID,
-} from './cq-ring.js';
+// completions as cq-ring.ts writes them (every layout's CQ holds ib_uverbs_wc)
+import { CQE, writeCqe } from './cq-ring.js';
 import { copyBytes, Notify, word, wordsU64Number } from './ring.js';
 import { QB, RSG, RWQE, RXE_CQE_SIZE, RXE_NO_AH, SWQE, type RxeQueueLayout } from './rxe.js';
 import type { CompletionProducer, CqeIn, RecvQueueConsumer, RecvWqe, SendQueueConsumer, SendWqeFields } from './wqe.js';
@@ -303,21 +299,8 @@ export class RxeCompletionQueue implements CompletionProducer {
   }
   /** Writes an ib_uverbs_wc into the producer's slot, then publishes the slot (the caller has checked there is room). */
   push(wc: CqeIn): void {
-    const u = this.u32;
-    const w = (QB.SIZE + (this.prod << this.log2)) >>> 2;
-    u[w + C_WR_ID] = wc.wrLo;
-    u[w + C_WR_ID + 1] = wc.wrHi;
-    u[w + C_STATUS] = wc.status;
-    u[w + C_OPCODE] = wc.opcode;
-    u[w + C_VENDOR_ERR] = 0;
-    u[w + C_BYTE_LEN] = wc.byteLen;
     // ex.imm_data is a __be32 the application ntohl()s: the immediate's bytes as they were on the wire
-    u[w + C_IMM] = bswap32(wc.imm);
-    u[w + C_QP_NUM] = wc.qpNum;
-    u[w + C_SRC_QP] = wc.srcQp;
-    u[w + C_WC_FLAGS] = wc.wcFlags;
-    u[w + C_PKEY_SLID] = 0;
-    u[w + C_PORT] = PORT_WORD;
+    writeCqe(this.u32, (QB.SIZE + (this.prod << this.log2)) >>> 2, wc, bswap32(wc.imm));
     this.prod = (this.prod + 1) & this.mask;
     Atomics.store(this.hdr, W_PROD, this.prod);
   }
