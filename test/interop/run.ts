@@ -5,7 +5,8 @@
  * 4096 fits, starts the pyverbs agent in the guest, then runs the interop
  * specs inside the lab's network namespace, where softverbs owns 10.77.0.1.
  * Without the lab it says why and exits 0: this is not part of `npm test`
- * (booting the VM alone takes minutes under TCG).
+ * (booting the VM alone takes minutes under TCG). INTEROP_ONLY=a,b runs only
+ * a.spec and b.spec.
  */
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -56,7 +57,9 @@ try {
   let log = '';
   for (let i = 0; i < 30 && !log.includes('agent listening'); i++) log = sh('./vm-exec.sh', ['1', 'sleep 0.5; cat /tmp/svagent.log'], { input: '' }).out;
   if (!log.includes('agent listening')) throw new Error(`the agent did not start: ${log}`);
-  const specs = readdirSync(join(DIST, 'test', 'interop')).filter((f) => f.endsWith('.spec.js')).map((f) => join(DIST, 'test', 'interop', f));
+  // INTEROP_ONLY=pingpong,perftest runs only those specs (by name without .spec.js)
+  const only = process.env.INTEROP_ONLY?.split(',').map((s) => `${s.trim()}.spec.js`);
+  const specs = readdirSync(join(DIST, 'test', 'interop')).filter((f) => f.endsWith('.spec.js') && (!only || only.includes(f))).map((f) => join(DIST, 'test', 'interop', f));
   const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, '--test', '--test-concurrency=1', ...specs], {
     stdio: 'inherit', env: { ...process.env, LAB_PEER: PEER, LAB_HOST: '10.77.0.1', LAB_DIR: LAB },
   });
