@@ -75,9 +75,9 @@ export function start(argv: string[], env: NodeJS.ProcessEnv, ms = 30_000): Proc
     }
   }, ms);
   const done = new Promise<Run & { ms: number }>((resolve) => {
-    p.on('close', (code) => {
+    p.on('close', (code, signal) => {
       clearTimeout(t);
-      resolve({ code, out, ms: Math.round(performance.now() - t0) });
+      resolve({ code, out, signal, ms: Math.round(performance.now() - t0) });
     });
   });
   return { pid: p.pid!, out: () => out, done, kill: (sig = 'SIGKILL') => p.kill(sig) };

@@ -131,7 +131,13 @@ netlink rdma: EPROTONOSUPPORT
   test('exit codes as env(1) has them; a clear error for a missing root, program or library; preload-path', async () => {
     const run = (...args: string[]) => runProcess(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), ...args], { ...process.env, SOFTVERBS_ROOT: d.root });
     assert.equal((await run('exec', '--', 'sh', '-c', 'exit 7')).code, 7);
-    assert.equal((await run('exec', '--', 'sh', '-c', 'kill -TERM $$')).code, 128 + 15);
+    // softverbs exec becomes the program (execve): a signal that kills the program is what its caller sees,
+    // and the program's pid is the one the caller started (nothing outlives a SIGKILL of it)
+    const killed = await run('exec', '--', 'sh', '-c', 'kill -TERM $$');
+    assert.deepEqual([killed.code, killed.signal], [null, 'SIGTERM']);
+    const self = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', 'sh', '-c', 'echo $$; grep -E "^Sig(Blk|Ign)" /proc/$$/status'], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
+    // and it starts as a program started by a shell would: no signal blocked or ignored (Node ignores SIGPIPE)
+    assert.equal(self.stdout, `${self.pid}\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n`);
     const missing = await run('exec', '--', join(tmp, 'nosuch'));
     assert.deepEqual([missing.code, missing.out], [127, `softverbs exec: ${join(tmp, 'nosuch')}: No such file or directory\n`]);
     const none = await run('exec');
