@@ -12,8 +12,9 @@
  *    classes there too: a path under /sys/class/{infiniband,infiniband_verbs,
  *    infiniband_mad,infiniband_cm,misc/rdma_cm} is that path under
  *    SYSFS_PATH for the calls that take a path (open, fopen, opendir,
- *    scandir, the stat family, access, readlink, realpath, chdir); realpath
- *    answers in /sys terms. The rest of /sys is the host's.
+ *    scandir, the stat family, access, readlink, realpath, the xattr
+ *    getters, chdir); realpath answers in /sys terms. The rest of /sys is
+ *    the host's.
  *  - NETLINK_RDMA sockets fail with EPROTONOSUPPORT, as on a kernel without
  *    ib_core, so libibverbs looks in sysfs.
  *  - write() of a command is one request frame to the daemon and returns once
@@ -68,6 +69,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -1227,6 +1229,35 @@ EXPORT int scandir64(const char *path, struct dirent64 ***list, int (*sel)(const
 	}
 FOPEN(fopen)
 FOPEN(fopen64)
+
+/* the extended attributes: `ls -l` asks for each file's (an SELinux label, ACLs), and ENOENT there is an error to it */
+EXPORT ssize_t getxattr(const char *path, const char *name, void *value, size_t size)
+{
+	REAL(ssize_t, getxattr, const char *, const char *, void *, size_t);
+	MAP(path);
+	return real_getxattr(path, name, value, size);
+}
+
+EXPORT ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
+{
+	REAL(ssize_t, lgetxattr, const char *, const char *, void *, size_t);
+	MAP(path);
+	return real_lgetxattr(path, name, value, size);
+}
+
+EXPORT ssize_t listxattr(const char *path, char *list, size_t size)
+{
+	REAL(ssize_t, listxattr, const char *, char *, size_t);
+	MAP(path);
+	return real_listxattr(path, list, size);
+}
+
+EXPORT ssize_t llistxattr(const char *path, char *list, size_t size)
+{
+	REAL(ssize_t, llistxattr, const char *, char *, size_t);
+	MAP(path);
+	return real_llistxattr(path, list, size);
+}
 
 EXPORT int chdir(const char *path)
 {
