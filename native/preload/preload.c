@@ -1082,7 +1082,8 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
  * The rest of the calls that take a path to look up, where a program reading sysfs may pass one of the
  * classes: libc's opendir, scandir, fopen, realpath, access and readlink reach the system through libc's
  * own internal entry points, which no interposed open or stat sees, so each is taken here and handed the
- * mapped path. (glob, ftw and fts are not: their internal opendir is libc's own.)
+ * mapped path. (libc's glob and ftw/nftw are not: their directory reads are libc-internal. fts, as find
+ * has it from gnulib, opens through openat and is.)
  */
 #define MAP(path)                                                              \
 	char map_buf_[4096];                                                   \
