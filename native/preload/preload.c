@@ -29,7 +29,8 @@
  *    names its channel by descriptor; the daemon knows it by its token). The
  *    daemon gets the process's /proc/self/mem at GET_CONTEXT, and mmap() of a
  *    device file maps the queue memfd it hands out for that offset, both over
- *    its descriptor exchange (<root>/fds.sock, SCM_RIGHTS).
+ *    its descriptor exchange (<root>/fds.sock, SCM_RIGHTS). So does
+ *    syscall(SYS_mmap) of one, where UCX's memory hooks send librxe's mmap().
  *  - Event counts: DESTROY_CQ/QP/SRQ report the events the program has read,
  *    as the kernel's do (counted as they are read), not those the daemon sent.
  *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
