@@ -135,7 +135,7 @@ netlink rdma: EPROTONOSUPPORT
     // and the program's pid is the one the caller started (nothing outlives a SIGKILL of it)
     const killed = await run('exec', '--', 'sh', '-c', 'kill -TERM $$');
     assert.deepEqual([killed.code, killed.signal], [null, 'SIGTERM']);
-    const self = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', 'sh', '-c', 'echo $$; grep -E "^Sig(Blk|Ign)" /proc/$$/status'], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
+    const self = spawnSync(process.execPath, [join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', 'sh', '-c', 'echo $$; exec grep -E "^Sig(Blk|Ign)" /proc/self/status'], { encoding: 'utf8', env: { ...process.env, SOFTVERBS_ROOT: d.root } });
     // and it starts as a program started by a shell would: no signal blocked or ignored (Node ignores SIGPIPE)
     assert.equal(self.stdout, `${self.pid}\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n`);
     const missing = await run('exec', '--', join(tmp, 'nosuch'));
