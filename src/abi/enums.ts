@@ -20,12 +20,12 @@ export type QpType = (typeof QpType)[keyof typeof QpType];
 /** enum ibv_wr_opcode */
 export const WrOpcode = {
   RDMA_WRITE: 0, RDMA_WRITE_WITH_IMM: 1, SEND: 2, SEND_WITH_IMM: 3, RDMA_READ: 4, ATOMIC_CMP_AND_SWP: 5, ATOMIC_FETCH_AND_ADD: 6,
-  LOCAL_INV: 7, BIND_MW: 8, SEND_WITH_INV: 9, TSO: 10, DRIVER1: 11,
+  LOCAL_INV: 7, BIND_MW: 8, SEND_WITH_INV: 9, TSO: 10, DRIVER1: 11, ATOMIC_WRITE: 15,
 } as const;
 export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
 /** enum ibv_wc_opcode */
 export const WcOpcode = {
-  SEND: 0, RDMA_WRITE: 1, RDMA_READ: 2, COMP_SWAP: 3, FETCH_ADD: 4, BIND_MW: 5, LOCAL_INV: 6, TSO: 7, RECV: 128, RECV_RDMA_WITH_IMM: 129,
+  SEND: 0, RDMA_WRITE: 1, RDMA_READ: 2, COMP_SWAP: 3, FETCH_ADD: 4, BIND_MW: 5, LOCAL_INV: 6, TSO: 7, ATOMIC_WRITE: 9, RECV: 128, RECV_RDMA_WITH_IMM: 129,
 } as const;
 export type WcOpcode = (typeof WcOpcode)[keyof typeof WcOpcode];
 /** enum ibv_wc_status */

@@ -201,7 +201,7 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.imm = u[x + W_IMM]!;
     w.remoteAddr = wordsU64Number(u, x + W_REMOTE_ADDR);
     w.rkey = u[x + W_RKEY]!;
-    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) readAtomic(this.dv, o, w);
+    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD || op === WrOpcode.ATOMIC_WRITE) readAtomic(this.dv, o, w);
     w.ahHandle = u[x + W_AH_HANDLE]!;
     w.remoteQpn = u[x + W_REMOTE_QPN]! & 0xffffff;
     w.remoteQkey = u[x + W_REMOTE_QKEY]!;

@@ -112,6 +112,8 @@ export const QUERY_DEVICE_RESP = struct('ib_uverbs_query_device_resp', [
     ['reserved', { bytes: 4 }],
   ]);
 
+/** IB_UVERBS_DEVICE_ATOMIC_WRITE (Linux ≥ 6.2): device_cap_flags_ex bit 40, past the legacy 32-bit word. */
+export const DEVICE_ATOMIC_WRITE = 1n << 40n;
 export const EX_QUERY_DEVICE = struct('ib_uverbs_ex_query_device', [['comp_mask', 'u32'], ['reserved', 'u32']]);
 const ODP_CAPS = struct('ib_uverbs_odp_caps', [
     ['general_caps', 'u64'], ['rc_odp_caps', 'u32'], ['uc_odp_caps', 'u32'], ['ud_odp_caps', 'u32'], ['reserved', 'u32'],

@@ -68,7 +68,7 @@ function checkTail(name: string, core: Buffer, known: number): void {
 /**
  * ib_uverbs_ex_query_device: the legacy attributes plus what the extended struct adds. softverbs has no
  * ODP, timestamps, RSS, WQs, tag matching or CQ moderation, so those stay zero as on Linux rxe;
- * device_cap_flags_ex is the full capability word. At most the struct goes back, however much room the
+ * device_cap_flags_ex is the full capability word, with rxe ≥ 6.2's ATOMIC_WRITE, which the engines do. At most the struct goes back, however much room the
  * caller offered (rdma-core zeroes its buffer before the write, as the kernel would zero the rest).
  */
 function exQueryDevice(ctx: Context, core: Buffer, outBytes: number): Buffer {
@@ -79,7 +79,7 @@ function exQueryDevice(ctx: Context, core: Buffer, outBytes: number): Buffer {
   const base = queryDevice(ctx);
   const resp = pack(U.EX_QUERY_DEVICE_RESP, {
     response_length: Math.min(outBytes, EX_QUERY_DEVICE_RESP.size),
-    device_cap_flags_ex: BigInt(base.readUInt32LE(QUERY_DEVICE_RESP.device_cap_flags)),
+    device_cap_flags_ex: BigInt(base.readUInt32LE(QUERY_DEVICE_RESP.device_cap_flags)) | U.DEVICE_ATOMIC_WRITE,
   });
   base.copy(resp, 0);
   return resp.subarray(0, Math.min(outBytes, resp.length));
