@@ -132,6 +132,7 @@ export class QueuePair {
     if (t === QpType.UD && !wr.ud) throw badWr('ibv_post_send', 'EINVAL', 'a UD send needs wr.ud (ah, remoteQpn, remoteQkey)', i, wr);
     if (m & (WrMask.WRITE | WrMask.READ) && !wr.rdma) throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
     if (m & WrMask.ATOMIC && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
+    if (m & WrMask.ATOMIC_WRITE && !wr.atomicWrite) throw badWr('ibv_post_send', 'EINVAL', 'ATOMIC_WRITE needs wr.atomicWrite (remoteAddr, rkey, value)', i, wr);
     if (flags & SendFlags.INLINE) {
       if (!(m & WrMask.INLINE)) throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
       let len = 0;

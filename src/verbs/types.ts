@@ -55,6 +55,8 @@ export interface SendWr {
   imm?: number;
   rdma?: { remoteAddr: bigint | number; rkey: number };
   atomic?: { remoteAddr: bigint | number; compareAdd: bigint | number; swap?: bigint | number; rkey: number };
+  /** ATOMIC_WRITE (RC): 8 bytes, or a u64 stored little-endian, written at remoteAddr (8-aligned, REMOTE_WRITE) as one */
+  atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: AddressHandle; remoteQpn: number; remoteQkey: number };
 }
 
