@@ -17,6 +17,9 @@ export const CMD_COMMAND_MASK = 0xff;
 /** IB_USER_VERBS_EX_CMD_* (the extended commands share the legacy numbers). */
 export const ExCmd = {
   QUERY_DEVICE: 1,
+  CREATE_CQ: 18,
+  CREATE_QP: 24,
+  MODIFY_QP: 26,
 } as const;
 export type ExCmd = (typeof ExCmd)[keyof typeof ExCmd];
 
@@ -208,6 +211,33 @@ export const CREATE_SRQ_RESP = struct('ib_uverbs_create_srq_resp', [['srq_handle
 export const MODIFY_SRQ = struct('ib_uverbs_modify_srq', [['srq_handle', 'u32'], ['attr_mask', 'u32'], ['max_wr', 'u32'], ['srq_limit', 'u32']]);
 export const QUERY_SRQ = struct('ib_uverbs_query_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
 export const QUERY_SRQ_RESP = struct('ib_uverbs_query_srq_resp', [['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32'], ['reserved', 'u32']]);
+// ---- the extended commands' structs (their requests have no response field: the ex header carries it) ----
+
+/** enum ib_uverbs_ex_create_cq_flags */
+export const ExCqFlags = { TIMESTAMP_COMPLETION: 1 << 0, IGNORE_OVERRUN: 1 << 1 } as const;
+export const EX_CREATE_CQ = struct('ib_uverbs_ex_create_cq', [
+    ['user_handle', 'u64'], ['cqe', 'u32'], ['comp_vector', 'u32'], ['comp_channel', 's32'], ['comp_mask', 'u32'], ['flags', 'u32'], ['reserved', 'u32'],
+  ]);
+export const EX_CREATE_CQ_RESP = struct('ib_uverbs_ex_create_cq_resp', [['base', CREATE_CQ_RESP], ['comp_mask', 'u32'], ['response_length', 'u32']]);
+
+/** IB_UVERBS_CREATE_QP_MASK_IND_TABLE, the one comp_mask bit the kernel knows (IB_UVERBS_CREATE_QP_SUP_COMP_MASK) */
+export const CREATE_QP_MASK_IND_TABLE = 1 << 0;
+/** enum ib_qp_create_flags: the ones the kernel lets a user ask for (create_qp); any other bit is EINVAL */
+export const QpCreateFlags = {
+  BLOCK_MULTICAST_LOOPBACK: 1 << 1, CROSS_CHANNEL: 1 << 2, MANAGED_SEND: 1 << 3, MANAGED_RECV: 1 << 4, SCATTER_FCS: 1 << 8,
+  CVLAN_STRIPPING: 1 << 9, SOURCE_QPN: 1 << 10, PCI_WRITE_END_PADDING: 1 << 11,
+} as const;
+export const EX_CREATE_QP = struct('ib_uverbs_ex_create_qp', [
+    ['user_handle', 'u64'], ['pd_handle', 'u32'], ['send_cq_handle', 'u32'], ['recv_cq_handle', 'u32'], ['srq_handle', 'u32'],
+    ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'], ['max_inline_data', 'u32'],
+    ['sq_sig_all', 'u8'], ['qp_type', 'u8'], ['is_srq', 'u8'], ['reserved', 'u8'], ['comp_mask', 'u32'], ['create_flags', 'u32'],
+    ['rwq_ind_tbl_handle', 'u32'], ['source_qpn', 'u32'],
+  ]);
+export const EX_CREATE_QP_RESP = struct('ib_uverbs_ex_create_qp_resp', [['base', CREATE_QP_RESP], ['comp_mask', 'u32'], ['response_length', 'u32']]);
+
+export const EX_MODIFY_QP = struct('ib_uverbs_ex_modify_qp', [['base', MODIFY_QP], ['rate_limit', 'u32'], ['reserved', 'u32']]);
+export const EX_MODIFY_QP_RESP = struct('ib_uverbs_ex_modify_qp_resp', [['comp_mask', 'u32'], ['response_length', 'u32']]);
+
 export const DESTROY_SRQ = struct('ib_uverbs_destroy_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
 export const DESTROY_SRQ_RESP = struct('ib_uverbs_destroy_srq_resp', [['events_reported', 'u32']]);
 

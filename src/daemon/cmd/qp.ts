@@ -14,6 +14,15 @@ import type { Commands } from './command.js';
 const QP_BASE_BYTES = 16 * 1024;
 
 function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'> | null): Buffer {
+  const made = newQp(ctx, r, u);
+  return Buffer.concat([made.resp, made.udata]);
+}
+
+/** What CREATE_QP and EX_CREATE_QP have in common (the kernel's create_qp): the legacy request, the response address aside. */
+export type QpRequest = Omit<U.Req<'CREATE_QP'>, 'response'>;
+
+/** Makes the QP a create command asks for: ib_uverbs_create_qp_resp and the provider's response udata. */
+export function newQp(ctx: Context, r: QpRequest, u: U.Udata<'CREATE_QP'> | null): { resp: Buffer; udata: Buffer } {
   const type = r.qp_type;
   if (type !== QpType.RC && type !== QpType.UC && type !== QpType.UD) fail(E.EOPNOTSUPP, `CREATE_QP: QP type ${type} is not supported`);
   const pd = ctx.get('pd', r.pd_handle);
@@ -55,7 +64,7 @@ function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'> |
     qp_handle: h, qpn, max_send_wr: c.maxSendWr, max_recv_wr: c.maxRecvWr, max_send_sge: c.maxSendSge, max_recv_sge: c.maxRecvSge,
     max_inline_data: c.maxInlineData,
   });
-  return Buffer.concat([resp, q.udata]);
+  return { resp, udata: q.udata };
 }
 
 function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
@@ -75,7 +84,8 @@ function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
   });
 }
 
-function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
+/** MODIFY_QP, and EX_MODIFY_QP's base. */
+export function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
   const qp = ctx.get('qp', r.qp_handle);
   const mask = r.attr_mask;
   const cur = qp.state;
