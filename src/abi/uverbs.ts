@@ -360,3 +360,27 @@ export function frame<S extends CmdSpec>(
   if (spec.udata && udata) encode(spec.udata, udata, dv, HDR_SIZE + reqSize);
   return b;
 }
+
+/**
+ * Builds an extended command as a WRITE_EX frame: our header, then what a program's write() gives the kernel
+ * (ib_uverbs_cmd_hdr with in/out words of 8 bytes, ib_uverbs_ex_cmd_hdr, the core request, the provider's
+ * udata). `outBytes` of core response and `udataOut` of provider response are asked for; the daemon answers
+ * them as the bytes behind the response pointer, which it needs only to be there (any nonzero value).
+ */
+export function exFrame<Q extends StructDef, D extends StructDef>(
+  command: ExCmd, req: Q, reqIn: Input<Q>, outBytes: number, udata?: { def: D; value: Input<D> }, udataOut = 0,
+): Buffer {
+  const core = layout(req).size;
+  const uSize = udata ? layout(udata.def).size : 0;
+  if (core % 8 || uSize % 8 || outBytes % 8 || udataOut % 8) throw new RangeError('softverbs: an extended command counts 8-byte words');
+  const exHdr = layout(EX_CMD_HDR).size;
+  const total = HDR_SIZE + HDR_SIZE + exHdr + core + uSize;
+  const b = Buffer.alloc(total);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  encode(CMD_HDR, { command: SvCmd.WRITE_EX, in_words: total / 4, out_words: 0 }, dv, 0);
+  encode(CMD_HDR, { command: (CMD_FLAG_EXTENDED | command) >>> 0, in_words: core / 8, out_words: outBytes / 8 }, dv, HDR_SIZE);
+  encode(EX_CMD_HDR, { response: outBytes || udataOut ? 1n : 0n, provider_in_words: uSize / 8, provider_out_words: udataOut / 8 }, dv, HDR_SIZE * 2);
+  encode(req, reqIn, dv, HDR_SIZE * 2 + exHdr);
+  if (udata) encode(udata.def, udata.value, dv, HDR_SIZE * 2 + exHdr + core);
+  return b;
+}

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { constants as bufferConstants } from 'node:buffer';
 import { EventType } from '../abi/enums.js';
-import type { Input, StructDef } from '../abi/layout.js';
+import type { Infer, Input, StructDef } from '../abi/layout.js';
 import { layout, unpack } from '../abi/layout.js';
 import { cqLayout, Limits } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
@@ -23,7 +23,7 @@ import { ProtectionDomain } from './pd.js';
 import { withQueueMemory } from './queue-memory.js';
 import type { QueuePair } from './qp.js';
 import type { SharedReceiveQueue } from './srq.js';
-import type { AsyncEvent, Device, DeviceAttr, PortAttr } from './types.js';
+import type { AsyncEvent, Device, DeviceAttr, DeviceAttrEx, PortAttr } from './types.js';
 
 /** The largest buffer allocBuffer makes: max_mr_size, and what a Buffer can span. */
 const MAX_BUFFER = Math.min(Limits.maxMrSize, bufferConstants.MAX_LENGTH);
@@ -126,24 +126,32 @@ export class Context {
     return (spec.resp ? unpack(spec.resp, body) : {}) as U.RespOf<S>;
   }
 
+  /**
+   * @internal sends one extended command (a WRITE_EX frame, as a C program's write() carries it) and returns what
+   * its response pointer would get: `outBytes` of core response, then up to `udataOut` of the provider's.
+   */
+  async commandEx<Q extends StructDef, D extends StructDef>(
+    verb: string, cmd: U.ExCmd, req: Q, reqIn: Input<Q>, outBytes: number, udata?: { def: D; value: Input<D> }, udataOut = 0,
+  ): Promise<Buffer> {
+    try {
+      return await this.cmd.call(verb, U.exFrame(cmd, req, reqIn, outBytes, udata, udataOut));
+    } catch (e) {
+      throw e instanceof Error ? atCaller(e) : e;
+    }
+  }
+
   /** ibv_query_device */
   async queryDevice(): Promise<DeviceAttr> {
-    const r = await this.command('ibv_query_device', U.Spec.QUERY_DEVICE, {});
-    const fw = r.fw_ver;
+    return deviceAttr(await this.command('ibv_query_device', U.Spec.QUERY_DEVICE, {}));
+  }
+
+  /** ibv_query_device_ex (EX_QUERY_DEVICE) */
+  async queryDeviceEx(): Promise<DeviceAttrEx> {
+    const body = await this.commandEx('ibv_query_device_ex', U.ExCmd.QUERY_DEVICE, U.EX_QUERY_DEVICE, {}, layout(U.EX_QUERY_DEVICE_RESP).size);
+    const r = unpack(U.EX_QUERY_DEVICE_RESP, body);
     return {
-      // libibverbs formats the u64 as major.minor.sub_minor
-      fwVer: `${(fw >> 32n) & 0xffffn}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`,
-      // node_guid / sys_image_guid are __be64 on the wire; give them in host order
-      nodeGuid: bswap64(r.node_guid), sysImageGuid: bswap64(r.sys_image_guid),
-      maxMrSize: r.max_mr_size, pageSizeCap: r.page_size_cap, vendorId: r.vendor_id, vendorPartId: r.vendor_part_id, hwVer: r.hw_ver,
-      maxQp: r.max_qp, maxQpWr: r.max_qp_wr, deviceCapFlags: r.device_cap_flags, maxSge: r.max_sge, maxSgeRd: r.max_sge_rd,
-      maxCq: r.max_cq, maxCqe: r.max_cqe, maxMr: r.max_mr, maxPd: r.max_pd, maxQpRdAtom: r.max_qp_rd_atom, maxEeRdAtom: r.max_ee_rd_atom,
-      maxResRdAtom: r.max_res_rd_atom, maxQpInitRdAtom: r.max_qp_init_rd_atom, maxEeInitRdAtom: r.max_ee_init_rd_atom,
-      atomicCap: r.atomic_cap, maxEe: r.max_ee, maxRdd: r.max_rdd, maxMw: r.max_mw, maxRawIpv6Qp: r.max_raw_ipv6_qp,
-      maxRawEthyQp: r.max_raw_ethy_qp, maxMcastGrp: r.max_mcast_grp, maxMcastQpAttach: r.max_mcast_qp_attach,
-      maxTotalMcastQpAttach: r.max_total_mcast_qp_attach, maxAh: r.max_ah, maxFmr: r.max_fmr, maxMapPerFmr: r.max_map_per_fmr,
-      maxSrq: r.max_srq, maxSrqWr: r.max_srq_wr, maxSrqSge: r.max_srq_sge, maxPkeys: r.max_pkeys, localCaAckDelay: r.local_ca_ack_delay,
-      physPortCnt: r.phys_port_cnt,
+      ...deviceAttr(r.base), deviceCapFlagsEx: r.device_cap_flags_ex, completionTimestampMask: r.timestamp_mask, hcaCoreClock: r.hca_core_clock,
+      maxWqTypeRq: r.max_wq_type_rq, rawPacketCaps: r.raw_packet_caps, maxDmSize: r.max_dm_size,
     };
   }
 
@@ -267,4 +275,24 @@ export class Context {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.closeDevice();
   }
+}
+
+/** ibv_device_attr from ib_uverbs_query_device_resp (QUERY_DEVICE's, and EX_QUERY_DEVICE's base). */
+function deviceAttr(r: Infer<typeof U.QUERY_DEVICE_RESP>): DeviceAttr {
+  const fw = r.fw_ver;
+  return {
+    // libibverbs formats the u64 as major.minor.sub_minor
+    fwVer: `${(fw >> 32n) & 0xffffn}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`,
+    // node_guid / sys_image_guid are __be64 on the wire; give them in host order
+    nodeGuid: bswap64(r.node_guid), sysImageGuid: bswap64(r.sys_image_guid),
+    maxMrSize: r.max_mr_size, pageSizeCap: r.page_size_cap, vendorId: r.vendor_id, vendorPartId: r.vendor_part_id, hwVer: r.hw_ver,
+    maxQp: r.max_qp, maxQpWr: r.max_qp_wr, deviceCapFlags: r.device_cap_flags, maxSge: r.max_sge, maxSgeRd: r.max_sge_rd,
+    maxCq: r.max_cq, maxCqe: r.max_cqe, maxMr: r.max_mr, maxPd: r.max_pd, maxQpRdAtom: r.max_qp_rd_atom, maxEeRdAtom: r.max_ee_rd_atom,
+    maxResRdAtom: r.max_res_rd_atom, maxQpInitRdAtom: r.max_qp_init_rd_atom, maxEeInitRdAtom: r.max_ee_init_rd_atom,
+    atomicCap: r.atomic_cap, maxEe: r.max_ee, maxRdd: r.max_rdd, maxMw: r.max_mw, maxRawIpv6Qp: r.max_raw_ipv6_qp,
+    maxRawEthyQp: r.max_raw_ethy_qp, maxMcastGrp: r.max_mcast_grp, maxMcastQpAttach: r.max_mcast_qp_attach,
+    maxTotalMcastQpAttach: r.max_total_mcast_qp_attach, maxAh: r.max_ah, maxFmr: r.max_fmr, maxMapPerFmr: r.max_map_per_fmr,
+    maxSrq: r.max_srq, maxSrqWr: r.max_srq_wr, maxSrqSge: r.max_srq_sge, maxPkeys: r.max_pkeys, localCaAckDelay: r.local_ca_ack_delay,
+    physPortCnt: r.phys_port_cnt,
+  };
 }

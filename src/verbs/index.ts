@@ -22,6 +22,6 @@ export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, getAddrInfo, cr
 export type { CmEvent, ConnParam, EventParam, RdmaAddrInfo } from './cm.js';
 export { RejReason, SidrStatus } from '../cm/mad.js';
 export { WorkCompletion } from './types.js';
-export type { Device, DeviceAttr, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, SrqAttr, AhAttr, GlobalRoute, AsyncEvent, QpCaps } from './types.js';
+export type { Device, DeviceAttr, DeviceAttrEx, PortAttr, Sge, SendWr, RecvWr, QpAttr, QpInitAttr, SrqAttr, AhAttr, GlobalRoute, AsyncEvent, QpCaps } from './types.js';
 export { gidString, parseGidString } from '../common/format.js';
 export { defaultRoot } from '../common/paths.js';

@@ -36,6 +36,17 @@ export interface DeviceAttr {
   maxSrq: number; maxSrqWr: number; maxSrqSge: number; maxPkeys: number; localCaAckDelay: number; physPortCnt: number;
 }
 
+/** ibv_device_attr_ex: the legacy attributes and what EX_QUERY_DEVICE adds (softverbs has no ODP, RSS, WQs, TSO, tag matching or clock: those are 0, as on Linux rxe) */
+export interface DeviceAttrEx extends DeviceAttr {
+  /** the full capability word: device_cap_flags, and bits past 32 (IB_UVERBS_DEVICE_ATOMIC_WRITE, bit 40) */
+  deviceCapFlagsEx: bigint;
+  completionTimestampMask: bigint;
+  hcaCoreClock: bigint;
+  maxWqTypeRq: number;
+  rawPacketCaps: number;
+  maxDmSize: bigint;
+}
+
 /** ibv_port_attr */
 export interface PortAttr {
   state: number; maxMtu: Mtu; activeMtu: Mtu; gidTblLen: number; portCapFlags: number; maxMsgSz: number; badPkeyCntr: number;
