@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { constants as bufferConstants } from 'node:buffer';
-import { EventType } from '../abi/enums.js';
+import { CreateCqAttrFlags, EventType, WC_STANDARD_FLAGS, WcExFlags } from '../abi/enums.js';
 import type { Infer, Input, StructDef } from '../abi/layout.js';
 import { layout, unpack } from '../abi/layout.js';
 import { cqLayout, Limits } from '../abi/queue.js';
@@ -15,7 +15,7 @@ import { ibClassDir } from '../common/paths.js';
 import { bswap64, parseGidString } from '../common/format.js';
 import { EventStream, type CommandChannel } from './channel.js';
 import { exchangePath, putMemfd } from './fd-exchange.js';
-import { CompletionChannel, CompletionQueue } from './cq.js';
+import { CompletionChannel, CompletionQueue, CompletionQueueEx } from './cq.js';
 import { atCaller, VerbsError } from './errors.js';
 import { allocShared } from './memory.js';
 import { mgmtQuery } from './mgmt.js';
@@ -226,6 +226,40 @@ export class Context {
   }
 
   /**
+   * ibv_create_cq_ex (EX_CREATE_CQ): a CQ whose completions carry the fields `wcFlags` names (WcExFlags bits, or
+   * their names). As librxe: the standard fields only (timestamps, VLANs, flow tags and tag matching are
+   * EOPNOTSUPP), and no creation flag the HCA would see (IGNORE_OVERRUN: EOPNOTSUPP from the daemon, as from the
+   * kernel's rxe); SINGLE_THREADED is the library's business and changes nothing here.
+   */
+  async createCqEx(attr: {
+    cqe: number; wcFlags?: WcExFlags | Array<keyof typeof WcExFlags>; channel?: CompletionChannel | null; compVector?: number; flags?: number;
+  }): Promise<CompletionQueueEx> {
+    const { cqe, channel = null, compVector = 0, flags = 0 } = attr;
+    const wcFlags = Array.isArray(attr.wcFlags) ? attr.wcFlags.reduce((a, n) => a | (WcExFlags[n] ?? wcFlagName(n)), 0) : attr.wcFlags ?? 0;
+    if (wcFlags & ~WC_STANDARD_FLAGS) throw new VerbsError('ibv_create_cq_ex', 'EOPNOTSUPP', `wc_flags 0x${wcFlags.toString(16)}: only the standard fields (0x${WC_STANDARD_FLAGS.toString(16)}) are supported`);
+    if (flags & ~(CreateCqAttrFlags.SINGLE_THREADED | CreateCqAttrFlags.IGNORE_OVERRUN)) throw new VerbsError('ibv_create_cq_ex', 'EOPNOTSUPP', `flags 0x${flags.toString(16)}`);
+    if (!Number.isInteger(cqe) || cqe < 1 || cqe > Limits.maxCqe) throw new VerbsError('ibv_create_cq_ex', 'EINVAL', `cqe ${cqe} is not in 1..${Limits.maxCqe} (max_cqe)`);
+    const l = cqLayout(cqe);
+    return withQueueMemory(this, l.bytes, 'ibv_create_cq_ex', async (mem) => {
+      const cq = new CompletionQueueEx(this, mem, l, channel, wcFlags);
+      try {
+        const body = await this.commandEx('ibv_create_cq_ex', U.ExCmd.CREATE_CQ, U.EX_CREATE_CQ, {
+          user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1,
+          flags: flags & CreateCqAttrFlags.IGNORE_OVERRUN ? U.ExCqFlags.IGNORE_OVERRUN : 0,
+        }, layout(U.EX_CREATE_CQ_RESP).size, { def: U.SV_QUEUE, value: { memfd_id: mem.id } });
+        const r = unpack(U.EX_CREATE_CQ_RESP, body);
+        cq.handle = r.base.cq_handle;
+        cq.cqe = r.base.cqe;
+        channel?.dependents.add(cq);
+        return cq;
+      } catch (e) {
+        this.unregister(cq.userHandle);
+        throw e;
+      }
+    });
+  }
+
+  /**
    * ibv_get_async_event: the next async event (waits). When the device goes away (the daemon died, the device was
    * deleted) that is DEVICE_FATAL, as Linux reports a disassociated device, and then null; null once the context is closed.
    */
@@ -295,4 +329,8 @@ function deviceAttr(r: Infer<typeof U.QUERY_DEVICE_RESP>): DeviceAttr {
     maxSrq: r.max_srq, maxSrqWr: r.max_srq_wr, maxSrqSge: r.max_srq_sge, maxPkeys: r.max_pkeys, localCaAckDelay: r.local_ca_ack_delay,
     physPortCnt: r.phys_port_cnt,
   };
+}
+
+function wcFlagName(n: string): never {
+  throw new VerbsError('ibv_create_cq_ex', 'EINVAL', `wc flag ${n} does not exist (one of ${Object.keys(WcExFlags).join(', ')})`);
 }

@@ -121,6 +121,15 @@ export interface QpInitAttr {
   cap: Partial<QpCaps>;
   qpType: QpType;
   sqSigAll?: boolean;
+  /**
+   * ibv_qp_init_attr_ex.send_ops_flags (QpExSendOps): the QP gets `qp.wr`, the ibv_wr_* builders for these
+   * operations. As librxe: each QP type takes the ones rxe does (others: EOPNOTSUPP).
+   */
+  sendOpsFlags?: number;
+  /** ibv_qp_init_attr_ex.create_flags (QpCreateFlags): given, the QP is made with EX_CREATE_QP; rxe takes none (EOPNOTSUPP) */
+  createFlags?: number;
+  /** with QpCreateFlags.SOURCE_QPN */
+  sourceQpn?: number;
 }
 
 /** ibv_srq_init_attr's attr */
