@@ -12,7 +12,7 @@ import { E, fail } from '../common/errno.js';
 import { QpAttrMask, QpType } from '../abi/enums.js';
 import { newCq } from './cmd/cq.js';
 import { queryDevice } from './cmd/device.js';
-import { modifyQp, newQp } from './cmd/qp.js';
+import { modifyQp, newQp, QP_ATTR_STANDARD_BITS } from './cmd/qp.js';
 import type { Context } from './context.js';
 
 const EX_HDR = offsets(U.EX_CMD_HDR);
@@ -195,8 +195,8 @@ function exCreateQp(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffe
   return answer(resp, outBytes, made.udata, udataOut);
 }
 
-/** IB_USER_LAST_QP_ATTR_MASK is RATE_LIMIT: a bit past it is EOPNOTSUPP before anything (ib_uverbs_ex_modify_qp). */
-const EX_MODIFY_MASK = (QpAttrMask.RATE_LIMIT << 1) - 1;
+/** ib_uverbs_ex_modify_qp takes the standard attributes and RATE_LIMIT; any other bit is EOPNOTSUPP before anything. */
+const EX_MODIFY_MASK = QP_ATTR_STANDARD_BITS | QpAttrMask.RATE_LIMIT;
 
 /**
  * ib_uverbs_ex_modify_qp: MODIFY_QP and a rate limit. rxe's modify_qp takes only the standard attributes
@@ -208,7 +208,7 @@ function exModifyQp(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffe
   const full = core.length >= layout(U.EX_MODIFY_QP).size ? core : Buffer.concat([core, Buffer.alloc(layout(U.EX_MODIFY_QP).size - core.length)]);
   const r = unpack(U.EX_MODIFY_QP, full);
   const mask = r.base.attr_mask;
-  if (mask & ~EX_MODIFY_MASK) fail(E.EOPNOTSUPP, `EX_MODIFY_QP: attr_mask 0x${(mask >>> 0).toString(16)} has bits past RATE_LIMIT`);
+  if (mask & ~EX_MODIFY_MASK) fail(E.EOPNOTSUPP, `EX_MODIFY_QP: attr_mask 0x${(mask >>> 0).toString(16)} has bits other than the standard ones and RATE_LIMIT`);
   ctx.get('qp', r.base.qp_handle);
   if (mask & QpAttrMask.RATE_LIMIT) fail(E.EOPNOTSUPP, 'EX_MODIFY_QP: RATE_LIMIT is not supported (rxe takes the standard attributes only)');
   modifyQp(ctx, r.base);

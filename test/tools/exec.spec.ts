@@ -123,6 +123,8 @@ EX_CREATE_QP no room for the mminfos: EINVAL
 EX_CREATE_QP: ok qpn set, max_send_wr 7, comp_mask 0, response_length 40, sq mminfo size 4096
 EX_MODIFY_QP RATE_LIMIT: EOPNOTSUPP
 EX_MODIFY_QP attr_mask bit 26: EOPNOTSUPP
+EX_MODIFY_QP attr_mask bit 21: EOPNOTSUPP
+MODIFY_QP RATE_LIMIT: EOPNOTSUPP
 EX_MODIFY_QP to INIT: ok comp_mask 0, response_length 8
 DESTROY_QP: ok
 DESTROY_CQ: ok

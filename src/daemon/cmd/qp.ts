@@ -84,6 +84,15 @@ function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
   });
 }
 
+/** IB_QP_ATTR_STANDARD_BITS: STATE (bit 0) to DEST_QPN (bit 20), what the legacy MODIFY_QP (and rxe's modify_qp) take. */
+export const QP_ATTR_STANDARD_BITS = (A.DEST_QPN << 1) - 1;
+
+/** ib_uverbs_modify_qp: any attribute past the standard ones is EOPNOTSUPP before the QP is looked at. */
+function legacyModifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
+  if (r.attr_mask & ~QP_ATTR_STANDARD_BITS) fail(E.EOPNOTSUPP, `MODIFY_QP: attr_mask 0x${(r.attr_mask >>> 0).toString(16)} has bits past the standard attributes`);
+  modifyQp(ctx, r);
+}
+
 /** MODIFY_QP, and EX_MODIFY_QP's base. */
 export function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
   const qp = ctx.get('qp', r.qp_handle);
@@ -187,7 +196,7 @@ function postRecvDoorbell(ctx: Context, r: U.Req<'POST_RECV'>): Buffer {
 export const qpCommands: Commands = {
   CREATE_QP: (ctx, r, u) => createQp(ctx, r, u),
   QUERY_QP: (ctx, r) => queryQp(ctx, r),
-  MODIFY_QP: (ctx, r) => modifyQp(ctx, r),
+  MODIFY_QP: (ctx, r) => legacyModifyQp(ctx, r),
   DESTROY_QP: (ctx, r) => destroyQp(ctx, r),
   POST_SEND: (ctx, r) => postSend(ctx, r),
   POST_RECV: (ctx, r) => postRecvDoorbell(ctx, r),
