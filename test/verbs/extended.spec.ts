@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
   Access, CreateCqAttrFlags, getDeviceList, openDevice, QpCreateFlags, QpExSendOps, QpType, SendFlags, WC_STANDARD_FLAGS, WcExFlags, WcOpcode,
-  WcStatus, type Context, type CompletionQueueEx, type Device, type WorkCompletionEx,
+  WcStatus, WrOpcode, type Context, type CompletionQueueEx, type Device, type WorkCompletionEx,
 } from '../../src/verbs/index.js';
 import { connectQp, mgmt, startDaemon, type RunningDaemon } from '../helpers.js';
 
@@ -122,6 +122,28 @@ describe('extended verbs through the library', () => {
     const [r] = await pollEx(t.cb, 1);
     assert.deepEqual(r, { wrId: 7n, status: 0, opcode: WcOpcode.RECV, vendorErr: 0, wcFlags: r!.wcFlags, byteLen: 49, imm: 5, qpNum: t.b.qpNum, srcQp: t.a.qpNum, slid: 0, sl: 0, dlidPathBits: 0 });
     assert.equal(t.mb.buf.toString('utf8', 40, 49), 'inline ud');
+  });
+
+  test('an extended CQ on a completion channel: EX_CREATE_CQ names the channel, its events wake completions()', async () => {
+    await using ctx = await openDevice(dev, d.root);
+    await using channel = await ctx.createCompChannel();
+    await using rcq = await ctx.createCqEx({ cqe: 8, channel, wcFlags: ['BYTE_LEN'] });
+    await using scq = await ctx.createCq(8);
+    await using pd = await ctx.allocPd();
+    await using mr = await pd.allocMr(4096, ALL);
+    await using a = await pd.createQp({ sendCq: scq, recvCq: scq, qpType: QpType.RC, cap: {} });
+    await using b = await pd.createQp({ sendCq: rcq, recvCq: rcq, qpType: QpType.RC, cap: {} });
+    await connectQp(a, ctx, { qpn: b.qpNum, gid: ctx.queryGid(1, 0) });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid: ctx.queryGid(1, 0) });
+    b.postRecv({ wrId: 5, sgList: [mr.sge(1024, 64)] });
+    const got = (async () => {
+      for await (const wc of rcq.completions()) return wc;
+    })();
+    await new Promise((r) => setTimeout(r, 20)); // the CQ is armed and waiting when the message comes
+    a.postSend({ wrId: 1, opcode: WrOpcode.SEND, sgList: [mr.sge(0, 33)] });
+    const wc = await got;
+    assert.deepEqual([wc!.wrId, wc!.opcode, wc!.byteLen], [5n, WcOpcode.RECV, 33]);
+    assert.equal(rcq.eventsUnacked + rcq.compEvents > 0, true, 'woken by the channel\'s event');
   });
 
   test('a batch that fails anywhere posts nothing (ENOSPC when the queue is full); abort drops it; operations the QP was not made with are EOPNOTSUPP', async () => {
