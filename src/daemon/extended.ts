@@ -118,7 +118,7 @@ function noUdata(name: string, udataIn: Buffer): void {
  * Decodes the provider's request udata for the core command it extends (ours: the memfd behind the rings), runs
  * `fn` with it, and drops the memfd it names whatever the outcome, as the legacy dispatch does.
  */
-function withUdata<T>(ctx: Context, name: 'CREATE_CQ' | 'CREATE_QP', udataIn: Buffer, fn: (u: never) => T): T {
+function withUdata<K extends 'CREATE_CQ' | 'CREATE_QP', T>(ctx: Context, name: K, udataIn: Buffer, fn: (u: U.Udata<K> | null) => T): T {
   const def = ctx.provider.reqUdata(U.Spec[name]);
   let u: object | null = null;
   let rest = 0;
@@ -129,7 +129,7 @@ function withUdata<T>(ctx: Context, name: 'CREATE_CQ' | 'CREATE_QP', udataIn: Bu
   const memfd = u ? ctx.provider.memfdOf?.(u) ?? 0 : 0;
   try {
     noUdata(`EX_${name}`, udataIn.subarray(rest));
-    return fn(u as never);
+    return fn(u as U.Udata<K> | null);
   } finally {
     if (memfd) ctx.dropMemfd(memfd);
   }
@@ -149,6 +149,11 @@ function answer(core: Buffer, outBytes: number, udata: Buffer, udataOut: number)
  * back on exactly that) and wants room for its mminfo (EINVAL), both before anything is made.
  */
 function exCreateCq(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffer, udataOut: number): Buffer {
+  // the memfd the udata names is the command's whatever its outcome, a refusal's too
+  return withUdata(ctx, 'CREATE_CQ', udataIn, (u) => createCqEx(ctx, core, outBytes, u, udataOut));
+}
+
+function createCqEx(ctx: Context, core: Buffer, outBytes: number, u: U.Udata<'CREATE_CQ'> | null, udataOut: number): Buffer {
   checkTail('EX_CREATE_CQ', core, layout(U.EX_CREATE_CQ).size);
   const r = unpack(U.EX_CREATE_CQ, core);
   if (r.comp_mask !== 0) fail(E.EINVAL, `EX_CREATE_CQ: comp_mask 0x${r.comp_mask.toString(16)} is not zero`);
@@ -156,7 +161,7 @@ function exCreateCq(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffe
   if (r.comp_vector !== 0) fail(E.EINVAL, `EX_CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
   if (udataOut < ctx.provider.createRespUdata.cq) fail(E.EINVAL, `EX_CREATE_CQ: ${udataOut} bytes of provider response room, the ${ctx.provider.name} provider answers ${ctx.provider.createRespUdata.cq}`);
   if (r.flags !== 0) fail(E.EOPNOTSUPP, `EX_CREATE_CQ: flags 0x${r.flags.toString(16)} (completion timestamps, ignoring overrun) are not supported`);
-  const made = withUdata(ctx, 'CREATE_CQ', udataIn, (u) => newCq(ctx, r, u));
+  const made = newCq(ctx, r, u);
   const resp = pack(U.EX_CREATE_CQ_RESP, {
     base: { cq_handle: made.handle, cqe: made.cqe }, comp_mask: 0, response_length: Math.min(outBytes, EX_CREATE_CQ_RESP_SIZE),
   });
@@ -174,6 +179,10 @@ const CREATE_FLAGS_KNOWN = Object.values(U.QpCreateFlags).reduce((a, b) => a | b
  * source_qpn. The checks run in the kernel's order, each before anything is made.
  */
 function exCreateQp(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffer, udataOut: number): Buffer {
+  return withUdata(ctx, 'CREATE_QP', udataIn, (u) => createQpEx(ctx, core, outBytes, u, udataOut));
+}
+
+function createQpEx(ctx: Context, core: Buffer, outBytes: number, u: U.Udata<'CREATE_QP'> | null, udataOut: number): Buffer {
   checkTail('EX_CREATE_QP', core, layout(U.EX_CREATE_QP).size);
   // a request that stops at comp_mask (the least the kernel takes) reads as zero past it
   const full = core.length >= layout(U.EX_CREATE_QP).size ? core : Buffer.concat([core, Buffer.alloc(layout(U.EX_CREATE_QP).size - core.length)]);
@@ -189,7 +198,7 @@ function exCreateQp(ctx: Context, core: Buffer, outBytes: number, udataIn: Buffe
   if (r.create_flags & U.QpCreateFlags.SOURCE_QPN && ctx.uid !== 0) fail(E.EPERM, 'EX_CREATE_QP: SOURCE_QPN needs CAP_NET_RAW');
   if (udataOut < ctx.provider.createRespUdata.qp) fail(E.EINVAL, `EX_CREATE_QP: ${udataOut} bytes of provider response room, the ${ctx.provider.name} provider answers ${ctx.provider.createRespUdata.qp}`);
   if (r.create_flags !== 0) fail(E.EOPNOTSUPP, `EX_CREATE_QP: create_flags 0x${r.create_flags.toString(16)} are not supported (rxe takes none)`);
-  const made = withUdata(ctx, 'CREATE_QP', udataIn, (u) => newQp(ctx, r, u));
+  const made = newQp(ctx, r, u);
   const resp = Buffer.concat([made.resp, Buffer.alloc(EX_CREATE_QP_RESP_SIZE - made.resp.length)]);
   resp.writeUInt32LE(Math.min(outBytes, EX_CREATE_QP_RESP_SIZE), EX_CREATE_QP_RESP.response_length);
   return answer(resp, outBytes, made.udata, udataOut);

@@ -4,6 +4,7 @@
  * and send ops, the qp.wr builders (ibv_wr_*) over a connected RC pair and a UD pair, and each refusal's errno.
  */
 import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   Access, CreateCqAttrFlags, getDeviceList, openDevice, QpCreateFlags, QpExSendOps, QpType, SendFlags, WC_STANDARD_FLAGS, WcExFlags, WcOpcode,
@@ -182,6 +183,11 @@ describe('extended verbs through the library', () => {
     await assert.rejects(ctx.createCqEx({ cqe: 4, wcFlags: ['BYTE_LEN', 'NOPE' as 'IMM'] }), { code: 'EINVAL' });
     await assert.rejects(ctx.createCqEx({ cqe: 4, flags: CreateCqAttrFlags.IGNORE_OVERRUN }), (e: Error & { code: string }) => e.code === 'EOPNOTSUPP' && /EX_CREATE_CQ: flags 0x2/.test(e.message));
     await assert.rejects(ctx.createCqEx({ cqe: 4, compVector: 1 }), { code: 'EINVAL' });
+    // a refused create leaves nothing of its ring's memfd in the daemon
+    const fds = () => readdirSync(`/proc/${d.proc.pid}/fd`).length;
+    const before = fds();
+    for (let i = 0; i < 20; i++) await assert.rejects(ctx.createCqEx({ cqe: 4, flags: CreateCqAttrFlags.IGNORE_OVERRUN }), { code: 'EOPNOTSUPP' });
+    assert.equal(fds(), before, 'the daemon holds no memfd of a refused EX_CREATE_CQ');
     await assert.rejects(ctx.createCqEx({ cqe: 0 }), { code: 'EINVAL' });
     await using cq = await ctx.createCqEx({ cqe: 4, wcFlags: ['BYTE_LEN', 'SRC_QP'], flags: CreateCqAttrFlags.SINGLE_THREADED });
     assert.equal(cq.wcFlags, WcExFlags.BYTE_LEN | WcExFlags.SRC_QP);
