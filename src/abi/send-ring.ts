@@ -48,6 +48,8 @@ export interface SendWrIn {
   imm?: number;
   rdma?: { remoteAddr: bigint | number; rkey: number };
   atomic?: { remoteAddr: bigint | number; compareAdd: bigint | number; swap?: bigint | number; rkey: number };
+  /** ATOMIC_WRITE: the 8 bytes (or a u64, stored little-endian) for remoteAddr */
+  atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: { handle: number }; remoteQpn: number; remoteQkey: number };
 }
 
@@ -111,10 +113,15 @@ export class SendRingProducer extends SendRing {
     dv.setUint32(o + SW.opcode, wr.opcode, true);
     dv.setUint32(o + SW.send_flags, flags, true);
     dv.setUint32(o + SW.imm_data, (wr.imm ?? 0) >>> 0, true);
-    const remote = wr.rdma ?? wr.atomic;
+    const aw = wr.atomicWrite;
+    const remote = wr.rdma ?? wr.atomic ?? aw;
     setU64(dv, o + SW.remote_addr, remote?.remoteAddr ?? 0);
     dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
-    setU64(dv, o + SW.compare_add, wr.atomic?.compareAdd ?? 0);
+    // ATOMIC_WRITE's 8 bytes ride where an atomic's operand does
+    if (aw && typeof aw.value !== 'bigint') {
+      if (aw.value.length !== 8) throw new RangeError(`an ATOMIC_WRITE carries 8 bytes, not ${aw.value.length}`);
+      copyBytes(this.bytes, o + SW.compare_add, aw.value, 0, 8);
+    } else setU64(dv, o + SW.compare_add, aw ? aw.value as bigint : wr.atomic?.compareAdd ?? 0);
     setU64(dv, o + SW.swap, wr.atomic?.swap ?? 0);
     const ud = wr.ud;
     dv.setUint32(o + SW.ah_handle, ud ? ud.ah.handle : 0, true);
@@ -201,7 +208,7 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.imm = u[x + W_IMM]!;
     w.remoteAddr = wordsU64Number(u, x + W_REMOTE_ADDR);
     w.rkey = u[x + W_RKEY]!;
-    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) readAtomic(this.dv, o, w);
+    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD || op === WrOpcode.ATOMIC_WRITE) readAtomic(this.dv, o, w);
     w.ahHandle = u[x + W_AH_HANDLE]!;
     w.remoteQpn = u[x + W_REMOTE_QPN]! & 0xffffff;
     w.remoteQkey = u[x + W_REMOTE_QKEY]!;

@@ -25,6 +25,8 @@ export function wcOpcode(op: number): WcOpcode {
       return WcOpcode.COMP_SWAP;
     case WrOpcode.ATOMIC_FETCH_AND_ADD:
       return WcOpcode.FETCH_ADD;
+    case WrOpcode.ATOMIC_WRITE:
+      return WcOpcode.ATOMIC_WRITE;
     default:
       return WcOpcode.SEND;
   }
@@ -32,7 +34,7 @@ export function wcOpcode(op: number): WcOpcode {
 
 /** Retires the oldest WQE with `status`, writing a completion if it is signaled or failed. */
 export function retire(qp: Qp, w: SendWqe, status: WcStatus): void {
-  if (w.isReadOrAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
+  if (w.takesRdAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
   w.state = WqeState.FREE;
   // comp.psn: the first PSN not yet answered, whatever retired this WQE (ACK, implied ACK, response)
   const next = (w.lastPsn + 1) & PSN_MASK;

@@ -142,13 +142,15 @@ test('completion: every ib_uverbs_wc field the HCA writes comes out as the libra
 test('the opcode table: which work requests each QP type takes (IBA 10.7 / rxe_wr_opcode_info), and what each is', () => {
   const O = WrOpcode;
   const takes: Record<number, number[]> = {
-    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD],
+    // ATOMIC_WRITE: RC only, as rxe >= 6.2
+    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD, O.ATOMIC_WRITE],
     [QpType.UC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM],
     [QpType.UD]: [O.SEND, O.SEND_WITH_IMM],
   };
   const kind: Record<number, number> = {
     [O.SEND]: WrMask.SEND | WrMask.INLINE, [O.SEND_WITH_IMM]: WrMask.SEND | WrMask.INLINE, [O.RDMA_WRITE]: WrMask.WRITE | WrMask.INLINE,
     [O.RDMA_WRITE_WITH_IMM]: WrMask.WRITE | WrMask.INLINE, [O.RDMA_READ]: WrMask.READ, [O.ATOMIC_CMP_AND_SWP]: WrMask.ATOMIC, [O.ATOMIC_FETCH_AND_ADD]: WrMask.ATOMIC,
+    [O.ATOMIC_WRITE]: WrMask.ATOMIC_WRITE,
   };
   for (const type of Object.values(QpType)) {
     for (const op of Object.values(O)) {
