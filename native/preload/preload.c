@@ -7,7 +7,8 @@
  *    socket: open() connects to it, the stat family (every spelling of it, one
  *    system call each) answers as for the char device it stands for (S_IFCHR,
  *    st_rdev from the discovery tree's `dev`).
- *  - sysfs: libibverbs reads SYSFS_PATH; when unset it is set to <root>/sys.
+ *  - sysfs: libibverbs reads SYSFS_PATH; when unset it is set to <root>/sys. A program naming
+ *    /sys/class/infiniband[_verbs] itself (open, stat, opendir, fopen, access) gets the same tree.
  *  - NETLINK_RDMA sockets fail with EPROTONOSUPPORT, as on a kernel without
  *    ib_core, so libibverbs looks in sysfs.
  *  - write() of a command is one request frame to the daemon and returns once
@@ -43,12 +44,14 @@
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +62,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -97,6 +101,10 @@
 #define UCMA_CREATE_ID 0
 #define UCMA_GET_EVENT 12
 #define UCMA_MIGRATE_ID 18
+#define UCMA_SET_OPTION 14
+/* rdma_ucm_set_option { optval, id, level, optname, optlen }; the longest value brought to the daemon */
+#define SET_OPTION_LEN 24
+#define OPTVAL_MAX 4096
 /* softverbsd's own frames of the rdma_cm file (src/abi/ucma.ts SvUcmaCmd) */
 #define SV_UCMA_NOTIFY_TOKEN 0xf5
 #define SV_UCMA_ATTACH_NOTIFY 0xf6
@@ -208,6 +216,32 @@ static const char *map_path(const char *path, char *buf, size_t len)
 	return buf;
 }
 
+/*
+ * /sys/class/infiniband[_verbs][/...] → $SYSFS_PATH/class/infiniband[_verbs][/...] in buf; NULL for any other path.
+ * libibverbs honours SYSFS_PATH, but programs and scripts name these classes whole (rdma-core's tests look
+ * for a device's netdev in /sys/class/infiniband/DEV/device/net): under softverbs exec the devices there
+ * are the daemon's, the ones libibverbs lists.
+ */
+static const char *map_sys(const char *path, char *buf, size_t len)
+{
+	static const char *const classes[] = { "/sys/class/infiniband", "/sys/class/infiniband_verbs" };
+	const char *sys;
+
+	if (!path || strncmp(path, "/sys/class/infiniband", 21) || strstr(path, "/.."))
+		return NULL;
+	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
+		size_t n = strlen(classes[i]);
+		if (strncmp(path, classes[i], n) || (path[n] && path[n] != '/'))
+			continue;
+		pthread_once(&once, init);
+		sys = getenv("SYSFS_PATH");
+		if (!sys || !*sys || (size_t)snprintf(buf, len, "%s%s", sys, path + 4) >= len)
+			return NULL;
+		return buf;
+	}
+	return NULL;
+}
+
 /* the device number of device file NAME, from the discovery tree's uverbsN/dev or misc/NAME/dev (0 if none) */
 static dev_t rdev_of(const char *mapped)
 {
@@ -236,6 +270,30 @@ static void as_chr(struct stat *st, dev_t rdev)
 	st->st_mode = S_IFCHR | (st->st_mode & 07777);
 	st->st_rdev = rdev;
 	st->st_size = 0;
+}
+
+/*
+ * The device number of a descriptor the preload does not track that is still a connection to a device socket:
+ * a dup() of a device file, or one passed by SCM_RIGHTS or inherited. On the kernel any descriptor of the file
+ * is the char device, and ibv_import_device() goes by its fstat() (its st_rdev names the device). The socket's
+ * peer is the device socket's path; 0 when the descriptor is no such connection.
+ */
+static dev_t peer_rdev(int fd)
+{
+	struct sockaddr_un a;
+	socklen_t len = sizeof(a);
+	char dir[sizeof(root) + 32];
+	size_t n;
+
+	memset(&a, 0, sizeof(a));
+	if (syscall(SYS_getpeername, fd, &a, &len) || a.sun_family != AF_UNIX || len <= offsetof(struct sockaddr_un, sun_path) ||
+	    len >= sizeof(a))
+		return 0;
+	pthread_once(&once, init);
+	n = (size_t)snprintf(dir, sizeof(dir), "%s/dev/infiniband/", root);
+	if (strncmp(a.sun_path, dir, n) || !a.sun_path[n] || strchr(a.sun_path + n, '/'))
+		return 0;
+	return rdev_of(a.sun_path);
 }
 
 /* stat() of a mapped path (lstat is the same: nothing under the root is a symlink) */
@@ -874,6 +932,25 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		out[1] = (struct iovec){ first, sizeof(first) };
 		out[2] = (struct iovec){ (void *)(body + sizeof(first)), h.in - sizeof(first) };
 	}
+	uint8_t optval[OPTVAL_MAX];
+	if (h.cmd == UCMA_SET_OPTION && h.in >= SET_OPTION_LEN) {
+		/*
+		 * the value is in this process's memory, which the daemon does not read: its optlen bytes go after the
+		 * struct. Read with process_vm_readv, so a bad pointer is EFAULT as the kernel's copy would say.
+		 */
+		uint64_t p;
+		uint32_t n;
+		memcpy(&p, body, 8);
+		memcpy(&n, body + 20, 4);
+		if (n > sizeof(optval))
+			return errno = EINVAL, -1;
+		struct iovec local = { optval, n }, remote = { (void *)(uintptr_t)p, n };
+		if (n && syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n)
+			return errno = EFAULT, -1;
+		h.in = SET_OPTION_LEN + n;
+		out[1] = (struct iovec){ (void *)body, SET_OPTION_LEN };
+		out[2] = (struct iovec){ optval, n };
+	}
 	for (;;) {
 		struct iovec v[3] = { out[0], out[1], out[2] };
 		if (!cm_request(d, fd, h.cmd, v, 3, response, h.out, old))
@@ -943,6 +1020,8 @@ static int empty_gid_attr(const char *path, int fd)
 		va_end(ap);                                                    \
 		if (m)                                                         \
 			return open_mapped(m, flags, mode);                    \
+		if ((m = map_sys(path, buf, sizeof(buf))))                     \
+			path = m;                                              \
 		REAL(int, name, __VA_ARGS__, int, ...);                        \
 		return empty_gid_attr(path, real_##name ARGS);                 \
 	}
@@ -959,6 +1038,8 @@ OPEN(openat64, (dirfd, path, flags, mode), int dirfd, const char *path)
 		const char *m = map_path(path, buf, sizeof(buf));              \
 		if (m)                                                         \
 			return open_mapped(m, flags, 0);                       \
+		if ((m = map_sys(path, buf, sizeof(buf))))                     \
+			path = m;                                              \
 		REAL(int, name, const char *, int);                            \
 		return empty_gid_attr(path, real_##name(path, flags));         \
 	}
@@ -980,10 +1061,17 @@ static int do_stat(int dirfd, const char *path, struct stat *st, int flags)
 
 	if (m)
 		return stat_mapped(m, st);
+	if ((m = map_sys(path, buf, sizeof(buf))))
+		path = m;
 	if (syscall(SYS_newfstatat, dirfd, path, st, flags))
 		return -1;
-	if (path && !*path && (flags & AT_EMPTY_PATH) && (d = tracked(dirfd)))
-		as_chr(st, d->rdev);
+	if (path && !*path && (flags & AT_EMPTY_PATH)) {
+		dev_t rdev;
+		if ((d = tracked(dirfd)))
+			as_chr(st, d->rdev);
+		else if (S_ISSOCK(st->st_mode) && (rdev = peer_rdev(dirfd)))
+			as_chr(st, rdev);
+	}
 	return 0;
 }
 
@@ -1012,12 +1100,19 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 	struct dev_fd *d = !*path && (flags & AT_EMPTY_PATH) ? tracked(dirfd) : NULL;
 	dev_t rdev;
 
+	if (!m && (m = map_sys(path, buf, sizeof(buf)))) {
+		path = m;
+		m = NULL;
+	}
+
 	if (syscall(SYS_statx, m ? AT_FDCWD : dirfd, m ? m : path, flags, mask, stx))
 		return -1;
 	if (m && S_ISSOCK(stx->stx_mode))
 		rdev = rdev_of(m);
 	else if (d)
 		rdev = d->rdev;
+	else if (!*path && (flags & AT_EMPTY_PATH) && S_ISSOCK(stx->stx_mode) && (rdev = peer_rdev(dirfd)))
+		;
 	else
 		return 0;
 	stx->stx_mode = S_IFCHR | (stx->stx_mode & 07777);
@@ -1025,6 +1120,34 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 	stx->stx_rdev_minor = minor(rdev);
 	stx->stx_size = 0;
 	return 0;
+}
+
+/* opendir, fopen and access open or look at a path inside libc, out of the preload's reach: mapped here */
+EXPORT DIR *opendir(const char *path)
+{
+	char buf[4096];
+	const char *m = map_sys(path, buf, sizeof(buf));
+	REAL(DIR *, opendir, const char *);
+	return real_opendir(m ? m : path);
+}
+
+#define FOPEN(name)                                                            \
+	EXPORT FILE *name(const char *path, const char *mode)                  \
+	{                                                                      \
+		char buf[4096];                                                \
+		const char *m = map_sys(path, buf, sizeof(buf));               \
+		REAL(FILE *, name, const char *, const char *);                \
+		return real_##name(m ? m : path, mode);                        \
+	}
+FOPEN(fopen)
+FOPEN(fopen64)
+
+EXPORT int access(const char *path, int mode)
+{
+	char buf[4096];
+	const char *m = map_sys(path, buf, sizeof(buf));
+	REAL(int, access, const char *, int);
+	return real_access(m ? m : path, mode);
 }
 
 EXPORT int socket(int domain, int type, int protocol)
