@@ -77,6 +77,9 @@ export type PortSpace = (typeof PortSpace)[keyof typeof PortSpace];
 export const QueryOption = { ADDR: 0, PATH: 1, GID: 2 } as const;
 export type QueryOption = (typeof QueryOption)[keyof typeof QueryOption];
 
+/** rdma_set_option's levels and names (rdma_user_cm.h RDMA_OPTION_*) */
+export const RdmaOption = { ID: 0, IB: 1, ID_TOS: 0, ID_REUSEADDR: 1, ID_AFONLY: 2, ID_ACK_TIMEOUT: 3, IB_PATH: 1 } as const;
+
 /** enum rdma_cm_event_type (librdmacm's RDMA_CM_EVENT_*) */
 export const CmEventType = {
   ADDR_RESOLVED: 0,

@@ -478,7 +478,12 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
     writeNoFollow(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
     writeNoFollow(join(port, 'link_layer'), 'Ethernet\n');
-    writePortTables(root, port, dev.gids, ifaceOf(dev.addr));
+    const netdev = ifaceOf(dev.addr);
+    writePortTables(root, port, dev.gids, netdev);
+    // device/net/IFACE, as a NIC's PCI function lists its netdev: tools find a device's interface (and, with
+    // `ip addr show IFACE`, its address) there. Linux rxe has no parent device, so none; ours says what
+    // ndevs says (lo for a 127/8 address), which lets rdma-core's rdmacm tests run.
+    if (netdev && /^[^/\0]{1,15}$/.test(netdev) && netdev !== '.' && netdev !== '..') ensureDirUnder(root, join(d, 'device', 'net', netdev));
   }
 
   connectionClosed(c: Connection): void {
