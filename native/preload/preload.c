@@ -276,10 +276,14 @@ static void as_chr(struct stat *st, dev_t rdev)
  * The device number of a descriptor the preload does not track that is still a connection to a device socket:
  * a dup() of a device file, or one passed by SCM_RIGHTS or inherited. On the kernel any descriptor of the file
  * is the char device, and ibv_import_device() goes by its fstat() (its st_rdev names the device). The socket's
- * peer is the device socket's path; 0 when the descriptor is no such connection.
+ * peer is the device socket's path; 0 when the descriptor is no such connection. (A dup of an event stream,
+ * which the preload does not follow, would pass for the command file: nothing fstat()s one.)
  */
 static dev_t peer_rdev(int fd)
 {
+	/* the event streams (async fd, completion channels) are connections to the same socket: anon inodes on Linux */
+	if (fd < 0 || (fd < MAX_FDS && (async_fd[fd] || chan_token[fd])))
+		return 0;
 	struct sockaddr_un a;
 	socklen_t len = sizeof(a);
 	char dir[sizeof(root) + 32];

@@ -37,6 +37,7 @@ describe('what pyverbs\' tests need of softverbs exec', { skip }, () => {
   test('a dup() of a device file is the char device; ibv_import_device() of it is EOPNOTSUPP, as librxe on Linux', async () => {
     assert.equal(await run('import'), `fstat dup: chr, same device number yes
 statx dup: chr, same device number yes
+fstat async_fd: not chr
 ibv_import_device: EOPNOTSUPP
 fstat pipe: fifo
 `);
