@@ -241,6 +241,14 @@ export function ucmaFrame<S extends UcmaSpec>(s: S, req: Input<S['req']>): Buffe
   return b;
 }
 
+/** rdma_set_option's frame: the struct, then the option's value (which the kernel would copy from optval). */
+export function setOptionFrame(id: number, level: number, optname: number, value: Uint8Array): Buffer {
+  const f = ucmaFrame(UcmaSpecs.SET_OPTION, { optval: 0n, id, level, optname, optlen: value.length });
+  const b = Buffer.concat([f, value]);
+  b.writeUInt16LE(b.length - UCMA_HDR_SIZE, 4);
+  return b;
+}
+
 /** A softverbs frame of the rdma_cm file (EVENT_TOKEN, ATTACH_EVENTS). */
 export function ucmaSvFrame(cmd: number, token = 0): Buffer {
   const size = layout(SV_UCMA_TOKEN).size;

@@ -18,7 +18,7 @@ export { AddressHandle } from './ah.js';
 export { CompletionChannel, CompletionQueue, nextCompletion } from './cq.js';
 export { SharedReceiveQueue } from './srq.js';
 export { QueuePair } from './qp.js';
-export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, getAddrInfo, createEp } from './cm.js';
+export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, RdmaOption, getAddrInfo, createEp } from './cm.js';
 export type { CmEvent, ConnParam, EventParam, RdmaAddrInfo } from './cm.js';
 export { RejReason, SidrStatus } from '../cm/mad.js';
 export { WorkCompletion } from './types.js';

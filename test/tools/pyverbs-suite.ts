@@ -46,7 +46,8 @@ export function linuxBaseline(): SuiteRun & { source: Record<string, string> } {
 export async function pyverbsDaemon(): Promise<RunningDaemon> {
   buildPreload();
   const d = await startDaemon(['--device', 'rxe0=127.0.0.1', '--device', 'rxe1=127.0.0.2'], {
-    wrapper: ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'softverbsd-netns'],
+    // multicast groups (pyverbs' 230.x) get the route a host's default route would give them
+    wrapper: ['unshare', '-n', 'sh', '-c', 'ip link set lo up && ip route add 224.0.0.0/4 dev lo && exec "$@"', 'softverbsd-netns'],
   });
   chmodSync(d.root, 0o755);
   return d;
