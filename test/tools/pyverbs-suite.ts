@@ -34,6 +34,10 @@ export function pyverbsSkip(): string | false {
   if (why) return why;
   if (!existsSync(join(SUITE, 'run_tests.py'))) return `${SUITE} is missing (apt-get install python3-pyverbs)`;
   if (spawnSync(PYTHON, ['-c', 'import pyverbs.device'], { encoding: 'utf8' }).status !== 0) return `${PYTHON} cannot import pyverbs (apt-get install python3-pyverbs)`;
+  // another rdma-core has another suite: its outcomes are not comparable with the baseline's
+  const here = spawnSync('dpkg-query', ['-W', '-f', '${Version}', 'python3-pyverbs'], { encoding: 'utf8' }).stdout?.trim();
+  const there = linuxBaseline().source.pyverbs;
+  if (here && there && here !== there) return `python3-pyverbs ${here} here, the baseline ran ${there} (npm run pyverbs:baseline in a lab with the same)`;
   if (spawnSync('unshare', ['-n', 'true']).status !== 0) return 'unshare -n (util-linux) does not work here: the daemon needs a network namespace of its own for 127.0.0.1';
   return false;
 }
