@@ -51,12 +51,14 @@
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +71,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -108,6 +111,10 @@
 #define UCMA_CREATE_ID 0
 #define UCMA_GET_EVENT 12
 #define UCMA_MIGRATE_ID 18
+#define UCMA_SET_OPTION 14
+/* rdma_ucm_set_option { optval, id, level, optname, optlen }; the longest value brought to the daemon */
+#define SET_OPTION_LEN 24
+#define OPTVAL_MAX 4096
 /* softverbsd's own frames of the rdma_cm file (src/abi/ucma.ts SvUcmaCmd) */
 #define SV_UCMA_NOTIFY_TOKEN 0xf5
 #define SV_UCMA_ATTACH_NOTIFY 0xf6
@@ -290,6 +297,34 @@ static void as_chr(struct stat *st, dev_t rdev)
 	st->st_mode = S_IFCHR | (st->st_mode & 07777);
 	st->st_rdev = rdev;
 	st->st_size = 0;
+}
+
+/*
+ * The device number of a descriptor the preload does not track that is still a connection to a device socket:
+ * a dup() of a device file, or one passed by SCM_RIGHTS or inherited. On the kernel any descriptor of the file
+ * is the char device, and ibv_import_device() goes by its fstat() (its st_rdev names the device). The socket's
+ * peer is the device socket's path; 0 when the descriptor is no such connection. (A dup of an event stream,
+ * which the preload does not follow, would pass for the command file: nothing fstat()s one.)
+ */
+static dev_t peer_rdev(int fd)
+{
+	/* the event streams (async fd, completion channels) are connections to the same socket: anon inodes on Linux */
+	if (fd < 0 || (fd < MAX_FDS && (async_fd[fd] || chan_token[fd])))
+		return 0;
+	struct sockaddr_un a;
+	socklen_t len = sizeof(a);
+	char dir[sizeof(root) + 32];
+	size_t n;
+
+	memset(&a, 0, sizeof(a));
+	if (syscall(SYS_getpeername, fd, &a, &len) || a.sun_family != AF_UNIX || len <= offsetof(struct sockaddr_un, sun_path) ||
+	    len >= sizeof(a))
+		return 0;
+	pthread_once(&once, init);
+	n = (size_t)snprintf(dir, sizeof(dir), "%s/dev/infiniband/", root);
+	if (strncmp(a.sun_path, dir, n) || !a.sun_path[n] || strchr(a.sun_path + n, '/'))
+		return 0;
+	return rdev_of(a.sun_path);
 }
 
 /* stat() or lstat() of a mapped path */
@@ -928,6 +963,25 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		out[1] = (struct iovec){ first, sizeof(first) };
 		out[2] = (struct iovec){ (void *)(body + sizeof(first)), h.in - sizeof(first) };
 	}
+	uint8_t optval[OPTVAL_MAX];
+	if (h.cmd == UCMA_SET_OPTION && h.in >= SET_OPTION_LEN) {
+		/*
+		 * the value is in this process's memory, which the daemon does not read: its optlen bytes go after the
+		 * struct. Read with process_vm_readv, so a bad pointer is EFAULT as the kernel's copy would say.
+		 */
+		uint64_t p;
+		uint32_t n;
+		memcpy(&p, body, 8);
+		memcpy(&n, body + 20, 4);
+		if (n > sizeof(optval))
+			return errno = EINVAL, -1;
+		struct iovec local = { optval, n }, remote = { (void *)(uintptr_t)p, n };
+		if (n && syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n)
+			return errno = EFAULT, -1;
+		h.in = SET_OPTION_LEN + n;
+		out[1] = (struct iovec){ (void *)body, SET_OPTION_LEN };
+		out[2] = (struct iovec){ optval, n };
+	}
 	for (;;) {
 		struct iovec v[3] = { out[0], out[1], out[2] };
 		if (!cm_request(d, fd, h.cmd, v, 3, response, h.out, old))
@@ -1034,8 +1088,13 @@ static int do_stat(int dirfd, const char *path, struct stat *st, int flags)
 		return stat_mapped(m, st, flags);
 	if (syscall(SYS_newfstatat, dirfd, path, st, flags))
 		return -1;
-	if (path && !*path && (flags & AT_EMPTY_PATH) && (d = tracked(dirfd)))
-		as_chr(st, d->rdev);
+	if (path && !*path && (flags & AT_EMPTY_PATH)) {
+		dev_t rdev;
+		if ((d = tracked(dirfd)))
+			as_chr(st, d->rdev);
+		else if (S_ISSOCK(st->st_mode) && (rdev = peer_rdev(dirfd)))
+			as_chr(st, rdev);
+	}
 	return 0;
 }
 
@@ -1070,6 +1129,8 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 		rdev = rdev_of(m);
 	else if (d)
 		rdev = d->rdev;
+	else if (!*path && (flags & AT_EMPTY_PATH) && S_ISSOCK(stx->stx_mode) && (rdev = peer_rdev(dirfd)))
+		;
 	else
 		return 0;
 	stx->stx_mode = S_IFCHR | (stx->stx_mode & 07777);

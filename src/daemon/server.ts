@@ -478,7 +478,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(d, 'node_type'), '1: CA\n');
     // what Linux rxe's device shows (programs reading sysfs themselves see these through the preload): no firmware
     // version (ib_core writes an empty line for a driver without one), rxe's node description, and `parent`, the
-    // network interface it is bound to; no `device` link, as rxe has no bus device
+    // network interface it is bound to; no bus device (rxe has none), but device/net/IFACE below
     writeNoFollow(join(d, 'fw_ver'), '\n');
     writeNoFollow(join(d, 'node_desc'), 'rxe\n');
     const netdev = ifaceOf(dev.addr);
@@ -495,6 +495,10 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(port, 'sm_sl'), '0\n');
     writeNoFollow(join(port, 'rate'), '2.5 Gb/sec (1X SDR)\n');
     writePortTables(root, port, dev.gids, netdev);
+    // device/net/IFACE, as a NIC's PCI function lists its netdev: tools find a device's interface (and, with
+    // `ip addr show IFACE`, its address) there. Linux rxe has no parent device, so none; ours says what
+    // ndevs says (lo for a 127/8 address), which lets rdma-core's rdmacm tests run.
+    if (netdev && /^[^/\0]{1,15}$/.test(netdev) && netdev !== '.' && netdev !== '..') ensureDirUnder(root, join(d, 'device', 'net', netdev));
   }
 
   connectionClosed(c: Connection): void {

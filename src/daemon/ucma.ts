@@ -453,9 +453,11 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.SET_OPTION: {
         const r = this.need(S.SET_OPTION, body, out);
-        this.id(r.id, 'rdma_set_option');
-        // the option's value lives in the caller's memory, which a daemon cannot read: accepted and ignored,
-        // as options that tune what a software device does not have (TOS, ACK timeout, reuse)
+        const id = this.id(r.id, 'rdma_set_option');
+        // the value lives in the caller's memory: the preload brings its optlen bytes after the struct
+        const at = layout(S.SET_OPTION.req).size;
+        if (body.length - at !== r.optlen) throw new CmdError(E.EINVAL, `rdma_set_option: optlen ${r.optlen}, but ${body.length - at} bytes of value came`);
+        cm.setOption(id, r.level, r.optname, body.subarray(at));
         return;
       }
       case C.UcmaCmd.GET_EVENT: {

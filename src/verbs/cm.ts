@@ -31,6 +31,7 @@ import { errnoOf, messageOf } from '../common/errors.js';
 import type { CmQpParam } from '../cm/ib-cm-id.js';
 
 export { CmEventType, cmEventStr, PortSpace, nextCompletion };
+export { RdmaOption } from '../abi/ucma.js';
 export type { ConnParam };
 
 /** What an event's conn parameters say (rdma_conn_param as the event carries it). */
@@ -136,6 +137,11 @@ export class EventChannel {
   /** @internal */
   call<S extends C.UcmaSpec>(verb: string, s: S, req: Input<S['req']>): Promise<Buffer> {
     return this.cmd.call(verb, C.ucmaFrame(s, req));
+  }
+
+  /** @internal a frame made whole by its caller (rdma_set_option's carries the value after the struct) */
+  cmdCall(verb: string, frame: Buffer): Promise<Buffer> {
+    return this.cmd.call(verb, frame);
   }
 
   /** rdma_create_id: RDMA_PS_TCP (RC), RDMA_PS_UDP (UD), RDMA_PS_IB (qpType given). */
@@ -409,6 +415,25 @@ export class CmId {
   async reject(privateData: Uint8Array = new Uint8Array(0)): Promise<void> {
     if (privateData.length > C.RDMA_MAX_PRIVATE_DATA) throw new VerbsError('rdma_reject', 'EINVAL', `${privateData.length} bytes of private data`);
     await this.channel.call('rdma_reject', C.UcmaSpecs.REJECT, { id: this.handle, private_data_len: privateData.length, private_data: privateData });
+  }
+
+  /**
+   * rdma_set_option(id, level, optname, value): RdmaOption.ID with ID_TOS (1 byte), ID_REUSEADDR and ID_AFONLY
+   * (4-byte ints), ID_ACK_TIMEOUT (1 byte, RC ids); the kernel's errnos (EINVAL for a wrong size or state, ENOSYS
+   * for an unknown option). setTos and setAckTimeout are the common two.
+   */
+  async setOption(level: number, optname: number, value: Uint8Array): Promise<void> {
+    await this.channel.cmdCall('rdma_set_option', C.setOptionFrame(this.handle, level, optname, value));
+  }
+
+  /** The type of service (IP TOS) of the route resolved after this: its GRH traffic class. */
+  async setTos(tos: number): Promise<void> {
+    await this.setOption(C.RdmaOption.ID, C.RdmaOption.ID_TOS, Uint8Array.of(tos));
+  }
+
+  /** The QP's local ACK timeout at RTS (4.096 µs × 2^timeout) instead of the path's; RC ids only. */
+  async setAckTimeout(timeout: number): Promise<void> {
+    await this.setOption(C.RdmaOption.ID, C.RdmaOption.ID_ACK_TIMEOUT, Uint8Array.of(timeout));
   }
 
   /** rdma_disconnect: the QP to ERR (its WRs flush), then a DREQ (or the DREP for the peer's). */

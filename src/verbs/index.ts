@@ -20,7 +20,7 @@ export type { WorkCompletionEx } from './cq.js';
 export { SharedReceiveQueue } from './srq.js';
 export { QueuePair } from './qp.js';
 export { WrBuilder } from './wr.js';
-export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, getAddrInfo, createEp } from './cm.js';
+export { EventChannel, CmId, CmEventType, cmEventStr, PortSpace, RdmaOption, getAddrInfo, createEp } from './cm.js';
 export type { CmEvent, ConnParam, EventParam, RdmaAddrInfo } from './cm.js';
 export { RejReason, SidrStatus } from '../cm/mad.js';
 export { WorkCompletion } from './types.js';
