@@ -69,6 +69,13 @@ export const SvUcmaCmd = {
 } as const;
 export type SvUcmaCmd = (typeof SvUcmaCmd)[keyof typeof SvUcmaCmd];
 
+/**
+ * softverbs' record on a TypeScript file's event stream (no rdma_cm event has this value): MIGRATE_ID took the id
+ * (`id`, `uid`) to another file, and every event of it that this stream will ever carry came before this record.
+ * The library moves those to the new channel (the kernel moves an id's unread events with it).
+ */
+export const SV_EVENT_MIGRATED = 0x53564d49;
+
 /** enum rdma_ucm_port_space (the service ID's bytes 4 and 5) */
 export const PortSpace = { IPOIB: 0x0002, IB: 0x013f, TCP: 0x0106, UDP: 0x0111 } as const;
 export type PortSpace = (typeof PortSpace)[keyof typeof PortSpace];

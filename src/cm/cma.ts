@@ -359,6 +359,12 @@ export class RdmaCm {
     return { dev: id.dev, local: id.local, remote: id.remote, path };
   }
 
+  /** Whether any file has an id of this handle (the kernel's ctx_table lookup). */
+  hasHandle(handle: number): boolean {
+    for (const id of this.ids) if (id.handle === handle) return true;
+    return false;
+  }
+
   /** rdma_migrate_id: the id belongs to file `to` from now on (its events go there), under the same handle. */
   migrate(id: CmId, to: CmFile): void {
     if (id.file === to) return;
