@@ -55,6 +55,8 @@ export interface WireDevice {
   /** a batch of packets off the wire has been handed over: what they caused goes out now */
   wireBatchDone(): void;
   onBug: ((e: Error) => void) | null;
+  /** whether a GID is one of this daemon's devices' (its multicast frames reached them inside the daemon) */
+  ownGid(g: Uint8Array): boolean;
 }
 
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
@@ -310,7 +312,81 @@ export class RoceTransport {
     return n;
   }
 
+  /**
+   * Multicast groups the device's QPs are attached to (IPv4 only), each on a socket of its own: bound to the
+   * group's address and port 4791 (the port socket, bound to the device's address, never sees a group's
+   * datagrams) and joined on the device's interface, which sends the IGMP report a Linux host's join does.
+   * On loopback (127/8, whose `lo` has no MULTICAST flag) Linux still delivers a group's datagrams to sockets
+   * joined with a 127.x interface address, so daemons on one host reach each other's groups the same way.
+   */
+  private readonly groups = new Map<string, Socket>();
+  /** Why the last group could not be joined (empty: none failed). */
+  groupError = '';
+
+  join(gid: Uint8Array): void {
+    if (!this.v4 || !isV4Gid(gid) || !this.udp) return;
+    const addr = gidToAddr(gid);
+    if (this.groups.has(addr)) return;
+    const group = gid.slice();
+    const s = createSocket({ type: 'udp4', reuseAddr: true });
+    this.groups.set(addr, s);
+    s.on('error', (e) => {
+      this.groupError = `${addr}: ${e.message}`;
+      this.drop('multicast group socket failed');
+      if (this.groups.get(addr) === s) this.groups.delete(addr);
+      s.close();
+    });
+    s.on('message', (msg: Buffer, rinfo: { address: string; port: number }) => this.onGroupFrame(msg, rinfo, group));
+    s.bind(ROCE_PORT, addr, () => {
+      try {
+        s.addMembership(addr, this.dev.addr);
+      } catch (e) {
+        s.emit('error', asError(e));
+      }
+    });
+  }
+
+  leave(gid: Uint8Array): void {
+    const addr = gidToAddr(gid);
+    const s = this.groups.get(addr);
+    if (!s) return;
+    this.groups.delete(addr);
+    s.close();
+  }
+
+  /** Groups joined on the wire (their addresses). */
+  get joined(): string[] {
+    return [...this.groups.keys()];
+  }
+
+  /**
+   * A datagram sent to a group: for this device's QPs in it. One this daemon sent (the kernel loops a host's
+   * own multicast back to its joined sockets) is dropped: every device of the daemon had it from the fabric.
+   */
+  private onGroupFrame(msg: Buffer, rinfo: { address: string; port: number }, group: Uint8Array): void {
+    const src = this.peerGid(rinfo.address);
+    if (this.dev.ownGid(src)) return;
+    if (msg.length > MAX_PACKET) return this.drop('merged datagram read without its segment size');
+    if (this.pcap) {
+      const hl = writeIpUdp(this.hdr, gidIp(src), gidIp(group), 0, rinfo.port, msg.length);
+      this.capture(this.hdr.subarray(0, hl), msg);
+    }
+    const p = this.dev.newPkt();
+    const err = decode(msg, 0, msg.length, p);
+    if (err) {
+      this.drop(err);
+      this.dev.freePkt(p);
+      return;
+    }
+    p.srcGid = src;
+    p.dstGid = group;
+    this.dev.receiveFromWire(p);
+    this.dev.wireBatchDone();
+  }
+
   stop(): void {
+    for (const s of this.groups.values()) s.close();
+    this.groups.clear();
     if (this.backstop) clearInterval(this.backstop);
     if (this.own === 'wait') readableSet().cancel(this.waitFd);
     this.own = null;
