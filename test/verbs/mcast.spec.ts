@@ -6,9 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  getDeviceList, openDevice, QpType, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode, Access,
+  CmEventType, EventChannel, getDeviceList, openDevice, PortSpace, QpType, type CmId, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode, Access,
   type Context, type MemoryRegion, type ProtectionDomain, type QueuePair, type CompletionQueue,
 } from '../../src/verbs/index.js';
+import { UcmaSpecs } from '../../src/abi/ucma.js';
 import { A1, A2, A3, connectQp, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
 
 /** ::ffff:239.x.y.z, the MGID rdma_cm gives an IPv4 group on RoCEv2 (random per run, so parallel runs do not meet). */
@@ -242,6 +243,74 @@ describe('multicast between two daemons on loopback (IP multicast)', () => {
       await nothing(r2, 10);
     } finally {
       for (const e of [s, r, r2]) await closeEnd(e);
+    }
+  });
+});
+
+describe('rdma_cm multicast through the library (JOIN_MCAST, LEAVE_MCAST)', () => {
+  let d: RunningDaemon;
+  before(async () => {
+    d = await startDaemon(['--device', `rxe0=${A1}`, '--device', `rxe1=${A2}`]);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  async function udId(ch: EventChannel, bind: string): Promise<CmId> {
+    const id = await ch.createId(PortSpace.UDP);
+    await id.bindAddr(bind);
+    return id;
+  }
+
+  test('the kernel\'s errnos: no device, not UD, an IPv6 group on RoCEv2, a join never made', async () => {
+    await using ch = await EventChannel.create(d.root);
+    const fresh = await ch.createId(PortSpace.UDP);
+    await assert.rejects(fresh.joinMulticast('239.1.1.1'), { code: 'ENODEV' });
+    const rc = await ch.createId(PortSpace.TCP);
+    await rc.bindAddr(A1);
+    await assert.rejects(rc.joinMulticast('239.1.1.1'), { code: 'EINVAL' });
+    const ud = await udId(ch, A1);
+    // ENOTSUPP (524): the kernel's own errno, which userspace has no name for
+    await assert.rejects(ud.joinMulticast('ff0e::1234'), (e: VerbsError) => e.errno === 524 || e.errno === -524);
+    await assert.rejects(ud.leaveMulticast('239.1.1.1'), { code: 'EADDRNOTAVAIL' });
+    // LEAVE_MCAST of a join handle that does not exist
+    await assert.rejects(ch.call('rdma_leave_multicast', UcmaSpecs.LEAVE_MCAST, { id: 12345 }), { code: 'ENOENT' });
+    for (const id of [fresh, rc, ud]) await id.destroy();
+  });
+
+  test('MULTICAST_JOIN carries rdma_cm\'s UD parameters; the id\'s QP hears the group until it leaves', async () => {
+    const g = group();
+    await using ch = await EventChannel.create(d.root);
+    const rid = await udId(ch, A2);
+    const sid = await udId(ch, A1);
+    const recv = await udEnd(rid.verbs!);
+    const send = await udEnd(sid.verbs!);
+    try {
+      // the library attaches the id's QP when MULTICAST_JOIN arrives, as librdmacm does
+      rid.qp = recv.qp;
+      await rid.joinMulticast(g.addr, 'mine');
+      const ev = (await ch.getCmEvent())!;
+      assert.equal(ev.event, CmEventType.MULTICAST_JOIN);
+      assert.equal(ev.id, rid);
+      assert.equal(ev.status, 0);
+      assert.equal(ev.param.context, 'mine');
+      assert.equal(ev.param.qpNum, 0xffffff);
+      assert.equal(ev.param.qkey, 0x01234567);
+      assert.deepEqual([...ev.param.ahAttr!.grh!.dgid!], [...g.gid]);
+      assert.equal(ev.param.ahAttr!.grh!.hopLimit, 64);
+      assert.equal(ev.param.ahAttr!.grh!.sgidIndex, 0);
+      // the QP keeps QKEY (connectQp's): the sender uses the Q_Key the event gave only for rdma_cm's own QPs
+      await sendTo(send, g.gid, 'via the cm');
+      assert.equal((await received(recv, 1))[0]!.text, 'via the cm');
+      await rid.leaveMulticast(g.addr);
+      await sendTo(send, g.gid, 'after leaving', 2);
+      await nothing(recv);
+      rid.qp = null;
+    } finally {
+      await closeEnd(recv);
+      await closeEnd(send);
+      await rid.destroy();
+      await sid.destroy();
     }
   });
 });
