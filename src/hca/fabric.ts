@@ -7,7 +7,7 @@
  */
 import { xorshift32 } from '../common/rng.js';
 import { encodeFrame } from './codec.js';
-import { gidIp, sameGid } from './gid.js';
+import { gidIp, isV4Gid, sameGid } from './gid.js';
 import { isMcastGid } from './mcast.js';
 import { type Pkt, PktPool } from './packet.js';
 import type { PcapWriter } from './pcap.js';
@@ -201,7 +201,9 @@ export class Fabric {
    * wire of the device that sent it (IP multicast to the group's address), for other hosts and daemons.
    */
   private multicast(p: Pkt): void {
-    const wire = this.byGid(p.srcGid)?.transport ?? null;
+    // a group of the other IP family (perftest's default MGID ff01::… from an IPv4 device) has no wire to go on:
+    // its members are this daemon's
+    const wire = isV4Gid(p.dstGid) === isV4Gid(p.srcGid) ? (this.byGid(p.srcGid)?.transport ?? null) : null;
     // the wire's own capture shows it when it goes out there
     if (this.pcap && !wire) this.capture(p);
     for (const d of this.devices) d.receiveMcast?.(p);

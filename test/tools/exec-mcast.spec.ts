@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { A1, A2, DIST, type RunningDaemon } from '../helpers.js';
-import { C_TOOLS, execSkip, launchers, preloadDaemon, start } from './exec-harness.js';
+import { C_TOOLS, execSkip, launchers, pair, preloadDaemon, start } from './exec-harness.js';
 
 const skip = execSkip(['mckey']);
 
@@ -66,6 +66,29 @@ describe('mckey through softverbs exec', { skip }, () => {
     assert.equal(s.code, 0, s.out);
     assert.equal(r.out, receiverOut(g, 2));
   });
+
+  // perftest -g on RoCEv2 over IPv4: its default MGID (ff01::…) is no IPv4 group, and perftest refuses the mix of GID
+  // types ("Found Incompatibility issue with GID types") as on Linux rxe; -M names an IPv4-mapped group
+  for (const t of ['ib_send_bw', 'ib_send_lat'] as const) {
+    test(`${t} -g -M ::ffff:239.x.y.z: perftest's server attached to the group, its client sending to QPN 0xFFFFFF`, { skip: execSkip([t]) }, async () => {
+      const g = group().split('.');
+      const mgid = ['0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '255', '255', ...g].join(':');
+      const args = (dev: string, p: string) => ['-d', dev, '-x', '0', '-p', p, '-n', '200', '-g', '-M', mgid];
+      const [s, c] = await pair((p) => L.c(t, ...args('rxe1', p)), (p) => L.c(t, ...args('rxe0', p), A2), L.env(), 60_000);
+      assert.equal(s.code, 0, s.out);
+      assert.equal(c.code, 0, c.out);
+      const mg = `MGID: ${['00', '00', '00', '00', '00', '00', '00', '00', '00', '00', '255', '255', ...g.map((x) => x.padStart(2, '0'))].join(':')}`;
+      for (const r of [s, c]) {
+        assert.match(r.out, t === 'ib_send_bw' ? /Send BW Multicast Test/ : /Send Latency Multicast Test/);
+        assert.ok(r.out.includes(mg), `${mg} in\n${r.out}`);
+        assert.doesNotMatch(r.out, /Couldn't|Failed|Unable|error/);
+      }
+      // the server's own address is the group's: QPN 0xFFFFFF
+      assert.match(s.out, / local address: LID 0000 QPN 0xffffff /);
+      assert.match(c.out, / remote address: LID 0000 QPN 0xffffff /);
+      assert.match(c.out, t === 'ib_send_bw' ? /\n 2 +200 +\d+\.\d+ +\d+\.\d+|\n 65536|\n 4096 +200 +\d+\.\d+ +\d+\.\d+/ : /\n 2 +200 +\d+\.\d+/);
+    });
+  }
 
   test('mckey -S over the active MTU fails as rdma-core\'s does', async () => {
     const g = group();
