@@ -69,12 +69,14 @@ describe('mckey through softverbs exec', { skip }, () => {
 
   // perftest -g on RoCEv2 over IPv4: its default MGID (ff01::…) is no IPv4 group, and perftest refuses the mix of GID
   // types ("Found Incompatibility issue with GID types") as on Linux rxe; -M names an IPv4-mapped group
-  for (const t of ['ib_send_bw', 'ib_send_lat'] as const) {
-    test(`${t} -g -M ::ffff:239.x.y.z: perftest's server attached to the group, its client sending to QPN 0xFFFFFF`, { skip: execSkip([t]) }, async () => {
+  const combos = [['ib_send_bw', L.c, L.c], ['ib_send_bw', L.ours, L.c], ['ib_send_bw', L.c, L.ours], ['ib_send_lat', L.c, L.c], ['ib_send_lat', L.ours, L.c], ['ib_send_lat', L.c, L.ours]] as const;
+  for (const [t, srv, cli] of combos) {
+    const who = `${srv === L.c ? 'perftest\'s' : 'our'} server, ${cli === L.c ? 'perftest\'s' : 'our'} client`;
+    test(`${t} -g -M ::ffff:239.x.y.z (${who}): the server attached to the group, the client sending to QPN 0xFFFFFF`, { skip: execSkip([t]) }, async () => {
       const g = group().split('.');
       const mgid = ['0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '255', '255', ...g].join(':');
       const args = (dev: string, p: string) => ['-d', dev, '-x', '0', '-p', p, '-n', '200', '-g', '-M', mgid];
-      const [s, c] = await pair((p) => L.c(t, ...args('rxe1', p)), (p) => L.c(t, ...args('rxe0', p), A2), L.env(), 60_000);
+      const [s, c] = await pair((p) => srv(t, ...args('rxe1', p)), (p) => cli(t, ...args('rxe0', p), A2), L.env(), 60_000);
       assert.equal(s.code, 0, s.out);
       assert.equal(c.code, 0, c.out);
       const mg = `MGID: ${['00', '00', '00', '00', '00', '00', '00', '00', '00', '00', '255', '255', ...g.map((x) => x.padStart(2, '0'))].join(':')}`;
