@@ -66,6 +66,8 @@ const ignore = (): void => {};
 
 /** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
 const MAX_PACKET = 4096 + 64;
+/** Multicast groups a device joins on its wire (each one a socket), at most. */
+export const WIRE_GROUPS_MAX = 256;
 /** Mode udp: datagrams found waiting behind the one Node read that make the port socket ours (see `ownPort`). */
 const STREAM_BACKLOG = 32;
 /** Mode raw: packets (a GSO message counts one) found on the raw socket at one ring that do the same. */
@@ -327,6 +329,13 @@ export class RoceTransport {
     if (!this.v4 || !isV4Gid(gid) || !this.udp) return;
     const addr = gidToAddr(gid);
     if (this.groups.has(addr)) return;
+    // a descriptor each: max_mcast_grp (8192) of them would let one user's joins take the daemon's descriptors
+    // from everyone's connections; past the cap a group is served inside the daemon only (and said so)
+    if (this.groups.size >= WIRE_GROUPS_MAX) {
+      this.groupError = `${addr}: ${WIRE_GROUPS_MAX} groups are joined on the wire already; this one reaches this daemon's QPs only`;
+      this.drop('multicast group past the wire\'s cap (joined inside the daemon only)');
+      return;
+    }
     const group = gid.slice();
     const s = createSocket({ type: 'udp4', reuseAddr: true });
     this.groups.set(addr, s);

@@ -4,6 +4,7 @@
  * DESTROY_QP refused while attached, and a second daemon's QPs reached over IP multicast on loopback.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   CmEventType, EventChannel, getDeviceList, openDevice, PortSpace, QpType, type CmId, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode, Access,
@@ -175,6 +176,26 @@ describe('multicast on one daemon, two devices', () => {
       await ah.destroyAh();
     } finally {
       for (const e of [s, r0, r1, r2, outsider]) await closeEnd(e);
+    }
+  });
+
+  test('each group joined on the wire is one socket on group:4791, at most 256 a device; the last detach closes it', async () => {
+    const e = await udEnd(c0);
+    // /proc/net/udp's local address is the IPv4 address as a little-endian hex word, then :12B7 (4791)
+    const base = 100 + Math.floor(Math.random() * 100);
+    const gids = Array.from({ length: 260 }, (_, i) => Uint8Array.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 239, base, i >> 8, (i & 255) + 1]));
+    const hex = (g: Uint8Array) => `${[15, 14, 13, 12].map((k) => g[k]!.toString(16).padStart(2, '0')).join('').toUpperCase()}:12B7`;
+    const want = new Set(gids.map(hex));
+    const sockets = () => readFileSync('/proc/net/udp', 'utf8').split('\n').filter((l) => want.has(l.trim().split(/\s+/)[1] ?? '')).length;
+    try {
+      for (const g of gids) await e.qp.attachMcast(g);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(sockets(), 256);
+      for (const g of gids) await e.qp.detachMcast(g);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(sockets(), 0);
+    } finally {
+      await closeEnd(e);
     }
   });
 
