@@ -12,7 +12,7 @@ import * as completer from './completer.js';
 import { toError } from './completion.js';
 import { COUNTER_NAMES, type CounterName } from './counters.js';
 import type { Fabric } from './fabric.js';
-import { gidOf } from './gid.js';
+import { gidOf, isV4Gid } from './gid.js';
 import { ibMtuOf, netdevMtu } from './netdev.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
@@ -158,6 +158,8 @@ export class SoftDevice implements Hca {
 
   /** Whether a GID is one of this daemon's devices' (a multicast frame of ours that the wire looped back). */
   readonly ownGid = (g: Uint8Array): boolean => this.fabric.byGid(g) !== null;
+  readonly ownAddrs4 = (): number[] =>
+    this.fabric.devices.flatMap((d) => d.gids).filter(isV4Gid).map((g) => ((g[12]! << 24) | (g[13]! << 16) | (g[14]! << 8) | g[15]!) >>> 0);
 
   /** QP1: the connection manager registers with it as its agent. */
   readonly gsi = new GsiPort(this);

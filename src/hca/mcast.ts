@@ -55,9 +55,22 @@ export class McastTable {
     return this.groups.size;
   }
 
-  /** The group `gid` names on this device, if any of its QPs is attached to it (every packet asks: one map lookup). */
+  /**
+   * The group `gid` names on this device, if any of its QPs is attached to it. Every multicast packet asks, with
+   * the GID object of its sender's AH: the last answer is kept for that object (no key built per packet) until
+   * an attach or detach changes the table.
+   */
   lookup(gid: Uint8Array): Mcg | undefined {
-    return this.groups.size === 0 ? undefined : this.groups.get(keyOf(gid));
+    if (this.groups.size === 0) return undefined;
+    if (gid === this.lastGid) return this.lastMcg;
+    this.lastGid = gid;
+    return (this.lastMcg = this.groups.get(keyOf(gid)));
+  }
+  private lastGid: Uint8Array | null = null;
+  private lastMcg: Mcg | undefined = undefined;
+  private forget(): void {
+    this.lastGid = null;
+    this.lastMcg = undefined;
   }
 
   /**
@@ -80,6 +93,7 @@ export class McastTable {
     }
     g.qps.push(qp);
     this.attached++;
+    this.forget();
   }
 
   /** rxe_detach_mcast: EINVAL when the group does not exist or the QP is not in it; the last QP out ends the group. */
@@ -90,6 +104,7 @@ export class McastTable {
     if (!g || at < 0) fail(E.EINVAL, `DETACH_MCAST: QP ${qp.qpn} is not attached to ${key}`);
     g.qps.splice(at, 1);
     this.attached--;
+    this.forget();
     if (g.qps.length === 0) {
       this.groups.delete(key);
       this.wire?.leave(g.gid);

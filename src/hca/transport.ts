@@ -33,6 +33,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
 import { Drain, enableGro, type Datagram } from '../native/drain.js';
 import { RawUdp4 } from '../native/raw-udp4.js';
+import { attachFilter, type Bpf } from '../native/socket.js';
 import { readableSet } from '../native/readable-set.js';
 import { UdpWire } from '../native/udp-wire.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
@@ -57,6 +58,8 @@ export interface WireDevice {
   onBug: ((e: Error) => void) | null;
   /** whether a GID is one of this daemon's devices' (its multicast frames reached them inside the daemon) */
   ownGid(g: Uint8Array): boolean;
+  /** the IPv4 addresses of this daemon's devices, as 32-bit numbers */
+  ownAddrs4(): number[];
 }
 
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
@@ -66,6 +69,17 @@ const ignore = (): void => {};
 
 /** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
 const MAX_PACKET = 4096 + 64;
+/** SKF_NET_OFF: a socket filter's loads from the IP header (a UDP socket's filter starts at the UDP header). */
+const SKF_NET_OFF = -0x100000;
+/** A socket filter that drops IPv4 datagrams from any of `addrs` and passes the rest whole. */
+function notFrom(addrs: number[]): Bpf {
+  const n = Math.min(addrs.length, 200);
+  const prog: [number, number, number, number][] = [[0x20, 0, 0, (SKF_NET_OFF + 12) >>> 0]]; // ld [net + 12]: the source address
+  for (let i = 0; i < n; i++) prog.push([0x15, n - i, 0, addrs[i]! >>> 0]); // jeq #addr: to the drop
+  prog.push([0x06, 0, 0, 0x40000], [0x06, 0, 0, 0]); // ret whole; ret 0
+  return prog;
+}
+
 /** Multicast groups a device joins on its wire (each one a socket), at most. */
 export const WIRE_GROUPS_MAX = 256;
 /** Mode udp: datagrams found waiting behind the one Node read that make the port socket ours (see `ownPort`). */
@@ -348,6 +362,13 @@ export class RoceTransport {
     s.on('message', (msg: Buffer, rinfo: { address: string; port: number }) => this.onGroupFrame(msg, rinfo, group));
     s.bind(ROCE_PORT, addr, () => {
       try {
+        // what this daemon sent comes back through the kernel's multicast loop: dropped before Node reads it (a
+        // JS call per datagram slowed the daemon enough for a fast sender to outrun its receivers)
+        try {
+          attachFilter(dgramFd(s), notFrom(this.dev.ownAddrs4()));
+        } catch {
+          /* Node hides the descriptor: onGroupFrame drops them, one call each */
+        }
         s.addMembership(addr, this.dev.addr);
       } catch (e) {
         s.emit('error', asError(e));
