@@ -187,6 +187,10 @@ export const EVENT_RESP = struct('rdma_ucm_event_resp', [
 export const EVENT_RESP_SIZE = layout(EVENT_RESP).size;
 /** The oldest size of rdma_ucm_event_resp GET_EVENT still answers into (without the trailing reserved and ece), as the kernel does. */
 export const EVENT_RESP_MIN = EVENT_RESP_SIZE - 12;
+export const JOIN_IP_MCAST = struct('rdma_ucm_join_ip_mcast', [resp, ['uid', 'u64'], ['addr', SOCKADDR_IN6], ['id', 'u32']]);
+export const JOIN_MCAST = struct('rdma_ucm_join_mcast', [resp, ['uid', 'u64'], ['id', 'u32'], ['addr_size', 'u16'], ['join_flags', 'u16'], ['addr', SOCKADDR_STORAGE]]);
+/** rdma_ucm_join_mcast's join_flags (RDMA_MC_JOIN_FLAG_*). */
+export const McJoinFlag = { FULLMEMBER: 0, SENDONLY_FULLMEMBER: 1 } as const;
 export const GET_EVENT = struct('rdma_ucm_get_event', [resp]);
 /** MIGRATE_ID moves an id to the file the command is written to from the file `fd` names (for a C program's file, the preload puts that file's token there). */
 export const MIGRATE_ID = struct('rdma_ucm_migrate_id', [resp, ['id', 'u32'], ['fd', 'u32']]);
@@ -233,6 +237,9 @@ export const UcmaSpecs = {
   SET_OPTION: spec('SET_OPTION', SET_OPTION),
   GET_EVENT: spec('GET_EVENT', GET_EVENT, EVENT_RESP),
   MIGRATE_ID: spec('MIGRATE_ID', MIGRATE_ID, MIGRATE_RESP),
+  JOIN_IP_MCAST: spec('JOIN_IP_MCAST', JOIN_IP_MCAST, CREATE_ID_RESP),
+  JOIN_MCAST: spec('JOIN_MCAST', JOIN_MCAST, CREATE_ID_RESP),
+  LEAVE_MCAST: spec('LEAVE_MCAST', DESTROY_ID, DESTROY_ID_RESP),
 } as const;
 
 export type UcmaName = keyof typeof UcmaSpecs;

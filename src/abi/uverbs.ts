@@ -206,6 +206,9 @@ export const POST_SEND = struct('ib_uverbs_post_send', [resp, ['qp_handle', 'u32
 export const POST_RECV = { ...POST_SEND, name: 'ib_uverbs_post_recv' };
 export const POST_SEND_RESP = struct('ib_uverbs_post_send_resp', [['bad_wr', 'u32']]);
 
+export const ATTACH_MCAST = struct('ib_uverbs_attach_mcast', [['gid', { bytes: 16 }], ['qp_handle', 'u32'], ['mlid', 'u16'], ['reserved', 'u16']]);
+export const DETACH_MCAST = { ...ATTACH_MCAST, name: 'ib_uverbs_detach_mcast' };
+
 export const CREATE_SRQ = struct('ib_uverbs_create_srq', [resp, ['user_handle', 'u64'], ['pd_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32']]);
 export const CREATE_SRQ_RESP = struct('ib_uverbs_create_srq_resp', [['srq_handle', 'u32'], ['max_wr', 'u32'], ['max_sge', 'u32'], ['srqn', 'u32']]);
 export const MODIFY_SRQ = struct('ib_uverbs_modify_srq', [['srq_handle', 'u32'], ['attr_mask', 'u32'], ['max_wr', 'u32'], ['srq_limit', 'u32']]);
@@ -326,6 +329,8 @@ export const Spec = {
   DESTROY_QP: spec(Cmd.DESTROY_QP, DESTROY_QP, DESTROY_QP_RESP),
   POST_SEND: spec(Cmd.POST_SEND, POST_SEND, POST_SEND_RESP),
   POST_RECV: spec(Cmd.POST_RECV, POST_RECV, POST_SEND_RESP),
+  ATTACH_MCAST: spec(Cmd.ATTACH_MCAST, ATTACH_MCAST),
+  DETACH_MCAST: spec(Cmd.DETACH_MCAST, DETACH_MCAST),
   CREATE_SRQ: spec(Cmd.CREATE_SRQ, CREATE_SRQ, CREATE_SRQ_RESP, SV_QUEUE),
   MODIFY_SRQ: spec(Cmd.MODIFY_SRQ, MODIFY_SRQ),
   QUERY_SRQ: spec(Cmd.QUERY_SRQ, QUERY_SRQ, QUERY_SRQ_RESP),

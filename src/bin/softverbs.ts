@@ -13,6 +13,7 @@ const TOOLS: Record<string, () => Promise<{ main(argv: string[]): number | Promi
   rping: () => import('../tools/rping.js'),
   ucmatose: () => import('../tools/ucmatose.js'),
   udaddy: () => import('../tools/udaddy.js'),
+  mckey: () => import('../tools/mckey.js'),
   rdma_server: async () => ({ main: (await import('../tools/rdma_server.js')).server }),
   rdma_client: async () => ({ main: (await import('../tools/rdma_server.js')).client }),
   ib_send_bw: () => import('../tools/ib_send_bw.js'),

@@ -30,6 +30,23 @@ export interface CmEvent {
   status: number;
   conn?: Partial<ConnParam>;
   ud?: { qpNum: number; qkey: number; privateData: Uint8Array; dgid?: Uint8Array; hopLimit?: number; trafficClass?: number };
+  /** a multicast event's join: it counts the events its user had, for LEAVE_MCAST's answer */
+  mc?: McJoin;
+}
+
+/**
+ * A multicast join of an id (the kernel's cma_multicast with ucma's ucma_multicast): its handle on the file, the
+ * address joined and the MGID it maps to, what its events carry (uid), and how many of them its user had.
+ */
+export interface McJoin {
+  readonly handle: number;
+  readonly id: CmId;
+  readonly uid: bigint;
+  readonly addr: SockAddr;
+  readonly mgid: Uint8Array;
+  readonly sendOnly: boolean;
+  eventsReported: number;
+  left: boolean;
 }
 
 /** One open of the rdma_cm file (a ucma_file): its ids, and where its events go. */
@@ -82,6 +99,8 @@ export class CmId {
   /** events its user has had (the kernel's events_reported: rdma_destroy_id waits for that many acks) */
   eventsReported = 0;
   destroyed = false;
+  /** its multicast joins (rdma_join_multicast), until left or the id goes */
+  readonly mcs: McJoin[] = [];
   /** what `rdma resource show cm_id` calls cm-idn */
   restrackId = 0;
 

@@ -13,9 +13,10 @@ import { CmdError, E } from '../common/errno.js';
 import { errnoOf } from '../common/errors.js';
 import type { SoftDevice } from '../hca/device.js';
 import { gidOf } from '../hca/gid.js';
+import { MCAST_QPN } from '../hca/mcast.js';
 import { addrOfIpCm, canonical, checkAddr, deviceOf, ipCmAddr, isWildcard, routeToDevice } from './addr.js';
 import { HOP_LIMIT, LOCAL_ACK_TIMEOUT } from './cm-msgs.js';
-import { CmId, CmState, type CmEvent, type CmFile, type ConnParam } from './cma-id.js';
+import { CmId, CmState, type CmEvent, type CmFile, type ConnParam, type McJoin } from './cma-id.js';
 import { IbCm } from './ib-cm.js';
 import { IbState, type CmPath, type IbCmEvent, type IbCmId, type IbCmRefusal } from './ib-cm-id.js';
 import { decodeIpCmHdr, IP_CM_HDR_SIZE, ipCmPrivateData, parseServiceId, PRIVATE_DATA, RejReason, serviceId, SidrStatus, timeoutMs, type IpCmHdr, type Req, type SidrReq } from './mad.js';
@@ -24,6 +25,11 @@ import { PortSpaces } from './port-space.js';
 /** What a REQ says about how fast we answer (2^20 × 4.096 µs, as Linux's rdma_cm) and how often it is sent. */
 const CM_RESPONSE_TIMEOUT = 20;
 const MAX_CM_RETRIES = 15;
+/** The kernel's ENOTSUPP (include/linux/errno.h: not one userspace has a name for). */
+const ENOTSUPP = 524;
+/** A join's hop limit on RoCEv2 over IPv4 (cma_iboe_join_multicast: IPV6_DEFAULT_HOPLIMIT). */
+const MCAST_HOP_LIMIT = 64;
+
 /** The Q_Key of RDMA_PS_UDP / RDMA_PS_IPOIB ids (librdmacm's RDMA_UDP_QKEY). */
 export const RDMA_UDP_QKEY = 0x01234567;
 /** Most connection requests a listener holds unanswered; more are refused. */
@@ -52,6 +58,8 @@ export class RdmaCm {
   private nextRestrackId = 0;
   /** ids' handles, daemon-wide as the kernel's ctx_table: MIGRATE_ID keeps an id's handle in its new file */
   private nextHandle = 0;
+  /** joins' handles, daemon-wide as the kernel's multicast_table: a join follows its id to another file */
+  private nextMcHandle = 0;
   private readonly ib: IbCm;
 
   constructor(private readonly host: CmHost) {
@@ -147,6 +155,41 @@ export class RdmaCm {
     }
     if (fixed) setImmediate(() => done(fixed, 0, ''));
     else routeToDevice(() => this.host.devices(), dst, timeoutMs, done);
+  }
+
+  /**
+   * rdma_join_multicast on RoCEv2 (cma_iboe_join_multicast): the id must be bound or resolved to a device and be
+   * UD; an IPv4 group maps to the MGID ::ffff:a.b.c.d, an IPv6 one is ENOTSUPP on RoCEv2 as in the kernel. The
+   * join itself needs no one's answer (no SA on Ethernet): MULTICAST_JOIN follows with the UD parameters to send
+   * to the group (QPN 0xFFFFFF, Q_Key RDMA_UDP_QKEY, the MGID in the GRH, hop limit 64). Attaching the QP is the
+   * consumer's (librdmacm does it on that event), which joins the group on the device's wire.
+   */
+  joinMulticast(id: CmId, addr: SockAddr, sendOnly: boolean, uid: bigint): McJoin {
+    if (!id.dev) throw new CmdError(E.ENODEV, 'rdma_join_multicast: the id is on no device (bind or resolve it first)');
+    if (id.state !== CmState.ADDR_BOUND && id.state !== CmState.ADDR_RESOLVED) throw new CmdError(E.EINVAL, `rdma_join_multicast: the id is ${id.state}, not ADDR_BOUND or ADDR_RESOLVED`);
+    if (id.qpType !== QpType.UD) throw new CmdError(E.EINVAL, 'rdma_join_multicast: the id is not a UD id (RDMA_PS_UDP or RDMA_PS_IPOIB)');
+    checkAddr(addr, 'rdma_join_multicast');
+    if (isWildcard(addr)) throw new CmdError(E.EINVAL, `rdma_join_multicast: ${addr.address} is no group`);
+    if (addr.family === 6) throw new CmdError(ENOTSUPP, 'rdma_join_multicast: an IPv6 group on RoCEv2 (the kernel\'s ENOTSUPP)');
+    const mc: McJoin = { handle: this.nextMcHandle, id, uid, addr: { ...addr }, mgid: gidOf(addr.address), sendOnly, eventsReported: 0, left: false };
+    this.nextMcHandle = (this.nextMcHandle + 1) >>> 0;
+    id.mcs.push(mc);
+    setImmediate(() => {
+      if (mc.left || id.destroyed) return;
+      id.file.deliver({
+        uid: mc.uid, id: id.handle, event: CmEventType.MULTICAST_JOIN, status: 0, mc,
+        ud: { qpNum: MCAST_QPN, qkey: RDMA_UDP_QKEY, privateData: new Uint8Array(0), dgid: mc.mgid, hopLimit: MCAST_HOP_LIMIT, trafficClass: 0 },
+      }, id);
+    });
+    return mc;
+  }
+
+  /** rdma_leave_multicast (and the id's destroy): the join is forgotten; how many of its events its user had. */
+  leaveMulticast(mc: McJoin): number {
+    mc.left = true;
+    const at = mc.id.mcs.indexOf(mc);
+    if (at >= 0) mc.id.mcs.splice(at, 1);
+    return mc.eventsReported;
   }
 
   /** rdma_resolve_route: on RoCE, the path is the GIDs of the two addresses (no SA to ask). */
@@ -333,6 +376,7 @@ export class RdmaCm {
   /** rdma_destroy_id (and a file's close): ib_cm tells the peer what the connection's state calls for. */
   destroy(id: CmId): number {
     id.file.ids.delete(id.handle);
+    for (const mc of [...id.mcs]) this.leaveMulticast(mc);
     if (id.destroyed) return id.eventsReported;
     if (id.cm) this.ib.destroyId(id.cm);
     this.releaseBacklog(id);

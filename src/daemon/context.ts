@@ -22,6 +22,7 @@ import { deviceCommands } from './cmd/device.js';
 import { mrCommands } from './cmd/mr.js';
 import { pdCommands } from './cmd/pd.js';
 import { qpCommands } from './cmd/qp.js';
+import { mcastCommands } from './cmd/mcast.js';
 import { srqCommands } from './cmd/srq.js';
 import { type ClientMap, mapMemfd } from './memfd.js';
 import { procMemoryGone } from '../hca/mr-memory.js';
@@ -39,7 +40,7 @@ import { softverbsProvider } from './providers/softverbs.js';
 export { CompChannel } from './events.js';
 
 /** Every command the daemon serves, by name: each object family's handlers. */
-const COMMANDS: Commands = { ...deviceCommands, ...pdCommands, ...ahCommands, ...mrCommands, ...cqCommands, ...srqCommands, ...qpCommands };
+const COMMANDS: Commands = { ...deviceCommands, ...pdCommands, ...ahCommands, ...mrCommands, ...cqCommands, ...srqCommands, ...qpCommands, ...mcastCommands };
 
 /** What the context needs from the daemon around it. */
 export interface Host {

@@ -11,6 +11,7 @@ import { settleMemory } from '../hca/staging.js';
 import type { Context } from './context.js';
 import { CompChannel } from './events.js';
 import { ErrnoError } from '../common/errors.js';
+import { detachAll } from './cmd/mcast.js';
 
 export interface ObjectType<O> {
   /** The device limit QUERY_DEVICE advertises as max_<type>: past it the next create is EINVAL, as rxe's pools. */
@@ -46,6 +47,7 @@ export const OBJECT_TYPES = {
     release(ctx, qp) {
       qp.destroyed = true;
       qp.stopTimers();
+      detachAll(ctx, qp);
       // what its engines placed in the client's memory and still hold lands now, while the client's memory
       // descriptor is open (it closes with the context)
       qp.staging?.release();

@@ -333,6 +333,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       throw new ErrnoError(code ?? 'EIO', `${spec.name}: cannot bind the RoCEv2 port ${port}: ${why}; ${instead}`);
     }
     entry.dev.transport = t;
+    entry.dev.mcast.wire = t;
     return t.mode === 'raw'
       ? 'RoCEv2 on UDP port 4791, arriving frames read through a raw socket (every ICRC exact and checked both ways)'
       : `RoCEv2 on plain UDP port 4791${t.fallback ? ` (${t.fallback})` : ''}`;

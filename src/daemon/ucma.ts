@@ -18,7 +18,7 @@ import { FrameAssembler, replyFrame } from '../abi/framing.js';
 import { encode, layout, pack, unpack, type Infer } from '../abi/layout.js';
 import * as C from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
-import type { CmEvent, CmFile, CmId, ConnParam } from '../cm/cma-id.js';
+import type { CmEvent, CmFile, CmId, ConnParam, McJoin } from '../cm/cma-id.js';
 import type { RdmaCm } from '../cm/cma.js';
 import type { Log } from './log.js';
 import { asError, errnoOf } from '../common/errors.js';
@@ -48,6 +48,7 @@ interface Waiting {
   rec: Buffer;
   owner: CmId;
   child?: CmId;
+  mc?: McJoin;
 }
 
 /** The file: ids, and the event stream (or, a C program's, the events waiting and their notification stream). */
@@ -84,12 +85,13 @@ export class UcmaFile implements CmFile {
     if (this.queued() >= PENDING_CAP) return false;
     const rec = eventRecord(ev);
     if (this.native) {
-      this.waiting.push({ rec, owner, child });
+      this.waiting.push({ rec, owner, child, mc: ev.mc });
       this.signal();
       return true;
     }
     // on the stream the event is the user's now
     owner.eventsReported++;
+    if (ev.mc) ev.mc.eventsReported++;
     const s = this.stream;
     if (!s) {
       this.pending.push(rec);
@@ -127,6 +129,7 @@ export class UcmaFile implements CmFile {
     const w = this.waiting.shift();
     if (!w) return null;
     w.owner.eventsReported++;
+    if (w.mc) w.mc.eventsReported++;
     if (!this.waiting.length && this.drained) setImmediate(this.drained);
     return w.rec;
   }
@@ -155,6 +158,13 @@ export class UcmaFile implements CmFile {
     encode(C.EVENT_RESP, { uid: id.uid, id: id.handle, event: C.SV_EVENT_MIGRATED, status: 0 }, new DataView(rec.buffer, rec.byteOffset, rec.byteLength));
     if (this.stream) this.stream.write(rec);
     else this.pending.push(rec);
+  }
+
+  /** What waits for a join that is left (ucma_cleanup_mc_events): its user never sees it. */
+  withdrawMc(mc: McJoin): void {
+    const n = this.waiting.length;
+    this.waiting = this.waiting.filter((w) => w.mc !== mc);
+    if (this.waiting.length !== n && !this.waiting.length && this.drained) setImmediate(this.drained);
   }
 
   /** Events of an id that moved here (MIGRATE_ID), behind those waiting. */
@@ -514,10 +524,31 @@ export class UcmaConnection {
       case C.UcmaCmd.GET_OPTION:
         // no kernel has it (ucma_cmd_table's hole)
         throw new CmdError(E.ENOSYS, 'rdma_cm GET_OPTION: no such command');
-      case C.UcmaCmd.JOIN_IP_MCAST:
-      case C.UcmaCmd.JOIN_MCAST:
-      case C.UcmaCmd.LEAVE_MCAST:
-        throw new CmdError(E.EOPNOTSUPP, 'rdma_join_multicast: softverbsd serves no multicast');
+      case C.UcmaCmd.JOIN_IP_MCAST: {
+        const r = this.need(S.JOIN_IP_MCAST, body, out);
+        // ucma_join_ip_multicast: the address as a sockaddr_in6-sized one, a full member
+        const addr = C.readSockaddr(r.addr.bytes);
+        if (!addr) throw new CmdError(E.EINVAL, 'rdma_join_multicast: the address is neither AF_INET nor AF_INET6');
+        const mc = cm.joinMulticast(this.id(r.id, 'rdma_join_multicast'), addr, false, r.uid);
+        return pack(C.CREATE_ID_RESP, { id: mc.handle });
+      }
+      case C.UcmaCmd.JOIN_MCAST: {
+        const r = this.need(S.JOIN_MCAST, body, out);
+        const addr = C.readSockaddr(r.addr.bytes);
+        // ucma_process_join: addr_size must be the size of the family's sockaddr (AF_IB has none here)
+        if (!addr || r.addr_size !== (addr.family === 4 ? 16 : 28)) throw new CmdError(E.EINVAL, `rdma_join_multicast: addr_size ${r.addr_size} is not that of an AF_INET or AF_INET6 address`);
+        if (r.join_flags !== C.McJoinFlag.FULLMEMBER && r.join_flags !== C.McJoinFlag.SENDONLY_FULLMEMBER) throw new CmdError(E.EINVAL, `rdma_join_multicast: join_flags ${r.join_flags}`);
+        const mc = cm.joinMulticast(this.id(r.id, 'rdma_join_multicast'), addr, r.join_flags === C.McJoinFlag.SENDONLY_FULLMEMBER, r.uid);
+        return pack(C.CREATE_ID_RESP, { id: mc.handle });
+      }
+      case C.UcmaCmd.LEAVE_MCAST: {
+        const r = this.need(S.LEAVE_MCAST, body, out);
+        let mc: McJoin | undefined;
+        for (const id of this.file.ids.values()) if ((mc = id.mcs.find((m) => m.handle === r.id))) break;
+        if (!mc) throw new CmdError(E.ENOENT, `rdma_leave_multicast: no multicast join ${r.id} on this file`);
+        this.file.withdrawMc(mc);
+        return pack(C.DESTROY_ID_RESP, { events_reported: cm.leaveMulticast(mc) });
+      }
       default:
         // past the kernel's table
         throw new CmdError(E.EINVAL, `rdma_cm command ${cmd} does not exist`);

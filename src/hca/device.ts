@@ -12,7 +12,7 @@ import * as completer from './completer.js';
 import { toError } from './completion.js';
 import { COUNTER_NAMES, type CounterName } from './counters.js';
 import type { Fabric } from './fabric.js';
-import { gidOf } from './gid.js';
+import { gidOf, isV4Gid } from './gid.js';
 import { ibMtuOf, netdevMtu } from './netdev.js';
 import type { Mr, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
@@ -21,6 +21,7 @@ import type { Hca, Qp } from './qp.js';
 import * as requester from './requester.js';
 import * as responder from './responder.js';
 import { Linger } from './linger.js';
+import { MCAST_QPN, McastTable } from './mcast.js';
 import { Scheduler, Task } from './scheduler.js';
 import type { RoceTransport } from './transport.js';
 import { asError } from '../common/errors.js';
@@ -125,6 +126,7 @@ export class SoftDevice implements Hca {
     p.mask = info.mask;
     // QP1, the GSI: management datagrams (the CM's MADs) for the daemon, never a consumer's QP
     if (p.destQpn === 1) return this.gsi.receive(p);
+    if (p.destQpn === MCAST_QPN) return this.toGroup(p);
     const qp = this.qps.get(p.destQpn);
     if (!qp) return;
     const transport = p.opcode & 0xe0;
@@ -133,6 +135,31 @@ export class SoftDevice implements Hca {
     if (p.mask & M.REQ) responder.receive(qp, p);
     else completer.receive(qp, p);
   }
+
+  /** The multicast groups this device's QPs are attached to. */
+  readonly mcast = new McastTable();
+
+  /** A multicast packet inside the daemon (the fabric offers it to every device): taken by a device with QPs in its group. */
+  receiveMcast(p: Pkt): void {
+    if (this.mcast.lookup(p.dstGid)) this.receive(p);
+  }
+
+  /**
+   * rxe_rcv_mcast_pkt: a copy for each QP attached to the group the destination GID names; each QP checks it as
+   * a UD request of its own (state, Q_Key), and one that refuses it costs the others nothing.
+   */
+  private toGroup(p: Pkt): void {
+    const g = this.mcast.lookup(p.dstGid);
+    if (!g) return this.countDrop('multicast group not joined');
+    if ((p.opcode & 0xe0) !== 0x60 || !(p.mask & M.REQ)) return this.countDrop('multicast packet that is no UD request');
+    const qps = g.qps;
+    for (let i = 0; i < qps.length; i++) responder.receive(qps[i]!, p);
+  }
+
+  /** Whether a GID is one of this daemon's devices' (a multicast frame of ours that the wire looped back). */
+  readonly ownGid = (g: Uint8Array): boolean => this.fabric.byGid(g) !== null;
+  readonly ownAddrs4 = (): number[] =>
+    this.fabric.devices.flatMap((d) => d.gids).filter(isV4Gid).map((g) => ((g[12]! << 24) | (g[13]! << 16) | (g[14]! << 8) | g[15]!) >>> 0);
 
   /** QP1: the connection manager registers with it as its agent. */
   readonly gsi = new GsiPort(this);

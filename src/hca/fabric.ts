@@ -7,7 +7,8 @@
  */
 import { xorshift32 } from '../common/rng.js';
 import { encodeFrame } from './codec.js';
-import { gidIp, sameGid } from './gid.js';
+import { gidIp, isV4Gid, sameGid } from './gid.js';
+import { isMcastGid } from './mcast.js';
 import { type Pkt, PktPool } from './packet.js';
 import type { PcapWriter } from './pcap.js';
 import { asError, UsageError } from '../common/errors.js';
@@ -64,6 +65,8 @@ export interface Port {
   /** it takes descriptors that stand for several packets (Pkt.span) */
   readonly spans?: boolean;
   receive(p: Pkt): void;
+  /** a multicast packet: taken when the device has QPs in its group */
+  receiveMcast?(p: Pkt): void;
   readonly transport: { send(p: Pkt): void; flush(): void } | null;
 }
 
@@ -193,6 +196,20 @@ export class Fabric {
     this.pcap!.write(this.pcapFrame, encodeFrame(p, src, dst, this.pcapId, this.pcapFrame));
   }
 
+  /**
+   * A multicast packet: every device of this daemon with QPs in the group gets it here, and it goes onto the
+   * wire of the device that sent it (IP multicast to the group's address), for other hosts and daemons.
+   */
+  private multicast(p: Pkt): void {
+    // a group of the other IP family (perftest's default MGID ff01::… from an IPv4 device) has no wire to go on:
+    // its members are this daemon's
+    const wire = isV4Gid(p.dstGid) === isV4Gid(p.srcGid) ? (this.byGid(p.srcGid)?.transport ?? null) : null;
+    // the wire's own capture shows it when it goes out there
+    if (this.pcap && !wire) this.capture(p);
+    for (const d of this.devices) d.receiveMcast?.(p);
+    wire?.send(p);
+  }
+
   /** Seeded packet faults for tests (softverbsd --fault): applied to every packet any device sends. */
   fault: Fault | null = null;
 
@@ -233,7 +250,8 @@ export class Fabric {
         if (dev) {
           if (this.pcap) this.capture(p);
           dev.receive(p);
-        } else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
+        } else if (isMcastGid(p.dstGid)) this.multicast(p);
+        else this.byGid(p.srcGid)?.transport?.send(p); // not ours: onto the wire of the device that sent it
         if (p.done) sent(p);
         this.pool.put(p);
         if (this.head > 1024 && this.head * 2 > this.fifo.length) {

@@ -33,6 +33,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, type BlockList } from 'node:net';
 import { Drain, enableGro, type Datagram } from '../native/drain.js';
 import { RawUdp4 } from '../native/raw-udp4.js';
+import { attachFilter, type Bpf } from '../native/socket.js';
 import { readableSet } from '../native/readable-set.js';
 import { UdpWire } from '../native/udp-wire.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
@@ -55,6 +56,10 @@ export interface WireDevice {
   /** a batch of packets off the wire has been handed over: what they caused goes out now */
   wireBatchDone(): void;
   onBug: ((e: Error) => void) | null;
+  /** whether a GID is one of this daemon's devices' (its multicast frames reached them inside the daemon) */
+  ownGid(g: Uint8Array): boolean;
+  /** the IPv4 addresses of this daemon's devices, as 32-bit numbers */
+  ownAddrs4(): number[];
 }
 
 /** How the device's wire was asked for: raw if allowed (auto), raw or nothing, or plain UDP. */
@@ -64,6 +69,19 @@ const ignore = (): void => {};
 
 /** The largest RoCEv2 UDP payload one packet can be: headers, a 4096-byte MTU's payload, pad, ICRC. */
 const MAX_PACKET = 4096 + 64;
+/** SKF_NET_OFF: a socket filter's loads from the IP header (a UDP socket's filter starts at the UDP header). */
+const SKF_NET_OFF = -0x100000;
+/** A socket filter that drops IPv4 datagrams from any of `addrs` and passes the rest whole. */
+function notFrom(addrs: number[]): Bpf {
+  const n = Math.min(addrs.length, 200);
+  const prog: [number, number, number, number][] = [[0x20, 0, 0, (SKF_NET_OFF + 12) >>> 0]]; // ld [net + 12]: the source address
+  for (let i = 0; i < n; i++) prog.push([0x15, n - i, 0, addrs[i]! >>> 0]); // jeq #addr: to the drop
+  prog.push([0x06, 0, 0, 0x40000], [0x06, 0, 0, 0]); // ret whole; ret 0
+  return prog;
+}
+
+/** Multicast groups a device joins on its wire (each one a socket), at most. */
+export const WIRE_GROUPS_MAX = 256;
 /** Mode udp: datagrams found waiting behind the one Node read that make the port socket ours (see `ownPort`). */
 const STREAM_BACKLOG = 32;
 /** Mode raw: packets (a GSO message counts one) found on the raw socket at one ring that do the same. */
@@ -310,7 +328,95 @@ export class RoceTransport {
     return n;
   }
 
+  /**
+   * Multicast groups the device's QPs are attached to (IPv4 only), each on a socket of its own: bound to the
+   * group's address and port 4791 (the port socket, bound to the device's address, never sees a group's
+   * datagrams) and joined on the device's interface, which sends the IGMP report a Linux host's join does.
+   * On loopback (127/8, whose `lo` has no MULTICAST flag) Linux still delivers a group's datagrams to sockets
+   * joined with a 127.x interface address, so daemons on one host reach each other's groups the same way.
+   */
+  private readonly groups = new Map<string, Socket>();
+  /** Why the last group could not be joined (empty: none failed). */
+  groupError = '';
+
+  join(gid: Uint8Array): void {
+    if (!this.v4 || !isV4Gid(gid) || !this.udp) return;
+    const addr = gidToAddr(gid);
+    if (this.groups.has(addr)) return;
+    // a descriptor each: max_mcast_grp (8192) of them would let one user's joins take the daemon's descriptors
+    // from everyone's connections; past the cap a group is served inside the daemon only (and said so)
+    if (this.groups.size >= WIRE_GROUPS_MAX) {
+      this.groupError = `${addr}: ${WIRE_GROUPS_MAX} groups are joined on the wire already; this one reaches this daemon's QPs only`;
+      this.drop('multicast group past the wire\'s cap (joined inside the daemon only)');
+      return;
+    }
+    const group = gid.slice();
+    const s = createSocket({ type: 'udp4', reuseAddr: true });
+    this.groups.set(addr, s);
+    s.on('error', (e) => {
+      this.groupError = `${addr}: ${e.message}`;
+      this.drop('multicast group socket failed');
+      if (this.groups.get(addr) === s) this.groups.delete(addr);
+      s.close();
+    });
+    s.on('message', (msg: Buffer, rinfo: { address: string; port: number }) => this.onGroupFrame(msg, rinfo, group));
+    s.bind(ROCE_PORT, addr, () => {
+      try {
+        // what this daemon sent comes back through the kernel's multicast loop: dropped before Node reads it (a
+        // JS call per datagram slowed the daemon enough for a fast sender to outrun its receivers)
+        try {
+          attachFilter(dgramFd(s), notFrom(this.dev.ownAddrs4()));
+        } catch {
+          /* Node hides the descriptor: onGroupFrame drops them, one call each */
+        }
+        s.addMembership(addr, this.dev.addr);
+      } catch (e) {
+        s.emit('error', asError(e));
+      }
+    });
+  }
+
+  leave(gid: Uint8Array): void {
+    const addr = gidToAddr(gid);
+    const s = this.groups.get(addr);
+    if (!s) return;
+    this.groups.delete(addr);
+    s.close();
+  }
+
+  /** Groups joined on the wire (their addresses). */
+  get joined(): string[] {
+    return [...this.groups.keys()];
+  }
+
+  /**
+   * A datagram sent to a group: for this device's QPs in it. One this daemon sent (the kernel loops a host's
+   * own multicast back to its joined sockets) is dropped: every device of the daemon had it from the fabric.
+   */
+  private onGroupFrame(msg: Buffer, rinfo: { address: string; port: number }, group: Uint8Array): void {
+    const src = this.peerGid(rinfo.address);
+    if (this.dev.ownGid(src)) return;
+    if (msg.length > MAX_PACKET) return this.drop('merged datagram read without its segment size');
+    if (this.pcap) {
+      const hl = writeIpUdp(this.hdr, gidIp(src), gidIp(group), 0, rinfo.port, msg.length);
+      this.capture(this.hdr.subarray(0, hl), msg);
+    }
+    const p = this.dev.newPkt();
+    const err = decode(msg, 0, msg.length, p);
+    if (err) {
+      this.drop(err);
+      this.dev.freePkt(p);
+      return;
+    }
+    p.srcGid = src;
+    p.dstGid = group;
+    this.dev.receiveFromWire(p);
+    this.dev.wireBatchDone();
+  }
+
   stop(): void {
+    for (const s of this.groups.values()) s.close();
+    this.groups.clear();
     if (this.backstop) clearInterval(this.backstop);
     if (this.own === 'wait') readableSet().cancel(this.waitFd);
     this.own = null;

@@ -41,6 +41,8 @@ export interface EventParam extends CmQpParam {
   /** UD (SIDR): the peer QP's Q_Key, and the path to it (for createAh) */
   qkey?: number;
   ahAttr?: AhAttr;
+  /** MULTICAST_JOIN / MULTICAST_ERROR: the context joinMulticast was given (rdma_ud_param.private_data in C) */
+  context?: unknown;
 }
 
 /** struct rdma_cm_event */
@@ -217,13 +219,17 @@ export class EventChannel {
 
   /** rdma_create_id: RDMA_PS_TCP (RC), RDMA_PS_UDP (UD), RDMA_PS_IB (qpType given). */
   async createId(ps: PortSpace = PortSpace.TCP, context: unknown = null, qpType: number = 0): Promise<CmId> {
-    const uid = nextUid++;
+    const uid = this.newUid();
     const r = unpack(C.CREATE_ID_RESP, await this.call('rdma_create_id', C.UcmaSpecs.CREATE_ID, { uid, ps, qp_type: qpType }));
     const id = new CmId(this, r.id, uid, ps, ps === PortSpace.TCP ? QpType.RC : ps === PortSpace.IB ? qpType || QpType.RC : QpType.UD);
     id.context = context;
     this.ids.set(r.id, id);
     this.byUid.set(uid, id);
     return id;
+  }
+  /** @internal a uid for an id or a multicast join (what their events carry): unique across channels, as ids migrate */
+  newUid(): bigint {
+    return nextUid++;
   }
   /** @internal */ readonly byUid = new Map<bigint, CmId>();
 
@@ -285,6 +291,25 @@ export class EventChannel {
     }
     const id = this.ids.get(r.id);
     if (!id) return null; // an id destroyed while its event was on the way
+    if (event === CmEventType.MULTICAST_JOIN || event === CmEventType.MULTICAST_ERROR) {
+      const mc = id.joins.find((j) => j.uid === r.uid);
+      if (!mc) return null; // left while its event was on the way
+      param.context = mc.context;
+      if (event === CmEventType.MULTICAST_JOIN) {
+        mc.mgid = param.ahAttr!.grh!.dgid!;
+        mc.mlid = 0;
+        // librdmacm's ucma_process_join: the id's QP joins the group (not for a send-only join); its failure is the event's
+        if (id.qp && !mc.sendOnly) {
+          try {
+            await id.qp.attachMcast(mc.mgid, mc.mlid);
+            mc.attached = true;
+          } catch (e) {
+            event = CmEventType.MULTICAST_ERROR;
+            status = errnoOf(e) ?? -5;
+          }
+        }
+      }
+    }
     // the address fixes the device and both addresses; the route that follows changes neither
     if (event === CmEventType.ADDR_RESOLVED) await id.learn().catch(() => {});
     if (event === CmEventType.CONNECT_RESPONSE && id.qp) {
@@ -573,6 +598,35 @@ export class CmId {
     return this.eventsReported;
   }
 
+  /** @internal this id's multicast joins (librdmacm's cma_multicast list) */
+  readonly joins: { uid: bigint; handle: number; addr: C.SockAddr; sendOnly: boolean; context: unknown; mgid: Uint8Array | null; mlid: number; attached: boolean }[] = [];
+
+  /**
+   * rdma_join_multicast (rdma_join_multicast_ex with `sendOnly` for RDMA_MC_JOIN_FLAG_SENDONLY_FULLMEMBER): the id,
+   * bound or resolved to a device, joins the IPv4 group `addr`; MULTICAST_JOIN follows on the channel with what a
+   * UD send to the group needs (`param.ahAttr` with the MGID ::ffff:a.b.c.d, `param.qpNum` 0xFFFFFF, `param.qkey`
+   * 0x01234567) and `param.context` = `context`. The id's QP, if it has one, is attached to the group then.
+   */
+  async joinMulticast(addr: string, context: unknown = null, opts: { sendOnly?: boolean } = {}): Promise<void> {
+    const a = storage(sockaddrOf(addr, 0, 'rdma_join_multicast'));
+    const uid = this.channel.newUid();
+    const sendOnly = opts.sendOnly ?? false;
+    const r = unpack(C.CREATE_ID_RESP, await this.channel.call('rdma_join_multicast', C.UcmaSpecs.JOIN_MCAST, {
+      uid, id: this.handle, addr_size: a.size, join_flags: sendOnly ? C.McJoinFlag.SENDONLY_FULLMEMBER : C.McJoinFlag.FULLMEMBER, addr: { bytes: a.bytes },
+    }));
+    this.joins.push({ uid, handle: r.id, addr: C.readSockaddr(a.bytes)!, sendOnly, context, mgid: null, mlid: 0, attached: false });
+  }
+
+  /** rdma_leave_multicast: EADDRNOTAVAIL when the id has not joined `addr`; its QP leaves the group first. */
+  async leaveMulticast(addr: string): Promise<void> {
+    const want = sockaddrOf(addr, 0, 'rdma_leave_multicast');
+    const at = this.joins.findIndex((j) => j.addr.family === want.family && j.addr.address === (want.family === 6 ? C.readSockaddr(storage(want).bytes)!.address : want.address));
+    if (at < 0) throw new VerbsError('rdma_leave_multicast', 'EADDRNOTAVAIL', `the id has not joined ${addr}`);
+    const [mc] = this.joins.splice(at, 1);
+    if (mc!.attached && this.qp && mc!.mgid) await this.qp.detachMcast(mc!.mgid, mc!.mlid).catch(() => {});
+    await this.channel.call('rdma_leave_multicast', C.UcmaSpecs.LEAVE_MCAST, { id: mc!.handle });
+  }
+
   /** rdma_destroy_id: its QP stays the caller's, as in librdmacm (disposing the id takes it). Once the daemon is gone: only here. */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
@@ -586,6 +640,8 @@ export class CmId {
   async [Symbol.asyncDispose](): Promise<void> {
     const failed: unknown[] = [];
     const step = (p: Promise<void>) => p.catch((e: unknown) => void failed.push(e));
+    // a QP in groups cannot be destroyed: the joins are left first
+    for (const j of [...this.joins]) await step(this.leaveMulticast(j.addr.address));
     await step(this.destroyQp());
     await step(this.destroy());
     if (this.sync && !this.listenerOf) await step(this.channel.destroy());

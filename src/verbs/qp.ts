@@ -229,6 +229,26 @@ export class QueuePair {
     };
   }
 
+  /** Multicast groups this QP was attached to here (GID and LID), for `await using` to detach before it destroys. */
+  private readonly mcast: { gid: Uint8Array; lid: number }[] = [];
+
+  /**
+   * ibv_attach_mcast: UD SENDs to the multicast GID `gid` (ff00::/8, or ::ffff:224.0.0.0/100 for an IPv4 group;
+   * sent to QPN 0xFFFFFF) arrive at this UD QP, with the group as the GRH's destination. On RoCE the LID is not
+   * looked at. Attaching again is not an error. EINVAL for a GID that is no multicast GID or a QP that is not UD.
+   */
+  async attachMcast(gid: Uint8Array, lid = 0): Promise<void> {
+    await this.pd.context.command('ibv_attach_mcast', U.Spec.ATTACH_MCAST, { gid, qp_handle: this.handle, mlid: lid });
+    if (!this.mcast.some((m) => m.lid === lid && sameGid(m.gid, gid))) this.mcast.push({ gid: gid.slice(), lid });
+  }
+
+  /** ibv_detach_mcast: EINVAL when the QP is not attached to `gid` with `lid`. */
+  async detachMcast(gid: Uint8Array, lid = 0): Promise<void> {
+    await this.pd.context.command('ibv_detach_mcast', U.Spec.DETACH_MCAST, { gid, qp_handle: this.handle, mlid: lid });
+    const at = this.mcast.findIndex((m) => m.lid === lid && sameGid(m.gid, gid));
+    if (at >= 0) this.mcast.splice(at, 1);
+  }
+
   /** ibv_destroy_qp. Once the daemon is gone (or the device closed) it only releases the QP here: the daemon's side went with the connection. */
   async destroyQp(): Promise<void> {
     if (this.destroyed) return;
@@ -246,7 +266,13 @@ export class QueuePair {
     unmap(this.mapping);
   }
 
+  /** Detaches the groups it was attached to here first: ibv_destroy_qp of an attached QP is EBUSY. */
   async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.destroyed) for (const m of [...this.mcast]) await this.detachMcast(m.gid, m.lid).catch(() => {});
     await this.destroyQp();
   }
+}
+
+function sameGid(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -6,6 +6,7 @@ import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
 import { bswap64 } from '../../common/format.js';
 import { GID_TBL_LEN, PKEY_TBL_LEN } from '../port-tables.js';
+import { McastLimits } from '../../hca/mcast.js';
 import type { Context } from '../context.js';
 import { deviceMax } from '../object-table.js';
 import type { Commands } from './command.js';
@@ -25,7 +26,7 @@ export function queryDevice(ctx: Context): Buffer {
     device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: deviceMax(d, 'cq'), max_cqe: Limits.maxCqe,
     max_mr: deviceMax(d, 'mr'), max_pd: deviceMax(d, 'pd'), max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
     max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
-    max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: 0, max_mcast_qp_attach: 0, max_total_mcast_qp_attach: 0, max_ah: deviceMax(d, 'ah'),
+    max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: McastLimits.maxMcastGrp, max_mcast_qp_attach: McastLimits.maxMcastQpAttach, max_total_mcast_qp_attach: McastLimits.maxTotalMcastQpAttach, max_ah: deviceMax(d, 'ah'),
     max_fmr: 0, max_map_per_fmr: 0, max_srq: deviceMax(d, 'srq'), max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
     local_ca_ack_delay: 15, phys_port_cnt: 1,
   });

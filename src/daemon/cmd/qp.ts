@@ -9,6 +9,7 @@ import { flushRecv, toError } from '../../hca/completion.js';
 import { modifyMaskError, Qp, wqeBytes } from '../../hca/qp.js';
 import type { Context } from '../context.js';
 import type { Commands } from './command.js';
+import { attachmentsOf } from './mcast.js';
 
 /** What a QP costs the daemon besides its send WQEs (its state, receive WQE, responder resources), for the memory quota. */
 const QP_BASE_BYTES = 16 * 1024;
@@ -173,6 +174,9 @@ function transition(ctx: Context, qp: Qp, cur: QpState, next: QpState): void {
 
 function destroyQp(ctx: Context, r: U.Req<'DESTROY_QP'>): Buffer {
   const qp = ctx.get('qp', r.qp_handle);
+  // uverbs refuses a user's destroy while the QP is in multicast groups (its close detaches them)
+  const groups = attachmentsOf(qp).length;
+  if (groups) fail(E.EBUSY, `DESTROY_QP: QP ${qp.qpn} is attached to ${groups} multicast group${groups === 1 ? '' : 's'}: DETACH_MCAST first`);
   ctx.destroy(r.qp_handle);
   return pack(U.DESTROY_QP_RESP, { events_reported: qp.asyncEvents });
 }

@@ -79,12 +79,16 @@ export interface Params {
   machine: 'CLIENT' | 'SERVER';
   /** -R: the QPs connect through the RDMA CM, and the exchange runs over an RDMA CM connection too (perftest sets use_rdma_cm with it) */
   rdmaCm: boolean;
+  /** -g: the server's QP (every side's, in the latency test) attached to a multicast group, sent to at QPN 0xFFFFFF */
+  mcg: boolean;
+  /** -M: the group's MGID as perftest spells it (16 colon-separated bytes); null: perftest's MCG_GID */
+  userMgid: string | null;
 }
 
 /** Options softverbs does not implement: what they are, so the refusal can say it. */
 const UNSUPPORTED: Record<string, string> = {
-  z: 'rdma_cm exchange (-z)', g: 'multicast (-g)', O: 'dual-port (-O)', X: 'completion vectors (-X)',
-  T: 'TOS (-T, rdma_cm only)', L: 'hop limit (-L, raw Ethernet only)', M: 'multicast GIDs (-M)', B: 'raw Ethernet (-B)', E: 'raw Ethernet (-E)',
+  z: 'rdma_cm exchange (-z)', O: 'dual-port (-O)', X: 'completion vectors (-X)',
+  T: 'TOS (-T, rdma_cm only)', L: 'hop limit (-L, raw Ethernet only)', B: 'raw Ethernet (-B)', E: 'raw Ethernet (-E)',
   J: 'raw Ethernet (-J)', j: 'raw Ethernet (-j)', K: 'raw Ethernet (-K)', k: 'raw Ethernet (-k)', w: 'BW limits (-w)', y: 'message-rate limits (-y)',
   W: 'HW counters (-W)', Z: 'raw Ethernet (--server)', P: 'raw Ethernet (--client)', v: 'MAC forwarding (-v)', G: 'RSS (-G)',
   run_infinitely: 'run_infinitely', odp: 'on-demand paging (--odp)', use_hugepages: 'huge pages (--use_hugepages)', use_rocm: 'ROCm memory',
@@ -105,7 +109,7 @@ const OPTIONS = {
   all: { type: BOOL, short: 'a' }, 'CPU-freq': { type: BOOL, short: 'F' }, events: { type: BOOL, short: 'e' }, bidirectional: { type: BOOL, short: 'b' },
   noPeak: { type: BOOL, short: 'N' }, version: { type: BOOL, short: 'V' }, help: { type: BOOL, short: 'h' }, 'report-cycles': { type: BOOL, short: 'C' },
   'report-histogrm': { type: BOOL, short: 'H' }, 'report-unsorted': { type: BOOL, short: 'U' },
-  report_gbits: { type: BOOL }, output: { type: STR }, out_json: { type: BOOL }, out_json_file: { type: STR }, disable_pcie_relaxed: { type: BOOL }, use_old_post_send: { type: BOOL },
+  mcg: { type: BOOL }, MGID: { type: STR }, report_gbits: { type: BOOL }, output: { type: STR }, out_json: { type: BOOL }, out_json_file: { type: STR }, disable_pcie_relaxed: { type: BOOL }, use_old_post_send: { type: BOOL },
   chart: { type: STR }, results_csv: { type: STR }, results_json: { type: STR },
   // refused with a message (UNSUPPORTED)
   R: { type: BOOL, short: 'R' }, z: { type: BOOL, short: 'z' }, g: { type: BOOL, short: 'g' }, O: { type: BOOL, short: 'O' }, X: { type: STR, short: 'X' },
@@ -181,7 +185,7 @@ export function usage(tool: string, verb: Verb, tst: Tst): string {
     '      --results_csv=<file>  Write the results as CSV',
     '      --results_json=<file>  Write the results as JSON',
     '',
-    'Not supported by softverbs (exit 1 with a message): -R -z -g -O -X -T -L -M -B -E -J -j -K -k -w -y -W -v -G,',
+    'Not supported by softverbs (exit 1 with a message): -R -z -O -X -T -L -B -E -J -j -K -k -w -y -W -v -G,',
     '--run_infinitely --odp --use_hugepages --use_cuda --use_rocm --mmap --use_srq --report-both --reversed --ipv6 --flows ...',
     '',
   ];
@@ -217,6 +221,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     // write_lat.c alone turns relaxed ordering off (it polls the buffer's last byte)
     disablePcir: tst === 'LAT' && verb === Verb.WRITE, outJson: false, outJsonFile: 'perftest_out.json', histogram: false, unsorted: false, cycles: false,
     chart: null, resultsCsv: null, resultsJson: null, servername: null, machine: 'SERVER', rdmaCm: v.R === true,
+    mcg: false, userMgid: null,
   };
   if (verb === Verb.ATOMIC) p.size = DEF.sizeAtomic;
   try {
@@ -320,6 +325,12 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       if (tst === 'LAT') fail(' Bidirectional is only available in BW test\n');
       p.duplex = true;
     }
+    if (v.g || v.mcg) {
+      if (verb !== Verb.SEND) fail(' MultiCast feature only available on SEND verb\n');
+      p.mcg = true;
+    }
+    const mgid = v.MGID ?? v.M;
+    if (typeof mgid === 'string') p.userMgid = mgid;
     if (v.noPeak) {
       if (tst === 'LAT') fail(' NoPeak only valid for BW tests\n');
       p.noPeak = true;
@@ -407,6 +418,11 @@ function forceDependencies(p: Params, out: string[]): void {
   if (p.output !== 'FULL') {
     if (p.tst === 'BW' && p.output === 'latency') exit(' Output verbosity level for BW can be: bandwidth, message_rate\n');
     if (p.tst === 'LAT' && p.output !== 'latency') exit(' Output verbosity level for LAT can be: latency\n');
+  }
+  if (p.mcg) {
+    p.conn = 'UD';
+    if (p.duplex) exit('Bidirectional mode not supported in multicast\n');
+    if (p.numQps > 1) exit('Only 1 QP supported in multicast\n');
   }
   if (p.verb === Verb.SEND && p.tst === 'BW' && p.machine === 'SERVER' && !p.duplex) p.noPeak = true;
   if (p.duplex && p.verb === Verb.SEND && p.conn !== 'RC') exit(' softverbs supports bidirectional SEND on RC only\n');

@@ -53,8 +53,10 @@ export function testInfo(p: Params, c: InfoCtx): string {
   if (p.verb === Verb.ATOMIC) title += `${p.atomicType} `;
   if (p.tst === 'BW') title += `${p.duplex ? 'Bidirectional ' : ''}${p.postList > 1 ? 'Post List ' : ''}BW `;
   else title += 'Latency ';
+  if (p.mcg) title += 'Multicast ';
   const o: string[] = [RESULT_LINE, `                    ${title}Test\n`];
   if (p.useEvent) o.push(` Test with events. Using ${c.devName}_comp0\n`);
+  if (p.mcg) o.push(' MultiCast runs on UD!\n');
   o.push(` Dual-port       : OFF\t\tDevice         : ${c.devName}\n`);
   o.push(` Number of qps   : ${p.numQps}\t\tTransport type : IB\n`);
   o.push(` Connection type : ${p.conn}\t\tUsing SRQ      : OFF\n`);
@@ -77,12 +79,12 @@ export function testInfo(p: Params, c: InfoCtx): string {
 }
 
 /** ctx_print_pingpong_data: the address line and the GID line. */
-export function addrLines(side: 'local' | 'remote', d: PerfDest, verb: Verb): string {
+export function addrLines(side: 'local' | 'remote', d: PerfDest, verb: Verb, mgid = false): string {
   let s = ` ${side} address: LID ${altHex(d.lid, 4)} QPN ${altHex(d.qpn, 6)} PSN ${altHex(d.psn, 6)}`;
   if (verb === Verb.READ) s += ` OUT ${altHex(d.outReads, 4)}`;
   if (verb === Verb.READ || verb === Verb.WRITE) s += ` RKey ${altHex(d.rkey >>> 0, 8)} VAddr ${altHex(d.vaddr, 16)}`;
   s += '\n';
-  s += ` GID: ${Array.from(d.gid, (x) => String(x).padStart(2, '0')).join(':')}\n`;
+  s += ` ${mgid ? 'MGID' : 'GID'}: ${Array.from(d.gid, (x) => String(x).padStart(2, '0')).join(':')}\n`;
   return s;
 }
 

@@ -122,6 +122,14 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
       lid: port.lid, outReads, qpn: qp.qpNum, psn: Math.floor(Math.random() * 0x1000000), rkey: res.mr.rkey,
       vaddr: res.mr.addr + BigInt(res.recvBase + i * res.slice), gid, srqn: 0,
     }));
+    // -g: the server's QP (each side's, in the latency test) joins the group, which is its address for the peer
+    if (p.mcg && (p.tst === 'LAT' || p.machine === 'SERVER')) {
+      const mgid = mcastGid(p.userMgid, p.machine);
+      for (const [i, qp] of res.qps.entries()) {
+        await qp.attachMcast(mgid, 0).catch((e: unknown) => fail(`Couldn't attach QP to MultiCast group (${messageOf(e)})\n`));
+        Object.assign(my[i]!, { gid: mgid, lid: 0, qpn: MCAST_QPN });
+      }
+    }
     // with -R, the device the CM connected the QPs on (without -d, the route's choice, not the first device)
     const info: InfoCtx = { devName: res.ctx.device.name, mtuBytes: MTU_BYTES(mtu), gidIndex, inlineSize: p.inlineSize, outReads };
     const s: Session = { p, oob, res, my, rem: [], info, out, sweep: [], sendWrs: [], recvWrs: [] };
@@ -154,7 +162,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
 async function shakeAll(s: Session, print = false): Promise<void> {
   for (let i = 0; i < s.my.length; i++) {
     s.rem[i] = await s.oob.handShake(s.my[i]!);
-    if (print && s.p.output === 'FULL') s.out(addrLines('remote', s.rem[i]!, addrVerb(s.p)));
+    if (print && s.p.output === 'FULL') s.out(addrLines('remote', s.rem[i]!, addrVerb(s.p), s.p.mcg && s.p.machine === 'CLIENT'));
   }
 
 }
@@ -163,7 +171,26 @@ const shake = async (s: Session) => {
 
 };
 // ctx_print_pingpong_data prints nothing under --output
-const printMine = (s: Session) => s.p.output === 'FULL' && s.out(s.my.map((d) => addrLines('local', d, addrVerb(s.p))).join(''));
+const printMine = (s: Session) => s.p.output === 'FULL' && s.out(s.my.map((d) => addrLines('local', d, addrVerb(s.p), s.p.mcg && s.p.machine === 'SERVER')).join(''));
+
+/** QPNUM_MCAST: where a SEND to a multicast group goes. */
+const MCAST_QPN = 0xffffff;
+/**
+ * set_multicast_gid: -M's 16 colon-separated bytes (each as strtoll reads it, 0x… and 0… included), or perftest's
+ * MCG_GID ff01:0:0:0:2:c985:: with its last byte one higher on the client's side.
+ */
+export function mcastGid(user: string | null, machine: 'CLIENT' | 'SERVER'): Uint8Array {
+  const g = Uint8Array.from([255, 1, 0, 0, 0, 2, 201, 133, 0, 0, 0, 0, 0, 0, 0, 0]);
+  if (user) {
+    const parts = user.split(':');
+    for (let i = 0; i < 16; i++) {
+      const t = (parts[i] ?? '').trim();
+      const n = /^[+-]?0x/i.test(t) ? parseInt(t, 16) : /^[+-]?0\d/.test(t) ? parseInt(t, 8) : parseInt(t, 10);
+      g[i] = Number.isFinite(n) ? n & 0xff : 0;
+    }
+  } else if (machine === 'CLIENT') g[15]!++;
+  return g;
+}
 /** The address lines follow the exchange's verb: with -R that is the rdma_cm exchange's own, SEND (no RKey, VAddr or reads). */
 const addrVerb = (p: Params) => (p.rdmaCm ? Verb.SEND : p.verb);
 
