@@ -62,7 +62,7 @@ export interface SendWrIn {
   /** LOCAL_INV, SEND_WITH_INV */
   invalidateRkey?: number;
   /** BIND_MW: the window (its current rkey), the rkey it is to have, and what it is bound to */
-  bindMw?: { mwRkey: number; rkey: number; mrLkey: number; addr: bigint | number; length: bigint | number; access: number };
+  bind?: { mwRkey: number; rkey: number; mrLkey: number; addr: bigint | number; length: bigint | number; access: number };
 }
 
 /** The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it knows none there. */
@@ -126,7 +126,7 @@ export class SendRingProducer extends SendRing {
     dv.setUint32(o + SW.send_flags, flags, true);
     dv.setUint32(o + SW.imm_data, (wr.invalidateRkey ?? wr.imm ?? 0) >>> 0, true);
     const remote = wr.rdma ?? wr.atomic;
-    const b = wr.bindMw;
+    const b = wr.bind;
     setU64(dv, o + SW.remote_addr, b ? b.addr : (remote?.remoteAddr ?? 0));
     dv.setUint32(o + SW.rkey, (b ? b.rkey : (remote?.rkey ?? 0)) >>> 0, true);
     dv.setUint32(o + SW.mw_rkey, b ? b.mwRkey >>> 0 : 0, true);

@@ -1,6 +1,6 @@
-/** A protection domain (struct ibv_pd) and what is created on one: MRs, AHs, QPs, SRQs. */
+/** A protection domain (struct ibv_pd) and what is created on one: MRs, memory windows, AHs, QPs, SRQs. */
 import { qpLayout, srqLayout, type QpCaps } from '../abi/queue.js';
-import type { Access } from '../abi/enums.js';
+import { MwType, type Access } from '../abi/enums.js';
 import * as U from '../abi/uverbs.js';
 import { AddressHandle } from './ah.js';
 import type { Context } from './context.js';
@@ -8,6 +8,7 @@ import { VerbsError } from './errors.js';
 import { Dependents } from './lifetime.js';
 import { regionOf } from './memory.js';
 import { MemoryRegion } from './mr.js';
+import { MemoryWindow } from './mw.js';
 import { QueuePair } from './qp.js';
 import { withQueueMemory } from './queue-memory.js';
 import { SharedReceiveQueue } from './srq.js';
@@ -45,6 +46,18 @@ export class ProtectionDomain {
   /** Allocates shared memory of `length` bytes and registers it. */
   async allocMr(length: number, access: Access): Promise<MemoryRegion> {
     return this.regMr(this.context.allocBuffer(length), access);
+  }
+
+  /**
+   * ibv_alloc_mw: a window of type 1 (bound with `mw.bind` / `qp.bindMw`) or type 2 (bound by a BIND_MW work
+   * request, invalidated by LOCAL_INV or a peer's SEND_WITH_INV). Another type is EINVAL, from the daemon as
+   * from the kernel.
+   */
+  async allocMw(type: MwType): Promise<MemoryWindow> {
+    const r = await this.context.command('ibv_alloc_mw', U.Spec.ALLOC_MW, { pd_handle: this.handle, mw_type: type });
+    const mw = new MemoryWindow(this, r.mw_handle, type, r.rkey);
+    this.dependents.add(mw);
+    return mw;
   }
 
   /** ibv_create_ah */

@@ -179,6 +179,14 @@ test('send WQE: what librxe 44 writes for each opcode comes out of RxeSendQueue.
   expect(w, { opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, remoteAddr: 0x3008, rkey: 0x78, compareAdd: 42n, swap: 0n });
   // a send on RC names no AH; the union's UD words are not read for other opcodes
   expect(w, { ahHandle: R.RXE_NO_AH, remoteQpn: 0, remoteQkey: 0 });
+  // ex as invalidate_rkey: a plain u32, for SEND_WITH_INV and LOCAL_INV alike
+  w = roundTrip(rc, { wrId: 10n, opcode: WrOpcode.SEND_WITH_INV, invalidateRkey: 0x80001a5, sg: sg.slice(0, 1) });
+  expect(w, { opcode: WrOpcode.SEND_WITH_INV, invRkey: 0x80001a5, numSge: 1 });
+  w = roundTrip(rc, { wrId: 11n, opcode: WrOpcode.LOCAL_INV, invalidateRkey: 0xfedcba98 });
+  expect(w, { opcode: WrOpcode.LOCAL_INV, invRkey: 0xfedcba98, numSge: 0 });
+  // BIND_MW: wr.mw, the six fields of ibv_mw_bind_info and the window (rxe_bind_mw reads no others)
+  w = roundTrip(rc, { wrId: 12n, opcode: WrOpcode.BIND_MW, bindMw: { mwRkey: 0x8000_1234, rkey: 0x8000_1235, mrLkey: 0x1_0107, addr: 2n ** 40n + 16n, length: 2n ** 33n, access: 0x2e } });
+  expect(w, { opcode: WrOpcode.BIND_MW, mwRkey: 0x8000_1234, bindRkey: 0x8000_1235, mrLkey: 0x1_0107, bindAddr: 2 ** 40 + 16, bindLength: 2 ** 33, bindAccess: 0x2e });
 
   // UD: ah_num is the daemon's AH handle + 1; 0 (librxe's "no AH number", an rxe_av instead) names none
   const ud = sendQueue(QpType.UD);

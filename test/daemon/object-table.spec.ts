@@ -195,7 +195,7 @@ describe('the object table', () => {
     const mr = rows.find((r) => r.type === 'mr')!;
     assert.equal(qp.pdn, pd.pdn);
     assert.equal(mr.pdn, pd.pdn);
-    assert.equal(pd.users, 4, 'the MR, the AH, the SRQ and the QP');
+    assert.equal(pd.users, 5, 'the MW, the MR, the AH, the SRQ and the QP');
     assert.equal(mr.rkey, mr.lkey, 'REMOTE_WRITE: the rkey is the key');
     assert.equal(mr.iova, String(0x10000));
     ctx.destroyAll();
