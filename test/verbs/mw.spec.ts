@@ -275,6 +275,37 @@ describe('memory windows, two devices of one daemon', () => {
     await mr.deregMr();
   });
 
+  test("another context's window (another process, another user) is out of reach: SEND_WITH_INV and LOCAL_INV of its rkey fail, it keeps serving", async () => {
+    const devs = getDeviceList(d.root);
+    const other = await sides(s.a.ctx, await openDevice(devs[1]!, d.root));
+    try {
+      const mr = await other.b.pd.allocMr(4096, Access.LOCAL_WRITE | Access.MW_BIND);
+      const mw = await other.b.pd.allocMw(MwType.TYPE_2);
+      const theirs = await pair(other);
+      assert.equal((await bind2(other, theirs.qb, mw, mr, 0, 4096, Access.REMOTE_WRITE)).status, WcStatus.SUCCESS);
+      // a SEND_WITH_INV of its rkey arriving on one of our QPs
+      let { qa, qb } = await pair(s);
+      const rbuf = await s.b.pd.allocMr(64, Access.LOCAL_WRITE);
+      qb.postRecv({ wrId: 1, sgList: [rbuf.sge()] });
+      qa.postSend({ wrId: 2, opcode: WrOpcode.SEND_WITH_INV, sendFlags: SendFlags.SIGNALED, invalidateRkey: mw.rkey });
+      assert.equal((await pollN(s.a.cq, 1))[0]!.status, WcStatus.REM_INV_REQ_ERR);
+      assert.equal((await pollN(s.b.cq, 1))[0]!.status, WcStatus.REM_INV_REQ_ERR);
+      // a LOCAL_INV of it on our QP
+      ({ qa, qb } = await pair(s));
+      qb.postSend({ wrId: 3, opcode: WrOpcode.LOCAL_INV, sendFlags: SendFlags.SIGNALED, invalidateRkey: mw.rkey });
+      assert.equal((await pollN(s.b.cq, 1))[0]!.status, WcStatus.LOC_QP_OP_ERR);
+      // and a bind of it through our QP
+      ({ qa, qb } = await pair(s));
+      assert.equal((await bind2(s, qb, mw, mr, 0, 64, Access.REMOTE_READ)).status, WcStatus.MW_BIND_ERR);
+      // still bound, still its QP's
+      assert.equal((await write(other, theirs.qa, 'still mine', mr.addr, mw.rkey)).status, WcStatus.SUCCESS);
+      assert.equal(mr.buf.toString('utf8', 0, 10), 'still mine');
+      await rbuf.deregMr();
+    } finally {
+      other.b.ctx.closeDevice();
+    }
+  });
+
   test('with a window bound: DEREG_MR is EINVAL (rxe) and DEALLOC_PD EBUSY; dealloc of the window ends its rkey, then both go', async () => {
     const pd = await s.b.ctx.allocPd();
     const mr = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.MW_BIND);
