@@ -160,6 +160,17 @@ describe('memory windows, two devices of one daemon', () => {
     assert.equal((await bind2(s, qb, mw, mr, 0, 512, RW)).status, WcStatus.SUCCESS);
     assert.equal((await write(s, qa, 'again', mr.addr, mw.rkey)).status, WcStatus.SUCCESS);
     assert.equal(mr.buf.toString('utf8', 0, 5), 'again');
+    // rxe's local invalidate fence: a LOCAL_INV right behind a SEND waits for the SEND's ACK; completions in order
+    const abuf = await s.a.pd.allocMr(64, Access.LOCAL_WRITE);
+    qa.postRecv({ wrId: 0x70, sgList: [abuf.sge()] });
+    qb.postSend([
+      { wrId: 0x71, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED, sgList: [mr.sge(0, 5)] },
+      { wrId: 0x72, opcode: WrOpcode.LOCAL_INV, sendFlags: SendFlags.SIGNALED, invalidateRkey: mw.rkey },
+    ]);
+    assert.deepEqual((await pollN(s.b.cq, 2)).map((w) => [Number(w.wrId), w.status, w.opcode]), [[0x71, WcStatus.SUCCESS, WcOpcode.SEND], [0x72, WcStatus.SUCCESS, WcOpcode.LOCAL_INV]]);
+    assert.equal(Number((await pollN(s.a.cq, 1))[0]!.wrId), 0x70);
+    assert.equal((await write(s, qa, 'no', mr.addr, mw.rkey)).status, WcStatus.REM_ACCESS_ERR);
+    await abuf.deregMr();
     await mw.dealloc();
     await mr.deregMr();
   });
