@@ -220,9 +220,8 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.imm = u[x + W_IMM]!;
     w.remoteAddr = wordsU64Number(u, x + W_REMOTE_ADDR);
     w.rkey = u[x + W_RKEY]!;
-    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) readAtomic(this.dv, o, w);
-    else if (op === WrOpcode.SEND_WITH_INV || op === WrOpcode.LOCAL_INV) w.invRkey = w.imm;
-    else if (op === WrOpcode.BIND_MW) readBind(u, x, w);
+    // atomics, invalidations and binds (opcodes 5 to 9): their fields out of line
+    if (op >= WrOpcode.ATOMIC_CMP_AND_SWP) readRare(this.dv, u, o, op, w);
     w.ahHandle = u[x + W_AH_HANDLE]!;
     w.remoteQpn = u[x + W_REMOTE_QPN]! & 0xffffff;
     w.remoteQkey = u[x + W_REMOTE_QKEY]!;
@@ -238,7 +237,14 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
   }
 }
 
-/** A bind's fields (out of read(), as readAtomic). */
+/** The fields of the rarer opcodes (out of read(), which the engines' hot path wants small enough to inline). */
+function readRare(dv: DataView, u: Uint32Array, o: number, op: number, w: SendWqeFields): void {
+  if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) readAtomic(dv, o, w);
+  else if (op === WrOpcode.SEND_WITH_INV || op === WrOpcode.LOCAL_INV) w.invRkey = w.imm;
+  else if (op === WrOpcode.BIND_MW) readBind(u, o >>> 2, w);
+}
+
+/** A bind's fields. */
 function readBind(u: Uint32Array, x: number, w: SendWqeFields): void {
   w.bindAddr = w.remoteAddr;
   w.bindRkey = w.rkey;
@@ -248,13 +254,13 @@ function readBind(u: Uint32Array, x: number, w: SendWqeFields): void {
   w.bindLength = wordsU64Number(u, x + W_MW_LENGTH);
 }
 
-/** The operands of an atomic (out of read(), which the engines' hot path wants small enough to inline). */
+/** The operands of an atomic. */
 function readAtomic(dv: DataView, o: number, w: SendWqeFields): void {
   w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
   w.swap = dv.getBigUint64(o + SW.swap, true);
 }
 
-/** Copies the n SGEs from word i of the ring into w (out of read(), as readAtomic). */
+/** Copies the n SGEs from word i of the ring into w (out of read(), as readRare). */
 function readSges(u: Uint32Array, i: number, n: number, w: SendWqeFields): void {
   for (let j = 0; j < n; j++, i += W_SGE) {
     w.addr[j] = wordsU64Number(u, i + W_SG_ADDR);
