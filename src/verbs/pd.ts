@@ -151,10 +151,13 @@ export class ProtectionDomain {
     this.released = true;
   }
 
-  /** Destroys what is still on the PD (QPs, SRQs, MRs, AHs; the newest first), then the PD. */
+  /**
+   * Destroys what is still on the PD (QPs, SRQs, MRs, AHs; the newest first), then the PD. Memory windows go
+   * first, whenever they were made: an MR with a window bound to it cannot be deregistered.
+   */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.released) return;
-    await this.dependents.dispose();
+    await this.dependents.dispose((o) => o instanceof MemoryWindow);
     await this.deallocPd();
   }
 }

@@ -286,6 +286,22 @@ describe('memory windows, two devices of one daemon', () => {
     await mr.deregMr();
   });
 
+  test('await using: a PD disposes its windows before its MRs, whichever was made first (an MR with a window bound cannot go)', async () => {
+    const { qb } = await pair(s);
+    let mrKey = 0;
+    {
+      await using pd = await s.b.ctx.allocPd();
+      const mw = await pd.allocMw(MwType.TYPE_1);
+      const mr = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.MW_BIND);
+      mrKey = mr.lkey;
+      const q = await pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: {} });
+      await connectQp(q, s.b.ctx, { qpn: qb.qpNum, gid: s.a.ctx.queryGid(1, 0) }, { retryCnt: 1, timeout: 10 });
+      q.bindMw(mw, { sendFlags: SendFlags.SIGNALED, bindInfo: { mr, addr: mr.addr, length: 64, mwAccessFlags: Access.REMOTE_READ } });
+      assert.equal((await pollN(s.b.cq, 1))[0]!.status, WcStatus.SUCCESS);
+    }
+    assert.ok(mrKey, 'the block ran, and its disposal did not throw');
+  });
+
   test("another context's window (another process, another user) is out of reach: SEND_WITH_INV and LOCAL_INV of its rkey fail, it keeps serving", async () => {
     const devs = getDeviceList(d.root);
     const other = await sides(s.a.ctx, await openDevice(devs[1]!, d.root));
