@@ -46,7 +46,8 @@ export function suiteDaemon(args: string[]): { readonly root: string } {
 }
 
 /** What a process printed (stdout and stderr as one stream) and how it exited; killed after `ms`. */
-export interface Run { code: number | null; out: string }
+/** How a process ended: its exit code, or (code null) the signal that killed it. */
+export interface Run { code: number | null; out: string; signal?: NodeJS.Signals | null }
 export function runProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env, ms = 30_000): Promise<Run> {
   return new Promise((resolve) => {
     const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -54,9 +55,9 @@ export function runProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv =
     p.stdout!.on('data', (d) => (out += d));
     p.stderr!.on('data', (d) => (out += d));
     const t = setTimeout(() => p.kill('SIGKILL'), ms);
-    p.on('close', (code) => {
+    p.on('close', (code, signal) => {
       clearTimeout(t);
-      resolve({ code, out });
+      resolve({ code, out, signal });
     });
   });
 }

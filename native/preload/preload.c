@@ -8,6 +8,13 @@
  *    system call each) answers as for the char device it stands for (S_IFCHR,
  *    st_rdev from the discovery tree's `dev`).
  *  - sysfs: libibverbs reads SYSFS_PATH; when unset it is set to <root>/sys.
+ *    A program reading sysfs itself (UCX, hwloc, scripts) sees the RDMA
+ *    classes there too: a path under /sys/class/{infiniband,infiniband_verbs,
+ *    infiniband_mad,infiniband_cm,misc/rdma_cm} is that path under
+ *    SYSFS_PATH for the calls that take a path (open, fopen, opendir,
+ *    scandir, the stat family, access, readlink, realpath, the xattr
+ *    getters, chdir); realpath answers in /sys terms. The rest of /sys is
+ *    the host's.
  *  - NETLINK_RDMA sockets fail with EPROTONOSUPPORT, as on a kernel without
  *    ib_core, so libibverbs looks in sysfs.
  *  - write() of a command is one request frame to the daemon and returns once
@@ -22,7 +29,8 @@
  *    names its channel by descriptor; the daemon knows it by its token). The
  *    daemon gets the process's /proc/self/mem at GET_CONTEXT, and mmap() of a
  *    device file maps the queue memfd it hands out for that offset, both over
- *    its descriptor exchange (<root>/fds.sock, SCM_RIGHTS).
+ *    its descriptor exchange (<root>/fds.sock, SCM_RIGHTS). So does
+ *    syscall(SYS_mmap) of one, where UCX's memory hooks send librxe's mmap().
  *  - Event counts: DESTROY_CQ/QP/SRQ report the events the program has read,
  *    as the kernel's do (counted as they are read), not those the daemon sent.
  *  - ioctl() is ENOTTY (rdma-core then uses write() for every command), read()
@@ -43,23 +51,29 @@
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -97,6 +111,10 @@
 #define UCMA_CREATE_ID 0
 #define UCMA_GET_EVENT 12
 #define UCMA_MIGRATE_ID 18
+#define UCMA_SET_OPTION 14
+/* rdma_ucm_set_option { optval, id, level, optname, optlen }; the longest value brought to the daemon */
+#define SET_OPTION_LEN 24
+#define OPTVAL_MAX 4096
 /* softverbsd's own frames of the rdma_cm file (src/abi/ucma.ts SvUcmaCmd) */
 #define SV_UCMA_NOTIFY_TOKEN 0xf5
 #define SV_UCMA_ATTACH_NOTIFY 0xf6
@@ -161,9 +179,9 @@ static size_t nobjs, objs_room;
 static pthread_mutex_t objs_lock = PTHREAD_MUTEX_INITIALIZER;
 /* the async event stream of each context (its records name objects by user_handle) */
 static uint8_t async_fd[MAX_FDS];
-/* an empty GID entry's type or netdev file, whose read() is EINVAL */
-static uint8_t empty_attr[MAX_FDS];
 static char root[4096];
+/* what the process takes for /sys (SYSFS_PATH as it was at start) */
+static char sysfs[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -177,10 +195,23 @@ static void init(void)
 		snprintf(sys, sizeof(sys), "%s/sys", root);
 		setenv("SYSFS_PATH", sys, 0);
 	}
+	snprintf(sysfs, sizeof(sysfs), "%s", getenv("SYSFS_PATH"));
+}
+
+/*
+ * libc's syscall(), which ours (below) passes calls on to. This library's own system calls go through it
+ * too, mmap's included, so it is looked up when loaded, not on a first call that might come from a malloc.
+ */
+static long (*real_syscall)(long, ...);
+
+static void find_real_syscall(void)
+{
+	real_syscall = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
 }
 
 __attribute__((constructor)) static void preload_init(void)
 {
+	find_real_syscall();
 	pthread_once(&once, init);
 }
 
@@ -195,15 +226,45 @@ static struct dev_fd *tracked(int fd)
 	return fd >= 0 && fd < MAX_FDS ? fds[fd] : NULL;
 }
 
-/* /dev/infiniband[/NAME] → <root>/dev/infiniband[/NAME] in buf; NULL for any other path */
+/*
+ * The sysfs classes of the RDMA stack. The daemon's tree has the first two and misc/rdma_cm; the MAD and
+ * (long gone) CM classes are not there, as on a kernel without ib_umad, so a host's own would not describe
+ * devices this process cannot see.
+ */
+static const char *const sys_classes[] = {
+	"/sys/class/infiniband", "/sys/class/infiniband_verbs", "/sys/class/infiniband_mad",
+	"/sys/class/infiniband_cm", "/sys/class/misc/rdma_cm",
+};
+
+/* path is dir or below it, without a `..` that could climb out */
+static int under(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	return !strncmp(path, dir, n) && (!path[n] || path[n] == '/') && !strstr(path + n, "/..");
+}
+
+/*
+ * /dev/infiniband[/NAME] → <root>/dev/infiniband[/NAME], /sys/class/C[/…] → <SYSFS_PATH>/class/C[/…] for the
+ * classes above, in buf; NULL for any other path (a relative one too)
+ */
 static const char *map_path(const char *path, char *buf, size_t len)
 {
-	size_t n = strlen(DEV_DIR);
+	const char *base = NULL, *sub = "";
 
-	if (!path || strncmp(path, DEV_DIR, n) || (path[n] && path[n] != '/') || strstr(path + n, "/.."))
+	if (!path || path[0] != '/')
+		return NULL;
+	if (under(path, DEV_DIR)) {
+		base = root;
+		sub = "/dev";
+	}
+	for (size_t i = 0; !base && !strncmp(path, "/sys/class/", 11) && i < sizeof(sys_classes) / sizeof(sys_classes[0]); i++)
+		if (under(path, sys_classes[i]))
+			base = sysfs;
+	if (!base)
 		return NULL;
 	pthread_once(&once, init);
-	if ((size_t)snprintf(buf, len, "%s/dev%s", root, path + 4) >= len)
+	/* the first component ("/dev" or "/sys") is the base's */
+	if ((size_t)snprintf(buf, len, "%s%s%s", base, sub, path + 4) >= len)
 		return NULL;
 	return buf;
 }
@@ -238,10 +299,38 @@ static void as_chr(struct stat *st, dev_t rdev)
 	st->st_size = 0;
 }
 
-/* stat() of a mapped path (lstat is the same: nothing under the root is a symlink) */
-static int stat_mapped(const char *mapped, struct stat *st)
+/*
+ * The device number of a descriptor the preload does not track that is still a connection to a device socket:
+ * a dup() of a device file, or one passed by SCM_RIGHTS or inherited. On the kernel any descriptor of the file
+ * is the char device, and ibv_import_device() goes by its fstat() (its st_rdev names the device). The socket's
+ * peer is the device socket's path; 0 when the descriptor is no such connection. (A dup of an event stream,
+ * which the preload does not follow, would pass for the command file: nothing fstat()s one.)
+ */
+static dev_t peer_rdev(int fd)
 {
-	if (syscall(SYS_newfstatat, AT_FDCWD, mapped, st, 0))
+	/* the event streams (async fd, completion channels) are connections to the same socket: anon inodes on Linux */
+	if (fd < 0 || (fd < MAX_FDS && (async_fd[fd] || chan_token[fd])))
+		return 0;
+	struct sockaddr_un a;
+	socklen_t len = sizeof(a);
+	char dir[sizeof(root) + 32];
+	size_t n;
+
+	memset(&a, 0, sizeof(a));
+	if (syscall(SYS_getpeername, fd, &a, &len) || a.sun_family != AF_UNIX || len <= offsetof(struct sockaddr_un, sun_path) ||
+	    len >= sizeof(a))
+		return 0;
+	pthread_once(&once, init);
+	n = (size_t)snprintf(dir, sizeof(dir), "%s/dev/infiniband/", root);
+	if (strncmp(a.sun_path, dir, n) || !a.sun_path[n] || strchr(a.sun_path + n, '/'))
+		return 0;
+	return rdev_of(a.sun_path);
+}
+
+/* stat() or lstat() of a mapped path */
+static int stat_mapped(const char *mapped, struct stat *st, int flags)
+{
+	if (syscall(SYS_newfstatat, AT_FDCWD, mapped, st, flags & AT_SYMLINK_NOFOLLOW))
 		return -1;
 	if (S_ISSOCK(st->st_mode))
 		as_chr(st, rdev_of(mapped));
@@ -874,6 +963,25 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		out[1] = (struct iovec){ first, sizeof(first) };
 		out[2] = (struct iovec){ (void *)(body + sizeof(first)), h.in - sizeof(first) };
 	}
+	uint8_t optval[OPTVAL_MAX];
+	if (h.cmd == UCMA_SET_OPTION && h.in >= SET_OPTION_LEN) {
+		/*
+		 * the value is in this process's memory, which the daemon does not read: its optlen bytes go after the
+		 * struct. Read with process_vm_readv, so a bad pointer is EFAULT as the kernel's copy would say.
+		 */
+		uint64_t p;
+		uint32_t n;
+		memcpy(&p, body, 8);
+		memcpy(&n, body + 20, 4);
+		if (n > sizeof(optval))
+			return errno = EINVAL, -1;
+		struct iovec local = { optval, n }, remote = { (void *)(uintptr_t)p, n };
+		if (n && syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n)
+			return errno = EFAULT, -1;
+		h.in = SET_OPTION_LEN + n;
+		out[1] = (struct iovec){ (void *)body, SET_OPTION_LEN };
+		out[2] = (struct iovec){ optval, n };
+	}
 	for (;;) {
 		struct iovec v[3] = { out[0], out[1], out[2] };
 		if (!cm_request(d, fd, h.cmd, v, 3, response, h.out, old))
@@ -912,24 +1020,20 @@ static mode_t open_mode(int flags, va_list ap)
  * Linux has gid_attrs/types/I and ndevs/I for every entry of the GID table, and reading one of an empty
  * entry fails with EINVAL (libibverbs' sysfs fallback of ibv_query_gid_ex/ibv_query_gid_table takes that
  * as "no GID here"). The daemon's tree has those files for the GIDs there are; an absent one of ours is
- * opened here as a file whose read() is EINVAL.
+ * opened here as a descriptor the kernel itself refuses to read() with EINVAL (an epoll instance's), so a
+ * read through stdio (fopen's, which no interposed read() sees) fails as sysfs's would too.
  */
-static int empty_gid_attr(const char *path, int fd)
+static int empty_gid_attr(const char *path, int fd, int cloexec)
 {
-	const char *sys = getenv("SYSFS_PATH");
-	size_t n = sys ? strlen(sys) : 0;
+	size_t n;
 
-	if (fd >= 0 || errno != ENOENT || !path || !n || strncmp(path, sys, n) || strncmp(path + n, "/class/infiniband/", 18) ||
+	pthread_once(&once, init);
+	n = strlen(sysfs);
+	if (fd >= 0 || errno != ENOENT || !path || !n || strncmp(path, sysfs, n) || strncmp(path + n, "/class/infiniband/", 18) ||
 	    (!strstr(path + n, "/gid_attrs/types/") && !strstr(path + n, "/gid_attrs/ndevs/")))
 		return fd;
-	int e = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC);
-	if (e < 0 || e >= MAX_FDS) {
-		if (e >= 0)
-			syscall(SYS_close, e);
-		return errno = ENOENT, -1;
-	}
-	empty_attr[e] = 1;
-	return e;
+	int e = epoll_create1(cloexec ? EPOLL_CLOEXEC : 0);
+	return e < 0 ? (errno = ENOENT, -1) : e;
 }
 
 #define OPEN(name, ARGS, ...)                                                  \
@@ -942,9 +1046,10 @@ static int empty_gid_attr(const char *path, int fd)
 		mode_t mode = open_mode(flags, ap);                            \
 		va_end(ap);                                                    \
 		if (m)                                                         \
-			return open_mapped(m, flags, mode);                    \
+			return empty_gid_attr(m, open_mapped(m, flags, mode),  \
+					      flags & O_CLOEXEC);              \
 		REAL(int, name, __VA_ARGS__, int, ...);                        \
-		return empty_gid_attr(path, real_##name ARGS);                 \
+		return empty_gid_attr(path, real_##name ARGS, flags & O_CLOEXEC); \
 	}
 OPEN(open, (path, flags, mode), const char *path)
 OPEN(open64, (path, flags, mode), const char *path)
@@ -958,9 +1063,10 @@ OPEN(openat64, (dirfd, path, flags, mode), int dirfd, const char *path)
 		char buf[4096];                                                \
 		const char *m = map_path(path, buf, sizeof(buf));              \
 		if (m)                                                         \
-			return open_mapped(m, flags, 0);                       \
+			return empty_gid_attr(m, open_mapped(m, flags, 0),     \
+					      flags & O_CLOEXEC);              \
 		REAL(int, name, const char *, int);                            \
-		return empty_gid_attr(path, real_##name(path, flags));         \
+		return empty_gid_attr(path, real_##name(path, flags), flags & O_CLOEXEC); \
 	}
 OPEN_2(__open_2)
 OPEN_2(__open64_2)
@@ -979,11 +1085,16 @@ static int do_stat(int dirfd, const char *path, struct stat *st, int flags)
 	struct dev_fd *d;
 
 	if (m)
-		return stat_mapped(m, st);
+		return stat_mapped(m, st, flags);
 	if (syscall(SYS_newfstatat, dirfd, path, st, flags))
 		return -1;
-	if (path && !*path && (flags & AT_EMPTY_PATH) && (d = tracked(dirfd)))
-		as_chr(st, d->rdev);
+	if (path && !*path && (flags & AT_EMPTY_PATH)) {
+		dev_t rdev;
+		if ((d = tracked(dirfd)))
+			as_chr(st, d->rdev);
+		else if (S_ISSOCK(st->st_mode) && (rdev = peer_rdev(dirfd)))
+			as_chr(st, rdev);
+	}
 	return 0;
 }
 
@@ -1018,6 +1129,8 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 		rdev = rdev_of(m);
 	else if (d)
 		rdev = d->rdev;
+	else if (!*path && (flags & AT_EMPTY_PATH) && S_ISSOCK(stx->stx_mode) && (rdev = peer_rdev(dirfd)))
+		;
 	else
 		return 0;
 	stx->stx_mode = S_IFCHR | (stx->stx_mode & 07777);
@@ -1025,6 +1138,195 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 	stx->stx_rdev_minor = minor(rdev);
 	stx->stx_size = 0;
 	return 0;
+}
+
+/*
+ * The rest of the calls that take a path to look up, where a program reading sysfs may pass one of the
+ * classes: libc's opendir, scandir, fopen, realpath, access and readlink reach the system through libc's
+ * own internal entry points, which no interposed open or stat sees, so each is taken here and handed the
+ * mapped path. (libc's glob and ftw/nftw are not: their directory reads are libc-internal. fts, as find
+ * has it from gnulib, opens through openat and is.)
+ */
+#define MAP(path)                                                              \
+	char map_buf_[4096];                                                   \
+	const char *mapped_ = map_path(path, map_buf_, sizeof(map_buf_));      \
+	if (mapped_)                                                           \
+		path = mapped_
+
+EXPORT int access(const char *path, int mode)
+{
+	REAL(int, access, const char *, int);
+	MAP(path);
+	return real_access(path, mode);
+}
+
+EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
+{
+	REAL(int, faccessat, int, const char *, int, int);
+	MAP(path);
+	return real_faccessat(dirfd, path, mode, flags);
+}
+
+EXPORT int euidaccess(const char *path, int mode)
+{
+	return faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+EXPORT int eaccess(const char *path, int mode)
+{
+	return faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+EXPORT ssize_t readlink(const char *path, char *buf, size_t len)
+{
+	REAL(ssize_t, readlink, const char *, char *, size_t);
+	MAP(path);
+	return real_readlink(path, buf, len);
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
+{
+	REAL(ssize_t, readlinkat, int, const char *, char *, size_t);
+	MAP(path);
+	return real_readlinkat(dirfd, path, buf, len);
+}
+
+/* the fortified entry points (_FORTIFY_SOURCE) check the buffer, then look up as the plain ones */
+EXPORT ssize_t __readlink_chk(const char *path, char *buf, size_t len, size_t buflen)
+{
+	REAL(ssize_t, __readlink_chk, const char *, char *, size_t, size_t);
+	MAP(path);
+	return real___readlink_chk(path, buf, len, buflen);
+}
+
+EXPORT ssize_t __readlinkat_chk(int dirfd, const char *path, char *buf, size_t len, size_t buflen)
+{
+	REAL(ssize_t, __readlinkat_chk, int, const char *, char *, size_t, size_t);
+	MAP(path);
+	return real___readlinkat_chk(dirfd, path, buf, len, buflen);
+}
+
+/*
+ * A resolved path under SYSFS_PATH (as realpath() spells it: real_sysfs) in /sys terms, in place: the
+ * program asked about /sys and gets an answer it can pass back (no longer: /sys is 4 characters).
+ */
+static char real_sysfs[4096];
+static pthread_once_t real_sysfs_once = PTHREAD_ONCE_INIT;
+
+static void find_real_sysfs(void)
+{
+	char *(*rp)(const char *, char *) = (char *(*)(const char *, char *))dlsym(RTLD_NEXT, "realpath");
+	pthread_once(&once, init);
+	if (!rp || !rp(sysfs, real_sysfs))
+		snprintf(real_sysfs, sizeof(real_sysfs), "%s", sysfs);
+}
+
+static char *as_sys(char *r)
+{
+	size_t n;
+
+	pthread_once(&real_sysfs_once, find_real_sysfs);
+	n = strlen(real_sysfs);
+	if (r && n >= 4 && !strncmp(r, real_sysfs, n) && (r[n] == '/' || !r[n])) {
+		memcpy(r, "/sys", 4);
+		memmove(r + 4, r + n, strlen(r + n) + 1);
+	}
+	return r;
+}
+
+EXPORT char *realpath(const char *path, char *resolved)
+{
+	REAL(char *, realpath, const char *, char *);
+	MAP(path);
+	return mapped_ ? as_sys(real_realpath(path, resolved)) : real_realpath(path, resolved);
+}
+
+EXPORT char *__realpath_chk(const char *path, char *resolved, size_t len)
+{
+	REAL(char *, __realpath_chk, const char *, char *, size_t);
+	MAP(path);
+	return mapped_ ? as_sys(real___realpath_chk(path, resolved, len)) : real___realpath_chk(path, resolved, len);
+}
+
+EXPORT char *canonicalize_file_name(const char *path)
+{
+	return realpath(path, NULL);
+}
+
+EXPORT DIR *opendir(const char *path)
+{
+	REAL(DIR *, opendir, const char *);
+	MAP(path);
+	return real_opendir(path);
+}
+
+EXPORT int scandir(const char *path, struct dirent ***list, int (*sel)(const struct dirent *),
+		   int (*cmp)(const struct dirent **, const struct dirent **))
+{
+	REAL(int, scandir, const char *, struct dirent ***, int (*)(const struct dirent *),
+	     int (*)(const struct dirent **, const struct dirent **));
+	MAP(path);
+	return real_scandir(path, list, sel, cmp);
+}
+
+EXPORT int scandir64(const char *path, struct dirent64 ***list, int (*sel)(const struct dirent64 *),
+		     int (*cmp)(const struct dirent64 **, const struct dirent64 **))
+{
+	REAL(int, scandir64, const char *, struct dirent64 ***, int (*)(const struct dirent64 *),
+	     int (*)(const struct dirent64 **, const struct dirent64 **));
+	MAP(path);
+	return real_scandir64(path, list, sel, cmp);
+}
+
+/* fopen, fopen64: an empty GID entry's attribute is a stream whose reads fail as sysfs's (empty_gid_attr) */
+#define FOPEN(name)                                                            \
+	EXPORT FILE *name(const char *path, const char *mode)                  \
+	{                                                                      \
+		REAL(FILE *, name, const char *, const char *);                \
+		MAP(path);                                                     \
+		FILE *f = real_##name(path, mode);                             \
+		int fd;                                                        \
+		if (!f && (fd = empty_gid_attr(path, -1, strchr(mode, 'e') != NULL)) >= 0 && !(f = fdopen(fd, mode))) \
+			syscall(SYS_close, fd);                                \
+		return f;                                                      \
+	}
+FOPEN(fopen)
+FOPEN(fopen64)
+
+/* the extended attributes: `ls -l` asks for each file's (an SELinux label, ACLs), and ENOENT there is an error to it */
+EXPORT ssize_t getxattr(const char *path, const char *name, void *value, size_t size)
+{
+	REAL(ssize_t, getxattr, const char *, const char *, void *, size_t);
+	MAP(path);
+	return real_getxattr(path, name, value, size);
+}
+
+EXPORT ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
+{
+	REAL(ssize_t, lgetxattr, const char *, const char *, void *, size_t);
+	MAP(path);
+	return real_lgetxattr(path, name, value, size);
+}
+
+EXPORT ssize_t listxattr(const char *path, char *list, size_t size)
+{
+	REAL(ssize_t, listxattr, const char *, char *, size_t);
+	MAP(path);
+	return real_listxattr(path, list, size);
+}
+
+EXPORT ssize_t llistxattr(const char *path, char *list, size_t size)
+{
+	REAL(ssize_t, llistxattr, const char *, char *, size_t);
+	MAP(path);
+	return real_llistxattr(path, list, size);
+}
+
+EXPORT int chdir(const char *path)
+{
+	REAL(int, chdir, const char *);
+	MAP(path);
+	return real_chdir(path);
 }
 
 EXPORT int socket(int domain, int type, int protocol)
@@ -1048,7 +1350,7 @@ EXPORT ssize_t write(int fd, const void *buf, size_t len)
 EXPORT ssize_t read(int fd, void *buf, size_t len)
 {
 	REAL(ssize_t, read, int, void *, size_t);
-	if (tracked(fd) || (fd >= 0 && fd < MAX_FDS && empty_attr[fd]))
+	if (tracked(fd))
 		return errno = EINVAL, -1;
 	ssize_t n = real_read(fd, buf, len);
 	if (n > 0 && fd >= 0 && fd < MAX_FDS && (chan_token[fd] || async_fd[fd]))
@@ -1056,19 +1358,12 @@ EXPORT ssize_t read(int fd, void *buf, size_t len)
 	return n;
 }
 
-/*
- * mmap() of a device file maps one of its queues (the offset a create command answered with): the daemon
- * hands over the queue's memfd, which is mapped in its place. Called straight (the system call, not libc's
- * entry point): a dlsym() here could allocate, and allocating can map.
- */
-EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+/* a device file's queue at `off` (the offset a create command answered with): the daemon hands over its memfd */
+static void *map_queue(struct dev_fd *d, void *addr, size_t len, int prot, int flags, off_t off)
 {
-	struct dev_fd *d = tracked(fd);
 	struct fd_resp r;
 	int q;
 
-	if (!d)
-		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	if (d->cm_cmd >= 0) /* the rdma_cm file has no mmap */
 		return errno = ENODEV, MAP_FAILED;
 	if (exchange(FD_GET_QUEUE, 0, (uint64_t)off, NULL, 0, &r, &q))
@@ -1083,6 +1378,42 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	syscall(SYS_close, q);
 	errno = e;
 	return p;
+}
+
+/*
+ * mmap() of a device file maps one of its queues, the queue memfd mapped in its place. Any other goes
+ * straight to the system call, not libc's entry point: a dlsym() here could allocate, and allocating can map.
+ */
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct dev_fd *d = tracked(fd);
+
+	if (!d)
+		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	return map_queue(d, addr, len, prot, flags, off);
+}
+
+/*
+ * UCX's memory hooks (libucm in its default "bistro" mode) look mmap up -- ours, first in line -- and
+ * overwrite its first instructions with a jump to their own, which then maps with syscall(SYS_mmap, …).
+ * So that is where a device file's mmap() arrives in a UCX program, and it is taken here too; every other
+ * call passes through (six arguments, as libc's own syscall() reads them).
+ */
+EXPORT long syscall(long n, ...)
+{
+	struct dev_fd *d;
+	va_list ap;
+	long a[6];
+
+	va_start(ap, n);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	if (n == SYS_mmap && (d = tracked((int)a[4])))
+		return (long)map_queue(d, (void *)a[0], a[1], a[2], a[3], a[5]);
+	if (!real_syscall)
+		find_real_syscall();
+	return real_syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -1110,7 +1441,7 @@ static void forget(int fd)
 	struct dev_fd *d = tracked(fd);
 
 	if (fd >= 0 && fd < MAX_FDS)
-		chan_token[fd] = async_fd[fd] = empty_attr[fd] = 0;
+		chan_token[fd] = async_fd[fd] = 0;
 
 	if (d) {
 		fds[fd] = NULL;

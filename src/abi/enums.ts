@@ -20,12 +20,12 @@ export type QpType = (typeof QpType)[keyof typeof QpType];
 /** enum ibv_wr_opcode */
 export const WrOpcode = {
   RDMA_WRITE: 0, RDMA_WRITE_WITH_IMM: 1, SEND: 2, SEND_WITH_IMM: 3, RDMA_READ: 4, ATOMIC_CMP_AND_SWP: 5, ATOMIC_FETCH_AND_ADD: 6,
-  LOCAL_INV: 7, BIND_MW: 8, SEND_WITH_INV: 9, TSO: 10, DRIVER1: 11,
+  LOCAL_INV: 7, BIND_MW: 8, SEND_WITH_INV: 9, TSO: 10, DRIVER1: 11, ATOMIC_WRITE: 15,
 } as const;
 export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
 /** enum ibv_wc_opcode */
 export const WcOpcode = {
-  SEND: 0, RDMA_WRITE: 1, RDMA_READ: 2, COMP_SWAP: 3, FETCH_ADD: 4, BIND_MW: 5, LOCAL_INV: 6, TSO: 7, RECV: 128, RECV_RDMA_WITH_IMM: 129,
+  SEND: 0, RDMA_WRITE: 1, RDMA_READ: 2, COMP_SWAP: 3, FETCH_ADD: 4, BIND_MW: 5, LOCAL_INV: 6, TSO: 7, ATOMIC_WRITE: 9, RECV: 128, RECV_RDMA_WITH_IMM: 129,
 } as const;
 export type WcOpcode = (typeof WcOpcode)[keyof typeof WcOpcode];
 /** enum ibv_wc_status */
@@ -45,6 +45,26 @@ export function wcStatusName(s: number): string {
 export const WcFlags = { GRH: 1, WITH_IMM: 2, IP_CSUM_OK: 4, WITH_INV: 8, TM_SYNC_REQ: 16, TM_MATCH: 32, TM_DATA_VALID: 64 } as const;
 /** A combination of WcFlags bits. */
 export type WcFlags = number;
+/** enum ibv_create_cq_wc_flags: what an extended CQ's completions carry besides wr_id, status, opcode, vendor_err and wc_flags */
+export const WcExFlags = {
+  BYTE_LEN: 1 << 0, IMM: 1 << 1, QP_NUM: 1 << 2, SRC_QP: 1 << 3, SLID: 1 << 4, SL: 1 << 5, DLID_PATH_BITS: 1 << 6,
+  COMPLETION_TIMESTAMP: 1 << 7, CVLAN: 1 << 8, FLOW_TAG: 1 << 9, TM_INFO: 1 << 10, COMPLETION_TIMESTAMP_WALLCLOCK: 1 << 11,
+} as const;
+/** A combination of WcExFlags bits. */
+export type WcExFlags = number;
+/** IBV_WC_STANDARD_FLAGS: every field an ibv_wc has; what librxe's extended CQ offers (RXE_SUP_WC_FLAGS), timestamps, VLANs and tags not */
+export const WC_STANDARD_FLAGS = 0x7f;
+/** enum ibv_create_cq_attr_flags */
+export const CreateCqAttrFlags = { SINGLE_THREADED: 1 << 0, IGNORE_OVERRUN: 1 << 1 } as const;
+/** enum ibv_qp_create_send_ops_flags: which ibv_wr_* builders an extended QP has */
+export const QpExSendOps = {
+  RDMA_WRITE: 1 << 0, RDMA_WRITE_WITH_IMM: 1 << 1, SEND: 1 << 2, SEND_WITH_IMM: 1 << 3, RDMA_READ: 1 << 4, ATOMIC_CMP_AND_SWP: 1 << 5,
+  ATOMIC_FETCH_AND_ADD: 1 << 6, LOCAL_INV: 1 << 7, BIND_MW: 1 << 8, SEND_WITH_INV: 1 << 9, TSO: 1 << 10, ATOMIC_WRITE: 1 << 12,
+} as const;
+/** A combination of QpExSendOps bits. */
+export type QpExSendOps = number;
+/** enum ibv_qp_create_flags */
+export const QpCreateFlags = { BLOCK_SELF_MCAST_LB: 1 << 1, SCATTER_FCS: 1 << 8, CVLAN_STRIPPING: 1 << 9, SOURCE_QPN: 1 << 10, PCI_WRITE_END_PADDING: 1 << 11 } as const;
 /** enum ibv_send_flags */
 export const SendFlags = { FENCE: 1, SIGNALED: 2, SOLICITED: 4, INLINE: 8, IP_CSUM: 16 } as const;
 /** A combination of SendFlags bits. */

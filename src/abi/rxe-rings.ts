@@ -157,7 +157,7 @@ export class RxeSendQueue implements SendQueueConsumer {
       w.remoteAddr = wordsU64Number(u, x + W_ATOMIC_ADDR);
       w.rkey = u[x + W_ATOMIC_RKEY]!;
       readOperands(this.dv, o, w);
-    } else if (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM || op === WrOpcode.RDMA_READ) {
+    } else if (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM || op === WrOpcode.RDMA_READ || op === WrOpcode.ATOMIC_WRITE) {
       w.remoteAddr = wordsU64Number(u, x + W_RDMA_ADDR);
       w.rkey = u[x + W_RDMA_RKEY]!;
     } else w.remoteAddr = w.rkey = 0;
@@ -174,6 +174,7 @@ export class RxeSendQueue implements SendQueueConsumer {
       w.remoteQpn = w.remoteQkey = 0;
       w.ahHandle = RXE_NO_AH;
     }
+    if (op === WrOpcode.ATOMIC_WRITE) return readAtomicWrite(this.dv, o, w);
     if ((w.inline = (flags & SendFlags.INLINE) !== 0)) {
       // librxe copies the SGEs' bytes into inline_data and sets dma.length to their sum (dma.num_sge stays the SGE count)
       const n = (w.inlineLen = u[x + W_DMA_LENGTH]!);
@@ -201,6 +202,16 @@ function readBind(u: Uint32Array, x: number, w: SendWqeFields): void {
 function readOperands(dv: DataView, o: number, w: SendWqeFields): void {
   w.compareAdd = dv.getBigUint64(o + SWQE.atomic_compare_add, true);
   w.swap = dv.getBigUint64(o + SWQE.atomic_swap, true);
+}
+
+/**
+ * wr_atomic_write's WQE: librxe copies the 8 bytes to the head of dma's data (its atomic_wr member) whatever
+ * the send flags say; there are no SGEs.
+ */
+function readAtomicWrite(dv: DataView, o: number, w: SendWqeFields): void {
+  w.compareAdd = dv.getBigUint64(o + SWQE.dma_data, true);
+  w.inline = false;
+  w.inlineLen = w.numSge = 0;
 }
 
 /** Copies n rxe_sges from word i into the SGE arrays of w. */

@@ -58,6 +58,8 @@ export interface SendWrIn {
   imm?: number;
   rdma?: { remoteAddr: bigint | number; rkey: number };
   atomic?: { remoteAddr: bigint | number; compareAdd: bigint | number; swap?: bigint | number; rkey: number };
+  /** ATOMIC_WRITE: the 8 bytes (or a u64, stored little-endian) for remoteAddr */
+  atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: { handle: number }; remoteQpn: number; remoteQkey: number };
   /** LOCAL_INV, SEND_WITH_INV */
   invalidateRkey?: number;
@@ -125,7 +127,8 @@ export class SendRingProducer extends SendRing {
     dv.setUint32(o + SW.opcode, wr.opcode, true);
     dv.setUint32(o + SW.send_flags, flags, true);
     dv.setUint32(o + SW.imm_data, (wr.invalidateRkey ?? wr.imm ?? 0) >>> 0, true);
-    const remote = wr.rdma ?? wr.atomic;
+    const aw = wr.atomicWrite;
+    const remote = wr.rdma ?? wr.atomic ?? aw;
     const b = wr.bind;
     setU64(dv, o + SW.remote_addr, b ? b.addr : (remote?.remoteAddr ?? 0));
     dv.setUint32(o + SW.rkey, (b ? b.rkey : (remote?.rkey ?? 0)) >>> 0, true);
@@ -133,7 +136,11 @@ export class SendRingProducer extends SendRing {
     dv.setUint32(o + SW.mr_lkey, b ? b.mrLkey >>> 0 : 0, true);
     dv.setUint32(o + SW.mw_access, b ? b.access >>> 0 : 0, true);
     setU64(dv, o + SW.mw_length, b ? b.length : 0);
-    setU64(dv, o + SW.compare_add, wr.atomic?.compareAdd ?? 0);
+    // ATOMIC_WRITE's 8 bytes ride where an atomic's operand does
+    if (aw && typeof aw.value !== 'bigint') {
+      if (aw.value.length !== 8) throw new RangeError(`an ATOMIC_WRITE carries 8 bytes, not ${aw.value.length}`);
+      copyBytes(this.bytes, o + SW.compare_add, aw.value, 0, 8);
+    } else setU64(dv, o + SW.compare_add, aw ? aw.value as bigint : wr.atomic?.compareAdd ?? 0);
     setU64(dv, o + SW.swap, wr.atomic?.swap ?? 0);
     const ud = wr.ud;
     dv.setUint32(o + SW.ah_handle, ud ? ud.ah.handle : 0, true);
@@ -220,7 +227,7 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.imm = u[x + W_IMM]!;
     w.remoteAddr = wordsU64Number(u, x + W_REMOTE_ADDR);
     w.rkey = u[x + W_RKEY]!;
-    // atomics, invalidations and binds (opcodes 5 to 9): their fields out of line
+    // atomics, invalidations and binds (opcodes 5 to 9, ATOMIC_WRITE 15): their fields out of line
     if (op >= WrOpcode.ATOMIC_CMP_AND_SWP) readRare(this.dv, u, o, op, w);
     w.ahHandle = u[x + W_AH_HANDLE]!;
     w.remoteQpn = u[x + W_REMOTE_QPN]! & 0xffffff;
@@ -239,7 +246,7 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
 
 /** The fields of the rarer opcodes (out of read(), which the engines' hot path wants small enough to inline). */
 function readRare(dv: DataView, u: Uint32Array, o: number, op: number, w: SendWqeFields): void {
-  if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) readAtomic(dv, o, w);
+  if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD || op === WrOpcode.ATOMIC_WRITE) readAtomic(dv, o, w);
   else if (op === WrOpcode.SEND_WITH_INV || op === WrOpcode.LOCAL_INV) w.invRkey = w.imm;
   else if (op === WrOpcode.BIND_MW) readBind(u, o >>> 2, w);
 }

@@ -69,6 +69,13 @@ export const SvUcmaCmd = {
 } as const;
 export type SvUcmaCmd = (typeof SvUcmaCmd)[keyof typeof SvUcmaCmd];
 
+/**
+ * softverbs' record on a TypeScript file's event stream (no rdma_cm event has this value): MIGRATE_ID took the id
+ * (`id`, `uid`) to another file, and every event of it that this stream will ever carry came before this record.
+ * The library moves those to the new channel (the kernel moves an id's unread events with it).
+ */
+export const SV_EVENT_MIGRATED = 0x53564d49;
+
 /** enum rdma_ucm_port_space (the service ID's bytes 4 and 5) */
 export const PortSpace = { IPOIB: 0x0002, IB: 0x013f, TCP: 0x0106, UDP: 0x0111 } as const;
 export type PortSpace = (typeof PortSpace)[keyof typeof PortSpace];
@@ -76,6 +83,9 @@ export type PortSpace = (typeof PortSpace)[keyof typeof PortSpace];
 /** RDMA_USER_CM_QUERY_* */
 export const QueryOption = { ADDR: 0, PATH: 1, GID: 2 } as const;
 export type QueryOption = (typeof QueryOption)[keyof typeof QueryOption];
+
+/** rdma_set_option's levels and names (rdma_user_cm.h RDMA_OPTION_*) */
+export const RdmaOption = { ID: 0, IB: 1, ID_TOS: 0, ID_REUSEADDR: 1, ID_AFONLY: 2, ID_ACK_TIMEOUT: 3, IB_PATH: 1 } as const;
 
 /** enum rdma_cm_event_type (librdmacm's RDMA_CM_EVENT_*) */
 export const CmEventType = {
@@ -235,6 +245,14 @@ export function ucmaFrame<S extends UcmaSpec>(s: S, req: Input<S['req']>): Buffe
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   encode(UCMA_HDR, { cmd: s.cmd, in: size, out: s.resp ? layout(s.resp).size : 0 }, dv);
   encode(s.req, req, dv, UCMA_HDR_SIZE);
+  return b;
+}
+
+/** rdma_set_option's frame: the struct, then the option's value (which the kernel would copy from optval). */
+export function setOptionFrame(id: number, level: number, optname: number, value: Uint8Array): Buffer {
+  const f = ucmaFrame(UcmaSpecs.SET_OPTION, { optval: 0n, id, level, optname, optlen: value.length });
+  const b = Buffer.concat([f, value]);
+  b.writeUInt16LE(b.length - UCMA_HDR_SIZE, 4);
   return b;
 }
 

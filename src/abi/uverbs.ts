@@ -17,6 +17,9 @@ export const CMD_COMMAND_MASK = 0xff;
 /** IB_USER_VERBS_EX_CMD_* (the extended commands share the legacy numbers). */
 export const ExCmd = {
   QUERY_DEVICE: 1,
+  CREATE_CQ: 18,
+  CREATE_QP: 24,
+  MODIFY_QP: 26,
 } as const;
 export type ExCmd = (typeof ExCmd)[keyof typeof ExCmd];
 
@@ -112,6 +115,8 @@ export const QUERY_DEVICE_RESP = struct('ib_uverbs_query_device_resp', [
     ['reserved', { bytes: 4 }],
   ]);
 
+/** IB_UVERBS_DEVICE_ATOMIC_WRITE (Linux ≥ 6.2): device_cap_flags_ex bit 40, past the legacy 32-bit word. */
+export const DEVICE_ATOMIC_WRITE = 1n << 40n;
 export const EX_QUERY_DEVICE = struct('ib_uverbs_ex_query_device', [['comp_mask', 'u32'], ['reserved', 'u32']]);
 const ODP_CAPS = struct('ib_uverbs_odp_caps', [
     ['general_caps', 'u64'], ['rc_odp_caps', 'u32'], ['uc_odp_caps', 'u32'], ['ud_odp_caps', 'u32'], ['reserved', 'u32'],
@@ -209,6 +214,33 @@ export const CREATE_SRQ_RESP = struct('ib_uverbs_create_srq_resp', [['srq_handle
 export const MODIFY_SRQ = struct('ib_uverbs_modify_srq', [['srq_handle', 'u32'], ['attr_mask', 'u32'], ['max_wr', 'u32'], ['srq_limit', 'u32']]);
 export const QUERY_SRQ = struct('ib_uverbs_query_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
 export const QUERY_SRQ_RESP = struct('ib_uverbs_query_srq_resp', [['max_wr', 'u32'], ['max_sge', 'u32'], ['srq_limit', 'u32'], ['reserved', 'u32']]);
+// ---- the extended commands' structs (their requests have no response field: the ex header carries it) ----
+
+/** enum ib_uverbs_ex_create_cq_flags */
+export const ExCqFlags = { TIMESTAMP_COMPLETION: 1 << 0, IGNORE_OVERRUN: 1 << 1 } as const;
+export const EX_CREATE_CQ = struct('ib_uverbs_ex_create_cq', [
+    ['user_handle', 'u64'], ['cqe', 'u32'], ['comp_vector', 'u32'], ['comp_channel', 's32'], ['comp_mask', 'u32'], ['flags', 'u32'], ['reserved', 'u32'],
+  ]);
+export const EX_CREATE_CQ_RESP = struct('ib_uverbs_ex_create_cq_resp', [['base', CREATE_CQ_RESP], ['comp_mask', 'u32'], ['response_length', 'u32']]);
+
+/** IB_UVERBS_CREATE_QP_MASK_IND_TABLE, the one comp_mask bit the kernel knows (IB_UVERBS_CREATE_QP_SUP_COMP_MASK) */
+export const CREATE_QP_MASK_IND_TABLE = 1 << 0;
+/** enum ib_qp_create_flags: the ones the kernel lets a user ask for (create_qp); any other bit is EINVAL */
+export const QpCreateFlags = {
+  BLOCK_MULTICAST_LOOPBACK: 1 << 1, CROSS_CHANNEL: 1 << 2, MANAGED_SEND: 1 << 3, MANAGED_RECV: 1 << 4, SCATTER_FCS: 1 << 8,
+  CVLAN_STRIPPING: 1 << 9, SOURCE_QPN: 1 << 10, PCI_WRITE_END_PADDING: 1 << 11,
+} as const;
+export const EX_CREATE_QP = struct('ib_uverbs_ex_create_qp', [
+    ['user_handle', 'u64'], ['pd_handle', 'u32'], ['send_cq_handle', 'u32'], ['recv_cq_handle', 'u32'], ['srq_handle', 'u32'],
+    ['max_send_wr', 'u32'], ['max_recv_wr', 'u32'], ['max_send_sge', 'u32'], ['max_recv_sge', 'u32'], ['max_inline_data', 'u32'],
+    ['sq_sig_all', 'u8'], ['qp_type', 'u8'], ['is_srq', 'u8'], ['reserved', 'u8'], ['comp_mask', 'u32'], ['create_flags', 'u32'],
+    ['rwq_ind_tbl_handle', 'u32'], ['source_qpn', 'u32'],
+  ]);
+export const EX_CREATE_QP_RESP = struct('ib_uverbs_ex_create_qp_resp', [['base', CREATE_QP_RESP], ['comp_mask', 'u32'], ['response_length', 'u32']]);
+
+export const EX_MODIFY_QP = struct('ib_uverbs_ex_modify_qp', [['base', MODIFY_QP], ['rate_limit', 'u32'], ['reserved', 'u32']]);
+export const EX_MODIFY_QP_RESP = struct('ib_uverbs_ex_modify_qp_resp', [['comp_mask', 'u32'], ['response_length', 'u32']]);
+
 export const DESTROY_SRQ = struct('ib_uverbs_destroy_srq', [resp, ['srq_handle', 'u32'], ['reserved', 'u32']]);
 export const DESTROY_SRQ_RESP = struct('ib_uverbs_destroy_srq_resp', [['events_reported', 'u32']]);
 
@@ -331,5 +363,29 @@ export function frame<S extends CmdSpec>(
   encode(CMD_HDR, { command: spec.cmd, in_words: total / 4, out_words: Math.ceil(outBytes / 4) }, dv, 0);
   encode(spec.req, req, dv, HDR_SIZE);
   if (spec.udata && udata) encode(spec.udata, udata, dv, HDR_SIZE + reqSize);
+  return b;
+}
+
+/**
+ * Builds an extended command as a WRITE_EX frame: our header, then what a program's write() gives the kernel
+ * (ib_uverbs_cmd_hdr with in/out words of 8 bytes, ib_uverbs_ex_cmd_hdr, the core request, the provider's
+ * udata). `outBytes` of core response and `udataOut` of provider response are asked for; the daemon answers
+ * them as the bytes behind the response pointer, which it needs only to be there (any nonzero value).
+ */
+export function exFrame<Q extends StructDef, D extends StructDef>(
+  command: ExCmd, req: Q, reqIn: Input<Q>, outBytes: number, udata?: { def: D; value: Input<D> }, udataOut = 0,
+): Buffer {
+  const core = layout(req).size;
+  const uSize = udata ? layout(udata.def).size : 0;
+  if (core % 8 || uSize % 8 || outBytes % 8 || udataOut % 8) throw new RangeError('softverbs: an extended command counts 8-byte words');
+  const exHdr = layout(EX_CMD_HDR).size;
+  const total = HDR_SIZE + HDR_SIZE + exHdr + core + uSize;
+  const b = Buffer.alloc(total);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  encode(CMD_HDR, { command: SvCmd.WRITE_EX, in_words: total / 4, out_words: 0 }, dv, 0);
+  encode(CMD_HDR, { command: (CMD_FLAG_EXTENDED | command) >>> 0, in_words: core / 8, out_words: outBytes / 8 }, dv, HDR_SIZE);
+  encode(EX_CMD_HDR, { response: outBytes || udataOut ? 1n : 0n, provider_in_words: uSize / 8, provider_out_words: udataOut / 8 }, dv, HDR_SIZE * 2);
+  encode(req, reqIn, dv, HDR_SIZE * 2 + exHdr);
+  if (udata) encode(udata.def, udata.value, dv, HDR_SIZE * 2 + exHdr + core);
   return b;
 }

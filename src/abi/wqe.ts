@@ -14,7 +14,7 @@ import type { WrId } from './ring.js';
 import { ErrnoError } from '../common/errors.js';
 
 /** What a work request opcode is (rxe's `enum rxe_wr_mask`): the operation, and whether its data may be inline. */
-export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4, LOCAL: 1 << 5 } as const;
+export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4, ATOMIC_WRITE: 1 << 5, LOCAL: 1 << 6 } as const;
 
 const SEND = WrMask.INLINE | WrMask.SEND;
 const WRITE = WrMask.INLINE | WrMask.WRITE;
@@ -26,6 +26,8 @@ export const WR_OPCODES: Readonly<Record<number, Readonly<Partial<Record<number,
   [QpType.RC]: {
     [WrOpcode.SEND]: SEND, [WrOpcode.SEND_WITH_IMM]: SEND, [WrOpcode.RDMA_WRITE]: WRITE, [WrOpcode.RDMA_WRITE_WITH_IMM]: WRITE,
     [WrOpcode.RDMA_READ]: WrMask.READ, [WrOpcode.ATOMIC_CMP_AND_SWP]: WrMask.ATOMIC, [WrOpcode.ATOMIC_FETCH_AND_ADD]: WrMask.ATOMIC,
+    // rxe ≥ 6.2: its 8 bytes are in the WQE itself (the atomic operand), never behind SGEs
+    [WrOpcode.ATOMIC_WRITE]: WrMask.ATOMIC_WRITE,
     // IETH exists in RC's opcodes only (rxe's table lists UC and UD too, but its next_opcode refuses them there)
     [WrOpcode.SEND_WITH_INV]: SEND, [WrOpcode.LOCAL_INV]: WrMask.LOCAL, [WrOpcode.BIND_MW]: WrMask.LOCAL,
   },
@@ -65,7 +67,7 @@ export class SendWqeFields implements WrId {
   /** past 2^53: +Infinity, which no MR contains */
   remoteAddr = 0;
   rkey = 0;
-  /** read for atomics only (two BigInts per WQE otherwise) */
+  /** read for atomics only (two BigInts per WQE otherwise); ATOMIC_WRITE: its 8 bytes, little-endian */
   compareAdd = 0n;
   swap = 0n;
   /** LOCAL_INV, SEND_WITH_INV: the key to invalidate (ibv_send_wr's invalidate_rkey, imm_data's union mate) */

@@ -71,6 +71,8 @@ export class CmId {
   remoteGid: Uint8Array | null = null;
   pathMtu = 0;
   tos = 0;
+  /** RDMA_OPTION_ID_ACK_TIMEOUT's value (the kernel's timeout with timeout_set): the QP's timeout at RTS; null when unset */
+  ackTimeout: number | null = null;
   /**
    * The PSN our QP receives from first, which our REQ or REP names (the kernel's seq_num): chosen before either is
    * sent, as librdmacm moves the passive side's QP to RTR before it sends the REP.

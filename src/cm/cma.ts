@@ -8,7 +8,7 @@
  * REP negotiated and the library moves the QP itself, as librdmacm does.
  */
 import { Access, QpAttrMask, QpState, QpType } from '../abi/enums.js';
-import { CmEventType, PortSpace, type InitQpAttr, type SockAddr } from '../abi/ucma.js';
+import { CmEventType, PortSpace, RdmaOption, type InitQpAttr, type SockAddr } from '../abi/ucma.js';
 import { CmdError, E } from '../common/errno.js';
 import { errnoOf } from '../common/errors.js';
 import type { SoftDevice } from '../hca/device.js';
@@ -286,10 +286,48 @@ export class RdmaCm {
     if (state === QpState.RTS) {
       return {
         qp_attr_mask: M.STATE | M.SQ_PSN | (rc ? M.TIMEOUT | M.RETRY_CNT | M.RNR_RETRY | M.MAX_QP_RD_ATOMIC : 0),
-        qp_state: state, sq_psn: cm.sqPsn, timeout: LOCAL_ACK_TIMEOUT, retry_cnt: cm.retryCount, rnr_retry: cm.rnrRetry, max_rd_atomic: cm.initDepth,
+        qp_state: state, sq_psn: cm.sqPsn, timeout: id.ackTimeout ?? LOCAL_ACK_TIMEOUT, retry_cnt: cm.retryCount, rnr_retry: cm.rnrRetry, max_rd_atomic: cm.initDepth,
       };
     }
     throw new CmdError(E.EINVAL, `rdma_init_qp_attr: no attributes for state ${state}`);
+  }
+
+  /**
+   * rdma_set_option (ucma_set_option_id): the value's size must be the option's; TOS is the traffic class of the
+   * route resolved after it, ACK_TIMEOUT (RC ids only) the QP's timeout at RTS; REUSEADDR and AFONLY only before
+   * their states allow them, as rdma_set_reuseaddr/afonly check (the value changes nothing here: the port space
+   * shares no port and maps no IPv4 into IPv6). RDMA_OPTION_IB_PATH (a path record for an IB fabric's SA) has no RoCE meaning here.
+   */
+  setOption(id: CmId, level: number, name: number, value: Uint8Array): void {
+    const size = (n: number) => {
+      if (value.length !== n) throw new CmdError(E.EINVAL, `rdma_set_option: option ${level}/${name} takes ${n} bytes, not ${value.length}`);
+    };
+    if (level === RdmaOption.IB && name === RdmaOption.IB_PATH) throw new CmdError(E.EOPNOTSUPP, 'rdma_set_option: RDMA_OPTION_IB_PATH: no IB subnet administrator on a RoCE device');
+    if (level !== RdmaOption.ID) throw new CmdError(E.ENOSYS, `rdma_set_option: level ${level} is neither RDMA_OPTION_ID nor RDMA_OPTION_IB`);
+    switch (name) {
+      case RdmaOption.ID_TOS:
+        size(1);
+        id.tos = value[0]!;
+        return;
+      case RdmaOption.ID_REUSEADDR: {
+        size(4);
+        // rdma_set_reuseaddr: turning it on is refused only to a listener, turning it off to any id past IDLE
+        const on = new DataView(value.buffer, value.byteOffset, 4).getInt32(0, true) !== 0;
+        if (on ? id.state === CmState.LISTEN : id.state !== CmState.IDLE) throw new CmdError(E.EINVAL, `rdma_set_option: REUSEADDR ${on ? 'on' : 'off'} on an id that is ${id.state}`);
+        return;
+      }
+      case RdmaOption.ID_AFONLY:
+        size(4);
+        if (id.state !== CmState.IDLE && id.state !== CmState.ADDR_BOUND) throw new CmdError(E.EINVAL, `rdma_set_option: AFONLY on an id that is ${id.state}`);
+        return;
+      case RdmaOption.ID_ACK_TIMEOUT:
+        size(1);
+        if (id.qpType !== QpType.RC) throw new CmdError(E.EINVAL, 'rdma_set_option: ACK_TIMEOUT is for RC ids');
+        id.ackTimeout = value[0]!;
+        return;
+      default:
+        throw new CmdError(E.ENOSYS, `rdma_set_option: no option ${name} at RDMA_OPTION_ID`);
+    }
   }
 
   /** rdma_destroy_id (and a file's close): ib_cm tells the peer what the connection's state calls for. */
@@ -319,6 +357,12 @@ export class RdmaCm {
       ? { sgid: gid(id.local), dgid: id.remoteGid, mtu: id.pathMtu || id.cm?.pathMtu || id.dev.activeMtu, trafficClass: id.tos, hopLimit: HOP_LIMIT }
       : null;
     return { dev: id.dev, local: id.local, remote: id.remote, path };
+  }
+
+  /** Whether any file has an id of this handle (the kernel's ctx_table lookup). */
+  hasHandle(handle: number): boolean {
+    for (const id of this.ids) if (id.handle === handle) return true;
+    return false;
   }
 
   /** rdma_migrate_id: the id belongs to file `to` from now on (its events go there), under the same handle. */

@@ -16,8 +16,16 @@ function errnoOfName(code: string): number {
   return 0;
 }
 
+/**
+ * Where Linux has two names for one errno, the one its RDMA stack says: 95 is EOPNOTSUPP (what the kernel's
+ * uverbs and rdma-core return for an unsupported request), not Node's first-listed ENOTSUP.
+ */
+const PREFERRED: Readonly<Record<number, string>> = { [ERRNO.EOPNOTSUPP!]: 'EOPNOTSUPP' };
+
 /** The name of a (positive) errno: 'EINVAL' for 22, `E<n>` for a number Linux has no name for. */
 export function errnoName(n: number): string {
+  const p = PREFERRED[n];
+  if (p !== undefined) return p;
   for (const [k, v] of Object.entries(ERRNO)) if (v === n) return k;
   return `E${n}`;
 }

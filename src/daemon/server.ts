@@ -16,6 +16,7 @@ import { codeOf, ErrnoError, messageOf } from '../common/errors.js';
 import { SoftDevice } from '../hca/device.js';
 import { Fabric, type Fault } from '../hca/fabric.js';
 import { ifaceOf } from '../hca/netdev.js';
+import { PORT_CAP_FLAGS } from './cmd/device.js';
 import { guidString } from '../common/format.js';
 import { RoceTransport, type WireRequest } from '../hca/transport.js';
 import type { PcapWriter } from '../hca/pcap.js';
@@ -406,6 +407,8 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
       if (!up) dev.counters.link_downed++;
       const port = join(ibClassDir(this.opts.root), dev.name, 'ports', '1');
       try {
+        // the interface the address came up on is the device's parent (kept when it goes: rxe's stays bound)
+        if (iface) writeNoFollow(join(ibClassDir(this.opts.root), dev.name, 'parent'), `${iface}\n`);
         writeNoFollow(join(port, 'state'), up ? '4: ACTIVE\n' : '1: DOWN\n');
         writeNoFollow(join(port, 'phys_state'), up ? '5: LinkUp\n' : '3: Disabled\n');
       } catch {
@@ -473,12 +476,29 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     writeNoFollow(join(d, 'node_guid'), `${guid}\n`);
     writeNoFollow(join(d, 'sys_image_guid'), `${guid}\n`);
     writeNoFollow(join(d, 'node_type'), '1: CA\n');
-    writeNoFollow(join(d, 'fw_ver'), '0.0.0\n');
+    // what Linux rxe's device shows (programs reading sysfs themselves see these through the preload): no firmware
+    // version (ib_core writes an empty line for a driver without one), rxe's node description, and `parent`, the
+    // network interface it is bound to; no bus device (rxe has none), but device/net/IFACE below
+    writeNoFollow(join(d, 'fw_ver'), '\n');
+    writeNoFollow(join(d, 'node_desc'), 'rxe\n');
+    const netdev = ifaceOf(dev.addr);
+    if (netdev) writeNoFollow(join(d, 'parent'), `${netdev}\n`);
     writeNoFollow(join(d, 'netdev_addr'), `${dev.addr}\n`);
     writeNoFollow(join(port, 'state'), dev.portState === PortState.ACTIVE ? '4: ACTIVE\n' : '1: DOWN\n');
     writeNoFollow(join(port, 'phys_state'), dev.portState === PortState.ACTIVE ? '5: LinkUp\n' : '3: Disabled\n');
     writeNoFollow(join(port, 'link_layer'), 'Ethernet\n');
-    writePortTables(root, port, dev.gids, ifaceOf(dev.addr));
+    // ib_core's port attributes as QUERY_PORT answers them (cmd/device.ts): a RoCE port has no LID or SM; 1X SDR
+    writeNoFollow(join(port, 'cap_mask'), `0x${PORT_CAP_FLAGS.toString(16).padStart(8, '0')}\n`);
+    writeNoFollow(join(port, 'lid'), '0x0\n');
+    writeNoFollow(join(port, 'lid_mask_count'), '0\n');
+    writeNoFollow(join(port, 'sm_lid'), '0x0\n');
+    writeNoFollow(join(port, 'sm_sl'), '0\n');
+    writeNoFollow(join(port, 'rate'), '2.5 Gb/sec (1X SDR)\n');
+    writePortTables(root, port, dev.gids, netdev);
+    // device/net/IFACE, as a NIC's PCI function lists its netdev: tools find a device's interface (and, with
+    // `ip addr show IFACE`, its address) there. Linux rxe has no parent device, so none; ours says what
+    // ndevs says (lo for a 127/8 address), which lets rdma-core's rdmacm tests run.
+    if (netdev && /^[^/\0]{1,15}$/.test(netdev) && netdev !== '.' && netdev !== '..') ensureDirUnder(root, join(d, 'device', 'net', netdev));
   }
 
   connectionClosed(c: Connection): void {

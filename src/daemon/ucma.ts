@@ -111,7 +111,11 @@ export class UcmaFile implements CmFile {
     this.host.release(this.uid, 'objects');
   }
 
+  /** whether an event stream was ever attached (a file has one, for its life) */
+  attached = false;
+
   attach(s: Socket): void {
+    this.attached = true;
     this.stream = s;
     for (const b of this.pending.splice(0)) s.write(b);
   }
@@ -139,6 +143,18 @@ export class UcmaFile implements CmFile {
     if (out.length) this.waiting = this.waiting.filter((w) => w.owner !== id);
     if (out.length && !this.waiting.length && this.drained) setImmediate(this.drained);
     return out;
+  }
+
+  /**
+   * A TypeScript file's stream: `id` left for another file. Its events already on this stream are the client's to
+   * move; this record, behind them, tells it that no more follow here.
+   */
+  markMigrated(id: CmId): void {
+    if (this.closed || this.native) return;
+    const rec = Buffer.alloc(C.EVENT_RESP_SIZE);
+    encode(C.EVENT_RESP, { uid: id.uid, id: id.handle, event: C.SV_EVENT_MIGRATED, status: 0 }, new DataView(rec.buffer, rec.byteOffset, rec.byteLength));
+    if (this.stream) this.stream.write(rec);
+    else this.pending.push(rec);
   }
 
   /** Events of an id that moved here (MIGRATE_ID), behind those waiting. */
@@ -297,7 +313,8 @@ export class UcmaConnection {
     // a C program's file names itself by its token while it is open, and tells its events on its notification stream
     if (!file || file.native) return this.reply(-E.EINVAL, Buffer.from('no rdma_cm file has this token'));
     if (file.pid !== this.cred.pid) return this.reply(-E.EACCES, Buffer.from("only the file's own process may take its events"));
-    this.host.dropUcmaToken(t);
+    // the token names the file while it is open (MIGRATE_ID's `fd`), but its stream is attached once
+    if (file.attached) return this.reply(-E.EBUSY, Buffer.from('the file has its event stream'));
     this.kind = 'events';
     this.reply(0);
     file.attach(this.sock);
@@ -344,8 +361,17 @@ export class UcmaConnection {
     return n;
   }
 
-  /** rdma_migrate_id: the id, what waits for it and the ids its waiting requests made move here from `from`. */
+  /**
+   * rdma_migrate_id: the id, what waits for it and the ids its waiting requests made move here from `from` (to the
+   * same file, its events go behind the others, as in the kernel). A TypeScript file's events are on its stream
+   * already: a record behind them tells the library, which moves them (and asks again for each request's id).
+   */
   private migrate(id: CmId, from: UcmaFile): void {
+    if (!from.native) {
+      this.host.cm.migrate(id, this.file);
+      from.markMigrated(id);
+      return;
+    }
     const moved = from.withdraw(id);
     this.host.cm.migrate(id, this.file);
     for (const w of moved) if (w.child) this.host.cm.migrate(w.child, this.file);
@@ -453,9 +479,11 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.SET_OPTION: {
         const r = this.need(S.SET_OPTION, body, out);
-        this.id(r.id, 'rdma_set_option');
-        // the option's value lives in the caller's memory, which a daemon cannot read: accepted and ignored,
-        // as options that tune what a software device does not have (TOS, ACK timeout, reuse)
+        const id = this.id(r.id, 'rdma_set_option');
+        // the value lives in the caller's memory: the preload brings its optlen bytes after the struct
+        const at = layout(S.SET_OPTION.req).size;
+        if (body.length - at !== r.optlen) throw new CmdError(E.EINVAL, `rdma_set_option: optlen ${r.optlen}, but ${body.length - at} bytes of value came`);
+        cm.setOption(id, r.level, r.optname, body.subarray(at));
         return;
       }
       case C.UcmaCmd.GET_EVENT: {
@@ -469,15 +497,18 @@ export class UcmaConnection {
       }
       case C.UcmaCmd.MIGRATE_ID: {
         const r = this.need(S.MIGRATE_ID, body, out);
-        if (!this.file.native) throw new CmdError(E.EOPNOTSUPP, 'rdma_migrate_id: only between event channels of rdma-core\'s librdmacm (softverbs exec)');
-        // the preload puts the token of the file the program's descriptor `fd` is there (0: not an rdma_cm descriptor)
+        // `fd` is the token of the file the id is in: the preload puts the one of the program's descriptor there (0:
+        // not an rdma_cm descriptor), our library its old channel's. The kernel's fdget: a closed file is ENOENT
         const from = r.fd ? this.host.ucmaToken(r.fd) : undefined;
-        if (!from || !from.native || from.closed) throw new CmdError(E.EINVAL, 'rdma_migrate_id: fd is not an rdma_cm event channel');
+        if (from?.closed) throw new CmdError(E.ENOENT, 'rdma_migrate_id: fd is closed');
+        // an id moves between files of one kind: a C program's events wait in the daemon, ours travel on a stream
+        if (!from || from.native !== this.file.native) throw new CmdError(E.EINVAL, 'rdma_migrate_id: fd is not an rdma_cm event channel');
         if (from.pid !== this.cred.pid) throw new CmdError(E.EINVAL, 'rdma_migrate_id: fd is another process\'s event channel');
         const id = from.ids.get(r.id);
-        if (!id) throw new CmdError(E.ENOENT, `rdma_migrate_id: no cm_id ${r.id} on that channel`);
+        // handles are daemon-wide, as the kernel's ctx_table: another file's id is EINVAL, no id at all ENOENT
+        if (!id) throw new CmdError(this.host.cm.hasHandle(r.id) ? E.EINVAL : E.ENOENT, `rdma_migrate_id: no cm_id ${r.id} on that channel`);
         this.migrate(id, from);
-        this.migratedFrom = from;
+        if (from.native) this.migratedFrom = from;
         return pack(C.MIGRATE_RESP, { events_reported: id.eventsReported });
       }
       case C.UcmaCmd.GET_OPTION:

@@ -29,6 +29,8 @@ export function wcOpcode(op: number): WcOpcode {
       return WcOpcode.BIND_MW;
     case WrOpcode.LOCAL_INV:
       return WcOpcode.LOCAL_INV;
+    case WrOpcode.ATOMIC_WRITE:
+      return WcOpcode.ATOMIC_WRITE;
     default:
       return WcOpcode.SEND;
   }
@@ -36,7 +38,7 @@ export function wcOpcode(op: number): WcOpcode {
 
 /** Retires the oldest WQE with `status`, writing a completion if it is signaled or failed. */
 export function retire(qp: Qp, w: SendWqe, status: WcStatus): void {
-  if (w.isReadOrAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
+  if (w.takesRdAtomic && qp.req.rdAtomic > 0 && w.state !== WqeState.POSTED) qp.req.rdAtomic--;
   w.state = WqeState.FREE;
   // comp.psn: the first PSN not yet answered, whatever retired this WQE (ACK, implied ACK, response)
   const next = (w.lastPsn + 1) & PSN_MASK;

@@ -28,6 +28,8 @@ export const M = {
   COMP: 1 << 17, // completes a receive WQE at the responder
   RWR: 1 << 18, // needs a receive WQE at the responder
   IETH: 1 << 19,
+  /** rxe ≥ 6.2's ATOMIC WRITE: a RETH and 8 bytes the responder stores as one */
+  ATOMIC_WRITE: 1 << 20,
 } as const;
 const ONLY = M.FIRST | M.LAST;
 
@@ -40,7 +42,7 @@ export const Op = {
   RDMA_WRITE_FIRST: 0x06, RDMA_WRITE_MIDDLE: 0x07, RDMA_WRITE_LAST: 0x08, RDMA_WRITE_LAST_WITH_IMMEDIATE: 0x09, RDMA_WRITE_ONLY: 0x0a,
   RDMA_WRITE_ONLY_WITH_IMMEDIATE: 0x0b, RDMA_READ_REQUEST: 0x0c, RDMA_READ_RESPONSE_FIRST: 0x0d, RDMA_READ_RESPONSE_MIDDLE: 0x0e,
   RDMA_READ_RESPONSE_LAST: 0x0f, RDMA_READ_RESPONSE_ONLY: 0x10, ACKNOWLEDGE: 0x11, ATOMIC_ACKNOWLEDGE: 0x12, COMPARE_SWAP: 0x13,
-  FETCH_ADD: 0x14, SEND_LAST_WITH_INVALIDATE: 0x16, SEND_ONLY_WITH_INVALIDATE: 0x17,
+  FETCH_ADD: 0x14, SEND_LAST_WITH_INVALIDATE: 0x16, SEND_ONLY_WITH_INVALIDATE: 0x17, ATOMIC_WRITE: 0x1d,
 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 
@@ -73,6 +75,8 @@ const base: Array<[Op, string, number]> = [
   [Op.FETCH_ADD, 'FETCH_ADD', M.REQ | M.ATOMIC | M.ATMETH | ONLY],
   [Op.SEND_LAST_WITH_INVALIDATE, 'SEND_LAST_WITH_INVALIDATE', M.REQ | M.SEND | M.PAYLOAD | M.IETH | M.COMP | M.LAST],
   [Op.SEND_ONLY_WITH_INVALIDATE, 'SEND_ONLY_WITH_INVALIDATE', M.REQ | M.SEND | M.PAYLOAD | M.IETH | M.RWR | M.COMP | ONLY],
+  // IBA 1.5 / rxe ≥ 6.2 (rxe_opcode.c): RC only, a RETH then its 8-byte payload, answered by a plain ACK
+  [Op.ATOMIC_WRITE, 'ATOMIC_WRITE', M.REQ | M.RETH | M.PAYLOAD | M.ATOMIC_WRITE | ONLY],
 ];
 
 /** Which operations each transport allows (IBA Table 38 / rxe_opcode.c). */

@@ -78,6 +78,10 @@ export class SendWqe extends SendWqeFields {
   get isReadOrAtomic(): boolean {
     return this.opcode === WrOpcode.RDMA_READ || this.opcode === WrOpcode.ATOMIC_CMP_AND_SWP || this.opcode === WrOpcode.ATOMIC_FETCH_AND_ADD;
   }
+  /** READ, the atomics and ATOMIC_WRITE: each holds one of the responder's resources, so max_rd_atomic bounds them (rxe ≥ 6.2 too) */
+  get takesRdAtomic(): boolean {
+    return this.opcode === WrOpcode.ATOMIC_WRITE || this.isReadOrAtomic;
+  }
   get signaled(): boolean {
     return (this.sendFlags & SendFlags.SIGNALED) !== 0;
   }
@@ -135,6 +139,8 @@ export interface ReadOut {
 export interface RespRes {
   valid: boolean;
   atomic: boolean;
+  /** an ATOMIC_WRITE: a duplicate is ACKed, not stored again */
+  atomicWrite: boolean;
   firstPsn: number;
   lastPsn: number;
   va: number;
@@ -381,6 +387,13 @@ export class Qp {
     // a local operation moves no data: its SGEs, if the client wrote any, are not looked at (as rxe)
     if (m & WrMask.LOCAL) {
       w.numSge = 0;
+      return WcStatus.SUCCESS;
+    }
+    if (m & WrMask.ATOMIC_WRITE) {
+      // its 8 bytes came with the WQE (compareAdd); any SGEs or inline flag it carries mean nothing
+      w.inline = false;
+      w.numSge = 0;
+      w.length = 8;
       return WcStatus.SUCCESS;
     }
     if (t === QpType.UD) {

@@ -92,9 +92,9 @@ function checkLimits(qp: Qp): ReqState {
   // the local invalidate fence (IBA 10.6.5.1), which rxe makes mandatory: everything before it has completed
   if (w.opcode === WrOpcode.LOCAL_INV && qp.comp.idx !== qp.req.idx) return ReqState.DONE;
   if (qp.type === QpType.RC) {
-    if (w.isReadOrAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
+    if (w.takesRdAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
     if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) return ReqState.DONE;
-    if (w.isReadOrAtomic) qp.req.rdAtomic++;
+    if (w.takesRdAtomic) qp.req.rdAtomic++;
   }
   return ReqState.START;
 }
@@ -271,6 +271,10 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
     dev.xmit(p);
     return true;
   }
+  if (op === WrOpcode.ATOMIC_WRITE) {
+    atomicWritePacket(qp, w, p);
+    return true;
+  }
   const remaining = w.length - w.offset;
   const first = w.offset === 0;
   // to a device of this daemon, a run of MTU packets whose bytes lie in one SGE goes as one descriptor: one
@@ -322,6 +326,29 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
   }
   dev.xmit(p);
   return true;
+}
+
+const u64 = new Uint8Array(8);
+const u64dv = new DataView(u64.buffer);
+
+/** ATOMIC_WRITE (rxe ≥ 6.2): one packet, a RETH for 8 bytes and the WQE's 8 bytes as its payload, ACKed as a write. */
+function atomicWritePacket(qp: Qp, w: SendWqe, p: Pkt): void {
+  p.opcode = Transport.RC | Op.ATOMIC_WRITE;
+  p.va = w.remoteAddr;
+  p.rkey = w.rkey;
+  p.dmaLen = 8;
+  const buf = pktBuffer(p, 8);
+  u64dv.setBigUint64(0, w.compareAdd, true);
+  buf.set(u64);
+  p.payload = buf;
+  p.payOff = 0;
+  p.payLen = 8;
+  p.padCnt = 0;
+  p.ackReq = true;
+  qp.req.noAck = 0;
+  qp.req.psn = (qp.req.psn + 1) & PSN_MASK;
+  w.state = WqeState.PENDING;
+  qp.dev.xmit(p);
 }
 
 /**

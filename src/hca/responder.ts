@@ -53,7 +53,7 @@ export const RespState = {
   ACKNOWLEDGE: 8,
   /** an RDMA READ request: answer it from the MR */
   READ: 9,
-  /** an atomic: execute it once, answer from the responder resources after */
+  /** an atomic or ATOMIC_WRITE: execute it once, answer from the responder resources after */
   ATOMIC: 10,
   /** an old PSN: answer again, never execute again */
   DUPLICATE: 11,
@@ -169,10 +169,10 @@ function checkOpSeq(qp: Qp, p: Pkt): RespState {
 
 function checkOpValid(qp: Qp, p: Pkt): RespState {
   const m = p.mask;
-  const need = m & M.WRITE ? Access.REMOTE_WRITE : m & M.READ ? Access.REMOTE_READ : m & M.ATOMIC ? Access.REMOTE_ATOMIC : 0;
+  const need = m & (M.WRITE | M.ATOMIC_WRITE) ? Access.REMOTE_WRITE : m & M.READ ? Access.REMOTE_READ : m & M.ATOMIC ? Access.REMOTE_ATOMIC : 0;
   if (need && !(qp.attr.accessFlags & need)) return qp.type === QpType.RC ? fail(Err.INVALID) : RespState.DROP;
   if (m & M.READ) return RespState.READ;
-  if (m & M.ATOMIC) return RespState.ATOMIC;
+  if (m & (M.ATOMIC | M.ATOMIC_WRITE)) return RespState.ATOMIC;
   return RespState.GET_RECV_WQE;
 }
 
@@ -294,7 +294,8 @@ function readState(qp: Qp, p: Pkt): RespState {
 }
 
 function atomicState(qp: Qp, p: Pkt): RespState {
-  atomic(qp, p);
+  if (p.mask & M.ATOMIC_WRITE) atomicWrite(qp, p);
+  else atomic(qp, p);
   return RespState.EXIT;
 }
 
@@ -443,7 +444,7 @@ function read(qp: Qp, p: Pkt): void {
   if (!mr) return error(qp, p, Err.RKEY);
   const n = Math.max(1, Math.ceil(p.dmaLen / qp.mtu));
   const r = newRes(qp);
-  r.atomic = false;
+  r.atomic = r.atomicWrite = false;
   r.firstPsn = p.psn;
   r.lastPsn = (p.psn + n - 1) & PSN_MASK;
   r.va = p.va;
@@ -571,11 +572,37 @@ function atomic(qp: Qp, p: Pkt): void {
   if (orig === null) return error(qp, p, Err.RKEY);
   const r = newRes(qp);
   r.atomic = true;
+  r.atomicWrite = false;
   r.firstPsn = r.lastPsn = p.psn;
   r.orig = orig;
   qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
   qp.resp.psn = (p.psn + 1) & PSN_MASK;
   sendAtomicAck(qp, r);
+}
+
+/**
+ * ATOMIC_WRITE (rxe ≥ 6.2's do_atomic_write): the RETH names exactly the 8 bytes the packet carries, at an
+ * 8-aligned address of an MR that allows remote writes; they are stored as one (all prior requests are already
+ * in memory: settled), and a plain ACK answers. Like an atomic it takes a responder resource, so that a
+ * duplicate is ACKed again and never stored a second time over whatever came after it.
+ */
+function atomicWrite(qp: Qp, p: Pkt): void {
+  if (!settled(qp)) return error(qp, { psn: run$.nak, srcQpn: p.srcQpn }, run$.err);
+  if (qp.attr.maxDestRdAtomic === 0) return error(qp, p, Err.INVALID);
+  if (p.payLen !== 8 || p.dmaLen !== 8) return error(qp, p, Err.INVALID); // rxe: RESPST_ERR_LENGTH, an invalid request
+  const mr = checkRkey(qp, p.rkey, p.va, 8, Access.REMOTE_WRITE);
+  if (!mr || mr === ZERO_LEN || !mr.valid) return error(qp, p, Err.RKEY);
+  if (p.va % 8 !== 0) return error(qp, p, Err.INVALID); // rxe: RESPST_ERR_MISALIGNED_ATOMIC
+  const v = mr.mem.view;
+  if (v !== null) v.set(p.payload.subarray(p.payOff, p.payOff + 8), p.va - mr.iova);
+  else if (!mr.mem.write(p.va - mr.iova, p.payload, p.payOff, 8)) return error(qp, p, Err.RKEY);
+  const r = newRes(qp);
+  r.atomic = false;
+  r.atomicWrite = true;
+  r.firstPsn = r.lastPsn = p.psn;
+  qp.resp.msn = (qp.resp.msn + 1) & PSN_MASK;
+  qp.resp.psn = (p.psn + 1) & PSN_MASK;
+  sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
 }
 
 function sendAtomicAck(qp: Qp, r: RespRes): void {
@@ -594,7 +621,7 @@ function newRes(qp: Qp): RespRes {
   const max = Math.max(1, qp.attr.maxDestRdAtomic);
   const res = qp.resp.res;
   if (res.length < max) {
-    const r: RespRes = { valid: true, atomic: false, firstPsn: 0, lastPsn: 0, va: 0, rkey: 0, length: 0, orig: 0n };
+    const r: RespRes = { valid: true, atomic: false, atomicWrite: false, firstPsn: 0, lastPsn: 0, va: 0, rkey: 0, length: 0, orig: 0n };
     res.push(r);
     return r;
   }
@@ -606,11 +633,12 @@ function newRes(qp: Qp): RespRes {
 
 function duplicate(qp: Qp, p: Pkt): void {
   const m = p.mask;
-  if (m & (M.READ | M.ATOMIC)) {
+  if (m & (M.READ | M.ATOMIC | M.ATOMIC_WRITE)) {
     for (const r of qp.resp.res) {
       if (!r.valid) continue;
       if (psnDiff(p.psn, r.firstPsn) >= 0 && psnDiff(p.psn, r.lastPsn) <= 0) {
-        if (r.atomic) sendAtomicAck(qp, r);
+        if (r.atomicWrite) sendAck(qp, Aeth.ACK | Aeth.CREDITS_INVALID, p.psn);
+        else if (r.atomic) sendAtomicAck(qp, r);
         else sendReadResponses(qp, p, r, p.psn);
         return;
       }

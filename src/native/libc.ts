@@ -214,6 +214,31 @@ export function setFairSchedule(nice: number, sliceNs: number): void {
   if (Number(syscall_(SYS_SCHED_SETATTR, 'int', 0, 'void *', a, 'unsigned int', 0)) !== 0) fail('sched_setattr');
 }
 
+const execvpe_ = libc.func('int execvpe(const char *file, const char **argv, const char **envp)');
+const signal_ = libc.func('void *signal(int sig, void *handler)');
+const sigprocmask_ = libc.func('int sigprocmask(int how, const void *set, void *old)');
+/** signals Node sets to SIG_IGN at start-up (an ignored signal stays ignored across execve): SIGPIPE, SIGXFSZ */
+const NODE_IGNORES = [13, 25];
+const SIG_SETMASK = 2;
+const F_GETFD = 1;
+const F_SETFD = 2;
+
+/**
+ * Replaces this process by `file` (searched in PATH as execvp does), as env(1) does: same pid, so a signal
+ * for us is the program's and nothing outlives us. What Node changed that execve would carry over is undone
+ * first: the signals it ignores are default again, no signal is blocked, stdio is inherited. Returns only on failure, with
+ * the errno's name (ENOENT, EACCES, ...).
+ */
+export function execInPlace(file: string, argv: string[], env: NodeJS.ProcessEnv): string {
+  for (const sig of NODE_IGNORES) signal_(sig, null);
+  // Node marks the descriptors it started with close-on-exec: the program's stdio would be closed under it
+  for (const fd of [0, 1, 2]) if (fcntl_(fd, F_GETFD, 0) >= 0) fcntl_(fd, F_SETFD, 0);
+  sigprocmask_(SIG_SETMASK, Buffer.alloc(128), null);
+  const envp = Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`);
+  execvpe_(file, [file, ...argv, null], [...envp, null]);
+  return errnoName(koffi.errno());
+}
+
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0x80000;

@@ -18,6 +18,8 @@ export interface DevInfo {
   name: string;
   attr: DeviceAttr;
   ports: PortInfo[];
+  /** EX_QUERY_DEVICE's full capability word (when absent: device_cap_flags, as from a device without extended flags) */
+  capFlagsEx?: bigint;
   /** the daemon's wire mode ("raw", "udp: why", "none") */
   wire?: string;
   numCompVectors: number;
@@ -40,6 +42,9 @@ const CAP_FLAGS: Array<[number, string]> = [
 
 const mtuStr = (m: number) => (m >= 1 && m <= 5 ? String(128 << m) : 'invalid MTU');
 const hex = (n: number | bigint, w = 0) => n.toString(16).padStart(w, '0');
+/** IBV_DEVICE_RAW_SCATTER_FCS, IBV_DEVICE_PCI_WRITE_END_PADDING: the device_cap_flags_ex bits rdma-core 44's ibv_devinfo names */
+const RAW_SCATTER_FCS = 1n << 34n;
+const PCI_WRITE_END_PADDING = 1n << 36n;
 
 
 /** glibc inet_ntop(AF_INET6): longest zero run as "::", IPv4-mapped as a dotted quad. */
@@ -145,7 +150,13 @@ export function formatDevinfo(info: DevInfo, verbose: boolean): string {
     }
     p(`\tcompletion_timestamp_mask not supported`);
     p(`\tcore clock not supported`);
-    p(`\tdevice_cap_flags_ex:\t\t0x${hex(a.deviceCapFlags >>> 0).toUpperCase()}`);
+    const ex = info.capFlagsEx ?? BigInt(a.deviceCapFlags >>> 0);
+    p(`\tdevice_cap_flags_ex:\t\t0x${hex(ex).toUpperCase()}`);
+    // rdma-core 44 names two flags past bit 31 and calls the rest unknown (rxe >= 6.2's ATOMIC_WRITE among them)
+    const high = ex & 0xffffffff00000000n;
+    if (high & RAW_SCATTER_FCS) p(`\t\t\t\t\tRAW_SCATTER_FCS`);
+    if (high & PCI_WRITE_END_PADDING) p(`\t\t\t\t\tPCI_WRITE_END_PADDING`);
+    if (high & ~(RAW_SCATTER_FCS | PCI_WRITE_END_PADDING)) p(`\t\t\t\t\tUnknown flags: 0x${hex(high & ~(RAW_SCATTER_FCS | PCI_WRITE_END_PADDING)).toUpperCase()}`);
     p(`\ttso_caps:`);
     p(`\t\tmax_tso:\t\t\t0`);
     p(`\trss_caps:`);

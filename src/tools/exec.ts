@@ -3,16 +3,14 @@
  * linked against rdma-core with softverbsd as its kernel, through the
  * preload library (native/preload/preload.c): LD_PRELOAD, SYSFS_PATH and
  * SOFTVERBS_ROOT set for it. softverbs preload-path prints the library's
- * path, for those who set LD_PRELOAD themselves. Exit codes as env(1) has
- * them: 125 for exec's own errors, 126 a program that cannot run, 127 one
- * not found, 128+N a program killed by signal N; else the program's.
+ * path, for those who set LD_PRELOAD themselves. Like env(1) it becomes the
+ * program (execve): 125 for exec's own errors, 126 a program that cannot
+ * run, 127 one not found; else whatever the program does.
  */
-import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync } from 'node:fs';
-import { constants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { codeOf, messageOf } from '../common/errors.js';
+import { execInPlace } from '../native/libc.js';
 import { defaultRoot, rootProblem } from '../common/paths.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -120,24 +118,14 @@ export function preloadEnv(root: string, base: NodeJS.ProcessEnv = process.env):
   };
 }
 
-/** Runs the program in our place: its stdio, its exit status; a TERM or HUP for us is passed on to it. */
-function run(program: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  return new Promise((done) => {
-    const child = spawn(program, args, { stdio: 'inherit', env });
-    const forward = (sig: NodeJS.Signals) => child.kill(sig);
-    // INT and QUIT come from the terminal to the program too (one process group): we only outlive them
-    const ignore = () => {};
-    process.on('SIGTERM', forward).on('SIGHUP', forward).on('SIGINT', ignore).on('SIGQUIT', ignore);
-    const finish = (code: number) => {
-      process.off('SIGTERM', forward).off('SIGHUP', forward).off('SIGINT', ignore).off('SIGQUIT', ignore);
-      done(code);
-    };
-    child.once('error', (e: unknown) => {
-      const code = codeOf(e);
-      const notFound = code === 'ENOENT';
-      process.stderr.write(`softverbs exec: ${program}: ${notFound ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : messageOf(e)}\n`);
-      finish(notFound ? 127 : 126);
-    });
-    child.once('exit', (code, signal) => finish(signal ? 128 + (constants.signals[signal] ?? 0) : code ?? 0));
-  });
+/**
+ * Runs the program in our place, as env(1) does: execve, same pid, its stdio, its exit status and signals its
+ * own; a `softverbs exec` killed (even by SIGKILL) is the program killed, and nothing is left running.
+ */
+function run(program: string, args: string[], env: NodeJS.ProcessEnv): number {
+  const code = execInPlace(program, args, env);
+  // only a program that could not be started comes back here
+  const notFound = code === 'ENOENT' || code === 'ENOTDIR';
+  process.stderr.write(`softverbs exec: ${program}: ${notFound ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : code}\n`);
+  return notFound ? 127 : 126;
 }

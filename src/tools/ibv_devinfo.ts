@@ -28,7 +28,8 @@ function wireOf(dev: Device): string | undefined {
 async function describe(dev: Device, port: number | null, verbose: boolean): Promise<string | null> {
   const ctx = await openDevice(dev, dev.root);
   try {
-    const attr = await ctx.queryDevice();
+    // rdma-core's ibv_devinfo asks ibv_query_device_ex (its device_cap_flags_ex line)
+    const attr = await ctx.queryDeviceEx();
     if (port !== null && (port < 1 || port > attr.physPortCnt)) return null;
     const ports: PortInfo[] = [];
     for (let n = 1; n <= attr.physPortCnt; n++) {
@@ -48,7 +49,7 @@ async function describe(dev: Device, port: number | null, verbose: boolean): Pro
       }
       ports.push({ num: n, attr: pa, gids });
     }
-    return formatDevinfo({ name: dev.name, attr, ports, numCompVectors: 1, wire: wireOf(dev) }, verbose);
+    return formatDevinfo({ name: dev.name, attr, capFlagsEx: attr.deviceCapFlagsEx, ports, numCompVectors: 1, wire: wireOf(dev) }, verbose);
   } finally {
     ctx.closeDevice();
   }

@@ -47,6 +47,7 @@ export async function main(argv: string[]): Promise<number> {
   let dst: string | undefined;
   let src: string | undefined;
   let ps: PortSpace = PortSpace.TCP;
+  let migrate = false;
   const g = getopt(argv, 's:b:f:P:c:C:S:t:p:m');
   if (g.bad) {
     process.stderr.write(`ucmatose: ${g.bad}\n`);
@@ -65,10 +66,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (o === 'C') messageCount = atoi(v);
     else if (o === 'S') messageSize = atoi(v);
     else if (o === 'p') port = v;
-    else if (o === 'm') {
-      process.stderr.write('ucmatose: -m (migrating ids between channels) is not supported here\n');
-      return 1;
-    }
+    else if (o === 'm') migrate = true;
   }
   if (!messageSize) messageCount = 0;
   let ch: EventChannel;
@@ -236,6 +234,28 @@ export async function main(argv: string[]): Promise<number> {
     return r;
   };
 
+  /** cmatose's migrate_channel: every id (the listener first) to a new channel, and the old one destroyed. */
+  const migrateChannel = async (listen: CmId | null): Promise<number> => {
+    out('migrating to new event channel\n');
+    let to: EventChannel;
+    try {
+      to = await EventChannel.create();
+    } catch (e) {
+      process.stderr.write(`cmatose: failed to create event channel: ${messageOf(e)}\n`);
+      return -1;
+    }
+    try {
+      if (listen) await listen.migrate(to);
+      for (const n of nodes) if (n.cmId) await n.cmId.migrate(to);
+    } catch (e) {
+      process.stderr.write(`cmatose: failure migrating to channel: ${messageOf(e)}\n`);
+      return -1;
+    }
+    await ch.destroy();
+    ch = to;
+    return 0;
+  };
+
   const resolve = async (name: string | undefined): Promise<string | null> => {
     if (!name) return null;
     return (await lookup(name)).address;
@@ -274,8 +294,13 @@ export async function main(argv: string[]): Promise<number> {
           if (!ret) out('data transfers complete\n');
         }
       }
-      const r2 = await events(() => t.disconnectsLeft);
-      if (r2) ret = r2;
+      // cmatose's client migrates only after a clean run, and a failed migration skips the disconnects
+      let migrated = 0;
+      if (!ret && migrate) migrated = ret = await migrateChannel(null);
+      if (!migrated) {
+        const r2 = await events(() => t.disconnectsLeft);
+        if (r2) ret = r2;
+      }
     }
   } else {
     out('cmatose: starting server\n');
@@ -303,6 +328,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       if (!ret) out('data transfers complete\n');
     }
+    if (!ret && migrate) ret = await migrateChannel(listen);
     if (!ret) {
       out('cmatose: disconnecting\n');
       for (const n of nodes) {

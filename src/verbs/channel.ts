@@ -220,18 +220,32 @@ export class EventStream {
   private waiters: Array<(b: Buffer | null) => void> = [];
   private queued: Buffer[] = [];
   private closed = false;
+  /** resolves when the stream has ended */
+  readonly ended: Promise<void>;
   private constructor(readonly sock: Socket) {
+    let end!: () => void;
+    this.ended = new Promise((r) => (end = r));
     sock.on('close', () => {
       this.closed = true;
+      end();
       for (const w of this.waiters.splice(0)) w(null);
     });
     sock.on('error', () => sock.destroy());
     sock.unref();
   }
 
+  /** sees each record as it arrives, before any reader; true keeps it from them (see EventChannel's migrations) */
+  tap: ((rec: Buffer) => boolean) | null = null;
+
   private onRecord(rec: Buffer): void {
     // copied out of the chunk it came in: the caller may keep it
     const copy = Buffer.from(rec);
+    if (this.tap?.(copy)) return;
+    this.put(copy);
+  }
+
+  /** A record for the readers, behind those waiting: one that arrived, or one another stream handed over. */
+  put(copy: Buffer): void {
     const w = this.waiters.shift();
     if (w) w(copy);
     else this.queued.push(copy);
@@ -269,6 +283,13 @@ export class EventStream {
       throw new VerbsError(verb, -status);
     }
     return stream;
+  }
+
+  /** Takes the records not yet read that `pred` picks out of the queue, in order. */
+  extract(pred: (rec: Buffer) => boolean): Buffer[] {
+    const out = this.queued.filter(pred);
+    if (out.length) this.queued = this.queued.filter((r) => !pred(r));
+    return out;
   }
 
   /** The next record, or null once the stream is closed. */

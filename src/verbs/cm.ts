@@ -31,6 +31,7 @@ import { errnoOf, messageOf } from '../common/errors.js';
 import type { CmQpParam } from '../cm/ib-cm-id.js';
 
 export { CmEventType, cmEventStr, PortSpace, nextCompletion };
+export { RdmaOption } from '../abi/ucma.js';
 export type { ConnParam };
 
 /** What an event's conn parameters say (rdma_conn_param as the event carries it). */
@@ -108,16 +109,87 @@ function storage(a: C.SockAddr | null): { bytes: Uint8Array; size: number } {
   return { bytes, size: C.writeSockaddr(a, bytes) };
 }
 
+/** Where a record's fields are (struct rdma_ucm_event_resp), for routing records as they arrive. */
+const EV_UID = layout(C.EVENT_RESP).byName.get('uid')!.offset;
+const EV_ID = layout(C.EVENT_RESP).byName.get('id')!.offset;
+const EV_EVENT = layout(C.EVENT_RESP).byName.get('event')!.offset;
+
+/**
+ * An id on its way to another channel (rdma_migrate_id). The kernel moves an id's unread events with it; ours
+ * travelled on the old channel's stream already, so they are taken off it here, together with those the new
+ * stream brings meanwhile, until the daemon's MIGRATED record says the old stream has no more of them. Then the
+ * new channel gets them, the old ones first. A connection request among them made an id of its own, which moves too.
+ */
+class Move {
+  /** the handles whose events move (the id's, then its waiting requests' ids) */
+  readonly handles = new Set<number>();
+  /** events off the old stream, and off the new one, in the order each stream brought them */
+  readonly old: Buffer[] = [];
+  readonly own: Buffer[] = [];
+  /** request ids found among the moved events */
+  readonly children: number[] = [];
+  /** handles whose MIGRATED record is awaited */
+  readonly waiting = new Map<number, () => void>();
+
+  constructor(
+    readonly from: EventChannel,
+    readonly to: EventChannel,
+    handle: number,
+    /** the listening id's uid (its CONNECT_REQUESTs carry it, not its handle); 0n for a request's id */
+    readonly uid: bigint,
+  ) {
+    this.handles.add(handle);
+  }
+
+  takes(rec: Buffer): boolean {
+    const event = rec.readUInt32LE(EV_EVENT);
+    if (event === CmEventType.CONNECT_REQUEST) return this.uid !== 0n && rec.readBigUInt64LE(EV_UID) === this.uid;
+    return event !== C.SV_EVENT_MIGRATED && this.handles.has(rec.readUInt32LE(EV_ID));
+  }
+
+  /** a record of the old stream is this move's: it is kept (a request's id joins the move at once) */
+  takeOld(rec: Buffer): void {
+    this.old.push(rec);
+    if (rec.readUInt32LE(EV_EVENT) !== CmEventType.CONNECT_REQUEST) return;
+    const child = rec.readUInt32LE(EV_ID);
+    this.handles.add(child);
+    this.children.push(child);
+  }
+}
+
+/** Unique per process, not per channel: an id keeps its uid when it moves to another channel. */
+let nextUid = 1n;
+
 export class EventChannel {
   /** ids of this channel by the daemon's handle */
   readonly ids = new Map<number, CmId>();
   private closed = false;
+  /** @internal moves of ids away from this channel, and to it */
+  readonly outgoing = new Set<Move>();
+  /** @internal */ readonly incoming = new Set<Move>();
 
   private constructor(
     readonly root: string,
     /** @internal */ readonly cmd: CommandChannel,
-    private readonly stream: EventStream,
-  ) {}
+    /** @internal */ readonly stream: EventStream,
+    /** @internal the daemon's name for this channel's file (MIGRATE_ID's `fd`) */ readonly token: number,
+  ) {
+    stream.tap = (rec) => this.route(rec);
+  }
+
+  /** @internal Each arriving record: an event of an id moving away or moving here is held for the move. */
+  private route(rec: Buffer): boolean {
+    const event = rec.readUInt32LE(EV_EVENT);
+    for (const m of this.outgoing) {
+      if (event === C.SV_EVENT_MIGRATED) {
+        const done = m.waiting.get(rec.readUInt32LE(EV_ID));
+        if (done) return done(), true;
+      } else if (m.takes(rec)) return m.takeOld(rec), true;
+    }
+    for (const m of this.incoming) if (m.from !== this && m.takes(rec)) return m.own.push(rec), true;
+    // a MIGRATED record no move waits for (its move gave up): nothing for the reader
+    return event === C.SV_EVENT_MIGRATED;
+  }
 
   /** rdma_create_event_channel */
   static async create(root = defaultRoot()): Promise<EventChannel> {
@@ -126,7 +198,7 @@ export class EventChannel {
     try {
       const tok = unpack(C.SV_UCMA_TOKEN, await cmd.call('rdma_create_event_channel', C.ucmaSvFrame(C.SvUcmaCmd.EVENT_TOKEN)));
       const stream = await EventStream.attach(path, C.SvUcmaCmd.ATTACH_EVENTS, tok.token, C.EVENT_RESP_SIZE, 'rdma_create_event_channel', C.ucmaSvFrame);
-      return new EventChannel(root, cmd, stream);
+      return new EventChannel(root, cmd, stream, tok.token);
     } catch (e) {
       await cmd.close();
       throw e;
@@ -138,9 +210,14 @@ export class EventChannel {
     return this.cmd.call(verb, C.ucmaFrame(s, req));
   }
 
+  /** @internal a frame made whole by its caller (rdma_set_option's carries the value after the struct) */
+  cmdCall(verb: string, frame: Buffer): Promise<Buffer> {
+    return this.cmd.call(verb, frame);
+  }
+
   /** rdma_create_id: RDMA_PS_TCP (RC), RDMA_PS_UDP (UD), RDMA_PS_IB (qpType given). */
   async createId(ps: PortSpace = PortSpace.TCP, context: unknown = null, qpType: number = 0): Promise<CmId> {
-    const uid = BigInt(this.nextUid++);
+    const uid = nextUid++;
     const r = unpack(C.CREATE_ID_RESP, await this.call('rdma_create_id', C.UcmaSpecs.CREATE_ID, { uid, ps, qp_type: qpType }));
     const id = new CmId(this, r.id, uid, ps, ps === PortSpace.TCP ? QpType.RC : ps === PortSpace.IB ? qpType || QpType.RC : QpType.UD);
     id.context = context;
@@ -148,7 +225,6 @@ export class EventChannel {
     this.byUid.set(uid, id);
     return id;
   }
-  private nextUid = 1;
   /** @internal */ readonly byUid = new Map<bigint, CmId>();
 
   /** rdma_get_cm_event: the next event (waits); null once the channel is closed. */
@@ -157,7 +233,10 @@ export class EventChannel {
       const rec = await this.stream.next();
       if (!rec) return null;
       const ev = await this.process(rec);
-      if (ev) return ev;
+      if (!ev) continue;
+      // the kernel counts a request on the listening id it is reported to
+      (ev.listenId ?? ev.id).eventsReported++;
+      return ev;
     }
   }
 
@@ -226,6 +305,11 @@ export class EventChannel {
   }
 
   /** rdma_destroy_event_channel: the daemon destroys the ids still on it (their peers see a refusal or a disconnect). */
+  /** @internal */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   async destroy(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -251,6 +335,8 @@ export class CmId {
   localAddr: C.SockAddr | null = null;
   peerAddr: C.SockAddr | null = null;
   /** @internal */ lastEvent: CmEventType | null = null;
+  /** events rdma_get_cm_event has returned for the id (a listening id's connection requests included): the kernel's events_reported */
+  eventsReported = 0;
   private destroyed = false;
   /**
    * An endpoint of createEp (librdmacm's synchronous ids): the id has a channel of its own, and connect,
@@ -264,7 +350,8 @@ export class CmId {
   lastParam: EventParam | null = null;
 
   constructor(
-    readonly channel: EventChannel,
+    /** the channel its events arrive on (migrate() changes it) */
+    public channel: EventChannel,
     /** @internal the daemon's handle */ readonly handle: number,
     /** @internal */ readonly uid: bigint,
     readonly ps: PortSpace,
@@ -411,10 +498,79 @@ export class CmId {
     await this.channel.call('rdma_reject', C.UcmaSpecs.REJECT, { id: this.handle, private_data_len: privateData.length, private_data: privateData });
   }
 
+  /**
+   * rdma_set_option(id, level, optname, value): RdmaOption.ID with ID_TOS (1 byte), ID_REUSEADDR and ID_AFONLY
+   * (4-byte ints), ID_ACK_TIMEOUT (1 byte, RC ids); the kernel's errnos (EINVAL for a wrong size or state, ENOSYS
+   * for an unknown option). setTos and setAckTimeout are the common two.
+   */
+  async setOption(level: number, optname: number, value: Uint8Array): Promise<void> {
+    await this.channel.cmdCall('rdma_set_option', C.setOptionFrame(this.handle, level, optname, value));
+  }
+
+  /** The type of service (IP TOS) of the route resolved after this: its GRH traffic class. */
+  async setTos(tos: number): Promise<void> {
+    await this.setOption(C.RdmaOption.ID, C.RdmaOption.ID_TOS, Uint8Array.of(tos));
+  }
+
+  /** The QP's local ACK timeout at RTS (4.096 µs × 2^timeout) instead of the path's; RC ids only. */
+  async setAckTimeout(timeout: number): Promise<void> {
+    await this.setOption(C.RdmaOption.ID, C.RdmaOption.ID_ACK_TIMEOUT, Uint8Array.of(timeout));
+  }
+
   /** rdma_disconnect: the QP to ERR (its WRs flush), then a DREQ (or the DREP for the peer's). */
   async disconnect(): Promise<void> {
     if (this.qp) await this.qp.modifyQp({ qpState: QpState.ERR }, QpAttrMask.STATE).catch(() => {});
     await this.channel.call('rdma_disconnect', C.UcmaSpecs.DISCONNECT, { id: this.handle });
+  }
+
+  /**
+   * rdma_migrate_id: the id's events arrive on `to` from now on. Those it had that getCmEvent has not returned
+   * move with it, ahead of its new ones, and so do the ids of connection requests waiting among them. Returns
+   * the events reported for the id so far (the kernel's events_reported). Errors as the kernel's: ENOENT for an
+   * id that is gone or an old channel that is closed, EBADF for a closed new channel.
+   */
+  async migrate(to: EventChannel): Promise<number> {
+    const from = this.channel;
+    // the kernel's fdget of the id's channel fails with ENOENT; a write to the new one's closed descriptor is EBADF
+    if (from.isClosed) throw new VerbsError('rdma_migrate_id', 'ENOENT', "the id's event channel is closed");
+    if (to.isClosed) throw new VerbsError('rdma_migrate_id', 'EBADF', 'the new event channel is closed');
+    const m = new Move(from, to, this.handle, this.uid);
+    // what the old stream holds unread goes along
+    for (const rec of from.stream.extract((r) => m.takes(r))) m.takeOld(rec);
+    from.outgoing.add(m);
+    to.incoming.add(m);
+    const moveOne = async (handle: number) => {
+      let done!: () => void;
+      const marked = new Promise<void>((r) => (done = r));
+      m.waiting.set(handle, done);
+      try {
+        await to.call('rdma_migrate_id', C.UcmaSpecs.MIGRATE_ID, { id: handle, fd: from.token });
+        // the old stream's end is its last record too
+        await Promise.race([marked, from.stream.ended]);
+      } finally {
+        m.waiting.delete(handle);
+      }
+    };
+    try {
+      await moveOne(this.handle);
+    } catch (e) {
+      from.outgoing.delete(m);
+      to.incoming.delete(m);
+      for (const r of m.old) from.stream.put(r);
+      for (const r of m.own) to.stream.put(r);
+      throw e;
+    }
+    from.ids.delete(this.handle);
+    from.byUid.delete(this.uid);
+    to.ids.set(this.handle, this);
+    if (this.uid) to.byUid.set(this.uid, this);
+    this.channel = to;
+    // requests found on the way (more may turn up while one moves); one gone meanwhile stays gone
+    for (let i = 0; i < m.children.length; i++) await moveOne(m.children[i]!).catch(() => {});
+    from.outgoing.delete(m);
+    to.incoming.delete(m);
+    for (const r of [...m.old, ...m.own]) to.stream.put(r);
+    return this.eventsReported;
   }
 
   /** rdma_destroy_id: its QP stays the caller's, as in librdmacm (disposing the id takes it). Once the daemon is gone: only here. */

@@ -6,8 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { constants as bufferConstants } from 'node:buffer';
-import { EventType } from '../abi/enums.js';
-import type { Input, StructDef } from '../abi/layout.js';
+import { CreateCqAttrFlags, EventType, WC_STANDARD_FLAGS, WcExFlags } from '../abi/enums.js';
+import type { Infer, Input, StructDef } from '../abi/layout.js';
 import { layout, unpack } from '../abi/layout.js';
 import { cqLayout, Limits } from '../abi/queue.js';
 import * as U from '../abi/uverbs.js';
@@ -15,7 +15,7 @@ import { ibClassDir } from '../common/paths.js';
 import { bswap64, parseGidString } from '../common/format.js';
 import { EventStream, type CommandChannel } from './channel.js';
 import { exchangePath, putMemfd } from './fd-exchange.js';
-import { CompletionChannel, CompletionQueue } from './cq.js';
+import { CompletionChannel, CompletionQueue, CompletionQueueEx } from './cq.js';
 import { atCaller, VerbsError } from './errors.js';
 import { allocShared } from './memory.js';
 import { mgmtQuery } from './mgmt.js';
@@ -23,7 +23,7 @@ import { ProtectionDomain } from './pd.js';
 import { withQueueMemory } from './queue-memory.js';
 import type { QueuePair } from './qp.js';
 import type { SharedReceiveQueue } from './srq.js';
-import type { AsyncEvent, Device, DeviceAttr, PortAttr } from './types.js';
+import type { AsyncEvent, Device, DeviceAttr, DeviceAttrEx, PortAttr } from './types.js';
 
 /** The largest buffer allocBuffer makes: max_mr_size, and what a Buffer can span. */
 const MAX_BUFFER = Math.min(Limits.maxMrSize, bufferConstants.MAX_LENGTH);
@@ -126,24 +126,32 @@ export class Context {
     return (spec.resp ? unpack(spec.resp, body) : {}) as U.RespOf<S>;
   }
 
+  /**
+   * @internal sends one extended command (a WRITE_EX frame, as a C program's write() carries it) and returns what
+   * its response pointer would get: `outBytes` of core response, then up to `udataOut` of the provider's.
+   */
+  async commandEx<Q extends StructDef, D extends StructDef>(
+    verb: string, cmd: U.ExCmd, req: Q, reqIn: Input<Q>, outBytes: number, udata?: { def: D; value: Input<D> }, udataOut = 0,
+  ): Promise<Buffer> {
+    try {
+      return await this.cmd.call(verb, U.exFrame(cmd, req, reqIn, outBytes, udata, udataOut));
+    } catch (e) {
+      throw e instanceof Error ? atCaller(e) : e;
+    }
+  }
+
   /** ibv_query_device */
   async queryDevice(): Promise<DeviceAttr> {
-    const r = await this.command('ibv_query_device', U.Spec.QUERY_DEVICE, {});
-    const fw = r.fw_ver;
+    return deviceAttr(await this.command('ibv_query_device', U.Spec.QUERY_DEVICE, {}));
+  }
+
+  /** ibv_query_device_ex (EX_QUERY_DEVICE) */
+  async queryDeviceEx(): Promise<DeviceAttrEx> {
+    const body = await this.commandEx('ibv_query_device_ex', U.ExCmd.QUERY_DEVICE, U.EX_QUERY_DEVICE, {}, layout(U.EX_QUERY_DEVICE_RESP).size);
+    const r = unpack(U.EX_QUERY_DEVICE_RESP, body);
     return {
-      // libibverbs formats the u64 as major.minor.sub_minor
-      fwVer: `${(fw >> 32n) & 0xffffn}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`,
-      // node_guid / sys_image_guid are __be64 on the wire; give them in host order
-      nodeGuid: bswap64(r.node_guid), sysImageGuid: bswap64(r.sys_image_guid),
-      maxMrSize: r.max_mr_size, pageSizeCap: r.page_size_cap, vendorId: r.vendor_id, vendorPartId: r.vendor_part_id, hwVer: r.hw_ver,
-      maxQp: r.max_qp, maxQpWr: r.max_qp_wr, deviceCapFlags: r.device_cap_flags, maxSge: r.max_sge, maxSgeRd: r.max_sge_rd,
-      maxCq: r.max_cq, maxCqe: r.max_cqe, maxMr: r.max_mr, maxPd: r.max_pd, maxQpRdAtom: r.max_qp_rd_atom, maxEeRdAtom: r.max_ee_rd_atom,
-      maxResRdAtom: r.max_res_rd_atom, maxQpInitRdAtom: r.max_qp_init_rd_atom, maxEeInitRdAtom: r.max_ee_init_rd_atom,
-      atomicCap: r.atomic_cap, maxEe: r.max_ee, maxRdd: r.max_rdd, maxMw: r.max_mw, maxRawIpv6Qp: r.max_raw_ipv6_qp,
-      maxRawEthyQp: r.max_raw_ethy_qp, maxMcastGrp: r.max_mcast_grp, maxMcastQpAttach: r.max_mcast_qp_attach,
-      maxTotalMcastQpAttach: r.max_total_mcast_qp_attach, maxAh: r.max_ah, maxFmr: r.max_fmr, maxMapPerFmr: r.max_map_per_fmr,
-      maxSrq: r.max_srq, maxSrqWr: r.max_srq_wr, maxSrqSge: r.max_srq_sge, maxPkeys: r.max_pkeys, localCaAckDelay: r.local_ca_ack_delay,
-      physPortCnt: r.phys_port_cnt,
+      ...deviceAttr(r.base), deviceCapFlagsEx: r.device_cap_flags_ex, completionTimestampMask: r.timestamp_mask, hcaCoreClock: r.hca_core_clock,
+      maxWqTypeRq: r.max_wq_type_rq, rawPacketCaps: r.raw_packet_caps, maxDmSize: r.max_dm_size,
     };
   }
 
@@ -218,6 +226,40 @@ export class Context {
   }
 
   /**
+   * ibv_create_cq_ex (EX_CREATE_CQ): a CQ whose completions carry the fields `wcFlags` names (WcExFlags bits, or
+   * their names). As librxe: the standard fields only (timestamps, VLANs, flow tags and tag matching are
+   * EOPNOTSUPP), and no creation flag the HCA would see (IGNORE_OVERRUN: EOPNOTSUPP from the daemon, as from the
+   * kernel's rxe); SINGLE_THREADED is the library's business and changes nothing here.
+   */
+  async createCqEx(attr: {
+    cqe: number; wcFlags?: WcExFlags | Array<keyof typeof WcExFlags>; channel?: CompletionChannel | null; compVector?: number; flags?: number;
+  }): Promise<CompletionQueueEx> {
+    const { cqe, channel = null, compVector = 0, flags = 0 } = attr;
+    const wcFlags = Array.isArray(attr.wcFlags) ? attr.wcFlags.reduce((a, n) => a | (WcExFlags[n] ?? wcFlagName(n)), 0) : attr.wcFlags ?? 0;
+    if (wcFlags & ~WC_STANDARD_FLAGS) throw new VerbsError('ibv_create_cq_ex', 'EOPNOTSUPP', `wc_flags 0x${wcFlags.toString(16)}: only the standard fields (0x${WC_STANDARD_FLAGS.toString(16)}) are supported`);
+    if (flags & ~(CreateCqAttrFlags.SINGLE_THREADED | CreateCqAttrFlags.IGNORE_OVERRUN)) throw new VerbsError('ibv_create_cq_ex', 'EOPNOTSUPP', `flags 0x${flags.toString(16)}`);
+    if (!Number.isInteger(cqe) || cqe < 1 || cqe > Limits.maxCqe) throw new VerbsError('ibv_create_cq_ex', 'EINVAL', `cqe ${cqe} is not in 1..${Limits.maxCqe} (max_cqe)`);
+    const l = cqLayout(cqe);
+    return withQueueMemory(this, l.bytes, 'ibv_create_cq_ex', async (mem) => {
+      const cq = new CompletionQueueEx(this, mem, l, channel, wcFlags);
+      try {
+        const body = await this.commandEx('ibv_create_cq_ex', U.ExCmd.CREATE_CQ, U.EX_CREATE_CQ, {
+          user_handle: cq.userHandle, cqe, comp_vector: compVector, comp_channel: channel ? channel.token : -1,
+          flags: flags & CreateCqAttrFlags.IGNORE_OVERRUN ? U.ExCqFlags.IGNORE_OVERRUN : 0,
+        }, layout(U.EX_CREATE_CQ_RESP).size, { def: U.SV_QUEUE, value: { memfd_id: mem.id } });
+        const r = unpack(U.EX_CREATE_CQ_RESP, body);
+        cq.handle = r.base.cq_handle;
+        cq.cqe = r.base.cqe;
+        channel?.dependents.add(cq);
+        return cq;
+      } catch (e) {
+        this.unregister(cq.userHandle);
+        throw e;
+      }
+    });
+  }
+
+  /**
    * ibv_get_async_event: the next async event (waits). When the device goes away (the daemon died, the device was
    * deleted) that is DEVICE_FATAL, as Linux reports a disassociated device, and then null; null once the context is closed.
    */
@@ -267,4 +309,28 @@ export class Context {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.closeDevice();
   }
+}
+
+/** ibv_device_attr from ib_uverbs_query_device_resp (QUERY_DEVICE's, and EX_QUERY_DEVICE's base). */
+function deviceAttr(r: Infer<typeof U.QUERY_DEVICE_RESP>): DeviceAttr {
+  const fw = r.fw_ver;
+  return {
+    // libibverbs formats the u64 as major.minor.sub_minor
+    fwVer: `${(fw >> 32n) & 0xffffn}.${(fw >> 16n) & 0xffffn}.${fw & 0xffffn}`,
+    // node_guid / sys_image_guid are __be64 on the wire; give them in host order
+    nodeGuid: bswap64(r.node_guid), sysImageGuid: bswap64(r.sys_image_guid),
+    maxMrSize: r.max_mr_size, pageSizeCap: r.page_size_cap, vendorId: r.vendor_id, vendorPartId: r.vendor_part_id, hwVer: r.hw_ver,
+    maxQp: r.max_qp, maxQpWr: r.max_qp_wr, deviceCapFlags: r.device_cap_flags, maxSge: r.max_sge, maxSgeRd: r.max_sge_rd,
+    maxCq: r.max_cq, maxCqe: r.max_cqe, maxMr: r.max_mr, maxPd: r.max_pd, maxQpRdAtom: r.max_qp_rd_atom, maxEeRdAtom: r.max_ee_rd_atom,
+    maxResRdAtom: r.max_res_rd_atom, maxQpInitRdAtom: r.max_qp_init_rd_atom, maxEeInitRdAtom: r.max_ee_init_rd_atom,
+    atomicCap: r.atomic_cap, maxEe: r.max_ee, maxRdd: r.max_rdd, maxMw: r.max_mw, maxRawIpv6Qp: r.max_raw_ipv6_qp,
+    maxRawEthyQp: r.max_raw_ethy_qp, maxMcastGrp: r.max_mcast_grp, maxMcastQpAttach: r.max_mcast_qp_attach,
+    maxTotalMcastQpAttach: r.max_total_mcast_qp_attach, maxAh: r.max_ah, maxFmr: r.max_fmr, maxMapPerFmr: r.max_map_per_fmr,
+    maxSrq: r.max_srq, maxSrqWr: r.max_srq_wr, maxSrqSge: r.max_srq_sge, maxPkeys: r.max_pkeys, localCaAckDelay: r.local_ca_ack_delay,
+    physPortCnt: r.phys_port_cnt,
+  };
+}
+
+function wcFlagName(n: string): never {
+  throw new VerbsError('ibv_create_cq_ex', 'EINVAL', `wc flag ${n} does not exist (one of ${Object.keys(WcExFlags).join(', ')})`);
 }

@@ -11,6 +11,7 @@ import type { Context } from './context.js';
 import { VerbsError } from './errors.js';
 import { Dependents } from './lifetime.js';
 import { withQueueMemory, type QueueMemory } from './queue-memory.js';
+import { WcExFlags, type WcFlags, type WcOpcode, type WcStatus } from '../abi/enums.js';
 import { WorkCompletion } from './types.js';
 
 export class CompletionChannel {
@@ -124,8 +125,8 @@ export class CompletionQueue {
   /** @internal the QPs that use it */
   readonly dependents = new Dependents();
   private emptyPolls = 0;
-  private ring: CqRingConsumer;
-  private destroyed = false;
+  /** @internal */ protected ring: CqRingConsumer;
+  /** @internal */ protected destroyed = false;
 
   /** @internal */
   constructor(
@@ -276,4 +277,98 @@ export async function nextCompletion(cq: CompletionQueue): Promise<WorkCompletio
     if (!(await cq.channel.waitFor(cq))) throw new VerbsError('rdma_get_comp', 'EIO', 'the CQ is gone');
     cq.ackCqEvents(1);
   }
+}
+
+/** A completion of an extended CQ: what every one has, and the fields its wcFlags asked for (the others absent). */
+export interface WorkCompletionEx {
+  wrId: bigint;
+  status: WcStatus;
+  opcode: WcOpcode;
+  vendorErr: number;
+  wcFlags: WcFlags;
+  byteLen?: number;
+  imm?: number;
+  qpNum?: number;
+  srcQp?: number;
+  slid?: number;
+  sl?: number;
+  dlidPathBits?: number;
+}
+
+/**
+ * An extended CQ (struct ibv_cq_ex, ibv_create_cq_ex): the same ring, read through ibv_start_poll / ibv_next_poll /
+ * ibv_end_poll, or pollEx(); each completion carries the fields its wcFlags asked for. Everything a CompletionQueue
+ * does (pollCq, notification, resize, completions()) works on it too.
+ */
+export class CompletionQueueEx extends CompletionQueue {
+  private readonly scratch = new WorkCompletion();
+  private polling = false;
+
+  /** @internal */
+  constructor(context: Context, mem: QueueMemory, l: RingLayout & { cqe: number }, channel: CompletionChannel | null, readonly wcFlags: WcExFlags) {
+    super(context, mem, l, channel);
+  }
+
+  private take(verb: string): WorkCompletionEx | null {
+    this.context.cmd.ensureUp(verb);
+    if (this.destroyed) throw new VerbsError(verb, 'EINVAL', 'the CQ is destroyed');
+    const ring = this.ring;
+    if (ring.cons === ring.produced()) return null;
+    ring.read(this.scratch);
+    return project(this.scratch, this.wcFlags);
+  }
+
+  /**
+   * ibv_start_poll: the first completion, or null (ENOENT in C) when there is none; a poll that found one must
+   * end with endPoll(), which hands the slots read back to the HCA.
+   */
+  startPoll(): WorkCompletionEx | null {
+    if (this.polling) throw new VerbsError('ibv_start_poll', 'EINVAL', 'a poll is in progress: endPoll() it first');
+    const wc = this.take('ibv_start_poll');
+    this.polling = wc !== null;
+    return wc;
+  }
+
+  /** ibv_next_poll: the next completion of this poll, or null. */
+  nextPoll(): WorkCompletionEx | null {
+    if (!this.polling) throw new VerbsError('ibv_next_poll', 'EINVAL', 'no poll in progress: startPoll() first');
+    return this.take('ibv_next_poll');
+  }
+
+  /** ibv_end_poll */
+  endPoll(): void {
+    if (!this.polling) throw new VerbsError('ibv_end_poll', 'EINVAL', 'no poll in progress');
+    this.polling = false;
+    this.ring.publish();
+  }
+
+  /** Up to `max` completions in one start/next/end poll. */
+  pollEx(max = 1): WorkCompletionEx[] {
+    const out: WorkCompletionEx[] = [];
+    let wc = this.startPoll();
+    if (!wc) return out;
+    try {
+      while (wc) {
+        out.push(wc);
+        if (out.length >= max) break;
+        wc = this.nextPoll();
+      }
+    } finally {
+      this.endPoll();
+    }
+    return out;
+  }
+}
+
+/** The fields of w a CQ created with `flags` hands out. */
+function project(w: WorkCompletion, flags: WcExFlags): WorkCompletionEx {
+  const o: WorkCompletionEx = { wrId: w.wrId, status: w.status, opcode: w.opcode, vendorErr: w.vendorErr, wcFlags: w.wcFlags };
+  if (flags & WcExFlags.BYTE_LEN) o.byteLen = w.byteLen;
+  if (flags & WcExFlags.IMM) o.imm = w.imm;
+  if (flags & WcExFlags.QP_NUM) o.qpNum = w.qpNum;
+  if (flags & WcExFlags.SRC_QP) o.srcQp = w.srcQp;
+  if (flags & WcExFlags.SLID) o.slid = w.slid;
+  if (flags & WcExFlags.SL) o.sl = w.sl;
+  if (flags & WcExFlags.DLID_PATH_BITS) o.dlidPathBits = w.dlidPathBits;
+  return o;
 }

@@ -1,6 +1,7 @@
 /** A protection domain (struct ibv_pd) and what is created on one: MRs, memory windows, AHs, QPs, SRQs. */
 import { qpLayout, srqLayout, type QpCaps } from '../abi/queue.js';
-import { MwType, type Access } from '../abi/enums.js';
+import { MwType, QpCreateFlags, QpExSendOps as Ops, QpType, type Access } from '../abi/enums.js';
+import { layout, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { AddressHandle } from './ah.js';
 import type { Context } from './context.js';
@@ -101,17 +102,29 @@ export class ProtectionDomain {
       maxSendWr: init.cap.maxSendWr ?? 1, maxRecvWr: init.cap.maxRecvWr ?? 1, maxSendSge: init.cap.maxSendSge ?? 1,
       maxRecvSge: init.cap.maxRecvSge ?? 1, maxInlineData: init.cap.maxInlineData ?? 0,
     };
+    const verb = init.createFlags !== undefined || init.sendOpsFlags !== undefined ? 'ibv_create_qp_ex' : 'ibv_create_qp';
+    checkSendOps(verb, init);
     const l = qpLayout(want, !!init.srq);
-    if (!l) throw new VerbsError('ibv_create_qp', 'EINVAL', 'a capability is over the device limit');
-    return withQueueMemory(this.context, l.bytes, 'ibv_create_qp', async (mem) => {
+    if (!l) throw new VerbsError(verb, 'EINVAL', 'a capability is over the device limit');
+    return withQueueMemory(this.context, l.bytes, verb, async (mem) => {
       const qp = new QueuePair(this, init, l.caps, mem.mapping, l.sq, l.rq);
       try {
-        const r = await this.context.command('ibv_create_qp', U.Spec.CREATE_QP, {
+        const req = {
           user_handle: qp.userHandle, pd_handle: this.handle, send_cq_handle: init.sendCq.handle, recv_cq_handle: init.recvCq.handle,
           srq_handle: init.srq?.handle ?? 0, max_send_wr: want.maxSendWr, max_recv_wr: want.maxRecvWr, max_send_sge: want.maxSendSge,
           max_recv_sge: want.maxRecvSge, max_inline_data: want.maxInlineData, sq_sig_all: init.sqSigAll ? 1 : 0, qp_type: init.qpType,
           is_srq: init.srq ? 1 : 0,
-        }, { memfd_id: mem.id });
+        };
+        // as libibverbs: the extended command only for what the legacy one cannot say (create flags)
+        if (init.createFlags !== undefined) {
+          const body = await this.context.commandEx(verb, U.ExCmd.CREATE_QP, U.EX_CREATE_QP, {
+            ...req, create_flags: init.createFlags, source_qpn: init.createFlags & QpCreateFlags.SOURCE_QPN ? init.sourceQpn ?? 0 : 0,
+          }, layout(U.EX_CREATE_QP_RESP).size, { def: U.SV_QUEUE, value: { memfd_id: mem.id } });
+          const r = unpack(U.EX_CREATE_QP_RESP, body);
+          qp.created(r.base.qp_handle, r.base.qpn);
+          return qp;
+        }
+        const r = await this.context.command(verb, U.Spec.CREATE_QP, req, { memfd_id: mem.id });
         qp.created(r.qp_handle, r.qpn);
         return qp;
       } catch (e) {
@@ -160,4 +173,20 @@ export class ProtectionDomain {
     await this.dependents.dispose((o) => o instanceof MemoryWindow);
     await this.deallocPd();
   }
+}
+
+/** The ibv_wr_* operations librxe gives each QP type (RXE_SUP_{RC,UC,UD}_QP_SEND_OPS_FLAGS). */
+const SEND_OPS: Readonly<Partial<Record<number, number>>> = {
+  [QpType.RC]: Ops.RDMA_WRITE | Ops.RDMA_WRITE_WITH_IMM | Ops.SEND | Ops.SEND_WITH_IMM | Ops.RDMA_READ | Ops.ATOMIC_CMP_AND_SWP |
+    Ops.ATOMIC_FETCH_AND_ADD | Ops.LOCAL_INV | Ops.BIND_MW | Ops.SEND_WITH_INV | Ops.ATOMIC_WRITE,
+  [QpType.UC]: Ops.RDMA_WRITE | Ops.RDMA_WRITE_WITH_IMM | Ops.SEND | Ops.SEND_WITH_IMM | Ops.BIND_MW | Ops.SEND_WITH_INV,
+  [QpType.UD]: Ops.SEND | Ops.SEND_WITH_IMM,
+};
+
+/** librxe's check_qp_init_attr: send ops the QP type does not have are EOPNOTSUPP, before any command. */
+function checkSendOps(verb: string, init: QpInitAttr): void {
+  const ops = init.sendOpsFlags;
+  if (ops === undefined) return;
+  const sup = SEND_OPS[init.qpType] ?? 0;
+  if (ops & ~sup) throw new VerbsError(verb, 'EOPNOTSUPP', `send_ops_flags 0x${ops.toString(16)}: a QP of type ${init.qpType} has 0x${sup.toString(16)}`);
 }

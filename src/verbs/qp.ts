@@ -18,6 +18,7 @@ import type { ProtectionDomain } from './pd.js';
 import { badWr, big, malformed, postRecvWrs, refused } from './post.js';
 import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
 import { incRkey, type MemoryWindow, type MwBind } from './mw.js';
+import { WrBuilder } from './wr.js';
 
 
 export class QueuePair {
@@ -30,6 +31,7 @@ export class QueuePair {
   private sendBell: Buffer | null = null;
   private recvBell: Buffer | null = null;
   private destroyed = false;
+  private builder: WrBuilder | null = null;
   /** the state when it was destroyed: its ring is unmapped then */
   private finalState: QpState | null = null;
 
@@ -112,6 +114,41 @@ export class QueuePair {
     }
   }
 
+  /**
+   * @internal a batch that goes whole or not at all (ibv_wr_complete): written at the producer index, published
+   * with one doorbell only when every WR was written; on the first that cannot be, the producer index goes back
+   * (nothing was shown to the HCA) and its error is thrown with `verb`, a full queue as ENOSPC (librxe's).
+   */
+  postAll(verb: string, wrs: SendWr[]): void {
+    this.live(verb, wrs);
+    const sq = this.sq;
+    const st = sq.state();
+    if (st === QpState.RESET || st === QpState.INIT || st === QpState.RTR) throw refused(new VerbsError(verb, 'EINVAL', `the QP is in ${qpStateName(st)}; sends are posted from RTS on`), wrs);
+    const start = sq.prod;
+    try {
+      for (let i = 0; i < wrs.length; i++) this.postOne(wrs[i]!, i);
+    } catch (e) {
+      sq.prod = start;
+      if (!(e instanceof VerbsError)) throw e;
+      const err = new VerbsError(verb, e.code === 'ENOMEM' ? 'ENOSPC' : e.code, e.message.replace(/^[^:]*: [A-Z]+: /, ''), e.badWr);
+      err.wr = e.wr;
+      throw err;
+    }
+    if (wrs.length === 0) return;
+    sq.publish();
+    if (sq.claimWake()) this.pd.context.cmd.ring(verb, this.sendBell!);
+  }
+
+  /**
+   * The ibv_wr_* builders (ibv_qp_to_qp_ex): `qp.wr.start().send().setSge(…).complete()`. Only a QP created with
+   * `sendOpsFlags` has them, and only for those operations.
+   */
+  get wr(): WrBuilder {
+    const ops = this.init.sendOpsFlags;
+    if (ops === undefined) throw new VerbsError('ibv_qp_to_qp_ex', 'EINVAL', 'the QP was created without sendOpsFlags: it has no ibv_wr_* builders');
+    return (this.builder ??= new WrBuilder(this, ops));
+  }
+
   private postOne(wr: SendWr, i: number): void {
     const sq = this.sq;
     if (sq.full()) throw badWr('ibv_post_send', 'ENOMEM', 'send queue full', i, wr);
@@ -133,6 +170,7 @@ export class QueuePair {
     if (t === QpType.UD && !wr.ud) throw badWr('ibv_post_send', 'EINVAL', 'a UD send needs wr.ud (ah, remoteQpn, remoteQkey)', i, wr);
     if (m & (WrMask.WRITE | WrMask.READ) && !wr.rdma) throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
     if (m & WrMask.ATOMIC && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
+    if (m & WrMask.ATOMIC_WRITE && !wr.atomicWrite) throw badWr('ibv_post_send', 'EINVAL', 'ATOMIC_WRITE needs wr.atomicWrite (remoteAddr, rkey, value)', i, wr);
     if ((op === WrOpcode.LOCAL_INV || op === WrOpcode.SEND_WITH_INV) && typeof wr.invalidateRkey !== 'number') {
       throw badWr('ibv_post_send', 'EINVAL', 'LOCAL_INV and SEND_WITH_INV need wr.invalidateRkey', i, wr);
     }

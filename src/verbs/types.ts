@@ -38,6 +38,17 @@ export interface DeviceAttr {
   maxSrq: number; maxSrqWr: number; maxSrqSge: number; maxPkeys: number; localCaAckDelay: number; physPortCnt: number;
 }
 
+/** ibv_device_attr_ex: the legacy attributes and what EX_QUERY_DEVICE adds (softverbs has no ODP, RSS, WQs, TSO, tag matching or clock: those are 0, as on Linux rxe) */
+export interface DeviceAttrEx extends DeviceAttr {
+  /** the full capability word: device_cap_flags, and bits past 32 (IB_UVERBS_DEVICE_ATOMIC_WRITE, bit 40) */
+  deviceCapFlagsEx: bigint;
+  completionTimestampMask: bigint;
+  hcaCoreClock: bigint;
+  maxWqTypeRq: number;
+  rawPacketCaps: number;
+  maxDmSize: bigint;
+}
+
 /** ibv_port_attr */
 export interface PortAttr {
   state: number; maxMtu: Mtu; activeMtu: Mtu; gidTblLen: number; portCapFlags: number; maxMsgSz: number; badPkeyCntr: number;
@@ -57,6 +68,8 @@ export interface SendWr {
   imm?: number;
   rdma?: { remoteAddr: bigint | number; rkey: number };
   atomic?: { remoteAddr: bigint | number; compareAdd: bigint | number; swap?: bigint | number; rkey: number };
+  /** ATOMIC_WRITE (RC): 8 bytes, or a u64 stored little-endian, written at remoteAddr (8-aligned, REMOTE_WRITE) as one */
+  atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: AddressHandle; remoteQpn: number; remoteQkey: number };
   /** LOCAL_INV, SEND_WITH_INV: the rkey to invalidate (a type 2 window's; the peer's for SEND_WITH_INV) */
   invalidateRkey?: number;
@@ -118,6 +131,15 @@ export interface QpInitAttr {
   cap: Partial<QpCaps>;
   qpType: QpType;
   sqSigAll?: boolean;
+  /**
+   * ibv_qp_init_attr_ex.send_ops_flags (QpExSendOps): the QP gets `qp.wr`, the ibv_wr_* builders for these
+   * operations. As librxe: each QP type takes the ones rxe does (others: EOPNOTSUPP).
+   */
+  sendOpsFlags?: number;
+  /** ibv_qp_init_attr_ex.create_flags (QpCreateFlags): given, the QP is made with EX_CREATE_QP; rxe takes none (EOPNOTSUPP) */
+  createFlags?: number;
+  /** with QpCreateFlags.SOURCE_QPN */
+  sourceQpn?: number;
 }
 
 /** ibv_srq_init_attr's attr */

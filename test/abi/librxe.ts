@@ -150,6 +150,28 @@ export function postSend(q: ClientQueue, qpType: number, wr: Wr, ssn: number): v
   q.advanceProducer();
 }
 
+/**
+ * wr_atomic_write (ibv_wr_atomic_write between ibv_wr_start and ibv_wr_complete): the whole slot cleared, the
+ * remote address and rkey in the rdma member, the 8 bytes at the head of dma's data (atomic_wr), dma.length 8.
+ */
+export function postAtomicWrite(q: ClientQueue, wr: { wrId: bigint; sendFlags?: number; rkey: number; remoteAddr: bigint; data: Uint8Array }, ssn: number): void {
+  if (q.full()) throw new Full('send queue full');
+  const dv = q.dv;
+  const o = q.producerAddr();
+  q.bytes.fill(0, o, o + 2 ** q.log2);
+  dv.setBigUint64(o + S['wr.wr_id']!, wr.wrId, true);
+  dv.setUint32(o + S['wr.opcode']!, WrOpcode.ATOMIC_WRITE, true);
+  dv.setUint32(o + S['wr.send_flags']!, wr.sendFlags ?? 0, true);
+  dv.setBigUint64(o + S['wr.wr.rdma.remote_addr']!, wr.remoteAddr, true);
+  dv.setUint32(o + S['wr.wr.rdma.rkey']!, wr.rkey, true);
+  q.bytes.set(wr.data.subarray(0, 8), o + S['dma.inline_data']!);
+  dv.setUint32(o + S['dma.length']!, 8, true);
+  dv.setUint32(o + S['dma.resid']!, 8, true);
+  dv.setBigUint64(o + S.iova!, wr.remoteAddr, true);
+  dv.setUint32(o + S.ssn!, ssn, true);
+  q.advanceProducer();
+}
+
 /** rxe_post_one_recv. */
 export function postRecv(q: ClientQueue, wrId: bigint, sg: Sge[]): void {
   if (q.full()) throw new Full('receive queue full');

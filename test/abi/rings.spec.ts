@@ -151,8 +151,8 @@ test('completion: every ib_uverbs_wc field the HCA writes comes out as the libra
 test('the opcode table: which work requests each QP type takes (IBA 10.7 / rxe_wr_opcode_info), and what each is', () => {
   const O = WrOpcode;
   const takes: Record<number, number[]> = {
-    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD, O.SEND_WITH_INV, O.LOCAL_INV, O.BIND_MW],
-    // rxe: BIND_MW on RC and UC, LOCAL_INV on RC; SEND_WITH_INV's IETH opcodes are RC's only
+    // ATOMIC_WRITE: RC only, as rxe >= 6.2; BIND_MW on RC and UC, LOCAL_INV on RC; SEND_WITH_INV's IETH opcodes are RC's only
+    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD, O.ATOMIC_WRITE, O.SEND_WITH_INV, O.LOCAL_INV, O.BIND_MW],
     [QpType.UC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.BIND_MW],
     [QpType.UD]: [O.SEND, O.SEND_WITH_IMM],
   };
@@ -160,6 +160,7 @@ test('the opcode table: which work requests each QP type takes (IBA 10.7 / rxe_w
     [O.SEND]: WrMask.SEND | WrMask.INLINE, [O.SEND_WITH_IMM]: WrMask.SEND | WrMask.INLINE, [O.RDMA_WRITE]: WrMask.WRITE | WrMask.INLINE,
     [O.RDMA_WRITE_WITH_IMM]: WrMask.WRITE | WrMask.INLINE, [O.RDMA_READ]: WrMask.READ, [O.ATOMIC_CMP_AND_SWP]: WrMask.ATOMIC, [O.ATOMIC_FETCH_AND_ADD]: WrMask.ATOMIC,
     [O.SEND_WITH_INV]: WrMask.SEND | WrMask.INLINE, [O.LOCAL_INV]: WrMask.LOCAL, [O.BIND_MW]: WrMask.LOCAL,
+    [O.ATOMIC_WRITE]: WrMask.ATOMIC_WRITE,
   };
   for (const type of Object.values(QpType)) {
     for (const op of Object.values(O)) {

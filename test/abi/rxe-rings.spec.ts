@@ -20,7 +20,7 @@ import { RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../src/abi/rx
 import { WC } from '../../src/abi/uverbs.js';
 import { RecvWqe, SendWqeFields, type CqeIn } from '../../src/abi/wqe.js';
 import { xorshift32 } from '../../src/common/rng.js';
-import { ClientQueue, pollCq, postRecv, postSend, type Wr } from './librxe.js';
+import { ClientQueue, pollCq, postAtomicWrite, postRecv, postSend, type Wr } from './librxe.js';
 import { fieldChecker } from './fields.js';
 
 // ---- (a) layouts ----
@@ -179,6 +179,12 @@ test('send WQE: what librxe 44 writes for each opcode comes out of RxeSendQueue.
   expect(w, { opcode: WrOpcode.ATOMIC_FETCH_AND_ADD, remoteAddr: 0x3008, rkey: 0x78, compareAdd: 42n, swap: 0n });
   // a send on RC names no AH; the union's UD words are not read for other opcodes
   expect(w, { ahHandle: R.RXE_NO_AH, remoteQpn: 0, remoteQkey: 0 });
+  // ibv_wr_atomic_write: the 8 bytes in the WQE (dma's atomic_wr), no SGEs whatever the flags say
+  postAtomicWrite(rc.client, { wrId: 8n, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, rkey: 0x79, remoteAddr: 0x3010n, data: Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 0x88]) }, rc.ssn++);
+  rc.sq.read(rc.idx, rc.w);
+  rc.idx = (rc.idx + 1) >>> 0;
+  rc.sq.setConsumed(rc.idx);
+  expect(rc.w, { opcode: WrOpcode.ATOMIC_WRITE, remoteAddr: 0x3010, rkey: 0x79, compareAdd: 0x8807060504030201n, inline: false, inlineLen: 0, numSge: 0 });
   // ex as invalidate_rkey: a plain u32, for SEND_WITH_INV and LOCAL_INV alike
   w = roundTrip(rc, { wrId: 10n, opcode: WrOpcode.SEND_WITH_INV, invalidateRkey: 0x80001a5, sg: sg.slice(0, 1) });
   expect(w, { opcode: WrOpcode.SEND_WITH_INV, invRkey: 0x80001a5, numSge: 1 });

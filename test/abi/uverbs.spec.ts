@@ -5,6 +5,10 @@
  * layout engine computes its own and they must agree.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { layout, pack, unpack, type StructDef } from '../../src/abi/layout.js';
 import { CQE } from '../../src/abi/cq-ring.js';
@@ -12,6 +16,7 @@ import { RW } from '../../src/abi/recv-ring.js';
 import { SG } from '../../src/abi/ring.js';
 import { SW } from '../../src/abi/send-ring.js';
 import * as U from '../../src/abi/uverbs.js';
+import * as E from '../../src/abi/enums.js';
 
 const expected: Array<[StructDef, number, Record<string, number>]> = [
   [U.CMD_HDR, 8, { command: 0, in_words: 4, out_words: 6 }],
@@ -90,6 +95,18 @@ const expected: Array<[StructDef, number, Record<string, number>]> = [
   [U.QUERY_SRQ_RESP, 16, { max_wr: 0, max_sge: 4, srq_limit: 8, reserved: 12 }],
   [U.DESTROY_SRQ, 16, { response: 0, srq_handle: 8, reserved: 12 }],
   [U.DESTROY_SRQ_RESP, 4, { events_reported: 0 }],
+  // the extended commands' (their requests start after ib_uverbs_ex_cmd_hdr, which carries the response pointer)
+  [U.EX_CMD_HDR, 16, { response: 0, provider_in_words: 8, provider_out_words: 10, cmd_hdr_reserved: 12 }],
+  [U.EX_CREATE_CQ, 32, { user_handle: 0, cqe: 8, comp_vector: 12, comp_channel: 16, comp_mask: 20, flags: 24, reserved: 28 }],
+  [U.EX_CREATE_CQ_RESP, 16, { base: 0, comp_mask: 8, response_length: 12 }],
+  [U.EX_CREATE_QP, 64, {
+    user_handle: 0, pd_handle: 8, send_cq_handle: 12, recv_cq_handle: 16, srq_handle: 20, max_send_wr: 24, max_recv_wr: 28, max_send_sge: 32,
+    max_recv_sge: 36, max_inline_data: 40, sq_sig_all: 44, qp_type: 45, is_srq: 46, reserved: 47, comp_mask: 48, create_flags: 52,
+    rwq_ind_tbl_handle: 56, source_qpn: 60,
+  }],
+  [U.EX_CREATE_QP_RESP, 40, { base: 0, comp_mask: 32, response_length: 36 }],
+  [U.EX_MODIFY_QP, 120, { base: 0, rate_limit: 112, reserved: 116 }],
+  [U.EX_MODIFY_QP_RESP, 8, { comp_mask: 0, response_length: 4 }],
   [U.ASYNC_EVENT_DESC, 16, { element: 0, event_type: 8, reserved: 12 }],
   [U.COMP_EVENT_DESC, 8, { cq_handle: 0 }],
   // the softverbs provider's own (the preload library's struct fd_req / fd_resp have these layouts too)
@@ -118,6 +135,8 @@ test('command numbers are the kernel enum', () => {
     [0, 1, 2, 3, 4, 5, 8, 9, 11, 13, 17, 18, 19, 20, 23, 24, 25, 26, 27, 28, 32, 33, 34, 35],
   );
   assert.equal(U.ABI_VERSION, 6);
+  assert.deepEqual([U.ExCmd.QUERY_DEVICE, U.ExCmd.CREATE_CQ, U.ExCmd.CREATE_QP, U.ExCmd.MODIFY_QP], [1, 18, 24, 26]);
+  assert.deepEqual([U.ExCqFlags.TIMESTAMP_COMPLETION, U.ExCqFlags.IGNORE_OVERRUN, U.CREATE_QP_MASK_IND_TABLE], [1, 2, 1]);
 });
 
 test('encode/decode round-trips every field, little-endian', () => {
@@ -156,4 +175,27 @@ test('a struct definition is its type: decoded fields are typed, an unknown fiel
   assert.deepEqual([CQE.SIZE, CQE.wr_id, CQE.status, CQE.byte_len, CQE.wc_flags, CQE.port_num], [48, 0, 8, 20, 36, 46]);
   assert.deepEqual([SW.SIZE, SW.opcode, SW.remote_addr, SW.compare_add, SW.remote_qkey], [96, 8, 24, 40, 64]);
   assert.deepEqual([RW.SIZE, RW.num_sge, SG.SIZE, SG.lkey], [16, 8, 16, 12]);
+});
+
+test('the extended verbs\' enums are <infiniband/verbs.h>\'s (compiled with cc)', () => {
+  const rows: Array<[string, number]> = [
+    ['IBV_WR_ATOMIC_WRITE', E.WrOpcode.ATOMIC_WRITE], ['IBV_WC_ATOMIC_WRITE', E.WcOpcode.ATOMIC_WRITE],
+    ['IBV_WC_STANDARD_FLAGS', E.WC_STANDARD_FLAGS],
+    ...Object.entries(E.WcExFlags).map(([k, v]): [string, number] => [`IBV_WC_EX_WITH_${k}`, v]),
+    ...Object.entries(E.QpExSendOps).map(([k, v]): [string, number] => [`IBV_QP_EX_WITH_${k}`, v]),
+    ...Object.entries(E.QpCreateFlags).map(([k, v]): [string, number] => [`IBV_QP_CREATE_${k}`, v]),
+    ...Object.entries(E.CreateCqAttrFlags).map(([k, v]): [string, number] => [`IBV_CREATE_CQ_ATTR_${k}`, v]),
+  ];
+  const src = `#include <stdio.h>\n#include <infiniband/verbs.h>\nint main(void) {\n${rows.map(([c]) => `  printf("${c} %lld\\n", (long long)${c});`).join('\n')}\n  return 0;\n}\n`;
+  const dir = mkdtempSync(join(tmpdir(), 'verbs-enums-'));
+  try {
+    writeFileSync(join(dir, 'enums.c'), src);
+    const cc = spawnSync('cc', ['-o', join(dir, 'enums'), join(dir, 'enums.c')], { encoding: 'utf8' });
+    if ((cc.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') assert.fail('this check compiles C against <infiniband/verbs.h>: install a C compiler and libibverbs-dev');
+    assert.equal(cc.status, 0, `cc failed:\n${cc.stderr}`);
+    const run = spawnSync(join(dir, 'enums'), { encoding: 'utf8' });
+    assert.deepEqual(run.stdout.trim().split('\n'), rows.map(([c, v]) => `${c} ${v}`));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -273,6 +273,19 @@ describe('fuzz', () => {
       // each batch's context holds memfds under ids 1..HELD (handed over below), so these name live ones
       corpus.push(U.frame(spec, req, (spec.udata ? { memfd_id: 1 + ri(HELD), memfd_offset: 0n } : undefined) as never));
     }
+    // the extended commands, in WRITE_EX frames (mutations then reach their headers, word counts and udata too)
+    const small = (def: Parameters<typeof layout>[0]) => {
+      const req: Record<string, any> = {};
+      for (const f of layout(def).fields) if (typeof f.type === 'string') req[f.name] = f.type === 'u64' ? BigInt(ri(4)) : ri(4);
+      return req;
+    };
+    const queue = () => ({ def: U.SV_QUEUE, value: { memfd_id: 1 + ri(HELD) } });
+    for (let i = 0; i < 4; i++) {
+      corpus.push(U.exFrame(U.ExCmd.QUERY_DEVICE, U.EX_QUERY_DEVICE, {}, layout(U.EX_QUERY_DEVICE_RESP).size));
+      corpus.push(U.exFrame(U.ExCmd.CREATE_CQ, U.EX_CREATE_CQ, { ...small(U.EX_CREATE_CQ), cqe: 16, comp_channel: -1, comp_mask: 0, flags: 0, reserved: 0, comp_vector: 0 }, 16, queue()));
+      corpus.push(U.exFrame(U.ExCmd.CREATE_QP, U.EX_CREATE_QP, { ...small(U.EX_CREATE_QP), qp_type: 2 + ri(3), comp_mask: 0, create_flags: 0, reserved: 0 }, 40, queue()));
+      corpus.push(U.exFrame(U.ExCmd.MODIFY_QP, U.EX_MODIFY_QP, { base: { ...small(U.MODIFY_QP), dest: {}, alt_dest: {} } }, 8));
+    }
     let sent = 0;
     let replies = 0;
     let closes = 0;

@@ -178,6 +178,30 @@ describe('RC across two processes', () => {
     }
   });
 
+  test('ATOMIC_WRITE (rxe >= 6.2) stores its 8 bytes as one and completes as IBV_WC_ATOMIC_WRITE; misaligned, unwritable or bad rkey fail as rxe', async () => {
+    const t = await pair();
+    try {
+      const bytes = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
+      t.a.qp.postSend({ wrId: 1, opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED, atomicWrite: { remoteAddr: t.remoteAddr + 128n, rkey: t.info.rkey, value: bytes } });
+      t.a.qp.postSend({ wrId: 2, opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED, atomicWrite: { remoteAddr: t.remoteAddr + 136n, rkey: t.info.rkey, value: 0x1122334455667788n } });
+      const wcs = await pollN(t.a.cq, 2);
+      assert.deepEqual(wcs.map((w) => [w.wrId, w.status, w.opcode]), [[1n, 0, WcOpcode.ATOMIC_WRITE], [2n, 0, WcOpcode.ATOMIC_WRITE]]);
+      assert.equal(await t.p.call('read', { off: 128, len: 16 }), '0102030405060708' + '8877665544332211');
+      assert.throws(() => t.a.qp.postSend({ opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED }), { code: 'EINVAL' });
+      t.a.qp.postSend({ wrId: 3, opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED, atomicWrite: { remoteAddr: t.remoteAddr + 132n, rkey: t.info.rkey, value: 1n } });
+      assert.equal((await pollN(t.a.cq, 1))[0]!.status, WcStatus.REM_INV_REQ_ERR, 'misaligned');
+    } finally {
+      await t.close();
+    }
+    const u = await pair();
+    try {
+      u.a.qp.postSend({ wrId: 1, opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED, atomicWrite: { remoteAddr: u.remoteAddr, rkey: u.info.rkey ^ 0x100, value: 1n } });
+      assert.equal((await pollN(u.a.cq, 1))[0]!.status, WcStatus.REM_ACCESS_ERR, 'bad rkey');
+    } finally {
+      await u.close();
+    }
+  });
+
   test('unsignaled WRs complete silently, only the SIGNALED one has a completion', async () => {
     const t = await pair();
     try {

@@ -402,3 +402,62 @@ describe('responder', () => {
     assert.ok(M.RRESP & OPCODES[r.wire[0]!.opcode]!.mask);
   });
 });
+
+describe('ATOMIC_WRITE (rxe >= 6.2)', () => {
+  /** Posts an ATOMIC_WRITE as the library does (its 8 bytes in the WQE, no SGE). */
+  function postAtomicWrite(r: Rig, wrId: bigint, remoteAddr: number, value: bigint): void {
+    r.sq.write({ wrId, opcode: WrOpcode.ATOMIC_WRITE, sendFlags: SendFlags.SIGNALED, atomicWrite: { remoteAddr, rkey: 0x1234, value } });
+    r.sq.publish();
+    r.dev.doorbell(r.qp);
+  }
+
+  test('requester: one packet, a RETH for 8 bytes and the 8 bytes; it takes a max_rd_atomic credit; a plain ACK retires it as IBV_WC_ATOMIC_WRITE', () => {
+    const r = (current = rig());
+    for (let i = 0; i < 5; i++) postAtomicWrite(r, BigInt(i), 0x5000 + i * 8, 0x0102030405060708n + BigInt(i));
+    assert.equal(r.wire.length, 4, 'the fifth waits for a credit');
+    const p = r.wire[0]!;
+    assert.deepEqual([opName(p), p.psn, p.va, p.rkey, p.dmaLen, p.payLen, p.ackReq], ['ATOMIC_WRITE', 100, 0x5000, 0x1234, 8, 8, true]);
+    assert.deepEqual([...p.payload], [8, 7, 6, 5, 4, 3, 2, 1]);
+    assert.equal(OPCODES[Transport.RC | Op.ATOMIC_WRITE]!.name, 'RC_ATOMIC_WRITE');
+    assert.equal(OPCODES[Transport.UC | Op.ATOMIC_WRITE], undefined, 'RC only');
+    feed(r, Transport.RC | Op.ACKNOWLEDGE, { psn: 100, syndrome: Aeth.ACK | Aeth.CREDITS_INVALID });
+    assert.deepEqual(poll(r).map((w) => [w.wrId, w.status, w.opcode]), [[0n, WcStatus.SUCCESS, WcOpcode.ATOMIC_WRITE]]);
+    assert.equal(r.wire.length, 5, 'the credit freed lets the fifth go');
+    assert.equal(r.wire[4]!.psn, 104);
+  });
+
+  test('responder: stored as one at an aligned address and ACKed; a duplicate is ACKed again, not stored again', () => {
+    const r = (current = rig());
+    const v = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
+    feed(r, Transport.RC | Op.ATOMIC_WRITE, { psn: 500, va: 0x10000 + 0x800, rkey: r.mr.key, dmaLen: 8, payload: v, payLen: 8, ackReq: true });
+    assert.deepEqual([...r.mr.mem.view!.subarray(0x800, 0x808)], [...v]);
+    assert.equal(states(r, 'responder').at(-1), 'ATOMIC');
+    r.mr.mem.view!.fill(0, 0x800, 0x808);
+    feed(r, Transport.RC | Op.ATOMIC_WRITE, { psn: 500, va: 0x10000 + 0x800, rkey: r.mr.key, dmaLen: 8, payload: v, payLen: 8, ackReq: true });
+    assert.ok(r.mr.mem.view!.subarray(0x800, 0x808).every((x) => x === 0), 'not stored twice');
+    assert.deepEqual(r.wire.map((p) => [opName(p), p.psn, p.syndrome]), [['ACKNOWLEDGE', 500, Aeth.ACK | Aeth.CREDITS_INVALID], ['ACKNOWLEDGE', 500, Aeth.ACK | Aeth.CREDITS_INVALID]]);
+    assert.equal(r.qp.resp.psn, 501);
+  });
+
+  for (const [what, f, syndrome] of [
+    ['a misaligned address', { va: 0x10000 + 0x804 }, Aeth.NAK_INVALID_REQUEST],
+    ['a RETH length other than 8', { dmaLen: 16 }, Aeth.NAK_INVALID_REQUEST],
+    ['a bad rkey', { rkey: 0x77 }, Aeth.NAK_REM_ACC_ERR],
+  ] as const) {
+    test(`responder: ${what} is NAKed (${syndrome === Aeth.NAK_REM_ACC_ERR ? 'remote access error' : 'invalid request'}), nothing stored, the QP in ERR`, () => {
+      const r = (current = rig());
+      const pkt: Partial<Pkt> = { psn: 500, va: 0x10000 + 0x800, rkey: r.mr.key, dmaLen: 8, payload: new Uint8Array(8).fill(9), payLen: 8, ackReq: true };
+      feed(r, Transport.RC | Op.ATOMIC_WRITE, Object.assign(pkt, f));
+      assert.deepEqual(r.wire.map((p) => p.syndrome), [syndrome]);
+      assert.ok(r.mr.mem.view!.every((x) => x !== 9));
+      assert.equal(r.qp.state, QpState.ERR);
+    });
+  }
+
+  test('responder: a QP without REMOTE_WRITE refuses it as an invalid request', () => {
+    const r = (current = rig());
+    r.qp.attr.accessFlags = Access.LOCAL_WRITE | Access.REMOTE_ATOMIC;
+    feed(r, Transport.RC | Op.ATOMIC_WRITE, { psn: 500, va: 0x10000 + 0x800, rkey: r.mr.key, dmaLen: 8, payload: new Uint8Array(8), payLen: 8, ackReq: true });
+    assert.deepEqual(r.wire.map((p) => p.syndrome), [Aeth.NAK_INVALID_REQUEST]);
+  });
+});

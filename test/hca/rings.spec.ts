@@ -48,7 +48,7 @@ test(`${TOTAL.toLocaleString('en-US')} random WQEs, bogus ring indices and stray
           const slot = RING_HDR + ri(16) * ((sqBytes.length - RING_HDR) / 16 | 0);
           for (let i = 0; i < 96 + 64; i++) if (slot + i < sqBytes.length) sqBytes[slot + i] = ri(256);
           const dv = new DataView(sqBytes.buffer, sqBytes.byteOffset);
-          if (rand() < 0.5) dv.setUint32(slot + 8, ri(12), true);
+          if (rand() < 0.5) dv.setUint32(slot + 8, ri(16), true); // every ibv_wr_opcode, ATOMIC_WRITE (15) among them
           if (rand() < 0.5) dv.setUint32(slot + 16, ri(6), true);
           if (rand() < 0.5) {
             dv.setBigUint64(slot + 96, mr.addr + BigInt(ri(1 << 16)), true);

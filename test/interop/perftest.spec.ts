@@ -32,6 +32,10 @@ const CASES: Case[] = [
   { tool: 'ib_send_bw', args: '-n 64 -s 1024 -c UD', rows: 'both', name: 'UD', c: true },
   { tool: 'ib_send_bw', args: '-n 64 -s 3072 -c UC', rows: 'both', name: 'UC' },
   { tool: 'ib_write_bw', args: '-n 32 -s 4096 -q 2', rows: 'both', name: '2 QPs' },
+  { tool: 'ib_write_bw', args: '-n 32 -s 4096 -q 3 --report_gbits', rows: 'both', name: '3 QPs, Gb/s', c: true },
+  // --output: the one number, nothing else on stdout (no address lines to compare: the run's success says they met)
+  { tool: 'ib_send_bw', args: '-n 64 -s 3072 -q 2 --output=message_rate', rows: 'both', name: '--output', c: true },
+  { tool: 'ib_read_lat', args: '-n 50 -s 64 --output=latency', rows: 'client', lat: true, name: '--output', c: true },
   { tool: 'ib_write_lat', args: '-n 50 -s 64', rows: 'both', lat: true, c: true },
   { tool: 'ib_send_lat', args: '-n 50 -s 64', rows: 'both', lat: true, c: true },
   { tool: 'ib_read_lat', args: '-n 50 -s 64', rows: 'client', lat: true, c: true },
@@ -68,13 +72,21 @@ describe('perftest: softverbs <-> perftest 4.5-0.17 on Linux rxe', { skip }, () 
         const [a, b] = await meet(oursServes, ours, theirs);
         assert.equal(a.code, 0, `softverbs:\n${a.out}\nperftest:\n${b.out}`);
         assert.equal(b.code, 0, `perftest:\n${b.out}\nsoftverbs:\n${a.out}`);
-        const nq = c.name === '2 QPs' ? 2 : 1;
+        const client = oursServes ? b : a;
+        const server = oursServes ? a : b;
+        if (c.args.includes('--output=')) {
+          for (const [r, who, prints] of [[client, 'client', true], [server, 'server', c.rows === 'both']] as const) {
+            assert.doesNotMatch(r.out, /address:|#bytes/, `${who}: nothing but the number\n${r.out}`);
+            if (prints) assert.match(r.out, /^\d+\.\d{6}$/m, `${who}: the number\n${r.out}`);
+          }
+          return;
+        }
+        const nq = Number(/-q (\d+)/.exec(c.args)?.[1] ?? 1);
         assert.equal(addrs(a.out, 'local').length, nq);
         assert.deepEqual(addrs(a.out, 'remote'), addrs(b.out, 'local'), 'we saw what they sent');
         assert.deepEqual(addrs(b.out, 'remote'), addrs(a.out, 'local'), 'they saw what we sent');
         const row = c.lat ? LAT_ROW : BW_ROW;
-        const client = oursServes ? b : a;
-        const server = oursServes ? a : b;
+        if (c.args.includes('--report_gbits')) for (const r of [a, b]) assert.match(r.out, /BW average\[Gb\/sec\]/);
         assert.match(client.out, row, `client result row:\n${client.out}`);
         if (c.name === 'all sizes') assert.equal(client.out.match(new RegExp(row.source, 'gm'))?.length, 23, 'every size from 2 to 2^23');
         if (c.rows === 'both') assert.match(server.out, row, `server result row:\n${server.out}`);

@@ -1,6 +1,6 @@
 /**
  * RDMA CM against Linux (rdma_cm, ib_cm and rdma-core 44's rping in the lab
- * VM), run by `npm run test:interop`: rping, ucmatose, udaddy and rdma_server/rdma_client both ways, and
+ * VM), run by `npm run test:interop`: rping, ucmatose (and its -m, rdma_migrate_id), udaddy and rdma_server/rdma_client both ways, and
  * a connection to a port nothing listens on refused both ways (REJ "invalid
  * service ID" reaching the client as REJECTED, status 8).
  */
@@ -55,6 +55,23 @@ describe('rping: softverbs <-> rdma-core 44 over Linux rdma_cm', { skip }, () =>
         assert.match(r.out, /test complete\nreturn status 0\n/, who);
       }
       assert.match((oursServes ? a : b).out, /cmatose: disconnecting\ndisconnected\n/);
+    });
+  }
+
+  // cmatose.c's -m on both sides: after the data each moves its ids to a new event channel (rdma_migrate_id), and
+  // the disconnect's events arrive there; on Linux the kernel's ucma_migrate_id moves them
+  for (const oursServes of [true, false]) {
+    test(`ucmatose -c 2 -C 4 -m (ids migrated to a new event channel), softverbs ${oursServes ? 'server' : 'client'}, Linux ${oursServes ? 'client' : 'server'}`, async () => {
+      const port = String(7000 + Math.floor(Math.random() * 1000));
+      const ours = (server: boolean) => run(process.execPath, [join(DIST, 'src', 'bin', 'ucmatose.js'), ...(server ? ['-b', HOST] : ['-s', PEER]), '-p', port, '-c', '2', '-C', '4', '-m'], { ...process.env, SOFTVERBS_ROOT: d.root });
+      const theirs = (server: boolean) => run(join(LAB, 'vm-exec.sh'), ['1', `timeout 120 ucmatose ${server ? `-b ${PEER}` : `-s ${HOST}`} -p ${port} -c 2 -C 4 -m`]);
+      const [a, b] = await meet(oursServes, ours, theirs);
+      const [srv, cli] = oursServes ? [a, b] : [b, a];
+      for (const [r, who] of [[a, 'softverbs'], [b, 'Linux']] as const) assert.equal(r.code, 0, `${who}:\n${r.out}`);
+      assert.equal(srv.out, 'cmatose: starting server\ninitiating data transfers\ncompleting sends\nreceiving data transfers\ndata transfers complete\n' +
+        'migrating to new event channel\ncmatose: disconnecting\ndisconnected\ntest complete\nreturn status 0\n');
+      assert.equal(cli.out, 'cmatose: starting client\ncmatose: connecting\nreceiving data transfers\nsending replies\ndata transfers complete\n' +
+        'migrating to new event channel\ntest complete\nreturn status 0\n');
     });
   }
 

@@ -53,7 +53,8 @@ export interface Proc {
   pid: number;
   /** what it printed so far */
   out(): string;
-  done: Promise<Run & { ms: number }>;
+  /** how it ended; `stdout` alone beside `out`, for comparing what two programs print where stderr's interleaving differs */
+  done: Promise<Run & { ms: number; stdout: string }>;
   kill(sig?: NodeJS.Signals): void;
 }
 
@@ -65,7 +66,8 @@ export function start(argv: string[], env: NodeJS.ProcessEnv, ms = 30_000): Proc
   const t0 = performance.now();
   const p = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
-  p.stdout!.on('data', (d) => (out += d));
+  let stdout = '';
+  p.stdout!.on('data', (d) => ((out += d), (stdout += d)));
   p.stderr!.on('data', (d) => (out += d));
   const t = setTimeout(() => {
     try {
@@ -74,10 +76,10 @@ export function start(argv: string[], env: NodeJS.ProcessEnv, ms = 30_000): Proc
       /* gone already */
     }
   }, ms);
-  const done = new Promise<Run & { ms: number }>((resolve) => {
-    p.on('close', (code) => {
+  const done = new Promise<Run & { ms: number; stdout: string }>((resolve) => {
+    p.on('close', (code, signal) => {
       clearTimeout(t);
-      resolve({ code, out, ms: Math.round(performance.now() - t0) });
+      resolve({ code, out, stdout, signal, ms: Math.round(performance.now() - t0) });
     });
   });
   return { pid: p.pid!, out: () => out, done, kill: (sig = 'SIGKILL') => p.kill(sig) };
@@ -125,7 +127,7 @@ export function launchers(root: () => string) {
  * A server and its client on a fresh TCP port: `server(port)` is started, the client `client(port)` once the
  * server listens; both runs, server first. `ms` bounds each.
  */
-export async function pair(server: (port: string) => string[], client: (port: string) => string[], env: NodeJS.ProcessEnv, ms = 30_000, clientEnv = env): Promise<[Run & { ms: number }, Run & { ms: number }]> {
+export async function pair(server: (port: string) => string[], client: (port: string) => string[], env: NodeJS.ProcessEnv, ms = 30_000, clientEnv = env): Promise<[Run & { ms: number; stdout: string }, Run & { ms: number; stdout: string }]> {
   const port = await freePort();
   const s = start(server(String(port)), env, ms);
   await serverUp(s, port);

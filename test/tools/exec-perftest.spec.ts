@@ -6,7 +6,9 @@
  * works through the preload library.
  */
 import assert from 'node:assert/strict';
-import { chmodSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { A1, A2, startDaemon, type Run, type RunningDaemon } from '../helpers.js';
 import { buildPreload, execSkip, launchers, pair } from './exec-harness.js';
@@ -31,6 +33,25 @@ function row(t: Tool, out: string): RegExpMatchArray | null {
 }
 /** "local address: ... QPN 0x.. PSN 0x.." of one side, "remote address" of the other */
 const qp = (out: string, which: string) => /address: LID \S+ QPN (\S+) PSN (\S+)/.exec(out.split('\n').find((l) => l.startsWith(` ${which} address:`)) ?? '')?.slice(1);
+
+/**
+ * What two programs given the same flags must print alike: every line, with what differs from run to run
+ * masked (hex QPNs, PSNs, keys and addresses; measured numbers, with the padding that follows them).
+ */
+const shape = (text: string): string[] => text.replace(/0x[0-9a-f]+/g, '0x#').replace(/-?\d+\.\d+ */g, '#.# ').split('\n');
+
+/** perftest users' flags: several QPs, Gb/s, a single number (--output), the JSON file. */
+const FLAGGED: Array<[Tool, string[]]> = [
+  ['ib_write_bw', ['-q', '2', '--report_gbits']],
+  ['ib_send_bw', ['-q', '3', '--output=message_rate']],
+  ['ib_read_bw', ['-q', '2', '--output=bandwidth', '--report_gbits', '--out_json']],
+  ['ib_write_bw', ['-q', '2', '-b', '--out_json']],
+  ['ib_send_lat', ['--output=latency', '--out_json']],
+  ['ib_read_lat', ['--out_json']],
+  // duration runs' averages (no -a here: its 8 MiB buffers pass the unprivileged user's RLIMIT_MEMLOCK)
+  ['ib_write_bw', ['-D', '2', '--output=bandwidth']],
+  ['ib_send_lat', ['-D', '2', '--output=latency']],
+];
 
 function assertPerftest(t: Tool, [s, c]: Run[], what: string): void {
   assert.equal(s!.code, 0, `${what}: server\n${s!.out}`);
@@ -72,6 +93,52 @@ describe('perftest through softverbs exec', { skip }, () => {
       assertPerftest(t, r, `${t} ${oursServes ? 'TS↔C' : 'C↔TS'}`);
     });
   }
+
+  describe('the flags perftest users pass: the same lines from perftest\'s tools and ours, each side', () => {
+    let tmp = '';
+    before(() => {
+      tmp = mkdtempSync(join(tmpdir(), 'sv-perftest-flags-'));
+      chmodSync(tmp, 0o777);
+    });
+    after(() => rmSync(tmp, { recursive: true, force: true }));
+
+    for (const [t, flags] of FLAGGED) {
+      test(`${t} ${flags.join(' ')}: C with C, our server with C's client, C's server with our client`, async () => {
+        const json = flags.includes('--out_json');
+        const tag = `${t}${flags.join('')}`.replace(/[^\w]/g, '_');
+        const runs: Array<{ who: string; s: string; c: string; sJson: string; cJson: string }> = [];
+        for (const [sv, cl, who] of [[c, c, 'C/C'], [ours, c, 'TS/C'], [c, ours, 'C/TS']] as const) {
+          const file = (side: string) => join(tmp, `${tag}-${who.replace('/', '')}-${side}.json`);
+          const j = (side: string) => (json ? [`--out_json_file=${file(side)}`] : []);
+          const [s, cr] = await pair((p) => sv(t, ...args('rxe0', p), ...flags, ...j('s')), (p) => cl(t, ...args('rxe1', p), ...flags, ...j('c'), '127.0.0.1'), env());
+          assert.equal(s.code, 0, `${who} server\n${s.out}`);
+          assert.equal(cr.code, 0, `${who} client\n${cr.out}`);
+          const read = (side: string) => (json && existsSync(file(side)) ? readFileSync(file(side), 'utf8') : '');
+          runs.push({ who, s: s.stdout, c: cr.stdout, sJson: read('s'), cJson: read('c') });
+        }
+        const base = runs[0]!;
+        // perftest's own pair shows the flags took: the number alone, one address line per QP, Gb/s, the file
+        const q = flags.includes('-q') ? Number(flags[flags.indexOf('-q') + 1]) : 1;
+        const output = flags.find((f) => f.startsWith('--output='));
+        // (a READ test's client first says, above a line, that it turned inline data off)
+        const lines = base.c.split('\n').filter(Boolean);
+        if (output) assert.ok(lines.some((l) => /^\d+\.\d{6}$/.test(l)) && lines.every((l) => /^\d+\.\d{6}$|^-+$/.test(l)), `C's client with ${output}\n${base.c}`);
+        else assert.equal(base.c.split('\n').filter((l) => l.startsWith(' local address:')).length, q, `C's client: one address per QP\n${base.c}`);
+        if (flags.includes('--report_gbits') && !output) assert.match(base.c, /BW average\[Gb\/sec\]/);
+        if (json) {
+          assert.match(base.cJson, new RegExp(`^\\{\\ntest_info: \\{\\n[^]*Number_of_qps: ${q},\\n[^]*\\},\\nresults: \\{\\n[^]*\\},\\n\\}\\n$`), `C's client's JSON\n${base.cJson}`);
+          if (output === '--output=bandwidth') assert.match(base.cJson, /\nresults: \{\nbw_avg: \d+\.\d{6},\n\},/);
+          if (output === '--output=latency') assert.match(base.cJson, /\nresults: \{\navg_lat: \d+\.\d{6},\n\},/);
+        }
+        for (const r of runs.slice(1)) {
+          assert.deepEqual(shape(r.s), shape(base.s), `${r.who}: the server's lines as perftest's server prints them\n${r.s}\n--- perftest's:\n${base.s}`);
+          assert.deepEqual(shape(r.c), shape(base.c), `${r.who}: the client's lines as perftest's client prints them\n${r.c}\n--- perftest's:\n${base.c}`);
+          assert.deepEqual(shape(r.sJson), shape(base.sJson), `${r.who}: the server's JSON file`);
+          assert.deepEqual(shape(r.cJson), shape(base.cJson), `${r.who}: the client's JSON file`);
+        }
+      });
+    }
+  });
 
   for (const t of ['ib_send_bw', 'ib_write_lat'] as const) {
     test(`${t} -R (connected through rdma_cm): perftest's on rxe0 and rxe1`, { skip: RDMA_CM }, async () => {

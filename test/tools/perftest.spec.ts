@@ -83,7 +83,7 @@ describe('perftest formats against perftest 4.5-0.17 recorded on Linux rxe', { s
           assert.equal(bwRow(p, { size: BigInt(n[0]!), iters: BigInt(n[1]!), bwPeak: n[2]!, bwAvg: n[3]!, msgRate: n[4]! }), row, `${name} ${role}: result row`);
         } else {
           const r: LatResult = { size: n[0]!, iters: n[1]!, tMin: n[2]!, tMax: n[3]!, tTypical: n[4]!, tAvg: n[5]!, tStdev: n[6]!, p99: n[7]!, p999: n[8]!, listing: '' };
-          assert.equal(latRow(r), row, `${name} ${role}: result row`);
+          assert.equal(latRow(p, r), row, `${name} ${role}: result row`);
         }
       }
       if (name !== 'send_bw' && name !== 'write_lat') {
@@ -114,7 +114,7 @@ describe('perftest formats against perftest 4.5-0.17 recorded on Linux rxe', { s
         assert.equal(bwJson(p, info, rep), json, `${t}: json`);
       } else {
         const r: LatResult = { size: n[0]!, iters: n[1]!, tMin: n[2]!, tMax: n[3]!, tTypical: n[4]!, tAvg: n[5]!, tStdev: n[6]!, p99: n[7]!, p999: n[8]!, listing: '' };
-        assert.equal(latRow(r), row, `${t}: row`);
+        assert.equal(latRow(p, r), row, `${t}: row`);
         assert.equal(latJson(p, info, r), json, `${t}: json`);
       }
     }

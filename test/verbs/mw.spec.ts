@@ -31,8 +31,8 @@ async function sides(ca: Context, cb: Context): Promise<Sides> {
 async function pair(s: Sides): Promise<{ qa: QueuePair; qb: QueuePair }> {
   const qa = await s.a.pd.createQp({ sendCq: s.a.cq, recvCq: s.a.cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
   const qb = await s.b.pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: { maxSendWr: 16, maxRecvWr: 16 } });
-  await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) }, { retryCnt: 1, timeout: 10 });
-  await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) }, { retryCnt: 1, timeout: 10 });
+  await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) });
+  await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) });
   return { qa, qb };
 }
 
@@ -295,7 +295,7 @@ describe('memory windows, two devices of one daemon', () => {
       const mr = await pd.allocMr(4096, Access.LOCAL_WRITE | Access.MW_BIND);
       mrKey = mr.lkey;
       const q = await pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: {} });
-      await connectQp(q, s.b.ctx, { qpn: qb.qpNum, gid: s.a.ctx.queryGid(1, 0) }, { retryCnt: 1, timeout: 10 });
+      await connectQp(q, s.b.ctx, { qpn: qb.qpNum, gid: s.a.ctx.queryGid(1, 0) });
       q.bindMw(mw, { sendFlags: SendFlags.SIGNALED, bindInfo: { mr, addr: mr.addr, length: 64, mwAccessFlags: Access.REMOTE_READ } });
       assert.equal((await pollN(s.b.cq, 1))[0]!.status, WcStatus.SUCCESS);
     }
@@ -339,7 +339,7 @@ describe('memory windows, two devices of one daemon', () => {
     const mw = await pd.allocMw(MwType.TYPE_2);
     const qa = await s.a.pd.createQp({ sendCq: s.a.cq, recvCq: s.a.cq, qpType: QpType.RC, cap: {} });
     const qb = await pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: {} });
-    await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) }, { retryCnt: 1, timeout: 10 });
+    await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) });
     await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) });
     assert.equal((await bind2(s, qb, mw, mr, 0, 4096, RW)).status, WcStatus.SUCCESS);
     await assert.rejects(mr.deregMr(), (e: VerbsError) => e.code === 'EINVAL' && /memory window/.test(e.message));

@@ -22,7 +22,21 @@ function channelByToken(ctx: Context, token: number): CompChannel {
   return fail(E.EINVAL, `comp_channel ${token} is not a channel of this context`);
 }
 
+/** What CREATE_CQ and EX_CREATE_CQ have in common (the kernel's create_cq). */
+export interface CqRequest {
+  user_handle: bigint;
+  cqe: number;
+  comp_vector: number;
+  comp_channel: number;
+}
+
 function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'> | null): Buffer {
+  const made = newCq(ctx, r, u);
+  return Buffer.concat([pack(U.CREATE_CQ_RESP, { cq_handle: made.handle, cqe: made.cqe }), made.udata]);
+}
+
+/** Makes the CQ a create command asks for: its handle, its real size, and the provider's response udata. */
+export function newCq(ctx: Context, r: CqRequest, u: U.Udata<'CREATE_CQ'> | null): { handle: number; cqe: number; udata: Buffer } {
   const cqe = r.cqe;
   if (cqe < 1 || cqe > Limits.maxCqe) fail(E.EINVAL, `CREATE_CQ: cqe ${cqe} not in 1..${Limits.maxCqe}`);
   if (r.comp_vector !== 0) fail(E.EINVAL, `CREATE_CQ: comp_vector ${r.comp_vector} (the device has 1)`);
@@ -31,7 +45,7 @@ function createCq(ctx: Context, r: U.Req<'CREATE_CQ'>, u: U.Udata<'CREATE_CQ'> |
   const q = ctx.provider.cq(ctx, cqe, u);
   const cq = new Cq(ctx, r.user_handle, q.mapping, q.ring!, q.cqe, ch);
   if (ch) ch.users++;
-  return Buffer.concat([pack(U.CREATE_CQ_RESP, { cq_handle: ctx.add({ type: 'cq', obj: cq }), cqe: q.cqe }), q.udata]);
+  return { handle: ctx.add({ type: 'cq', obj: cq }), cqe: q.cqe, udata: q.udata };
 }
 
 function resizeCq(ctx: Context, r: U.Req<'RESIZE_CQ'>, u: U.Udata<'RESIZE_CQ'> | null): Buffer {

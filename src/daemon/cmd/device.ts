@@ -32,11 +32,14 @@ export function queryDevice(ctx: Context): Buffer {
   });
 }
 
+/** IBV_PORT_CM_SUP, as rxe reports (QUERY_PORT and sysfs's cap_mask) */
+export const PORT_CAP_FLAGS = 0x00010000;
+
 function queryPort(ctx: Context, r: U.Req<'QUERY_PORT'>): Buffer {
   if (r.port_num !== 1) fail(E.EINVAL, `QUERY_PORT: port ${r.port_num} does not exist (only port 1)`);
   const d = ctx.dev;
   return pack(U.QUERY_PORT_RESP, {
-    port_cap_flags: 0x00010000, // IBV_PORT_CM_SUP, as rxe reports
+    port_cap_flags: PORT_CAP_FLAGS,
     max_msg_sz: 0x800000, bad_pkey_cntr: 0, qkey_viol_cntr: 0, gid_tbl_len: GID_TBL_LEN, pkey_tbl_len: PKEY_TBL_LEN, lid: 0, sm_lid: 0,
     state: d.portState, max_mtu: 5, active_mtu: d.activeMtu, lmc: 0, max_vl_num: 1, sm_sl: 0, subnet_timeout: 0,
     init_type_reply: 0, active_width: 1, active_speed: 1, phys_state: d.portState === PortState.ACTIVE ? 5 : 3,

@@ -14,6 +14,15 @@ import type { Commands } from './command.js';
 const QP_BASE_BYTES = 16 * 1024;
 
 function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'> | null): Buffer {
+  const made = newQp(ctx, r, u);
+  return Buffer.concat([made.resp, made.udata]);
+}
+
+/** What CREATE_QP and EX_CREATE_QP have in common (the kernel's create_qp): the legacy request, the response address aside. */
+export type QpRequest = Omit<U.Req<'CREATE_QP'>, 'response'>;
+
+/** Makes the QP a create command asks for: ib_uverbs_create_qp_resp and the provider's response udata. */
+export function newQp(ctx: Context, r: QpRequest, u: U.Udata<'CREATE_QP'> | null): { resp: Buffer; udata: Buffer } {
   const type = r.qp_type;
   if (type !== QpType.RC && type !== QpType.UC && type !== QpType.UD) fail(E.EOPNOTSUPP, `CREATE_QP: QP type ${type} is not supported`);
   const pd = ctx.get('pd', r.pd_handle);
@@ -55,7 +64,7 @@ function createQp(ctx: Context, r: U.Req<'CREATE_QP'>, u: U.Udata<'CREATE_QP'> |
     qp_handle: h, qpn, max_send_wr: c.maxSendWr, max_recv_wr: c.maxRecvWr, max_send_sge: c.maxSendSge, max_recv_sge: c.maxRecvSge,
     max_inline_data: c.maxInlineData,
   });
-  return Buffer.concat([resp, q.udata]);
+  return { resp, udata: q.udata };
 }
 
 function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
@@ -75,7 +84,17 @@ function queryQp(ctx: Context, r: U.Req<'QUERY_QP'>): Buffer {
   });
 }
 
-function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
+/** IB_QP_ATTR_STANDARD_BITS: STATE (bit 0) to DEST_QPN (bit 20), what the legacy MODIFY_QP (and rxe's modify_qp) take. */
+export const QP_ATTR_STANDARD_BITS = (A.DEST_QPN << 1) - 1;
+
+/** ib_uverbs_modify_qp: any attribute past the standard ones is EOPNOTSUPP before the QP is looked at. */
+function legacyModifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
+  if (r.attr_mask & ~QP_ATTR_STANDARD_BITS) fail(E.EOPNOTSUPP, `MODIFY_QP: attr_mask 0x${(r.attr_mask >>> 0).toString(16)} has bits past the standard attributes`);
+  modifyQp(ctx, r);
+}
+
+/** MODIFY_QP, and EX_MODIFY_QP's base. */
+export function modifyQp(ctx: Context, r: U.Req<'MODIFY_QP'>): void {
   const qp = ctx.get('qp', r.qp_handle);
   const mask = r.attr_mask;
   const cur = qp.state;
@@ -177,7 +196,7 @@ function postRecvDoorbell(ctx: Context, r: U.Req<'POST_RECV'>): Buffer {
 export const qpCommands: Commands = {
   CREATE_QP: (ctx, r, u) => createQp(ctx, r, u),
   QUERY_QP: (ctx, r) => queryQp(ctx, r),
-  MODIFY_QP: (ctx, r) => modifyQp(ctx, r),
+  MODIFY_QP: (ctx, r) => legacyModifyQp(ctx, r),
   DESTROY_QP: (ctx, r) => destroyQp(ctx, r),
   POST_SEND: (ctx, r) => postSend(ctx, r),
   POST_RECV: (ctx, r) => postRecvDoorbell(ctx, r),

@@ -58,6 +58,11 @@ export interface MrPages {
 
 export interface Provider {
   readonly name: ProviderAbi;
+  /**
+   * The least response udata its driver writes for a CQ and a QP: rxe's create_cq / create_qp refuse (EINVAL)
+   * an answer with less room than their mminfo(s), before making anything. The extended commands check it.
+   */
+  readonly createRespUdata: { readonly cq: number; readonly qp: number };
   /** The request udata a command carries for this provider (decoded before its handler runs), if any. */
   reqUdata(spec: U.CmdSpec): StructDef | undefined;
   cq(ctx: Context, cqe: number, u: U.Udata<'CREATE_CQ'> | null): CqQueue;

@@ -10,7 +10,7 @@
 import { ftruncateSync } from 'node:fs';
 import { Access } from '../../abi/enums.js';
 import { layout, pack } from '../../abi/layout.js';
-import { MMINFO, RXE_CREATE_AH_RESP, RXE_MODIFY_SRQ_CMD, rxeAhNum, rxeCqLayout, rxeQpLayout, rxeSrqLayout } from '../../abi/rxe.js';
+import { MMINFO, RXE_CREATE_AH_RESP, RXE_CREATE_CQ_RESP, RXE_CREATE_QP_RESP, RXE_MODIFY_SRQ_CMD, rxeAhNum, rxeCqLayout, rxeQpLayout, rxeSrqLayout } from '../../abi/rxe.js';
 import { RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../abi/rxe-rings.js';
 import { E, fail } from '../../common/errno.js';
 import { ProcMemory } from '../../hca/mr-memory.js';
@@ -70,6 +70,7 @@ function queueMemory(ctx: Context, bytes: readonly number[], what: string): Queu
 
 export const rxeProvider: Provider = {
   name: 'rxe',
+  createRespUdata: { cq: layout(RXE_CREATE_CQ_RESP).size, qp: layout(RXE_CREATE_QP_RESP).size },
   // rxe's commands carry no request udata but MODIFY_SRQ's
   reqUdata: (spec) => (spec.name === 'MODIFY_SRQ' ? RXE_MODIFY_SRQ_CMD : undefined),
   cq(ctx, cqe) {

@@ -30,6 +30,7 @@ function cqRing(ctx: Context, cqe: number, u: { memfd_id: number } | null, cmd: 
 
 export const softverbsProvider: Provider = {
   name: 'softverbs',
+  createRespUdata: { cq: 0, qp: 0 },
   reqUdata: (spec) => spec.udata,
   cq: (ctx, cqe, u) => cqRing(ctx, cqe, u, 'CREATE_CQ', true),
   resizeCq: (ctx, cqe, u) => cqRing(ctx, cqe, u, 'RESIZE_CQ', false),

@@ -15,6 +15,9 @@ export type Tst = 'BW' | 'LAT';
 export type Conn = 'RC' | 'UC' | 'UD';
 export const ATOMIC_TYPES = ['CMP_AND_SWAP', 'FETCH_AND_ADD'] as const;
 export type AtomicType = (typeof ATOMIC_TYPES)[number];
+/** --output: perftest's verbosity_level. FULL is its FULL_VERBOSITY (no --output); the others print only that number. */
+export const OUTPUTS = ['bandwidth', 'message_rate', 'latency'] as const;
+export type Output = 'FULL' | (typeof OUTPUTS)[number];
 
 export const DEF = {
   port: 18515, sizeBw: 65536, sizeLat: 2, iters: 1000, itersWriteBw: 5000, txBw: 128, txLat: 1, qpTimeout: 14, rxRdma: 1, rxSend: 512,
@@ -60,6 +63,7 @@ export interface Params {
   margin: number;
   atomicType: AtomicType;
   reportGbits: boolean;
+  output: Output;
   cpuFreqF: boolean;
   disablePcir: boolean;
   outJson: boolean;
@@ -101,7 +105,7 @@ const OPTIONS = {
   all: { type: BOOL, short: 'a' }, 'CPU-freq': { type: BOOL, short: 'F' }, events: { type: BOOL, short: 'e' }, bidirectional: { type: BOOL, short: 'b' },
   noPeak: { type: BOOL, short: 'N' }, version: { type: BOOL, short: 'V' }, help: { type: BOOL, short: 'h' }, 'report-cycles': { type: BOOL, short: 'C' },
   'report-histogrm': { type: BOOL, short: 'H' }, 'report-unsorted': { type: BOOL, short: 'U' },
-  report_gbits: { type: BOOL }, out_json: { type: BOOL }, out_json_file: { type: STR }, disable_pcie_relaxed: { type: BOOL }, use_old_post_send: { type: BOOL },
+  report_gbits: { type: BOOL }, output: { type: STR }, out_json: { type: BOOL }, out_json_file: { type: STR }, disable_pcie_relaxed: { type: BOOL }, use_old_post_send: { type: BOOL },
   chart: { type: STR }, results_csv: { type: STR }, results_json: { type: STR },
   // refused with a message (UNSUPPORTED)
   R: { type: BOOL, short: 'R' }, z: { type: BOOL, short: 'z' }, g: { type: BOOL, short: 'g' }, O: { type: BOOL, short: 'O' }, X: { type: STR, short: 'X' },
@@ -165,6 +169,8 @@ export function usage(tool: string, verb: Verb, tst: Tst): string {
     '  -x, --gid-index=<index>  Test uses GID with GID index (Default : IB - no gid . ETH - 0)',
     ...(verb === Verb.ATOMIC ? ['  -A, --atomic_type=<type>  type of atomic operation from {CMP_AND_SWAP,FETCH_AND_ADD} (default FETCH_AND_ADD)'] : []),
     ...(tst === 'BW' ? ['      --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MB/sec)'] : []),
+    '      --output=<units> Set verbosity output level: bandwidth , message_rate, latency ',
+    ' Latency measurement is Average calculation ',
     '      --out_json  Save the report in a json file',
     '      --out_json_file=<file>  Name of the report json file. (Default: perftest_out.json in the working directory)',
     '      --disable_pcie_relaxed  Disable PCIe relaxed ordering',
@@ -207,7 +213,7 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
     txDepth: tst === 'BW' ? DEF.txBw : DEF.txLat, rxDepth: verb === Verb.SEND ? DEF.rxSend : DEF.rxRdma,
     qpTimeout: DEF.qpTimeout, sl: 0, conn: 'RC', numQps: 1, gidIndex: -1, useGidUser: false, inlineSize: -1, outReads: 0,
     useEvent: false, duplex: false, noPeak: false, reqCqMod: false, cqMod: DEF.cqMod, postList: 1, testMethod: 'REGULAR',
-    testType: 'ITERATIONS', duration: DEF.duration, margin: -1, atomicType: 'FETCH_AND_ADD', reportGbits: false, cpuFreqF: false,
+    testType: 'ITERATIONS', duration: DEF.duration, margin: -1, atomicType: 'FETCH_AND_ADD', reportGbits: false, output: 'FULL', cpuFreqF: false,
     // write_lat.c alone turns relaxed ordering off (it polls the buffer's last byte)
     disablePcir: tst === 'LAT' && verb === Verb.WRITE, outJson: false, outJsonFile: 'perftest_out.json', histogram: false, unsorted: false, cycles: false,
     chart: null, resultsCsv: null, resultsJson: null, servername: null, machine: 'SERVER', rdmaCm: v.R === true,
@@ -331,6 +337,10 @@ export function parse(tool: string, verb: Verb, tst: Tst, argv: string[]): Parse
       p.unsorted = true;
     }
     if (v.report_gbits) p.reportGbits = true;
+    if (typeof v.output === 'string') {
+      if (!(OUTPUTS as readonly string[]).includes(v.output)) fail(' Invalid verbosity level output flag. Please use bandwidth, latency, message_rate\n');
+      p.output = v.output as Output;
+    }
     if (v.out_json) p.outJson = true;
     if (typeof v.out_json_file === 'string') p.outJsonFile = v.out_json_file;
     if (v.disable_pcie_relaxed) p.disablePcir = true;
@@ -393,6 +403,10 @@ function forceDependencies(p: Params, out: string[]): void {
     p.noPeak = true;
     if (p.useEvent) exit('Duration mode doesn\'t work with events.\n');
     if (p.testMethod === 'ALL') exit('Duration mode currently doesn\'t support running on all sizes.\n');
+  }
+  if (p.output !== 'FULL') {
+    if (p.tst === 'BW' && p.output === 'latency') exit(' Output verbosity level for BW can be: bandwidth, message_rate\n');
+    if (p.tst === 'LAT' && p.output !== 'latency') exit(' Output verbosity level for LAT can be: latency\n');
   }
   if (p.verb === Verb.SEND && p.tst === 'BW' && p.machine === 'SERVER' && !p.duplex) p.noPeak = true;
   if (p.duplex && p.verb === Verb.SEND && p.conn !== 'RC') exit(' softverbs supports bidirectional SEND on RC only\n');

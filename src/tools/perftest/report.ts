@@ -44,7 +44,11 @@ export interface InfoCtx {
   outReads: number;
 }
 
+/** A full report's frame (--output prints the one number alone): a RESULT_LINE, or nothing. */
+export const resultLine = (p: Params): string => (p.output === 'FULL' ? RESULT_LINE : '');
+
 export function testInfo(p: Params, c: InfoCtx): string {
+  if (p.output !== 'FULL') return '';
   let title = `${TESTS_STR[p.verb]} `;
   if (p.verb === Verb.ATOMIC) title += `${p.atomicType} `;
   if (p.tst === 'BW') title += `${p.duplex ? 'Bidirectional ' : ''}${p.postList > 1 ? 'Post List ' : ''}BW `;
@@ -83,10 +87,12 @@ export function addrLines(side: 'local' | 'remote', d: PerfDest, verb: Verb): st
 }
 
 export function bwHeader(p: Params): string {
+  if (p.output !== 'FULL') return '';
   return `${RESULT_LINE}${p.reportGbits ? RESULT_FMT_G : RESULT_FMT}\n`;
 }
 
 export function latHeader(p: Params): string {
+  if (p.output !== 'FULL') return '';
   return `${RESULT_LINE}${p.testType === 'ITERATIONS' ? RESULT_FMT_LAT : RESULT_FMT_LAT_DUR}\n`;
 }
 
@@ -141,6 +147,8 @@ export function bwRow(p: Params, mine: BwReport, rem: BwReport | null = null): s
     avg += rem.bwAvg;
     rate += rem.msgRate;
   }
+  if (p.output === 'bandwidth') return `${f(avg, 6)}\n`;
+  if (p.output === 'message_rate') return `${f(rate, 6)}\n`;
   const incAccuracy = avg < 0.1 && p.reportGbits;
   if (incAccuracy) return ` ${left(mine.size, 7)}    ${mine.iters}           ${left(f(peak, 6), 7)}            ${left(f(avg, 6), 7)}            ${left(f(rate, 6), 7)}\n`;
   return ` ${left(mine.size, 7)}    ${left(mine.iters, 10)}       ${left(f(peak, 2), 7)}            ${left(f(avg, 2), 7)}\t\t   ${left(f(rate, 6), 7)}\n`;
@@ -153,6 +161,8 @@ export function bwJson(p: Params, c: InfoCtx, mine: BwReport, rem: BwReport | nu
   const rate = mine.msgRate + (rem?.msgRate ?? 0);
   const inc = avg < 0.1 && p.reportGbits;
   const prec = inc ? 6 : 2;
+  if (p.output === 'bandwidth') return `{\n${jsonTestInfo(p, c)}results: {\nbw_avg: ${f(avg, 6)},\n},\n}\n`;
+  if (p.output === 'message_rate') return `{\n${jsonTestInfo(p, c)}results: {\nmsgRate_avg: ${f(rate, 6)},\n},\n}\n`;
   return `{\n${jsonTestInfo(p, c)}results: {\nMsgSize: ${mine.size},\nn_iterations: ${mine.iters},\nBW_peak: ${f(peak, prec)},\nBW_average: ${f(avg, prec)},\nMsgRate: ${f(rate, 6)},\n},\n}\n`;
 }
 
@@ -236,11 +246,13 @@ function g(x: number): string {
   return String(Number(x.toPrecision(6)));
 }
 
-export function latRow(r: LatResult): string {
+export function latRow(p: Params, r: LatResult): string {
+  if (p.output === 'latency') return `${f(r.tAvg, 6)}\n`;
   return ` ${left(r.size, 7)} ${r.iters}          ${left(f(r.tMin, 2), 7)}        ${left(f(r.tMax, 2), 7)}      ${left(f(r.tTypical, 2), 7)}  \t       ${left(f(r.tAvg, 2), 7)}     \t${left(f(r.tStdev, 2), 7)}\t\t${left(f(r.p99, 2), 7)} \t\t${left(f(r.p999, 2), 7)}\n`;
 }
 
 export function latJson(p: Params, c: InfoCtx, r: LatResult): string {
+  if (p.output === 'latency') return `{\n${jsonTestInfo(p, c)}results: {\navg_lat: ${f(r.tAvg, 6)},\n},\n}\n`;
   return `{\n${jsonTestInfo(p, c)}results: {\nMsgSize: ${r.size},\nn_iterations: ${r.iters},\nt_min: ${f(r.tMin, 2)},\nt_max: ${f(r.tMax, 2)},\nt_typical: ${f(r.tTypical, 2)},\nt_avg: ${f(r.tAvg, 2)},\nt_stdev: ${f(r.tStdev, 2)},\npercentile_99: ${f(r.p99, 2)},\npercentile_99.9: ${f(r.p999, 2)},\n},\n}\n`;
 }
 
@@ -249,6 +261,8 @@ export function latDuration(p: Params, size: number, iters: number, spanNs: numb
   const rtt = p.verb === Verb.READ || p.verb === Verb.ATOMIC ? 1 : 2;
   const latency = spanNs / CYCLES_PER_USEC / rtt / iters;
   const tps = iters / (spanNs / (CYCLES_PER_USEC * 1000000));
+  // perftest's --output=latency JSON line has no comma here, unlike its other results
+  if (p.output === 'latency') return { row: `${f(latency, 6)}\n`, json: (c) => `{\n${jsonTestInfo(p, c)}results: {\nt_avg: ${f(latency, 6)}\n},\n}\n`, tAvg: latency };
   return {
     row: ` ${left(size, 7)}       ${iters}            ${left(f(latency, 2), 7)}        ${left(f(tps, 2), 7)}\n`,
     json: (c) => `{\n${jsonTestInfo(p, c)}results: {\nMsgSize: ${size},\nn_iterations: ${iters},\nt_avg: ${f(latency, 2)},\ntps_average: ${f(tps, 2)},\n},\n}\n`,

@@ -14,7 +14,7 @@ import { isMtu, mtuOfBytes, getDeviceList, openDevice, PortState, type CmId, typ
 import { decodeInt, decodeMtu, decodeVersion, encodeInt, encodeMtu, encodeVersion, Oob, type BwReport, type Exchange, type PerfDest } from './exchange.js';
 import { CmOob, CmQps } from './cm-exchange.js';
 import { DEF, MIN_PEER_VERSION, parse, PERFTEST_VERSION, RESULT_LINE, Verb, type Params, type Tst } from './params.js';
-import { addrLines, bannerWaiting, bwHeader, bwJson, bwRow, computeBw, latDuration, latHeader, latJson, latRow, testInfo, type InfoCtx } from './report.js';
+import { addrLines, bannerWaiting, bwHeader, bwJson, bwRow, computeBw, latDuration, latHeader, latJson, latRow, resultLine, testInfo, type InfoCtx } from './report.js';
 import { writeSweep } from './sweep.js';
 import { armCqs, connectQps, fail, initResources, MTU_BYTES, PORT_STATE, postRecvs, printable, setSendWqes, type Res, type Session } from './session.js';
 import { runBw, runLat, runLatSend, runLatWrite, type LatOutcome } from './loops.js';
@@ -68,7 +68,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
     // -R with -d: the connections leave from (or are taken on) the named device's address. perftest 4.5 binds only
     // to --source_ip and lets the route pick the device, while its header names -d's: a run that said rxe0 ran on rxe1
     const src = p.rdmaCm && p.ibDevname !== null ? addressOf(ctx.queryGid(p.ibPort, 0)) : undefined;
-    if (p.machine === 'SERVER') out(bannerWaiting());
+    if (p.machine === 'SERVER' && p.output === 'FULL') out(bannerWaiting());
     if (p.rdmaCm) oob = p.servername ? await CmOob.connect(p.servername, p.port, p, outReads, src) : await CmOob.accept(p.port, p, outReads, src);
     else oob = p.servername ? await Oob.connect(p.servername, p.port) : await Oob.accept(p.port);
 
@@ -154,7 +154,7 @@ export async function run(tool: string, verb: Verb, tst: Tst, argv: string[]): P
 async function shakeAll(s: Session, print = false): Promise<void> {
   for (let i = 0; i < s.my.length; i++) {
     s.rem[i] = await s.oob.handShake(s.my[i]!);
-    if (print) s.out(addrLines('remote', s.rem[i]!, addrVerb(s.p)));
+    if (print && s.p.output === 'FULL') s.out(addrLines('remote', s.rem[i]!, addrVerb(s.p)));
   }
 
 }
@@ -162,7 +162,8 @@ const shake = async (s: Session) => {
   await s.oob.handShake(s.my[0]!);
 
 };
-const printMine = (s: Session) => s.out(s.my.map((d) => addrLines('local', d, addrVerb(s.p))).join(''));
+// ctx_print_pingpong_data prints nothing under --output
+const printMine = (s: Session) => s.p.output === 'FULL' && s.out(s.my.map((d) => addrLines('local', d, addrVerb(s.p))).join(''));
 /** The address lines follow the exchange's verb: with -R that is the rdma_cm exchange's own, SEND (no RKey, VAddr or reads). */
 const addrVerb = (p: Params) => (p.rdmaCm ? Verb.SEND : p.verb);
 
@@ -206,7 +207,7 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
     out(bwRow(p, rem));
     if (p.outJson) writeJson(p, bwJson(p, s.info, rem));
     await closeConn(s);
-    out(RESULT_LINE);
+    out(resultLine(p));
     return;
   }
   let last: BwReport = zeroReport();
@@ -220,7 +221,7 @@ async function bwRdma(s: Session, connect: () => Promise<void>): Promise<void> {
     if (!p.duplex) report(s, last, null);
     else report(s, last, await oob.xchgBwReports(last));
   }
-  out(RESULT_LINE);
+  out(resultLine(p));
   if (!p.duplex) {
     await shake(s);
     await oob.xchgBwReports(last);
@@ -247,7 +248,7 @@ async function bwSend(s: Session, connect: () => Promise<void>): Promise<void> {
     else report(s, mine, await oob.xchgBwReports(mine));
     if (p.testMethod === 'ALL') await shake(s);
   }
-  out(RESULT_LINE);
+  out(resultLine(p));
   await closeConn(s);
 }
 
@@ -259,7 +260,7 @@ async function latWrite(s: Session, connect: () => Promise<void>): Promise<void>
   setSendWqes(s, p.size);
   out(latHeader(p));
   for (const size of sizes(p)) latReport(s, size, await runLatWrite(s, size));
-  out(RESULT_LINE);
+  out(resultLine(p));
 }
 
 
@@ -269,7 +270,7 @@ async function latReadAtomic(s: Session, connect: () => Promise<void>): Promise<
   await setUp(s, connect, { first: true, afterConnect: false, afterRtr: true });
   if (p.machine === 'SERVER') {
     await closeConn(s);
-    out(RESULT_LINE);
+    out(resultLine(p));
     return;
   }
   armCqs(s);
@@ -277,7 +278,7 @@ async function latReadAtomic(s: Session, connect: () => Promise<void>): Promise<
   setSendWqes(s, p.size);
   for (const size of sizes(p)) latReport(s, size, await runLat(s, size));
   await closeConn(s);
-  out(RESULT_LINE);
+  out(resultLine(p));
 }
 
 
@@ -293,7 +294,7 @@ async function latSend(s: Session, connect: () => Promise<void>): Promise<void> 
     await shake(s);
     latReport(s, size, await runLatSend(s, size));
   }
-  out(RESULT_LINE);
+  out(resultLine(p));
   await closeConn(s);
 }
 
@@ -329,7 +330,7 @@ function report(s: Session, mine: BwReport, rem: BwReport | null): void {
 function latReport(s: Session, size: number, r: LatOutcome): void {
   const { p } = s;
   if ('lat' in r) {
-    s.out(r.lat.listing + latRow(r.lat));
+    s.out(r.lat.listing + latRow(p, r.lat));
     if (p.outJson) writeJson(p, latJson(p, s.info, r.lat));
     if (p.testMethod === 'ALL') {
       const l = r.lat;
