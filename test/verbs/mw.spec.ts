@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  Access, getDeviceList, incRkey, MwType, openDevice, QpType, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode,
+  Access, getDeviceList, incRkey, MwType, openDevice, QpExSendOps, QpType, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode,
   type Context, type MemoryRegion, type MemoryWindow, type ProtectionDomain, type QueuePair, type WorkCompletion,
 } from '../../src/verbs/index.js';
 import { A1, A2, connectQp, pollN, startDaemon, twoDaemons, type RunningDaemon } from '../helpers.js';
@@ -300,6 +300,46 @@ describe('memory windows, two devices of one daemon', () => {
       assert.equal((await pollN(s.b.cq, 1))[0]!.status, WcStatus.SUCCESS);
     }
     assert.ok(mrKey, 'the block ran, and its disposal did not throw');
+  });
+
+  test('qp.wr (ibv_wr_bind_mw, ibv_wr_local_inv, ibv_wr_send_inv) posts the same work requests', async () => {
+    const Ops = QpExSendOps;
+    const ops = Ops.SEND | Ops.RDMA_WRITE | Ops.BIND_MW | Ops.LOCAL_INV | Ops.SEND_WITH_INV;
+    const qa = await s.a.pd.createQp({ sendCq: s.a.cq, recvCq: s.a.cq, qpType: QpType.RC, cap: { maxSendWr: 8, maxRecvWr: 8 }, sendOpsFlags: ops });
+    const qb = await s.b.pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: { maxSendWr: 8, maxRecvWr: 8 }, sendOpsFlags: ops });
+    await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) });
+    await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) });
+    const mr = await bindable(s);
+    const mw = await s.b.pd.allocMw(MwType.TYPE_2);
+    const rkey = incRkey(mw.rkey);
+    qb.wr.start();
+    qb.wr.wrId = 0x10;
+    qb.wr.wrFlags = SendFlags.SIGNALED;
+    qb.wr.bindMw(mw, rkey, { mr, addr: mr.addr, length: 1024, mwAccessFlags: Access.REMOTE_WRITE }).complete();
+    assert.deepEqual((await pollN(s.b.cq, 1)).map((w) => [Number(w.wrId), w.status, w.opcode]), [[0x10, WcStatus.SUCCESS, WcOpcode.BIND_MW]]);
+    // as in C, a type 2 window's owner keeps its rkey: the next bind names the window by the key it has now
+    mw.rkey = rkey;
+    assert.equal((await write(s, qa, 'wr api', mr.addr, rkey)).status, WcStatus.SUCCESS);
+    // the peer takes it back with ibv_wr_send_inv; then it binds again and invalidates it itself with ibv_wr_local_inv
+    const rbuf = await s.b.pd.allocMr(64, Access.LOCAL_WRITE);
+    qb.postRecv({ wrId: 0x11, sgList: [rbuf.sge()] });
+    qa.wr.start();
+    qa.wr.wrFlags = SendFlags.SIGNALED;
+    qa.wr.sendInv(rkey).complete();
+    assert.equal((await pollN(s.a.cq, 1))[0]!.status, WcStatus.SUCCESS);
+    const [got] = await pollN(s.b.cq, 1);
+    assert.deepEqual([got!.status, got!.wcFlags & WcFlags.WITH_INV, got!.invalidatedRkey], [WcStatus.SUCCESS, WcFlags.WITH_INV, rkey]);
+    const again = incRkey(rkey);
+    qb.wr.start().bindMw(mw, again, { mr, addr: mr.addr, length: 1024, mwAccessFlags: Access.REMOTE_WRITE }).localInv(again).complete();
+    assert.deepEqual((await pollN(s.b.cq, 2)).map((w) => [w.status, w.opcode]), [[WcStatus.SUCCESS, WcOpcode.BIND_MW], [WcStatus.SUCCESS, WcOpcode.LOCAL_INV]]);
+    assert.equal((await write(s, qa, 'x', mr.addr, again)).status, WcStatus.REM_ACCESS_ERR);
+    // a QP created without these operations refuses them, as librxe leaves them unset
+    const plain = await s.b.pd.createQp({ sendCq: s.b.cq, recvCq: s.b.cq, qpType: QpType.RC, cap: {}, sendOpsFlags: Ops.SEND });
+    assert.throws(() => plain.wr.start().localInv(1), { code: 'EOPNOTSUPP' });
+    await plain.destroyQp();
+    await rbuf.deregMr();
+    await mw.dealloc();
+    await mr.deregMr();
   });
 
   test("another context's window (another process, another user) is out of reach: SEND_WITH_INV and LOCAL_INV of its rkey fail, it keeps serving", async () => {
