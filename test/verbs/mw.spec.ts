@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  Access, getDeviceList, incRkey, MwType, openDevice, QpExSendOps, QpType, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode,
+  Access, getDeviceList, incRkey, MwType, openDevice, QpExSendOps, QpType, ReregMrFlags, SendFlags, VerbsError, WcFlags, WcOpcode, WcStatus, WrOpcode,
   type Context, type MemoryRegion, type MemoryWindow, type ProtectionDomain, type QueuePair, type WorkCompletion,
 } from '../../src/verbs/index.js';
 import { A1, A2, connectQp, pollN, startDaemon, twoDaemons, type RunningDaemon } from '../helpers.js';
@@ -383,6 +383,7 @@ describe('memory windows, two devices of one daemon', () => {
     await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) });
     assert.equal((await bind2(s, qb, mw, mr, 0, 4096, RW)).status, WcStatus.SUCCESS);
     await assert.rejects(mr.deregMr(), (e: VerbsError) => e.code === 'EINVAL' && /memory window/.test(e.message));
+    await assert.rejects(mr.reregMr(ReregMrFlags.CHANGE_ACCESS, { access: Access.LOCAL_WRITE }), (e: VerbsError) => e.code === 'EINVAL' && /memory windows/.test(e.message));
     await qb.destroyQp();
     await assert.rejects(pd.deallocPd(), (e: VerbsError) => e.code === 'EBUSY' && /MW rkey|MR lkey/.test(e.message));
     // the window outlives the QP it was bound through, serving no one

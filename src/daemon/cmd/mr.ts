@@ -60,6 +60,8 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   const flags = r.flags;
   if (!flags || flags & ~(ReregMrFlags.CHANGE_TRANSLATION | ReregMrFlags.CHANGE_PD | ReregMrFlags.CHANGE_ACCESS))
     fail(E.EINVAL, `REREG_MR: flags 0x${flags.toString(16)}`);
+  // a window names the MR's IOVA range and PD as they were when it was bound: neither changes under it
+  if (mr.numMw > 0) fail(E.EINVAL, `REREG_MR: memory windows are bound to MR lkey ${mr.key}: invalidate or deallocate them first`);
   const newPd = flags & ReregMrFlags.CHANGE_PD ? ctx.get('pd', r.pd_handle) : mr.pd;
   const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
   checkAccess(access);
