@@ -302,6 +302,28 @@ describe('memory windows, two devices of one daemon', () => {
     assert.ok(mrKey, 'the block ran, and its disposal did not throw');
   });
 
+  test('UC: a type 2 window bound through a UC QP takes UC WRITEs inside it and drops those outside; LOCAL_INV is RC\'s only', async () => {
+    const mk = (side: Sides['a']) => side.pd.createQp({ sendCq: side.cq, recvCq: side.cq, qpType: QpType.UC, cap: { maxSendWr: 8, maxRecvWr: 8 } });
+    const qa = await mk(s.a);
+    const qb = await mk(s.b);
+    await connectQp(qa, s.a.ctx, { qpn: qb.qpNum, gid: s.b.ctx.queryGid(1, 0) });
+    await connectQp(qb, s.b.ctx, { qpn: qa.qpNum, gid: s.a.ctx.queryGid(1, 0) });
+    const mr = await bindable(s);
+    const mw = await s.b.pd.allocMw(MwType.TYPE_2);
+    assert.equal((await bind2(s, qb, mw, mr, 512, 512, Access.REMOTE_WRITE)).status, WcStatus.SUCCESS);
+    // UC: the requester completes once sent; whether it landed is seen in the memory
+    assert.equal((await write(s, qa, 'outside', mr.addr, mw.rkey)).status, WcStatus.SUCCESS);
+    assert.equal((await write(s, qa, 'inside', mr.addr + 512n, mw.rkey)).status, WcStatus.SUCCESS);
+    for (let i = 0; i < 100 && mr.buf.toString('utf8', 512, 518) !== 'inside'; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(mr.buf.toString('utf8', 512, 518), 'inside');
+    assert.equal(mr.buf[0], 0, 'the WRITE outside the window was dropped');
+    assert.throws(() => qb.postSend({ opcode: WrOpcode.LOCAL_INV, invalidateRkey: mw.rkey }), (e: VerbsError) => e.code === 'EINVAL' && e.badWr === 0);
+    await qa.destroyQp();
+    await qb.destroyQp();
+    await mw.dealloc();
+    await mr.deregMr();
+  });
+
   test('qp.wr (ibv_wr_bind_mw, ibv_wr_local_inv, ibv_wr_send_inv) posts the same work requests', async () => {
     const Ops = QpExSendOps;
     const ops = Ops.SEND | Ops.RDMA_WRITE | Ops.BIND_MW | Ops.LOCAL_INV | Ops.SEND_WITH_INV;
