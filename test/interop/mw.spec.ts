@@ -96,7 +96,8 @@ describe('memory windows and invalidation, softverbs <-> Linux rxe', { skip }, (
   let d: RunningDaemon;
   let ctx: Context;
   before(async () => {
-    d = await startDaemon(['--device', `rxe0=${HOST}`]);
+    // INTEROP_PCAP=FILE: what crossed the wire, as test/fixtures/captures/ieth_rxe.pcap was taken
+    d = await startDaemon(['--device', `rxe0=${HOST}`, ...(process.env.INTEROP_PCAP ? ['--pcap', process.env.INTEROP_PCAP] : [])]);
     ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
   });
   after(async () => {
