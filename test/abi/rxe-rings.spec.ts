@@ -433,3 +433,14 @@ test(`fuzz (${FUZZ} steps, seed ${SEED}): random bytes anywhere in the pages, th
   }
   for (const b of bufs) assert.ok(new Uint8Array(b, b.byteLength - 4096).every((x) => x === 0xee), 'nothing past the mapping written');
 });
+
+test('completion: with IBV_WC_WITH_INV, ex is invalidate_rkey, a plain u32 (not imm_data\'s __be32)', () => {
+  const l = R.rxeCqLayout(4)!;
+  const buf = mapped(l);
+  const cq = new RxeCompletionQueue(buf, l);
+  cq.push({ ...wcOf(0), opcode: WcOpcode.RECV, wcFlags: WcFlags.WITH_INV, imm: 0x08002ad4 });
+  cq.push({ ...wcOf(1), opcode: WcOpcode.RECV, wcFlags: WcFlags.WITH_IMM, imm: 0x08002ad4 });
+  const dv = new DataView(buf);
+  const ex = R.memberOffsets(WC).imm_data!;
+  assert.deepEqual([dv.getUint32(R.QB.SIZE + ex, true), dv.getUint32(R.QB.SIZE + l.elemSize + ex, false)], [0x08002ad4, 0x08002ad4]);
+});
