@@ -69,6 +69,9 @@ export const QpCreateFlags = { BLOCK_SELF_MCAST_LB: 1 << 1, SCATTER_FCS: 1 << 8,
 export const SendFlags = { FENCE: 1, SIGNALED: 2, SOLICITED: 4, INLINE: 8, IP_CSUM: 16 } as const;
 /** A combination of SendFlags bits. */
 export type SendFlags = number;
+/** enum ibv_mw_type */
+export const MwType = { TYPE_1: 1, TYPE_2: 2 } as const;
+export type MwType = (typeof MwType)[keyof typeof MwType];
 /** enum ibv_access_flags */
 export const Access = {
   LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, REMOTE_ATOMIC: 8, MW_BIND: 16, ZERO_BASED: 32, ON_DEMAND: 64, HUGETLB: 128,

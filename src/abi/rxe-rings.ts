@@ -13,7 +13,7 @@
  * names at most slots - 1 entries. The geometry is the daemon's copy, set
  * once in the header by the constructor and never read back from it.
  */
-import { SendFlags, WrOpcode } from './enums.js';
+import { SendFlags, WcFlags, WrOpcode } from './enums.js';
 // completions as cq-ring.ts writes them (every layout's CQ holds ib_uverbs_wc)
 import { CQE, writeCqe } from './cq-ring.js';
 import { copyBytes, Notify, word, wordsU64Number } from './ring.js';
@@ -38,6 +38,13 @@ const W_ATOMIC_RKEY = word(SWQE.atomic_rkey);
 const W_UD_QPN = word(SWQE.ud_remote_qpn);
 const W_UD_QKEY = word(SWQE.ud_remote_qkey);
 const W_UD_AH_NUM = word(SWQE.ud_ah_num);
+const W_INV_RKEY = word(SWQE.invalidate_rkey);
+const W_MW_ADDR = word(SWQE.mw_addr);
+const W_MW_LENGTH = word(SWQE.mw_length);
+const W_MW_MR_LKEY = word(SWQE.mw_mr_lkey);
+const W_MW_MW_RKEY = word(SWQE.mw_mw_rkey);
+const W_MW_RKEY = word(SWQE.mw_rkey);
+const W_MW_ACCESS = word(SWQE.mw_access);
 const W_DMA_LENGTH = word(SWQE.dma_length);
 const W_DMA_NUM_SGE = word(SWQE.dma_num_sge);
 const W_DMA_SGE = word(SWQE.dma_data);
@@ -154,6 +161,9 @@ export class RxeSendQueue implements SendQueueConsumer {
       w.remoteAddr = wordsU64Number(u, x + W_RDMA_ADDR);
       w.rkey = u[x + W_RDMA_RKEY]!;
     } else w.remoteAddr = w.rkey = 0;
+    // ex is invalidate_rkey, a plain u32, for the two opcodes that invalidate; the window's fields for a bind
+    if (op === WrOpcode.SEND_WITH_INV || op === WrOpcode.LOCAL_INV) w.invRkey = u[x + W_INV_RKEY]!;
+    else if (op === WrOpcode.BIND_MW) readBind(u, x, w);
     if (op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM) {
       w.remoteQpn = u[x + W_UD_QPN]! & 0xffffff;
       w.remoteQkey = u[x + W_UD_QKEY]!;
@@ -176,6 +186,16 @@ export class RxeSendQueue implements SendQueueConsumer {
     w.inlineLen = 0;
     if (n <= this.caps.maxSendSge) readSges(u, x + W_DMA_SGE, n, w);
   }
+}
+
+/** A BIND_MW's wr.mw (out of read(), as readOperands). */
+function readBind(u: Uint32Array, x: number, w: SendWqeFields): void {
+  w.bindAddr = wordsU64Number(u, x + W_MW_ADDR);
+  w.bindLength = wordsU64Number(u, x + W_MW_LENGTH);
+  w.mrLkey = u[x + W_MW_MR_LKEY]!;
+  w.mwRkey = u[x + W_MW_MW_RKEY]!;
+  w.bindRkey = u[x + W_MW_RKEY]!;
+  w.bindAccess = u[x + W_MW_ACCESS]!;
 }
 
 /** An atomic's operands (out of read(), which the engines' path wants small: two BigInts, atomics only). */
@@ -311,7 +331,8 @@ export class RxeCompletionQueue implements CompletionProducer {
   /** Writes an ib_uverbs_wc into the producer's slot, then publishes the slot (the caller has checked there is room). */
   push(wc: CqeIn): void {
     // ex.imm_data is a __be32 the application ntohl()s: the immediate's bytes as they were on the wire
-    writeCqe(this.u32, (QB.SIZE + (this.prod << this.log2)) >>> 2, wc, bswap32(wc.imm));
+    // (its union mate invalidate_rkey is a plain u32, as the key was)
+    writeCqe(this.u32, (QB.SIZE + (this.prod << this.log2)) >>> 2, wc, wc.wcFlags & WcFlags.WITH_INV ? wc.imm : bswap32(wc.imm));
     this.prod = (this.prod + 1) & this.mask;
     Atomics.store(this.hdr, W_PROD, this.prod);
   }

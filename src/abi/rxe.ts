@@ -121,6 +121,9 @@ export const SWQE = {
   atomic_remote_addr: S['wr.wr.atomic.remote_addr']!, atomic_compare_add: S['wr.wr.atomic.compare_add']!,
   atomic_swap: S['wr.wr.atomic.swap']!, atomic_rkey: S['wr.wr.atomic.rkey']!,
   ud_remote_qpn: S['wr.wr.ud.remote_qpn']!, ud_remote_qkey: S['wr.wr.ud.remote_qkey']!, ud_ah_num: S['wr.wr.ud.ah_num']!,
+  invalidate_rkey: S['wr.ex.invalidate_rkey']!,
+  mw_addr: S['wr.wr.mw.addr']!, mw_length: S['wr.wr.mw.length']!, mw_mr_lkey: S['wr.wr.mw.mr_lkey']!, mw_mw_rkey: S['wr.wr.mw.mw_rkey']!,
+  mw_rkey: S['wr.wr.mw.rkey']!, mw_access: S['wr.wr.mw.access']!,
   dma_length: S['dma.length']!, dma_num_sge: S['dma.num_sge']!,
   /** inline_data[] or sge[] */
   dma_data: S['dma.sge']!,

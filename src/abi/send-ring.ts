@@ -10,13 +10,19 @@ import { offsets, struct } from './layout.js';
 import { CONS, ConsumerIndex, copyBytes, PROD, QP_STATE, RING_HDR, SQ_IDLE, SG, setU64, word, wordsU64Number, writeSge, type RingLayout } from './ring.js';
 import type { SendQueueConsumer, SendWqeFields } from './wqe.js';
 
-/** The softverbs send WQE header; the SGE list (or the inline data) follows it. */
+/**
+ * The softverbs send WQE header; the SGE list (or the inline data) follows it. As in ibv_send_wr, imm_data is
+ * also invalidate_rkey (LOCAL_INV, SEND_WITH_INV). A BIND_MW keeps the window's range in remote_addr and
+ * mw_length, the rkey it is to have in rkey, and the window's current rkey, the MR's lkey and the window's
+ * access in mw_rkey, mr_lkey and mw_access (ibv_mw_bind_info's fields, as rxe_send_wr's wr.mw holds them).
+ */
 export const SEND_WQE = struct('sv_send_wqe', [
   ['wr_id', 'u64'], ['opcode', 'u32'], ['send_flags', 'u32'], ['num_sge', 'u32'],
   /** the 32-bit value, as ntohl(ibv_send_wr.imm_data) gives it */
   ['imm_data', 'u32'],
   ['remote_addr', 'u64'], ['rkey', 'u32'], ['inline_len', 'u32'], ['compare_add', 'u64'], ['swap', 'u64'],
-  ['ah_handle', 'u32'], ['remote_qpn', 'u32'], ['remote_qkey', 'u32'], ['reserved', { bytes: 28 }],
+  ['ah_handle', 'u32'], ['remote_qpn', 'u32'], ['remote_qkey', 'u32'],
+  ['mw_rkey', 'u32'], ['mr_lkey', 'u32'], ['mw_access', 'u32'], ['mw_length', 'u64'], ['reserved', { bytes: 8 }],
 ]);
 export const SW = offsets(SEND_WQE);
 
@@ -32,6 +38,10 @@ const W_INLINE_LEN = word(SW.inline_len);
 const W_AH_HANDLE = word(SW.ah_handle);
 const W_REMOTE_QPN = word(SW.remote_qpn);
 const W_REMOTE_QKEY = word(SW.remote_qkey);
+const W_MW_RKEY = word(SW.mw_rkey);
+const W_MR_LKEY = word(SW.mr_lkey);
+const W_MW_ACCESS = word(SW.mw_access);
+const W_MW_LENGTH = word(SW.mw_length);
 /** where the SGE list starts, and an SGE's size and fields, in words */
 const W_SGES = word(SW.SIZE);
 const W_SGE = word(SG.SIZE);
@@ -51,6 +61,10 @@ export interface SendWrIn {
   /** ATOMIC_WRITE: the 8 bytes (or a u64, stored little-endian) for remoteAddr */
   atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: { handle: number }; remoteQpn: number; remoteQkey: number };
+  /** LOCAL_INV, SEND_WITH_INV */
+  invalidateRkey?: number;
+  /** BIND_MW: the window (its current rkey), the rkey it is to have, and what it is bound to */
+  bind?: { mwRkey: number; rkey: number; mrLkey: number; addr: bigint | number; length: bigint | number; access: number };
 }
 
 /** The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it knows none there. */
@@ -112,11 +126,16 @@ export class SendRingProducer extends SendRing {
     setU64(dv, o + SW.wr_id, wr.wrId ?? 0);
     dv.setUint32(o + SW.opcode, wr.opcode, true);
     dv.setUint32(o + SW.send_flags, flags, true);
-    dv.setUint32(o + SW.imm_data, (wr.imm ?? 0) >>> 0, true);
+    dv.setUint32(o + SW.imm_data, (wr.invalidateRkey ?? wr.imm ?? 0) >>> 0, true);
     const aw = wr.atomicWrite;
     const remote = wr.rdma ?? wr.atomic ?? aw;
-    setU64(dv, o + SW.remote_addr, remote?.remoteAddr ?? 0);
-    dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
+    const b = wr.bind;
+    setU64(dv, o + SW.remote_addr, b ? b.addr : (remote?.remoteAddr ?? 0));
+    dv.setUint32(o + SW.rkey, (b ? b.rkey : (remote?.rkey ?? 0)) >>> 0, true);
+    dv.setUint32(o + SW.mw_rkey, b ? b.mwRkey >>> 0 : 0, true);
+    dv.setUint32(o + SW.mr_lkey, b ? b.mrLkey >>> 0 : 0, true);
+    dv.setUint32(o + SW.mw_access, b ? b.access >>> 0 : 0, true);
+    setU64(dv, o + SW.mw_length, b ? b.length : 0);
     // ATOMIC_WRITE's 8 bytes ride where an atomic's operand does
     if (aw && typeof aw.value !== 'bigint') {
       if (aw.value.length !== 8) throw new RangeError(`an ATOMIC_WRITE carries 8 bytes, not ${aw.value.length}`);
@@ -208,7 +227,8 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.imm = u[x + W_IMM]!;
     w.remoteAddr = wordsU64Number(u, x + W_REMOTE_ADDR);
     w.rkey = u[x + W_RKEY]!;
-    if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD || op === WrOpcode.ATOMIC_WRITE) readAtomic(this.dv, o, w);
+    // atomics, invalidations and binds (opcodes 5 to 9, ATOMIC_WRITE 15): their fields out of line
+    if (op >= WrOpcode.ATOMIC_CMP_AND_SWP) readRare(this.dv, u, o, op, w);
     w.ahHandle = u[x + W_AH_HANDLE]!;
     w.remoteQpn = u[x + W_REMOTE_QPN]! & 0xffffff;
     w.remoteQkey = u[x + W_REMOTE_QKEY]!;
@@ -224,13 +244,30 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
   }
 }
 
-/** The operands of an atomic (out of read(), which the engines' hot path wants small enough to inline). */
+/** The fields of the rarer opcodes (out of read(), which the engines' hot path wants small enough to inline). */
+function readRare(dv: DataView, u: Uint32Array, o: number, op: number, w: SendWqeFields): void {
+  if (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD || op === WrOpcode.ATOMIC_WRITE) readAtomic(dv, o, w);
+  else if (op === WrOpcode.SEND_WITH_INV || op === WrOpcode.LOCAL_INV) w.invRkey = w.imm;
+  else if (op === WrOpcode.BIND_MW) readBind(u, o >>> 2, w);
+}
+
+/** A bind's fields. */
+function readBind(u: Uint32Array, x: number, w: SendWqeFields): void {
+  w.bindAddr = w.remoteAddr;
+  w.bindRkey = w.rkey;
+  w.mwRkey = u[x + W_MW_RKEY]!;
+  w.mrLkey = u[x + W_MR_LKEY]!;
+  w.bindAccess = u[x + W_MW_ACCESS]!;
+  w.bindLength = wordsU64Number(u, x + W_MW_LENGTH);
+}
+
+/** The operands of an atomic. */
 function readAtomic(dv: DataView, o: number, w: SendWqeFields): void {
   w.compareAdd = dv.getBigUint64(o + SW.compare_add, true);
   w.swap = dv.getBigUint64(o + SW.swap, true);
 }
 
-/** Copies the n SGEs from word i of the ring into w (out of read(), as readAtomic). */
+/** Copies the n SGEs from word i of the ring into w (out of read(), as readRare). */
 function readSges(u: Uint32Array, i: number, n: number, w: SendWqeFields): void {
   for (let j = 0; j < n; j++, i += W_SGE) {
     w.addr[j] = wordsU64Number(u, i + W_SG_ADDR);

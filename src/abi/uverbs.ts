@@ -147,6 +147,9 @@ export const REG_MR_RESP = struct('ib_uverbs_reg_mr_resp', [['mr_handle', 'u32']
 export const REREG_MR = struct('ib_uverbs_rereg_mr', [resp, ['mr_handle', 'u32'], ['flags', 'u32'], ['start', 'u64'], ['length', 'u64'], ['hca_va', 'u64'], ['pd_handle', 'u32'], ['access_flags', 'u32']]);
 export const REREG_MR_RESP = struct('ib_uverbs_rereg_mr_resp', [['lkey', 'u32'], ['rkey', 'u32']]);
 export const DEREG_MR = struct('ib_uverbs_dereg_mr', [['mr_handle', 'u32']]);
+export const ALLOC_MW = struct('ib_uverbs_alloc_mw', [resp, ['pd_handle', 'u32'], ['mw_type', 'u8'], ['reserved', { bytes: 3 }]]);
+export const ALLOC_MW_RESP = struct('ib_uverbs_alloc_mw_resp', [['mw_handle', 'u32'], ['rkey', 'u32']]);
+export const DEALLOC_MW = struct('ib_uverbs_dealloc_mw', [['mw_handle', 'u32']]);
 
 export const CREATE_COMP_CHANNEL = struct('ib_uverbs_create_comp_channel', [resp]);
 export const CREATE_COMP_CHANNEL_RESP = struct('ib_uverbs_create_comp_channel_resp', [['fd', 'u32']]);
@@ -318,6 +321,8 @@ export const Spec = {
   REG_MR: spec(Cmd.REG_MR, REG_MR, REG_MR_RESP, SV_REG_MR),
   REREG_MR: spec(Cmd.REREG_MR, REREG_MR, REREG_MR_RESP, SV_REG_MR),
   DEREG_MR: spec(Cmd.DEREG_MR, DEREG_MR),
+  ALLOC_MW: spec(Cmd.ALLOC_MW, ALLOC_MW, ALLOC_MW_RESP),
+  DEALLOC_MW: spec(Cmd.DEALLOC_MW, DEALLOC_MW),
   CREATE_COMP_CHANNEL: spec(Cmd.CREATE_COMP_CHANNEL, CREATE_COMP_CHANNEL, CREATE_COMP_CHANNEL_RESP),
   CREATE_CQ: spec(Cmd.CREATE_CQ, CREATE_CQ, CREATE_CQ_RESP, SV_QUEUE),
   RESIZE_CQ: spec(Cmd.RESIZE_CQ, RESIZE_CQ, RESIZE_CQ_RESP, SV_QUEUE),

@@ -14,7 +14,7 @@ import type { WrId } from './ring.js';
 import { ErrnoError } from '../common/errors.js';
 
 /** What a work request opcode is (rxe's `enum rxe_wr_mask`): the operation, and whether its data may be inline. */
-export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4, ATOMIC_WRITE: 1 << 5 } as const;
+export const WrMask = { INLINE: 1 << 0, ATOMIC: 1 << 1, SEND: 1 << 2, READ: 1 << 3, WRITE: 1 << 4, ATOMIC_WRITE: 1 << 5, LOCAL: 1 << 6 } as const;
 
 const SEND = WrMask.INLINE | WrMask.SEND;
 const WRITE = WrMask.INLINE | WrMask.WRITE;
@@ -28,8 +28,13 @@ export const WR_OPCODES: Readonly<Record<number, Readonly<Partial<Record<number,
     [WrOpcode.RDMA_READ]: WrMask.READ, [WrOpcode.ATOMIC_CMP_AND_SWP]: WrMask.ATOMIC, [WrOpcode.ATOMIC_FETCH_AND_ADD]: WrMask.ATOMIC,
     // rxe ≥ 6.2: its 8 bytes are in the WQE itself (the atomic operand), never behind SGEs
     [WrOpcode.ATOMIC_WRITE]: WrMask.ATOMIC_WRITE,
+    // IETH exists in RC's opcodes only (rxe's table lists UC and UD too, but its next_opcode refuses them there)
+    [WrOpcode.SEND_WITH_INV]: SEND, [WrOpcode.LOCAL_INV]: WrMask.LOCAL, [WrOpcode.BIND_MW]: WrMask.LOCAL,
   },
-  [QpType.UC]: { [WrOpcode.SEND]: SEND, [WrOpcode.SEND_WITH_IMM]: SEND, [WrOpcode.RDMA_WRITE]: WRITE, [WrOpcode.RDMA_WRITE_WITH_IMM]: WRITE },
+  [QpType.UC]: {
+    [WrOpcode.SEND]: SEND, [WrOpcode.SEND_WITH_IMM]: SEND, [WrOpcode.RDMA_WRITE]: WRITE, [WrOpcode.RDMA_WRITE_WITH_IMM]: WRITE,
+    [WrOpcode.BIND_MW]: WrMask.LOCAL,
+  },
   [QpType.UD]: { [WrOpcode.SEND]: SEND, [WrOpcode.SEND_WITH_IMM]: SEND },
 };
 
@@ -65,6 +70,16 @@ export class SendWqeFields implements WrId {
   /** read for atomics only (two BigInts per WQE otherwise); ATOMIC_WRITE: its 8 bytes, little-endian */
   compareAdd = 0n;
   swap = 0n;
+  /** LOCAL_INV, SEND_WITH_INV: the key to invalidate (ibv_send_wr's invalidate_rkey, imm_data's union mate) */
+  invRkey = 0;
+  /** BIND_MW (ibv_mw_bind_info, rxe_send_wr's wr.mw): the window's current rkey, the rkey it is to have, the MR, range and access */
+  mwRkey = 0;
+  bindRkey = 0;
+  mrLkey = 0;
+  /** past 2^53: +Infinity, which no MR contains */
+  bindAddr = 0;
+  bindLength = 0;
+  bindAccess = 0;
   /** UD: the client's handle of its address handle */
   ahHandle = 0;
   /** UD: 24 bits */

@@ -5,7 +5,8 @@
  */
 import { QpState } from '../abi/enums.js';
 import type { SoftDevice } from '../hca/device.js';
-import type { Ah, Cq, Mr, Pd, Srq } from '../hca/objects.js';
+import type { Ah, Cq, Mr, Mw, Pd, Srq } from '../hca/objects.js';
+import { deallocMw, MW_INDEX } from '../hca/mw.js';
 import type { Qp } from '../hca/qp.js';
 import { settleMemory } from '../hca/staging.js';
 import type { Context } from './context.js';
@@ -37,6 +38,20 @@ const row = <O>(t: ObjectType<O>): ObjectType<O> => t;
 
 /** Rows in teardown order: each type before the types it holds (checked when the module loads). */
 export const OBJECT_TYPES = {
+  mw: row<Mw>({
+    // max_mw: the window key indices, as rxe's (524287)
+    max: () => MW_INDEX.max - MW_INDEX.min,
+    charge: 1,
+    resId: false,
+    // (a type 2 window bound through a QP names it, but does not keep it: a destroyed QP's windows serve no one)
+    holds: ['mr', 'pd'],
+    held: (mw) => (mw.mr ? [mw.pd, mw.mr] : [mw.pd]),
+    release(ctx, mw) {
+      deallocMw(mw);
+      ctx.dev.mws.delete(mw.rkey >>> 8);
+      mw.pd.users--;
+    },
+  }),
   qp: row<Qp>({
     // max_qp: the QPNs the device hands out (those below 17 are reserved, as rxe's)
     max: (dev) => dev.maxQpn - 16,

@@ -7,7 +7,7 @@
  * each returning the next state; `receive` drives it.
  */
 import { EventType, QpState, QpType, WcStatus, WrOpcode } from '../abi/enums.js';
-import { failHead, retire } from './completion.js';
+import { failHead, retire, retireDone } from './completion.js';
 import { Aeth, M, PSN_MASK, psnDiff, RNR_TIMER_US } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import { WqeState, type Qp, type SendWqe } from './qp.js';
@@ -55,7 +55,9 @@ const impliedAck = (p: Pkt, w: SendWqe): boolean => psnDiff(p.psn, w.lastPsn) > 
 
 function getWqe(qp: Qp): CompState {
   const w = (run$.w = qp.wqeAt(qp.comp.idx));
-  return w.state === WqeState.PENDING || w.state === WqeState.PROCESSING ? CompState.CHECK_PSN : CompState.DONE;
+  if (w.state === WqeState.PENDING || w.state === WqeState.PROCESSING) return CompState.CHECK_PSN;
+  // a local operation done while the WQEs before it waited: its turn has come
+  return w.state === WqeState.DONE && qp.comp.idx !== qp.req.idx ? CompState.COMP_WQE : CompState.DONE;
 }
 
 function checkPsn(_qp: Qp, p: Pkt): CompState {
@@ -180,7 +182,9 @@ function error(qp: Qp): CompState {
 }
 
 function done(qp: Qp): CompState {
+  // local operations right behind a WQE its own answer retired (compAnswered)
   if (!run$.progressed) return CompState.EXIT;
+  retireDone(qp);
   qp.comp.retryCnt = qp.attr.retryCnt;
   qp.comp.rnrRetry = qp.attr.rnrRetry;
   qp.restartRetransmit();

@@ -25,6 +25,10 @@ export function wcOpcode(op: number): WcOpcode {
       return WcOpcode.COMP_SWAP;
     case WrOpcode.ATOMIC_FETCH_AND_ADD:
       return WcOpcode.FETCH_ADD;
+    case WrOpcode.BIND_MW:
+      return WcOpcode.BIND_MW;
+    case WrOpcode.LOCAL_INV:
+      return WcOpcode.LOCAL_INV;
     case WrOpcode.ATOMIC_WRITE:
       return WcOpcode.ATOMIC_WRITE;
     default:
@@ -54,7 +58,20 @@ export function retire(qp: Qp, w: SendWqe, status: WcStatus): void {
     // retiring WQEs around us has finished
     if (!qp.sendCq.post(wc)) queueMicrotask(() => qp.dev.sched.run(qp, Task.CQ_OVERRUN));
   }
-  if (status === 0 && (w.opcode === WrOpcode.SEND || w.opcode === WrOpcode.SEND_WITH_IMM)) qp.dev.counters.rdma_sends++;
+  if (status === 0 && (w.opcode === WrOpcode.SEND || w.opcode === WrOpcode.SEND_WITH_IMM || w.opcode === WrOpcode.SEND_WITH_INV)) qp.dev.counters.rdma_sends++;
+}
+
+/**
+ * Retires the WQEs at the head that are DONE (local operations; UC/UD messages whose last packet left), in
+ * posting order: a WQE done early waits behind those before it. Returns how many retired.
+ */
+export function retireDone(qp: Qp): number {
+  let n = 0;
+  while (qp.comp.idx !== qp.req.idx && qp.wqeAt(qp.comp.idx).state === WqeState.DONE) {
+    retire(qp, qp.wqeAt(qp.comp.idx), 0);
+    n++;
+  }
+  return n;
 }
 
 /** UD/UC: a WQE is done once its last packet left. */
@@ -64,11 +81,11 @@ export function completeUnreliable(qp: Qp, w: SendWqe): void {
   // a message's last packet can leave after a later one's (a delayed or reordered packet): completions still
   // retire in posting order, so this one waits, DONE, until those before it are done too
   w.state = WqeState.DONE;
-  while (qp.comp.idx !== qp.req.idx && qp.wqeAt(qp.comp.idx).state === WqeState.DONE) retire(qp, qp.wqeAt(qp.comp.idx), 0);
+  retireDone(qp);
 }
 
 /** A WQE failed locally (its status is set): WQEs before it are flushed, it completes with its status, then ERR. */
-export function failWqe(qp: Qp): void {
+export function failWqe(qp: Qp, why?: string): void {
   qp.staging?.settle();
   // The QP is in ERR before its error completion shows: whoever sees that completion and looks at the QP finds it in ERR
   const was = qp.state;
@@ -83,7 +100,7 @@ export function failWqe(qp: Qp): void {
     }
     retire(qp, w, WcStatus.WR_FLUSH_ERR);
   }
-  toError(qp, `a send WR failed locally (${wcStatusName(status)})`, was);
+  toError(qp, `a send WR failed locally (${wcStatusName(status)}${why ? `: ${why}` : ''})`, was);
 }
 
 /** The oldest WQE completes with `status` (an answer the requester refuses, or retries exhausted), then ERR. */

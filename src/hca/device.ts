@@ -14,7 +14,7 @@ import { COUNTER_NAMES, type CounterName } from './counters.js';
 import type { Fabric } from './fabric.js';
 import { gidOf, isV4Gid } from './gid.js';
 import { ibMtuOf, netdevMtu } from './netdev.js';
-import type { Mr, Srq } from './objects.js';
+import type { Mr, Mw, Srq } from './objects.js';
 import { M, OPCODES } from './opcodes.js';
 import type { Pkt } from './packet.js';
 import type { Hca, Qp } from './qp.js';
@@ -22,9 +22,19 @@ import * as requester from './requester.js';
 import * as responder from './responder.js';
 import { Linger } from './linger.js';
 import { MCAST_QPN, McastTable } from './mcast.js';
+import { MR_INDEX, MW_INDEX } from './mw.js';
 import { Scheduler, Task } from './scheduler.js';
 import type { RoceTransport } from './transport.js';
 import { asError } from '../common/errors.js';
+
+/** index << 8 | a random key byte, for the first index from `from` on (cyclically in its range) that `used` lacks; -1 if none. */
+function freshKey(used: ReadonlyMap<number, unknown>, from: number, r: { min: number; max: number }): number {
+  const span = r.max - r.min + 1;
+  for (let i = 0, idx = from; i < span; i++, idx = idx >= r.max ? r.min : idx + 1) {
+    if (!used.has(idx)) return ((idx << 8) | randomInt(256)) >>> 0; // the key byte is not for guessing
+  }
+  return -1;
+}
 
 export class SoftDevice implements Hca {
   readonly gids: Uint8Array[];
@@ -32,12 +42,15 @@ export class SoftDevice implements Hca {
   readonly counters: Record<CounterName, number> = Object.fromEntries(COUNTER_NAMES.map((n) => [n, 0])) as Record<CounterName, number>;
   readonly qps = new Map<number, Qp>();
   readonly mrs = new Map<number, Mr>();
+  /** memory windows by index (their keys' upper 24 bits, in MW_INDEX's range) */
+  readonly mws = new Map<number, Mw>();
   readonly srqs = new Map<number, Srq>();
   portState: number = PortState.ACTIVE;
   /** Active MTU (ibv_mtu): 4096 on loopback, settable per device. */
   activeMtu: number;
   private nextQpn = 17;
-  private nextMrIndex = 1;
+  private nextMrIndex: number = MR_INDEX.min;
+  private nextMwIndex: number = MW_INDEX.min;
   private nextSrqn = 1;
   /** Largest QPN handed out; QPNs are allocated cyclically in [17, maxQpn], as rxe's pool does. */
   readonly maxQpn: number;
@@ -78,18 +91,28 @@ export class SoftDevice implements Hca {
 
   /** A fresh key: index << 8 | a key byte that changes on every registration, so stale keys miss. */
   allocMrKey(): number {
-    for (let i = 0; i < 0xffffff; i++) {
-      const idx = this.nextMrIndex;
-      this.nextMrIndex = idx >= 0xffffff ? 1 : idx + 1;
-      if (!this.mrs.has(idx)) return ((idx << 8) | randomInt(256)) >>> 0; // the key byte is not for guessing
-    }
-    return -1;
+    const k = freshKey(this.mrs, this.nextMrIndex, MR_INDEX);
+    if (k >= 0) this.nextMrIndex = (k >>> 8) >= MR_INDEX.max ? MR_INDEX.min : (k >>> 8) + 1;
+    return k;
+  }
+
+  /** A memory window's key, from the index range of its own (so any key names an MR or a window, never both). */
+  allocMwKey(): number {
+    const k = freshKey(this.mws, this.nextMwIndex, MW_INDEX);
+    if (k >= 0) this.nextMwIndex = (k >>> 8) >= MW_INDEX.max ? MW_INDEX.min : (k >>> 8) + 1;
+    return k;
   }
 
   lookupMr = (key: number): Mr | null => {
     const mr = this.mrs.get(key >>> 8);
     return mr && mr.key === key && mr.valid ? mr : null;
   };
+
+  /** The window whose current rkey is `rkey` (whatever its state). */
+  lookupMw(rkey: number): Mw | null {
+    const mw = this.mws.get(rkey >>> 8);
+    return mw && mw.rkey === rkey ? mw : null;
+  }
 
   allocSrqn(): number {
     return this.nextSrqn++;

@@ -33,6 +33,8 @@ export class Pd {
 
 export class Mr {
   valid = true;
+  /** Memory windows bound to it (rxe's num_mw): while any is, it cannot be deregistered or invalidated. */
+  numMw = 0;
   constructor(
     public pd: Pd,
     public key: number,
@@ -56,6 +58,35 @@ export class Mr {
   /** Is [va, va+len) inside the MR? Handles non-finite and huge values (addresses past 2^53 are never inside). */
   contains(va: number, len: number): boolean {
     return va >= this.iova && len >= 0 && va + len <= this.iova + this.length;
+  }
+}
+
+/** A memory window's state (rxe's enum rxe_mw_state). */
+export const MwState = { INVALID: 0, FREE: 1, VALID: 2 } as const;
+export type MwState = (typeof MwState)[keyof typeof MwState];
+
+/**
+ * A memory window (rxe_mw): an rkey for a part of an MR, with access of its own. Type 1 is bound by
+ * ibv_bind_mw and stays VALID from allocation (a zero-length bind leaves it naming nothing); type 2B is FREE
+ * until a BIND_MW work request binds it to that QP, and invalidation frees it again. Its engines' rules are
+ * in `mw.ts`.
+ */
+export class Mw {
+  state: MwState;
+  access = 0;
+  /** the window's first byte in the MR's IOVA space, and its length */
+  addr = 0;
+  length = 0;
+  mr: Mr | null = null;
+  /** type 2B: the QP it was bound through, the only one that may use it */
+  qp: object | null = null;
+  constructor(
+    readonly pd: Pd,
+    /** 1 or 2 (IBV_MW_TYPE_1, IBV_MW_TYPE_2) */
+    readonly type: number,
+    public rkey: number,
+  ) {
+    this.state = type === 2 ? MwState.FREE : MwState.VALID;
   }
 }
 

@@ -11,7 +11,7 @@ import { RecvWqe, SendWqeFields, WrMask, wrMask, type RecvQueueConsumer, type Se
 import type { Mapping } from '../native/libc.js';
 import { udpSportOfQpn } from './codec.js';
 import type { CounterName } from './counters.js';
-import { SglCursor, type Ah, type Cq, type Mr, type Owner, type Pd, type Srq } from './objects.js';
+import { SglCursor, type Ah, type Cq, type Mr, type Mw, type Owner, type Pd, type Srq } from './objects.js';
 import type { Pkt } from './packet.js';
 import type { Linger } from './linger.js';
 import type { MrMemory } from './mr-memory.js';
@@ -37,6 +37,8 @@ export interface Hca {
   /** whether packets to `gid` may travel as spans (Pkt.span): a device of this daemon, nothing watching */
   acceptsSpans(gid: Uint8Array): boolean;
   lookupMr(key: number): Mr | null;
+  /** the window whose rkey is `rkey` */
+  lookupMw(rkey: number): Mw | null;
   /** a packet dropped on its way to a QP, by reason */
   countDrop(why: string): void;
   /** the QP entered ERR, and why */
@@ -68,6 +70,10 @@ export class SendWqe extends SendWqeFields {
   constructor(maxSge: number, maxInline: number) {
     super(maxSge, maxInline);
     this.mr = new Array(maxSge).fill(null);
+  }
+  /** BIND_MW, LOCAL_INV: done by the HCA itself, no packet (rxe's WR_LOCAL_OP_MASK) */
+  get isLocal(): boolean {
+    return this.opcode === WrOpcode.BIND_MW || this.opcode === WrOpcode.LOCAL_INV;
   }
   get isReadOrAtomic(): boolean {
     return this.opcode === WrOpcode.RDMA_READ || this.opcode === WrOpcode.ATOMIC_CMP_AND_SWP || this.opcode === WrOpcode.ATOMIC_FETCH_AND_ADD;
@@ -378,6 +384,11 @@ export class Qp {
     const t = this.type;
     const m = wrMask(t, w.opcode);
     if (m === 0) return WcStatus.LOC_QP_OP_ERR;
+    // a local operation moves no data: its SGEs, if the client wrote any, are not looked at (as rxe)
+    if (m & WrMask.LOCAL) {
+      w.numSge = 0;
+      return WcStatus.SUCCESS;
+    }
     if (m & WrMask.ATOMIC_WRITE) {
       // its 8 bytes came with the WQE (compareAdd); any SGEs or inline flag it carries mean nothing
       w.inline = false;

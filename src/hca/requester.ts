@@ -8,7 +8,8 @@
  * check or one step and returns the next state; `runOnce` drives it.
  */
 import { QpState, QpType, SendFlags, WcStatus, WrOpcode } from '../abi/enums.js';
-import { completeUnreliable, failWqe, flushSend } from './completion.js';
+import { completeUnreliable, failWqe, flushSend, retireDone } from './completion.js';
+import { bindMw, invalidateRkey } from './mw.js';
 import { Op, PSN_MASK, psnDiff, Transport } from './opcodes.js';
 import { pktBuffer, spanBuffer, type Pkt } from './packet.js';
 import { STAGE_BYTES } from './staging.js';
@@ -42,7 +43,9 @@ export const ReqState = {
   DEFER: 8,
   /** the run is over: arm the retransmit timer, and come back if the budget ran out first */
   DONE: 9,
-  EXIT: 10,
+  /** a BIND_MW or LOCAL_INV: done here and now, no packet */
+  LOCAL: 10,
+  EXIT: 11,
 } as const;
 export type ReqState = (typeof ReqState)[keyof typeof ReqState];
 const NAMES = Object.keys(ReqState);
@@ -86,6 +89,8 @@ function fetchWqe(qp: Qp): ReqState {
 function checkLimits(qp: Qp): ReqState {
   const w = run$.w!;
   if (qp.state === QpState.SQD) return ReqState.DONE; // draining: nothing new starts
+  // the local invalidate fence (IBA 10.6.5.1), which rxe makes mandatory: everything before it has completed
+  if (w.opcode === WrOpcode.LOCAL_INV && qp.comp.idx !== qp.req.idx) return ReqState.DONE;
   if (qp.type === QpType.RC) {
     if (w.takesRdAtomic && qp.req.rdAtomic >= Math.max(1, qp.attr.maxRdAtomic)) return ReqState.DONE;
     if (w.sendFlags & SendFlags.FENCE && qp.req.rdAtomic > 0) return ReqState.DONE;
@@ -96,6 +101,7 @@ function checkLimits(qp: Qp): ReqState {
 
 function start(qp: Qp): ReqState {
   const w = run$.w!;
+  if (w.isLocal) return ReqState.LOCAL;
   w.state = WqeState.PROCESSING;
   w.firstPsn = qp.req.psn;
   w.offset = 0;
@@ -111,6 +117,32 @@ function send(qp: Qp): ReqState {
   if (!sendPacket(qp, w)) return ReqState.EXIT;
   run$.budget--;
   if (w.state === WqeState.PENDING) qp.req.idx = (qp.req.idx + 1) >>> 0;
+  return ReqState.NEXT_WQE;
+}
+
+/**
+ * rxe_do_local_ops: the bind or invalidation happens as the requester reaches the WQE, in order with the
+ * packets of the WQEs before it; its completion waits, DONE, until theirs are written. A refused one completes
+ * in error (MW_BIND_ERR for a bind, LOC_QP_OP_ERR for an invalidation) and the QP goes to ERR.
+ */
+function local(qp: Qp): ReqState {
+  const w = run$.w!;
+  const bind = w.opcode === WrOpcode.BIND_MW;
+  const why = bind ? bindMw(qp, w) : invalidateRkey(qp, w.invRkey, false);
+  // no PSNs: retiring it moves comp.psn nowhere
+  w.firstPsn = qp.req.psn;
+  w.lastPsn = (qp.req.psn - 1) & PSN_MASK;
+  w.length = 0;
+  qp.req.idx = (qp.req.idx + 1) >>> 0;
+  run$.budget--;
+  if (why !== null) {
+    w.state = WqeState.PENDING;
+    w.status = bind ? WcStatus.MW_BIND_ERR : WcStatus.LOC_QP_OP_ERR;
+    failWqe(qp, `${bind ? 'BIND_MW' : 'LOCAL_INV'}: ${why}`);
+    return ReqState.EXIT;
+  }
+  w.state = WqeState.DONE;
+  retireDone(qp);
   return ReqState.NEXT_WQE;
 }
 
@@ -164,6 +196,7 @@ function runOnce(qp: Qp): void {
       case ReqState.FLUSH: s = flush(qp); break;
       case ReqState.DEFER: s = defer(qp); break;
       case ReqState.DONE: s = done(qp); break;
+      case ReqState.LOCAL: s = local(qp); break;
       default: s = ReqState.EXIT;
     }
   }
@@ -265,6 +298,8 @@ function sendPacket(qp: Qp, w: SendWqe): boolean {
     p.dmaLen = w.length;
   }
   if (last && (op === WrOpcode.SEND_WITH_IMM || op === WrOpcode.RDMA_WRITE_WITH_IMM)) p.imm = w.imm;
+  // the IETH's key (codec.ts carries it in rkey: a packet has a RETH or an IETH, never both)
+  else if (last && op === WrOpcode.SEND_WITH_INV) p.rkey = w.invRkey;
   if (last && w.sendFlags & SendFlags.SOLICITED) p.se = true;
   qp.req.noAck++;
   if (qp.type === QpType.RC && (last || qp.req.noAck >= MAX_PKT_PER_ACK)) {
@@ -326,6 +361,11 @@ if (SPAN_BYTES > STAGE_BYTES) throw new Error('a span buffer holds less than a s
 /** SEND_* / RDMA_WRITE_* for a packet's place in its message (rxe's next_opcode). */
 function sendOrWriteOpcode(op: number, first: boolean, last: boolean): number {
   const imm = op === WrOpcode.SEND_WITH_IMM || op === WrOpcode.RDMA_WRITE_WITH_IMM;
+  if (op === WrOpcode.SEND_WITH_INV) {
+    if (first && last) return Op.SEND_ONLY_WITH_INVALIDATE;
+    if (first) return Op.SEND_FIRST;
+    return last ? Op.SEND_LAST_WITH_INVALIDATE : Op.SEND_MIDDLE;
+  }
   if (op === WrOpcode.SEND || op === WrOpcode.SEND_WITH_IMM) {
     if (first && last) return imm ? Op.SEND_ONLY_WITH_IMMEDIATE : Op.SEND_ONLY;
     if (first) return Op.SEND_FIRST;

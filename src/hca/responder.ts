@@ -8,6 +8,7 @@
  */
 import { Access, EventType, QpState, QpType, WcFlags, WcOpcode, WcStatus, wcStatusName } from '../abi/enums.js';
 import { postRecvWc, toError } from './completion.js';
+import { invalidateRkey, isMwKey, rkeyVa, windowMr } from './mw.js';
 import { SglCursor, type Mr } from './objects.js';
 import type { RecvWqe } from '../abi/wqe.js';
 import { copyBytes } from '../abi/ring.js';
@@ -191,7 +192,7 @@ function checkRkeyState(qp: Qp, p: Pkt): RespState {
     const mr = checkRkey(qp, p.rkey, p.va, p.dmaLen, Access.REMOTE_WRITE);
     if (!mr) return qp.type === QpType.RC ? fail(Err.RKEY) : RespState.DROP;
     qp.resp.mr = mr === ZERO_LEN ? null : mr;
-    qp.resp.va = p.va;
+    qp.resp.va = mr === ZERO_LEN ? p.va : rkeyVa.va;
     qp.resp.resid = p.dmaLen;
     qp.resp.writeLen = p.dmaLen;
   }
@@ -209,6 +210,14 @@ function execute(qp: Qp, p: Pkt): RespState {
     if (qp.resp.offset + p.payLen > w.length) return fail(Err.LENGTH);
     if (!scatter(qp, w, qp.resp.offset, p.payload, p.payOff, p.payLen, p)) return fail(Err.MALFORMED_WQE);
     qp.resp.offset += p.payLen;
+    // SEND_WITH_INV's last packet: its key is invalidated before the message completes (rxe: ERR_INVALIDATE_RKEY)
+    if (m & M.IETH) {
+      const why = invalidateRkey(qp, p.rkey, true);
+      if (why !== null) {
+        qp.dev.countDrop(`SEND_WITH_INV: ${why}`);
+        return fail(Err.INVALID);
+      }
+    }
   } else if (m & M.WRITE) {
     if (p.payLen > qp.resp.resid) return fail(Err.LENGTH);
     const mr = qp.resp.mr;
@@ -237,10 +246,12 @@ function complete(qp: Qp, p: Pkt): RespState {
   const w = qp.resp.wqe!;
   qp.resp.wqe = null;
   const isWrite = (m & M.WRITE) !== 0;
-  const flags = m & M.IMM ? WcFlags.WITH_IMM : 0;
+  // ex is imm_data or, with IBV_WC_WITH_INV, the key the message invalidated
+  const flags = m & M.IMM ? WcFlags.WITH_IMM : m & M.IETH ? WcFlags.WITH_INV : 0;
+  const ex = m & M.IMM ? p.imm : m & M.IETH ? p.rkey : 0;
   const len = isWrite ? qp.resp.writeLen : qp.resp.offset;
   awaitReply(qp);
-  if (!postRecvWc(qp, w, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, m & M.IMM ? p.imm : 0, p.srcQpn, p.se, flags)) {
+  if (!postRecvWc(qp, w, WcStatus.SUCCESS, isWrite ? WcOpcode.RECV_RDMA_WITH_IMM : WcOpcode.RECV, len, ex, p.srcQpn, p.se, flags)) {
     // rxe's RESPST_ERR_CQ_OVERFLOW: the message is not acknowledged (its sender must not see SUCCESS for what
     // no one was told of), and the QP goes to ERR
     toError(qp, 'receive CQ overrun (CQ_ERR)');
@@ -411,11 +422,17 @@ function scatter(qp: Qp, w: RecvWqe, off: number, src: Uint8Array, srcOff: numbe
 /** A zero-length RDMA operation needs no valid rkey (IBA 9.4.x; rxe skips the check too). */
 const ZERO_LEN = 'zero-length';
 
-/** rkey → MR if it is valid, in the QP's PD, allows `need`, and covers [va, va+len); ZERO_LEN for a zero-length operation on a key that is not. */
+/**
+ * rkey → MR if it is valid, in the QP's PD, allows `need`, and covers [va, va+len), or the MR under a memory
+ * window that does (mw.ts); the address in the MR's IOVA space in rkeyVa.va. ZERO_LEN for a zero-length
+ * operation on a key that is not.
+ */
 function checkRkey(qp: Qp, rkey: number, va: number, len: number, need: number): Mr | typeof ZERO_LEN | null {
   if (len === 0) return qp.dev.lookupMr(rkey) ?? ZERO_LEN;
+  if (isMwKey(rkey)) return windowMr(qp, rkey, va, len, need);
   const mr = qp.dev.lookupMr(rkey);
   if (!mr || mr.pd !== qp.pd || (mr.access & need) !== need || !mr.contains(va, len)) return null;
+  rkeyVa.va = va;
   return mr;
 }
 
@@ -447,9 +464,11 @@ function read(qp: Qp, p: Pkt): void {
 function sendReadResponses(qp: Qp, req: Pkt, r: RespRes, from: number): void {
   const mtu = qp.mtu;
   const n = Math.max(1, Math.ceil(r.length / mtu));
-  const mr = r.length > 0 ? qp.dev.lookupMr(r.rkey) : null;
-  if (r.length > 0 && (!mr || mr.pd !== qp.pd || !mr.contains(r.va, r.length))) return error(qp, req, Err.RKEY);
-  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, mr, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
+  // (checked again for a duplicate: a window invalidated since answers nothing more)
+  const found = r.length > 0 ? checkRkey(qp, r.rkey, r.va, r.length, Access.REMOTE_READ) : null;
+  if (r.length > 0 && (found === null || found === ZERO_LEN)) return error(qp, req, Err.RKEY);
+  const mr = found === ZERO_LEN ? null : found;
+  const out: ReadOut = { kind: 'read', firstPsn: r.firstPsn, va: mr ? rkeyVa.va : r.va, length: r.length, n, next: psnDiff(from, r.firstPsn), msn: qp.resp.msn, mr, iova: mr?.iova ?? 0, mem: mr?.mem ?? null, map: mr?.mapping ?? null, mtu };
   const q = qp.resp.outq;
   qp.resp.lastAck = null; // an ACK may not be moved past these responses
   if (q.length === 0 && out.n - out.next <= READ_BURST) {
@@ -549,7 +568,7 @@ function atomic(qp: Qp, p: Pkt): void {
   if (!mr || mr === ZERO_LEN) return error(qp, p, Err.RKEY);
   if (p.va % 8 !== 0) return error(qp, p, Err.INVALID); // rxe: misaligned atomic → invalid request
   // (a client's memory that could not be read or written: as a bad rkey, rxe's RKEY_VIOLATION)
-  const orig = atomic64(mr.mem, p.va - mr.iova, (p.opcode & 0x1f) === Op.COMPARE_SWAP, p.compare, p.swapAdd);
+  const orig = atomic64(mr.mem, rkeyVa.va - mr.iova, (p.opcode & 0x1f) === Op.COMPARE_SWAP, p.compare, p.swapAdd);
   if (orig === null) return error(qp, p, Err.RKEY);
   const r = newRes(qp);
   r.atomic = true;

@@ -14,6 +14,8 @@ export { getDeviceList, openDevice } from './device.js';
 export { Context } from './context.js';
 export { ProtectionDomain } from './pd.js';
 export { MemoryRegion } from './mr.js';
+export { MemoryWindow, incRkey } from './mw.js';
+export type { MwBind, MwBindInfo } from './mw.js';
 export { AddressHandle } from './ah.js';
 export { CompletionChannel, CompletionQueue, CompletionQueueEx, nextCompletion } from './cq.js';
 export type { WorkCompletionEx } from './cq.js';

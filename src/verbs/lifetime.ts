@@ -29,11 +29,15 @@ export class Dependents {
   }
 
   /**
-   * Releases every dependent, the newest first. The first failure ends it and is thrown: the owner's own
-   * destroy could then only fail with EBUSY, and that error would bury this one.
+   * Releases every dependent, the newest first (`first`: those to release before all others). The first
+   * failure ends it and is thrown: the owner's own destroy could then only fail with EBUSY, and that error
+   * would bury this one.
    */
-  async dispose(): Promise<void> {
-    for (const o of [...this.live].reverse()) await o[Symbol.asyncDispose]();
+  async dispose(first?: (o: Dependent) => boolean): Promise<void> {
+    const all = [...this.live].reverse();
+    // those `first` picks go before the rest, newest first among them too
+    const order = first ? [...all.filter(first), ...all.filter((o) => !first(o))] : all;
+    for (const o of order) await o[Symbol.asyncDispose]();
   }
 
   /** "QP 17", "QP 17 and QP 18", "QP 17, MR lkey 0x5 and 3 more" */

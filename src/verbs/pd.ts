@@ -1,6 +1,6 @@
-/** A protection domain (struct ibv_pd) and what is created on one: MRs, AHs, QPs, SRQs. */
+/** A protection domain (struct ibv_pd) and what is created on one: MRs, memory windows, AHs, QPs, SRQs. */
 import { qpLayout, srqLayout, type QpCaps } from '../abi/queue.js';
-import { QpCreateFlags, QpExSendOps as Ops, QpType, type Access } from '../abi/enums.js';
+import { MwType, QpCreateFlags, QpExSendOps as Ops, QpType, type Access } from '../abi/enums.js';
 import { layout, unpack } from '../abi/layout.js';
 import * as U from '../abi/uverbs.js';
 import { AddressHandle } from './ah.js';
@@ -9,6 +9,7 @@ import { VerbsError } from './errors.js';
 import { Dependents } from './lifetime.js';
 import { regionOf } from './memory.js';
 import { MemoryRegion } from './mr.js';
+import { MemoryWindow } from './mw.js';
 import { QueuePair } from './qp.js';
 import { withQueueMemory } from './queue-memory.js';
 import { SharedReceiveQueue } from './srq.js';
@@ -46,6 +47,18 @@ export class ProtectionDomain {
   /** Allocates shared memory of `length` bytes and registers it. */
   async allocMr(length: number, access: Access): Promise<MemoryRegion> {
     return this.regMr(this.context.allocBuffer(length), access);
+  }
+
+  /**
+   * ibv_alloc_mw: a window of type 1 (bound with `mw.bind` / `qp.bindMw`) or type 2 (bound by a BIND_MW work
+   * request, invalidated by LOCAL_INV or a peer's SEND_WITH_INV). Another type is EINVAL, from the daemon as
+   * from the kernel.
+   */
+  async allocMw(type: MwType): Promise<MemoryWindow> {
+    const r = await this.context.command('ibv_alloc_mw', U.Spec.ALLOC_MW, { pd_handle: this.handle, mw_type: type });
+    const mw = new MemoryWindow(this, r.mw_handle, type, r.rkey);
+    this.dependents.add(mw);
+    return mw;
   }
 
   /** ibv_create_ah */
@@ -151,10 +164,13 @@ export class ProtectionDomain {
     this.released = true;
   }
 
-  /** Destroys what is still on the PD (QPs, SRQs, MRs, AHs; the newest first), then the PD. */
+  /**
+   * Destroys what is still on the PD (QPs, SRQs, MRs, AHs; the newest first), then the PD. Memory windows go
+   * first, whenever they were made: an MR with a window bound to it cannot be deregistered.
+   */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.released) return;
-    await this.dependents.dispose();
+    await this.dependents.dispose((o) => o instanceof MemoryWindow);
     await this.deallocPd();
   }
 }

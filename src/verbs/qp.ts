@@ -3,11 +3,11 @@
  * the shared send and receive rings (and ringing the doorbell when the HCA
  * went idle); modify, query and destroy are commands.
  */
-import { QpAttrMask, QpState, QpType, SendFlags, qpStateName } from '../abi/enums.js';
+import { Access, MwType, QpAttrMask, QpState, QpType, SendFlags, WrOpcode, qpStateName } from '../abi/enums.js';
 import type { Input } from '../abi/layout.js';
 import type { QpCaps, RingLayout } from '../abi/queue.js';
 import { RecvRingProducer } from '../abi/recv-ring.js';
-import { SendRingProducer } from '../abi/send-ring.js';
+import { SendRingProducer, type SendWrIn } from '../abi/send-ring.js';
 import * as U from '../abi/uverbs.js';
 import { WrMask, wrMask } from '../abi/wqe.js';
 import { unmap, type Mapping } from '../native/libc.js';
@@ -17,6 +17,7 @@ import type { Dependents } from './lifetime.js';
 import type { ProtectionDomain } from './pd.js';
 import { badWr, big, malformed, postRecvWrs, refused } from './post.js';
 import type { QpAttr, QpInitAttr, RecvWr, SendWr } from './types.js';
+import { incRkey, type MemoryWindow, type MwBind } from './mw.js';
 import { WrBuilder } from './wr.js';
 
 
@@ -170,6 +171,10 @@ export class QueuePair {
     if (m & (WrMask.WRITE | WrMask.READ) && !wr.rdma) throw badWr('ibv_post_send', 'EINVAL', 'RDMA operations need wr.rdma (remoteAddr, rkey)', i, wr);
     if (m & WrMask.ATOMIC && !wr.atomic) throw badWr('ibv_post_send', 'EINVAL', 'atomics need wr.atomic (remoteAddr, compareAdd, swap, rkey)', i, wr);
     if (m & WrMask.ATOMIC_WRITE && !wr.atomicWrite) throw badWr('ibv_post_send', 'EINVAL', 'ATOMIC_WRITE needs wr.atomicWrite (remoteAddr, rkey, value)', i, wr);
+    if ((op === WrOpcode.LOCAL_INV || op === WrOpcode.SEND_WITH_INV) && typeof wr.invalidateRkey !== 'number') {
+      throw badWr('ibv_post_send', 'EINVAL', 'LOCAL_INV and SEND_WITH_INV need wr.invalidateRkey', i, wr);
+    }
+    if (op === WrOpcode.BIND_MW) return this.writeBind(wr, i);
     if (flags & SendFlags.INLINE) {
       if (!(m & WrMask.INLINE)) throw badWr('ibv_post_send', 'EINVAL', 'INLINE is for SEND and RDMA WRITE only', i, wr);
       let len = 0;
@@ -178,6 +183,42 @@ export class QueuePair {
     } else if (sg.length > this.cap.maxSendSge) throw badWr('ibv_post_send', 'EINVAL', `${sg.length} SGEs > max_send_sge ${this.cap.maxSendSge}`, i, wr);
     const bad = this.sq.write(wr);
     if (bad >= 0) throw badWr('ibv_post_send', 'EFAULT', `inline SGE at 0x${big(sg[bad]!.addr).toString(16)} is not memory from allocBuffer`, i, wr);
+  }
+
+  /**
+   * A BIND_MW WR: a window of this PD, no data (librxe's checks). Its WQE names the window by its rkey as the
+   * application knows it and the MR by its lkey, as rxe_send_wr's wr.mw does.
+   */
+  private writeBind(wr: SendWr, i: number): void {
+    const b = wr.bindMw;
+    if (!b) throw badWr('ibv_post_send', 'EINVAL', 'BIND_MW needs wr.bindMw (mw, rkey, bindInfo)', i, wr);
+    if (wr.sgList?.length) throw badWr('ibv_post_send', 'EINVAL', 'BIND_MW carries no SGEs', i, wr);
+    const info = b.bindInfo;
+    const w: SendWrIn = {
+      wrId: wr.wrId, opcode: WrOpcode.BIND_MW, sendFlags: wr.sendFlags,
+      bind: { mwRkey: b.mw.rkey, rkey: b.rkey, mrLkey: info.mr.lkey, addr: info.addr, length: info.length, access: info.mwAccessFlags },
+    };
+    this.sq.write(w);
+  }
+
+  /**
+   * ibv_bind_mw: binds a type 1 window to [addr, addr+length) of an MR with `mwAccessFlags` (length 0 unbinds it)
+   * by posting a BIND_MW work request. Returns the window's new rkey, which `mw.rkey` holds from now on (if the
+   * bind completes in error, the old one stays valid: set it back). As librxe: a zero-based type 1 window is
+   * EINVAL.
+   */
+  bindMw(mw: MemoryWindow, bind: MwBind): number {
+    if (mw.type !== MwType.TYPE_1) throw new VerbsError('ibv_bind_mw', 'EINVAL', 'a type 2 window is bound by a BIND_MW work request (postSend)');
+    if (bind.bindInfo.mwAccessFlags & Access.ZERO_BASED) throw new VerbsError('ibv_bind_mw', 'EINVAL', 'a type 1 window cannot be zero based');
+    const rkey = incRkey(mw.rkey);
+    try {
+      this.postSend({ wrId: bind.wrId, opcode: WrOpcode.BIND_MW, sendFlags: bind.sendFlags, bindMw: { mw, rkey, bindInfo: bind.bindInfo } });
+    } catch (e) {
+      if (e instanceof VerbsError) throw Object.assign(new VerbsError('ibv_bind_mw', e.code, e.message.replace(/^ibv_post_send: [A-Z]+: /, '')), { wr: bind });
+      throw e;
+    }
+    mw.rkey = rkey;
+    return rkey;
   }
 
   /** ibv_post_recv: shared memory only; a QP in ERR also gets a doorbell so the WRs are flushed. */

@@ -3,7 +3,9 @@
  * that are filled in by the caller or returned as values), camelCase.
  */
 import type { Access, EventType, MigState, Mtu, QpAttrMask, QpState, QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode } from '../abi/enums.js';
+import { WcFlags as WcFlagBits } from '../abi/enums.js';
 import type { QpCaps } from '../abi/queue.js';
+import type { MemoryWindow, MwBindInfo } from './mw.js';
 import type { AddressHandle } from './ah.js';
 import type { CompletionQueue } from './cq.js';
 import type { QueuePair } from './qp.js';
@@ -69,6 +71,10 @@ export interface SendWr {
   /** ATOMIC_WRITE (RC): 8 bytes, or a u64 stored little-endian, written at remoteAddr (8-aligned, REMOTE_WRITE) as one */
   atomicWrite?: { remoteAddr: bigint | number; rkey: number; value: bigint | Uint8Array };
   ud?: { ah: AddressHandle; remoteQpn: number; remoteQkey: number };
+  /** LOCAL_INV, SEND_WITH_INV: the rkey to invalidate (a type 2 window's; the peer's for SEND_WITH_INV) */
+  invalidateRkey?: number;
+  /** BIND_MW (a type 2 window): the rkey it is to have (`incRkey(mw.rkey)`, or any other key byte) and what it covers */
+  bindMw?: { mw: MemoryWindow; rkey: number; bindInfo: MwBindInfo };
 }
 
 /** A receive work request (struct ibv_recv_wr). */
@@ -86,6 +92,10 @@ export class WorkCompletion {
   srcQp = 0;
   wcFlags: WcFlags = 0;
   pkeyIndex = 0;
+  /** With WcFlags.WITH_INV: the rkey the received SEND_WITH_INV invalidated (ibv_wc's invalidated_rkey, imm_data's union mate). */
+  get invalidatedRkey(): number {
+    return this.wcFlags & WcFlagBits.WITH_INV ? this.imm : 0;
+  }
   slid = 0;
   sl = 0;
   dlidPathBits = 0;

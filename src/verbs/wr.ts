@@ -8,6 +8,7 @@
  */
 import { QpExSendOps as Ops, SendFlags, WrOpcode } from '../abi/enums.js';
 import type { AddressHandle } from './ah.js';
+import type { MemoryWindow, MwBindInfo } from './mw.js';
 import { VerbsError } from './errors.js';
 import type { QueuePair } from './qp.js';
 import type { SendWr, Sge } from './types.js';
@@ -77,6 +78,21 @@ export class WrBuilder {
   /** ibv_wr_atomic_write: the 8 bytes (or a u64, little-endian) at remoteAddr, written as one; it takes no SGE. */
   atomicWrite(rkey: number, remoteAddr: bigint | number, value: Uint8Array | bigint): this {
     return this.op('ibv_wr_atomic_write', Ops.ATOMIC_WRITE, { opcode: WrOpcode.ATOMIC_WRITE, atomicWrite: { rkey, remoteAddr, value } });
+  }
+
+  /** ibv_wr_bind_mw: binds a type 2 window (as qp.postSend's BIND_MW with wr.bindMw); no data setter follows. */
+  bindMw(mw: MemoryWindow, rkey: number, bindInfo: MwBindInfo): this {
+    return this.op('ibv_wr_bind_mw', Ops.BIND_MW, { opcode: WrOpcode.BIND_MW, bindMw: { mw, rkey, bindInfo } });
+  }
+
+  /** ibv_wr_local_inv: invalidates a type 2 window of this QP's PD; no data setter follows. */
+  localInv(invalidateRkey: number): this {
+    return this.op('ibv_wr_local_inv', Ops.LOCAL_INV, { opcode: WrOpcode.LOCAL_INV, invalidateRkey });
+  }
+
+  /** ibv_wr_send_inv: a SEND whose last packet's IETH invalidates the peer's `invalidateRkey`. */
+  sendInv(invalidateRkey: number): this {
+    return this.op('ibv_wr_send_inv', Ops.SEND_WITH_INV, { opcode: WrOpcode.SEND_WITH_INV, invalidateRkey });
   }
 
   /** ibv_wr_set_ud_addr (UD): where the last operation goes. */

@@ -77,6 +77,10 @@ export interface Wr {
   rdma?: { remoteAddr: bigint; rkey: number };
   atomic?: { remoteAddr: bigint; compareAdd: bigint; swap: bigint; rkey: number };
   ud?: { ahNum: number; remoteQpn: number; remoteQkey: number };
+  /** LOCAL_INV, SEND_WITH_INV: ibv_send_wr's invalidate_rkey, imm_data's union mate (a plain u32) */
+  invalidateRkey?: number;
+  /** BIND_MW: ibv_send_wr.bind_mw (the window's rkey, the new rkey, bind_info) */
+  bindMw?: { mwRkey: number; rkey: number; mrLkey: number; addr: bigint; length: bigint; access: number };
 }
 
 class Full extends Error {
@@ -94,8 +98,19 @@ export function postSend(q: ClientQueue, qpType: number, wr: Wr, ssn: number): v
   dv.setBigUint64(o + S['wr.wr_id']!, wr.wrId, true);
   dv.setUint32(o + S['wr.opcode']!, wr.opcode, true);
   dv.setUint32(o + S['wr.send_flags']!, wr.sendFlags ?? 0, true);
-  dv.setUint32(o + S['wr.ex.imm_data']!, wr.imm ?? 0, false);
+  // (ex is one union copied whole: imm_data as the application's __be32, invalidate_rkey as its u32)
+  if (wr.invalidateRkey !== undefined) dv.setUint32(o + S['wr.ex.invalidate_rkey']!, wr.invalidateRkey, true);
+  else dv.setUint32(o + S['wr.ex.imm_data']!, wr.imm ?? 0, false);
   const op = wr.opcode;
+  if (op === WrOpcode.BIND_MW) {
+    const b = wr.bindMw!;
+    dv.setBigUint64(o + S['wr.wr.mw.addr']!, b.addr, true);
+    dv.setBigUint64(o + S['wr.wr.mw.length']!, b.length, true);
+    dv.setUint32(o + S['wr.wr.mw.mr_lkey']!, b.mrLkey, true);
+    dv.setUint32(o + S['wr.wr.mw.mw_rkey']!, b.mwRkey, true);
+    dv.setUint32(o + S['wr.wr.mw.rkey']!, b.rkey, true);
+    dv.setUint32(o + S['wr.wr.mw.access']!, b.access, true);
+  }
   if (op === WrOpcode.RDMA_WRITE || op === WrOpcode.RDMA_WRITE_WITH_IMM || op === WrOpcode.RDMA_READ) {
     dv.setBigUint64(o + S['wr.wr.rdma.remote_addr']!, wr.rdma!.remoteAddr, true);
     dv.setUint32(o + S['wr.wr.rdma.rkey']!, wr.rdma!.rkey, true);

@@ -72,6 +72,15 @@ test('send WQE: every field a work request carries comes out of the ring as the 
   w = roundTrip(r, { wrId: -1, opcode: WrOpcode.RDMA_READ, rdma: { remoteAddr: 2n ** 60n, rkey: 1 }, sgList: [] });
   expect(w, { wrLo: 0xffffffff, wrHi: 0xffffffff, remoteAddr: Infinity, numSge: 0 });
 
+  // LOCAL_INV and SEND_WITH_INV: the key in imm_data's word (ibv_send_wr's union), as the value
+  w = roundTrip(r, { wrId: 8, opcode: WrOpcode.SEND_WITH_INV, invalidateRkey: 0x80001a5, sgList: [{ addr: 0x3000, length: 8, lkey: 9 }] });
+  expect(w, { opcode: WrOpcode.SEND_WITH_INV, invRkey: 0x80001a5, numSge: 1 });
+  w = roundTrip(r, { wrId: 9, opcode: WrOpcode.LOCAL_INV, invalidateRkey: 0xfedcba98 });
+  expect(w, { opcode: WrOpcode.LOCAL_INV, invRkey: 0xfedcba98, numSge: 0 });
+  // BIND_MW: the window's range in remote_addr and mw_length, the new rkey in rkey, the rest in their own words
+  w = roundTrip(r, { wrId: 10, opcode: WrOpcode.BIND_MW, bind: { mwRkey: 0x8000_1234, rkey: 0x8000_1235, mrLkey: 0x1_0107, addr: 2n ** 40n + 16n, length: 2n ** 33n, access: 0x2e } });
+  expect(w, { opcode: WrOpcode.BIND_MW, mwRkey: 0x8000_1234, bindRkey: 0x8000_1235, mrLkey: 0x1_0107, bindAddr: 2 ** 40 + 16, bindLength: 2 ** 33, bindAccess: 0x2e });
+
   const all = Object.keys(new SendWqeFields(1, 1));
   assert.deepEqual(all.filter((k) => !seen.has(k)), [], 'every field of the record is covered by a case above');
 });
@@ -142,14 +151,15 @@ test('completion: every ib_uverbs_wc field the HCA writes comes out as the libra
 test('the opcode table: which work requests each QP type takes (IBA 10.7 / rxe_wr_opcode_info), and what each is', () => {
   const O = WrOpcode;
   const takes: Record<number, number[]> = {
-    // ATOMIC_WRITE: RC only, as rxe >= 6.2
-    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD, O.ATOMIC_WRITE],
-    [QpType.UC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM],
+    // ATOMIC_WRITE: RC only, as rxe >= 6.2; BIND_MW on RC and UC, LOCAL_INV on RC; SEND_WITH_INV's IETH opcodes are RC's only
+    [QpType.RC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.RDMA_READ, O.ATOMIC_CMP_AND_SWP, O.ATOMIC_FETCH_AND_ADD, O.ATOMIC_WRITE, O.SEND_WITH_INV, O.LOCAL_INV, O.BIND_MW],
+    [QpType.UC]: [O.SEND, O.SEND_WITH_IMM, O.RDMA_WRITE, O.RDMA_WRITE_WITH_IMM, O.BIND_MW],
     [QpType.UD]: [O.SEND, O.SEND_WITH_IMM],
   };
   const kind: Record<number, number> = {
     [O.SEND]: WrMask.SEND | WrMask.INLINE, [O.SEND_WITH_IMM]: WrMask.SEND | WrMask.INLINE, [O.RDMA_WRITE]: WrMask.WRITE | WrMask.INLINE,
     [O.RDMA_WRITE_WITH_IMM]: WrMask.WRITE | WrMask.INLINE, [O.RDMA_READ]: WrMask.READ, [O.ATOMIC_CMP_AND_SWP]: WrMask.ATOMIC, [O.ATOMIC_FETCH_AND_ADD]: WrMask.ATOMIC,
+    [O.SEND_WITH_INV]: WrMask.SEND | WrMask.INLINE, [O.LOCAL_INV]: WrMask.LOCAL, [O.BIND_MW]: WrMask.LOCAL,
     [O.ATOMIC_WRITE]: WrMask.ATOMIC_WRITE,
   };
   for (const type of Object.values(QpType)) {

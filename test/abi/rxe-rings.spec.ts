@@ -185,6 +185,14 @@ test('send WQE: what librxe 44 writes for each opcode comes out of RxeSendQueue.
   rc.idx = (rc.idx + 1) >>> 0;
   rc.sq.setConsumed(rc.idx);
   expect(rc.w, { opcode: WrOpcode.ATOMIC_WRITE, remoteAddr: 0x3010, rkey: 0x79, compareAdd: 0x8807060504030201n, inline: false, inlineLen: 0, numSge: 0 });
+  // ex as invalidate_rkey: a plain u32, for SEND_WITH_INV and LOCAL_INV alike
+  w = roundTrip(rc, { wrId: 10n, opcode: WrOpcode.SEND_WITH_INV, invalidateRkey: 0x80001a5, sg: sg.slice(0, 1) });
+  expect(w, { opcode: WrOpcode.SEND_WITH_INV, invRkey: 0x80001a5, numSge: 1 });
+  w = roundTrip(rc, { wrId: 11n, opcode: WrOpcode.LOCAL_INV, invalidateRkey: 0xfedcba98 });
+  expect(w, { opcode: WrOpcode.LOCAL_INV, invRkey: 0xfedcba98, numSge: 0 });
+  // BIND_MW: wr.mw, the six fields of ibv_mw_bind_info and the window (rxe_bind_mw reads no others)
+  w = roundTrip(rc, { wrId: 12n, opcode: WrOpcode.BIND_MW, bindMw: { mwRkey: 0x8000_1234, rkey: 0x8000_1235, mrLkey: 0x1_0107, addr: 2n ** 40n + 16n, length: 2n ** 33n, access: 0x2e } });
+  expect(w, { opcode: WrOpcode.BIND_MW, mwRkey: 0x8000_1234, bindRkey: 0x8000_1235, mrLkey: 0x1_0107, bindAddr: 2 ** 40 + 16, bindLength: 2 ** 33, bindAccess: 0x2e });
 
   // UD: ah_num is the daemon's AH handle + 1; 0 (librxe's "no AH number", an rxe_av instead) names none
   const ud = sendQueue(QpType.UD);
@@ -424,4 +432,15 @@ test(`fuzz (${FUZZ} steps, seed ${SEED}): random bytes anywhere in the pages, th
     if (rand() < 0.01) rq.reset();
   }
   for (const b of bufs) assert.ok(new Uint8Array(b, b.byteLength - 4096).every((x) => x === 0xee), 'nothing past the mapping written');
+});
+
+test('completion: with IBV_WC_WITH_INV, ex is invalidate_rkey, a plain u32 (not imm_data\'s __be32)', () => {
+  const l = R.rxeCqLayout(4)!;
+  const buf = mapped(l);
+  const cq = new RxeCompletionQueue(buf, l);
+  cq.push({ ...wcOf(0), opcode: WcOpcode.RECV, wcFlags: WcFlags.WITH_INV, imm: 0x08002ad4 });
+  cq.push({ ...wcOf(1), opcode: WcOpcode.RECV, wcFlags: WcFlags.WITH_IMM, imm: 0x08002ad4 });
+  const dv = new DataView(buf);
+  const ex = R.memberOffsets(WC).imm_data!;
+  assert.deepEqual([dv.getUint32(R.QB.SIZE + ex, true), dv.getUint32(R.QB.SIZE + l.elemSize + ex, false)], [0x08002ad4, 0x08002ad4]);
 });

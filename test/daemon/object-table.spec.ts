@@ -69,6 +69,7 @@ const MAKE: Record<ObjType, (ctx: Context, m: Made) => number> = {
     return [...ctx.handles].find(([, e]) => e.type === 'comp_channel' && e.obj.token === token)![0];
   },
   pd: (ctx) => run(ctx, U.Spec.ALLOC_PD, {}).pd_handle,
+  mw: (ctx, m) => run(ctx, U.Spec.ALLOC_MW, { pd_handle: m.pd, mw_type: 2 }).mw_handle,
   cq: (ctx, m) => run(ctx, U.Spec.CREATE_CQ, { user_handle: 1n, cqe: 16, comp_vector: 0, comp_channel: m.channel }, { memfd_id: memfd(ctx) }).cq_handle,
   srq: (ctx, m) => run(ctx, U.Spec.CREATE_SRQ, { user_handle: 2n, pd_handle: m.pd, max_wr: 16, max_sge: 1, srq_limit: 0 }, { memfd_id: memfd(ctx) }).srq_handle,
   mr: (ctx, m) =>
@@ -146,8 +147,8 @@ describe('the object table', () => {
   test("each type's device limit is the max QUERY_DEVICE advertises, and the next create is EINVAL (max_qp from the QPN space)", () => {
     const { dev, ctx, hits } = harness({ maxQpn: 20, exempt: true });
     const attr = run(ctx, U.Spec.QUERY_DEVICE, {});
-    const advertised: Partial<Record<ObjType, number>> = { qp: attr.max_qp, pd: attr.max_pd, mr: attr.max_mr, cq: attr.max_cq, srq: attr.max_srq, ah: attr.max_ah };
-    assert.deepEqual(advertised, { qp: 4, pd: 65536, mr: 65536, cq: 65536, srq: 65536, ah: 32766 });
+    const advertised: Partial<Record<ObjType, number>> = { qp: attr.max_qp, pd: attr.max_pd, mr: attr.max_mr, cq: attr.max_cq, srq: attr.max_srq, ah: attr.max_ah, mw: attr.max_mw };
+    assert.deepEqual(advertised, { qp: 4, pd: 65536, mr: 65536, cq: 65536, srq: 65536, ah: 32766, mw: 524287 });
     const m: Made = { pd: MAKE.pd(ctx, {} as Made), cq: -1, srq: -1, channel: -1 };
     m.cq = MAKE.cq(ctx, m);
     m.srq = MAKE.srq(ctx, m);
@@ -177,6 +178,7 @@ describe('the object table', () => {
       srq: ['srqn'],
       cq: ['cqn', 'cqe', 'users'],
       ah: [],
+      mw: [],
       mr: ['mrn', 'lkey', 'rkey', 'iova', 'mrlen', 'pages', 'pdn'],
       pd: ['pdn', 'users'],
       comp_channel: [],
@@ -193,7 +195,7 @@ describe('the object table', () => {
     const mr = rows.find((r) => r.type === 'mr')!;
     assert.equal(qp.pdn, pd.pdn);
     assert.equal(mr.pdn, pd.pdn);
-    assert.equal(pd.users, 4, 'the MR, the AH, the SRQ and the QP');
+    assert.equal(pd.users, 5, 'the MW, the MR, the AH, the SRQ and the QP');
     assert.equal(mr.rkey, mr.lkey, 'REMOTE_WRITE: the rkey is the key');
     assert.equal(mr.iova, String(0x10000));
     ctx.destroyAll();

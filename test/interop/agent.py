@@ -9,8 +9,14 @@ one JSON object per line and gets one JSON line back per command:
   read      {off, len}                              -> {b64}
   post_recv {wr_id, off, len}                       -> {}
   post_send {wr_id, opcode, off, len, imm, raddr, rkey, compare, swap, ud:{gid,qpn,qkey}} -> {}
-  poll      {n, timeout}                            -> {wcs: [...]}
+  poll      {n, timeout}                            -> {wcs: [...]}  (imm_raw: imm_data as the union holds it,
+                                                              the invalidated rkey with IBV_WC_WITH_INV)
+  mw        {mw_type, off, len, access}             -> {rkey, status}  (a window over the MR bound through the QP:
+                                                              type 1 by ibv_bind_mw, type 2 by a BIND_MW WR)
+  local_inv {rkey}                                  -> {status}
   close     {}                                      -> {}
+
+post_send's SEND_WITH_INV takes the rkey to invalidate in `inv`.
 
 It listens on port 18600 (the argument overrides) and serves one
 connection at a time, each with its own verbs objects.
@@ -26,7 +32,7 @@ import pyverbs.enums as e
 from pyverbs.addr import AH, AHAttr, GID, GlobalRoute
 from pyverbs.cq import CQ
 from pyverbs.device import Context
-from pyverbs.mr import MR
+from pyverbs.mr import MR, MW, MWBind, MWBindInfo
 from pyverbs.pd import PD
 from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
 from pyverbs.wr import RecvWR, SGE, SendWR
@@ -34,6 +40,8 @@ from pyverbs.wr import RecvWR, SGE, SendWR
 GID_INDEX = 1
 ACCESS = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ
           | e.IBV_ACCESS_REMOTE_ATOMIC)
+# the MR may carry memory windows (rxe rejects MW_BIND in a QP's access flags, so it is the MR's alone)
+MR_ACCESS = ACCESS | e.IBV_ACCESS_MW_BIND
 QKEY = 0x11111111
 MTU = {256: e.IBV_MTU_256, 512: e.IBV_MTU_512, 1024: e.IBV_MTU_1024, 2048: e.IBV_MTU_2048, 4096: e.IBV_MTU_4096}
 TYPES = {"RC": e.IBV_QPT_RC, "UC": e.IBV_QPT_UC, "UD": e.IBV_QPT_UD}
@@ -47,10 +55,11 @@ class Session:
         self.qp = None
         self.mr = None
         self.ahs = {}
+        self.mws = []
 
     def open(self, a):
         self.type = TYPES[a["type"]]
-        self.mr = MR(self.pd, a.get("size", 1 << 20), ACCESS)
+        self.mr = MR(self.pd, a.get("size", 1 << 20), MR_ACCESS)
         cap = QPCap(max_send_wr=64, max_recv_wr=64, max_send_sge=1, max_recv_sge=1)
         self.qp = QP(self.pd, QPInitAttr(qp_type=self.type, scq=self.cq, rcq=self.cq, cap=cap))
         attr = QPAttr()
@@ -123,8 +132,9 @@ class Session:
         n = a.get("len", 0)
         # pyverbs wants an SGE even for a 0-byte message: one of length 0 is what C callers post too
         sg = [SGE(self.mr.buf + a.get("off", 0), n, self.mr.lkey)]
-        wr = SendWR(wr_id=a["wr_id"], opcode=op, num_sge=len(sg), sg=sg, send_flags=e.IBV_SEND_SIGNALED,
-                    imm_data=socket.htonl(a.get("imm", 0)))
+        # imm_data's union mate invalidate_rkey is a plain u32: no byte swap for it
+        imm = a["inv"] if a["opcode"] == "SEND_WITH_INV" else socket.htonl(a.get("imm", 0))
+        wr = SendWR(wr_id=a["wr_id"], opcode=op, num_sge=len(sg), sg=sg, send_flags=e.IBV_SEND_SIGNALED, imm_data=imm)
         if a["opcode"].startswith("RDMA"):
             wr.set_wr_rdma(a["rkey"], a["raddr"])
         elif a["opcode"].startswith("ATOMIC"):
@@ -134,8 +144,30 @@ class Session:
         self.qp.post_send(wr)
         return {}
 
+    def mw(self, a):
+        mw = MW(self.pd, a["mw_type"])
+        self.mws.append(mw)
+        info = MWBindInfo(self.mr, self.mr.buf + a["off"], a["len"], a["access"])
+        if a["mw_type"] == e.IBV_MW_TYPE_1:
+            self.qp.bind_mw(mw, MWBind(info, e.IBV_SEND_SIGNALED))
+            rkey = mw.rkey
+        else:
+            wr = SendWR(wr_id=0xb1, opcode=e.IBV_WR_BIND_MW)
+            wr.set_bind_wr(mw, info)
+            self.qp.post_send(wr)
+            rkey = wr.rkey
+        wcs = self.poll({"n": 1})["wcs"]
+        return {"rkey": rkey, "status": wcs[0]["status"] if wcs else -1}
+
+    def local_inv(self, a):
+        wr = SendWR(wr_id=0x1a, opcode=e.IBV_WR_LOCAL_INV)
+        wr.imm_data = a["rkey"]
+        self.qp.post_send(wr)
+        wcs = self.poll({"n": 1})["wcs"]
+        return {"status": wcs[0]["status"] if wcs else -1}
+
     def close(self, a):
-        for o in [*self.ahs.values(), self.qp, self.mr, self.cq, self.pd, self.ctx]:
+        for o in [*self.ahs.values(), *self.mws, self.qp, self.mr, self.cq, self.pd, self.ctx]:
             if o is not None:
                 o.close()
         return {}
@@ -148,7 +180,8 @@ class Session:
             n, wcs = self.cq.poll(num_entries=want - len(out))
             for wc in wcs[:n]:
                 out.append({"wr_id": wc.wr_id, "status": wc.status, "opcode": wc.opcode, "byte_len": wc.byte_len,
-                            "imm": socket.ntohl(wc.imm_data), "src_qp": wc.src_qp, "wc_flags": wc.wc_flags})
+                            "imm": socket.ntohl(wc.imm_data), "imm_raw": wc.imm_data, "src_qp": wc.src_qp,
+                            "wc_flags": wc.wc_flags})
             if n == 0:
                 time.sleep(0.0005)
         return {"wcs": out}

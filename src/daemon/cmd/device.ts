@@ -12,10 +12,11 @@ import { deviceMax } from '../object-table.js';
 import type { Commands } from './command.js';
 
 /**
- * IBV_DEVICE_* flags. Linux rxe 6.1 reports 0x01223c76; softverbs
- * has no memory windows, no MEM_MGT_EXTENSIONS and no SRQ resize, so those bits are off.
+ * IBV_DEVICE_* flags. Linux rxe 6.1 reports 0x01223c76; softverbs has MEM_WINDOW (1 << 17),
+ * MEM_MGT_EXTENSIONS (1 << 21: local invalidate and send with invalidate; fast registration is a kernel
+ * ULP's) and MEM_WINDOW_TYPE_2B (1 << 24) as rxe does, and no SRQ resize (1 << 13), so that bit is off.
  */
-const DEVICE_CAP_FLAGS = 0x00001c76;
+const DEVICE_CAP_FLAGS = 0x01221c76;
 
 /** The QUERY_DEVICE response (EX_QUERY_DEVICE's extends it). */
 export function queryDevice(ctx: Context): Buffer {
@@ -25,7 +26,7 @@ export function queryDevice(ctx: Context): Buffer {
     page_size_cap: 0xfffff000n, vendor_id: 0xffffff, vendor_part_id: 0, hw_ver: 0, max_qp: deviceMax(d, 'qp'), max_qp_wr: Limits.maxQpWr,
     device_cap_flags: DEVICE_CAP_FLAGS, max_sge: Limits.maxSge, max_sge_rd: Limits.maxSge, max_cq: deviceMax(d, 'cq'), max_cqe: Limits.maxCqe,
     max_mr: deviceMax(d, 'mr'), max_pd: deviceMax(d, 'pd'), max_qp_rd_atom: Limits.maxQpRdAtom, max_ee_rd_atom: 0, max_res_rd_atom: 258048,
-    max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: 0,
+    max_qp_init_rd_atom: Limits.maxQpRdAtom, max_ee_init_rd_atom: 0, atomic_cap: AtomicCap.HCA, max_ee: 0, max_rdd: 0, max_mw: deviceMax(d, 'mw'),
     max_raw_ipv6_qp: 0, max_raw_ethy_qp: 0, max_mcast_grp: McastLimits.maxMcastGrp, max_mcast_qp_attach: McastLimits.maxMcastQpAttach, max_total_mcast_qp_attach: McastLimits.maxTotalMcastQpAttach, max_ah: deviceMax(d, 'ah'),
     max_fmr: 0, max_map_per_fmr: 0, max_srq: deviceMax(d, 'srq'), max_srq_wr: Limits.maxSrqWr, max_srq_sge: Limits.maxSrqSge, max_pkeys: 64,
     local_ca_ack_delay: 15, phys_port_cnt: 1,

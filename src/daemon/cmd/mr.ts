@@ -1,10 +1,10 @@
-/** The memory region's commands: REG_MR, REREG_MR, DEREG_MR. */
+/** The memory region's and window's commands: REG_MR, REREG_MR, DEREG_MR, ALLOC_MW, DEALLOC_MW. */
 import { Access, ReregMrFlags } from '../../abi/enums.js';
 import { pack } from '../../abi/layout.js';
 import { Limits } from '../../abi/queue.js';
 import * as U from '../../abi/uverbs.js';
 import { E, fail } from '../../common/errno.js';
-import { Mr } from '../../hca/objects.js';
+import { Mr, Mw } from '../../hca/objects.js';
 import { settleMemory } from '../../hca/staging.js';
 import type { Context } from '../context.js';
 import { pagesSpanned } from '../memlock.js';
@@ -12,7 +12,7 @@ import type { MrPages } from '../providers/provider.js';
 import type { Commands } from './command.js';
 
 function checkAccess(access: number): void {
-  const known = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC | Access.RELAXED_ORDERING;
+  const known = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC | Access.MW_BIND | Access.RELAXED_ORDERING;
   if (access & Access.ON_DEMAND) fail(E.EOPNOTSUPP, 'ON_DEMAND access is not supported');
   if (access & ~known) fail(E.EINVAL, `access flags 0x${access.toString(16)} have unsupported bits`);
   if (access & (Access.REMOTE_WRITE | Access.REMOTE_ATOMIC) && !(access & Access.LOCAL_WRITE))
@@ -60,6 +60,8 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
   const flags = r.flags;
   if (!flags || flags & ~(ReregMrFlags.CHANGE_TRANSLATION | ReregMrFlags.CHANGE_PD | ReregMrFlags.CHANGE_ACCESS))
     fail(E.EINVAL, `REREG_MR: flags 0x${flags.toString(16)}`);
+  // a window names the MR's IOVA range and PD as they were when it was bound: neither changes under it
+  if (mr.numMw > 0) fail(E.EINVAL, `REREG_MR: memory windows are bound to MR lkey ${mr.key}: invalidate or deallocate them first`);
   const newPd = flags & ReregMrFlags.CHANGE_PD ? ctx.get('pd', r.pd_handle) : mr.pd;
   const access = flags & ReregMrFlags.CHANGE_ACCESS ? r.access_flags : mr.access;
   checkAccess(access);
@@ -91,12 +93,34 @@ function reregMr(ctx: Context, r: U.Req<'REREG_MR'>, u: U.Udata<'REREG_MR'> | nu
 }
 
 function deregMr(ctx: Context, r: U.Req<'DEREG_MR'>): void {
-  ctx.get('mr', r.mr_handle);
+  const mr = ctx.get('mr', r.mr_handle);
+  // rxe_dereg_mr: not while windows are bound to it
+  if (mr.numMw > 0) fail(E.EINVAL, `DEREG_MR: ${mr.numMw} memory window${mr.numMw > 1 ? 's are' : ' is'} bound to MR lkey ${mr.key}: invalidate or deallocate ${mr.numMw > 1 ? 'them' : 'it'} first`);
   ctx.destroy(r.mr_handle);
+}
+
+/** ALLOC_MW (rxe_alloc_mw): a window of type 1 (VALID, bound by ibv_bind_mw) or 2 (FREE until a BIND_MW WR). */
+function allocMw(ctx: Context, r: U.Req<'ALLOC_MW'>): Buffer {
+  const pd = ctx.get('pd', r.pd_handle);
+  if (r.mw_type !== 1 && r.mw_type !== 2) fail(E.EINVAL, `ALLOC_MW: mw_type ${r.mw_type} is neither IBV_MW_TYPE_1 (1) nor IBV_MW_TYPE_2 (2)`);
+  ctx.admit('mw');
+  const key = ctx.dev.allocMwKey();
+  if (key < 0) fail(E.ENOMEM, 'no MW keys left');
+  const mw = new Mw(pd, r.mw_type, key);
+  ctx.dev.mws.set(key >>> 8, mw);
+  pd.users++;
+  return pack(U.ALLOC_MW_RESP, { mw_handle: ctx.add({ type: 'mw', obj: mw }), rkey: key });
+}
+
+function deallocMw(ctx: Context, r: U.Req<'DEALLOC_MW'>): void {
+  ctx.get('mw', r.mw_handle);
+  ctx.destroy(r.mw_handle);
 }
 
 export const mrCommands: Commands = {
   REG_MR: (ctx, r, u) => regMr(ctx, r, u),
   REREG_MR: (ctx, r, u) => reregMr(ctx, r, u),
   DEREG_MR: (ctx, r) => deregMr(ctx, r),
+  ALLOC_MW: (ctx, r) => allocMw(ctx, r),
+  DEALLOC_MW: (ctx, r) => deallocMw(ctx, r),
 };
