@@ -16,7 +16,7 @@ import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
 import { atoi, getopt } from './cli.js';
-import { errnoOf, messageOf } from '../common/errors.js';
+import { codeOf, errnoOf, messageOf } from '../common/errors.js';
 import { strerror } from '../common/errno.js';
 
 const GRH = 40;
@@ -49,7 +49,7 @@ interface Node {
 const out = (s: string) => process.stdout.write(s);
 /** perror(): the message, then what errno says. */
 const perror = (what: string, e: unknown) => process.stderr.write(`${what}: ${strerror(codeName(e))}\n`);
-const codeName = (e: unknown): string => (e as { code?: string })?.code ?? 'EIO';
+const codeName = (e: unknown): string => codeOf(e) ?? 'EIO';
 
 /** inet_ntop(AF_INET6) as glibc writes it: an IPv4-mapped address as ::ffff:a.b.c.d, else the compressed form. */
 export function ntop6(b: Uint8Array): string {

@@ -22,7 +22,7 @@ ${dev} node_type: 1: CA
 ${dev} node_desc: rxe
 ${dev} fw_ver: 
 ${dev} parent: readable
-${dev} device: readlink ENOENT, numa_node ENOENT
+${dev} device: readlink EINVAL, numa_node ENOENT
 ports: 1
 ${dev} port 1 state: 4: ACTIVE
 ${dev} port 1 phys_state: 5: LinkUp
