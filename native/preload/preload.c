@@ -22,7 +22,9 @@
  *    Extended commands travel whole in a WRITE_EX frame (their word counts
  *    cannot frame them). GET_CONTEXT goes as GET_CONTEXT_RXE, which tells the
  *    daemon this client speaks rdma-core's rxe provider ABI. librxe's doorbell
- *    (POST_SEND of no WRs) is sent without waiting for an answer.
+ *    (POST_SEND of no WRs) is sent without waiting for an answer, and not at
+ *    all while the daemon's requester is running on that send queue (a flag
+ *    the daemon keeps in the queue's padding: it looks again before it idles).
  *  - Descriptors: what a kernel command would put in the caller's table is
  *    made real here. GET_CONTEXT's async_fd and CREATE_COMP_CHANNEL's fd name
  *    event streams, connected here and put in place as descriptors (CREATE_CQ
@@ -106,6 +108,12 @@
 #define SV_WRITE_EX 0xf4
 /* QP handles below this may have their doorbells sent without waiting (the rest always wait) */
 #define READY_HANDLES 1024
+/* the send queue's idle flag: in rxe_queue_buf's pad_2, 64 bytes past the producer index (abi/rxe-rings.ts RXE_SQ_IDLE_AT) */
+#define SQ_IDLE_AT 192
+/* ib_uverbs_create_qp_resp and ib_uverbs_ex_create_qp_resp, then rxe_create_qp_resp { rq_mi, sq_mi } (mminfo: u64 offset, u32 size, u32 pad) */
+#define CREATE_QP_RESP 32
+#define EX_CREATE_QP_RESP 40
+#define SQ_MI_AT 16
 /* the rdma_cm file (rdma_user_cm.h) */
 #define RDMA_CM_NAME "rdma_cm"
 #define UCMA_CREATE_ID 0
@@ -148,6 +156,15 @@ struct dev_fd {
 	 * MODIFY_QPs only, so nothing else can change the answer)
 	 */
 	uint8_t ready[READY_HANDLES];
+	/*
+	 * Each QP's send queue header as mapped here (its idle flag, SQ_IDLE_AT: the daemon's, not rxe's): a doorbell
+	 * goes only when it swaps the flag from 1 (the daemon's requester idle) to 0; while the requester runs, it
+	 * sees what the program posts without one. Known from the CREATE_QP answer's sq_mi (sq_off, sq_wait: the mmap
+	 * not made yet) and the mmap() of that offset; forgotten at DESTROY_QP. A QP without it rings every time.
+	 */
+	uint32_t *sq_idle[READY_HANDLES];
+	uint64_t sq_off[READY_HANDLES];
+	uint8_t sq_wait[READY_HANDLES];
 	int cm_cmd;
 	uint32_t cm_token;
 	/* the program closed it: a thread still blocked in its GET_EVENT stays blocked, as on the kernel's file */
@@ -184,9 +201,28 @@ static char root[4096];
 static char sysfs[4096];
 static int debug;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+/*
+ * This process's pid, read once and again in the child of every fork(): glibc's getpid() is a system call,
+ * and each command asks it (is this the process that opened the file?): for librxe's doorbell, rung after
+ * every post, it was half of the program's system calls per operation.
+ */
+static volatile pid_t self_pid;
+
+static void forked_child(void)
+{
+	self_pid = (pid_t)syscall(SYS_getpid);
+}
+
+static pid_t me(void)
+{
+	pid_t p = self_pid;
+	return p ? p : (self_pid = (pid_t)syscall(SYS_getpid));
+}
 
 static void init(void)
 {
+	/* registered before any fork() of the program's can need it: the constructor runs first */
+	pthread_atfork(NULL, NULL, forked_child);
 	const char *r = getenv("SOFTVERBS_ROOT");
 	snprintf(root, sizeof(root), "%s", r && *r ? r : "/run/softverbs");
 	debug = getenv("SOFTVERBS_DEBUG") != NULL;
@@ -430,7 +466,7 @@ static int open_mapped(const char *mapped, int flags, mode_t mode)
 	}
 	pthread_mutex_init(&d->lock, NULL);
 	d->rdev = rdev_of(mapped);
-	d->owner = getpid();
+	d->owner = me();
 	d->cm_cmd = cmd;
 	d->cm_token = token;
 	strcpy(d->path, mapped);
@@ -749,6 +785,43 @@ destroyed:
 	}
 }
 
+/* A QP made: where its send queue will be mapped (its sq_mi offset). A QP destroyed: its queue is about to go. */
+static void sq_known(struct dev_fd *d, uint32_t command, const uint8_t *b, size_t len, const uint8_t *resp, size_t n)
+{
+	uint32_t handle;
+	size_t core = command == CMD_CREATE_QP ? CREATE_QP_RESP : EX_CREATE_QP_RESP;
+
+	if (command == CMD_CREATE_QP || command == CMD_EX_CREATE_QP) {
+		if (n < core + SQ_MI_AT + 8)
+			return;
+		memcpy(&handle, resp, 4);
+		if (handle >= READY_HANDLES)
+			return;
+		__atomic_store_n(&d->sq_idle[handle], NULL, __ATOMIC_RELEASE);
+		memcpy(&d->sq_off[handle], resp + core + SQ_MI_AT, 8);
+		d->sq_wait[handle] = 1;
+	} else if (command == CMD_DESTROY_QP && len >= 20) {
+		memcpy(&handle, b + 16, 4);
+		if (handle < READY_HANDLES) {
+			__atomic_store_n(&d->sq_idle[handle], NULL, __ATOMIC_RELEASE);
+			d->sq_wait[handle] = 0;
+		}
+	}
+}
+
+/* A queue mapped at `p` from offset `off`: if it is a QP's send queue, its idle flag is there. */
+static void sq_mapped(struct dev_fd *d, uint64_t off, void *p, size_t len)
+{
+	if (len < SQ_IDLE_AT + 4)
+		return;
+	for (int h = 0; h < READY_HANDLES; h++)
+		if (d->sq_wait[h] && d->sq_off[h] == off) {
+			d->sq_wait[h] = 0;
+			__atomic_store_n(&d->sq_idle[h], (uint32_t *)((uint8_t *)p + SQ_IDLE_AT), __ATOMIC_RELEASE);
+			return;
+		}
+}
+
 /*
  * POST_SEND with wr_count 0: librxe's doorbell after it has written WQEs into the send queue. The kernel's
  * write() returns once the requester is scheduled, with bad_wr 0, or EINVAL for a QP whose requester is
@@ -795,7 +868,7 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	 * parent's memory and events. The child may keep or close its copy (the parent's goes on); it may not
 	 * command the parent's context.
 	 */
-	if (d->owner != getpid()) {
+	if (d->owner != me()) {
 		if (debug)
 			fprintf(stderr, "softverbs: a device file opened by pid %d is not usable in its child %d: open the device again\n", d->owner, getpid());
 		return errno = EPERM, -1;
@@ -845,8 +918,16 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 		room = 0;
 	if (h.command == CMD_POST_SEND && len == POST_SEND_LEN && !memcmp(b + 20, "\0\0\0\0", 4)) {
 		memcpy(&qp, b + 16, 4);
-		if (qp < READY_HANDLES && d->ready[qp])
+		if (qp < READY_HANDLES && d->ready[qp]) {
+			uint32_t *idle = __atomic_load_n(&d->sq_idle[qp], __ATOMIC_ACQUIRE), one = 1;
+			/* the daemon's requester is running (flag 0): it looks at the producer index again before it idles */
+			if (idle && !__atomic_compare_exchange_n(idle, &one, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+				if (room >= 4)
+					memset((void *)(uintptr_t)response, 0, 4); /* ib_uverbs_post_send_resp.bad_wr */
+				return len;
+			}
 			return doorbell(d, fd, &env, b, len, response, room);
+		}
 		/* one that waits asks for the answer, whatever room the program gave (the daemon answers a doorbell only then) */
 		if (!env.out_words)
 			env.out_words = 1;
@@ -875,6 +956,7 @@ static ssize_t command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	if (h.command == CMD_CREATE_COMP_CHANNEL && room >= 4 && channel_made(d, (void *)(uintptr_t)response))
 		return -1;
 	count_objects(fd, h.command, b, len, (uint8_t *)(uintptr_t)response, r.out_bytes < room ? r.out_bytes : room);
+	sq_known(d, h.command, b, len, (uint8_t *)(uintptr_t)response, r.out_bytes < room ? r.out_bytes : room);
 	if (qp < READY_HANDLES)
 		d->ready[qp] = 1;
 	return len;
@@ -937,7 +1019,7 @@ static ssize_t cm_command(struct dev_fd *d, int fd, const void *buf, size_t len)
 	if (len < sizeof(h))
 		return errno = EINVAL, -1;
 	/* as for a device file: the parent's ids are not its child's to command (the two would share one connection) */
-	if (d->owner != getpid())
+	if (d->owner != me())
 		return errno = EPERM, -1;
 	memcpy(&h, buf, sizeof(h));
 	if (sizeof(h) + h.in > len)
@@ -1375,6 +1457,8 @@ static void *map_queue(struct dev_fd *d, void *addr, size_t len, int prot, int f
 	}
 	void *p = (void *)syscall(SYS_mmap, addr, len, prot, flags, q, (off_t)r.offset);
 	int e = errno;
+	if (p != MAP_FAILED)
+		sq_mapped(d, (uint64_t)off, p, len);
 	syscall(SYS_close, q);
 	errno = e;
 	return p;

@@ -26,6 +26,15 @@ const W_LOG2 = word(QB.log2_elem_size);
 const W_MASK = word(QB.index_mask);
 const W_PROD = word(QB.producer_index);
 const W_CONS = word(QB.consumer_index);
+/**
+ * Ours, not rxe's: a send queue's "the HCA is not looking" flag, in the padding after the producer index (pad_2,
+ * which librxe never touches; the kernel's rxe has no such word). The daemon sets it to 1 as its requester goes
+ * idle and then looks at the producer index once more; our preload library, handed librxe's doorbell, rings only
+ * if it can swap it from 1 to 0 (the send ring's SQ_IDLE protocol, send-ring.ts). While the daemon's requester
+ * runs, posts ring no doorbell. A program that writes the word itself only changes when its own doorbells go.
+ */
+export const RXE_SQ_IDLE_AT = QB.producer_index + 64;
+const W_IDLE = word(RXE_SQ_IDLE_AT);
 
 /** Send WQE fields in words (`ring.ts` says why words). */
 const W_WR_ID = word(SWQE.wr_id);
@@ -105,6 +114,8 @@ export class RxeSendQueue implements SendQueueConsumer {
       throw new ErrnoError('EINVAL', `softverbs: rxe SQ: ${caps.maxSendSge} SGEs or ${caps.maxInlineData} inline bytes do not fit a ${l.elemSize}-byte WQE`);
     }
     this.hdr = initHeader(buffer, l, 'SQ');
+    // idle until a doorbell: the first post rings
+    Atomics.store(this.hdr, W_IDLE, 1);
     this.slots = l.slots;
     this.mask = l.slots - 1;
     this.log2 = l.log2ElemSize;
@@ -123,19 +134,20 @@ export class RxeSendQueue implements SendQueueConsumer {
   }
   /** rxe's queue page has no place for the QP state: librxe asks the kernel (QUERY_QP). */
   setState(_s: number): void {}
-  /** librxe writes POST_SEND after every post (below): the daemon never polls this queue. */
-  readonly alwaysRings = true;
   /**
-   * librxe rings after every post (post_send_db: a POST_SEND of no work requests after ibv_post_send and
-   * ibv_wr_complete, once it has stored its producer index), and the page has no flag to tell it not to. So
-   * no WQE ever arrives without a doorbell behind it: going idle leaves nothing for the HCA to look at itself.
+   * librxe writes POST_SEND after every post (post_send_db, once it has stored its producer index); our preload
+   * library sends it on only when the flag says the requester is idle (RXE_SQ_IDLE_AT). The daemon never holds
+   * this queue in its poll window: a C program's poller spins without yielding, and a daemon polling beside it
+   * on 2 cores cost ~150 system calls per ib_send_lat round trip (commit a78e500).
    */
-  idle(_before: number): boolean {
-    return false;
+  readonly alwaysRings = true;
+  /** As the send ring's idle(): marked idle, then WQEs written meanwhile (their doorbell not sent) are claimed. */
+  idle(before: number): boolean {
+    Atomics.store(this.hdr, W_IDLE, 1);
+    return this.produced() !== before && Atomics.compareExchange(this.hdr, W_IDLE, 1, 0) === 1;
   }
-  /** Nothing to claim: the client's doorbells keep coming whatever the HCA does. */
   wake(): boolean {
-    return false;
+    return Atomics.compareExchange(this.hdr, W_IDLE, 1, 0) === 1;
   }
   /**
    * Copies the WQE at idx into w, as librxe 44 fills one (post_one_send, or the ibv_wr_* builders): the

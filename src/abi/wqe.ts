@@ -152,7 +152,7 @@ export interface SendQueueConsumer {
    * `before` without one, and the HCA is to look at them itself.
    */
   idle(before: number): boolean;
-  /** The client rings a doorbell after every post whatever the HCA does (rxe's): polling the queue gains nothing. */
+  /** Never held in the poll window (rxe's: a C program's poller spins beside it); idle() and wake() still keep its doorbells. */
   readonly alwaysRings?: boolean;
   /** The HCA looks at this queue without a doorbell; false if the client had already rung. */
   wake(): boolean;

@@ -261,6 +261,11 @@ export class SoftDevice implements Hca {
         case Task.REQUESTER:
           return requester.run(qp);
         case Task.RETRY:
+          // an RNR NAK's wait is not cut short: the NAK-sequence-error that follows it (the packets sent behind the
+          // refused one arrive out of order) asks for a retry too, and going back at once sent the whole window
+          // again into a receive queue still empty, RNR after RNR (Linux rxe: wait_for_rnr_timer); the RNR timer's
+          // retry goes back from the same place
+          if (qp.comp.rnrTimer !== null) return;
           return requester.retry(qp);
         case Task.RNR_RETRY:
           qp.comp.rnrTimer = null;

@@ -105,8 +105,8 @@ function start(qp: Qp): ReqState {
   w.state = WqeState.PROCESSING;
   w.firstPsn = qp.req.psn;
   w.offset = 0;
-  // a new WQE: its bytes are read afresh (the window read ahead for the one before is not its)
-  if (qp.staging !== null) qp.staging.send.drop();
+  // a new WQE: a window read for the one before (its gathered SGEs) is not its; one read by index may be
+  if (qp.staging !== null) qp.staging.send.dropOwned();
   const pkts = w.opcode === WrOpcode.RDMA_READ || !w.isReadOrAtomic ? Math.max(1, Math.ceil(w.length / qp.mtu)) : 1;
   w.lastPsn = (w.firstPsn + pkts - 1) & PSN_MASK;
   return ReqState.SEND;
@@ -215,7 +215,7 @@ export function run(qp: Qp): void {
     runOnce(qp);
     if (qp.destroyed) return;
     // a busy queue stays awake for a while, polled: the client's next post needs no doorbell
-    if (qp.dev.linger.enabled) return qp.dev.linger.hold(qp);
+    if (qp.dev.linger.enabled && !qp.sq.alwaysRings) return qp.dev.linger.hold(qp);
     // going idle; WQEs the client wrote while we ran, without ringing, are ours to see (unless its doorbell is coming)
     if (!qp.sq.idle(before)) return;
   }
@@ -393,8 +393,11 @@ function payload(qp: Qp, w: SendWqe, p: Pkt, n: number, last: boolean): boolean 
       return true;
     }
     const buf = n > qp.mtu ? spanBuffer(p) : pktBuffer(p, n);
-    const ok = n > qp.mtu ? one.mr.mem.read(one.off, buf, 0, n) : qp.stage.send.read(w, one.mr.mem, one.off, buf, 0, n, one.rest);
-    if (last || !ok) qp.stage.send.drop();
+    // (a span is read whole, nothing ahead of it; an MTU packet's read reaches ahead into the rest of its SGE)
+    const ra = qp.stage.send;
+    const ok = ra.readWqe(qp.req.idx, run$.prod, one.mr.mem, one.off, buf, 0, n, n > qp.mtu ? n : one.rest);
+    // after a message's last packet the window stays only for WQEs posted before it was read
+    if (!ok || (last && !ra.servesFrom((qp.req.idx + 1) >>> 0))) ra.drop();
     if (!ok) return false;
     p.payload = buf;
     p.payOff = 0;
@@ -428,7 +431,7 @@ export function retry(qp: Qp): void {
   const cur = qp.wqeAt(qp.req.idx);
   if (cur.state === WqeState.PROCESSING) cur.state = WqeState.POSTED;
   // what goes again is read again
-  if (qp.staging !== null) qp.staging.send.drop();
+  if (qp.staging !== null) qp.staging.send.reset();
   qp.req.idx = qp.comp.idx;
   qp.req.psn = first.firstPsn;
   qp.req.rdAtomic = 0;

@@ -38,13 +38,25 @@ export function giveStage(b: Uint8Array): void {
   if (free.length < KEEP) free.push(b);
 }
 
-/** A window of an MR's memory read ahead: [off, off + len) of `mem`, read for `owner`. */
+/** The owner of a window read for a send queue's WQEs by index (ReadAhead.readWqe) rather than for one object. */
+const BY_INDEX = {};
+
+/**
+ * A window of an MR's memory read ahead: [off, off + len) of `mem`, read for `owner` (or, by index, for the WQEs
+ * [from, until) of a send queue).
+ */
 export class ReadAhead {
   private buf: Uint8Array | null = null;
   private owner: object | null = null;
   private mem: MrMemory | null = null;
   private off = 0;
   private len = 0;
+  /** a window read by index serves the WQEs from `from` (the one it was read for) up to `until` (excluded) */
+  private from = 0;
+  private until = 0;
+  /** where the last WQE read straight into its packet (readWqe): a WQE reading the same place fills a window */
+  private lastMem: MrMemory | null = null;
+  private lastOff = -1;
 
   /**
    * n bytes at offset `off` of `mem` into dst[dstOff..], for `owner` (the WQE or READ they are sent for). From
@@ -54,7 +66,7 @@ export class ReadAhead {
    * alone: a packet fails only if its own bytes cannot be read. False when they cannot.
    */
   read(owner: object, mem: MrMemory, off: number, dst: Uint8Array, dstOff: number, n: number, ahead: number): boolean {
-    if (owner === this.owner && mem === this.mem && off >= this.off && off + n <= this.off + this.len) {
+    if (owner === this.owner && this.holds(mem, off, n)) {
       copyBytes(dst, dstOff, this.buf!, off - this.off, n);
       return true;
     }
@@ -64,6 +76,53 @@ export class ReadAhead {
       this.drop();
       return mem.read(off, dst, dstOff, n);
     }
+    return this.fill(owner, mem, off, k, dst, dstOff, n);
+  }
+
+  /**
+   * The requester's read: n bytes at `off` of `mem` for the WQE at index `idx` of its send queue, whose producer
+   * index it read as `prod` before this call (`ahead` as for read()). A window serves every WQE posted before it
+   * was read, not only its own: IBA leaves a buffer's contents undefined while a WR that names it is outstanding,
+   * so bytes read while WQEs idx..prod-1 were all outstanding are what each of them may send. A program that posts
+   * the same buffer again and again (perftest's bandwidth tools all do) then costs one read of its memory per
+   * doorbell's worth of WQEs, not one per WQE: a window is filled for a single packet too once a WQE reads the
+   * place the one before it read. WQEs posted after the read never use it; a retry drops it (drop()).
+   */
+  readWqe(idx: number, prod: number, mem: MrMemory, off: number, dst: Uint8Array, dstOff: number, n: number, ahead: number): boolean {
+    if (this.owner === BY_INDEX && this.holds(mem, off, n) && ((idx - this.from) | 0) >= 0 && ((idx - this.until) | 0) < 0) {
+      copyBytes(dst, dstOff, this.buf!, off - this.off, n);
+      return true;
+    }
+    let k = Math.min(STAGE_BYTES, ahead);
+    const again = mem === this.lastMem && off === this.lastOff;
+    if (k <= n && !(again && n <= STAGE_BYTES && ((prod - idx) | 0) > 1)) {
+      this.drop();
+      this.lastMem = mem;
+      this.lastOff = off;
+      return mem.read(off, dst, dstOff, n);
+    }
+    if (k < n) k = n;
+    if (!this.fill(BY_INDEX, mem, off, k, dst, dstOff, n)) return false;
+    this.from = idx;
+    this.until = prod;
+    return true;
+  }
+
+  /** Whether a window read by index can still serve a WQE at `next` or after: false once the requester is past it. */
+  servesFrom(next: number): boolean {
+    return this.owner === BY_INDEX && ((next - this.until) | 0) < 0;
+  }
+
+  /** Drops a window read for one owner (a new WQE starts: it was not read for it); one read by index stays. */
+  dropOwned(): void {
+    if (this.owner !== BY_INDEX) this.drop();
+  }
+
+  private holds(mem: MrMemory, off: number, n: number): boolean {
+    return mem === this.mem && off >= this.off && off + n <= this.off + this.len;
+  }
+
+  private fill(owner: object, mem: MrMemory, off: number, k: number, dst: Uint8Array, dstOff: number, n: number): boolean {
     const b = (this.buf ??= takeStage());
     if (!mem.read(off, b, 0, k)) {
       this.drop();
@@ -83,6 +142,13 @@ export class ReadAhead {
     this.buf = null;
     this.owner = this.mem = null;
     this.len = 0;
+  }
+
+  /** drop(), and forgets where the last WQE read (a retry: what goes again is read again). */
+  reset(): void {
+    this.drop();
+    this.lastMem = null;
+    this.lastOff = -1;
   }
 }
 

@@ -16,7 +16,7 @@ import { CqRingProducer } from '../../src/abi/cq-ring.js';
 import { QpType, SendFlags, WcFlags, WcOpcode, WcStatus, WrOpcode } from '../../src/abi/enums.js';
 import { Limits } from '../../src/abi/queue.js';
 import * as R from '../../src/abi/rxe.js';
-import { RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../src/abi/rxe-rings.js';
+import { RXE_SQ_IDLE_AT, RxeCompletionQueue, RxeRecvQueue, RxeSendQueue } from '../../src/abi/rxe-rings.js';
 import { WC } from '../../src/abi/uverbs.js';
 import { RecvWqe, SendWqeFields, type CqeIn } from '../../src/abi/wqe.js';
 import { xorshift32 } from '../../src/common/rng.js';
@@ -218,11 +218,40 @@ test('send queue: indices wrap as masked slot numbers while the engines count on
   for (let i = 0; i < slots - 1; i++) postSend(r.client, QpType.RC, { wrId: BigInt(i), opcode: WrOpcode.SEND }, 0);
   assert.throws(() => postSend(r.client, QpType.RC, { wrId: 99n, opcode: WrOpcode.SEND }, 0), { code: 'ENOMEM' });
   assert.equal((r.sq.produced() - r.idx) >>> 0, slots - 1);
-  // rxe has no doorbell suppression: the client always rings, so the HCA never goes looking by itself
-  assert.deepEqual([r.sq.idle(r.idx), r.sq.wake()], [false, false]);
   const before = new Uint8Array(r.buf.slice(0, R.QB.SIZE));
   r.sq.setState(3);
   assert.deepEqual(new Uint8Array(r.buf.slice(0, R.QB.SIZE)), before, 'setState writes nothing: rxe has no place for it');
+});
+
+test('send queue idle flag (ours, in pad_2 after the producer index): the preload library\'s doorbell goes only when it swaps 1 to 0; WQEs posted as the requester idles are claimed by it', () => {
+  const r = sendQueue(QpType.RC);
+  const flag = new Int32Array(r.buf, RXE_SQ_IDLE_AT, 1);
+  // the preload library's test: swap 1 to 0, ring only if that worked
+  const rings = () => Atomics.compareExchange(flag, 0, 1, 0) === 1;
+  assert.ok(RXE_SQ_IDLE_AT > R.QB.producer_index && RXE_SQ_IDLE_AT + 4 <= R.QB.consumer_index, 'in the padding librxe never touches');
+  assert.equal(Atomics.load(flag, 0), 1, 'a new queue is idle: the first post rings');
+  postSend(r.client, QpType.RC, { wrId: 1n, opcode: WrOpcode.SEND }, 0);
+  assert.equal(rings(), true);
+  // the requester runs (flag 0): a post meanwhile rings nothing
+  postSend(r.client, QpType.RC, { wrId: 2n, opcode: WrOpcode.SEND }, 0);
+  assert.equal(rings(), false);
+  // going idle with nothing new since `before`: idle, the next post rings
+  assert.equal(r.sq.idle(r.sq.produced()), false);
+  assert.equal(Atomics.load(flag, 0), 1);
+  // a WQE written as it goes idle, its doorbell not yet sent: the requester claims it, the client then rings nothing
+  const before = r.sq.produced();
+  postSend(r.client, QpType.RC, { wrId: 3n, opcode: WrOpcode.SEND }, 0);
+  assert.equal(r.sq.idle(before), true);
+  assert.equal(rings(), false);
+  // idle, then the client claims the wake-up with its post: wake() finds it taken (its doorbell is on the way)
+  assert.equal(r.sq.idle(r.sq.produced()), false);
+  postSend(r.client, QpType.RC, { wrId: 4n, opcode: WrOpcode.SEND }, 0);
+  assert.equal(rings(), true);
+  assert.equal(r.sq.wake(), false, 'already claimed');
+  assert.equal(r.sq.alwaysRings, true, 'never held in the poll window');
+  // a client writing the flag itself only changes its own doorbells: the engines read nothing else from it
+  Atomics.store(flag, 0, 0x7fffffff);
+  assert.equal(rings(), false);
 });
 
 test('receive WQE: what rxe_post_one_recv writes comes out of RxeRecvQueue.take, for an RQ and an SRQ, across wraparound', () => {

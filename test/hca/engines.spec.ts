@@ -276,6 +276,21 @@ describe('completer', () => {
     assert.equal(r.qp.comp.rnrTimer, null);
   });
 
+  test('a sequence NAK behind an RNR NAK does not cut its wait short: the window goes again once, when the RNR timer fires', async () => {
+    const r = (current = rig());
+    postSend(r, { wrId: 1n, opcode: WrOpcode.SEND, length: 8 });
+    postSend(r, { wrId: 2n, opcode: WrOpcode.SEND, length: 8 });
+    r.wire.length = 0;
+    // the responder refuses PSN 100 (no receive WQE), then finds 101 out of sequence
+    feed(r, Transport.RC | Op.ACKNOWLEDGE, { psn: 100, syndrome: Aeth.RNR_NAK | 14 }); // timer 14: 0.96 ms
+    feed(r, Transport.RC | Op.ACKNOWLEDGE, { psn: 100, syndrome: Aeth.NAK_PSN_SEQ_ERROR });
+    assert.equal(r.dev.counters.rcvd_seq_err, 1);
+    await new Promise((res) => setImmediate(res));
+    assert.deepEqual(r.wire.length, 0, 'nothing sent again before the RNR timer');
+    await new Promise((res) => setTimeout(res, 30));
+    assert.deepEqual(r.wire.map((p) => [opName(p), p.psn]), [['SEND_ONLY', 100], ['SEND_ONLY', 101]]);
+  });
+
   test('a PSN sequence NAK goes back N on the next turn: everything from the NAKed PSN is sent again', async () => {
     const r = (current = rig());
     postSend(r, { wrId: 1n, opcode: WrOpcode.SEND, length: 3000 });

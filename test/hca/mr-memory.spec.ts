@@ -616,6 +616,37 @@ describe('a client\'s own memory moved in spans of up to 64 KiB (read-ahead, wri
     });
   }
 
+  for (const [name, mode] of MODES.slice(0, 2)) {
+    test(`WQEs posted together naming the same bytes are sent from one read of them; a WQE posted after that read reads afresh, ${name}`, async () => {
+      const { a, b } = staged(mode);
+      const src = ownMr(a, 1 << 20);
+      const dst = childMr(b, child);
+      // the source's reads counted on the real ProcMemory
+      const mem = src.mr.mem;
+      const read = mem.read.bind(mem);
+      let reads = 0;
+      mem.read = (...args: Parameters<typeof read>) => (reads++, read(...args));
+      for (const n of [MTU, STAGE_BYTES]) {
+        pattern(61, n).copy(src.view, 0);
+        reads = 0;
+        // eight WRITEs of the same source to eight places, one doorbell
+        for (let i = 0; i < 8; i++) a.sq.write({ sendFlags: SendFlags.SIGNALED, wrId: BigInt(i), opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src.mr, 0, n)], rdma: { remoteAddr: dst.iova + i * STAGE_BYTES, rkey: dst.key } });
+        a.sq.publish();
+        a.dev.doorbell(a.qp);
+        assert.deepEqual(brief(await poll(a, 8)).map((w) => w[1]), Array(8).fill(WcStatus.SUCCESS), `WRITE ${n}`);
+        for (let i = 0; i < 8; i++) assert.equal(await child.ask(`hash ${i * STAGE_BYTES} ${n}`), sha(src.view.subarray(0, n)), `WRITE ${n} #${i}`);
+        // the first reads straight into its packet (unless the WQE before it read the same place), the next one
+        // to read that place again fills a window the rest use
+        assert.ok(reads >= 1 && reads <= 2, `WRITE ${n}: ${reads} reads of the source for 8 WQEs`);
+        // new contents, posted after that read: sent as they are now, not from the window
+        pattern(62, n).copy(src.view, 0);
+        post(a, { wrId: 9n, opcode: WrOpcode.RDMA_WRITE, sgList: [sge(src.mr, 0, n)], rdma: { remoteAddr: dst.iova, rkey: dst.key } });
+        assert.deepEqual(brief(await poll(a, 1)), [[9n, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE, n]]);
+        assert.equal(await child.ask(`hash 0 ${n}`), sha(pattern(62, n)), `WRITE ${n} posted after the window was read`);
+      }
+    });
+  }
+
   test('a READ gathered into two SGEs of the test\'s memory and a SEND scattered into two of the child\'s, packet by packet: the write-behind moves from one SGE to the next', async () => {
     const { a, b } = staged('seed=1');
     const own = ownMr(a, 1 << 20);

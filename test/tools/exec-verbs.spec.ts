@@ -180,14 +180,17 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
       assert.fail(`no ${comm} QP in RTS on rxe1`);
     };
     const port = String(await freePort());
-    const bw = ['-x', '0', '-p', port, '-D', '4'];
+    // (its duration outlasts the pair beside it starting and being seen running, on a loaded 2-core machine too)
+    const bw = ['-x', '0', '-p', port, '-D', '8'];
     const vs = start(c('ib_write_bw', '-d', 'rxe0', ...bw), env());
     await serverUp(vs, Number(port));
     const vc = start(c('ib_write_bw', '-d', 'rxe1', ...bw, '127.0.0.1'), env());
     await running('ib_write_bw');
     // beside it, on the same two devices: a pingpong that is running when the kill comes
     const calmPort = await freePort();
-    const calmArgs = ['-g', '0', '-n', '1000', '-e', '-p', String(calmPort)];
+    // long enough to be seen running by a 50 ms poll of `rdma resource show` and to outlast the kill: with the
+    // daemon no longer woken per WRITE of the stream beside it, 1000 iterations took ~0.4 s and were over unseen
+    const calmArgs = ['-g', '0', '-n', '10000', '-e', '-p', String(calmPort)];
     const calmS = start(c('ibv_rc_pingpong', '-d', 'rxe0', ...calmArgs), env(), 60_000);
     await serverUp(calmS, calmPort);
     const calmC = start(c('ibv_rc_pingpong', '-d', 'rxe1', ...calmArgs, '127.0.0.1'), env(), 60_000);
@@ -223,7 +226,7 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
     const calm = await Promise.all([calmS.done, calmC.done]);
     for (const r of calm) {
       assert.equal(r.code, 0, r.out);
-      assert.match(r.out, result('rc', 1000));
+      assert.match(r.out, result('rc', 10000));
     }
   });
 
