@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -180,8 +180,10 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
       assert.fail(`no ${comm} QP in RTS on rxe1`);
     };
     const port = String(await freePort());
-    // (its duration outlasts the pair beside it starting and being seen running, on a loaded 2-core machine too)
-    const bw = ['-x', '0', '-p', port, '-D', '8'];
+    // (its duration outlasts the pair beside it starting and being seen running, on a loaded 2-core machine too:
+    // the two spinning C programs leave little to the rest, and a poll of `rdma resource show` took seconds)
+    const bw = ['-x', '0', '-p', port, '-D', '20'];
+    const t0 = Date.now();
     const vs = start(c('ib_write_bw', '-d', 'rxe0', ...bw), env());
     await serverUp(vs, Number(port));
     const vc = start(c('ib_write_bw', '-d', 'rxe1', ...bw, '127.0.0.1'), env());
@@ -190,7 +192,8 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
     const calmPort = await freePort();
     // long enough to be seen running by a 50 ms poll of `rdma resource show` and to outlast the kill: with the
     // daemon no longer woken per WRITE of the stream beside it, 1000 iterations took ~0.4 s and were over unseen
-    const calmArgs = ['-g', '0', '-n', '10000', '-e', '-p', String(calmPort)];
+    // (one poll, a node process, takes ~0.3 s on a loaded machine): 30000 take seconds
+    const calmArgs = ['-g', '0', '-n', '30000', '-e', '-p', String(calmPort)];
     const calmS = start(c('ibv_rc_pingpong', '-d', 'rxe0', ...calmArgs), env(), 60_000);
     await serverUp(calmS, calmPort);
     const calmC = start(c('ibv_rc_pingpong', '-d', 'rxe1', ...calmArgs, '127.0.0.1'), env(), 60_000);
@@ -199,6 +202,7 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
     await running('ibv_rc_pingpong');
     // the program itself: setpriv became softverbs exec, which became the program (execve, as env(1) does)
     const victim = vs.pid;
+    assert.ok(existsSync(`/proc/${victim}`), `the victim is still running (${Date.now() - t0} ms after it started): ${vs.out()}`);
     assert.equal(readFileSync(`/proc/${victim}/comm`, 'utf8'), 'ib_write_bw\n');
     process.kill(victim, 'SIGKILL');
     const killedAt = Date.now();
@@ -226,7 +230,7 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
     const calm = await Promise.all([calmS.done, calmC.done]);
     for (const r of calm) {
       assert.equal(r.code, 0, r.out);
-      assert.match(r.out, result('rc', 10000));
+      assert.match(r.out, result('rc', 30000));
     }
   });
 
