@@ -9,17 +9,13 @@
  * id leaves the group. Same flags, lines and return status.
  */
 import { lookup } from 'node:dns/promises';
-import { Access, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
+import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
-import type { AddressHandle } from '../verbs/ah.js';
-import type { CompletionQueue } from '../verbs/cq.js';
-import type { MemoryRegion } from '../verbs/mr.js';
-import type { ProtectionDomain } from '../verbs/pd.js';
 import { atoi, getopt } from './cli.js';
-import { codeOf, errnoOf, messageOf } from '../common/errors.js';
+import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { codeOf, messageOf } from '../common/errors.js';
 import { strerror } from '../common/errno.js';
 
-const GRH = 40;
 const USAGE = (argv0: string) => `usage: ${argv0}
 \t-m multicast_address
 \t[-M unmapped_multicast_address]
@@ -34,17 +30,7 @@ const USAGE = (argv0: string) => `usage: ${argv0}
 \t[-l join without multicast loopback]
 `;
 
-interface Node {
-  id: number;
-  cmId: CmId;
-  connected: boolean;
-  pd?: ProtectionDomain;
-  cq?: CompletionQueue;
-  mr?: MemoryRegion;
-  ah?: AddressHandle;
-  remoteQpn: number;
-  remoteQkey: number;
-}
+type Node = UdNode & { cmId: CmId };
 
 const out = (s: string) => process.stdout.write(s);
 /** perror(): the message, then what errno says. */
@@ -182,31 +168,6 @@ export async function main(argv: string[]): Promise<number> {
     if (r) out(`mckey: failed to create messages: ${r}\n`);
     return r;
   };
-  const postRecvs = (n: Node): number => {
-    if (!messageCount) return 0;
-    try {
-      for (let i = 0; i < messageCount; i++) n.cmId.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, messageSize + GRH)] });
-    } catch (e) {
-      out(`failed to post receives: ${errnoOf(e) ?? -1}\n`);
-      return -1;
-    }
-    return 0;
-  };
-  const postSends = (n: Node): number => {
-    if (!n.connected || !messageCount) return 0;
-    try {
-      for (let i = 0; i < messageCount; i++) {
-        n.cmId.qp!.postSend({
-          wrId: BigInt(n.id), opcode: WrOpcode.SEND_WITH_IMM, sendFlags: 0 as SendFlags, imm: n.cmId.qp!.qpNum,
-          sgList: [n.mr!.sge(0, messageSize)], ud: { ah: n.ah!, remoteQpn: n.remoteQpn, remoteQkey: n.remoteQkey },
-        });
-      }
-    } catch (e) {
-      out(`failed to post sends: ${errnoOf(e) ?? -1}\n`);
-      return -1;
-    }
-    return 0;
-  };
   const pollCqs = async (): Promise<number> => {
     for (const n of nodes) {
       if (!n.connected) continue;
@@ -222,7 +183,7 @@ export async function main(argv: string[]): Promise<number> {
   const addrHandler = async (n: Node): Promise<number> => {
     let r = await verify(n);
     if (!r) r = await initNode(n);
-    if (!r && !isSender) r = postRecvs(n);
+    if (!r && !isSender) r = postRecvs(n, messageCount, messageSize);
     if (!r) {
       try {
         await n.cmId.joinMulticast(dstAddr!, n, { sendOnly });
@@ -329,7 +290,7 @@ export async function main(argv: string[]): Promise<number> {
       if (messageCount) {
         if (isSender) {
           out('initiating data transfers\n');
-          for (const n of nodes) if (!ret) ret = postSends(n);
+          for (const n of nodes) if (!ret) ret = postSends(n, messageCount, messageSize, false);
         } else {
           out('receiving data transfers\n');
           ret = await pollCqs();

@@ -6,16 +6,12 @@
  * from the GRH of what it received. Same flags, lines and return status.
  */
 import { lookup } from 'node:dns/promises';
-import { Access, QpType, SendFlags, WrOpcode } from '../abi/enums.js';
-import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
-import type { AddressHandle } from '../verbs/ah.js';
-import type { CompletionQueue } from '../verbs/cq.js';
-import type { MemoryRegion } from '../verbs/mr.js';
-import type { ProtectionDomain } from '../verbs/pd.js';
+import { Access, QpType } from '../abi/enums.js';
+import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent } from '../verbs/cm.js';
 import { atoi, getopt } from './cli.js';
-import { errnoOf, messageOf } from '../common/errors.js';
+import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { messageOf } from '../common/errors.js';
 
-const GRH = 40;
 const USAGE = (argv0: string) => `usage: ${argv0}
 \t[-s server_address]
 \t[-b bind_address]
@@ -30,17 +26,7 @@ const USAGE = (argv0: string) => `usage: ${argv0}
 \t[-p port_space - 0x111 for UDP (default), 0x2 for IPOIB]
 `;
 
-interface Node {
-  id: number;
-  cmId: CmId | null;
-  connected: boolean;
-  pd?: ProtectionDomain;
-  cq?: CompletionQueue;
-  mr?: MemoryRegion;
-  ah?: AddressHandle;
-  remoteQpn: number;
-  remoteQkey: number;
-}
+type Node = UdNode;
 
 const out = (s: string) => process.stdout.write(s);
 
@@ -104,31 +90,6 @@ export async function main(argv: string[]): Promise<number> {
     if (messageCount) n.mr = await n.pd.allocMr(messageSize + GRH, Access.LOCAL_WRITE);
     return 0;
   };
-  const postRecvs = (n: Node): number => {
-    if (!messageCount) return 0;
-    try {
-      for (let i = 0; i < messageCount; i++) n.cmId!.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, messageSize + GRH)] });
-    } catch (e) {
-      out(`failed to post receives: ${errnoOf(e) ?? -1}\n`);
-      return -1;
-    }
-    return 0;
-  };
-  const postSends = (n: Node, signaled: boolean): number => {
-    if (!n.connected || !messageCount) return 0;
-    try {
-      for (let i = 0; i < messageCount; i++) {
-        n.cmId!.qp!.postSend({
-          wrId: BigInt(n.id), opcode: WrOpcode.SEND_WITH_IMM, sendFlags: signaled ? SendFlags.SIGNALED : 0, imm: n.cmId!.qp!.qpNum,
-          sgList: [n.mr!.sge(0, messageSize)], ud: { ah: n.ah!, remoteQpn: n.remoteQpn, remoteQkey: n.remoteQkey },
-        });
-      }
-    } catch (e) {
-      out(`failed to post sends: ${errnoOf(e) ?? -1}\n`);
-      return -1;
-    }
-    return 0;
-  };
   /** Polls until each node has seen message_count completions; the first reply's GRH gives the server its AH back. */
   const pollCqs = async (): Promise<number> => {
     for (const n of nodes) {
@@ -162,7 +123,7 @@ export async function main(argv: string[]): Promise<number> {
       case CmEventType.ROUTE_RESOLVED: {
         let r = await verify(node!);
         if (!r) r = await initNode(node!);
-        if (!r) r = postRecvs(node!);
+        if (!r) r = postRecvs(node!, messageCount, messageSize);
         if (!r) {
           try {
             await ev.id.connect();
@@ -182,7 +143,7 @@ export async function main(argv: string[]): Promise<number> {
           ev.id.context = n;
           r = await verify(n);
           if (!r) r = await initNode(n);
-          if (!r) r = postRecvs(n);
+          if (!r) r = postRecvs(n, messageCount, messageSize);
           if (!r) {
             try {
               await ev.id.accept({ qpNum: ev.id.qp!.qpNum });
@@ -264,7 +225,7 @@ export async function main(argv: string[]): Promise<number> {
     ret = await connectEvents();
     if (!ret && messageCount) {
       out('initiating data transfers\n');
-      for (const n of nodes) if (!ret) ret = postSends(n, false);
+      for (const n of nodes) if (!ret) ret = postSends(n, messageCount, messageSize, false);
       if (!ret) {
         out('receiving data transfers\n');
         ret = await pollCqs();
@@ -283,7 +244,7 @@ export async function main(argv: string[]): Promise<number> {
         ret = await pollCqs();
         if (!ret) {
           out('sending replies\n');
-          for (const n of nodes) if (!ret) ret = postSends(n, true);
+          for (const n of nodes) if (!ret) ret = postSends(n, messageCount, messageSize, true);
         }
         if (!ret) ret = await pollCqs();
         if (!ret) out('data transfers complete\n');

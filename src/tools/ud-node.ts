@@ -1,0 +1,59 @@
+/**
+ * What librdmacm's UD examples (udaddy, mckey) keep per connection and post the same way: a node's
+ * resources, its receives of message_size + the GRH, and its SEND_WITH_IMMs carrying its QPN, each
+ * failure said in the examples' words on stdout.
+ */
+import { SendFlags, WrOpcode } from '../abi/enums.js';
+import type { AddressHandle } from '../verbs/ah.js';
+import type { CmId } from '../verbs/cm.js';
+import type { CompletionQueue } from '../verbs/cq.js';
+import type { MemoryRegion } from '../verbs/mr.js';
+import type { ProtectionDomain } from '../verbs/pd.js';
+import { errnoOf } from '../common/errors.js';
+
+/** the bytes of a UD receive's GRH, ahead of the message */
+export const GRH = 40;
+
+export interface UdNode {
+  id: number;
+  cmId: CmId | null;
+  connected: boolean;
+  pd?: ProtectionDomain;
+  cq?: CompletionQueue;
+  mr?: MemoryRegion;
+  ah?: AddressHandle;
+  remoteQpn: number;
+  remoteQkey: number;
+}
+
+const out = (s: string) => process.stdout.write(s);
+
+/** post_recvs: `count` receives of `size` bytes behind the GRH; 0, or -1 once one failed. */
+export function postRecvs(n: UdNode, count: number, size: number): number {
+  if (!count) return 0;
+  try {
+    for (let i = 0; i < count; i++) n.cmId!.qp!.postRecv({ wrId: BigInt(n.id), sgList: [n.mr!.sge(0, size + GRH)] });
+  } catch (e) {
+    out(`failed to post receives: ${errnoOf(e) ?? -1}\n`);
+    return -1;
+  }
+  return 0;
+}
+
+/** post_sends: `count` SEND_WITH_IMMs of `size` bytes to the node's remote QP, the immediate its own QPN. */
+export function postSends(n: UdNode, count: number, size: number, signaled: boolean): number {
+  if (!n.connected || !count) return 0;
+  const qp = n.cmId!.qp!;
+  try {
+    for (let i = 0; i < count; i++) {
+      qp.postSend({
+        wrId: BigInt(n.id), opcode: WrOpcode.SEND_WITH_IMM, sendFlags: signaled ? SendFlags.SIGNALED : (0 as SendFlags), imm: qp.qpNum,
+        sgList: [n.mr!.sge(0, size)], ud: { ah: n.ah!, remoteQpn: n.remoteQpn, remoteQkey: n.remoteQkey },
+      });
+    }
+  } catch (e) {
+    out(`failed to post sends: ${errnoOf(e) ?? -1}\n`);
+    return -1;
+  }
+  return 0;
+}
