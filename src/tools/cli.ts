@@ -70,6 +70,18 @@ export function getopt(argv: string[], spec: string): { opts: Array<[string, str
   return { opts, bad: null };
 }
 
+/**
+ * getopt as librdmacm's examples use it: the first bad option is said on stderr in glibc's words, their usage
+ * follows on stdout, and null tells the caller to exit 1.
+ */
+export function exampleOpts(tool: string, argv: string[], spec: string, usage: string): Array<[string, string]> | null {
+  const g = getopt(argv, spec);
+  if (!g.bad) return g.opts;
+  process.stderr.write(`${tool}: ${g.bad}\n`);
+  process.stdout.write(usage);
+  return null;
+}
+
 /** strtol(s, &end, 0) where *end must be the NUL: null unless the whole string is the number. */
 export function cnumStrict(s: string): number | null {
   const m = C_INT.exec(s);

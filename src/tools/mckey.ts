@@ -11,7 +11,7 @@
 import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
-import { atoi, getopt } from './cli.js';
+import { atoi, exampleOpts } from './cli.js';
 import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { codeOf, messageOf } from '../common/errors.js';
 import { strerror } from '../common/errno.js';
@@ -74,13 +74,9 @@ export async function main(argv: string[]): Promise<number> {
   let dst: string | undefined;
   let src: string | undefined;
   let ps: PortSpace = PortSpace.UDP;
-  const g = getopt(argv, 'm:M:sb:c:C:S:p:ol');
-  if (g.bad) {
-    process.stderr.write(`mckey: ${g.bad}\n`);
-    out(USAGE('mckey'));
-    return 1;
-  }
-  for (const [o, v] of g.opts) {
+  const opts = exampleOpts('mckey', argv, 'm:M:sb:c:C:S:p:ol', USAGE('mckey'));
+  if (!opts) return 1;
+  for (const [o, v] of opts) {
     if (o === 'm') dst = v;
     else if (o === 'M') {
       unmapped = true;

@@ -9,7 +9,7 @@ import { strerror } from '../common/errno.js';
 import { createEp, getAddrInfo, PortSpace, type CmId } from '../verbs/cm.js';
 import { VerbsError } from '../verbs/errors.js';
 import type { MemoryRegion } from '../verbs/mr.js';
-import { getopt } from './cli.js';
+import { exampleOpts } from './cli.js';
 import { messageOf } from '../common/errors.js';
 
 const out = (s: string) => process.stdout.write(s);
@@ -45,13 +45,9 @@ async function exchange(id: CmId, server: boolean): Promise<number> {
 
 export async function server(argv: string[]): Promise<number> {
   let port = '7471';
-  const g = getopt(argv, 'p:');
-  if (g.bad) {
-    process.stderr.write(`rdma_server: ${g.bad}\n`);
-    out('usage: rdma_server\n\t[-p port_number]\n');
-    return 1;
-  }
-  for (const [o, v] of g.opts) if (o === 'p') port = v;
+  const opts = exampleOpts('rdma_server', argv, 'p:', 'usage: rdma_server\n\t[-p port_number]\n');
+  if (!opts) return 1;
+  for (const [o, v] of opts) if (o === 'p') port = v;
   out('rdma_server: start\n');
   let ret = 0;
   let listen: CmId | null = null;
@@ -76,13 +72,9 @@ export async function server(argv: string[]): Promise<number> {
 export async function client(argv: string[]): Promise<number> {
   let host = '127.0.0.1';
   let port = '7471';
-  const g = getopt(argv, 's:p:');
-  if (g.bad) {
-    process.stderr.write(`rdma_client: ${g.bad}\n`);
-    out('usage: rdma_client\n\t[-s server_address]\n\t[-p port_number]\n');
-    return 1;
-  }
-  for (const [o, v] of g.opts) {
+  const opts = exampleOpts('rdma_client', argv, 's:p:', 'usage: rdma_client\n\t[-s server_address]\n\t[-p port_number]\n');
+  if (!opts) return 1;
+  for (const [o, v] of opts) {
     if (o === 's') host = v;
     else if (o === 'p') port = v;
   }

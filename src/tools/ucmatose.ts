@@ -10,7 +10,7 @@ import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type Cm
 import type { CompletionQueue } from '../verbs/cq.js';
 import type { MemoryRegion } from '../verbs/mr.js';
 import type { ProtectionDomain } from '../verbs/pd.js';
-import { atoi, getopt } from './cli.js';
+import { atoi, exampleOpts } from './cli.js';
 import { codeOf, errnoOf, messageOf } from '../common/errors.js';
 
 const USAGE = (argv0: string) => `usage: ${argv0}
@@ -48,13 +48,9 @@ export async function main(argv: string[]): Promise<number> {
   let src: string | undefined;
   let ps: PortSpace = PortSpace.TCP;
   let migrate = false;
-  const g = getopt(argv, 's:b:f:P:c:C:S:t:p:m');
-  if (g.bad) {
-    process.stderr.write(`ucmatose: ${g.bad}\n`);
-    out(USAGE('ucmatose'));
-    return 1;
-  }
-  for (const [o, v] of g.opts) {
+  const opts = exampleOpts('ucmatose', argv, 's:b:f:P:c:C:S:t:p:m', USAGE('ucmatose'));
+  if (!opts) return 1;
+  for (const [o, v] of opts) {
     if (o === 's') dst = v;
     else if (o === 'b') src = v;
     else if (o === 'f') {

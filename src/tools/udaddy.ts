@@ -8,7 +8,7 @@
 import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent } from '../verbs/cm.js';
-import { atoi, getopt } from './cli.js';
+import { atoi, exampleOpts } from './cli.js';
 import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { messageOf } from '../common/errors.js';
 
@@ -37,13 +37,9 @@ export async function main(argv: string[]): Promise<number> {
   let dst: string | undefined;
   let src: string | undefined;
   let ps: PortSpace = PortSpace.UDP;
-  const g = getopt(argv, 's:b:c:C:S:t:p:P:f:');
-  if (g.bad) {
-    process.stderr.write(`udaddy: ${g.bad}\n`);
-    out(USAGE('udaddy'));
-    return 1;
-  }
-  for (const [o, v] of g.opts) {
+  const opts = exampleOpts('udaddy', argv, 's:b:c:C:S:t:p:P:f:', USAGE('udaddy'));
+  if (!opts) return 1;
+  for (const [o, v] of opts) {
     if (o === 's') dst = v;
     else if (o === 'b') src = v;
     else if (o === 'c') connections = atoi(v);
