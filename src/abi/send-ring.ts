@@ -129,13 +129,11 @@ export class SendRingProducer extends SendRing {
     dv.setUint32(o + SW.imm_data, (wr.invalidateRkey ?? wr.imm ?? 0) >>> 0, true);
     const aw = wr.atomicWrite;
     const remote = wr.rdma ?? wr.atomic ?? aw;
-    const b = wr.bind;
-    setU64(dv, o + SW.remote_addr, b ? b.addr : (remote?.remoteAddr ?? 0));
-    dv.setUint32(o + SW.rkey, (b ? b.rkey : (remote?.rkey ?? 0)) >>> 0, true);
-    dv.setUint32(o + SW.mw_rkey, b ? b.mwRkey >>> 0 : 0, true);
-    dv.setUint32(o + SW.mr_lkey, b ? b.mrLkey >>> 0 : 0, true);
-    dv.setUint32(o + SW.mw_access, b ? b.access >>> 0 : 0, true);
-    setU64(dv, o + SW.mw_length, b ? b.length : 0);
+    setU64(dv, o + SW.remote_addr, remote?.remoteAddr ?? 0);
+    dv.setUint32(o + SW.rkey, (remote?.rkey ?? 0) >>> 0, true);
+    // a bind's fields out of line: every post went a third slower writing them (engines' SEND rate 1.70 -> 1.10 M);
+    // the consumer reads them for BIND_MW only, so other WQEs leave them as they were
+    if (wr.bind) writeBind(dv, o, wr.bind);
     // ATOMIC_WRITE's 8 bytes ride where an atomic's operand does
     if (aw && typeof aw.value !== 'bigint') {
       if (aw.value.length !== 8) throw new RangeError(`an ATOMIC_WRITE carries 8 bytes, not ${aw.value.length}`);
@@ -242,6 +240,16 @@ export class SendRingConsumer extends SendRing implements SendQueueConsumer {
     w.inlineLen = 0;
     if (n <= this.caps.maxSendSge) readSges(u, x + W_SGES, n, w);
   }
+}
+
+/** A BIND_MW's fields (remote_addr and rkey are the window's new range and rkey). */
+function writeBind(dv: DataView, o: number, b: NonNullable<SendWrIn['bind']>): void {
+  setU64(dv, o + SW.remote_addr, b.addr);
+  dv.setUint32(o + SW.rkey, b.rkey >>> 0, true);
+  dv.setUint32(o + SW.mw_rkey, b.mwRkey >>> 0, true);
+  dv.setUint32(o + SW.mr_lkey, b.mrLkey >>> 0, true);
+  dv.setUint32(o + SW.mw_access, b.access >>> 0, true);
+  setU64(dv, o + SW.mw_length, b.length);
 }
 
 /** The fields of the rarer opcodes (out of read(), which the engines' hot path wants small enough to inline). */
