@@ -12,7 +12,7 @@ import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
 import { atoi, exampleOpts } from './cli.js';
-import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { codeOf, messageOf } from '../common/errors.js';
 import { strerror } from '../common/errno.js';
 
@@ -308,14 +308,7 @@ export async function main(argv: string[]): Promise<number> {
 
   const ret = await run();
   out('test complete\n');
-  for (const n of nodes) {
-    await n.ah?.destroyAh().catch(() => {});
-    await n.cmId.destroyQp().catch(() => {});
-    await n.cq?.destroyCq().catch(() => {});
-    await n.mr?.deregMr().catch(() => {});
-    await n.pd?.deallocPd().catch(() => {});
-    await n.cmId.destroy().catch(() => {});
-  }
+  await destroyNodes(nodes);
   await ch.destroy();
   out(`return status ${ret}\n`);
   return ret & 0xff;

@@ -57,3 +57,16 @@ export function postSends(n: UdNode, count: number, size: number, signaled: bool
   }
   return 0;
 }
+
+/** destroy_nodes: each node's AH, QP, CQ, MR, PD and id, a failure of one not stopping the rest (as the examples). */
+export async function destroyNodes(nodes: UdNode[]): Promise<void> {
+  for (const n of nodes) {
+    if (!n.cmId) continue;
+    await n.ah?.destroyAh().catch(() => {});
+    await n.cmId.destroyQp().catch(() => {});
+    await n.cq?.destroyCq().catch(() => {});
+    await n.mr?.deregMr().catch(() => {});
+    await n.pd?.deallocPd().catch(() => {});
+    await n.cmId.destroy().catch(() => {});
+  }
+}

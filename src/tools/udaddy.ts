@@ -9,7 +9,7 @@ import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent } from '../verbs/cm.js';
 import { atoi, exampleOpts } from './cli.js';
-import { GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { messageOf } from '../common/errors.js';
 
 const USAGE = (argv0: string) => `usage: ${argv0}
@@ -252,15 +252,7 @@ export async function main(argv: string[]): Promise<number> {
     await listen.destroy().catch(() => {});
   }
   out('test complete\n');
-  for (const n of nodes) {
-    if (!n.cmId) continue;
-    await n.ah?.destroyAh().catch(() => {});
-    await n.cmId.destroyQp().catch(() => {});
-    await n.cq?.destroyCq().catch(() => {});
-    await n.mr?.deregMr().catch(() => {});
-    await n.pd?.deallocPd().catch(() => {});
-    await n.cmId.destroy().catch(() => {});
-  }
+  await destroyNodes(nodes);
   await ch.destroy();
   out(`return status ${ret}\n`);
   return ret & 0xff;
