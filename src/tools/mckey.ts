@@ -12,7 +12,7 @@ import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent, type CmId } from '../verbs/cm.js';
 import { atoi, exampleOpts } from './cli.js';
-import { destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { checkMtu, destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { codeOf, messageOf } from '../common/errors.js';
 import { strerror } from '../common/errno.js';
 
@@ -126,15 +126,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   };
-  const verify = async (n: Node): Promise<number> => {
-    const port = await n.cmId.verbs!.queryPort(n.cmId.portNum || 1);
-    const mtu = 1 << (port.activeMtu + 7);
-    if (messageCount && messageSize > mtu) {
-      out(`mckey: message_size ${messageSize} is larger than active mtu ${mtu}\n`);
-      return -22;
-    }
-    return 0;
-  };
+  const verify = (n: Node): Promise<number> => checkMtu('mckey', n, messageCount, messageSize);
   const initNode = async (n: Node): Promise<number> => {
     const ctx = n.cmId.verbs!;
     try {

@@ -70,3 +70,14 @@ export async function destroyNodes(nodes: UdNode[]): Promise<void> {
     await n.cmId.destroy().catch(() => {});
   }
 }
+
+/** verify_test_params: a message must fit the port's active MTU (-EINVAL, said in the tool's words, if not). */
+export async function checkMtu(tool: string, n: UdNode, count: number, size: number): Promise<number> {
+  const port = await n.cmId!.verbs!.queryPort(n.cmId!.portNum || 1);
+  const mtu = 1 << (port.activeMtu + 7);
+  if (count && size > mtu) {
+    out(`${tool}: message_size ${size} is larger than active mtu ${mtu}\n`);
+    return -22;
+  }
+  return 0;
+}

@@ -9,7 +9,7 @@ import { lookup } from 'node:dns/promises';
 import { Access, QpType } from '../abi/enums.js';
 import { CmEventType, cmEventStr, EventChannel, PortSpace, type CmEvent } from '../verbs/cm.js';
 import { atoi, exampleOpts } from './cli.js';
-import { destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
+import { checkMtu, destroyNodes, GRH, postRecvs, postSends, type UdNode } from './ud-node.js';
 import { messageOf } from '../common/errors.js';
 
 const USAGE = (argv0: string) => `usage: ${argv0}
@@ -63,15 +63,7 @@ export async function main(argv: string[]): Promise<number> {
   const nodes: Node[] = Array.from({ length: Math.max(0, connections) }, (_, i) => ({ id: i, cmId: null, connected: false, remoteQpn: 0, remoteQkey: 0 }));
   if (dst) for (const n of nodes) n.cmId = await ch.createId(ps, n);
 
-  const verify = async (n: Node): Promise<number> => {
-    const port = await n.cmId!.verbs!.queryPort(n.cmId!.portNum || 1);
-    const mtu = 1 << (port.activeMtu + 7);
-    if (messageCount && messageSize > mtu) {
-      out(`udaddy: message_size ${messageSize} is larger than active mtu ${mtu}\n`);
-      return -22;
-    }
-    return 0;
-  };
+  const verify = (n: Node): Promise<number> => checkMtu('udaddy', n, messageCount, messageSize);
   const initNode = async (n: Node): Promise<number> => {
     const ctx = n.cmId!.verbs!;
     n.pd = await ctx.allocPd();
