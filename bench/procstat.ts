@@ -7,12 +7,14 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { cpus, release } from 'node:os';
+import { availableParallelism, cpus, release } from 'node:os';
 
 /** One line for the table's header: what the numbers were measured on. */
 export function machine(): string {
   const c = cpus();
-  return `machine: ${c[0]?.model.trim() || 'unknown CPU'} × ${c.length} vCPUs, kernel ${release()}, node ${process.version}`;
+  const may = availableParallelism();
+  // under taskset the processes share fewer cores than the machine has: the figures are about those
+  return `machine: ${c[0]?.model.trim() || 'unknown CPU'} × ${c.length} vCPUs${may < c.length ? ` (this run pinned to ${may})` : ''}, kernel ${release()}, node ${process.version}`;
 }
 
 interface Task {

@@ -23,6 +23,8 @@ import { join } from 'node:path';
 
 /** The cross-wire WRITE stream: perftest's default send queue depth for bandwidth tests (128), sleeping on events. */
 const WIRE_WRITE = { events: true, window: 128 };
+/** BENCH_DAEMON_ARGS: options for every daemon of the run ('--poll-us 0', '--spin always'), printed in the header. */
+const DAEMON_ARGS = (process.env.BENCH_DAEMON_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MANY_PROCS = Number(process.env.BENCH_MANY_PROCS ?? 4);
 const MANY_PAIRS = Number(process.env.BENCH_MANY_PAIRS ?? 128);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
@@ -70,7 +72,7 @@ function cLines(where: string, r: { ts: Record<'write' | 'send' | 'lat', { value
 async function main(): Promise<void> {
   const engWrite = await measured([bench('engines')], 'WRITE', () => engineWriteBw(HOST_E, SECONDS));
   const engRate = await measured([bench('engines')], 'SEND', async () => engineSendRate(HOST_E, SECONDS));
-  const daemon = await spawnDaemon(['--device', `rxe0=${HOST_A}`]);
+  const daemon = await spawnDaemon(['--device', `rxe0=${HOST_A}`, ...DAEMON_ARGS]);
   const root = daemon.root;
   const D = [proc(daemon, 'daemon')];
   try {
@@ -109,8 +111,8 @@ async function main(): Promise<void> {
     // the UDP round trip moves with this machine's neighbours (100 to 360 us median between runs): measured before
     // and after the cross-wire lines, and the faster of the two is the baseline (the ratios err against us)
     const uping1 = await udpPingPong();
-    const d1 = await spawnDaemon(['--device', `rxe0=${HOST_A}`]);
-    const d2 = await spawnDaemon(['--device', `rxe0=${HOST_B}`]);
+    const d1 = await spawnDaemon(['--device', `rxe0=${HOST_A}`, ...DAEMON_ARGS]);
+    const d2 = await spawnDaemon(['--device', `rxe0=${HOST_B}`, ...DAEMON_ARGS]);
     const wire = /raw socket/.test(d1.stderr()) ? 'raw socket receive' : 'plain UDP';
     const X = [proc(d1, 'daemon A'), proc(d2, 'daemon B')] as [ReturnType<typeof proc>, ReturnType<typeof proc>];
     let xwrite: Awaited<ReturnType<typeof rdmaWriteBw>>;
@@ -151,8 +153,8 @@ async function main(): Promise<void> {
     // UDP: measured too, so both are on the table
     let u: { write: typeof xwrite; ping: typeof xping; pingEv: typeof xping } | null = null;
     if (wire !== 'plain UDP') {
-      const u1 = await spawnDaemon(['--device', `rxe0=${HOST_A},wire=udp`]);
-      const u2 = await spawnDaemon(['--device', `rxe0=${HOST_B},wire=udp`]);
+      const u1 = await spawnDaemon(['--device', `rxe0=${HOST_A},wire=udp`, ...DAEMON_ARGS]);
+      const u2 = await spawnDaemon(['--device', `rxe0=${HOST_B},wire=udp`, ...DAEMON_ARGS]);
       const U = [proc(u1, 'daemon A'), proc(u2, 'daemon B')];
       try {
         u = { write: await rdmaWriteBw(U, u1.root, u2.root, WIRE_WRITE), ping: await sendPingPong(U, u1.root, false, u2.root), pingEv: await sendPingPong(U, u1.root, true, u2.root) };
@@ -172,6 +174,7 @@ async function main(): Promise<void> {
     const out = [
       'softverbs bench (baselines measured in this run; latencies as median/p99)',
       machine(),
+      `daemons: softverbsd ${DAEMON_ARGS.length ? DAEMON_ARGS.join(' ') : '(defaults)'}`,
       ...PER_PROCESS,
       'perftest -D: messages = its MsgRate × the window (the middle half of its run).',
       ...gaps.map((g) => `syscalls: - (${g})`),

@@ -20,6 +20,7 @@ import { sdNotify, setFairSchedule } from '../native/libc.js';
 import { goneFrom, npmLauncherChain } from './launcher.js';
 import { codeOf, messageOf, UsageError } from '../common/errors.js';
 import { getPriority } from 'node:os';
+import { spinGate, type SpinMode } from '../native/spin-gate.js';
 
 const HELP = `Usage: softverbsd [options]
 
@@ -52,6 +53,9 @@ Options:
                            by default the wire reaches whatever the host routes to, routers included
   --poll-us N              after a QP was busy, poll its send queue for N microseconds (default 200):
                            a post meanwhile needs no doorbell; 0 turns polling off (an idle daemon never polls)
+  --spin auto|always       when the daemon polls (send queues, a stream's socket): auto (default) only while
+                           a core is otherwise idle (runnable tasks, /proc/loadavg, within its CPUs), else it
+                           sleeps and is woken; always: whenever there is reason to, yielding every turn
   --nice N|keep            the daemon's scheduling priority (default -20, where it may set it): Linux rxe
                            works in softirq, ahead of every program, and a program that polls its CQ
                            without yielding (C programs, perftest) holds a core until the daemon preempts it
@@ -111,6 +115,8 @@ interface Settings {
   fault: Fault | null;
   allowDst: BlockList | null;
   pollUs: number | undefined;
+  /** --spin: when the daemon may poll instead of sleeping */
+  spin: SpinMode;
   pcap: string | undefined;
   metrics: { host: string; port: number } | null;
   logLevel: LogLevel;
@@ -157,6 +163,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
         fault: { type: 'string' },
         'allow-dst': { type: 'string', multiple: true },
         'poll-us': { type: 'string' },
+        spin: { type: 'string' },
         nice: { type: 'string' },
         metrics: { type: 'string' },
         'log-level': { type: 'string' },
@@ -189,6 +196,8 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
     pollUs = Number(args['poll-us']);
     if (!/^\d+$/.test(args['poll-us']) || pollUs > 1000000) throw new UsageError(`--poll-us "${args['poll-us']}": expected microseconds, 0 to 1000000`);
   }
+  const spin = (args.spin ?? 'auto') as SpinMode;
+  if (spin !== 'auto' && spin !== 'always') throw new UsageError(`--spin "${args.spin}": expected auto or always`);
   let nice: number | null = DEFAULT_NICE;
   if (args.nice !== undefined) {
     nice = args.nice === 'keep' ? null : Number(args.nice);
@@ -233,7 +242,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
       throw new UsageError(messageOf(e));
     }
   }
-  return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, pcap: args.pcap, metrics, logLevel, nice };
+  return { root: args.root ?? ownRoot(), rootMode, limits, devices, rulesFile, rules, fault, allowDst, pollUs, spin, pcap: args.pcap, metrics, logLevel, nice };
 }
 
 /** Runs the daemon until SIGINT/SIGTERM; usage errors and a failed start exit 2 with one line saying why. */
@@ -258,6 +267,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = new Log(s.logLevel);
   if (s.nice !== null) schedule(s.nice, log);
+  spinGate.mode = s.spin;
   let pcap: PcapWriter | null = null;
   if (s.pcap) {
     try {

@@ -3,6 +3,7 @@
  * `op` naming the request, answered with JSON or an errno and its reason. Each request has its handler,
  * named after it, in a table by request name.
  */
+import { spinGate } from '../native/spin-gate.js';
 import { wrIdOf } from '../abi/ring.js';
 import * as U from '../abi/uverbs.js';
 import { CmdError, E, fail } from '../common/errno.js';
@@ -72,6 +73,7 @@ function devices(host: MgmtHost): unknown[] {
       wire: t?.running ? t.mode : null, wireReader: t?.running ? t.portReader : null, wireMerged: t?.merged ?? 0,
       wireDropped: Object.fromEntries([...(t?.dropped ?? []), ...dev.drops]),
       doorbells: dev.doorbells, polled: dev.polled, compEvents: dev.compEvents,
+      spin: { mode: spinGate.mode, granted: spinGate.granted, refused: spinGate.refused },
     };
   });
 }

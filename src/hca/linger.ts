@@ -16,6 +16,7 @@
  * outlasted its 150 s (three runs) against 41 s with every turn yielding.
  */
 import { schedYield } from '../native/libc.js';
+import { spinGate } from '../native/spin-gate.js';
 
 /** What the poller needs of a QP: its send ring's producer index and idle flag, and what the requester last saw. */
 export interface Pollable {
@@ -43,11 +44,15 @@ export class Linger<Qp extends Pollable> {
    * Keeps qp's send queue awake (postSend rings no doorbell) and polled until its window passes. Called for
    * every message a busy QP moves, so it stays cheap: the window is dated by the next tick's clock (it can
    * only come out a tick longer), and a queue already held is not woken again (that is a compare-and-swap
-   * on the cache line the client reads on every post).
+   * on the cache line the client reads on every post). False if it is not held: the client rings (a queue
+   * that always rings, or no core to spin on: the spin gate, src/native/spin-gate.ts).
    */
-  hold(qp: Qp): void {
+  hold(qp: Qp): boolean {
     // a queue whose client rings after every post anyway (a C program's, rxe's) would only be polled for nothing
-    if (qp.sq.alwaysRings) return;
+    if (qp.sq.alwaysRings) return false;
+    // no core to spin on: the queue goes idle and its client rings, as with polling off (asked again here, or a
+    // daemon that once stopped would never poll again: no tick runs to read the run queue)
+    if (!spinGate.open && !spinGate.mayPoll(performance.now())) return false;
     const until = this.held.get(qp);
     // a client that already claimed the wake-up has its doorbell on the way: polled as well, harmless
     if (until === undefined) qp.sq.wake();
@@ -56,10 +61,12 @@ export class Linger<Qp extends Pollable> {
       this.ticking = true;
       setImmediate(this.tick);
     }
+    return true;
   }
 
   private readonly tick = (): void => {
     const now = performance.now();
+    if (!spinGate.mayPoll(now)) return this.letGo();
     for (const [qp, until] of this.held) {
       if (qp.destroyed) this.held.delete(qp);
       else if (qp.sq.produced() !== qp.req.seen) this.kick(qp);
@@ -77,4 +84,13 @@ export class Linger<Qp extends Pollable> {
     schedYield();
     setImmediate(this.tick);
   };
+
+  /** Stops polling every held queue: their clients ring from here on (what they wrote as we let go is kicked). */
+  private letGo(): void {
+    for (const [qp] of this.held) {
+      this.held.delete(qp);
+      if (!qp.destroyed && qp.sq.idle(qp.req.seen)) this.kick(qp);
+    }
+    this.ticking = false;
+  }
 }

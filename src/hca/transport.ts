@@ -37,6 +37,7 @@ import { attachFilter, type Bpf } from '../native/socket.js';
 import { readableSet } from '../native/readable-set.js';
 import { UdpWire } from '../native/udp-wire.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
+import { spinGate } from '../native/spin-gate.js';
 import { decode, encodeBody, frameBytes, icrcOkAt, ROCE_PORT, writeIpUdp } from './codec.js';
 import { gidIp, gidOf, gidToAddr, isV4Gid } from './gid.js';
 import { HdrSize, OPCODES } from './opcodes.js';
@@ -293,7 +294,7 @@ export class RoceTransport {
     const now = performance.now();
     if (n > 0) {
       this.streamSeen = now;
-    } else if (now - this.streamSeen >= STREAM_IDLE_MS) {
+    } else if (now - this.streamSeen >= STREAM_IDLE_MS || !spinGate.mayPoll(now)) {
       this.own = 'wait';
       readableSet().wait(this.waitFd, this.onReadable);
       return;

@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { spawn } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { cpuMs } from '../../bench/measure.js';
 import { Access, getDeviceList, openDevice, QpType, SendFlags, WcOpcode, WrOpcode, type Context } from '../../src/verbs/index.js';
 import { A1, connectQp, mgmt, pollN, startDaemon, type RunningDaemon } from '../helpers.js';
@@ -29,10 +31,11 @@ async function pair(ctx: Context) {
 }
 
 /** A daemon with `--poll-us us` and a context on it, for the tests of one describe block. */
-function daemonPolling(us: string): { d: RunningDaemon; ctx: Context } {
+function daemonPolling(us: string, spin = 'always'): { d: RunningDaemon; ctx: Context } {
   const s = {} as { d: RunningDaemon; ctx: Context };
   before(async () => {
-    s.d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', us]);
+    // --spin always: whether it polls must not depend on what else this machine runs (the auto gate's own tests do)
+    s.d = await startDaemon(['--device', `rxe0=${A1}`, '--poll-us', us, '--spin', spin]);
     s.ctx = await openDevice(getDeviceList(s.d.root)[0]!, s.d.root);
   });
   after(async () => {
@@ -42,9 +45,9 @@ function daemonPolling(us: string): { d: RunningDaemon; ctx: Context } {
   return s;
 }
 
-async function counts(d: RunningDaemon): Promise<{ doorbells: number; polled: number }> {
+async function counts(d: RunningDaemon): Promise<{ doorbells: number; polled: number; spin: { mode: string; granted: number; refused: number } }> {
   const dev = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'devices'))[0];
-  return { doorbells: dev.doorbells, polled: dev.polled };
+  return { doorbells: dev.doorbells, polled: dev.polled, spin: dev.spin };
 }
 
 describe('polling busy send queues (--poll-us)', () => {
@@ -81,6 +84,58 @@ describe('polling busy send queues (--poll-us)', () => {
     await sleep(1000);
     const used = cpuMs(pid) - t0;
     assert.ok(used < 100, `${used} ms of CPU in an idle second`);
+  });
+});
+
+/** `n` processes that spin until killed: more runnable tasks than this machine has cores. */
+function hogs(n: number): { stop(): void } {
+  const kids = Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;);'], { stdio: 'ignore' }));
+  return { stop: () => kids.forEach((k) => k.kill('SIGKILL')) };
+}
+
+describe('--spin auto: the daemon polls only while the spinners fit the cores', () => {
+  const s = daemonPolling('300000', 'auto');
+
+  test('on a machine with more busy processes than cores it stops polling: every reply rings, and all go through', async () => {
+    const { cq, a, b, send } = await pair(s.ctx);
+    const h = hogs(availableParallelism() + 2);
+    try {
+      await sleep(300); // the hogs are running
+      const c0 = await counts(s.d);
+      assert.equal(c0.spin.mode, 'auto');
+      const N = 10;
+      for (let i = 0; i < N; i++) {
+        send(a, 2 * i);
+        await pollN(cq, 2);
+        // B just received: polling it would find this reply without a doorbell; here the gate stops the daemon
+        send(b, 2 * i + 1);
+        await pollN(cq, 2);
+        await sleep(5);
+      }
+      const c1 = await counts(s.d);
+      assert.ok(c1.spin.refused > c0.spin.refused, `the gate stopped the daemon (${JSON.stringify(c1.spin)})`);
+      // with the daemon polling (the --spin always block) a reply rings no doorbell; here nearly every one does
+      assert.ok(c1.doorbells - c0.doorbells >= N + N / 2, `${c1.doorbells - c0.doorbells} doorbells for ${2 * N} posts`);
+    } finally {
+      h.stop();
+    }
+    // room again: the daemon polls again (the next reading finds the cores free)
+    await sleep(300);
+    const c2 = await counts(s.d);
+    send(a, 100);
+    await pollN(cq, 2);
+    send(b, 101);
+    const back = await pollN(cq, 2);
+    assert.ok(back.every((w) => w.status === 0));
+    const c3 = await counts(s.d);
+    assert.ok(c3.spin.granted > c2.spin.granted, `the gate let it poll again (${JSON.stringify(c3.spin)})`);
+  });
+
+  test('a bad --spin is refused', async () => {
+    const { runProcess, DAEMON } = await import('../helpers.js');
+    const r = await runProcess(process.execPath, [DAEMON, '--spin', 'sometimes', '--device', `rxe9=${A1}`]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.out, /--spin "sometimes": expected auto or always/);
   });
 });
 
