@@ -73,7 +73,7 @@ function devices(host: MgmtHost): unknown[] {
       wire: t?.running ? t.mode : null, wireReader: t?.running ? t.portReader : null, wireMerged: t?.merged ?? 0,
       wireDropped: Object.fromEntries([...(t?.dropped ?? []), ...dev.drops]),
       doorbells: dev.doorbells, polled: dev.polled, compEvents: dev.compEvents,
-      spin: { mode: spinGate.mode, granted: spinGate.granted, refused: spinGate.refused },
+      spin: { mode: spinGate.mode, granted: spinGate.granted, refused: spinGate.refused, runnable: spinGate.runnable },
     };
   });
 }

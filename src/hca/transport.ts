@@ -34,7 +34,7 @@ import { isIPv4, type BlockList } from 'node:net';
 import { Drain, enableGro, type Datagram } from '../native/drain.js';
 import { RawUdp4 } from '../native/raw-udp4.js';
 import { attachFilter, type Bpf } from '../native/socket.js';
-import { readableSet } from '../native/readable-set.js';
+import { uvPollSet } from '../native/uv-poll.js';
 import { UdpWire } from '../native/udp-wire.js';
 import { dgramFd, dgramReading, schedYield, SysError } from '../native/libc.js';
 import { spinGate } from '../native/spin-gate.js';
@@ -244,8 +244,9 @@ export class RoceTransport {
   /**
    * A stream arriving (mode udp: the port socket held a backlog behind the datagram Node read; raw: the raw
    * socket held one at a ring): Node stops reading the port socket, and the daemon reads on every turn of
-   * the event loop while frames keep coming, then waits on a thread (ReadableSet) once it has been quiet
-   * for STREAM_IDLE_MS. That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
+   * the event loop while frames keep coming, then waits in Node's own event loop (a libuv poll handle,
+   * src/native/uv-poll.ts: one wake-up per frame, as Node's own read) once it has been quiet for
+   * STREAM_IDLE_MS, or at once when the daemon may not spin (src/native/spin-gate.ts). That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
    * wants only the ring of the port socket's copy, yet Node read each one whole, a GSO message's 60 KiB
    * included.
    *
@@ -296,7 +297,7 @@ export class RoceTransport {
       this.streamSeen = now;
     } else if (now - this.streamSeen >= STREAM_IDLE_MS || !spinGate.mayPoll(now)) {
       this.own = 'wait';
-      readableSet().wait(this.waitFd, this.onReadable);
+      uvPollSet().wait(this.waitFd, this.onReadable);
       return;
     }
     // as the send-queue poller does: a runnable client or peer gets the core between reads
@@ -419,7 +420,7 @@ export class RoceTransport {
     for (const s of this.groups.values()) s.close();
     this.groups.clear();
     if (this.backstop) clearInterval(this.backstop);
-    if (this.own === 'wait') readableSet().cancel(this.waitFd);
+    if (this.own) uvPollSet().cancel(this.waitFd);
     this.own = null;
     this.raw?.close();
     this.portDrain?.close();

@@ -35,7 +35,7 @@ import { availableParallelism } from 'node:os';
 const GATE_MS = 0.1;
 
 /** How long the run queue must stay longer than the cores before the spinner gives up its core (ms). */
-const SUSTAIN_MS = 0.3;
+const SUSTAIN_MS = 1;
 /**
  * Runnable tasks past the cores that still leave the spinner its core: one, the process it just woke (a client
  * for its completion), which the turn's sched_yield hands the core to. Past that, spinners outnumber cores.
@@ -55,6 +55,8 @@ export class SpinGate {
   /** Readings of the run queue that let the daemon poll, and that stopped it (`softverbs mgmt devices`: spin). */
   granted = 0;
   refused = 0;
+  /** How many readings found each count of runnable tasks (0 to 15, the last: 15 or more). */
+  readonly runnable = new Array<number>(16).fill(0);
 
   constructor(
     /** 'auto': poll while the spinners fit the cores; 'always': whenever there is reason to (before the gate) */
@@ -70,7 +72,9 @@ export class SpinGate {
     if (this.mode === 'always') return true;
     if (now - this.checked >= GATE_MS) {
       this.checked = now;
-      if (this.running() <= this.cores + SLACK) this.contendedSince = -1;
+      const r = this.running();
+      this.runnable[Math.min(r, 15)]!++;
+      if (r <= this.cores + SLACK) this.contendedSince = -1;
       else if (this.contendedSince < 0) this.contendedSince = now;
       this.open = this.contendedSince < 0 || now - this.contendedSince < SUSTAIN_MS;
       if (this.open) this.granted++;
