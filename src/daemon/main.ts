@@ -133,10 +133,12 @@ const DEFAULT_NICE = -20;
 const SLICE_NS = 100_000;
 
 /** Runs the event loop's thread (it does the HCA's work) at `nice` with a short slice; what happened, for the log. */
-function schedule(nice: number, log: Log): void {
+/** Sets the daemon's nice and slice; true if the nice took. */
+function schedule(nice: number, log: Log): boolean {
   try {
     setFairSchedule(nice, SLICE_NS);
     log.debug(`scheduling: nice ${nice}, slice ${SLICE_NS / 1000} us`);
+    return true;
   } catch (e) {
     const level = nice === DEFAULT_NICE ? 'debug' : 'warn';
     log[level](`scheduling: cannot set nice ${nice} (${codeOf(e) ?? messageOf(e)}; it takes CAP_SYS_NICE): a program that polls without yielding delays the daemon until the kernel preempts it`);
@@ -145,6 +147,7 @@ function schedule(nice: number, log: Log): void {
     } catch {
       /* the slice alone is a hint too */
     }
+    return false;
   }
 }
 
@@ -266,7 +269,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = new Log(s.logLevel);
-  if (s.nice !== null) schedule(s.nice, log);
+  if (s.nice !== null && schedule(s.nice, log)) spinGate.wakeAt(s.nice, (n) => setFairSchedule(n, SLICE_NS));
   spinGate.mode = s.spin;
   let pcap: PcapWriter | null = null;
   if (s.pcap) {

@@ -59,6 +59,7 @@ export class Linger<Qp extends Pollable> {
     if (until !== UNDATED) this.held.set(qp, UNDATED);
     if (!this.ticking) {
       this.ticking = true;
+      spinGate.enter();
       setImmediate(this.tick);
     }
     return true;
@@ -79,6 +80,7 @@ export class Linger<Qp extends Pollable> {
     }
     if (this.held.size === 0) {
       this.ticking = false;
+      spinGate.leave();
       return;
     }
     schedYield();
@@ -87,10 +89,11 @@ export class Linger<Qp extends Pollable> {
 
   /** Stops polling every held queue: their clients ring from here on (what they wrote as we let go is kicked). */
   private letGo(): void {
-    for (const [qp] of this.held) {
-      this.held.delete(qp);
-      if (!qp.destroyed && qp.sq.idle(qp.req.seen)) this.kick(qp);
-    }
+    // stopped first: a kick below runs the requester, whose hold() must find no tick under way
     this.ticking = false;
+    spinGate.leave();
+    const held = [...this.held.keys()];
+    this.held.clear();
+    for (const qp of held) if (!qp.destroyed && qp.sq.idle(qp.req.seen)) this.kick(qp);
   }
 }

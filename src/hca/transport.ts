@@ -273,6 +273,7 @@ export class RoceTransport {
     }
     this.waitFd = this.raw ? this.raw.descriptor : fd;
     this.own = 'stream';
+    spinGate.enter();
     this.streamSeen = performance.now();
     setImmediate(this.readPort);
   }
@@ -297,6 +298,7 @@ export class RoceTransport {
       this.streamSeen = now;
     } else if (now - this.streamSeen >= STREAM_IDLE_MS || !spinGate.mayPoll(now)) {
       this.own = 'wait';
+      spinGate.leave();
       uvPollSet().wait(this.waitFd, this.onReadable);
       return;
     }
@@ -308,6 +310,7 @@ export class RoceTransport {
   private readonly onReadable = (): void => {
     if (!this.portDrain || this.own !== 'wait') return;
     this.own = 'stream';
+    spinGate.enter();
     this.streamSeen = performance.now();
     this.readPort();
   };
@@ -421,6 +424,7 @@ export class RoceTransport {
     this.groups.clear();
     if (this.backstop) clearInterval(this.backstop);
     if (this.own) uvPollSet().cancel(this.waitFd);
+    if (this.own === 'stream') spinGate.leave();
     this.own = null;
     this.raw?.close();
     this.portDrain?.close();

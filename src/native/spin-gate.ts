@@ -9,9 +9,9 @@
  *
  * So a polling turn asks the gate first. It reads the kernel's count of
  * runnable tasks (the fourth field of /proc/loadavg, this process included)
- * and compares it with the cores this process may run on, plus one: the
- * process the daemon has just woken (a client, for its completion), which the
- * turn's sched_yield hands the core to. While the count stays within that the
+ * and compares it with the cores this process may run on, plus one (on more
+ * than one core): the process the daemon has just woken (a client, for its
+ * completion), which the turn's sched_yield hands the core to. While the count stays within that the
  * daemon polls as before. Once it has stayed past it for SUSTAIN_MS, spinners
  * outnumber cores: the daemon lets its queues go idle (their clients ring)
  * and sleeps until a doorbell or a frame wakes it, and polls again once a
@@ -38,9 +38,13 @@ const GATE_MS = 0.1;
 const SUSTAIN_MS = 1;
 /**
  * Runnable tasks past the cores that still leave the spinner its core: one, the process it just woke (a client
- * for its completion), which the turn's sched_yield hands the core to. Past that, spinners outnumber cores.
+ * for its completion), which the turn's sched_yield hands the core to on another core's behalf. Past that,
+ * spinners outnumber cores. On one core there is no other core: there the daemon spins only alone. A daemon at
+ * nice -20 sharing a core with a busy-polling client leaves the client about 1% of it, yields or not (EEVDF
+ * moves a heavy task's deadline by its weighted slice, a sliver): everything pinned to one core, the bench's
+ * same-device SEND rate fell to 0.017 M a second with the one task of slack.
  */
-const SLACK = 1;
+const slack = (cores: number) => (cores > 1 ? 1 : 0);
 
 export type SpinMode = 'auto' | 'always';
 
@@ -58,6 +62,12 @@ export class SpinGate {
   /** How many readings found each count of runnable tasks (0 to 15, the last: 15 or more). */
   readonly runnable = new Array<number>(16).fill(0);
 
+  /** spinners under way (a device's send-queue poller, a transport's socket reader) */
+  private spinners = 0;
+  /** the priority the daemon sleeps at, to restore when the last spinner stops (null: never changed) */
+  private sleepNice: number | null = null;
+  private setNice: ((nice: number) => void) | null = null;
+
   constructor(
     /** 'auto': poll while the spinners fit the cores; 'always': whenever there is reason to (before the gate) */
     public mode: SpinMode,
@@ -74,13 +84,43 @@ export class SpinGate {
       this.checked = now;
       const r = this.running();
       this.runnable[Math.min(r, 15)]!++;
-      if (r <= this.cores + SLACK) this.contendedSince = -1;
+      if (r <= this.cores + slack(this.cores)) this.contendedSince = -1;
       else if (this.contendedSince < 0) this.contendedSince = now;
       this.open = this.contendedSince < 0 || now - this.contendedSince < SUSTAIN_MS;
       if (this.open) this.granted++;
       else this.refused++;
     }
     return this.open;
+  }
+
+  /**
+   * The daemon wakes at a high priority (softverbsd --nice, -20 by default: a woken daemon preempts a program
+   * polling its CQ, as rxe's softirq does) but spins at the clients' own: spinning at -20, a daemon left a client
+   * on its core about 1% of it, yields or not (EEVDF moves a heavy task's deadline on a yield by its weighted
+   * slice, a sliver). `set` applies a nice to the event loop's thread.
+   */
+  wakeAt(nice: number, set: (nice: number) => void): void {
+    if (nice >= 0) return;
+    this.sleepNice = nice;
+    this.setNice = set;
+  }
+
+  /** A spinner starts: the first one drops the thread to nice 0. */
+  enter(): void {
+    if (this.spinners++ === 0 && this.setNice) this.renice(0);
+  }
+
+  /** A spinner stops: the last one restores the waking priority. */
+  leave(): void {
+    if (this.spinners > 0 && --this.spinners === 0 && this.setNice) this.renice(this.sleepNice!);
+  }
+
+  private renice(n: number): void {
+    try {
+      this.setNice!(n);
+    } catch {
+      this.setNice = null; // refused once (no CAP_SYS_NICE to raise it again): leave it be
+    }
   }
 
   /** Runnable tasks on the machine now, this one included (/proc/loadavg's "R/T" field); 0 if unreadable. */

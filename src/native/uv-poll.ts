@@ -15,14 +15,26 @@
 import koffi from 'koffi';
 import { check, libc, mapAnon, type Mapping } from './libc.js';
 
-const self = koffi.load(null as unknown as string);
-const PollCb = koffi.proto('void uv_poll_cb(void *handle, int status, int events)');
-const uv_default_loop = self.func('void *uv_default_loop(void)');
-const uv_handle_size = self.func('size_t uv_handle_size(int type)');
-const uv_poll_init = self.func('int uv_poll_init(void *loop, void *handle, int fd)');
-const uv_poll_start = self.func('int uv_poll_start(void *handle, int events, uv_poll_cb *cb)');
-const uv_poll_stop = self.func('int uv_poll_stop(void *handle)');
-const uv_close = self.func('void uv_close(void *handle, void *close_cb)');
+import { ReadableSet, readableSet } from './readable-set.js';
+
+/** libuv's functions, from the node binary (or the libuv it links): null where they cannot be found. */
+function uvFunctions() {
+  try {
+    const self = koffi.load(null as unknown as string);
+    return {
+      PollCb: koffi.proto('void uv_poll_cb(void *handle, int status, int events)'),
+      uv_default_loop: self.func('void *uv_default_loop(void)'),
+      uv_handle_size: self.func('size_t uv_handle_size(int type)'),
+      uv_poll_init: self.func('int uv_poll_init(void *loop, void *handle, int fd)'),
+      uv_poll_start: self.func('int uv_poll_start(void *handle, int events, uv_poll_cb *cb)'),
+      uv_poll_stop: self.func('int uv_poll_stop(void *handle)'),
+      uv_close: self.func('void uv_close(void *handle, void *close_cb)'),
+    };
+  } catch {
+    return null;
+  }
+}
+const uv = uvFunctions();
 const dup_ = libc.func('int dup(int fd)');
 const close_ = libc.func('int close(int fd)');
 
@@ -42,9 +54,9 @@ export class UvPollSet {
   private readonly byFd = new Map<number, Poller>();
   /** handles by address, for the one callback all of them share */
   private readonly byHandle = new Map<bigint, Poller>();
-  private readonly size = Number(uv_handle_size(UV_POLL));
-  private readonly loop = uv_default_loop();
-  private readonly cb = koffi.register((handle: unknown, status: number, _events: number) => this.fired(handle, status), koffi.pointer(PollCb));
+  private readonly size = Number(uv!.uv_handle_size(UV_POLL));
+  private readonly loop = uv!.uv_default_loop();
+  private readonly cb = koffi.register((handle: unknown, status: number, _events: number) => this.fired(handle, status), koffi.pointer(uv!.PollCb));
 
   /** Calls `ready` once, on the main thread, when `fd` is readable (or its poll failed: the reader finds out). */
   wait(fd: number, ready: () => void): void {
@@ -52,7 +64,7 @@ export class UvPollSet {
     if (!p) {
       const dup = check('dup', dup_(fd) as number);
       const mem = mapAnon(this.size);
-      const r = uv_poll_init(this.loop, mem.ptr, dup) as number;
+      const r = uv!.uv_poll_init(this.loop, mem.ptr, dup) as number;
       if (r !== 0) {
         close_(dup);
         throw new Error(`uv_poll_init(${fd}): libuv error ${r}`);
@@ -62,7 +74,7 @@ export class UvPollSet {
       this.byHandle.set(mem.addr, p);
     }
     p.ready = ready;
-    const r = uv_poll_start(p.mem.ptr, UV_READABLE, this.cb) as number;
+    const r = uv!.uv_poll_start(p.mem.ptr, UV_READABLE, this.cb) as number;
     if (r !== 0) throw new Error(`uv_poll_start(${fd}): libuv error ${r}`);
   }
 
@@ -73,9 +85,9 @@ export class UvPollSet {
     this.byFd.delete(fd);
     this.byHandle.delete(p.mem.addr);
     p.ready = null;
-    uv_poll_stop(p.mem.ptr);
+    uv!.uv_poll_stop(p.mem.ptr);
     // the handle's memory stays mapped: libuv may still touch it until the close completes (a few bytes)
-    uv_close(p.mem.ptr, null);
+    uv!.uv_close(p.mem.ptr, null);
     close_(p.dup);
   }
 
@@ -83,15 +95,15 @@ export class UvPollSet {
     const p = this.byHandle.get(BigInt(koffi.address(handle)));
     if (!p) return;
     // one-shot, as ReadableSet: the reader reads until the socket is empty, then waits again
-    uv_poll_stop(p.mem.ptr);
+    uv!.uv_poll_stop(p.mem.ptr);
     const f = p.ready;
     p.ready = null;
     f?.();
   }
 }
 
-let polls: UvPollSet | null = null;
-/** The process's UvPollSet. */
-export function uvPollSet(): UvPollSet {
-  return (polls ??= new UvPollSet());
+let polls: UvPollSet | ReadableSet | null = null;
+/** The process's UvPollSet; a ReadableSet (a wake-up more per frame) where libuv's functions cannot be found. */
+export function uvPollSet(): Pick<UvPollSet, 'wait' | 'cancel'> {
+  return (polls ??= uv ? new UvPollSet() : readableSet());
 }

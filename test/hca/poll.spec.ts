@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { cpuMs } from '../../bench/measure.js';
 import { Access, getDeviceList, openDevice, QpType, SendFlags, WcOpcode, WrOpcode, type Context } from '../../src/verbs/index.js';
@@ -72,6 +73,20 @@ describe('polling busy send queues (--poll-us)', () => {
     send(a, 3);
     await pollN(cq, 2);
     assert.equal((await counts(s.d)).doorbells - c1.doorbells, 1, 'a post after the window rings');
+  });
+
+  test('the daemon wakes at nice -20 but polls at nice 0, its clients\' own (as root, where it may raise it again)', { skip: process.getuid?.() === 0 ? false : 'needs root (CAP_SYS_NICE)' }, async () => {
+    // the main thread's nice: /proc/PID/stat's 19th field (after the comm's closing parenthesis, the 17th)
+    const nice = () => Number(readFileSync(`/proc/${getDeviceList(s.d.root)[0]!.daemonPid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+    const { cq, a, send } = await pair(s.ctx);
+    await sleep(400);
+    assert.equal(nice(), -20, 'idle, it sleeps at -20');
+    send(a, 1);
+    await pollN(cq, 2);
+    // A's queue is held for the 300 ms window: the daemon is polling
+    assert.equal(nice(), 0, 'polling, it runs at 0');
+    await sleep(500);
+    assert.equal(nice(), -20, 'the window passed: back to -20');
   });
 
   test('an idle daemon does not poll: no CPU once the window has passed', async () => {
