@@ -53,9 +53,9 @@ Options:
                            by default the wire reaches whatever the host routes to, routers included
   --poll-us N              after a QP was busy, poll its send queue for N microseconds (default 200):
                            a post meanwhile needs no doorbell; 0 turns polling off (an idle daemon never polls)
-  --spin auto|always       when the daemon polls (send queues, a stream's socket): auto (default) only while
-                           a core is otherwise idle (runnable tasks, /proc/loadavg, within its CPUs), else it
-                           sleeps and is woken; always: whenever there is reason to, yielding every turn
+  --spin always|auto       when the daemon polls (send queues, a stream's socket): always (default) whenever
+                           there is reason to; auto only while the runnable tasks (/proc/loadavg) fit its
+                           CPUs plus one, else it sleeps and is woken. It polls at nice 0, sleeps at --nice
   --nice N|keep            the daemon's scheduling priority (default -20, where it may set it): Linux rxe
                            works in softirq, ahead of every program, and a program that polls its CQ
                            without yielding (C programs, perftest) holds a core until the daemon preempts it
@@ -199,7 +199,7 @@ function settings(argv: string[]): Settings | 'help' | 'version' {
     pollUs = Number(args['poll-us']);
     if (!/^\d+$/.test(args['poll-us']) || pollUs > 1000000) throw new UsageError(`--poll-us "${args['poll-us']}": expected microseconds, 0 to 1000000`);
   }
-  const spin = (args.spin ?? 'auto') as SpinMode;
+  const spin = (args.spin ?? 'always') as SpinMode;
   if (spin !== 'auto' && spin !== 'always') throw new UsageError(`--spin "${args.spin}": expected auto or always`);
   let nice: number | null = DEFAULT_NICE;
   if (args.nice !== undefined) {

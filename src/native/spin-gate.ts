@@ -1,28 +1,32 @@
 /**
- * When the daemon may spin. Polling a send queue or a socket instead of
+ * When and how the daemon spins. Polling a send queue or a socket instead of
  * sleeping saves a wake-up per message (on a VM, where a sleeping vCPU must be
  * woken through the hypervisor, tens of microseconds), but a spinner holds a
- * core: with more busy processes than cores (two busy-polling clients and two
- * daemons on 2 vCPUs, or everything pinned to one), a client waits behind the
- * daemons' polling turns for the core it needs to post, and the message it
- * would post is what the daemon is polling for.
+ * core that a client may need to post the very message it polls for.
  *
- * So a polling turn asks the gate first. It reads the kernel's count of
+ * How: the daemon polls at nice 0, its clients' own, and sleeps at its --nice
+ * (-20 by default, so that a woken daemon preempts a C program spinning on its
+ * CQ, as rxe's softirq does). Polling at -20, a yield hardly moved the
+ * daemon's EEVDF deadline (a heavy task's slice, weighted, is a sliver) and a
+ * busy-polling client on its core got about 1% of it: everything pinned to
+ * one core, the 8 B round trip took 537 us on one device and 934 us across
+ * the wire; polling at nice 0, 45 and 196.
+ *
+ * When (--spin): 'always' (the default) polls whenever there is reason to.
+ * 'auto' first asks whether the spinners fit the cores: the kernel's count of
  * runnable tasks (the fourth field of /proc/loadavg, this process included)
- * and compares it with the cores this process may run on, plus one (on more
- * than one core): the process the daemon has just woken (a client, for its
- * completion), which the turn's sched_yield hands the core to. While the count stays within that the
- * daemon polls as before. Once it has stayed past it for SUSTAIN_MS, spinners
- * outnumber cores: the daemon lets its queues go idle (their clients ring)
- * and sleeps until a doorbell or a frame wakes it, and polls again once a
- * reading finds room. A moment's crowd (a GC thread, a woken client) does not
- * stop it.
- *
- * Measured (bench/rtt.ts, AMD EPYC, 2 vCPUs, 8 B SEND round trips): with
- * everything pinned to one core (`taskset -c 0`) the round trips came down
- * from 537 to 71 us on one device and from 934 to 203 us across the wire
- * (busy-polling clients), and from 729 to 224 us across the wire with clients
- * on events; on both cores unpinned they stay where polling always had them.
+ * against the cores this process may run on, plus one on more than one core
+ * (the process the daemon just woke, which the turn's yield hands the core
+ * to). Once the count has stayed past that for SUSTAIN_MS, the daemon lets its
+ * queues go idle (their clients ring) and sleeps until a doorbell or a frame
+ * wakes it, and polls again once a reading finds room. Measured (bench/rtt.ts,
+ * AMD EPYC, 2 vCPUs): beside a CPU hog, two busy-polling clients and two
+ * daemons across the wire took 3.5 ms a round trip with 'always' and 0.17 ms
+ * with 'auto'; on the quiet machine 'auto' stopped those same daemons (four
+ * spinners on two cores) and the round trip went from 62 to 158 us, so it is
+ * not the default. A wider limit (twice the cores) flapped between polling
+ * and sleeping beside the hog, and a daemon woken at -20 then waited for the
+ * kernel's tick to preempt the spinning clients (4 ms round trips).
  *
  * The read is one pread(2) of a file kept open, at most once per GATE_MS
  * (about 1.6 us here), by the polling turn only; the per-message paths read
@@ -36,15 +40,8 @@ const GATE_MS = 0.1;
 
 /** How long the run queue must stay longer than the cores before the spinner gives up its core (ms). */
 const SUSTAIN_MS = 1;
-/**
- * Runnable tasks past the cores that still leave the spinner its core: one, the process it just woke (a client
- * for its completion), which the turn's sched_yield hands the core to on another core's behalf. Past that,
- * spinners outnumber cores. On one core there is no other core: there the daemon spins only alone. A daemon at
- * nice -20 sharing a core with a busy-polling client leaves the client about 1% of it, yields or not (EEVDF
- * moves a heavy task's deadline by its weighted slice, a sliver): everything pinned to one core, the bench's
- * same-device SEND rate fell to 0.017 M a second with the one task of slack.
- */
-const slack = (cores: number) => (cores > 1 ? 1 : 0);
+/** Runnable tasks, this one included, that leave a spinner its core: the cores, plus one on more than one core. */
+const limit = (cores: number) => (cores > 1 ? cores + 1 : 1);
 
 export type SpinMode = 'auto' | 'always';
 
@@ -84,7 +81,7 @@ export class SpinGate {
       this.checked = now;
       const r = this.running();
       this.runnable[Math.min(r, 15)]!++;
-      if (r <= this.cores + slack(this.cores)) this.contendedSince = -1;
+      if (r <= limit(this.cores)) this.contendedSince = -1;
       else if (this.contendedSince < 0) this.contendedSince = now;
       this.open = this.contendedSince < 0 || now - this.contendedSince < SUSTAIN_MS;
       if (this.open) this.granted++;
@@ -141,4 +138,4 @@ export class SpinGate {
 }
 
 /** The daemon's one gate: its devices' send-queue pollers and its transports' socket readers ask the same. */
-export const spinGate = new SpinGate('auto');
+export const spinGate = new SpinGate('always');
