@@ -105,6 +105,8 @@ export class RoceTransport {
   private waitFd = -1;
   /** when a read of the port socket last found something (performance.now() ms) */
   private streamSeen = 0;
+  /** frames the last read that found any found: one means frames come one at a time (a round trip's), not a stream */
+  private streamLast = 0;
   /** Datagrams that arrived holding several frames (a GSO message seen whole, or what UDP GRO merged), split. */
   merged = 0;
   /** Who reads the port socket: Node, or (since a stream) the daemon itself. */
@@ -296,7 +298,12 @@ export class RoceTransport {
     const now = performance.now();
     if (n > 0) {
       this.streamSeen = now;
-    } else if (now - this.streamSeen >= STREAM_IDLE_MS || !spinGate.mayPoll(now)) {
+      this.streamLast = n;
+    } else if (this.streamLast < 2 || now - this.streamSeen >= STREAM_IDLE_MS || !spinGate.mayPoll(now)) {
+      // frames one at a time (a round trip's): wait at once. The socket is in the event loop's epoll, so while
+      // a send queue is polled (the loop turning) a frame is still read without a wake-up; reading it on every
+      // turn for the whole STREAM_IDLE_MS kept the daemons spinning beside C programs that poll without ever
+      // yielding (C ib_send_lat across the wire: 2 ms round trips)
       this.own = 'wait';
       spinGate.leave();
       uvPollSet().wait(this.waitFd, this.onReadable);
@@ -312,6 +319,7 @@ export class RoceTransport {
     this.own = 'stream';
     spinGate.enter();
     this.streamSeen = performance.now();
+    this.streamLast = 0;
     this.readPort();
   };
 
