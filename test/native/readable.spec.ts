@@ -35,24 +35,27 @@ test('eight sockets wait on one thread: the pool stays free, each is called once
   for (const s of socks) s.close();
 });
 
-test('a waiting socket holds the process; cancelling it lets the process end', () => {
-  const script = (cancel: boolean) => `
-    import { createSocket } from 'node:dgram';
-    import { dgramFd, dgramReading } from ${JSON.stringify(new URL('../../src/native/libc.js', import.meta.url).href)};
-    import { readableSet } from ${JSON.stringify(new URL('../../src/native/readable-set.js', import.meta.url).href)};
-    const s = createSocket('udp4');
-    s.bind(0, '127.0.0.1', () => {
-      dgramReading(s, false);
-      s.unref();
-      readableSet().wait(dgramFd(s), () => process.exit(3));
-      ${cancel ? 'setTimeout(() => readableSet().cancel(dgramFd(s)), 100);' : ''}
-    });`;
-  const run = (cancel: boolean) => spawnSync(process.execPath, ['--input-type=module', '-e', script(cancel)], { timeout: cancel ? 20000 : 1500 });
-  const held = run(false);
-  assert.equal(held.signal, 'SIGTERM', 'without cancel the wait keeps the process alive');
-  const let_go = run(true);
-  assert.equal(let_go.status, 0, String(let_go.stderr));
-});
+// the transport's waiter (src/native/uv-poll.ts) keeps the same promise as the admission's and fd exchange's
+for (const [mod, fn] of [['readable-set.js', 'readableSet'], ['uv-poll.js', 'uvPollSet']] as const) {
+  test(`a waiting socket holds the process; cancelling it lets the process end (${fn})`, () => {
+    const script = (cancel: boolean) => `
+      import { createSocket } from 'node:dgram';
+      import { dgramFd, dgramReading } from ${JSON.stringify(new URL('../../src/native/libc.js', import.meta.url).href)};
+      import { ${fn} as waits } from ${JSON.stringify(new URL(`../../src/native/${mod}`, import.meta.url).href)};
+      const s = createSocket('udp4');
+      s.bind(0, '127.0.0.1', () => {
+        dgramReading(s, false);
+        s.unref();
+        waits().wait(dgramFd(s), () => process.exit(3));
+        ${cancel ? 'setTimeout(() => waits().cancel(dgramFd(s)), 100);' : ''}
+      });`;
+    const run = (cancel: boolean) => spawnSync(process.execPath, ['--input-type=module', '-e', script(cancel)], { timeout: cancel ? 20000 : 1500 });
+    const held = run(false);
+    assert.equal(held.signal, 'SIGTERM', 'without cancel the wait keeps the process alive');
+    const letGo = run(true);
+    assert.equal(letGo.status, 0, String(letGo.stderr));
+  });
+}
 
 test('a process that throws while a socket waits still exits (the waiting poll does not hold the exit)', () => {
   const script = `
