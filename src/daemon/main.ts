@@ -132,8 +132,7 @@ const DEFAULT_NICE = -20;
  */
 const SLICE_NS = 100_000;
 
-/** Runs the event loop's thread (it does the HCA's work) at `nice` with a short slice; what happened, for the log. */
-/** Sets the daemon's nice and slice; true if the nice took. */
+/** Runs the event loop's thread (it does the HCA's work) at `nice` with a short slice; what happened, for the log. True if the nice took. */
 function schedule(nice: number, log: Log): boolean {
   try {
     setFairSchedule(nice, SLICE_NS);

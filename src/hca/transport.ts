@@ -248,7 +248,8 @@ export class RoceTransport {
    * socket held one at a ring): Node stops reading the port socket, and the daemon reads on every turn of
    * the event loop while frames keep coming, then waits in Node's own event loop (a libuv poll handle,
    * src/native/uv-poll.ts: one wake-up per frame, as Node's own read) once it has been quiet for
-   * STREAM_IDLE_MS, or at once when the daemon may not spin (src/native/spin-gate.ts). That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
+   * STREAM_IDLE_MS, at once when frames come one at a time or the daemon may not spin (src/native/spin-gate.ts).
+   * That is one wake-up fewer per batch and no Node read of a whole datagram: raw mode
    * wants only the ring of the port socket's copy, yet Node read each one whole, a GSO message's 60 KiB
    * included.
    *
