@@ -5,6 +5,7 @@
  * C / ours. Server and client on one device of one daemon, or with --wire on two daemons (RoCEv2 frames
  * between this run's own 127.a.b.1 and .2).
  */
+import { runNet } from './measure.js';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { preloadProblem } from '../src/tools/exec.js';
 import { perftest } from './rdma.js';
@@ -13,7 +14,7 @@ const SECONDS = process.argv.find((a) => /^\d+$/.test(a)) ?? '4';
 const WIRE = process.argv.includes('--wire');
 const why = preloadProblem();
 if (why) throw new Error(why);
-const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const NET = runNet();
 const d1 = await spawnDaemon(['--device', `rxe0=${NET}.1`]);
 const d2 = WIRE ? await spawnDaemon(['--device', `rxe0=${NET}.2`]) : d1;
 try {

@@ -6,6 +6,7 @@
  * perf out: perf stat attached to a spinning C client changes what it measures (C ib_write_bw -s 65536, same
  * device: ~3100 MB/s without it, ~1600 with it, the daemon then sleeping once per WRITE).
  */
+import { runNet } from './measure.js';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { preloadProblem } from '../src/tools/exec.js';
 import { machine, rows } from './procstat.js';
@@ -16,7 +17,7 @@ const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf
 const SECONDS = process.env.BENCH_PERF_SECONDS ?? '4';
 const why = preloadProblem();
 if (why) throw new Error(why);
-const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const NET = runNet();
 const d1 = await spawnDaemon(['--device', `rxe0=${NET}.1`]);
 const d2 = WIRE ? await spawnDaemon(['--device', `rxe0=${NET}.2`]) : d1;
 console.log(machine());

@@ -14,7 +14,7 @@
  */
 import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { median, pct } from './measure.js';
+import { median, pct, runNet } from './measure.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,7 +26,7 @@ import {
 } from '../src/verbs/index.js';
 
 const N = Number(process.env.HOPS_N ?? 10000);
-const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const NET = runNet();
 
 async function side(root: string) {
   const ctx = await openDevice(getDeviceList(root)[0]!, root);

@@ -24,3 +24,6 @@ export function lat(v: number[]): Lat {
 }
 
 export const tick = () => new Promise((r) => setImmediate(r));
+
+/** This run's own loopback /24 (127.a.b): daemons bound there cannot collide with one left on 127.0.0.1 or another run's. */
+export const runNet = (): string => `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;

@@ -17,6 +17,9 @@ export function machine(): string {
   return `machine: ${c[0]?.model.trim() || 'unknown CPU'} × ${c.length} vCPUs${may < c.length ? ` (this run pinned to ${may})` : ''}, kernel ${release()}, node ${process.version}`;
 }
 
+/** The header line saying what options the measured daemons ran with. */
+export const daemonsLine = (args: readonly string[]): string => `daemons: softverbsd ${args.length ? args.join(' ') : '(defaults)'}`;
+
 interface Task {
   cpuNs: number;
   vcs: number;

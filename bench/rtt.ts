@@ -5,14 +5,15 @@
  * meet (polling, wake-ups) under the conditions of one's choice: arguments after `--` go to every daemon
  * (`-- --poll-us 0`), and the run can be put under `taskset` or beside a CPU hog like any command.
  */
+import { runNet } from './measure.js';
 import { spawnDaemon } from '../src/daemon/spawn.js';
 import { udpPingPong, tcpPingPong } from './baselines.js';
-import { machine, PER_PROCESS, rows, syscallGaps } from './procstat.js';
+import { daemonsLine, machine, PER_PROCESS, rows, syscallGaps } from './procstat.js';
 import { sendPingPong } from './rdma.js';
 
 const sep = process.argv.indexOf('--');
 const extra = sep < 0 ? [] : process.argv.slice(sep + 1);
-const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const NET = runNet();
 const us = (v: { med: number; p99: number }) => `${v.med.toFixed(1)}/${v.p99.toFixed(1)} us`;
 
 const out: string[] = [];
@@ -41,4 +42,4 @@ try {
   await b.stop();
 }
 out.push('baselines', '  Node UDP round trip', ...rows(udp.fig), '  Node TCP round trip', ...rows(tcp.fig));
-process.stdout.write([machine(), `daemons: softverbsd ${extra.length ? extra.join(' ') : '(defaults)'}`, ...PER_PROCESS, ...syscallGaps().map((g) => `syscalls: - (${g})`), '', ...out].join('\n') + '\n');
+process.stdout.write([machine(), daemonsLine(extra), ...PER_PROCESS, ...syscallGaps().map((g) => `syscalls: - (${g})`), '', ...out].join('\n') + '\n');

@@ -14,8 +14,8 @@ import { spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
 import { getDeviceList } from '../src/verbs/index.js';
 import { baselineRole, memcpyBw, tcpBw, tcpPingPong, udpBw, udpPingPong } from './baselines.js';
 import { engineSendRate, engineWriteBw } from './engines.js';
-import { cpuMs, type Lat } from './measure.js';
-import { machine, measured, PER_PROCESS, perOp, rows, syscallGaps, Window, type Figures, type Proc } from './procstat.js';
+import { cpuMs, type Lat, runNet } from './measure.js';
+import { daemonsLine, machine, measured, PER_PROCESS, perOp, rows, syscallGaps, Window, type Figures, type Proc } from './procstat.js';
 import { bench, C_PERFTEST, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup } from './rdma.js';
 import { preloadProblem } from '../src/tools/exec.js';
 import { existsSync } from 'node:fs';
@@ -42,7 +42,7 @@ async function idleCpu(pid: number, ms: number): Promise<number> {
 }
 
 /** This run's own loopback addresses (127.a.b.1 and .2): a daemon left on 127.0.0.1 by something else cannot stand in the way. */
-const NET = `127.${10 + Math.floor(Math.random() * 240)}.${1 + Math.floor(Math.random() * 254)}`;
+const NET = runNet();
 const [HOST_A, HOST_B, HOST_E] = [`${NET}.1`, `${NET}.2`, `${NET}.3`];
 
 /**
@@ -174,7 +174,7 @@ async function main(): Promise<void> {
     const out = [
       'softverbs bench (baselines measured in this run; latencies as median/p99)',
       machine(),
-      `daemons: softverbsd ${DAEMON_ARGS.length ? DAEMON_ARGS.join(' ') : '(defaults)'}`,
+      daemonsLine(DAEMON_ARGS),
       ...PER_PROCESS,
       'perftest -D: messages = its MsgRate × the window (the middle half of its run).',
       ...gaps.map((g) => `syscalls: - (${g})`),
