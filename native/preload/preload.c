@@ -50,6 +50,10 @@
  *    EAGAIN there, and here it waits for a byte unless the descriptor is
  *    O_NONBLOCK. MIGRATE_ID's `fd` goes as the daemon's token for that file.
  *    No read, ioctl or mmap, as the kernel's file.
+ *  - ibv_open_device (libibverbs') is wrapped for one thing that is not a
+ *    translation: on a context of our device, ibv_poll_cq gives the CPU
+ *    away (sched_yield) once every 16 empty polls in a row, since the HCA
+ *    it spins for is a process that may need this core (see the end).
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
@@ -59,6 +63,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1571,4 +1576,57 @@ EXPORT int dup3(int oldfd, int newfd, int flags)
 	if (r >= 0)
 		forget(newfd);
 	return r;
+}
+
+/*
+ * ibv_poll_cq gives the CPU away after POLL_YIELD_EVERY empty polls in a row by one thread, as the Node
+ * library's pollCq does. With a NIC a spinning poller takes nothing from the hardware it waits on; here the
+ * HCA is a process (the daemon) that may share the poller's core, and a poller that spins through its whole
+ * time slice keeps it off until the scheduler's tick (C ib_send_lat -s 8 with everything on one core:
+ * t_typical 4 ms, the tick, against 21 us for ours). ibv_poll_cq is an inline call through the context's
+ * ops.poll_cq (librxe's rxe_poll_cq), so ibv_open_device sets ours there, on contexts of our device files only.
+ * ibv_context's layout is libibverbs' frozen ABI: the device pointer, then struct ibv_context_ops (poll_cq its
+ * twelfth pointer), cmd_fd after the ops.
+ */
+#define POLL_YIELD_EVERY 16
+#define CTX_POLL_CQ_AT 96
+#define CTX_CMD_FD_AT 264
+
+typedef int (*poll_cq_fn)(void *cq, int n, void *wc);
+static poll_cq_fn provider_poll_cq;
+static __thread unsigned empty_polls;
+
+static int yielding_poll_cq(void *cq, int n, void *wc)
+{
+	int got = provider_poll_cq(cq, n, wc);
+	if (got != 0)
+		empty_polls = 0;
+	else if (++empty_polls % POLL_YIELD_EVERY == 0)
+		sched_yield();
+	return got;
+}
+
+EXPORT void *ibv_open_device(void *device)
+{
+	REAL(void *, ibv_open_device, void *);
+	if (!real_ibv_open_device)
+		return errno = ENOSYS, NULL;
+	uint8_t *ctx = real_ibv_open_device(device);
+	int fd;
+	poll_cq_fn p;
+
+	if (!ctx)
+		return NULL;
+	memcpy(&fd, ctx + CTX_CMD_FD_AT, sizeof(fd));
+	memcpy(&p, ctx + CTX_POLL_CQ_AT, sizeof(p));
+	/* one provider serves our device files (librxe): a context of another device keeps its own poll_cq */
+	if (tracked(fd) && p && p != yielding_poll_cq) {
+		poll_cq_fn none = NULL;
+		__atomic_compare_exchange_n(&provider_poll_cq, &none, p, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&provider_poll_cq, __ATOMIC_SEQ_CST) == p) {
+			p = yielding_poll_cq;
+			memcpy(ctx + CTX_POLL_CQ_AT, &p, sizeof(p));
+		}
+	}
+	return ctx;
 }

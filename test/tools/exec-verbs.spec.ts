@@ -23,6 +23,7 @@ type Kind = (typeof KINDS)[number];
 /** the message size each pingpong sends by default (rdma-core 44's, and ours) */
 const SIZE: Record<Kind, number> = { rc: 4096, uc: 4096, ud: 1024, srq: 4096 };
 const N = 100;
+const hasStrace = spawnSync('strace', ['-V']).status === 0;
 const skip = execSkip([...KINDS.map((k) => `ibv_${k}_pingpong`), 'ibv_xsrq_pingpong', 'ibv_asyncwatch', 'ib_write_bw']);
 
 /** A pingpong's last two lines: the bytes both ways and the iterations, as rdma-core prints them. */
@@ -111,6 +112,26 @@ written: extended verbs
 atomic written: same 8 bytes
 completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num set
 `);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a C program spinning on an empty CQ gives the CPU away: ibv_poll_cq (fixtures/poll-yield.c) calls sched_yield once every 16 empty polls in a row', { skip: hasStrace ? false : 'strace is not installed (apt-get install strace)' }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'softverbs-poll-yield-'));
+    try {
+      chmodSync(dir, 0o755);
+      const probe = join(dir, 'poll-yield');
+      const cc = spawnSync('cc', ['-O1', '-Wall', '-Werror', '-o', probe, join(DIST, '..', 'test', 'fixtures', 'poll-yield.c'), '-libverbs'], { encoding: 'utf8' });
+      assert.equal(cc.status, 0, cc.stderr);
+      const trace = join(dir, 'trace');
+      const polls = 1600;
+      const r = await runProcess('strace', ['-f', '-qq', '-e', 'trace=sched_yield', '-o', trace, ...alice.as, process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', probe, 'rxe0', String(polls)], env(), 30_000);
+      assert.equal(r.code, 0, r.out);
+      const pid = /^pid (\d+) polled 1600 times, got 0$/m.exec(r.out)?.[1];
+      assert.ok(pid, r.out);
+      const yields = readFileSync(trace, 'utf8').split('\n').filter((l) => l.startsWith(`${pid} `) && l.includes('sched_yield(')).length;
+      assert.equal(yields, polls / 16, `sched_yield calls of the polling program (pid ${pid})`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
