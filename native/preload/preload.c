@@ -1606,9 +1606,28 @@ static int yielding_poll_cq(void *cq, int n, void *wc)
 	return got;
 }
 
+/*
+ * libibverbs' own ibv_open_device. RTLD_NEXT finds it when the program links libibverbs; a library that was
+ * dlopen()ed with RTLD_LOCAL (Python's extension modules for pyverbs, UCX's transport modules) is not in the
+ * global scope RTLD_NEXT searches, yet its callers still reach our definition first: ask the loaded library itself.
+ */
+static void *(*libibverbs_open_device(void))(void *)
+{
+	static void *(*real)(void *);
+	void *lib;
+
+	if (!real)
+		real = (void *(*)(void *))dlsym(RTLD_NEXT, "ibv_open_device");
+	if (!real && (lib = dlopen("libibverbs.so.1", RTLD_LAZY | RTLD_NOLOAD))) {
+		real = (void *(*)(void *))dlsym(lib, "ibv_open_device");
+		dlclose(lib);
+	}
+	return real;
+}
+
 EXPORT void *ibv_open_device(void *device)
 {
-	REAL(void *, ibv_open_device, void *);
+	void *(*real_ibv_open_device)(void *) = libibverbs_open_device();
 	if (!real_ibv_open_device)
 		return errno = ENOSYS, NULL;
 	uint8_t *ctx = real_ibv_open_device(device);
