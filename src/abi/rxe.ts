@@ -105,7 +105,8 @@ export const RXE_SEND_WQE_MEMBERS: Readonly<Record<string, number>> = (() => {
   m['wr.ex.imm_data'] = m['wr.ex.invalidate_rkey'] = m['wr.ex']!;
   for (const d of WR_UNION) memberOffsets(d, m['wr.wr']!, `wr.wr.${d.name}.`, m);
   m['dma.inline_data'] = m['dma.sge'] = m.dma! + layout(RXE_DMA_INFO).size;
-  return m;
+  // a fast-mode copy, as offsets() makes its tables (layout.ts)
+  return { ...m };
 })();
 export const RXE_RECV_WQE_MEMBERS: Readonly<Record<string, number>> = (() => {
   const m = memberOffsets(RXE_RECV_WQE);

@@ -68,7 +68,8 @@ export interface SendWrIn {
 }
 
 /** The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it knows none there. */
-export type InlineSource = (addr: bigint, length: number) => Uint8Array | null;
+/** `addr` as a number: a bigint past 2^53 is no address of a mapping here, and converts to one that is no safe integer. */
+export type InlineSource = (addr: number, length: number) => Uint8Array | null;
 
 /** Ring state both sides see: header words, slot geometry. */
 class SendRing {
@@ -149,7 +150,7 @@ export class SendRingProducer extends SendRing {
       let at = o + SW.SIZE;
       for (let j = 0; j < n; j++) {
         const s = sg![j]!;
-        const src = this.inline(typeof s.addr === 'bigint' ? s.addr : BigInt(s.addr), s.length);
+        const src = this.inline(typeof s.addr === 'bigint' ? Number(s.addr) : s.addr, s.length);
         if (!src) return j;
         copyBytes(this.bytes, at, src, 0, s.length);
         at += s.length;

@@ -19,6 +19,8 @@ export interface Region {
   readonly fd: number;
   /** Address of byte 0 of the mapping. */
   readonly addr: bigint;
+  /** addr as a number (mappings lie far below 2^53), for the inline path's search */
+  readonly start: number;
   readonly length: number;
   readonly memory: WeakRef<ArrayBuffer>;
 }
@@ -61,7 +63,7 @@ export function allocShared(length: number, name = 'softverbs'): { buf: Buffer; 
   try {
     ftruncateSync(fd, size);
     const mapping = mapShared(fd, size, 0);
-    const region: Region = { fd, addr: mapping.addr, length: size, memory: new WeakRef(mapping.buffer) };
+    const region: Region = { fd, addr: mapping.addr, start: Number(mapping.addr), length: size, memory: new WeakRef(mapping.buffer) };
     byBuffer.set(mapping.buffer, region);
     insert(region);
     released.register(mapping.buffer, { region, mapping: { ptr: mapping.ptr, addr: mapping.addr, length: mapping.length, unmapped: false } });
@@ -79,16 +81,18 @@ export function regionOf(buf: Uint8Array): { region: Region; offset: number } | 
 }
 
 /** The bytes at a process address (for inline sends), or null if no live region holds all of them. O(log regions). */
-export function atAddress(addr: bigint, length: number): Uint8Array | null {
+export function atAddress(addr: number, length: number): Uint8Array | null {
+  // in numbers, not bigints: every bigint sum or difference is an allocation, and this runs per inline SGE
+  if (!Number.isSafeInteger(addr)) return null;
   let lo = 0;
   let hi = sorted.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (sorted[mid]!.addr <= addr) lo = mid + 1;
+    if (sorted[mid]!.start <= addr) lo = mid + 1;
     else hi = mid;
   }
   const r = sorted[lo - 1];
-  if (!r || addr + BigInt(length) > r.addr + BigInt(r.length)) return null;
+  if (!r || addr + length > r.start + r.length) return null;
   const mem = r.memory.deref();
-  return mem ? new Uint8Array(mem, Number(addr - r.addr), length) : null;
+  return mem ? new Uint8Array(mem, addr - r.start, length) : null;
 }

@@ -19,7 +19,7 @@ import { fieldChecker } from './fields.js';
 const CAPS: QpCaps = { maxSendWr: 8, maxRecvWr: 8, maxSendSge: 4, maxRecvSge: 3, maxInlineData: 64 };
 
 /** One QP's rings in a plain buffer: the library's producer and the HCA's consumer over the same bytes. */
-function sendRing(inline?: (addr: bigint, length: number) => Uint8Array | null) {
+function sendRing(inline?: (addr: number, length: number) => Uint8Array | null) {
   const l = qpLayout(CAPS, false)!;
   const buf = new ArrayBuffer(l.bytes);
   const cons = new SendRingConsumer(buf, l.sq, l.caps);
@@ -40,7 +40,7 @@ function roundTrip(r: ReturnType<typeof sendRing>, wr: SendWrIn): SendWqeFields 
 const { seen, expect } = fieldChecker();
 
 test('send WQE: every field a work request carries comes out of the ring as the library put it in', () => {
-  const r = sendRing((addr, length) => new Uint8Array(length).fill(Number(addr & 0xffn)));
+  const r = sendRing((addr, length) => new Uint8Array(length).fill(addr & 0xff));
   // SGEs, RDMA: a bigint wr_id with both halves set, a remote address and an SGE address past 2^32, flags and imm
   let w = roundTrip(r, {
     wrId: 0x89abcdef_01234567n, opcode: WrOpcode.RDMA_WRITE_WITH_IMM, sendFlags: SendFlags.SIGNALED | SendFlags.SOLICITED | SendFlags.FENCE,
@@ -86,7 +86,7 @@ test('send WQE: every field a work request carries comes out of the ring as the 
 });
 
 test('send WQE: an inline SGE the source does not know posts nothing; counts past the caps are read, their entries not copied', () => {
-  const r = sendRing((addr, length) => (addr === 0x10n ? new Uint8Array(length) : null));
+  const r = sendRing((addr, length) => (addr === 0x10 ? new Uint8Array(length) : null));
   const wr = { wrId: 1, opcode: WrOpcode.SEND, sendFlags: SendFlags.INLINE, sgList: [{ addr: 0x10, length: 4, lkey: 0 }, { addr: 0x99, length: 4, lkey: 0 }] };
   assert.equal(r.prod.write(wr), 1);
   assert.equal(r.prod.prod, 0);
