@@ -45,6 +45,17 @@ function assertPingpong(k: Kind, [s, c]: Run[], what: string): void {
   assert.deepEqual(addrs(s!.out, 'remote'), addrs(c!.out, 'local'), `${what}: the server heard the client's`);
 }
 
+/** fixtures/NAME.c built against libibverbs into a directory of its own that alice can read (remove `dir` after). */
+function cProbe(name: string): { dir: string; probe: string } {
+  const dir = mkdtempSync(join(tmpdir(), `softverbs-${name}-`));
+  chmodSync(dir, 0o755);
+  const probe = join(dir, name);
+  const cc = spawnSync('cc', ['-O1', '-Wall', '-Werror', '-o', probe, join(DIST, '..', 'test', 'fixtures', `${name}.c`), '-libverbs'], { encoding: 'utf8' });
+  if (cc.status !== 0) rmSync(dir, { recursive: true, force: true });
+  assert.equal(cc.status, 0, cc.stderr);
+  return { dir, probe };
+}
+
 describe('rdma-core\'s verbs programs through softverbs exec', { skip }, () => {
   let d: RunningDaemon;
   const { alice, env, c, ours } = launchers(() => d.root);
@@ -92,12 +103,8 @@ describe('rdma-core\'s verbs programs through softverbs exec', { skip }, () => {
   }
 
   test('the extended verbs from C (fixtures/ex-probe.c): ibv_query_device_ex, ibv_create_cq_ex and its start/next/end poll, ibv_wr_* with rxe >= 6.2\'s ATOMIC_WRITE, and what librxe and the daemon refuse', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'softverbs-ex-probe-'));
+    const { dir, probe } = cProbe('ex-probe');
     try {
-      chmodSync(dir, 0o755);
-      const probe = join(dir, 'ex-probe');
-      const cc = spawnSync('cc', ['-O1', '-Wall', '-Werror', '-o', probe, join(DIST, '..', 'test', 'fixtures', 'ex-probe.c'), '-libverbs'], { encoding: 'utf8' });
-      assert.equal(cc.status, 0, cc.stderr);
       const r = await runProcess(alice.as[0]!, [...alice.as.slice(1), process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', probe, 'rxe0'], env(), 30_000);
       assert.equal(r.code, 0, r.out);
       assert.equal(r.out, `ibv_query_device_ex: ok, ATOMIC_WRITE advertised
@@ -118,12 +125,8 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
   });
 
   test('a C program spinning on an empty CQ gives the CPU away: ibv_poll_cq (fixtures/poll-yield.c) calls sched_yield once every 16 empty polls in a row', { skip: hasStrace ? false : 'strace is not installed (apt-get install strace)' }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'softverbs-poll-yield-'));
+    const { dir, probe } = cProbe('poll-yield');
     try {
-      chmodSync(dir, 0o755);
-      const probe = join(dir, 'poll-yield');
-      const cc = spawnSync('cc', ['-O1', '-Wall', '-Werror', '-o', probe, join(DIST, '..', 'test', 'fixtures', 'poll-yield.c'), '-libverbs'], { encoding: 'utf8' });
-      assert.equal(cc.status, 0, cc.stderr);
       const trace = join(dir, 'trace');
       const polls = 1600;
       const r = await runProcess('strace', ['-f', '-qq', '-e', 'trace=sched_yield', '-o', trace, ...alice.as, process.execPath, join(DIST, 'src', 'bin', 'softverbs.js'), 'exec', '--', probe, 'rxe0', String(polls)], env(), 30_000);
