@@ -51,9 +51,10 @@
  *    O_NONBLOCK. MIGRATE_ID's `fd` goes as the daemon's token for that file.
  *    No read, ioctl or mmap, as the kernel's file.
  *  - ibv_open_device (libibverbs') is wrapped for one thing that is not a
- *    translation: on a context of our device, ibv_poll_cq gives the CPU
- *    away (sched_yield) once every 16 empty polls in a row, since the HCA
- *    it spins for is a process that may need this core (see the end).
+ *    translation: on a context of our device, ibv_poll_cq and an extended
+ *    CQ's ibv_start_poll give the CPU away (sched_yield) once every 16
+ *    empty polls in a row, since the HCA they spin for is a process that
+ *    may need this core (see the end).
  * The root is $SOFTVERBS_ROOT, else /run/softverbs.
  */
 #define _GNU_SOURCE
@@ -1592,18 +1593,72 @@ EXPORT int dup3(int oldfd, int newfd, int flags)
 #define CTX_POLL_CQ_AT 96
 #define CTX_CMD_FD_AT 264
 
+/*
+ * Extended CQs (ibv_create_cq_ex) are polled through ibv_start_poll, an inline call through the CQ's own
+ * start_poll, which librxe sets when it makes the CQ: the context's create_cq_ex (in struct verbs_context,
+ * before ibv_context: 120 bytes before it, its sz 8 before) is ours too, and sets ours on each CQ it makes.
+ */
+#define CTX_ABI_COMPAT_AT 320
+#define VCTX_SZ_BEFORE 8
+#define VCTX_CREATE_CQ_EX_BEFORE 120
+/* what verbs_get_ctx_op asks of sz for create_cq_ex: sizeof(struct verbs_context) 648 less its offset 200 */
+#define VCTX_SZ_FOR_CREATE_CQ_EX 448
+#define CQ_EX_START_POLL_AT 144
+
 typedef int (*poll_cq_fn)(void *cq, int n, void *wc);
+typedef int (*start_poll_fn)(void *cq, void *attr);
+typedef void *(*create_cq_ex_fn)(void *ctx, void *attr);
 static poll_cq_fn provider_poll_cq;
+static start_poll_fn provider_start_poll;
+static create_cq_ex_fn provider_create_cq_ex;
 static __thread unsigned empty_polls;
+
+/* a poll: it found something, or nothing (one more in a row) */
+static inline void polled(int found)
+{
+	if (found)
+		empty_polls = 0;
+	else if (++empty_polls % POLL_YIELD_EVERY == 0)
+		sched_yield();
+}
 
 static int yielding_poll_cq(void *cq, int n, void *wc)
 {
 	int got = provider_poll_cq(cq, n, wc);
-	if (got != 0)
-		empty_polls = 0;
-	else if (++empty_polls % POLL_YIELD_EVERY == 0)
-		sched_yield();
+	polled(got != 0);
 	return got;
+}
+
+/* ENOENT: nothing to poll; anything else (0, or an error) ends the run of empty polls */
+static int yielding_start_poll(void *cq, void *attr)
+{
+	int r = provider_start_poll(cq, attr);
+	polled(r != ENOENT);
+	return r;
+}
+
+/* sets `slot` (a function pointer at p) to `ours` if it holds the provider's function `*theirs` (learnt on first sight) */
+static int take_over(uint8_t *p, void **theirs, void *ours)
+{
+	void *f, *none = NULL;
+
+	memcpy(&f, p, sizeof(f));
+	if (!f || f == ours)
+		return 0;
+	__atomic_compare_exchange_n(theirs, &none, f, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(theirs, __ATOMIC_SEQ_CST) != f)
+		return 0;
+	memcpy(p, &ours, sizeof(ours));
+	return 1;
+}
+
+static void *yielding_create_cq_ex(void *ctx, void *attr)
+{
+	uint8_t *cq = provider_create_cq_ex(ctx, attr);
+
+	if (cq)
+		take_over(cq + CQ_EX_START_POLL_AT, (void **)&provider_start_poll, (void *)yielding_start_poll);
+	return cq;
 }
 
 /*
@@ -1632,20 +1687,20 @@ EXPORT void *ibv_open_device(void *device)
 		return errno = ENOSYS, NULL;
 	uint8_t *ctx = real_ibv_open_device(device);
 	int fd;
-	poll_cq_fn p;
+	void *compat;
+	size_t sz;
 
 	if (!ctx)
 		return NULL;
 	memcpy(&fd, ctx + CTX_CMD_FD_AT, sizeof(fd));
-	memcpy(&p, ctx + CTX_POLL_CQ_AT, sizeof(p));
-	/* one provider serves our device files (librxe): a context of another device keeps its own poll_cq */
-	if (tracked(fd) && p && p != yielding_poll_cq) {
-		poll_cq_fn none = NULL;
-		__atomic_compare_exchange_n(&provider_poll_cq, &none, p, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&provider_poll_cq, __ATOMIC_SEQ_CST) == p) {
-			p = yielding_poll_cq;
-			memcpy(ctx + CTX_POLL_CQ_AT, &p, sizeof(p));
-		}
-	}
+	/* one provider serves our device files (librxe): a context of another device keeps its own functions */
+	if (!tracked(fd))
+		return ctx;
+	take_over(ctx + CTX_POLL_CQ_AT, (void **)&provider_poll_cq, (void *)yielding_poll_cq);
+	memcpy(&compat, ctx + CTX_ABI_COMPAT_AT, sizeof(compat));
+	memcpy(&sz, ctx - VCTX_SZ_BEFORE, sizeof(sz));
+	/* an extended context (verbs_get_ctx's test) large enough to hold create_cq_ex */
+	if (compat == (void *)UINTPTR_MAX && sz >= VCTX_SZ_FOR_CREATE_CQ_EX)
+		take_over(ctx - VCTX_CREATE_CQ_EX_BEFORE, (void **)&provider_create_cq_ex, (void *)yielding_create_cq_ex);
 	return ctx;
 }

@@ -124,7 +124,7 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
     }
   });
 
-  test('a C program spinning on an empty CQ gives the CPU away: ibv_poll_cq (fixtures/poll-yield.c) calls sched_yield once every 16 empty polls in a row', { skip: hasStrace ? false : 'strace is not installed (apt-get install strace)' }, async () => {
+  test('a C program spinning on an empty CQ gives the CPU away: ibv_poll_cq and ibv_start_poll (fixtures/poll-yield.c) call sched_yield once every 16 empty polls in a row', { skip: hasStrace ? false : 'strace is not installed (apt-get install strace)' }, async () => {
     const { dir, probe } = cProbe('poll-yield');
     try {
       const trace = join(dir, 'trace');
@@ -133,8 +133,10 @@ completion: wr_id 3, remote invalid request error, opcode 9, byte_len 8, qp_num 
       assert.equal(r.code, 0, r.out);
       const pid = /^pid (\d+) polled 1600 times, got 0$/m.exec(r.out)?.[1];
       assert.ok(pid, r.out);
+      assert.match(r.out, /^start_poll 1600 times, ENOENT 1600$/m);
+      // ibv_poll_cq's empty polls, then ibv_start_poll's ENOENTs: one run of 2 * polls
       const yields = readFileSync(trace, 'utf8').split('\n').filter((l) => l.startsWith(`${pid} `) && l.includes('sched_yield(')).length;
-      assert.equal(yields, polls / 16, `sched_yield calls of the polling program (pid ${pid})`);
+      assert.equal(yields, (2 * polls) / 16, `sched_yield calls of the polling program (pid ${pid})`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
