@@ -149,7 +149,8 @@ export class CompletionQueue {
   /**
    * ibv_poll_cq: up to `max` completions (default 1) as new objects, or, given
    * an array of WorkCompletion, fills it from index 0 and returns the count
-   * (no allocation). Pure shared-memory reads: no syscall, no message.
+   * (no allocation). Shared-memory reads, no message: the one system call is the sched_yield of a poll that
+   * found nothing for the 16th time in a row (foundNothing).
    */
   pollCq(max?: number): WorkCompletion[];
   pollCq(out: WorkCompletion[]): number;
