@@ -71,7 +71,10 @@ test('the pcap of a run decodes in tshark as RoCEv2, nothing malformed, every IC
       // as that. Our headers are what is checked: malformed is allowed only in such a guessed layer.
       if (/:infiniband(:data)?$/.test(protos!)) {
         assert.equal(malformed ?? '', '', `frame ${i + 1}: malformed`);
-        assert.equal(expert ?? '', '', `frame ${i + 1}: ${expert}`);
+        // one guess is the UDP dissector's: a port in 33435..33464 (LBL traceroute's) is a "possible traceroute",
+        // and a send socket's ephemeral port falls there now and then (CI, once): not a fault of our headers
+        const faults = (expert ?? '').split(',').filter((m) => m !== '' && !/^Possible traceroute: hop #\d+, attempt #\d+$/.test(m));
+        assert.deepEqual(faults, [], `frame ${i + 1}: ${expert}`);
       }
     }
   }
