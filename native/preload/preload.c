@@ -1637,19 +1637,17 @@ static int yielding_start_poll(void *cq, void *attr)
 	return r;
 }
 
-/* sets `slot` (a function pointer at p) to `ours` if it holds the provider's function `*theirs` (learnt on first sight) */
-static int take_over(uint8_t *p, void **theirs, void *ours)
+/* sets the function pointer at p to `ours` if it holds the provider's function `*theirs` (learnt on first sight) */
+static void take_over(uint8_t *p, void **theirs, void *ours)
 {
 	void *f, *none = NULL;
 
 	memcpy(&f, p, sizeof(f));
 	if (!f || f == ours)
-		return 0;
+		return;
 	__atomic_compare_exchange_n(theirs, &none, f, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(theirs, __ATOMIC_SEQ_CST) != f)
-		return 0;
-	memcpy(p, &ours, sizeof(ours));
-	return 1;
+	if (__atomic_load_n(theirs, __ATOMIC_SEQ_CST) == f)
+		memcpy(p, &ours, sizeof(ours));
 }
 
 static void *yielding_create_cq_ex(void *ctx, void *attr)

@@ -67,8 +67,11 @@ export interface SendWrIn {
   bind?: { mwRkey: number; rkey: number; mrLkey: number; addr: bigint | number; length: bigint | number; access: number };
 }
 
-/** The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it knows none there. */
-/** `addr` as a number: a bigint past 2^53 is no address of a mapping here, and converts to one that is no safe integer. */
+/**
+ * The bytes at an address of the producer's process (inline data is copied from there when posted), or null if it
+ * knows none there. `addr` as a number: a bigint past 2^53 is no address of a mapping here, and converts to one that
+ * is no safe integer.
+ */
 export type InlineSource = (addr: number, length: number) => Uint8Array | null;
 
 /** Ring state both sides see: header words, slot geometry. */

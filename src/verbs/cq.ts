@@ -181,7 +181,7 @@ export class CompletionQueue {
    * A poll that found nothing. Every YIELD_EVERY in a row give the CPU away: the HCA that must run for the
    * completion is a process (the daemon), perhaps on this very core, and a loop that spins for its whole time
    * slice keeps it off for milliseconds (one core: 8 B SENDs 0.044 M/s, 64 KiB WRITEs 0.71 GB/s, against
-   * 1.3 M and 30 GB/s yielding). Every PROBE_EVERY, make sure there is still a daemon to fill it (a loop that
+   * 0.76 M and 14 GB/s yielding). Every PROBE_EVERY, make sure there is still a daemon to fill it (a loop that
    * polls and never gives the event loop a turn would otherwise wait for ever on a dead one).
    * @internal
    */

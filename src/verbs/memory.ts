@@ -49,7 +49,7 @@ function insert(r: Region): void {
   let hi = sorted.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (sorted[mid]!.addr < r.addr) lo = mid + 1;
+    if (sorted[mid]!.start < r.start) lo = mid + 1;
     else hi = mid;
   }
   sorted.splice(lo, 0, r);
