@@ -106,6 +106,7 @@ export const OBJECT_TYPES = {
       const ch = cq.channel instanceof CompChannel ? cq.channel : null;
       if (ch && --ch.users === 0 && ch.closed) ctx.removeChannel(ch);
       cq.errored = true;
+      cq.destroyed = true;
       ctx.unmapClient(cq.mapping);
     },
     track: (_ctx, cq, id) => ({ cqn: id, cqe: cq.cqe, users: cq.users }),

@@ -115,6 +115,8 @@ export class Cq {
   compEvents = 0;
   asyncEvents = 0;
   errored = false;
+  /** released by its owner (its completion channel hears no more of it) */
+  destroyed = false;
   constructor(
     readonly owner: Owner,
     readonly userHandle: bigint,

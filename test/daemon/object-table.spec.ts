@@ -201,3 +201,27 @@ describe('the object table', () => {
     ctx.destroyAll();
   });
 });
+
+describe('completion events', () => {
+  test("a CQ's event goes to its channel once the daemon's current task is over; a CQ destroyed before then gets none and counts none", async () => {
+    const { ctx } = harness();
+    const chHandle = MAKE.comp_channel(ctx, { pd: -1, cq: -1, srq: -1, channel: -1 });
+    const ch = ctx.get('comp_channel', chHandle);
+    const m: Made = { pd: -1, cq: -1, srq: -1, channel: ch.token };
+    const kept = ctx.get('cq', MAKE.cq(ctx, m));
+    const goneHandle = MAKE.cq(ctx, m);
+    const gone = ctx.get('cq', goneHandle);
+    // the channel's stream is not attached: what is sent waits in `pending`, where this test reads it
+    ctx.compEvent(kept);
+    ctx.compEvent(gone);
+    ctx.compEvent(kept);
+    assert.equal(ch.pending.length, 0, 'nothing sent during the task that completed');
+    const reported = run(ctx, U.Spec.DESTROY_CQ, { cq_handle: goneHandle }).comp_events_reported;
+    assert.equal(reported, 0, 'ibv_destroy_cq waits for as many acknowledgements as the events reported');
+    await Promise.resolve();
+    assert.deepEqual(ch.pending.map((b) => unpack(U.COMP_EVENT_DESC, b).cq_handle), [1n, 1n], "the kept CQ's two events, after the task");
+    assert.equal(kept.compEvents, 2);
+    assert.equal(gone.compEvents, 0);
+    ctx.destroyAll();
+  });
+});
