@@ -194,6 +194,23 @@ export function schedYield(): void {
   sched_yield_();
 }
 
+const nanosleep_ = libc.func('int nanosleep(const void *req, void *rem)');
+/** struct timespec { tv_sec 0, tv_nsec 1000 } */
+const ONE_US = (() => {
+  const b = Buffer.alloc(16);
+  b.writeBigInt64LE(1000n, 8);
+  return b;
+})();
+
+/**
+ * nanosleep(2) of a microsecond (the timer slack makes it about 50): unlike a yield, the calling thread leaves
+ * its CPU idle for a moment, and an idle CPU pulls a task queued behind another on a busy one (the kernel's
+ * idle balancing). A poller that has waited long gives the daemon queued behind a CPU hog its core this way.
+ */
+export function pauseBriefly(): void {
+  nanosleep_(ONE_US, null);
+}
+
 const syscall_ = libc.func('long syscall(long number, ...)');
 /** sched_setattr's number: x86-64's, aarch64's */
 const SYS_SCHED_SETATTR = process.arch === 'arm64' ? 274 : 314;

@@ -13,11 +13,11 @@ import { Dependents } from './lifetime.js';
 import { withQueueMemory, type QueueMemory } from './queue-memory.js';
 import { WcExFlags, type WcFlags, type WcOpcode, type WcStatus } from '../abi/enums.js';
 import { WorkCompletion } from './types.js';
-import { schedYield } from '../native/libc.js';
+import { pauseBriefly, schedYield } from '../native/libc.js';
 
 /** Empty polls in a row after which pollCq gives the CPU away (a power of two). */
 const YIELD_EVERY = 16;
-/** Empty polls in a row after which pollCq asks whether the daemon is still there. */
+/** Empty polls in a row after which pollCq asks whether the daemon is still there, and sleeps a moment instead of yielding (a multiple of YIELD_EVERY). */
 const PROBE_EVERY = 1024;
 
 export class CompletionChannel {
@@ -150,7 +150,7 @@ export class CompletionQueue {
    * ibv_poll_cq: up to `max` completions (default 1) as new objects, or, given
    * an array of WorkCompletion, fills it from index 0 and returns the count
    * (no allocation). Shared-memory reads, no message: the one system call is the sched_yield of a poll that
-   * found nothing for the 16th time in a row (foundNothing).
+   * found nothing for the 16th time in a row, a moment's sleep for the 1,024th (foundNothing).
    */
   pollCq(max?: number): WorkCompletion[];
   pollCq(out: WorkCompletion[]): number;
@@ -181,17 +181,22 @@ export class CompletionQueue {
    * A poll that found nothing. Every YIELD_EVERY in a row give the CPU away: the HCA that must run for the
    * completion is a process (the daemon), perhaps on this very core, and a loop that spins for its whole time
    * slice keeps it off for milliseconds (one core: 8 B SENDs 0.044 M/s, 64 KiB WRITEs 0.71 GB/s, against
-   * 0.76 M and 14 GB/s yielding). Every PROBE_EVERY, make sure there is still a daemon to fill it (a loop that
-   * polls and never gives the event loop a turn would otherwise wait for ever on a dead one).
+   * 0.76 M and 14 GB/s yielding). Every PROBE_EVERY (about 100 us of polling), make sure there is still a daemon
+   * to fill it (a loop that polls and never gives the event loop a turn would otherwise wait for ever on a dead
+   * one), and sleep a moment instead of yielding: a yield never leaves this core idle, so a daemon the
+   * scheduler queued on the other core behind a CPU hog waits out the hog's slice (4 ms), while a core left
+   * idle pulls it over. Beside a hog (AMD EPYC, 2 vCPUs, `npm run bench:rtt`), the busy-polling round trip
+   * across the wire went from 3.4-4.0 ms to 0.19 ms and on one device from 2.8 ms (or 11 us, with a 4 ms
+   * p99) to 43-56 us; the quiet machine's stayed 10 and 60-68 us.
    * @internal
    */
   protected foundNothing(verb: string): void {
     const k = ++this.emptyPolls;
-    if ((k & (YIELD_EVERY - 1)) === 0) schedYield();
     if (k >= PROBE_EVERY) {
       this.emptyPolls = 0;
       this.context.cmd.probe(verb);
-    }
+      pauseBriefly();
+    } else if ((k & (YIELD_EVERY - 1)) === 0) schedYield();
   }
 
   /** ibv_req_notify_cq: arms the CQ in shared memory; the next (solicited) completion sends an event to the channel. */
