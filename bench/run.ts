@@ -5,7 +5,8 @@
  *
  *  - same-device RDMA_WRITE of 64 KiB vs Buffer.copy of 64 KiB vs a Node TCP stream on loopback
  *  - 8-byte SEND ping-pong between two processes vs a Node TCP ping-pong; 8-byte SENDs per second
- *  - the engines alone (bench/engines.ts): the same WRITE and SEND rate with no daemon, IPC or library
+ *  - the engines alone (bench/engines.ts): the same WRITE and SEND rate, and the many-QP WRITEs, with no
+ *    daemon, IPC or library
  *  - across the wire (two daemons on this run's own 127.a.b.1 and .2): RDMA_WRITE of 64 KiB vs Node dgram
  *    throughput of datagrams the size of one MTU-4096 RoCEv2 packet; 8-byte SEND ping-pong vs Node
  *    UDP and TCP ping-pong
@@ -13,7 +14,7 @@
 import { spawnDaemon, type SpawnedDaemon } from '../src/daemon/spawn.js';
 import { getDeviceList } from '../src/verbs/index.js';
 import { baselineRole, memcpyBw, tcpBw, tcpPingPong, udpBw, udpPingPong } from './baselines.js';
-import { engineSendRate, engineWriteBw } from './engines.js';
+import { engineManyWriteBw, engineSendRate, engineWriteBw } from './engines.js';
 import { cpuMs, type Lat, runNet } from './measure.js';
 import { daemonsLine, machine, measured, PER_PROCESS, perOp, rows, syscallGaps, Window, type Figures, type Proc } from './procstat.js';
 import { bench, C_PERFTEST, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup } from './rdma.js';
@@ -72,6 +73,9 @@ function cLines(where: string, r: { ts: Record<'write' | 'send' | 'lat', { value
 async function main(): Promise<void> {
   const engWrite = await measured([bench('engines')], 'WRITE', () => engineWriteBw(HOST_E, SECONDS));
   const engRate = await measured([bench('engines')], 'SEND', async () => engineSendRate(HOST_E, SECONDS));
+  // the many-QP line's WRITEs in the engines alone: as many QPs with 2 WRs each, and one with all their WRs
+  const engMany = await measured([bench('engines')], 'WRITE', () => engineManyWriteBw(HOST_E, SECONDS, MANY_PROCS * MANY_PAIRS, 2));
+  const engDeep = await measured([bench('engines')], 'WRITE', () => engineManyWriteBw(HOST_E, SECONDS, 1, 2 * MANY_PROCS * MANY_PAIRS));
   const daemon = await spawnDaemon(['--device', `rxe0=${HOST_A}`, ...DAEMON_ARGS]);
   const root = daemon.root;
   const D = [proc(daemon, 'daemon')];
@@ -206,7 +210,11 @@ async function main(): Promise<void> {
       ...line('8 B SEND half round trip / Node TCP round trip, events', f3(pingEv.value.med / 2 / tping.value.med), '<= 0.5', `${us(pingEv.value)} round trip`, pingEv.fig),
       ...line('64 KiB RDMA_WRITE / Node TCP stream', f2(write.value / tcp.value), '-', `${f3(tcp.value / GB)} GB/s TCP`, write.fig),
       ...line(`${2 * MANY_PROCS * MANY_PAIRS} busy RC QPs (${MANY_PROCS} processes) / one QP, aggregate`, f3(many.value / one.value), '>= 0.8', `${f3(many.value / GB)} vs ${f3(one.value / GB)} GB/s, ${MANY_SIZE / 1024} KiB WRITEs, 2 in flight per QP${MANY_EVENTS ? ', clients on events' : ''}`, many.fig, [one.fig, 'one QP, per WRITE']),
-      ...line(`the same / one QP with all their ${2 * MANY_PROCS * MANY_PAIRS} WRs in flight`, f3(many.value / oneDeep.value), '-', `${f3(oneDeep.value / GB)} GB/s: the engines' cost per QP`, oneDeep.fig),
+      ...line(
+        `the same / one QP with all their ${2 * MANY_PROCS * MANY_PAIRS} WRs in flight`, f3(many.value / oneDeep.value), '-',
+        `${f3(oneDeep.value / GB)} GB/s; engines alone ${f3(engMany.value / engDeep.value)} (${f3(engMany.value / GB)} vs ${f3(engDeep.value / GB)} GB/s, one process)`,
+        oneDeep.fig, [engMany.fig, `engines, ${MANY_PROCS * MANY_PAIRS} pairs`], [engDeep.fig, 'engines, one deep QP'],
+      ),
       ...line(`one busy QP beside ${2 * MANY_PROCS * MANY_PAIRS} idle ones / one QP alone`, f3(amongIdle.value / one.value), '>= 0.9 (ours)', `${f3(amongIdle.value / GB)} GB/s`, amongIdle.fig),
       ...line('daemon CPU at idle (clients holding QPs), % of a core', f2(idle), '<= 1', '', idleFig),
       ...cLines('same device', same),

@@ -45,7 +45,7 @@ test('the bench measures every line of the table and prints it with its target a
     ['8 B SEND half round trip / Node TCP round trip, events', '<= 0.5', [['per round trip', pingers('daemon')]], true],
     ['64 KiB RDMA_WRITE / Node TCP stream', '-', [['per WRITE', clients('daemon')]], false],
     [String.raw`32 busy RC QPs \(2 processes\) / one QP, aggregate`, '>= 0.8', [['per WRITE', ['client 1 of 2', 'client 2 of 2', 'daemon']], ['one QP, per WRITE', ['client', 'daemon']]], false],
-    ['the same / one QP with all their 32 WRs in flight', '-', [['per WRITE', ['client', 'daemon']]], false],
+    ['the same / one QP with all their 32 WRs in flight', '-', [['per WRITE', ['client', 'daemon']], ['engines, 16 pairs', ['engines (bench)']], ['engines, one deep QP', ['engines (bench)']]], false],
     ['one busy QP beside 32 idle ones / one QP alone', '>= 0.9', [['per WRITE', ['client', 'daemon']]], false],
     ['daemon CPU at idle \\(clients holding QPs\\), % of a core', '<= 1', [['per second', ['daemon', 'client holding QPs (bench)']]], false],
   ];
@@ -83,6 +83,8 @@ test('the bench measures every line of the table and prints it with its target a
     assert.ok(at >= 0, `${what}\n${out}`);
     assertBlock(block(lines, at), groups, PERF, rt, `${what}\n${out}`);
   }
+  // the many-QP WRITEs in the engines alone, against one deep QP there
+  assert.match(out, /WRs in flight +\d+\.\d+ +- +\d+\.\d+ GB\/s; engines alone \d+\.\d+ \(\d+\.\d+ vs \d+\.\d+ GB\/s, one process\)/);
   // latencies: median and p99
   assert.match(out, /\d+\.\d\/\d+\.\d us vs \d+\.\d\/\d+\.\d us; p99 ratio \d+\.\d+/);
   // readable in 120 columns
