@@ -42,6 +42,21 @@ function memOf(kind: MemKind, m: Mapping): MrMemory {
   return new ProcMemory(selfMem, Number(m.addr));
 }
 
+/** Connects two RC QPs of one device to each other and moves both to RTS, as modify_qp would (every access, 16 RD atomics). */
+function connectPair(dev: SoftDevice, a: Qp, b: Qp): void {
+  for (const [q, peer] of [[a, b], [b, a]] as const) {
+    q.attr.destQpn = peer.qpn;
+    q.attr.path.dgid = dev.gids[0]!;
+    q.attr.accessFlags = 7;
+    q.attr.maxRdAtomic = q.attr.maxDestRdAtomic = 16;
+    q.attr.timeout = 14;
+    q.attr.retryCnt = q.comp.retryCnt = 7;
+    q.attr.rnrRetry = q.comp.rnrRetry = 7;
+    q.setMtu(Mtu.MTU_4096, dev.mtuBytes);
+    q.state = QpState.RTS;
+  }
+}
+
 /** Two RC QPs on one device (address `addr`, no wire), connected to each other, and a 256 KiB MR. */
 function rig(addr: string, kind: MemKind = 'mapped') {
   const fabric = new Fabric();
@@ -61,18 +76,7 @@ function rig(addr: string, kind: MemKind = 'mapped') {
   };
   const a = end(100);
   const b = end(101);
-  for (const [x, y] of [[a, b], [b, a]] as const) {
-    const q = x.qp;
-    q.attr.destQpn = y.qp.qpn;
-    q.attr.path.dgid = dev.gids[0]!;
-    q.attr.accessFlags = 7;
-    q.attr.maxRdAtomic = q.attr.maxDestRdAtomic = 16;
-    q.attr.timeout = 14;
-    q.attr.retryCnt = q.comp.retryCnt = 7;
-    q.attr.rnrRetry = q.comp.rnrRetry = 7;
-    q.setMtu(Mtu.MTU_4096, dev.mtuBytes);
-    q.state = QpState.RTS;
-  }
+  connectPair(dev, a.qp, b.qp);
   const mrMem = mapAnon(1 << 18);
   const key = dev.allocMrKey();
   const mr = new Mr(pd, key, 7, 0x10000, 1 << 18, memOf(kind, mrMem), kind === 'mapped' ? mrMem : null, 64);
@@ -210,17 +214,7 @@ export async function engineManyWriteBw(addr: string, seconds: number, pairs: nu
   for (let i = 0; i < pairs; i++) {
     const a = make(window);
     const b = make(1);
-    for (const [x, y] of [[a, b], [b, a]] as const) {
-      const q = x.qp;
-      q.attr.destQpn = y.qp.qpn;
-      q.attr.path.dgid = dev.gids[0]!;
-      q.attr.accessFlags = 7;
-      q.attr.timeout = 14;
-      q.attr.retryCnt = q.comp.retryCnt = 7;
-      q.attr.rnrRetry = q.comp.rnrRetry = 7;
-      q.setMtu(Mtu.MTU_4096, dev.mtuBytes);
-      q.state = QpState.RTS;
-    }
+    connectPair(dev, a.qp, b.qp);
     senders.push(a);
     all.push(a.qp, b.qp);
   }
