@@ -9,7 +9,7 @@
 import { openSync } from 'node:fs';
 import { Mtu, QpState, QpType, SendFlags, WrOpcode } from '../src/abi/enums.js';
 import { CqRingConsumer, CqRingProducer, type CqeOut } from '../src/abi/cq-ring.js';
-import { cqLayout, qpLayout } from '../src/abi/queue.js';
+import { cqLayout, qpLayout, type QpCaps, type QpLayout } from '../src/abi/queue.js';
 import { RecvRingConsumer, RecvRingProducer } from '../src/abi/recv-ring.js';
 import { SendRingConsumer, SendRingProducer } from '../src/abi/send-ring.js';
 import { SoftDevice } from '../src/hca/device.js';
@@ -57,22 +57,33 @@ function connectPair(dev: SoftDevice, a: Qp, b: Qp): void {
   }
 }
 
+/** A CQ of at least `cqe` entries in anonymous memory: the HCA's side, and the library's. */
+function cqOf(cqe: number): { cq: Cq; consumer: CqRingConsumer } {
+  const cl = cqLayout(cqe);
+  const cqMem = mapAnon(cl.bytes);
+  return { cq: new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null), consumer: new CqRingConsumer(cqMem.buffer, cl.slots) };
+}
+
+/** An RC QP of `caps` on dev, both its queues completing on cq, known to dev by qpn: the HCA's side, and the send queue's producer. */
+function qpOf(dev: SoftDevice, pd: Pd, cq: Cq, qpn: number, caps: QpCaps): { qp: Qp; sq: SendRingProducer; mem: ArrayBuffer; rq: NonNullable<QpLayout['rq']> } {
+  const l = qpLayout(caps, false)!;
+  const mem = mapAnon(l.bytes);
+  const rq = new RecvRingConsumer(mem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, 1);
+  const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, new SendRingConsumer(mem.buffer, l.sq, l.caps), BigInt(qpn));
+  dev.qps.set(qpn, qp);
+  // inline data: the same 8 bytes whatever the address
+  return { qp, sq: new SendRingProducer(mem.buffer, l.sq, () => EIGHT), mem: mem.buffer, rq: l.rq! };
+}
+
 /** Two RC QPs on one device (address `addr`, no wire), connected to each other, and a 256 KiB MR. */
 function rig(addr: string, kind: MemKind = 'mapped') {
   const fabric = new Fabric();
   const dev = new SoftDevice(fabric, 'bench0', 0, addr, { mtu: Mtu.MTU_4096 });
   const pd = new Pd(owner);
   const end = (qpn: number): End => {
-    const cl = cqLayout(1024);
-    const cqMem = mapAnon(cl.bytes);
-    const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
-    const l = qpLayout({ maxSendWr: 256, maxRecvWr: 1024, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 64 }, false)!;
-    const mem = mapAnon(l.bytes);
-    const rq = new RecvRingConsumer(mem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, 1);
-    const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, new SendRingConsumer(mem.buffer, l.sq, l.caps), 1n);
-    dev.qps.set(qpn, qp);
-    // inline data: the same 8 bytes whatever the address
-    return { qp, sq: new SendRingProducer(mem.buffer, l.sq, () => EIGHT), rq: new RecvRingProducer(mem.buffer, l.rq!, 1), cq: new CqRingConsumer(cqMem.buffer, cl.slots) };
+    const { cq, consumer } = cqOf(1024);
+    const q = qpOf(dev, pd, cq, qpn, { maxSendWr: 256, maxRecvWr: 1024, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 64 });
+    return { qp: q.qp, sq: q.sq, rq: new RecvRingProducer(q.mem, q.rq, 1), cq: consumer };
   };
   const a = end(100);
   const b = end(101);
@@ -193,19 +204,9 @@ export async function engineManyWriteBw(addr: string, seconds: number, pairs: nu
   const fabric = new Fabric();
   const dev = new SoftDevice(fabric, 'bench0', 0, addr, { mtu: Mtu.MTU_4096, pollUs: 200 });
   const pd = new Pd(owner);
-  const cl = cqLayout(Math.min(65536, pairs * window * 2 + 64));
-  const cqMem = mapAnon(cl.bytes);
-  const cq = new Cq(owner, 1n, cqMem, new CqRingProducer(cqMem.buffer, cl.slots), cl.cqe, null);
-  const cqc = new CqRingConsumer(cqMem.buffer, cl.slots);
+  const { cq, consumer: cqc } = cqOf(Math.min(65536, pairs * window * 2 + 64));
   let qpn = 100;
-  const make = (maxSendWr: number) => {
-    const l = qpLayout({ maxSendWr, maxRecvWr: 1, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 }, false)!;
-    const mem = mapAnon(l.bytes);
-    const rq = new RecvRingConsumer(mem.buffer, l.rq!.offset, l.rq!.slots, l.rq!.stride, 1);
-    const qp = new Qp(dev, owner, qpn, QpType.RC, pd, cq, cq, null, rq, false, l.caps, mem, new SendRingConsumer(mem.buffer, l.sq, l.caps), BigInt(qpn));
-    dev.qps.set(qpn++, qp);
-    return { qp, sq: new SendRingProducer(mem.buffer, l.sq, () => null) };
-  };
+  const make = (maxSendWr: number) => qpOf(dev, pd, cq, qpn++, { maxSendWr, maxRecvWr: 1, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
   const mrMem = mapAnon(2 * SIZE);
   const key = dev.allocMrKey();
   dev.mrs.set(key >>> 8, new Mr(pd, key, 7, 0x10000, 2 * SIZE, memOf('mapped', mrMem), mrMem, 64));
