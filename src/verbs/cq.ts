@@ -149,8 +149,9 @@ export class CompletionQueue {
   /**
    * ibv_poll_cq: up to `max` completions (default 1) as new objects, or, given
    * an array of WorkCompletion, fills it from index 0 and returns the count
-   * (no allocation). Shared-memory reads, no message: the one system call is the sched_yield of a poll that
-   * found nothing for the 16th time in a row, a moment's sleep for the 1,024th (foundNothing).
+   * (no allocation). Shared-memory reads, no message: the system calls are those of a run of empty polls, a
+   * sched_yield every 16th, a moment's sleep (and, at most once a second, a look for the daemon) every 1,024th
+   * (foundNothing).
    */
   pollCq(max?: number): WorkCompletion[];
   pollCq(out: WorkCompletion[]): number;
