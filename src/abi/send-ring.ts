@@ -73,6 +73,11 @@ export interface SendWrIn {
  * is no safe integer.
  */
 export type InlineSource = (addr: number, length: number) => Uint8Array | null;
+/**
+ * Where in the array an InlineSource returns the bytes start: 0 unless the source sets it (one that hands out a
+ * whole region's bytes, so that no view is made per SGE).
+ */
+export const inlineAt = { offset: 0 };
 
 /** Ring state both sides see: header words, slot geometry. */
 class SendRing {
@@ -153,9 +158,10 @@ export class SendRingProducer extends SendRing {
       let at = o + SW.SIZE;
       for (let j = 0; j < n; j++) {
         const s = sg![j]!;
+        inlineAt.offset = 0;
         const src = this.inline(typeof s.addr === 'bigint' ? Number(s.addr) : s.addr, s.length);
         if (!src) return j;
-        copyBytes(this.bytes, at, src, 0, s.length);
+        copyBytes(this.bytes, at, src, inlineAt.offset, s.length);
         at += s.length;
       }
       dv.setUint32(o + SW.inline_len, at - o - SW.SIZE, true);
@@ -177,7 +183,10 @@ export class SendRingProducer extends SendRing {
   }
   /** True if the HCA had gone idle on this ring and we are the one to wake it (ring the doorbell). */
   claimWake(): boolean {
-    return Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
+    // read first: a compare-exchange takes the line from the HCA's core even when it fails (the HCA is looking
+    // already, the usual case while it polls); the HCA stores 1 and then reads the producer index, so either it
+    // sees what publish() stored or this read sees its 1
+    return Atomics.load(this.hdr, SQ_IDLE) === 1 && Atomics.compareExchange(this.hdr, SQ_IDLE, 1, 0) === 1;
   }
   /** A reset QP's queues are empty: start again where the HCA left its consumer. */
   resync(): void {

@@ -11,6 +11,7 @@ import { closeSync, ftruncateSync } from 'node:fs';
 import { mapShared, memfdCreate, unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
 import { errnoOf, messageOf } from '../common/errors.js';
+import { inlineAt } from '../abi/send-ring.js';
 
 const PAGE = 4096;
 
@@ -80,8 +81,39 @@ export function regionOf(buf: Uint8Array): { region: Region; offset: number } | 
   return region ? { region, offset: buf.byteOffset } : null;
 }
 
-/** The bytes at a process address (for inline sends), or null if no live region holds all of them. O(log regions). */
-export function atAddress(addr: number, length: number): Uint8Array | null {
+/**
+ * The region an inline SGE was last found in, and its bytes, held until the current job ends: what
+ * WeakRef.deref() promises anyway (its target stays alive until then), without a deref, a kept-objects entry and
+ * a new view for every inline SEND of a loop that posts many.
+ */
+let lastRegion: Region | null = null;
+let lastBytes: Uint8Array | null = null;
+const forgetLast = (): void => {
+  lastRegion = lastBytes = null;
+};
+
+/**
+ * The bytes at a process address (for inline sends), or null if no live region holds all of them: an array
+ * holding them from `inlineAt.offset` on (send-ring.ts). O(log regions); O(1) for the region used last.
+ */
+export function inlineBytes(addr: number, length: number): Uint8Array | null {
+  const r = lastRegion;
+  if (r !== null && addr >= r.start && addr + length <= r.start + r.length) {
+    inlineAt.offset = addr - r.start;
+    return lastBytes;
+  }
+  const found = regionAt(addr, length);
+  const mem = found?.memory.deref();
+  if (!found || !mem) return null;
+  if (lastRegion === null) queueMicrotask(forgetLast);
+  lastRegion = found;
+  lastBytes = new Uint8Array(mem);
+  inlineAt.offset = addr - found.start;
+  return lastBytes;
+}
+
+/** The live region holding [addr, addr+length), or null. */
+function regionAt(addr: number, length: number): Region | null {
   // in numbers, not bigints: every bigint sum or difference is an allocation, and this runs per inline SGE
   if (!Number.isSafeInteger(addr)) return null;
   let lo = 0;
@@ -92,7 +124,5 @@ export function atAddress(addr: number, length: number): Uint8Array | null {
     else hi = mid;
   }
   const r = sorted[lo - 1];
-  if (!r || addr + length > r.start + r.length) return null;
-  const mem = r.memory.deref();
-  return mem ? new Uint8Array(mem, addr - r.start, length) : null;
+  return !r || addr + length > r.start + r.length ? null : r;
 }

@@ -23,10 +23,11 @@ function postOne(ring: RecvRingProducer, verb: string, wr: RecvWr, i: number): v
   const n = sg ? sg.length : 0;
   if (n > ring.maxSge) throw badWr(verb, 'EINVAL', `${n} SGEs > max_recv_sge ${ring.maxSge}`, i, wr);
   try {
-    const o = ring.begin(big(wr.wrId ?? 0), n);
+    // a number goes in as it is (setU64 makes no BigInt of a safe integer), a bigint as the bigint
+    const o = ring.begin(wr.wrId ?? 0, n);
     for (let j = 0; j < n; j++) {
       const s = sg![j]!;
-      ring.writeSge(o, j, big(s.addr), s.length, s.lkey);
+      ring.writeSge(o, j, s.addr, s.length, s.lkey);
     }
   } catch (e) {
     throw malformed(verb, e, i, wr);

@@ -12,7 +12,7 @@ import * as U from '../abi/uverbs.js';
 import { WrMask, wrMask } from '../abi/wqe.js';
 import { unmap, type Mapping } from '../native/libc.js';
 import { VerbsError } from './errors.js';
-import { atAddress } from './memory.js';
+import { inlineBytes } from './memory.js';
 import type { Dependents } from './lifetime.js';
 import type { ProtectionDomain } from './pd.js';
 import { badWr, big, malformed, postRecvWrs, refused } from './post.js';
@@ -46,7 +46,7 @@ export class QueuePair {
     rq: RingLayout | null,
   ) {
     this.qpType = init.qpType;
-    this.sq = new SendRingProducer(mapping.buffer, sq, atAddress);
+    this.sq = new SendRingProducer(mapping.buffer, sq, inlineBytes);
     this.rq = rq ? new RecvRingProducer(mapping.buffer, rq, cap.maxRecvSge) : null;
     this.userHandle = pd.context.register(this);
   }

@@ -120,6 +120,35 @@ describe('RC across two processes', () => {
     }
   });
 
+  test('inline SENDs posted in one go from two regions, turn about, each carry their own bytes', async () => {
+    // the library keeps the region it found last for the rest of the job: a SEND from the other region, or from
+    // another offset of the same one, must not be read from the one before
+    const t = await pair();
+    try {
+      await using other = await t.a.pd.regMr(t.a.ctx.allocBuffer(8192), Access.LOCAL_WRITE);
+      const ends = [t.a.mr, other];
+      const want = Array.from({ length: 6 }, (_, i) => `inline ${i} from ${i % 2 ? 'the second region' : 'the first'}`);
+      const off = (i: number) => 4096 - 37 + i * 40; // the first two straddle a page boundary
+      await t.p.call('postRecv', { wrId: 1, off: 0, len: 64, count: 1 });
+      for (let i = 1; i < 6; i++) await t.p.call('postRecv', { wrId: 1 + i, off: i * 64, len: 64 });
+      for (let i = 0; i < 6; i++) ends[i % 2]!.buf.write(want[i]!, off(i));
+      // all six in one synchronous run (one job); each source is wiped once posted: inline data is copied then
+      for (let i = 0; i < 6; i++) {
+        const e = ends[i % 2]!;
+        t.a.qp.postSend({ wrId: i, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [{ addr: e.addr + BigInt(off(i)), length: want[i]!.length, lkey: 0 }] });
+        e.buf.fill(0, off(i), off(i) + want[i]!.length);
+      }
+      assert.deepEqual((await pollN(t.a.cq, 6)).map((w) => w.status), [0, 0, 0, 0, 0, 0]);
+      const got = await t.p.call('poll', { n: 6 });
+      for (let i = 0; i < 6; i++) {
+        assert.equal(got[i].byteLen, want[i]!.length);
+        assert.equal(Buffer.from(await t.p.call('read', { off: i * 64, len: want[i]!.length }), 'hex').toString(), want[i]);
+      }
+    } finally {
+      await t.close();
+    }
+  });
+
   test('RDMA_WRITE, RDMA_WRITE_WITH_IMM and RDMA_READ move exact bytes; only WRITE_WITH_IMM consumes a receive', async () => {
     const t = await pair();
     try {
