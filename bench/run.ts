@@ -17,7 +17,7 @@ import { baselineRole, memcpyBw, tcpBw, tcpPingPong, udpBw, udpPingPong } from '
 import { engineManyWriteBw, engineSendRate, engineWriteBw } from './engines.js';
 import { cpuMs, type Lat, runNet } from './measure.js';
 import { daemonsLine, machine, measured, PER_PROCESS, perOp, rows, syscallGaps, Window, type Figures, type Proc } from './procstat.js';
-import { bench, C_PERFTEST, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup } from './rdma.js';
+import { bench, C_PERFTEST, MANY_EVENTS, MANY_SIZE, manyQps, manyQpsBw, perftest, pong, rdmaWriteBw, sendPingPong, sendRate, setup, SIGNAL_EVERY } from './rdma.js';
 import { preloadProblem } from '../src/tools/exec.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -181,6 +181,8 @@ async function main(): Promise<void> {
       daemonsLine(DAEMON_ARGS),
       ...PER_PROCESS,
       'perftest -D: messages = its MsgRate × the window (the middle half of its run).',
+      `round trips: 8 B inline SENDs, one in ${SIGNAL_EVERY} signaled (a signaled SEND's completion would wake a client`,
+      'asleep on events a second time a round trip, for the ACK).',
       ...gaps.map((g) => `syscalls: - (${g})`),
       '',
       `  ${'line'.padEnd(58)} ${'now'.padStart(8)}   ${'target'.padEnd(10)} measured`,
