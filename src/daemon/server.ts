@@ -381,8 +381,7 @@ export class Daemon implements ConnectionHost, UcmaHost, MgmtHost {
     const k = this.devs.indexOf(d);
     if (k >= 0) this.devs.splice(k, 1);
     this.linkState.delete(d.dev);
-    const f = this.fabric.devices.indexOf(d.dev);
-    if (f >= 0) this.fabric.devices.splice(f, 1);
+    this.fabric.removeDevice(d.dev);
     rmSync(d.path, { force: true });
     rmSync(join(verbsClassDir(this.opts.root), d.kname), { recursive: true, force: true });
     rmSync(join(ibClassDir(this.opts.root), d.dev.name), { recursive: true, force: true });

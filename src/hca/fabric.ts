@@ -77,9 +77,30 @@ export class Fabric {
   private draining = false;
   readonly pool = new PktPool();
 
+  /** The GID looked up last (the same array object: a QP's path, a device's own) and the device that has it. */
+  private lastGid: Uint8Array | null = null;
+  private lastPort: Port | null = null;
+
   byGid(gid: Uint8Array): Port | null {
-    for (const d of this.devices) for (const g of d.gids) if (sameGid(g, gid)) return d;
+    // every packet is looked up by its destination; a run of them carries one QP's dgid array
+    if (gid === this.lastGid) return this.lastPort;
+    for (const d of this.devices) {
+      for (const g of d.gids) {
+        if (sameGid(g, gid)) {
+          this.lastGid = gid;
+          this.lastPort = d;
+          return d;
+        }
+      }
+    }
     return null;
+  }
+
+  /** A device leaves the fabric (its packets go nowhere from here on). */
+  removeDevice(d: Port): void {
+    const i = this.devices.indexOf(d);
+    if (i >= 0) this.devices.splice(i, 1);
+    this.lastGid = this.lastPort = null;
   }
 
   /**
@@ -103,6 +124,7 @@ export class Fabric {
         Object.assign(twin, p);
         twin.done = null;
         twin.own = null; // the span buffer stays p's (spans never travel where faults are injected)
+        twin.scratch = null; // and so does its payload buffer (the twin carries the same bytes, from p's)
         this.fifo.push(twin);
       }
       if (f.delay > 0 && f.rand() < f.delay) {

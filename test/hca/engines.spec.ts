@@ -476,3 +476,21 @@ describe('ATOMIC_WRITE (rxe >= 6.2)', () => {
     assert.deepEqual(r.wire.map((p) => p.syndrome), [Aeth.NAK_INVALID_REQUEST]);
   });
 });
+
+describe('the fabric', () => {
+  test('a device looked up by GID is found by any array holding it, and not once it has left', () => {
+    const fabric = new Fabric();
+    const port = (addr: string) => ({ gids: [gidOf(addr)], receive() {}, transport: null });
+    const a = port('127.3.0.1');
+    const b = port('127.3.0.2');
+    fabric.devices.push(a, b);
+    const toB = gidOf('127.3.0.2');
+    assert.equal(fabric.byGid(toB), b);
+    assert.equal(fabric.byGid(toB), b, 'again, the same array');
+    assert.equal(fabric.byGid(gidOf('127.3.0.1')), a);
+    assert.equal(fabric.byGid(gidOf('127.3.0.9')), null);
+    fabric.removeDevice(b);
+    assert.equal(fabric.byGid(toB), null, 'a device that left is no destination, whatever was looked up before');
+    assert.deepEqual(fabric.devices, [a]);
+  });
+});

@@ -165,3 +165,36 @@ test('UC under 5% loss: a message that lost a packet is dropped whole, every mes
     await d.stop();
   }
 });
+
+test('every packet duplicated: inline SENDs, built in the descriptors\' own buffers, each arrive with their own bytes', { timeout: 60_000 }, async () => {
+  // a duplicate is a second descriptor carrying the first's bytes; were it to keep the first's buffer as its own
+  // too, two descriptors of the pool would build their payloads in one buffer
+  const d = await startDaemon(['--device', `rxe0=${A1}`, '--fault', 'dup=1,seed=3']);
+  try {
+    const ctx = await openDevice(getDeviceList(d.root)[0]!, d.root);
+    const pd = await ctx.allocPd();
+    const cq = await ctx.createCq(1024);
+    const a = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxSendWr: 256, maxInlineData: 64 } });
+    const b = await pd.createQp({ sendCq: cq, recvCq: cq, qpType: QpType.RC, cap: { maxRecvWr: 512 } });
+    const N = 300;
+    const ma = await pd.allocMr(N * 64, ALL);
+    const mb = await pd.allocMr(N * 64, ALL);
+    const gid = ctx.queryGid(1, 0);
+    await connectQp(a, ctx, { qpn: b.qpNum, gid });
+    await connectQp(b, ctx, { qpn: a.qpNum, gid });
+    for (let i = 0; i < N; i++) b.postRecv({ wrId: 1000 + i, sgList: [mb.sge(i * 64, 64)] });
+    for (let i = 0; i < N; i++) pattern(i, 48).copy(ma.buf, i * 64);
+    for (let i = 0; i < N; i += 50) {
+      // 50 at a time: one run of the requester builds them back to back
+      for (let j = i; j < i + 50; j++) a.postSend({ wrId: j, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [{ addr: ma.addr + BigInt(j * 64), length: 48, lkey: 0 }] });
+      const wcs = await pollN(cq, 100, 10_000);
+      assert.ok(wcs.every((w) => w.status === 0), JSON.stringify(wcs.find((w) => w.status !== 0)));
+    }
+    for (let i = 0; i < N; i++) assert.ok(mb.buf.subarray(i * 64, i * 64 + 48).equals(pattern(i, 48)), `SEND ${i} arrived with its own bytes`);
+    const faults = (await mgmt(getDeviceList(d.root)[0]!.devPath, 'faults')) as { duplicated: number };
+    assert.ok(faults.duplicated >= 2 * N, JSON.stringify(faults));
+    ctx.closeDevice();
+  } finally {
+    await d.stop();
+  }
+});
