@@ -134,13 +134,15 @@ export class RxeSendQueue implements SendQueueConsumer {
   }
   /** rxe's queue page has no place for the QP state: librxe asks the kernel (QUERY_QP). */
   setState(_s: number): void {}
-  /**
+  /*
    * librxe writes POST_SEND after every post (post_send_db, once it has stored its producer index); our preload
-   * library sends it on only when the flag says the requester is idle (RXE_SQ_IDLE_AT). The daemon never holds
-   * this queue in its poll window: a C program's poller spins without yielding, and a daemon polling beside it
-   * on 2 cores cost ~150 system calls per ib_send_lat round trip (commit a78e500).
+   * library sends it on only when the flag says the requester is idle (RXE_SQ_IDLE_AT). So the daemon holds this
+   * queue in its poll window as it holds ours, and a C program's post is a store with no system call. It once
+   * never did (a78e500: a C poller that never yielded beside a polling daemon cost ~150 system calls a round
+   * trip); since the preload's ibv_poll_cq gives the CPU away in runs of empty polls (6b18729),
+   * holding it halved C ib_send_lat across the wire (139/96 -> 66/60 us, the daemons' wake-ups 1.0-1.15 ->
+   * 0.015 a round trip) and doubled C ib_write_bw on one device (2.2-2.4 -> 4.3-4.4 GB/s; bench/cratio.ts).
    */
-  readonly alwaysRings = true;
   /** As the send ring's idle(): marked idle, then WQEs written meanwhile (their doorbell not sent) are claimed. */
   idle(before: number): boolean {
     Atomics.store(this.hdr, W_IDLE, 1);

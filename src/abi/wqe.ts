@@ -152,8 +152,6 @@ export interface SendQueueConsumer {
    * `before` without one, and the HCA is to look at them itself.
    */
   idle(before: number): boolean;
-  /** Never held in the poll window (rxe's: a C program's poller spins beside it); idle() and wake() still keep its doorbells. */
-  readonly alwaysRings?: boolean;
   /** The HCA looks at this queue without a doorbell; false if the client had already rung. */
   wake(): boolean;
   /** Copies the WQE at idx into w (counts past the QP's caps are kept, their entries not copied: the HCA refuses them). */

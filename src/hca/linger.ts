@@ -21,7 +21,7 @@ import { spinGate } from '../native/spin-gate.js';
 /** What the poller needs of a QP: its send ring's producer index and idle flag, and what the requester last saw. */
 export interface Pollable {
   readonly destroyed: boolean;
-  readonly sq: { produced(): number; wake(): boolean; idle(before: number): boolean; readonly alwaysRings?: boolean };
+  readonly sq: { produced(): number; wake(): boolean; idle(before: number): boolean };
   readonly req: { seen: number };
 }
 
@@ -48,8 +48,6 @@ export class Linger<Qp extends Pollable> {
    * that always rings, or no core to spin on: the spin gate, src/native/spin-gate.ts).
    */
   hold(qp: Qp): boolean {
-    // a queue whose client rings after every post anyway (a C program's, rxe's) would only be polled for nothing
-    if (qp.sq.alwaysRings) return false;
     // no core to spin on: the queue goes idle and its client rings, as with polling off (asked again here, or a
     // daemon that once stopped would never poll again: no tick runs to read the run queue)
     if (!spinGate.open && !spinGate.mayPoll(performance.now())) return false;

@@ -215,7 +215,7 @@ export function run(qp: Qp): void {
     runOnce(qp);
     if (qp.destroyed) return;
     // a busy queue stays awake for a while, polled: the client's next post needs no doorbell
-    if (qp.dev.linger.enabled && !qp.sq.alwaysRings && qp.dev.linger.hold(qp)) return;
+    if (qp.dev.linger.enabled && qp.dev.linger.hold(qp)) return;
     // going idle; WQEs the client wrote while we ran, without ringing, are ours to see (unless its doorbell is coming)
     if (!qp.sq.idle(before)) return;
   }

@@ -248,7 +248,6 @@ test('send queue idle flag (ours, in pad_2 after the producer index): the preloa
   postSend(r.client, QpType.RC, { wrId: 4n, opcode: WrOpcode.SEND }, 0);
   assert.equal(rings(), true);
   assert.equal(r.sq.wake(), false, 'already claimed');
-  assert.equal(r.sq.alwaysRings, true, 'never held in the poll window');
   // a client writing the flag itself only changes its own doorbells: the engines read nothing else from it
   Atomics.store(flag, 0, 0x7fffffff);
   assert.equal(rings(), false);
