@@ -97,6 +97,9 @@ const forgetLast = (): void => {
  * holding them from `inlineAt.offset` on (send-ring.ts). O(log regions); O(1) for the region used last.
  */
 export function inlineBytes(addr: number, length: number): Uint8Array | null {
+  // a length that is no count is the post's EINVAL (malformed), as the view made for it used to throw
+  if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`inline SGE length ${length} is not a byte count`);
+  if (!Number.isSafeInteger(addr)) return null;
   const r = lastRegion;
   if (r !== null && addr >= r.start && addr + length <= r.start + r.length) {
     inlineAt.offset = addr - r.start;

@@ -138,6 +138,10 @@ describe('RC across two processes', () => {
         t.a.qp.postSend({ wrId: i, opcode: WrOpcode.SEND, sendFlags: SendFlags.SIGNALED | SendFlags.INLINE, sgList: [{ addr: e.addr + BigInt(off(i)), length: want[i]!.length, lkey: 0 }] });
         e.buf.fill(0, off(i), off(i) + want[i]!.length);
       }
+      // an address or length that is no integer is refused, not rounded (the region just used is not asked)
+      const inl = (addr: bigint | number, length: number) => t.a.qp.postSend({ wrId: 9, opcode: WrOpcode.SEND, sendFlags: SendFlags.INLINE, sgList: [{ addr, length, lkey: 0 }] });
+      assert.throws(() => inl(t.a.mr.addr + 8n, 1.5), { code: 'EINVAL', message: /malformed/ });
+      assert.throws(() => inl(Number(t.a.mr.addr) + 0.5, 4), { code: 'EINVAL', message: /malformed/ });
       assert.deepEqual((await pollN(t.a.cq, 6)).map((w) => w.status), [0, 0, 0, 0, 0, 0]);
       const got = await t.p.call('poll', { n: 6 });
       for (let i = 0; i < 6; i++) {
