@@ -99,6 +99,7 @@ const forgetLast = (): void => {
 export function inlineBytes(addr: number, length: number): Uint8Array | null {
   // a length that is no count is the post's EINVAL (malformed), as the view made for it used to throw
   if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`inline SGE length ${length} is not a byte count`);
+  // in numbers, not bigints: every bigint sum or difference is an allocation, and this runs per inline SGE
   if (!Number.isSafeInteger(addr)) return null;
   const r = lastRegion;
   if (r !== null && addr >= r.start && addr + length <= r.start + r.length) {
@@ -115,10 +116,8 @@ export function inlineBytes(addr: number, length: number): Uint8Array | null {
   return lastBytes;
 }
 
-/** The live region holding [addr, addr+length), or null. */
+/** The live region holding [addr, addr+length) (addr a safe integer), or null. */
 function regionAt(addr: number, length: number): Region | null {
-  // in numbers, not bigints: every bigint sum or difference is an allocation, and this runs per inline SGE
-  if (!Number.isSafeInteger(addr)) return null;
   let lo = 0;
   let hi = sorted.length;
   while (lo < hi) {
